@@ -1,0 +1,49 @@
+# dedupd developer entry points. Every target creates .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test test-slow test-all lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed; installing python3-venv" >&2; \
+	  apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(RUN_STAMP)
+
+## make run: build a demo photo folder under demo/ and let dedupd find its duplicates.
+run: $(RUN_STAMP)
+	$(BIN)/python scripts/make_demo.py demo/photos
+	$(BIN)/dedupd scan --config config/demo.yaml
+
+## make test: the whole fast suite (a few minutes on 2 cores).
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+## make test-slow: long suites (run by CI after `make test`).
+test-slow: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+test-all: test test-slow
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check dedupd tests bench scripts
+	$(BIN)/mypy
+
+## make bench: speed benchmarks; JSON lands in bench/results/.
+bench: $(TEST_STAMP)
+	$(BIN)/python bench/hashing.py
+	$(BIN)/python bench/index.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

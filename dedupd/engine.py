@@ -1,0 +1,284 @@
+"""Wires candidates → hashing (process pool) → ingest (store + index + matching).
+
+`scan()` is the one-shot form: reconcile every root, hash what changed, record matches,
+and report duplicate groups. The daemon will drive the same `Ingest` from its watcher.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+import structlog
+
+from dedupd.config import DEFAULT_POLICY, Config, Policy
+from dedupd.errors import ImageError, NotFoundError
+from dedupd.hashers import Hasher
+from dedupd.imaging import FileStat, HashedImage, hash_image
+from dedupd.index import HammingIndex, distance, make_index
+from dedupd.policy import rank
+from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
+from dedupd.store import FileRecord, MatchKind, Store
+
+__all__ = [
+    "Failure",
+    "Group",
+    "Ingest",
+    "Member",
+    "ScanReport",
+    "duplicate_groups",
+    "hash_entries",
+    "scan",
+]
+
+log = structlog.get_logger("dedupd.engine")
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why one file could not be hashed (what the store records as state 'error')."""
+
+    kind: str
+    message: str
+
+
+def _hash_one(
+    path: str, expect: FileStat, hashers: Sequence[Hasher], max_pixels: int
+) -> HashedImage | Failure:
+    """Worker entry point. Returns a failure instead of raising: custom exceptions do not
+    survive pickling, and one bad file must never take a batch down with it."""
+    try:
+        return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
+    except ImageError as exc:
+        return Failure(exc.kind, exc.detail)
+    except MemoryError:
+        return Failure("out_of_memory", "decoding needed more memory than was available")
+    except Exception as exc:  # a decoder bug must not stop the scan; record it instead
+        return Failure("internal", f"{type(exc).__name__}: {exc}")
+
+
+def hash_entries(
+    entries: Sequence[Entry],
+    hashers: Sequence[Hasher],
+    *,
+    max_pixels: int,
+    workers: int,
+) -> Iterator[tuple[Entry, HashedImage | Failure]]:
+    """Hash `entries` in a process pool (in this process for small jobs), in order."""
+    hashers = tuple(hashers)
+    if workers <= 1 or len(entries) < 2 * workers:
+        for e in entries:
+            yield e, _hash_one(e.path, e.stat, hashers, max_pixels)
+        return
+    # forkserver: forking a process that runs threads (the daemon) is unsafe.
+    context = multiprocessing.get_context("forkserver")
+    pending: deque[tuple[Entry, Future[HashedImage | Failure]]] = deque()
+    todo = iter(entries)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        while True:
+            while len(pending) < 4 * workers and (queued := next(todo, None)) is not None:
+                future = pool.submit(_hash_one, queued.path, queued.stat, hashers, max_pixels)
+                pending.append((queued, future))
+            if not pending:
+                return
+            entry, future = pending.popleft()
+            try:
+                yield entry, future.result()
+            except BrokenProcessPool:
+                # A worker died (killed by the OOM killer, a decoder crash). Record the file
+                # it may have been on, start a fresh pool and requeue the rest.
+                yield entry, Failure("crashed", "the hashing worker died while decoding this file")
+                requeue = [e for e, _ in pending]
+                pending.clear()
+                pool.shutdown(cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+                todo = iter([*requeue, *todo])
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    record: FileRecord
+    distance: int  # bits from the group's keeper
+    kind: MatchKind
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    keeper: FileRecord
+    duplicates: tuple[Member, ...]
+
+
+class Ingest:
+    """Owns the store writes, the index and matching for one hasher. Single-threaded."""
+
+    def __init__(self, store: Store, config: Config, roots: Sequence[str]):
+        self.store, self.config, self.roots = store, config, list(roots)
+        self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        ic = config.index
+        self.index: HammingIndex = make_index(
+            ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p
+        )
+        ids, bits = store.hashes(self.hasher.key, self.roots)
+        self.index.add(ids, bits)
+        self.index.rebuild()
+        self._radius = {root: self._radius_of(p) for root, p in config.root_policies().items()}
+        self._default_radius = self._radius_of(config.policies[DEFAULT_POLICY])
+
+    def _radius_of(self, policy: Policy) -> int:
+        threshold = self.hasher.default_threshold if policy.threshold is None else policy.threshold
+        return self.hasher.radius(threshold)
+
+    def radius_for(self, root: str) -> int:
+        """The match radius in bits for a newcomer under `root`, from its policy."""
+        return self._radius.get(root, self._default_radius)
+
+    def ingest(self, entry: Entry, result: HashedImage | Failure) -> int:
+        """Record one hashing result; for an image, find and record its matches."""
+        if isinstance(result, Failure):
+            log.warning("file_skipped", path=entry.path, error=result.kind, detail=result.message)
+            file_id = self.store.record_error(
+                entry.root, entry.relpath, entry.stat, result.kind, result.message
+            )
+            self.index.remove([file_id])
+            return file_id
+        file_id = self.store.record_hashed(entry.root, entry.relpath, result)
+        bits = result.hashes[self.hasher.key]
+        found: dict[int, tuple[int, MatchKind]] = {
+            r.id: (0, "exact") for r in self.store.with_sha256(result.sha256, roots=self.roots)
+        }
+        for m in self.index.radius(bits, self.radius_for(entry.root)):
+            found.setdefault(m.id, (m.distance, "near"))
+        found.pop(file_id, None)
+        self.store.replace_matches(
+            file_id, self.hasher.key, [(other, d, kind) for other, (d, kind) in found.items()]
+        )
+        self.index.add([file_id], [bits])
+        if self.index.pending >= self.config.index.rebuild_every:
+            self.index.rebuild()
+        if found:
+            log.info(
+                "duplicate_found",
+                path=entry.path,
+                matches=len(found),
+                nearest=min(d for d, _ in found.values()),
+            )
+        return file_id
+
+
+@dataclass(slots=True)
+class ScanReport:
+    roots: list[str]
+    files: int = 0
+    hashed: int = 0
+    unchanged: int = 0
+    renamed: int = 0
+    missing: int = 0
+    failed: list[tuple[str, Failure]] = field(default_factory=list)  # this run
+    unavailable: list[tuple[str, str]] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def scan(
+    config: Config,
+    store: Store,
+    *,
+    on_total: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanReport:
+    """Reconcile every configured root, hash what changed and report duplicate groups.
+
+    A root that is missing (unmounted) is reported unavailable; its records stay as they are.
+    """
+    started = clock()
+    names = NameFilter(config.watch)
+    exclude = [str(config.database.parent)]
+    if config.quarantine.path is not None:
+        exclude.append(str(config.quarantine.path))
+    report = ScanReport(roots=[])
+    hasher_key = Hasher(config.hashing.algorithm, config.hashing.hash_size).key
+    work: list[Entry] = []
+    for root_cfg in config.roots:
+        root = root_key(root_cfg.path)
+        try:
+            entries = list(walk(root, names, exclude))
+        except NotFoundError as exc:
+            report.unavailable.append((root, str(exc)))
+            log.warning("root_unavailable", root=root)
+            continue
+        report.roots.append(root)
+        plan = reconcile(store, root, entries, hasher_key)
+        for record, entry in plan.renamed:
+            store.move(record.id, entry.root, entry.relpath, entry.stat)
+        store.mark_missing(r.id for r in plan.missing)
+        report.files += len(entries)
+        report.unchanged += plan.unchanged
+        report.renamed += len(plan.renamed)
+        report.missing += len(plan.missing)
+        work += plan.to_hash
+
+    ingest = Ingest(store, config, report.roots)
+    if on_total:
+        on_total(len(work))
+    results = hash_entries(
+        work, [ingest.hasher], max_pixels=config.hashing.max_pixels, workers=config.hashing.workers
+    )
+    for entry, result in results:
+        ingest.ingest(entry, result)
+        if isinstance(result, Failure):
+            report.failed.append((entry.path, result))
+        else:
+            report.hashed += 1
+        if progress:
+            progress(1)
+    report.groups = duplicate_groups(store, config, report.roots)
+    report.seconds = clock() - started
+    return report
+
+
+def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list[Group]:
+    """Connected groups of matching files, keeper first by the keeper's root policy."""
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, _, _ in store.match_edges(hasher.key, roots):
+        parent[find(a)] = find(b)
+    members: dict[int, list[int]] = {}
+    for x in list(parent):
+        members.setdefault(find(x), []).append(x)
+    records = store.files(parent)
+    policies = config.root_policies()
+    groups = []
+    for ids in members.values():
+        files = [records[i] for i in ids]
+        keep_rules = policies.get(files[0].root, config.policies[DEFAULT_POLICY]).keep
+        keeper, *rest = rank(files, keep_rules)
+        keeper_bits = store.hash_of(keeper.id, hasher.key)
+        dups = []
+        for r in rest:
+            if r.sha256 == keeper.sha256:
+                dups.append(Member(r, 0, "exact"))
+            else:
+                bits = store.hash_of(r.id, hasher.key)
+                d = distance(keeper_bits, bits) if keeper_bits and bits else hasher.bits
+                dups.append(Member(r, d, "near"))
+        dups.sort(key=lambda m: (m.distance, str(m.record.path)))
+        groups.append(Group(keeper, tuple(dups)))
+    return sorted(groups, key=lambda g: str(g.keeper.path))

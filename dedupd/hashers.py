@@ -1,0 +1,123 @@
+"""Registry of perceptual hashers: name → ImageHash function, bit length, default threshold.
+
+A `Hasher` turns a decoded PIL image into packed hash bytes. Its `key` names the algorithm,
+size and ImageHash version, so the store keeps hashes from different settings apart and a
+config change re-hashes lazily without losing the old ones.
+
+Thresholds are normalized Hamming distances: differing bits / hash bits, 0–1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Literal
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+__all__ = ["DRAFT_FACTOR", "HASHERS", "Algorithm", "Hasher", "validate_hash_size"]
+
+Algorithm = Literal[
+    "average_hash", "phash", "phash_simple", "dhash", "dhash_vertical", "whash", "colorhash"
+]
+
+# JPEG draft decoding scales by 1/2, 1/4 or 1/8 in the DCT domain. We ask for at least this
+# many times the pixels a hasher samples: on 12 MP photos the 1/8 decode then gives the same
+# pHash bits as a full decode (see tests/test_imaging.py), at a fraction of the cost.
+DRAFT_FACTOR = 4
+
+_IMAGEHASH_VERSION = ".".join(version("ImageHash").split(".")[:2])
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    compute: Callable[[Image.Image, int], imagehash.ImageHash]
+    sample_side: Callable[[int], int]  # side of the square the hasher resizes to
+    bits: Callable[[int], int]
+    threshold: float  # provisional defaults; bench/accuracy.py calibrates them
+    mode: Literal["L", "RGB"]
+
+
+def _whash(image: Image.Image, size: int) -> imagehash.ImageHash:
+    # A fixed image_scale: ImageHash's default depends on the decoded size, which would make
+    # the hash of a draft-decoded JPEG differ from the full decode.
+    return imagehash.whash(image, hash_size=size, image_scale=4 * size)
+
+
+HASHERS: Mapping[Algorithm, _Spec] = {
+    "average_hash": _Spec(imagehash.average_hash, lambda s: s, lambda s: s * s, 0.08, "L"),
+    "phash": _Spec(imagehash.phash, lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
+    "phash_simple": _Spec(imagehash.phash_simple, lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
+    "dhash": _Spec(imagehash.dhash, lambda s: s + 1, lambda s: s * s, 0.12, "L"),
+    "dhash_vertical": _Spec(imagehash.dhash_vertical, lambda s: s + 1, lambda s: s * s, 0.12, "L"),
+    "whash": _Spec(_whash, lambda s: 4 * s, lambda s: s * s, 0.08, "L"),
+    # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
+    # every pixel's colour, so a 64 px side keeps bin fractions close to the full decode.
+    "colorhash": _Spec(
+        lambda im, s: imagehash.colorhash(im, binbits=s),
+        lambda s: 64,
+        lambda s: 14 * s,
+        0.05,
+        "RGB",
+    ),
+}
+
+
+def validate_hash_size(algorithm: Algorithm, hash_size: int) -> None:
+    """Raise ValueError naming the allowed sizes when `hash_size` does not suit `algorithm`."""
+    if algorithm == "whash" and hash_size & (hash_size - 1):
+        raise ValueError(f"whash needs a power of two, got {hash_size}")
+    if algorithm == "colorhash" and not 1 <= hash_size <= 16:
+        raise ValueError(f"colorhash takes 1..16 bits per bin, got {hash_size}")
+    if algorithm != "colorhash" and not 2 <= hash_size <= 64:
+        raise ValueError(f"must be between 2 and 64, got {hash_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hasher:
+    """One configured perceptual hash. Call it on a decoded image to get packed bits."""
+
+    algorithm: Algorithm
+    hash_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in HASHERS:
+            raise ValueError(f"unknown hasher {self.algorithm!r}; known: {', '.join(HASHERS)}")
+        validate_hash_size(self.algorithm, self.hash_size)
+
+    @property
+    def _spec(self) -> _Spec:
+        return HASHERS[self.algorithm]
+
+    @property
+    def bits(self) -> int:
+        return self._spec.bits(self.hash_size)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the hash values: algorithm, size and ImageHash version."""
+        return f"{self.algorithm}:{self.hash_size}:imagehash-{_IMAGEHASH_VERSION}"
+
+    @property
+    def default_threshold(self) -> float:
+        return self._spec.threshold
+
+    @property
+    def mode(self) -> Literal["L", "RGB"]:
+        return self._spec.mode
+
+    @property
+    def draft_side(self) -> int:
+        """Smallest side a JPEG may be draft-decoded to without changing this hash."""
+        return DRAFT_FACTOR * self._spec.sample_side(self.hash_size)
+
+    def __call__(self, image: Image.Image) -> bytes:
+        value = self._spec.compute(image, self.hash_size)
+        return np.packbits(np.asarray(value.hash, dtype=bool).ravel()).tobytes()
+
+    def radius(self, threshold: float) -> int:
+        """A normalized threshold as a whole number of differing bits (rounded down)."""
+        return int(threshold * self.bits + 1e-9)

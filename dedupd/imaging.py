@@ -1,0 +1,229 @@
+"""Open an image safely and fast, and hash it once.
+
+One read of the file gives both the sha256 of its bytes and the decoded image. JPEGs are
+decoded in draft mode (a 1/2, 1/4 or 1/8 scale DCT decode) to a size the hashers cannot tell
+from a full decode; EXIF orientation is applied before hashing; HEIC/HEIF come through
+pillow-heif, AVIF through Pillow. Every way a file can be bad raises a typed `ImageError`
+whose `kind` is recorded in the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+import pillow_heif
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dedupd.errors import ImageError
+from dedupd.hashers import Hasher
+
+__all__ = [
+    "ChangedWhileReading",
+    "CorruptImage",
+    "Decoded",
+    "EmptyFile",
+    "FileStat",
+    "HashedImage",
+    "NotAnImage",
+    "TooManyPixels",
+    "TruncatedImage",
+    "Unreadable",
+    "Vanished",
+    "file_sha256",
+    "hash_image",
+    "open_image",
+]
+
+pillow_heif.register_heif_opener()
+
+
+class EmptyFile(ImageError):
+    kind = "empty"
+
+
+class NotAnImage(ImageError):
+    kind = "not_an_image"
+
+
+class TruncatedImage(ImageError):
+    kind = "truncated"
+
+
+class CorruptImage(ImageError):
+    kind = "corrupt"
+
+
+class TooManyPixels(ImageError):
+    kind = "too_many_pixels"
+
+
+class Unreadable(ImageError):
+    kind = "unreadable"
+
+
+class Vanished(ImageError):
+    kind = "vanished"
+
+
+class ChangedWhileReading(ImageError):
+    kind = "changed"
+
+
+class FileStat(NamedTuple):
+    """What identifies one version of a file: unchanged stat means unchanged content."""
+
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class HashedImage:
+    stat: FileStat
+    sha256: str
+    width: int  # after EXIF orientation
+    height: int
+    format: str
+    taken_at: str | None  # EXIF DateTimeOriginal as ISO 8601, camera local time
+    hashes: dict[str, bytes]  # hasher key → packed bits
+
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 0x9003
+_DATETIME = 0x0132
+
+
+def _read(path: str) -> tuple[bytes, FileStat]:
+    try:
+        with open(path, "rb") as f:
+            before = FileStat.of(os.fstat(f.fileno()))
+            data = f.read()
+            after = FileStat.of(os.stat(path))
+    except FileNotFoundError as exc:
+        raise Vanished(path, "the file disappeared before it could be read") from exc
+    except IsADirectoryError as exc:
+        raise Unreadable(path, "is a directory") from exc
+    except OSError as exc:
+        raise Unreadable(
+            path, exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        ) from exc
+    if after != before or len(data) != before.size:
+        raise ChangedWhileReading(path, "the file changed while it was read; it will be retried")
+    if not data:
+        raise EmptyFile(path, "zero bytes")
+    return data, before
+
+
+class Decoded(NamedTuple):
+    image: Image.Image  # upright; smaller than the file when JPEG draft mode applied
+    format: str
+    width: int  # of the full image, upright
+    height: int
+
+
+def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixels: int) -> Decoded:
+    """Decode `data` (bytes, or a path to read) fully, oriented upright, drafted if allowed.
+
+    Raises NotAnImage, TooManyPixels, TruncatedImage or CorruptImage.
+    """
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with warnings.catch_warnings():
+        # We enforce our own pixel limit below, before any pixel is decoded.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except UnidentifiedImageError as exc:
+            raise NotAnImage(path, "not an image Pillow or pillow-heif can read") from exc
+        except Image.DecompressionBombError as exc:
+            raise TooManyPixels(path, str(exc)) from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptImage(path, f"cannot parse header: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            path, f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}"
+        )
+    image_format = image.format or "unknown"
+    try:
+        if draft_side and image_format == "JPEG":
+            image.draft("RGB", (draft_side, draft_side))
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise TruncatedImage(path, str(exc)) from exc
+        raise CorruptImage(path, f"cannot decode: {exc}") from exc
+    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise CorruptImage(path, f"cannot decode: {exc}") from exc
+    if (oriented.width > oriented.height) != (image.width > image.height):
+        width, height = height, width  # EXIF said the camera was turned
+    return Decoded(oriented, image_format, width, height)
+
+
+def _taken_at(image: Image.Image) -> str | None:
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if not isinstance(raw, str):
+            return None
+        return datetime.strptime(raw.strip("\x00 "), "%Y:%m:%d %H:%M:%S").isoformat()
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return None  # missing or malformed EXIF is normal, not an error
+
+
+def hash_image(
+    path: str,
+    hashers: Sequence[Hasher],
+    *,
+    max_pixels: int,
+    expect: FileStat | None = None,
+    draft: bool = True,
+) -> HashedImage:
+    """Read `path` once; return its sha256, size, capture time and one hash per hasher.
+
+    `expect` is the stat the caller saw when it chose the file: if the file has changed since,
+    ChangedWhileReading is raised so that nothing is recorded for a version never hashed.
+    """
+    data, stat = _read(path)
+    if expect is not None and stat != expect:
+        raise ChangedWhileReading(path, "the file changed after it was queued; it will be retried")
+    sha256 = hashlib.sha256(data).hexdigest()
+    side = max(h.draft_side for h in hashers) if draft and hashers else None
+    decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
+    by_mode = {mode: decoded.image.convert(mode) for mode in {h.mode for h in hashers}}
+    return HashedImage(
+        stat=stat,
+        sha256=sha256,
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        taken_at=_taken_at(decoded.image),
+        hashes={h.key: h(by_mode[h.mode]) for h in hashers},
+    )
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes, read in chunks (used to re-verify before a delete)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except FileNotFoundError as exc:
+        raise Vanished(path, "the file disappeared") from exc
+    except OSError as exc:
+        raise Unreadable(path, exc.strerror or str(exc)) from exc
+    return digest.hexdigest()

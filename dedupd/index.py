@@ -1,0 +1,384 @@
+"""Near-duplicate search in Hamming space.
+
+Hashes are packed as rows of uint64 words. An index is a *snapshot* (built once, searched by
+the backend) plus a *delta* of recent additions (searched by brute force), with removals as
+tombstones; `rebuild()` folds the delta in and drops the tombstones. Two backends share that
+life cycle and must answer every query identically (tests/test_index.py checks this):
+
+- ``hamming``: XOR + ``np.bitwise_count`` over the packed words, in chunks. About 1 ms per
+  radius query at a million 64-bit hashes, and 8 bytes per hash per 64 bits.
+- ``ckdtree``: scipy's cKDTree over the unpacked bit vectors with a Minkowski metric; on
+  0/1 vectors the L_p distance is hamming**(1/p). Kept because the project this descends from
+  used it; it is much slower and larger.
+
+Results are always sorted by (distance, id), so ties break the same way in every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "CKDTreeIndex",
+    "HammingIndex",
+    "Match",
+    "NumpyIndex",
+    "distance",
+    "make_index",
+    "pack",
+]
+
+Backend = Literal["hamming", "ckdtree"]
+Words = npt.NDArray[np.uint64]
+Ids = npt.NDArray[np.int64]
+
+_CHUNK_ROWS = 1 << 16  # rows per XOR/popcount step: bounds temporary memory
+_PAIR_CELLS = 1 << 22  # distance-matrix cells per block in all-pairs search
+
+
+class Match(NamedTuple):
+    id: int
+    distance: int  # differing bits
+
+
+def words_for(bits: int) -> int:
+    return max(1, math.ceil(bits / 64))
+
+
+def pack(hashes: Sequence[bytes], bits: int) -> Words:
+    """Packed hash bytes (as `Hasher` makes them) → an (N, words) uint64 array.
+
+    Bits past `bits` in the last byte are cleared, so they never count as differences.
+    """
+    nbytes = math.ceil(bits / 8)
+    width = words_for(bits) * 8
+    rows = np.zeros((len(hashes), width), np.uint8)
+    for i, h in enumerate(hashes):
+        if len(h) != nbytes:
+            raise ValueError(f"hash {i} has {len(h)} bytes, a {bits}-bit index expects {nbytes}")
+        rows[i, :nbytes] = np.frombuffer(h, np.uint8)
+    if bits % 8:
+        rows[:, nbytes - 1] &= np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
+    return rows.view("<u8")
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """Hamming distance between two packed hashes of equal length."""
+    if len(a) != len(b):
+        raise ValueError("hashes differ in length")
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+def _distances(words: Words, query: Words) -> npt.NDArray[np.uint32]:
+    """Hamming distance from `query` (one packed row) to every row of `words`."""
+    out = np.empty(len(words), dtype=np.uint32)
+    for start in range(0, len(words), _CHUNK_ROWS):
+        counts = np.bitwise_count(np.bitwise_xor(words[start : start + _CHUNK_ROWS], query))
+        out[start : start + len(counts)] = counts.sum(axis=1, dtype=np.uint32)
+    return out
+
+
+def _cross_pairs(
+    a: Words, b: Words, radius: int, *, upper: bool
+) -> tuple[Ids, Ids, npt.NDArray[np.uint32]]:
+    """Row pairs (i in a, j in b) within `radius`; with `upper`, a is b and only i < j."""
+    found_i, found_j, found_d = [], [], []
+    block = max(1, _PAIR_CELLS // max(1, len(b)))
+    for start in range(0, len(a), block):
+        rows = a[start : start + block]
+        d = np.bitwise_count(rows[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.uint32)
+        i, j = np.nonzero(d <= radius)
+        if upper:
+            keep = j > i + start
+            i, j = i[keep], j[keep]
+        found_i.append(i + start)
+        found_j.append(j)
+        found_d.append(d[i, j])
+    if not found_i:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.uint32)
+    return (
+        np.concatenate(found_i).astype(np.int64),
+        np.concatenate(found_j).astype(np.int64),
+        np.concatenate(found_d),
+    )
+
+
+def _sorted_matches(ids: Ids, dists: npt.NDArray[np.uint32]) -> list[Match]:
+    order = np.lexsort((ids, dists))
+    return [Match(int(i), int(d)) for i, d in zip(ids[order], dists[order], strict=True)]
+
+
+class HammingIndex:
+    """Snapshot + delta + tombstones; subclasses supply the snapshot search."""
+
+    backend: Backend
+
+    def __init__(self, bits: int):
+        if bits < 1:
+            raise ValueError("bits must be >= 1")
+        self.bits = bits
+        self.width = words_for(bits)
+        self._snap_ids: Ids = np.empty(0, np.int64)  # sorted, for searchsorted lookups
+        self._snap_words: Words = np.empty((0, self.width), np.uint64)
+        self._snap_alive = np.empty(0, bool)
+        self._reset_delta()
+        self._build()
+
+    def _reset_delta(self) -> None:
+        self._delta_ids: Ids = np.empty(16, np.int64)
+        self._delta_words: Words = np.empty((16, self.width), np.uint64)
+        self._delta_alive = np.zeros(16, bool)
+        self._delta_len = 0
+        self._dead = 0
+
+    # -- to override --------------------------------------------------------------------
+    def _build(self) -> None:
+        """Prepare the snapshot's search structure from _snap_ids/_snap_words."""
+
+    def _snapshot_radius(self, query: Words, radius: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
+        """(row numbers, distances) of snapshot rows within `radius`, tombstones included."""
+        d = _distances(self._snap_words, query)
+        rows = np.flatnonzero(d <= radius)
+        return rows, d[rows]
+
+    def _snapshot_nearest(self, query: Words, k: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
+        """Snapshot rows no farther than the k-th nearest live one (all ties included)."""
+        d = _distances(self._snap_words, query)
+        live = d[self._snap_alive]
+        if k >= len(live):
+            return np.arange(len(d)), d
+        rows = np.flatnonzero(d <= np.partition(live, k - 1)[k - 1])
+        return rows, d[rows]
+
+    def _snapshot_pairs(self, radius: int) -> tuple[Ids, Ids, npt.NDArray[np.uint32]]:
+        return _cross_pairs(self._snap_words, self._snap_words, radius, upper=True)
+
+    # -- changes ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._snap_alive.sum()) + int(self._delta_alive[: self._delta_len].sum())
+
+    @property
+    def pending(self) -> int:
+        """Delta entries and tombstones a rebuild would fold in."""
+        return self._delta_len + self._dead
+
+    def add(self, ids: Iterable[int], hashes: Sequence[bytes]) -> None:
+        """Add (or replace) hashes under `ids`. O(1) amortized per hash."""
+        ids = np.fromiter(ids, np.int64)
+        if len(ids) != len(hashes):
+            raise ValueError("ids and hashes differ in length")
+        self.remove(ids)
+        words = pack(hashes, self.bits)
+        end = self._delta_len + len(ids)
+        if end > len(self._delta_ids):
+            capacity = max(end, 2 * len(self._delta_ids))
+            self._delta_ids = np.resize(self._delta_ids, capacity)
+            self._delta_alive = np.resize(self._delta_alive, capacity)
+            grown = np.empty((capacity, self.width), np.uint64)
+            grown[: self._delta_len] = self._delta_words[: self._delta_len]
+            self._delta_words = grown
+        self._delta_ids[self._delta_len : end] = ids
+        self._delta_words[self._delta_len : end] = words
+        self._delta_alive[self._delta_len : end] = True
+        self._delta_len = end
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Tombstone `ids`; unknown ids are ignored."""
+        ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64)
+        if not len(ids):
+            return
+        if len(self._snap_ids):
+            pos = np.searchsorted(self._snap_ids, ids).clip(0, len(self._snap_ids) - 1)
+            hit = pos[(self._snap_ids[pos] == ids)]
+            hit = hit[self._snap_alive[hit]]
+            self._snap_alive[hit] = False
+            self._dead += len(hit)
+        n = self._delta_len
+        hit = np.flatnonzero(np.isin(self._delta_ids[:n], ids) & self._delta_alive[:n])
+        self._delta_alive[hit] = False
+        self._dead += len(hit)
+
+    def rebuild(self) -> None:
+        """Fold the delta into a new snapshot and drop tombstones."""
+        n = self._delta_len
+        live_s, live_d = self._snap_alive, self._delta_alive[:n]
+        ids = np.concatenate([self._snap_ids[live_s], self._delta_ids[:n][live_d]])
+        words = np.concatenate([self._snap_words[live_s], self._delta_words[:n][live_d]])
+        order = np.argsort(ids, kind="stable")
+        self._snap_ids, self._snap_words = ids[order], np.ascontiguousarray(words[order])
+        self._snap_alive = np.ones(len(ids), bool)
+        self._reset_delta()
+        self._build()
+
+    # -- queries ------------------------------------------------------------------------
+    def _query_words(self, query: bytes) -> Words:
+        row: Words = pack([query], self.bits)[0]
+        return row
+
+    def _within(self, q: Words, radius: int) -> list[Match]:
+        rows, dist = self._snapshot_radius(q, radius)
+        live = self._snap_alive[rows]
+        ids = [self._snap_ids[rows[live]]]
+        dists = [dist[live]]
+        n = self._delta_len
+        if n:
+            d = _distances(self._delta_words[:n], q)
+            hit = np.flatnonzero((d <= radius) & self._delta_alive[:n])
+            ids.append(self._delta_ids[hit])
+            dists.append(d[hit])
+        return _sorted_matches(np.concatenate(ids), np.concatenate(dists))
+
+    def radius(self, query: bytes, radius: int) -> list[Match]:
+        """Every indexed hash within `radius` bits of `query`, nearest first."""
+        if radius < 0:
+            return []
+        return self._within(self._query_words(query), radius)
+
+    def knn(self, query: bytes, k: int) -> list[Match]:
+        """The `k` nearest hashes, nearest first; ties broken by the smaller id."""
+        if k < 1:
+            return []
+        q = self._query_words(query)
+        rows, dist = self._snapshot_nearest(q, k)
+        live = self._snap_alive[rows]
+        ids, dists = [self._snap_ids[rows[live]]], [dist[live]]
+        n = self._delta_len
+        if n:
+            d = _distances(self._delta_words[:n], q)
+            alive = self._delta_alive[:n]
+            bound = np.partition(d[alive], k - 1)[k - 1] if k < alive.sum() else self.bits
+            hit = np.flatnonzero(alive & (d <= bound))
+            ids.append(self._delta_ids[hit])
+            dists.append(d[hit])
+        return _sorted_matches(np.concatenate(ids), np.concatenate(dists))[:k]
+
+    def pairs(self, radius: int) -> list[tuple[int, int, int]]:
+        """All (id_a, id_b, distance) with id_a < id_b within `radius`, sorted."""
+        n = self._delta_len
+        snap_ids, delta_ids = self._snap_ids, self._delta_ids[:n]
+        delta_words = self._delta_words[:n]
+        found: list[tuple[Ids, Ids, npt.NDArray[np.uint32]]] = []
+        i, j, d = self._snapshot_pairs(radius)
+        keep = self._snap_alive[i] & self._snap_alive[j]
+        found.append((snap_ids[i[keep]], snap_ids[j[keep]], d[keep]))
+        i, j, d = _cross_pairs(delta_words, self._snap_words, radius, upper=False)
+        keep = self._delta_alive[i] & self._snap_alive[j]
+        found.append((delta_ids[i[keep]], snap_ids[j[keep]], d[keep]))
+        i, j, d = _cross_pairs(delta_words, delta_words, radius, upper=True)
+        keep = self._delta_alive[i] & self._delta_alive[j]
+        found.append((delta_ids[i[keep]], delta_ids[j[keep]], d[keep]))
+        a = np.concatenate([f[0] for f in found])
+        b = np.concatenate([f[1] for f in found])
+        dist = np.concatenate([f[2] for f in found])
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        order = np.lexsort((hi, lo, dist))
+        return [
+            (int(x), int(y), int(z))
+            for x, y, z in zip(lo[order], hi[order], dist[order], strict=True)
+        ]
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the index arrays (not counting the Python objects around them)."""
+        arrays = (
+            self._snap_ids,
+            self._snap_words,
+            self._snap_alive,
+            self._delta_ids,
+            self._delta_words,
+            self._delta_alive,
+        )
+        return sum(a.nbytes for a in arrays)
+
+
+class NumpyIndex(HammingIndex):
+    """Brute-force XOR + popcount over packed words: the fast default."""
+
+    backend: Backend = "hamming"
+
+
+class CKDTreeIndex(HammingIndex):
+    """scipy cKDTree over unpacked bit vectors (the design dedupd descends from)."""
+
+    backend: Backend = "ckdtree"
+
+    def __init__(self, bits: int, *, leaf_size: int = 16, p: float = 1.0):
+        if p < 1:
+            raise ValueError("Minkowski p must be >= 1")
+        self.leaf_size, self.p = leaf_size, p
+        self._tree: cKDTree | None = None
+        super().__init__(bits)
+
+    def _unpack(self, words: Words) -> npt.NDArray[np.uint8]:
+        raw = np.ascontiguousarray(words).view(np.uint8).reshape(len(words), -1)
+        return np.unpackbits(raw, axis=1)[:, : self.bits]
+
+    def _metric_radius(self, radius: int) -> float:
+        # On 0/1 vectors L_p = hamming ** (1/p); a little slack absorbs float rounding.
+        return float(radius ** (1.0 / self.p)) + 1e-6
+
+    def _build(self) -> None:
+        self._tree = (
+            cKDTree(self._unpack(self._snap_words), leafsize=self.leaf_size)
+            if len(self._snap_words)
+            else None
+        )
+
+    def _snapshot_radius(self, query: Words, radius: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
+        if self._tree is None:
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        point = self._unpack(query[None, :])[0]
+        rows = np.asarray(
+            self._tree.query_ball_point(point, self._metric_radius(radius), p=self.p), np.int64
+        )
+        return rows, _distances(self._snap_words[rows], query)
+
+    def _snapshot_nearest(self, query: Words, k: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
+        if self._tree is None:
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        point = self._unpack(query[None, :])[0]
+        # Ask for enough neighbours that k of them are alive even if every tombstone is close,
+        # then widen to a radius query so that ties at the k-th distance are all included.
+        want = min(len(self._snap_ids), k + int((~self._snap_alive).sum()))
+        _, rows = self._tree.query(point, k=want, p=self.p)
+        rows = np.atleast_1d(rows)
+        rows = rows[self._snap_alive[rows]][:k]
+        if not len(rows):
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        return self._snapshot_radius(query, int(_distances(self._snap_words[rows], query).max()))
+
+    def _snapshot_pairs(self, radius: int) -> tuple[Ids, Ids, npt.NDArray[np.uint32]]:
+        if self._tree is None:
+            empty = np.empty(0, np.int64)
+            return empty, empty, np.empty(0, np.uint32)
+        found = self._tree.query_pairs(self._metric_radius(radius), p=self.p, output_type="ndarray")
+        i, j = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
+        d = np.bitwise_count(self._snap_words[i] ^ self._snap_words[j]).sum(axis=1, dtype=np.uint32)
+        return i, j, d
+
+    def memory_bytes(self) -> int:
+        tree = 0
+        if self._tree is not None:
+            # cKDTree holds its data as float64 plus an index array and the nodes.
+            tree = self._tree.data.nbytes + self._tree.indices.nbytes
+        return super().memory_bytes() + tree
+
+
+BACKENDS: dict[Backend, type[HammingIndex]] = {"hamming": NumpyIndex, "ckdtree": CKDTreeIndex}
+
+
+def make_index(backend: Backend, bits: int, *, leaf_size: int = 16, p: float = 1.0) -> HammingIndex:
+    """An empty index of the named backend. Raises ValueError for an unknown name."""
+    if backend == "ckdtree":
+        return CKDTreeIndex(bits, leaf_size=leaf_size, p=p)
+    if backend == "hamming":
+        return NumpyIndex(bits)
+    raise ValueError(f"unknown index backend {backend!r}; known: {', '.join(BACKENDS)}")

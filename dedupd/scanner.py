@@ -1,0 +1,138 @@
+"""Walk roots and diff them against the store by (dev, inode, size, mtime_ns).
+
+Nothing here decodes an image or writes the database: `reconcile` returns a `Plan` that
+says which files are new, changed, renamed, gone, or need only a lazy re-hash.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dedupd.config import WatchConfig
+from dedupd.errors import NotFoundError
+from dedupd.imaging import FileStat
+from dedupd.store import FileRecord, Store
+
+__all__ = ["Entry", "NameFilter", "Plan", "reconcile", "walk"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A candidate file found on disk."""
+
+    root: str
+    relpath: str
+    stat: FileStat
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.relpath)
+
+
+class NameFilter:
+    """Which names are photos to hash: a wanted extension and no ignore glob matching."""
+
+    def __init__(self, watch: WatchConfig):
+        self.extensions = frozenset(e.lower() for e in watch.extensions)
+        globs = "|".join(fnmatch.translate(g) for g in watch.ignore)
+        self._ignored = re.compile(globs) if globs else None
+
+    def ignored(self, name: str) -> bool:
+        return bool(self._ignored and self._ignored.match(name))
+
+    def wanted(self, name: str) -> bool:
+        ext = name.rpartition(".")[2].lower() if "." in name else ""
+        return ext in self.extensions and not self.ignored(name)
+
+
+def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[Entry]:
+    """Every wanted regular file under `root` (symlinks not followed), in no fixed order.
+
+    Directories matching an ignore glob and the `exclude` paths (quarantine, database
+    folder) are skipped. Unreadable directories are skipped; files that vanish mid-walk too.
+    """
+    if not os.path.isdir(root):
+        raise NotFoundError(f"{root}: root is not a directory or is not mounted")
+    excluded = {os.path.realpath(p) for p in exclude}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue  # unreadable or vanished folder; its files keep their records
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if (
+                        not names.ignored(entry.name)
+                        and os.path.realpath(entry.path) not in excluded
+                    ):
+                        stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and names.wanted(entry.name):
+                    st = entry.stat(follow_symlinks=False)
+                    yield Entry(root, os.path.relpath(entry.path, root), FileStat.of(st))
+            except OSError:
+                continue
+
+
+@dataclass(slots=True)
+class Plan:
+    """What `reconcile` found; the engine carries it out."""
+
+    new: list[Entry] = field(default_factory=list)
+    changed: list[Entry] = field(default_factory=list)
+    renamed: list[tuple[FileRecord, Entry]] = field(default_factory=list)
+    missing: list[FileRecord] = field(default_factory=list)
+    rehash: list[Entry] = field(default_factory=list)  # unchanged, but lacks the current hash
+    unchanged: int = 0
+
+    @property
+    def to_hash(self) -> list[Entry]:
+        return self.new + self.changed + self.rehash
+
+
+def reconcile(store: Store, root: str, entries: Iterable[Entry], hasher: str) -> Plan:
+    """Diff what is on disk under `root` against the store's records for it.
+
+    An unchanged (dev, inode, size, mtime_ns) is never decoded again, even if it failed
+    before; a record that vanished from one path while a file with its identity appeared at
+    another is a rename, followed without re-hashing.
+    """
+    plan = Plan()
+    known = store.files_in(root)
+    needs_hash = {r.id for r in store.unhashed(root, hasher)}
+    appeared: list[Entry] = []
+    for entry in entries:
+        record = known.pop(entry.relpath, None)
+        if record is None:
+            appeared.append(entry)
+        elif record.stat != entry.stat:
+            plan.changed.append(entry)
+        elif record.id in needs_hash:
+            plan.rehash.append(entry)
+        else:
+            plan.unchanged += 1
+    # Whatever is left in `known` vanished from its path: moved, or deleted.
+    vanished = {r.stat: r for r in known.values()}
+    for entry in appeared:
+        record = vanished.pop(entry.stat, None)
+        if record is None:
+            plan.new.append(entry)
+        else:
+            plan.renamed.append((record, entry))
+            if record.id in needs_hash:
+                plan.rehash.append(entry)
+    plan.missing = list(vanished.values())
+    return plan
+
+
+def root_key(path: Path | str) -> str:
+    """How a root is named in the store: its absolute, resolved path."""
+    return str(Path(path).expanduser().resolve())

@@ -1,0 +1,423 @@
+"""The SQLite database: the one source of truth (the index is rebuilt from it).
+
+WAL mode and a busy timeout let `dedupctl` read while the daemon writes. The schema is
+versioned with ``PRAGMA user_version``; `MIGRATIONS[n]` takes a database from version n to
+n + 1, and a database newer than this code is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+from dedupd.errors import StoreError
+from dedupd.imaging import FileStat, HashedImage
+
+__all__ = ["SCHEMA_VERSION", "FileRecord", "MatchRecord", "Store"]
+
+State = Literal["ok", "error", "missing"]
+MatchKind = Literal["exact", "near"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 → 1: the first schema.
+    """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        root TEXT NOT NULL,
+        relpath TEXT NOT NULL,
+        dev INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT,
+        width INTEGER,
+        height INTEGER,
+        format TEXT,
+        taken_at TEXT,
+        state TEXT NOT NULL CHECK (state IN ('ok', 'error', 'missing')),
+        error_kind TEXT,
+        error TEXT,
+        first_seen REAL NOT NULL,
+        updated REAL NOT NULL,
+        UNIQUE (root, relpath)
+    );
+    CREATE INDEX files_sha256 ON files (sha256);
+    CREATE INDEX files_inode ON files (dev, inode);
+    CREATE TABLE hashes (
+        file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        hasher TEXT NOT NULL,
+        bits BLOB NOT NULL,
+        PRIMARY KEY (file_id, hasher)
+    );
+    CREATE INDEX hashes_hasher ON hashes (hasher);
+    CREATE TABLE matches (
+        a INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        b INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        hasher TEXT NOT NULL,
+        distance INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('exact', 'near')),
+        found REAL NOT NULL,
+        PRIMARY KEY (a, b, hasher),
+        CHECK (a < b)
+    );
+    CREATE INDEX matches_b ON matches (b);
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY,
+        file_id INTEGER REFERENCES files (id) ON DELETE SET NULL,
+        kind TEXT NOT NULL,
+        src TEXT NOT NULL,
+        dst TEXT,
+        keeper_id INTEGER,
+        distance INTEGER,
+        reason TEXT,
+        state TEXT NOT NULL CHECK (state IN ('planned', 'done', 'failed', 'rolled_back')),
+        error TEXT,
+        created REAL NOT NULL,
+        finished REAL
+    );
+    CREATE TABLE distinct_pairs (
+        sha_a TEXT NOT NULL,
+        sha_b TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (sha_a, sha_b),
+        CHECK (sha_a < sha_b)
+    );
+    CREATE TABLE tombstones (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        original_path TEXT NOT NULL,
+        action_id INTEGER REFERENCES actions (id),
+        created REAL NOT NULL
+    );
+    CREATE INDEX tombstones_sha256 ON tombstones (sha256);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    id: int
+    root: str
+    relpath: str
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: str | None
+    state: State
+    error_kind: str | None
+    error: str | None
+    first_seen: float
+    updated: float
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.relpath
+
+    @property
+    def stat(self) -> FileStat:
+        return FileStat(self.dev, self.inode, self.size, self.mtime_ns)
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRecord:
+    other: FileRecord
+    distance: int
+    kind: MatchKind
+
+
+_FILE_COLUMNS = ", ".join(f"f.{name}" for name in FileRecord.__slots__)
+
+
+class Store:
+    """All reads and writes of the database. One writer at a time (the ingest thread)."""
+
+    def __init__(
+        self, path: str | Path, *, now: Callable[[], float] = time.time, readonly: bool = False
+    ):
+        self.path = Path(path)
+        self._now = now
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"{self.path}: no database yet; run `dedupd scan` first")
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self.db = sqlite_utils.Database(conn)
+            if not readonly:
+                self.db.enable_wal()
+                conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable per commit
+            self._migrate(readonly)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+
+    def _migrate(self, readonly: bool) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this dedupd understands"
+                f" ({SCHEMA_VERSION}); upgrade dedupd"
+            )
+        if current < SCHEMA_VERSION and readonly:
+            raise StoreError(
+                f"{self.path}: schema version {current} needs migrating; run `dedupd scan` once"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            with self.db.conn:
+                self.db.conn.executescript(
+                    "BEGIN;" + MIGRATIONS[version] + f"; PRAGMA user_version = {version + 1};"
+                )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading files ----------------------------------------------------------------------
+    def _files(self, where: str, params: Sequence[Any] = ()) -> list[FileRecord]:
+        sql = f"SELECT {_FILE_COLUMNS} FROM files f WHERE {where}"
+        return [FileRecord(*row) for row in self.db.execute(sql, params).fetchall()]
+
+    def file(self, file_id: int) -> FileRecord | None:
+        found = self._files("f.id = ?", (file_id,))
+        return found[0] if found else None
+
+    def file_at(self, path: str | Path) -> FileRecord | None:
+        """The record whose root/relpath is `path` (absolute), whatever its state."""
+        path = Path(path)
+        for parent in path.parents:
+            found = self._files(
+                "f.root = ? AND f.relpath = ?", (str(parent), str(path.relative_to(parent)))
+            )
+            if found:
+                return found[0]
+        return None
+
+    def files_in(self, root: str) -> dict[str, FileRecord]:
+        """Every record under `root` that is not missing, by relative path."""
+        return {r.relpath: r for r in self._files("f.root = ? AND f.state != 'missing'", (root,))}
+
+    def with_sha256(self, sha256: str, *, roots: Sequence[str] | None = None) -> list[FileRecord]:
+        where, params = "f.sha256 = ? AND f.state = 'ok'", [sha256]
+        if roots is not None:
+            where += f" AND f.root IN ({', '.join('?' * len(roots))})"
+            params += list(roots)
+        return self._files(where + " ORDER BY f.id", params)
+
+    def errors(self, roots: Sequence[str]) -> list[FileRecord]:
+        marks = ", ".join("?" * len(roots))
+        return self._files(
+            f"f.state = 'error' AND f.root IN ({marks}) ORDER BY f.root, f.relpath", roots
+        )
+
+    def unhashed(self, root: str, hasher: str) -> list[FileRecord]:
+        """Files decoded before with another hasher: they need the current one (lazily)."""
+        return self._files(
+            "f.root = ? AND f.state = 'ok' AND NOT EXISTS "
+            "(SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)",
+            (root, hasher),
+        )
+
+    def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
+        marks = ", ".join("?" * len(roots))
+        rows = self.db.execute(
+            f"SELECT state, count(*) FROM files WHERE root IN ({marks}) GROUP BY state", roots
+        )
+        return dict(rows.fetchall())
+
+    # -- hashes ------------------------------------------------------------------------------
+    def hashes(
+        self, hasher: str, roots: Sequence[str] | None = None
+    ) -> tuple[list[int], list[bytes]]:
+        """(file ids, packed hashes) of every present file hashed with `hasher`."""
+        sql = (
+            "SELECT f.id, h.bits FROM hashes h JOIN files f ON f.id = h.file_id "
+            "WHERE h.hasher = ? AND f.state = 'ok'"
+        )
+        params: list[Any] = [hasher]
+        if roots is not None:
+            sql += f" AND f.root IN ({', '.join('?' * len(roots))})"
+            params += list(roots)
+        ids: list[int] = []
+        bits: list[bytes] = []
+        for file_id, blob in self.db.execute(sql, params):
+            ids.append(file_id)
+            bits.append(bytes(blob))
+        return ids, bits
+
+    def hash_of(self, file_id: int, hasher: str) -> bytes | None:
+        row = self.db.execute(
+            "SELECT bits FROM hashes WHERE file_id = ? AND hasher = ?", (file_id, hasher)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    # -- writing files -----------------------------------------------------------------------
+    def _write_file(self, root: str, relpath: str, values: dict[str, Any]) -> int:
+        """Insert or update the record at root/relpath (inside the caller's transaction).
+
+        When the content changed (another sha256, or none), the old hashes and matches
+        describe a picture that is no longer there and are dropped.
+        """
+        old = self._files("f.root = ? AND f.relpath = ?", (root, relpath))
+        if not old:
+            row = dict(root=root, relpath=relpath, first_seen=values["updated"], **values)
+            return int(self.db.table("files").insert(row).last_pk)  # type: ignore[arg-type]
+        file_id = old[0].id
+        if values["sha256"] is None or old[0].sha256 != values["sha256"]:
+            self.db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+            self.db.execute("DELETE FROM matches WHERE a = ? OR b = ?", (file_id, file_id))
+        self.db.table("files").update(file_id, values)
+        return file_id
+
+    @staticmethod
+    def _stat_values(stat: FileStat) -> dict[str, Any]:
+        return dict(dev=stat.dev, inode=stat.inode, size=stat.size, mtime_ns=stat.mtime_ns)
+
+    def record_hashed(self, root: str, relpath: str, image: HashedImage) -> int:
+        """Store a freshly decoded file. Same content keeps old hashes; new content drops them."""
+        values = dict(
+            **self._stat_values(image.stat),
+            sha256=image.sha256,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            taken_at=image.taken_at,
+            state="ok",
+            error_kind=None,
+            error=None,
+            updated=self._now(),
+        )
+        with self.db.conn:
+            file_id = self._write_file(root, relpath, values)
+            self.db.table("hashes").upsert_all(
+                [dict(file_id=file_id, hasher=k, bits=v) for k, v in image.hashes.items()],
+                pk=("file_id", "hasher"),
+            )
+        return file_id
+
+    def record_error(self, root: str, relpath: str, stat: FileStat, kind: str, message: str) -> int:
+        """Remember that this version of the file cannot be hashed, and why."""
+        values = dict(
+            **self._stat_values(stat),
+            sha256=None,
+            width=None,
+            height=None,
+            format=None,
+            taken_at=None,
+            state="error",
+            error_kind=kind,
+            error=message,
+            updated=self._now(),
+        )
+        with self.db.conn:
+            return self._write_file(root, relpath, values)
+
+    def mark_missing(self, ids: Iterable[int]) -> None:
+        now = self._now()
+        with self.db.conn:
+            self.db.conn.executemany(
+                "UPDATE files SET state = 'missing', updated = ? WHERE id = ?",
+                [(now, i) for i in ids],
+            )
+
+    def move(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
+        """Follow a rename: same content, new path; no re-hash. A stale record there goes."""
+        with self.db.conn:
+            self.db.execute(
+                "DELETE FROM files WHERE root = ? AND relpath = ? AND id != ?",
+                (root, relpath, file_id),
+            )
+            self.db.execute(
+                "UPDATE files SET root = ?, relpath = ?, dev = ?, inode = ?, mtime_ns = ?,"
+                " updated = ? WHERE id = ?",
+                (root, relpath, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
+            )
+
+    # -- matches -----------------------------------------------------------------------------
+    def replace_matches(
+        self, file_id: int, hasher: str, found: Iterable[tuple[int, int, MatchKind]]
+    ) -> None:
+        """Set `file_id`'s matches under `hasher` to `found`: (other id, distance, kind)."""
+        now = self._now()
+        rows = [
+            (min(file_id, other), max(file_id, other), hasher, d, kind, now)
+            for other, d, kind in found
+            if other != file_id
+        ]
+        with self.db.conn:
+            self.db.execute(
+                "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ?",
+                (file_id, file_id, hasher),
+            )
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO matches (a, b, hasher, distance, kind, found)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def matches_of(self, file_id: int, hasher: str) -> list[MatchRecord]:
+        rows = self.db.execute(
+            "SELECT CASE WHEN a = ? THEN b ELSE a END, distance, kind FROM matches"
+            " WHERE (a = ? OR b = ?) AND hasher = ? ORDER BY distance",
+            (file_id, file_id, file_id, hasher),
+        ).fetchall()
+        out = []
+        for other_id, d, kind in rows:
+            other = self.file(other_id)
+            if other is not None and other.state == "ok":
+                out.append(MatchRecord(other, d, kind))
+        return out
+
+    def match_edges(
+        self, hasher: str, roots: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, int, int, MatchKind]]:
+        """(a, b, distance, kind) for every match between two present files."""
+        sql = (
+            "SELECT m.a, m.b, m.distance, m.kind FROM matches m"
+            " JOIN files fa ON fa.id = m.a AND fa.state = 'ok'"
+            " JOIN files fb ON fb.id = m.b AND fb.state = 'ok' WHERE m.hasher = ?"
+        )
+        params: list[Any] = [hasher]
+        if roots is not None:
+            marks = ", ".join("?" * len(roots))
+            sql += f" AND fa.root IN ({marks}) AND fb.root IN ({marks})"
+            params += list(roots) * 2
+        yield from self.db.execute(sql, params)
+
+    def files(self, ids: Iterable[int]) -> dict[int, FileRecord]:
+        ids = list(ids)
+        found: dict[int, FileRecord] = {}
+        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+            chunk = ids[start : start + 500]
+            for r in self._files(f"f.id IN ({', '.join('?' * len(chunk))})", chunk):
+                found[r.id] = r
+        return found
