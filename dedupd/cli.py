@@ -360,10 +360,11 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
                     indent=2,
                 )
             )
-        else:
+        elif rows:
+            click.echo(f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path")
             for r, d in rows:
                 click.echo(
-                    f"{d / hasher.bits:.3f}  {d:>3}/{hasher.bits}  {_resolution(r):>11}  "
+                    f"{d / hasher.bits:<8.3f}  {d:>3}/{hasher.bits}  {_resolution(r):>11}  "
                     f"{_size(r.size):>9}  {r.path}"
                 )
         if not rows:

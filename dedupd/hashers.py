@@ -18,7 +18,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-__all__ = ["DRAFT_FACTOR", "HASHERS", "Algorithm", "Hasher", "validate_hash_size"]
+__all__ = ["DRAFT_FACTOR", "HASHERS", "MIN_DRAFT_SIDE", "Algorithm", "Hasher", "validate_hash_size"]
 
 Algorithm = Literal[
     "average_hash", "phash", "phash_simple", "dhash", "dhash_vertical", "whash", "colorhash"
@@ -28,6 +28,9 @@ Algorithm = Literal[
 # many times the pixels a hasher samples: on 12 MP photos the 1/8 decode then gives the same
 # pHash bits as a full decode (see tests/test_imaging.py), at a fraction of the cost.
 DRAFT_FACTOR = 4
+# ... and never below this side: small images gain little from drafting, and the tiny hashers
+# (8x8 dHash samples 9 px) would otherwise see a 1/8 decode of a photo a few hundred px wide.
+MIN_DRAFT_SIDE = 256
 
 _IMAGEHASH_VERSION = ".".join(version("ImageHash").split(".")[:2])
 
@@ -55,7 +58,7 @@ HASHERS: Mapping[Algorithm, _Spec] = {
     "dhash_vertical": _Spec(imagehash.dhash_vertical, lambda s: s + 1, lambda s: s * s, 0.12, "L"),
     "whash": _Spec(_whash, lambda s: 4 * s, lambda s: s * s, 0.08, "L"),
     # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
-    # every pixel's colour, so a 64 px side keeps bin fractions close to the full decode.
+    # every pixel's colour; a 256 px draft keeps the bin fractions close to the full decode.
     "colorhash": _Spec(
         lambda im, s: imagehash.colorhash(im, binbits=s),
         lambda s: 64,
@@ -70,8 +73,10 @@ def validate_hash_size(algorithm: Algorithm, hash_size: int) -> None:
     """Raise ValueError naming the allowed sizes when `hash_size` does not suit `algorithm`."""
     if algorithm == "whash" and hash_size & (hash_size - 1):
         raise ValueError(f"whash needs a power of two, got {hash_size}")
-    if algorithm == "colorhash" and not 1 <= hash_size <= 16:
-        raise ValueError(f"colorhash takes 1..16 bits per bin, got {hash_size}")
+    if algorithm == "colorhash" and not 1 <= hash_size <= 8:
+        raise ValueError(
+            f"colorhash takes 1..8 (bits per colour bin; ImageHash's default is 3), got {hash_size}"
+        )
     if algorithm != "colorhash" and not 2 <= hash_size <= 64:
         raise ValueError(f"must be between 2 and 64, got {hash_size}")
 
@@ -112,7 +117,7 @@ class Hasher:
     @property
     def draft_side(self) -> int:
         """Smallest side a JPEG may be draft-decoded to without changing this hash."""
-        return DRAFT_FACTOR * self._spec.sample_side(self.hash_size)
+        return max(MIN_DRAFT_SIDE, DRAFT_FACTOR * self._spec.sample_side(self.hash_size))
 
     def __call__(self, image: Image.Image) -> bytes:
         value = self._spec.compute(image, self.hash_size)

@@ -263,6 +263,8 @@ class HammingIndex:
 
     def pairs(self, radius: int) -> list[tuple[int, int, int]]:
         """All (id_a, id_b, distance) with id_a < id_b within `radius`, sorted."""
+        if radius < 0:
+            return []
         n = self._delta_len
         snap_ids, delta_ids = self._snap_ids, self._delta_ids[:n]
         delta_words = self._delta_words[:n]

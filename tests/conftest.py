@@ -1,0 +1,58 @@
+"""Shared fixtures: an isolated environment, no leaked threads, real photos in tmp dirs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import photos
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's config or writes their state directory."""
+    for name in ("DEDUPD_CONFIG", "STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-run"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running (watchdog's tests do the same)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        leaked[0].join(timeout=0.1)
+    assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    """A camera folder: five real photos plus the duplicates uploads create.
+
+    Expected groups (keeper first by highest resolution, then file size):
+      astronaut.jpg = astronaut (1).jpg (exact copy)
+      coffee.jpg ~ chat/coffee-wa.jpg (re-encoded at quality 60)
+      rocket.jpg ~ chat/rocket-small.jpg (half size)
+      chelsea.jpg ~ edit/chelsea-rotated.jpg (pixels turned, EXIF orientation 6)
+    hubble.jpg has no duplicate; broken.jpg is a truncated upload.
+    """
+    root = tmp_path / "photos"
+    for name in photos.PHOTOS:
+        photos.copy(photos.photo(name), root / f"{name}.jpg")
+    photos.copy(photos.photo("astronaut"), root / "astronaut (1).jpg")
+    photos.reencode(photos.photo("coffee"), root / "chat" / "coffee-wa.jpg")
+    photos.resize(photos.photo("rocket"), root / "chat" / "rocket-small.jpg")
+    photos.exif_rotated(photos.photo("chelsea"), root / "edit" / "chelsea-rotated.jpg")
+    photos.truncated(photos.photo("chelsea"), root / "broken.jpg")
+    return root

@@ -1,0 +1,215 @@
+"""dedupd scan, dedupctl search and show through click's CliRunner, with exact output."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dedupd.cli import dedupctl, dedupd, find_config
+from tests import photos
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def scanned(runner: CliRunner, library: Path, tmp_path: Path) -> Path:
+    """The `library` fixture scanned into a database; returns the database path."""
+    db = tmp_path / "dedupd.db"
+    result = runner.invoke(dedupd, ["scan", str(library), "--database", str(db), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_scan_prints_summary_errors_and_groups(
+    runner: CliRunner, library: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "dedupd.db"
+    result = runner.invoke(dedupd, ["scan", str(library), "--database", str(db), "--workers", "1"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert re.fullmatch(
+        r"scanned 1 root\(s\) in \d+\.\ds: 10 files, 9 hashed, 0 unchanged, 0 renamed, "
+        r"0 missing, 1 errors, 4 duplicate groups \(4 duplicates\)",
+        lines[0],
+    )
+    assert lines[1].startswith(f"error: {library}/broken.jpg: truncated: image file is truncated")
+    assert lines[2:] == [
+        "",
+        f"{library}/astronaut.jpg  512x512  68.1 KB  keeper",
+        f"  = {library}/astronaut (1).jpg  512x512  68.1 KB  exact",
+        "",
+        f"{library}/coffee.jpg  600x400  72.3 KB  keeper",
+        f"  ~ {library}/chat/coffee-wa.jpg  600x400  32.1 KB  near 4/256 (0.016)",
+        "",
+        f"{library}/edit/chelsea-rotated.jpg  451x300  35.2 KB  keeper",
+        f"  ~ {library}/chelsea.jpg  451x300  35.0 KB  near 2/256 (0.008)",
+        "",
+        f"{library}/rocket.jpg  640x427  52.0 KB  keeper",
+        f"  ~ {library}/chat/rocket-small.jpg  320x214  14.0 KB  near 0/256 (0.000)",
+    ]
+
+
+def test_scan_json_report(runner: CliRunner, library: Path, tmp_path: Path) -> None:
+    db = tmp_path / "dedupd.db"
+    args = ["scan", str(library), "--database", str(db), "--workers", "1", "--json"]
+    first = json.loads(runner.invoke(dedupd, args).output)
+    assert (first["files"], first["hashed"], first["unchanged"]) == (10, 9, 0)
+    assert [e["kind"] for e in first["errors"]] == ["truncated"]
+    assert [len(g["duplicates"]) for g in first["groups"]] == [1, 1, 1, 1]
+    exact = first["groups"][0]["duplicates"][0]
+    assert (exact["kind"], exact["distance"], exact["normalized"]) == ("exact", 0, 0.0)
+    second = json.loads(runner.invoke(dedupd, args).output)
+    assert (second["hashed"], second["unchanged"], second["errors"]) == (0, 10, [])
+
+
+def test_scan_without_roots_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(dedupd, ["scan", "--database", str(tmp_path / "d.db")])
+    assert result.exit_code == 2
+    assert "no roots: pass DIRS or configure `roots:`" in result.output
+
+
+def test_config_error_exits_2_naming_the_key(runner: CliRunner, tmp_path: Path) -> None:
+    cfg = tmp_path / "dedupd.yaml"
+    cfg.write_text("policies:\n  camera: {threshold: 2}\n")
+    result = runner.invoke(dedupd, ["scan", "--config", str(cfg), str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {cfg}: policies.camera.threshold: must be a number between 0 and 1, got 2 (int)\n"
+    )
+
+
+def test_scan_uses_the_roots_of_the_config(
+    runner: CliRunner, library: Path, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "dedupd.yaml"
+    cfg.write_text(f"database: state/d.db\nhashing: {{workers: 1}}\nroots: [{{path: {library}}}]\n")
+    result = runner.invoke(dedupd, ["scan", "--config", str(cfg), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["roots"] == [str(library)]
+    assert (tmp_path / "state" / "d.db").exists()
+
+
+def test_search_lists_nearest_photos_with_distances(
+    runner: CliRunner, scanned: Path, library: Path
+) -> None:
+    result = runner.invoke(
+        dedupctl, ["--database", str(scanned), "search", str(photos.photo("coffee")), "-k", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "distance     bits       pixels       size  path",
+        f"0.000       0/256      600x400    72.3 KB  {library}/coffee.jpg",
+        f"0.016       4/256      600x400    32.1 KB  {library}/chat/coffee-wa.jpg",
+    ]
+
+
+def test_search_json_and_threshold(runner: CliRunner, scanned: Path, library: Path) -> None:
+    result = runner.invoke(
+        dedupctl,
+        [
+            "--database",
+            str(scanned),
+            "search",
+            str(photos.photo("astronaut")),
+            "--threshold",
+            "0.1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0
+    found = json.loads(result.output)
+    assert [(Path(r["path"]).name, r["distance"], r["exact"]) for r in found["results"]] == [
+        ("astronaut (1).jpg", 0, True),
+        ("astronaut.jpg", 0, True),
+    ]
+    assert found["hasher"].startswith("phash:16:")
+
+
+def test_search_finding_nothing_exits_1_like_grep(
+    runner: CliRunner, scanned: Path, tmp_path: Path
+) -> None:
+    query = photos.hflip(photos.photo("hubble"), tmp_path / "mirrored.jpg")
+    result = runner.invoke(
+        dedupctl, ["--database", str(scanned), "search", str(query), "--threshold", "0.05"]
+    )
+    assert result.exit_code == 1
+    assert result.output == "no similar photos indexed\n"
+
+
+def test_search_with_a_bad_query_image_is_a_clear_error(
+    runner: CliRunner, scanned: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    result = runner.invoke(dedupctl, ["--database", str(scanned), "search", str(bad)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {bad}: not an image Pillow or pillow-heif can read\n"
+
+
+def test_show_lists_groups(runner: CliRunner, scanned: Path, library: Path) -> None:
+    result = runner.invoke(dedupctl, ["--database", str(scanned), "show"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "4 duplicate groups"
+    assert f"  = {library}/astronaut (1).jpg  512x512  68.1 KB  exact" in lines
+    as_json = json.loads(
+        runner.invoke(dedupctl, ["--database", str(scanned), "show", "--json"]).output
+    )
+    assert [Path(g["keeper"]["path"]).name for g in as_json["groups"]] == [
+        "astronaut.jpg",
+        "coffee.jpg",
+        "chelsea-rotated.jpg",
+        "rocket.jpg",
+    ]
+
+
+def test_show_file_prints_record_and_matches(
+    runner: CliRunner, scanned: Path, library: Path
+) -> None:
+    result = runner.invoke(
+        dedupctl, ["--database", str(scanned), "show", str(library / "coffee.jpg")]
+    )
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[:5] == [
+        f"{library}/coffee.jpg",
+        "  state     ok",
+        "  size      72.3 KB",
+        "  pixels    600x400",
+        "  format    JPEG",
+    ]
+    assert lines[-1] == f"  ~ {library}/chat/coffee-wa.jpg  near 4/256"
+    broken = runner.invoke(
+        dedupctl, ["--database", str(scanned), "show", "--json", str(library / "broken.jpg")]
+    )
+    record = json.loads(broken.output)["file"]
+    assert (record["state"], record["error_kind"]) == ("error", "truncated")
+
+
+def test_show_unknown_file_exits_1(runner: CliRunner, scanned: Path, tmp_path: Path) -> None:
+    result = runner.invoke(dedupctl, ["--database", str(scanned), "show", str(tmp_path / "x.jpg")])
+    assert result.exit_code == 1
+    assert "not in the database" in result.output
+
+
+def test_dedupctl_without_a_database_says_to_scan_first(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(dedupctl, ["--database", str(tmp_path / "none.db"), "show"])
+    assert result.exit_code == 2
+    assert "no database yet; run `dedupd scan` first" in result.output
+
+
+def test_config_search_order(tmp_path: Path) -> None:
+    user = tmp_path / "xdg" / "dedupd" / "dedupd.yaml"
+    assert find_config("given.yaml", {"DEDUPD_CONFIG": "env.yaml"}) == Path("given.yaml")
+    assert find_config(None, {"DEDUPD_CONFIG": "env.yaml"}) == Path("env.yaml")
+    assert find_config(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) is None
+    user.parent.mkdir(parents=True)
+    user.write_text("{}")
+    assert find_config(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) == user

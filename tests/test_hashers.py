@@ -1,0 +1,99 @@
+"""hashers: every ImageHash algorithm is selectable, sized, keyed and tells photos apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dedupd.hashers import HASHERS, Hasher, validate_hash_size
+from dedupd.index import distance
+from tests import photos
+
+SIZES = {a: (3 if a == "colorhash" else 8, 8 if a == "colorhash" else 16) for a in HASHERS}
+
+
+def _image(path: Path, hasher: Hasher) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert(hasher.mode)
+
+
+@pytest.mark.parametrize(("algorithm", "size"), [(a, s) for a in HASHERS for s in SIZES[a]])
+def test_every_hasher_gives_packed_bits_of_its_length(algorithm: str, size: int) -> None:
+    hasher = Hasher(algorithm, size)  # type: ignore[arg-type]
+    bits = hasher(_image(photos.photo("coffee"), hasher))
+    assert len(bits) * 8 >= hasher.bits > len(bits) * 8 - 8
+    assert bits == hasher(_image(photos.photo("coffee"), hasher)), "hashing is deterministic"
+
+
+@pytest.mark.parametrize("algorithm", list(HASHERS))
+def test_a_recompressed_copy_is_nearer_than_any_other_photo(algorithm: str, tmp_path: Path) -> None:
+    """The point of a perceptual hash: a chat-app re-encode is close, other photos are far."""
+    hasher = Hasher(algorithm, SIZES[algorithm][-1])  # type: ignore[arg-type]
+    for name in photos.PHOTOS:
+        original = hasher(_image(photos.photo(name), hasher))
+        copy = hasher(
+            _image(photos.reencode(photos.photo(name), tmp_path / f"{name}.jpg", 50), hasher)
+        )
+        others = [
+            distance(original, hasher(_image(photos.photo(o), hasher)))
+            for o in photos.PHOTOS
+            if o != name
+        ]
+        assert distance(original, copy) < min(others), (name, distance(original, copy), others)
+
+
+@pytest.mark.parametrize("algorithm", ["phash", "dhash", "average_hash", "whash", "phash_simple"])
+def test_default_threshold_separates_the_test_photos(algorithm: str, tmp_path: Path) -> None:
+    """At the default threshold a resized copy matches and no two different photos do."""
+    hasher = Hasher(algorithm, 16)  # type: ignore[arg-type]
+    radius = hasher.radius(hasher.default_threshold)
+    hashes = {n: hasher(_image(photos.photo(n), hasher)) for n in photos.PHOTOS}
+    for name, h in hashes.items():
+        small = photos.resize(photos.photo(name), tmp_path / f"{name}.jpg", 0.5)
+        assert distance(h, hasher(_image(small, hasher))) <= radius, name
+        for other, g in hashes.items():
+            if other != name:
+                assert distance(h, g) > radius, (name, other)
+
+
+def test_key_names_algorithm_size_and_imagehash_version() -> None:
+    """Hashes from different settings never mix: the key differs when any of them does."""
+    key = Hasher("phash", 16).key
+    assert key.startswith("phash:16:imagehash-")
+    assert Hasher("phash", 8).key != key
+    assert Hasher("dhash", 16).key != key
+
+
+def test_bit_lengths() -> None:
+    assert Hasher("phash", 8).bits == 64
+    assert Hasher("phash", 16).bits == 256
+    assert Hasher("colorhash", 3).bits == 42
+
+
+def test_radius_turns_a_normalized_threshold_into_bits() -> None:
+    assert Hasher("phash", 16).radius(0.1) == 25
+    assert Hasher("phash", 8).radius(0.1) == 6
+    assert Hasher("phash", 8).radius(0.125) == 8  # exact fractions are not lost to rounding
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "size", "message"),
+    [
+        ("whash", 12, "power of two"),
+        ("colorhash", 16, "1..8"),
+        ("phash", 1, "between 2 and 64"),
+        ("dhash", 65, "between 2 and 64"),
+    ],
+)
+def test_unsuitable_sizes_are_rejected(algorithm: str, size: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_hash_size(algorithm, size)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        Hasher(algorithm, size)  # type: ignore[arg-type]
+
+
+def test_unknown_algorithm_is_an_error_not_a_default() -> None:
+    with pytest.raises(ValueError, match="unknown hasher 'md5'"):
+        Hasher("md5", 16)  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""store: versioned schema, incremental records, history kept across hasher changes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dedupd.errors import StoreError
+from dedupd.imaging import FileStat, HashedImage
+from dedupd.store import SCHEMA_VERSION, Store
+
+STAT = FileStat(1, 100, 2048, 1_700_000_000_000_000_000)
+
+
+def _image(
+    sha: str = "a" * 64, hashes: dict[str, bytes] | None = None, stat: FileStat = STAT
+) -> HashedImage:
+    return HashedImage(stat, sha, 40, 30, "JPEG", None, hashes or {"phash:16": b"\x01" * 32})
+
+
+def test_new_database_is_migrated_to_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    with Store(tmp_path / "sub" / "d.db") as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {"files", "hashes", "matches", "actions", "distinct_pairs", "tombstones"} <= set(
+            store.db.table_names()
+        )
+    with Store(tmp_path / "sub" / "d.db") as store:  # reopening migrates nothing twice
+        assert store.schema_version == SCHEMA_VERSION
+
+
+def test_a_database_from_a_newer_dedupd_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this dedupd understands"):
+        Store(path)
+
+
+def test_readonly_open_of_a_missing_database_says_to_scan_first(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="run `dedupd scan` first"):
+        Store(tmp_path / "none.db", readonly=True)
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_readonly_store_cannot_write(tmp_path: Path) -> None:
+    Store(tmp_path / "d.db").close()
+    with Store(tmp_path / "d.db", readonly=True) as store, pytest.raises(sqlite3.OperationalError):
+        store.record_hashed("/r", "a.jpg", _image())
+
+
+def test_same_content_rehashed_keeps_history_of_other_hashers(tmp_path: Path) -> None:
+    """Changing the hasher adds a hash beside the old one instead of replacing it."""
+    with Store(tmp_path / "d.db") as store:
+        fid = store.record_hashed("/r", "a.jpg", _image(hashes={"phash:16": b"\x01" * 32}))
+        assert store.record_hashed("/r", "a.jpg", _image(hashes={"dhash:8": b"\x02" * 8})) == fid
+        assert store.hash_of(fid, "phash:16") == b"\x01" * 32
+        assert store.hash_of(fid, "dhash:8") == b"\x02" * 8
+
+
+def test_new_content_at_the_same_path_drops_stale_hashes_and_matches(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64, {"old": b"\x01"}))
+        b = store.record_hashed(
+            "/r", "b.jpg", _image("b" * 64, {"old": b"\x01"}, STAT._replace(inode=7))
+        )
+        store.replace_matches(a, "old", [(b, 0, "near")])
+        assert [m.other.id for m in store.matches_of(b, "old")] == [a]
+        store.record_hashed("/r", "a.jpg", _image("c" * 64, {"new": b"\x03"}))
+        assert store.hash_of(a, "old") is None
+        assert store.matches_of(b, "old") == []
+
+
+def test_error_is_recorded_with_its_kind_and_clears_hashes(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        fid = store.record_hashed("/r", "a.jpg", _image())
+        assert store.record_error("/r", "a.jpg", STAT, "truncated", "cut off") == fid
+        record = store.file(fid)
+        assert record is not None
+        assert (record.state, record.error_kind, record.error, record.sha256) == (
+            "error",
+            "truncated",
+            "cut off",
+            None,
+        )
+        assert store.hash_of(fid, "phash:16") is None
+        assert store.errors(["/r"]) == [record]
+
+
+def test_move_follows_a_rename_and_replaces_a_stale_record_at_the_target(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        fid = store.record_hashed("/r", "a.jpg", _image())
+        stale = store.record_error("/r", "b.jpg", STAT._replace(inode=9), "empty", "zero bytes")
+        store.mark_missing([stale])
+        store.move(fid, "/r", "b.jpg", STAT)
+        assert store.file(stale) is None
+        moved = store.file_at("/r/b.jpg")
+        assert moved is not None and moved.id == fid and moved.sha256 == "a" * 64
+        assert store.hash_of(fid, "phash:16") == b"\x01" * 32
+
+
+def test_missing_files_leave_the_hash_set_but_keep_their_record(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        fid = store.record_hashed("/r", "a.jpg", _image())
+        store.mark_missing([fid])
+        assert store.hashes("phash:16") == ([], [])
+        assert store.files_in("/r") == {}
+        record = store.file(fid)
+        assert record is not None and record.state == "missing"
+
+
+def test_unhashed_lists_files_that_lack_the_current_hasher(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        fid = store.record_hashed("/r", "a.jpg", _image(hashes={"phash:16": b"\x01" * 32}))
+        assert [r.id for r in store.unhashed("/r", "dhash:8")] == [fid]
+        assert store.unhashed("/r", "phash:16") == []
