@@ -7,6 +7,7 @@ Unknown keys are errors, and an empty file is a valid configuration.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from dedupd.hashers import HASHERS, Algorithm, validate_hash_size
 
 __all__ = [
     "DEFAULT_POLICY",
+    "REFERENCE_POLICY",
     "Action",
     "Config",
     "HashingConfig",
@@ -41,6 +43,7 @@ KeepRule = Literal["highest_resolution", "largest_file", "oldest", "newest"]
 IndexBackend = Literal["hamming", "ckdtree"]
 
 DEFAULT_POLICY = "default"
+REFERENCE_POLICY = "reference"  # built in, and `reference: true` by default when redefined
 DEFAULT_EXTENSIONS = (
     "jpg",
     "jpeg",
@@ -98,6 +101,9 @@ class Policy:
     near: Action = "report"
     keep: tuple[KeepRule, ...] = ("highest_resolution", "largest_file", "oldest")
     dry_run: bool = False
+    reference: bool = False  # files here are always keepers and are never acted on
+    burst_seconds: float = 2.0  # near matches shot this close together are only reported
+    act_on_existing: bool = False  # may act on an older file when the newcomer is better
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +122,9 @@ class Config:
     index: IndexConfig = IndexConfig()
     watch: WatchConfig = WatchConfig()
     roots: tuple[Root, ...] = ()
-    policies: Mapping[str, Policy] = field(default_factory=lambda: {DEFAULT_POLICY: Policy()})
+    policies: Mapping[str, Policy] = field(
+        default_factory=lambda: {DEFAULT_POLICY: Policy(), REFERENCE_POLICY: Policy(reference=True)}
+    )
     quarantine: QuarantineConfig = QuarantineConfig()
 
     def root_policies(self) -> dict[str, Policy]:
@@ -133,7 +141,9 @@ def default_database_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=; may list several, first wins
         return Path(env["STATE_DIRECTORY"].split(":")[0]) / "dedupd.db"
-    state = env.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
+    state = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG spec: relative paths are invalid, ignore them
+        state = str(Path("~/.local/state").expanduser())
     return Path(state) / "dedupd" / "dedupd.db"
 
 
@@ -141,7 +151,7 @@ def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "dedupd.sock"
-    if env.get("XDG_RUNTIME_DIR"):
+    if os.path.isabs(env.get("XDG_RUNTIME_DIR", "")):
         return Path(env["XDG_RUNTIME_DIR"]) / "dedupd.sock"
     return default_database_path(env).parent / "dedupd.sock"
 
@@ -155,7 +165,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int | float):
-        if value < 0:
+        if not math.isfinite(value) or value < 0:
             raise ValueError(value)
         return float(value)
     match = _DURATION.match(str(value))
@@ -266,7 +276,7 @@ def _hashing(r: _Reader) -> HashingConfig:
     r.only(("algorithm", "hash_size", "workers", "max_pixels"))
     d = HashingConfig()
     algorithm = r.choice("algorithm", d.algorithm, _HASHERS)
-    hash_size = r.get("hash_size", d.hash_size, _int_at_least(2), "an integer >= 2")
+    hash_size = r.get("hash_size", d.hash_size, _int_at_least(1), "a positive integer")
     try:
         validate_hash_size(algorithm, hash_size)
     except ValueError as exc:
@@ -314,7 +324,18 @@ def _watch(r: _Reader) -> WatchConfig:
 
 
 def _policy(r: _Reader) -> Policy:
-    r.only(("threshold", "exact", "near", "keep", "dry_run"))
+    r.only(
+        (
+            "threshold",
+            "exact",
+            "near",
+            "keep",
+            "dry_run",
+            "reference",
+            "burst_seconds",
+            "act_on_existing",
+        )
+    )
     d = Policy()
 
     def keep(value: Any) -> tuple[KeepRule, ...]:
@@ -335,6 +356,11 @@ def _policy(r: _Reader) -> Policy:
         near=near,
         keep=r.get("keep", d.keep, keep, "a non-empty list of " + ", ".join(_KEEP_RULES)),
         dry_run=r.get("dry_run", d.dry_run, _bool, "true or false"),
+        reference=r.get(
+            "reference", r.path.endswith(f".{REFERENCE_POLICY}"), _bool, "true or false"
+        ),
+        burst_seconds=r.get("burst_seconds", d.burst_seconds, parse_duration, "a duration"),
+        act_on_existing=r.get("act_on_existing", d.act_on_existing, _bool, "true or false"),
     )
 
 
@@ -353,7 +379,10 @@ def _config(data: object, source: str | None, base: Path) -> Config:
             "quarantine",
         )
     )
-    policies: dict[str, Policy] = {DEFAULT_POLICY: Policy()}
+    policies: dict[str, Policy] = {
+        DEFAULT_POLICY: Policy(),
+        REFERENCE_POLICY: Policy(reference=True),
+    }
     pr = top.child("policies")
     for name in pr.data:
         if not isinstance(name, str) or not name:
@@ -361,7 +390,8 @@ def _config(data: object, source: str | None, base: Path) -> Config:
         policies[name] = _policy(pr.child(name))
 
     roots: list[Root] = []
-    raw_roots = top.data.get("roots") or []
+    raw_roots = top.data.get("roots")
+    raw_roots = [] if raw_roots is None else raw_roots
     if not isinstance(raw_roots, list):
         top.fail(
             f"must be a list of {{path, policy}} mappings, got {_describe(raw_roots)}", "roots"
@@ -409,6 +439,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -161,16 +161,17 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
         if draft_side and image_format == "JPEG":
             image.draft("RGB", (draft_side, draft_side))
         image.load()
-        oriented = ImageOps.exif_transpose(image)
+        decoded_size = image.size
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
     except OSError as exc:
         if "truncated" in str(exc):
             raise TruncatedImage(path, str(exc)) from exc
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
-    if (oriented.width > oriented.height) != (image.width > image.height):
+    if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
-    return Decoded(oriented, image_format, width, height)
+    return Decoded(image, image_format, width, height)
 
 
 def _taken_at(image: Image.Image) -> str | None:

@@ -21,7 +21,7 @@ from dedupd.imaging import FileStat, HashedImage
 
 __all__ = ["SCHEMA_VERSION", "FileRecord", "MatchRecord", "Store"]
 
-State = Literal["ok", "error", "missing"]
+State = Literal["ok", "error", "missing", "quarantined", "deleted"]
 MatchKind = Literal["exact", "near"]
 
 MIGRATIONS: tuple[str, ...] = (
@@ -40,7 +40,8 @@ MIGRATIONS: tuple[str, ...] = (
         height INTEGER,
         format TEXT,
         taken_at TEXT,
-        state TEXT NOT NULL CHECK (state IN ('ok', 'error', 'missing')),
+        state TEXT NOT NULL
+            CHECK (state IN ('ok', 'error', 'missing', 'quarantined', 'deleted')),
         error_kind TEXT,
         error TEXT,
         first_seen REAL NOT NULL,
@@ -70,17 +71,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE actions (
         id INTEGER PRIMARY KEY,
         file_id INTEGER REFERENCES files (id) ON DELETE SET NULL,
-        kind TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('quarantine', 'delete', 'restore', 'purge')),
         src TEXT NOT NULL,
         dst TEXT,
+        tmp TEXT,
+        sha256 TEXT NOT NULL,
         keeper_id INTEGER,
+        keeper_path TEXT,
         distance INTEGER,
         reason TEXT,
+        of_action INTEGER REFERENCES actions (id),
         state TEXT NOT NULL CHECK (state IN ('planned', 'done', 'failed', 'rolled_back')),
         error TEXT,
         created REAL NOT NULL,
         finished REAL
     );
+    CREATE INDEX actions_state ON actions (state);
     CREATE TABLE distinct_pairs (
         sha_a TEXT NOT NULL,
         sha_b TEXT NOT NULL,
@@ -92,7 +98,7 @@ MIGRATIONS: tuple[str, ...] = (
         id INTEGER PRIMARY KEY,
         sha256 TEXT NOT NULL,
         original_path TEXT NOT NULL,
-        action_id INTEGER REFERENCES actions (id),
+        action_id INTEGER NOT NULL REFERENCES actions (id),
         created REAL NOT NULL
     );
     CREATE INDEX tombstones_sha256 ON tombstones (sha256);
@@ -223,8 +229,10 @@ class Store:
         return None
 
     def files_in(self, root: str) -> dict[str, FileRecord]:
-        """Every record under `root` that is not missing, by relative path."""
-        return {r.relpath: r for r in self._files("f.root = ? AND f.state != 'missing'", (root,))}
+        """Every record of a file present under `root` (hashed or failed), by relative path."""
+        return {
+            r.relpath: r for r in self._files("f.root = ? AND f.state IN ('ok', 'error')", (root,))
+        }
 
     def with_sha256(self, sha256: str, *, roots: Sequence[str] | None = None) -> list[FileRecord]:
         where, params = "f.sha256 = ? AND f.state = 'ok'", [sha256]
@@ -421,3 +429,76 @@ class Store:
             for r in self._files(f"f.id IN ({', '.join('?' * len(chunk))})", chunk):
                 found[r.id] = r
         return found
+
+    def set_state(self, file_id: int, state: State) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE files SET state = ?, updated = ? WHERE id = ?",
+                (state, self._now(), file_id),
+            )
+
+    # -- the actions journal ------------------------------------------------------------------
+    def journal_plan(self, **row: Any) -> int:
+        """Write an intended move or delete before it happens; returns the action id."""
+        with self.db.conn:
+            row = dict(state="planned", created=self._now(), **row)
+            return int(self.db.table("actions").insert(row).last_pk)  # type: ignore[arg-type]
+
+    def journal_update(self, action_id: int, **values: Any) -> None:
+        with self.db.conn:
+            self.db.table("actions").update(action_id, values)
+
+    def journal_finish(self, action_id: int, state: str, error: str | None = None) -> None:
+        self.journal_update(action_id, state=state, error=error, finished=self._now())
+
+    def action(self, action_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM actions WHERE id = ?", (action_id,)))
+        return rows[0] if rows else None
+
+    def actions(self, where: str = "1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(f"SELECT * FROM actions WHERE {where} ORDER BY id", params))
+
+    def add_tombstone(self, sha256: str, original_path: str, action_id: int) -> None:
+        with self.db.conn:
+            self.db.table("tombstones").insert(
+                dict(
+                    sha256=sha256,
+                    original_path=original_path,
+                    action_id=action_id,
+                    created=self._now(),
+                )
+            )
+
+    def remove_tombstones(self, action_id: int) -> None:
+        with self.db.conn:
+            self.db.execute("DELETE FROM tombstones WHERE action_id = ?", (action_id,))
+
+    def tombstone(self, sha256: str) -> dict[str, Any] | None:
+        """The latest action that removed a file with these bytes, if any did."""
+        rows = list(
+            self.db.query(
+                "SELECT a.* FROM tombstones t JOIN actions a ON a.id = t.action_id"
+                " WHERE t.sha256 = ? ORDER BY t.id DESC LIMIT 1",
+                (sha256,),
+            )
+        )
+        return rows[0] if rows else None
+
+    def mark_distinct(self, sha_a: str, sha_b: str) -> None:
+        """Remember the user's word that these two are different photos."""
+        a, b = sorted((sha_a, sha_b))
+        if a == b:
+            return
+        with self.db.conn:
+            self.db.execute(
+                "INSERT OR IGNORE INTO distinct_pairs (sha_a, sha_b, created) VALUES (?, ?, ?)",
+                (a, b, self._now()),
+            )
+
+    def distinct_from(self, sha256: str) -> set[str]:
+        rows = self.db.execute(
+            "SELECT sha_b FROM distinct_pairs WHERE sha_a = ?"
+            " UNION SELECT sha_a FROM distinct_pairs WHERE sha_b = ?",
+            (sha256, sha256),
+        )
+        return {r[0] for r in rows}

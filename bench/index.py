@@ -1,0 +1,414 @@
+"""Query latency, build time and memory of both `dedupd.index` backends (hamming, ckdtree).
+
+Data: random hashes from ``numpy.random.default_rng([SEED, size, bits])``, ``bits / 8`` bytes
+each, ids 0..size-1. Queries are existing hashes with 1..radius distinct random bits flipped,
+so every radius query finds at least its source; radius = int(0.1 * bits).
+
+For each (size, bits), in this order:
+
+1. Memory: for each backend, a fresh spawned subprocess generates the hashes, then times
+   ``add`` + ``rebuild`` and reads VmRSS before/after (and VmHWM, reset through
+   /proc/self/clear_refs, for the build's peak). ``memory_bytes()`` is the index's own count.
+2. Latency: one more fresh subprocess builds both indexes (a second build-time sample), checks
+   that the backends return the same radius (and k-NN) results for the first queries, then
+   times radius queries and knn(k=10) queries with the backends interleaved query by query.
+   Each backend runs up to --queries queries, stopping early once it has spent --budget
+   seconds (but not before 10 queries), so slow combinations run fewer; the JSON records n.
+
+cKDTree stores float64 bit vectors (8 bytes per bit per hash): combinations needing more than
+1 GiB for that (1M x 256 bits: ~2 GB, and slow to build) are skipped unless --full, and are
+recorded with "skipped": reason. Timings are never asserted: a benchmark, not a test.
+
+Run from the repository root (the default run takes a few minutes on 2 cores):
+
+    .venv/bin/python bench/index.py [--sizes 10000,100000,1000000] [--bits 64,256] [--full]
+                                    [--queries 200] [--budget 15] [--out bench/results/index.json]
+
+The JSON is printed to stdout and written to --out; progress and the ckdtree/hamming p50 ratio
+table go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+import numpy as np
+
+from dedupd.index import BACKENDS, HammingIndex, make_index
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "index.json"
+SEED = 20_261_123
+K = 10
+AGREE_QUERIES = 5
+MIN_QUERIES = 10
+CKDTREE_MAX_FLOAT_BYTES = 1 << 30  # without --full
+
+
+# -- data ----------------------------------------------------------------------------------
+def make_hashes(size: int, bits: int) -> list[bytes]:
+    nbytes = bits // 8
+    raw = np.random.default_rng([SEED, size, bits]).bytes(size * nbytes)
+    return [raw[i : i + nbytes] for i in range(0, size * nbytes, nbytes)]
+
+
+def make_queries(hashes: list[bytes], bits: int, n: int) -> tuple[list[bytes], list[int]]:
+    """`n` existing hashes with 1..radius random bits flipped, and how many were flipped."""
+    rng = np.random.default_rng([SEED, len(hashes), bits, 1])
+    radius = query_radius(bits)
+    queries, flipped = [], []
+    for src in rng.integers(0, len(hashes), n):
+        unpacked = np.unpackbits(np.frombuffer(hashes[src], np.uint8))
+        flips = int(rng.integers(1, max(1, radius) + 1))
+        unpacked[rng.choice(bits, flips, replace=False)] ^= 1
+        queries.append(np.packbits(unpacked).tobytes())
+        flipped.append(flips)
+    return queries, flipped
+
+
+def query_radius(bits: int) -> int:
+    return int(0.1 * bits)
+
+
+def ckdtree_skip_reason(size: int, bits: int, full: bool) -> str | None:
+    need = size * bits * 8
+    if full or need <= CKDTREE_MAX_FLOAT_BYTES:
+        return None
+    return (
+        f"cKDTree needs {need / 2**30:.1f} GiB of float64 bit vectors at {size} x {bits} bits "
+        "and is slow to build; run with --full to include it"
+    )
+
+
+# -- process memory ------------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc), so RSS reflects live memory only."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return False
+    return True
+
+
+def build(backend: str, hashes: list[bytes], bits: int) -> tuple[HammingIndex, float, float]:
+    index = make_index(backend, bits)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    index.add(range(len(hashes)), hashes)
+    t1 = time.perf_counter()
+    index.rebuild()
+    t2 = time.perf_counter()
+    return index, t1 - t0, t2 - t1
+
+
+# -- subprocess workers --------------------------------------------------------------------
+def memory_worker(backend: str, size: int, bits: int) -> dict[str, Any]:
+    """In a fresh process: build one index and measure its time and RSS growth."""
+    hashes = make_hashes(size, bits)
+    gc.collect()
+    _trim_heap()
+    peak_reset = _reset_peak()
+    rss0 = _status_kib("VmRSS") * 1024
+    index, add_s, rebuild_s = build(backend, hashes, bits)
+    gc.collect()
+    _trim_heap()
+    rss1 = _status_kib("VmRSS") * 1024
+    hwm = _status_kib("VmHWM") * 1024
+    mem = index.memory_bytes()
+    return {
+        "add_s": add_s,
+        "rebuild_s": rebuild_s,
+        "build_s": add_s + rebuild_s,
+        "memory_bytes": mem,
+        "bytes_per_hash": mem / size,
+        "rss_before_bytes": rss0,
+        "rss_growth_bytes": rss1 - rss0,
+        "rss_growth_per_hash": (rss1 - rss0) / size,
+        "peak_rss_growth_bytes": hwm - rss0 if peak_reset else None,
+        "len": len(index),
+    }
+
+
+def _time_interleaved(
+    indexes: dict[str, HammingIndex],
+    call: Callable[[HammingIndex, bytes], list[Any]],
+    queries: list[bytes],
+    budget_s: float,
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Per backend, seconds per query (and result counts), backends alternating per query."""
+    times: dict[str, list[float]] = {b: [] for b in indexes}
+    found: dict[str, list[int]] = {b: [] for b in indexes}
+    spent = dict.fromkeys(indexes, 0.0)
+    for i, query in enumerate(queries):
+        active = [b for b in indexes if len(times[b]) < MIN_QUERIES or spent[b] < budget_s]
+        if not active:
+            break
+        for b in active if i % 2 == 0 else reversed(active):
+            t0 = time.perf_counter()
+            result = call(indexes[b], query)
+            dt = time.perf_counter() - t0
+            times[b].append(dt)
+            spent[b] += dt
+            found[b].append(len(result))
+    return times, found
+
+
+def _latency(samples: list[float]) -> dict[str, Any]:
+    ms = np.asarray(samples) * 1000
+    return {
+        "n": len(samples),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def query_worker(
+    size: int, bits: int, backends: list[str], n_queries: int, budget_s: float
+) -> dict[str, Any]:
+    """In a fresh process: build every backend, check agreement, time queries interleaved."""
+    hashes = make_hashes(size, bits)
+    queries, flipped = make_queries(hashes, bits, n_queries)
+    radius = query_radius(bits)
+    indexes, builds = {}, {}
+    for b in backends:
+        indexes[b], add_s, rebuild_s = build(b, hashes, bits)
+        builds[b] = add_s + rebuild_s
+    del hashes
+    gc.collect()
+
+    # Agreement on the first queries (also warms every backend up before timing).
+    agree: bool | None = None
+    knn_agree: bool | None = None
+    if len(indexes) > 1:
+        first = queries[:AGREE_QUERIES]
+        by_radius = [[ix.radius(q, radius) for q in first] for ix in indexes.values()]
+        by_knn = [[ix.knn(q, K) for q in first] for ix in indexes.values()]
+        agree = all(r == by_radius[0] for r in by_radius[1:])
+        knn_agree = all(r == by_knn[0] for r in by_knn[1:])
+    else:
+        for ix in indexes.values():
+            ix.radius(queries[0], radius)
+            ix.knn(queries[0], K)
+
+    r_times, r_found = _time_interleaved(
+        indexes, lambda ix, q: ix.radius(q, radius), queries, budget_s
+    )
+    k_times, _ = _time_interleaved(indexes, lambda ix, q: ix.knn(q, K), queries, budget_s)
+    return {
+        "radius": radius,
+        "bits_flipped_mean": float(np.mean(flipped)),
+        "agree": agree,
+        "knn_agree": knn_agree,
+        "per_backend": {
+            b: {
+                "build_s": builds[b],
+                "radius_query": {
+                    **_latency(r_times[b]),
+                    "matches_mean": float(np.mean(r_found[b])),
+                },
+                "knn": {"k": K, **_latency(k_times[b])},
+                "radius_s_samples": r_times[b],
+            }
+            for b in indexes
+        },
+    }
+
+
+def in_fresh_process(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            return pool.submit(func, *args).result()
+    except Exception as exc:  # e.g. MemoryError, or the worker killed by the OOM killer
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# -- driver --------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "scipy": version("scipy"),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "loadavg_start": list(os.getloadavg()),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_combo(size: int, bits: int, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    skip = {"hamming": None, "ckdtree": ckdtree_skip_reason(size, bits, args.full)}
+    backends = [b for b in BACKENDS if skip[b] is None]
+    memory = {}
+    for b in backends:
+        _log(f"{size} x {bits} bits, {b}: build + memory in a fresh process")
+        memory[b] = in_fresh_process(memory_worker, b, size, bits)
+    how = " and ".join(backends) + (" interleaved" if len(backends) > 1 else " only")
+    _log(f"{size} x {bits} bits: queries, {how}")
+    queried = in_fresh_process(query_worker, size, bits, backends, args.queries, args.budget)
+
+    rows: list[dict] = []
+    for b in BACKENDS:
+        row: dict[str, Any] = {"backend": b, "size": size, "bits": bits}
+        if skip[b]:
+            rows.append({**row, "skipped": skip[b]})
+            continue
+        if "error" in memory[b] or "error" in queried:
+            rows.append({**row, "error": memory[b].get("error") or queried.get("error")})
+            continue
+        q = queried["per_backend"][b]
+        mem = memory[b]
+        row.update(
+            radius=queried["radius"],
+            bits_flipped_mean=queried["bits_flipped_mean"],
+            build_s=float(np.median([mem["build_s"], q["build_s"]])),
+            build_s_samples=[mem["build_s"], q["build_s"]],
+            add_s=mem["add_s"],
+            rebuild_s=mem["rebuild_s"],
+            radius_query=q["radius_query"],
+            knn=q["knn"],
+            memory_bytes=mem["memory_bytes"],
+            bytes_per_hash=mem["bytes_per_hash"],
+            rss_growth_bytes=mem["rss_growth_bytes"],
+            rss_growth_per_hash=mem["rss_growth_per_hash"],
+            peak_rss_growth_bytes=mem["peak_rss_growth_bytes"],
+            agree=queried["agree"],
+            knn_agree=queried["knn_agree"],
+        )
+        if queried["agree"] is None:
+            row["agree_note"] = "only one backend ran, nothing to compare"
+        rows.append(row)
+
+    ratio: dict[str, Any] = {"size": size, "bits": bits}
+    if len(backends) < 2 or "error" in queried:
+        ratio["ratio"] = None
+        ratio["note"] = "ckdtree " + ("skipped" if len(backends) < 2 else "failed")
+    else:
+        ham, ckd = (queried["per_backend"][b] for b in ("hamming", "ckdtree"))
+        pairs = zip(ckd["radius_s_samples"], ham["radius_s_samples"], strict=False)
+        ratio.update(
+            radius_p50_ratio=ckd["radius_query"]["p50_ms"] / ham["radius_query"]["p50_ms"],
+            knn_p50_ratio=ckd["knn"]["p50_ms"] / ham["knn"]["p50_ms"],
+            radius_paired_median_ratio=float(np.median([c / h for c, h in pairs])),
+            meaning="ckdtree p50 / hamming p50 (higher = hamming faster)",
+        )
+    return rows, ratio
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", type=_int_list, default=[10_000, 100_000, 1_000_000], help="comma list"
+    )
+    parser.add_argument("--bits", type=_int_list, default=[64, 256], help="comma list")
+    parser.add_argument("--full", action="store_true", help="include cKDTree at >1 GiB")
+    parser.add_argument("--queries", type=int, default=200, help="max queries per backend")
+    parser.add_argument("--budget", type=float, default=15.0, help="seconds per backend/kind")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    args = parser.parse_args()
+    if any(b % 8 for b in args.bits):
+        parser.error("--bits must be multiples of 8 (hashes are bits/8 bytes)")
+    if args.queries < AGREE_QUERIES:
+        parser.error(f"--queries must be at least {AGREE_QUERIES}")
+
+    info = machine_info()
+    started = time.perf_counter()
+    results, ratios = [], []
+    for size in args.sizes:
+        for bits in args.bits:
+            rows, ratio = run_combo(size, bits, args)
+            results += rows
+            ratios.append(ratio)
+    info["loadavg_end"] = list(os.getloadavg())
+    doc = {
+        "benchmark": "index",
+        "machine": info,
+        "config": {
+            "sizes": args.sizes,
+            "bits": args.bits,
+            "full": args.full,
+            "seed": SEED,
+            "radius": "int(0.1 * bits)",
+            "queries": "existing hash with 1..radius distinct random bits flipped",
+            "max_queries": args.queries,
+            "budget_s_per_backend_and_kind": args.budget,
+            "min_queries": MIN_QUERIES,
+            "knn_k": K,
+            "agree_checked_on_first": AGREE_QUERIES,
+            "build": "add(all) + rebuild(), median of 2 samples (memory and query processes)",
+            "memory": "VmRSS growth over the build in a fresh spawned process (glibc "
+            "malloc_trim before and after); peak from VmHWM reset via /proc/self/clear_refs",
+            "timer": "time.perf_counter per query, backends alternating per query",
+        },
+        "results": results,
+        "ratios": ratios,
+        "wall_s": time.perf_counter() - started,
+    }
+    _log("\nckdtree p50 / hamming p50 (radius, knn):")
+    for r in ratios:
+        if r.get("radius_p50_ratio") is None:
+            _log(f"  {r['size']:>9} x {r['bits']:>3} bits: n/a ({r['note']})")
+        else:
+            _log(
+                f"  {r['size']:>9} x {r['bits']:>3} bits: "
+                f"radius {r['radius_p50_ratio']:8.1f}x   knn {r['knn_p50_ratio']:8.1f}x"
+            )
+    text = json.dumps(doc, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(args.out)
+    _log(f"wrote {args.out} in {doc['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

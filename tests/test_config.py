@@ -1,0 +1,427 @@
+"""dedupd.config: defaults, the spec's example, and errors that name file, key and fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from dedupd.config import (
+    DEFAULT_POLICY,
+    HashingConfig,
+    IndexConfig,
+    Policy,
+    QuarantineConfig,
+    Root,
+    WatchConfig,
+    default_database_path,
+    default_socket_path,
+    load_config,
+    parse_duration,
+)
+from dedupd.errors import ConfigError, DedupdError
+from dedupd.hashers import HASHERS
+
+SPEC_EXAMPLE = """\
+database: ~/.local/state/dedupd/dedupd.db
+socket: null
+dry_run: false
+hashing: {algorithm: phash, hash_size: 16, workers: auto, max_pixels: 180000000}
+index: {backend: hamming, rebuild_every: 5000}
+watch:
+  settle_seconds: 3
+  rescan_interval: 1h
+  extensions: [jpg, jpeg, png, webp, gif, bmp, tif, tiff, heic, heif, avif]
+  ignore: [".*", "*.tmp", "*.part", "*.crdownload", "*.filepart", "~*"]
+roots:
+  - {path: /srv/photos/uploads, policy: camera}
+  - {path: /srv/photos/archive, policy: reference}
+policies:
+  camera: {threshold: 0.1, exact: delete, near: quarantine, keep: [highest_resolution, largest_file, oldest]}
+  reference: {near: report, exact: report}
+quarantine: {path: /srv/photos/.dedupd-quarantine, retain: 30d}
+"""  # noqa: E501 (verbatim from the spec)
+
+DAY = 86400.0
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _write(tmp_path: Path, text: str, name: str = "dedupd.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- defaults and the spec example -----------------------------------------------------------
+
+
+def test_no_config_file_gives_the_documented_defaults() -> None:
+    """load_config(None) is the built-in configuration: phash/16, hamming index, 3 s settle,
+    hourly rescan, 30-day quarantine retention and a report-only "default" policy."""
+    config = load_config(None)
+    assert config.source is None
+    assert (config.hashing.algorithm, config.hashing.hash_size) == ("phash", 16)
+    assert config.hashing.workers == _cpus()
+    assert config.index.backend == "hamming"
+    assert config.watch.settle_seconds == 3.0
+    assert config.watch.rescan_interval == 3600.0
+    assert config.quarantine.retain == 30 * DAY
+    assert config.quarantine.path is None
+    assert config.roots == ()
+    assert config.dry_run is False
+    default = config.policies[DEFAULT_POLICY]
+    assert (default.exact, default.near) == ("report", "report")
+    assert config.database == default_database_path()
+    assert config.socket == default_socket_path()
+
+
+@pytest.mark.parametrize("text", ["", "# nothing configured yet\n", "---\n"])
+def test_an_empty_config_file_is_valid_and_gives_defaults(tmp_path: Path, text: str) -> None:
+    """An empty (or comment-only) file is a valid configuration equal to the defaults, apart
+    from remembering which file it came from."""
+    path = _write(tmp_path, text)
+    config = load_config(path)
+    assert config.source == path
+    assert dataclasses.replace(config, source=None) == load_config(None)
+
+
+def test_the_spec_example_loads_with_every_value_parsed(tmp_path: Path) -> None:
+    """The full example from the spec is accepted and each value arrives typed: ~ expanded,
+    null socket → default, 'auto' workers → CPU count, '1h'/'30d' → seconds, roots bound to
+    their policies, and the implicit "default" policy still present."""
+    path = _write(tmp_path, SPEC_EXAMPLE)
+    config = load_config(path)
+    assert config.source == path
+    assert config.database == Path.home() / ".local/state/dedupd/dedupd.db"
+    assert config.socket == default_socket_path()
+    assert config.dry_run is False
+    assert config.hashing == HashingConfig("phash", 16, workers=_cpus(), max_pixels=180_000_000)
+    assert config.index == IndexConfig(backend="hamming", rebuild_every=5000)
+    assert config.watch == WatchConfig(
+        settle_seconds=3.0,
+        rescan_interval=3600.0,
+        extensions=(
+            "jpg",
+            "jpeg",
+            "png",
+            "webp",
+            "gif",
+            "bmp",
+            "tif",
+            "tiff",
+            "heic",
+            "heif",
+            "avif",
+        ),
+        ignore=(".*", "*.tmp", "*.part", "*.crdownload", "*.filepart", "~*"),
+    )
+    assert config.roots == (
+        Root(Path("/srv/photos/uploads"), "camera"),
+        Root(Path("/srv/photos/archive"), "reference"),
+    )
+    assert dict(config.policies) == {
+        DEFAULT_POLICY: Policy(),
+        "camera": Policy(
+            threshold=0.1,
+            exact="delete",
+            near="quarantine",
+            keep=("highest_resolution", "largest_file", "oldest"),
+        ),
+        "reference": Policy(exact="report", near="report", reference=True),  # by its name
+    }
+    assert config.quarantine == QuarantineConfig(Path("/srv/photos/.dedupd-quarantine"), 30 * DAY)
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative database, socket, root and quarantine paths are relative to the directory
+    holding the config file, not to the daemon's working directory."""
+    path = _write(
+        tmp_path,
+        "database: state/dedupd.db\n"
+        "socket: ../run/dedupd.sock\n"
+        "roots: [{path: photos}]\n"
+        "quarantine: {path: .quarantine, retain: 1w}\n",
+        name="etc/dedupd.yaml",
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(path)
+    base = tmp_path.resolve() / "etc"
+    assert config.database == base / "state/dedupd.db"
+    assert config.socket == tmp_path.resolve() / "run/dedupd.sock"
+    assert config.roots == (Root(base / "photos", DEFAULT_POLICY),)
+    assert config.quarantine == QuarantineConfig(base / ".quarantine", 7 * DAY)
+
+
+def test_boundary_values_are_accepted(tmp_path: Path) -> None:
+    """Validation is not stricter than documented: thresholds 0 and 1, an explicit worker
+    count, whash with a power-of-two size, the ckdtree backend with p=2 and real booleans."""
+    path = _write(
+        tmp_path,
+        "dry_run: true\n"
+        "hashing: {algorithm: whash, hash_size: 8, workers: 3}\n"
+        "index: {backend: ckdtree, p: 2, leaf_size: 4}\n"
+        "watch: {extensions: [.JPG, png]}\n"
+        "policies:\n"
+        "  a: {threshold: 0, keep: [newest]}\n"
+        "  b: {threshold: 1, dry_run: true}\n",
+    )
+    config = load_config(path)
+    assert config.dry_run is True
+    assert config.hashing == HashingConfig("whash", 8, workers=3)
+    assert config.index == IndexConfig(backend="ckdtree", p=2.0, leaf_size=4)
+    assert config.watch.extensions == ("jpg", "png")
+    assert config.policies["a"] == Policy(threshold=0.0, keep=("newest",))
+    assert config.policies["b"] == Policy(threshold=1.0, dry_run=True)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+ALGORITHMS = list(HASHERS)
+
+# (yaml text, exact key path or None when the error has no key, fragments the message must hold)
+BAD_CONFIGS = {
+    "unknown-top-level-key": ("colour: red\n", "colour", ["unknown key", "hashing", "policies"]),
+    "unknown-nested-key": (
+        "hashing: {colour: red}\n",
+        "hashing.colour",
+        ["unknown key", "algorithm", "hash_size", "workers"],
+    ),
+    "threshold-above-one": (
+        "policies: {camera: {threshold: 1.5}}\n",
+        "policies.camera.threshold",
+        ["between 0 and 1", "1.5"],
+    ),
+    "threshold-not-a-number": (
+        "policies: {camera: {threshold: high}}\n",
+        "policies.camera.threshold",
+        ["between 0 and 1", "'high'"],
+    ),
+    "near-delete": (
+        "policies: {camera: {near: delete}}\n",
+        "policies.camera.near",
+        ["delete", "only for exact duplicates"],
+    ),
+    "unknown-algorithm": (
+        "hashing: {algorithm: md5}\n",
+        "hashing.algorithm",
+        ["'md5'", *ALGORITHMS],
+    ),
+    "whash-size-not-power-of-two": (
+        "hashing: {algorithm: whash, hash_size: 12}\n",
+        "hashing.hash_size",
+        ["power of two", "12"],
+    ),
+    "zero-workers": ("hashing: {workers: 0}\n", "hashing.workers", ["'auto'", ">= 1"]),
+    "unknown-backend": (
+        "index: {backend: faiss}\n",
+        "index.backend",
+        ["'faiss'", "hamming", "ckdtree"],
+    ),
+    "bad-duration": (
+        "watch: {rescan_interval: soon}\n",
+        "watch.rescan_interval",
+        ["duration", "'soon'"],
+    ),
+    "root-names-undefined-policy": (
+        "policies: {camera: {}}\nroots: [{path: /a, policy: camera}, {path: /b, policy: cmaera}]\n",
+        "roots[1].policy",
+        ["names no policy", "camera", DEFAULT_POLICY],
+    ),
+    "root-without-path": ("roots: [{policy: default}]\n", "roots[0].path", ["required"]),
+    "roots-not-a-list": ("roots: /srv/photos\n", "roots", ["must be a list", "'/srv/photos'"]),
+    "top-level-list": ("- hashing\n- index\n", None, ["must be a mapping", "list"]),
+    "section-not-a-mapping": ("hashing: phash\n", "hashing", ["must be a mapping"]),
+    "invalid-yaml": (
+        "hashing: {algorithm: phash\n  hash_size: 3\n",
+        None,
+        ["invalid YAML", "line 2"],
+    ),
+    "unknown-keep-rule": (
+        "policies: {camera: {keep: [biggest]}}\n",
+        "policies.camera.keep",
+        ["'biggest'", "highest_resolution", "largest_file", "oldest", "newest"],
+    ),
+    "empty-keep-list": (
+        "policies: {camera: {keep: []}}\n",
+        "policies.camera.keep",
+        ["non-empty", "highest_resolution"],
+    ),
+    "string-for-bool": ('dry_run: "yes"\n', "dry_run", ["true or false", "'yes'"]),
+    "string-for-policy-bool": (
+        'policies: {camera: {dry_run: "no"}}\n',
+        "policies.camera.dry_run",
+        ["true or false", "'no'"],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragments"), list(BAD_CONFIGS.values()), ids=list(BAD_CONFIGS)
+)
+def test_bad_config_names_file_key_and_what_is_allowed(
+    tmp_path: Path, text: str, key: str | None, fragments: list[str]
+) -> None:
+    """Every rejected setting raises ConfigError (a DedupdError, so the CLI can report it)
+    whose message names the file, the exact key path and what would be accepted."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    error = caught.value
+    message = str(error)
+    assert isinstance(error, DedupdError)
+    assert error.source == str(path)
+    assert str(path) in message
+    if key is None:
+        assert not error.key
+    else:
+        assert error.key == key
+        assert f": {key}: " in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize("make", ["missing", "directory"])
+def test_unreadable_config_file_is_a_config_error_naming_it(tmp_path: Path, make: str) -> None:
+    """A missing file or a directory given as the config raises ConfigError naming the path
+    (never a bare OSError that would escape the CLI's error handling)."""
+    path = tmp_path / "dedupd.yaml"
+    if make == "directory":
+        path.mkdir()
+    with pytest.raises(ConfigError, match="cannot read") as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """A Latin-1 file (é in a comment) raises ConfigError naming the file and UTF-8, not a
+    UnicodeDecodeError that escapes the CLI's DedupdError handling."""
+    path = tmp_path / "dedupd.yaml"
+    path.write_bytes(b"# caf\xe9 photos\ndry_run: false\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+    assert "utf-8" in str(caught.value).lower()
+
+
+# -- durations and default paths -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("30d", 30 * DAY),
+        ("2w", 14 * DAY),
+        ("1.5h", 5400.0),
+        ("45", 45.0),
+        (5, 5.0),
+        (2.5, 2.5),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration_converts_units_to_seconds(value: object, seconds: float) -> None:
+    """Durations with s/m/h/d/w suffixes, bare numeric strings and plain numbers become float
+    seconds."""
+    result = parse_duration(value)
+    assert result == seconds
+    assert type(result) is float
+
+
+@pytest.mark.parametrize(
+    "value", ["-1", "abc", "", "1y", "h", True, False, -3, -0.5, None, float("nan")]
+)
+def test_parse_duration_rejects_non_durations(value: object) -> None:
+    """Negative, unit-less garbage, unknown units, booleans (YAML `yes`), None and NaN raise
+    ValueError instead of becoming a nonsensical number of seconds."""
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"STATE_DIRECTORY": "/var/lib/dedupd"}, "/var/lib/dedupd/dedupd.db"),
+        ({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}, "/var/lib/a/dedupd.db"),
+        (
+            {"STATE_DIRECTORY": "/var/lib/dedupd", "XDG_STATE_HOME": "/home/u/.state"},
+            "/var/lib/dedupd/dedupd.db",
+        ),
+        ({"XDG_STATE_HOME": "/home/u/.state"}, "/home/u/.state/dedupd/dedupd.db"),
+        ({"STATE_DIRECTORY": "", "XDG_STATE_HOME": "/s"}, "/s/dedupd/dedupd.db"),
+        ({}, "~/.local/state/dedupd/dedupd.db"),
+        ({"XDG_STATE_HOME": ""}, "~/.local/state/dedupd/dedupd.db"),
+    ],
+)
+def test_default_database_path_follows_systemd_then_xdg(env: dict[str, str], expected: str) -> None:
+    """The database lives in systemd's STATE_DIRECTORY (first entry) when set, else under
+    XDG_STATE_HOME, else ~/.local/state; empty variables count as unset."""
+    assert default_database_path(env) == Path(expected).expanduser()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"RUNTIME_DIRECTORY": "/run/dedupd"}, "/run/dedupd/dedupd.sock"),
+        ({"RUNTIME_DIRECTORY": "/run/a:/run/b"}, "/run/a/dedupd.sock"),
+        (
+            {"RUNTIME_DIRECTORY": "/run/dedupd", "XDG_RUNTIME_DIR": "/run/user/1000"},
+            "/run/dedupd/dedupd.sock",
+        ),
+        ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/dedupd.sock"),
+        ({"STATE_DIRECTORY": "/var/lib/dedupd"}, "/var/lib/dedupd/dedupd.sock"),
+        ({"XDG_STATE_HOME": "/s"}, "/s/dedupd/dedupd.sock"),
+        ({}, "~/.local/state/dedupd/dedupd.sock"),
+    ],
+)
+def test_default_socket_path_follows_systemd_then_xdg_then_state_dir(
+    env: dict[str, str], expected: str
+) -> None:
+    """The socket lives in RUNTIME_DIRECTORY, else XDG_RUNTIME_DIR, else next to the default
+    database."""
+    assert default_socket_path(env) == Path(expected).expanduser()
+
+
+# -- immutability ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "attribute"),
+    [
+        ("config", "dry_run"),
+        ("hashing", "hash_size"),
+        ("index", "backend"),
+        ("watch", "settle_seconds"),
+        ("root", "path"),
+        ("policy", "near"),
+        ("quarantine", "retain"),
+    ],
+)
+def test_config_objects_are_frozen(tmp_path: Path, section: str, attribute: str) -> None:
+    """A loaded config cannot be changed in place (threads share it), at any level."""
+    config = load_config(_write(tmp_path, SPEC_EXAMPLE))
+    objects: dict[str, object] = {
+        "config": config,
+        "hashing": config.hashing,
+        "index": config.index,
+        "watch": config.watch,
+        "root": config.roots[0],
+        "policy": config.policies["camera"],
+        "quarantine": config.quarantine,
+    }
+    target = objects[section]
+    before = getattr(target, attribute)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(target, attribute, None)
+    assert getattr(target, attribute) == before
