@@ -14,10 +14,11 @@ just before and still has the same sha256.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,10 @@ class Actions:
         quarantine: Path | None,
         *,
         checkpoint: Callable[[str], None] = _no_checkpoint,
-        now: Callable[[], float] = time.time,
     ):
         self.store = store
         self.quarantine_dir = quarantine
         self._checkpoint = checkpoint
-        self._now = now
 
     # -- moving -------------------------------------------------------------------------------
     def _move(self, action_id: int, src: Path, dst: Path, sha256: str) -> None:
@@ -264,8 +263,8 @@ class Actions:
             self.store.set_state(original["file_id"], "missing")  # the next scan re-finds it
 
     def purge(self, older_than: float) -> list[int]:
-        """Delete quarantined files quarantined more than `older_than` seconds ago."""
-        cutoff = self._now() - older_than
+        """Delete files quarantined more than `older_than` seconds ago (by the store's clock)."""
+        cutoff = self.store.now() - older_than
         purged = []
         for q in self.store.actions(
             "kind = 'quarantine' AND state = 'done' AND finished <= ? AND NOT EXISTS"
@@ -281,7 +280,7 @@ class Actions:
                 reason=f"quarantined more than {older_than:.0f}s ago",
             )
             self._checkpoint("planned")
-            self._run(purge_id, lambda path=q["dst"]: _unlink_if_present(path))
+            self._run(purge_id, functools.partial(_unlink_if_present, q["dst"]))
             self.store.journal_finish(purge_id, "done")
             purged.append(q["id"])
         return purged
@@ -347,7 +346,5 @@ class Actions:
 
 def _unlink_if_present(path: str | None) -> None:
     if path is not None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass

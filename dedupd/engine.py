@@ -21,12 +21,14 @@ from dedupd.errors import ImageError, NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.imaging import FileStat, HashedImage, hash_image
 from dedupd.index import HammingIndex, distance, make_index
-from dedupd.policy import rank
+from dedupd.actions import ActionError, Actions
+from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
 
 __all__ = [
     "Failure",
+    "Outcome",
     "Group",
     "Ingest",
     "Member",
@@ -118,11 +120,29 @@ class Group:
     duplicates: tuple[Member, ...]
 
 
-class Ingest:
-    """Owns the store writes, the index and matching for one hasher. Single-threaded."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decision and what came of it: "done", "dry run", "reported" or "failed: …"."""
 
-    def __init__(self, store: Store, config: Config, roots: Sequence[str]):
-        self.store, self.config, self.roots = store, config, list(roots)
+    path: str
+    decision: Decision
+    result: str
+
+
+class Ingest:
+    """Owns the store writes, the index, matching and decisions. One thread only.
+
+    Without `actions` it never touches a file (search, or a store opened read-only).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        roots: Sequence[str],
+        actions: Actions | None = None,
+    ):
+        self.store, self.config, self.roots, self.actions = store, config, list(roots), actions
         self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
         ic = config.index
         self.index: HammingIndex = make_index(
@@ -131,8 +151,10 @@ class Ingest:
         ids, bits = store.hashes(self.hasher.key, self.roots)
         self.index.add(ids, bits)
         self.index.rebuild()
-        self._radius = {root: self._radius_of(p) for root, p in config.root_policies().items()}
-        self._default_radius = self._radius_of(config.policies[DEFAULT_POLICY])
+        self.policies = config.root_policies()
+        self.default_policy = config.policies[DEFAULT_POLICY]
+        self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
+        self._default_radius = self._radius_of(self.default_policy)
 
     def _radius_of(self, policy: Policy) -> int:
         threshold = self.hasher.default_threshold if policy.threshold is None else policy.threshold
@@ -142,15 +164,18 @@ class Ingest:
         """The match radius in bits for a newcomer under `root`, from its policy."""
         return self._radius.get(root, self._default_radius)
 
-    def ingest(self, entry: Entry, result: HashedImage | Failure) -> int:
-        """Record one hashing result; for an image, find and record its matches."""
+    def ingest(self, entry: Entry, result: HashedImage | Failure) -> Outcome | None:
+        """Record one hashing result; for an image, match it and apply its root's policy.
+
+        Returns what was decided when the file has a duplicate (or a tombstone), else None.
+        """
         if isinstance(result, Failure):
             log.warning("file_skipped", path=entry.path, error=result.kind, detail=result.message)
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
             self.index.remove([file_id])
-            return file_id
+            return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
         bits = result.hashes[self.hasher.key]
         found: dict[int, tuple[int, MatchKind]] = {
@@ -165,14 +190,54 @@ class Ingest:
         self.index.add([file_id], [bits])
         if self.index.pending >= self.config.index.rebuild_every:
             self.index.rebuild()
-        if found:
-            log.info(
-                "duplicate_found",
-                path=entry.path,
-                matches=len(found),
-                nearest=min(d for d, _ in found.values()),
-            )
-        return file_id
+        newcomer = self.store.file(file_id)
+        assert newcomer is not None  # just written by this thread
+        tombstone = self.store.tombstone(result.sha256, entry.path)
+        if not found and tombstone is None:
+            return None
+        records = self.store.files(found)
+        decision = decide(
+            newcomer,
+            [Candidate(records[i], d, kind) for i, (d, kind) in found.items() if i in records],
+            policies=self.policies,
+            default=self.default_policy,
+            distinct=self.store.distinct_from(result.sha256),
+            tombstone=tombstone,
+            dry_run=self.config.dry_run,
+        )
+        return self.apply(decision, entry.path)
+
+    def apply(self, decision: Decision, path: str) -> Outcome:
+        """Carry out a decision through `actions`, and log one event for it."""
+        result = "reported"
+        if decision.acts and decision.dry_run:
+            result = "dry run"
+        elif decision.acts and self.actions is None:
+            result = "reported (read-only)"
+        elif decision.acts and decision.target is not None and self.actions is not None:
+            try:
+                if decision.action == "delete" and decision.keeper is not None:
+                    self.actions.delete(decision.target, decision.keeper, decision.rule)
+                else:
+                    self.actions.quarantine(
+                        decision.target, decision.keeper, decision.distance, decision.rule
+                    )
+                self.index.remove([decision.target.id])
+                result = "done"
+            except ActionError as exc:
+                result = f"failed: {exc}"
+        log.info(
+            "decision",
+            path=path,
+            action=decision.action,
+            result=result,
+            rule=decision.rule,
+            target=str(decision.target.path) if decision.target else None,
+            keeper=str(decision.keeper.path) if decision.keeper else None,
+            distance=decision.distance,
+            kind=decision.kind,
+        )
+        return Outcome(path, decision, result)
 
 
 @dataclass(slots=True)
@@ -186,6 +251,7 @@ class ScanReport:
     failed: list[tuple[str, Failure]] = field(default_factory=list)  # this run
     unavailable: list[tuple[str, str]] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -195,6 +261,7 @@ def scan(
     *,
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
+    actions: Actions | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ScanReport:
     """Reconcile every configured root, hash what changed and report duplicate groups.
@@ -228,14 +295,18 @@ def scan(
         report.missing += len(plan.missing)
         work += plan.to_hash
 
-    ingest = Ingest(store, config, report.roots)
+    # Oldest first, so that on a first scan "the newcomer" is the later copy.
+    work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
+    ingest = Ingest(store, config, report.roots, actions)
     if on_total:
         on_total(len(work))
     results = hash_entries(
         work, [ingest.hasher], max_pixels=config.hashing.max_pixels, workers=config.hashing.workers
     )
     for entry, result in results:
-        ingest.ingest(entry, result)
+        outcome = ingest.ingest(entry, result)
+        if outcome is not None and outcome.decision.action != "none":
+            report.outcomes.append(outcome)
         if isinstance(result, Failure):
             report.failed.append((entry.path, result))
         else:

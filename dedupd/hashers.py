@@ -25,8 +25,8 @@ Algorithm = Literal[
 ]
 
 # JPEG draft decoding scales by 1/2, 1/4 or 1/8 in the DCT domain. We ask for at least this
-# many times the pixels a hasher samples: on 12 MP photos the 1/8 decode then gives the same
-# pHash bits as a full decode (see tests/test_imaging.py), at a fraction of the cost.
+# many times the pixels a hasher samples: on 12 MP photos the 1/8 decode then gives pHash
+# bits identical to a full decode or within 2 of 256 (tests/test_imaging.py), 6x faster.
 DRAFT_FACTOR = 4
 # ... and never below this side: small images gain little from drafting, and the tiny hashers
 # (8x8 dHash samples 9 px) would otherwise see a 1/8 decode of a photo a few hundred px wide.
@@ -40,7 +40,7 @@ class _Spec:
     compute: Callable[[Image.Image, int], imagehash.ImageHash]
     sample_side: Callable[[int], int]  # side of the square the hasher resizes to
     bits: Callable[[int], int]
-    threshold: float  # provisional defaults; bench/accuracy.py calibrates them
+    threshold: float  # provisional defaults, to be calibrated by an accuracy benchmark
     mode: Literal["L", "RGB"]
 
 

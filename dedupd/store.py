@@ -195,6 +195,10 @@ class Store:
                     "BEGIN;" + MIGRATIONS[version] + f"; PRAGMA user_version = {version + 1};"
                 )
 
+    def now(self) -> float:
+        """The store's clock (a parameter, so that expiry is testable without sleeping)."""
+        return self._now()
+
     @property
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -473,13 +477,13 @@ class Store:
         with self.db.conn:
             self.db.execute("DELETE FROM tombstones WHERE action_id = ?", (action_id,))
 
-    def tombstone(self, sha256: str) -> dict[str, Any] | None:
-        """The latest action that removed a file with these bytes, if any did."""
+    def tombstone(self, sha256: str, path: str) -> dict[str, Any] | None:
+        """The latest action that removed these bytes from this very path, if any did."""
         rows = list(
             self.db.query(
                 "SELECT a.* FROM tombstones t JOIN actions a ON a.id = t.action_id"
-                " WHERE t.sha256 = ? ORDER BY t.id DESC LIMIT 1",
-                (sha256,),
+                " WHERE t.sha256 = ? AND t.original_path = ? ORDER BY t.id DESC LIMIT 1",
+                (sha256, path),
             )
         )
         return rows[0] if rows else None

@@ -126,8 +126,8 @@ def test_search_json_and_threshold(runner: CliRunner, scanned: Path, library: Pa
     assert result.exit_code == 0
     found = json.loads(result.output)
     assert [(Path(r["path"]).name, r["distance"], r["exact"]) for r in found["results"]] == [
+        ("astronaut.jpg", 0, True),  # equal distances: the older (first indexed) first
         ("astronaut (1).jpg", 0, True),
-        ("astronaut.jpg", 0, True),
     ]
     assert found["hasher"].startswith("phash:16:")
 

@@ -1,0 +1,308 @@
+"""actions: journaled quarantine, verified delete, restore, purge, and recovery after kill -9.
+
+Invariants 1 and 2 of DESIGN.md: a photo leaves its folder only into quarantine or by a
+verified exact-duplicate delete, and a crash at any step leaves each photo exactly once.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import dedupd.actions
+from dedupd.actions import ActionError, Actions
+from dedupd.config import Config, HashingConfig
+from dedupd.engine import scan
+from dedupd.store import FileRecord, Store
+from tests import photos
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Store, Path, Path]:
+    """A scanned root holding keeper.jpg and dup.jpg (exact copy) and near.jpg (re-encode)."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "keeper.jpg")
+    photos.copy(photos.photo("coffee"), root / "dup.jpg")
+    photos.reencode(photos.photo("coffee"), root / "sub" / "near.jpg")
+    config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
+    store = Store(config.database)
+    scan(config.with_roots([root]), store)
+    yield store, root.resolve(), tmp_path / "quarantine"
+    store.close()
+
+
+def _rec(store: Store, path: Path) -> FileRecord:
+    record = store.file_at(path)
+    assert record is not None, path
+    return record
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _copies(sha: str, *folders: Path) -> list[Path]:
+    return [p for f in folders for p in f.rglob("*") if p.is_file() and _sha(p) == sha]
+
+
+def test_quarantine_moves_the_file_and_journals_what_a_restore_needs(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    near, keeper = _rec(store, root / "sub" / "near.jpg"), _rec(store, root / "keeper.jpg")
+    action_id = Actions(store, q).quarantine(near, keeper, 4, "keep: highest_resolution")
+    dst = q / str(root).lstrip("/") / "sub" / "near.jpg"
+    assert not (root / "sub" / "near.jpg").exists()
+    assert _sha(dst) == near.sha256
+    entry = store.action(action_id)
+    assert entry is not None
+    assert (
+        entry["state"],
+        entry["src"],
+        entry["dst"],
+        entry["keeper_path"],
+        entry["distance"],
+        entry["reason"],
+    ) == (
+        "done",
+        str(root / "sub" / "near.jpg"),
+        str(dst),
+        str(root / "keeper.jpg"),
+        4,
+        "keep: highest_resolution",
+    )
+    assert _rec(store, root / "sub" / "near.jpg").state == "quarantined"
+    assert store.tombstone(near.sha256 or "", str(near.path)) is not None
+
+
+def test_quarantine_never_overwrites_a_file_already_in_quarantine(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    taken = q / str(root).lstrip("/") / "dup.jpg"
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"someone else's file")
+    Actions(store, q).quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
+    assert taken.read_bytes() == b"someone else's file"
+    assert _sha(taken.with_name("dup (1).jpg")) == _sha(root / "keeper.jpg")
+
+
+def test_a_file_changed_since_hashing_is_not_moved(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    record = _rec(store, root / "dup.jpg")
+    os.utime(root / "dup.jpg", ns=(record.mtime_ns + 10**9, record.mtime_ns + 10**9))
+    with pytest.raises(ActionError, match="changed since it was hashed"):
+        Actions(store, q).quarantine(record, None, 0, "test")
+    assert (root / "dup.jpg").exists()
+    assert store.actions() == []
+
+
+def test_quarantine_without_a_configured_folder_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, _ = setup
+    with pytest.raises(ActionError, match=r"quarantine\.path is not configured"):
+        Actions(store, None).quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
+    assert (root / "dup.jpg").exists()
+
+
+def test_cross_filesystem_quarantine_copies_verifies_then_unlinks(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+
+    def no_hard_links(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(dedupd.actions, "_link", no_hard_links)
+    record = _rec(store, root / "dup.jpg")
+    action_id = Actions(store, q).quarantine(record, None, 0, "test")
+    entry = store.action(action_id)
+    assert entry is not None and entry["state"] == "done" and entry["tmp"]
+    assert not Path(entry["tmp"]).exists()
+    assert not (root / "dup.jpg").exists()
+    assert _sha(Path(entry["dst"])) == record.sha256
+    assert os.stat(entry["dst"]).st_mtime_ns == record.mtime_ns  # copystat kept the times
+
+
+def test_exact_duplicate_is_deleted_only_after_its_keeper_is_verified(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    dup, keeper = _rec(store, root / "dup.jpg"), _rec(store, root / "keeper.jpg")
+    Actions(store, q).delete(dup, keeper, "exact duplicate")
+    assert not (root / "dup.jpg").exists()
+    assert (root / "keeper.jpg").exists()
+    assert _rec(store, root / "dup.jpg").state == "deleted"
+
+
+def test_near_duplicate_is_never_deleted(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    near, keeper = _rec(store, root / "sub" / "near.jpg"), _rec(store, root / "keeper.jpg")
+    with pytest.raises(ActionError, match="only exact duplicates"):
+        Actions(store, q).delete(near, keeper, "test")
+    assert (root / "sub" / "near.jpg").exists()
+
+
+@pytest.mark.parametrize("keeper_problem", ["gone", "changed", "hard_link"])
+def test_delete_is_refused_when_the_keeper_is_not_a_separate_identical_file(  # type: ignore[no-untyped-def]
+    setup, keeper_problem: str
+) -> None:
+    store, root, q = setup
+    dup, keeper = _rec(store, root / "dup.jpg"), _rec(store, root / "keeper.jpg")
+    if keeper_problem == "gone":
+        (root / "keeper.jpg").unlink()
+    elif keeper_problem == "changed":
+        (root / "keeper.jpg").write_bytes(b"edited since")
+    else:
+        (root / "keeper.jpg").unlink()
+        os.link(root / "dup.jpg", root / "keeper.jpg")
+    with pytest.raises(ActionError, match="nothing deleted"):
+        Actions(store, q).delete(dup, keeper, "test")
+    assert (root / "dup.jpg").exists()
+    (entry,) = store.actions()
+    assert entry["state"] == "failed" and "nothing deleted" in entry["error"]
+
+
+def test_restore_puts_the_file_back_and_remembers_the_pair_as_distinct(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    near, keeper = _rec(store, root / "sub" / "near.jpg"), _rec(store, root / "keeper.jpg")
+    actions = Actions(store, q)
+    action_id = actions.quarantine(near, keeper, 4, "test")
+    assert actions.restore(action_id) == root / "sub" / "near.jpg"
+    assert _sha(root / "sub" / "near.jpg") == near.sha256
+    assert keeper.sha256 in store.distinct_from(near.sha256 or "")
+    assert store.tombstone(near.sha256 or "", str(near.path)) is None
+    with pytest.raises(ActionError, match="already restored"):
+        actions.restore(action_id)
+
+
+def test_restore_refuses_to_overwrite(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    actions = Actions(store, q)
+    action_id = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
+    (root / "dup.jpg").write_bytes(b"a new photo took its name")
+    with pytest.raises(ActionError, match="refusing to overwrite"):
+        actions.restore(action_id)
+    assert (root / "dup.jpg").read_bytes() == b"a new photo took its name"
+    assert len(_copies(_sha(root / "keeper.jpg"), q)) == 1
+
+
+def test_purge_deletes_only_quarantined_files_older_than_retention(setup) -> None:  # type: ignore[no-untyped-def]
+    _, root, q = setup
+    clock = [1000.0]
+    store = Store(setup[0].path, now=lambda: clock[0])
+    actions = Actions(store, q)
+    old = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
+    clock[0] = 5000.0
+    actions.quarantine(_rec(store, root / "sub" / "near.jpg"), None, 4, "test")
+    assert actions.purge(older_than=3000) == [old]
+    remaining = [p.name for p in q.rglob("*.jpg")]
+    assert remaining == ["near.jpg"]
+    purge = store.actions("kind = 'purge'")
+    assert [(p["state"], p["of_action"]) for p in purge] == [("done", old)]
+
+
+# -- kill -9 at every step ------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import errno, os, signal, sys
+    from pathlib import Path
+    import dedupd.actions
+    from dedupd.actions import Actions
+    from dedupd.store import Store
+
+    db, op, step, xdev, qdir, target, keeper, action_id = sys.argv[1:]
+
+    def checkpoint(reached):
+        if reached == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if xdev == "1":
+        def no_hard_links(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        dedupd.actions._link = no_hard_links
+    store = Store(db)
+    actions = Actions(store, Path(qdir), checkpoint=checkpoint)
+    if op == "quarantine":
+        actions.quarantine(store.file_at(target), store.file_at(keeper), 0, "crash test")
+    elif op == "delete":
+        actions.delete(store.file_at(target), store.file_at(keeper), "crash test")
+    else:
+        actions.restore(int(action_id))
+    sys.exit(3)
+    """
+)
+
+STEPS = [
+    ("quarantine", False, "planned"),
+    ("quarantine", False, "linked"),
+    ("quarantine", False, "unlinked"),
+    ("quarantine", True, "planned"),
+    ("quarantine", True, "copied"),
+    ("quarantine", True, "linked"),
+    ("quarantine", True, "unlinked"),
+    ("delete", False, "planned"),
+    ("delete", False, "verified"),
+    ("delete", False, "unlinked"),
+    ("restore", False, "planned"),
+    ("restore", False, "linked"),
+    ("restore", False, "unlinked"),
+    ("restore", True, "copied"),
+    ("restore", True, "linked"),
+]
+
+
+@pytest.mark.parametrize(("op", "xdev", "step"), STEPS)
+def test_kill_9_at_any_step_is_recovered_with_every_photo_exactly_once(  # type: ignore[no-untyped-def]
+    setup, op: str, xdev: bool, step: str
+) -> None:
+    store, root, q = setup
+    dup, keeper = root / "dup.jpg", root / "keeper.jpg"
+    sha = _sha(keeper)
+    action_id = 0
+    if op == "restore":
+        action_id = Actions(store, q).quarantine(_rec(store, dup), _rec(store, keeper), 0, "t")
+        (root / "keeper.jpg").rename(root / "elsewhere.jpg")  # so only the dup carries `sha` here
+        keeper = root / "elsewhere.jpg"
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(store.path),
+            op,
+            step,
+            "1" if xdev else "0",
+            str(q),
+            str(dup),
+            str(root / "keeper.jpg"),
+            str(action_id),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+
+    recovered = Actions(store, q).recover()
+    assert len(recovered) == 1 and recovered[0].outcome in ("done", "rolled_back")
+    assert store.actions("state = 'planned'") == []
+    assert not list(q.rglob(".dedupd-*.tmp")), "temporary copies are cleaned up"
+    if op == "delete":
+        assert keeper.exists() and _sha(keeper) == sha
+        assert dup.exists() == (recovered[0].outcome == "rolled_back")
+    else:
+        # The duplicate exists exactly once: in place, or in quarantine; never both or none.
+        others = [keeper]
+        in_place = dup.exists()
+        in_quarantine = [p for p in _copies(sha, q)]
+        assert in_place + len(in_quarantine) == 1, (in_place, in_quarantine)
+        assert all(o.exists() for o in others)
+    expected_state = {
+        ("quarantine", "done"): "quarantined",
+        ("delete", "done"): "deleted",
+        ("restore", "done"): "missing",
+    }.get((op, recovered[0].outcome))
+    if expected_state:
+        assert _rec(store, dup).state == expected_state
