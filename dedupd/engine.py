@@ -16,22 +16,22 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import ImageError, NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.imaging import FileStat, HashedImage, hash_image
 from dedupd.index import HammingIndex, distance, make_index
-from dedupd.actions import ActionError, Actions
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
 
 __all__ = [
     "Failure",
-    "Outcome",
     "Group",
     "Ingest",
     "Member",
+    "Outcome",
     "ScanReport",
     "duplicate_groups",
     "hash_entries",
