@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,9 @@ import click
 import structlog
 
 from dedupd import __version__
+from dedupd.actions import Actions
 from dedupd.config import Config, load_config
+from dedupd.daemon import Daemon
 from dedupd.engine import Group, Ingest, ScanReport, duplicate_groups, scan
 from dedupd.errors import DedupdError, NotFoundError
 from dedupd.hashers import Hasher
@@ -192,6 +195,13 @@ def _print_report(report: ScanReport, bits: int) -> None:
         click.echo(f"unavailable: {root}: {why}")
     for path, failure in report.failed:
         click.echo(f"error: {path}: {failure.kind}: {failure.message}")
+    for o in report.outcomes:
+        if o.decision.acts:
+            click.echo(
+                f"{o.decision.action}: {o.decision.target.path if o.decision.target else o.path}"
+                f" ({o.result}; keeper {o.decision.keeper.path if o.decision.keeper else '-'};"
+                f" {o.decision.rule})"
+            )
     _print_groups(report.groups, bits)
 
 
@@ -250,10 +260,11 @@ def scan_command(
         )
         bits = Hasher(config.hashing.algorithm, config.hashing.hash_size).bits
         with Store(config.database) as store:
+            actions = Actions(store, config.quarantine.path)
             if as_json or not sys.stderr.isatty():
-                report = scan(config, store)
+                report = scan(config, store, actions=actions)
             else:
-                report = _scan_with_progress(config, store)
+                report = _scan_with_progress(config, store, actions)
         if as_json:
             click.echo(
                 json.dumps(
@@ -272,6 +283,22 @@ def scan_command(
                         "unavailable": [
                             {"root": r, "reason": why} for r, why in report.unavailable
                         ],
+                        "actions": [
+                            {
+                                "path": o.path,
+                                "action": o.decision.action,
+                                "result": o.result,
+                                "rule": o.decision.rule,
+                                "target": str(o.decision.target.path)
+                                if o.decision.target
+                                else None,
+                                "keeper": str(o.decision.keeper.path)
+                                if o.decision.keeper
+                                else None,
+                            }
+                            for o in report.outcomes
+                            if o.decision.acts
+                        ],
                         "groups": _groups_json(report.groups, bits),
                     },
                     indent=2,
@@ -281,7 +308,38 @@ def scan_command(
             _print_report(report, bits)
 
 
-def _scan_with_progress(config: Config, store: Store) -> ScanReport:
+@dedupd.command("run")
+@click.argument("dirs", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@_common_options
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log events at this level (JSON lines when stderr is not a terminal, e.g. journald).",
+)
+def run_command(
+    dirs: tuple[Path, ...], config_path: str | None, database: str | None, log_level: str
+) -> None:
+    """Run the daemon in the foreground: watch the roots (or DIRS) until SIGTERM.
+
+    Every new or changed photo is hashed once it has stopped changing, matched, and handled
+    by its root's policy. SIGHUP reloads the config; an invalid one is rejected and the
+    running config kept. Speaks the systemd notify protocol when $NOTIFY_SOCKET is set.
+    """
+    _configure_logging(log_level)
+    daemon = Daemon(
+        find_config(config_path),
+        dirs,
+        database=Path(database).expanduser().resolve() if database else None,
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, daemon.note_signal)
+    with _errors():
+        sys.exit(daemon.run())
+
+
+def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanReport:
     bar: Any = None
 
     def start(total: int) -> None:
@@ -290,7 +348,9 @@ def _scan_with_progress(config: Config, store: Store) -> ScanReport:
         bar.__enter__()
 
     try:
-        return scan(config, store, on_total=start, progress=lambda n: bar.update(n))
+        return scan(
+            config, store, on_total=start, progress=lambda n: bar.update(n), actions=actions
+        )
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -34,7 +34,10 @@ __all__ = [
     "Outcome",
     "ScanReport",
     "duplicate_groups",
+    "excluded_dirs",
     "hash_entries",
+    "ingest_all",
+    "reconcile_roots",
     "scan",
 ]
 
@@ -72,7 +75,7 @@ def hash_entries(
     *,
     max_pixels: int,
     workers: int,
-) -> Iterator[tuple[Entry, HashedImage | Failure]]:
+) -> Generator[tuple[Entry, HashedImage | Failure], None, None]:
     """Hash `entries` in a process pool (in this process for small jobs), in order."""
     hashers = tuple(hashers)
     if workers <= 1 or len(entries) < 2 * workers:
@@ -255,29 +258,29 @@ class ScanReport:
     seconds: float = 0.0
 
 
-def scan(
-    config: Config,
-    store: Store,
-    *,
-    on_total: Callable[[int], None] | None = None,
-    progress: Progress | None = None,
-    actions: Actions | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> ScanReport:
-    """Reconcile every configured root, hash what changed and report duplicate groups.
-
-    A root that is missing (unmounted) is reported unavailable; its records stay as they are.
-    """
-    started = clock()
-    names = NameFilter(config.watch)
+def excluded_dirs(config: Config) -> list[str]:
+    """Folders never scanned or watched, even inside a root: the database's and quarantine."""
     exclude = [str(config.database.parent)]
     if config.quarantine.path is not None:
         exclude.append(str(config.quarantine.path))
-    report = ScanReport(roots=[])
+    return exclude
+
+
+def reconcile_roots(
+    config: Config, store: Store, roots: Sequence[str], report: ScanReport
+) -> tuple[list[Entry], list[int]]:
+    """Walk `roots`, follow renames and mark deletions in the store.
+
+    Returns the entries to hash, oldest first (so that on a first scan "the newcomer" is the
+    later copy), and the ids of files that disappeared. A root that is missing (unmounted) is
+    reported unavailable and its records stay as they are.
+    """
+    names = NameFilter(config.watch)
+    exclude = excluded_dirs(config)
     hasher_key = Hasher(config.hashing.algorithm, config.hashing.hash_size).key
     work: list[Entry] = []
-    for root_cfg in config.roots:
-        root = root_key(root_cfg.path)
+    gone: list[int] = []
+    for root in roots:
         try:
             entries = list(walk(root, names, exclude))
         except NotFoundError as exc:
@@ -289,17 +292,25 @@ def scan(
         for record, entry in plan.renamed:
             store.move(record.id, entry.root, entry.relpath, entry.stat)
         store.mark_missing(r.id for r in plan.missing)
+        gone += [r.id for r in plan.missing]
         report.files += len(entries)
         report.unchanged += plan.unchanged
         report.renamed += len(plan.renamed)
         report.missing += len(plan.missing)
         work += plan.to_hash
-
-    # Oldest first, so that on a first scan "the newcomer" is the later copy.
     work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
-    ingest = Ingest(store, config, report.roots, actions)
-    if on_total:
-        on_total(len(work))
+    return work, gone
+
+
+def ingest_all(
+    ingest: Ingest,
+    work: Sequence[Entry],
+    report: ScanReport,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Hash `work` and ingest each result into `report`, until done or `stop()`."""
+    config = ingest.config
     results = hash_entries(
         work, [ingest.hasher], max_pixels=config.hashing.max_pixels, workers=config.hashing.workers
     )
@@ -313,6 +324,29 @@ def scan(
             report.hashed += 1
         if progress:
             progress(1)
+        if stop():
+            results.close()  # shuts the pool down; unhashed files are found by the next reconcile
+            return
+
+
+def scan(
+    config: Config,
+    store: Store,
+    *,
+    on_total: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
+    actions: Actions | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanReport:
+    """Reconcile every configured root, hash what changed, apply policies (with `actions`)
+    and report duplicate groups."""
+    started = clock()
+    report = ScanReport(roots=[])
+    work, _ = reconcile_roots(config, store, [root_key(r.path) for r in config.roots], report)
+    ingest = Ingest(store, config, report.roots, actions)
+    if on_total:
+        on_total(len(work))
+    ingest_all(ingest, work, report, progress)
     report.groups = duplicate_groups(store, config, report.roots)
     report.seconds = clock() - started
     return report

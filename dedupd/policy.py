@@ -17,10 +17,15 @@ from dedupd.store import FileRecord, MatchKind
 __all__ = ["KEEP_RULES", "Candidate", "Decision", "decide", "rank"]
 
 
-def _capture_time(r: FileRecord) -> str:
-    # EXIF capture time when the camera wrote one; otherwise the file's mtime, zero-padded so
-    # both sort as text in time order.
-    return r.taken_at or f"~{r.mtime_ns:020d}"
+def _capture_time(r: FileRecord) -> float:
+    """Seconds since the epoch: the EXIF capture time when the camera wrote one (camera-local,
+    read as this machine's local time), otherwise the file's mtime."""
+    if r.taken_at:
+        try:
+            return datetime.fromisoformat(r.taken_at).timestamp()
+        except ValueError:
+            pass
+    return r.mtime_ns / 1e9
 
 
 KEEP_RULES: dict[KeepRule, Callable[[FileRecord], object]] = {
@@ -28,7 +33,7 @@ KEEP_RULES: dict[KeepRule, Callable[[FileRecord], object]] = {
     "highest_resolution": lambda r: -r.pixels,
     "largest_file": lambda r: -r.size,
     "oldest": _capture_time,
-    "newest": lambda r: tuple(-ord(c) for c in _capture_time(r)),
+    "newest": lambda r: -_capture_time(r),
 }
 
 
@@ -160,6 +165,6 @@ def decide(
             dry_run,
         )
     action = policy.exact if best.kind == "exact" else policy.near
-    if action == "delete" and best.kind != "exact":
+    if action == "delete" and (best.kind != "exact" or target.sha256 != keeper.sha256):
         action = "quarantine"  # config forbids this; never let a near match delete
     return Decision(action, rule, target, keeper, best.distance, best.kind, dry_run)

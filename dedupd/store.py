@@ -221,6 +221,10 @@ class Store:
         found = self._files("f.id = ?", (file_id,))
         return found[0] if found else None
 
+    def record(self, root: str, relpath: str) -> FileRecord | None:
+        found = self._files("f.root = ? AND f.relpath = ?", (root, relpath))
+        return found[0] if found else None
+
     def file_at(self, path: str | Path) -> FileRecord | None:
         """The record whose root/relpath is `path` (absolute), whatever its state."""
         path = Path(path)

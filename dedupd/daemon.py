@@ -1,0 +1,379 @@
+"""`dedupd run`: watch the roots and handle every photo within seconds of its upload.
+
+One thread (the caller's) owns the store, the index and every decision; watchdog's threads
+only push hints onto a queue. Signal handlers only set flags (`note_signal`); the loop acts on
+them. The systemd notify protocol is spoken directly on $NOTIFY_SOCKET.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+
+from dedupd.actions import Actions
+from dedupd.config import Config, load_config
+from dedupd.engine import (
+    Ingest,
+    ScanReport,
+    excluded_dirs,
+    ingest_all,
+    reconcile_roots,
+)
+from dedupd.errors import ConfigError
+from dedupd.imaging import FileStat
+from dedupd.scanner import Entry, NameFilter, root_key, walk
+from dedupd.store import Store
+from dedupd.watcher import Hint, Settler, Watcher
+
+__all__ = ["Daemon", "Notifier", "Stats"]
+
+log = structlog.get_logger("dedupd.daemon")
+
+BATCH = 512  # files hashed per step of a reconcile backlog; the loop stays responsive between
+UNAVAILABLE_RETRY = 10.0  # seconds between checks whether a missing root came back
+POLLING_RESCAN = 60.0  # rescan interval for roots whose watch could not be added
+
+
+class Notifier:
+    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET, if systemd set one."""
+
+    def __init__(self, env: Mapping[str, str] | None = None):
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        watched = usec.isdigit() and (not pid or pid == str(os.getpid()))
+        # Ping at half the interval systemd waits, as sd_watchdog_enabled(3) advises.
+        self.watchdog_interval = int(usec) / 2e6 if watched else None
+
+    def send(self, *fields: str) -> None:
+        if not self.address:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto("\n".join(fields).encode(), self.address)
+        except OSError as exc:  # systemd gone or socket unwritable: never fatal
+            log.warning("notify_failed", error=str(exc))
+
+
+@dataclass
+class Stats:
+    started: float
+    hashed: int = 0
+    errors: int = 0
+    acted: int = 0
+    reported: int = 0
+    rescans: int = 0
+
+
+class Daemon:
+    """The service. `run()` blocks until `request_stop()` or a SIGTERM/SIGINT flag."""
+
+    def __init__(
+        self,
+        config_path: Path | None,
+        dirs: Sequence[Path] = (),
+        *,
+        database: Path | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config_path, self.dirs, self.database = config_path, tuple(dirs), database
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.stats = Stats(started=clock())
+        self._stop_flag = False
+        self._reload_flag = False
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._backlog: deque[Entry] = deque()
+        self._rescan_due: set[str] = set()
+
+    # -- requests (thread- and signal-safe) -------------------------------------------------
+    def note_signal(self, signum: int, frame: object = None) -> None:
+        """A signal handler: record the request only; the loop acts on it."""
+        if signum == signal.SIGHUP:
+            self._reload_flag = True
+        else:
+            self._stop_flag = True
+
+    def request_stop(self) -> None:
+        self._stop_flag = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_flag = True
+        self._wake.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _load(self) -> Config:
+        config = load_config(self.config_path)
+        if self.dirs:
+            config = config.with_roots(self.dirs)
+        if self.database is not None:
+            config = replace(config, database=self.database)
+        if not config.roots:
+            raise ConfigError(
+                "no roots to watch: pass DIRS or configure `roots:`",
+                source=str(self.config_path) if self.config_path else None,
+            )
+        return config
+
+    def _configure(self, config: Config) -> None:
+        self.config = config
+        self.roots = [root_key(r.path) for r in config.roots]
+        self.names = NameFilter(config.watch)
+        self.excluded = [os.path.realpath(p) + os.sep for p in excluded_dirs(config)]
+        self.settler = Settler(config.watch.settle_seconds, self.clock)
+        self.ingest = Ingest(self.store, config, self.roots, self.actions)
+        self.watcher = Watcher()
+        self.watcher.start(self.roots)
+        now = self.clock()
+        self._next_rescan = now + config.watch.rescan_interval
+        self._next_retry = now + UNAVAILABLE_RETRY
+        self._queue_reconcile(self.roots)
+
+    def _queue_reconcile(self, roots: Sequence[str]) -> None:
+        report = ScanReport(roots=[])
+        work, gone = reconcile_roots(self.config, self.store, roots, report)
+        self.ingest.index.remove(gone)
+        queued = {e.path for e in self._backlog}
+        self._backlog.extend(e for e in work if e.path not in queued)
+        self.stats.rescans += 1
+        log.info(
+            "reconciled",
+            roots=len(report.roots),
+            files=report.files,
+            queued=len(work),
+            renamed=report.renamed,
+            missing=report.missing,
+            unavailable=[r for r, _ in report.unavailable],
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code. Raises ConfigError for a bad config."""
+        config = self._load()
+        self.store = Store(config.database)
+        self.actions = Actions(self.store, config.quarantine.path)
+        try:
+            for r in self.actions.recover():
+                log.warning(
+                    "journal_recovered",
+                    action=r.action_id,
+                    kind=r.kind,
+                    outcome=r.outcome,
+                    detail=r.detail,
+                )
+            self._configure(config)
+            self.notifier.send("READY=1", self._status())
+            self._ready.set()
+            log.info("started", roots=self.roots, backlog=len(self._backlog))
+            last_ping = last_status = 0.0
+            while not self._stop_flag:
+                if self._reload_flag:
+                    self._reload()
+                self._drain_hints()
+                self._hash_settled()
+                self._work_backlog()
+                self._periodic()
+                now = self.clock()
+                if (
+                    self.notifier.watchdog_interval is not None
+                    and now - last_ping >= self.notifier.watchdog_interval
+                    and self._healthy()
+                ):
+                    self.notifier.send("WATCHDOG=1")
+                    last_ping = now
+                if now - last_status >= 2.0:
+                    self.notifier.send(self._status())
+                    last_status = now
+                if not self._backlog and self.watcher.hints.empty():
+                    self._wake.wait(0.1 if len(self.settler) else 0.25)
+                    self._wake.clear()
+        finally:
+            self.notifier.send("STOPPING=1")
+            if hasattr(self, "watcher"):
+                self.watcher.stop()
+            self.store.close()
+            log.info("stopped", hashed=self.stats.hashed, acted=self.stats.acted)
+        return 0
+
+    def _healthy(self) -> bool:
+        """WATCHDOG=1 only while the observer thread is alive (workers are per batch)."""
+        return self.watcher.alive()
+
+    def _status(self) -> str:
+        return (
+            f"STATUS={len(self.ingest.index)} indexed, {len(self._backlog)} queued, "
+            f"{len(self.settler)} settling, {self.stats.hashed} hashed, "
+            f"{self.stats.acted} acted on, {self.stats.errors} errors"
+        )
+
+    def _stopping(self) -> bool:
+        return self._stop_flag
+
+    def _ingest(self, entries: Sequence[Entry]) -> None:
+        report = ScanReport(roots=[])
+        ingest_all(self.ingest, entries, report, stop=self._stopping)
+        self.stats.hashed += report.hashed
+        self.stats.errors += len(report.failed)
+        for outcome in report.outcomes:
+            if outcome.result == "done":
+                self.stats.acted += 1
+            else:
+                self.stats.reported += 1
+
+    def _work_backlog(self) -> None:
+        if self._backlog:
+            batch = [self._backlog.popleft() for _ in range(min(BATCH, len(self._backlog)))]
+            self._ingest(batch)
+
+    def _hash_settled(self) -> None:
+        entries = []
+        for path, stat in self.settler.due():
+            entry = self._entry(path, stat)
+            if entry is not None:
+                entries.append(entry)
+        if entries:
+            self._ingest(entries)
+
+    def _entry(self, path: str, stat: FileStat) -> Entry | None:
+        """A candidate for hashing, or None when it is not ours or did not change."""
+        root = self._root_of(path)
+        if root is None:
+            return None
+        relpath = os.path.relpath(path, root)
+        record = self.store.record(root, relpath)
+        if record is not None and record.state in ("ok", "error") and record.stat == stat:
+            return None  # invariant 4: unchanged → never decoded again
+        return Entry(root, relpath, stat)
+
+    def _root_of(self, path: str) -> str | None:
+        """The root `path` is a wanted file under, or None (ignored names, excluded dirs)."""
+        if any(path.startswith(e) for e in self.excluded):
+            return None
+        for root in self.roots:
+            if path.startswith(root + os.sep):
+                parts = os.path.relpath(path, root).split(os.sep)
+                if any(self.names.ignored(p) for p in parts[:-1]):
+                    return None
+                return root if self.names.wanted(parts[-1]) else None
+        return None
+
+    def _drain_hints(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            try:
+                hint = self.watcher.hints.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(hint)
+
+    def _handle(self, hint: Hint) -> None:
+        if hint.kind == "touch":
+            if self._root_of(hint.path):
+                self.settler.add(hint.path)
+        elif hint.kind == "deleted":
+            self.settler.discard(hint.path)
+            self._forget(hint.path)
+        elif hint.kind == "moved":
+            self._moved(hint.path, hint.dest or "")
+        elif hint.kind == "dir":
+            self._dir(hint.path)
+
+    def _forget(self, path: str) -> None:
+        record = self.store.file_at(path)
+        if record is not None and record.state in ("ok", "error"):
+            self.store.mark_missing([record.id])
+            self.ingest.index.remove([record.id])
+            log.info("file_deleted", path=path)
+
+    def _moved(self, src: str, dest: str) -> None:
+        """A rename inside the roots is followed without re-hashing; a temp file renamed
+        into place (Syncthing, rsync, browsers) is a new upload."""
+        self.settler.discard(src)
+        record = self.store.file_at(src)
+        root = self._root_of(dest)
+        if record is not None and record.state in ("ok", "error") and root is not None:
+            try:
+                stat = FileStat.of(os.stat(dest))
+            except OSError:
+                stat = None
+            if stat is not None and (stat.size, stat.mtime_ns) == (record.size, record.mtime_ns):
+                self.store.move(record.id, root, os.path.relpath(dest, root), stat)
+                log.info("file_moved", src=src, dest=dest)
+                return
+        if record is not None:
+            self._forget(src)
+        if root is not None:
+            self.settler.add(dest)
+
+    def _dir(self, path: str) -> None:
+        root = next((r for r in self.roots if path == r or path.startswith(r + os.sep)), None)
+        if root is None or any(path.startswith(e) for e in self.excluded):
+            return
+        if os.path.isdir(path) and path != root:
+            for entry in walk(path, self.names, excluded_dirs(self.config)):
+                if self._root_of(entry.path):
+                    self.settler.add(entry.path)
+        else:  # a folder went away (or the root itself): let a reconcile sort it out
+            self._rescan_due.add(root)
+
+    def _periodic(self) -> None:
+        now = self.clock()
+        if now >= self._next_retry:
+            self._next_retry = now + UNAVAILABLE_RETRY
+            for root, state in list(self.watcher.states.items()):
+                if state == "unavailable" and os.path.isdir(root):
+                    log.info("root_available", root=root)
+                    self.watcher.add_root(root)
+                    self._rescan_due.add(root)
+        polling = [r for r, s in self.watcher.states.items() if s == "polling"]
+        if (
+            polling
+            and now >= self._next_rescan - self.config.watch.rescan_interval + POLLING_RESCAN
+        ):
+            self._rescan_due.update(polling)
+        if now >= self._next_rescan:
+            self._rescan_due.update(self.roots)
+        if self._rescan_due and not self._backlog:
+            roots, self._rescan_due = sorted(self._rescan_due), set()
+            if set(roots) == set(self.roots):
+                self._next_rescan = now + self.config.watch.rescan_interval
+            self._queue_reconcile(roots)
+            for root in roots:
+                if not os.path.isdir(root):
+                    self.watcher.states[root] = "unavailable"
+
+    def _reload(self) -> None:
+        self._reload_flag = False
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc), detail="keeping the running config")
+            self.notifier.send("READY=1", "STATUS=reload rejected: " + str(exc)[:200])
+            return
+        if config.database != self.config.database:
+            log.warning("reload_database_ignored", detail="changing database needs a restart")
+            config = replace(config, database=self.config.database)
+        self.watcher.stop()
+        self._backlog.clear()
+        self.actions = Actions(self.store, config.quarantine.path)
+        self._configure(config)
+        log.info("reloaded", roots=self.roots)
+        self.notifier.send("READY=1", self._status())
