@@ -261,7 +261,19 @@ class Daemon:
         record = self.store.record(root, relpath)
         if record is not None and record.state in ("ok", "error") and record.stat == stat:
             return None  # invariant 4: unchanged → never decoded again
+        if record is None or record.state not in ("ok", "error"):
+            moved = self.store.missing_with_stat(stat)
+            if moved is not None:  # a move whose events arrived as delete + create
+                self._revive(moved.id, root, relpath, stat)
+                return None
         return Entry(root, relpath, stat)
+
+    def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
+        self.store.move(file_id, root, relpath, stat)
+        bits = self.store.hash_of(file_id, self.ingest.hasher.key)
+        if bits is not None:
+            self.ingest.index.add([file_id], [bits])
+        log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
 
     def _root_of(self, path: str) -> str | None:
         """The root `path` is a wanted file under, or None (ignored names, excluded dirs)."""
@@ -314,8 +326,7 @@ class Daemon:
             except OSError:
                 stat = None
             if stat is not None and (stat.size, stat.mtime_ns) == (record.size, record.mtime_ns):
-                self.store.move(record.id, root, os.path.relpath(dest, root), stat)
-                log.info("file_moved", src=src, dest=dest)
+                self._revive(record.id, root, os.path.relpath(dest, root), stat)
                 return
         if record is not None:
             self._forget(src)

@@ -225,6 +225,15 @@ class Store:
         found = self._files("f.root = ? AND f.relpath = ?", (root, relpath))
         return found[0] if found else None
 
+    def missing_with_stat(self, stat: FileStat) -> FileRecord | None:
+        """A record marked missing whose (dev, inode, size, mtime) reappeared: a move."""
+        found = self._files(
+            "f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ? AND f.state = 'missing'"
+            " ORDER BY f.updated DESC LIMIT 1",
+            tuple(stat),
+        )
+        return found[0] if found else None
+
     def file_at(self, path: str | Path) -> FileRecord | None:
         """The record whose root/relpath is `path` (absolute), whatever its state."""
         path = Path(path)
@@ -366,7 +375,11 @@ class Store:
             )
 
     def move(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
-        """Follow a rename: same content, new path; no re-hash. A stale record there goes."""
+        """Follow a rename: same content, new path; no re-hash. A stale record there goes.
+
+        A record that was marked missing (the move was seen as a delete first) is present
+        again: 'ok' when it was hashed, else 'error'.
+        """
         with self.db.conn:
             self.db.execute(
                 "DELETE FROM files WHERE root = ? AND relpath = ? AND id != ?",
@@ -374,7 +387,8 @@ class Store:
             )
             self.db.execute(
                 "UPDATE files SET root = ?, relpath = ?, dev = ?, inode = ?, mtime_ns = ?,"
-                " updated = ? WHERE id = ?",
+                " updated = ?, state = CASE WHEN state != 'missing' THEN state"
+                " WHEN sha256 IS NULL THEN 'error' ELSE 'ok' END WHERE id = ?",
                 (root, relpath, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
             )
 

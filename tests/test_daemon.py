@@ -1,0 +1,401 @@
+"""The daemon on real temp folders: uploads settle and are hashed once, policies act safely.
+
+Most tests run `Daemon.run()` in a thread (the same code `dedupd run` runs); the signal and
+systemd-notify tests start the real `dedupd run` process.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import dedupd.watcher
+from dedupd.actions import Actions
+from dedupd.daemon import Daemon, Notifier
+from dedupd.store import FileRecord, Store
+from tests import photos
+
+SETTLE = 0.3
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    """Poll `predicate` until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+class Env:
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.root = (tmp_path / "uploads").resolve()
+        self.archive = (tmp_path / "archive").resolve()
+        self.quarantine = (tmp_path / "quarantine").resolve()
+        self.db = tmp_path / "state" / "dedupd.db"
+        self.root.mkdir()
+        self.archive.mkdir()
+        self.config = tmp_path / "dedupd.yaml"
+
+    def write_config(
+        self, camera: str = "{exact: delete, near: quarantine}", extra: str = ""
+    ) -> Path:
+        self.config.write_text(
+            f"database: {self.db}\n"
+            f"watch: {{settle_seconds: {SETTLE}, rescan_interval: 1h}}\n"
+            f"hashing: {{workers: 2}}\n"
+            f"roots:\n  - {{path: {self.root}, policy: camera}}\n"
+            f"  - {{path: {self.archive}, policy: reference}}\n"
+            f"policies:\n  camera: {camera}\n"
+            f"quarantine: {{path: {self.quarantine}}}\n" + extra
+        )
+        return self.config
+
+    def record(self, path: Path) -> FileRecord | None:
+        with Store(self.db) as store:
+            return store.file_at(path)
+
+    def state(self, path: Path) -> str | None:
+        record = self.record(path)
+        return record.state if record else None
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    e = Env(tmp_path)
+    e.write_config()
+    return e
+
+
+@contextmanager
+def running(env: Env, **kw: object) -> Iterator[Daemon]:
+    daemon = Daemon(env.config, notifier=Notifier({}), **kw)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:  # surfaced in the test, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="dedupd-test-daemon")
+    thread.start()
+    try:
+        assert daemon.wait_ready(30), errors
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+        assert not thread.is_alive(), "daemon did not stop"
+    assert not errors, errors
+
+
+def _idle(daemon: Daemon) -> bool:
+    return not daemon._backlog and not len(daemon.settler) and daemon.watcher.hints.empty()
+
+
+def test_rename_into_place_is_hashed_once_and_the_temp_name_never(env: Env) -> None:
+    with running(env) as daemon:
+        tmp = env.root / ".syncthing.IMG_0001.jpg.tmp"
+        photos.copy(photos.photo("coffee"), tmp)
+        os.rename(tmp, env.root / "IMG_0001.jpg")
+        wait_for(lambda: daemon.stats.hashed == 1, what="the upload to be hashed")
+        assert env.state(env.root / "IMG_0001.jpg") == "ok"
+        assert env.record(tmp) is None
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.hashed == 1
+
+
+def test_slow_in_place_write_is_hashed_once_after_it_settles(env: Env) -> None:
+    """scp/Samba/rsync --inplace: the file grows in chunks; only the finished file counts."""
+    data = photos.photo("hubble").read_bytes()
+    target = env.root / "IMG_0002.jpg"
+    with running(env) as daemon, open(target, "wb") as f:
+        for i in range(6):
+            f.write(data[i * len(data) // 6 : (i + 1) * len(data) // 6])
+            f.flush()
+            time.sleep(SETTLE / 2)  # slower than a burst, faster than the settle time
+            assert daemon.stats.hashed == 0, "hashed while still being written"
+        f.close()
+        wait_for(lambda: daemon.stats.hashed == 1, what="the finished file to be hashed")
+        record = env.record(target)
+        assert record is not None and record.size == len(data) and record.state == "ok"
+        time.sleep(3 * SETTLE)  # absence check: no second hash of the same file
+        assert daemon.stats.hashed == 1
+
+
+def test_five_hundred_files_at_once_are_each_hashed_once(env: Env) -> None:
+    rng = random.Random(1)
+    staging = env.tmp / "staging"
+    staging.mkdir()
+    for i in range(500):
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(staging / f"n{i:03}.png")
+    with running(env) as daemon:
+        shutil.copytree(staging, env.root / "batch")  # a folder of 500 files appears at once
+        wait_for(lambda: daemon.stats.hashed >= 500, timeout=60, what="500 files")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.hashed == 500
+        with Store(env.db) as store:
+            assert store.count_by_state([str(env.root)]) == {"ok": 500}
+
+
+def test_temp_and_ignored_names_are_never_hashed(env: Env) -> None:
+    src = photos.photo("rocket")
+    names = [
+        ".syncthing.a.jpg.tmp",
+        "b.jpg.part",
+        ".c.jpg.~x1",
+        "d.jpg.crdownload",
+        "~e.jpg",
+        "._f.jpg",
+        ".DS_Store",
+        "g.txt",
+    ]
+    with running(env) as daemon:
+        for name in names:
+            photos.copy(src, env.root / name)
+        photos.copy(src, env.root / "real.jpg")
+        wait_for(lambda: daemon.stats.hashed == 1)
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.hashed == 1
+        assert all(env.record(env.root / n) is None for n in names)
+
+
+def test_exact_duplicate_is_deleted_while_its_keeper_exists(env: Env) -> None:
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1 (1).jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1 (1).jpg") == "deleted")
+        assert not (env.root / "IMG_1 (1).jpg").exists()
+        assert (env.root / "IMG_1.jpg").exists()
+        # Without its keeper, the same bytes arriving again are kept.
+        (env.root / "IMG_1.jpg").unlink()
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "missing")
+        photos.copy(photos.photo("coffee"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok")
+        wait_for(lambda: _idle(daemon))
+        assert (env.root / "IMG_2.jpg").exists()
+
+
+def test_near_duplicate_is_quarantined_with_a_restorable_record(env: Env) -> None:
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env):
+        photos.reencode(photos.photo("coffee"), env.root / "chat" / "IMG-WA0001.jpg")
+        wait_for(lambda: env.state(env.root / "chat" / "IMG-WA0001.jpg") == "quarantined")
+    moved = env.quarantine / str(env.root).lstrip("/") / "chat" / "IMG-WA0001.jpg"
+    assert moved.exists() and not (env.root / "chat" / "IMG-WA0001.jpg").exists()
+    with Store(env.db) as store:
+        (entry,) = store.actions("kind = 'quarantine'")
+        assert entry["keeper_path"] == str(env.root / "IMG_1.jpg") and entry["distance"] > 0
+        Actions(store, env.quarantine).restore(entry["id"])
+    assert (env.root / "chat" / "IMG-WA0001.jpg").exists()
+    # Restored means distinct: the next daemon run leaves it alone.
+    with running(env) as daemon:
+        wait_for(lambda: env.state(env.root / "chat" / "IMG-WA0001.jpg") == "ok")
+        wait_for(lambda: _idle(daemon))
+    assert (env.root / "chat" / "IMG-WA0001.jpg").exists()
+
+
+def test_a_quarantined_file_synced_back_is_recognized_by_its_tombstone(env: Env) -> None:
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env):
+        photos.reencode(photos.photo("coffee"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "quarantined")
+        photos.reencode(photos.photo("coffee"), env.root / "IMG_2.jpg")  # the phone re-syncs it
+        wait_for(lambda: len(_quarantines(env)) == 2, what="the second quarantine")
+        assert not (env.root / "IMG_2.jpg").exists()
+    first, second = _quarantines(env)
+    assert second["reason"] == f"tombstone: quarantined before (action {first['id']})"
+    assert Path(second["dst"]).name == "IMG_2 (1).jpg"
+
+
+def _quarantines(env: Env) -> list[dict[str, object]]:
+    with Store(env.db) as store:
+        return [a for a in store.actions("kind = 'quarantine'") if a["state"] == "done"]
+
+
+def test_burst_shots_are_reported_not_acted_on(env: Env) -> None:
+    def shot(path: Path, second: int, quality: int) -> None:
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = f"2026:11:23 10:00:{second:02}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(photos.photo("chelsea")) as im:
+            im.save(path, quality=quality, exif=exif)
+
+    shot(env.root / "burst_1.jpg", 0, 95)
+    with running(env) as daemon:
+        shot(env.root / "burst_2.jpg", 1, 80)
+        wait_for(lambda: env.state(env.root / "burst_2.jpg") == "ok")
+        wait_for(lambda: _idle(daemon))
+    assert (env.root / "burst_2.jpg").exists()
+
+
+def test_reference_roots_keep_their_files_and_are_never_acted_on(env: Env) -> None:
+    photos.resize(photos.photo("rocket"), env.archive / "rocket-small.jpg", 0.5)
+    with running(env):
+        # A better copy arrives in the camera root: the reference file still wins.
+        photos.copy(photos.photo("rocket"), env.root / "rocket.jpg")
+        wait_for(lambda: env.state(env.root / "rocket.jpg") == "quarantined")
+        # A duplicate landing in the reference root is only reported.
+        photos.copy(photos.photo("rocket"), env.archive / "rocket-again.jpg")
+        wait_for(lambda: env.state(env.archive / "rocket-again.jpg") == "ok")
+    assert (env.archive / "rocket-small.jpg").exists()
+    assert (env.archive / "rocket-again.jpg").exists()
+
+
+def test_dry_run_touches_nothing(env: Env) -> None:
+    env.write_config(extra="dry_run: true\n")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1 (1).jpg")
+        photos.reencode(photos.photo("coffee"), env.root / "IMG_WA.jpg")
+        wait_for(lambda: daemon.stats.hashed == 3)
+        wait_for(lambda: _idle(daemon))
+    assert sorted(p.name for p in env.root.iterdir()) == [
+        "IMG_1 (1).jpg",
+        "IMG_1.jpg",
+        "IMG_WA.jpg",
+    ]
+    assert not env.quarantine.exists()
+    with Store(env.db) as store:
+        assert store.actions() == []
+
+
+def test_moves_are_followed_and_deletes_marked(env: Env) -> None:
+    photos.copy(photos.photo("hubble"), env.root / "a.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1)
+        before = env.record(env.root / "a.jpg")
+        (env.root / "2026").mkdir()
+        os.rename(env.root / "a.jpg", env.root / "2026" / "a.jpg")
+        wait_for(lambda: env.record(env.root / "2026" / "a.jpg") is not None)
+        after = env.record(env.root / "2026" / "a.jpg")
+        assert before is not None and after is not None and after.id == before.id
+        (env.root / "2026" / "a.jpg").unlink()
+        wait_for(lambda: env.state(env.root / "2026" / "a.jpg") == "missing")
+        assert daemon.stats.hashed == 1
+
+
+def test_lost_events_are_caught_by_the_rescan(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inotify overflow drops events; the periodic reconcile still finds the file."""
+    env.write_config().write_text(
+        env.config.read_text().replace("rescan_interval: 1h", "rescan_interval: 1")
+    )
+    monkeypatch.setattr(dedupd.watcher._Handler, "dispatch", lambda self, event: None)
+    with running(env):
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=15)
+
+
+def test_a_root_that_disappears_is_unavailable_not_deleted(env: Env) -> None:
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1)
+        env.root.rename(env.tmp / "unplugged")
+        daemon._rescan_due.add(str(env.root))  # what the next periodic rescan would do
+        wait_for(lambda: daemon.watcher.states.get(str(env.root)) == "unavailable")
+    assert env.state(env.root / "IMG_1.jpg") == "ok"
+
+
+def test_the_quarantine_and_database_folders_are_never_watched(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.quarantine = env.root / ".." / "uploads" / "q"
+    env.db = env.root / "state" / "dedupd.db"
+    env.write_config()
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "q" / "x.jpg")
+        photos.copy(photos.photo("coffee"), env.root / "state" / "y.jpg")
+        photos.copy(photos.photo("rocket"), env.root / "z.jpg")
+        wait_for(lambda: daemon.stats.hashed == 1)
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.hashed == 1
+
+
+# -- the real process: signals and systemd notify ----------------------------------------
+
+
+def _dedupd(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dedupd", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    yield sock, path
+    sock.close()
+
+
+def _messages_until(sock: socket.socket, wanted: str) -> list[str]:
+    seen: list[str] = []
+    while wanted not in seen:
+        seen += sock.recv(4096).decode().split("\n")
+    return seen
+
+
+def test_sigterm_stops_with_exit_0_and_notify_messages_arrive(env: Env, notify_socket) -> None:  # type: ignore[no-untyped-def]
+    sock, path = notify_socket
+    proc = _dedupd(
+        "run", "--config", str(env.config), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+    )
+    try:
+        seen = _messages_until(sock, "READY=1")
+        assert any(m.startswith("STATUS=") for m in seen) or "STATUS=" in sock.recv(4096).decode()
+        assert "WATCHDOG=1" in _messages_until(sock, "WATCHDOG=1")
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in _messages_until(sock, "STOPPING=1")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_sighup_with_a_bad_config_keeps_the_old_one(env: Env, notify_socket) -> None:  # type: ignore[no-untyped-def]
+    sock, path = notify_socket
+    proc = _dedupd("run", "--config", str(env.config), env={"NOTIFY_SOCKET": path})
+    try:
+        _messages_until(sock, "READY=1")
+        good = env.config.read_text()
+        env.config.write_text(good + "bogus_key: 1\n")
+        proc.send_signal(signal.SIGHUP)
+        seen = _messages_until(sock, "RELOADING=1")
+        seen += _messages_until(sock, "READY=1")
+        assert any(m.startswith("STATUS=reload rejected") and "bogus_key" in m for m in seen)
+        # Still running on the old config: an exact duplicate is still deleted.
+        photos.copy(photos.photo("coffee"), env.root / "a.jpg")
+        photos.copy(photos.photo("coffee"), env.root / "b.jpg")
+        wait_for(lambda: len(list(env.root.iterdir())) == 1, what="the duplicate deleted")
+        # A good config is taken: the new root is watched.
+        env.config.write_text(good.replace("policy: reference}", "policy: camera}"))
+        proc.send_signal(signal.SIGHUP)
+        _messages_until(sock, "RELOADING=1")
+        _messages_until(sock, "READY=1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert '"event": "reload_rejected"' in stderr and "bogus_key" in stderr
+    assert '"event": "reloaded"' in stderr
