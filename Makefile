@@ -44,6 +44,7 @@ lint: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/hashing.py
 	$(BIN)/python bench/index.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

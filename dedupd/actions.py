@@ -237,6 +237,9 @@ class Actions:
         src, dst = Path(original["dst"]), Path(original["src"])
         if os.path.lexists(dst):
             raise ActionError(f"{dst} exists; refusing to overwrite it")
+        # Remember the user's decision before the file reappears, so that a daemon watching
+        # the folder never sees it back without the distinct mark.
+        self._mark_restored_distinct(original)
         restore_id = self.store.journal_plan(
             kind="restore",
             file_id=original["file_id"],
@@ -253,12 +256,15 @@ class Actions:
         self._finish_restore(restore_id, original)
         return dst
 
-    def _finish_restore(self, restore_id: int, original: dict[str, Any]) -> None:
-        self.store.journal_finish(restore_id, "done")
+    def _mark_restored_distinct(self, original: dict[str, Any]) -> None:
         self.store.remove_tombstones(original["id"])
         keeper = self.store.file(original["keeper_id"]) if original["keeper_id"] else None
         if keeper is not None and keeper.sha256:
             self.store.mark_distinct(original["sha256"], keeper.sha256)
+
+    def _finish_restore(self, restore_id: int, original: dict[str, Any]) -> None:
+        self.store.journal_finish(restore_id, "done")
+        self._mark_restored_distinct(original)
         if original["file_id"] is not None:
             self.store.set_state(original["file_id"], "missing")  # the next scan re-finds it
 
@@ -266,11 +272,9 @@ class Actions:
         """Delete files quarantined more than `older_than` seconds ago (by the store's clock)."""
         cutoff = self.store.now() - older_than
         purged = []
-        for q in self.store.actions(
-            "kind = 'quarantine' AND state = 'done' AND finished <= ? AND NOT EXISTS"
-            " (SELECT 1 FROM actions r WHERE r.of_action = actions.id AND r.state = 'done')",
-            (cutoff,),
-        ):
+        for q in self.store.quarantined():
+            if q["finished"] > cutoff:
+                continue
             purge_id = self.store.journal_plan(
                 kind="purge",
                 file_id=q["file_id"],

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,7 +21,7 @@ import click
 import structlog
 
 from dedupd import __version__
-from dedupd.actions import Actions
+from dedupd.actions import ActionError, Actions
 from dedupd.config import Config, load_config
 from dedupd.daemon import Daemon
 from dedupd.engine import Group, Ingest, ScanReport, duplicate_groups, scan
@@ -497,3 +498,65 @@ def _show_file(store: Store, hasher: Hasher, path: Path, as_json: bool) -> None:
     for m in matches:
         how = "exact" if m.kind == "exact" else f"near {m.distance}/{hasher.bits}"
         click.echo(f"  {'=' if m.kind == 'exact' else '~'} {m.other.path}  {how}")
+
+
+@dedupctl.group()
+def quarantine() -> None:
+    """Review quarantined photos and put them back."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def quarantine_list(ctx: click.Context, as_json: bool) -> None:
+    """Photos in quarantine now: id, when, original path, keeper, distance, reason."""
+    with _errors():
+        config = _load(ctx)
+        with Store(config.database, readonly=True) as store:
+            entries = store.quarantined()
+    fields = ("id", "src", "dst", "keeper_path", "distance", "reason", "finished")
+    if as_json:
+        click.echo(
+            json.dumps({"quarantined": [{k: e[k] for k in fields} for e in entries]}, indent=2)
+        )
+        return
+    if not entries:
+        click.echo("quarantine is empty")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["finished"]))
+        click.echo(
+            f"{e['id']:>5}  {when}  {e['src']}\n       keeper {e['keeper_path'] or '-'}"
+            f"  distance {e['distance']}  ({e['reason']})"
+        )
+
+
+@quarantine.command("restore")
+@click.argument("items", nargs=-1, required=True)
+@click.pass_context
+def quarantine_restore(ctx: click.Context, items: tuple[str, ...]) -> None:
+    """Put quarantined photos back where they were, by ID or path (original or in quarantine).
+
+    Never overwrites: a file now at the original path makes the restore fail. The photo and
+    its keeper are remembered as distinct, so it is not quarantined again. Exit 1 if any
+    item could not be restored.
+    """
+    failed = False
+    with _errors():
+        config = _load(ctx)
+        with Store(config.database) as store:
+            entries = store.quarantined()
+            actions = Actions(store, config.quarantine.path)
+            for item in items:
+                path = os.path.abspath(item)
+                match = [e for e in entries if str(e["id"]) == item or path in (e["src"], e["dst"])]
+                if not match:
+                    click.echo(f"error: {item}: not in quarantine", err=True)
+                    failed = True
+                    continue
+                try:
+                    restored = actions.restore(match[-1]["id"])
+                    click.echo(f"restored {restored}")
+                except ActionError as exc:
+                    click.echo(f"error: {exc}", err=True)
+                    failed = True
+    sys.exit(EXIT_NOT_FOUND if failed else 0)

@@ -415,6 +415,13 @@ def _config(data: object, source: str | None, base: Path) -> Config:
             "retain", QuarantineConfig().retain, parse_duration, "a duration such as 30d"
         ),
     )
+    for name, policy in policies.items():
+        for field_name in ("exact", "near"):
+            if getattr(policy, field_name) == "quarantine" and quarantine.path is None:
+                pr.fail(
+                    "quarantine needs a quarantine folder: set quarantine.path",
+                    f"{name}.{field_name}",
+                )
     defaults = Config()
     return Config(
         source=Path(source) if source else None,

@@ -480,6 +480,13 @@ class Store:
     def actions(self, where: str = "1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(f"SELECT * FROM actions WHERE {where} ORDER BY id", params))
 
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Finished quarantines not yet restored or purged: what is in quarantine now."""
+        return self.actions(
+            "kind = 'quarantine' AND state = 'done' AND NOT EXISTS (SELECT 1 FROM actions r"
+            " WHERE r.of_action = actions.id AND r.state = 'done')"
+        )
+
     def add_tombstone(self, sha256: str, original_path: str, action_id: int) -> None:
         with self.db.conn:
             self.db.table("tombstones").insert(

@@ -213,3 +213,65 @@ def test_config_search_order(tmp_path: Path) -> None:
     user.parent.mkdir(parents=True)
     user.write_text("{}")
     assert find_config(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) == user
+
+
+@pytest.fixture
+def acting_config(tmp_path: Path, library: Path) -> Path:
+    cfg = tmp_path / "acting.yaml"
+    cfg.write_text(
+        f"database: {tmp_path / 'acting.db'}\nhashing: {{workers: 1}}\n"
+        f"roots: [{{path: {library}, policy: camera}}]\n"
+        "policies:\n  camera: {exact: delete, near: quarantine}\n"
+        f"quarantine: {{path: {tmp_path / 'quarantine'}}}\n"
+    )
+    return cfg
+
+
+def test_scan_applies_the_policy_and_prints_each_action(
+    runner: CliRunner, acting_config: Path, library: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(dedupd, ["scan", "--config", str(acting_config)])
+    assert result.exit_code == 0, result.output
+    acted = [line for line in result.output.splitlines() if line.startswith(("delete:", "quar"))]
+    q = tmp_path / "quarantine" / str(library).lstrip("/")
+    assert acted == [
+        f"delete: {library}/astronaut (1).jpg (done; keeper {library}/astronaut.jpg; "
+        "keep: highest_resolution, largest_file, oldest)",
+        f"quarantine: {library}/chat/coffee-wa.jpg (done; keeper {library}/coffee.jpg; "
+        "keep: highest_resolution, largest_file, oldest)",
+        f"quarantine: {library}/chat/rocket-small.jpg (done; keeper {library}/rocket.jpg; "
+        "keep: highest_resolution, largest_file, oldest)",
+    ]
+    # chelsea-rotated arrived later and is the better copy: only reported (act_on_existing).
+    assert (library / "edit" / "chelsea-rotated.jpg").exists() and (
+        library / "chelsea.jpg"
+    ).exists()
+    assert sorted(p.name for p in q.rglob("*.jpg")) == ["coffee-wa.jpg", "rocket-small.jpg"]
+
+
+def test_quarantine_list_and_restore(
+    runner: CliRunner, acting_config: Path, library: Path, tmp_path: Path
+) -> None:
+    runner.invoke(dedupd, ["scan", "--config", str(acting_config)])
+    base = ["--config", str(acting_config), "quarantine"]
+    listed = json.loads(runner.invoke(dedupctl, [*base, "list", "--json"]).output)["quarantined"]
+    assert [Path(e["src"]).name for e in listed] == ["coffee-wa.jpg", "rocket-small.jpg"]
+    assert listed[0]["keeper_path"] == f"{library}/coffee.jpg"
+    table = runner.invoke(dedupctl, [*base, "list"]).output.splitlines()
+    assert table[0].endswith(f"{library}/chat/coffee-wa.jpg")
+    assert table[1].startswith(f"       keeper {library}/coffee.jpg  distance 4")
+
+    restored = runner.invoke(dedupctl, [*base, "restore", f"{library}/chat/coffee-wa.jpg"])
+    assert (restored.exit_code, restored.output) == (0, f"restored {library}/chat/coffee-wa.jpg\n")
+    assert (library / "chat" / "coffee-wa.jpg").exists()
+    again = runner.invoke(dedupctl, [*base, "restore", f"{library}/chat/coffee-wa.jpg"])
+    assert again.exit_code == 1 and "not in quarantine" in again.output
+    # A rescan leaves the restored photo alone: the pair is now distinct.
+    runner.invoke(dedupd, ["scan", "--config", str(acting_config)])
+    assert (library / "chat" / "coffee-wa.jpg").exists()
+
+    (library / "chat" / "rocket-small.jpg").write_bytes(b"a new file took the name")
+    refused = runner.invoke(dedupctl, [*base, "restore", str(listed[1]["id"])])
+    assert refused.exit_code == 1
+    assert "exists; refusing to overwrite it" in refused.output
+    assert (library / "chat" / "rocket-small.jpg").read_bytes() == b"a new file took the name"

@@ -425,3 +425,15 @@ def test_config_objects_are_frozen(tmp_path: Path, section: str, attribute: str)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(target, attribute, None)
     assert getattr(target, attribute) == before
+
+
+def test_a_quarantine_policy_without_a_quarantine_folder_is_rejected(tmp_path: Path) -> None:
+    """Otherwise every quarantine decision would fail at run time, file after file."""
+    cfg = tmp_path / "dedupd.yaml"
+    cfg.write_text("policies:\n  camera: {near: quarantine}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.key == "policies.camera.near"
+    assert "set quarantine.path" in str(info.value) and str(cfg) in str(info.value)
+    cfg.write_text("policies:\n  camera: {near: quarantine}\nquarantine: {path: q}\n")
+    assert load_config(cfg).quarantine.path == (tmp_path / "q").resolve()

@@ -16,11 +16,17 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
 def _commands() -> list[tuple[str, click.Command]]:
+    """Every command, sub-commands of groups included, by its full name."""
     found = []
-    for group in (dedupd, dedupctl):
-        assert isinstance(group, click.Group)
+
+    def visit(prefix: str, group: click.Group) -> None:
         for name, command in group.commands.items():
-            found.append((f"{group.name} {name}", command))
+            found.append((f"{prefix} {name}", command))
+            if isinstance(command, click.Group):
+                visit(f"{prefix} {name}", command)
+
+    visit("dedupd", dedupd)  # type: ignore[arg-type]
+    visit("dedupctl", dedupctl)  # type: ignore[arg-type]
     return found
 
 
