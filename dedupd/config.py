@@ -415,9 +415,9 @@ def _config(data: object, source: str | None, base: Path) -> Config:
             "retain", QuarantineConfig().retain, parse_duration, "a duration such as 30d"
         ),
     )
-    for name, policy in policies.items():
+    for name, defined in policies.items():
         for field_name in ("exact", "near"):
-            if getattr(policy, field_name) == "quarantine" and quarantine.path is None:
+            if getattr(defined, field_name) == "quarantine" and quarantine.path is None:
                 pr.fail(
                     "quarantine needs a quarantine folder: set quarantine.path",
                     f"{name}.{field_name}",

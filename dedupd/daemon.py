@@ -209,6 +209,7 @@ class Daemon:
             self.notifier.send("STOPPING=1")
             if hasattr(self, "watcher"):
                 self.watcher.stop()
+                self.ingest.close()
             self.store.close()
             log.info("stopped", hashed=self.stats.hashed, acted=self.stats.acted)
         return 0
@@ -383,6 +384,7 @@ class Daemon:
             log.warning("reload_database_ignored", detail="changing database needs a restart")
             config = replace(config, database=self.config.database)
         self.watcher.stop()
+        self.ingest.close()
         self._backlog.clear()
         self.actions = Actions(self.store, config.quarantine.path)
         self._configure(config)

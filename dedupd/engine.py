@@ -163,6 +163,10 @@ class Ingest:
         threshold = self.hasher.default_threshold if policy.threshold is None else policy.threshold
         return self.hasher.radius(threshold)
 
+    def close(self) -> None:
+        """Let a background index rebuild finish (so no thread outlives its owner)."""
+        self.index.finish_rebuild(wait=True)
+
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""
         return self._radius.get(root, self._default_radius)
@@ -191,8 +195,9 @@ class Ingest:
             file_id, self.hasher.key, [(other, d, kind) for other, (d, kind) in found.items()]
         )
         self.index.add([file_id], [bits])
+        self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
         if self.index.pending >= self.config.index.rebuild_every:
-            self.index.rebuild()
+            self.index.start_rebuild()  # on its own thread; ingest and queries go on
         newcomer = self.store.file(file_id)
         assert newcomer is not None  # just written by this thread
         tombstone = self.store.tombstone(result.sha256, entry.path)
@@ -346,7 +351,10 @@ def scan(
     ingest = Ingest(store, config, report.roots, actions)
     if on_total:
         on_total(len(work))
-    ingest_all(ingest, work, report, progress)
+    try:
+        ingest_all(ingest, work, report, progress)
+    finally:
+        ingest.close()
     report.groups = duplicate_groups(store, config, report.roots)
     report.seconds = clock() - started
     return report

@@ -17,7 +17,8 @@ Results are always sorted by (distance, id), so ties break the same way in every
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -117,6 +118,23 @@ def _cross_pairs(
     )
 
 
+class _Rebuild:
+    """A snapshot being built off the ingest thread from copies of the live hashes."""
+
+    def __init__(self, ids: Ids, words: Words, marker: int):
+        self.ids, self.words, self.marker = ids, words, marker
+        self.removed: list[Ids] = []
+        self.structure: object = None
+        self.error: BaseException | None = None
+        self.thread: threading.Thread
+
+    def run(self, build: Callable[[Words], object]) -> None:
+        try:
+            self.structure = build(self.words)
+        except BaseException as exc:  # re-raised by finish_rebuild on the owning thread
+            self.error = exc
+
+
 def _sorted_matches(ids: Ids, dists: npt.NDArray[np.uint32]) -> list[Match]:
     order = np.lexsort((ids, dists))
     return [Match(int(i), int(d)) for i, d in zip(ids[order], dists[order], strict=True)]
@@ -135,8 +153,9 @@ class HammingIndex:
         self._snap_ids: Ids = np.empty(0, np.int64)  # sorted, for searchsorted lookups
         self._snap_words: Words = np.empty((0, self.width), np.uint64)
         self._snap_alive = np.empty(0, bool)
+        self._snap_struct: object = None
         self._reset_delta()
-        self._build()
+        self._rebuilding: _Rebuild | None = None
 
     def _reset_delta(self) -> None:
         self._delta_ids: Ids = np.empty(16, np.int64)
@@ -146,8 +165,10 @@ class HammingIndex:
         self._dead = 0
 
     # -- to override --------------------------------------------------------------------
-    def _build(self) -> None:
-        """Prepare the snapshot's search structure from _snap_ids/_snap_words."""
+    def _structure(self, words: Words) -> object:
+        """Build the snapshot's search structure. Runs on the rebuild thread: it must only
+        read `words`, never the index. The numpy backend needs none."""
+        return None
 
     def _snapshot_radius(self, query: Words, radius: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
         """(row numbers, distances) of snapshot rows within `radius`, tombstones included."""
@@ -188,6 +209,9 @@ class HammingIndex:
             raise ValueError("an id appears twice in one batch")
         words = pack(hashes, self.bits)
         self.remove(ids)
+        self._append(ids, words)
+
+    def _append(self, ids: Ids, words: Words) -> None:
         end = self._delta_len + len(ids)
         if end > len(self._delta_ids):
             capacity = max(end, 2 * len(self._delta_ids))
@@ -206,28 +230,76 @@ class HammingIndex:
         ids = np.unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64))
         if not len(ids):
             return
-        if len(self._snap_ids):
-            pos = np.searchsorted(self._snap_ids, ids).clip(0, len(self._snap_ids) - 1)
-            hit = pos[(self._snap_ids[pos] == ids)]
-            hit = hit[self._snap_alive[hit]]
-            self._snap_alive[hit] = False
-            self._dead += len(hit)
+        if self._rebuilding is not None:
+            self._rebuilding.removed.append(ids)  # to apply to the snapshot being built
+        self._dead += self._tombstone_snapshot(ids)
         n = self._delta_len
         hit = np.flatnonzero(np.isin(self._delta_ids[:n], ids) & self._delta_alive[:n])
         self._delta_alive[hit] = False
         self._dead += len(hit)
 
+    def _tombstone_snapshot(self, ids: Ids) -> int:
+        if not len(self._snap_ids) or not len(ids):
+            return 0
+        pos = np.searchsorted(self._snap_ids, ids).clip(0, len(self._snap_ids) - 1)
+        hit = pos[(self._snap_ids[pos] == ids)]
+        hit = hit[self._snap_alive[hit]]
+        self._snap_alive[hit] = False
+        return len(hit)
+
     def rebuild(self) -> None:
-        """Fold the delta into a new snapshot and drop tombstones."""
+        """Fold the delta into a new snapshot and drop tombstones, now."""
+        self.finish_rebuild(wait=True)
+        self.start_rebuild()
+        self.finish_rebuild(wait=True)
+
+    def start_rebuild(self) -> bool:
+        """Begin a rebuild on a background thread; queries and changes go on meanwhile and
+        `finish_rebuild()` swaps the result in. Returns False if one is already running."""
+        if self._rebuilding is not None:
+            return False
         n = self._delta_len
         live_s, live_d = self._snap_alive, self._delta_alive[:n]
         ids = np.concatenate([self._snap_ids[live_s], self._delta_ids[:n][live_d]])
         words = np.concatenate([self._snap_words[live_s], self._delta_words[:n][live_d]])
         order = np.argsort(ids, kind="stable")
-        self._snap_ids, self._snap_words = ids[order], np.ascontiguousarray(words[order])
-        self._snap_alive = np.ones(len(ids), bool)
+        job = _Rebuild(ids[order], np.ascontiguousarray(words[order]), marker=n)
+        job.thread = threading.Thread(
+            target=job.run, args=(self._structure,), name="dedupd-index-rebuild", daemon=True
+        )
+        self._rebuilding = job
+        job.thread.start()
+        return True
+
+    def finish_rebuild(self, *, wait: bool = False) -> bool:
+        """Swap in a finished background rebuild (waiting for it with `wait`).
+
+        The new snapshot replaces the old; additions made during the build stay in the
+        delta, and removals made during the build are applied to the new snapshot.
+        Returns True if a rebuild was swapped in.
+        """
+        job = self._rebuilding
+        if job is None or (job.thread.is_alive() and not wait):
+            return False
+        job.thread.join()
+        self._rebuilding = None
+        if job.error is not None:
+            raise job.error
+        n0, n = job.marker, self._delta_len
+        keep = self._delta_alive[n0:n]
+        tail_ids, tail_words = self._delta_ids[n0:n][keep], self._delta_words[n0:n][keep]
+        self._snap_ids, self._snap_words = job.ids, job.words
+        self._snap_alive = np.ones(len(job.ids), bool)
+        self._snap_struct = job.structure
         self._reset_delta()
-        self._build()
+        self._append(tail_ids, tail_words)
+        if job.removed:
+            self._dead += self._tombstone_snapshot(np.unique(np.concatenate(job.removed)))
+        return True
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding is not None
 
     # -- queries ------------------------------------------------------------------------
     def _query_words(self, query: bytes) -> Words:
@@ -326,8 +398,11 @@ class CKDTreeIndex(HammingIndex):
         if p < 1:
             raise ValueError("Minkowski p must be >= 1")
         self.leaf_size, self.p = leaf_size, p
-        self._tree: cKDTree | None = None
         super().__init__(bits)
+
+    @property
+    def _tree(self) -> cKDTree | None:
+        return self._snap_struct
 
     def _unpack(self, words: Words) -> npt.NDArray[np.uint8]:
         raw = np.ascontiguousarray(words).view(np.uint8).reshape(len(words), -1)
@@ -337,12 +412,8 @@ class CKDTreeIndex(HammingIndex):
         # On 0/1 vectors L_p = hamming ** (1/p); a little slack absorbs float rounding.
         return float(radius ** (1.0 / self.p)) + 1e-6
 
-    def _build(self) -> None:
-        self._tree = (
-            cKDTree(self._unpack(self._snap_words), leafsize=self.leaf_size)
-            if len(self._snap_words)
-            else None
-        )
+    def _structure(self, words: Words) -> cKDTree | None:
+        return cKDTree(self._unpack(words), leafsize=self.leaf_size) if len(words) else None
 
     def _snapshot_radius(self, query: Words, radius: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
         if self._tree is None:
