@@ -99,6 +99,7 @@ class Daemon:
         self._ready = threading.Event()
         self._backlog: deque[Entry] = deque()
         self._rescan_due: set[str] = set()
+        self._last_ping = self._last_status = -1e18
 
     # -- requests (thread- and signal-safe) -------------------------------------------------
     def note_signal(self, signum: int, frame: object = None) -> None:
@@ -183,25 +184,10 @@ class Daemon:
             self.notifier.send("READY=1", self._status())
             self._ready.set()
             log.info("started", roots=self.roots, backlog=len(self._backlog))
-            last_ping = last_status = 0.0
             while not self._stop_flag:
-                if self._reload_flag:
-                    self._reload()
-                self._drain_hints()
-                self._hash_settled()
-                self._work_backlog()
-                self._periodic()
-                now = self.clock()
-                if (
-                    self.notifier.watchdog_interval is not None
-                    and now - last_ping >= self.notifier.watchdog_interval
-                    and self._healthy()
-                ):
-                    self.notifier.send("WATCHDOG=1")
-                    last_ping = now
-                if now - last_status >= 2.0:
-                    self.notifier.send(self._status())
-                    last_status = now
+                for step in self._steps:
+                    self._guarded(step)
+                self._heartbeat()
                 if not self._backlog and self.watcher.hints.empty():
                     self._wake.wait(0.1 if len(self.settler) else 0.25)
                     self._wake.clear()
@@ -214,6 +200,43 @@ class Daemon:
             log.info("stopped", hashed=self.stats.hashed, acted=self.stats.acted)
         return 0
 
+    @property
+    def _steps(self) -> tuple[Callable[[], None], ...]:
+        return (
+            self._maybe_reload,
+            self._drain_hints,
+            self._hash_settled,
+            self._work_backlog,
+            self._periodic,
+        )
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run one step of the loop; an unexpected error is logged, never fatal (a locked
+        database, a folder turning unreadable). What it was doing is retried by the next
+        reconcile."""
+        try:
+            step()
+        except Exception:
+            log.exception("loop_step_failed", step=step.__name__)
+            self.stats.errors += 1
+            self._wake.wait(1.0)  # do not spin on a persistent failure
+            self._wake.clear()
+
+    def _heartbeat(self) -> None:
+        """STATUS= every 2 s, WATCHDOG=1 at half systemd's interval while healthy."""
+        now = self.clock()
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now - self._last_ping >= interval and self._healthy():
+            self.notifier.send("WATCHDOG=1")
+            self._last_ping = now
+        if now - self._last_status >= 2.0:
+            self.notifier.send(self._status())
+            self._last_status = now
+
+    def _maybe_reload(self) -> None:
+        if self._reload_flag:
+            self._reload()
+
     def _healthy(self) -> bool:
         """WATCHDOG=1 only while the observer thread is alive (workers are per batch)."""
         return self.watcher.alive()
@@ -225,12 +248,14 @@ class Daemon:
             f"{self.stats.acted} acted on, {self.stats.errors} errors"
         )
 
-    def _stopping(self) -> bool:
+    def _between_files(self) -> bool:
+        """Called after each file of a batch: keep systemd informed; True stops the batch."""
+        self._heartbeat()
         return self._stop_flag
 
     def _ingest(self, entries: Sequence[Entry]) -> None:
         report = ScanReport(roots=[])
-        ingest_all(self.ingest, entries, report, stop=self._stopping)
+        ingest_all(self.ingest, entries, report, stop=self._between_files)
         self.stats.hashed += report.hashed
         self.stats.errors += len(report.failed)
         for outcome in report.outcomes:
@@ -247,7 +272,13 @@ class Daemon:
     def _hash_settled(self) -> None:
         entries = []
         for path, stat in self.settler.due():
-            entry = self._entry(path, stat)
+            try:
+                entry = self._entry(path, stat)
+            except Exception:  # e.g. the database is locked: try this file again later
+                log.exception("settled_file_failed", path=path)
+                self.stats.errors += 1
+                self.settler.add(path)
+                continue
             if entry is not None:
                 entries.append(entry)
         if entries:

@@ -399,3 +399,27 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(env: Env, notify_socket) -> 
         _, stderr = proc.communicate()
     assert '"event": "reload_rejected"' in stderr and "bogus_key" in stderr
     assert '"event": "reloaded"' in stderr
+
+
+def test_an_unexpected_error_in_the_loop_is_logged_and_the_daemon_goes_on(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A locked database (or any surprise) while handling one upload is not fatal."""
+    import sqlite3
+
+    real = Store.record
+    calls = {"n": 0}
+
+    def flaky(self: Store, root: str, relpath: str) -> FileRecord | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, root, relpath)
+
+    monkeypatch.setattr(Store, "record", flaky)
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "first.jpg")
+        wait_for(lambda: daemon.stats.errors == 1, what="the failure to be counted")
+        photos.copy(photos.photo("rocket"), env.root / "second.jpg")
+        wait_for(lambda: env.state(env.root / "second.jpg") == "ok", what="the next upload")
+        wait_for(lambda: env.state(env.root / "first.jpg") == "ok", what="the retried upload")
