@@ -30,21 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `tests.photos`
 
 import imagehash
 import numpy as np
-from PIL import Image, features
+from machine import machine_info
+from PIL import Image
 
 from dedupd.hashers import Hasher
 from dedupd.imaging import hash_image
@@ -90,23 +88,6 @@ FUNCS: dict[str, Callable[[str], object]] = {
     "imagehash_naive": _imagehash_naive,
     "lower_bound": _lower_bound,
 }
-
-
-def machine_info() -> dict[str, object]:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "scipy": version("scipy"),
-        "Pillow": version("Pillow"),
-        "ImageHash": version("ImageHash"),
-        "libjpeg_turbo": features.version("libjpeg_turbo"),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "loadavg_start": list(os.getloadavg()),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def make_inputs(target: Path) -> list[Path]:

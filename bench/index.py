@@ -37,19 +37,17 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import numpy as np
+from machine import machine_info
 
 from dedupd.index import BACKENDS, HammingIndex, make_index
 
@@ -256,20 +254,6 @@ def in_fresh_process(func: Callable[..., dict[str, Any]], *args: Any) -> dict[st
 
 
 # -- driver --------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "scipy": version("scipy"),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "loadavg_start": list(os.getloadavg()),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

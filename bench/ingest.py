@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -30,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import structlog
+from machine import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -137,11 +137,7 @@ def main() -> None:
             results.append(run(size, args.uploads, sources, work))
     out = {
         "benchmark": "ingest",
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "machine": machine_info(),
         "method": "12 MP JPEG copied in, then stat + hash (one core) + ingest, per upload",
         "results": results,
     }

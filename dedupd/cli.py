@@ -102,6 +102,20 @@ def _errors() -> Iterator[None]:
         sys.exit(EXIT_USAGE)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level_option(default: str) -> Callable[[F], F]:
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS),
+        default=default,
+        show_default=True,
+        help="Log events on stderr at this level: JSON lines when stderr is not a terminal "
+        "(journald), readable lines on one.",
+    )
+
+
 def _common_options(f: F) -> F:
     f = click.option(
         "--database",
@@ -219,17 +233,11 @@ def dedupd() -> None:
 @click.argument("dirs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_common_options
 @click.option(
-    "--dry-run", is_flag=True, help="Decide but touch no file (scan only reports for now)."
+    "--dry-run", is_flag=True, help="Decide and print what would happen, but touch no file."
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Hashing processes (default: config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="error",
-    show_default=True,
-    help="Log events on stderr at this level.",
-)
+@_log_level_option("error")
 @click.pass_context
 def scan_command(
     ctx: click.Context,
@@ -312,13 +320,7 @@ def scan_command(
 @dedupd.command("run")
 @click.argument("dirs", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
 @_common_options
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Log events at this level (JSON lines when stderr is not a terminal, e.g. journald).",
-)
+@_log_level_option("info")
 def run_command(
     dirs: tuple[Path, ...], config_path: str | None, database: str | None, log_level: str
 ) -> None:
