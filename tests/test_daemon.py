@@ -423,3 +423,41 @@ def test_an_unexpected_error_in_the_loop_is_logged_and_the_daemon_goes_on(
         photos.copy(photos.photo("rocket"), env.root / "second.jpg")
         wait_for(lambda: env.state(env.root / "second.jpg") == "ok", what="the next upload")
         wait_for(lambda: env.state(env.root / "first.jpg") == "ok", what="the retried upload")
+
+
+def test_a_restart_after_kill_9_mid_quarantine_recovers_the_journal(env: Env) -> None:
+    """The daemon's start finishes a move that a killed process left half done."""
+    from tests.test_actions import CHILD
+
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    photos.reencode(photos.photo("coffee"), env.root / "IMG_2.jpg")
+    env.write_config(camera="{near: report}")
+    with running(env) as daemon:  # report-only first, so that both files are indexed
+        wait_for(lambda: daemon.stats.hashed == 2)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(env.db),
+            "quarantine",
+            "linked",
+            "0",
+            str(env.quarantine),
+            str(env.root / "IMG_2.jpg"),
+            str(env.root / "IMG_1.jpg"),
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert (env.root / "IMG_2.jpg").exists()  # both names exist: the kill came between
+    with running(env):
+        pass
+    assert not (env.root / "IMG_2.jpg").exists()
+    assert len(list(env.quarantine.rglob("IMG_2.jpg"))) == 1
+    with Store(env.db) as store:
+        assert store.actions("state = 'planned'") == []
+        assert env.state(env.root / "IMG_2.jpg") == "quarantined"
