@@ -19,6 +19,7 @@ import errno
 import functools
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,8 @@ class Actions:
         if record.sha256 is None:
             raise ActionError(f"{record.path}: not hashed; cannot quarantine")
         self._check_unchanged(record)
+        if keeper is not None:
+            self._check_keeper_is_another_file(record, keeper)
         dst = _free_name(quarantine_path_for(self.quarantine_dir, record))
         action_id = self.store.journal_plan(
             kind="quarantine",
@@ -207,13 +210,23 @@ class Actions:
         return action_id
 
     @staticmethod
-    def _verify_keeper(record: FileRecord, keeper: FileRecord) -> None:
+    def _check_keeper_is_another_file(record: FileRecord, keeper: FileRecord) -> None:
+        """The keeper must be a regular file (not a symlink) at another inode, present now."""
         try:
-            k, r = os.stat(keeper.path), os.stat(record.path)
+            k, r = os.lstat(keeper.path), os.lstat(record.path)
         except FileNotFoundError as exc:
-            raise ActionError(f"{exc.filename}: gone; nothing deleted") from exc
+            raise ActionError(f"{exc.filename}: gone; nothing done") from exc
+        if not stat.S_ISREG(k.st_mode):
+            raise ActionError(f"{keeper.path} is not a regular file; nothing done")
         if (k.st_dev, k.st_ino) == (r.st_dev, r.st_ino):
-            raise ActionError(f"{keeper.path} is the same file (hard link); nothing deleted")
+            raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
+
+    @classmethod
+    def _verify_keeper(cls, record: FileRecord, keeper: FileRecord) -> None:
+        try:
+            cls._check_keeper_is_another_file(record, keeper)
+        except ActionError as exc:
+            raise ActionError(f"{exc}; nothing deleted") from exc
         if file_sha256(str(keeper.path)) != record.sha256:
             raise ActionError(f"{keeper.path} no longer has the same bytes; nothing deleted")
         if file_sha256(str(record.path)) != record.sha256:
@@ -237,6 +250,12 @@ class Actions:
         src, dst = Path(original["dst"]), Path(original["src"])
         if os.path.lexists(dst):
             raise ActionError(f"{dst} exists; refusing to overwrite it")
+        try:
+            intact = file_sha256(str(src)) == original["sha256"]
+        except DedupdError as exc:
+            raise ActionError(f"{exc}; nothing restored") from exc
+        if not intact:
+            raise ActionError(f"{src} no longer holds the quarantined photo; nothing restored")
         # Remember the user's decision before the file reappears, so that a daemon watching
         # the folder never sees it back without the distinct mark.
         self._mark_restored_distinct(original)
@@ -284,7 +303,10 @@ class Actions:
                 reason=f"quarantined more than {older_than:.0f}s ago",
             )
             self._checkpoint("planned")
-            self._run(purge_id, functools.partial(_unlink_if_present, q["dst"]))
+            try:
+                self._run(purge_id, functools.partial(_unlink_verified, q["dst"], q["sha256"]))
+            except ActionError:
+                continue  # journaled as failed and logged; purge the others
             self.store.journal_finish(purge_id, "done")
             purged.append(q["id"])
         return purged
@@ -294,7 +316,10 @@ class Actions:
         """Finish or roll back every action a crash left `planned`. Run before anything else."""
         results = []
         for a in self.store.actions("state = 'planned'"):
-            outcome, detail = self._recover_one(a)
+            try:
+                outcome, detail = self._recover_one(a)
+            except (OSError, DedupdError) as exc:  # one bad entry must not stop the start
+                outcome, detail = "failed", f"recovery failed, files left as they are: {exc}"
             if outcome == "done":
                 if a["kind"] in ("quarantine", "delete"):
                     record = self.store.file(a["file_id"]) if a["file_id"] else None
@@ -325,15 +350,24 @@ class Actions:
                 return "rolled_back", "crashed before the delete; file kept"
             return "done", "file was deleted before the crash"
         if a["kind"] == "purge":
+            if _exists(src) and file_sha256(src) != a["sha256"]:
+                return "failed", f"{src} no longer holds the quarantined bytes; kept"
             _unlink_if_present(src)
             return "done", "purge finished"
         # quarantine and restore: a move from src to dst
         if _exists(src) and _exists(dst):
-            if os.path.samefile(src, dst) or file_sha256(dst) == a["sha256"]:
+            # Remove the source only when it provably is the file now safe at dst: the same
+            # inode, or both holding the journaled bytes. Anything else (an edit saved over
+            # the source while we were down) is kept, whatever it costs.
+            same = os.path.samefile(src, dst) or (
+                file_sha256(src) == a["sha256"] and file_sha256(dst) == a["sha256"]
+            )
+            if same:
                 os.unlink(src)
                 _unlink_if_present(tmp)
                 return "done", "both names existed; the source was removed"
-            return "failed", f"{dst} holds other bytes; both left in place"
+            _unlink_if_present(tmp)
+            return "failed", f"{src} and {dst} hold different bytes; both left in place"
         if _exists(dst):
             _unlink_if_present(tmp)
             return "done", "the move had completed"
@@ -346,6 +380,16 @@ class Actions:
             os.unlink(tmp)
             return "done", "finished from the verified temporary copy"
         return "failed", "neither the source nor the destination exists"
+
+
+def _unlink_verified(path: str, sha256: str) -> None:
+    """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger)."""
+    try:
+        if os.path.lexists(path) and file_sha256(path) != sha256:
+            raise ActionError(f"{path} no longer holds the quarantined bytes; kept")
+    except DedupdError as exc:
+        raise ActionError(str(exc)) from exc
+    _unlink_if_present(path)
 
 
 def _unlink_if_present(path: str | None) -> None:

@@ -306,3 +306,65 @@ def test_kill_9_at_any_step_is_recovered_with_every_photo_exactly_once(  # type:
     }.get((op, recovered[0].outcome))
     if expected_state:
         assert _rec(store, dup).state == expected_state
+
+
+def test_recovery_never_removes_a_source_that_was_replaced_while_down(setup) -> None:  # type: ignore[no-untyped-def]
+    """Killed between link and unlink; then the user saves an edit over the original. The
+    edit is kept: only a source that provably is the quarantined file is removed."""
+    store, root, q = setup
+    dup = root / "dup.jpg"
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(store.path),
+            "quarantine",
+            "linked",
+            "0",
+            str(q),
+            str(dup),
+            str(root / "keeper.jpg"),
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    edited = root / "edited.tmp"
+    edited.write_bytes(b"the user's edit")
+    os.replace(edited, dup)  # a new inode with other bytes at the original name
+    (result,) = Actions(store, q).recover()
+    assert result.outcome == "failed" and "different bytes" in result.detail
+    assert dup.read_bytes() == b"the user's edit"
+    assert len(_copies(_sha(root / "keeper.jpg"), q)) == 1
+
+
+@pytest.mark.parametrize("keeper_kind", ["symlink", "hard_link", "gone"])
+def test_quarantine_needs_a_keeper_that_is_another_real_file(setup, keeper_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    dup, keeper = _rec(store, root / "dup.jpg"), _rec(store, root / "keeper.jpg")
+    (root / "keeper.jpg").unlink()
+    if keeper_kind == "symlink":
+        os.symlink(root / "dup.jpg", root / "keeper.jpg")
+    elif keeper_kind == "hard_link":
+        os.link(root / "dup.jpg", root / "keeper.jpg")
+    with pytest.raises(ActionError, match="nothing done"):
+        Actions(store, q).quarantine(dup, keeper, 0, "test")
+    assert (root / "dup.jpg").exists()
+    assert store.actions() == []
+
+
+def test_purge_and_restore_leave_a_file_that_replaced_the_quarantined_one(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    actions = Actions(store, q)
+    action_id = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
+    dst = Path(store.action(action_id)["dst"])  # type: ignore[index]
+    dst.write_bytes(b"not the quarantined photo any more")
+    with pytest.raises(ActionError, match="no longer holds the quarantined photo"):
+        actions.restore(action_id)
+    assert actions.purge(older_than=0) == []
+    assert dst.read_bytes() == b"not the quarantined photo any more"
+    (purge,) = store.actions("kind = 'purge'")
+    assert purge["state"] == "failed"
