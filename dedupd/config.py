@@ -32,6 +32,7 @@ __all__ = [
     "QuarantineConfig",
     "Root",
     "WatchConfig",
+    "check_layout",
     "default_database_path",
     "default_socket_path",
     "load_config",
@@ -134,7 +135,40 @@ class Config:
     def with_roots(self, paths: Sequence[Path]) -> Config:
         """The same config watching `paths` (command-line DIRs) under the default policy."""
         roots = tuple(Root(Path(p).expanduser().resolve()) for p in paths)
-        return replace(self, roots=roots)
+        config = replace(self, roots=roots)
+        check_layout(config, names=[str(p) for p in paths])
+        return config
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
+    """Roots must not overlap (a file would have two records and two policies), and no root
+    may lie in the quarantine folder (it is never watched)."""
+    source = str(config.source) if config.source else None
+    real = [Path(os.path.realpath(r.path)) for r in config.roots]
+    label = names or [f"roots[{i}].path" for i in range(len(real))]
+    for j, b in enumerate(real):
+        for i, a in enumerate(real[:j]):
+            if _inside(a, b) or _inside(b, a):
+                raise ConfigError(
+                    f"{b} overlaps {label[i]} ({a}); roots must not contain each other",
+                    source=source,
+                    key=label[j],
+                )
+    if config.quarantine.path is None:
+        return
+    quarantine = Path(os.path.realpath(config.quarantine.path))
+    for i, root in enumerate(real):
+        if _inside(root, quarantine):
+            raise ConfigError(
+                f"{label[i]} ({root}) is inside the quarantine folder {quarantine}, which is "
+                "never watched; move one of them",
+                source=source,
+                key="quarantine.path",
+            )
 
 
 def default_database_path(env: Mapping[str, str] | None = None) -> Path:
@@ -423,7 +457,7 @@ def _config(data: object, source: str | None, base: Path) -> Config:
                     f"{name}.{field_name}",
                 )
     defaults = Config()
-    return Config(
+    config = Config(
         source=Path(source) if source else None,
         database=top.path_value("database", defaults.database) or defaults.database,
         socket=top.path_value("socket", defaults.socket) or defaults.socket,
@@ -435,6 +469,8 @@ def _config(data: object, source: str | None, base: Path) -> Config:
         policies=policies,
         quarantine=quarantine,
     )
+    check_layout(config)
+    return config
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:

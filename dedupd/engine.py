@@ -7,6 +7,7 @@ and report duplicate groups. The daemon will drive the same `Ingest` from its wa
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
@@ -264,10 +265,16 @@ class ScanReport:
 
 
 def excluded_dirs(config: Config) -> list[str]:
-    """Folders never scanned or watched, even inside a root: the database's and quarantine."""
-    exclude = [str(config.database.parent)]
+    """Folders never scanned or watched, even inside a root: the quarantine, and the
+    database's folder when it lies inside a root (a state folder kept in the photo tree).
+    A database folder that holds roots is not excluded: its own files are no photos."""
+    database_dir = os.path.realpath(config.database.parent)
+    roots = [os.path.realpath(r.path) for r in config.roots]
+    exclude = []
+    if not any(r == database_dir or r.startswith(database_dir + os.sep) for r in roots):
+        exclude.append(database_dir)
     if config.quarantine.path is not None:
-        exclude.append(str(config.quarantine.path))
+        exclude.append(os.path.realpath(config.quarantine.path))
     return exclude
 
 

@@ -437,3 +437,34 @@ def test_a_quarantine_policy_without_a_quarantine_folder_is_rejected(tmp_path: P
     assert "set quarantine.path" in str(info.value) and str(cfg) in str(info.value)
     cfg.write_text("policies:\n  camera: {near: quarantine}\nquarantine: {path: q}\n")
     assert load_config(cfg).quarantine.path == (tmp_path / "q").resolve()
+
+
+@pytest.mark.parametrize(
+    ("roots", "key"),
+    [
+        ("[{path: photos}, {path: photos/archive}]", "roots[1].path"),
+        ("[{path: photos/archive}, {path: photos}]", "roots[1].path"),
+        ("[{path: photos}, {path: photos}]", "roots[1].path"),
+    ],
+)
+def test_overlapping_roots_are_rejected(tmp_path: Path, roots: str, key: str) -> None:
+    """A file under two roots would get two records and two policies: one could quarantine
+    a reference photo "because of" itself."""
+    cfg = tmp_path / "dedupd.yaml"
+    cfg.write_text(f"roots: {roots}\n")
+    with pytest.raises(ConfigError, match="roots must not contain each other") as info:
+        load_config(cfg)
+    assert info.value.key == key
+
+
+def test_a_root_inside_the_quarantine_folder_is_rejected(tmp_path: Path) -> None:
+    cfg = tmp_path / "dedupd.yaml"
+    cfg.write_text("roots: [{path: q/photos}]\nquarantine: {path: q}\n")
+    with pytest.raises(ConfigError, match="inside the quarantine folder") as info:
+        load_config(cfg)
+    assert info.value.key == "quarantine.path"
+
+
+def test_command_line_dirs_are_checked_for_overlap_too(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="roots must not contain each other"):
+        load_config(None).with_roots([tmp_path, tmp_path / "sub"])

@@ -214,3 +214,11 @@ def test_process_pool_gives_the_same_result_as_in_process(library: Path, tmp_pat
 def test_ckdtree_backend_finds_the_same_groups(library: Path, tmp_path: Path) -> None:
     config = replace(_config(tmp_path, library), index=IndexConfig(backend="ckdtree"))
     assert _groups(_scan(config)) == EXPECTED_GROUPS
+
+
+def test_a_database_kept_directly_in_a_root_does_not_hide_the_root(tmp_path: Path) -> None:
+    """The database folder is excluded only when it is a folder of its own inside a root."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "a.jpg")
+    config = replace(_config(tmp_path, root), database=root / "dedupd.db")
+    assert _scan(config).hashed == 1
