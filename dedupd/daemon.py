@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from stat import S_ISREG
 
 import structlog
 
@@ -354,7 +355,8 @@ class Daemon:
         root = self._root_of(dest)
         if record is not None and record.state in ("ok", "error") and root is not None:
             try:
-                stat = FileStat.of(os.stat(dest))
+                st = os.lstat(dest)
+                stat = FileStat.of(st) if S_ISREG(st.st_mode) else None
             except OSError:
                 stat = None
             if stat is not None and (stat.size, stat.mtime_ns) == (record.size, record.mtime_ns):

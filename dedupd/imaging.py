@@ -13,11 +13,12 @@ import errno
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -106,16 +107,36 @@ _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 
 
-def _read(path: str) -> tuple[bytes, FileStat]:
+def _open_regular(path: str) -> BinaryIO:
+    """Open a regular file for reading, never through a symlink and never blocking on a FIFO.
+
+    A symlink in a root could make a file outside it a keeper (or a target): dedupd only
+    ever reads the files that are really there.
+    """
     try:
-        with open(path, "rb") as f:
-            before = FileStat.of(os.fstat(f.fileno()))
-            data = f.read()
-            after = FileStat.of(os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise Vanished(path, "the file disappeared before it could be read") from exc
-    except IsADirectoryError as exc:
-        raise Unreadable(path, "is a directory") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Unreadable(path, "is a symbolic link; links are not followed") from exc
+        if exc.errno == errno.EISDIR:
+            raise Unreadable(path, "is a directory") from exc
+        raise Unreadable(path, exc.strerror or str(exc)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Unreadable(path, "is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _read(path: str) -> tuple[bytes, FileStat]:
+    try:
+        with _open_regular(path) as f:
+            before = FileStat.of(os.fstat(f.fileno()))
+            data = f.read()
+            after = FileStat.of(os.stat(path, follow_symlinks=False))
+    except FileNotFoundError as exc:
+        raise Vanished(path, "the file disappeared while it was read") from exc
     except OSError as exc:
         raise Unreadable(
             path, exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
@@ -220,7 +241,7 @@ def file_sha256(path: str) -> str:
     """sha256 of a file's bytes, read in chunks (used to re-verify before a delete)."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     except FileNotFoundError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,8 +141,11 @@ class Settler:
         ready = []
         for path, (seen, since) in list(self._pending.items()):
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
             except OSError:
+                del self._pending[path]
+                continue
+            if not stat.S_ISREG(st.st_mode):  # symlinks and specials are never photos
                 del self._pending[path]
                 continue
             current = FileStat.of(st)

@@ -461,3 +461,19 @@ def test_a_restart_after_kill_9_mid_quarantine_recovers_the_journal(env: Env) ->
     with Store(env.db) as store:
         assert store.actions("state = 'planned'") == []
         assert env.state(env.root / "IMG_2.jpg") == "quarantined"
+
+
+def test_a_symlink_in_a_root_is_never_a_keeper(env: Env) -> None:
+    """Only the files really in the root count: a link to a photo elsewhere is ignored, so the
+    real upload of that photo is kept."""
+    outside = env.tmp / "usb-stick" / "x.jpg"
+    photos.copy(photos.photo("coffee"), outside)
+    with running(env) as daemon:
+        os.symlink(outside, env.root / "album-link.jpg")
+        photos.copy(photos.photo("rocket"), env.root / "marker.jpg")
+        wait_for(lambda: daemon.stats.hashed == 1)  # the marker, not the link
+        photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_0001.jpg") == "ok")
+        wait_for(lambda: _idle(daemon))
+    assert (env.root / "IMG_0001.jpg").exists()
+    assert env.record(env.root / "album-link.jpg") is None

@@ -198,3 +198,20 @@ def test_file_changed_since_it_was_queued_is_not_hashed(tmp_path: Path) -> None:
     os.utime(path, ns=(seen.mtime_ns + 10**9, seen.mtime_ns + 10**9))
     with pytest.raises(ChangedWhileReading):
         hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS, expect=seen)
+
+
+def test_symlinks_are_never_followed(tmp_path: Path) -> None:
+    """A link in a root could make a file elsewhere (a USB stick) look like a keeper."""
+    link = tmp_path / "link.jpg"
+    os.symlink(photos.photo("coffee"), link)
+    with pytest.raises(Unreadable, match="symbolic link"):
+        hash_image(str(link), [PHASH], max_pixels=MAX_PIXELS)
+    with pytest.raises(Unreadable, match="symbolic link"):
+        file_sha256(str(link))
+
+
+def test_a_fifo_with_a_photo_name_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(Unreadable, match="not a regular file"):
+        hash_image(str(fifo), [PHASH], max_pixels=MAX_PIXELS)
