@@ -276,7 +276,7 @@ class Actions:
         return dst
 
     def _mark_restored_distinct(self, original: dict[str, Any]) -> None:
-        self.store.remove_tombstones(original["id"])
+        self.store.remove_tombstones(original["sha256"], original["src"])
         keeper = self.store.file(original["keeper_id"]) if original["keeper_id"] else None
         if keeper is not None and keeper.sha256:
             self.store.mark_distinct(original["sha256"], keeper.sha256)

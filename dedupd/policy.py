@@ -104,22 +104,30 @@ def decide(
         if candidates:
             return Decision("report", "reference roots are never acted on", dry_run=dry_run)
         return Decision("none", "no duplicate")
-    if tombstone is not None and tombstone["kind"] in ("quarantine", "delete"):
-        # The same bytes were removed before and a sync client brought them back: repeat it.
-        keeper = next((c.record for c in candidates if c.record.id == tombstone["keeper_id"]), None)
-        action: Action = tombstone["kind"]
-        if action == "delete" and (keeper is None or keeper.sha256 != newcomer.sha256):
-            action = "quarantine"  # a delete needs its exact keeper present; quarantine instead
-        return Decision(
-            action,
-            f"tombstone: {tombstone['kind']}d before (action {tombstone['id']})",
-            newcomer,
-            keeper,
-            tombstone["distance"],
-            "exact" if keeper and keeper.sha256 == newcomer.sha256 else "near",
-            dry_run,
-        )
     live = [c for c in candidates if c.record.sha256 not in distinct]
+    if tombstone is not None and tombstone["kind"] in ("quarantine", "delete"):
+        # The same bytes were removed from this path before and a sync client brought them
+        # back: repeat that, without consulting the keep rules again, but only while its
+        # keeper is still here (and not marked distinct) and the policy still acts.
+        match = next((c for c in live if c.record.id == tombstone["keeper_id"]), None)
+        acts = match is not None and (policy.exact if match.kind == "exact" else policy.near) in (
+            "quarantine",
+            "delete",
+        )
+        if match is not None and acts:
+            keeper = match.record
+            action: Action = tombstone["kind"]
+            if action == "delete" and (match.kind != "exact" or keeper.sha256 != newcomer.sha256):
+                action = "quarantine"  # a delete needs its exact keeper; quarantine instead
+            return Decision(
+                action,
+                f"tombstone: {tombstone['kind']}d before (action {tombstone['id']})",
+                newcomer,
+                keeper,
+                match.distance,
+                match.kind,
+                dry_run,
+            )
     if not live:
         return Decision("none", "marked distinct" if candidates else "no duplicate")
     best = min(live, key=lambda c: (c.kind != "exact", c.distance, str(c.record.path)))

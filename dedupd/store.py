@@ -498,9 +498,13 @@ class Store:
                 )
             )
 
-    def remove_tombstones(self, action_id: int) -> None:
+    def remove_tombstones(self, sha256: str, original_path: str) -> None:
+        """Forget every removal of these bytes from this path (the user restored them)."""
         with self.db.conn:
-            self.db.execute("DELETE FROM tombstones WHERE action_id = ?", (action_id,))
+            self.db.execute(
+                "DELETE FROM tombstones WHERE sha256 = ? AND original_path = ?",
+                (sha256, original_path),
+            )
 
     def tombstone(self, sha256: str, path: str) -> dict[str, Any] | None:
         """The latest action that removed these bytes from this very path, if any did."""

@@ -368,3 +368,25 @@ def test_purge_and_restore_leave_a_file_that_replaced_the_quarantined_one(setup)
     assert dst.read_bytes() == b"not the quarantined photo any more"
     (purge,) = store.actions("kind = 'purge'")
     assert purge["state"] == "failed"
+
+
+def test_restore_forgets_every_earlier_removal_of_that_photo_from_that_path(setup) -> None:  # type: ignore[no-untyped-def]
+    """Quarantined, synced back, quarantined again, restored: no tombstone may remain, or
+    the next scan would quarantine the restored photo once more."""
+    store, root, q = setup
+    actions = Actions(store, q)
+    keeper = _rec(store, root / "keeper.jpg")
+    actions.quarantine(_rec(store, root / "dup.jpg"), keeper, 0, "first")
+    photos.copy(photos.photo("coffee"), root / "dup.jpg")  # the phone uploads it again
+    second = store.record_hashed(str(root), "dup.jpg", _rehash(root / "dup.jpg"))
+    record = store.file(second)
+    assert record is not None
+    action_id = actions.quarantine(record, keeper, 0, "tombstone")
+    actions.restore(action_id)
+    assert store.tombstone(record.sha256 or "", str(root / "dup.jpg")) is None
+
+
+def _rehash(path: Path):  # type: ignore[no-untyped-def]
+    from dedupd.imaging import hash_image
+
+    return hash_image(str(path), [], max_pixels=10**9)

@@ -435,13 +435,29 @@ def test_missing_capture_time_disables_the_burst_guard(
 # -- tombstones ---------------------------------------------------------------------------
 
 
-def test_quarantine_tombstone_quarantines_the_newcomer_without_candidates() -> None:
-    """Tombstone: bytes quarantined before are quarantined again, even with no candidates."""
+def test_a_tombstone_without_its_keeper_present_is_ignored() -> None:
+    """Tombstone: with its keeper gone the photo may be the last copy: decide afresh."""
     n = small()
-    d = run(n, [], default=Policy(), tombstone=tombstone("quarantine", 123))
-    assert d.action == "quarantine"
-    assert d.rule.startswith("tombstone")
-    assert d.target is n
+    assert run(n, [], tombstone=tombstone("quarantine", 123)).action == "none"
+    other = big("other.jpg")
+    d = run(n, [near(other)], tombstone=tombstone("quarantine", other.id + 1000))
+    assert not d.rule.startswith("tombstone")
+
+
+def test_a_tombstone_is_ignored_once_the_policy_only_reports() -> None:
+    """Tombstone: the root's current policy still rules; report-only never moves a file."""
+    n = big("new.jpg")
+    existing = small("old.jpg")
+    d = run(n, [exact(existing)], default=Policy(), tombstone=tombstone("quarantine", existing.id))
+    assert d.action == "report"
+
+
+def test_a_tombstone_whose_keeper_was_marked_distinct_is_ignored() -> None:
+    """Tombstone: a restore marks the pair distinct; that wins over any older tombstone."""
+    n = small(sha256=SHA_A)
+    keeper = big("keeper.jpg", sha256=SHA_B)
+    d = run(n, [near(keeper)], distinct={SHA_B}, tombstone=tombstone("quarantine", keeper.id))
+    assert d.action == "none"
 
 
 def test_quarantine_tombstone_ignores_keep_rules() -> None:
@@ -460,22 +476,11 @@ def test_delete_tombstone_with_exact_keeper_present_deletes() -> None:
     """Tombstone: a delete is repeated when its keeper, with the same sha256, is a candidate."""
     n = big("new.jpg", sha256=SHA_A)
     keeper = small("keeper.jpg", sha256=SHA_A)
-    d = run(n, [exact(keeper)], default=Policy(), tombstone=tombstone("delete", keeper.id))
+    d = run(n, [exact(keeper)], tombstone=tombstone("delete", keeper.id))
     assert d.action == "delete"
     assert d.target is n
     assert d.keeper is keeper
     assert d.rule.startswith("tombstone")
-
-
-def test_delete_tombstone_without_its_keeper_only_quarantines() -> None:
-    """Tombstone: never delete without a present exact keeper — quarantine instead."""
-    n = small(sha256=SHA_A)
-    other = big("other.jpg", sha256=SHA_A)
-    for cands in ([], [exact(other)]):
-        d = run(n, cands, tombstone=tombstone("delete", other.id + 1000))
-        assert d.action == "quarantine"
-        assert d.target is n
-        assert d.rule.startswith("tombstone")
 
 
 def test_delete_tombstone_with_keeper_of_other_bytes_only_quarantines() -> None:
