@@ -302,7 +302,7 @@ class Daemon:
         return Entry(root, relpath, stat)
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
-        self.store.move(file_id, root, relpath, stat)
+        self.ingest.index.remove(self.store.move(file_id, root, relpath, stat))
         bits = self.store.hash_of(file_id, self.ingest.hasher.key)
         if bits is not None:
             self.ingest.index.add([file_id], [bits])

@@ -192,6 +192,8 @@ class Ingest:
         for m in self.index.radius(bits, self.radius_for(entry.root)):
             found.setdefault(m.id, (m.distance, "near"))
         found.pop(file_id, None)
+        records = self.store.files(found)
+        found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
             file_id, self.hasher.key, [(other, d, kind) for other, (d, kind) in found.items()]
         )
@@ -204,7 +206,6 @@ class Ingest:
         tombstone = self.store.tombstone(result.sha256, entry.path)
         if not found and tombstone is None:
             return None
-        records = self.store.files(found)
         decision = decide(
             newcomer,
             [Candidate(records[i], d, kind) for i, (d, kind) in found.items() if i in records],
@@ -302,7 +303,7 @@ def reconcile_roots(
         report.roots.append(root)
         plan = reconcile(store, root, entries, hasher_key)
         for record, entry in plan.renamed:
-            store.move(record.id, entry.root, entry.relpath, entry.stat)
+            gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
         store.mark_missing(r.id for r in plan.missing)
         gone += [r.id for r in plan.missing]
         report.files += len(entries)

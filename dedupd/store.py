@@ -374,13 +374,21 @@ class Store:
                 [(now, i) for i in ids],
             )
 
-    def move(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
-        """Follow a rename: same content, new path; no re-hash. A stale record there goes.
+    def move(self, file_id: int, root: str, relpath: str, stat: FileStat) -> list[int]:
+        """Follow a rename: same content, new path; no re-hash.
 
-        A record that was marked missing (the move was seen as a delete first) is present
-        again: 'ok' when it was hashed, else 'error'.
+        The record of a file the rename replaced goes; its id is returned so that the caller
+        can drop it from the index. A record that was marked missing (the move was seen as
+        a delete first) is present again: 'ok' when it was hashed, else 'error'.
         """
         with self.db.conn:
+            replaced = [
+                row[0]
+                for row in self.db.execute(
+                    "SELECT id FROM files WHERE root = ? AND relpath = ? AND id != ?",
+                    (root, relpath, file_id),
+                )
+            ]
             self.db.execute(
                 "DELETE FROM files WHERE root = ? AND relpath = ? AND id != ?",
                 (root, relpath, file_id),
@@ -391,6 +399,7 @@ class Store:
                 " WHEN sha256 IS NULL THEN 'error' ELSE 'ok' END WHERE id = ?",
                 (root, relpath, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
             )
+        return replaced
 
     # -- matches -----------------------------------------------------------------------------
     def replace_matches(

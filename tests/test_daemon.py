@@ -477,3 +477,19 @@ def test_a_symlink_in_a_root_is_never_a_keeper(env: Env) -> None:
         wait_for(lambda: _idle(daemon))
     assert (env.root / "IMG_0001.jpg").exists()
     assert env.record(env.root / "album-link.jpg") is None
+
+
+def test_a_rename_over_another_photo_drops_the_replaced_one_from_the_index(env: Env) -> None:
+    """The overwritten photo's record goes; a later look-alike of it must not trip on it."""
+    env.write_config(camera="{near: report}")
+    photos.copy(photos.photo("coffee"), env.root / "a.jpg")
+    photos.copy(photos.photo("hubble"), env.root / "b.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2)
+        os.replace(env.root / "b.jpg", env.root / "a.jpg")
+        wait_for(lambda: env.record(env.root / "b.jpg") is None, what="the rename followed")
+        photos.reencode(photos.photo("coffee"), env.root / "coffee-again.jpg")
+        wait_for(lambda: env.state(env.root / "coffee-again.jpg") == "ok")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.errors == 0
+        assert len(daemon.ingest.index) == 2
