@@ -89,7 +89,9 @@ class Daemon:
         database: Path | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_interval: float = UNAVAILABLE_RETRY,
     ):
+        self.retry_interval = retry_interval
         self.config_path, self.dirs, self.database = config_path, tuple(dirs), database
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -146,16 +148,20 @@ class Daemon:
         self.watcher.start(self.roots)
         now = self.clock()
         self._next_rescan = now + config.watch.rescan_interval
-        self._next_retry = now + UNAVAILABLE_RETRY
+        self._next_retry = now + self.retry_interval
         self._queue_reconcile(self.roots)
 
     def _queue_reconcile(self, roots: Sequence[str]) -> None:
         report = ScanReport(roots=[])
-        work, gone = reconcile_roots(self.config, self.store, roots, report)
-        self.ingest.index.remove(gone)
+        done = reconcile_roots(self.config, self.store, roots, report)
+        self.ingest.index.remove(done.gone)
+        self._index_again(done.revived)
         queued = {e.path for e in self._backlog}
+        work = done.work
         self._backlog.extend(e for e in work if e.path not in queued)
         self.stats.rescans += 1
+        for root, _ in report.unavailable:
+            self.watcher.states[root] = "unavailable"
         log.info(
             "reconciled",
             roots=len(report.roots),
@@ -303,10 +309,15 @@ class Daemon:
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
         self.ingest.index.remove(self.store.move(file_id, root, relpath, stat))
-        bits = self.store.hash_of(file_id, self.ingest.hasher.key)
-        if bits is not None:
-            self.ingest.index.add([file_id], [bits])
+        self._index_again([file_id])
         log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
+
+    def _index_again(self, file_ids: Sequence[int]) -> None:
+        """Put files that came back (moved, remounted) into the index from their stored hash."""
+        for file_id in file_ids:
+            bits = self.store.hash_of(file_id, self.ingest.hasher.key)
+            if bits is not None:
+                self.ingest.index.add([file_id], [bits])
 
     def _root_of(self, path: str) -> str | None:
         """The root `path` is a wanted file under, or None (ignored names, excluded dirs)."""
@@ -380,8 +391,12 @@ class Daemon:
 
     def _periodic(self) -> None:
         now = self.clock()
+        for root in self.watcher.lost_roots():
+            log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
+            self.watcher.states[root] = "unavailable"
+            self._rescan_due.add(root)
         if now >= self._next_retry:
-            self._next_retry = now + UNAVAILABLE_RETRY
+            self._next_retry = now + self.retry_interval
             for root, state in list(self.watcher.states.items()):
                 if state == "unavailable" and os.path.isdir(root):
                     log.info("root_available", root=root)

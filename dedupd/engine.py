@@ -33,6 +33,7 @@ __all__ = [
     "Ingest",
     "Member",
     "Outcome",
+    "Reconciled",
     "ScanReport",
     "duplicate_groups",
     "excluded_dirs",
@@ -279,40 +280,54 @@ def excluded_dirs(config: Config) -> list[str]:
     return exclude
 
 
+@dataclass(slots=True)
+class Reconciled:
+    work: list[Entry]  # to hash, oldest first
+    gone: list[int]  # ids that left the index (deleted, or replaced by a rename)
+    revived: list[int]  # ids marked missing before that turned up again (a move)
+
+
 def reconcile_roots(
     config: Config, store: Store, roots: Sequence[str], report: ScanReport
-) -> tuple[list[Entry], list[int]]:
+) -> Reconciled:
     """Walk `roots`, follow renames and mark deletions in the store.
 
-    Returns the entries to hash, oldest first (so that on a first scan "the newcomer" is the
-    later copy), and the ids of files that disappeared. A root that is missing (unmounted) is
-    reported unavailable and its records stay as they are.
+    Work is sorted oldest first, so that on a first scan "the newcomer" is the later copy.
+    A root that is missing or unreadable, or empty while photos are recorded in it (an
+    unmounted disk's mount point), is reported unavailable and its records stay as they are.
     """
     names = NameFilter(config.watch)
     exclude = excluded_dirs(config)
     hasher_key = Hasher(config.hashing.algorithm, config.hashing.hash_size).key
-    work: list[Entry] = []
-    gone: list[int] = []
+    done = Reconciled([], [], [])
     for root in roots:
         try:
             entries = list(walk(root, names, exclude))
+            recorded = len(store.files_in(root))
+            if not entries and recorded:
+                raise NotFoundError(
+                    f"{root}: empty, but {recorded} photos are recorded there; treated as "
+                    "unmounted and their records kept"
+                )
         except NotFoundError as exc:
             report.unavailable.append((root, str(exc)))
-            log.warning("root_unavailable", root=root)
+            log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
         plan = reconcile(store, root, entries, hasher_key)
         for record, entry in plan.renamed:
-            gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
+            done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
+            if record.state == "missing":
+                done.revived.append(record.id)
         store.mark_missing(r.id for r in plan.missing)
-        gone += [r.id for r in plan.missing]
+        done.gone += [r.id for r in plan.missing]
         report.files += len(entries)
         report.unchanged += plan.unchanged
         report.renamed += len(plan.renamed)
         report.missing += len(plan.missing)
-        work += plan.to_hash
-    work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
-    return work, gone
+        done.work += plan.to_hash
+    done.work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
+    return done
 
 
 def ingest_all(
@@ -355,7 +370,7 @@ def scan(
     and report duplicate groups."""
     started = clock()
     report = ScanReport(roots=[])
-    work, _ = reconcile_roots(config, store, [root_key(r.path) for r in config.roots], report)
+    work = reconcile_roots(config, store, [root_key(r.path) for r in config.roots], report).work
     ingest = Ingest(store, config, report.roots, actions)
     if on_total:
         on_total(len(work))

@@ -65,8 +65,10 @@ def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
-        except OSError:
-            continue  # unreadable or vanished folder; its files keep their records
+        except OSError as exc:
+            if folder == root:  # an unreadable root is unavailable, not empty
+                raise NotFoundError(f"{root}: cannot read the root: {exc.strerror}") from exc
+            continue  # an unreadable or vanished sub-folder: skipped
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
@@ -102,8 +104,9 @@ def reconcile(store: Store, root: str, entries: Iterable[Entry], hasher: str) ->
     """Diff what is on disk under `root` against the store's records for it.
 
     An unchanged (dev, inode, size, mtime_ns) is never decoded again, even if it failed
-    before; a record that vanished from one path while a file with its identity appeared at
-    another is a rename, followed without re-hashing.
+    before; a record that vanished from one path (in this scan, or earlier: marked missing)
+    while a file with its identity appeared at another is a rename, followed without
+    re-hashing.
     """
     plan = Plan()
     known = store.files_in(root)
@@ -122,7 +125,7 @@ def reconcile(store: Store, root: str, entries: Iterable[Entry], hasher: str) ->
     # Whatever is left in `known` vanished from its path: moved, or deleted.
     vanished = {r.stat: r for r in known.values()}
     for entry in appeared:
-        record = vanished.pop(entry.stat, None)
+        record = vanished.pop(entry.stat, None) or store.missing_with_stat(entry.stat)
         if record is None:
             plan.new.append(entry)
         else:

@@ -8,6 +8,7 @@ write (scp, Samba, rsync --inplace) or a storm of modify events is hashed once, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -20,7 +21,7 @@ from typing import Literal, NamedTuple
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from dedupd.imaging import FileStat
 
@@ -77,6 +78,8 @@ class Watcher:
     hints: queue.Queue[Hint] = field(default_factory=queue.Queue)
     states: dict[str, WatchState] = field(default_factory=dict)
     _observer: BaseObserver | None = None
+    _watches: dict[str, ObservedWatch] = field(default_factory=dict)
+    _identity: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def start(self, roots: Sequence[str]) -> None:
         self._observer = Observer()
@@ -89,11 +92,17 @@ class Watcher:
         """Watch `root` recursively; a missing root is "unavailable", and a watch limit
         (ENOSPC/EMFILE) leaves it "polling" (periodic rescans only), logged with the fix."""
         assert self._observer is not None, "start() first"
+        old = self._watches.pop(root, None)
+        if old is not None:  # a root that vanished and came back: its emitter is dead
+            with contextlib.suppress(KeyError):
+                self._observer.unschedule(old)
         if not os.path.isdir(root):
             self.states[root] = "unavailable"
             return "unavailable"
         try:
-            self._observer.schedule(self._handler, root, recursive=True)
+            st = os.stat(root)
+            self._identity[root] = (st.st_dev, st.st_ino)
+            self._watches[root] = self._observer.schedule(self._handler, root, recursive=True)
             self.states[root] = "watching"
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
@@ -101,6 +110,25 @@ class Watcher:
             self.states[root] = "polling"
             log.error("watch_limit_reached", root=root, error=str(exc), fix=INOTIFY_HINT)
         return self.states[root]
+
+    def lost_roots(self) -> list[str]:
+        """Roots marked watching that are no longer what is watched: the watch ended, or the
+        folder was moved away, deleted, or replaced (a disk unmounted under its mount point)."""
+        if self._observer is None:
+            return []
+        alive = {e.watch.path for e in self._observer.emitters if e.is_alive()}
+        lost = []
+        for root, state in self.states.items():
+            if state != "watching":
+                continue
+            try:
+                st = os.stat(root)
+                same = (st.st_dev, st.st_ino) == self._identity.get(root)
+            except OSError:
+                same = False
+            if not same or self._watches[root].path not in alive:
+                lost.append(root)
+        return lost
 
     def stop(self) -> None:
         if self._observer is not None:

@@ -301,13 +301,18 @@ def test_lost_events_are_caught_by_the_rescan(env: Env, monkeypatch: pytest.Monk
         wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=15)
 
 
-def test_a_root_that_disappears_is_unavailable_not_deleted(env: Env) -> None:
+def test_a_root_that_disappears_is_unavailable_not_deleted_and_comes_back(env: Env) -> None:
+    """An unplugged disk is not a mass deletion; plugged back in, it is watched again."""
     photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
-    with running(env) as daemon:
+    with running(env, retry_interval=0.3) as daemon:
         wait_for(lambda: daemon.stats.hashed == 1)
         env.root.rename(env.tmp / "unplugged")
-        daemon._rescan_due.add(str(env.root))  # what the next periodic rescan would do
         wait_for(lambda: daemon.watcher.states.get(str(env.root)) == "unavailable")
+        assert env.state(env.root / "IMG_1.jpg") == "ok"
+        (env.tmp / "unplugged").rename(env.root)
+        wait_for(lambda: daemon.watcher.states.get(str(env.root)) == "watching")
+        photos.copy(photos.photo("rocket"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", timeout=10)
     assert env.state(env.root / "IMG_1.jpg") == "ok"
 
 

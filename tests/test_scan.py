@@ -222,3 +222,39 @@ def test_a_database_kept_directly_in_a_root_does_not_hide_the_root(tmp_path: Pat
     photos.copy(photos.photo("coffee"), root / "a.jpg")
     config = replace(_config(tmp_path, root), database=root / "dedupd.db")
     assert _scan(config).hashed == 1
+
+
+def test_an_empty_mount_point_is_unavailable_and_nothing_is_decoded_again(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """An unmounted disk leaves an empty folder: not a mass deletion, and on remount every
+    photo is still known, so nothing is decoded again."""
+    config = _config(tmp_path, library)
+    _scan(config)
+    library.rename(tmp_path / "disk")
+    library.mkdir()  # the bare mount point
+    report = _scan(config)
+    assert report.missing == 0 and report.unavailable[0][0] == str(library)
+    assert "empty, but 10 photos are recorded there" in report.unavailable[0][1]
+    library.rmdir()
+    (tmp_path / "disk").rename(library)
+    decodes.clear()
+    again = _scan(config)
+    assert (again.unchanged, again.hashed, decodes) == (10, 0, [])
+
+
+def test_a_photo_moved_out_and_back_is_not_decoded_again(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    config = _config(tmp_path, library)
+    _scan(config)
+    os.rename(library / "hubble.jpg", tmp_path / "hubble.jpg")
+    assert _scan(config).missing == 1
+    (library / "back").mkdir()
+    os.rename(tmp_path / "hubble.jpg", library / "back" / "hubble.jpg")
+    decodes.clear()
+    report = _scan(config)
+    assert (report.renamed, report.hashed, decodes) == (1, 0, [])
+    with Store(config.database) as store:
+        record = store.file_at(library / "back" / "hubble.jpg")
+    assert record is not None and record.state == "ok"
