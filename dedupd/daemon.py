@@ -153,7 +153,7 @@ class Daemon:
 
     def _queue_reconcile(self, roots: Sequence[str]) -> None:
         report = ScanReport(roots=[])
-        done = reconcile_roots(self.config, self.store, roots, report)
+        done = reconcile_roots(self.config, self.store, roots, report, tick=self._heartbeat)
         self.ingest.index.remove(done.gone)
         self._index_again(done.revived)
         queued = {e.path for e in self._backlog}

@@ -288,10 +288,15 @@ class Reconciled:
 
 
 def reconcile_roots(
-    config: Config, store: Store, roots: Sequence[str], report: ScanReport
+    config: Config,
+    store: Store,
+    roots: Sequence[str],
+    report: ScanReport,
+    tick: Callable[[], object] = lambda: None,
 ) -> Reconciled:
     """Walk `roots`, follow renames and mark deletions in the store.
 
+    `tick` is called every few thousand files (the daemon pings systemd's watchdog).
     Work is sorted oldest first, so that on a first scan "the newcomer" is the later copy.
     A root that is missing or unreadable, or empty while photos are recorded in it (an
     unmounted disk's mount point), is reported unavailable and its records stay as they are.
@@ -302,7 +307,11 @@ def reconcile_roots(
     done = Reconciled([], [], [])
     for root in roots:
         try:
-            entries = list(walk(root, names, exclude))
+            entries = []
+            for entry in walk(root, names, exclude):
+                entries.append(entry)
+                if len(entries) % 4096 == 0:
+                    tick()  # a walk of a large library on a slow disk takes a while
             recorded = len(store.files_in(root))
             if not entries and recorded:
                 raise NotFoundError(
