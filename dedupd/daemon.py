@@ -249,10 +249,14 @@ class Daemon:
         return self.watcher.alive()
 
     def _status(self) -> str:
+        degraded = [
+            f"{state}: {root}" for root, state in self.watcher.states.items() if state != "watching"
+        ]
         return (
             f"STATUS={len(self.ingest.index)} indexed, {len(self._backlog)} queued, "
             f"{len(self.settler)} settling, {self.stats.hashed} hashed, "
             f"{self.stats.acted} acted on, {self.stats.errors} errors"
+            + ("; " + "; ".join(degraded) if degraded else "")
         )
 
     def _between_files(self) -> bool:

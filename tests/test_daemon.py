@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from PIL import Image
 
 import dedupd.watcher
@@ -498,3 +499,29 @@ def test_a_rename_over_another_photo_drops_the_replaced_one_from_the_index(env: 
         wait_for(lambda: _idle(daemon))
         assert daemon.stats.errors == 0
         assert len(daemon.ingest.index) == 2
+
+
+def test_a_watch_limit_falls_back_to_rescans_and_shows_in_status(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify out of watches (ENOSPC): logged with the sysctl fix, the root is rescanned
+    instead, and STATUS= says so."""
+    import errno
+
+    from watchdog.observers.api import BaseObserver
+
+    def no_watches(self: BaseObserver, *args: object, **kw: object) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(BaseObserver, "schedule", no_watches)
+    env.config.write_text(
+        env.config.read_text().replace("rescan_interval: 1h", "rescan_interval: 1")
+    )
+    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+        assert daemon.watcher.states[str(env.root)] == "polling"
+        assert f"polling: {env.root}" in daemon._status()
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=15)
+    limited = [e for e in logs if e["event"] == "watch_limit_reached"]
+    assert sorted(e["root"] for e in limited) == sorted([str(env.root), str(env.archive)])
+    assert all("fs.inotify.max_user_watches" in e["fix"] for e in limited)  # once per root
