@@ -90,8 +90,9 @@ class Daemon:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry_interval: float = UNAVAILABLE_RETRY,
+        polling_interval: float = POLLING_RESCAN,
     ):
-        self.retry_interval = retry_interval
+        self.retry_interval, self.polling_interval = retry_interval, polling_interval
         self.config_path, self.dirs, self.database = config_path, tuple(dirs), database
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -148,6 +149,7 @@ class Daemon:
         self.watcher.start(self.roots)
         now = self.clock()
         self._next_rescan = now + config.watch.rescan_interval
+        self._next_poll = now + min(self.polling_interval, config.watch.rescan_interval)
         self._next_retry = now + self.retry_interval
         self._queue_reconcile(self.roots)
 
@@ -406,12 +408,9 @@ class Daemon:
                     log.info("root_available", root=root)
                     self.watcher.add_root(root)
                     self._rescan_due.add(root)
-        polling = [r for r, s in self.watcher.states.items() if s == "polling"]
-        if (
-            polling
-            and now >= self._next_rescan - self.config.watch.rescan_interval + POLLING_RESCAN
-        ):
-            self._rescan_due.update(polling)
+        if now >= self._next_poll:  # roots without a watch are rescanned more often
+            self._next_poll = now + min(self.polling_interval, self.config.watch.rescan_interval)
+            self._rescan_due.update(r for r, s in self.watcher.states.items() if s == "polling")
         if now >= self._next_rescan:
             self._rescan_due.update(self.roots)
         if self._rescan_due and not self._backlog:
@@ -419,9 +418,6 @@ class Daemon:
             if set(roots) == set(self.roots):
                 self._next_rescan = now + self.config.watch.rescan_interval
             self._queue_reconcile(roots)
-            for root in roots:
-                if not os.path.isdir(root):
-                    self.watcher.states[root] = "unavailable"
 
     def _reload(self) -> None:
         self._reload_flag = False

@@ -234,6 +234,40 @@ CHILD = textwrap.dedent(
     """
 )
 
+
+def kill_9_during(
+    db: Path,
+    op: str,
+    step: str,
+    quarantine: Path,
+    target: Path,
+    keeper: Path,
+    *,
+    xdev: bool = False,
+    action_id: int = 0,
+) -> None:
+    """Run one action in a child process that SIGKILLs itself right after `step`."""
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(db),
+            op,
+            step,
+            "1" if xdev else "0",
+            str(quarantine),
+            str(target),
+            str(keeper),
+            str(action_id),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+
+
 STEPS = [
     ("quarantine", False, "planned"),
     ("quarantine", False, "linked"),
@@ -265,25 +299,7 @@ def test_kill_9_at_any_step_is_recovered_with_every_photo_exactly_once(  # type:
         action_id = Actions(store, q).quarantine(_rec(store, dup), _rec(store, keeper), 0, "t")
         (root / "keeper.jpg").rename(root / "elsewhere.jpg")  # so only the dup carries `sha` here
         keeper = root / "elsewhere.jpg"
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CHILD,
-            str(store.path),
-            op,
-            step,
-            "1" if xdev else "0",
-            str(q),
-            str(dup),
-            str(root / "keeper.jpg"),
-            str(action_id),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    kill_9_during(store.path, op, step, q, dup, root / "keeper.jpg", xdev=xdev, action_id=action_id)
 
     recovered = Actions(store, q).recover()
     assert len(recovered) == 1 and recovered[0].outcome in ("done", "rolled_back")
@@ -313,25 +329,7 @@ def test_recovery_never_removes_a_source_that_was_replaced_while_down(setup) -> 
     edit is kept: only a source that provably is the quarantined file is removed."""
     store, root, q = setup
     dup = root / "dup.jpg"
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CHILD,
-            str(store.path),
-            "quarantine",
-            "linked",
-            "0",
-            str(q),
-            str(dup),
-            str(root / "keeper.jpg"),
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    kill_9_during(store.path, "quarantine", "linked", q, dup, root / "keeper.jpg")
     edited = root / "edited.tmp"
     edited.write_bytes(b"the user's edit")
     os.replace(edited, dup)  # a new inode with other bytes at the original name

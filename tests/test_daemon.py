@@ -433,32 +433,21 @@ def test_an_unexpected_error_in_the_loop_is_logged_and_the_daemon_goes_on(
 
 def test_a_restart_after_kill_9_mid_quarantine_recovers_the_journal(env: Env) -> None:
     """The daemon's start finishes a move that a killed process left half done."""
-    from tests.test_actions import CHILD
+    from tests.test_actions import kill_9_during
 
     photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
     photos.reencode(photos.photo("coffee"), env.root / "IMG_2.jpg")
     env.write_config(camera="{near: report}")
     with running(env) as daemon:  # report-only first, so that both files are indexed
         wait_for(lambda: daemon.stats.hashed == 2)
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CHILD,
-            str(env.db),
-            "quarantine",
-            "linked",
-            "0",
-            str(env.quarantine),
-            str(env.root / "IMG_2.jpg"),
-            str(env.root / "IMG_1.jpg"),
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    kill_9_during(
+        env.db,
+        "quarantine",
+        "linked",
+        env.quarantine,
+        env.root / "IMG_2.jpg",
+        env.root / "IMG_1.jpg",
     )
-    assert child.returncode == -signal.SIGKILL, child.stderr
     assert (env.root / "IMG_2.jpg").exists()  # both names exist: the kill came between
     with running(env):
         pass
@@ -514,14 +503,14 @@ def test_a_watch_limit_falls_back_to_rescans_and_shows_in_status(
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
     monkeypatch.setattr(BaseObserver, "schedule", no_watches)
-    env.config.write_text(
-        env.config.read_text().replace("rescan_interval: 1h", "rescan_interval: 1")
-    )
-    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+    with structlog.testing.capture_logs() as logs, running(env, polling_interval=0.5) as daemon:
         assert daemon.watcher.states[str(env.root)] == "polling"
         assert f"polling: {env.root}" in daemon._status()
         photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
         wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=15)
+        before = daemon.stats.rescans
+        time.sleep(2.0)  # four polling intervals: what is checked is the rate of rescans
+        assert 2 <= daemon.stats.rescans - before <= 6
     limited = [e for e in logs if e["event"] == "watch_limit_reached"]
     assert sorted(e["root"] for e in limited) == sorted([str(env.root), str(env.archive)])
     assert all("fs.inotify.max_user_watches" in e["fix"] for e in limited)  # once per root
