@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 import click
 import structlog
 
-from dedupd import __version__
-from dedupd.actions import ActionError, Actions
-from dedupd.config import Config, load_config
+from dedupd import __version__, queries
+from dedupd.actions import Actions
+from dedupd.config import Config, load_config, parse_duration
+from dedupd.control import ControlClient, DaemonUnavailable
 from dedupd.daemon import Daemon
-from dedupd.engine import Group, Ingest, ScanReport, duplicate_groups, scan
+from dedupd.engine import Group, Ingest, ScanReport, scan
 from dedupd.errors import DedupdError, NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.imaging import hash_image
@@ -34,6 +35,7 @@ __all__ = ["dedupctl", "dedupd", "find_config"]
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
+EXIT_NO_DAEMON = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,6 +99,9 @@ def _errors() -> Iterator[None]:
     except NotFoundError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    except DaemonUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_NO_DAEMON)
     except DedupdError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -114,6 +119,22 @@ def _log_level_option(default: str) -> Callable[[F], F]:
         help="Log events on stderr at this level: JSON lines when stderr is not a terminal "
         "(journald), readable lines on one.",
     )
+
+
+class _Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds: float = parse_duration(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration such as 90s, 12h, 7d or 2w", param, ctx)
+        return seconds
+
+
+DURATION = _Duration()
 
 
 def _common_options(f: F) -> F:
@@ -365,11 +386,83 @@ def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanR
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dedupctl")
 @_common_options
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False),
+    help="The daemon's control socket (default: from the config, else $RUNTIME_DIRECTORY or "
+    "$XDG_RUNTIME_DIR/dedupd.sock).",
+)
 @click.pass_context
-def dedupctl(ctx: click.Context, config_path: str | None, database: str | None) -> None:
-    """dedupctl: query what dedupd has found."""
+def dedupctl(
+    ctx: click.Context, config_path: str | None, database: str | None, socket_path: str | None
+) -> None:
+    """dedupctl: query and steer dedupd.
+
+    Talks to the running daemon over its socket. Without a daemon, search, show and
+    quarantine list read the database directly (and say so); restore, purge and distinct
+    change the database and files directly; status, rescan and reload need the daemon.
+    Exit codes: 0 ok, 1 nothing found, 2 usage or config error, 3 daemon unavailable.
+    """
     _configure_logging("warning")
-    ctx.ensure_object(dict).update(config_path=config_path, database=database)
+    ctx.ensure_object(dict).update(
+        config_path=config_path, database=database, socket_path=socket_path
+    )
+
+
+def _client(ctx: click.Context) -> ControlClient:
+    obj = ctx.ensure_object(dict)
+    path = obj.get("socket_path")
+    return ControlClient(Path(path) if path else _load(ctx).socket)
+
+
+def _ask(
+    ctx: click.Context,
+    ask: Callable[[ControlClient], dict[str, Any]],
+    offline: Callable[[Config], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The daemon's answer; without a daemon, `offline` computes it (and we say so)."""
+    try:
+        return ask(_client(ctx))
+    except DaemonUnavailable:
+        if offline is None:
+            raise
+        click.echo("dedupd is not running; using the database directly", err=True)
+        return offline(_load(ctx))
+
+
+def _echo_json(answer: dict[str, Any]) -> None:
+    click.echo(json.dumps(answer, indent=2))
+
+
+def _rel_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+@dedupctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The running daemon: uptime, roots and their watch state, index, queue, recent errors."""
+    with _errors():
+        s = _ask(ctx, lambda c: c.get("status"), None)
+    if as_json:
+        _echo_json(s)
+        return
+    index = s["index"]
+    rebuilt = _rel_time(index["last_rebuild"]) if index["last_rebuild"] else "-"
+    click.echo(
+        f"dedupd running (pid {s['pid']}, up {s['uptime_s']:.0f}s), hasher {s['hasher']}\n"
+        f"indexed   {s['indexed']} ({index['backend']}, {index['pending']} pending, "
+        f"last rebuild {rebuilt})\n"
+        f"queue     {s['queue']['backlog']} to hash, {s['queue']['settling']} settling\n"
+        f"done      {s['stats']['hashed']} hashed, {s['stats']['acted']} acted on, "
+        f"{s['stats']['errors']} errors"
+    )
+    for r in s["roots"]:
+        click.echo(f"root      {r['path']}  {r['state']}  policy {r['policy']}")
+    for e in s["recent_errors"]:
+        click.echo(f"error     {e['path']}: {e['kind']}: {e['error']}")
 
 
 @dedupctl.command()
@@ -390,54 +483,51 @@ def dedupctl(ctx: click.Context, config_path: str | None, database: str | None) 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_json: bool) -> None:
-    """Nearest indexed photos to IMAGE, with distances. Exit 1 if none."""
+    """Nearest indexed photos to IMAGE, with distances. Exit 1 if none.
+
+    IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index.
+    """
     with _errors():
         config = _load(ctx)
-        with Store(config.database, readonly=True) as store:
-            ingest = Ingest(store, config, roots=_all_roots(store))
-            hasher = ingest.hasher
-            hashed = hash_image(image, [hasher], max_pixels=config.hashing.max_pixels)
-            bits = hashed.hashes[hasher.key]
-            if threshold is None:
-                found = ingest.index.knn(bits, k)
-            else:
-                found = ingest.index.radius(bits, hasher.radius(threshold))[:k]
-            records = store.files(m.id for m in found)
-        rows = [(records[m.id], m.distance) for m in found]
-        if as_json:
+        hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        hashed = hash_image(image, [hasher], max_pixels=config.hashing.max_pixels)
+        bits = hashed.hashes[hasher.key]
+        query = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
+
+        def offline(config: Config) -> dict[str, Any]:
+            with Store(config.database, readonly=True) as store:
+                ingest = Ingest(store, config, roots=queries.all_roots(store))
+                return {
+                    **queries.search(
+                        store, ingest.index, hasher, bits, k=k, threshold=threshold, query=query
+                    ),
+                    "query": query,
+                }
+
+        answer = _ask(
+            ctx,
+            lambda c: {
+                **c.get("search", hash=bits.hex(), sha256=hashed.sha256, k=k, threshold=threshold),
+                "query": query,
+            },
+            offline,
+        )
+    rows = answer["results"]
+    if as_json:
+        _echo_json(answer)
+    elif rows:
+        nbits = hasher.bits
+        click.echo(f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path")
+        for r in rows:
+            pixels = f"{r['width']}x{r['height']}" if r["width"] else "-"
             click.echo(
-                json.dumps(
-                    {
-                        "query": {"path": str(Path(image).resolve()), "sha256": hashed.sha256},
-                        "hasher": hasher.key,
-                        "results": [
-                            {
-                                **_file_json(r),
-                                "distance": d,
-                                "normalized": round(d / hasher.bits, 4),
-                                "exact": r.sha256 == hashed.sha256,
-                            }
-                            for r, d in rows
-                        ],
-                    },
-                    indent=2,
-                )
+                f"{r['normalized']:<8.3f}  {r['distance']:>3}/{nbits}  {pixels:>11}  "
+                f"{_size(r['size']):>9}  {r['path']}"
             )
-        elif rows:
-            click.echo(f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path")
-            for r, d in rows:
-                click.echo(
-                    f"{d / hasher.bits:<8.3f}  {d:>3}/{hasher.bits}  {_resolution(r):>11}  "
-                    f"{_size(r.size):>9}  {r.path}"
-                )
-        if not rows:
-            if not as_json:
-                click.echo("no similar photos indexed", err=True)
-            sys.exit(EXIT_NOT_FOUND)
-
-
-def _all_roots(store: Store) -> list[str]:
-    return [row[0] for row in store.db.execute("SELECT DISTINCT root FROM files")]
+    if not rows:
+        if not as_json:
+            click.echo("no similar photos indexed", err=True)
+        sys.exit(EXIT_NOT_FOUND)
 
 
 @dedupctl.command()
@@ -445,120 +535,229 @@ def _all_roots(store: Store) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def show(ctx: click.Context, file: Path | None, as_json: bool) -> None:
-    """Duplicate groups; or, with FILE, that file's record and its matches."""
+    """Duplicate groups; or, with FILE, that file's record and its matches (exit 1 if the
+    file is not in the database)."""
     with _errors():
         config = _load(ctx)
         hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-        with Store(config.database, readonly=True) as store:
-            if file is not None:
-                _show_file(store, hasher, file.expanduser().resolve(strict=False), as_json)
-                return
-            groups = duplicate_groups(store, config, _all_roots(store))
-        if as_json:
-            click.echo(json.dumps({"groups": _groups_json(groups, hasher.bits)}, indent=2))
-        elif not groups:
-            click.echo("no duplicates found")
-        else:
-            click.echo(f"{len(groups)} duplicate groups")
-            _print_groups(groups, hasher.bits)
+        if file is not None:
+            path = str(file.expanduser().absolute())
 
+            def offline_file(config: Config) -> dict[str, Any]:
+                with Store(config.database, readonly=True) as store:
+                    return queries.file_info(store, hasher, path)
 
-def _show_file(store: Store, hasher: Hasher, path: Path, as_json: bool) -> None:
-    record = store.file_at(path)
-    if record is None:
-        raise NotFoundError(f"{path}: not in the database (is it under a scanned root?)")
-    matches = store.matches_of(record.id, hasher.key)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "file": _file_json(record),
-                    "matches": [
-                        {
-                            **_file_json(m.other),
-                            "kind": m.kind,
-                            "distance": m.distance,
-                            "normalized": round(m.distance / hasher.bits, 4),
-                        }
-                        for m in matches
-                    ],
-                },
-                indent=2,
+            _print_file(
+                _ask(ctx, lambda c: c.get("files", path=path), offline_file), hasher, as_json
             )
-        )
+            return
+
+        def offline_groups(config: Config) -> dict[str, Any]:
+            with Store(config.database, readonly=True) as store:
+                return queries.groups(store, config)
+
+        answer = _ask(ctx, lambda c: c.get("groups"), offline_groups)
+    if as_json:
+        _echo_json(answer)
+    elif not answer["groups"]:
+        click.echo("no duplicates found")
+    else:
+        click.echo(f"{len(answer['groups'])} duplicate groups")
+        _print_group_dicts(answer["groups"], hasher.bits)
+
+
+def _print_group_dicts(groups: list[dict[str, Any]], bits: int) -> None:
+    for g in groups:
+        k = g["keeper"]
+        click.echo(f"\n{k['path']}  {_pixels(k)}  {_size(k['size'])}  keeper")
+        for m in g["duplicates"]:
+            exact = m["kind"] == "exact"
+            how = "exact" if exact else f"near {m['distance']}/{bits} ({m['normalized']:.3f})"
+            click.echo(
+                f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {_size(m['size'])}  {how}"
+            )
+
+
+def _pixels(r: dict[str, Any]) -> str:
+    return f"{r['width']}x{r['height']}" if r["width"] else "-"
+
+
+def _print_file(answer: dict[str, Any], hasher: Hasher, as_json: bool) -> None:
+    if as_json:
+        _echo_json(answer)
         return
-    click.echo(f"{record.path}\n  state     {record.state}")
-    if record.state == "error":
-        click.echo(f"  error     {record.error_kind}: {record.error}")
+    f = answer["file"]
+    click.echo(f"{f['path']}\n  state     {f['state']}")
+    if f["state"] == "error":
+        click.echo(f"  error     {f['error_kind']}: {f['error']}")
     click.echo(
-        f"  size      {_size(record.size)}\n  pixels    {_resolution(record)}\n"
-        f"  format    {record.format or '-'}\n  taken     {record.taken_at or '-'}\n"
-        f"  sha256    {record.sha256 or '-'}"
+        f"  size      {_size(f['size'])}\n  pixels    {_pixels(f)}\n"
+        f"  format    {f['format'] or '-'}\n  taken     {f['taken_at'] or '-'}\n"
+        f"  sha256    {f['sha256'] or '-'}"
     )
-    if not matches:
+    if not answer["matches"]:
         click.echo("  no matches")
-    for m in matches:
-        how = "exact" if m.kind == "exact" else f"near {m.distance}/{hasher.bits}"
-        click.echo(f"  {'=' if m.kind == 'exact' else '~'} {m.other.path}  {how}")
+    for m in answer["matches"]:
+        exact = m["kind"] == "exact"
+        how = "exact" if exact else f"near {m['distance']}/{hasher.bits}"
+        click.echo(f"  {'=' if exact else '~'} {m['path']}  {how}")
 
 
 @dedupctl.group()
 def quarantine() -> None:
-    """Review quarantined photos and put them back."""
+    """Review quarantined photos, put them back, or purge old ones."""
 
 
 @quarantine.command("list")
+@click.option("--root", help="Only photos quarantined from under this root.")
+@click.option(
+    "--since", type=DURATION, help="Only photos quarantined within this long, e.g. 7d or 12h."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def quarantine_list(ctx: click.Context, as_json: bool) -> None:
+def quarantine_list(
+    ctx: click.Context, root: str | None, since: float | None, as_json: bool
+) -> None:
     """Photos in quarantine now: id, when, original path, keeper, distance, reason."""
     with _errors():
-        config = _load(ctx)
-        with Store(config.database, readonly=True) as store:
-            entries = store.quarantined()
-    fields = ("id", "src", "dst", "keeper_path", "distance", "reason", "finished")
+        root_path = str(Path(root).expanduser().resolve()) if root else None
+
+        def offline(config: Config) -> dict[str, Any]:
+            with Store(config.database, readonly=True) as store:
+                cutoff = time.time() - since if since is not None else None
+                return queries.quarantine_list(store, root=root_path, since=cutoff)
+
+        answer = _ask(ctx, lambda c: c.get("quarantine", root=root_path, since=since), offline)
+    entries = answer["quarantined"]
     if as_json:
-        click.echo(
-            json.dumps({"quarantined": [{k: e[k] for k in fields} for e in entries]}, indent=2)
-        )
+        _echo_json(answer)
         return
     if not entries:
         click.echo("quarantine is empty")
     for e in entries:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["finished"]))
         click.echo(
-            f"{e['id']:>5}  {when}  {e['src']}\n       keeper {e['keeper_path'] or '-'}"
-            f"  distance {e['distance']}  ({e['reason']})"
+            f"{e['id']:>5}  {_rel_time(e['finished'])}  {e['src']}\n"
+            f"       keeper {e['keeper_path'] or '-'}  distance {e['distance']}  ({e['reason']})"
         )
+
+
+def _offline_change(
+    config: Config, change: Callable[[Store, Actions], dict[str, Any]]
+) -> dict[str, Any]:
+    with Store(config.database) as store:
+        return change(store, Actions(store, config.quarantine.path))
 
 
 @quarantine.command("restore")
 @click.argument("items", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def quarantine_restore(ctx: click.Context, items: tuple[str, ...]) -> None:
+def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool) -> None:
     """Put quarantined photos back where they were, by ID or path (original or in quarantine).
 
     Never overwrites: a file now at the original path makes the restore fail. The photo and
     its keeper are remembered as distinct, so it is not quarantined again. Exit 1 if any
     item could not be restored.
     """
+    with _errors():
+        answer = _ask(
+            ctx,
+            lambda c: c.post("quarantine/restore", {"items": list(items)}),
+            lambda config: _offline_change(
+                config, lambda store, actions: queries.restore(store, actions, items)
+            ),
+        )
+    if as_json:
+        _echo_json(answer)
     failed = False
+    for r in answer["results"]:
+        if "restored" in r:
+            if not as_json:
+                click.echo(f"restored {r['restored']}")
+        else:
+            failed = True
+            if not as_json:
+                click.echo(f"error: {r['item']}: {r['error']}", err=True)
+    sys.exit(EXIT_NOT_FOUND if failed else 0)
+
+
+@quarantine.command("purge")
+@click.option(
+    "--older-than",
+    type=DURATION,
+    help="Purge photos quarantined longer ago than this (default: quarantine.retain).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def quarantine_purge(
+    ctx: click.Context, older_than: float | None, yes: bool, as_json: bool
+) -> None:
+    """Delete quarantined photos for good, after confirmation (or --yes). Journaled."""
     with _errors():
         config = _load(ctx)
-        with Store(config.database) as store:
-            entries = store.quarantined()
-            actions = Actions(store, config.quarantine.path)
-            for item in items:
-                path = os.path.abspath(item)
-                match = [e for e in entries if str(e["id"]) == item or path in (e["src"], e["dst"])]
-                if not match:
-                    click.echo(f"error: {item}: not in quarantine", err=True)
-                    failed = True
-                    continue
-                try:
-                    restored = actions.restore(match[-1]["id"])
-                    click.echo(f"restored {restored}")
-                except ActionError as exc:
-                    click.echo(f"error: {exc}", err=True)
-                    failed = True
-    sys.exit(EXIT_NOT_FOUND if failed else 0)
+        seconds = config.quarantine.retain if older_than is None else older_than
+
+        def offline_list(config: Config) -> dict[str, Any]:
+            with Store(config.database, readonly=True) as store:
+                return queries.quarantine_list(store)
+
+        listed = _ask(ctx, lambda c: c.get("quarantine"), offline_list)["quarantined"]
+        due = [e for e in listed if e["finished"] <= time.time() - seconds]
+        if not due:
+            click.echo("nothing to purge")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.UsageError(f"{len(due)} photos would be deleted; pass --yes to confirm")
+            click.confirm(f"Delete {len(due)} quarantined photos for good?", abort=True)
+        answer = _ask(
+            ctx,
+            lambda c: c.post("quarantine/purge", {"older_than": seconds}),
+            lambda config: _offline_change(
+                config, lambda store, actions: queries.purge(actions, seconds)
+            ),
+        )
+    if as_json:
+        _echo_json(answer)
+    else:
+        click.echo(f"purged {len(answer['purged'])} photos")
+
+
+@dedupctl.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.pass_context
+def distinct(ctx: click.Context, a: Path, b: Path) -> None:
+    """Mark photos A and B as different: they never match each other again."""
+    paths = [str(p.expanduser().absolute()) for p in (a, b)]
+    with _errors():
+        answer = _ask(
+            ctx,
+            lambda c: c.post("distinct", {"paths": paths}),
+            lambda config: _offline_change(
+                config, lambda store, actions: queries.distinct(store, *paths)
+            ),
+        )
+    click.echo(f"marked distinct: {answer['distinct'][0]} and {answer['distinct'][1]}")
+
+
+@dedupctl.command()
+@click.argument("root", required=False, type=click.Path(path_type=Path))
+@click.pass_context
+def rescan(ctx: click.Context, root: Path | None) -> None:
+    """Ask the daemon to reconcile ROOT (or every root) now: what changed unseen is found."""
+    with _errors():
+        target = str(root.expanduser().resolve()) if root else None
+        answer = _ask(ctx, lambda c: c.post("rescan", {"root": target}), None)
+    for queued in answer["queued"]:
+        click.echo(f"rescan queued: {queued}")
+
+
+@dedupctl.command()
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Ask the daemon to reload its config (as SIGHUP does); exit 2 if it is rejected."""
+    with _errors():
+        answer = _ask(ctx, lambda c: c.post("reload"), None)
+    click.echo(f"reloaded: {len(answer['roots'])} roots")

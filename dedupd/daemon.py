@@ -15,14 +15,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from stat import S_ISREG
+from typing import Any
 
 import structlog
 
 from dedupd.actions import Actions
 from dedupd.config import Config, load_config
+from dedupd.control import ControlServer
 from dedupd.engine import (
     Ingest,
     ScanReport,
@@ -30,7 +33,7 @@ from dedupd.engine import (
     ingest_all,
     reconcile_roots,
 )
-from dedupd.errors import ConfigError
+from dedupd.errors import ConfigError, DedupdError, NotFoundError
 from dedupd.imaging import FileStat
 from dedupd.scanner import Entry, NameFilter, root_key, walk
 from dedupd.store import Store
@@ -43,6 +46,10 @@ log = structlog.get_logger("dedupd.daemon")
 BATCH = 512  # files hashed per step of a reconcile backlog; the loop stays responsive between
 UNAVAILABLE_RETRY = 10.0  # seconds between checks whether a missing root came back
 POLLING_RESCAN = 60.0  # rescan interval for roots whose watch could not be added
+
+
+class DaemonStopping(DedupdError):
+    """A control request arrived while the daemon was shutting down."""
 
 
 class Notifier:
@@ -104,6 +111,9 @@ class Daemon:
         self._backlog: deque[Entry] = deque()
         self._rescan_due: set[str] = set()
         self._last_ping = self._last_status = -1e18
+        self._commands: queue.Queue[tuple[Callable[[], dict[str, Any]], Future[dict[str, Any]]]]
+        self._commands = queue.Queue()
+        self._server: ControlServer | None = None
 
     # -- requests (thread- and signal-safe) -------------------------------------------------
     def note_signal(self, signum: int, frame: object = None) -> None:
@@ -123,6 +133,88 @@ class Daemon:
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
+
+    def submit(self, fn: Callable[[], dict[str, Any]]) -> Future[dict[str, Any]]:
+        """Run `fn` on the daemon's thread (from a control-socket thread); its answer or its
+        exception arrives through the future."""
+        future: Future[dict[str, Any]] = Future()
+        self._commands.put((fn, future))
+        self._wake.set()
+        return future
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # the requester gets it; the daemon goes on
+                    future.set_exception(exc)
+
+    def status(self) -> dict[str, Any]:
+        """What `dedupctl status` shows. Read from other threads: values may be a moment old."""
+        index = self.ingest.index
+        with self.store_reader() as store:
+            recent = store.recent_errors(10)
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(self.clock() - self.stats.started, 1),
+            "config": str(self.config.source) if self.config.source else None,
+            "database": str(self.config.database),
+            "hasher": self.ingest.hasher.key,
+            "roots": [
+                {
+                    "path": r,
+                    "state": self.watcher.states.get(r, "unknown"),
+                    "policy": next(x.policy for x in self.config.roots if root_key(x.path) == r),
+                }
+                for r in self.roots
+            ],
+            "indexed": len(index),
+            "queue": {"backlog": len(self._backlog), "settling": len(self.settler)},
+            "index": {
+                "backend": index.backend,
+                "size": len(index),
+                "pending": index.pending,
+                "rebuilding": index.rebuilding,
+                "last_rebuild": index.last_rebuild,
+            },
+            "stats": {
+                "hashed": self.stats.hashed,
+                "errors": self.stats.errors,
+                "acted": self.stats.acted,
+                "reported": self.stats.reported,
+                "rescans": self.stats.rescans,
+            },
+            "recent_errors": [
+                {"path": str(r.path), "kind": r.error_kind, "error": r.error} for r in recent
+            ],
+        }
+
+    def store_reader(self) -> Store:
+        return Store(self.config.database, readonly=True)
+
+    def request_rescan(self, root: str | None) -> dict[str, Any]:
+        """Queue a reconcile of one root, or all. Raises NotFoundError for an unknown root."""
+        if root is None:
+            roots = list(self.roots)
+        else:
+            key = root_key(root)
+            if key not in self.roots:
+                raise NotFoundError(f"{root}: not a configured root ({', '.join(self.roots)})")
+            roots = [key]
+        self._rescan_due.update(roots)
+        return {"queued": roots}
+
+    def reload_now(self) -> dict[str, Any]:
+        """Reload the config now; raises ConfigError (the old config stays) if it is invalid."""
+        error = self._reload()
+        if error is not None:
+            raise ConfigError(error)
+        return {"reloaded": True, "roots": self.roots}
 
     # -- set-up -----------------------------------------------------------------------------
     def _load(self) -> Config:
@@ -156,7 +248,8 @@ class Daemon:
     def _queue_reconcile(self, roots: Sequence[str]) -> None:
         report = ScanReport(roots=[])
         done = reconcile_roots(self.config, self.store, roots, report, tick=self._heartbeat)
-        self.ingest.index.remove(done.gone)
+        with self.ingest.lock:
+            self.ingest.index.remove(done.gone)
         self._index_again(done.revived)
         queued = {e.path for e in self._backlog}
         work = done.work
@@ -190,6 +283,8 @@ class Daemon:
                     detail=r.detail,
                 )
             self._configure(config)
+            self._server = ControlServer(config.socket, self)
+            self._server.start()
             self.notifier.send("READY=1", self._status())
             self._ready.set()
             log.info("started", roots=self.roots, backlog=len(self._backlog))
@@ -202,6 +297,9 @@ class Daemon:
                     self._wake.clear()
         finally:
             self.notifier.send("STOPPING=1")
+            if self._server is not None:
+                self._server.stop()
+            self._fail_pending_commands()
             if hasattr(self, "watcher"):
                 self.watcher.stop()
                 self.ingest.close()
@@ -212,6 +310,7 @@ class Daemon:
     @property
     def _steps(self) -> tuple[Callable[[], None], ...]:
         return (
+            self._run_commands,
             self._maybe_reload,
             self._drain_hints,
             self._hash_settled,
@@ -241,6 +340,15 @@ class Daemon:
         if now - self._last_status >= 2.0:
             self.notifier.send(self._status())
             self._last_status = now
+
+    def _fail_pending_commands(self) -> None:
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(DaemonStopping("dedupd is stopping"))
 
     def _maybe_reload(self) -> None:
         if self._reload_flag:
@@ -314,7 +422,9 @@ class Daemon:
         return Entry(root, relpath, stat)
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
-        self.ingest.index.remove(self.store.move(file_id, root, relpath, stat))
+        replaced = self.store.move(file_id, root, relpath, stat)
+        with self.ingest.lock:
+            self.ingest.index.remove(replaced)
         self._index_again([file_id])
         log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
 
@@ -323,7 +433,8 @@ class Daemon:
         for file_id in file_ids:
             bits = self.store.hash_of(file_id, self.ingest.hasher.key)
             if bits is not None:
-                self.ingest.index.add([file_id], [bits])
+                with self.ingest.lock:
+                    self.ingest.index.add([file_id], [bits])
 
     def _root_of(self, path: str) -> str | None:
         """The root `path` is a wanted file under, or None (ignored names, excluded dirs)."""
@@ -361,7 +472,8 @@ class Daemon:
         record = self.store.file_at(path)
         if record is not None and record.state in ("ok", "error"):
             self.store.mark_missing([record.id])
-            self.ingest.index.remove([record.id])
+            with self.ingest.lock:
+                self.ingest.index.remove([record.id])
             log.info("file_deleted", path=path)
 
     def _moved(self, src: str, dest: str) -> None:
@@ -419,7 +531,8 @@ class Daemon:
                 self._next_rescan = now + self.config.watch.rescan_interval
             self._queue_reconcile(roots)
 
-    def _reload(self) -> None:
+    def _reload(self) -> str | None:
+        """Reload the config; returns why it was rejected, or None."""
         self._reload_flag = False
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
@@ -427,10 +540,10 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload_rejected", error=str(exc), detail="keeping the running config")
             self.notifier.send("READY=1", "STATUS=reload rejected: " + str(exc)[:200])
-            return
-        if config.database != self.config.database:
-            log.warning("reload_database_ignored", detail="changing database needs a restart")
-            config = replace(config, database=self.config.database)
+            return str(exc)
+        if (config.database, config.socket) != (self.config.database, self.config.socket):
+            log.warning("reload_paths_ignored", detail="database and socket need a restart")
+            config = replace(config, database=self.config.database, socket=self.config.socket)
         self.watcher.stop()
         self.ingest.close()
         self._backlog.clear()
@@ -438,3 +551,4 @@ class Daemon:
         self._configure(config)
         log.info("reloaded", roots=self.roots)
         self.notifier.send("READY=1", self._status())
+        return None

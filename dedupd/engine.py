@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
@@ -148,6 +149,9 @@ class Ingest:
         actions: Actions | None = None,
     ):
         self.store, self.config, self.roots, self.actions = store, config, list(roots), actions
+        # Held for each index read or change, never across decoding or file moves: the
+        # control socket's threads query the index while this thread ingests.
+        self.lock = threading.RLock()
         self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
         ic = config.index
         self.index: HammingIndex = make_index(
@@ -183,14 +187,17 @@ class Ingest:
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
-            self.index.remove([file_id])
+            with self.lock:
+                self.index.remove([file_id])
             return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
         bits = result.hashes[self.hasher.key]
         found: dict[int, tuple[int, MatchKind]] = {
             r.id: (0, "exact") for r in self.store.with_sha256(result.sha256, roots=self.roots)
         }
-        for m in self.index.radius(bits, self.radius_for(entry.root)):
+        with self.lock:
+            near = self.index.radius(bits, self.radius_for(entry.root))
+        for m in near:
             found.setdefault(m.id, (m.distance, "near"))
         found.pop(file_id, None)
         records = self.store.files(found)
@@ -198,10 +205,11 @@ class Ingest:
         self.store.replace_matches(
             file_id, self.hasher.key, [(other, d, kind) for other, (d, kind) in found.items()]
         )
-        self.index.add([file_id], [bits])
-        self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
-        if self.index.pending >= self.config.index.rebuild_every:
-            self.index.start_rebuild()  # on its own thread; ingest and queries go on
+        with self.lock:
+            self.index.add([file_id], [bits])
+            self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
+            if self.index.pending >= self.config.index.rebuild_every:
+                self.index.start_rebuild()  # on its own thread; ingest and queries go on
         newcomer = self.store.file(file_id)
         assert newcomer is not None  # just written by this thread
         tombstone = self.store.tombstone(result.sha256, entry.path)
@@ -233,7 +241,8 @@ class Ingest:
                     self.actions.quarantine(
                         decision.target, decision.keeper, decision.distance, decision.rule
                     )
-                self.index.remove([decision.target.id])
+                with self.lock:
+                    self.index.remove([decision.target.id])
                 result = "done"
             except ActionError as exc:
                 result = f"failed: {exc}"

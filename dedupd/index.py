@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, NamedTuple
 
@@ -156,6 +157,7 @@ class HammingIndex:
         self._snap_struct: object = None
         self._reset_delta()
         self._rebuilding: _Rebuild | None = None
+        self.last_rebuild: float | None = None  # wall-clock time of the last swap
 
     def _reset_delta(self) -> None:
         self._delta_ids: Ids = np.empty(16, np.int64)
@@ -295,6 +297,7 @@ class HammingIndex:
         self._append(tail_ids, tail_words)
         if job.removed:
             self._dead += self._tombstone_snapshot(np.unique(np.concatenate(job.removed)))
+        self.last_rebuild = time.time()
         return True
 
     @property

@@ -258,6 +258,9 @@ class Store:
             params += list(roots)
         return self._files(where + " ORDER BY f.id", params)
 
+    def recent_errors(self, limit: int) -> list[FileRecord]:
+        return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
+
     def errors(self, roots: Sequence[str]) -> list[FileRecord]:
         marks = ", ".join("?" * len(roots))
         return self._files(

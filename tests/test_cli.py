@@ -103,7 +103,8 @@ def test_search_lists_nearest_photos_with_distances(
         dedupctl, ["--database", str(scanned), "search", str(photos.photo("coffee")), "-k", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
+    assert result.stderr == "dedupd is not running; using the database directly\n"
+    assert result.stdout.splitlines() == [
         "distance     bits       pixels       size  path",
         f"0.000       0/256      600x400    72.3 KB  {library}/coffee.jpg",
         f"0.016       4/256      600x400    32.1 KB  {library}/chat/coffee-wa.jpg",
@@ -124,7 +125,7 @@ def test_search_json_and_threshold(runner: CliRunner, scanned: Path, library: Pa
         ],
     )
     assert result.exit_code == 0
-    found = json.loads(result.output)
+    found = json.loads(result.stdout)
     assert [(Path(r["path"]).name, r["distance"], r["exact"]) for r in found["results"]] == [
         ("astronaut.jpg", 0, True),  # equal distances: the older (first indexed) first
         ("astronaut (1).jpg", 0, True),
@@ -140,7 +141,8 @@ def test_search_finding_nothing_exits_1_like_grep(
         dedupctl, ["--database", str(scanned), "search", str(query), "--threshold", "0.05"]
     )
     assert result.exit_code == 1
-    assert result.output == "no similar photos indexed\n"
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "no similar photos indexed"
 
 
 def test_search_with_a_bad_query_image_is_a_clear_error(
@@ -156,11 +158,11 @@ def test_search_with_a_bad_query_image_is_a_clear_error(
 def test_show_lists_groups(runner: CliRunner, scanned: Path, library: Path) -> None:
     result = runner.invoke(dedupctl, ["--database", str(scanned), "show"])
     assert result.exit_code == 0
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0] == "4 duplicate groups"
     assert f"  = {library}/astronaut (1).jpg  512x512  68.1 KB  exact" in lines
     as_json = json.loads(
-        runner.invoke(dedupctl, ["--database", str(scanned), "show", "--json"]).output
+        runner.invoke(dedupctl, ["--database", str(scanned), "show", "--json"]).stdout
     )
     assert [Path(g["keeper"]["path"]).name for g in as_json["groups"]] == [
         "astronaut.jpg",
@@ -177,7 +179,7 @@ def test_show_file_prints_record_and_matches(
         dedupctl, ["--database", str(scanned), "show", str(library / "coffee.jpg")]
     )
     assert result.exit_code == 0
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[:5] == [
         f"{library}/coffee.jpg",
         "  state     ok",
@@ -189,7 +191,7 @@ def test_show_file_prints_record_and_matches(
     broken = runner.invoke(
         dedupctl, ["--database", str(scanned), "show", "--json", str(library / "broken.jpg")]
     )
-    record = json.loads(broken.output)["file"]
+    record = json.loads(broken.stdout)["file"]
     assert (record["state"], record["error_kind"]) == ("error", "truncated")
 
 
@@ -254,15 +256,15 @@ def test_quarantine_list_and_restore(
 ) -> None:
     runner.invoke(dedupd, ["scan", "--config", str(acting_config)])
     base = ["--config", str(acting_config), "quarantine"]
-    listed = json.loads(runner.invoke(dedupctl, [*base, "list", "--json"]).output)["quarantined"]
+    listed = json.loads(runner.invoke(dedupctl, [*base, "list", "--json"]).stdout)["quarantined"]
     assert [Path(e["src"]).name for e in listed] == ["coffee-wa.jpg", "rocket-small.jpg"]
     assert listed[0]["keeper_path"] == f"{library}/coffee.jpg"
-    table = runner.invoke(dedupctl, [*base, "list"]).output.splitlines()
+    table = runner.invoke(dedupctl, [*base, "list"]).stdout.splitlines()
     assert table[0].endswith(f"{library}/chat/coffee-wa.jpg")
     assert table[1].startswith(f"       keeper {library}/coffee.jpg  distance 4")
 
     restored = runner.invoke(dedupctl, [*base, "restore", f"{library}/chat/coffee-wa.jpg"])
-    assert (restored.exit_code, restored.output) == (0, f"restored {library}/chat/coffee-wa.jpg\n")
+    assert (restored.exit_code, restored.stdout) == (0, f"restored {library}/chat/coffee-wa.jpg\n")
     assert (library / "chat" / "coffee-wa.jpg").exists()
     again = runner.invoke(dedupctl, [*base, "restore", f"{library}/chat/coffee-wa.jpg"])
     assert again.exit_code == 1 and "not in quarantine" in again.output

@@ -1,0 +1,392 @@
+"""The control socket: HTTP/JSON on a Unix socket, served by the daemon, used by dedupctl.
+
+Handlers are thin: reads go through `queries` on a read-only connection of their own and the
+in-memory index (under the ingest lock, held only for the query itself); anything that
+changes state is handed to the daemon's thread and waited for. Requests are bounded in
+size and time; a malformed request gets a 4xx answer, never a crash.
+
+    curl --unix-socket /run/dedupd/dedupd.sock http://dedupd/v1/status
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import json
+import os
+import socket
+import socketserver
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import structlog
+
+from dedupd import queries
+from dedupd.config import parse_duration
+from dedupd.errors import ConfigError, DedupdError, NotFoundError
+from dedupd.imaging import hash_image
+from dedupd.store import Store
+
+if TYPE_CHECKING:
+    from dedupd.daemon import Daemon
+
+__all__ = ["API", "ControlClient", "ControlServer", "DaemonUnavailable", "RequestError"]
+
+log = structlog.get_logger("dedupd.control")
+
+API = "/v1"
+MAX_BODY = 64 * 1024
+MAX_DISCARD = 4 * 1024 * 1024  # an oversized body is read and dropped up to this much
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request
+COMMAND_TIMEOUT = 600.0  # seconds to wait for the daemon's thread (a purge of many files)
+
+
+class DaemonUnavailable(DedupdError):
+    """No daemon answers on the socket."""
+
+
+class RequestError(DedupdError):
+    """The daemon answered with an error."""
+
+    def __init__(self, status: int, error: str, detail: str | None = None):
+        self.status, self.error, self.detail = status, error, detail
+        super().__init__(f"{error}: {detail}" if detail else error)
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, error: str, detail: str = ""):
+        self.status, self.error, self.detail = status, error, detail
+
+
+# -- server -------------------------------------------------------------------------------------
+
+
+class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """One thread per request; started and stopped by the daemon."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, daemon: Daemon):
+        self.path, self.owner = path, daemon
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_socket(path)
+        super().__init__(str(path), _Handler)
+        os.chmod(path, 0o660)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="dedupd-control"
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("control_socket", path=str(self.path))
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=10)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a killed daemon is removed; a live one means a second daemon."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(
+            f"{path} exists and is not a socket; refusing to replace it", key="socket"
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)
+            return
+    raise ConfigError(f"{path}: another dedupd is already serving this socket", key="socket")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: ControlServer
+    timeout = REQUEST_TIMEOUT
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("control_request", message=format % args)
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        try:
+            route = ROUTES.get((method, url.path))
+            if route is None:
+                known = any(path == url.path for _, path in ROUTES)
+                raise _BadRequest(
+                    405 if known else 404,
+                    "method not allowed" if known else "unknown endpoint",
+                    url.path,
+                )
+            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            body = self._body() if method == "POST" else {}
+            status, answer = 200, route(self.server.owner, params, body)
+        except _BadRequest as exc:
+            status, answer = exc.status, {"error": exc.error, "detail": exc.detail}
+        except NotFoundError as exc:
+            status, answer = 404, {"error": "not found", "detail": str(exc)}
+        except DedupdError as exc:
+            status, answer = 400, {"error": type(exc).__name__, "detail": str(exc)}
+        except Exception as exc:  # a bug: answer 500, log it, keep serving
+            log.exception("control_request_failed", path=url.path)
+            status, answer = 500, {"error": "internal error", "detail": repr(exc)}
+        data = json.dumps(answer).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass  # the client went away
+
+    def _discard(self, size: int) -> None:
+        with contextlib.suppress(OSError):
+            while size > 0 and (chunk := self.rfile.read(min(size, 65536))):
+                size -= len(chunk)
+
+    def _body(self) -> dict[str, Any]:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise _BadRequest(411, "length required", "POST needs a Content-Length")
+        try:
+            size = int(length)
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", "Content-Length is not a number") from exc
+        if size > MAX_BODY:
+            self._discard(min(size, MAX_DISCARD))  # so the client reads our answer, not a reset
+            raise _BadRequest(413, "body too large", f"at most {MAX_BODY} bytes")
+        raw = self.rfile.read(size) if size else b"{}"
+        try:
+            body = json.loads(raw or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _BadRequest(400, "bad request", f"body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise _BadRequest(400, "bad request", "body must be a JSON object")
+        return body
+
+
+# -- routes: thin over `queries` --------------------------------------------------------------
+
+Route = Callable[["Daemon", dict[str, str], dict[str, Any]], dict[str, Any]]
+
+
+def _store(d: Daemon) -> Store:
+    return Store(d.config.database, readonly=True)
+
+
+def _int(params: dict[str, str], name: str, default: int) -> int:
+    try:
+        value = int(params.get(name, default))
+    except ValueError as exc:
+        raise _BadRequest(400, "bad request", f"{name} must be an integer") from exc
+    if value < 1:
+        raise _BadRequest(400, "bad request", f"{name} must be >= 1")
+    return value
+
+
+def _threshold(params: dict[str, str]) -> float | None:
+    if "threshold" not in params:
+        return None
+    try:
+        value = float(params["threshold"])
+    except ValueError as exc:
+        raise _BadRequest(400, "bad request", "threshold must be a number") from exc
+    if not 0 <= value <= 1:
+        raise _BadRequest(400, "bad request", "threshold must be between 0 and 1")
+    return value
+
+
+def _status(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return d.status()
+
+
+def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    ingest = d.ingest
+    hasher = ingest.hasher
+    if "hash" in params:
+        try:
+            bits = bytes.fromhex(params["hash"])
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", "hash must be hex") from exc
+        if len(bits) * 8 < hasher.bits or len(bits) * 8 >= hasher.bits + 8:
+            raise _BadRequest(400, "bad request", f"hash must have {hasher.bits} bits")
+        query: dict[str, Any] = {"hash": params["hash"], "sha256": params.get("sha256")}
+    elif "path" in params:
+        hashed = hash_image(params["path"], [hasher], max_pixels=d.config.hashing.max_pixels)
+        bits = hashed.hashes[hasher.key]
+        query = {"path": params["path"], "sha256": hashed.sha256}
+    else:
+        raise _BadRequest(400, "bad request", "give path= or hash=")
+    k, threshold = _int(params, "k", 10), _threshold(params)
+    with _store(d) as store, ingest.lock:
+        return queries.search(
+            store, ingest.index, hasher, bits, k=k, threshold=threshold, query=query
+        )
+
+
+def _groups(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    with _store(d) as store:
+        return queries.groups(store, d.config)
+
+
+def _file(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    if "path" not in params:
+        raise _BadRequest(400, "bad request", "give path=")
+    with _store(d) as store:
+        return queries.file_info(store, d.ingest.hasher, params["path"])
+
+
+def _quarantine(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    since = None
+    if "since" in params:
+        try:
+            since = time.time() - parse_duration(params["since"])
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", "since must be a duration like 7d") from exc
+    with _store(d) as store:
+        return queries.quarantine_list(store, root=params.get("root"), since=since)
+
+
+def _strings(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _BadRequest(400, "bad request", f"{name} must be a non-empty list of strings")
+    return value
+
+
+def _restore(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    items = _strings(body, "items")
+    return _on_daemon_thread(d, lambda: queries.restore(d.store, d.actions, items))
+
+
+def _purge(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    older = body.get("older_than", d.config.quarantine.retain)
+    try:
+        seconds = parse_duration(older)
+    except ValueError as exc:
+        raise _BadRequest(400, "bad request", "older_than must be a duration") from exc
+    return _on_daemon_thread(d, lambda: queries.purge(d.actions, seconds))
+
+
+def _distinct(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    paths = _strings(body, "paths")
+    if len(paths) != 2:
+        raise _BadRequest(400, "bad request", "paths must name exactly two files")
+    a, b = paths
+    return _on_daemon_thread(d, lambda: queries.distinct(d.store, a, b))
+
+
+def _rescan(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    root = body.get("root")
+    if root is not None and not isinstance(root, str):
+        raise _BadRequest(400, "bad request", "root must be a path")
+    return _on_daemon_thread(d, lambda: d.request_rescan(root))
+
+
+def _reload(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return _on_daemon_thread(d, d.reload_now)
+
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("GET", f"{API}/status"): _status,
+    ("GET", f"{API}/search"): _search,
+    ("GET", f"{API}/groups"): _groups,
+    ("GET", f"{API}/files"): _file,
+    ("GET", f"{API}/quarantine"): _quarantine,
+    ("POST", f"{API}/quarantine/restore"): _restore,
+    ("POST", f"{API}/quarantine/purge"): _purge,
+    ("POST", f"{API}/distinct"): _distinct,
+    ("POST", f"{API}/rescan"): _rescan,
+    ("POST", f"{API}/reload"): _reload,
+}
+
+
+def _on_daemon_thread(d: Daemon, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Hand `fn` to the daemon's thread (the only one that changes state) and wait."""
+    try:
+        return d.submit(fn).result(COMMAND_TIMEOUT)
+    except FutureTimeout as exc:
+        raise _BadRequest(503, "busy", "the daemon did not get to the request in time") from exc
+
+
+# -- client -------------------------------------------------------------------------------------
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("dedupd", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.unix_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ControlClient:
+    """dedupctl's side: one request per call. Raises DaemonUnavailable or RequestError."""
+
+    def __init__(self, path: Path, timeout: float = COMMAND_TIMEOUT + 5):
+        self.path, self.timeout = path, timeout
+
+    def get(self, endpoint: str, **params: Any) -> dict[str, Any]:
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        return self._request("GET", f"{API}/{endpoint}" + (f"?{query}" if query else ""), None)
+
+    def post(self, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._request("POST", f"{API}/{endpoint}", body or {})
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, url, body=data, headers=headers)
+            response = conn.getresponse()
+            answer = json.loads(response.read() or b"{}")
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonUnavailable(
+                f"dedupd is not running (nothing answers on {self.path}); start it with "
+                "`dedupd run` or `systemctl start dedupd`"
+            ) from exc
+        except PermissionError as exc:
+            raise DaemonUnavailable(
+                f"{self.path}: permission denied; join the group that owns the socket"
+            ) from exc
+        finally:
+            conn.close()
+        if response.status >= 400:
+            if response.status == 404 and answer.get("error") == "not found":
+                raise NotFoundError(answer.get("detail") or "not found")
+            raise RequestError(response.status, answer.get("error", "error"), answer.get("detail"))
+        return answer  # type: ignore[no-any-return]

@@ -1,0 +1,170 @@
+"""The answers dedupd gives, as JSON-ready dicts: the control socket serves them and
+`dedupctl` prints them (or computes them itself from the database when no daemon runs).
+
+Every function here reads; the few that change something (`restore`, `purge`, `distinct`)
+do it through `actions` and the store, exactly as the daemon's own decisions do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dedupd.actions import ActionError, Actions
+from dedupd.config import Config
+from dedupd.engine import Group, duplicate_groups
+from dedupd.errors import NotFoundError
+from dedupd.hashers import Hasher
+from dedupd.index import HammingIndex
+from dedupd.store import FileRecord, Store
+
+__all__ = [
+    "all_roots",
+    "distinct",
+    "file_info",
+    "file_json",
+    "groups",
+    "purge",
+    "quarantine_list",
+    "restore",
+    "search",
+]
+
+
+def file_json(r: FileRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "path": str(r.path),
+        "root": r.root,
+        "size": r.size,
+        "width": r.width,
+        "height": r.height,
+        "format": r.format,
+        "sha256": r.sha256,
+        "taken_at": r.taken_at,
+        "state": r.state,
+        "error_kind": r.error_kind,
+        "error": r.error,
+    }
+
+
+def _match_json(r: FileRecord, distance: int, bits: int, **extra: Any) -> dict[str, Any]:
+    return {**file_json(r), "distance": distance, "normalized": round(distance / bits, 4), **extra}
+
+
+def groups_json(found: Sequence[Group], bits: int) -> dict[str, Any]:
+    return {
+        "groups": [
+            {
+                "keeper": file_json(g.keeper),
+                "duplicates": [
+                    _match_json(m.record, m.distance, bits, kind=m.kind) for m in g.duplicates
+                ],
+            }
+            for g in found
+        ]
+    }
+
+
+def all_roots(store: Store) -> list[str]:
+    return [row[0] for row in store.db.execute("SELECT DISTINCT root FROM files")]
+
+
+def groups(store: Store, config: Config) -> dict[str, Any]:
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    return groups_json(duplicate_groups(store, config, all_roots(store)), hasher.bits)
+
+
+def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
+    """One file's record and its matches. Raises NotFoundError."""
+    path = Path(path).expanduser().absolute()
+    record = store.file_at(path)
+    if record is None:
+        raise NotFoundError(f"{path}: not in the database (is it under a watched root?)")
+    return {
+        "file": file_json(record),
+        "matches": [
+            _match_json(m.other, m.distance, hasher.bits, kind=m.kind)
+            for m in store.matches_of(record.id, hasher.key)
+        ],
+    }
+
+
+def search(
+    store: Store,
+    index: HammingIndex,
+    hasher: Hasher,
+    bits: bytes,
+    *,
+    k: int,
+    threshold: float | None,
+    query: dict[str, Any],
+) -> dict[str, Any]:
+    """The indexed files nearest to `bits`: the k nearest, or up to k within `threshold`."""
+    if threshold is None:
+        found = index.knn(bits, k)
+    else:
+        found = index.radius(bits, hasher.radius(threshold))[:k]
+    records = store.files(m.id for m in found)
+    sha = query.get("sha256")
+    return {
+        "query": query,
+        "hasher": hasher.key,
+        "results": [
+            _match_json(records[m.id], m.distance, hasher.bits, exact=records[m.id].sha256 == sha)
+            for m in found
+            if m.id in records
+        ],
+    }
+
+
+def quarantine_list(
+    store: Store, *, root: str | None = None, since: float | None = None
+) -> dict[str, Any]:
+    """What is in quarantine now, optionally only from under `root` or since a time."""
+    fields = ("id", "src", "dst", "keeper_path", "distance", "reason", "finished")
+    entries = []
+    for e in store.quarantined():
+        if root is not None and not e["src"].startswith(root.rstrip(os.sep) + os.sep):
+            continue
+        if since is not None and e["finished"] < since:
+            continue
+        entries.append({k: e[k] for k in fields})
+    return {"quarantined": entries}
+
+
+def restore(store: Store, actions: Actions, items: Sequence[str]) -> dict[str, Any]:
+    """Restore by action id, original path or path in quarantine; one result per item."""
+    entries = store.quarantined()
+    results: list[dict[str, Any]] = []
+    for item in items:
+        path = os.path.abspath(item)
+        match = [e for e in entries if str(e["id"]) == item or path in (e["src"], e["dst"])]
+        if not match:
+            results.append({"item": item, "error": "not in quarantine"})
+            continue
+        try:
+            results.append({"item": item, "restored": str(actions.restore(match[-1]["id"]))})
+        except ActionError as exc:
+            results.append({"item": item, "error": str(exc)})
+    return {"results": results}
+
+
+def purge(actions: Actions, older_than: float) -> dict[str, Any]:
+    """Delete what was quarantined more than `older_than` seconds ago (journaled)."""
+    return {"purged": actions.purge(older_than), "older_than": older_than, "at": time.time()}
+
+
+def distinct(store: Store, a: str, b: str) -> dict[str, Any]:
+    """Remember that the photos at `a` and `b` are different: they never match again."""
+    records = []
+    for path in (a, b):
+        record = store.file_at(Path(path).expanduser().absolute())
+        if record is None or record.sha256 is None:
+            raise NotFoundError(f"{path}: not a hashed photo in the database")
+        records.append(record)
+    store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
+    return {"distinct": [str(r.path) for r in records]}

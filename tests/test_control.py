@@ -1,0 +1,187 @@
+"""The control socket and dedupctl against a running daemon: every command, table and JSON,
+the fallback without a daemon, and bad requests answered cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from dedupd.cli import dedupctl
+from dedupd.daemon import Daemon
+from dedupd.store import Store
+from tests import photos
+from tests.test_daemon import Env, _idle, running, wait_for
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    e = Env(tmp_path)
+    e.write_config()
+    photos.copy(photos.photo("coffee"), e.root / "IMG_1.jpg")
+    photos.copy(photos.photo("rocket"), e.root / "IMG_2.jpg")
+    return e
+
+
+@pytest.fixture
+def daemon(env: Env) -> Iterator[Daemon]:
+    with running(env) as d:
+        wait_for(lambda: d.stats.hashed == 2 and _idle(d))
+        yield d
+
+
+def ctl(env: Env, *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(dedupctl, ["--config", str(env.config), *args], input=input)
+
+
+def raw(sock_path: Path, request: bytes) -> tuple[int, dict[str, object]]:
+    """Send raw bytes to the socket; return (status, JSON body) of the answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(15)
+        s.connect(str(sock_path))
+        try:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:
+            pass  # the server answered and hung up before reading everything (413)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_socket_is_group_accessible_only(env: Env, daemon: Daemon) -> None:
+    mode = os.stat(daemon.config.socket).st_mode & 0o777
+    assert mode == 0o660
+
+
+def test_status_table_and_json(env: Env, daemon: Daemon) -> None:
+    table = ctl(env, "status")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"dedupd running (pid {os.getpid()}, up ")
+    assert lines[1].startswith("indexed   2 (hamming, ")
+    assert f"root      {env.root}  watching  policy camera" in lines
+    s = json.loads(ctl(env, "status", "--json").stdout)
+    assert (s["indexed"], s["stats"]["hashed"], s["index"]["backend"]) == (2, 2, "hamming")
+    assert [r["state"] for r in s["roots"]] == ["watching", "watching"]
+
+
+def test_search_asks_the_daemon_table_and_json(env: Env, daemon: Daemon) -> None:
+    query = photos.reencode(photos.photo("coffee"), env.tmp / "query.jpg")
+    table = ctl(env, "search", str(query), "-k", "1")
+    assert table.exit_code == 0 and table.stderr == ""  # no fallback note: the daemon answered
+    assert table.stdout.splitlines()[1].endswith(f"{env.root}/IMG_1.jpg")
+    answer = json.loads(ctl(env, "search", str(query), "--json", "--threshold", "0.1").stdout)
+    assert [Path(r["path"]).name for r in answer["results"]] == ["IMG_1.jpg"]
+    assert answer["results"][0]["exact"] is False and answer["query"]["path"] == str(query)
+
+
+def test_show_groups_and_file(env: Env, daemon: Daemon) -> None:
+    photos.copy(photos.photo("rocket"), env.archive / "rocket.jpg")  # reference: only reported
+    wait_for(lambda: env.state(env.archive / "rocket.jpg") == "ok")
+    table = ctl(env, "show")
+    assert table.stdout.splitlines()[0] == "1 duplicate groups"
+    groups = json.loads(ctl(env, "show", "--json").stdout)["groups"]
+    assert len(groups) == 1 and groups[0]["duplicates"][0]["kind"] == "exact"
+    one = ctl(env, "show", str(env.root / "IMG_2.jpg"))
+    assert one.stdout.splitlines()[1] == "  state     ok"
+    info = json.loads(ctl(env, "show", "--json", str(env.root / "IMG_2.jpg")).stdout)
+    assert [Path(m["path"]).name for m in info["matches"]] == ["rocket.jpg"]
+    missing = ctl(env, "show", str(env.root / "nope.jpg"))
+    assert missing.exit_code == 1 and "not in the database" in missing.stderr
+
+
+def test_quarantine_list_restore_and_purge_through_the_daemon(env: Env, daemon: Daemon) -> None:
+    photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
+    wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
+    listed = json.loads(ctl(env, "quarantine", "list", "--json").stdout)["quarantined"]
+    assert [e["src"] for e in listed] == [str(env.root / "chat" / "wa.jpg")]
+    assert ctl(env, "quarantine", "list", "--root", str(env.archive)).stdout == (
+        "quarantine is empty\n"
+    )
+    table = ctl(env, "quarantine", "list", "--since", "1h").stdout.splitlines()
+    assert table[0].endswith(str(env.root / "chat" / "wa.jpg"))
+
+    # restore refuses to overwrite, then works, and the pair is remembered as distinct
+    (env.root / "chat" / "wa.jpg").write_bytes(b"a new photo took the name")
+    refused = ctl(env, "quarantine", "restore", str(listed[0]["id"]))
+    assert refused.exit_code == 1 and "refusing to overwrite" in refused.stderr
+    (env.root / "chat" / "wa.jpg").unlink()
+    done = ctl(env, "quarantine", "restore", str(env.root / "chat" / "wa.jpg"))
+    assert (done.exit_code, done.stdout) == (0, f"restored {env.root}/chat/wa.jpg\n")
+    with Store(env.db) as store:
+        record = store.file_at(env.root / "IMG_1.jpg")
+        assert record is not None and record.sha256
+        assert store.distinct_from(record.sha256)
+
+    # purge: nothing old enough, then only with confirmation
+    photos.reencode(photos.photo("rocket"), env.root / "chat" / "r.jpg")
+    wait_for(lambda: env.state(env.root / "chat" / "r.jpg") == "quarantined")
+    assert ctl(env, "quarantine", "purge").stdout == "nothing to purge\n"
+    unconfirmed = ctl(env, "quarantine", "purge", "--older-than", "0s")
+    assert unconfirmed.exit_code == 2 and "pass --yes to confirm" in unconfirmed.output
+    assert list(env.quarantine.rglob("r.jpg"))
+    purged = ctl(env, "quarantine", "purge", "--older-than", "0s", "--yes", "--json")
+    assert json.loads(purged.stdout)["purged"] and not list(env.quarantine.rglob("r.jpg"))
+
+
+def test_distinct_rescan_and_reload(env: Env, daemon: Daemon) -> None:
+    marked = ctl(env, "distinct", str(env.root / "IMG_1.jpg"), str(env.root / "IMG_2.jpg"))
+    assert marked.exit_code == 0 and marked.stdout.startswith("marked distinct: ")
+    unknown = ctl(env, "distinct", str(env.root / "IMG_1.jpg"), str(env.root / "none.jpg"))
+    assert unknown.exit_code == 1 and "not a hashed photo" in unknown.stderr
+
+    assert ctl(env, "rescan").stdout == f"rescan queued: {env.root}\nrescan queued: {env.archive}\n"
+    one = ctl(env, "rescan", str(env.root))
+    assert one.stdout == f"rescan queued: {env.root}\n"
+    other = ctl(env, "rescan", str(env.tmp))
+    assert other.exit_code == 1 and "not a configured root" in other.stderr
+
+    assert ctl(env, "reload").stdout == "reloaded: 2 roots\n"
+    env.config.write_text(env.config.read_text() + "nonsense: 1\n")
+    rejected = ctl(env, "--socket", str(daemon.config.socket), "reload")
+    assert rejected.exit_code == 2 and "nonsense" in rejected.stderr
+
+
+def test_without_a_daemon_reads_fall_back_and_the_rest_exit_3(env: Env) -> None:
+    with running(env) as d:  # index the photos once, then stop
+        wait_for(lambda: d.stats.hashed == 2)
+    show = ctl(env, "show", "--json")
+    assert (
+        show.exit_code == 0
+        and show.stderr == "dedupd is not running; using the database directly\n"
+    )
+    assert json.loads(show.stdout) == {"groups": []}
+    for args in (["status"], ["rescan"], ["reload"]):
+        result = ctl(env, *args)
+        assert result.exit_code == 3, args
+        assert "dedupd is not running" in result.stderr and "dedupd run" in result.stderr
+
+
+def test_bad_requests_get_clean_errors_and_the_daemon_goes_on(env: Env, daemon: Daemon) -> None:
+    sock = daemon.config.socket
+    assert raw(sock, b"GET /v1/nowhere HTTP/1.0\r\n\r\n")[0] == 404
+    assert raw(sock, b"POST /v1/status HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")[0] == 405
+    status, body = raw(sock, b"POST /v1/distinct HTTP/1.0\r\nContent-Length: 5\r\n\r\n{nope")
+    assert status == 400 and "not JSON" in str(body["detail"])
+    big = b"x" * (1 << 20)
+    status, body = raw(
+        sock, b"POST /v1/rescan HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+    )
+    assert status == 413
+    assert raw(sock, b"POST /v1/reload HTTP/1.0\r\n\r\n")[0] == 411
+    assert raw(sock, b"GET /v1/search?k=x&hash=00 HTTP/1.0\r\n\r\n")[0] == 400
+    assert raw(sock, b"GET /v1/files?path=/no/such.jpg HTTP/1.0\r\n\r\n")[0] == 404
+    status, _ = raw(sock, b"GET /v1/search?path=/no/such.jpg HTTP/1.0\r\n\r\n")
+    assert status == 400  # a query image that cannot be read
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # garbage, then hang up
+        s.connect(str(sock))
+        s.sendall(b"\x00\xffgarbage\r\n\r\n")
+    assert raw(sock, b"GET /v1/status HTTP/1.0\r\n\r\n")[0] == 200
