@@ -727,8 +727,9 @@ def quarantine_purge(
 @dedupctl.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def distinct(ctx: click.Context, a: Path, b: Path) -> None:
+def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
     """Mark photos A and B as different: they never match each other again."""
     paths = [str(p.expanduser().absolute()) for p in (a, b)]
     with _errors():
@@ -739,25 +740,36 @@ def distinct(ctx: click.Context, a: Path, b: Path) -> None:
                 config, lambda store, actions: queries.distinct(store, *paths)
             ),
         )
-    click.echo(f"marked distinct: {answer['distinct'][0]} and {answer['distinct'][1]}")
+    if as_json:
+        _echo_json(answer)
+    else:
+        click.echo(f"marked distinct: {answer['distinct'][0]} and {answer['distinct'][1]}")
 
 
 @dedupctl.command()
 @click.argument("root", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def rescan(ctx: click.Context, root: Path | None) -> None:
+def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     """Ask the daemon to reconcile ROOT (or every root) now: what changed unseen is found."""
     with _errors():
         target = str(root.expanduser().resolve()) if root else None
         answer = _ask(ctx, lambda c: c.post("rescan", {"root": target}), None)
+    if as_json:
+        _echo_json(answer)
+        return
     for queued in answer["queued"]:
         click.echo(f"rescan queued: {queued}")
 
 
 @dedupctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def reload(ctx: click.Context) -> None:
+def reload(ctx: click.Context, as_json: bool) -> None:
     """Ask the daemon to reload its config (as SIGHUP does); exit 2 if it is rejected."""
     with _errors():
         answer = _ask(ctx, lambda c: c.post("reload"), None)
-    click.echo(f"reloaded: {len(answer['roots'])} roots")
+    if as_json:
+        _echo_json(answer)
+    else:
+        click.echo(f"reloaded: {len(answer['roots'])} roots")

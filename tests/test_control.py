@@ -114,8 +114,16 @@ def test_quarantine_list_restore_and_purge_through_the_daemon(env: Env, daemon: 
     refused = ctl(env, "quarantine", "restore", str(listed[0]["id"]))
     assert refused.exit_code == 1 and "refusing to overwrite" in refused.stderr
     (env.root / "chat" / "wa.jpg").unlink()
-    done = ctl(env, "quarantine", "restore", str(env.root / "chat" / "wa.jpg"))
-    assert (done.exit_code, done.stdout) == (0, f"restored {env.root}/chat/wa.jpg\n")
+    done = ctl(env, "quarantine", "restore", "--json", str(env.root / "chat" / "wa.jpg"))
+    assert done.exit_code == 0
+    assert json.loads(done.stdout) == {
+        "results": [
+            {
+                "item": str(env.root / "chat" / "wa.jpg"),
+                "restored": str(env.root / "chat" / "wa.jpg"),
+            }
+        ]
+    }
     with Store(env.db) as store:
         record = store.file_at(env.root / "IMG_1.jpg")
         assert record is not None and record.sha256
@@ -128,23 +136,40 @@ def test_quarantine_list_restore_and_purge_through_the_daemon(env: Env, daemon: 
     unconfirmed = ctl(env, "quarantine", "purge", "--older-than", "0s")
     assert unconfirmed.exit_code == 2 and "pass --yes to confirm" in unconfirmed.output
     assert list(env.quarantine.rglob("r.jpg"))
-    purged = ctl(env, "quarantine", "purge", "--older-than", "0s", "--yes", "--json")
-    assert json.loads(purged.stdout)["purged"] and not list(env.quarantine.rglob("r.jpg"))
+    purged = ctl(env, "quarantine", "purge", "--older-than", "0s", "--yes")
+    assert purged.stdout == "purged 1 photos\n" and not list(env.quarantine.rglob("r.jpg"))
+    photos.reencode(photos.photo("rocket"), env.root / "chat" / "r2.jpg")
+    wait_for(lambda: env.state(env.root / "chat" / "r2.jpg") == "quarantined")
+    as_json = ctl(env, "quarantine", "purge", "--older-than", "0s", "--yes", "--json")
+    assert len(json.loads(as_json.stdout)["purged"]) == 1
 
 
 def test_distinct_rescan_and_reload(env: Env, daemon: Daemon) -> None:
     marked = ctl(env, "distinct", str(env.root / "IMG_1.jpg"), str(env.root / "IMG_2.jpg"))
     assert marked.exit_code == 0 and marked.stdout.startswith("marked distinct: ")
+    again = json.loads(
+        ctl(
+            env, "distinct", "--json", str(env.root / "IMG_2.jpg"), str(env.root / "IMG_1.jpg")
+        ).stdout
+    )
+    assert again == {"distinct": [str(env.root / "IMG_2.jpg"), str(env.root / "IMG_1.jpg")]}
     unknown = ctl(env, "distinct", str(env.root / "IMG_1.jpg"), str(env.root / "none.jpg"))
     assert unknown.exit_code == 1 and "not a hashed photo" in unknown.stderr
 
     assert ctl(env, "rescan").stdout == f"rescan queued: {env.root}\nrescan queued: {env.archive}\n"
     one = ctl(env, "rescan", str(env.root))
     assert one.stdout == f"rescan queued: {env.root}\n"
+    assert json.loads(ctl(env, "rescan", "--json").stdout) == {
+        "queued": [str(env.root), str(env.archive)]
+    }
     other = ctl(env, "rescan", str(env.tmp))
     assert other.exit_code == 1 and "not a configured root" in other.stderr
 
     assert ctl(env, "reload").stdout == "reloaded: 2 roots\n"
+    assert json.loads(ctl(env, "reload", "--json").stdout) == {
+        "reloaded": True,
+        "roots": [str(env.root), str(env.archive)],
+    }
     env.config.write_text(env.config.read_text() + "nonsense: 1\n")
     rejected = ctl(env, "--socket", str(daemon.config.socket), "reload")
     assert rejected.exit_code == 2 and "nonsense" in rejected.stderr
