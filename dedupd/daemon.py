@@ -156,7 +156,11 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """What `dedupctl status` shows. Read from other threads: values may be a moment old."""
-        index = self.ingest.index
+        ingest = self.ingest
+        index = ingest.index
+        with ingest.lock:
+            size, pending, rebuilding = len(index), index.pending, index.rebuilding
+        states = dict(self.watcher.states)  # one atomic copy: the daemon thread may change it
         with self.store_reader() as store:
             recent = store.recent_errors(10)
         return {
@@ -164,22 +168,22 @@ class Daemon:
             "uptime_s": round(self.clock() - self.stats.started, 1),
             "config": str(self.config.source) if self.config.source else None,
             "database": str(self.config.database),
-            "hasher": self.ingest.hasher.key,
+            "hasher": ingest.hasher.key,
             "roots": [
                 {
                     "path": r,
-                    "state": self.watcher.states.get(r, "unknown"),
+                    "state": states.get(r, "unknown"),
                     "policy": next(x.policy for x in self.config.roots if root_key(x.path) == r),
                 }
                 for r in self.roots
             ],
-            "indexed": len(index),
+            "indexed": size,
             "queue": {"backlog": len(self._backlog), "settling": len(self.settler)},
             "index": {
                 "backend": index.backend,
-                "size": len(index),
-                "pending": index.pending,
-                "rebuilding": index.rebuilding,
+                "size": size,
+                "pending": pending,
+                "rebuilding": rebuilding,
                 "last_rebuild": index.last_rebuild,
             },
             "stats": {
