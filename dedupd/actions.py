@@ -287,12 +287,13 @@ class Actions:
         if original["file_id"] is not None:
             self.store.set_state(original["file_id"], "missing")  # the next scan re-finds it
 
-    def purge(self, older_than: float) -> list[int]:
-        """Delete files quarantined more than `older_than` seconds ago (by the store's clock)."""
+    def purge(self, older_than: float, *, only: set[int] | None = None) -> list[int]:
+        """Delete files quarantined more than `older_than` seconds ago (by the store's clock);
+        with `only`, just those quarantine action ids among them."""
         cutoff = self.store.now() - older_than
         purged = []
         for q in self.store.quarantined():
-            if q["finished"] > cutoff:
+            if q["finished"] > cutoff or (only is not None and q["id"] not in only):
                 continue
             purge_id = self.store.journal_plan(
                 kind="purge",

@@ -659,6 +659,8 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
     its keeper are remembered as distinct, so it is not quarantined again. Exit 1 if any
     item could not be restored.
     """
+    # Paths are made absolute here: the daemon's working directory is not the user's.
+    items = tuple(i if i.isdigit() else str(Path(i).expanduser().absolute()) for i in items)
     with _errors():
         answer = _ask(
             ctx,
@@ -711,11 +713,12 @@ def quarantine_purge(
             if not sys.stdin.isatty():
                 raise click.UsageError(f"{len(due)} photos would be deleted; pass --yes to confirm")
             click.confirm(f"Delete {len(due)} quarantined photos for good?", abort=True)
+        ids = [e["id"] for e in due]  # exactly what was confirmed, nothing that aged since
         answer = _ask(
             ctx,
-            lambda c: c.post("quarantine/purge", {"older_than": seconds}),
+            lambda c: c.post("quarantine/purge", {"older_than": seconds, "ids": ids}),
             lambda config: _offline_change(
-                config, lambda store, actions: queries.purge(actions, seconds)
+                config, lambda store, actions: queries.purge(actions, seconds, ids)
             ),
         )
     if as_json:

@@ -30,7 +30,7 @@ import structlog
 
 from dedupd import queries
 from dedupd.config import parse_duration
-from dedupd.errors import ConfigError, DedupdError, NotFoundError
+from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError
 from dedupd.imaging import hash_image
 from dedupd.store import Store
 
@@ -44,7 +44,9 @@ log = structlog.get_logger("dedupd.control")
 API = "/v1"
 MAX_BODY = 64 * 1024
 MAX_DISCARD = 4 * 1024 * 1024  # an oversized body is read and dropped up to this much
-REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its whole request
+MAX_CLIENTS = 16  # connections served at once; more are refused
+MAX_RESULTS = 1000  # search results per request
 COMMAND_TIMEOUT = 600.0  # seconds to wait for the daemon's thread (a purge of many files)
 
 
@@ -69,12 +71,29 @@ class _BadRequest(Exception):
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """One thread per request; started and stopped by the daemon."""
+    """One thread per request, at most MAX_CLIENTS at once; started and stopped by the daemon."""
 
     daemon_threads = True
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # too many clients: refuse, do not queue
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def __init__(self, path: Path, daemon: Daemon):
         self.path, self.owner = path, daemon
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_socket(path)
         super().__init__(str(path), _Handler)
@@ -88,7 +107,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.info("control_socket", path=str(self.path))
 
     def stop(self) -> None:
-        self.shutdown()
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self.shutdown()
         self.server_close()
         self._thread.join(timeout=10)
         with contextlib.suppress(FileNotFoundError):
@@ -125,6 +145,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def address_string(self) -> str:
         return "unix"
 
+    def handle(self) -> None:
+        # The socket timeout bounds each read; this bounds the whole request, so a client
+        # trickling one byte at a time cannot hold a thread.
+        deadline = threading.Timer(REQUEST_TIMEOUT, self._expire)
+        deadline.daemon = True
+        self._reading = True
+        deadline.start()
+        try:
+            super().handle()
+        finally:
+            deadline.cancel()
+
+    def _expire(self) -> None:
+        if self._reading:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -144,11 +181,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 )
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             body = self._body() if method == "POST" else {}
+            self._reading = False
             status, answer = 200, route(self.server.owner, params, body)
         except _BadRequest as exc:
             status, answer = exc.status, {"error": exc.error, "detail": exc.detail}
         except NotFoundError as exc:
             status, answer = 404, {"error": "not found", "detail": str(exc)}
+        except DaemonStopping as exc:
+            status, answer = 503, {"error": "stopping", "detail": str(exc)}
         except DedupdError as exc:
             status, answer = 400, {"error": type(exc).__name__, "detail": str(exc)}
         except Exception as exc:  # a bug: answer 500, log it, keep serving
@@ -177,6 +217,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             size = int(length)
         except ValueError as exc:
             raise _BadRequest(400, "bad request", "Content-Length is not a number") from exc
+        if size < 0:
+            raise _BadRequest(400, "bad request", "Content-Length is negative")
         if size > MAX_BODY:
             self._discard(min(size, MAX_DISCARD))  # so the client reads our answer, not a reset
             raise _BadRequest(413, "body too large", f"at most {MAX_BODY} bytes")
@@ -242,10 +284,17 @@ def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str
         query = {"path": params["path"], "sha256": hashed.sha256}
     else:
         raise _BadRequest(400, "bad request", "give path= or hash=")
-    k, threshold = _int(params, "k", 10), _threshold(params)
-    with _store(d) as store, ingest.lock:
+    k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
+    with _store(d) as store:
         return queries.search(
-            store, ingest.index, hasher, bits, k=k, threshold=threshold, query=query
+            store,
+            ingest.index,
+            hasher,
+            bits,
+            k=k,
+            threshold=threshold,
+            query=query,
+            lock=ingest.lock,
         )
 
 
@@ -290,7 +339,13 @@ def _purge(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str,
         seconds = parse_duration(older)
     except ValueError as exc:
         raise _BadRequest(400, "bad request", "older_than must be a duration") from exc
-    return _on_daemon_thread(d, lambda: queries.purge(d.actions, seconds))
+    ids = body.get("ids")
+    if ids is not None and (
+        not isinstance(ids, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ):
+        raise _BadRequest(400, "bad request", "ids must be a list of action ids")
+    return _on_daemon_thread(d, lambda: queries.purge(d.actions, seconds, ids))
 
 
 def _distinct(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
@@ -328,10 +383,13 @@ ROUTES: dict[tuple[str, str], Route] = {
 
 def _on_daemon_thread(d: Daemon, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Hand `fn` to the daemon's thread (the only one that changes state) and wait."""
+    future = d.submit(fn)
     try:
-        return d.submit(fn).result(COMMAND_TIMEOUT)
+        return future.result(COMMAND_TIMEOUT)
     except FutureTimeout as exc:
-        raise _BadRequest(503, "busy", "the daemon did not get to the request in time") from exc
+        if future.cancel():  # not started: it never will be, so "busy" is the whole truth
+            raise _BadRequest(503, "busy", "the daemon did not get to it in time") from exc
+        raise _BadRequest(503, "busy", "still running on the daemon; check again later") from exc
 
 
 # -- client -------------------------------------------------------------------------------------
@@ -383,8 +441,12 @@ class ControlClient:
             raise DaemonUnavailable(
                 f"{self.path}: permission denied; join the group that owns the socket"
             ) from exc
+        except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
+            raise DaemonUnavailable(f"dedupd did not answer on {self.path}: {exc!r}") from exc
         finally:
             conn.close()
+        if response.status == 503:
+            raise DaemonUnavailable(f"dedupd is {answer.get('error')}: {answer.get('detail')}")
         if response.status >= 400:
             if response.status == 404 and answer.get("error") == "not found":
                 raise NotFoundError(answer.get("detail") or "not found")

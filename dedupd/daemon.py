@@ -33,7 +33,7 @@ from dedupd.engine import (
     ingest_all,
     reconcile_roots,
 )
-from dedupd.errors import ConfigError, DedupdError, NotFoundError
+from dedupd.errors import ConfigError, DaemonStopping, NotFoundError
 from dedupd.imaging import FileStat
 from dedupd.scanner import Entry, NameFilter, root_key, walk
 from dedupd.store import Store
@@ -46,10 +46,6 @@ log = structlog.get_logger("dedupd.daemon")
 BATCH = 512  # files hashed per step of a reconcile backlog; the loop stays responsive between
 UNAVAILABLE_RETRY = 10.0  # seconds between checks whether a missing root came back
 POLLING_RESCAN = 60.0  # rescan interval for roots whose watch could not be added
-
-
-class DaemonStopping(DedupdError):
-    """A control request arrived while the daemon was shutting down."""
 
 
 class Notifier:
@@ -113,7 +109,8 @@ class Daemon:
         self._last_ping = self._last_status = -1e18
         self._commands: queue.Queue[tuple[Callable[[], dict[str, Any]], Future[dict[str, Any]]]]
         self._commands = queue.Queue()
-        self._server: ControlServer | None = None
+        self._commands_lock = threading.Lock()
+        self._closed = False
 
     # -- requests (thread- and signal-safe) -------------------------------------------------
     def note_signal(self, signum: int, frame: object = None) -> None:
@@ -138,7 +135,10 @@ class Daemon:
         """Run `fn` on the daemon's thread (from a control-socket thread); its answer or its
         exception arrives through the future."""
         future: Future[dict[str, Any]] = Future()
-        self._commands.put((fn, future))
+        with self._commands_lock:
+            if self._closed:
+                raise DaemonStopping("dedupd is stopping")
+            self._commands.put((fn, future))
         self._wake.set()
         return future
 
@@ -161,21 +161,19 @@ class Daemon:
         with ingest.lock:
             size, pending, rebuilding = len(index), index.pending, index.rebuilding
         states = dict(self.watcher.states)  # one atomic copy: the daemon thread may change it
+        config, roots = self.config, list(self.roots)  # a reload may swap them meanwhile
+        policies = {root_key(r.path): r.policy for r in config.roots}
         with self.store_reader() as store:
             recent = store.recent_errors(10)
         return {
             "pid": os.getpid(),
             "uptime_s": round(self.clock() - self.stats.started, 1),
-            "config": str(self.config.source) if self.config.source else None,
-            "database": str(self.config.database),
+            "config": str(config.source) if config.source else None,
+            "database": str(config.database),
             "hasher": ingest.hasher.key,
             "roots": [
-                {
-                    "path": r,
-                    "state": states.get(r, "unknown"),
-                    "policy": next(x.policy for x in self.config.roots if root_key(x.path) == r),
-                }
-                for r in self.roots
+                {"path": r, "state": states.get(r, "unknown"), "policy": policies.get(r, "?")}
+                for r in roots
             ],
             "indexed": size,
             "queue": {"backlog": len(self._backlog), "settling": len(self.settler)},
@@ -275,7 +273,14 @@ class Daemon:
     def run(self) -> int:
         """Serve until stopped; returns the exit code. Raises ConfigError for a bad config."""
         config = self._load()
-        self.store = Store(config.database)
+        # Bind the socket first: a second daemon on the same socket stops here, before it
+        # could recover (and so disturb) the journal of the one already running.
+        self._server = ControlServer(config.socket, self)
+        try:
+            self.store = Store(config.database)
+        except BaseException:
+            self._server.stop()
+            raise
         self.actions = Actions(self.store, config.quarantine.path)
         try:
             for r in self.actions.recover():
@@ -287,7 +292,6 @@ class Daemon:
                     detail=r.detail,
                 )
             self._configure(config)
-            self._server = ControlServer(config.socket, self)
             self._server.start()
             self.notifier.send("READY=1", self._status())
             self._ready.set()
@@ -301,8 +305,9 @@ class Daemon:
                     self._wake.clear()
         finally:
             self.notifier.send("STOPPING=1")
-            if self._server is not None:
-                self._server.stop()
+            with self._commands_lock:
+                self._closed = True
+            self._server.stop()
             self._fail_pending_commands()
             if hasattr(self, "watcher"):
                 self.watcher.stop()
@@ -548,11 +553,23 @@ class Daemon:
         if (config.database, config.socket) != (self.config.database, self.config.socket):
             log.warning("reload_paths_ignored", detail="database and socket need a restart")
             config = replace(config, database=self.config.database, socket=self.config.socket)
+        old_config = self.config
         self.watcher.stop()
         self.ingest.close()
         self._backlog.clear()
-        self.actions = Actions(self.store, config.quarantine.path)
-        self._configure(config)
+        try:
+            self.actions = Actions(self.store, config.quarantine.path)
+            self._configure(config)
+        except Exception as exc:  # e.g. the database was locked: go back to the old config
+            log.exception("reload_failed", detail="restoring the running config")
+            try:
+                self.actions = Actions(self.store, old_config.quarantine.path)
+                self._configure(old_config)
+            except Exception:
+                log.exception("restore_after_reload_failed", detail="stopping; restart me")
+                self._stop_flag = True
+            self.notifier.send("READY=1", "STATUS=reload failed: " + str(exc)[:200])
+            return f"reload failed, running config kept: {exc}"
         log.info("reloaded", roots=self.roots)
         self.notifier.send("READY=1", self._status())
         return None

@@ -171,7 +171,9 @@ class Ingest:
 
     def close(self) -> None:
         """Let a background index rebuild finish (so no thread outlives its owner)."""
-        self.index.finish_rebuild(wait=True)
+        self.index.join_rebuild()  # the long wait, without blocking searches
+        with self.lock:
+            self.index.finish_rebuild(wait=True)
 
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""

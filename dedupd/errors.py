@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DaemonStopping",
     "DedupdError",
     "ImageError",
     "NotFoundError",
@@ -43,3 +44,7 @@ class ImageError(DedupdError):
         self.path = path
         self.detail = detail
         super().__init__(f"{path}: {detail}")
+
+
+class DaemonStopping(DedupdError):
+    """A request reached the daemon while it was shutting down."""

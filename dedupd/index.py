@@ -300,6 +300,12 @@ class HammingIndex:
         self.last_rebuild = time.time()
         return True
 
+    def join_rebuild(self) -> None:
+        """Wait until a background rebuild has built its snapshot (it is not swapped in)."""
+        job = self._rebuilding
+        if job is not None:
+            job.thread.join()
+
     @property
     def rebuilding(self) -> bool:
         return self._rebuilding is not None

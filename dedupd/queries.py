@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,17 @@ def search(
     k: int,
     threshold: float | None,
     query: dict[str, Any],
+    lock: AbstractContextManager[Any] | None = None,
 ) -> dict[str, Any]:
-    """The indexed files nearest to `bits`: the k nearest, or up to k within `threshold`."""
-    if threshold is None:
-        found = index.knn(bits, k)
-    else:
-        found = index.radius(bits, hasher.radius(threshold))[:k]
+    """The indexed files nearest to `bits`: the k nearest, or up to k within `threshold`.
+
+    `lock` guards the index lookup alone (the daemon's ingest lock), not the record reads.
+    """
+    with lock or nullcontext():
+        if threshold is None:
+            found = index.knn(bits, k)
+        else:
+            found = index.radius(bits, hasher.radius(threshold))[:k]
     records = store.files(m.id for m in found)
     sha = query.get("sha256")
     return {
@@ -153,9 +159,11 @@ def restore(store: Store, actions: Actions, items: Sequence[str]) -> dict[str, A
     return {"results": results}
 
 
-def purge(actions: Actions, older_than: float) -> dict[str, Any]:
-    """Delete what was quarantined more than `older_than` seconds ago (journaled)."""
-    return {"purged": actions.purge(older_than), "older_than": older_than, "at": time.time()}
+def purge(actions: Actions, older_than: float, ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Delete what was quarantined more than `older_than` seconds ago (journaled); with
+    `ids`, only those of them (what the user confirmed)."""
+    purged = actions.purge(older_than, only=None if ids is None else set(ids))
+    return {"purged": purged, "older_than": older_than, "at": time.time()}
 
 
 def distinct(store: Store, a: str, b: str) -> dict[str, Any]:

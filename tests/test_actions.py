@@ -388,3 +388,12 @@ def _rehash(path: Path):  # type: ignore[no-untyped-def]
     from dedupd.imaging import hash_image
 
     return hash_image(str(path), [], max_pixels=10**9)
+
+
+def test_purge_with_only_deletes_just_the_confirmed_entries(setup) -> None:  # type: ignore[no-untyped-def]
+    store, root, q = setup
+    actions = Actions(store, q)
+    first = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
+    second = actions.quarantine(_rec(store, root / "sub" / "near.jpg"), None, 4, "test")
+    assert actions.purge(older_than=0, only={second}) == [second]
+    assert [e["id"] for e in store.quarantined()] == [first]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def test_bad_requests_get_clean_errors_and_the_daemon_goes_on(env: Env, daemon: 
     )
     assert status == 413
     assert raw(sock, b"POST /v1/reload HTTP/1.0\r\n\r\n")[0] == 411
+    assert raw(sock, b"POST /v1/rescan HTTP/1.0\r\nContent-Length: -1\r\n\r\n{}")[0] == 400
     assert raw(sock, b"GET /v1/search?k=x&hash=00 HTTP/1.0\r\n\r\n")[0] == 400
     assert raw(sock, b"GET /v1/files?path=/no/such.jpg HTTP/1.0\r\n\r\n")[0] == 404
     status, _ = raw(sock, b"GET /v1/search?path=/no/such.jpg HTTP/1.0\r\n\r\n")
@@ -210,3 +212,78 @@ def test_bad_requests_get_clean_errors_and_the_daemon_goes_on(env: Env, daemon: 
         s.connect(str(sock))
         s.sendall(b"\x00\xffgarbage\r\n\r\n")
     assert raw(sock, b"GET /v1/status HTTP/1.0\r\n\r\n")[0] == 200
+
+
+def test_a_second_daemon_on_the_same_socket_refuses_before_touching_anything(
+    env: Env, daemon: Daemon
+) -> None:
+    import structlog.testing
+
+    from dedupd.daemon import Notifier
+    from dedupd.errors import ConfigError
+
+    second = Daemon(env.config, notifier=Notifier({}))
+    with structlog.testing.capture_logs() as logs, pytest.raises(ConfigError, match="already"):
+        second.run()
+    assert [e["event"] for e in logs] == []  # no recovery, no reconcile
+    assert ctl(env, "status").exit_code == 0  # the first one still answers
+
+
+def test_restore_by_a_relative_path_means_relative_to_the_user(
+    env: Env, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
+    wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
+    monkeypatch.chdir(env.root)
+    done = ctl(env, "quarantine", "restore", "chat/wa.jpg")
+    assert (done.exit_code, done.stdout) == (0, f"restored {env.root}/chat/wa.jpg\n")
+
+
+def test_a_connection_dropped_by_the_daemon_is_exit_3_not_a_traceback(tmp_path: Path) -> None:
+    """A daemon that dies mid-request: dedupctl says so (exit 3)."""
+    import threading
+
+    path = Path(tempfile.mkdtemp(dir="/tmp")) / "d.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def accept_and_drop() -> None:
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.close()
+
+    t = threading.Thread(target=accept_and_drop)
+    t.start()
+    result = CliRunner().invoke(dedupctl, ["--socket", str(path), "status"])
+    t.join(5)
+    server.close()
+    assert result.exit_code == 3
+    assert "did not answer" in result.stderr
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(
+    env: Env, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline covers the whole request, not each read: one byte every 0.2 s does not
+    keep a server thread forever."""
+    import time
+
+    import dedupd.control
+
+    monkeypatch.setattr(dedupd.control, "REQUEST_TIMEOUT", 1.0)
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(3)
+        s.connect(str(daemon.config.socket))
+        with pytest.raises(OSError):  # reset or broken pipe once the server gives up
+            for byte in b"GET /v1/status HTTP/1.0\r\nX-Slow: " + b"a" * 200:
+                s.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - started > 10:
+                    break
+            s.recv(1)
+            if not s.recv(1):
+                raise ConnectionResetError("closed")
+    assert time.monotonic() - started < 5
+    assert ctl(env, "status").exit_code == 0
