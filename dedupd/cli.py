@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -641,6 +641,30 @@ def quarantine_list(
         )
 
 
+T = TypeVar("T")
+
+
+def _in_batches(
+    items: list[T],
+    send: Callable[[Sequence[T]], dict[str, Any]],
+    key: str,
+    label: str,
+    size: int = 20,
+) -> list[Any]:
+    """Send `items` in batches, with a progress bar on a terminal (none when piped)."""
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    collected: list[Any] = []
+    if len(batches) > 1 and sys.stderr.isatty():
+        with click.progressbar(length=len(items), label=label, file=sys.stderr) as bar:
+            for batch in batches:
+                collected += send(batch)[key]
+                bar.update(len(batch))
+    else:
+        for batch in batches:
+            collected += send(batch)[key]
+    return collected
+
+
 def _offline_change(
     config: Config, change: Callable[[Store, Actions], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -661,14 +685,19 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
     """
     # Paths are made absolute here: the daemon's working directory is not the user's.
     items = tuple(i if i.isdigit() else str(Path(i).expanduser().absolute()) for i in items)
-    with _errors():
-        answer = _ask(
+
+    def restore_batch(batch: Sequence[str]) -> dict[str, Any]:
+        return _ask(
             ctx,
-            lambda c: c.post("quarantine/restore", {"items": list(items)}),
+            lambda c: c.post("quarantine/restore", {"items": list(batch)}),
             lambda config: _offline_change(
-                config, lambda store, actions: queries.restore(store, actions, items)
+                config, lambda store, actions: queries.restore(store, actions, batch)
             ),
         )
+
+    with _errors():
+        results = _in_batches(list(items), restore_batch, "results", "restoring")
+    answer = {"results": results}
     if as_json:
         _echo_json(answer)
     failed = False
@@ -713,18 +742,22 @@ def quarantine_purge(
             if not sys.stdin.isatty():
                 raise click.UsageError(f"{len(due)} photos would be deleted; pass --yes to confirm")
             click.confirm(f"Delete {len(due)} quarantined photos for good?", abort=True)
-        ids = [e["id"] for e in due]  # exactly what was confirmed, nothing that aged since
-        answer = _ask(
-            ctx,
-            lambda c: c.post("quarantine/purge", {"older_than": seconds, "ids": ids}),
-            lambda config: _offline_change(
-                config, lambda store, actions: queries.purge(actions, seconds, ids)
-            ),
-        )
+
+        def purge_batch(ids: Sequence[int]) -> dict[str, Any]:
+            return _ask(
+                ctx,
+                lambda c: c.post("quarantine/purge", {"older_than": seconds, "ids": list(ids)}),
+                lambda config: _offline_change(
+                    config, lambda store, actions: queries.purge(actions, seconds, ids)
+                ),
+            )
+
+        # Exactly the entries that were confirmed, nothing that aged since.
+        purged = _in_batches([e["id"] for e in due], purge_batch, "purged", "purging")
     if as_json:
-        _echo_json(answer)
+        _echo_json({"purged": purged, "older_than": seconds})
     else:
-        click.echo(f"purged {len(answer['purged'])} photos")
+        click.echo(f"purged {len(purged)} photos")
 
 
 @dedupctl.command()

@@ -287,3 +287,12 @@ def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(
                 raise ConnectionResetError("closed")
     assert time.monotonic() - started < 5
     assert ctl(env, "status").exit_code == 0
+
+
+def test_many_items_are_sent_in_batches_and_every_one_answered(env: Env, daemon: Daemon) -> None:
+    items = [str(i) for i in range(1000, 1045)]  # three batches of at most 20
+    result = ctl(env, "quarantine", "restore", "--json", *items)
+    assert result.exit_code == 1
+    answers = json.loads(result.stdout)["results"]
+    assert [a["item"] for a in answers] == items
+    assert {a["error"] for a in answers} == {"not in quarantine"}
