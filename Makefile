@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test test-slow test-all lint bench clean
 
@@ -40,11 +41,17 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check dedupd tests bench scripts
 	$(BIN)/mypy
 
-## make bench: speed benchmarks; JSON lands in bench/results/.
-bench: $(TEST_STAMP)
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(TEST_STAMP) $(RUN_STAMP)
+
+## make bench: every benchmark (~10 min on 2 cores); JSON and accuracy.md in bench/results/.
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/hashing.py
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/accuracy.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Query latency, build time and memory of both `dedupd.index` backends (hamming, ckdtree).
+"""Query latency, build time and memory of both `dedupd.index` backends (hamming, ckdtree),
+with faiss-cpu's ``IndexBinaryFlat`` as an outside reference.
 
 Data: random hashes from ``numpy.random.default_rng([SEED, size, bits])``, ``bits / 8`` bytes
 each, ids 0..size-1. Queries are existing hashes with 1..radius distinct random bits flipped,
@@ -18,6 +19,18 @@ For each (size, bits), in this order:
 cKDTree stores float64 bit vectors (8 bytes per bit per hash): combinations needing more than
 1 GiB for that (1M x 256 bits: ~2 GB, and slow to build) are skipped unless --full, and are
 recorded with "skipped": reason. Timings are never asserted: a benchmark, not a test.
+
+faiss (``pip install faiss-cpu``; recorded as skipped, with the import error, when missing) runs
+as a third backend through the same steps, interleaved with the others query by query, behind
+a thin wrapper that gives it dedupd's interface: build = the hash bytes joined into an (N,
+bits/8) uint8 array + ``IndexBinaryFlat.add``; radius = ``range_search(q, radius + 1)`` (faiss
+keeps distances strictly below its threshold, dedupd up to and including the radius); knn =
+``search(q, k)``; both turned into dedupd's sorted (distance, id) ``Match`` lists, so the
+Python-side cost is counted as for dedupd. Row numbers are the ids (the benchmark's ids are
+0..N-1; a real integration would need ``IndexBinaryIDMap``, 8 more bytes per hash, and
+tombstones). ``faiss.omp_set_num_threads(1)``: one core, like the numpy backends (a one-query
+search does not use OpenMP anyway). Agreement: radius results must be identical; knn may
+break ties at the k-th distance differently, so only its distances are compared.
 
 Run from the repository root (the default run takes a few minutes on 2 cores):
 
@@ -41,6 +54,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np
 from machine import machine_info
 
-from dedupd.index import BACKENDS, HammingIndex, make_index
+from dedupd.index import BACKENDS, HammingIndex, Match, make_index
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "index.json"
@@ -58,6 +72,8 @@ K = 10
 AGREE_QUERIES = 5
 MIN_QUERIES = 10
 CKDTREE_MAX_FLOAT_BYTES = 1 << 30  # without --full
+FAISS = "faiss"
+ALL_BACKENDS = (*BACKENDS, FAISS)
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -95,6 +111,69 @@ def ckdtree_skip_reason(size: int, bits: int, full: bool) -> str | None:
     )
 
 
+def faiss_skip_reason() -> str | None:
+    try:
+        import faiss  # type: ignore[import-not-found]  # noqa: F401  # optional: faiss-cpu
+    except ImportError as exc:
+        return f"faiss-cpu not usable: {type(exc).__name__}: {exc}"
+    return None
+
+
+class FaissFlat:
+    """faiss.IndexBinaryFlat behind the part of `HammingIndex`'s interface timed here."""
+
+    backend = FAISS
+
+    def __init__(self, bits: int):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        self.bits, self.nbytes = bits, bits // 8
+        self.index = faiss.IndexBinaryFlat(bits)
+
+    def add(self, ids: range, hashes: list[bytes]) -> None:
+        if ids != range(self.index.ntotal, self.index.ntotal + len(hashes)):
+            raise ValueError("this wrapper's ids are the row numbers, in order")
+        codes = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, self.nbytes)
+        self.index.add(codes)
+
+    def rebuild(self) -> None:
+        pass  # nothing to fold in: faiss's flat index searches what was added
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def _query(self, query: bytes) -> np.ndarray:
+        return np.frombuffer(query, np.uint8).reshape(1, self.nbytes)
+
+    @staticmethod
+    def _sorted(ids: np.ndarray, dists: np.ndarray) -> list[Match]:
+        order = np.lexsort((ids, dists))
+        return [Match(int(i), int(d)) for i, d in zip(ids[order], dists[order], strict=True)]
+
+    def radius(self, query: bytes, radius: int) -> list[Match]:
+        _, dists, ids = self.index.range_search(self._query(query), radius + 1)
+        return self._sorted(ids, dists)
+
+    def knn(self, query: bytes, k: int) -> list[Match]:
+        dists, ids = self.index.search(self._query(query), k)
+        keep = ids[0] >= 0
+        return self._sorted(ids[0][keep], dists[0][keep])
+
+    def memory_bytes(self) -> int:
+        return int(self.index.ntotal) * int(self.index.code_size)
+
+
+AnyIndex = HammingIndex | FaissFlat
+
+
+def preload(backends: list[str]) -> None:
+    """Import and touch faiss before anything is measured: its import (a large shared
+    library, ~14 MB RSS) is no part of an index's build time or memory."""
+    if FAISS in backends:
+        FaissFlat(8).add(range(1), [b"\0"])
+
+
 # -- process memory ------------------------------------------------------------------------
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -119,8 +198,10 @@ def _reset_peak() -> bool:
     return True
 
 
-def build(backend: str, hashes: list[bytes], bits: int) -> tuple[HammingIndex, float, float]:
-    index = make_index(backend, bits)  # type: ignore[arg-type]
+def build(backend: str, hashes: list[bytes], bits: int) -> tuple[AnyIndex, float, float]:
+    index: AnyIndex = (
+        FaissFlat(bits) if backend == FAISS else make_index(backend, bits)  # type: ignore[arg-type]
+    )
     t0 = time.perf_counter()
     index.add(range(len(hashes)), hashes)
     t1 = time.perf_counter()
@@ -132,6 +213,7 @@ def build(backend: str, hashes: list[bytes], bits: int) -> tuple[HammingIndex, f
 # -- subprocess workers --------------------------------------------------------------------
 def memory_worker(backend: str, size: int, bits: int) -> dict[str, Any]:
     """In a fresh process: build one index and measure its time and RSS growth."""
+    preload([backend])
     hashes = make_hashes(size, bits)
     gc.collect()
     _trim_heap()
@@ -158,12 +240,13 @@ def memory_worker(backend: str, size: int, bits: int) -> dict[str, Any]:
 
 
 def _time_interleaved(
-    indexes: dict[str, HammingIndex],
-    call: Callable[[HammingIndex, bytes], list[Any]],
+    indexes: dict[str, AnyIndex],
+    call: Callable[[AnyIndex, bytes], list[Any]],
     queries: list[bytes],
     budget_s: float,
 ) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    """Per backend, seconds per query (and result counts), backends alternating per query."""
+    """Per backend, seconds per query (and result counts), the backends' order rotating per
+    query."""
     times: dict[str, list[float]] = {b: [] for b in indexes}
     found: dict[str, list[int]] = {b: [] for b in indexes}
     spent = dict.fromkeys(indexes, 0.0)
@@ -171,7 +254,8 @@ def _time_interleaved(
         active = [b for b in indexes if len(times[b]) < MIN_QUERIES or spent[b] < budget_s]
         if not active:
             break
-        for b in active if i % 2 == 0 else reversed(active):
+        shift = i % len(active)
+        for b in active[shift:] + active[:shift]:  # rotating order
             t0 = time.perf_counter()
             result = call(indexes[b], query)
             dt = time.perf_counter() - t0
@@ -196,6 +280,7 @@ def query_worker(
     size: int, bits: int, backends: list[str], n_queries: int, budget_s: float
 ) -> dict[str, Any]:
     """In a fresh process: build every backend, check agreement, time queries interleaved."""
+    preload(backends)
     hashes = make_hashes(size, bits)
     queries, flipped = make_queries(hashes, bits, n_queries)
     radius = query_radius(bits)
@@ -206,19 +291,22 @@ def query_worker(
     del hashes
     gc.collect()
 
-    # Agreement on the first queries (also warms every backend up before timing).
-    agree: bool | None = None
-    knn_agree: bool | None = None
+    # Agreement on the first queries (also warms every backend up before timing): radius
+    # results must be identical; knn ones too between dedupd's backends, while faiss may keep
+    # other ids at a tie on the k-th distance, so only its distances are compared.
+    first = queries[:AGREE_QUERIES]
+    by_radius = {b: [ix.radius(q, radius) for q in first] for b, ix in indexes.items()}
+    by_knn = {b: [ix.knn(q, K) for q in first] for b, ix in indexes.items()}
+    ours = [b for b in BACKENDS if b in indexes]
+    agree = None
     if len(indexes) > 1:
-        first = queries[:AGREE_QUERIES]
-        by_radius = [[ix.radius(q, radius) for q in first] for ix in indexes.values()]
-        by_knn = [[ix.knn(q, K) for q in first] for ix in indexes.values()]
-        agree = all(r == by_radius[0] for r in by_radius[1:])
-        knn_agree = all(r == by_knn[0] for r in by_knn[1:])
-    else:
-        for ix in indexes.values():
-            ix.radius(queries[0], radius)
-            ix.knn(queries[0], K)
+        agree = all(r == by_radius[backends[0]] for r in by_radius.values())
+    knn_agree = all(by_knn[b] == by_knn[ours[0]] for b in ours) if len(ours) > 1 else None
+    faiss_knn_agree: bool | None = None
+    if FAISS in indexes and ours:
+        faiss_knn_agree = [[m.distance for m in r] for r in by_knn[FAISS]] == [
+            [m.distance for m in r] for r in by_knn[ours[0]]
+        ]
 
     r_times, r_found = _time_interleaved(
         indexes, lambda ix, q: ix.radius(q, radius), queries, budget_s
@@ -229,6 +317,7 @@ def query_worker(
         "bits_flipped_mean": float(np.mean(flipped)),
         "agree": agree,
         "knn_agree": knn_agree,
+        "faiss_knn_distances_agree": faiss_knn_agree,
         "per_backend": {
             b: {
                 "build_s": builds[b],
@@ -258,9 +347,33 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_combo(size: int, bits: int, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    skip = {"hamming": None, "ckdtree": ckdtree_skip_reason(size, bits, args.full)}
-    backends = [b for b in BACKENDS if skip[b] is None]
+def _paired_ratio(
+    per_backend: dict[str, Any], num: str, den: str = "hamming"
+) -> dict[str, Any] | None:
+    """`num` p50 / `den` p50 for radius and knn queries (higher = `den` faster), and build."""
+    if num not in per_backend or den not in per_backend:
+        return None
+    a, b = per_backend[num], per_backend[den]
+    pairs = zip(a["radius_s_samples"], b["radius_s_samples"], strict=False)
+    return {
+        "radius_p50_ratio": a["radius_query"]["p50_ms"] / b["radius_query"]["p50_ms"],
+        "knn_p50_ratio": a["knn"]["p50_ms"] / b["knn"]["p50_ms"],
+        "radius_paired_median_ratio": float(np.median([x / y for x, y in pairs])),
+        "build_ratio": a["build_s"] / b["build_s"],
+        "meaning": f"{num} / {den}: query p50s, the median of per-query ratios (same query, "
+        f"same process), and build seconds in the query process (higher = {den} faster)",
+    }
+
+
+def run_combo(
+    size: int, bits: int, args: argparse.Namespace, faiss_skip: str | None
+) -> tuple[list[dict], dict]:
+    skip = {
+        "hamming": None,
+        "ckdtree": ckdtree_skip_reason(size, bits, args.full),
+        FAISS: faiss_skip,
+    }
+    backends = [b for b in ALL_BACKENDS if skip[b] is None]
     memory = {}
     for b in backends:
         _log(f"{size} x {bits} bits, {b}: build + memory in a fresh process")
@@ -270,7 +383,7 @@ def run_combo(size: int, bits: int, args: argparse.Namespace) -> tuple[list[dict
     queried = in_fresh_process(query_worker, size, bits, backends, args.queries, args.budget)
 
     rows: list[dict] = []
-    for b in BACKENDS:
+    for b in ALL_BACKENDS:
         row: dict[str, Any] = {"backend": b, "size": size, "bits": bits}
         if skip[b]:
             rows.append({**row, "skipped": skip[b]})
@@ -297,23 +410,25 @@ def run_combo(size: int, bits: int, args: argparse.Namespace) -> tuple[list[dict
             agree=queried["agree"],
             knn_agree=queried["knn_agree"],
         )
+        if b == FAISS:
+            row["knn_distances_agree"] = queried["faiss_knn_distances_agree"]
         if queried["agree"] is None:
             row["agree_note"] = "only one backend ran, nothing to compare"
         rows.append(row)
 
     ratio: dict[str, Any] = {"size": size, "bits": bits}
-    if len(backends) < 2 or "error" in queried:
+    per_backend = queried.get("per_backend", {})
+    ckd = _paired_ratio(per_backend, "ckdtree")
+    if ckd is None:
         ratio["ratio"] = None
-        ratio["note"] = "ckdtree " + ("skipped" if len(backends) < 2 else "failed")
+        ratio["note"] = "ckdtree " + ("skipped" if skip["ckdtree"] else "failed")
     else:
-        ham, ckd = (queried["per_backend"][b] for b in ("hamming", "ckdtree"))
-        pairs = zip(ckd["radius_s_samples"], ham["radius_s_samples"], strict=False)
-        ratio.update(
-            radius_p50_ratio=ckd["radius_query"]["p50_ms"] / ham["radius_query"]["p50_ms"],
-            knn_p50_ratio=ckd["knn"]["p50_ms"] / ham["knn"]["p50_ms"],
-            radius_paired_median_ratio=float(np.median([c / h for c, h in pairs])),
-            meaning="ckdtree p50 / hamming p50 (higher = hamming faster)",
-        )
+        ckd["meaning"] = "ckdtree p50 / hamming p50 (higher = hamming faster)"
+        del ckd["build_ratio"]
+        ratio.update(ckd)
+    ratio["faiss_vs_hamming"] = _paired_ratio(per_backend, FAISS) or {
+        "note": "faiss " + ("skipped" if skip[FAISS] else "failed")
+    }
     return rows, ratio
 
 
@@ -334,6 +449,7 @@ def main() -> None:
     )
     parser.add_argument("--bits", type=_int_list, default=[64, 256], help="comma list")
     parser.add_argument("--full", action="store_true", help="include cKDTree at >1 GiB")
+    parser.add_argument("--no-faiss", action="store_true", help="leave faiss-cpu out")
     parser.add_argument("--queries", type=int, default=200, help="max queries per backend")
     parser.add_argument("--budget", type=float, default=15.0, help="seconds per backend/kind")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
@@ -344,11 +460,13 @@ def main() -> None:
         parser.error(f"--queries must be at least {AGREE_QUERIES}")
 
     info = machine_info()
+    faiss_skip = "--no-faiss" if args.no_faiss else faiss_skip_reason()
+    info["faiss_cpu"] = None if faiss_skip else version("faiss-cpu")
     started = time.perf_counter()
     results, ratios = [], []
     for size in args.sizes:
         for bits in args.bits:
-            rows, ratio = run_combo(size, bits, args)
+            rows, ratio = run_combo(size, bits, args, faiss_skip)
             results += rows
             ratios.append(ratio)
     info["loadavg_end"] = list(os.getloadavg())
@@ -370,21 +488,31 @@ def main() -> None:
             "build": "add(all) + rebuild(), median of 2 samples (memory and query processes)",
             "memory": "VmRSS growth over the build in a fresh spawned process (glibc "
             "malloc_trim before and after); peak from VmHWM reset via /proc/self/clear_refs",
-            "timer": "time.perf_counter per query, backends alternating per query",
+            "timer": "time.perf_counter per query, the backends' order rotating per query",
+            "faiss": "IndexBinaryFlat, omp_set_num_threads(1); radius = range_search(q, r + 1) "
+            "(faiss keeps d < threshold); ids are row numbers; results turned into dedupd's "
+            "sorted Match lists"
+            if not faiss_skip
+            else {"skipped": faiss_skip},
         },
         "results": results,
         "ratios": ratios,
         "wall_s": time.perf_counter() - started,
     }
-    _log("\nckdtree p50 / hamming p50 (radius, knn):")
+    _log("\np50 / hamming p50 (radius, knn):")
     for r in ratios:
-        if r.get("radius_p50_ratio") is None:
-            _log(f"  {r['size']:>9} x {r['bits']:>3} bits: n/a ({r['note']})")
-        else:
-            _log(
-                f"  {r['size']:>9} x {r['bits']:>3} bits: "
-                f"radius {r['radius_p50_ratio']:8.1f}x   knn {r['knn_p50_ratio']:8.1f}x"
-            )
+        ckd = (
+            f"ckdtree radius {r['radius_p50_ratio']:7.1f}x knn {r['knn_p50_ratio']:7.1f}x"
+            if r.get("radius_p50_ratio") is not None
+            else f"ckdtree n/a ({r['note']})"
+        )
+        f = r["faiss_vs_hamming"]
+        fai = (
+            f"faiss radius {f['radius_p50_ratio']:6.2f}x knn {f['knn_p50_ratio']:6.2f}x"
+            if "radius_p50_ratio" in f
+            else f"faiss n/a ({f['note']})"
+        )
+        _log(f"  {r['size']:>9} x {r['bits']:>3} bits: {ckd}   {fai}")
     text = json.dumps(doc, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
