@@ -276,6 +276,22 @@ def _latency(samples: list[float]) -> dict[str, Any]:
     }
 
 
+# All pairs within the radius is O(N^2) for brute force: measured where it finishes in
+# seconds. faiss's IndexBinaryFlat has no all-pairs call (it would be N range searches).
+ALL_PAIRS_MAX = {"hamming": 100_000, "ckdtree": 10_000}
+
+
+def _all_pairs(backend: str, ix: Any, size: int, radius: int) -> dict[str, Any]:
+    limit = ALL_PAIRS_MAX.get(backend)
+    if limit is None:
+        return {"skipped": "no all-pairs call in this backend"}
+    if size > limit:
+        return {"skipped": f"O(N^2): measured up to {limit:,} hashes"}
+    started = time.perf_counter()
+    found = ix.pairs(radius)
+    return {"s": time.perf_counter() - started, "pairs": len(found)}
+
+
 def query_worker(
     size: int, bits: int, backends: list[str], n_queries: int, budget_s: float
 ) -> dict[str, Any]:
@@ -312,6 +328,7 @@ def query_worker(
         indexes, lambda ix, q: ix.radius(q, radius), queries, budget_s
     )
     k_times, _ = _time_interleaved(indexes, lambda ix, q: ix.knn(q, K), queries, budget_s)
+    all_pairs = {b: _all_pairs(b, ix, size, radius) for b, ix in indexes.items()}
     return {
         "radius": radius,
         "bits_flipped_mean": float(np.mean(flipped)),
@@ -326,6 +343,7 @@ def query_worker(
                     "matches_mean": float(np.mean(r_found[b])),
                 },
                 "knn": {"k": K, **_latency(k_times[b])},
+                "all_pairs": all_pairs[b],
                 "radius_s_samples": r_times[b],
             }
             for b in indexes
@@ -402,6 +420,7 @@ def run_combo(
             rebuild_s=mem["rebuild_s"],
             radius_query=q["radius_query"],
             knn=q["knn"],
+            all_pairs=q["all_pairs"],
             memory_bytes=mem["memory_bytes"],
             bytes_per_hash=mem["bytes_per_hash"],
             rss_growth_bytes=mem["rss_growth_bytes"],
