@@ -26,7 +26,7 @@ from dedupd.config import Config, load_config, parse_duration
 from dedupd.control import ControlClient, DaemonUnavailable
 from dedupd.daemon import Daemon
 from dedupd.engine import Group, Ingest, ScanReport, scan
-from dedupd.errors import DedupdError, NotFoundError
+from dedupd.errors import ConfigError, DedupdError, NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.imaging import hash_image
 from dedupd.store import FileRecord, Store
@@ -512,6 +512,11 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
             },
             offline,
         )
+        if answer["hasher"] != hasher.key:
+            raise ConfigError(
+                f"this config hashes with {hasher.key} but the daemon with {answer['hasher']};"
+                " pass the daemon's config with --config"
+            )
     rows = answer["results"]
     if as_json:
         _echo_json(answer)

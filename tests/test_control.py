@@ -296,3 +296,17 @@ def test_many_items_are_sent_in_batches_and_every_one_answered(env: Env, daemon:
     answers = json.loads(result.stdout)["results"]
     assert [a["item"] for a in answers] == items
     assert {a["error"] for a in answers} == {"not in quarantine"}
+
+
+def test_search_refuses_when_dedupctl_and_the_daemon_hash_differently(
+    env: Env, daemon: Daemon
+) -> None:
+    other = env.tmp / "other.yaml"
+    other.write_text(
+        f"hashing: {{algorithm: dhash, hash_size: 16}}\nsocket: {daemon.config.socket}\n"
+    )
+    result = CliRunner().invoke(
+        dedupctl, ["--config", str(other), "search", str(photos.photo("coffee"))]
+    )
+    assert result.exit_code == 2
+    assert "the daemon with phash:16" in result.stderr
