@@ -45,7 +45,7 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@ $(TEST_STAMP) $(RUN_STAMP)
 
-## make bench: every benchmark (~10 min on 2 cores); JSON and accuracy.md in bench/results/.
+## make bench: every benchmark (~7 min on 2 cores); JSON and accuracy.md in bench/results/.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/hashing.py
 	$(BIN)/python bench/index.py

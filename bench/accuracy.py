@@ -781,7 +781,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"(excl. rotate/flip), FPR {seed['fpr']:.3%} ({seed['false_positives']} of "
         f"{seed['negatives']}), precision {_pct(seed['precision'])} on this data set's mix.",
         "",
-        "## dedupd's provisional default thresholds",
+        "## dedupd's default thresholds",
         "",
         "| hasher | default | FP of negatives | FPR | overall recall | weakest kinds |",
         "|---|---:|---:|---:|---:|---|",
