@@ -25,11 +25,11 @@ from dedupd.actions import Actions
 from dedupd.config import Config, load_config, parse_duration
 from dedupd.control import ControlClient, DaemonUnavailable
 from dedupd.daemon import Daemon
-from dedupd.engine import Group, Ingest, ScanReport, scan
+from dedupd.engine import Ingest, ScanReport, scan
 from dedupd.errors import ConfigError, DedupdError, NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.imaging import hash_image
-from dedupd.store import FileRecord, Store
+from dedupd.store import Store
 
 __all__ = ["dedupctl", "dedupd", "find_config"]
 
@@ -165,60 +165,6 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _resolution(r: FileRecord) -> str:
-    return f"{r.width}x{r.height}" if r.width else "-"
-
-
-def _file_json(r: FileRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "path": str(r.path),
-        "root": r.root,
-        "size": r.size,
-        "width": r.width,
-        "height": r.height,
-        "format": r.format,
-        "sha256": r.sha256,
-        "taken_at": r.taken_at,
-        "state": r.state,
-        "error_kind": r.error_kind,
-        "error": r.error,
-    }
-
-
-def _groups_json(groups: list[Group], bits: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "keeper": _file_json(g.keeper),
-            "duplicates": [
-                {
-                    **_file_json(m.record),
-                    "kind": m.kind,
-                    "distance": m.distance,
-                    "normalized": round(m.distance / bits, 4),
-                }
-                for m in g.duplicates
-            ],
-        }
-        for g in groups
-    ]
-
-
-def _print_groups(groups: list[Group], bits: int) -> None:
-    for g in groups:
-        click.echo(f"\n{g.keeper.path}  {_resolution(g.keeper)}  {_size(g.keeper.size)}  keeper")
-        for m in g.duplicates:
-            how = (
-                "exact"
-                if m.kind == "exact"
-                else f"near {m.distance}/{bits} ({m.distance / bits:.3f})"
-            )
-            click.echo(
-                f"  {'=' if m.kind == 'exact' else '~'} {m.record.path}  "
-                f"{_resolution(m.record)}  {_size(m.record.size)}  {how}"
-            )
-
-
 def _print_report(report: ScanReport, bits: int) -> None:
     dups = sum(len(g.duplicates) for g in report.groups)
     click.echo(
@@ -238,7 +184,7 @@ def _print_report(report: ScanReport, bits: int) -> None:
                 f" ({o.result}; keeper {o.decision.keeper.path if o.decision.keeper else '-'};"
                 f" {o.decision.rule})"
             )
-    _print_groups(report.groups, bits)
+    _print_group_dicts(queries.groups_json(report.groups, bits)["groups"], bits)
 
 
 # -- dedupd -----------------------------------------------------------------------------------
@@ -329,7 +275,7 @@ def scan_command(
                             for o in report.outcomes
                             if o.decision.acts
                         ],
-                        "groups": _groups_json(report.groups, bits),
+                        "groups": queries.groups_json(report.groups, bits)["groups"],
                     },
                     indent=2,
                 )
@@ -577,7 +523,7 @@ def _print_group_dicts(groups: list[dict[str, Any]], bits: int) -> None:
         click.echo(f"\n{k['path']}  {_pixels(k)}  {_size(k['size'])}  keeper")
         for m in g["duplicates"]:
             exact = m["kind"] == "exact"
-            how = "exact" if exact else f"near {m['distance']}/{bits} ({m['normalized']:.3f})"
+            how = "exact" if exact else f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
             click.echo(
                 f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {_size(m['size'])}  {how}"
             )

@@ -28,6 +28,7 @@ __all__ = [
     "file_info",
     "file_json",
     "groups",
+    "groups_json",
     "purge",
     "quarantine_list",
     "restore",
