@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import structlog
+from fixtures import insert_hashed
 from machine import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,24 +43,13 @@ from tests import photos
 
 
 def _populate(store: Store, root: str, n: int, hasher_key: str, seed: int) -> None:
-    """N indexed files with random hashes, written in bulk as the store lays them out."""
+    """N indexed files with random sha256 and hashes (no files on disk are needed)."""
     rng = random.Random(seed)
-    now = time.time()
-    conn = store.db.conn
-    with conn:
-        conn.executemany(
-            "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, width,"
-            " height, format, state, first_seen, updated) VALUES"
-            " (?, ?, ?, 1, ?, 3000000, ?, ?, 4000, 3000, 'JPEG', 'ok', ?, ?)",
-            (
-                (i + 1, root, f"old/{i:07}.jpg", i + 1, i, f"{rng.getrandbits(256):064x}", now, now)
-                for i in range(n)
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO hashes (file_id, hasher, bits) VALUES (?, ?, ?)",
-            ((i + 1, hasher_key, rng.randbytes(32)) for i in range(n)),
-        )
+    files = [
+        (f"old/{i:07}.jpg", FileStat(1, i + 1, 3_000_000, i), f"{rng.getrandbits(256):064x}")
+        for i in range(n)
+    ]
+    insert_hashed(store, root, files, hasher_key, rng)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -58,12 +58,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `tests.photos`
 
+from fixtures import insert_hashed
 from machine import machine_info
 from PIL import Image
 
 from dedupd.config import Config
 from dedupd.engine import ScanReport, excluded_dirs, reconcile_roots
 from dedupd.hashers import Hasher
+from dedupd.imaging import FileStat
 from dedupd.scanner import NameFilter, root_key, walk
 from dedupd.store import Store
 from tests import photos
@@ -257,25 +259,10 @@ def make_flat_tree(root: Path, n: int, seed: int) -> list[tuple[str, os.stat_res
 
 
 def populate(store: Store, root: str, files: list[tuple[str, os.stat_result, str]]) -> None:
-    """Records as a scan would leave them, in bulk, in the store's layout (as bench/ingest.py)."""
+    """Records as a scan would leave them, in bulk, in the store's layout."""
     key = Hasher(Config().hashing.algorithm, Config().hashing.hash_size).key
-    rng = random.Random(SEED)
-    now = time.time()
-    conn = store.db.conn
-    with conn:
-        conn.executemany(
-            "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, width,"
-            " height, format, state, first_seen, updated) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, 4000, 3000, 'JPEG', 'ok', ?, ?)",
-            (
-                (i + 1, root, rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha, now, now)
-                for i, (rel, st, sha) in enumerate(files)
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO hashes (file_id, hasher, bits) VALUES (?, ?, ?)",
-            ((i + 1, key, rng.randbytes(32)) for i in range(len(files))),
-        )
+    recs = [(rel, FileStat.of(st), sha) for rel, st, sha in files]
+    insert_hashed(store, root, recs, key, random.Random(SEED))
 
 
 def bench_reconcile(work: Path, n: int, rounds: int, env: dict[str, str]) -> dict[str, Any]:
