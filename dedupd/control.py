@@ -32,7 +32,6 @@ from dedupd import queries
 from dedupd.config import parse_duration
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError
 from dedupd.imaging import hash_image
-from dedupd.store import Store
 
 if TYPE_CHECKING:
     from dedupd.daemon import Daemon
@@ -237,10 +236,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 Route = Callable[["Daemon", dict[str, str], dict[str, Any]], dict[str, Any]]
 
 
-def _store(d: Daemon) -> Store:
-    return Store(d.config.database, readonly=True)
-
-
 def _int(params: dict[str, str], name: str, default: int) -> int:
     try:
         value = int(params.get(name, default))
@@ -285,7 +280,7 @@ def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str
     else:
         raise _BadRequest(400, "bad request", "give path= or hash=")
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
-    with _store(d) as store:
+    with d.store_reader() as store:
         return queries.search(
             store,
             ingest.index,
@@ -299,14 +294,14 @@ def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str
 
 
 def _groups(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    with _store(d) as store:
+    with d.store_reader() as store:
         return queries.groups(store, d.config)
 
 
 def _file(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     if "path" not in params:
         raise _BadRequest(400, "bad request", "give path=")
-    with _store(d) as store:
+    with d.store_reader() as store:
         return queries.file_info(store, d.ingest.hasher, params["path"])
 
 
@@ -317,7 +312,7 @@ def _quarantine(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict
             since = time.time() - parse_duration(params["since"])
         except ValueError as exc:
             raise _BadRequest(400, "bad request", "since must be a duration like 7d") from exc
-    with _store(d) as store:
+    with d.store_reader() as store:
         return queries.quarantine_list(store, root=params.get("root"), since=since)
 
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,17 +142,22 @@ class Daemon:
         self._wake.set()
         return future
 
-    def _run_commands(self) -> None:
+    def _pending_commands(self) -> Iterator[tuple[Callable[[], dict[str, Any]], Future[Any]]]:
+        """Queued commands whose requester still waits (cancelled ones are dropped)."""
         while True:
             try:
                 fn, future = self._commands.get_nowait()
             except queue.Empty:
                 return
             if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # the requester gets it; the daemon goes on
-                    future.set_exception(exc)
+                yield fn, future
+
+    def _run_commands(self) -> None:
+        for fn, future in self._pending_commands():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # the requester gets it; the daemon goes on
+                future.set_exception(exc)
 
     def status(self) -> dict[str, Any]:
         """What `dedupctl status` shows. Read from other threads: values may be a moment old."""
@@ -197,6 +202,7 @@ class Daemon:
         }
 
     def store_reader(self) -> Store:
+        """A read-only connection of its own, for a control-socket thread."""
         return Store(self.config.database, readonly=True)
 
     def request_rescan(self, root: str | None) -> dict[str, Any]:
@@ -351,13 +357,8 @@ class Daemon:
             self._last_status = now
 
     def _fail_pending_commands(self) -> None:
-        while True:
-            try:
-                _, future = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if future.set_running_or_notify_cancel():
-                future.set_exception(DaemonStopping("dedupd is stopping"))
+        for _, future in self._pending_commands():
+            future.set_exception(DaemonStopping("dedupd is stopping"))
 
     def _maybe_reload(self) -> None:
         if self._reload_flag:

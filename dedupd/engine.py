@@ -219,7 +219,7 @@ class Ingest:
             return None
         decision = decide(
             newcomer,
-            [Candidate(records[i], d, kind) for i, (d, kind) in found.items() if i in records],
+            [Candidate(records[i], d, kind) for i, (d, kind) in found.items()],
             policies=self.policies,
             default=self.default_policy,
             distinct=self.store.distinct_from(result.sha256),

@@ -261,12 +261,6 @@ class Store:
     def recent_errors(self, limit: int) -> list[FileRecord]:
         return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
 
-    def errors(self, roots: Sequence[str]) -> list[FileRecord]:
-        marks = ", ".join("?" * len(roots))
-        return self._files(
-            f"f.state = 'error' AND f.root IN ({marks}) ORDER BY f.root, f.relpath", roots
-        )
-
     def unhashed(self, root: str, hasher: str) -> list[FileRecord]:
         """Files decoded before with another hasher: they need the current one (lazily)."""
         return self._files(

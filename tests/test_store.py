@@ -88,7 +88,7 @@ def test_error_is_recorded_with_its_kind_and_clears_hashes(tmp_path: Path) -> No
             None,
         )
         assert store.hash_of(fid, "phash:16") is None
-        assert store.errors(["/r"]) == [record]
+        assert store.recent_errors(10) == [record]
 
 
 def test_move_follows_a_rename_and_replaces_a_stale_record_at_the_target(tmp_path: Path) -> None:
