@@ -5,11 +5,20 @@ filesystem change and marked ``done``, ``failed`` or ``rolled_back`` after. A cr
 instant leaves a ``planned`` entry that `recover()` finishes or rolls back on the next start,
 so that each photo exists exactly once: in place, or in quarantine.
 
+Actions work on what was verified, not on a name that may have changed since. A quarantine
+or a delete first renames the file into its root's private staging folder (`safefs`), which
+takes it out of the user's namespace atomically; the staged file is then checked by
+descriptor (inode, size, mtime, sha256). Only then is it linked into quarantine or unlinked;
+anything else is put back where it was (under a free name if a new file took the old one).
+A photo renamed onto the name meanwhile, or a folder swapped for a symlink, is never touched:
+every folder is opened from `/` without following links, and every later step goes through
+descriptors.
+
 Moves never overwrite: the new name is created with ``link()`` (which fails if the name
 exists), and the old one is unlinked only after. Across filesystems the bytes are copied to a
-temporary name, fsynced and checked against the recorded sha256 before that link.
-A delete happens only for an exact duplicate whose keeper, at another inode, is read again
-just before and still has the same sha256.
+temporary name, fsynced and checked against the recorded sha256 before that link. A delete
+happens only for an exact duplicate whose keeper, at another inode, is read again just before
+and still has the same sha256.
 """
 
 from __future__ import annotations
@@ -18,17 +27,18 @@ import contextlib
 import errno
 import functools
 import os
-import shutil
+import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import structlog
 
+from dedupd import safefs
 from dedupd.errors import DedupdError
-from dedupd.imaging import FileStat, file_sha256
+from dedupd.imaging import FileStat
 from dedupd.store import FileRecord, Store
 
 __all__ = ["ActionError", "Actions", "Recovered", "quarantine_path_for"]
@@ -37,6 +47,10 @@ log = structlog.get_logger("dedupd.actions")
 
 # Test seam: the cross-filesystem path is exercised by making link() report EXDEV.
 _link = os.link
+# Test seam: where copied bytes go (a full disk is simulated by making it raise ENOSPC).
+_write = os.write
+
+_CROSS_DEVICE = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
 
 
 class ActionError(DedupdError):
@@ -63,32 +77,93 @@ def quarantine_path_for(quarantine: Path, record: FileRecord) -> Path:
     return quarantine / record.root.lstrip(os.sep) / record.relpath
 
 
-def _free_name(path: Path) -> Path:
-    """`path`, or `name (1).ext`, `name (2).ext`, … whichever does not exist yet."""
-    candidate, n = path, 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
-    return candidate
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+@contextlib.contextmanager
+def _fd(fd: int) -> Iterator[int]:
     try:
-        os.fsync(fd)
+        yield fd
     finally:
         os.close(fd)
 
 
-def _exists(path: str | None) -> bool:
-    return path is not None and os.path.lexists(path)
+def _same_version(st: os.stat_result, expected: FileStat) -> bool:
+    return stat.S_ISREG(st.st_mode) and FileStat.of(st) == expected
+
+
+class _Staged:
+    """One file taken out of its folder into the root's staging folder, by descriptors.
+
+    `stage()` renames it away; `put_back()` returns it to its folder (under a free name if
+    its own was taken meanwhile); `discard()` unlinks the staged name. Use as a context
+    manager: the descriptors are closed at the end.
+    """
+
+    def __init__(self, src: PurePath, root: str, token: str):
+        self.src, self.root = src, root
+        self.name = f"{token}{src.suffix}"
+        self.path = PurePath(root) / safefs.STAGING_DIR / self.name
+        self.src_dir = safefs.open_dir(src.parent)
+        try:
+            self.staging = safefs.staging_dir(root)
+        except BaseException:
+            os.close(self.src_dir)
+            raise
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.src_dir)
+        os.close(self.staging)
+        _remove_staging_if_empty(self.root)
+
+    def stat_source(self) -> os.stat_result | None:
+        return safefs.stat_at(self.src_dir, self.src.name)
+
+    def stage(self) -> None:
+        try:
+            os.rename(
+                self.src.name, self.name, src_dir_fd=self.src_dir, dst_dir_fd=self.staging
+            )
+        except FileNotFoundError as exc:
+            raise ActionError(f"{self.src}: vanished before it could be acted on") from exc
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise ActionError(
+                    f"{self.src} is on another filesystem than its root {self.root}; "
+                    "it cannot be moved safely and was left in place"
+                ) from exc
+            raise
+        safefs.fsync_dir(self.staging)
+
+    def open(self) -> int:
+        return safefs.open_file_at(self.staging, self.name)
+
+    def put_back(self) -> str:
+        """Link the staged file back into its folder (never over another file), then drop
+        the staged name. Returns the path it is back at."""
+        name = safefs.free_name_at(self.src_dir, self.src.name)
+        os.link(
+            self.name,
+            name,
+            src_dir_fd=self.staging,
+            dst_dir_fd=self.src_dir,
+            follow_symlinks=False,
+        )
+        safefs.fsync_dir(self.src_dir)
+        self.discard()
+        return str(self.src.parent / name)
+
+    def discard(self) -> None:
+        os.unlink(self.name, dir_fd=self.staging)
+        safefs.fsync_dir(self.staging)
 
 
 class Actions:
     """Journaled quarantine, delete, restore and purge over one store.
 
     `checkpoint(step)` is called after each step of an operation; tests use it to kill the
-    process at every instant and check that `recover()` leaves each photo exactly once.
+    process at every instant, or to change the files under dedupd's feet, and check that each
+    photo still exists exactly once.
     """
 
     def __init__(
@@ -99,58 +174,60 @@ class Actions:
         checkpoint: Callable[[str], None] = _no_checkpoint,
     ):
         self.store = store
-        self.quarantine_dir = quarantine
+        self.quarantine_dir = Path(os.path.realpath(quarantine)) if quarantine else None
         self._checkpoint = checkpoint
 
-    # -- moving -------------------------------------------------------------------------------
-    def _move(self, action_id: int, src: Path, dst: Path, sha256: str) -> None:
-        """Make `dst` hold src's bytes, then remove `src`. Never overwrites anything."""
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _link(src, dst)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-                raise
-            self._copy_in(action_id, src, dst, sha256)
-        self._checkpoint("linked")
-        _fsync_dir(dst.parent)
-        os.unlink(src)
-        _fsync_dir(src.parent)
-        self._checkpoint("unlinked")
-
-    def _copy_in(self, action_id: int, src: Path, dst: Path, sha256: str) -> None:
-        """Cross-filesystem: copy to a temporary name, fsync, verify, then link into place."""
-        tmp = dst.with_name(f".dedupd-{action_id}.tmp")
-        self.store.journal_update(action_id, tmp=str(tmp))
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        shutil.copystat(src, tmp)
-        self._checkpoint("copied")
-        if file_sha256(str(tmp)) != sha256:
-            os.unlink(tmp)
-            raise ActionError(f"{src}: the copy in quarantine does not match; source left in place")
-        os.link(tmp, dst)  # same filesystem now; fails rather than overwrite
-        os.unlink(tmp)
-
-    def _check_unchanged(self, record: FileRecord) -> None:
-        try:
-            now = FileStat.of(os.stat(record.path))
-        except FileNotFoundError as exc:
-            raise ActionError(f"{record.path}: vanished before it could be acted on") from exc
-        if now != record.stat:
-            raise ActionError(f"{record.path}: changed since it was hashed; left in place")
-
+    # -- guards -----------------------------------------------------------------------------
     def _run(self, action_id: int, operation: Callable[[], None]) -> None:
+        """Run `operation`; any failure is journaled and raised as ActionError."""
         try:
             operation()
-        except (OSError, ActionError) as exc:
-            self.store.journal_finish(action_id, "failed", str(exc))
-            log.error("action_failed", action=action_id, error=str(exc))
+        except (OSError, DedupdError) as exc:
+            detail = str(exc)
+            self.store.journal_finish(action_id, "failed", detail)
+            log.error("action_failed", action=action_id, error=detail)
             if isinstance(exc, ActionError):
                 raise
-            raise ActionError(str(exc)) from exc
+            raise ActionError(detail) from exc
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _refusals(what: str) -> Iterator[None]:
+        """Errors met before anything was journaled or moved: refuse with a clear reason."""
+        try:
+            yield
+        except ActionError:
+            raise
+        except FileNotFoundError as exc:
+            raise ActionError(f"{exc.filename or what}: gone; nothing done") from exc
+        except (OSError, DedupdError) as exc:
+            raise ActionError(f"{what}: {exc}; nothing done") from exc
+
+    @staticmethod
+    def _check_staged(staged: _Staged, fd: int, record: FileRecord) -> None:
+        """The staged file is the version that was hashed: same inode, size, mtime, bytes."""
+        if not _same_version(os.fstat(fd), record.stat):
+            raise ActionError(f"{record.path} changed since it was hashed; put back")
+        if safefs.sha256_fd(fd) != record.sha256:
+            raise ActionError(f"{record.path} changed since it was hashed; put back")
+
+    def _check_keeper(self, record: FileRecord, keeper: FileRecord, fd: int | None) -> int:
+        """The keeper is a regular file (never a symlink) at another inode than the target
+        (`fd`, when staged) and present now. Returns a descriptor of it (caller closes)."""
+        with safefs.directory(keeper.path.parent) as kdir:
+            try:
+                kfd = safefs.open_file_at(kdir, keeper.path.name)
+            except FileNotFoundError as exc:
+                raise ActionError(f"{keeper.path}: gone; nothing done") from exc
+            except safefs.UnsafePath as exc:
+                raise ActionError(f"{keeper.path} is not a regular file; nothing done") from exc
+        k = os.fstat(kfd)
+        if fd is not None:
+            r = os.fstat(fd)
+            if (k.st_dev, k.st_ino) == (r.st_dev, r.st_ino):
+                os.close(kfd)
+                raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
+        return kfd
 
     # -- the operations ------------------------------------------------------------------------
     def quarantine(
@@ -161,76 +238,173 @@ class Actions:
             raise ActionError("quarantine.path is not configured; cannot quarantine")
         if record.sha256 is None:
             raise ActionError(f"{record.path}: not hashed; cannot quarantine")
-        self._check_unchanged(record)
-        if keeper is not None:
-            self._check_keeper_is_another_file(record, keeper)
-        dst = _free_name(quarantine_path_for(self.quarantine_dir, record))
-        action_id = self.store.journal_plan(
-            kind="quarantine",
-            file_id=record.id,
-            src=str(record.path),
-            dst=str(dst),
-            sha256=record.sha256,
-            keeper_id=keeper.id if keeper else None,
-            keeper_path=str(keeper.path) if keeper else None,
-            distance=distance,
-            reason=reason,
-        )
-        self._checkpoint("planned")
-        self._run(action_id, lambda: self._move(action_id, record.path, dst, record.sha256 or ""))
+        target = quarantine_path_for(self.quarantine_dir, record)
+        with self._refusals(str(record.path)):
+            staged = _Staged(record.path, record.root, secrets.token_hex(8))
+        with staged:
+            with self._refusals(str(record.path)):
+                self._check_source(staged, record)
+                if keeper is not None:
+                    self._check_keeper_before(record, keeper)
+                qdir = safefs.open_dir(target.parent, create=True, mode=0o750)
+            with _fd(qdir):
+                dst = target.parent / safefs.free_name_at(qdir, target.name)
+                action_id = self.store.journal_plan(
+                    kind="quarantine",
+                    file_id=record.id,
+                    src=str(record.path),
+                    dst=str(dst),
+                    staged=str(staged.path),
+                    sha256=record.sha256,
+                    keeper_id=keeper.id if keeper else None,
+                    keeper_path=str(keeper.path) if keeper else None,
+                    distance=distance,
+                    reason=reason,
+                )
+                self._checkpoint("planned")
+                self._run(
+                    action_id, lambda: self._quarantine_staged(action_id, staged, record, qdir, dst)
+                )
         self._finish_removal(action_id, record, "quarantined")
         return action_id
+
+    def _check_source(self, staged: _Staged, record: FileRecord) -> None:
+        st = staged.stat_source()
+        if st is None:
+            raise ActionError(f"{record.path}: vanished before it could be acted on")
+        if not _same_version(st, record.stat):
+            raise ActionError(f"{record.path}: changed since it was hashed; left in place")
+
+    def _check_keeper_before(self, record: FileRecord, keeper: FileRecord) -> None:
+        kfd = self._check_keeper(record, keeper, None)
+        with _fd(kfd):
+            k = os.fstat(kfd)
+        if (k.st_dev, k.st_ino) == (record.dev, record.inode):
+            raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
+
+    def _quarantine_staged(
+        self, action_id: int, staged: _Staged, record: FileRecord, qdir: int, dst: Path
+    ) -> None:
+        staged.stage()
+        self._checkpoint("staged")
+        placed = False
+        try:
+            with _fd(staged.open()) as fd:
+                self._check_staged(staged, fd, record)
+                self._checkpoint("verified")
+                try:
+                    _link(
+                        staged.name,
+                        dst.name,
+                        src_dir_fd=staged.staging,
+                        dst_dir_fd=qdir,
+                        follow_symlinks=False,
+                    )
+                except OSError as exc:
+                    if exc.errno not in _CROSS_DEVICE:
+                        raise
+                    self._copy_in(action_id, fd, qdir, dst, record.sha256 or "")
+                placed = True
+                self._checkpoint("linked")
+                safefs.fsync_dir(qdir)
+        except BaseException:
+            if not placed:
+                where = staged.put_back()
+                log.warning("action_put_back", action=action_id, path=where)
+            raise
+        staged.discard()
+        self._checkpoint("unlinked")
+
+    def _copy_in(self, action_id: int, fd: int, dir_fd: int, dst: Path, sha256: str) -> None:
+        """Across filesystems: copy the descriptor's bytes to a temporary name in `dir_fd`,
+        fsync, verify, then link into place (which fails rather than overwrite). A failure
+        (a full disk) removes the partial copy."""
+        tmp = f".dedupd-{action_id}.tmp"
+        self.store.journal_update(action_id, tmp=str(dst.parent / tmp))
+        out = os.open(
+            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            dir_fd=dir_fd,
+        )
+        try:
+            with _fd(out):
+                offset = 0
+                while chunk := os.pread(fd, 1 << 20, offset):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[_write(out, view) :]
+                    offset += len(chunk)
+                os.fsync(out)
+                st = os.fstat(fd)
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fchmod(out, stat.S_IMODE(st.st_mode))
+                if os.geteuid() == 0:  # keep the uploader's ownership
+                    os.fchown(out, st.st_uid, st.st_gid)
+                self._checkpoint("copied")
+                if safefs.sha256_fd(out) != sha256:
+                    raise ActionError(f"{dst}: the copy does not match; source left in place")
+                os.link(tmp, dst.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        os.unlink(tmp, dir_fd=dir_fd)
 
     def delete(self, record: FileRecord, keeper: FileRecord, reason: str) -> int:
         """Delete an exact duplicate after re-verifying its keeper; returns the action id."""
         if record.sha256 is None or record.sha256 != keeper.sha256:
             raise ActionError(f"{record.path}: only exact duplicates are deleted")
-        self._check_unchanged(record)
-        action_id = self.store.journal_plan(
-            kind="delete",
-            file_id=record.id,
-            src=str(record.path),
-            sha256=record.sha256,
-            keeper_id=keeper.id,
-            keeper_path=str(keeper.path),
-            distance=0,
-            reason=reason,
-        )
-        self._checkpoint("planned")
-
-        def verify_and_unlink() -> None:
-            self._verify_keeper(record, keeper)
-            self._checkpoint("verified")
-            os.unlink(record.path)
-            _fsync_dir(record.path.parent)
-            self._checkpoint("unlinked")
-
-        self._run(action_id, verify_and_unlink)
+        with self._refusals(str(record.path)):
+            staged = _Staged(record.path, record.root, secrets.token_hex(8))
+        with staged:
+            with self._refusals(str(record.path)):
+                self._check_source(staged, record)
+            action_id = self.store.journal_plan(
+                kind="delete",
+                file_id=record.id,
+                src=str(record.path),
+                staged=str(staged.path),
+                sha256=record.sha256,
+                keeper_id=keeper.id,
+                keeper_path=str(keeper.path),
+                distance=0,
+                reason=reason,
+            )
+            self._checkpoint("planned")
+            self._run(action_id, lambda: self._delete_staged(action_id, staged, record, keeper))
         self._finish_removal(action_id, record, "deleted")
         return action_id
 
-    @staticmethod
-    def _check_keeper_is_another_file(record: FileRecord, keeper: FileRecord) -> None:
-        """The keeper must be a regular file (not a symlink) at another inode, present now."""
+    def _delete_staged(
+        self, action_id: int, staged: _Staged, record: FileRecord, keeper: FileRecord
+    ) -> None:
+        staged.stage()
+        self._checkpoint("staged")
         try:
-            k, r = os.lstat(keeper.path), os.lstat(record.path)
-        except FileNotFoundError as exc:
-            raise ActionError(f"{exc.filename}: gone; nothing done") from exc
-        if not stat.S_ISREG(k.st_mode):
-            raise ActionError(f"{keeper.path} is not a regular file; nothing done")
-        if (k.st_dev, k.st_ino) == (r.st_dev, r.st_ino):
-            raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
+            with _fd(staged.open()) as fd:
+                self._check_staged(staged, fd, record)
+                self._verify_keeper(record, keeper, fd)
+                self._checkpoint("verified")
+        except BaseException as exc:
+            where = staged.put_back()
+            log.warning("action_put_back", action=action_id, path=where)
+            if isinstance(exc, ActionError):
+                raise ActionError(f"{exc}; nothing deleted") from exc
+            raise
+        staged.discard()
+        self._checkpoint("unlinked")
 
-    @classmethod
-    def _verify_keeper(cls, record: FileRecord, keeper: FileRecord) -> None:
+    def _verify_keeper(self, record: FileRecord, keeper: FileRecord, fd: int) -> None:
         try:
-            cls._check_keeper_is_another_file(record, keeper)
-        except ActionError as exc:
-            raise ActionError(f"{exc}; nothing deleted") from exc
-        if file_sha256(str(keeper.path)) != record.sha256:
-            raise ActionError(f"{keeper.path} no longer has the same bytes; nothing deleted")
-        if file_sha256(str(record.path)) != record.sha256:
-            raise ActionError(f"{record.path} changed; nothing deleted")
+            kfd = self._check_keeper(record, keeper, fd)
+        except safefs.UnsafePath as exc:
+            raise ActionError(f"{keeper.path}: {exc}") from exc
+        with _fd(kfd):
+            try:
+                same = safefs.sha256_fd(kfd) == record.sha256
+            except OSError as exc:
+                raise ActionError(f"{keeper.path} cannot be read: {exc.strerror}") from exc
+        if not same:
+            raise ActionError(f"{keeper.path} no longer has the same bytes")
 
     def _finish_removal(self, action_id: int, record: FileRecord, state: Any) -> None:
         self.store.journal_finish(action_id, "done")
@@ -238,8 +412,10 @@ class Actions:
         self.store.set_state(record.id, state)
 
     def restore(self, action_id: int) -> Path:
-        """Put a quarantined file back at its original path (never overwriting) and remember
-        the pair as distinct so it is not quarantined again. Returns the restored path."""
+        """Put a quarantined file back at its original path (never overwriting, never through
+        a symlinked folder) and remember the pair as distinct so it is not quarantined again.
+        A file whose bytes changed in quarantine (an edit that reached it) is restored too: it
+        is the user's newest version. Returns the restored path."""
         original = self.store.action(action_id)
         if original is None or original["kind"] != "quarantine" or original["state"] != "done":
             raise ActionError(f"action {action_id} is not a finished quarantine")
@@ -248,32 +424,59 @@ class Actions:
         ):
             raise ActionError(f"action {action_id} was already restored or purged")
         src, dst = Path(original["dst"]), Path(original["src"])
-        if os.path.lexists(dst):
-            raise ActionError(f"{dst} exists; refusing to overwrite it")
-        try:
-            intact = file_sha256(str(src)) == original["sha256"]
-        except DedupdError as exc:
-            raise ActionError(f"{exc}; nothing restored") from exc
-        if not intact:
-            raise ActionError(f"{src} no longer holds the quarantined photo; nothing restored")
-        # Remember the user's decision before the file reappears, so that a daemon watching
-        # the folder never sees it back without the distinct mark.
-        self._mark_restored_distinct(original)
-        restore_id = self.store.journal_plan(
-            kind="restore",
-            file_id=original["file_id"],
-            src=str(src),
-            dst=str(dst),
-            sha256=original["sha256"],
-            keeper_id=original["keeper_id"],
-            keeper_path=original["keeper_path"],
-            of_action=action_id,
-            reason="user restore",
-        )
-        self._checkpoint("planned")
-        self._run(restore_id, lambda: self._move(restore_id, src, dst, original["sha256"]))
+        with self._refusals(f"{dst}: nothing restored ({src})"):
+            qdir = safefs.open_dir(src.parent)
+        with _fd(qdir):
+            with self._refusals(f"{src}: nothing restored"):
+                fd = safefs.open_file_at(qdir, src.name)
+            with _fd(fd):
+                with self._refusals(f"{dst}: nothing restored"):
+                    sha256 = safefs.sha256_fd(fd)
+                    ddir = safefs.open_dir(dst.parent, create=True)
+                with _fd(ddir):
+                    if safefs.exists_at(ddir, dst.name):
+                        raise ActionError(f"{dst} exists; refusing to overwrite it")
+                    # Remember the user's decision before the file reappears, so that a daemon
+                    # watching the folder never sees it back without the distinct mark.
+                    self._mark_restored_distinct(original)
+                    restore_id = self.store.journal_plan(
+                        kind="restore",
+                        file_id=original["file_id"],
+                        src=str(src),
+                        dst=str(dst),
+                        sha256=sha256,
+                        keeper_id=original["keeper_id"],
+                        keeper_path=original["keeper_path"],
+                        of_action=action_id,
+                        reason="user restore"
+                        if sha256 == original["sha256"]
+                        else "user restore (its bytes changed in quarantine)",
+                    )
+                    self._checkpoint("planned")
+                    self._run(
+                        restore_id,
+                        lambda: self._restore_move(restore_id, qdir, fd, src, ddir, dst, sha256),
+                    )
         self._finish_restore(restore_id, original)
         return dst
+
+    def _restore_move(
+        self, action_id: int, qdir: int, fd: int, src: Path, ddir: int, dst: Path, sha256: str
+    ) -> None:
+        try:
+            _link(src.name, dst.name, src_dir_fd=qdir, dst_dir_fd=ddir, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _CROSS_DEVICE:
+                raise
+            self._copy_in(action_id, fd, ddir, dst, sha256)
+        self._checkpoint("linked")
+        safefs.fsync_dir(ddir)
+        here = safefs.stat_at(qdir, src.name)
+        mine = os.fstat(fd)
+        if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(src.name, dir_fd=qdir)
+            safefs.fsync_dir(qdir)
+        self._checkpoint("unlinked")
 
     def _mark_restored_distinct(self, original: dict[str, Any]) -> None:
         self.store.remove_tombstones(original["sha256"], original["src"])
@@ -289,7 +492,8 @@ class Actions:
 
     def purge(self, older_than: float, *, only: set[int] | None = None) -> list[int]:
         """Delete files quarantined more than `older_than` seconds ago (by the store's clock);
-        with `only`, just those quarantine action ids among them."""
+        with `only`, just those quarantine action ids among them. A file whose bytes changed
+        in quarantine is kept (and the failure says to restore it)."""
         cutoff = self.store.now() - older_than
         purged = []
         for q in self.store.quarantined():
@@ -305,7 +509,9 @@ class Actions:
             )
             self._checkpoint("planned")
             try:
-                self._run(purge_id, functools.partial(_unlink_verified, q["dst"], q["sha256"]))
+                self._run(
+                    purge_id, functools.partial(_unlink_verified, q["dst"], q["sha256"], q["id"])
+                )
             except ActionError:
                 continue  # journaled as failed and logged; purge the others
             self.store.journal_finish(purge_id, "done")
@@ -314,7 +520,11 @@ class Actions:
 
     # -- crash recovery -----------------------------------------------------------------------
     def recover(self) -> list[Recovered]:
-        """Finish or roll back every action a crash left `planned`. Run before anything else."""
+        """Finish or roll back every action a crash left `planned`. Run before anything else.
+
+        A quarantine or delete that is rolled back marks its file stale, so that the next
+        reconcile decides about it again instead of skipping an unchanged file forever.
+        """
         results = []
         for a in self.store.actions("state = 'planned'"):
             try:
@@ -332,12 +542,16 @@ class Actions:
                         )
                 elif a["kind"] == "restore":
                     original = self.store.action(a["of_action"])
-                    assert original is not None  # a restore always names its quarantine
+                    if original is None:
+                        raise DedupdError(f"restore {a['id']} names no quarantine")
                     self._finish_restore(a["id"], original)
                 else:
                     self.store.journal_finish(a["id"], "done", "completed during recovery")
             else:
                 self.store.journal_finish(a["id"], outcome, detail)
+                rolled_back = outcome == "rolled_back" and a["kind"] in ("quarantine", "delete")
+                if rolled_back and a["file_id"] is not None:
+                    self.store.mark_stale(a["file_id"])
             log.warning(
                 "action_recovered", action=a["id"], kind=a["kind"], outcome=outcome, detail=detail
             )
@@ -345,55 +559,158 @@ class Actions:
         return results
 
     def _recover_one(self, a: dict[str, Any]) -> tuple[str, str]:
-        src, dst, tmp = a["src"], a["dst"], a["tmp"]
+        if a["kind"] == "purge":
+            try:
+                _unlink_verified(a["src"], a["sha256"], a["of_action"])
+            except ActionError as exc:
+                return "failed", str(exc)
+            return "done", "purge finished"
+        if a["kind"] in ("quarantine", "delete") and a.get("staged"):
+            return self._recover_staged(a)
+        return self._recover_move(a)
+
+    def _recover_staged(self, a: dict[str, Any]) -> tuple[str, str]:
+        """A quarantine or delete that renamed its file into the staging folder first."""
+        src, dst, tmp, staged = a["src"], a["dst"], a["tmp"], PurePath(a["staged"])
+        root = str(staged.parent.parent)
+        staged_here = safefs.lexists(staged)
         if a["kind"] == "delete":
-            if _exists(src):
+            if staged_here:
+                where = _put_back(staged, PurePath(src), root)
+                return "rolled_back", f"crashed before the delete; put back at {where}"
+            if safefs.lexists(src) and _sha256_of(src) == a["sha256"]:
                 return "rolled_back", "crashed before the delete; file kept"
             return "done", "file was deleted before the crash"
-        if a["kind"] == "purge":
-            if _exists(src) and file_sha256(src) != a["sha256"]:
-                return "failed", f"{src} no longer holds the quarantined bytes; kept"
-            _unlink_if_present(src)
-            return "done", "purge finished"
-        # quarantine and restore: a move from src to dst
-        if _exists(src) and _exists(dst):
+        _unlink_if_present(tmp)  # a partial cross-filesystem copy: redone or not needed
+        if staged_here and dst is not None and safefs.lexists(dst):
+            if _same_file(staged, dst) or _sha256_of(dst) == a["sha256"]:
+                _unlink_path(staged)
+                _remove_staging_if_empty(root)
+                return "done", "the file was in quarantine; the staged name was removed"
+            where = _put_back(staged, PurePath(src), root)
+            return "rolled_back", f"quarantine held other bytes; put back at {where}"
+        if staged_here:
+            where = _put_back(staged, PurePath(src), root)
+            return "rolled_back", f"crashed before the move; put back at {where}"
+        if dst is not None and safefs.lexists(dst):
+            return "done", "the move had completed"
+        if safefs.lexists(src):
+            return "rolled_back", "crashed before the move; file left in place"
+        return "failed", "neither the source, the staged file nor the destination exists"
+
+    def _recover_move(self, a: dict[str, Any]) -> tuple[str, str]:
+        """A restore (quarantine → original folder), or a journal entry written by a version
+        of dedupd that moved files without staging."""
+        src, dst, tmp = a["src"], a["dst"], a["tmp"]
+        if a["kind"] == "delete":
+            if safefs.lexists(src):
+                return "rolled_back", "crashed before the delete; file kept"
+            return "done", "file was deleted before the crash"
+        if safefs.lexists(src) and safefs.lexists(dst):
             # Remove the source only when it provably is the file now safe at dst: the same
             # inode, or both holding the journaled bytes. Anything else (an edit saved over
             # the source while we were down) is kept, whatever it costs.
-            same = os.path.samefile(src, dst) or (
-                file_sha256(src) == a["sha256"] and file_sha256(dst) == a["sha256"]
+            same = _same_file(src, dst) or (
+                _sha256_of(src) == a["sha256"] and _sha256_of(dst) == a["sha256"]
             )
-            if same:
-                os.unlink(src)
-                _unlink_if_present(tmp)
-                return "done", "both names existed; the source was removed"
             _unlink_if_present(tmp)
+            if same:
+                _unlink_path(src)
+                return "done", "both names existed; the source was removed"
             return "failed", f"{src} and {dst} hold different bytes; both left in place"
-        if _exists(dst):
+        if safefs.lexists(dst):
             _unlink_if_present(tmp)
             return "done", "the move had completed"
-        if _exists(src):
+        if safefs.lexists(src):
             _unlink_if_present(tmp)
             return "rolled_back", "crashed before the move; file left in place"
-        if _exists(tmp) and file_sha256(tmp) == a["sha256"]:
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            os.link(tmp, dst)
-            os.unlink(tmp)
+        if tmp is not None and safefs.lexists(tmp) and _sha256_of(tmp) == a["sha256"]:
+            t, d = PurePath(tmp), PurePath(dst)
+            with safefs.directory(t.parent) as tdir, safefs.directory(d.parent) as ddir:
+                os.link(t.name, d.name, src_dir_fd=tdir, dst_dir_fd=ddir, follow_symlinks=False)
+                os.unlink(t.name, dir_fd=tdir)
             return "done", "finished from the verified temporary copy"
         return "failed", "neither the source nor the destination exists"
 
 
-def _unlink_verified(path: str, sha256: str) -> None:
-    """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger)."""
+def _sha256_of(path: str | PurePath) -> str:
+    p = PurePath(path)
+    with safefs.directory(p.parent) as d, _fd(safefs.open_file_at(d, p.name)) as fd:
+        return safefs.sha256_fd(fd)
+
+
+def _same_file(a: str | PurePath, b: str | PurePath) -> bool:
+    sts = []
+    for path in (PurePath(a), PurePath(b)):
+        with safefs.directory(path.parent) as d:
+            st = safefs.stat_at(d, path.name)
+        if st is None:
+            return False
+        sts.append((st.st_dev, st.st_ino))
+    return sts[0] == sts[1]
+
+
+def _unlink_path(path: str | PurePath) -> None:
+    p = PurePath(path)
+    with safefs.directory(p.parent) as d:
+        os.unlink(p.name, dir_fd=d)
+        safefs.fsync_dir(d)
+
+
+def _put_back(staged: PurePath, src: PurePath, root: str) -> str:
+    """Return a staged file to its folder, or to its root when that folder is gone or is no
+    longer a real folder; under a free name if its own is taken. Returns where it went."""
     try:
-        if os.path.lexists(path) and file_sha256(path) != sha256:
-            raise ActionError(f"{path} no longer holds the quarantined bytes; kept")
-    except DedupdError as exc:
-        raise ActionError(str(exc)) from exc
-    _unlink_if_present(path)
+        folder = safefs.open_dir(src.parent)
+    except (FileNotFoundError, safefs.UnsafePath):
+        folder = safefs.open_dir(root)
+        src = PurePath(root) / src.name
+    with _fd(folder), safefs.directory(staged.parent) as sdir:
+        name = safefs.free_name_at(folder, src.name)
+        os.link(staged.name, name, src_dir_fd=sdir, dst_dir_fd=folder, follow_symlinks=False)
+        safefs.fsync_dir(folder)
+        os.unlink(staged.name, dir_fd=sdir)
+        safefs.fsync_dir(sdir)
+    _remove_staging_if_empty(root)
+    return str(src.parent / name)
+
+
+def _remove_staging_if_empty(root: str) -> None:
+    """The staging folder exists only while an action runs (or a crash left one to recover):
+    the user's folder does not keep a trace of dedupd."""
+    with contextlib.suppress(OSError), safefs.directory(root) as d:
+        os.rmdir(safefs.STAGING_DIR, dir_fd=d)
+
+
+def _unlink_verified(path: str, sha256: str, action_id: int) -> None:
+    """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger, nor the
+    user's newer bytes)."""
+    p = PurePath(path)
+    try:
+        with safefs.directory(p.parent) as d:
+            try:
+                fd = safefs.open_file_at(d, p.name)
+            except FileNotFoundError:
+                return  # already gone
+            with _fd(fd):
+                if safefs.sha256_fd(fd) != sha256:
+                    raise ActionError(
+                        f"{path} no longer holds the quarantined bytes; kept (restore it with "
+                        f"`dedupctl quarantine restore {action_id}`)"
+                    )
+                here, mine = safefs.stat_at(d, p.name), os.fstat(fd)
+                if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(p.name, dir_fd=d)
+                    safefs.fsync_dir(d)
+    except FileNotFoundError:
+        return
+    except (OSError, safefs.UnsafePath) as exc:
+        raise ActionError(f"{path}: {exc}; kept") from exc
 
 
 def _unlink_if_present(path: str | None) -> None:
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    if path is None:
+        return
+    p = PurePath(path)
+    with contextlib.suppress(FileNotFoundError), safefs.directory(p.parent) as d:
+        os.unlink(p.name, dir_fd=d)

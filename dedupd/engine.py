@@ -25,6 +25,7 @@ from dedupd.hashers import Hasher
 from dedupd.imaging import FileStat, HashedImage, hash_image
 from dedupd.index import HammingIndex, distance, make_index
 from dedupd.policy import Candidate, Decision, decide, rank
+from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
 
@@ -278,9 +279,9 @@ class ScanReport:
 
 
 def excluded_dirs(config: Config) -> list[str]:
-    """Folders never scanned or watched, even inside a root: the quarantine, and the
-    database's folder when it lies inside a root (a state folder kept in the photo tree).
-    A database folder that holds roots is not excluded: its own files are no photos."""
+    """Folders never scanned or watched, even inside a root: the quarantine, the roots'
+    staging folders, and the database's folder when it lies inside a root (a state folder
+    kept in the photo tree). A database folder that holds roots is not excluded: its own files are no photos."""
     database_dir = os.path.realpath(config.database.parent)
     roots = [os.path.realpath(r.path) for r in config.roots]
     exclude = []
@@ -288,6 +289,8 @@ def excluded_dirs(config: Config) -> list[str]:
         exclude.append(database_dir)
     if config.quarantine.path is not None:
         exclude.append(os.path.realpath(config.quarantine.path))
+    # Each root's private staging folder: a file there is mid-action, never a new photo.
+    exclude += [os.path.join(r, STAGING_DIR) for r in roots]
     return exclude
 
 

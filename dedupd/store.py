@@ -103,6 +103,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tombstones_sha256 ON tombstones (sha256);
     """,
+    # 1 → 2: quarantine and delete first rename the file into a private staging folder;
+    # the journal names it so that recovery can finish or put it back.
+    """
+    ALTER TABLE actions ADD COLUMN staged TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -457,6 +462,14 @@ class Store:
             for r in self._files(f"f.id IN ({', '.join('?' * len(chunk))})", chunk):
                 found[r.id] = r
         return found
+
+    def mark_stale(self, file_id: int) -> None:
+        """Make the next reconcile hash this file again and decide anew (an action that was
+        rolled back must be reconsidered although the file itself did not change)."""
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE files SET mtime_ns = -1, updated = ? WHERE id = ?", (self._now(), file_id)
+            )
 
     def set_state(self, file_id: int, state: State) -> None:
         with self.db.conn:

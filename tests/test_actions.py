@@ -112,7 +112,7 @@ def test_quarantine_without_a_configured_folder_is_refused(setup) -> None:  # ty
 def test_cross_filesystem_quarantine_copies_verifies_then_unlinks(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store, root, q = setup
 
-    def no_hard_links(src: object, dst: object) -> None:
+    def no_hard_links(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(dedupd.actions, "_link", no_hard_links)
@@ -219,7 +219,7 @@ CHILD = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
 
     if xdev == "1":
-        def no_hard_links(src, dst):
+        def no_hard_links(*args, **kwargs):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         dedupd.actions._link = no_hard_links
     store = Store(db)
@@ -270,13 +270,17 @@ def kill_9_during(
 
 STEPS = [
     ("quarantine", False, "planned"),
+    ("quarantine", False, "staged"),
+    ("quarantine", False, "verified"),
     ("quarantine", False, "linked"),
     ("quarantine", False, "unlinked"),
     ("quarantine", True, "planned"),
+    ("quarantine", True, "staged"),
     ("quarantine", True, "copied"),
     ("quarantine", True, "linked"),
     ("quarantine", True, "unlinked"),
     ("delete", False, "planned"),
+    ("delete", False, "staged"),
     ("delete", False, "verified"),
     ("delete", False, "unlinked"),
     ("restore", False, "planned"),
@@ -324,9 +328,10 @@ def test_kill_9_at_any_step_is_recovered_with_every_photo_exactly_once(  # type:
         assert _rec(store, dup).state == expected_state
 
 
-def test_recovery_never_removes_a_source_that_was_replaced_while_down(setup) -> None:  # type: ignore[no-untyped-def]
-    """Killed between link and unlink; then the user saves an edit over the original. The
-    edit is kept: only a source that provably is the quarantined file is removed."""
+def test_an_edit_saved_at_the_original_name_while_down_is_never_touched(setup) -> None:  # type: ignore[no-untyped-def]
+    """Killed after the photo was linked into quarantine; then the user saves an edit at the
+    original name. The photo was staged out of the folder first, so the name holds only the
+    user's new file: recovery finishes the quarantine and leaves the edit alone."""
     store, root, q = setup
     dup = root / "dup.jpg"
     kill_9_during(store.path, "quarantine", "linked", q, dup, root / "keeper.jpg")
@@ -334,9 +339,10 @@ def test_recovery_never_removes_a_source_that_was_replaced_while_down(setup) -> 
     edited.write_bytes(b"the user's edit")
     os.replace(edited, dup)  # a new inode with other bytes at the original name
     (result,) = Actions(store, q).recover()
-    assert result.outcome == "failed" and "different bytes" in result.detail
+    assert result.outcome == "done"
     assert dup.read_bytes() == b"the user's edit"
     assert len(_copies(_sha(root / "keeper.jpg"), q)) == 1
+    assert not (root / ".dedupd-staging").exists(), "no trace is left in the user's folder"
 
 
 @pytest.mark.parametrize("keeper_kind", ["symlink", "hard_link", "gone"])
@@ -354,18 +360,23 @@ def test_quarantine_needs_a_keeper_that_is_another_real_file(setup, keeper_kind:
     assert store.actions() == []
 
 
-def test_purge_and_restore_leave_a_file_that_replaced_the_quarantined_one(setup) -> None:  # type: ignore[no-untyped-def]
+def test_purge_keeps_and_restore_returns_bytes_that_changed_in_quarantine(setup) -> None:  # type: ignore[no-untyped-def]
+    """An edit that reached the quarantined file (an editor that had it open) is the user's
+    newest version: purge never deletes it, and restore puts it back (issue 9, item 3)."""
     store, root, q = setup
     actions = Actions(store, q)
     action_id = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
     dst = Path(store.action(action_id)["dst"])  # type: ignore[index]
     dst.write_bytes(b"not the quarantined photo any more")
-    with pytest.raises(ActionError, match="no longer holds the quarantined photo"):
-        actions.restore(action_id)
     assert actions.purge(older_than=0) == []
     assert dst.read_bytes() == b"not the quarantined photo any more"
     (purge,) = store.actions("kind = 'purge'")
-    assert purge["state"] == "failed"
+    assert purge["state"] == "failed" and f"quarantine restore {action_id}" in purge["error"]
+    assert actions.restore(action_id) == root / "dup.jpg"
+    assert (root / "dup.jpg").read_bytes() == b"not the quarantined photo any more"
+    assert not dst.exists()
+    (restore,) = store.actions("kind = 'restore'")
+    assert restore["state"] == "done" and "changed in quarantine" in restore["reason"]
 
 
 def test_restore_forgets_every_earlier_removal_of_that_photo_from_that_path(setup) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,191 @@
+"""File operations on descriptors, never through a symbolic link.
+
+A path a user can change is only a hint: every folder on it is opened one component at a
+time from `/` with ``O_NOFOLLOW``, and the operations that follow work on the descriptors
+(``openat``, ``renameat``, ``linkat``, ``unlinkat``). A folder swapped for a symlink while
+dedupd works makes the walk fail with `UnsafePath`; it never leads dedupd elsewhere.
+
+Each root has a private staging folder (`STAGING_DIR`, mode 0700, owned by dedupd's user) on
+its own filesystem. `actions` renames a file there first, which takes it out of the user's
+namespace atomically, then verifies what it holds by descriptor before finishing or putting
+it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePath
+
+from dedupd.errors import DedupdError
+
+__all__ = [
+    "STAGING_DIR",
+    "UnsafePath",
+    "directory",
+    "exists_at",
+    "free_name_at",
+    "fsync_dir",
+    "lexists",
+    "open_dir",
+    "open_file_at",
+    "sha256_fd",
+    "staging_dir",
+    "stat_at",
+]
+
+STAGING_DIR = ".dedupd-staging"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(DedupdError):
+    """A folder on a path is a symbolic link, not a folder, or not dedupd's own."""
+
+
+def _components(path: str | PurePath) -> list[str]:
+    p = PurePath(path)
+    if not p.is_absolute():
+        raise UnsafePath(f"{path}: not an absolute path")
+    parts = list(p.parts[1:])
+    if any(part in ("..", ".") for part in parts):
+        raise UnsafePath(f"{path}: contains '..' or '.'")
+    return parts
+
+
+def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -> int:
+    """A descriptor of the folder `path`, opened one component at a time from `/`, none of
+    them followed through a symlink. With `create`, missing folders are made (with `mode`,
+    less the umask). Raises UnsafePath, FileNotFoundError or another OSError."""
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        walked = "/"
+        for part in _components(path):
+            walked = os.path.join(walked, part)
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, mode, dir_fd=fd)
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(
+                        f"{walked} is a symbolic link or not a folder; links are not followed"
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def directory(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -> Iterator[int]:
+    """`open_dir` as a context manager that closes the descriptor."""
+    fd = open_dir(path, create=create, mode=mode)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def stat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """lstat of `name` in the folder, or None when there is nothing by that name."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def exists_at(dir_fd: int, name: str) -> bool:
+    return stat_at(dir_fd, name) is not None
+
+
+def lexists(path: str | PurePath) -> bool:
+    """Whether something is at `path`, looked up without following any symlink on the way.
+    A path through a symlinked folder raises UnsafePath."""
+    p = PurePath(path)
+    try:
+        with directory(p.parent) as fd:
+            return exists_at(fd, p.name)
+    except FileNotFoundError:
+        return False
+
+
+def open_file_at(dir_fd: int, name: str) -> int:
+    """A read-only descriptor of the regular file `name` in the folder (never a symlink, a
+    FIFO or a device). Raises FileNotFoundError, UnsafePath or OSError."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{name} is a symbolic link; links are not followed") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath(f"{name} is not a regular file")
+    return fd
+
+
+def sha256_fd(fd: int) -> str:
+    """sha256 of everything the descriptor's file holds, read from its start."""
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(dir_fd: int) -> None:
+    os.fsync(dir_fd)
+
+
+def free_name_at(dir_fd: int, name: str) -> str:
+    """`name`, or `stem (1).ext`, `stem (2).ext`, … whichever is free in the folder."""
+    candidate, n = name, 0
+    stem, suffix = os.path.splitext(name)
+    while exists_at(dir_fd, candidate):
+        n += 1
+        candidate = f"{stem} ({n}){suffix}"
+    return candidate
+
+
+def staging_dir(root: str | Path) -> int:
+    """A descriptor of `root`'s private staging folder, made if missing.
+
+    It must be a real folder owned by dedupd's user and closed to everyone else: a folder of
+    that name made by someone else is refused (UnsafePath), never used.
+    """
+    with directory(root) as root_fd:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(STAGING_DIR, 0o700, dir_fd=root_fd)
+        try:
+            fd = os.open(STAGING_DIR, _DIR_FLAGS, dir_fd=root_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePath(
+                    f"{os.path.join(root, STAGING_DIR)} is not a folder; remove it"
+                ) from exc
+            raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UnsafePath(
+            f"{os.path.join(root, STAGING_DIR)} belongs to another user; remove it so dedupd "
+            "can make its own"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.fchmod(fd, 0o700)
+    return fd
