@@ -398,6 +398,8 @@ class Actions:
             kfd = self._check_keeper(record, keeper, fd)
         except safefs.UnsafePath as exc:
             raise ActionError(f"{keeper.path}: {exc}") from exc
+        except OSError as exc:  # e.g. a keeper the service user may not read
+            raise ActionError(f"{keeper.path} cannot be read: {exc.strerror or exc}") from exc
         with _fd(kfd):
             try:
                 same = safefs.sha256_fd(kfd) == record.sha256
@@ -510,7 +512,10 @@ class Actions:
             self._checkpoint("planned")
             try:
                 self._run(
-                    purge_id, functools.partial(_unlink_verified, q["dst"], q["sha256"], q["id"])
+                    purge_id,
+                    functools.partial(
+                        _unlink_verified, q["dst"], q["sha256"], q["id"], self._checkpoint
+                    ),
                 )
             except ActionError:
                 continue  # journaled as failed and logged; purge the others
@@ -682,7 +687,9 @@ def _remove_staging_if_empty(root: str) -> None:
         os.rmdir(safefs.STAGING_DIR, dir_fd=d)
 
 
-def _unlink_verified(path: str, sha256: str, action_id: int) -> None:
+def _unlink_verified(
+    path: str, sha256: str, action_id: int, checkpoint: Callable[[str], None] = _no_checkpoint
+) -> None:
     """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger, nor the
     user's newer bytes)."""
     p = PurePath(path)
@@ -698,10 +705,12 @@ def _unlink_verified(path: str, sha256: str, action_id: int) -> None:
                         f"{path} no longer holds the quarantined bytes; kept (restore it with "
                         f"`dedupctl quarantine restore {action_id}`)"
                     )
+                checkpoint("verified")
                 here, mine = safefs.stat_at(d, p.name), os.fstat(fd)
                 if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
                     os.unlink(p.name, dir_fd=d)
                     safefs.fsync_dir(d)
+                checkpoint("unlinked")
     except FileNotFoundError:
         return
     except (OSError, safefs.UnsafePath) as exc:

@@ -281,7 +281,8 @@ class ScanReport:
 def excluded_dirs(config: Config) -> list[str]:
     """Folders never scanned or watched, even inside a root: the quarantine, the roots'
     staging folders, and the database's folder when it lies inside a root (a state folder
-    kept in the photo tree). A database folder that holds roots is not excluded: its own files are no photos."""
+    kept in the photo tree). A database folder that holds roots is not excluded: its own
+    files are no photos."""
     database_dir = os.path.realpath(config.database.parent)
     roots = [os.path.realpath(r.path) for r in config.roots]
     exclude = []

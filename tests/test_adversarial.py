@@ -1,0 +1,541 @@
+"""Attacks on the actions: races through the checkpoint seam, symlink swaps, unreadable
+keepers, a full quarantine disk, and a seeded kill -9 campaign.
+
+Invariant 1 of DESIGN.md: a file leaves its folder only into quarantine or by a verified
+exact-duplicate delete, and nothing outside the roots and the quarantine is ever touched,
+whatever a local user does to the names while dedupd acts. Each race is driven at every step
+of the operation (the `checkpoint` seam), on one filesystem and across two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+import dedupd.actions
+from dedupd import safefs
+from dedupd.actions import ActionError, Actions
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, Policy
+from dedupd.engine import scan
+from dedupd.store import FileRecord, Store
+from tests import photos
+
+SHM = Path("/dev/shm")
+
+
+def _other_filesystem(tmp_path: Path) -> Path | None:
+    """A folder on another filesystem than tmp_path (tmpfs), or None where there is none."""
+    if SHM.is_dir() and os.access(SHM, os.W_OK) and os.stat(SHM).st_dev != tmp_path.stat().st_dev:
+        return SHM
+    return None
+
+
+@dataclass
+class Lib:
+    store: Store
+    root: Path
+    quarantine: Path
+    outside: Path  # a folder outside the roots and the quarantine that must never change
+
+    def rec(self, path: Path) -> FileRecord:
+        record = self.store.file_at(path)
+        assert record is not None, path
+        return record
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _copies(sha: str, *folders: Path) -> list[Path]:
+    return [
+        p
+        for f in folders
+        for p in f.rglob("*")
+        if p.is_file() and not p.is_symlink() and _sha(p) == sha
+    ]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(params=["same-fs", "cross-fs"])
+def lib(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lib]:
+    """keeper.jpg, sub/dup.jpg (its exact copy) and sub/near.jpg (a re-encode), scanned;
+    the quarantine on the same filesystem, or on another one (tmpfs) when there is one."""
+    if request.param == "cross-fs":
+        other = _other_filesystem(tmp_path)
+        if other is None:
+            pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
+        quarantine = Path(
+            os.path.realpath(other / f"dedupd-test-{os.getpid()}-{tmp_path.name}")
+        )
+    else:
+        quarantine = tmp_path / "quarantine"
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "keeper.jpg")
+    photos.copy(photos.photo("coffee"), root / "sub" / "dup.jpg")
+    photos.reencode(photos.photo("coffee"), root / "sub" / "near.jpg")
+    outside = tmp_path / "root-only"
+    photos.copy(photos.photo("coffee"), outside / "dup.jpg")  # same name, same bytes
+    photos.copy(photos.photo("rocket"), outside / "near.jpg")
+    config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
+    store = Store(config.database)
+    scan(config.with_roots([root]), store)
+    yield Lib(store, root.resolve(), quarantine, outside)
+    store.close()
+    if request.param == "cross-fs":
+        import shutil
+
+        shutil.rmtree(quarantine, ignore_errors=True)
+
+
+def _at(step: str, attack: Callable[[], None]) -> Callable[[str], None]:
+    fired: list[str] = []
+
+    def checkpoint(reached: str) -> None:
+        if reached == step and not fired:
+            fired.append(step)
+            attack()
+
+    return checkpoint
+
+
+QUARANTINE_STEPS = ["planned", "staged", "verified", "linked"]
+DELETE_STEPS = ["planned", "staged", "verified"]
+
+
+def _new_photo_renamed_onto(path: Path, tmp_path: Path) -> bytes:
+    """Upload a different photo and rename it over `path` (what a sync client does)."""
+    upload = tmp_path / "upload.tmp"
+    photos.copy(photos.photo("rocket"), upload)
+    data = upload.read_bytes()
+    os.replace(upload, path)
+    return data
+
+
+@pytest.mark.parametrize("step", DELETE_STEPS)
+def test_a_photo_renamed_onto_the_name_during_a_delete_is_never_deleted(
+    lib: Lib, tmp_path: Path, step: str
+) -> None:
+    """Issue 9, item 1: the unlink must hit the verified duplicate, not what the name
+    points to by then. The new photo survives, in the folder, whatever the step."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    new: list[bytes] = []
+    attack = _at(step, lambda: new.append(_new_photo_renamed_onto(dup.path, tmp_path)))
+    actions = Actions(lib.store, lib.quarantine, checkpoint=attack)
+    with contextlib.suppress(ActionError):
+        actions.delete(dup, keeper, "exact duplicate")
+    (data,) = new
+    survivors = [p for p in lib.root.rglob("*.jpg") if p.read_bytes() == data]
+    assert len(survivors) == 1, "the new photo exists exactly once, in the folder"
+    assert (lib.root / "keeper.jpg").exists()
+    assert lib.store.actions("state = 'planned'") == []
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+
+
+@pytest.mark.parametrize("step", QUARANTINE_STEPS)
+def test_a_photo_renamed_onto_the_name_during_a_quarantine_stays_in_the_folder(
+    lib: Lib, tmp_path: Path, step: str
+) -> None:
+    """Issue 9, item 1: a new photo renamed over a duplicate while it is being quarantined
+    is never moved into quarantine (where a restore would refuse it) and never lost."""
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+    new: list[bytes] = []
+    attack = _at(step, lambda: new.append(_new_photo_renamed_onto(near.path, tmp_path)))
+    actions = Actions(lib.store, lib.quarantine, checkpoint=attack)
+    with contextlib.suppress(ActionError):
+        actions.quarantine(near, keeper, 4, "near duplicate")
+    (data,) = new
+    survivors = [p for p in lib.root.rglob("*.jpg") if p.read_bytes() == data]
+    assert len(survivors) == 1, "the new photo exists exactly once, in the folder"
+    in_quarantine = [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    assert all(p.read_bytes() != data for p in in_quarantine)
+    # The re-encode exists exactly once: in the folder or in quarantine (unless the rename
+    # itself replaced it before dedupd took it out of the folder: the user's doing).
+    copies = len(_copies(near.sha256 or "", lib.root, lib.quarantine))
+    assert copies == (0 if step == "planned" else 1)
+
+
+def _swap_for_symlink(folder: Path, target: Path) -> None:
+    """What an unprivileged owner of the watched folder can do: move a subfolder away and
+    put a symlink to somewhere else in its place."""
+    os.rename(folder, folder.with_name(folder.name + "-moved"))
+    os.symlink(target, folder)
+
+
+@pytest.mark.parametrize("step", DELETE_STEPS)
+def test_a_folder_swapped_for_a_symlink_during_a_delete_touches_nothing_outside(
+    lib: Lib, step: str
+) -> None:
+    """Issue 9, item 2: with sub/ swapped for a link to a root-only folder holding a file of
+    the same name and bytes, that file is never deleted."""
+    before = _snapshot(lib.outside)
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    attack = _at(step, lambda: _swap_for_symlink(lib.root / "sub", lib.outside))
+    with contextlib.suppress(ActionError):
+        Actions(lib.store, lib.quarantine, checkpoint=attack).delete(dup, keeper, "exact")
+    assert _snapshot(lib.outside) == before
+    assert (lib.root / "keeper.jpg").exists()
+
+
+@pytest.mark.parametrize("step", QUARANTINE_STEPS)
+def test_a_folder_swapped_for_a_symlink_during_a_quarantine_touches_nothing_outside(
+    lib: Lib, step: str
+) -> None:
+    before = _snapshot(lib.outside)
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    attack = _at(step, lambda: _swap_for_symlink(lib.root / "sub", lib.outside))
+    with contextlib.suppress(ActionError):
+        Actions(lib.store, lib.quarantine, checkpoint=attack).quarantine(dup, keeper, 0, "x")
+    assert _snapshot(lib.outside) == before
+    assert len(_copies(dup.sha256 or "", lib.root, lib.quarantine)) == 2  # keeper + dup
+
+
+def test_a_symlink_in_place_of_a_folder_before_the_action_is_refused(lib: Lib) -> None:
+    before = _snapshot(lib.outside)
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    _swap_for_symlink(lib.root / "sub", lib.outside)
+    with pytest.raises(ActionError, match="symbolic link"):
+        Actions(lib.store, lib.quarantine).delete(dup, keeper, "exact")
+    assert _snapshot(lib.outside) == before
+    assert lib.store.actions() == []
+
+
+def test_restore_through_a_symlinked_parent_plants_nothing_outside(lib: Lib) -> None:
+    """Issue 9, item 2: restoring into sub/ after sub/ became a link to a root-only folder
+    is refused; the photo stays in quarantine, restorable once the folder is real again."""
+    actions = Actions(lib.store, lib.quarantine)
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    action_id = actions.quarantine(dup, keeper, 0, "exact")
+    empty = lib.outside.parent / "root-only-empty"
+    empty.mkdir()
+    _swap_for_symlink(lib.root / "sub", empty)
+    with pytest.raises(ActionError, match="symbolic link"):
+        actions.restore(action_id)
+    assert list(empty.iterdir()) == []
+    assert len(_copies(dup.sha256 or "", lib.quarantine)) == 1
+    (lib.root / "sub").unlink()
+    assert actions.restore(action_id) == lib.root / "sub" / "dup.jpg"
+    assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
+
+
+def test_an_edit_saved_over_the_name_right_after_the_quarantine_link_is_kept(
+    lib: Lib,
+) -> None:
+    """Issue 9, item 3: an editor saving at the original name right after the link writes a
+    new file there; the quarantined copy keeps the original bytes and stays restorable."""
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+
+    def save_edit() -> None:
+        with open(near.path, "wb") as f:  # truncate-and-write, as editors save
+            f.write(b"the user's edit")
+
+    actions = Actions(lib.store, lib.quarantine, checkpoint=_at("linked", save_edit))
+    action_id = actions.quarantine(near, keeper, 4, "near")
+    assert near.path.read_bytes() == b"the user's edit"
+    (quarantined,) = _copies(near.sha256 or "", lib.quarantine)
+    entry = lib.store.action(action_id)
+    assert entry is not None and Path(entry["dst"]) == quarantined
+
+
+def test_an_unreadable_keeper_fails_one_action_cleanly(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, item 4: a keeper the service cannot read makes that delete fail, journaled
+    as failed (not left planned), with the duplicate back in place."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    real_open = safefs.open_file_at
+
+    def denied(dir_fd: int, name: str) -> int:
+        if name == "keeper.jpg":
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        return real_open(dir_fd, name)
+
+    monkeypatch.setattr(safefs, "open_file_at", denied)
+    with pytest.raises(ActionError, match="nothing deleted"):
+        Actions(lib.store, lib.quarantine).delete(dup, keeper, "exact")
+    (entry,) = lib.store.actions()
+    assert entry["state"] == "failed" and "cannot be read: Permission denied" in entry["error"]
+    assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+
+
+def test_an_unreadable_keeper_does_not_hold_up_the_other_files_of_a_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, item 4: the rest of the batch is acted on in the same pass."""
+    root = tmp_path / "photos"
+    for name in ("coffee", "rocket", "hubble"):
+        photos.copy(photos.photo(name), root / f"{name}.jpg")
+    config = replace(
+        Config(),
+        database=tmp_path / "d.db",
+        hashing=HashingConfig(workers=1),
+        policies={DEFAULT_POLICY: Policy(exact="delete")},
+    ).with_roots([root])
+    with Store(config.database) as store:
+        scan(config, store, actions=Actions(store, None))
+        for name in ("coffee", "rocket", "hubble"):
+            photos.copy(photos.photo(name), root / f"{name}-copy.jpg")
+        real_open = safefs.open_file_at
+
+        def denied(dir_fd: int, name: str) -> int:
+            if name == "rocket.jpg":
+                raise PermissionError(errno.EACCES, "Permission denied", name)
+            return real_open(dir_fd, name)
+
+        monkeypatch.setattr(safefs, "open_file_at", denied)
+        report = scan(config, store, actions=Actions(store, None))
+        assert sorted(p.name for p in root.iterdir()) == [
+            "coffee.jpg",
+            "hubble.jpg",
+            "rocket-copy.jpg",
+            "rocket.jpg",
+        ]
+        results = {Path(o.path).name: o.result for o in report.outcomes}
+        assert results["rocket-copy.jpg"].startswith("failed")
+        assert store.actions("state = 'planned'") == []
+
+
+def test_a_full_quarantine_disk_leaves_no_partial_copy(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, item 10: ENOSPC while copying across filesystems removes the partial copy
+    and puts the photo back."""
+    written: list[int] = []
+
+    def no_hard_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_fills_up(fd: int, data: memoryview) -> int:
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(len(data))
+        return os.write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(dedupd.actions, "_link", no_hard_links)
+    monkeypatch.setattr(dedupd.actions, "_write", disk_fills_up)
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+    with pytest.raises(ActionError, match="No space left"):
+        Actions(lib.store, lib.quarantine).quarantine(near, keeper, 4, "near")
+    assert written, "the copy was attempted"
+    assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    assert _sha(lib.root / "sub" / "near.jpg") == near.sha256
+    (entry,) = lib.store.actions()
+    assert entry["state"] == "failed"
+
+
+def test_a_staging_folder_made_by_someone_else_is_refused(lib: Lib) -> None:
+    """A user who pre-creates .dedupd-staging as a link (or a folder of theirs) gets an
+    error, not a rename into their place."""
+    os.symlink(lib.outside, lib.root / safefs.STAGING_DIR)
+    before = _snapshot(lib.outside)
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    with pytest.raises(ActionError, match="not a folder"):
+        Actions(lib.store, lib.quarantine).delete(dup, keeper, "exact")
+    assert _snapshot(lib.outside) == before
+    assert (lib.root / "sub" / "dup.jpg").exists()
+
+
+# -- a rolled-back delete is decided again --------------------------------------------------
+
+
+def _fork_and_kill_at(run: Callable[[Callable[[str], None]], None], kill_at: int) -> bool:
+    """Run `run(checkpoint)` in a forked child that SIGKILLs itself at the `kill_at`-th
+    checkpoint. Returns True if it was killed, False if it finished first."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            count = [0]
+
+            def checkpoint(step: str) -> None:
+                count[0] += 1
+                if count[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            run(checkpoint)
+            os._exit(0)
+        except BaseException as exc:
+            print(f"child failed: {exc!r}", file=sys.stderr)
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    code = os.WEXITSTATUS(status)
+    assert code in (0, 4), f"child exited {code}"
+    return False
+
+
+def test_a_delete_rolled_back_by_recovery_is_decided_again(tmp_path: Path) -> None:
+    """Issue 9, item 12: the file is unchanged after a rollback, so without a mark it
+    would never be reconsidered."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "a.jpg")
+    config = replace(
+        Config(),
+        database=tmp_path / "d.db",
+        hashing=HashingConfig(workers=1),
+        policies={DEFAULT_POLICY: Policy(exact="delete")},
+    ).with_roots([root])
+    with Store(config.database) as store:
+        scan(config, store)
+        photos.copy(photos.photo("coffee"), root / "b.jpg")
+        os.utime(root / "b.jpg", (2e9, 2e9))  # the newer copy: the one to delete
+
+    def run(checkpoint: Callable[[str], None]) -> None:
+        with Store(config.database) as store:
+            scan(config, store, actions=Actions(store, None, checkpoint=checkpoint))
+
+    assert _fork_and_kill_at(run, 2)  # killed right after the file was staged
+    with Store(config.database) as store:
+        (recovered,) = Actions(store, None).recover()
+        assert recovered.outcome == "rolled_back"
+        assert sorted(p.name for p in root.iterdir()) == ["a.jpg", "b.jpg"]
+        scan(config, store, actions=Actions(store, None))
+    assert sorted(p.name for p in root.iterdir()) == ["a.jpg"]
+
+
+# -- the seeded kill -9 campaign -------------------------------------------------------------
+
+
+def _campaign(tmp_path: Path, quarantine: Path, seed: int, kills_wanted: int) -> dict[str, int]:
+    """Quarantine, delete, restore and purge at random, each in a child killed at a random
+    checkpoint; after each kill, recovery must leave every photo: none lost, none doubled,
+    no staged or temporary file left behind."""
+    rng = random.Random(seed)
+    root = tmp_path / "photos"
+    sources = [photos.photo(name) for name in photos.PHOTOS]
+    for i in range(12):
+        src = sources[i % len(sources)]
+        photos.copy(src, root / f"k{i}.jpg")
+        photos.copy(src, root / f"sub{i % 3}" / f"d{i}.jpg")
+    config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
+    config = config.with_roots([root])
+    with Store(config.database) as store:
+        scan(config, store)
+    everything = {_sha(p) for p in root.rglob("*.jpg")}
+    stats = {"kills": 0, "finished": 0}
+    per_op = dict.fromkeys(("quarantine", "delete", "restore", "purge"), 0)
+    steps = {"quarantine": 5, "delete": 4, "restore": 3, "purge": 3}  # +1 for a copy
+    while stats["kills"] < kills_wanted:
+        with Store(config.database) as store:
+            in_quarantine = {q["src"] for q in store.quarantined()}
+        for i in range(12):  # the phone uploads deleted duplicates again
+            dup = root / f"sub{i % 3}" / f"d{i}.jpg"
+            if not dup.exists() and str(dup) not in in_quarantine and rng.random() < 0.5:
+                photos.copy(root / f"k{i}.jpg", dup)
+        with Store(config.database) as store:
+            scan(config, store)
+            present = [
+                r
+                for r in store._files("f.state = 'ok'")
+                if r.path.exists() and r.relpath.startswith("sub")
+            ]
+            quarantined = store.quarantined()
+            op = rng.choice(["quarantine", "delete", "restore", "purge"])
+            if op in ("restore", "purge") and not quarantined:
+                op = "quarantine"
+            if op in ("quarantine", "delete") and not present:
+                op = "restore" if quarantined else "skip"
+            if op == "skip":
+                continue
+            xdev = rng.random() < 0.3
+            if op in ("quarantine", "delete"):
+                target = rng.choice(present)
+                keeper_path = root / f"k{target.relpath.split('/d')[1]}"
+                keeper = store.file_at(keeper_path)
+                action_id = 0
+            else:
+                target, keeper = None, None
+                action_id = rng.choice(quarantined)["id"]
+        before = {s: len(_copies(s, root, quarantine)) for s in everything}
+
+        def run(
+            checkpoint: Callable[[str], None],
+            op: str = op,
+            xdev: bool = xdev,
+            target: FileRecord | None = target,
+            keeper: FileRecord | None = keeper,
+            action_id: int = action_id,
+        ) -> None:
+            if xdev:
+
+                def no_hard_links(*args: object, **kwargs: object) -> None:
+                    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+                dedupd.actions._link = no_hard_links
+            with Store(config.database) as s:
+                actions = Actions(s, quarantine, checkpoint=checkpoint)
+                try:
+                    if op == "quarantine":
+                        assert target is not None
+                        actions.quarantine(s.file(target.id), keeper, 0, "campaign")  # type: ignore[arg-type]
+                    elif op == "delete":
+                        assert target is not None and keeper is not None
+                        actions.delete(s.file(target.id), keeper, "campaign")  # type: ignore[arg-type]
+                    elif op == "restore":
+                        actions.restore(action_id)
+                    else:
+                        actions.purge(0, only={action_id})
+                except ActionError:
+                    os._exit(4)
+
+        killed = _fork_and_kill_at(run, rng.randint(1, steps[op] + xdev))
+        stats["kills" if killed else "finished"] += 1
+        per_op[op] += killed
+        with Store(config.database) as store:
+            Actions(store, quarantine).recover()
+            assert store.actions("state = 'planned'") == []
+            scan(config, store)  # re-find restored and rolled-back files
+        assert not list(root.rglob(f"{safefs.STAGING_DIR}/*")), "a staged file was left"
+        assert not list(quarantine.rglob(".dedupd-*.tmp")), "a partial copy was left"
+        assert not list(root.rglob(".dedupd-*.tmp")), "a partial copy was left"
+        after = {s: len(_copies(s, root, quarantine)) for s in everything}
+        for s in everything:
+            lost = before[s] - after[s]
+            # Only a verified delete or a purge may remove one copy, never the last.
+            allowed = 1 if op in ("delete", "purge") else 0
+            assert 0 <= lost <= allowed, (op, killed, s, before[s], after[s])
+            assert after[s] >= 1, f"photo {s} lost by {op}"
+    return {**stats, **{f"kills_{k}": v for k, v in per_op.items()}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["same-fs", "cross-fs"])
+def test_kill_9_campaign_loses_nothing(tmp_path: Path, where: str) -> None:
+    """600 kill points per layout (1,200 in all; $DEDUPD_CAMPAIGN_KILLS changes it), seeded:
+    quarantine, delete, restore and purge, each killed at a random step and recovered. The
+    same-filesystem layout also takes the copy path a third of the time (link() made to
+    fail with EXDEV); the other puts the quarantine on tmpfs."""
+    if where == "cross-fs":
+        other = _other_filesystem(tmp_path)
+        if other is None:
+            pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
+        quarantine = other / f"dedupd-campaign-{os.getpid()}"
+    else:
+        quarantine = tmp_path / "quarantine"
+    kills = int(os.environ.get("DEDUPD_CAMPAIGN_KILLS", "600"))
+    try:
+        stats = _campaign(tmp_path, quarantine, seed=20261130, kills_wanted=kills)
+    finally:
+        if where == "cross-fs":
+            import shutil
+
+            shutil.rmtree(quarantine, ignore_errors=True)
+    print(json.dumps({"campaign": where, **stats}))
+    per_op_names = ("quarantine", "delete", "restore", "purge")
+    assert all(stats[f"kills_{op}"] >= kills // 20 for op in per_op_names)
