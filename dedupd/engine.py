@@ -366,7 +366,16 @@ def ingest_all(
         work, [ingest.hasher], max_pixels=config.hashing.max_pixels, workers=config.hashing.workers
     )
     for entry, result in results:
-        outcome = ingest.ingest(entry, result)
+        try:
+            outcome = ingest.ingest(entry, result)
+        except Exception as exc:  # one bad file is one recorded error, never a lost batch
+            log.exception("ingest_failed", path=entry.path)
+            result = Failure("internal", f"{type(exc).__name__}: {exc}")
+            outcome = None
+            try:
+                ingest.ingest(entry, result)  # records the error, drops the file from the index
+            except Exception:  # the store itself fails: the next reconcile retries the file
+                log.exception("ingest_error_not_recorded", path=entry.path)
         if outcome is not None and outcome.decision.action != "none":
             report.outcomes.append(outcome)
         if isinstance(result, Failure):

@@ -258,3 +258,34 @@ def test_a_photo_moved_out_and_back_is_not_decoded_again(
     with Store(config.database) as store:
         record = store.file_at(library / "back" / "hubble.jpg")
     assert record is not None and record.state == "ok"
+
+
+def test_a_file_whose_ingest_raises_is_one_recorded_error_and_the_scan_goes_on(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #9: an unexpected exception while storing one file used to abort the whole
+    batch (the daemon lost 512 files a pass); now that file is recorded as an internal
+    error and every other file is still hashed and matched."""
+    real = Store.record_hashed
+
+    def flaky(self: Store, root: str, relpath: str, image: object) -> int:
+        if relpath == "coffee.jpg":
+            raise RuntimeError("a bug that only this file triggers")
+        return real(self, root, relpath, image)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "record_hashed", flaky)
+    config = _config(tmp_path, library)
+    report = _scan(config)
+    assert (report.files, report.hashed) == (10, 8)
+    assert sorted((os.path.basename(p), f.kind) for p, f in report.failed) == [
+        ("broken.jpg", "truncated"),
+        ("coffee.jpg", "internal"),
+    ]
+    assert dict(report.failed)[str(library / "coffee.jpg")].message == (
+        "RuntimeError: a bug that only this file triggers"
+    )
+    with Store(config.database) as store:
+        assert store.count_by_state([str(library)]) == {"ok": 8, "error": 2}
+        record = store.file_at(library / "coffee.jpg")
+    assert record is not None and (record.state, record.error_kind) == ("error", "internal")
+    assert ("rocket.jpg", [("chat/rocket-small.jpg", "near")]) in _groups(report)
