@@ -26,7 +26,7 @@ from dedupd.imaging import FileStat, HashedImage, hash_image
 from dedupd.index import HammingIndex, distance, make_index
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.safefs import STAGING_DIR
-from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
+from dedupd.scanner import PATH_MAX, Entry, NameFilter, path_too_long, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
 
 __all__ = [
@@ -63,6 +63,12 @@ def _hash_one(
 ) -> HashedImage | Failure:
     """Worker entry point. Returns a failure instead of raising: custom exceptions do not
     survive pickling, and one bad file must never take a batch down with it."""
+    if path_too_long(path):
+        return Failure(
+            "path_too_long",
+            f"the path is {len(os.fsencode(path))} bytes, more than the system's limit of"
+            f" {PATH_MAX - 1}; it cannot be opened by name: shorten its folder names",
+        )
     try:
         return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
     except ImageError as exc:
