@@ -113,7 +113,7 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # The actions journal's path columns: written through `to_db`, read back through `from_db`.
-_ACTION_PATHS = ("src", "dst", "tmp", "keeper_path")
+_ACTION_PATHS = ("src", "dst", "tmp", "staged", "keeper_path")
 
 
 def to_db(path: str) -> str | bytes:

@@ -154,13 +154,14 @@ def test_a_path_that_is_not_utf8_round_trips_through_every_path_column(tmp_path:
             sha256="a" * 64,
             keeper_path=os.path.join(root, CAFE),
         )
-        store.journal_update(action, tmp=q + ".tmp")
+        store.journal_update(action, tmp=q + ".tmp", staged=os.path.join(root, ".st", CAFE))
         store.journal_finish(action, "done")
         store.add_tombstone("a" * 64, os.path.join(root, moved), action)
         expected = {
             "src": os.path.join(root, moved),
             "dst": q,
             "tmp": q + ".tmp",
+            "staged": os.path.join(root, ".st", CAFE),
             "keeper_path": os.path.join(root, CAFE),
         }
         for row in (store.action(action), *store.actions(), *store.quarantined()):
