@@ -5,6 +5,8 @@ Exit codes: 0 ok · 1 nothing found / not found (like grep) · 2 usage or config
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import logging
 import os
@@ -56,6 +58,22 @@ def find_config(explicit: str | None, env: dict[str, str] | None = None) -> Path
         if candidate.is_file():
             return candidate
     return None
+
+
+def _lossless_output() -> None:
+    """Print file names as the bytes they are, even those that are not valid UTF-8.
+
+    Python hands such a name over with surrogate escapes (os.fsdecode), and a strict stream
+    raises UnicodeEncodeError on it; surrogateescape writes the original bytes back. Only
+    when the stream uses the file system's encoding: only then are those bytes the name.
+    """
+    fs_encoding = codecs.lookup(sys.getfilesystemencoding()).name
+    for stream in (sys.stdout, sys.stderr):
+        if (
+            isinstance(stream, io.TextIOWrapper)
+            and codecs.lookup(stream.encoding).name == fs_encoding
+        ):
+            stream.reconfigure(errors="surrogateescape")
 
 
 def _configure_logging(level: str) -> None:
@@ -194,6 +212,7 @@ def _print_report(report: ScanReport, bits: int) -> None:
 @click.version_option(__version__, prog_name="dedupd")
 def dedupd() -> None:
     """dedupd: find duplicate photos the moment they arrive."""
+    _lossless_output()
 
 
 @dedupd.command("scan")
@@ -350,6 +369,7 @@ def dedupctl(
     change the database and files directly; status, rescan and reload need the daemon.
     Exit codes: 0 ok, 1 nothing found, 2 usage or config error, 3 daemon unavailable.
     """
+    _lossless_output()
     _configure_logging("warning")
     ctx.ensure_object(dict).update(
         config_path=config_path, database=database, socket_path=socket_path

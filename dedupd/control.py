@@ -178,7 +178,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "method not allowed" if known else "unknown endpoint",
                     url.path,
                 )
-            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            # A file name need not be UTF-8: its escaped bytes come back as os.fsdecode's str.
+            query = parse_qs(url.query, encoding="utf-8", errors="surrogateescape")
+            params = {k: v[-1] for k, v in query.items()}
             body = self._body() if method == "POST" else {}
             self._reading = False
             status, answer = 200, route(self.server.owner, params, body)
@@ -413,7 +415,11 @@ class ControlClient:
         self.path, self.timeout = path, timeout
 
     def get(self, endpoint: str, **params: Any) -> dict[str, Any]:
-        query = urlencode({k: v for k, v in params.items() if v is not None})
+        query = urlencode(
+            {k: v for k, v in params.items() if v is not None},
+            encoding="utf-8",
+            errors="surrogateescape",  # a path that is not UTF-8 is sent as its own bytes
+        )
         return self._request("GET", f"{API}/{endpoint}" + (f"?{query}" if query else ""), None)
 
     def post(self, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

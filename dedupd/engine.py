@@ -26,7 +26,7 @@ from dedupd.imaging import FileStat, HashedImage, hash_image
 from dedupd.index import HammingIndex, distance, make_index
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.safefs import STAGING_DIR
-from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
+from dedupd.scanner import PATH_MAX, Entry, NameFilter, path_too_long, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
 
 __all__ = [
@@ -63,6 +63,12 @@ def _hash_one(
 ) -> HashedImage | Failure:
     """Worker entry point. Returns a failure instead of raising: custom exceptions do not
     survive pickling, and one bad file must never take a batch down with it."""
+    if path_too_long(path):
+        return Failure(
+            "path_too_long",
+            f"the path is {len(os.fsencode(path))} bytes, more than the system's limit of"
+            f" {PATH_MAX - 1}; it cannot be opened by name: shorten its folder names",
+        )
     try:
         return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
     except ImageError as exc:
@@ -367,7 +373,16 @@ def ingest_all(
         work, [ingest.hasher], max_pixels=config.hashing.max_pixels, workers=config.hashing.workers
     )
     for entry, result in results:
-        outcome = ingest.ingest(entry, result)
+        try:
+            outcome = ingest.ingest(entry, result)
+        except Exception as exc:  # one bad file is one recorded error, never a lost batch
+            log.exception("ingest_failed", path=entry.path)
+            result = Failure("internal", f"{type(exc).__name__}: {exc}")
+            outcome = None
+            try:
+                ingest.ingest(entry, result)  # records the error, drops the file from the index
+            except Exception:  # the store itself fails: the next reconcile retries the file
+                log.exception("ingest_error_not_recorded", path=entry.path)
         if outcome is not None and outcome.decision.action != "none":
             report.outcomes.append(outcome)
         if isinstance(result, Failure):

@@ -20,7 +20,7 @@ from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.index import HammingIndex
-from dedupd.store import FileRecord, Store
+from dedupd.store import FileRecord, Store, from_db
 
 __all__ = [
     "all_roots",
@@ -72,7 +72,7 @@ def groups_json(found: Sequence[Group], bits: int) -> dict[str, Any]:
 
 
 def all_roots(store: Store) -> list[str]:
-    return [row[0] for row in store.db.execute("SELECT DISTINCT root FROM files")]
+    return [from_db(row[0]) for row in store.db.execute("SELECT DISTINCT root FROM files")]
 
 
 def groups(store: Store, config: Config) -> dict[str, Any]:

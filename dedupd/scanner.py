@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,24 @@ from dedupd.errors import NotFoundError
 from dedupd.imaging import FileStat
 from dedupd.store import FileRecord, Store
 
-__all__ = ["Entry", "NameFilter", "Plan", "reconcile", "walk"]
+__all__ = ["PATH_MAX", "Entry", "NameFilter", "Plan", "path_too_long", "reconcile", "walk"]
+
+
+def _path_max() -> int:
+    try:
+        return os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 4096  # Linux's limit
+
+
+PATH_MAX = _path_max()  # bytes, with the terminating NUL: longer paths cannot be opened
+
+
+def path_too_long(path: str) -> bool:
+    """True when the system refuses `path` by name (ENAMETOOLONG): the file is there, but
+    only a walk that descends by directory descriptor reaches it."""
+    # A character is at most 4 bytes: most paths are decided without encoding them.
+    return len(path) * 4 >= PATH_MAX and len(os.fsencode(path)) >= PATH_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +73,9 @@ def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[
 
     Directories matching an ignore glob and the `exclude` paths (quarantine, database
     folder) are skipped. Unreadable directories are skipped; files that vanish mid-walk too.
+    Files whose path is too long to open by name (`path_too_long`) are found and yielded
+    all the same, with their real identity, so that they are recorded, never silently
+    skipped: they are reached through the descriptor of the last folder that can be opened.
     """
     if not os.path.isdir(root):
         raise NotFoundError(f"{root}: root is not a directory or is not mounted")
@@ -69,7 +90,11 @@ def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[
             if folder == root:  # an unreadable root is unavailable, not empty
                 raise NotFoundError(f"{root}: cannot read the root: {exc.strerror}") from exc
             continue  # an unreadable or vanished sub-folder: skipped
+        deep = []
         for entry in entries:
+            if path_too_long(entry.path):
+                deep.append(entry.name)
+                continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if (
@@ -82,6 +107,53 @@ def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[
                     yield Entry(root, os.path.relpath(entry.path, root), FileStat.of(st))
             except OSError:
                 continue
+        if deep:
+            yield from _walk_deep(root, folder, deep, names, excluded)
+
+
+def _walk_deep(
+    root: str, folder: str, names_in_folder: list[str], names: NameFilter, excluded: set[str]
+) -> Iterator[Entry]:
+    """The wanted files at and under `folder`'s entries `names_in_folder`, whose paths are
+    too long to use: stat'ed and listed relative to directory descriptors (os.fwalk)."""
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # vanished or unreadable meanwhile: skipped, as any unreadable folder
+    try:
+        for name in names_in_folder:
+            try:
+                st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and names.wanted(name):
+                    relpath = os.path.relpath(os.path.join(folder, name), root)
+                    yield Entry(root, relpath, FileStat.of(st))
+                elif stat.S_ISDIR(st.st_mode) and not names.ignored(name):
+                    yield from _fwalk_files(root, folder, name, folder_fd, names, excluded)
+            except OSError:
+                continue  # vanished or unreadable: skipped, as in `walk`
+    finally:
+        os.close(folder_fd)
+
+
+def _fwalk_files(
+    root: str, folder: str, name: str, folder_fd: int, names: NameFilter, excluded: set[str]
+) -> Iterator[Entry]:
+    # The walk below never follows a symlink, and roots are resolved: a joined path is real.
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(name, dir_fd=folder_fd):
+        here = os.path.join(folder, dirpath)
+        dirnames[:] = [
+            d for d in dirnames if not names.ignored(d) and os.path.join(here, d) not in excluded
+        ]
+        for filename in filenames:
+            if not names.wanted(filename):
+                continue
+            try:
+                st = os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                relpath = os.path.relpath(os.path.join(here, filename), root)
+                yield Entry(root, relpath, FileStat.of(st))
 
 
 @dataclass(slots=True)

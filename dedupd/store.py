@@ -7,6 +7,7 @@ n + 1, and a database newer than this code is refused rather than guessed at.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ import sqlite_utils
 from dedupd.errors import StoreError
 from dedupd.imaging import FileStat, HashedImage
 
-__all__ = ["SCHEMA_VERSION", "FileRecord", "MatchRecord", "Store"]
+__all__ = ["SCHEMA_VERSION", "FileRecord", "MatchRecord", "Store", "from_db", "to_db"]
 
 State = Literal["ok", "error", "missing", "quarantined", "deleted"]
 MatchKind = Literal["exact", "near"]
@@ -110,6 +111,51 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The actions journal's path columns: written through `to_db`, read back through `from_db`.
+_ACTION_PATHS = ("src", "dst", "tmp", "staged", "keeper_path")
+
+
+def to_db(path: str) -> str | bytes:
+    """How a path is stored: as text when it is valid UTF-8, else as its raw bytes (a BLOB).
+
+    Linux names are bytes; Python hands a name that is not UTF-8 over as a str with
+    surrogate escapes (``os.fsdecode``), which SQLite cannot store as text. One path always
+    maps to the same value, so equality look-ups and UNIQUE keep working; the path columns
+    keep their TEXT affinity (SQLite stores a BLOB in them unchanged). Raises StoreError for
+    a str that no file name can decode to (a lone surrogate outside surrogateescape's).
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"{path!r}: not a file name this system can encode") from exc
+
+
+def from_db(value: str | bytes) -> str:
+    """A stored path back as Python names it: text as is, a BLOB through ``os.fsdecode``."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
+    return [to_db(p) for p in paths]
+
+
+def _action_from_db(row: dict[str, Any]) -> dict[str, Any]:
+    for name in _ACTION_PATHS:
+        if row.get(name) is not None:
+            row[name] = from_db(row[name])
+    return row
+
+
+def _action_to_db(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: to_db(v) if k in _ACTION_PATHS and isinstance(v, str) else v for k, v in values.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +266,17 @@ class Store:
     # -- reading files ----------------------------------------------------------------------
     def _files(self, where: str, params: Sequence[Any] = ()) -> list[FileRecord]:
         sql = f"SELECT {_FILE_COLUMNS} FROM files f WHERE {where}"
-        return [FileRecord(*row) for row in self.db.execute(sql, params).fetchall()]
+        return [
+            FileRecord(row[0], from_db(row[1]), from_db(row[2]), *row[3:])
+            for row in self.db.execute(sql, params).fetchall()
+        ]
 
     def file(self, file_id: int) -> FileRecord | None:
         found = self._files("f.id = ?", (file_id,))
         return found[0] if found else None
 
     def record(self, root: str, relpath: str) -> FileRecord | None:
-        found = self._files("f.root = ? AND f.relpath = ?", (root, relpath))
+        found = self._files("f.root = ? AND f.relpath = ?", (to_db(root), to_db(relpath)))
         return found[0] if found else None
 
     def missing_with_stat(self, stat: FileStat) -> FileRecord | None:
@@ -244,7 +293,8 @@ class Store:
         path = Path(path)
         for parent in path.parents:
             found = self._files(
-                "f.root = ? AND f.relpath = ?", (str(parent), str(path.relative_to(parent)))
+                "f.root = ? AND f.relpath = ?",
+                (to_db(str(parent)), to_db(str(path.relative_to(parent)))),
             )
             if found:
                 return found[0]
@@ -253,14 +303,16 @@ class Store:
     def files_in(self, root: str) -> dict[str, FileRecord]:
         """Every record of a file present under `root` (hashed or failed), by relative path."""
         return {
-            r.relpath: r for r in self._files("f.root = ? AND f.state IN ('ok', 'error')", (root,))
+            r.relpath: r
+            for r in self._files("f.root = ? AND f.state IN ('ok', 'error')", (to_db(root),))
         }
 
     def with_sha256(self, sha256: str, *, roots: Sequence[str] | None = None) -> list[FileRecord]:
-        where, params = "f.sha256 = ? AND f.state = 'ok'", [sha256]
+        where = "f.sha256 = ? AND f.state = 'ok'"
+        params: list[Any] = [sha256]
         if roots is not None:
             where += f" AND f.root IN ({', '.join('?' * len(roots))})"
-            params += list(roots)
+            params += _paths_to_db(roots)
         return self._files(where + " ORDER BY f.id", params)
 
     def recent_errors(self, limit: int) -> list[FileRecord]:
@@ -271,13 +323,14 @@ class Store:
         return self._files(
             "f.root = ? AND f.state = 'ok' AND NOT EXISTS "
             "(SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)",
-            (root, hasher),
+            (to_db(root), hasher),
         )
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(roots))
         rows = self.db.execute(
-            f"SELECT state, count(*) FROM files WHERE root IN ({marks}) GROUP BY state", roots
+            f"SELECT state, count(*) FROM files WHERE root IN ({marks}) GROUP BY state",
+            _paths_to_db(roots),
         )
         return dict(rows.fetchall())
 
@@ -293,7 +346,7 @@ class Store:
         params: list[Any] = [hasher]
         if roots is not None:
             sql += f" AND f.root IN ({', '.join('?' * len(roots))})"
-            params += list(roots)
+            params += _paths_to_db(roots)
         ids: list[int] = []
         bits: list[bytes] = []
         for file_id, blob in self.db.execute(sql, params):
@@ -314,9 +367,11 @@ class Store:
         When the content changed (another sha256, or none), the old hashes and matches
         describe a picture that is no longer there and are dropped.
         """
-        old = self._files("f.root = ? AND f.relpath = ?", (root, relpath))
+        old = self._files("f.root = ? AND f.relpath = ?", (to_db(root), to_db(relpath)))
         if not old:
-            row = dict(root=root, relpath=relpath, first_seen=values["updated"], **values)
+            row = dict(
+                root=to_db(root), relpath=to_db(relpath), first_seen=values["updated"], **values
+            )
             return int(self.db.table("files").insert(row).last_pk)  # type: ignore[arg-type]
         file_id = old[0].id
         if values["sha256"] is None or old[0].sha256 != values["sha256"]:
@@ -383,23 +438,24 @@ class Store:
         can drop it from the index. A record that was marked missing (the move was seen as
         a delete first) is present again: 'ok' when it was hashed, else 'error'.
         """
+        root_db, relpath_db = to_db(root), to_db(relpath)
         with self.db.conn:
             replaced = [
                 row[0]
                 for row in self.db.execute(
                     "SELECT id FROM files WHERE root = ? AND relpath = ? AND id != ?",
-                    (root, relpath, file_id),
+                    (root_db, relpath_db, file_id),
                 )
             ]
             self.db.execute(
                 "DELETE FROM files WHERE root = ? AND relpath = ? AND id != ?",
-                (root, relpath, file_id),
+                (root_db, relpath_db, file_id),
             )
             self.db.execute(
                 "UPDATE files SET root = ?, relpath = ?, dev = ?, inode = ?, mtime_ns = ?,"
                 " updated = ?, state = CASE WHEN state != 'missing' THEN state"
                 " WHEN sha256 IS NULL THEN 'error' ELSE 'ok' END WHERE id = ?",
-                (root, relpath, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
+                (root_db, relpath_db, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
             )
         return replaced
 
@@ -451,7 +507,7 @@ class Store:
         if roots is not None:
             marks = ", ".join("?" * len(roots))
             sql += f" AND fa.root IN ({marks}) AND fb.root IN ({marks})"
-            params += list(roots) * 2
+            params += _paths_to_db(roots) * 2
         yield from self.db.execute(sql, params)
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRecord]:
@@ -482,22 +538,25 @@ class Store:
     def journal_plan(self, **row: Any) -> int:
         """Write an intended move or delete before it happens; returns the action id."""
         with self.db.conn:
-            row = dict(state="planned", created=self._now(), **row)
+            row = dict(state="planned", created=self._now(), **_action_to_db(row))
             return int(self.db.table("actions").insert(row).last_pk)  # type: ignore[arg-type]
 
     def journal_update(self, action_id: int, **values: Any) -> None:
         with self.db.conn:
-            self.db.table("actions").update(action_id, values)
+            self.db.table("actions").update(action_id, _action_to_db(values))
 
     def journal_finish(self, action_id: int, state: str, error: str | None = None) -> None:
         self.journal_update(action_id, state=state, error=error, finished=self._now())
 
     def action(self, action_id: int) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM actions WHERE id = ?", (action_id,)))
-        return rows[0] if rows else None
+        return _action_from_db(rows[0]) if rows else None
 
     def actions(self, where: str = "1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return list(self.db.query(f"SELECT * FROM actions WHERE {where} ORDER BY id", params))
+        """Journal rows matching `where`, oldest first; a path in `params` goes through
+        `to_db`, and the path fields of the rows come back as str."""
+        rows = self.db.query(f"SELECT * FROM actions WHERE {where} ORDER BY id", params)
+        return [_action_from_db(row) for row in rows]
 
     def quarantined(self) -> list[dict[str, Any]]:
         """Finished quarantines not yet restored or purged: what is in quarantine now."""
@@ -511,7 +570,7 @@ class Store:
             self.db.table("tombstones").insert(
                 dict(
                     sha256=sha256,
-                    original_path=original_path,
+                    original_path=to_db(original_path),
                     action_id=action_id,
                     created=self._now(),
                 )
@@ -522,7 +581,7 @@ class Store:
         with self.db.conn:
             self.db.execute(
                 "DELETE FROM tombstones WHERE sha256 = ? AND original_path = ?",
-                (sha256, original_path),
+                (sha256, to_db(original_path)),
             )
 
     def tombstone(self, sha256: str, path: str) -> dict[str, Any] | None:
@@ -531,10 +590,10 @@ class Store:
             self.db.query(
                 "SELECT a.* FROM tombstones t JOIN actions a ON a.id = t.action_id"
                 " WHERE t.sha256 = ? AND t.original_path = ? ORDER BY t.id DESC LIMIT 1",
-                (sha256, path),
+                (sha256, to_db(path)),
             )
         )
-        return rows[0] if rows else None
+        return _action_from_db(rows[0]) if rows else None
 
     def mark_distinct(self, sha_a: str, sha_b: str) -> None:
         """Remember the user's word that these two are different photos."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from dedupd.cli import dedupctl, dedupd, find_config
+from dedupd.store import Store
 from tests import photos
 
 
@@ -277,3 +281,79 @@ def test_quarantine_list_and_restore(
     assert refused.exit_code == 1
     assert "exists; refusing to overwrite it" in refused.output
     assert (library / "chat" / "rocket-small.jpg").read_bytes() == b"a new file took the name"
+
+
+# A name that is not UTF-8 (Latin-1 é), as a Samba share or an old camera card writes it.
+CAFE = b"caf\xe9.jpg"
+
+
+@pytest.fixture
+def many_photos(tmp_path: Path) -> Path:
+    """700 tiny distinct JPEGs, 3 exact copies among them, and `caf\\xe9.jpg`: a copy of
+    n000.jpg whose name is not UTF-8 (written through a bytes path)."""
+    root = tmp_path / "many"
+    root.mkdir()
+    rng = random.Random(9)
+    for i in range(700):
+        Image.frombytes("L", (32, 32), rng.randbytes(1024)).save(root / f"n{i:03}.jpg")
+    for i in (1, 2, 3):
+        photos.copy(root / f"n{i:03}.jpg", root / f"n{i:03} (1).jpg")
+    data = (root / "n000.jpg").read_bytes()
+    with open(os.path.join(os.fsencode(root), CAFE), "wb") as f:
+        f.write(data)
+    return root
+
+
+def test_scan_records_and_prints_a_name_that_is_not_utf8(
+    runner: CliRunner, many_photos: Path, tmp_path: Path
+) -> None:
+    """Issue #9: one such name crashed `dedupd scan` (UnicodeEncodeError in sqlite3, then in
+    print). Now every file is recorded, it is hashed and grouped, and its name comes out as
+    the very bytes on disk, in text, and through JSON (as os.fsdecode's str)."""
+    db = tmp_path / "many.db"
+    args = ["scan", str(many_photos), "--database", str(db), "--workers", "1"]
+    result = runner.invoke(dedupd, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("scanned 1 root(s) in ")
+    assert "704 files, 704 hashed, 0 unchanged, 0 renamed, 0 missing, 0 errors, " in (result.stdout)
+    cafe = os.path.join(os.fsencode(many_photos), CAFE)
+    lines = result.stdout_bytes.splitlines()
+    keeper = lines.index(next(line for line in lines if b"/n000.jpg  32x32  " in line))
+    assert lines[keeper + 1].startswith(b"  = " + cafe + b"  32x32  ")
+    with Store(db) as store:
+        assert store.count_by_state([str(many_photos)]) == {"ok": 704}
+        record = store.file_at(os.fsdecode(cafe))
+    assert record is not None and record.state == "ok"
+
+    (many_photos / "n004.jpg").write_bytes(b"not a photo")  # an error line, and a changed file
+    os.rename(cafe, os.path.join(os.fsencode(many_photos), b"\xff" + CAFE))
+    report = json.loads(runner.invoke(dedupd, [*args, "--json"]).stdout)
+    assert (report["files"], report["hashed"], report["renamed"]) == (704, 0, 1)
+    assert [e["path"] for e in report["errors"]] == [str(many_photos / "n004.jpg")]
+    (group,) = [g for g in report["groups"] if g["keeper"]["path"].endswith("/n000.jpg")]
+    assert [os.fsencode(d["path"]) for d in group["duplicates"]] == [
+        os.path.join(os.fsencode(many_photos), b"\xff" + CAFE)
+    ]
+
+
+def test_dedupctl_show_prints_a_name_that_is_not_utf8_byte_for_byte(
+    runner: CliRunner, many_photos: Path, tmp_path: Path
+) -> None:
+    """Without a daemon, `dedupctl show PATH` finds the record of a non-UTF-8 name and prints
+    it as the bytes on disk; --json gives it back as os.fsdecode's str."""
+    db = tmp_path / "many.db"
+    scan = runner.invoke(dedupd, ["scan", str(many_photos), "--database", str(db)])
+    assert scan.exit_code == 0, scan.output
+    cafe = os.path.join(os.fsencode(many_photos), CAFE)
+    table = runner.invoke(dedupctl, ["--database", str(db), "show", os.fsdecode(cafe)])
+    assert table.exit_code == 0, table.output
+    assert table.stdout_bytes.splitlines()[:2] == [cafe, b"  state     ok"]
+    assert table.stdout_bytes.splitlines()[-1] == (
+        b"  = " + os.path.join(os.fsencode(many_photos), b"n000.jpg") + b"  exact"
+    )
+    as_json = runner.invoke(dedupctl, ["--database", str(db), "show", "--json", os.fsdecode(cafe)])
+    assert json.loads(as_json.stdout)["file"]["path"] == os.fsdecode(cafe)
+    groups = runner.invoke(dedupctl, ["--database", str(db), "show"])
+    assert any(
+        line.startswith(b"  = " + cafe + b"  32x32  ") for line in groups.stdout_bytes.splitlines()
+    )

@@ -310,3 +310,30 @@ def test_search_refuses_when_dedupctl_and_the_daemon_hash_differently(
     )
     assert result.exit_code == 2
     assert "the daemon with phash:16" in result.stderr
+
+
+def test_a_name_that_is_not_utf8_goes_through_the_socket_byte_for_byte(
+    env: Env, daemon: Daemon
+) -> None:
+    """Issue #9: a path that is not UTF-8 travels as escaped bytes in the query string
+    (GET /v1/files?path=…) and as a \\udcXX escape in JSON bodies and answers; dedupctl
+    prints it as the bytes on disk. Quarantined, listed, shown and restored by that path."""
+    name = os.path.join(os.fsencode(env.root), b"wa-caf\xe9.jpg")
+    path = os.fsdecode(name)
+    os.rename(photos.reencode(photos.photo("coffee"), env.tmp / "wa.jpg"), name)
+    wait_for(lambda: env.state(Path(path)) == "quarantined", what="the quarantine")
+
+    shown = ctl(env, "show", path)
+    assert (shown.exit_code, shown.stderr) == (0, "")  # the daemon answered
+    assert shown.stdout_bytes.splitlines()[:2] == [name, b"  state     quarantined"]
+    assert json.loads(ctl(env, "show", "--json", path).stdout)["file"]["path"] == path
+
+    listed = ctl(env, "quarantine", "list")
+    assert listed.stdout_bytes.splitlines()[0].endswith(b"  " + name)
+    (entry,) = json.loads(ctl(env, "quarantine", "list", "--json").stdout)["quarantined"]
+    assert os.fsencode(entry["src"]) == name
+
+    restored = ctl(env, "quarantine", "restore", path)
+    assert restored.exit_code == 0, restored.output
+    assert restored.stdout_bytes == b"restored " + name + b"\n"
+    assert os.path.exists(name)

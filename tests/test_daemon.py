@@ -517,3 +517,53 @@ def test_a_watch_limit_falls_back_to_rescans_and_shows_in_status(
     limited = [e for e in logs if e["event"] == "watch_limit_reached"]
     assert sorted(e["root"] for e in limited) == sorted([str(env.root), str(env.archive)])
     assert all("fs.inotify.max_user_watches" in e["fix"] for e in limited)  # once per root
+
+
+def test_a_name_that_is_not_utf8_costs_no_other_file(env: Env) -> None:
+    """Issue #9: one such name made the daemon drop the rest of its 512-file reconcile batch
+    on every pass, and retry the name itself forever when it arrived live. Now every file is
+    recorded, the non-UTF-8 ones hashed like the others: at startup and on arrival."""
+    rng = random.Random(2)
+
+    def tiny(folder: Path, i: int) -> None:
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(folder / f"n{i:03}.png")
+
+    def non_utf8(folder: Path, name: bytes, photo: str) -> Path:
+        path = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
+        return photos.copy(photos.photo(photo), path)
+
+    for i in range(120):  # found by the startup reconcile, ingested oldest first
+        tiny(env.root, i)
+        if i == 10:
+            first = non_utf8(env.root, b"caf\xe9.jpg", "hubble")
+    staging = env.tmp / "staging"
+    staging.mkdir()
+    for i in range(30):
+        tiny(staging, i)
+    second = non_utf8(staging, b"\xff\xfe.jpg", "rocket")
+    with running(env, retry_interval=60) as daemon:
+        wait_for(lambda: daemon.stats.hashed >= 121, timeout=60, what="the startup backlog")
+        os.rename(staging, env.root / "batch")  # a folder of 31 files appears at once
+        wait_for(lambda: daemon.stats.hashed >= 152 and _idle(daemon), timeout=60, what="all")
+        assert (daemon.stats.hashed, daemon.stats.errors) == (152, 0)
+    with Store(env.db) as store:
+        assert store.count_by_state([str(env.root)]) == {"ok": 152}
+    assert env.state(first) == "ok"
+    assert env.state(env.root / "batch" / second.name) == "ok"
+
+
+def test_paths_over_path_max_show_in_the_status_as_errors(env: Env) -> None:
+    """A file the daemon cannot open by name (path over PATH_MAX) is an error in
+    `dedupctl status`, not a silent gap."""
+    from tests.test_scan import make_deep_files
+
+    deep = make_deep_files(env.root / "deep", photos.photo("coffee").read_bytes())
+    try:
+        with running(env) as daemon:
+            wait_for(lambda: daemon.stats.errors == 2 and _idle(daemon), what="two errors")
+            errors = daemon.status()["recent_errors"]
+    finally:
+        shutil.rmtree(env.root / "deep")
+    assert sorted((e["path"], e["kind"]) for e in errors) == sorted(
+        (str(env.root / "deep" / p), "path_too_long") for p in deep
+    )

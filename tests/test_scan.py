@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import dedupd.engine
 from dedupd.config import Config, HashingConfig, IndexConfig, load_config
 from dedupd.engine import ScanReport, scan
-from dedupd.scanner import NameFilter, walk
+from dedupd.scanner import PATH_MAX, NameFilter, walk
 from dedupd.store import Store
 from tests import photos
 
@@ -258,3 +259,107 @@ def test_a_photo_moved_out_and_back_is_not_decoded_again(
     with Store(config.database) as store:
         record = store.file_at(library / "back" / "hubble.jpg")
     assert record is not None and record.state == "ok"
+
+
+def test_a_file_whose_ingest_raises_is_one_recorded_error_and_the_scan_goes_on(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #9: an unexpected exception while storing one file used to abort the whole
+    batch (the daemon lost 512 files a pass); now that file is recorded as an internal
+    error and every other file is still hashed and matched."""
+    real = Store.record_hashed
+
+    def flaky(self: Store, root: str, relpath: str, image: object) -> int:
+        if relpath == "coffee.jpg":
+            raise RuntimeError("a bug that only this file triggers")
+        return real(self, root, relpath, image)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "record_hashed", flaky)
+    config = _config(tmp_path, library)
+    report = _scan(config)
+    assert (report.files, report.hashed) == (10, 8)
+    assert sorted((os.path.basename(p), f.kind) for p, f in report.failed) == [
+        ("broken.jpg", "truncated"),
+        ("coffee.jpg", "internal"),
+    ]
+    assert dict(report.failed)[str(library / "coffee.jpg")].message == (
+        "RuntimeError: a bug that only this file triggers"
+    )
+    with Store(config.database) as store:
+        assert store.count_by_state([str(library)]) == {"ok": 8, "error": 2}
+        record = store.file_at(library / "coffee.jpg")
+    assert record is not None and (record.state, record.error_kind) == ("error", "internal")
+    assert ("rocket.jpg", [("chat/rocket-small.jpg", "near")]) in _groups(report)
+
+
+def make_deep_files(root: Path, data: bytes) -> list[str]:
+    """Write `data` to two files whose absolute paths exceed PATH_MAX: one in a folder that
+    can still be opened by name, one in a folder that cannot. Returns their relative paths.
+
+    os.makedirs cannot build such a tree (it goes by name); one component at a time,
+    relative to the parent's descriptor, can. shutil.rmtree removes it the same way.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    made: list[str] = []
+    parts: list[str] = []
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(made) < 2:
+            here = len(os.fsencode(os.path.join(root, *parts)))
+            if not made and here + 1 + 255 >= PATH_MAX:  # a long name tips this folder over
+                made.append(_write_at(fd, "x" * (PATH_MAX - here) + ".jpg", data, parts))
+            elif here >= PATH_MAX:  # this folder itself is out of reach by name
+                made.append(_write_at(fd, "deep.jpg", data, parts))
+            name = f"{len(parts):02}" + "d" * 198
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, parts = child, [*parts, name]
+    finally:
+        os.close(fd)
+    assert all(len(os.fsencode(os.path.join(root, p))) >= PATH_MAX for p in made)
+    return made
+
+
+def _write_at(dir_fd: int, name: str, data: bytes, parts: list[str]) -> str:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return os.path.join(*parts, name)
+
+
+@pytest.fixture
+def deep_root(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    root = tmp_path / "deep"
+    deep = make_deep_files(root, photos.photo("coffee").read_bytes())
+    photos.copy(photos.photo("rocket"), root / "shallow.jpg")
+    yield root, deep
+    shutil.rmtree(root)  # descriptor-based in Python 3.11: deep trees go too
+
+
+def test_paths_over_path_max_are_recorded_as_errors_not_skipped(
+    deep_root: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Issue #9: files whose path is too long to open used to vanish from the scan without a
+    word. They are found (by descriptor), recorded with kind path_too_long and their real
+    identity, listed in the report, and, unchanged, not tried again."""
+    root, deep = deep_root
+    names = NameFilter(Config().watch)
+    assert sorted(e.relpath for e in walk(str(root), names)) == sorted([*deep, "shallow.jpg"])
+    config = _config(tmp_path, root)
+    report = _scan(config)
+    assert (report.files, report.hashed) == (3, 1)
+    assert sorted((p, f.kind) for p, f in report.failed) == sorted(
+        (os.path.join(root, p), "path_too_long") for p in deep
+    )
+    assert f"more than the system's limit of {PATH_MAX - 1}" in report.failed[0][1].message
+    with Store(config.database) as store:
+        for relpath in deep:
+            record = store.record(str(root), relpath)
+            assert record is not None and (record.state, record.error_kind) == (
+                "error",
+                "path_too_long",
+            )
+            assert record.size == photos.photo("coffee").stat().st_size
+    again = _scan(config)
+    assert (again.unchanged, again.hashed, again.failed, again.missing) == (3, 0, [], 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from dedupd.errors import StoreError
 from dedupd.imaging import FileStat, HashedImage
-from dedupd.store import SCHEMA_VERSION, Store
+from dedupd.store import SCHEMA_VERSION, Store, from_db, to_db
 
 STAT = FileStat(1, 100, 2048, 1_700_000_000_000_000_000)
 
@@ -118,3 +119,70 @@ def test_unhashed_lists_files_that_lack_the_current_hasher(tmp_path: Path) -> No
         fid = store.record_hashed("/r", "a.jpg", _image(hashes={"phash:16": b"\x01" * 32}))
         assert [r.id for r in store.unhashed("/r", "dhash:8")] == [fid]
         assert store.unhashed("/r", "phash:16") == []
+
+
+# A name that is not UTF-8, as Linux allows and Python hands over (os.fsdecode).
+CAFE = os.fsdecode(b"caf\xe9.jpg")
+
+
+def test_a_path_that_is_not_utf8_round_trips_through_every_path_column(tmp_path: Path) -> None:
+    """Issue #9: sqlite3 cannot store a str with surrogate escapes; such a path is kept as
+    its raw bytes and comes back as the same str from files, the journal and tombstones."""
+    root = os.fsdecode(b"/ph\xf6tos")  # the root itself need not be UTF-8 either
+    with Store(tmp_path / "d.db") as store:
+        fid = store.record_hashed(root, CAFE, _image())
+        assert store.db.execute("SELECT relpath FROM files").fetchone()[0] == b"caf\xe9.jpg"
+        record = store.file_at(os.path.join(root, CAFE))
+        assert record is not None and (record.id, record.root, record.relpath) == (fid, root, CAFE)
+        assert str(record.path) == os.path.join(root, CAFE)
+        assert list(store.files_in(root)) == [CAFE]
+        assert store.record(root, CAFE) == record
+        assert store.count_by_state([root]) == {"ok": 1}
+        assert store.hashes("phash:16", [root])[0] == [fid]
+
+        moved = "sub/" + CAFE
+        store.move(fid, root, moved, STAT)
+        assert store.record(root, CAFE) is None
+        assert store.record(root, moved) is not None
+
+        q = os.path.join("/q", CAFE)
+        action = store.journal_plan(
+            kind="quarantine",
+            file_id=fid,
+            src=os.path.join(root, moved),
+            dst=q,
+            sha256="a" * 64,
+            keeper_path=os.path.join(root, CAFE),
+        )
+        store.journal_update(action, tmp=q + ".tmp", staged=os.path.join(root, ".st", CAFE))
+        store.journal_finish(action, "done")
+        store.add_tombstone("a" * 64, os.path.join(root, moved), action)
+        expected = {
+            "src": os.path.join(root, moved),
+            "dst": q,
+            "tmp": q + ".tmp",
+            "staged": os.path.join(root, ".st", CAFE),
+            "keeper_path": os.path.join(root, CAFE),
+        }
+        for row in (store.action(action), *store.actions(), *store.quarantined()):
+            assert row is not None and {k: row[k] for k in expected} == expected
+        tomb = store.tombstone("a" * 64, os.path.join(root, moved))
+        assert tomb is not None and tomb["id"] == action and tomb["src"] == expected["src"]
+        store.remove_tombstones("a" * 64, os.path.join(root, moved))
+        assert store.tombstone("a" * 64, os.path.join(root, moved)) is None
+
+
+def test_utf8_paths_are_stored_as_text_so_existing_databases_still_match(tmp_path: Path) -> None:
+    """Only names that are not UTF-8 become BLOBs: a valid one stays TEXT, as before."""
+    assert to_db("café.jpg") == "café.jpg"
+    assert to_db(CAFE) == b"caf\xe9.jpg"
+    assert from_db(b"caf\xe9.jpg") == CAFE and from_db("café.jpg") == "café.jpg"
+    with Store(tmp_path / "d.db") as store:
+        store.record_hashed("/r", "café.jpg", _image())
+        assert store.db.execute("SELECT typeof(relpath) FROM files").fetchone()[0] == "text"
+
+
+def test_a_str_no_file_name_decodes_to_is_a_store_error(tmp_path: Path) -> None:
+    """A lone surrogate outside surrogateescape's range (only a bad request can carry one)."""
+    with Store(tmp_path / "d.db") as store, pytest.raises(StoreError, match="not a file name"):
+        store.file_at("/r/\ud800.jpg")
