@@ -152,7 +152,10 @@ def test_search_with_a_bad_query_image_is_a_clear_error(
     bad.write_text("nope")
     result = runner.invoke(dedupctl, ["--database", str(scanned), "search", str(bad)])
     assert result.exit_code == 2
-    assert result.output == f"error: {bad}: not an image Pillow or pillow-heif can read\n"
+    assert result.output == (
+        f"error: {bad}: not a photo format dedupd reads "
+        "(JPEG, PNG, HEIF, AVIF, WEBP, GIF, TIFF, BMP)\n"
+    )
 
 
 def test_show_lists_groups(runner: CliRunner, scanned: Path, library: Path) -> None:
