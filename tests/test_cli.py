@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
-from dedupd.cli import dedupctl, dedupd, find_config
+from dedupd.cli import _configure_logging, dedupctl, dedupd, find_config
 from tests import photos
 
 
@@ -280,3 +284,58 @@ def test_quarantine_list_and_restore(
     assert refused.exit_code == 1
     assert "exists; refusing to overwrite it" in refused.output
     assert (library / "chat" / "rocket-small.jpg").read_bytes() == b"a new file took the name"
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def default_structlog() -> Iterator[None]:
+    """structlog is configured globally: put its defaults back for the tests that follow."""
+    yield
+    structlog.reset_defaults()
+
+
+def _log_a_failure() -> None:
+    try:
+        raise RuntimeError("database is locked")
+    except RuntimeError:
+        structlog.get_logger("x").exception("loop_step_failed", detail="retrying")
+
+
+def test_json_log_lines_carry_the_exception_that_log_exception_reports(
+    capsys: pytest.CaptureFixture[str], default_structlog: None
+) -> None:
+    """Under systemd stderr is not a TTY and `dedupd run` logs JSON: an unexpected error in
+    the loop shows its type, message and traceback there, not only `"exc_info": true`."""
+    _configure_logging("info")
+    _log_a_failure()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (line["event"], line["level"], line["detail"]) == (
+        "loop_step_failed",
+        "error",
+        "retrying",
+    )
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert line["exception"].rstrip().endswith("RuntimeError: database is locked")
+    assert "exc_info" not in line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_log_lines_show_the_exception_once(
+    monkeypatch: pytest.MonkeyPatch, default_structlog: None
+) -> None:
+    """On a terminal the console renderer formats the exception itself: exactly one
+    traceback, and no warning about a pre-formatted one (warnings are errors here)."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _configure_logging("info")
+    _log_a_failure()
+    output = terminal.getvalue()
+    assert "loop_step_failed" in output
+    assert output.count("Traceback (most recent call last)") == 1
+    assert output.count("RuntimeError: database is locked") == 1
