@@ -78,17 +78,20 @@ def _lossless_output() -> None:
 
 def _configure_logging(level: str) -> None:
     """Once, in the entry point: console lines on a TTY, JSON lines otherwise (journald)."""
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer()
+    # log.exception() only sets exc_info. The console renderer formats it itself (and warns
+    # if it arrives already formatted); JSON needs it turned into an "exception" string
+    # first, or the line says `"exc_info": true` and nothing about the error.
+    render: list[Any] = (
+        [structlog.dev.ConsoleRenderer()]
         if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -3,6 +3,10 @@
 `load_config(path)` reads and validates; it sets up nothing and never exits. Every
 error names the file, the key path (``policies.camera.threshold``) and what is allowed.
 Unknown keys are errors, and an empty file is a valid configuration.
+
+The file is read through `SIGHUP` by a running daemon, so a hostile or broken one must fail
+fast and small: its size, nesting depth and alias expansion are bounded before anything is
+built, and error messages show at most a clipped excerpt of any value.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +27,10 @@ from dedupd.hashers import HASHERS, Algorithm, validate_hash_size
 
 __all__ = [
     "DEFAULT_POLICY",
+    "MAX_ALIASES",
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
+    "MAX_NODES",
     "REFERENCE_POLICY",
     "Action",
     "Config",
@@ -59,6 +68,18 @@ DEFAULT_EXTENSIONS = (
     "avif",
 )
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.crdownload", "*.filepart", "~*")
+
+# Bounds on what a config file may ask of the YAML loader, which a running daemon calls on
+# its one main thread at SIGHUP. A real config is a few KB and a few hundred values, nested 5
+# deep, with a handful of aliases (settings shared by several policies); even 1,000 roots
+# are about 5,000 values. Nine levels of nine aliases ("billion laughs") are 81 aliases in
+# half a KB that expand to 10^9 values, so the expansion is what is counted, not the aliases.
+# PyYAML's pure-Python loader takes about 0.25 s per 10,000 values, so MAX_NODES also bounds
+# the time a hostile file costs; large scalars are cheap and bounded by MAX_CONFIG_BYTES.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 1_000
+MAX_NODES = 10_000  # values with every alias expanded: what a walk over the result would see
+MAX_DEPTH = 64  # PyYAML composes recursively: a deeper file would hit the recursion limit
 
 
 def _cpu_count() -> int:
@@ -140,6 +161,9 @@ class Config:
         return config
 
 
+_PATH_CLIP = 200  # more room than other values get: a real path is rarely this long
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -154,7 +178,8 @@ def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
         for i, a in enumerate(real[:j]):
             if _inside(a, b) or _inside(b, a):
                 raise ConfigError(
-                    f"{b} overlaps {label[i]} ({a}); roots must not contain each other",
+                    f"{_clip(str(b), _PATH_CLIP)} overlaps {_clip(label[i], _PATH_CLIP)} "
+                    f"({_clip(str(a), _PATH_CLIP)}); roots must not contain each other",
                     source=source,
                     key=label[j],
                 )
@@ -164,8 +189,9 @@ def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
     for i, root in enumerate(real):
         if _inside(root, quarantine):
             raise ConfigError(
-                f"{label[i]} ({root}) is inside the quarantine folder {quarantine}, which is "
-                "never watched; move one of them",
+                f"{_clip(label[i], _PATH_CLIP)} ({_clip(str(root), _PATH_CLIP)}) is inside the "
+                f"quarantine folder {_clip(str(quarantine), _PATH_CLIP)}, which is never "
+                "watched; move one of them",
                 source=source,
                 key="quarantine.path",
             )
@@ -202,7 +228,9 @@ def parse_duration(value: object) -> float:
         if not math.isfinite(value) or value < 0:
             raise ValueError(value)
         return float(value)
-    match = _DURATION.match(str(value))
+    if not isinstance(value, str):  # str() of a list or mapping could be any size
+        raise ValueError(value)
+    match = _DURATION.match(value)
     if not match:
         raise ValueError(value)
     return float(match.group(1)) * _UNITS[match.group(2)]
@@ -225,6 +253,7 @@ class _Reader:
         self.data: dict[str, Any] = data  # type: ignore[assignment]
 
     def key(self, name: str) -> str:
+        name = _clip(name)  # a key is user text too: a policy name may be megabytes long
         return f"{self.path}.{name}" if self.path else name
 
     def fail(self, message: str, name: str | None = None) -> None:
@@ -265,8 +294,23 @@ class _Reader:
         return path if path.is_absolute() else (self.base / path).resolve()
 
 
+# repr() of a value from a config file does bounded work whatever the value: a few items of a
+# collection, a few levels deep, the start of a string.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 4
+
+_CLIP = 60
+
+
+def _clip(text: str, limit: int = _CLIP) -> str:
+    """`text` cut to `limit` characters with an ellipsis: how any value a user wrote appears
+    in a message, so a megabyte-long string cannot become a megabyte-long log line."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _describe(value: object) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_clip(_REPR.repr(value))} ({type(value).__name__})"
 
 
 def _bool(value: Any) -> bool:
@@ -438,7 +482,8 @@ def _config(data: object, source: str | None, base: Path) -> Config:
             rr.fail("is required", "path")
         policy = rr.get("policy", DEFAULT_POLICY, str, "a policy name")
         if policy not in policies:
-            rr.fail(f"names no policy; defined: {', '.join(sorted(policies))}", "policy")
+            names = _clip(", ".join(sorted(policies)), 4 * _CLIP)
+            rr.fail(f"names no policy; defined: {names}", "policy")
         roots.append(Root(path, policy))  # type: ignore[arg-type]
 
     qr = top.child("quarantine")
@@ -473,24 +518,105 @@ def _config(data: object, source: str | None, base: Path) -> Config:
     return config
 
 
+# -- loading ------------------------------------------------------------------------------
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that dedupd will not load: it would take too much time or memory."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, while composing and before constructing anything, a document
+    nested deeper than MAX_DEPTH, with more than MAX_ALIASES aliases, or that would have more
+    than MAX_NODES nodes with every alias expanded (each alias counts as the size of what it
+    repeats, so nested aliases are counted by what they multiply to)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._nodes = 0  # composed so far, aliases expanded
+        self._depth = 0
+        self._size: dict[int, int] = {}  # id(finished node) → its size, aliases expanded
+
+    def _refuse(self, problem: str, mark: yaml.Mark | None) -> None:
+        raise _Refused(problem=f"refused: {problem}", problem_mark=mark)
+
+    def _count(self, nodes: int, mark: yaml.Mark | None) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_NODES:
+            self._refuse(
+                f"more than {MAX_NODES} values once aliases are expanded (a YAML bomb?); "
+                "dedupd refuses such files so that loading one stays fast and small",
+                mark,
+            )
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                self._refuse(f"more than {MAX_ALIASES} aliases (*name)", event.start_mark)
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias is reported by PyYAML below
+                size = self._size.get(id(target))
+                if size is None:  # the anchor's node is still being composed
+                    self._refuse(
+                        f"alias *{_clip(str(event.anchor))} refers to a value that contains it",
+                        event.start_mark,
+                    )
+                self._count(size or 0, event.start_mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            self._refuse(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        before = self._nodes
+        self._depth += 1
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, event.start_mark)
+        if node is not None:
+            self._size[id(node)] = self._nodes - before
+        return node
+
+
+def _read_limited(path: Path) -> str:
+    """The file's text, refusing one larger than MAX_CONFIG_BYTES (or endless, like a FIFO
+    or /dev/zero) before reading more than that."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"refused: larger than {MAX_CONFIG_BYTES >> 20} MiB; a dedupd config is a few KB",
+            source=str(path),
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)
+        ) from exc
+
+
 def load_config(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate `path`; None gives the built-in defaults. Raises ConfigError."""
     if path is None:
         return Config()
     path = Path(path)
+    text = _read_limited(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)
-        ) from exc
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}invalid YAML: {problem}", source=str(path)) from exc
+        problem = _clip(getattr(exc, "problem", None) or str(exc), 4 * _CLIP)
+        kind = "" if isinstance(exc, _Refused) else "invalid YAML: "
+        raise ConfigError(f"{where}{kind}{problem}", source=str(path)) from exc
+    except (ValueError, OverflowError) as exc:
+        # PyYAML lets a few constructor errors through untyped: a date like 2024-13-45, an
+        # integer longer than Python's 4300-digit limit.
+        raise ConfigError(
+            f"invalid YAML value: {_clip(str(exc), 4 * _CLIP)}", source=str(path)
+        ) from exc
     return _config(data, str(path), path.parent.resolve())

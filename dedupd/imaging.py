@@ -3,8 +3,10 @@
 One read of the file gives both the sha256 of its bytes and the decoded image. JPEGs are
 decoded in draft mode (a 1/2, 1/4 or 1/8 scale DCT decode) to a size the hashers cannot tell
 from a full decode; EXIF orientation is applied before hashing; HEIC/HEIF come through
-pillow-heif, AVIF through Pillow. Every way a file can be bad raises a typed `ImageError`
-whose `kind` is recorded in the store.
+pillow-heif, AVIF through Pillow. Only the photo formats in `ALLOWED_FORMATS` are ever
+parsed: Pillow would otherwise pick a plugin by the file's first bytes, whatever its name, and
+its EPS plugin runs Ghostscript. Every way a file can be bad raises a typed `ImageError` whose
+`kind` is recorded in the store.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dedupd.errors import ImageError
 from dedupd.hashers import Hasher
 
 __all__ = [
+    "ALLOWED_FORMATS",
     "ChangedWhileReading",
     "CorruptImage",
     "Decoded",
@@ -44,6 +47,17 @@ __all__ = [
 ]
 
 pillow_heif.register_heif_opener()
+
+# The formats dedupd decodes, as Pillow names them: those of the default `watch.extensions`
+# (jpg/jpeg, png, heic/heif, avif, webp, gif, tif/tiff, bmp). Any other file is refused before
+# a plugin parses it: an EPS named IMG_1234.jpg would run Ghostscript (a PostScript
+# interpreter, with no timeout) and the rarer plugins are attack surface no photo needs.
+# "JPEG" also opens multi-picture JPEGs, which Pillow then reports as "MPO".
+ALLOWED_FORMATS = ("JPEG", "PNG", "HEIF", "AVIF", "WEBP", "GIF", "TIFF", "BMP")
+
+Image.init()  # every plugin registered, so a format this Pillow lacks can be left out below
+# Image.open raises KeyError on a format no plugin registered (Pillow built without AVIF).
+_DECODABLE = tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
 class EmptyFile(ImageError):
@@ -165,9 +179,9 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
         # We enforce our own pixel limit below, before any pixel is decoded.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(source)
+            image = Image.open(source, formats=_DECODABLE)
         except UnidentifiedImageError as exc:
-            raise NotAnImage(path, "not an image Pillow or pillow-heif can read") from exc
+            raise NotAnImage(path, _not_allowed(data)) from exc
         except Image.DecompressionBombError as exc:
             raise TooManyPixels(path, str(exc)) from exc
         except (OSError, SyntaxError, ValueError) as exc:
@@ -193,6 +207,28 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
     return Decoded(image, image_format, width, height)
+
+
+def _not_allowed(data: bytes | str) -> str:
+    """Why a file none of the allowed formats accepts is refused, naming what it is if one of
+    Pillow's other plugins recognizes its first bytes (a prefix test; nothing is parsed)."""
+    allowed = ", ".join(_DECODABLE)
+    try:
+        if isinstance(data, bytes):
+            prefix = data[:16]
+        else:
+            with _open_regular(data) as f:
+                prefix = f.read(16)
+    except (OSError, ImageError):
+        prefix = b""
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            recognized = name not in ALLOWED_FORMATS and accept is not None and accept(prefix)
+        except Exception:  # a plugin's own test failing on odd bytes is no reason to fail here
+            continue
+        if recognized and not isinstance(recognized, str):  # a str: "support not installed"
+            return f"format not allowed: {name} is not a photo format dedupd reads ({allowed})"
+    return f"not a photo format dedupd reads ({allowed})"
 
 
 def _taken_at(image: Image.Image) -> str | None:

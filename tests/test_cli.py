@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import CliRunner
 from PIL import Image
 
-from dedupd.cli import dedupctl, dedupd, find_config
 from dedupd.store import Store
+from dedupd.cli import _configure_logging, dedupctl, dedupd, find_config
 from tests import photos
 
 
@@ -156,7 +160,10 @@ def test_search_with_a_bad_query_image_is_a_clear_error(
     bad.write_text("nope")
     result = runner.invoke(dedupctl, ["--database", str(scanned), "search", str(bad)])
     assert result.exit_code == 2
-    assert result.output == f"error: {bad}: not an image Pillow or pillow-heif can read\n"
+    assert result.output == (
+        f"error: {bad}: not a photo format dedupd reads "
+        "(JPEG, PNG, HEIF, AVIF, WEBP, GIF, TIFF, BMP)\n"
+    )
 
 
 def test_show_lists_groups(runner: CliRunner, scanned: Path, library: Path) -> None:
@@ -357,3 +364,56 @@ def test_dedupctl_show_prints_a_name_that_is_not_utf8_byte_for_byte(
     assert any(
         line.startswith(b"  = " + cafe + b"  32x32  ") for line in groups.stdout_bytes.splitlines()
     )
+# -- logging ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def default_structlog() -> Iterator[None]:
+    """structlog is configured globally: put its defaults back for the tests that follow."""
+    yield
+    structlog.reset_defaults()
+
+
+def _log_a_failure() -> None:
+    try:
+        raise RuntimeError("database is locked")
+    except RuntimeError:
+        structlog.get_logger("x").exception("loop_step_failed", detail="retrying")
+
+
+def test_json_log_lines_carry_the_exception_that_log_exception_reports(
+    capsys: pytest.CaptureFixture[str], default_structlog: None
+) -> None:
+    """Under systemd stderr is not a TTY and `dedupd run` logs JSON: an unexpected error in
+    the loop shows its type, message and traceback there, not only `"exc_info": true`."""
+    _configure_logging("info")
+    _log_a_failure()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (line["event"], line["level"], line["detail"]) == (
+        "loop_step_failed",
+        "error",
+        "retrying",
+    )
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert line["exception"].rstrip().endswith("RuntimeError: database is locked")
+    assert "exc_info" not in line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_log_lines_show_the_exception_once(
+    monkeypatch: pytest.MonkeyPatch, default_structlog: None
+) -> None:
+    """On a terminal the console renderer formats the exception itself: exactly one
+    traceback, and no warning about a pre-formatted one (warnings are errors here)."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _configure_logging("info")
+    _log_a_failure()
+    output = terminal.getvalue()
+    assert "loop_step_failed" in output
+    assert output.count("Traceback (most recent call last)") == 1
+    assert output.count("RuntimeError: database is locked") == 1

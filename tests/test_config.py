@@ -10,6 +10,8 @@ import pytest
 
 from dedupd.config import (
     DEFAULT_POLICY,
+    MAX_ALIASES,
+    MAX_NODES,
     HashingConfig,
     IndexConfig,
     Policy,
@@ -311,6 +313,122 @@ def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
         load_config(path)
     assert str(path) in str(caught.value)
     assert "utf-8" in str(caught.value).lower()
+
+
+# -- hostile files ---------------------------------------------------------------------------
+
+
+def yaml_bomb(levels: int = 9, width: int = 9) -> str:
+    """ "Billion laughs": each level lists `width` aliases of the one before, so the value of
+    `dry_run` expands to width**levels strings (10^9 for the classic 9x9) in half a KB. It sits
+    under a known key whose check echoes the value, where it used to be expanded by repr()."""
+    chain = ["&l0 [lol]"]
+    for i in range(1, levels + 1):
+        chain.append(f"&l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+    return "dry_run: [" + ", ".join(chain) + "]\n"
+
+
+@pytest.mark.parametrize(
+    "levels", [5, 9], ids=["5-levels-59k-values", "classic-9-levels-a-billion-values"]
+)
+def test_a_billion_laughs_config_is_refused_with_a_short_message(
+    tmp_path: Path, levels: int
+) -> None:
+    """Nested aliases are counted as what they expand to and refused while the file is read,
+    before any value is built or shown: a short ConfigError naming the file and the reason,
+    not gigabytes of message (the 5-level case fails fast on code without the bound)."""
+    path = _write(tmp_path, yaml_bomb(levels))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert len(message) < 500, message[:500]
+    assert message.startswith(f"{path}: line 1, column ")
+    assert f"more than {MAX_NODES} values once aliases are expanded (a YAML bomb?)" in message
+
+
+def test_anchors_aliases_and_merge_keys_for_shared_settings_still_load(tmp_path: Path) -> None:
+    """The everyday use of aliases (one policy reused, one keep list shared, a merge key
+    overriding one setting) is far under the bounds and loads as written."""
+    path = _write(
+        tmp_path,
+        "quarantine: {path: q}\n"
+        "policies:\n"
+        "  camera: &strict {exact: delete, near: quarantine, keep: &keep [oldest, largest_file]}\n"
+        "  phone: *strict\n"
+        "  scans: {<<: *strict, near: report}\n"
+        "  archive: {keep: *keep}\n",
+    )
+    policies = load_config(path).policies
+    strict = Policy(exact="delete", near="quarantine", keep=("oldest", "largest_file"))
+    assert policies["camera"] == policies["phone"] == strict
+    assert policies["scans"] == dataclasses.replace(strict, near="report")
+    assert policies["archive"].keep == ("oldest", "largest_file")
+
+
+HUGE_VALUES = {
+    # name: (document, what the message says)
+    "10-MB-string": ('dry_run: "' + "x" * 10_000_000 + '"\n', "refused: larger than 1 MiB"),
+    "100k-item-list": (
+        "dry_run: [" + ", ".join(["x"] * 100_000) + "]\n",
+        f"refused: more than {MAX_NODES} values",
+    ),
+    "900-KB-string-as-duration": (
+        "watch: {settle_seconds: " + "9" * 900_000 + "x}\n",
+        "watch.settle_seconds: must be a duration, got '99999",
+    ),
+    "9k-item-list-as-algorithm": (
+        "hashing: {algorithm: [" + ", ".join(["x"] * 9_000) + "]}\n",
+        "hashing.algorithm: must be one of",
+    ),
+    "900-KB-policy-name": (
+        "policies:\n  ? " + "p" * 900_000 + "\n  : {bogus: 1}\n",
+        "unknown key; allowed here:",
+    ),
+    "900-KB-unknown-key": ("? " + "k" * 900_000 + "\n: 1\n", "unknown key; allowed here:"),
+}
+
+
+@pytest.mark.parametrize(("text", "fragment"), list(HUGE_VALUES.values()), ids=list(HUGE_VALUES))
+def test_a_huge_value_gives_a_short_message(tmp_path: Path, text: str, fragment: str) -> None:
+    """Whatever a file holds, the error shows a clipped excerpt of it: a log line or a
+    systemd STATUS= stays small, and the work to build the message stays bounded."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert len(message) < 500, message[:500]
+    assert message.startswith(f"{path}: ")
+    assert fragment in message
+
+
+HOSTILE_SHAPES = {
+    "nested-1000-deep": ("roots: " + "[" * 1000 + "]" * 1000 + "\n", "nested more than"),
+    "recursive-alias": ("dry_run: &loop [*loop]\n", "alias *loop refers to a value that"),
+    "1001-aliases": (
+        "dry_run: [&one x, " + ", ".join(["*one"] * (MAX_ALIASES + 1)) + "]\n",
+        f"more than {MAX_ALIASES} aliases",
+    ),
+    "impossible-date": ("quarantine: {retain: 2024-13-45}\n", "invalid YAML value: month"),
+    "5000-digit-integer": ("hashing: {hash_size: " + "9" * 5000 + "}\n", "invalid YAML value"),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), list(HOSTILE_SHAPES.values()), ids=list(HOSTILE_SHAPES)
+)
+def test_files_that_break_the_yaml_loader_are_config_errors(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    """Deep nesting (a RecursionError in PyYAML), a self-containing alias, too many aliases,
+    and values PyYAML fails on untyped (ValueError) all become a short ConfigError, which
+    the CLI reports and a reload survives."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert len(message) < 500, message[:500]
+    assert message.startswith(f"{path}: ")
+    assert fragment in message
 
 
 # -- durations and default paths -------------------------------------------------------------

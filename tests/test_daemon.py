@@ -26,8 +26,10 @@ from PIL import Image
 import dedupd.watcher
 from dedupd.actions import Actions
 from dedupd.daemon import Daemon, Notifier
+from dedupd.errors import ConfigError
 from dedupd.store import FileRecord, Store
 from tests import photos
+from tests.test_config import yaml_bomb
 
 SETTLE = 0.3
 
@@ -567,3 +569,27 @@ def test_paths_over_path_max_show_in_the_status_as_errors(env: Env) -> None:
     assert sorted((e["path"], e["kind"]) for e in errors) == sorted(
         (str(env.root / "deep" / p), "path_too_long") for p in deep
     )
+def test_a_reload_with_a_yaml_bomb_is_rejected_and_the_daemon_still_answers(env: Env) -> None:
+    """SIGHUP (and `dedupctl reload`) with a billion-laughs config: the reload is refused with
+    a short message while the file is read, the running config stays, and the main loop goes
+    on answering (it used to block for seconds expanding the bomb into gigabytes)."""
+    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+        config = daemon.config
+        env.config.write_text(yaml_bomb())
+        daemon.request_reload()  # what SIGHUP does
+        wait_for(
+            lambda: any(e["event"] == "reload_rejected" for e in list(logs)),
+            what="the reload to be rejected",
+        )
+        with pytest.raises(ConfigError, match="YAML bomb") as caught:
+            daemon.submit(daemon.reload_now).result(timeout=30)
+        assert len(str(caught.value)) < 500
+        status = daemon.submit(daemon.status).result(timeout=30)
+        assert daemon.config is config
+        assert {r["path"]: r["policy"] for r in status["roots"]} == {
+            str(env.root): "camera",
+            str(env.archive): "reference",
+        }
+    rejected = [e for e in logs if e["event"] == "reload_rejected"]
+    assert len(rejected) == 2
+    assert all(len(e["error"]) < 500 and "YAML bomb" in e["error"] for e in rejected)

@@ -8,10 +8,12 @@ import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
+from dedupd.config import DEFAULT_EXTENSIONS
 from dedupd.hashers import HASHERS, Hasher
 from dedupd.imaging import (
+    ALLOWED_FORMATS,
     ChangedWhileReading,
     CorruptImage,
     EmptyFile,
@@ -215,3 +217,65 @@ def test_a_fifo_with_a_photo_name_is_refused_without_blocking(tmp_path: Path) ->
     os.mkfifo(fifo)
     with pytest.raises(Unreadable, match="not a regular file"):
         hash_image(str(fifo), [PHASH], max_pixels=MAX_PIXELS)
+
+
+# -- the format allowlist -------------------------------------------------------------------
+
+# A complete EPS file: Pillow's EPS plugin parses this header, and load() hands the file to
+# Ghostscript to render.
+MINIMAL_EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 16 16
+%%EndComments
+newpath 0 0 moveto 16 16 lineto stroke
+showpage
+%%EOF
+"""
+
+
+def test_postscript_named_jpg_is_refused_and_ghostscript_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An EPS upload named like a photo never reaches Ghostscript (a PostScript interpreter
+    with no timeout): it is refused as not_an_image, naming what it is."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "gs-ran"
+    bin_dir.mkdir()
+    fake_gs = bin_dir / "gs"
+    fake_gs.write_text(f"#!/bin/sh\necho \"$@\" >> '{marker}'\nexit 0\n")
+    fake_gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow caches its search for gs
+    evil = tmp_path / "IMG_evil.jpg"
+    evil.write_bytes(MINIMAL_EPS)
+    with pytest.raises(NotAnImage, match="format not allowed: EPS") as info:
+        hash_image(str(evil), [PHASH], max_pixels=MAX_PIXELS)
+    assert info.value.kind == "not_an_image"
+    assert not marker.exists(), "Ghostscript was run: " + marker.read_text()
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "PCX", "SGI", "TGA"])
+def test_formats_pillow_reads_but_dedupd_does_not_are_refused(fmt: str, tmp_path: Path) -> None:
+    """Only allowlisted plugins parse uploads, whatever else this Pillow could read."""
+    path = tmp_path / "upload.jpg"
+    Image.new("RGB", (32, 32), (10, 120, 200)).save(path, format=fmt)
+    with pytest.raises(NotAnImage, match="not a photo format dedupd reads"):
+        hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
+
+
+def test_the_allowlist_covers_every_default_extension_and_this_pillow_reads_it_all() -> None:
+    """A default extension whose format is not allowlisted would have every such upload
+    refused; an allowlisted format this Pillow cannot open would be refused silently."""
+    by_extension = Image.registered_extensions()
+    assert {by_extension[f".{e}"] for e in DEFAULT_EXTENSIONS} == set(ALLOWED_FORMATS)
+    assert set(ALLOWED_FORMATS) <= set(Image.OPEN)
+
+
+@pytest.mark.parametrize("fmt", ALLOWED_FORMATS)
+def test_every_allowed_format_decodes_to_the_same_picture(fmt: str, tmp_path: Path) -> None:
+    """Each allowlisted format still opens, and gives the photo itself (pHash near the JPEG's)."""
+    path = tmp_path / f"coffee.{fmt.lower()}"
+    with Image.open(photos.photo("coffee")) as im:
+        im.convert("RGB").save(path, format=fmt)
+    result = hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
+    assert (result.format, result.width, result.height) == (fmt, 600, 400)
+    d = distance(result.hashes[PHASH.key], _hash(photos.photo("coffee")))
+    assert d <= 0.05 * PHASH.bits, d
