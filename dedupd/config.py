@@ -36,8 +36,10 @@ __all__ = [
     "Config",
     "HashingConfig",
     "IndexConfig",
+    "Keep",
     "KeepRule",
     "Policy",
+    "PreferFolders",
     "QuarantineConfig",
     "Root",
     "WatchConfig",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 Action = Literal["report", "quarantine", "delete"]
-KeepRule = Literal["highest_resolution", "largest_file", "oldest", "newest"]
+KeepRule = Literal["highest_resolution", "largest_file", "original_name", "oldest", "newest"]
 IndexBackend = Literal["hamming", "ckdtree"]
 
 DEFAULT_POLICY = "default"
@@ -117,11 +119,28 @@ class Root:
 
 
 @dataclass(frozen=True, slots=True)
+class PreferFolders:
+    """Keep rule `{prefer_folders: [A, B]}`: a file under A beats one under B, which beats one
+    elsewhere. Written as a rule, not a policy key, so its place in `keep` says what it
+    outranks."""
+
+    folders: tuple[Path, ...]
+
+    def __str__(self) -> str:
+        return f"prefer_folders({', '.join(map(str, self.folders))})"
+
+
+Keep = KeepRule | PreferFolders
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     threshold: float | None = None  # None: the hasher's calibrated default
     exact: Action = "report"
     near: Action = "report"
-    keep: tuple[KeepRule, ...] = ("highest_resolution", "largest_file", "oldest")
+    # Exact copies tie on pixels and bytes, so for them `original_name` comes first; it
+    # precedes `oldest` because a copy's mtime is often just when it arrived.
+    keep: tuple[Keep, ...] = ("highest_resolution", "largest_file", "original_name", "oldest")
     dry_run: bool = False
     reference: bool = False  # files here are always keepers and are never acted on
     burst_seconds: float = 2.0  # near matches shot this close together are only reported
@@ -287,6 +306,12 @@ class _Reader:
     def path_value(self, name: str, default: Path | None) -> Path | None:
         return self.get(name, default, self._path, "a path")
 
+    def paths(self, value: Any) -> tuple[Path, ...]:
+        """A non-empty list of folders, resolved as the store names roots (symlinks too)."""
+        if not isinstance(value, list) or not value:
+            raise ValueError(value)
+        return tuple(self._path(v).resolve() for v in value)
+
     def _path(self, value: Any) -> Path:
         if not isinstance(value, str) or not value:
             raise ValueError(value)
@@ -401,6 +426,33 @@ def _watch(r: _Reader) -> WatchConfig:
     )
 
 
+def _keep(r: _Reader, default: tuple[Keep, ...]) -> tuple[Keep, ...]:
+    """`keep`: rule names, and `{prefer_folders: [...]}` mappings, in order."""
+    value = r.data.get("keep")
+    if value is None:
+        return default
+    allowed = "a non-empty list of " + ", ".join(_KEEP_RULES) + " or {prefer_folders: [folders]}"
+    if not isinstance(value, list) or not value:
+        r.fail(f"must be {allowed}, got {_describe(value)}", "keep")
+    rules: list[Keep] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item in _KEEP_RULES:
+            rules.append(item)
+        elif isinstance(item, dict):
+            rr = _Reader(item, f"{r.key('keep')}[{i}]", r.source, r.base)
+            rr.only(("prefer_folders",))
+            none: tuple[Path, ...] = ()
+            folders = rr.get("prefer_folders", none, rr.paths, "a non-empty list of folders")
+            if not folders:
+                rr.fail("is required: a non-empty list of folders", "prefer_folders")
+            if len(set(folders)) != len(folders):
+                rr.fail(f"lists a folder twice: {', '.join(map(str, folders))}", "prefer_folders")
+            rules.append(PreferFolders(folders))
+        else:
+            r.fail(f"must be {allowed}, got {_describe(value)}", "keep")
+    return tuple(rules)
+
+
 def _policy(r: _Reader) -> Policy:
     r.only(
         (
@@ -416,12 +468,6 @@ def _policy(r: _Reader) -> Policy:
     )
     d = Policy()
 
-    def keep(value: Any) -> tuple[KeepRule, ...]:
-        rules = _string_list(value)
-        if not rules or any(rule not in _KEEP_RULES for rule in rules):
-            raise ValueError(value)
-        return rules  # type: ignore[return-value]
-
     near = r.choice("near", d.near, _ACTIONS)
     if near == "delete":
         r.fail(
@@ -432,7 +478,7 @@ def _policy(r: _Reader) -> Policy:
         threshold=r.get("threshold", d.threshold, _fraction, "a number between 0 and 1"),
         exact=r.choice("exact", d.exact, _ACTIONS),
         near=near,
-        keep=r.get("keep", d.keep, keep, "a non-empty list of " + ", ".join(_KEEP_RULES)),
+        keep=_keep(r, d.keep),
         dry_run=r.get("dry_run", d.dry_run, _bool, "true or false"),
         reference=r.get(
             "reference", r.path.endswith(f".{REFERENCE_POLICY}"), _bool, "true or false"

@@ -11,8 +11,10 @@ size and time; a malformed request gets a 4xx answer, never a crash.
 from __future__ import annotations
 
 import contextlib
+import http
 import http.client
 import http.server
+import io
 import json
 import os
 import socket
@@ -31,7 +33,6 @@ import structlog
 from dedupd import queries
 from dedupd.config import parse_duration
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError
-from dedupd.imaging import hash_image
 
 if TYPE_CHECKING:
     from dedupd.daemon import Daemon
@@ -43,8 +44,11 @@ log = structlog.get_logger("dedupd.control")
 API = "/v1"
 MAX_BODY = 64 * 1024
 MAX_DISCARD = 4 * 1024 * 1024  # an oversized body is read and dropped up to this much
-REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its whole request
-MAX_CLIENTS = 16  # connections served at once; more are refused
+MAX_HEAD = 16 * 1024  # request line and headers
+REQUEST_TIMEOUT = 2.0  # seconds from connect until the whole request is in
+ANSWER_TIMEOUT = 10.0  # seconds the client has to take the whole answer
+MAX_WAITING = 64  # connections waiting on their client; one more cuts off the oldest
+MAX_CLIENTS = 16  # requests run at once; more are answered 503 busy
 MAX_RESULTS = 1000  # search results per request
 COMMAND_TIMEOUT = 600.0  # seconds to wait for the daemon's thread (a purge of many files)
 
@@ -69,30 +73,76 @@ class _BadRequest(Exception):
 # -- server -------------------------------------------------------------------------------------
 
 
+class _Waiting:
+    """Connections the server is waiting on, to send their request or to take our answer,
+    each with a deadline.
+
+    Waiting costs a thread and a socket but no worker slot, so slow or silent clients cannot
+    starve a quick `status`: the serve loop cuts off whoever is overdue, and a connection
+    beyond MAX_WAITING cuts off the one that has waited longest (a real client sends its
+    request at once, so the oldest waiter is the likeliest to be stalling on purpose).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[socket.socket, float] = {}  # in the order they started waiting
+        self._cut: set[socket.socket] = set()
+
+    def start(self, sock: socket.socket, seconds: float) -> None:
+        """Wait for `sock` at most `seconds` from now; make room for it first."""
+        with self._lock:
+            self._due.pop(sock, None)
+            while len(self._due) >= MAX_WAITING:
+                self._cut_off(next(iter(self._due)))
+            self._due[sock] = time.monotonic() + seconds
+
+    def stop(self, sock: socket.socket) -> bool:
+        """No longer waiting on `sock`; False when it was cut off (it then gets no answer)."""
+        with self._lock:
+            self._due.pop(sock, None)
+            return sock not in self._cut
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._due.pop(sock, None)
+            self._cut.discard(sock)
+
+    def reap(self) -> None:
+        """Cut off every connection past its deadline."""
+        now = time.monotonic()
+        with self._lock:
+            for sock in [s for s, due in self._due.items() if due <= now]:
+                self._cut_off(sock)
+
+    def cut_all(self) -> None:
+        with self._lock:
+            for sock in list(self._due):
+                self._cut_off(sock)
+
+    def _cut_off(self, sock: socket.socket) -> None:
+        # shutdown, not close: the handler thread still owns the descriptor; its blocked
+        # recv or send returns at once and it closes the socket itself.
+        del self._due[sock]
+        self._cut.add(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """One thread per request, at most MAX_CLIENTS at once; started and stopped by the daemon."""
+    """One thread per connection; started and stopped by the daemon.
+
+    A connection waits (for its request, later for the client to take the answer) under a
+    short deadline without holding a worker slot; only running a route holds one of the
+    MAX_CLIENTS slots, and a request that finds them all busy gets 503 at once.
+    """
 
     daemon_threads = True
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):  # too many clients: refuse, do not queue
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    request_queue_size = 128  # a burst of connects waits in the backlog, not refused
 
     def __init__(self, path: Path, daemon: Daemon):
         self.path, self.owner = path, daemon
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.waiting = _Waiting()
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_socket(path)
         super().__init__(str(path), _Handler)
@@ -101,6 +151,28 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="dedupd-control"
         )
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # The clock starts at accept, so a client cannot stall before its handler runs.
+        self.waiting.start(request, REQUEST_TIMEOUT)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.waiting.forget(request)
+            raise
+
+    def shutdown_request(self, request: Any) -> None:
+        self.waiting.forget(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("control_connection_failed")  # to the daemon's log, not to stderr
+
+    def service_actions(self) -> None:
+        # Called by serve_forever at least every poll_interval: deadlines need no timer
+        # thread per connection.
+        super().service_actions()
+        self.waiting.reap()
+
     def start(self) -> None:
         self._thread.start()
         log.info("control_socket", path=str(self.path))
@@ -108,6 +180,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def stop(self) -> None:
         if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
             self.shutdown()
+        self.waiting.cut_all()  # nobody reaps any more: free the threads of waiting clients
         self.server_close()
         self._thread.join(timeout=10)
         with contextlib.suppress(FileNotFoundError):
@@ -133,10 +206,42 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(f"{path}: another dedupd is already serving this socket", key="socket")
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
+class _BoundedHead:
+    """The request stream, whose lines (the request line and headers) may add up to at most
+    MAX_HEAD bytes: http.server alone allows 100 headers of 64 KiB each, per connection."""
+
+    def __init__(self, raw: io.BufferedIOBase):
+        self._raw, self._left = raw, MAX_HEAD
+
+    def readline(self, size: int = -1) -> bytes:
+        want = self._left + 1 if size < 0 else min(size, self._left + 1)
+        line = self._raw.readline(want)
+        if len(line) > self._left:
+            raise _HeadTooLarge
+        self._left -= len(line)
+        return line
+
+    def read(self, size: int = -1) -> bytes:  # the body: bounded by _Handler._body
+        return self._raw.read(size)
+
+    def close(self) -> None:
+        self._raw.close()
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: ControlServer
-    timeout = REQUEST_TIMEOUT
+    timeout = REQUEST_TIMEOUT  # each read; the server's deadline bounds the whole request
     protocol_version = "HTTP/1.0"
+    default_request_version = "HTTP/1.0"  # never 0.9: every answer has a status line
+
+    def setup(self) -> None:
+        super().setup()
+        self.requestline, self.request_version = "", self.default_request_version  # until read
+        self.rfile = _BoundedHead(self.rfile)  # type: ignore[assignment]
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("control_request", message=format % args)
@@ -145,21 +250,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return "unix"
 
     def handle(self) -> None:
-        # The socket timeout bounds each read; this bounds the whole request, so a client
-        # trickling one byte at a time cannot hold a thread.
-        deadline = threading.Timer(REQUEST_TIMEOUT, self._expire)
-        deadline.daemon = True
-        self._reading = True
-        deadline.start()
         try:
             super().handle()
-        finally:
-            deadline.cancel()
+        except _HeadTooLarge:
+            self.close_connection = True
+            self.send_error(431, "request head too large", f"at most {MAX_HEAD} bytes")
 
-    def _expire(self) -> None:
-        if self._reading:
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (a garbled request line, bad headers) in our JSON shape.
+        self._answer(
+            code, {"error": message or http.HTTPStatus(code).phrase, "detail": explain or ""}
+        )
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -182,8 +283,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             query = parse_qs(url.query, encoding="utf-8", errors="surrogateescape")
             params = {k: v[-1] for k, v in query.items()}
             body = self._body() if method == "POST" else {}
-            self._reading = False
-            status, answer = 200, route(self.server.owner, params, body)
+            if not self.server.waiting.stop(self.connection):
+                return  # cut off before its request was in: it gets no answer
+            status, answer = 200, self._run(route, params, body)
         except _BadRequest as exc:
             status, answer = exc.status, {"error": exc.error, "detail": exc.detail}
         except NotFoundError as exc:
@@ -195,15 +297,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except Exception as exc:  # a bug: answer 500, log it, keep serving
             log.exception("control_request_failed", path=url.path)
             status, answer = 500, {"error": "internal error", "detail": repr(exc)}
-        data = json.dumps(answer).encode()
+        self._answer(status, answer)
+
+    def _run(self, route: Route, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        """Run `route` in one of the MAX_CLIENTS slots; only this part holds one."""
+        if not self.server.slots.acquire(blocking=False):  # answer now rather than queue
+            raise _BadRequest(503, "busy", f"{MAX_CLIENTS} requests are running; try again")
         try:
+            return route(self.server.owner, params, body)
+        finally:
+            self.server.slots.release()
+
+    def _answer(self, status: int, answer: dict[str, Any]) -> None:
+        waiting, conn = self.server.waiting, self.connection
+        if not waiting.stop(conn):
+            return  # cut off: nobody to answer
+        data = json.dumps(answer).encode()
+        # The client has ANSWER_TIMEOUT to take the whole answer; one that does not read
+        # is cut off by the server's deadline, the socket timeout is a backstop.
+        waiting.start(conn, ANSWER_TIMEOUT)
+        try:
+            conn.settimeout(ANSWER_TIMEOUT)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
         except OSError:
-            pass  # the client went away
+            pass  # the client went away, or was cut off
+        finally:
+            waiting.stop(conn)
 
     def _discard(self, size: int) -> None:
         with contextlib.suppress(OSError):
@@ -267,20 +390,24 @@ def _status(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str
 def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     ingest = d.ingest
     hasher = ingest.hasher
-    if "hash" in params:
-        try:
-            bits = bytes.fromhex(params["hash"])
-        except ValueError as exc:
-            raise _BadRequest(400, "bad request", "hash must be hex") from exc
-        if len(bits) * 8 < hasher.bits or len(bits) * 8 >= hasher.bits + 8:
-            raise _BadRequest(400, "bad request", f"hash must have {hasher.bits} bits")
-        query: dict[str, Any] = {"hash": params["hash"], "sha256": params.get("sha256")}
-    elif "path" in params:
-        hashed = hash_image(params["path"], [hasher], max_pixels=d.config.hashing.max_pixels)
-        bits = hashed.hashes[hasher.key]
-        query = {"path": params["path"], "sha256": hashed.sha256}
-    else:
-        raise _BadRequest(400, "bad request", "give path= or hash=")
+    if "path" in params:
+        # The daemon never opens a file for a client: it may read folders the client cannot,
+        # and decoding is the client's cost to bear (dedupctl hashes with max_pixels).
+        raise _BadRequest(
+            400,
+            "bad request",
+            "path= is not accepted: hash the image yourself and send hash= (and sha256=); "
+            "`dedupctl search IMAGE` does this",
+        )
+    if "hash" not in params:
+        raise _BadRequest(400, "bad request", "give hash= (hex) and optionally sha256=")
+    try:
+        bits = bytes.fromhex(params["hash"])
+    except ValueError as exc:
+        raise _BadRequest(400, "bad request", "hash must be hex") from exc
+    if len(bits) * 8 < hasher.bits or len(bits) * 8 >= hasher.bits + 8:
+        raise _BadRequest(400, "bad request", f"hash must have {hasher.bits} bits")
+    query: dict[str, Any] = {"hash": params["hash"], "sha256": params.get("sha256")}
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
     with d.store_reader() as store:
         return queries.search(

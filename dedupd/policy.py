@@ -6,15 +6,26 @@ out what `decide` returns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from dedupd.config import Action, KeepRule, Policy
+from dedupd.config import Action, Keep, KeepRule, Policy, PreferFolders
 from dedupd.store import FileRecord, MatchKind
 
-__all__ = ["KEEP_RULES", "Candidate", "Decision", "decide", "rank"]
+__all__ = [
+    "KEEP_RULES",
+    "Candidate",
+    "Decision",
+    "decide",
+    "describe",
+    "is_copy_name",
+    "prefers",
+    "rank",
+]
 
 
 def _capture_time(r: FileRecord) -> float:
@@ -28,18 +39,96 @@ def _capture_time(r: FileRecord) -> float:
     return r.mtime_ns / 1e9
 
 
-KEEP_RULES: dict[KeepRule, Callable[[FileRecord], object]] = {
-    # Each key sorts the preferred file first.
-    "highest_resolution": lambda r: -r.pixels,
-    "largest_file": lambda r: -r.size,
-    "oldest": _capture_time,
-    "newest": lambda r: -_capture_time(r),
+_Key = Callable[[FileRecord], object]  # sorts the preferred file first
+
+# A copy's name is the original's stem plus one of these, as file managers, browsers, phones
+# and sync tools make them. A suffix counts only when the stem without it is the name of
+# another file compared (and numbers have 1-3 digits), so `IMG_1234` is never a copy of
+# `IMG_123`, and `IMG_1234_1` is a copy only next to an `IMG_1234`: alone it is just a name.
+_COPY_SUFFIX = re.compile(
+    r"""(?:
+        \ ?\(\d{1,3}\)                                   # " (1)", "(2)": Windows, browsers
+      | (?:\ -\ |[\ _-])copy(?:\ ?\(\d{1,3}\)|\ \d{1,3})?  # " copy 2", "-copy", " - Copy (2)"
+      | \ \((?:conflicted\ )?copy\b[^)]*\)               # " (copy)", Nextcloud/Dropbox
+      | [_-]\d{1,3}                                      # "_1", "-2": phones, scripts
+      | \.sync-conflict-\d{8}-\d{6}(?:-[A-Z0-9]{7})?      # Syncthing
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def _stem(r: FileRecord) -> str:
+    return PurePosixPath(r.relpath).stem.casefold()
+
+
+def is_copy_name(stem: str, others: Collection[str]) -> bool:
+    """True when `stem` is one of `others` plus copy suffixes (`IMG_1 (1) (1)` of `IMG_1`).
+    Compared case-insensitively; `others` must be casefolded."""
+    stem = stem.casefold()
+    for _ in range(4):  # a few suffixes deep is a copy of a copy; more is a name
+        match = _COPY_SUFFIX.search(stem)
+        if match is None or match.start() == 0:
+            return False
+        stem = stem[: match.start()]
+        if stem in others:
+            return True
+    return False
+
+
+def _original_name(files: Sequence[FileRecord]) -> _Key:
+    stems = {_stem(r) for r in files}
+    return lambda r: is_copy_name(_stem(r), stems)  # False (the original) sorts first
+
+
+def _each(key: _Key) -> Callable[[Sequence[FileRecord]], _Key]:
+    """A rule that needs only the file itself."""
+    return lambda files: key
+
+
+KEEP_RULES: dict[KeepRule, Callable[[Sequence[FileRecord]], _Key]] = {
+    # Each rule, given the files compared, returns a key that sorts the preferred file first.
+    "highest_resolution": _each(lambda r: -r.pixels),
+    "largest_file": _each(lambda r: -r.size),
+    "original_name": _original_name,
+    "oldest": _each(_capture_time),
+    "newest": _each(lambda r: -_capture_time(r)),
 }
 
 
-def rank(files: Sequence[FileRecord], rules: Sequence[KeepRule]) -> list[FileRecord]:
+def _prefer_folders(rule: PreferFolders) -> _Key:
+    def key(r: FileRecord) -> int:
+        path = r.path
+        return next(
+            (i for i, f in enumerate(rule.folders) if path.is_relative_to(f)), len(rule.folders)
+        )
+
+    return key
+
+
+def _keys(files: Sequence[FileRecord], rules: Sequence[Keep]) -> list[tuple[object, ...]]:
+    """Each file's sort key under `rules` (no tie-break)."""
+    fitted = [
+        _prefer_folders(rule) if isinstance(rule, PreferFolders) else KEEP_RULES[rule](files)
+        for rule in rules
+    ]
+    return [tuple(key(r) for key in fitted) for r in files]
+
+
+def rank(files: Sequence[FileRecord], rules: Sequence[Keep]) -> list[FileRecord]:
     """`files` best first by the ordered keep `rules`; the path breaks any remaining tie."""
-    return sorted(files, key=lambda r: (*(KEEP_RULES[rule](r) for rule in rules), str(r.path)))
+    keys = _keys(files, rules)
+    order = sorted(range(len(files)), key=lambda i: (keys[i], str(files[i].path)))
+    return [files[i] for i in order]
+
+
+def prefers(a: FileRecord, b: FileRecord, rules: Sequence[Keep]) -> bool:
+    """True when the keep `rules` alone rank `a` before `b` (a tie is False)."""
+    key_a, key_b = _keys([a, b], rules)
+    return key_a < key_b
+
+
+def describe(rules: Sequence[Keep]) -> str:
+    return ", ".join(map(str, rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +238,15 @@ def decide(
         keeper, target = other, newcomer
         rule = "the match is in a reference root"
     else:
-        keeper = rank([newcomer, other], policy.keep)[0]
+        if best.kind == "exact":
+            # Identical bytes: no copy is better, so arrival order must not decide. The file
+            # already here stays unless the keep rules (not the path tie-break) prefer the
+            # newcomer, e.g. `IMG_1.jpg` arriving after `IMG_1 (1).jpg`.
+            keeper = newcomer if prefers(newcomer, other, policy.keep) else other
+        else:
+            keeper = rank([newcomer, other], policy.keep)[0]
         target = other if keeper is newcomer else newcomer
-        rule = f"keep: {', '.join(policy.keep)}"
+        rule = f"keep: {describe(policy.keep)}"
     if target is not newcomer and not policy.act_on_existing:
         return Decision(
             "report",

@@ -16,8 +16,8 @@ import structlog
 from click.testing import CliRunner
 from PIL import Image
 
-from dedupd.store import Store
 from dedupd.cli import _configure_logging, dedupctl, dedupd, find_config
+from dedupd.store import Store
 from tests import photos
 
 
@@ -249,11 +249,11 @@ def test_scan_applies_the_policy_and_prints_each_action(
     q = tmp_path / "quarantine" / str(library).lstrip("/")
     assert acted == [
         f"delete: {library}/astronaut (1).jpg (done; keeper {library}/astronaut.jpg; "
-        "keep: highest_resolution, largest_file, oldest)",
+        "keep: highest_resolution, largest_file, original_name, oldest)",
         f"quarantine: {library}/chat/coffee-wa.jpg (done; keeper {library}/coffee.jpg; "
-        "keep: highest_resolution, largest_file, oldest)",
+        "keep: highest_resolution, largest_file, original_name, oldest)",
         f"quarantine: {library}/chat/rocket-small.jpg (done; keeper {library}/rocket.jpg; "
-        "keep: highest_resolution, largest_file, oldest)",
+        "keep: highest_resolution, largest_file, original_name, oldest)",
     ]
     # chelsea-rotated arrived later and is the better copy: only reported (act_on_existing).
     assert (library / "edit" / "chelsea-rotated.jpg").exists() and (

@@ -586,3 +586,81 @@ def test_a_root_inside_the_quarantine_folder_is_rejected(tmp_path: Path) -> None
 def test_command_line_dirs_are_checked_for_overlap_too(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="roots must not contain each other"):
         load_config(None).with_roots([tmp_path, tmp_path / "sub"])
+
+
+# -- keep rules for exact duplicates (issue #9 item 12) ---------------------------------------
+
+
+def test_default_keep_rules_put_original_name_before_the_capture_time() -> None:
+    """Exact copies tie on pixels and bytes, so the default lets the name decide next: a
+    copy's mtime is often just when it arrived, which must not pick the keeper."""
+    assert Policy().keep == ("highest_resolution", "largest_file", "original_name", "oldest")
+
+
+def test_keep_accepts_original_name_and_preferred_folders_in_their_order(tmp_path: Path) -> None:
+    """`{prefer_folders: [...]}` is a keep rule placed where it should rank; its folders are
+    resolved like every config path (relative to the config file) and kept in order."""
+    import dedupd.config as config
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path = _write(
+        tmp_path,
+        "policies:\n"
+        "  camera:\n"
+        "    keep: [{prefer_folders: [camera, /srv/photos/best, link]}, original_name, oldest]\n",
+    )
+    keep = load_config(path).policies["camera"].keep
+    folders = (tmp_path.resolve() / "camera", Path("/srv/photos/best"), tmp_path.resolve() / "real")
+    assert keep == (config.PreferFolders(folders), "original_name", "oldest")
+    assert str(keep[0]) == f"prefer_folders({', '.join(map(str, folders))})"
+
+
+BAD_KEEP = {
+    "not-a-rule": (
+        "keep: [original_name, 3]",
+        "policies.camera.keep",
+        ["3", "original_name", "prefer_folders"],
+    ),
+    "folders-empty": (
+        "keep: [{prefer_folders: []}]",
+        "policies.camera.keep[0].prefer_folders",
+        ["non-empty list of folders", "[]"],
+    ),
+    "folders-not-a-list": (
+        "keep: [oldest, {prefer_folders: /srv/best}]",
+        "policies.camera.keep[1].prefer_folders",
+        ["non-empty list of folders", "'/srv/best'"],
+    ),
+    "folder-not-a-string": (
+        "keep: [{prefer_folders: [/srv/a, 7]}]",
+        "policies.camera.keep[0].prefer_folders",
+        ["list of folders", "7"],
+    ),
+    "misspelt-rule-key": (
+        "keep: [oldest, {prefer_folder: [/srv/best]}]",
+        "policies.camera.keep[1].prefer_folder",
+        ["unknown key", "prefer_folders"],
+    ),
+    "empty-mapping": ("keep: [{}]", "policies.camera.keep[0].prefer_folders", ["required"]),
+    "folder-twice": (
+        "keep: [{prefer_folders: [/srv/a, /srv/b/../a]}]",
+        "policies.camera.keep[0].prefer_folders",
+        ["twice", "/srv/a"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("keep", "key", "fragments"), list(BAD_KEEP.values()), ids=list(BAD_KEEP))
+def test_bad_keep_rules_are_rejected_naming_the_key(
+    tmp_path: Path, keep: str, key: str, fragments: list[str]
+) -> None:
+    """A bad keep rule raises ConfigError naming the file, the exact key path down to the
+    rule's index, and what is allowed."""
+    path = _write(tmp_path, f"policies:\n  camera: {{{keep}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key
+    assert f"{path}: {key}: " in str(caught.value)
+    for fragment in fragments:
+        assert fragment in str(caught.value)

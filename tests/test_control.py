@@ -3,17 +3,21 @@ the fallback without a daemon, and bad requests answered cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from dedupd import control
 from dedupd.cli import dedupctl
+from dedupd.control import ControlClient
 from dedupd.daemon import Daemon
 from dedupd.store import Store
 from tests import photos
@@ -337,3 +341,160 @@ def test_a_name_that_is_not_utf8_goes_through_the_socket_byte_for_byte(
     assert restored.exit_code == 0, restored.output
     assert restored.stdout_bytes == b"restored " + name + b"\n"
     assert os.path.exists(name)
+# -- hostile local clients (issue #9 item 11) ---------------------------------------------------
+# Anyone in the socket's group may connect. None of them may learn about files it cannot read,
+# make the daemon decode for it, or keep `status` from answering by being slow.
+
+
+def _exchange(s: socket.socket, request: bytes) -> tuple[int, dict[str, object]]:
+    """Send `request` on a connected socket and read the answer; the server may hang up
+    before reading all of it (a refused head), which resets the rest of the conversation."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        s.sendall(request)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _client(sock_path: Path, timeout: float = 5.0) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(sock_path))  # blocking: a full listen backlog waits, not EAGAIN
+    except BaseException:
+        s.close()
+        raise
+    s.settimeout(timeout)
+    return s
+
+
+def _status_answers(sock_path: Path) -> bool:
+    """`status` answers within a client timeout of 1.5 s: a behavioural bound, not a benchmark
+    (the daemon answers it in milliseconds unless something holds it up)."""
+    return "indexed" in ControlClient(sock_path, timeout=1.5).get("status")
+
+
+def _cut_off(s: socket.socket) -> bool:
+    """True when the server hangs up on `s` (EOF or reset) before its 5 s client timeout,
+    having sent no answer."""
+    try:
+        return s.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_search_by_path_is_refused_so_the_daemon_reads_no_file_for_a_client(
+    env: Env, daemon: Daemon
+) -> None:
+    """`path=` would let any socket client learn the sha256 and nearest match of a photo in a
+    folder it cannot read, and make the daemon decode whatever it names: it is a 400 that
+    says to send hash=, whatever the path (readable photo, missing file)."""
+    sock = daemon.config.socket
+    for path in (env.root / "IMG_1.jpg", Path("/no/such.jpg")):
+        status, body = raw(sock, b"GET /v1/search?path=%s HTTP/1.0\r\n\r\n" % bytes(path))
+        assert status == 400
+        assert "hash=" in str(body["detail"]) and "sha256" not in body
+    assert raw(sock, b"GET /v1/search HTTP/1.0\r\n\r\n")[0] == 400
+    assert _status_answers(sock)
+
+
+@pytest.mark.slow
+def test_clients_that_stall_sending_their_request_do_not_starve_status(
+    env: Env, daemon: Daemon
+) -> None:
+    """More clients than worker slots (16) each send half a request and stall: `status`
+    still answers at once, since waiting for a request holds no slot, and every stalled
+    client is cut off at the request deadline without an answer."""
+    sock = daemon.config.socket
+    stalled = [_client(sock) for _ in range(control.MAX_CLIENTS + 8)]
+    try:
+        for s in stalled:
+            with contextlib.suppress(OSError):  # a server that refuses them fails below
+                s.sendall(b"GET /v1/status HTTP/1.0\r\nX-Slow: a")
+        assert _status_answers(sock)
+        assert all(_cut_off(s) for s in stalled)
+    finally:
+        for s in stalled:
+            s.close()
+    assert _status_answers(sock)
+
+
+def test_a_flood_of_silent_connections_does_not_starve_status(env: Env, daemon: Daemon) -> None:
+    """Connections that send nothing, more than the server waits on at once: each newcomer
+    beyond MAX_WAITING cuts off the longest-waiting one, so the oldest silent ones are hung
+    up on and `status` (sent at once, as real clients do) still answers."""
+    sock = daemon.config.socket
+    extra = 8
+    silent = [_client(sock) for _ in range(control.MAX_WAITING + extra)]
+    try:
+        assert all(_cut_off(s) for s in silent[:extra])  # made room for the last ones
+        assert _status_answers(sock)
+    finally:
+        for s in silent:
+            s.close()
+    assert _status_answers(sock)
+
+
+def test_clients_that_never_read_their_answer_do_not_starve_status(
+    env: Env, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients that ask for a big answer (over the socket buffer) and never read it: writing
+    holds no worker slot, so `status` answers meanwhile, and each stalled writer is cut off
+    at the answer deadline instead of holding a thread forever."""
+    answer = {"filler": "x" * (1 << 20)}
+    served = threading.Semaphore(0)
+
+    def big(d: Daemon, params: dict[str, str], body: dict[str, object]) -> dict[str, object]:
+        served.release()
+        return answer
+
+    monkeypatch.setitem(control.ROUTES, ("GET", f"{control.API}/groups"), big)
+    monkeypatch.setattr(control, "ANSWER_TIMEOUT", 1.0)
+    sock = daemon.config.socket
+    readers = [_client(sock) for _ in range(control.MAX_CLIENTS + 4)]
+    try:
+        for s in readers:
+            s.sendall(b"GET /v1/groups HTTP/1.0\r\n\r\n")
+        for _ in range(control.MAX_CLIENTS):  # at least this many are stuck writing
+            assert served.acquire(timeout=10)
+        assert _status_answers(sock)
+
+        def serving() -> bool:  # the server's threads for these clients, until cut off
+            return any("process_request_thread" in t.name for t in threading.enumerate())
+
+        wait_for(lambda: not serving(), what="the stalled writers to be cut off")
+        for s in readers:
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(1 << 16):
+                    received += chunk
+            assert 0 < len(received) < len(json.dumps(answer))  # cut off mid-answer
+    finally:
+        for s in readers:
+            s.close()
+    assert _status_answers(sock)
+
+
+def test_garbage_and_oversized_heads_get_json_errors_and_the_daemon_goes_on(
+    env: Env, daemon: Daemon
+) -> None:
+    """A garbled request line gets a JSON 400 with a status line; a request head over
+    MAX_HEAD (many headers, or one huge line) is refused with 431 before it is all read, so
+    64 waiting clients cannot make the daemon hold 6 MB of headers each."""
+    sock = daemon.config.socket
+    with _client(sock) as s:
+        status, body = _exchange(s, b"\x00\xffgarbage\r\n\r\n")
+    assert status == 400 and "error" in body
+    many = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(40))
+    with _client(sock) as s:
+        status, body = _exchange(s, b"GET /v1/status HTTP/1.0\r\n" + many + b"\r\n")
+    assert status == 431 and body["error"] == "request head too large"
+    with _client(sock) as s:
+        status, _ = _exchange(s, b"GET /v1/status HTTP/1.0\r\nX-Huge: " + b"a" * (1 << 20))
+    assert status == 431
+    with _client(sock) as s:
+        status, _ = _exchange(s, b"GET /v1/" + b"a" * (1 << 20) + b" HTTP/1.0\r\n\r\n")
+    assert status == 431
+    assert _status_answers(sock)

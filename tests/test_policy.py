@@ -689,3 +689,195 @@ def test_property_delete_needs_an_exact_keeper_and_reference_files_are_never_tar
         assert d.target is not None
     if dry_run:
         assert d.dry_run or d.action == "none"
+
+
+# -- keep rules for exact duplicates (issue #9 item 12) -------------------------------------
+# For identical bytes there is no better copy: pixels, size and capture time tie, so the old
+# path tie-break let the arrival order decide, and a copy that arrived first left its original
+# "the better newcomer" (report only). Now a name, a folder, or nothing decides, never arrival.
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import dedupd.config  # noqa: E402
+import dedupd.policy  # noqa: E402
+
+TAKEN = "2024-05-01T10:00:00"  # identical bytes carry identical EXIF
+COPY_SUFFIXES = (
+    " (1)",
+    " (2)",
+    "(3)",
+    "-copy",
+    " copy",
+    "_copy",
+    " copy 2",
+    " - Copy",
+    " - Copy (2)",
+    " (copy)",
+    " (conflicted copy 2024-05-02 101112)",
+    "_1",
+    "-1",
+    "_12",
+    ".sync-conflict-20240502-101112-ABCDEFG",
+    " (1) (1)",
+)
+
+
+def twin(relpath: str, **kw: Any) -> FileRecord:
+    """A byte-identical copy: same sha256, pixels, size and EXIF time as every other twin."""
+    return record(relpath, sha256=SHA_A, taken_at=TAKEN, **kw)
+
+
+@pytest.mark.parametrize("suffix", COPY_SUFFIXES)
+def test_rank_original_name_prefers_the_name_without_a_copy_suffix(suffix: str) -> None:
+    """Keep rule original_name: `IMG_7.jpg` beats `IMG_7<suffix>.jpg`, whatever the order,
+    the case of the suffix, or which one sorts first by path."""
+    original, copy = twin("IMG_7.jpg"), twin(f"IMG_7{suffix.upper()}.JPG")
+    assert rank([copy, original], ["original_name"]) == [original, copy]
+    assert rank([original, copy], ["original_name"]) == [original, copy]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("IMG_1234.jpg", "IMG_123.jpg"),  # a longer number, not a suffix
+        ("IMG_1234_1.jpg", "IMG_9999.jpg"),  # a suffix, but not of a name compared
+        ("IMG_1 (1).jpg", "IMG_1 (2).jpg"),  # two copies of an absent original
+        ("(1).jpg", ".jpg"),  # a suffix that is the whole name
+    ],
+)
+def test_original_name_only_counts_a_suffix_when_the_original_is_compared(a: str, b: str) -> None:
+    """Keep rule original_name: a name is a copy only when its stem without the suffix is the
+    stem of another file compared, so IMG_1234 is never a copy of IMG_123: such pairs tie
+    and the next rule decides."""
+    fa, fb = twin(a), twin(b)
+    assert not dedupd.policy.prefers(fa, fb, ["original_name"])
+    assert not dedupd.policy.prefers(fb, fa, ["original_name"])
+    assert not dedupd.policy.is_copy_name("IMG_1234", {"img_123"})
+    assert not dedupd.policy.is_copy_name("IMG_1234", {"img"})  # 4 digits: never a suffix
+    assert dedupd.policy.is_copy_name("IMG_1234_1", {"img_1234"})
+
+
+def test_prefer_folders_ranks_by_the_order_of_the_folders() -> None:
+    """Keep rule {prefer_folders: [A, B]}: a file under A beats one under B, which beats one
+    elsewhere; a folder must contain the file, not just share a name prefix."""
+    rule = dedupd.config.PreferFolders((Path("/photos/best"), Path("/photos/good")))
+    best, good = twin("best/x.jpg"), twin("good/sub/x.jpg")
+    other, lookalike = twin("a/x.jpg"), twin("best-of/x.jpg")
+    assert rank([other, lookalike, good, best], [rule]) == [best, good, other, lookalike]
+
+
+def test_exact_copy_arriving_first_is_the_target_when_act_on_existing_allows() -> None:
+    """The issue's case: `IMG_1 (1).jpg` is indexed, then `IMG_1.jpg` arrives with the same
+    bytes. The rules prefer the newcomer, so the existing copy is deleted with
+    act_on_existing, and only reported without it (as for any better newcomer)."""
+    copy, original = twin("IMG_1 (1).jpg"), twin("IMG_1.jpg")
+    acting = Policy(exact="delete", act_on_existing=True)
+    d = run(original, [exact(copy)], default=acting)
+    assert (d.action, d.target, d.keeper) == ("delete", copy, original)
+    assert "original_name" in d.rule
+    d = run(original, [exact(copy)], default=Policy(exact="delete"))
+    assert (d.action, d.target, d.keeper) == ("report", copy, original)
+
+
+@pytest.mark.parametrize("suffix", COPY_SUFFIXES)
+def test_exact_copy_arriving_second_is_acted_on(suffix: str) -> None:
+    """The original is indexed, then its copy arrives: the copy is deleted, whichever of the
+    two names sorts first by path."""
+    original, copy = twin("IMG_1.jpg"), twin(f"IMG_1{suffix}.jpg")
+    d = run(copy, [exact(original)], default=Policy(exact="delete"))
+    assert (d.action, d.target, d.keeper) == ("delete", copy, original)
+
+
+def test_exact_twins_that_tie_keep_the_file_already_there() -> None:
+    """No rule tells identical twins apart (same name in two folders): the file already
+    indexed stays, and the newcomer is acted on, even when its path sorts first."""
+    here, newcomer = twin("z/IMG_5.jpg"), twin("a/IMG_5.jpg")
+    for act_on_existing in (False, True):
+        policy = Policy(exact="quarantine", act_on_existing=act_on_existing)
+        d = run(newcomer, [exact(here)], default=policy)
+        assert (d.action, d.target, d.keeper) == ("quarantine", newcomer, here)
+
+
+def test_exact_newcomer_in_a_preferred_folder_is_kept() -> None:
+    """A strict preference for the newcomer's folder makes it the keeper (acted on per
+    act_on_existing); the same newcomer outside the folders is acted on."""
+    best = dedupd.config.PreferFolders((Path("/photos/best"),))
+    policy = Policy(exact="delete", keep=(best, "original_name"), act_on_existing=True)
+    elsewhere, preferred = twin("inbox/IMG_2.jpg"), twin("best/IMG_2 (1).jpg")
+    d = run(preferred, [exact(elsewhere)], default=policy)
+    assert (d.action, d.target, d.keeper) == ("delete", elsewhere, preferred)
+    d = run(twin("other/IMG_2.jpg"), [exact(preferred)], default=policy)
+    assert d.target is not preferred and d.keeper is preferred
+
+
+@pytest.mark.parametrize("act_on_existing", [True, False])
+def test_a_thousand_exact_pairs_in_shuffled_arrival_order_are_all_decided(
+    act_on_existing: bool,
+) -> None:
+    """A 20,000-file burst in miniature: 1,000 originals and their copies (every suffix kind,
+    and same-name twins in two folders) arrive in shuffled order. Every copy is acted on:
+    as the newcomer always, as the existing file when act_on_existing allows; without it,
+    only pairs whose original arrived last are reported. Arrival order never decides
+    which file is the keeper."""
+    rng = random.Random(9)
+    policy = Policy(exact="delete", act_on_existing=act_on_existing)
+    acted = reported = 0
+    for n in range(1000):
+        kind = n % (len(COPY_SUFFIXES) + 1)
+        if kind == len(COPY_SUFFIXES):  # identical twins: nothing prefers either
+            original, copy = twin(f"a/IMG_{n}.jpg"), twin(f"b/IMG_{n}.jpg")
+        else:
+            original, copy = twin(f"IMG_{n}.jpg"), twin(f"IMG_{n}{COPY_SUFFIXES[kind]}.jpg")
+        first, second = rng.sample([original, copy], 2)
+        d = run(second, [exact(first)], default=policy)
+        twins = kind == len(COPY_SUFFIXES)
+        if act_on_existing or second is copy or twins:
+            assert d.action == "delete", (first.relpath, second.relpath, d.rule)
+            assert d.target is (second if twins else copy)
+            acted += 1
+        else:
+            assert (d.action, d.target) == ("report", copy)
+            reported += 1
+    assert acted + reported == 1000
+    assert reported == 0 if act_on_existing else 0 < reported < 1000
+
+
+NAMES = ("IMG_1.jpg", "IMG_1 (1).jpg", "IMG_1_1.jpg", "best/IMG_1.jpg", "best/IMG_1 copy.jpg")
+KEEPS = st.sampled_from(KEEP_RULES) | st.builds(
+    lambda: dedupd.config.PreferFolders((Path("/photos/best"),))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(NAMES), min_size=2, max_size=2, unique=True),
+    times=st.lists(st.sampled_from(TIMES), min_size=2, max_size=2),
+    keep=st.lists(KEEPS, min_size=1, max_size=4, unique=True).map(tuple),
+    act_on_existing=st.booleans(),
+    action=st.sampled_from(["quarantine", "delete"]),
+)
+def test_property_an_exact_newcomer_is_acted_on_unless_the_rules_prefer_it(
+    names: list[str],
+    times: list[str | None],
+    keep: tuple[Any, ...],
+    act_on_existing: bool,
+    action: Action,
+) -> None:
+    """Exact duplicates in one acting root: the newcomer is the target exactly when the keep
+    rules do not strictly prefer it over the existing file; when they do, the existing file
+    is the target, acted on only with act_on_existing. A decision never reports because of
+    the path tie-break."""
+    existing = record(names[0], sha256=SHA_A, taken_at=times[0])
+    newcomer = record(names[1], sha256=SHA_A, taken_at=times[1])
+    policy = Policy(exact=action, keep=keep, act_on_existing=act_on_existing)
+    d = run(newcomer, [exact(existing)], default=policy)
+    if dedupd.policy.prefers(newcomer, existing, keep):
+        assert (d.target, d.keeper) == (existing, newcomer)
+        assert d.action == (action if act_on_existing else "report")
+    else:
+        assert (d.action, d.target, d.keeper) == (action, newcomer, existing)
+    if d.action != "report":
+        assert d.rule == f"keep: {', '.join(map(str, keep))}"
+    else:
+        assert "act_on_existing" in d.rule
