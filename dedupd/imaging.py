@@ -25,6 +25,7 @@ from typing import BinaryIO, NamedTuple
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dedupd import safefs
 from dedupd.errors import ImageError
 from dedupd.hashers import Hasher
 
@@ -122,15 +123,23 @@ _DATETIME = 0x0132
 
 
 def _open_regular(path: str) -> BinaryIO:
-    """Open a regular file for reading, never through a symlink and never blocking on a FIFO.
+    """Open a regular file for reading, never through a symlink (on any folder of its path,
+    not only the last name) and never blocking on a FIFO.
 
-    A symlink in a root could make a file outside it a keeper (or a target): dedupd only
+    A symlink in a root could make a file outside it a keeper (or a target), or let a user
+    who owns a watched folder learn the hash of a file only dedupd may read: dedupd only
     ever reads the files that are really there.
     """
+    parent, name = os.path.split(os.path.abspath(path))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with safefs.directory(parent) as dir_fd:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
     except FileNotFoundError as exc:
         raise Vanished(path, "the file disappeared before it could be read") from exc
+    except safefs.UnsafePath as exc:
+        raise Unreadable(path, str(exc)) from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Unreadable(path, "is a symbolic link; links are not followed") from exc
@@ -148,7 +157,7 @@ def _read(path: str) -> tuple[bytes, FileStat]:
         with _open_regular(path) as f:
             before = FileStat.of(os.fstat(f.fileno()))
             data = f.read()
-            after = FileStat.of(os.stat(path, follow_symlinks=False))
+            after = FileStat.of(os.fstat(f.fileno()))
     except FileNotFoundError as exc:
         raise Vanished(path, "the file disappeared while it was read") from exc
     except OSError as exc:

@@ -279,3 +279,18 @@ def test_every_allowed_format_decodes_to_the_same_picture(fmt: str, tmp_path: Pa
     assert (result.format, result.width, result.height) == (fmt, 600, 400)
     d = distance(result.hashes[PHASH.key], _hash(photos.photo("coffee")))
     assert d <= 0.05 * PHASH.bits, d
+
+
+def test_a_file_behind_a_symlinked_folder_is_never_read(tmp_path: Path) -> None:
+    """A user who owns a watched folder and swaps a subfolder for a link to a folder only
+    dedupd may read must not learn the hash of what is there: every folder on the path is
+    opened without following links, not only the file's own name."""
+    secret = tmp_path / "root-only"
+    photos.copy(photos.photo("coffee"), secret / "IMG_1.jpg")
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.symlink(secret, root / "sub")
+    with pytest.raises(Unreadable, match="symbolic link"):
+        hash_image(str(root / "sub" / "IMG_1.jpg"), [Hasher("phash", 8)], max_pixels=10**8)
+    with pytest.raises(Unreadable, match="symbolic link"):
+        file_sha256(str(root / "sub" / "IMG_1.jpg"))
