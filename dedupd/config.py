@@ -144,7 +144,7 @@ class Policy:
     dry_run: bool = False
     reference: bool = False  # files here are always keepers and are never acted on
     burst_seconds: float = 2.0  # near matches shot this close together are only reported
-    act_on_existing: bool = False  # may act on an older file when the newcomer is better
+    act_on_existing: bool = False  # near: may act on an older file when the newcomer is better
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,9 @@ def _seconds_apart(a: FileRecord, b: FileRecord) -> float | None:
         return None
 
 
+_STRENGTH: tuple[Action, ...] = ("report", "quarantine", "delete")
+
+
 def decide(
     newcomer: FileRecord,
     candidates: Sequence[Candidate],
@@ -247,7 +250,7 @@ def decide(
             keeper = rank([newcomer, other], policy.keep)[0]
         target = other if keeper is newcomer else newcomer
         rule = f"keep: {describe(policy.keep)}"
-    if target is not newcomer and not policy.act_on_existing:
+    if target is not newcomer and best.kind == "near" and not policy.act_on_existing:
         return Decision(
             "report",
             "the newcomer is the better copy; acting on an existing file needs act_on_existing",
@@ -268,6 +271,10 @@ def decide(
             dry_run,
         )
     action = policy.exact if best.kind == "exact" else policy.near
+    if target is not newcomer and best.kind == "exact":
+        # Identical bytes: removing the worse-named existing copy loses nothing, so it needs
+        # no act_on_existing; but the policy of the root it lives in must allow it too.
+        action = min(action, policies.get(target.root, default).exact, key=_STRENGTH.index)
     if action == "delete" and (best.kind != "exact" or target.sha256 != keeper.sha256):
         action = "quarantine"  # config forbids this; never let a near match delete
     return Decision(action, rule, target, keeper, best.distance, best.kind, dry_run)

@@ -250,7 +250,7 @@ def test_decide_ranks_by_the_newcomers_policy() -> None:
     existing = record("e.jpg", root="/photos", width=400, height=300, size=10)
     policies = {
         "/inbox": Policy(exact="quarantine", keep=("largest_file",), act_on_existing=True),
-        "/photos": Policy(exact="report", keep=("highest_resolution",)),
+        "/photos": Policy(exact="quarantine", keep=("highest_resolution",)),
     }
     d = run(newcomer, [exact(existing)], policies=policies)
     assert d.keeper is newcomer
@@ -262,12 +262,12 @@ def test_decide_ranks_by_the_newcomers_policy() -> None:
 # -- act_on_existing ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["exact", "near"])
+@pytest.mark.parametrize("kind", ["near"])
 def test_better_newcomer_is_only_reported_by_default(kind: str) -> None:
-    """act_on_existing off: when the existing file is the worse copy, only report it."""
+    """act_on_existing off: when the existing file is the worse near copy, only report it."""
     newcomer = big("new.jpg")
-    existing = small("old.jpg", sha256=SHA_A if kind == "exact" else SHA_B)
-    cand = exact(existing) if kind == "exact" else near(existing)
+    existing = small("old.jpg", sha256=SHA_B)
+    cand = near(existing)
     d = run(newcomer, [cand])
     assert d.action == "report"
     assert "act_on_existing" in d.rule
@@ -767,17 +767,27 @@ def test_prefer_folders_ranks_by_the_order_of_the_folders() -> None:
     assert rank([other, lookalike, good, best], [rule]) == [best, good, other, lookalike]
 
 
-def test_exact_copy_arriving_first_is_the_target_when_act_on_existing_allows() -> None:
+def test_exact_copy_arriving_first_is_the_target() -> None:
     """The issue's case: `IMG_1 (1).jpg` is indexed, then `IMG_1.jpg` arrives with the same
-    bytes. The rules prefer the newcomer, so the existing copy is deleted with
-    act_on_existing, and only reported without it (as for any better newcomer)."""
+    bytes. The rules prefer the newcomer, so the existing copy is the target, with or
+    without act_on_existing (identical bytes: removing either loses nothing)."""
     copy, original = twin("IMG_1 (1).jpg"), twin("IMG_1.jpg")
-    acting = Policy(exact="delete", act_on_existing=True)
-    d = run(original, [exact(copy)], default=acting)
-    assert (d.action, d.target, d.keeper) == ("delete", copy, original)
-    assert "original_name" in d.rule
-    d = run(original, [exact(copy)], default=Policy(exact="delete"))
-    assert (d.action, d.target, d.keeper) == ("report", copy, original)
+    for act_on_existing in (False, True):
+        policy = Policy(exact="delete", act_on_existing=act_on_existing)
+        d = run(original, [exact(copy)], default=policy)
+        assert (d.action, d.target, d.keeper) == ("delete", copy, original)
+        assert "original_name" in d.rule
+
+
+def test_an_existing_exact_copy_is_acted_on_only_as_far_as_its_own_root_allows() -> None:
+    """The existing copy lives under another root: that root's policy bounds the action."""
+    copy, original = twin("IMG_1 (1).jpg"), twin("IMG_1.jpg", root="/inbox")
+    policies = {"/inbox": Policy(exact="delete"), "/photos": Policy(exact="quarantine")}
+    d = run(original, [exact(copy)], policies=policies)
+    assert (d.action, d.target) == ("quarantine", copy)
+    policies["/photos"] = Policy(exact="report")
+    d = run(original, [exact(copy)], policies=policies)
+    assert (d.action, d.target) == ("report", copy)
 
 
 @pytest.mark.parametrize("suffix", COPY_SUFFIXES)
@@ -817,9 +827,8 @@ def test_a_thousand_exact_pairs_in_shuffled_arrival_order_are_all_decided(
 ) -> None:
     """A 20,000-file burst in miniature: 1,000 originals and their copies (every suffix kind,
     and same-name twins in two folders) arrive in shuffled order. Every copy is acted on:
-    as the newcomer always, as the existing file when act_on_existing allows; without it,
-    only pairs whose original arrived last are reported. Arrival order never decides
-    which file is the keeper."""
+    as the newcomer or as the existing file, with or without act_on_existing. Arrival order
+    never decides which file is the keeper."""
     rng = random.Random(9)
     policy = Policy(exact="delete", act_on_existing=act_on_existing)
     acted = reported = 0
@@ -832,15 +841,11 @@ def test_a_thousand_exact_pairs_in_shuffled_arrival_order_are_all_decided(
         first, second = rng.sample([original, copy], 2)
         d = run(second, [exact(first)], default=policy)
         twins = kind == len(COPY_SUFFIXES)
-        if act_on_existing or second is copy or twins:
-            assert d.action == "delete", (first.relpath, second.relpath, d.rule)
-            assert d.target is (second if twins else copy)
-            acted += 1
-        else:
-            assert (d.action, d.target) == ("report", copy)
-            reported += 1
-    assert acted + reported == 1000
-    assert reported == 0 if act_on_existing else 0 < reported < 1000
+        assert d.action == "delete", (first.relpath, second.relpath, d.rule)
+        assert d.target is (second if twins else copy)
+        acted += 1
+        reported += d.action == "report"
+    assert (acted, reported) == (1000, 0)
 
 
 NAMES = ("IMG_1.jpg", "IMG_1 (1).jpg", "IMG_1_1.jpg", "best/IMG_1.jpg", "best/IMG_1 copy.jpg")
@@ -866,18 +871,14 @@ def test_property_an_exact_newcomer_is_acted_on_unless_the_rules_prefer_it(
 ) -> None:
     """Exact duplicates in one acting root: the newcomer is the target exactly when the keep
     rules do not strictly prefer it over the existing file; when they do, the existing file
-    is the target, acted on only with act_on_existing. A decision never reports because of
-    the path tie-break."""
+    is the target, with or without act_on_existing. A decision never reports because of the
+    path tie-break or the arrival order."""
     existing = record(names[0], sha256=SHA_A, taken_at=times[0])
     newcomer = record(names[1], sha256=SHA_A, taken_at=times[1])
     policy = Policy(exact=action, keep=keep, act_on_existing=act_on_existing)
     d = run(newcomer, [exact(existing)], default=policy)
     if dedupd.policy.prefers(newcomer, existing, keep):
-        assert (d.target, d.keeper) == (existing, newcomer)
-        assert d.action == (action if act_on_existing else "report")
+        assert (d.action, d.target, d.keeper) == (action, existing, newcomer)
     else:
         assert (d.action, d.target, d.keeper) == (action, newcomer, existing)
-    if d.action != "report":
-        assert d.rule == f"keep: {', '.join(map(str, keep))}"
-    else:
-        assert "act_on_existing" in d.rule
+    assert d.rule == f"keep: {', '.join(map(str, keep))}"

@@ -363,3 +363,33 @@ def test_paths_over_path_max_are_recorded_as_errors_not_skipped(
             assert record.size == photos.photo("coffee").stat().st_size
     again = _scan(config)
     assert (again.unchanged, again.hashed, again.failed, again.missing) == (3, 0, [], 0)
+
+
+def test_exact_copies_that_arrived_before_their_originals_are_all_deleted(tmp_path: Path) -> None:
+    """Issue 9, item 12: in a burst where every `IMG_n (1).jpg` lands before its `IMG_n.jpg`,
+    each copy is deleted once its original arrives (none is left "reported" because the
+    original counted as the better newcomer), and every original stays."""
+    from PIL import Image
+
+    from dedupd.actions import Actions
+    from dedupd.config import DEFAULT_POLICY, Policy
+
+    root = tmp_path / "burst"
+    root.mkdir()
+    for n in range(30):
+        original = root / f"IMG_{n}.jpg"
+        Image.new("RGB", (64, 48), (n * 8, 255 - n * 8, (n * 37) % 256)).save(original)
+        copy = root / f"IMG_{n} (1).jpg"
+        shutil.copyfile(original, copy)
+        os.utime(copy, (1e9 + n, 1e9 + n))  # the copy arrived first ...
+        os.utime(original, (2e9 + n, 2e9 + n))  # ... its original later
+    config = replace(
+        Config(),
+        database=tmp_path / "d.db",
+        hashing=HashingConfig(workers=1),
+        policies={DEFAULT_POLICY: Policy(exact="delete")},
+    ).with_roots([root])
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, None))
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"IMG_{n}.jpg" for n in range(30))
+    assert [o.result for o in report.outcomes].count("done") == 30
