@@ -514,6 +514,15 @@ class Daemon:
             self._moved(hint.path, hint.dest or "")
         elif hint.kind == "dir":
             self._dir(hint.path)
+        elif hint.kind == "overflow":
+            self._overflowed(hint.path)
+
+    def _overflowed(self, watched: str) -> None:
+        """The kernel's event queue overflowed and events under `watched` were lost:
+        reconcile it now, not at the next rescan_interval (an hour by default)."""
+        roots = [r for r in self.roots if r == watched] or list(self.roots)
+        log.warning("watch_overflow", roots=roots, detail="events were lost; reconciling now")
+        self._rescan_due.update(roots)
 
     def _forget(self, path: str) -> None:
         record = self.store.file_at(path)

@@ -723,3 +723,82 @@ def test_a_database_replaced_under_the_daemon_stops_it_with_exit_1(env: Env) -> 
     assert codes == [1]
     assert os.stat(env.db).st_ino == replaced_ino
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["database_replaced"]
+
+
+# -- inotify queue overflow ---------------------------------------------------------------
+
+
+def _overflow(watcher: dedupd.watcher.Watcher) -> None:
+    """What the kernel sends when its event queue overflowed, through watchdog's own code."""
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    inotify = watcher._observer._inotify_fd  # type: ignore[union-attr]
+    inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+
+
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+def test_an_inotify_overflow_becomes_an_overflow_hint_for_every_root(tmp_path: Path) -> None:
+    """watchdog re-adds its watches after an overflow but tells no handler; ours does."""
+    roots = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for root in roots:
+        os.mkdir(root)
+    watcher = dedupd.watcher.Watcher()
+    watcher.start(roots)
+    try:
+        _overflow(watcher)
+        hints = {watcher.hints.get(timeout=10) for _ in roots}
+    finally:
+        watcher.stop()
+    assert hints == {dedupd.watcher.Hint("overflow", root) for root in roots}
+
+
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+def test_files_whose_events_an_overflow_lost_are_hashed_at_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events dropped, then an overflow: a reconcile finds the files now, not after
+    rescan_interval (1 h here)."""
+    real = dedupd.watcher._Handler._hint
+    monkeypatch.setattr(  # every event is lost but the overflow itself
+        dedupd.watcher._Handler,
+        "_hint",
+        lambda self, event: real(self, event) if event.event_type == "overflow" else None,
+    )
+    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        _overflow(daemon.watcher)
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", what="the lost file")
+    warnings = [e for e in logs if e["event"] == "watch_overflow"]  # one per root
+    assert sorted(r for e in warnings for r in e["roots"]) == [str(env.archive), str(env.root)]
+    assert {e["log_level"] for e in warnings} == {"warning"}
+
+
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+@pytest.mark.skipif(
+    not os.access(MAX_QUEUED, os.W_OK), reason=f"needs a writable {MAX_QUEUED} (root)"
+)
+def test_a_real_kernel_queue_overflow_is_caught_up_at_once(env: Env) -> None:
+    """The kernel's queue is shrunk to 16 events while the daemon starts (each inotify
+    instance keeps the limit it was created with) and watchdog's reader is held off while
+    40 uploads land: the kernel drops their events and queues IN_Q_OVERFLOW. All 40 are
+    hashed anyway, with rescan_interval at 1 h."""
+    rng = random.Random(9)
+    staging = env.tmp / "staging"
+    staging.mkdir()
+    for i in range(40):
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(staging / f"n{i:02}.png")
+    limit = MAX_QUEUED.read_text()
+    try:
+        MAX_QUEUED.write_text("16\n")
+        with running(env) as daemon:
+            MAX_QUEUED.write_text(limit)
+            reader = daemon.watcher._observer._inotify_fd  # type: ignore[union-attr]
+            with reader._lock:  # watchdog's reader takes it before each read
+                for png in staging.iterdir():
+                    shutil.copy(png, env.root / png.name)
+            wait_for(lambda: daemon.stats.hashed == 40, timeout=60, what="all 40 uploads")
+    finally:
+        MAX_QUEUED.write_text(limit)
