@@ -370,7 +370,7 @@ def test_a_busy_or_stopping_daemon_is_never_worked_around(env: Env, state: str) 
 def test_offline_changes_refuse_while_another_process_holds_the_database(env: Env) -> None:
     """No daemon, but a scan running: restore, purge and distinct exit 4 naming the scan's
     pid and change nothing; the read-only fallbacks still read."""
-    from tests.test_lock import held_elsewhere
+    from tests.locking import held_elsewhere
 
     action = _quarantined_offline(env)
     moved = list(env.quarantine.rglob("wa.jpg"))

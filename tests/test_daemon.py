@@ -736,7 +736,7 @@ def _overflow(watcher: dedupd.watcher.Watcher) -> None:
     inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
 
 
-@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")
 def test_an_inotify_overflow_becomes_an_overflow_hint_for_every_root(tmp_path: Path) -> None:
     """watchdog re-adds its watches after an overflow but tells no handler; ours does."""
     roots = [str(tmp_path / "a"), str(tmp_path / "b")]
@@ -752,7 +752,7 @@ def test_an_inotify_overflow_becomes_an_overflow_hint_for_every_root(tmp_path: P
     assert hints == {dedupd.watcher.Hint("overflow", root) for root in roots}
 
 
-@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")
 def test_files_whose_events_an_overflow_lost_are_hashed_at_once(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -776,7 +776,7 @@ def test_files_whose_events_an_overflow_lost_are_hashed_at_once(
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
-@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")
 @pytest.mark.skipif(
     not os.access(MAX_QUEUED, os.W_OK), reason=f"needs a writable {MAX_QUEUED} (root)"
 )

@@ -5,42 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from dedupd.errors import StoreError
 from dedupd.lock import DatabaseBusy, DatabaseLock, lock_path
-
-_HOLD = """
-import sys
-from pathlib import Path
-from dedupd.lock import DatabaseLock
-with DatabaseLock(Path(sys.argv[1]), sys.argv[2]):
-    print("locked", flush=True)
-    sys.stdin.read()  # until the parent closes stdin, or kills us
-"""
-
-
-@contextmanager
-def held_elsewhere(database: Path, role: str = "scan") -> Iterator[subprocess.Popen[str]]:
-    """Another process holding `database`'s lock until the block ends (or it is killed)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(database), role],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
-        yield proc
-    finally:
-        proc.kill()
-        proc.communicate(timeout=10)
+from tests.locking import held_elsewhere
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid_and_role(tmp_path: Path) -> None:
