@@ -1,6 +1,10 @@
 """`dedupd` and `dedupctl`: parse options, call the library, print. No logic of their own.
 
-Exit codes: 0 ok · 1 nothing found / not found (like grep) · 2 usage or configuration error.
+Exit codes: 0 ok · 1 nothing found / not found (like grep) · 2 usage or configuration error
+(for `dedupd run` also: the database cannot be opened, or another dedupd holds it) · 3 the
+daemon is not running or does not answer (dedupctl) · 4 busy: another process holds the
+database (`dedupd scan`, dedupctl working offline), or the daemon answered that it is busy or
+stopping (dedupctl). `dedupd run` exits 1 when it stopped because its database was lost.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import structlog
 from dedupd import __version__, queries
 from dedupd.actions import Actions
 from dedupd.config import Config, load_config, parse_duration
-from dedupd.control import ControlClient, DaemonUnavailable
+from dedupd.control import ControlClient, DaemonBusy, DaemonNotRunning, DaemonUnavailable
 from dedupd.daemon import Daemon
 from dedupd.engine import Ingest, ScanReport, scan
 from dedupd.errors import ConfigError, DedupdError, NotFoundError
 from dedupd.hashers import Hasher
 from dedupd.imaging import hash_image
+from dedupd.lock import DatabaseBusy, DatabaseLock
 from dedupd.store import Store
 
 __all__ = ["dedupctl", "dedupd", "find_config"]
@@ -38,6 +43,15 @@ __all__ = ["dedupctl", "dedupd", "find_config"]
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
+EXIT_BUSY = 4
+
+# What to do about a database another process holds, by who holds it.
+_BUSY_ADVICE = {
+    "daemon": "the daemon does this work: `dedupctl rescan` asks it to scan, and the other "
+    "dedupctl commands go through its socket",
+    "scan": "wait for that scan to finish",
+    "dedupctl": "wait for that dedupctl command to finish",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,13 +127,20 @@ def _load(ctx: click.Context) -> Config:
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(busy_exit: int = EXIT_BUSY) -> Iterator[None]:
     """Turn library errors into one-line messages and exit codes."""
     try:
         yield
     except NotFoundError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    except DatabaseBusy as exc:
+        advice = _BUSY_ADVICE.get(exc.role or "", "try again in a moment")
+        click.echo(f"error: {exc}; {advice}", err=True)
+        sys.exit(busy_exit)
+    except DaemonBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BUSY)
     except DaemonUnavailable as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_NO_DAEMON)
@@ -242,6 +263,8 @@ def scan_command(
 
     DIRS replace the configured roots and work without any config file. Files whose
     (device, inode, size, mtime) did not change since the last scan are not decoded again.
+    Refuses (exit 4) while the daemon or another scan writes the same database: with a
+    daemon running, `dedupctl rescan` asks it to scan instead.
     """
     _configure_logging(log_level)
     ctx.ensure_object(dict).update(config_path=config_path, database=database)
@@ -257,7 +280,8 @@ def scan_command(
             hashing=replace(config.hashing, workers=workers or config.hashing.workers),
         )
         bits = Hasher(config.hashing.algorithm, config.hashing.hash_size).bits
-        with Store(config.database) as store:
+        # Even a dry run writes hashes: refuse while the daemon (or another scan) writes.
+        with DatabaseLock(config.database, "scan"), Store(config.database) as store:
             actions = Actions(store, config.quarantine.path)
             if as_json or not sys.stderr.isatty():
                 report = scan(config, store, actions=actions)
@@ -318,6 +342,8 @@ def run_command(
     Every new or changed photo is hashed once it has stopped changing, matched, and handled
     by its root's policy. SIGHUP reloads the config; an invalid one is rejected and the
     running config kept. Speaks the systemd notify protocol when $NOTIFY_SOCKET is set.
+    Exits 2 if the database cannot be opened or another dedupd holds it, and 1 if it stops
+    because its database was deleted or replaced and could not be written back.
     """
     _configure_logging(log_level)
     daemon = Daemon(
@@ -327,7 +353,7 @@ def run_command(
     )
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, daemon.note_signal)
-    with _errors():
+    with _errors(busy_exit=EXIT_USAGE):
         sys.exit(daemon.run())
 
 
@@ -367,10 +393,13 @@ def dedupctl(
 ) -> None:
     """dedupctl: query and steer dedupd.
 
-    Talks to the running daemon over its socket. Without a daemon, search, show and
-    quarantine list read the database directly (and say so); restore, purge and distinct
-    change the database and files directly; status, rescan and reload need the daemon.
-    Exit codes: 0 ok, 1 nothing found, 2 usage or config error, 3 daemon unavailable.
+    Talks to the running daemon over its socket. Only when no daemon is running, search,
+    show and quarantine list read the database directly (and say so), and restore, purge and
+    distinct change the database and files directly (refused while another process holds
+    the database); status, rescan and reload need the daemon. A daemon that is busy or
+    stopping is never worked around.
+    Exit codes: 0 ok, 1 nothing found, 2 usage or config error, 3 daemon not running or not
+    answering, 4 busy (the daemon is busy or stopping, or another process holds the database).
     """
     _lossless_output()
     _configure_logging("warning")
@@ -390,10 +419,13 @@ def _ask(
     ask: Callable[[ControlClient], dict[str, Any]],
     offline: Callable[[Config], dict[str, Any]] | None,
 ) -> dict[str, Any]:
-    """The daemon's answer; without a daemon, `offline` computes it (and we say so)."""
+    """The daemon's answer; without a daemon, `offline` computes it (and we say so).
+
+    Only a daemon that is not running at all is worked around: a busy or stopping one still
+    owns the database, and one we may not talk to is still there."""
     try:
         return ask(_client(ctx))
-    except DaemonUnavailable:
+    except DaemonNotRunning:
         if offline is None:
             raise
         click.echo("dedupd is not running; using the database directly", err=True)
@@ -642,7 +674,8 @@ def _in_batches(
 def _offline_change(
     config: Config, change: Callable[[Store, Actions], dict[str, Any]]
 ) -> dict[str, Any]:
-    with Store(config.database) as store:
+    """Change the database and files without the daemon, holding the database's lock."""
+    with DatabaseLock(config.database, "dedupctl"), Store(config.database) as store:
         return change(store, Actions(store, config.quarantine.path))
 
 

@@ -37,7 +37,16 @@ from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundErro
 if TYPE_CHECKING:
     from dedupd.daemon import Daemon
 
-__all__ = ["API", "ControlClient", "ControlServer", "DaemonUnavailable", "RequestError"]
+__all__ = [
+    "API",
+    "ControlClient",
+    "ControlServer",
+    "DaemonBusy",
+    "DaemonNotRunning",
+    "DaemonPermissionDenied",
+    "DaemonUnavailable",
+    "RequestError",
+]
 
 log = structlog.get_logger("dedupd.control")
 
@@ -54,7 +63,27 @@ COMMAND_TIMEOUT = 600.0  # seconds to wait for the daemon's thread (a purge of m
 
 
 class DaemonUnavailable(DedupdError):
-    """No daemon answers on the socket."""
+    """The daemon could not be asked: the base of the reasons below, and itself "it did not
+    answer" (connection dropped, timeout)."""
+
+
+class DaemonNotRunning(DaemonUnavailable):
+    """Nothing listens on the socket (no socket file, connection refused). The only reason
+    that lets dedupctl work on the database itself."""
+
+
+class DaemonPermissionDenied(DaemonUnavailable):
+    """The socket exists but this user may not connect to it."""
+
+
+class DaemonBusy(DaemonUnavailable):
+    """A live daemon answered 503: `state` is "busy" (it did not get to the request in time)
+    or "stopping". Never a reason to work around it: it still owns the database."""
+
+    def __init__(self, state: str, detail: str | None):
+        self.state, self.detail = state, detail
+        advice = "try again once it has restarted" if state == "stopping" else "try again later"
+        super().__init__(f"dedupd is {state}" + (f" ({detail})" if detail else "") + f"; {advice}")
 
 
 class RequestError(DedupdError):
@@ -178,11 +207,14 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.info("control_socket", path=str(self.path))
 
     def stop(self) -> None:
+        """Close the socket and remove its file; also when start() was never reached (the
+        daemon failed to open its database)."""
         if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
             self.shutdown()
         self.waiting.cut_all()  # nobody reaps any more: free the threads of waiting clients
         self.server_close()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # join() raises for a thread never started
+            self._thread.join(timeout=10)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -536,7 +568,8 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class ControlClient:
-    """dedupctl's side: one request per call. Raises DaemonUnavailable or RequestError."""
+    """dedupctl's side: one request per call. Raises a DaemonUnavailable (which one says
+    whether a daemon is there at all), NotFoundError or RequestError."""
 
     def __init__(self, path: Path, timeout: float = COMMAND_TIMEOUT + 5):
         self.path, self.timeout = path, timeout
@@ -561,12 +594,12 @@ class ControlClient:
             response = conn.getresponse()
             answer = json.loads(response.read() or b"{}")
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnavailable(
+            raise DaemonNotRunning(
                 f"dedupd is not running (nothing answers on {self.path}); start it with "
                 "`dedupd run` or `systemctl start dedupd`"
             ) from exc
         except PermissionError as exc:
-            raise DaemonUnavailable(
+            raise DaemonPermissionDenied(
                 f"{self.path}: permission denied; join the group that owns the socket"
             ) from exc
         except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
@@ -574,7 +607,9 @@ class ControlClient:
         finally:
             conn.close()
         if response.status == 503:
-            raise DaemonUnavailable(f"dedupd is {answer.get('error')}: {answer.get('detail')}")
+            state = answer.get("error")
+            state = state if state in ("busy", "stopping") else "busy"
+            raise DaemonBusy(state, answer.get("detail"))
         if response.status >= 400:
             if response.status == 404 and answer.get("error") == "not found":
                 raise NotFoundError(answer.get("detail") or "not found")

@@ -3,6 +3,11 @@
 One thread (the caller's) owns the store, the index and every decision; watchdog's threads
 only push hints onto a queue. Signal handlers only set flags (`note_signal`); the loop acts on
 them. The systemd notify protocol is spoken directly on $NOTIFY_SOCKET.
+
+Start-up takes the database's lock first (one writer per database), then binds the socket,
+then opens the store and recovers the journal; whatever fails, what was set up is undone, so
+a failed start leaves no socket file behind. While running, the database file is checked
+every few seconds: deleted under the daemon, it is written back from the open connection.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from stat import S_ISREG
@@ -33,8 +41,9 @@ from dedupd.engine import (
     ingest_all,
     reconcile_roots,
 )
-from dedupd.errors import ConfigError, DaemonStopping, NotFoundError
+from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
 from dedupd.imaging import FileStat
+from dedupd.lock import DatabaseLock
 from dedupd.scanner import Entry, NameFilter, root_key, walk
 from dedupd.store import Store
 from dedupd.watcher import Hint, Settler, Watcher
@@ -46,6 +55,8 @@ log = structlog.get_logger("dedupd.daemon")
 BATCH = 512  # files hashed per step of a reconcile backlog; the loop stays responsive between
 UNAVAILABLE_RETRY = 10.0  # seconds between checks whether a missing root came back
 POLLING_RESCAN = 60.0  # rescan interval for roots whose watch could not be added
+DATABASE_CHECK = 5.0  # seconds between checks that the database file is still the one open
+EXIT_FATAL = 1  # run()'s exit code after a stop forced by a lost database (systemd restarts)
 
 
 class Notifier:
@@ -94,8 +105,10 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         retry_interval: float = UNAVAILABLE_RETRY,
         polling_interval: float = POLLING_RESCAN,
+        database_check_interval: float = DATABASE_CHECK,
     ):
         self.retry_interval, self.polling_interval = retry_interval, polling_interval
+        self.database_check_interval = database_check_interval
         self.config_path, self.dirs, self.database = config_path, tuple(dirs), database
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -111,6 +124,9 @@ class Daemon:
         self._commands = queue.Queue()
         self._commands_lock = threading.Lock()
         self._closed = False
+        self._exit_code = 0
+        self._next_database_check = clock() + database_check_interval
+        self._database_identity: tuple[int, int] | None = None
 
     # -- requests (thread- and signal-safe) -------------------------------------------------
     def note_signal(self, signum: int, frame: object = None) -> None:
@@ -277,27 +293,23 @@ class Daemon:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve until stopped; returns the exit code. Raises ConfigError for a bad config."""
+        """Serve until stopped; returns the exit code (EXIT_FATAL after a stop forced by a
+        lost database). Raises ConfigError for a bad config, DatabaseBusy when another
+        process holds the database, StoreError when the database cannot be used."""
         config = self._load()
-        # Bind the socket first: a second daemon on the same socket stops here, before it
-        # could recover (and so disturb) the journal of the one already running.
-        self._server = ControlServer(config.socket, self)
+        # The lock first: a second daemon (or a running scan) on this database stops here,
+        # before it could recover (and so disturb) the journal, or touch the socket, of the
+        # process that has it. The kernel releases it however this process ends.
+        self._lock = DatabaseLock(config.database, "daemon")
+        self._lock.acquire()
         try:
-            self.store = Store(config.database)
+            # Bind the socket next: a second daemon on the same socket stops here.
+            self._server = ControlServer(config.socket, self)
         except BaseException:
-            self._server.stop()
+            self._lock.release()
             raise
-        self.actions = Actions(self.store, config.quarantine.path)
         try:
-            for r in self.actions.recover():
-                log.warning(
-                    "journal_recovered",
-                    action=r.action_id,
-                    kind=r.kind,
-                    outcome=r.outcome,
-                    detail=r.detail,
-                )
-            self._configure(config)
+            self._open(config)
             self._server.start()
             self.notifier.send("READY=1", self._status())
             self._ready.set()
@@ -310,17 +322,42 @@ class Daemon:
                     self._wake.wait(0.1 if len(self.settler) else 0.25)
                     self._wake.clear()
         finally:
-            self.notifier.send("STOPPING=1")
-            with self._commands_lock:
-                self._closed = True
-            self._server.stop()
-            self._fail_pending_commands()
-            if hasattr(self, "watcher"):
-                self.watcher.stop()
-                self.ingest.close()
+            self._shutdown()
+        return self._exit_code
+
+    def _open(self, config: Config) -> None:
+        """The store, the journal's recovery, the watches and the first reconcile."""
+        try:
+            self.store = Store(config.database)
+            self._database_identity = _identity(config.database)
+            self.actions = Actions(self.store, config.quarantine.path)
+            for r in self.actions.recover():
+                log.warning(
+                    "journal_recovered",
+                    action=r.action_id,
+                    kind=r.kind,
+                    outcome=r.outcome,
+                    detail=r.detail,
+                )
+            self._configure(config)
+        except sqlite3.DatabaseError as exc:  # it opened, but reading it failed (corrupt)
+            raise StoreError(f"{config.database}: {exc}") from exc
+
+    def _shutdown(self) -> None:
+        """Undo whatever start-up got to, in reverse order; the lock goes last."""
+        self.notifier.send("STOPPING=1")
+        with self._commands_lock:
+            self._closed = True
+        self._server.stop()
+        self._fail_pending_commands()
+        if hasattr(self, "watcher"):
+            self.watcher.stop()
+            self.ingest.close()
+        if hasattr(self, "store"):
             self.store.close()
+        self._lock.release()
+        if self._ready.is_set():  # a failed start says why once, as the CLI's error line
             log.info("stopped", hashed=self.stats.hashed, acted=self.stats.acted)
-        return 0
 
     @property
     def _steps(self) -> tuple[Callable[[], None], ...]:
@@ -477,6 +514,15 @@ class Daemon:
             self._moved(hint.path, hint.dest or "")
         elif hint.kind == "dir":
             self._dir(hint.path)
+        elif hint.kind == "overflow":
+            self._overflowed(hint.path)
+
+    def _overflowed(self, watched: str) -> None:
+        """The kernel's event queue overflowed and events under `watched` were lost:
+        reconcile it now, not at the next rescan_interval (an hour by default)."""
+        roots = [r for r in self.roots if r == watched] or list(self.roots)
+        log.warning("watch_overflow", roots=roots, detail="events were lost; reconciling now")
+        self._rescan_due.update(roots)
 
     def _forget(self, path: str) -> None:
         record = self.store.file_at(path)
@@ -519,6 +565,9 @@ class Daemon:
 
     def _periodic(self) -> None:
         now = self.clock()
+        if now >= self._next_database_check:
+            self._next_database_check = now + self.database_check_interval
+            self._check_database()
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
             self.watcher.states[root] = "unavailable"
@@ -540,6 +589,65 @@ class Daemon:
             if set(roots) == set(self.roots):
                 self._next_rescan = now + self.config.watch.rescan_interval
             self._queue_reconcile(roots)
+
+    def _check_database(self) -> None:
+        """Notice the database (or its lock) deleted or replaced under the daemon. Deleted:
+        write it back from the open connection and go on. Replaced, or not restorable: stop
+        with EXIT_FATAL, so that systemd restarts the daemon on whatever is there now."""
+        path = self.config.database
+        try:
+            self._lock.verify()  # `rm dedupd.db*` takes the lock file too: take it back first
+        except DedupdError as exc:
+            self._fatal("database_lock_lost", str(exc))
+            return
+        identity = _identity(path)
+        if identity == self._database_identity:
+            return
+        if identity is not None:
+            self._fatal("database_replaced", f"{path} is not the database this daemon opened")
+            return
+        try:
+            self._restore_database()
+        except Exception as exc:  # any failure leaves nothing safe to go on with
+            log.exception("database_restore_failed", path=str(path))
+            self._fatal("database_lost", f"{path} was deleted and could not be restored: {exc}")
+            return
+        log.error("database_restored", path=str(path), detail="it was deleted; written back")
+
+    def _restore_database(self) -> None:
+        """Back the open connection up into a temp file beside the database, then link it
+        into place: a link, unlike a rename, never replaces a file that appeared meanwhile."""
+        path = self.config.database
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".restore", dir=path.parent)
+        os.close(fd)
+        try:
+            copy = sqlite3.connect(name)
+            try:
+                self.store.db.conn.backup(copy)
+            finally:
+                copy.close()
+            self.watcher.stop()
+            self.ingest.close()
+            self.store.close()
+            # The deleted database's WAL and shared memory must not be applied to the copy.
+            for suffix in ("-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.unlink(f"{path}{suffix}")
+            os.link(name, path)
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(name)
+        self.store = Store(path)
+        self._database_identity = _identity(path)
+        self.actions = Actions(self.store, self.config.quarantine.path)
+        self._backlog.clear()
+        self._configure(self.config)  # fresh watches and index, and a reconcile of every root
+
+    def _fatal(self, event: str, error: str) -> None:
+        log.error(event, error=error, detail="stopping; a restart (systemd) opens it again")
+        self._exit_code = EXIT_FATAL
+        self.request_stop()
 
     def _reload(self) -> str | None:
         """Reload the config; returns why it was rejected, or None."""
@@ -574,3 +682,12 @@ class Daemon:
         log.info("reloaded", roots=self.roots)
         self.notifier.send("READY=1", self._status())
         return None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of what is at `path` now, None if nothing is."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

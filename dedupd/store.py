@@ -201,6 +201,15 @@ class MatchRecord:
 _FILE_COLUMNS = ", ".join(f"f.{name}" for name in FileRecord.__slots__)
 
 
+def _why(path: Path, exc: Exception) -> str:
+    """SQLite's reason, with what it usually means."""
+    if path.is_dir():
+        return "it is a directory"
+    if "readonly" in str(exc) or "unable to open" in str(exc):
+        return f"{exc} (it, its directory, or its -wal and -shm files are not writable)"
+    return str(exc)
+
+
 class Store:
     """All reads and writes of the database. One writer at a time (the ingest thread)."""
 
@@ -226,8 +235,13 @@ class Store:
                 self.db.enable_wal()
                 conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable per commit
             self._migrate(readonly)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+            if not readonly:
+                # SQLite opens a file it may not write read-only without a word; say so now,
+                # not at the first write of a running daemon.
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{self.path}: cannot open database: {_why(self.path, exc)}") from exc
 
     def _migrate(self, readonly: bool) -> None:
         current = self.schema_version

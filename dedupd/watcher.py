@@ -4,6 +4,10 @@ Events are only hints: the handler pushes them on a queue and never raises (an e
 would kill watchdog's thread). A path becomes a candidate after its (inode, size, mtime) has
 not changed for `settle_seconds`, however many events arrive meanwhile, so a slow in-place
 write (scp, Samba, rsync --inplace) or a storm of modify events is hashed once, at the end.
+
+When the kernel's inotify queue overflows, events were lost: watchdog re-adds its watches but
+tells no handler, so the emitter here turns the overflow into an "overflow" hint per root,
+and the daemon reconciles at once instead of waiting for the periodic rescan.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -29,7 +33,7 @@ __all__ = ["Hint", "Settler", "Watcher"]
 
 log = structlog.get_logger("dedupd.watcher")
 
-HintKind = Literal["touch", "deleted", "moved", "dir"]
+HintKind = Literal["touch", "deleted", "moved", "dir", "overflow"]
 WatchState = Literal["watching", "polling", "unavailable"]
 
 INOTIFY_HINT = (
@@ -69,6 +73,54 @@ class _Handler(FileSystemEventHandler):
             self._hints.put(Hint("moved", src, dest))
         elif kind == "deleted":
             self._hints.put(Hint("deleted", src))
+        elif kind == _Overflow.event_type:
+            self._hints.put(Hint("overflow", src))
+
+
+class _Overflow(FileSystemEvent):
+    """Events under `src_path` (a watched root) were lost."""
+
+    event_type = "overflow"
+
+
+# watchdog picks the native observer; where that is inotify's, ours reports overflows.
+_INOTIFY = Observer.__module__ == "watchdog.observers.inotify"
+
+
+def _observer() -> BaseObserver:
+    return _InotifyObserver() if _INOTIFY else Observer()
+
+
+if _INOTIFY:
+    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+
+    @dataclass
+    class _WatchGroup(InotifyWatchGroup):
+        """watchdog's watch group (it rebuilds its watches after an overflow), telling its
+        emitter too."""
+
+        overflowed: Callable[[], None] = field(default=lambda: None, kw_only=True)
+
+        def on_queue_overflow(self) -> None:
+            super().on_queue_overflow()  # called on watchdog's inotify thread
+            self.overflowed()
+
+    class _OverflowEmitter(InotifyEmitter):
+        def on_thread_start(self) -> None:
+            # As InotifyEmitter.on_thread_start, with a group that reports overflows.
+            self._inotify = _WatchGroup(
+                self._inotify_fd,
+                os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink,
+                overflowed=lambda: self.queue_event(_Overflow(self.watch.path)),
+            )
+
+    class _InotifyObserver(InotifyObserver):
+        def __init__(self, **kw: Any):
+            super().__init__(**kw)
+            self._emitter_class = _OverflowEmitter  # watchdog has no parameter for it
 
 
 @dataclass
@@ -82,7 +134,7 @@ class Watcher:
     _identity: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def start(self, roots: Sequence[str]) -> None:
-        self._observer = Observer()
+        self._observer = _observer()
         self._observer.start()
         self._handler = _Handler(self.hints)
         for root in roots:

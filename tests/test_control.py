@@ -221,15 +221,23 @@ def test_bad_requests_get_clean_errors_and_the_daemon_goes_on(env: Env, daemon: 
 def test_a_second_daemon_on_the_same_socket_refuses_before_touching_anything(
     env: Env, daemon: Daemon
 ) -> None:
+    """Same database: the lock refuses it, naming the first one's pid. Another database but
+    the same socket: the live socket refuses it. Either way nothing is recovered or
+    reconciled, and the first daemon goes on answering."""
     import structlog.testing
 
     from dedupd.daemon import Notifier
     from dedupd.errors import ConfigError
+    from dedupd.lock import DatabaseBusy
 
     second = Daemon(env.config, notifier=Notifier({}))
-    with structlog.testing.capture_logs() as logs, pytest.raises(ConfigError, match="already"):
+    with structlog.testing.capture_logs() as logs, pytest.raises(DatabaseBusy) as busy:
         second.run()
-    assert [e["event"] for e in logs] == []  # no recovery, no reconcile
+    assert (busy.value.pid, busy.value.role) == (os.getpid(), "daemon")
+    other_db = Daemon(env.config, notifier=Notifier({}), database=env.tmp / "other.db")
+    with structlog.testing.capture_logs() as logs2, pytest.raises(ConfigError, match="already"):
+        other_db.run()
+    assert [e["event"] for e in logs + logs2] == []  # no recovery, no reconcile
     assert ctl(env, "status").exit_code == 0  # the first one still answers
 
 
@@ -341,6 +349,8 @@ def test_a_name_that_is_not_utf8_goes_through_the_socket_byte_for_byte(
     assert restored.exit_code == 0, restored.output
     assert restored.stdout_bytes == b"restored " + name + b"\n"
     assert os.path.exists(name)
+
+
 # -- hostile local clients (issue #9 item 11) ---------------------------------------------------
 # Anyone in the socket's group may connect. None of them may learn about files it cannot read,
 # make the daemon decode for it, or keep `status` from answering by being slow.
@@ -498,3 +508,78 @@ def test_garbage_and_oversized_heads_get_json_errors_and_the_daemon_goes_on(
         status, _ = _exchange(s, b"GET /v1/" + b"a" * (1 << 20) + b" HTTP/1.0\r\n\r\n")
     assert status == 431
     assert _status_answers(sock)
+
+
+def _quarantined_offline(env: Env) -> int:
+    """Quarantine a near duplicate with a daemon, stop it; the quarantine entry's id."""
+    with running(env) as d:
+        photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
+        wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
+        wait_for(lambda: _idle(d))
+    with Store(env.db) as store:
+        (entry,) = store.actions("kind = 'quarantine'")
+    return int(entry["id"])
+
+
+@pytest.mark.parametrize("state", ["busy", "stopping"])
+def test_a_busy_or_stopping_daemon_is_never_worked_around(env: Env, state: str) -> None:
+    """A 503 comes from a live daemon that owns the database: dedupctl exits 4 with its own
+    message and does not restore the file itself."""
+    import threading
+
+    action = _quarantined_offline(env)
+    path = Path(tempfile.mkdtemp(dir="/tmp")) / "d.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    body = json.dumps({"error": state, "detail": "a test"}).encode()
+
+    def answer_503() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+
+    t = threading.Thread(target=answer_503)
+    t.start()
+    try:
+        result = ctl(env, "--socket", str(path), "quarantine", "restore", str(action))
+    finally:
+        t.join(10)
+        server.close()
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith(f"error: dedupd is {state} (a test); try again")
+    assert "using the database directly" not in result.stderr
+    assert not (env.root / "chat" / "wa.jpg").exists()
+    assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
+
+
+def test_offline_changes_refuse_while_another_process_holds_the_database(env: Env) -> None:
+    """No daemon, but a scan running: restore, purge and distinct exit 4 naming the scan's
+    pid and change nothing; the read-only fallbacks still read."""
+    from tests.locking import held_elsewhere
+
+    action = _quarantined_offline(env)
+    moved = list(env.quarantine.rglob("wa.jpg"))
+    with held_elsewhere(env.db, "scan") as scan:
+        for args in (
+            ["quarantine", "restore", str(action)],
+            ["quarantine", "purge", "--older-than", "0s", "--yes"],
+            ["distinct", str(env.root / "IMG_1.jpg"), str(env.root / "IMG_2.jpg")],
+        ):
+            result = ctl(env, *args)
+            assert result.exit_code == 4, (args, result.output)
+            assert result.stderr.splitlines()[-1] == (
+                f"error: {env.db} is in use by dedupd scan (pid {scan.pid}); "
+                "wait for that scan to finish"
+            )
+        listed = ctl(env, "quarantine", "list", "--json")
+        assert listed.exit_code == 0
+        assert [e["id"] for e in json.loads(listed.stdout)["quarantined"]] == [action]
+    assert list(env.quarantine.rglob("wa.jpg")) == moved
+    with Store(env.db) as store:
+        assert [a["kind"] for a in store.actions()] == ["quarantine"]
+        assert not store.db.execute("SELECT count(*) FROM distinct_pairs").fetchone()[0]

@@ -6,6 +6,7 @@ systemd-notify tests start the real `dedupd run` process.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -593,3 +594,290 @@ def test_a_reload_with_a_yaml_bomb_is_rejected_and_the_daemon_still_answers(env:
     rejected = [e for e in logs if e["event"] == "reload_rejected"]
     assert len(rejected) == 2
     assert all(len(e["error"]) < 500 and "YAML bomb" in e["error"] for e in rejected)
+
+
+# -- one writer per database, and a database that fails ----------------------------------
+
+
+def _rows(db: Path) -> int:
+    with Store(db) as store:
+        return int(store.db.execute("SELECT count(*) FROM files").fetchone()[0])
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_scan_refuses_while_the_daemon_runs_and_writes_nothing(env: Env, notify_socket) -> None:  # type: ignore[no-untyped-def]
+    """`dedupd scan` on a daemon's database (even --dry-run) exits 4, names the daemon's pid
+    and `dedupctl rescan`, and neither hashes nor moves anything."""
+    sock, path = notify_socket
+    other = env.tmp / "other"
+    photos.copy(photos.photo("coffee"), other / "a.jpg")
+    photos.copy(photos.photo("coffee"), other / "a (1).jpg")  # an exact duplicate
+    proc = _dedupd("run", "--config", str(env.config), env={"NOTIFY_SOCKET": path})
+    try:
+        _messages_until(sock, "READY=1")
+        before, files = _rows(env.db), _tree(other)
+        scan_command = [sys.executable, "-m", "dedupd", "scan", "--config", str(env.config)]
+        for dry in ([], ["--dry-run"]):
+            scan = subprocess.run(
+                [*scan_command, *dry, str(other)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert scan.returncode == 4, scan.stderr
+            (line,) = scan.stderr.splitlines()
+            assert line.startswith(f"error: {env.db} is in use by the dedupd daemon ")
+            assert f"(pid {proc.pid})" in line and "`dedupctl rescan`" in line
+        assert (_rows(env.db), _tree(other)) == (before, files)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
+def test_a_second_daemon_on_the_same_database_refuses_and_the_first_goes_on(
+    env: Env, notify_socket
+) -> None:  # type: ignore[no-untyped-def]
+    """Another socket, the same database: exit 2 naming the first pid, before it binds its
+    socket or recovers the journal; the first one keeps answering."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupctl
+
+    sock, path = notify_socket
+    second_config = env.tmp / "second.yaml"
+    second_socket = env.tmp / "second.sock"
+    second_config.write_text(env.config.read_text() + f"socket: {second_socket}\n")
+    first = _dedupd("run", "--config", str(env.config), env={"NOTIFY_SOCKET": path})
+    try:
+        _messages_until(sock, "READY=1")
+        second = _dedupd("run", "--config", str(second_config))
+        try:
+            assert second.wait(timeout=30) == 2
+        finally:
+            second.kill()
+            _, stderr = second.communicate()
+        assert stderr.splitlines() == [
+            f"error: {env.db} is in use by the dedupd daemon (pid {first.pid}); the daemon does"
+            " this work: `dedupctl rescan` asks it to scan, and the other dedupctl commands go"
+            " through its socket"
+        ]
+        assert not second_socket.exists()
+        status = CliRunner().invoke(dedupctl, ["--config", str(env.config), "status", "--json"])
+        assert status.exit_code == 0 and f'"pid": {first.pid}' in status.stdout
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+        first.communicate()
+
+
+def _readonly_dir(folder: Path) -> Callable[[], None]:
+    """Make `folder` unwritable even for root (chattr +i); returns the undo."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("as root, a read-only folder needs chattr +i, unsupported here")
+    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def _corrupt(env: Env) -> Callable[[], None]:
+    env.db.parent.mkdir(parents=True)
+    env.db.write_bytes(random.Random(8).randbytes(8192))
+    return lambda: None
+
+
+def _directory(env: Env) -> Callable[[], None]:
+    env.db.mkdir(parents=True)
+    return lambda: None
+
+
+def _wal_blocked(env: Env) -> Callable[[], None]:
+    """A WAL database whose -wal file cannot be created (a directory took its name)."""
+    Store(env.db).close()
+    Path(f"{env.db}-wal").mkdir()
+    return lambda: None
+
+
+def _readonly_folder(env: Env) -> Callable[[], None]:
+    """A good database (and its lock file) in a folder where its -wal cannot be created."""
+    Store(env.db).close()
+    env.db.with_name(env.db.name + ".lock").touch()
+    return _readonly_dir(env.db.parent)
+
+
+def _readonly_folder_without_lock(env: Env) -> Callable[[], None]:
+    env.db.parent.mkdir(parents=True)
+    return _readonly_dir(env.db.parent)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [_corrupt, _directory, _wal_blocked, _readonly_folder, _readonly_folder_without_lock],
+)
+def test_a_database_that_cannot_be_used_is_one_error_line_exit_2_and_no_socket(
+    env: Env, breakage: Callable[[Env], Callable[[], None]]
+) -> None:
+    """README: exit 2 with a message. Not a traceback, not a thread error, not exit 1, and no
+    socket file left behind to confuse dedupctl."""
+    undo = breakage(env)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dedupd", "run", "--config", str(env.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        undo()
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ") and str(env.db) in line
+    assert not (env.tmp / "xdg-run" / "dedupd.sock").exists()
+
+
+@pytest.mark.parametrize("remove", ["dedupd.db", "dedupd.db*"])
+def test_a_database_deleted_under_the_daemon_is_written_back_and_kept_in_use(
+    env: Env, remove: str
+) -> None:
+    """`rm dedupd.db` (or `rm dedupd.db*`, lock file included) while running: the daemon
+    writes its open database back within seconds, quarantined files stay visible to
+    dedupctl (over the socket and reading the file), and new work lands in the file."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupctl
+    from dedupd.lock import DatabaseBusy, DatabaseLock
+
+    def quarantined(*args: str) -> list[str]:
+        result = CliRunner().invoke(
+            dedupctl, ["--config", str(env.config), *args, "quarantine", "list", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        return [e["src"] for e in json.loads(result.stdout)["quarantined"]]
+
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    wa = env.root / "IMG-WA0001.jpg"
+    with (
+        structlog.testing.capture_logs() as logs,
+        running(env, database_check_interval=0.2) as daemon,
+    ):
+        photos.reencode(photos.photo("coffee"), wa)
+        wait_for(lambda: env.state(wa) == "quarantined")
+        wait_for(lambda: _idle(daemon))
+        old = os.stat(env.db).st_ino
+        for doomed in env.db.parent.glob(remove):
+            doomed.unlink()
+        wait_for(lambda: any(e["event"] == "database_restored" for e in logs))
+        assert env.db.exists() and os.stat(env.db).st_ino != old
+        assert quarantined() == [str(wa)]  # through the socket
+        assert quarantined("--socket", str(env.tmp / "none.sock")) == [str(wa)]  # the file
+        photos.copy(photos.photo("rocket"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", what="new work in the file")
+        with pytest.raises(DatabaseBusy):  # and it still holds the (new) lock file
+            DatabaseLock(env.db, "scan").acquire()
+    restored = [e for e in logs if e["event"] == "database_restored"]
+    assert len(restored) == 1 and restored[0]["log_level"] == "error"
+
+
+def test_a_database_replaced_under_the_daemon_stops_it_with_exit_1(env: Env) -> None:
+    """A different file at the path is someone else's: never overwritten; the daemon stops
+    (non-zero, so systemd restarts it on the new file)."""
+    daemon = Daemon(env.config, notifier=Notifier({}), database_check_interval=0.2)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(daemon.run()))
+    with structlog.testing.capture_logs() as logs:
+        thread.start()
+        try:
+            assert daemon.wait_ready(30)
+            stranger = env.db.with_name("stranger.db")
+            Store(stranger).close()
+            os.replace(stranger, env.db)
+            replaced_ino = os.stat(env.db).st_ino
+            thread.join(30)
+        finally:
+            daemon.request_stop()
+            thread.join(30)
+    assert codes == [1]
+    assert os.stat(env.db).st_ino == replaced_ino
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["database_replaced"]
+
+
+# -- inotify queue overflow ---------------------------------------------------------------
+
+
+def _overflow(watcher: dedupd.watcher.Watcher) -> None:
+    """What the kernel sends when its event queue overflowed, through watchdog's own code."""
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    inotify = watcher._observer._inotify_fd  # type: ignore[union-attr]
+    inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")
+def test_an_inotify_overflow_becomes_an_overflow_hint_for_every_root(tmp_path: Path) -> None:
+    """watchdog re-adds its watches after an overflow but tells no handler; ours does."""
+    roots = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for root in roots:
+        os.mkdir(root)
+    watcher = dedupd.watcher.Watcher()
+    watcher.start(roots)
+    try:
+        _overflow(watcher)
+        hints = {watcher.hints.get(timeout=10) for _ in roots}
+    finally:
+        watcher.stop()
+    assert hints == {dedupd.watcher.Hint("overflow", root) for root in roots}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")
+def test_files_whose_events_an_overflow_lost_are_hashed_at_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events dropped, then an overflow: a reconcile finds the files now, not after
+    rescan_interval (1 h here)."""
+    real = dedupd.watcher._Handler._hint
+    monkeypatch.setattr(  # every event is lost but the overflow itself
+        dedupd.watcher._Handler,
+        "_hint",
+        lambda self, event: real(self, event) if event.event_type == "overflow" else None,
+    )
+    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        _overflow(daemon.watcher)
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", what="the lost file")
+    warnings = [e for e in logs if e["event"] == "watch_overflow"]  # one per root
+    assert sorted(r for e in warnings for r in e["roots"]) == [str(env.archive), str(env.root)]
+    assert {e["log_level"] for e in warnings} == {"warning"}
+
+
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")
+@pytest.mark.skipif(
+    not os.access(MAX_QUEUED, os.W_OK), reason=f"needs a writable {MAX_QUEUED} (root)"
+)
+def test_a_real_kernel_queue_overflow_is_caught_up_at_once(env: Env) -> None:
+    """The kernel's queue is shrunk to 16 events while the daemon starts (each inotify
+    instance keeps the limit it was created with) and watchdog's reader is held off while
+    40 uploads land: the kernel drops their events and queues IN_Q_OVERFLOW. All 40 are
+    hashed anyway, with rescan_interval at 1 h."""
+    rng = random.Random(9)
+    staging = env.tmp / "staging"
+    staging.mkdir()
+    for i in range(40):
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(staging / f"n{i:02}.png")
+    limit = MAX_QUEUED.read_text()
+    try:
+        MAX_QUEUED.write_text("16\n")
+        with running(env) as daemon:
+            MAX_QUEUED.write_text(limit)
+            reader = daemon.watcher._observer._inotify_fd  # type: ignore[union-attr]
+            with reader._lock:  # watchdog's reader takes it before each read
+                for png in staging.iterdir():
+                    shutil.copy(png, env.root / png.name)
+            wait_for(lambda: daemon.stats.hashed == 40, timeout=60, what="all 40 uploads")
+    finally:
+        MAX_QUEUED.write_text(limit)
