@@ -31,6 +31,7 @@ KNOWN_KINDS = {
     "crashed",
     "timeout",
 }
+SIZES = (b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\xff\xff")
 FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tif": "TIFF", "bmp": "BMP"}
 
 
@@ -74,7 +75,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     elif how == 5:  # big-endian size fields inflated (widths, lengths)
         for _ in range(rng.randint(1, 4)):
             i = rng.randrange(max(1, min(len(b), 256) - 4))
-            b[i : i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\xff\xff"])
+            b[i : i + 4] = rng.choice(SIZES)
     else:  # random bytes after a real magic number
         b = b[:8] + bytearray(rng.randbytes(rng.randint(0, 4096)))
     return bytes(b)
