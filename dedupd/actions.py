@@ -39,7 +39,7 @@ import structlog
 from dedupd import safefs
 from dedupd.errors import DedupdError
 from dedupd.imaging import FileStat
-from dedupd.store import FileRecord, Store
+from dedupd.store import ActionRecord, FileRecord, Store
 
 __all__ = ["ActionError", "Actions", "Recovered", "quarantine_path_for"]
 
@@ -419,13 +419,18 @@ class Actions:
         A file whose bytes changed in quarantine (an edit that reached it) is restored too: it
         is the user's newest version. Returns the restored path."""
         original = self.store.action(action_id)
-        if original is None or original["kind"] != "quarantine" or original["state"] != "done":
+        if (
+            original is None
+            or original.kind != "quarantine"
+            or original.state != "done"
+            or original.dst is None
+        ):
             raise ActionError(f"action {action_id} is not a finished quarantine")
         if self.store.actions(
             "of_action = ? AND kind IN ('restore', 'purge') AND state = 'done'", (action_id,)
         ):
             raise ActionError(f"action {action_id} was already restored or purged")
-        src, dst = Path(original["dst"]), Path(original["src"])
+        src, dst = Path(original.dst), Path(original.src)
         with self._refusals(f"{dst}: nothing restored ({src})"):
             qdir = safefs.open_dir(src.parent)
         with _fd(qdir):
@@ -443,15 +448,15 @@ class Actions:
                     self._mark_restored_distinct(original)
                     restore_id = self.store.journal_plan(
                         kind="restore",
-                        file_id=original["file_id"],
+                        file_id=original.file_id,
                         src=str(src),
                         dst=str(dst),
                         sha256=sha256,
-                        keeper_id=original["keeper_id"],
-                        keeper_path=original["keeper_path"],
+                        keeper_id=original.keeper_id,
+                        keeper_path=original.keeper_path,
                         of_action=action_id,
                         reason="user restore"
-                        if sha256 == original["sha256"]
+                        if sha256 == original.sha256
                         else "user restore (its bytes changed in quarantine)",
                     )
                     self._checkpoint("planned")
@@ -480,17 +485,17 @@ class Actions:
             safefs.fsync_dir(qdir)
         self._checkpoint("unlinked")
 
-    def _mark_restored_distinct(self, original: dict[str, Any]) -> None:
-        self.store.remove_tombstones(original["sha256"], original["src"])
-        keeper = self.store.file(original["keeper_id"]) if original["keeper_id"] else None
+    def _mark_restored_distinct(self, original: ActionRecord) -> None:
+        self.store.remove_tombstones(original.sha256, original.src)
+        keeper = self.store.file(original.keeper_id) if original.keeper_id else None
         if keeper is not None and keeper.sha256:
-            self.store.mark_distinct(original["sha256"], keeper.sha256)
+            self.store.mark_distinct(original.sha256, keeper.sha256)
 
-    def _finish_restore(self, restore_id: int, original: dict[str, Any]) -> None:
+    def _finish_restore(self, restore_id: int, original: ActionRecord) -> None:
         self.store.journal_finish(restore_id, "done")
         self._mark_restored_distinct(original)
-        if original["file_id"] is not None:
-            self.store.set_state(original["file_id"], "missing")  # the next scan re-finds it
+        if original.file_id is not None:
+            self.store.set_state(original.file_id, "missing")  # the next scan re-finds it
 
     def purge(self, older_than: float, *, only: set[int] | None = None) -> list[int]:
         """Delete files quarantined more than `older_than` seconds ago (by the store's clock);
@@ -499,14 +504,16 @@ class Actions:
         cutoff = self.store.now() - older_than
         purged = []
         for q in self.store.quarantined():
-            if q["finished"] > cutoff or (only is not None and q["id"] not in only):
+            if q.dst is None or q.finished is None or q.finished > cutoff:
+                continue
+            if only is not None and q.id not in only:
                 continue
             purge_id = self.store.journal_plan(
                 kind="purge",
-                file_id=q["file_id"],
-                src=q["dst"],
-                sha256=q["sha256"],
-                of_action=q["id"],
+                file_id=q.file_id,
+                src=q.dst,
+                sha256=q.sha256,
+                of_action=q.id,
                 reason=f"quarantined more than {older_than:.0f}s ago",
             )
             self._checkpoint("planned")
@@ -514,13 +521,13 @@ class Actions:
                 self._run(
                     purge_id,
                     functools.partial(
-                        _unlink_verified, q["dst"], q["sha256"], q["id"], self._checkpoint
+                        _unlink_verified, q.dst, q.sha256, q.id, self._checkpoint
                     ),
                 )
             except ActionError:
                 continue  # journaled as failed and logged; purge the others
             self.store.journal_finish(purge_id, "done")
-            purged.append(q["id"])
+            purged.append(q.id)
         return purged
 
     # -- crash recovery -----------------------------------------------------------------------
@@ -537,58 +544,64 @@ class Actions:
             except (OSError, DedupdError) as exc:  # one bad entry must not stop the start
                 outcome, detail = "failed", f"recovery failed, files left as they are: {exc}"
             if outcome == "done":
-                if a["kind"] in ("quarantine", "delete"):
-                    record = self.store.file(a["file_id"]) if a["file_id"] else None
-                    self.store.journal_finish(a["id"], "done", "completed during recovery")
-                    self.store.add_tombstone(a["sha256"], a["src"], a["id"])
+                if a.kind in ("quarantine", "delete"):
+                    record = self.store.file(a.file_id) if a.file_id else None
+                    self.store.journal_finish(a.id, "done", "completed during recovery")
+                    self.store.add_tombstone(a.sha256, a.src, a.id)
                     if record is not None:
                         self.store.set_state(
-                            record.id, "quarantined" if a["kind"] == "quarantine" else "deleted"
+                            record.id, "quarantined" if a.kind == "quarantine" else "deleted"
                         )
-                elif a["kind"] == "restore":
-                    original = self.store.action(a["of_action"])
+                elif a.kind == "restore":
+                    original = self.store.action(a.of_action) if a.of_action else None
                     if original is None:
-                        raise DedupdError(f"restore {a['id']} names no quarantine")
-                    self._finish_restore(a["id"], original)
+                        raise DedupdError(f"restore {a.id} names no quarantine")
+                    self._finish_restore(a.id, original)
                 else:
-                    self.store.journal_finish(a["id"], "done", "completed during recovery")
+                    self.store.journal_finish(a.id, "done", "completed during recovery")
             else:
-                self.store.journal_finish(a["id"], outcome, detail)
-                rolled_back = outcome == "rolled_back" and a["kind"] in ("quarantine", "delete")
-                if rolled_back and a["file_id"] is not None:
-                    self.store.mark_stale(a["file_id"])
+                self.store.journal_finish(a.id, outcome, detail)
+                rolled_back = outcome == "rolled_back" and a.kind in ("quarantine", "delete")
+                if rolled_back and a.file_id is not None:
+                    self.store.mark_stale(a.file_id)
             log.warning(
-                "action_recovered", action=a["id"], kind=a["kind"], outcome=outcome, detail=detail
+                "action_recovered", action=a.id, kind=a.kind, outcome=outcome, detail=detail
             )
-            results.append(Recovered(a["id"], a["kind"], outcome, detail))
+            results.append(Recovered(a.id, a.kind, outcome, detail))
         return results
 
-    def _recover_one(self, a: dict[str, Any]) -> tuple[str, str]:
-        if a["kind"] == "purge":
+    def _recover_one(self, a: ActionRecord) -> tuple[str, str]:
+        if a.kind == "purge":
             try:
-                _unlink_verified(a["src"], a["sha256"], a["of_action"])
+                _unlink_verified(a.src, a.sha256, a.of_action or a.id)
             except ActionError as exc:
                 return "failed", str(exc)
             return "done", "purge finished"
-        if a["kind"] in ("quarantine", "delete") and a.get("staged"):
-            return self._recover_staged(a)
-        return self._recover_move(a)
+        if a.kind in ("quarantine", "delete") and a.staged:
+            return self._recover_staged(a, PurePath(a.staged))
+        if a.kind == "delete":
+            if safefs.lexists(a.src):
+                return "rolled_back", "crashed before the delete; file kept"
+            return "done", "file was deleted before the crash"
+        if a.dst is None:
+            return "failed", "the journal entry names no destination; files left as they are"
+        return self._recover_move(a, a.dst)
 
-    def _recover_staged(self, a: dict[str, Any]) -> tuple[str, str]:
+    def _recover_staged(self, a: ActionRecord, staged: PurePath) -> tuple[str, str]:
         """A quarantine or delete that renamed its file into the staging folder first."""
-        src, dst, tmp, staged = a["src"], a["dst"], a["tmp"], PurePath(a["staged"])
+        src, dst, tmp = a.src, a.dst, a.tmp
         root = str(staged.parent.parent)
         staged_here = safefs.lexists(staged)
-        if a["kind"] == "delete":
+        if a.kind == "delete":
             if staged_here:
                 where = _put_back(staged, PurePath(src), root)
                 return "rolled_back", f"crashed before the delete; put back at {where}"
-            if safefs.lexists(src) and _sha256_of(src) == a["sha256"]:
+            if safefs.lexists(src) and _sha256_of(src) == a.sha256:
                 return "rolled_back", "crashed before the delete; file kept"
             return "done", "file was deleted before the crash"
         _unlink_if_present(tmp)  # a partial cross-filesystem copy: redone or not needed
         if staged_here and dst is not None and safefs.lexists(dst):
-            if _same_file(staged, dst) or _sha256_of(dst) == a["sha256"]:
+            if _same_file(staged, dst) or _sha256_of(dst) == a.sha256:
                 _unlink_path(staged)
                 _remove_staging_if_empty(root)
                 return "done", "the file was in quarantine; the staged name was removed"
@@ -603,20 +616,16 @@ class Actions:
             return "rolled_back", "crashed before the move; file left in place"
         return "failed", "neither the source, the staged file nor the destination exists"
 
-    def _recover_move(self, a: dict[str, Any]) -> tuple[str, str]:
-        """A restore (quarantine → original folder), or a journal entry written by a version
+    def _recover_move(self, a: ActionRecord, dst: str) -> tuple[str, str]:
+        """A restore (quarantine → original folder), or a quarantine journaled by a version
         of dedupd that moved files without staging."""
-        src, dst, tmp = a["src"], a["dst"], a["tmp"]
-        if a["kind"] == "delete":
-            if safefs.lexists(src):
-                return "rolled_back", "crashed before the delete; file kept"
-            return "done", "file was deleted before the crash"
+        src, tmp = a.src, a.tmp
         if safefs.lexists(src) and safefs.lexists(dst):
             # Remove the source only when it provably is the file now safe at dst: the same
             # inode, or both holding the journaled bytes. Anything else (an edit saved over
             # the source while we were down) is kept, whatever it costs.
             same = _same_file(src, dst) or (
-                _sha256_of(src) == a["sha256"] and _sha256_of(dst) == a["sha256"]
+                _sha256_of(src) == a.sha256 and _sha256_of(dst) == a.sha256
             )
             _unlink_if_present(tmp)
             if same:
@@ -629,7 +638,7 @@ class Actions:
         if safefs.lexists(src):
             _unlink_if_present(tmp)
             return "rolled_back", "crashed before the move; file left in place"
-        if tmp is not None and safefs.lexists(tmp) and _sha256_of(tmp) == a["sha256"]:
+        if tmp is not None and safefs.lexists(tmp) and _sha256_of(tmp) == a.sha256:
             t, d = PurePath(tmp), PurePath(dst)
             with safefs.directory(t.parent) as tdir, safefs.directory(d.parent) as ddir:
                 os.link(t.name, d.name, src_dir_fd=tdir, dst_dir_fd=ddir, follow_symlinks=False)

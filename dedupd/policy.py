@@ -11,10 +11,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
 from dedupd.config import Action, Keep, KeepRule, Policy, PreferFolders
-from dedupd.store import FileRecord, MatchKind
+from dedupd.store import ActionRecord, FileRecord, MatchKind
 
 __all__ = [
     "KEEP_RULES",
@@ -181,7 +181,7 @@ def decide(
     policies: Mapping[str, Policy],
     default: Policy,
     distinct: Collection[str] = (),
-    tombstone: Mapping[str, Any] | None = None,
+    tombstone: ActionRecord | None = None,
     dry_run: bool = False,
 ) -> Decision:
     """Decide what happens to `newcomer` given its matches.
@@ -197,23 +197,23 @@ def decide(
             return Decision("report", "reference roots are never acted on", dry_run=dry_run)
         return Decision("none", "no duplicate")
     live = [c for c in candidates if c.record.sha256 not in distinct]
-    if tombstone is not None and tombstone["kind"] in ("quarantine", "delete"):
+    if tombstone is not None and tombstone.kind in ("quarantine", "delete"):
         # The same bytes were removed from this path before and a sync client brought them
         # back: repeat that, without consulting the keep rules again, but only while its
         # keeper is still here (and not marked distinct) and the policy still acts.
-        match = next((c for c in live if c.record.id == tombstone["keeper_id"]), None)
+        match = next((c for c in live if c.record.id == tombstone.keeper_id), None)
         acts = match is not None and (policy.exact if match.kind == "exact" else policy.near) in (
             "quarantine",
             "delete",
         )
         if match is not None and acts:
             keeper = match.record
-            action: Action = tombstone["kind"]
+            action: Action = tombstone.kind
             if action == "delete" and (match.kind != "exact" or keeper.sha256 != newcomer.sha256):
                 action = "quarantine"  # a delete needs its exact keeper; quarantine instead
             return Decision(
                 action,
-                f"tombstone: {tombstone['kind']}d before (action {tombstone['id']})",
+                f"tombstone: {tombstone.kind}d before (action {tombstone.id})",
                 newcomer,
                 keeper,
                 match.distance,

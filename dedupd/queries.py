@@ -135,11 +135,11 @@ def quarantine_list(
     fields = ("id", "src", "dst", "keeper_path", "distance", "reason", "finished")
     entries = []
     for e in store.quarantined():
-        if root is not None and not e["src"].startswith(root.rstrip(os.sep) + os.sep):
+        if root is not None and not e.src.startswith(root.rstrip(os.sep) + os.sep):
             continue
-        if since is not None and e["finished"] < since:
+        if since is not None and (e.finished or 0) < since:
             continue
-        entries.append({k: e[k] for k in fields})
+        entries.append({k: getattr(e, k) for k in fields})
     return {"quarantined": entries}
 
 
@@ -149,12 +149,12 @@ def restore(store: Store, actions: Actions, items: Sequence[str]) -> dict[str, A
     results: list[dict[str, Any]] = []
     for item in items:
         path = os.path.abspath(item)
-        match = [e for e in entries if str(e["id"]) == item or path in (e["src"], e["dst"])]
+        match = [e for e in entries if str(e.id) == item or path in (e.src, e.dst)]
         if not match:
             results.append({"item": item, "error": "not in quarantine"})
             continue
         try:
-            results.append({"item": item, "restored": str(actions.restore(match[-1]["id"]))})
+            results.append({"item": item, "restored": str(actions.restore(match[-1].id))})
         except ActionError as exc:
             results.append({"item": item, "error": str(exc)})
     return {"results": results}

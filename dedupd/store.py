@@ -20,7 +20,15 @@ import sqlite_utils
 from dedupd.errors import StoreError
 from dedupd.imaging import FileStat, HashedImage
 
-__all__ = ["SCHEMA_VERSION", "FileRecord", "MatchRecord", "Store", "from_db", "to_db"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ActionRecord",
+    "FileRecord",
+    "MatchRecord",
+    "Store",
+    "from_db",
+    "to_db",
+]
 
 State = Literal["ok", "error", "missing", "quarantined", "deleted"]
 MatchKind = Literal["exact", "near"]
@@ -145,11 +153,38 @@ def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
     return [to_db(p) for p in paths]
 
 
-def _action_from_db(row: dict[str, Any]) -> dict[str, Any]:
+ActionKind = Literal["quarantine", "delete", "restore", "purge"]
+ActionState = Literal["planned", "done", "failed", "rolled_back"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One row of the actions journal: a move or delete, planned before it happens."""
+
+    id: int
+    file_id: int | None
+    kind: ActionKind
+    src: str  # the file acted on: the original path (quarantine, delete) or the quarantine
+    dst: str | None  # where it goes: quarantine path, or the original path for a restore
+    tmp: str | None  # the temporary name of a cross-filesystem copy
+    sha256: str
+    keeper_id: int | None
+    keeper_path: str | None
+    distance: int | None
+    reason: str | None
+    of_action: int | None  # the quarantine a restore or purge undoes
+    state: ActionState
+    error: str | None
+    created: float
+    finished: float | None
+    staged: str | None  # the name in the root's staging folder (quarantine, delete)
+
+
+def _action_from_db(row: dict[str, Any]) -> ActionRecord:
     for name in _ACTION_PATHS:
         if row.get(name) is not None:
             row[name] = from_db(row[name])
-    return row
+    return ActionRecord(**row)
 
 
 def _action_to_db(values: dict[str, Any]) -> dict[str, Any]:
@@ -562,17 +597,17 @@ class Store:
     def journal_finish(self, action_id: int, state: str, error: str | None = None) -> None:
         self.journal_update(action_id, state=state, error=error, finished=self._now())
 
-    def action(self, action_id: int) -> dict[str, Any] | None:
+    def action(self, action_id: int) -> ActionRecord | None:
         rows = list(self.db.query("SELECT * FROM actions WHERE id = ?", (action_id,)))
         return _action_from_db(rows[0]) if rows else None
 
-    def actions(self, where: str = "1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def actions(self, where: str = "1", params: Sequence[Any] = ()) -> list[ActionRecord]:
         """Journal rows matching `where`, oldest first; a path in `params` goes through
         `to_db`, and the path fields of the rows come back as str."""
         rows = self.db.query(f"SELECT * FROM actions WHERE {where} ORDER BY id", params)
         return [_action_from_db(row) for row in rows]
 
-    def quarantined(self) -> list[dict[str, Any]]:
+    def quarantined(self) -> list[ActionRecord]:
         """Finished quarantines not yet restored or purged: what is in quarantine now."""
         return self.actions(
             "kind = 'quarantine' AND state = 'done' AND NOT EXISTS (SELECT 1 FROM actions r"
@@ -598,7 +633,7 @@ class Store:
                 (sha256, to_db(original_path)),
             )
 
-    def tombstone(self, sha256: str, path: str) -> dict[str, Any] | None:
+    def tombstone(self, sha256: str, path: str) -> ActionRecord | None:
         """The latest action that removed these bytes from this very path, if any did."""
         rows = list(
             self.db.query(

@@ -64,12 +64,12 @@ def test_quarantine_moves_the_file_and_journals_what_a_restore_needs(setup) -> N
     entry = store.action(action_id)
     assert entry is not None
     assert (
-        entry["state"],
-        entry["src"],
-        entry["dst"],
-        entry["keeper_path"],
-        entry["distance"],
-        entry["reason"],
+        entry.state,
+        entry.src,
+        entry.dst,
+        entry.keeper_path,
+        entry.distance,
+        entry.reason,
     ) == (
         "done",
         str(root / "sub" / "near.jpg"),
@@ -119,11 +119,11 @@ def test_cross_filesystem_quarantine_copies_verifies_then_unlinks(setup, monkeyp
     record = _rec(store, root / "dup.jpg")
     action_id = Actions(store, q).quarantine(record, None, 0, "test")
     entry = store.action(action_id)
-    assert entry is not None and entry["state"] == "done" and entry["tmp"]
-    assert not Path(entry["tmp"]).exists()
+    assert entry is not None and entry.state == "done" and entry.tmp
+    assert not Path(entry.tmp).exists()
     assert not (root / "dup.jpg").exists()
-    assert _sha(Path(entry["dst"])) == record.sha256
-    assert os.stat(entry["dst"]).st_mtime_ns == record.mtime_ns  # copystat kept the times
+    assert _sha(Path(entry.dst)) == record.sha256
+    assert os.stat(entry.dst).st_mtime_ns == record.mtime_ns  # copystat kept the times
 
 
 def test_exact_duplicate_is_deleted_only_after_its_keeper_is_verified(setup) -> None:  # type: ignore[no-untyped-def]
@@ -160,7 +160,7 @@ def test_delete_is_refused_when_the_keeper_is_not_a_separate_identical_file(  # 
         Actions(store, q).delete(dup, keeper, "test")
     assert (root / "dup.jpg").exists()
     (entry,) = store.actions()
-    assert entry["state"] == "failed" and "nothing deleted" in entry["error"]
+    assert entry.state == "failed" and "nothing deleted" in entry.error
 
 
 def test_restore_puts_the_file_back_and_remembers_the_pair_as_distinct(setup) -> None:  # type: ignore[no-untyped-def]
@@ -199,7 +199,7 @@ def test_purge_deletes_only_quarantined_files_older_than_retention(setup) -> Non
     remaining = [p.name for p in q.rglob("*.jpg")]
     assert remaining == ["near.jpg"]
     purge = store.actions("kind = 'purge'")
-    assert [(p["state"], p["of_action"]) for p in purge] == [("done", old)]
+    assert [(p.state, p.of_action) for p in purge] == [("done", old)]
 
 
 # -- kill -9 at every step ------------------------------------------------------------------
@@ -366,17 +366,17 @@ def test_purge_keeps_and_restore_returns_bytes_that_changed_in_quarantine(setup)
     store, root, q = setup
     actions = Actions(store, q)
     action_id = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
-    dst = Path(store.action(action_id)["dst"])  # type: ignore[index]
+    dst = Path(store.action(action_id).dst)  # type: ignore[index]
     dst.write_bytes(b"not the quarantined photo any more")
     assert actions.purge(older_than=0) == []
     assert dst.read_bytes() == b"not the quarantined photo any more"
     (purge,) = store.actions("kind = 'purge'")
-    assert purge["state"] == "failed" and f"quarantine restore {action_id}" in purge["error"]
+    assert purge.state == "failed" and f"quarantine restore {action_id}" in purge.error
     assert actions.restore(action_id) == root / "dup.jpg"
     assert (root / "dup.jpg").read_bytes() == b"not the quarantined photo any more"
     assert not dst.exists()
     (restore,) = store.actions("kind = 'restore'")
-    assert restore["state"] == "done" and "changed in quarantine" in restore["reason"]
+    assert restore.state == "done" and "changed in quarantine" in restore.reason
 
 
 def test_restore_forgets_every_earlier_removal_of_that_photo_from_that_path(setup) -> None:  # type: ignore[no-untyped-def]
@@ -407,4 +407,4 @@ def test_purge_with_only_deletes_just_the_confirmed_entries(setup) -> None:  # t
     first = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "test")
     second = actions.quarantine(_rec(store, root / "sub" / "near.jpg"), None, 4, "test")
     assert actions.purge(older_than=0, only={second}) == [second]
-    assert [e["id"] for e in store.quarantined()] == [first]
+    assert [e.id for e in store.quarantined()] == [first]

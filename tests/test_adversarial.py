@@ -248,7 +248,7 @@ def test_an_edit_saved_over_the_name_right_after_the_quarantine_link_is_kept(
     assert near.path.read_bytes() == b"the user's edit"
     (quarantined,) = _copies(near.sha256 or "", lib.quarantine)
     entry = lib.store.action(action_id)
-    assert entry is not None and Path(entry["dst"]) == quarantined
+    assert entry is not None and Path(entry.dst) == quarantined
 
 
 def test_an_unreadable_keeper_fails_one_action_cleanly(
@@ -268,7 +268,7 @@ def test_an_unreadable_keeper_fails_one_action_cleanly(
     with pytest.raises(ActionError, match="nothing deleted"):
         Actions(lib.store, lib.quarantine).delete(dup, keeper, "exact")
     (entry,) = lib.store.actions()
-    assert entry["state"] == "failed" and "cannot be read: Permission denied" in entry["error"]
+    assert entry.state == "failed" and "cannot be read: Permission denied" in entry.error
     assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
     assert not (lib.root / safefs.STAGING_DIR).exists()
 
@@ -335,7 +335,7 @@ def test_a_full_quarantine_disk_leaves_no_partial_copy(
     assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
     assert _sha(lib.root / "sub" / "near.jpg") == near.sha256
     (entry,) = lib.store.actions()
-    assert entry["state"] == "failed"
+    assert entry.state == "failed"
 
 
 def test_a_staging_folder_made_by_someone_else_is_refused(lib: Lib) -> None:
@@ -433,7 +433,7 @@ def _campaign(tmp_path: Path, quarantine: Path, seed: int, kills_wanted: int) ->
     steps = {"quarantine": 5, "delete": 4, "restore": 3, "purge": 3}  # +1 for a copy
     while stats["kills"] < kills_wanted:
         with Store(config.database) as store:
-            in_quarantine = {q["src"] for q in store.quarantined()}
+            in_quarantine = {q.src for q in store.quarantined()}
         for i in range(12):  # the phone uploads deleted duplicates again
             dup = root / f"sub{i % 3}" / f"d{i}.jpg"
             if not dup.exists() and str(dup) not in in_quarantine and rng.random() < 0.5:
@@ -461,7 +461,7 @@ def _campaign(tmp_path: Path, quarantine: Path, seed: int, kills_wanted: int) ->
                 action_id = 0
             else:
                 target, keeper = None, None
-                action_id = rng.choice(quarantined)["id"]
+                action_id = rng.choice(quarantined).id
         before = {s: len(_copies(s, root, quarantine)) for s in everything}
 
         def run(

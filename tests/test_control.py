@@ -518,7 +518,7 @@ def _quarantined_offline(env: Env) -> int:
         wait_for(lambda: _idle(d))
     with Store(env.db) as store:
         (entry,) = store.actions("kind = 'quarantine'")
-    return int(entry["id"])
+    return entry.id
 
 
 @pytest.mark.parametrize("state", ["busy", "stopping"])
@@ -581,5 +581,5 @@ def test_offline_changes_refuse_while_another_process_holds_the_database(env: En
         assert [e["id"] for e in json.loads(listed.stdout)["quarantined"]] == [action]
     assert list(env.quarantine.rglob("wa.jpg")) == moved
     with Store(env.db) as store:
-        assert [a["kind"] for a in store.actions()] == ["quarantine"]
+        assert [a.kind for a in store.actions()] == ["quarantine"]
         assert not store.db.execute("SELECT count(*) FROM distinct_pairs").fetchone()[0]

@@ -28,7 +28,7 @@ import dedupd.watcher
 from dedupd.actions import Actions
 from dedupd.daemon import Daemon, Notifier
 from dedupd.errors import ConfigError
-from dedupd.store import FileRecord, Store
+from dedupd.store import ActionRecord, FileRecord, Store
 from tests import photos
 from tests.test_config import yaml_bomb
 
@@ -204,8 +204,8 @@ def test_near_duplicate_is_quarantined_with_a_restorable_record(env: Env) -> Non
     assert moved.exists() and not (env.root / "chat" / "IMG-WA0001.jpg").exists()
     with Store(env.db) as store:
         (entry,) = store.actions("kind = 'quarantine'")
-        assert entry["keeper_path"] == str(env.root / "IMG_1.jpg") and entry["distance"] > 0
-        Actions(store, env.quarantine).restore(entry["id"])
+        assert entry.keeper_path == str(env.root / "IMG_1.jpg") and entry.distance > 0
+        Actions(store, env.quarantine).restore(entry.id)
     assert (env.root / "chat" / "IMG-WA0001.jpg").exists()
     # Restored means distinct: the next daemon run leaves it alone.
     with running(env) as daemon:
@@ -223,13 +223,13 @@ def test_a_quarantined_file_synced_back_is_recognized_by_its_tombstone(env: Env)
         wait_for(lambda: len(_quarantines(env)) == 2, what="the second quarantine")
         assert not (env.root / "IMG_2.jpg").exists()
     first, second = _quarantines(env)
-    assert second["reason"] == f"tombstone: quarantined before (action {first['id']})"
-    assert Path(second["dst"]).name == "IMG_2 (1).jpg"
+    assert second.reason == f"tombstone: quarantined before (action {first.id})"
+    assert Path(second.dst or "").name == "IMG_2 (1).jpg"
 
 
-def _quarantines(env: Env) -> list[dict[str, object]]:
+def _quarantines(env: Env) -> list[ActionRecord]:
     with Store(env.db) as store:
-        return [a for a in store.actions("kind = 'quarantine'") if a["state"] == "done"]
+        return [a for a in store.actions("kind = 'quarantine'") if a.state == "done"]
 
 
 def test_burst_shots_are_reported_not_acted_on(env: Env) -> None:

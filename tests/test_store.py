@@ -165,9 +165,9 @@ def test_a_path_that_is_not_utf8_round_trips_through_every_path_column(tmp_path:
             "keeper_path": os.path.join(root, CAFE),
         }
         for row in (store.action(action), *store.actions(), *store.quarantined()):
-            assert row is not None and {k: row[k] for k in expected} == expected
+            assert row is not None and {k: getattr(row, k) for k in expected} == expected
         tomb = store.tombstone("a" * 64, os.path.join(root, moved))
-        assert tomb is not None and tomb["id"] == action and tomb["src"] == expected["src"]
+        assert tomb is not None and tomb.id == action and tomb.src == expected["src"]
         store.remove_tombstones("a" * 64, os.path.join(root, moved))
         assert store.tombstone("a" * 64, os.path.join(root, moved)) is None
 
