@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import json
 import logging
 import os
 import signal
@@ -26,16 +25,16 @@ from typing import Any, TypeVar
 import click
 import structlog
 
-from dedupd import __version__, queries
+from dedupd import __version__, render
 from dedupd.actions import Actions
 from dedupd.config import Config, load_config, parse_duration
-from dedupd.control import ControlClient, DaemonBusy, DaemonNotRunning, DaemonUnavailable
+from dedupd.control import DaemonBusy, DaemonUnavailable
 from dedupd.daemon import Daemon
-from dedupd.engine import Ingest, ScanReport, scan
+from dedupd.engine import ScanReport, scan
 from dedupd.errors import ConfigError, DedupdError, NotFoundError
 from dedupd.hashers import Hasher
-from dedupd.imaging import hash_image
 from dedupd.lock import DatabaseBusy, DatabaseLock
+from dedupd.service import Service, connect
 from dedupd.store import Store
 
 __all__ = ["dedupctl", "dedupd", "find_config"]
@@ -195,40 +194,6 @@ def _common_options(f: F) -> F:
     return f
 
 
-# -- formatting -------------------------------------------------------------------------------
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def _print_report(report: ScanReport, bits: int) -> None:
-    dups = sum(len(g.duplicates) for g in report.groups)
-    click.echo(
-        f"scanned {len(report.roots)} root(s) in {report.seconds:.1f}s: {report.files} files, "
-        f"{report.hashed} hashed, {report.unchanged} unchanged, {report.renamed} renamed, "
-        f"{report.missing} missing, {len(report.failed)} errors, "
-        f"{len(report.groups)} duplicate groups ({dups} duplicates)"
-    )
-    for root, why in report.unavailable:
-        click.echo(f"unavailable: {root}: {why}")
-    for path, failure in report.failed:
-        click.echo(f"error: {path}: {failure.kind}: {failure.message}")
-    for o in report.outcomes:
-        if o.decision.acts:
-            click.echo(
-                f"{o.decision.action}: {o.decision.target.path if o.decision.target else o.path}"
-                f" ({o.result}; keeper {o.decision.keeper.path if o.decision.keeper else '-'};"
-                f" {o.decision.rule})"
-            )
-    _print_group_dicts(queries.groups_json(report.groups, bits)["groups"], bits)
-
-
 # -- dedupd -----------------------------------------------------------------------------------
 
 
@@ -288,46 +253,9 @@ def scan_command(
             else:
                 report = _scan_with_progress(config, store, actions)
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "roots": report.roots,
-                        "files": report.files,
-                        "hashed": report.hashed,
-                        "unchanged": report.unchanged,
-                        "renamed": report.renamed,
-                        "missing": report.missing,
-                        "seconds": round(report.seconds, 3),
-                        "errors": [
-                            {"path": p, "kind": f.kind, "message": f.message}
-                            for p, f in report.failed
-                        ],
-                        "unavailable": [
-                            {"root": r, "reason": why} for r, why in report.unavailable
-                        ],
-                        "actions": [
-                            {
-                                "path": o.path,
-                                "action": o.decision.action,
-                                "result": o.result,
-                                "rule": o.decision.rule,
-                                "target": str(o.decision.target.path)
-                                if o.decision.target
-                                else None,
-                                "keeper": str(o.decision.keeper.path)
-                                if o.decision.keeper
-                                else None,
-                            }
-                            for o in report.outcomes
-                            if o.decision.acts
-                        ],
-                        "groups": queries.groups_json(report.groups, bits)["groups"],
-                    },
-                    indent=2,
-                )
-            )
+            click.echo(render.to_json(render.scan_json(report, bits)))
         else:
-            _print_report(report, bits)
+            click.echo(render.scan_report(report, bits))
 
 
 @dedupd.command("run")
@@ -408,36 +336,22 @@ def dedupctl(
     )
 
 
-def _client(ctx: click.Context) -> ControlClient:
+def _service(ctx: click.Context) -> Service:
+    """The daemon's service when it runs, else the database's (which says so on stderr)."""
     obj = ctx.ensure_object(dict)
     path = obj.get("socket_path")
-    return ControlClient(Path(path) if path else _load(ctx).socket)
+    return connect(
+        Path(path) if path else _load(ctx).socket,
+        lambda: _load(ctx),
+        lambda: click.echo("dedupd is not running; using the database directly", err=True),
+    )
 
 
-def _ask(
-    ctx: click.Context,
-    ask: Callable[[ControlClient], dict[str, Any]],
-    offline: Callable[[Config], dict[str, Any]] | None,
-) -> dict[str, Any]:
-    """The daemon's answer; without a daemon, `offline` computes it (and we say so).
+def _hash_bits(ctx: click.Context) -> int:
+    from dedupd.hashers import Hasher
 
-    Only a daemon that is not running at all is worked around: a busy or stopping one still
-    owns the database, and one we may not talk to is still there."""
-    try:
-        return ask(_client(ctx))
-    except DaemonNotRunning:
-        if offline is None:
-            raise
-        click.echo("dedupd is not running; using the database directly", err=True)
-        return offline(_load(ctx))
-
-
-def _echo_json(answer: dict[str, Any]) -> None:
-    click.echo(json.dumps(answer, indent=2))
-
-
-def _rel_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    hashing = _load(ctx).hashing
+    return Hasher(hashing.algorithm, hashing.hash_size).bits
 
 
 @dedupctl.command()
@@ -446,24 +360,8 @@ def _rel_time(ts: float) -> str:
 def status(ctx: click.Context, as_json: bool) -> None:
     """The running daemon: uptime, roots and their watch state, index, queue, recent errors."""
     with _errors():
-        s = _ask(ctx, lambda c: c.get("status"), None)
-    if as_json:
-        _echo_json(s)
-        return
-    index = s["index"]
-    rebuilt = _rel_time(index["last_rebuild"]) if index["last_rebuild"] else "-"
-    click.echo(
-        f"dedupd running (pid {s['pid']}, up {s['uptime_s']:.0f}s), hasher {s['hasher']}\n"
-        f"indexed   {s['indexed']} ({index['backend']}, {index['pending']} pending, "
-        f"last rebuild {rebuilt})\n"
-        f"queue     {s['queue']['backlog']} to hash, {s['queue']['settling']} settling\n"
-        f"done      {s['stats']['hashed']} hashed, {s['stats']['acted']} acted on, "
-        f"{s['stats']['errors']} errors"
-    )
-    for r in s["roots"]:
-        click.echo(f"root      {r['path']}  {r['state']}  policy {r['policy']}")
-    for e in s["recent_errors"]:
-        click.echo(f"error     {e['path']}: {e['kind']}: {e['error']}")
+        answer = _service(ctx).status()
+    click.echo(render.to_json(answer) if as_json else render.status(answer))
 
 
 @dedupctl.command()
@@ -488,49 +386,26 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index.
     """
+    from dedupd.hashers import Hasher
+    from dedupd.imaging import hash_image
+
     with _errors():
         config = _load(ctx)
         hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
         hashed = hash_image(image, [hasher], max_pixels=config.hashing.max_pixels)
         bits = hashed.hashes[hasher.key]
-        query = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
-
-        def offline(config: Config) -> dict[str, Any]:
-            with Store(config.database, readonly=True) as store:
-                ingest = Ingest(store, config, roots=queries.all_roots(store))
-                return {
-                    **queries.search(
-                        store, ingest.index, hasher, bits, k=k, threshold=threshold, query=query
-                    ),
-                    "query": query,
-                }
-
-        answer = _ask(
-            ctx,
-            lambda c: {
-                **c.get("search", hash=bits.hex(), sha256=hashed.sha256, k=k, threshold=threshold),
-                "query": query,
-            },
-            offline,
-        )
+        answer = _service(ctx).search(bits, sha256=hashed.sha256, k=k, threshold=threshold)
+        answer["query"] = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
         if answer["hasher"] != hasher.key:
             raise ConfigError(
                 f"this config hashes with {hasher.key} but the daemon with {answer['hasher']};"
                 " pass the daemon's config with --config"
             )
-    rows = answer["results"]
     if as_json:
-        _echo_json(answer)
-    elif rows:
-        nbits = hasher.bits
-        click.echo(f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path")
-        for r in rows:
-            pixels = f"{r['width']}x{r['height']}" if r["width"] else "-"
-            click.echo(
-                f"{r['normalized']:<8.3f}  {r['distance']:>3}/{nbits}  {pixels:>11}  "
-                f"{_size(r['size']):>9}  {r['path']}"
-            )
-    if not rows:
+        click.echo(render.to_json(answer))
+    elif answer["results"]:
+        click.echo(render.search(answer, hasher.bits))
+    if not answer["results"]:
         if not as_json:
             click.echo("no similar photos indexed", err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -544,69 +419,14 @@ def show(ctx: click.Context, file: Path | None, as_json: bool) -> None:
     """Duplicate groups; or, with FILE, that file's record and its matches (exit 1 if the
     file is not in the database)."""
     with _errors():
-        config = _load(ctx)
-        hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        bits = _hash_bits(ctx)
+        service = _service(ctx)
         if file is not None:
-            path = str(file.expanduser().absolute())
-
-            def offline_file(config: Config) -> dict[str, Any]:
-                with Store(config.database, readonly=True) as store:
-                    return queries.file_info(store, hasher, path)
-
-            _print_file(
-                _ask(ctx, lambda c: c.get("files", path=path), offline_file), hasher, as_json
-            )
+            answer = service.file_info(str(file.expanduser().absolute()))
+            click.echo(render.to_json(answer) if as_json else render.file_info(answer, bits))
             return
-
-        def offline_groups(config: Config) -> dict[str, Any]:
-            with Store(config.database, readonly=True) as store:
-                return queries.groups(store, config)
-
-        answer = _ask(ctx, lambda c: c.get("groups"), offline_groups)
-    if as_json:
-        _echo_json(answer)
-    elif not answer["groups"]:
-        click.echo("no duplicates found")
-    else:
-        click.echo(f"{len(answer['groups'])} duplicate groups")
-        _print_group_dicts(answer["groups"], hasher.bits)
-
-
-def _print_group_dicts(groups: list[dict[str, Any]], bits: int) -> None:
-    for g in groups:
-        k = g["keeper"]
-        click.echo(f"\n{k['path']}  {_pixels(k)}  {_size(k['size'])}  keeper")
-        for m in g["duplicates"]:
-            exact = m["kind"] == "exact"
-            how = "exact" if exact else f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
-            click.echo(
-                f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {_size(m['size'])}  {how}"
-            )
-
-
-def _pixels(r: dict[str, Any]) -> str:
-    return f"{r['width']}x{r['height']}" if r["width"] else "-"
-
-
-def _print_file(answer: dict[str, Any], hasher: Hasher, as_json: bool) -> None:
-    if as_json:
-        _echo_json(answer)
-        return
-    f = answer["file"]
-    click.echo(f"{f['path']}\n  state     {f['state']}")
-    if f["state"] == "error":
-        click.echo(f"  error     {f['error_kind']}: {f['error']}")
-    click.echo(
-        f"  size      {_size(f['size'])}\n  pixels    {_pixels(f)}\n"
-        f"  format    {f['format'] or '-'}\n  taken     {f['taken_at'] or '-'}\n"
-        f"  sha256    {f['sha256'] or '-'}"
-    )
-    if not answer["matches"]:
-        click.echo("  no matches")
-    for m in answer["matches"]:
-        exact = m["kind"] == "exact"
-        how = "exact" if exact else f"near {m['distance']}/{hasher.bits}"
-        click.echo(f"  {'=' if exact else '~'} {m['path']}  {how}")
+        answer = service.groups()
+    click.echo(render.to_json(answer) if as_json else render.groups(answer, bits))
 
 
 @dedupctl.group()
@@ -627,24 +447,8 @@ def quarantine_list(
     """Photos in quarantine now: id, when, original path, keeper, distance, reason."""
     with _errors():
         root_path = str(Path(root).expanduser().resolve()) if root else None
-
-        def offline(config: Config) -> dict[str, Any]:
-            with Store(config.database, readonly=True) as store:
-                cutoff = time.time() - since if since is not None else None
-                return queries.quarantine_list(store, root=root_path, since=cutoff)
-
-        answer = _ask(ctx, lambda c: c.get("quarantine", root=root_path, since=since), offline)
-    entries = answer["quarantined"]
-    if as_json:
-        _echo_json(answer)
-        return
-    if not entries:
-        click.echo("quarantine is empty")
-    for e in entries:
-        click.echo(
-            f"{e['id']:>5}  {_rel_time(e['finished'])}  {e['src']}\n"
-            f"       keeper {e['keeper_path'] or '-'}  distance {e['distance']}  ({e['reason']})"
-        )
+        answer = _service(ctx).quarantine_list(root=root_path, since=since)
+    click.echo(render.to_json(answer) if as_json else render.quarantine(answer))
 
 
 T = TypeVar("T")
@@ -671,14 +475,6 @@ def _in_batches(
     return collected
 
 
-def _offline_change(
-    config: Config, change: Callable[[Store, Actions], dict[str, Any]]
-) -> dict[str, Any]:
-    """Change the database and files without the daemon, holding the database's lock."""
-    with DatabaseLock(config.database, "dedupctl"), Store(config.database) as store:
-        return change(store, Actions(store, config.quarantine.path))
-
-
 @quarantine.command("restore")
 @click.argument("items", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -692,31 +488,15 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
     """
     # Paths are made absolute here: the daemon's working directory is not the user's.
     items = tuple(i if i.isdigit() else str(Path(i).expanduser().absolute()) for i in items)
-
-    def restore_batch(batch: Sequence[str]) -> dict[str, Any]:
-        return _ask(
-            ctx,
-            lambda c: c.post("quarantine/restore", {"items": list(batch)}),
-            lambda config: _offline_change(
-                config, lambda store, actions: queries.restore(store, actions, batch)
-            ),
-        )
-
     with _errors():
-        results = _in_batches(list(items), restore_batch, "results", "restoring")
-    answer = {"results": results}
+        service = _service(ctx)
+        results = _in_batches(list(items), service.restore, "results", "restoring")
     if as_json:
-        _echo_json(answer)
-    failed = False
-    for r in answer["results"]:
-        if "restored" in r:
-            if not as_json:
-                click.echo(f"restored {r['restored']}")
-        else:
-            failed = True
-            if not as_json:
-                click.echo(f"error: {r['item']}: {r['error']}", err=True)
-    sys.exit(EXIT_NOT_FOUND if failed else 0)
+        click.echo(render.to_json({"results": results}))
+    for r in results:
+        if not as_json:
+            click.echo(render.restored(r), err="restored" not in r)
+    sys.exit(EXIT_NOT_FOUND if any("restored" not in r for r in results) else 0)
 
 
 @quarantine.command("purge")
@@ -735,12 +515,8 @@ def quarantine_purge(
     with _errors():
         config = _load(ctx)
         seconds = config.quarantine.retain if older_than is None else older_than
-
-        def offline_list(config: Config) -> dict[str, Any]:
-            with Store(config.database, readonly=True) as store:
-                return queries.quarantine_list(store)
-
-        listed = _ask(ctx, lambda c: c.get("quarantine"), offline_list)["quarantined"]
+        service = _service(ctx)
+        listed = service.quarantine_list()["quarantined"]
         due = [e for e in listed if e["finished"] <= time.time() - seconds]
         if not due:
             click.echo("nothing to purge")
@@ -749,22 +525,17 @@ def quarantine_purge(
             if not sys.stdin.isatty():
                 raise click.UsageError(f"{len(due)} photos would be deleted; pass --yes to confirm")
             click.confirm(f"Delete {len(due)} quarantined photos for good?", abort=True)
-
-        def purge_batch(ids: Sequence[int]) -> dict[str, Any]:
-            return _ask(
-                ctx,
-                lambda c: c.post("quarantine/purge", {"older_than": seconds, "ids": list(ids)}),
-                lambda config: _offline_change(
-                    config, lambda store, actions: queries.purge(actions, seconds, ids)
-                ),
-            )
-
         # Exactly the entries that were confirmed, nothing that aged since.
-        purged = _in_batches([e["id"] for e in due], purge_batch, "purged", "purging")
+        purged = _in_batches(
+            [e["id"] for e in due],
+            lambda ids: service.purge(seconds, ids),
+            "purged",
+            "purging",
+        )
     if as_json:
-        _echo_json({"purged": purged, "older_than": seconds})
+        click.echo(render.to_json({"purged": purged, "older_than": seconds}))
     else:
-        click.echo(f"purged {len(purged)} photos")
+        click.echo(render.purged(len(purged)))
 
 
 @dedupctl.command()
@@ -774,17 +545,11 @@ def quarantine_purge(
 @click.pass_context
 def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
     """Mark photos A and B as different: they never match each other again."""
-    paths = [str(p.expanduser().absolute()) for p in (a, b)]
+    first, second = (str(p.expanduser().absolute()) for p in (a, b))
     with _errors():
-        answer = _ask(
-            ctx,
-            lambda c: c.post("distinct", {"paths": paths}),
-            lambda config: _offline_change(
-                config, lambda store, actions: queries.distinct(store, *paths)
-            ),
-        )
+        answer = _service(ctx).distinct(first, second)
     if as_json:
-        _echo_json(answer)
+        click.echo(render.to_json(answer))
     else:
         click.echo(f"marked distinct: {answer['distinct'][0]} and {answer['distinct'][1]}")
 
@@ -797,9 +562,9 @@ def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     """Ask the daemon to reconcile ROOT (or every root) now: what changed unseen is found."""
     with _errors():
         target = str(root.expanduser().resolve()) if root else None
-        answer = _ask(ctx, lambda c: c.post("rescan", {"root": target}), None)
+        answer = _service(ctx).rescan(target)
     if as_json:
-        _echo_json(answer)
+        click.echo(render.to_json(answer))
         return
     for queued in answer["queued"]:
         click.echo(f"rescan queued: {queued}")
@@ -811,8 +576,8 @@ def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
 def reload(ctx: click.Context, as_json: bool) -> None:
     """Ask the daemon to reload its config (as SIGHUP does); exit 2 if it is rejected."""
     with _errors():
-        answer = _ask(ctx, lambda c: c.post("reload"), None)
+        answer = _service(ctx).reload()
     if as_json:
-        _echo_json(answer)
+        click.echo(render.to_json(answer))
     else:
         click.echo(f"reloaded: {len(answer['roots'])} roots")

@@ -1,9 +1,9 @@
 """The control socket: HTTP/JSON on a Unix socket, served by the daemon, used by dedupctl.
 
-Handlers are thin: reads go through `queries` on a read-only connection of their own and the
-in-memory index (under the ingest lock, held only for the query itself); anything that
-changes state is handed to the daemon's thread and waited for. Requests are bounded in
-size and time; a malformed request gets a 4xx answer, never a crash.
+Handlers are thin: they check the request and call the daemon's `service.DaemonService`
+(reads on a read-only connection of their own and the in-memory index; changes handed to
+the daemon's thread and waited for). Requests are bounded in size and time; a malformed
+request gets a 4xx answer, never a crash.
 
     curl --unix-socket /run/dedupd/dedupd.sock http://dedupd/v1/status
 """
@@ -23,19 +23,17 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import structlog
 
-from dedupd import queries
 from dedupd.config import parse_duration
-from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError
+from dedupd.errors import Busy, ConfigError, DaemonStopping, DedupdError, NotFoundError
 
 if TYPE_CHECKING:
-    from dedupd.daemon import Daemon
+    from dedupd.service import DaemonService
 
 __all__ = [
     "API",
@@ -168,8 +166,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     request_queue_size = 128  # a burst of connects waits in the backlog, not refused
 
-    def __init__(self, path: Path, daemon: Daemon):
-        self.path, self.owner = path, daemon
+    def __init__(self, path: Path, service: DaemonService):
+        self.path, self.service = path, service
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self.waiting = _Waiting()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,6 +322,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, answer = 404, {"error": "not found", "detail": str(exc)}
         except DaemonStopping as exc:
             status, answer = 503, {"error": "stopping", "detail": str(exc)}
+        except Busy as exc:
+            status, answer = 503, {"error": "busy", "detail": str(exc)}
         except DedupdError as exc:
             status, answer = 400, {"error": type(exc).__name__, "detail": str(exc)}
         except Exception as exc:  # a bug: answer 500, log it, keep serving
@@ -336,7 +336,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not self.server.slots.acquire(blocking=False):  # answer now rather than queue
             raise _BadRequest(503, "busy", f"{MAX_CLIENTS} requests are running; try again")
         try:
-            return route(self.server.owner, params, body)
+            return route(self.server.service, params, body)
         finally:
             self.server.slots.release()
 
@@ -388,9 +388,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return body
 
 
-# -- routes: thin over `queries` --------------------------------------------------------------
+# -- routes: parse and check the request, then ask the service -------------------------------
 
-Route = Callable[["Daemon", dict[str, str], dict[str, Any]], dict[str, Any]]
+Route = Callable[["DaemonService", dict[str, str], dict[str, Any]], dict[str, Any]]
 
 
 def _int(params: dict[str, str], name: str, default: int) -> int:
@@ -415,13 +415,11 @@ def _threshold(params: dict[str, str]) -> float | None:
     return value
 
 
-def _status(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    return d.status()
+def _status(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return svc.status()
 
 
-def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    ingest = d.ingest
-    hasher = ingest.hasher
+def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     if "path" in params:
         # The daemon never opens a file for a client: it may read folders the client cannot,
         # and decoding is the client's cost to bear (dedupctl hashes with max_pixels).
@@ -437,44 +435,33 @@ def _search(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str
         bits = bytes.fromhex(params["hash"])
     except ValueError as exc:
         raise _BadRequest(400, "bad request", "hash must be hex") from exc
-    if len(bits) * 8 < hasher.bits or len(bits) * 8 >= hasher.bits + 8:
-        raise _BadRequest(400, "bad request", f"hash must have {hasher.bits} bits")
-    query: dict[str, Any] = {"hash": params["hash"], "sha256": params.get("sha256")}
+    nbits = svc.hash_bits
+    if len(bits) * 8 < nbits or len(bits) * 8 >= nbits + 8:
+        raise _BadRequest(400, "bad request", f"hash must have {nbits} bits")
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
-    with d.store_reader() as store:
-        return queries.search(
-            store,
-            ingest.index,
-            hasher,
-            bits,
-            k=k,
-            threshold=threshold,
-            query=query,
-            lock=ingest.lock,
-        )
+    return svc.search(bits, sha256=params.get("sha256"), k=k, threshold=threshold)
 
 
-def _groups(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    with d.store_reader() as store:
-        return queries.groups(store, d.config)
+def _groups(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return svc.groups()
 
 
-def _file(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+def _file(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     if "path" not in params:
         raise _BadRequest(400, "bad request", "give path=")
-    with d.store_reader() as store:
-        return queries.file_info(store, d.ingest.hasher, params["path"])
+    return svc.file_info(params["path"])
 
 
-def _quarantine(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+def _quarantine(
+    svc: DaemonService, params: dict[str, str], body: dict[str, Any]
+) -> dict[str, Any]:
     since = None
     if "since" in params:
         try:
-            since = time.time() - parse_duration(params["since"])
+            since = parse_duration(params["since"])
         except ValueError as exc:
             raise _BadRequest(400, "bad request", "since must be a duration like 7d") from exc
-    with d.store_reader() as store:
-        return queries.quarantine_list(store, root=params.get("root"), since=since)
+    return svc.quarantine_list(root=params.get("root"), since=since)
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -484,13 +471,12 @@ def _strings(body: dict[str, Any], name: str) -> list[str]:
     return value
 
 
-def _restore(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    items = _strings(body, "items")
-    return _on_daemon_thread(d, lambda: queries.restore(d.store, d.actions, items))
+def _restore(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return svc.restore(_strings(body, "items"))
 
 
-def _purge(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    older = body.get("older_than", d.config.quarantine.retain)
+def _purge(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    older = body.get("older_than", svc.quarantine_retain)
     try:
         seconds = parse_duration(older)
     except ValueError as exc:
@@ -501,26 +487,25 @@ def _purge(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str,
         or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
     ):
         raise _BadRequest(400, "bad request", "ids must be a list of action ids")
-    return _on_daemon_thread(d, lambda: queries.purge(d.actions, seconds, ids))
+    return svc.purge(seconds, ids)
 
 
-def _distinct(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+def _distinct(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     paths = _strings(body, "paths")
     if len(paths) != 2:
         raise _BadRequest(400, "bad request", "paths must name exactly two files")
-    a, b = paths
-    return _on_daemon_thread(d, lambda: queries.distinct(d.store, a, b))
+    return svc.distinct(*paths)
 
 
-def _rescan(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+def _rescan(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     root = body.get("root")
     if root is not None and not isinstance(root, str):
         raise _BadRequest(400, "bad request", "root must be a path")
-    return _on_daemon_thread(d, lambda: d.request_rescan(root))
+    return svc.rescan(root)
 
 
-def _reload(d: Daemon, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    return _on_daemon_thread(d, d.reload_now)
+def _reload(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    return svc.reload()
 
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -535,17 +520,6 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", f"{API}/rescan"): _rescan,
     ("POST", f"{API}/reload"): _reload,
 }
-
-
-def _on_daemon_thread(d: Daemon, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Hand `fn` to the daemon's thread (the only one that changes state) and wait."""
-    future = d.submit(fn)
-    try:
-        return future.result(COMMAND_TIMEOUT)
-    except FutureTimeout as exc:
-        if future.cancel():  # not started: it never will be, so "busy" is the whole truth
-            raise _BadRequest(503, "busy", "the daemon did not get to it in time") from exc
-        raise _BadRequest(503, "busy", "still running on the daemon; check again later") from exc
 
 
 # -- client -------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundErro
 from dedupd.imaging import FileStat
 from dedupd.lock import DatabaseLock
 from dedupd.scanner import Entry, NameFilter, root_key, walk
+from dedupd.service import DaemonService
 from dedupd.store import Store
 from dedupd.watcher import Hint, Settler, Watcher
 
@@ -304,7 +305,7 @@ class Daemon:
         self._lock.acquire()
         try:
             # Bind the socket next: a second daemon on the same socket stops here.
-            self._server = ControlServer(config.socket, self)
+            self._server = ControlServer(config.socket, DaemonService(self))
         except BaseException:
             self._lock.release()
             raise

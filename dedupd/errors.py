@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "Busy",
     "ConfigError",
     "DaemonStopping",
     "DedupdError",
@@ -44,6 +45,10 @@ class ImageError(DedupdError):
         self.path = path
         self.detail = detail
         super().__init__(f"{path}: {detail}")
+
+
+class Busy(DedupdError):
+    """The daemon did not get to a change in time (the socket answers 503 "busy")."""
 
 
 class DaemonStopping(DedupdError):

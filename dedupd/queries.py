@@ -1,20 +1,17 @@
-"""The answers dedupd gives, as JSON-ready dicts: the control socket serves them and
-`dedupctl` prints them (or computes them itself from the database when no daemon runs).
+"""The answers dedupd gives, as JSON-ready dicts, read from the store (and the index).
 
-Every function here reads; the few that change something (`restore`, `purge`, `distinct`)
-do it through `actions` and the store, exactly as the daemon's own decisions do.
+Every function here only reads; `service` calls them for the daemon and for dedupctl alike,
+and `render` prints what they return. Changes (restore, purge, distinct) live in `service`.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from dedupd.actions import ActionError, Actions
 from dedupd.config import Config
 from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
@@ -24,14 +21,11 @@ from dedupd.store import FileRecord, Store, from_db
 
 __all__ = [
     "all_roots",
-    "distinct",
     "file_info",
     "file_json",
     "groups",
     "groups_json",
-    "purge",
     "quarantine_list",
-    "restore",
     "search",
 ]
 
@@ -141,39 +135,3 @@ def quarantine_list(
             continue
         entries.append({k: getattr(e, k) for k in fields})
     return {"quarantined": entries}
-
-
-def restore(store: Store, actions: Actions, items: Sequence[str]) -> dict[str, Any]:
-    """Restore by action id, original path or path in quarantine; one result per item."""
-    entries = store.quarantined()
-    results: list[dict[str, Any]] = []
-    for item in items:
-        path = os.path.abspath(item)
-        match = [e for e in entries if str(e.id) == item or path in (e.src, e.dst)]
-        if not match:
-            results.append({"item": item, "error": "not in quarantine"})
-            continue
-        try:
-            results.append({"item": item, "restored": str(actions.restore(match[-1].id))})
-        except ActionError as exc:
-            results.append({"item": item, "error": str(exc)})
-    return {"results": results}
-
-
-def purge(actions: Actions, older_than: float, ids: Sequence[int] | None = None) -> dict[str, Any]:
-    """Delete what was quarantined more than `older_than` seconds ago (journaled); with
-    `ids`, only those of them (what the user confirmed)."""
-    purged = actions.purge(older_than, only=None if ids is None else set(ids))
-    return {"purged": purged, "older_than": older_than, "at": time.time()}
-
-
-def distinct(store: Store, a: str, b: str) -> dict[str, Any]:
-    """Remember that the photos at `a` and `b` are different: they never match again."""
-    records = []
-    for path in (a, b):
-        record = store.file_at(Path(path).expanduser().absolute())
-        if record is None or record.sha256 is None:
-            raise NotFoundError(f"{path}: not a hashed photo in the database")
-        records.append(record)
-    store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
-    return {"distinct": [str(r.path) for r in records]}

@@ -456,7 +456,7 @@ def test_clients_that_never_read_their_answer_do_not_starve_status(
     answer = {"filler": "x" * (1 << 20)}
     served = threading.Semaphore(0)
 
-    def big(d: Daemon, params: dict[str, str], body: dict[str, object]) -> dict[str, object]:
+    def big(svc: object, params: dict[str, str], body: dict[str, object]) -> dict[str, object]:
         served.release()
         return answer
 

@@ -1,0 +1,202 @@
+"""Text and JSON for every answer dedupd prints. Pure: answers in, strings out.
+
+The answers are the JSON-ready dicts the `service` returns (the same whether they came from
+the daemon's socket or from the database), so one printer serves both; `scan_report` and
+`scan_json` print a `ScanReport`, which `dedupd scan` computes itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dedupd.engine import Group, ScanReport
+
+__all__ = [
+    "file_info",
+    "group_dicts",
+    "groups",
+    "groups_json",
+    "purged",
+    "quarantine",
+    "restored",
+    "scan_json",
+    "scan_report",
+    "search",
+    "size",
+    "status",
+    "to_json",
+]
+
+
+def to_json(answer: dict[str, Any]) -> str:
+    """Indented JSON; a path that is not UTF-8 comes out as a \\udcXX escape (lossless for
+    json.loads + os.fsencode)."""
+    return json.dumps(answer, indent=2)
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _pixels(r: dict[str, Any]) -> str:
+    return f"{r['width']}x{r['height']}" if r["width"] else "-"
+
+
+def groups_json(found: Sequence[Group], bits: int) -> dict[str, Any]:
+    """Duplicate groups in the shape of the `groups` answer (queries owns that shape)."""
+    from dedupd.queries import groups_json as shape
+
+    return shape(found, bits)
+
+
+def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
+    lines = []
+    for g in groups:
+        k = g["keeper"]
+        lines.append(f"\n{k['path']}  {_pixels(k)}  {size(k['size'])}  keeper")
+        for m in g["duplicates"]:
+            exact = m["kind"] == "exact"
+            how = "exact" if exact else f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
+            lines.append(
+                f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}"
+            )
+    return "\n".join(lines)
+
+
+def scan_report(report: ScanReport, bits: int) -> str:
+    dups = sum(len(g.duplicates) for g in report.groups)
+    lines = [
+        f"scanned {len(report.roots)} root(s) in {report.seconds:.1f}s: {report.files} files, "
+        f"{report.hashed} hashed, {report.unchanged} unchanged, {report.renamed} renamed, "
+        f"{report.missing} missing, {len(report.failed)} errors, "
+        f"{len(report.groups)} duplicate groups ({dups} duplicates)"
+    ]
+    lines += [f"unavailable: {root}: {why}" for root, why in report.unavailable]
+    lines += [f"error: {path}: {f.kind}: {f.message}" for path, f in report.failed]
+    for o in report.outcomes:
+        if o.decision.acts:
+            lines.append(
+                f"{o.decision.action}: {o.decision.target.path if o.decision.target else o.path}"
+                f" ({o.result}; keeper {o.decision.keeper.path if o.decision.keeper else '-'};"
+                f" {o.decision.rule})"
+            )
+    text = "\n".join(lines)
+    found = group_dicts(groups_json(report.groups, bits)["groups"], bits)
+    return text + ("\n" + found if found else "")
+
+
+def scan_json(report: ScanReport, bits: int) -> dict[str, Any]:
+    return {
+        "roots": report.roots,
+        "files": report.files,
+        "hashed": report.hashed,
+        "unchanged": report.unchanged,
+        "renamed": report.renamed,
+        "missing": report.missing,
+        "seconds": round(report.seconds, 3),
+        "errors": [{"path": p, "kind": f.kind, "message": f.message} for p, f in report.failed],
+        "unavailable": [{"root": r, "reason": why} for r, why in report.unavailable],
+        "actions": [
+            {
+                "path": o.path,
+                "action": o.decision.action,
+                "result": o.result,
+                "rule": o.decision.rule,
+                "target": str(o.decision.target.path) if o.decision.target else None,
+                "keeper": str(o.decision.keeper.path) if o.decision.keeper else None,
+            }
+            for o in report.outcomes
+            if o.decision.acts
+        ],
+        "groups": groups_json(report.groups, bits)["groups"],
+    }
+
+
+def status(s: dict[str, Any]) -> str:
+    index = s["index"]
+    rebuilt = _when(index["last_rebuild"]) if index["last_rebuild"] else "-"
+    lines = [
+        f"dedupd running (pid {s['pid']}, up {s['uptime_s']:.0f}s), hasher {s['hasher']}",
+        f"indexed   {s['indexed']} ({index['backend']}, {index['pending']} pending, "
+        f"last rebuild {rebuilt})",
+        f"queue     {s['queue']['backlog']} to hash, {s['queue']['settling']} settling",
+        f"done      {s['stats']['hashed']} hashed, {s['stats']['acted']} acted on, "
+        f"{s['stats']['errors']} errors",
+    ]
+    lines += [f"root      {r['path']}  {r['state']}  policy {r['policy']}" for r in s["roots"]]
+    lines += [
+        f"error     {e['path']}: {e['kind']}: {e['error']}" for e in s["recent_errors"]
+    ]
+    return "\n".join(lines)
+
+
+def search(answer: dict[str, Any], bits: int) -> str:
+    lines = [f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path"]
+    for r in answer["results"]:
+        lines.append(
+            f"{r['normalized']:<8.3f}  {r['distance']:>3}/{bits}  {_pixels(r):>11}  "
+            f"{size(r['size']):>9}  {r['path']}"
+        )
+    return "\n".join(lines)
+
+
+def groups(answer: dict[str, Any], bits: int) -> str:
+    if not answer["groups"]:
+        return "no duplicates found"
+    return f"{len(answer['groups'])} duplicate groups\n" + group_dicts(answer["groups"], bits)
+
+
+def file_info(answer: dict[str, Any], bits: int) -> str:
+    f = answer["file"]
+    lines = [f"{f['path']}", f"  state     {f['state']}"]
+    if f["state"] == "error":
+        lines.append(f"  error     {f['error_kind']}: {f['error']}")
+    lines += [
+        f"  size      {size(f['size'])}",
+        f"  pixels    {_pixels(f)}",
+        f"  format    {f['format'] or '-'}",
+        f"  taken     {f['taken_at'] or '-'}",
+        f"  sha256    {f['sha256'] or '-'}",
+    ]
+    if not answer["matches"]:
+        lines.append("  no matches")
+    for m in answer["matches"]:
+        exact = m["kind"] == "exact"
+        how = "exact" if exact else f"near {m['distance']}/{bits}"
+        lines.append(f"  {'=' if exact else '~'} {m['path']}  {how}")
+    return "\n".join(lines)
+
+
+def quarantine(answer: dict[str, Any]) -> str:
+    entries = answer["quarantined"]
+    if not entries:
+        return "quarantine is empty"
+    return "\n".join(
+        f"{e['id']:>5}  {_when(e['finished'])}  {e['src']}\n"
+        f"       keeper {e['keeper_path'] or '-'}  distance {e['distance']}  ({e['reason']})"
+        for e in entries
+    )
+
+
+def restored(result: dict[str, Any]) -> str:
+    """One item of a restore's answer: the line for stdout, or the error for stderr."""
+    if "restored" in result:
+        return f"restored {result['restored']}"
+    return f"error: {result['item']}: {result['error']}"
+
+
+def purged(count: int) -> str:
+    return f"purged {count} photos"

@@ -1,0 +1,399 @@
+"""The operations users ask for, behind one interface.
+
+`Service` is what `dedupctl` (and later the review page) calls: status, search, groups, one
+file, the quarantine, restore, purge, distinct, rescan, reload. Each answer is a JSON-ready
+dict, printed by `render`. Three implementations:
+
+- `DaemonService` runs inside the daemon, behind the control socket: reads use a read-only
+  connection of their own and the in-memory index; changes run on the daemon's thread.
+- `RemoteService` is dedupctl's side of the socket.
+- `LocalService` works on the database itself, for when no daemon runs; its changes hold
+  the database's lock, as every writer does.
+
+`connect()` asks the daemon, and the database only when no daemon runs at all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dedupd.control import (
+    COMMAND_TIMEOUT,
+    ControlClient,
+    DaemonNotRunning,
+)
+from dedupd.errors import Busy, NotFoundError
+
+if TYPE_CHECKING:
+    from dedupd.actions import Actions
+    from dedupd.config import Config
+    from dedupd.daemon import Daemon
+    from dedupd.store import Store
+
+__all__ = [
+    "DaemonService",
+    "LocalService",
+    "RemoteService",
+    "Service",
+    "connect",
+]
+
+Answer = dict[str, Any]
+
+
+class Service(Protocol):
+    """What users can ask of dedupd. Paths are absolute; durations are seconds."""
+
+    def status(self) -> Answer: ...
+
+    def search(
+        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+    ) -> Answer: ...
+
+    def groups(self) -> Answer: ...
+
+    def file_info(self, path: str) -> Answer: ...
+
+    def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
+        """What is in quarantine; `since` is a duration: only what was quarantined within
+        that many seconds."""
+        ...
+
+    def restore(self, items: Sequence[str]) -> Answer: ...
+
+    def purge(self, older_than: float, ids: Sequence[int] | None = None) -> Answer: ...
+
+    def distinct(self, a: str, b: str) -> Answer: ...
+
+    def rescan(self, root: str | None) -> Answer: ...
+
+    def reload(self) -> Answer: ...
+
+
+# -- the changes, on whichever thread owns the store --------------------------------------------
+
+
+def _restore(store: Store, actions: Actions, items: Sequence[str]) -> Answer:
+    """Restore by action id, original path or path in quarantine; one result per item."""
+    from dedupd.actions import ActionError
+
+    entries = store.quarantined()
+    results: list[Answer] = []
+    for item in items:
+        path = os.path.abspath(item)
+        match = [e for e in entries if str(e.id) == item or path in (e.src, e.dst)]
+        if not match:
+            results.append({"item": item, "error": "not in quarantine"})
+            continue
+        try:
+            results.append({"item": item, "restored": str(actions.restore(match[-1].id))})
+        except ActionError as exc:
+            results.append({"item": item, "error": str(exc)})
+    return {"results": results}
+
+
+def _purge(actions: Actions, older_than: float, ids: Sequence[int] | None) -> Answer:
+    """Delete what was quarantined more than `older_than` seconds ago (journaled); with
+    `ids`, only those of them (what the user confirmed)."""
+    purged = actions.purge(older_than, only=None if ids is None else set(ids))
+    return {"purged": purged, "older_than": older_than, "at": time.time()}
+
+
+def _distinct(store: Store, a: str, b: str) -> Answer:
+    """Remember that the photos at `a` and `b` are different: they never match again."""
+    records = []
+    for path in (a, b):
+        record = store.file_at(Path(path).expanduser().absolute())
+        if record is None or record.sha256 is None:
+            raise NotFoundError(f"{path}: not a hashed photo in the database")
+        records.append(record)
+    store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
+    return {"distinct": [str(r.path) for r in records]}
+
+
+def _cutoff(since: float | None) -> float | None:
+    return None if since is None else time.time() - since
+
+
+# -- inside the daemon ------------------------------------------------------------------------
+
+
+class DaemonService:
+    """The service as the daemon gives it: what the control socket's routes call."""
+
+    def __init__(self, daemon: Daemon, *, command_timeout: float = COMMAND_TIMEOUT):
+        self._daemon = daemon
+        self._timeout = command_timeout
+
+    @property
+    def hash_bits(self) -> int:
+        return self._daemon.ingest.hasher.bits
+
+    @property
+    def quarantine_retain(self) -> float:
+        return self._daemon.config.quarantine.retain
+
+    def _on_daemon_thread(self, fn: Callable[[], Answer]) -> Answer:
+        """Hand `fn` to the daemon's thread (the only one that changes state) and wait."""
+        future = self._daemon.submit(fn)
+        try:
+            return future.result(self._timeout)
+        except FutureTimeout as exc:
+            if future.cancel():  # not started: it never will be, so "busy" is the whole truth
+                raise Busy("the daemon did not get to it in time") from exc
+            raise Busy("still running on the daemon; check again later") from exc
+
+    def status(self) -> Answer:
+        return self._daemon.status()
+
+    def search(
+        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+    ) -> Answer:
+        from dedupd import queries
+
+        ingest = self._daemon.ingest
+        query = {"hash": bits.hex(), "sha256": sha256}
+        with self._daemon.store_reader() as store:
+            return queries.search(
+                store,
+                ingest.index,
+                ingest.hasher,
+                bits,
+                k=k,
+                threshold=threshold,
+                query=query,
+                lock=ingest.lock,
+            )
+
+    def groups(self) -> Answer:
+        from dedupd import queries
+
+        with self._daemon.store_reader() as store:
+            return queries.groups(store, self._daemon.config)
+
+    def file_info(self, path: str) -> Answer:
+        from dedupd import queries
+
+        with self._daemon.store_reader() as store:
+            return queries.file_info(store, self._daemon.ingest.hasher, path)
+
+    def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
+        from dedupd import queries
+
+        with self._daemon.store_reader() as store:
+            return queries.quarantine_list(store, root=root, since=_cutoff(since))
+
+    def restore(self, items: Sequence[str]) -> Answer:
+        d = self._daemon
+        return self._on_daemon_thread(lambda: _restore(d.store, d.actions, items))
+
+    def purge(self, older_than: float, ids: Sequence[int] | None = None) -> Answer:
+        d = self._daemon
+        return self._on_daemon_thread(lambda: _purge(d.actions, older_than, ids))
+
+    def distinct(self, a: str, b: str) -> Answer:
+        d = self._daemon
+        return self._on_daemon_thread(lambda: _distinct(d.store, a, b))
+
+    def rescan(self, root: str | None) -> Answer:
+        return self._on_daemon_thread(lambda: self._daemon.request_rescan(root))
+
+    def reload(self) -> Answer:
+        return self._on_daemon_thread(self._daemon.reload_now)
+
+
+# -- dedupctl's two sides --------------------------------------------------------------------
+
+
+class RemoteService:
+    """The daemon's service over its socket. Raises DaemonUnavailable and its kinds."""
+
+    def __init__(self, client: ControlClient):
+        self.client = client
+
+    def status(self) -> Answer:
+        return self.client.get("status")
+
+    def search(
+        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+    ) -> Answer:
+        return self.client.get("search", hash=bits.hex(), sha256=sha256, k=k, threshold=threshold)
+
+    def groups(self) -> Answer:
+        return self.client.get("groups")
+
+    def file_info(self, path: str) -> Answer:
+        return self.client.get("files", path=path)
+
+    def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
+        return self.client.get("quarantine", root=root, since=since)
+
+    def restore(self, items: Sequence[str]) -> Answer:
+        return self.client.post("quarantine/restore", {"items": list(items)})
+
+    def purge(self, older_than: float, ids: Sequence[int] | None = None) -> Answer:
+        body: Answer = {"older_than": older_than}
+        if ids is not None:
+            body["ids"] = list(ids)
+        return self.client.post("quarantine/purge", body)
+
+    def distinct(self, a: str, b: str) -> Answer:
+        return self.client.post("distinct", {"paths": [a, b]})
+
+    def rescan(self, root: str | None) -> Answer:
+        return self.client.post("rescan", {"root": root})
+
+    def reload(self) -> Answer:
+        return self.client.post("reload")
+
+
+class LocalService:
+    """The service over the database, for when no daemon runs. Reads open it read-only;
+    changes hold the database's lock (DatabaseBusy if another process has it). `on_use` is
+    called before the first answer (dedupctl says that it works without the daemon)."""
+
+    def __init__(self, config: Config, on_use: Callable[[], None] = lambda: None):
+        self.config = config
+        self._on_use = on_use
+
+    def _used(self) -> None:
+        self._on_use()
+        self._on_use = lambda: None
+
+    def _no_daemon(self) -> DaemonNotRunning:
+        return DaemonNotRunning(
+            f"dedupd is not running (nothing answers on {self.config.socket}); start it with "
+            "`dedupd run` or `systemctl start dedupd`"
+        )
+
+    def _reader(self) -> Store:
+        from dedupd.store import Store
+
+        self._used()
+        return Store(self.config.database, readonly=True)
+
+    def _change(self, change: Callable[[Store, Actions], Answer]) -> Answer:
+        from dedupd.actions import Actions
+        from dedupd.lock import DatabaseLock
+        from dedupd.store import Store
+
+        self._used()
+        with DatabaseLock(self.config.database, "dedupctl"), Store(self.config.database) as st:
+            return change(st, Actions(st, self.config.quarantine.path))
+
+    def status(self) -> Answer:
+        raise self._no_daemon()
+
+    def search(
+        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+    ) -> Answer:
+        from dedupd import queries
+        from dedupd.engine import Ingest
+
+        with self._reader() as store:
+            ingest = Ingest(store, self.config, roots=queries.all_roots(store))
+            query = {"hash": bits.hex(), "sha256": sha256}
+            return queries.search(
+                store, ingest.index, ingest.hasher, bits, k=k, threshold=threshold, query=query
+            )
+
+    def groups(self) -> Answer:
+        from dedupd import queries
+
+        with self._reader() as store:
+            return queries.groups(store, self.config)
+
+    def file_info(self, path: str) -> Answer:
+        from dedupd import queries
+        from dedupd.hashers import Hasher
+
+        hashing = self.config.hashing
+        with self._reader() as store:
+            return queries.file_info(store, Hasher(hashing.algorithm, hashing.hash_size), path)
+
+    def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
+        from dedupd import queries
+
+        with self._reader() as store:
+            return queries.quarantine_list(store, root=root, since=_cutoff(since))
+
+    def restore(self, items: Sequence[str]) -> Answer:
+        return self._change(lambda store, actions: _restore(store, actions, items))
+
+    def purge(self, older_than: float, ids: Sequence[int] | None = None) -> Answer:
+        return self._change(lambda store, actions: _purge(actions, older_than, ids))
+
+    def distinct(self, a: str, b: str) -> Answer:
+        return self._change(lambda store, actions: _distinct(store, a, b))
+
+    def rescan(self, root: str | None) -> Answer:
+        raise self._no_daemon()
+
+    def reload(self) -> Answer:
+        raise self._no_daemon()
+
+
+class _DaemonElseDatabase:
+    """Asks the daemon; when none runs at all (no socket, nothing accepting), the database.
+
+    Only that case is worked around: a busy or stopping daemon still owns the database, and
+    one this user may not talk to is still there, so those errors go to the caller."""
+
+    def __init__(self, remote: RemoteService, local: Callable[[], LocalService]):
+        self._remote, self._local = remote, local
+        self._fallback: LocalService | None = None
+
+    def _ask(self, question: Callable[[Service], Answer]) -> Answer:
+        if self._fallback is None:
+            try:
+                return question(self._remote)
+            except DaemonNotRunning:
+                self._fallback = self._local()
+        return question(self._fallback)
+
+    def status(self) -> Answer:
+        return self._ask(lambda s: s.status())
+
+    def search(
+        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+    ) -> Answer:
+        return self._ask(lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold))
+
+    def groups(self) -> Answer:
+        return self._ask(lambda s: s.groups())
+
+    def file_info(self, path: str) -> Answer:
+        return self._ask(lambda s: s.file_info(path))
+
+    def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
+        return self._ask(lambda s: s.quarantine_list(root=root, since=since))
+
+    def restore(self, items: Sequence[str]) -> Answer:
+        return self._ask(lambda s: s.restore(items))
+
+    def purge(self, older_than: float, ids: Sequence[int] | None = None) -> Answer:
+        return self._ask(lambda s: s.purge(older_than, ids))
+
+    def distinct(self, a: str, b: str) -> Answer:
+        return self._ask(lambda s: s.distinct(a, b))
+
+    def rescan(self, root: str | None) -> Answer:
+        return self._ask(lambda s: s.rescan(root))
+
+    def reload(self) -> Answer:
+        return self._ask(lambda s: s.reload())
+
+
+def connect(
+    socket_path: Path, config: Callable[[], Config], on_local: Callable[[], None]
+) -> Service:
+    """The daemon's service on `socket_path`; the database's (which calls `on_local` before
+    its first answer) when no daemon runs there."""
+    return _DaemonElseDatabase(
+        RemoteService(ControlClient(socket_path)), lambda: LocalService(config(), on_local)
+    )

@@ -1,0 +1,62 @@
+"""The service's implementations agree: what the daemon answers over its socket is what the
+database answers without it, for every read (STYLE: two implementations of one interface
+get a test that they agree)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dedupd.config import load_config
+from dedupd.control import ControlClient, DaemonNotRunning
+from dedupd.daemon import Daemon
+from dedupd.hashers import Hasher
+from dedupd.imaging import hash_image
+from dedupd.service import LocalService, RemoteService, connect
+from dedupd.store import Store
+from tests import photos
+from tests.test_control import daemon, env  # noqa: F401 - fixtures
+from tests.test_daemon import Env, wait_for
+
+
+def test_daemon_and_database_give_the_same_answers(env: Env, daemon: Daemon) -> None:  # noqa: F811
+    photos.copy(photos.photo("rocket"), env.archive / "rocket.jpg")  # a reported group
+    photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")  # a quarantine
+    wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
+    wait_for(lambda: env.state(env.archive / "rocket.jpg") == "ok")
+    config = load_config(env.config)
+    remote = RemoteService(ControlClient(config.socket))
+    local = LocalService(config)
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    query = photos.reencode(photos.photo("coffee"), env.tmp / "query.jpg")
+    hashed = hash_image(str(query), [hasher], max_pixels=config.hashing.max_pixels)
+    bits = hashed.hashes[hasher.key]
+
+    assert remote.groups() == local.groups()
+    assert remote.groups()["groups"], "the comparison covers a real group"
+    for path in (env.root / "IMG_2.jpg", env.root / "chat" / "wa.jpg"):
+        assert remote.file_info(str(path)) == local.file_info(str(path))
+    assert remote.quarantine_list() == local.quarantine_list()
+    assert len(remote.quarantine_list()["quarantined"]) == 1
+    assert remote.quarantine_list(since=3600) == local.quarantine_list(since=3600)
+    for threshold in (None, 0.1):
+        asked = dict(sha256=hashed.sha256, k=5, threshold=threshold)
+        assert remote.search(bits, **asked) == local.search(bits, **asked)  # type: ignore[arg-type]
+
+
+def test_without_a_daemon_reads_fall_back_and_daemon_commands_say_so(
+    env: Env,  # noqa: F811
+) -> None:
+    """No daemon: status and rescan are errors (no note about the database); reads answer
+    from the database, with one note on stderr however many calls follow."""
+    config = load_config(env.config)
+    Store(config.database).close()  # an empty database
+    notes: list[str] = []
+    service = connect(config.socket, lambda: config, lambda: notes.append("local"))
+    with pytest.raises(DaemonNotRunning, match="dedupd run"):
+        service.status()
+    with pytest.raises(DaemonNotRunning):
+        service.rescan(None)
+    assert notes == []
+    assert service.groups() == {"groups": []}
+    assert service.quarantine_list() == {"quarantined": []}
+    assert notes == ["local"]
