@@ -432,10 +432,17 @@ class Daemon:
         pool = self.pool
         while pool.in_flight < pool.capacity and (self._settled or self._backlog):
             entry = (self._settled or self._backlog).popleft()
-            if self._hashing.get(entry.path) == entry:
-                continue  # this very version is being hashed already
+            if self._hashing.get(entry.path) == entry or self._handled(entry):
+                continue  # this very version is being hashed, or was since it was queued
             self._hashing[entry.path] = entry
             pool.submit(entry)
+
+    def _handled(self, entry: Entry) -> bool:
+        """This version of the file has a record already: a reconcile (a rescan) and the
+        settler can both queue one upload, and a quarantined file must not be "hashed" again
+        at the path it left (it would be recorded as vanished)."""
+        record = self.store.record(entry.root, entry.relpath)
+        return record is not None and record.state != "missing" and record.stat == entry.stat
 
     def _sleep_time(self) -> float:
         """Seconds until something is due: the next settled file (to the moment), a STATUS=

@@ -414,6 +414,25 @@ def test_of_two_copies_arriving_together_the_later_is_deleted_whichever_hashed_f
     assert sorted(p.name for p in env.root.iterdir()) == ["slow-IMG_1.jpg"]
 
 
+def test_uploads_queued_by_a_rescan_and_by_the_settler_are_hashed_once(env: Env) -> None:
+    """A rescan during a burst queues the files still settling; each is hashed once all
+    the same (twice would record a quarantined file as vanished at the path it left)."""
+    rng = random.Random(2)
+    staging = env.tmp / "staging"
+    staging.mkdir()
+    for i in range(40):
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(staging / f"n{i:02}.png")
+    with running(env) as daemon:
+        client = ControlClient(daemon.config.socket, timeout=10)
+        for i in range(40):
+            shutil.copy(staging / f"n{i:02}.png", env.root / f"n{i:02}.png")
+            if i % 10 == 9:
+                client.post("rescan", {})
+        wait_for(lambda: daemon.stats.hashed >= 40, what="40 files")
+        wait_for(lambda: _idle(daemon) and not daemon._rescan_due)
+        assert daemon.stats.hashed == 40
+
+
 # -- the real process: signals and systemd notify ----------------------------------------
 
 
