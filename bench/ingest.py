@@ -1,10 +1,11 @@
 """Ingest latency: from a file having settled to its decision, with N hashes already indexed.
 
-This is the daemon's per-upload path (`Daemon._hash_settled` → `hash_entries` in-process →
-`Ingest.ingest`: store write, exact + radius match, policy decision), timed on real photos
-(the test photos, as 12 MP JPEGs) landing in a store that already holds N files with random
-256-bit pHashes. Half the uploads are byte copies of an earlier upload, so exact-duplicate
-decisions are part of the mix. The policy only reports: no file is moved.
+This is the daemon's per-upload path (`hash_file`, which the daemon runs in a pool worker and
+this calls in-process to time the hash alone → `Ingest.ingest`: store write, exact + radius
+match, policy decision), timed on real photos (the test photos, as 12 MP JPEGs) landing in a
+store that already holds N files with random 256-bit pHashes. Half the uploads are byte
+copies of an earlier upload, so exact-duplicate decisions are part of the mix. The policy
+only reports: no file is moved.
 
 Also reported: the time to load the index from the database at start-up for each N.
 
@@ -35,8 +36,9 @@ from machine import machine_info
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dedupd.config import Config, HashingConfig
-from dedupd.engine import Ingest, hash_entries
+from dedupd.engine import Ingest
 from dedupd.imaging import FileStat
+from dedupd.pool import hash_file
 from dedupd.scanner import Entry
 from dedupd.store import Store
 from tests import photos
@@ -80,9 +82,7 @@ def run(size: int, uploads: int, sources: list[Path], work: Path) -> dict[str, o
             shutil.copyfile(src, dst)
             t0 = time.perf_counter()
             entry = Entry(rootkey, os.path.relpath(dst, rootkey), FileStat.of(os.stat(dst)))
-            ((_, result),) = list(
-                hash_entries([entry], [ingest.hasher], max_pixels=10**9, workers=1)
-            )
+            result = hash_file(entry.path, entry.stat, (ingest.hasher,), 10**9)
             t1 = time.perf_counter()
             outcome = ingest.ingest(entry, result)
             t2 = time.perf_counter()

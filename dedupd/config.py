@@ -94,6 +94,7 @@ class HashingConfig:
     hash_size: int = 16
     workers: int = field(default_factory=_cpu_count)
     max_pixels: int = 180_000_000
+    timeout: float = 120.0  # seconds one file may take in a worker before it is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +366,13 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(value)
+    return seconds
+
+
 def _workers(value: Any) -> int:
     return _cpu_count() if value == "auto" else _int_at_least(1)(value)
 
@@ -376,7 +384,7 @@ _BACKENDS: tuple[IndexBackend, ...] = get_args(IndexBackend)
 
 
 def _hashing(r: _Reader) -> HashingConfig:
-    r.only(("algorithm", "hash_size", "workers", "max_pixels"))
+    r.only(("algorithm", "hash_size", "workers", "max_pixels", "timeout"))
     d = HashingConfig()
     algorithm = r.choice("algorithm", d.algorithm, _HASHERS)
     hash_size = r.get("hash_size", d.hash_size, _int_at_least(1), "a positive integer")
@@ -389,6 +397,7 @@ def _hashing(r: _Reader) -> HashingConfig:
         hash_size=hash_size,
         workers=r.get("workers", d.workers, _workers, "'auto' or an integer >= 1"),
         max_pixels=r.get("max_pixels", d.max_pixels, _int_at_least(1), "an integer >= 1"),
+        timeout=r.get("timeout", d.timeout, _positive_duration, "a duration > 0 such as 2m"),
     )
 
 

@@ -1,8 +1,13 @@
 """`dedupd run`: watch the roots and handle every photo within seconds of its upload.
 
 One thread (the caller's) owns the store, the index and every decision; watchdog's threads
-only push hints onto a queue. Signal handlers only set flags (`note_signal`); the loop acts on
-them. The systemd notify protocol is spoken directly on $NOTIFY_SOCKET.
+only push hints onto a queue, and a standing pool of worker processes decodes and hashes.
+Each turn of the loop runs queued commands, takes in hints, feeds settled and backlog files
+to the pool (a bounded number in flight), and ingests whatever results have come back, so
+`status`, `rescan` and signals are served between files, never after a whole batch. Between
+turns the loop sleeps until a result, a hint, a command or the next file's settle time. Signal
+handlers only set flags (`note_signal`) and wake the loop; the loop acts on them. The systemd
+notify protocol is spoken directly on $NOTIFY_SOCKET.
 
 Start-up takes the database's lock first (one writer per database), then binds the socket,
 then opens the store and recovers the journal; whatever fails, what was set up is undone, so
@@ -38,26 +43,29 @@ from dedupd.engine import (
     Ingest,
     ScanReport,
     excluded_dirs,
-    ingest_all,
+    ingest_guarded,
     reconcile_roots,
+    start_pool,
 )
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
-from dedupd.imaging import FileStat
+from dedupd.imaging import FileStat, HashedImage
 from dedupd.lock import DatabaseLock
+from dedupd.pool import Failure, HasherPool, Waker, Work, hash_file
 from dedupd.scanner import Entry, NameFilter, root_key, walk
 from dedupd.service import DaemonService
-from dedupd.store import Store
+from dedupd.store import FileRecord, Store
 from dedupd.watcher import Hint, Settler, Watcher
 
 __all__ = ["Daemon", "Notifier", "Stats"]
 
 log = structlog.get_logger("dedupd.daemon")
 
-BATCH = 512  # files hashed per step of a reconcile backlog; the loop stays responsive between
 UNAVAILABLE_RETRY = 10.0  # seconds between checks whether a missing root came back
 POLLING_RESCAN = 60.0  # rescan interval for roots whose watch could not be added
 DATABASE_CHECK = 5.0  # seconds between checks that the database file is still the one open
 EXIT_FATAL = 1  # run()'s exit code after a stop forced by a lost database (systemd restarts)
+STATUS_INTERVAL = 2.0  # seconds between STATUS= notifications
+MAX_SLEEP = 1.0  # the loop looks at the watches (lost roots) at least this often
 
 
 class Notifier:
@@ -107,18 +115,25 @@ class Daemon:
         retry_interval: float = UNAVAILABLE_RETRY,
         polling_interval: float = POLLING_RESCAN,
         database_check_interval: float = DATABASE_CHECK,
+        work: Work = hash_file,
     ):
+        """`work` is what the hasher workers run per file (tests swap in one that hangs)."""
         self.retry_interval, self.polling_interval = retry_interval, polling_interval
         self.database_check_interval = database_check_interval
+        self.work = work
         self.config_path, self.dirs, self.database = config_path, tuple(dirs), database
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.stats = Stats(started=clock())
         self._stop_flag = False
         self._reload_flag = False
-        self._wake = threading.Event()
+        self._wake = Waker()
         self._ready = threading.Event()
-        self._backlog: deque[Entry] = deque()
+        self._backlog: deque[Entry] = deque()  # found by a reconcile, oldest first
+        self._settled: deque[Entry] = deque()  # uploads that settled: hashed before the backlog
+        self._pool: HasherPool | None = None
+        self._pool_key: tuple[object, ...] = ()
+        self._hashing: dict[str, Entry] = {}  # path → the version last sent to the pool
         self._rescan_due: set[str] = set()
         self._last_ping = self._last_status = -1e18
         self._commands: queue.Queue[tuple[Callable[[], dict[str, Any]], Future[dict[str, Any]]]]
@@ -136,6 +151,7 @@ class Daemon:
             self._reload_flag = True
         else:
             self._stop_flag = True
+        self._wake.set()  # one os.write: safe here, unlike threading.Event.set (a lock)
 
     def request_stop(self) -> None:
         self._stop_flag = True
@@ -198,7 +214,11 @@ class Daemon:
                 for r in roots
             ],
             "indexed": size,
-            "queue": {"backlog": len(self._backlog), "settling": len(self.settler)},
+            "queue": {
+                "backlog": len(self._backlog) + len(self._settled),
+                "settling": len(self.settler),
+                "hashing": self._in_flight(),
+            },
             "index": {
                 "backend": index.backend,
                 "size": size,
@@ -262,13 +282,40 @@ class Daemon:
         self.excluded = [os.path.realpath(p) + os.sep for p in excluded_dirs(config)]
         self.settler = Settler(config.watch.settle_seconds, self.clock)
         self.ingest = Ingest(self.store, config, self.roots, self.actions)
-        self.watcher = Watcher()
+        self._start_pool(config)
+        self.watcher = Watcher(clock=self.clock, wake=self._wake.set)
         self.watcher.start(self.roots)
         now = self.clock()
         self._next_rescan = now + config.watch.rescan_interval
         self._next_poll = now + min(self.polling_interval, config.watch.rescan_interval)
         self._next_retry = now + self.retry_interval
         self._queue_reconcile(self.roots)
+
+    def _start_pool(self, config: Config) -> None:
+        """Start the hasher pool, or keep the running one when a reload left its settings."""
+        h = config.hashing
+        key = (h.algorithm, h.hash_size, h.workers, h.max_pixels, h.timeout, self.work)
+        if self._pool is not None and key == self._pool_key:
+            return
+        self._close_pool()
+        self._pool = start_pool(config, self.ingest.hasher, self.work)
+        self._pool_key = key
+
+    def _close_pool(self) -> None:
+        """Stop the workers; files they held are found again by the next reconcile."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+            self._hashing.clear()
+
+    @property
+    def pool(self) -> HasherPool:
+        assert self._pool is not None, "the pool starts with the daemon"
+        return self._pool
+
+    def _in_flight(self) -> int:
+        pool = self._pool  # read from other threads: one look
+        return pool.in_flight if pool is not None else 0
 
     def _queue_reconcile(self, roots: Sequence[str]) -> None:
         report = ScanReport(roots=[])
@@ -319,9 +366,7 @@ class Daemon:
                 for step in self._steps:
                     self._guarded(step)
                 self._heartbeat()
-                if not self._backlog and self.watcher.hints.empty():
-                    self._wake.wait(0.1 if len(self.settler) else 0.25)
-                    self._wake.clear()
+                self._guarded(self._collect)
         finally:
             self._shutdown()
         return self._exit_code
@@ -354,6 +399,7 @@ class Daemon:
         if hasattr(self, "watcher"):
             self.watcher.stop()
             self.ingest.close()
+        self._close_pool()
         if hasattr(self, "store"):
             self.store.close()
         self._lock.release()
@@ -367,7 +413,7 @@ class Daemon:
             self._maybe_reload,
             self._drain_hints,
             self._hash_settled,
-            self._work_backlog,
+            self._feed,
             self._periodic,
         )
 
@@ -403,7 +449,8 @@ class Daemon:
             self._reload()
 
     def _healthy(self) -> bool:
-        """WATCHDOG=1 only while the observer thread is alive (workers are per batch)."""
+        """WATCHDOG=1 only while the observer thread is alive (the pool replaces its own
+        workers)."""
         return self.watcher.alive()
 
     def _status(self) -> str:
@@ -411,35 +458,74 @@ class Daemon:
             f"{state}: {root}" for root, state in self.watcher.states.items() if state != "watching"
         ]
         return (
-            f"STATUS={len(self.ingest.index)} indexed, {len(self._backlog)} queued, "
+            f"STATUS={len(self.ingest.index)} indexed, "
+            f"{len(self._backlog) + len(self._settled)} queued, {self._in_flight()} hashing, "
             f"{len(self.settler)} settling, {self.stats.hashed} hashed, "
             f"{self.stats.acted} acted on, {self.stats.errors} errors"
             + ("; " + "; ".join(degraded) if degraded else "")
         )
 
-    def _between_files(self) -> bool:
-        """Called after each file of a batch: keep systemd informed; True stops the batch."""
-        self._heartbeat()
-        return self._stop_flag
+    def _feed(self) -> None:
+        """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
+        to keep every worker busy, few enough that a new upload does not wait long."""
+        pool = self.pool
+        while pool.in_flight < pool.capacity and (self._settled or self._backlog):
+            entry = (self._settled or self._backlog).popleft()
+            if self._hashing.get(entry.path) == entry or self._handled(entry):
+                continue  # this very version is being hashed, or was since it was queued
+            self._hashing[entry.path] = entry
+            pool.submit(entry)
 
-    def _ingest(self, entries: Sequence[Entry]) -> None:
-        report = ScanReport(roots=[])
-        ingest_all(self.ingest, entries, report, stop=self._between_files)
-        self.stats.hashed += report.hashed
-        self.stats.errors += len(report.failed)
-        for outcome in report.outcomes:
+    def _handled(self, entry: Entry) -> bool:
+        """This version of the file has a record already: a reconcile (a rescan) and the
+        settler can both queue one upload, and a quarantined file must not be "hashed" again
+        at the path it left (it would be recorded as vanished)."""
+        record = self.store.record(entry.root, entry.relpath)
+        return record is not None and record.state != "missing" and record.stat == entry.stat
+
+    def _sleep_time(self) -> float:
+        """Seconds until something is due: the next settled file (to the moment), a STATUS=
+        or WATCHDOG=1, a periodic check. Results, hints, commands and signals wake earlier."""
+        if self._stop_flag or self._reload_flag or not self.watcher.hints.empty():
+            return 0.0
+        now = self.clock()
+        times = [self._next_retry, self._next_poll, self._next_rescan]
+        # A time already past was handled this turn, or waits for the backlog (a rescan).
+        later = [t for t in times if t > now]
+        later += [now + MAX_SLEEP, self._last_status + STATUS_INTERVAL]
+        interval = self.notifier.watchdog_interval
+        if interval is not None and self._healthy():
+            later.append(self._last_ping + interval)
+        due = self.settler.next_due()
+        if due is not None:
+            later.append(due)
+        return max(0.0, min(later) - now)
+
+    def _collect(self) -> None:
+        """Sleep until something is due or arrives; ingest the results that came back."""
+        results = self.pool.results(self._sleep_time(), wake=self._wake)
+        self._wake.clear()  # everything that woke us is looked at by the next turn
+        for entry, result in results:
+            if self._hashing.get(entry.path) is not entry:
+                continue  # a newer version of the file was queued meanwhile
+            del self._hashing[entry.path]
+            if entry.root in self.roots:  # a reload may have dropped its root
+                self._ingest_one(entry, result)
+            self._heartbeat()
+
+    def _ingest_one(self, entry: Entry, result: HashedImage | Failure) -> None:
+        outcome, result = ingest_guarded(self.ingest, entry, result)
+        if isinstance(result, Failure):
+            self.stats.errors += 1
+        else:
+            self.stats.hashed += 1
+        if outcome is not None and outcome.decision.action != "none":
             if outcome.result == "done":
                 self.stats.acted += 1
             else:
                 self.stats.reported += 1
 
-    def _work_backlog(self) -> None:
-        if self._backlog:
-            batch = [self._backlog.popleft() for _ in range(min(BATCH, len(self._backlog)))]
-            self._ingest(batch)
-
     def _hash_settled(self) -> None:
-        entries = []
         for path, stat in self.settler.due():
             try:
                 entry = self._entry(path, stat)
@@ -449,9 +535,7 @@ class Daemon:
                 self.settler.add(path)
                 continue
             if entry is not None:
-                entries.append(entry)
-        if entries:
-            self._ingest(entries)
+                self._settled.append(entry)
 
     def _entry(self, path: str, stat: FileStat) -> Entry | None:
         """A candidate for hashing, or None when it is not ours or did not change."""
@@ -463,11 +547,25 @@ class Daemon:
         if record is not None and record.state in ("ok", "error") and record.stat == stat:
             return None  # invariant 4: unchanged → never decoded again
         if record is None or record.state not in ("ok", "error"):
-            moved = self.store.missing_with_stat(stat)
+            moved = self.store.missing_with_stat(stat) or self._moved_from(stat)
             if moved is not None:  # a move whose events arrived as delete + create
                 self._revive(moved.id, root, relpath, stat)
                 return None
         return Entry(root, relpath, stat)
+
+    def _moved_from(self, stat: FileStat) -> FileRecord | None:
+        """A present record of this very file at a path that no longer holds it: a move whose
+        delete has not arrived yet (watchdog holds an unpaired move-out back for 0.5 s, longer
+        than a short settle time). The same inode still at its path is a hard link instead."""
+        for record in self.store.present_with_stat(stat):
+            try:
+                st = os.lstat(record.path)
+                if (st.st_dev, st.st_ino) == (stat.dev, stat.inode):
+                    continue
+            except OSError:
+                pass
+            return record
+        return None
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
         replaced = self.store.move(file_id, root, relpath, stat)
@@ -507,12 +605,12 @@ class Daemon:
     def _handle(self, hint: Hint) -> None:
         if hint.kind == "touch":
             if self._root_of(hint.path):
-                self.settler.add(hint.path)
+                self.settler.add(hint.path, hint.at)
         elif hint.kind == "deleted":
             self.settler.discard(hint.path)
             self._forget(hint.path)
         elif hint.kind == "moved":
-            self._moved(hint.path, hint.dest or "")
+            self._moved(hint.path, hint.dest or "", hint.at)
         elif hint.kind == "dir":
             self._dir(hint.path)
         elif hint.kind == "overflow":
@@ -533,7 +631,7 @@ class Daemon:
                 self.ingest.index.remove([record.id])
             log.info("file_deleted", path=path)
 
-    def _moved(self, src: str, dest: str) -> None:
+    def _moved(self, src: str, dest: str, at: float | None = None) -> None:
         """A rename inside the roots is followed without re-hashing; a temp file renamed
         into place (Syncthing, rsync, browsers) is a new upload."""
         self.settler.discard(src)
@@ -551,7 +649,7 @@ class Daemon:
         if record is not None:
             self._forget(src)
         if root is not None:
-            self.settler.add(dest)
+            self.settler.add(dest, at)
 
     def _dir(self, path: str) -> None:
         root = next((r for r in self.roots if path == r or path.startswith(r + os.sep)), None)
@@ -667,6 +765,7 @@ class Daemon:
         self.watcher.stop()
         self.ingest.close()
         self._backlog.clear()
+        self._settled.clear()
         try:
             self.actions = Actions(self.store, config.quarantine.path)
             self._configure(config)

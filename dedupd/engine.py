@@ -1,4 +1,4 @@
-"""Wires candidates → hashing (process pool) → ingest (store + index + matching).
+"""Wires candidates → hashing (the standing hasher pool) → ingest (store + index + matching).
 
 `scan()` is the one-shot form: reconcile every root, hash what changed, record matches,
 and report duplicate groups. The daemon will drive the same `Ingest` from its watcher.
@@ -6,27 +6,24 @@ and report duplicate groups. The daemon will drive the same `Ingest` from its wa
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
-from dedupd.errors import ImageError, NotFoundError
+from dedupd.errors import NotFoundError
 from dedupd.hashers import Hasher
-from dedupd.imaging import FileStat, HashedImage, hash_image
+from dedupd.imaging import HashedImage
 from dedupd.index import HammingIndex, distance, make_index
 from dedupd.policy import Candidate, Decision, decide, rank
+from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
-from dedupd.scanner import PATH_MAX, Entry, NameFilter, path_too_long, reconcile, root_key, walk
+from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
 
 __all__ = [
@@ -39,85 +36,16 @@ __all__ = [
     "ScanReport",
     "duplicate_groups",
     "excluded_dirs",
-    "hash_entries",
     "ingest_all",
+    "ingest_guarded",
     "reconcile_roots",
     "scan",
+    "start_pool",
 ]
 
 log = structlog.get_logger("dedupd.engine")
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why one file could not be hashed (what the store records as state 'error')."""
-
-    kind: str
-    message: str
-
-
-def _hash_one(
-    path: str, expect: FileStat, hashers: Sequence[Hasher], max_pixels: int
-) -> HashedImage | Failure:
-    """Worker entry point. Returns a failure instead of raising: custom exceptions do not
-    survive pickling, and one bad file must never take a batch down with it."""
-    if path_too_long(path):
-        return Failure(
-            "path_too_long",
-            f"the path is {len(os.fsencode(path))} bytes, more than the system's limit of"
-            f" {PATH_MAX - 1}; it cannot be opened by name: shorten its folder names",
-        )
-    try:
-        return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
-    except ImageError as exc:
-        return Failure(exc.kind, exc.detail)
-    except MemoryError:
-        return Failure("out_of_memory", "decoding needed more memory than was available")
-    except Exception as exc:  # a decoder bug must not stop the scan; record it instead
-        return Failure("internal", f"{type(exc).__name__}: {exc}")
-
-
-def hash_entries(
-    entries: Sequence[Entry],
-    hashers: Sequence[Hasher],
-    *,
-    max_pixels: int,
-    workers: int,
-) -> Generator[tuple[Entry, HashedImage | Failure], None, None]:
-    """Hash `entries` in a process pool (in this process for small jobs), in order."""
-    hashers = tuple(hashers)
-    if workers <= 1 or len(entries) < 2 * workers:
-        for e in entries:
-            yield e, _hash_one(e.path, e.stat, hashers, max_pixels)
-        return
-    # forkserver: forking a process that runs threads (the daemon) is unsafe.
-    context = multiprocessing.get_context("forkserver")
-    pending: deque[tuple[Entry, Future[HashedImage | Failure]]] = deque()
-    todo = iter(entries)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    try:
-        while True:
-            while len(pending) < 4 * workers and (queued := next(todo, None)) is not None:
-                future = pool.submit(_hash_one, queued.path, queued.stat, hashers, max_pixels)
-                pending.append((queued, future))
-            if not pending:
-                return
-            entry, future = pending.popleft()
-            try:
-                yield entry, future.result()
-            except BrokenProcessPool:
-                # A worker died (killed by the OOM killer, a decoder crash). Record the file
-                # it may have been on, start a fresh pool and requeue the rest.
-                yield entry, Failure("crashed", "the hashing worker died while decoding this file")
-                requeue = [e for e, _ in pending]
-                pending.clear()
-                pool.shutdown(cancel_futures=True)
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-                todo = iter([*requeue, *todo])
-    finally:
-        pool.shutdown(cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,40 +288,69 @@ def reconcile_roots(
     return done
 
 
+def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> HasherPool:
+    """The hasher pool `config.hashing` asks for (workers, pixel limit, per-file timeout)."""
+    h = config.hashing
+    return HasherPool(
+        [hasher], workers=h.workers, max_pixels=h.max_pixels, timeout=h.timeout, work=work
+    )
+
+
+def ingest_guarded(
+    ingest: Ingest, entry: Entry, result: HashedImage | Failure
+) -> tuple[Outcome | None, HashedImage | Failure]:
+    """`ingest.ingest`, where one bad file is one recorded error, never a lost batch: an
+    unexpected exception is recorded as that file's `internal` failure (which is returned in
+    place of its result). If even that cannot be written (the database is locked), it is
+    logged and the next reconcile tries the file again."""
+    try:
+        return ingest.ingest(entry, result), result
+    except Exception as exc:
+        log.exception("ingest_failed", path=entry.path)
+        failure = Failure("internal", f"{type(exc).__name__}: {exc}")
+        try:
+            ingest.ingest(entry, failure)  # records the error, drops the file from the index
+        except Exception:
+            log.exception("ingest_error_not_recorded", path=entry.path)
+        return None, failure
+
+
 def ingest_all(
     ingest: Ingest,
     work: Sequence[Entry],
     report: ScanReport,
     progress: Progress | None = None,
     stop: Callable[[], bool] = lambda: False,
+    pool: HasherPool | None = None,
 ) -> None:
-    """Hash `work` and ingest each result into `report`, until done or `stop()`."""
-    config = ingest.config
-    results = hash_entries(
-        work, [ingest.hasher], max_pixels=config.hashing.max_pixels, workers=config.hashing.workers
-    )
-    for entry, result in results:
-        try:
-            outcome = ingest.ingest(entry, result)
-        except Exception as exc:  # one bad file is one recorded error, never a lost batch
-            log.exception("ingest_failed", path=entry.path)
-            result = Failure("internal", f"{type(exc).__name__}: {exc}")
-            outcome = None
-            try:
-                ingest.ingest(entry, result)  # records the error, drops the file from the index
-            except Exception:  # the store itself fails: the next reconcile retries the file
-                log.exception("ingest_error_not_recorded", path=entry.path)
-        if outcome is not None and outcome.decision.action != "none":
-            report.outcomes.append(outcome)
-        if isinstance(result, Failure):
-            report.failed.append((entry.path, result))
-        else:
-            report.hashed += 1
-        if progress:
-            progress(1)
-        if stop():
-            results.close()  # shuts the pool down; unhashed files are found by the next reconcile
-            return
+    """Hash `work` in `pool` (one of its own if None) and ingest each result into `report` as
+    it finishes, until done or `stop()`; files still in the pool then are left for the next
+    reconcile."""
+    own = pool is None
+    pool = start_pool(ingest.config, ingest.hasher) if pool is None else pool
+    todo = iter(work)
+    window = 4 * pool.capacity  # bounded, so a stop() does not leave thousands queued
+    try:
+        while True:
+            while pool.in_flight < window and (entry := next(todo, None)) is not None:
+                pool.submit(entry)
+            if not pool.in_flight:
+                return
+            for entry, result in pool.results(timeout=1.0):
+                outcome, result = ingest_guarded(ingest, entry, result)
+                if outcome is not None and outcome.decision.action != "none":
+                    report.outcomes.append(outcome)
+                if isinstance(result, Failure):
+                    report.failed.append((entry.path, result))
+                else:
+                    report.hashed += 1
+                if progress:
+                    progress(1)
+                if stop():
+                    return
+    finally:
+        if own:
+            pool.close()
 
 
 def scan(

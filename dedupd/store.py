@@ -337,6 +337,14 @@ class Store:
         )
         return found[0] if found else None
 
+    def present_with_stat(self, stat: FileStat) -> list[FileRecord]:
+        """Records of present files (hashed or failed) with this (dev, inode, size, mtime)."""
+        return self._files(
+            "f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?"
+            " AND f.state IN ('ok', 'error')",
+            tuple(stat),
+        )
+
     def file_at(self, path: str | Path) -> FileRecord | None:
         """The record whose root/relpath is `path` (absolute), whatever its state."""
         path = Path(path)

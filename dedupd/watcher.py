@@ -1,9 +1,10 @@
 """watchdog observers → a queue of hints → a settle set that yields files once they are still.
 
-Events are only hints: the handler pushes them on a queue and never raises (an exception
-would kill watchdog's thread). A path becomes a candidate after its (inode, size, mtime) has
-not changed for `settle_seconds`, however many events arrive meanwhile, so a slow in-place
-write (scp, Samba, rsync --inplace) or a storm of modify events is hashed once, at the end.
+Events are only hints: the handler stamps each with the time it arrived, pushes it on a queue,
+wakes the daemon and never raises (an exception would kill watchdog's thread). A path becomes
+a candidate `settle_seconds` after the last write seen (its last event), provided its (inode,
+size, mtime) has not changed since, so a slow in-place write (scp, Samba, rsync --inplace) or a
+storm of modify events is hashed once, at the end, and a finished upload without delay.
 
 When the kernel's inotify queue overflows, events were lost: watchdog re-adds its watches but
 tells no handler, so the emitter here turns the overflow into an "overflow" hint per root,
@@ -46,35 +47,51 @@ class Hint(NamedTuple):
     kind: HintKind
     path: str
     dest: str | None = None
+    at: float | None = None  # when the event arrived (the watcher's clock); None: now
+
+
+# A write: created (also a file moved in from outside the roots), modified, closed after
+# writing. Opening or reading a file ("opened", "closed_no_write") is none.
+_WRITES = ("created", "modified", "closed")
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, hints: queue.Queue[Hint]):
-        self._hints = hints
+    def __init__(
+        self, hints: queue.Queue[Hint], clock: Callable[[], float], wake: Callable[[], None]
+    ):
+        self._hints, self._clock, self._wake = hints, clock, wake
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
-            self._hint(event)
+            hint = self._hint(event)
+            if hint is not None:
+                self._hints.put(hint)
+                self._wake()
         except Exception:  # never let an exception reach watchdog's thread
             log.exception("watch_event_failed", event=repr(event))
 
-    def _hint(self, event: FileSystemEvent) -> None:
+    def _hint(self, event: FileSystemEvent) -> Hint | None:
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(event.dest_path) if event.dest_path else None
-        kind = event.event_type
+        kind, at = event.event_type, self._clock()
         if event.is_directory:
             if kind in ("created", "moved"):
-                self._hints.put(Hint("dir", dest or src))
-            elif kind == "deleted":
-                self._hints.put(Hint("dir", src))
-        elif kind in ("created", "modified", "closed"):
-            self._hints.put(Hint("touch", src))
+                return Hint("dir", dest or src, at=at)
+            if kind == "deleted":
+                return Hint("dir", src, at=at)
+        elif kind in _WRITES:
+            return Hint("touch", src, at=at)
         elif kind == "moved":
-            self._hints.put(Hint("moved", src, dest))
+            return Hint("moved", src, dest, at=at)
         elif kind == "deleted":
-            self._hints.put(Hint("deleted", src))
+            return Hint("deleted", src, at=at)
         elif kind == _Overflow.event_type:
-            self._hints.put(Hint("overflow", src))
+            return Hint("overflow", src, at=at)
+        return None
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Overflow(FileSystemEvent):
@@ -125,9 +142,14 @@ if _INOTIFY:
 
 @dataclass
 class Watcher:
-    """One watchdog observer over all roots; records each root's watch state."""
+    """One watchdog observer over all roots; records each root's watch state.
+
+    Every hint is stamped with `clock()` and followed by `wake()` (the daemon's loop sleeps
+    until then, or until the next file is due)."""
 
     hints: queue.Queue[Hint] = field(default_factory=queue.Queue)
+    clock: Callable[[], float] = time.monotonic
+    wake: Callable[[], None] = _nothing
     states: dict[str, WatchState] = field(default_factory=dict)
     _observer: BaseObserver | None = None
     _watches: dict[str, ObservedWatch] = field(default_factory=dict)
@@ -136,7 +158,7 @@ class Watcher:
     def start(self, roots: Sequence[str]) -> None:
         self._observer = _observer()
         self._observer.start()
-        self._handler = _Handler(self.hints)
+        self._handler = _Handler(self.hints, self.clock, self.wake)
         for root in roots:
             self.add_root(root)
 
@@ -192,46 +214,73 @@ class Watcher:
         return self._observer is not None and self._observer.is_alive()
 
 
+@dataclass(slots=True)
+class _Settling:
+    last_event: float  # when the last write was seen, or a changed stat noticed
+    stat: FileStat | None  # as of the last look; None: not there, or not a regular file
+
+
+def _lstat(path: str) -> FileStat | Literal["gone"] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "gone"
+    # symlinks and specials are never photos
+    return FileStat.of(st) if stat.S_ISREG(st.st_mode) else None
+
+
 class Settler:
-    """Paths waiting to stop changing. `due()` returns those unchanged for settle_seconds."""
+    """Paths waiting to stop changing.
+
+    A path is due `settle_seconds` after its last event if its stat is the same as when that
+    event was handled: the clock starts at the last write seen, not when someone looked. A
+    stat that changed without an event (a missed or late event, a file replaced by another
+    inode) restarts the clock from when the change was noticed.
+    """
 
     def __init__(self, settle_seconds: float, now: Callable[[], float] = time.monotonic):
         self.settle_seconds = settle_seconds
         self._now = now
-        self._pending: dict[str, tuple[FileStat | None, float]] = {}
+        self._pending: dict[str, _Settling] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, path: str) -> None:
-        """Start (or keep) watching `path`. Repeated hints do not restart its clock."""
-        if path not in self._pending:
-            self._pending[path] = (None, self._now())
+    def add(self, path: str, at: float | None = None) -> None:
+        """An event for `path` at time `at` (default: now): its clock starts again from then."""
+        at = self._now() if at is None else at
+        seen = _lstat(path)
+        current = self._pending.get(path)
+        if current is not None:
+            at = max(at, current.last_event)  # hints are handled in order; be safe anyway
+        self._pending[path] = _Settling(at, None if seen == "gone" else seen)
 
     def discard(self, path: str) -> None:
         self._pending.pop(path, None)
 
-    def due(self) -> list[tuple[str, FileStat]]:
-        """Paths whose stat has been unchanged for settle_seconds (they leave the set).
+    def next_due(self) -> float | None:
+        """When the next path may become due (on the settler's clock), or None if none waits."""
+        if not self._pending:
+            return None
+        return min(p.last_event for p in self._pending.values()) + self.settle_seconds
 
-        Paths that vanished leave the set silently: a temp file renamed away, a deleted
-        upload. A changed stat restarts the path's clock.
+    def due(self) -> list[tuple[str, FileStat]]:
+        """Paths quiet for settle_seconds with an unchanged stat (they leave the set).
+
+        Paths that vanished or are not regular files leave the set silently: a temp file
+        renamed away, a deleted upload, a symlink. Only paths whose time has come are looked at.
         """
         now = self._now()
         ready = []
-        for path, (seen, since) in list(self._pending.items()):
-            try:
-                st = os.lstat(path)
-            except OSError:
-                del self._pending[path]
+        for path, p in list(self._pending.items()):
+            if now - p.last_event < self.settle_seconds:
                 continue
-            if not stat.S_ISREG(st.st_mode):  # symlinks and specials are never photos
+            current = _lstat(path)
+            if current == "gone" or (current is None and p.stat is None):
                 del self._pending[path]
-                continue
-            current = FileStat.of(st)
-            if current != seen:
-                self._pending[path] = (current, now)
-            elif now - since >= self.settle_seconds:
+            elif current != p.stat or current is None:
+                self._pending[path] = _Settling(now, current)
+            else:
                 del self._pending[path]
                 ready.append((path, current))
         return ready

@@ -385,27 +385,27 @@ def test_a_delete_rolled_back_by_recovery_is_decided_again(tmp_path: Path) -> No
     would never be reconsidered."""
     root = tmp_path / "photos"
     photos.copy(photos.photo("coffee"), root / "a.jpg")
+    photos.copy(photos.photo("coffee"), root / "b.jpg")
+    os.utime(root / "b.jpg", (2e9, 2e9))  # the newer copy: the one to delete
     config = replace(
-        Config(),
-        database=tmp_path / "d.db",
-        hashing=HashingConfig(workers=1),
-        policies={DEFAULT_POLICY: Policy(exact="delete")},
+        Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1)
     ).with_roots([root])
     with Store(config.database) as store:
-        scan(config, store)
-        photos.copy(photos.photo("coffee"), root / "b.jpg")
-        os.utime(root / "b.jpg", (2e9, 2e9))  # the newer copy: the one to delete
+        scan(config, store)  # report only: both recorded, nothing done
+        a, b = store.file_at(root / "a.jpg"), store.file_at(root / "b.jpg")
+    assert a is not None and b is not None
 
     def run(checkpoint: Callable[[str], None]) -> None:
         with Store(config.database) as store:
-            scan(config, store, actions=Actions(store, None, checkpoint=checkpoint))
+            Actions(store, None, checkpoint=checkpoint).delete(b, a, "exact duplicate")
 
     assert _fork_and_kill_at(run, 2)  # killed right after the file was staged
+    deleting = replace(config, policies={DEFAULT_POLICY: Policy(exact="delete")})
     with Store(config.database) as store:
         (recovered,) = Actions(store, None).recover()
         assert recovered.outcome == "rolled_back"
         assert sorted(p.name for p in root.iterdir()) == ["a.jpg", "b.jpg"]
-        scan(config, store, actions=Actions(store, None))
+        scan(deleting, store, actions=Actions(store, None))
     assert sorted(p.name for p in root.iterdir()) == ["a.jpg"]
 
 

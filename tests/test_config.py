@@ -64,12 +64,14 @@ def _write(tmp_path: Path, text: str, name: str = "dedupd.yaml") -> Path:
 
 
 def test_no_config_file_gives_the_documented_defaults() -> None:
-    """load_config(None) is the built-in configuration: phash/16, hamming index, 3 s settle,
-    hourly rescan, 30-day quarantine retention and a report-only "default" policy."""
+    """load_config(None) is the built-in configuration: phash/16, a 2-minute decode timeout,
+    hamming index, 3 s settle, hourly rescan, 30-day quarantine retention and a report-only
+    "default" policy."""
     config = load_config(None)
     assert config.source is None
     assert (config.hashing.algorithm, config.hashing.hash_size) == ("phash", 16)
     assert config.hashing.workers == _cpus()
+    assert config.hashing.timeout == 120.0
     assert config.index.backend == "hamming"
     assert config.watch.settle_seconds == 3.0
     assert config.watch.rescan_interval == 3600.0
@@ -166,11 +168,12 @@ def test_relative_paths_resolve_against_the_config_files_directory(
 
 def test_boundary_values_are_accepted(tmp_path: Path) -> None:
     """Validation is not stricter than documented: thresholds 0 and 1, an explicit worker
-    count, whash with a power-of-two size, the ckdtree backend with p=2 and real booleans."""
+    count, a decode timeout with a unit, whash with a power-of-two size, the ckdtree backend
+    with p=2 and real booleans."""
     path = _write(
         tmp_path,
         "dry_run: true\n"
-        "hashing: {algorithm: whash, hash_size: 8, workers: 3}\n"
+        "hashing: {algorithm: whash, hash_size: 8, workers: 3, timeout: 2m}\n"
         "index: {backend: ckdtree, p: 2, leaf_size: 4}\n"
         "watch: {extensions: [.JPG, png]}\n"
         "policies:\n"
@@ -179,7 +182,7 @@ def test_boundary_values_are_accepted(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.dry_run is True
-    assert config.hashing == HashingConfig("whash", 8, workers=3)
+    assert config.hashing == HashingConfig("whash", 8, workers=3, timeout=120.0)
     assert config.index == IndexConfig(backend="ckdtree", p=2.0, leaf_size=4)
     assert config.watch.extensions == ("jpg", "png")
     assert config.policies["a"] == Policy(threshold=0.0, keep=("newest",))
@@ -224,6 +227,12 @@ BAD_CONFIGS = {
         ["power of two", "12"],
     ),
     "zero-workers": ("hashing: {workers: 0}\n", "hashing.workers", ["'auto'", ">= 1"]),
+    "zero-timeout": ("hashing: {timeout: 0}\n", "hashing.timeout", ["duration > 0", "0"]),
+    "timeout-not-a-duration": (
+        "hashing: {timeout: forever}\n",
+        "hashing.timeout",
+        ["duration > 0", "'forever'"],
+    ),
     "unknown-backend": (
         "index: {backend: faiss}\n",
         "index.backend",

@@ -24,12 +24,14 @@ import pytest
 import structlog.testing
 from PIL import Image
 
+import dedupd.imaging
 import dedupd.watcher
 from dedupd.actions import Actions
+from dedupd.control import ControlClient
 from dedupd.daemon import Daemon, Notifier
 from dedupd.errors import ConfigError
 from dedupd.store import ActionRecord, FileRecord, Store
-from tests import photos
+from tests import photos, workers
 from tests.test_config import yaml_bomb
 
 SETTLE = 0.3
@@ -109,7 +111,13 @@ def running(env: Env, **kw: object) -> Iterator[Daemon]:
 
 
 def _idle(daemon: Daemon) -> bool:
-    return not daemon._backlog and not len(daemon.settler) and daemon.watcher.hints.empty()
+    return (
+        not daemon._backlog
+        and not daemon._settled
+        and not daemon.pool.in_flight
+        and not len(daemon.settler)
+        and daemon.watcher.hints.empty()
+    )
 
 
 def test_rename_into_place_is_hashed_once_and_the_temp_name_never(env: Env) -> None:
@@ -134,6 +142,7 @@ def test_slow_in_place_write_is_hashed_once_after_it_settles(env: Env) -> None:
             f.flush()
             time.sleep(SETTLE / 2)  # slower than a burst, faster than the settle time
             assert daemon.stats.hashed == 0, "hashed while still being written"
+            assert env.record(target) is None, "decoded while still being written (truncated)"
         f.close()
         wait_for(lambda: daemon.stats.hashed == 1, what="the finished file to be hashed")
         record = env.record(target)
@@ -332,6 +341,99 @@ def test_the_quarantine_and_database_folders_are_never_watched(tmp_path: Path) -
         wait_for(lambda: daemon.stats.hashed == 1)
         wait_for(lambda: _idle(daemon))
         assert daemon.stats.hashed == 1
+
+
+# -- the hasher pool ----------------------------------------------------------------------
+
+
+def test_a_single_upload_is_decoded_in_a_worker_never_in_the_daemon(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small batches used to be decoded in the daemon itself, where a decoder crash or hang
+    takes the daemon with it. Here decoding in this process fails loudly; the upload must
+    still be hashed (by a worker, which this patch does not reach)."""
+    real = dedupd.imaging.hash_image
+    calls: list[str] = []
+
+    def in_daemon(path: str, *args: object, **kw: object) -> object:
+        calls.append(path)
+        raise RuntimeError("decoded inside the daemon process")
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("dedupd") and getattr(module, "hash_image", None) is real:
+            monkeypatch.setattr(module, "hash_image", in_daemon)
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") is not None, what="a record")
+        assert env.state(env.root / "IMG_1.jpg") == "ok"
+        assert calls == []
+        assert daemon.stats.hashed == 1
+
+
+def test_commands_and_uploads_are_served_while_a_decode_hangs(env: Env) -> None:
+    """A hung decoder costs one worker, not the daemon: a `rescan` POST (run on the daemon's
+    own thread) is answered and the next upload is decided while the hang goes on."""
+    with running(env, work=workers.scripted) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "hang.jpg")
+        wait_for(lambda: daemon.pool.in_flight == 1, what="the hung file in a worker")
+        client = ControlClient(daemon.config.socket, timeout=10)
+        assert client.post("rescan", {}) == {"queued": [str(env.root), str(env.archive)]}
+        photos.copy(photos.photo("rocket"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", what="the next upload")
+        assert client.get("status")["queue"]["hashing"] == 1  # the hang goes on meanwhile
+        assert env.record(env.root / "hang.jpg") is None
+
+
+def test_a_hung_decode_times_out_and_a_crash_is_recorded_and_the_daemon_goes_on(
+    env: Env,
+) -> None:
+    env.config.write_text(
+        env.config.read_text().replace("hashing: {workers: 2}", "hashing: {workers: 2, timeout: 1}")
+    )
+    with running(env, work=workers.scripted) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "hang.jpg")
+        photos.copy(photos.photo("hubble"), env.root / "crash.jpg")
+        wait_for(lambda: env.state(env.root / "hang.jpg") == "error", what="the timeout")
+        wait_for(lambda: env.state(env.root / "crash.jpg") == "error", what="the crash")
+        hung, crashed = env.record(env.root / "hang.jpg"), env.record(env.root / "crash.jpg")
+        assert hung is not None and hung.error_kind == "timeout"
+        assert crashed is not None and crashed.error_kind == "crashed"
+        photos.copy(photos.photo("rocket"), env.root / "IMG_3.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_3.jpg") == "ok", what="the next upload")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.errors == 2 and daemon.stats.hashed == 1
+
+
+def test_of_two_copies_arriving_together_the_later_is_deleted_whichever_hashed_first(
+    env: Env,
+) -> None:
+    """Results are ingested in the order files settled, so "the newcomer" a policy acts on is
+    the later copy, even when its worker finishes first (the first copy is slow to decode)."""
+    with running(env, work=workers.scripted) as daemon:
+        photos.copy(photos.photo("hubble"), env.root / "slow-IMG_1.jpg")
+        photos.copy(photos.photo("hubble"), env.root / "IMG_1 (1).jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1 (1).jpg") == "deleted", what="the copy")
+        wait_for(lambda: _idle(daemon))
+    assert sorted(p.name for p in env.root.iterdir()) == ["slow-IMG_1.jpg"]
+
+
+def test_uploads_queued_by_a_rescan_and_by_the_settler_are_hashed_once(env: Env) -> None:
+    """A rescan during a burst queues the files still settling; each is hashed once all
+    the same (twice would record a quarantined file as vanished at the path it left)."""
+    rng = random.Random(2)
+    staging = env.tmp / "staging"
+    staging.mkdir()
+    for i in range(40):
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(staging / f"n{i:02}.png")
+    with running(env) as daemon:
+        client = ControlClient(daemon.config.socket, timeout=10)
+        for i in range(40):
+            shutil.copy(staging / f"n{i:02}.png", env.root / f"n{i:02}.png")
+            if i % 10 == 9:
+                client.post("rescan", {})
+        wait_for(lambda: daemon.stats.hashed >= 40, what="40 files")
+        wait_for(lambda: _idle(daemon) and not daemon._rescan_due)
+        assert daemon.stats.hashed == 40
 
 
 # -- the real process: signals and systemd notify ----------------------------------------
@@ -828,7 +930,7 @@ def test_an_inotify_overflow_becomes_an_overflow_hint_for_every_root(tmp_path: P
         hints = {watcher.hints.get(timeout=10) for _ in roots}
     finally:
         watcher.stop()
-    assert hints == {dedupd.watcher.Hint("overflow", root) for root in roots}
+    assert {(h.kind, h.path) for h in hints} == {("overflow", root) for root in roots}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")

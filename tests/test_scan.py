@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import dedupd.engine
 from dedupd.config import Config, HashingConfig, IndexConfig, load_config
 from dedupd.engine import ScanReport, scan
-from dedupd.scanner import PATH_MAX, NameFilter, walk
+from dedupd.pool import HasherPool
+from dedupd.scanner import PATH_MAX, Entry, NameFilter, walk
 from dedupd.store import Store
 from tests import photos
 
@@ -42,15 +42,16 @@ def _groups(report: ScanReport) -> list[tuple[str, list[tuple[str, str]]]]:
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every path the engine decodes (hashing runs in-process with workers=1)."""
+    """Records every path the engine hands to the hasher pool to be decoded (the decoding
+    itself happens in worker processes, out of a monkeypatch's reach)."""
     seen: list[str] = []
-    real = dedupd.engine.hash_image
+    real = HasherPool.submit
 
-    def spy(path: str, *args: object, **kw: object):  # type: ignore[no-untyped-def]
-        seen.append(path)
-        return real(path, *args, **kw)  # type: ignore[arg-type]
+    def spy(self: HasherPool, entry: Entry) -> None:
+        seen.append(entry.path)
+        real(self, entry)
 
-    monkeypatch.setattr(dedupd.engine, "hash_image", spy)
+    monkeypatch.setattr(HasherPool, "submit", spy)
     return seen
 
 

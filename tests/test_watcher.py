@@ -1,0 +1,154 @@
+"""The settle clock, on a fake clock: a file is due `settle_seconds` after the last write
+seen, once, and never while it is still being written."""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+)
+
+from dedupd.imaging import FileStat
+from dedupd.watcher import Hint, Settler, _Handler
+
+SETTLE = 2.0  # and steps of SETTLE / 8: exact in binary floating point
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_a_file_still_being_written_is_never_due(tmp_path: Path) -> None:
+    """A slow in-place upload (scp, Samba): writes keep coming, each a bit under the settle
+    time apart. At no moment may the half-written file be handed on to be decoded (it would
+    be recorded as `truncated`); once quiet it is due exactly once."""
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    path = tmp_path / "IMG_0001.jpg"
+    for _ in range(20):
+        _write(path, b"x" * 1000)
+        settler.add(str(path))  # the event of that write
+        for _ in range(7):
+            clock.t += SETTLE / 8
+            assert settler.due() == []
+    clock.t += SETTLE / 8  # settle_seconds since the last write, to the moment
+    assert settler.due() == [(str(path), FileStat.of(os.stat(path)))]
+    clock.t += 10 * SETTLE
+    assert settler.due() == []
+    assert len(settler) == 0
+
+
+def test_the_clock_starts_at_the_event_not_when_the_settler_looks(tmp_path: Path) -> None:
+    """An event stamped at t (by the watch thread) makes the file due at t + settle, even if
+    the daemon only handled the hint later; and the loop is told exactly when."""
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    path = tmp_path / "a.jpg"
+    _write(path, b"photo")
+    written = clock.t
+    clock.t += 1.0  # the hint waited in the queue
+    settler.add(str(path), at=written)
+    assert settler.next_due() == written + SETTLE
+    clock.t = written + SETTLE - 1 / 1024
+    assert settler.due() == []
+    clock.t = written + SETTLE
+    assert [p for p, _ in settler.due()] == [str(path)]
+    assert settler.next_due() is None
+
+
+def test_a_change_without_an_event_restarts_the_clock(tmp_path: Path) -> None:
+    """A missed event (inotify overflow): the stat check catches the write, and the clock
+    starts again from when the change was noticed."""
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    path = tmp_path / "a.jpg"
+    _write(path, b"first half")
+    settler.add(str(path))
+    clock.t += 1.0
+    _write(path, b"second half")  # no event for this one
+    clock.t += SETTLE - 1.0
+    assert settler.due() == []
+    noticed = clock.t
+    assert settler.next_due() == noticed + SETTLE
+    clock.t = noticed + SETTLE - 1 / 1024
+    assert settler.due() == []
+    clock.t = noticed + SETTLE
+    assert settler.due() == [(str(path), FileStat.of(os.stat(path)))]
+
+
+def test_a_file_replaced_by_another_inode_restarts_the_clock(tmp_path: Path) -> None:
+    """Same name, same size, another file (a rename over it whose event was lost)."""
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"A" * 100)
+    settler.add(str(path))
+    clock.t += 1.0
+    other = tmp_path / "b.jpg"
+    other.write_bytes(b"B" * 100)
+    st = os.stat(path)
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the inode differs
+    os.replace(other, path)
+    clock.t += SETTLE
+    assert settler.due() == []
+    clock.t += SETTLE
+    ((_, stat),) = settler.due()
+    assert stat.inode == os.stat(path).st_ino != st.st_ino
+
+
+def test_vanished_and_non_regular_paths_leave_silently(tmp_path: Path) -> None:
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    gone = tmp_path / ".tmp-upload"
+    gone.write_bytes(b"x")
+    settler.add(str(gone))
+    gone.unlink()
+    (tmp_path / "real.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "real.jpg", tmp_path / "link.jpg")
+    settler.add(str(tmp_path / "link.jpg"))
+    clock.t += SETTLE
+    assert settler.due() == []
+    assert len(settler) == 0 and settler.next_due() is None
+
+
+def test_writes_become_stamped_touch_hints_and_wake_the_loop_reads_do_not() -> None:
+    """The handler maps each write event (created, modified, closed after writing, moved in)
+    to a hint stamped with its arrival time, and wakes the daemon; opening or reading a file
+    is not a write."""
+    hints: queue.Queue[Hint] = queue.Queue()
+    wakes: list[int] = []
+    handler = _Handler(hints, lambda: 42.0, lambda: wakes.append(1))
+    for event in (
+        FileCreatedEvent("/r/a.jpg"),
+        FileModifiedEvent("/r/a.jpg"),
+        FileClosedEvent("/r/a.jpg"),
+        FileMovedEvent("/r/.a.tmp", "/r/b.jpg"),
+        FileOpenedEvent("/r/a.jpg"),
+        FileClosedNoWriteEvent("/r/a.jpg"),
+    ):
+        handler.dispatch(event)
+    got = [hints.get_nowait() for _ in range(hints.qsize())]
+    assert got == [
+        Hint("touch", "/r/a.jpg", at=42.0),
+        Hint("touch", "/r/a.jpg", at=42.0),
+        Hint("touch", "/r/a.jpg", at=42.0),
+        Hint("moved", "/r/.a.tmp", "/r/b.jpg", at=42.0),
+    ]
+    assert len(wakes) == 4
