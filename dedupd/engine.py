@@ -164,9 +164,9 @@ class Ingest:
         self.index: HammingIndex = make_index(
             ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p
         )
-        ids, bits = store.hashes(self.hasher.key, self.roots)
-        self.index.add(ids, bits)
-        self.index.rebuild()
+        # Streamed into arrays: at a million photos, per-row Python objects would cost
+        # hundreds of MB and seconds at every start.
+        self.index.load_packed(*store.hash_arrays(self.hasher.key, self.roots))
         self.policies = config.root_policies()
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
