@@ -7,10 +7,10 @@ disk: what is measured is loading, not walking). Each sample runs in a fresh int
 so that its peak RSS (`ru_maxrss`) is its own:
 
 - **index**: `Ingest(store, config, [root])` in a fresh `python -c` (imports done first,
-  store opened first); its wall time, and the process's peak RSS before and after.
+  store opened first); its wall time, and the process's peak RSS (VmHWM) before and after.
 - **daemon**: `python -m dedupd run --config CFG` with `NOTIFY_SOCKET` set to a datagram
   socket bound here; wall time from spawning it to its `READY=1`, then SIGTERM, and the
-  peak RSS of the whole process from `os.wait4`.
+  peak RSS (VmHWM) of the process at that moment.
 
 Each sample is run with every source tree given (--tree, repeatable; default this tree
 only), interleaved round by round with the order alternating, so that the old code
@@ -39,23 +39,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fixtures import insert_hashed
 from machine import machine_info
 
 from dedupd.config import Config
+from dedupd.filestat import FileStat
 from dedupd.hashers import Hasher
-from dedupd.imaging import FileStat
 from dedupd.scanner import root_key
 from dedupd.store import Store
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "startup.json"
 GOAL_S, GOAL_MB = 2.0, 150.0
 
 _INDEX_SNIPPET = """
-import json, resource, sys, time
+import json, sys, time
 from dataclasses import replace
 from pathlib import Path
 from dedupd.config import Config
@@ -63,14 +63,16 @@ from dedupd.engine import Ingest
 from dedupd.store import Store
 database, root = sys.argv[1], sys.argv[2]
 config = replace(Config(), database=Path(database)).with_roots([root])
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
 store = Store(database)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 t0 = time.perf_counter()
 ingest = Ingest(store, config, [root])
 seconds = time.perf_counter() - t0
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "indexed": len(ingest.index),
-                  "rss_before_mb": before / 1024, "peak_rss_mb": after / 1024}))
+                  "rss_before_mb": before, "peak_rss_mb": hwm()}))
 ingest.close()
 """
 
@@ -107,12 +109,20 @@ def make_database(database: Path, root: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak RSS so far (VmHWM). Not ru_maxrss: Linux carries that across
+    exec, so a child would report this (large) benchmark process's peak as its own."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def index_sample(tree: Path, database: Path, root: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-c", _INDEX_SNIPPET, str(database), root],
         capture_output=True,
         text=True,
         env=_env(tree),
+        cwd=tree,  # the tree, not an installed dedupd, is what `import dedupd` finds
         check=False,
     )
     if proc.returncode != 0:
@@ -135,15 +145,16 @@ def daemon_sample(tree: Path, config: Path, work: Path) -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env={**_env(tree), "NOTIFY_SOCKET": path},
+            cwd=tree,
         )
         try:
             seen: list[str] = []
             while "READY=1" not in seen:
                 seen += sock.recv(4096).decode().split("\n")
             ready = time.perf_counter() - t0
+            peak = _peak_rss_mb(proc.pid)
             proc.send_signal(signal.SIGTERM)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait()
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -151,7 +162,7 @@ def daemon_sample(tree: Path, config: Path, work: Path) -> dict[str, Any]:
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         if proc.returncode != 0:
             raise RuntimeError(f"dedupd run exited {proc.returncode}: {stderr[-2000:]}")
-        return {"ready_s": ready, "peak_rss_mb": usage.ru_maxrss / 1024}
+        return {"ready_s": ready, "peak_rss_mb": peak}
     finally:
         sock.close()
         os.unlink(path)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import structlog
@@ -25,13 +25,13 @@ import structlog
 from dedupd import __version__, queries
 from dedupd.actions import Actions
 from dedupd.config import Config, load_config, parse_duration
-from dedupd.control import ControlClient, DaemonUnavailable
-from dedupd.daemon import Daemon
 from dedupd.engine import Ingest, ScanReport, scan
-from dedupd.errors import ConfigError, DedupdError, NotFoundError
+from dedupd.errors import ConfigError, DaemonUnavailable, DedupdError, NotFoundError
 from dedupd.hashers import Hasher
-from dedupd.imaging import hash_image
 from dedupd.store import Store
+
+if TYPE_CHECKING:
+    from dedupd.control import ControlClient
 
 __all__ = ["dedupctl", "dedupd", "find_config"]
 
@@ -319,6 +319,9 @@ def run_command(
     by its root's policy. SIGHUP reloads the config; an invalid one is rejected and the
     running config kept. Speaks the systemd notify protocol when $NOTIFY_SOCKET is set.
     """
+    # Here, not at the top: only this command runs the daemon (watchdog, the control server).
+    from dedupd.daemon import Daemon
+
     _configure_logging(log_level)
     daemon = Daemon(
         find_config(config_path),
@@ -380,6 +383,9 @@ def dedupctl(
 
 
 def _client(ctx: click.Context) -> ControlClient:
+    # Here, not at the top: the HTTP machinery only for the commands that ask the daemon.
+    from dedupd.control import ControlClient
+
     obj = ctx.ensure_object(dict)
     path = obj.get("socket_path")
     return ControlClient(Path(path) if path else _load(ctx).socket)
@@ -456,6 +462,8 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index.
     """
+    from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
+
     with _errors():
         config = _load(ctx)
         hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)

@@ -32,7 +32,13 @@ import structlog
 
 from dedupd import queries
 from dedupd.config import parse_duration
-from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError
+from dedupd.errors import (
+    ConfigError,
+    DaemonStopping,
+    DaemonUnavailable,  # defined with the other errors, so the CLI need not import this module
+    DedupdError,
+    NotFoundError,
+)
 
 if TYPE_CHECKING:
     from dedupd.daemon import Daemon
@@ -51,10 +57,6 @@ MAX_WAITING = 64  # connections waiting on their client; one more cuts off the o
 MAX_CLIENTS = 16  # requests run at once; more are answered 503 busy
 MAX_RESULTS = 1000  # search results per request
 COMMAND_TIMEOUT = 600.0  # seconds to wait for the daemon's thread (a purge of many files)
-
-
-class DaemonUnavailable(DedupdError):
-    """No daemon answers on the socket."""
 
 
 class RequestError(DedupdError):

@@ -34,7 +34,7 @@ from dedupd.engine import (
     reconcile_roots,
 )
 from dedupd.errors import ConfigError, DaemonStopping, NotFoundError
-from dedupd.imaging import FileStat
+from dedupd.filestat import FileStat
 from dedupd.scanner import Entry, NameFilter, root_key, walk
 from dedupd.store import Store
 from dedupd.watcher import Hint, Settler, Watcher

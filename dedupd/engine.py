@@ -15,19 +15,22 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import ImageError, NotFoundError
+from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher
-from dedupd.imaging import FileStat, HashedImage, hash_image
-from dedupd.index import HammingIndex, distance, make_index
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import PATH_MAX, Entry, NameFilter, path_too_long, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
+
+if TYPE_CHECKING:
+    from dedupd.index import HammingIndex
 
 __all__ = [
     "Failure",
@@ -69,6 +72,10 @@ def _hash_one(
             f"the path is {len(os.fsencode(path))} bytes, more than the system's limit of"
             f" {PATH_MAX - 1}; it cannot be opened by name: shorten its folder names",
         )
+    # Here, not at the top: a scan with nothing to decode never imports Pillow. Importing
+    # imaging also registers the HEIF opener, in whichever process decodes.
+    from dedupd.imaging import hash_image
+
     try:
         return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
     except ImageError as exc:
@@ -160,6 +167,8 @@ class Ingest:
         # control socket's threads query the index while this thread ingests.
         self.lock = threading.RLock()
         self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        from dedupd.index import make_index  # numpy: not for a command that never matches
+
         ic = config.index
         self.index: HammingIndex = make_index(
             ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p
@@ -431,6 +440,8 @@ def scan(
 
 def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list[Group]:
     """Connected groups of matching files, keeper first by the keeper's root policy."""
+    from dedupd.index import distance
+
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
     parent: dict[int, int] = {}
 

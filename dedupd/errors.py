@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DaemonStopping",
+    "DaemonUnavailable",
     "DedupdError",
     "ImageError",
     "NotFoundError",
@@ -48,3 +49,7 @@ class ImageError(DedupdError):
 
 class DaemonStopping(DedupdError):
     """A request reached the daemon while it was shutting down."""
+
+
+class DaemonUnavailable(DedupdError):
+    """No daemon answers on the socket."""

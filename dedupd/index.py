@@ -20,11 +20,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 __all__ = [
     "BACKENDS",
@@ -476,6 +478,10 @@ class CKDTreeIndex(HammingIndex):
         return float(radius ** (1.0 / self.p)) + 1e-6
 
     def _structure(self, words: Words) -> cKDTree | None:
+        # Here, not at the top: scipy costs a fifth of a second to import, and only this
+        # backend uses it.
+        from scipy.spatial import cKDTree
+
         return cKDTree(self._unpack(words), leafsize=self.leaf_size) if len(words) else None
 
     def _snapshot_radius(self, query: Words, radius: int) -> tuple[Ids, npt.NDArray[np.uint32]]:

@@ -12,15 +12,17 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd.actions import ActionError, Actions
 from dedupd.config import Config
 from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
 from dedupd.hashers import Hasher
-from dedupd.index import HammingIndex
 from dedupd.store import FileRecord, Store, from_db
+
+if TYPE_CHECKING:
+    from dedupd.index import HammingIndex
 
 __all__ = [
     "all_roots",

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import sqlite_utils
-
 from dedupd.errors import StoreError
-from dedupd.imaging import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -222,6 +220,83 @@ _HASH_CHUNK = 4096  # rows fetched at a time by `hash_arrays`: bounds the Python
 _FILE_COLUMNS = ", ".join(f"f.{name}" for name in FileRecord.__slots__)
 
 
+class _Table:
+    """`Database.table(name)`: single-row writes keyed by the table's primary key."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str):
+        self._conn, self._name = conn, name
+        self.last_pk = 0
+
+    def insert(self, row: dict[str, Any]) -> _Table:
+        columns = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        cursor = self._conn.execute(
+            f"INSERT INTO {self._name} ({columns}) VALUES ({marks})", list(row.values())
+        )
+        if cursor.lastrowid is None:
+            raise StoreError(f"an insert into {self._name} returned no row id")
+        self.last_pk = cursor.lastrowid
+        return self
+
+    def update(self, pk: int, values: dict[str, Any]) -> _Table:
+        """Set `values` on the row whose `id` is `pk`; StoreError if there is none."""
+        sets = ", ".join(f"{name} = ?" for name in values)
+        cursor = self._conn.execute(
+            f"UPDATE {self._name} SET {sets} WHERE id = ?", [*values.values(), pk]
+        )
+        if cursor.rowcount != 1:
+            raise StoreError(f"no row {pk} in {self._name} to update")
+        return self
+
+    def upsert_all(self, rows: Iterable[dict[str, Any]], *, pk: Sequence[str]) -> _Table:
+        """Insert each row, or update its other columns where its `pk` columns exist."""
+        for row in rows:
+            columns = ", ".join(row)
+            marks = ", ".join("?" * len(row))
+            sets = ", ".join(f"{c} = excluded.{c}" for c in row if c not in pk) or None
+            action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+            self._conn.execute(
+                f"INSERT INTO {self._name} ({columns}) VALUES ({marks})"
+                f" ON CONFLICT ({', '.join(pk)}) {action}",
+                list(row.values()),
+            )
+        return self
+
+
+class Database:
+    """The few conveniences the store used from sqlite-utils, over one sqlite3 connection.
+
+    sqlite-utils took a tenth of a second to import (it imports numpy and pandas when they
+    are installed) in every command, for these. Unlike sqlite-utils' writes, these never
+    commit: each runs inside the caller's transaction (`with db.conn:`). Table and column
+    names come from the store's own code, never from input.
+    """
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        """Rows as dicts keyed by column name."""
+        cursor = self.conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.conn, name)
+
+    def table_names(self) -> list[str]:
+        rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return [r[0] for r in rows]
+
+    def enable_wal(self) -> None:
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.conn.execute("PRAGMA journal_mode = wal")
+
+
 class Store:
     """All reads and writes of the database. One writer at a time (the ingest thread)."""
 
@@ -242,7 +317,7 @@ class Store:
                 conn = sqlite3.connect(self.path, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA foreign_keys = ON")
-            self.db = sqlite_utils.Database(conn)
+            self.db = Database(conn)
             if not readonly:
                 self.db.enable_wal()
                 conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable per commit
@@ -447,7 +522,7 @@ class Store:
             row = dict(
                 root=to_db(root), relpath=to_db(relpath), first_seen=values["updated"], **values
             )
-            return int(self.db.table("files").insert(row).last_pk)  # type: ignore[arg-type]
+            return int(self.db.table("files").insert(row).last_pk)
         file_id = old[0].id
         if values["sha256"] is None or old[0].sha256 != values["sha256"]:
             self.db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
@@ -614,7 +689,7 @@ class Store:
         """Write an intended move or delete before it happens; returns the action id."""
         with self.db.conn:
             row = dict(state="planned", created=self._now(), **_action_to_db(row))
-            return int(self.db.table("actions").insert(row).last_pk)  # type: ignore[arg-type]
+            return int(self.db.table("actions").insert(row).last_pk)
 
     def journal_update(self, action_id: int, **values: Any) -> None:
         with self.db.conn:

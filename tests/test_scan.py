@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import dedupd.engine
+import dedupd.imaging
 from dedupd.config import Config, HashingConfig, IndexConfig, load_config
 from dedupd.engine import ScanReport, scan
 from dedupd.scanner import PATH_MAX, NameFilter, walk
@@ -44,13 +45,13 @@ def _groups(report: ScanReport) -> list[tuple[str, list[tuple[str, str]]]]:
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every path the engine decodes (hashing runs in-process with workers=1)."""
     seen: list[str] = []
-    real = dedupd.engine.hash_image
+    real = dedupd.imaging.hash_image  # the engine imports it from there when it decodes
 
     def spy(path: str, *args: object, **kw: object):  # type: ignore[no-untyped-def]
         seen.append(path)
         return real(path, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dedupd.engine, "hash_image", spy)
+    monkeypatch.setattr(dedupd.imaging, "hash_image", spy)
     return seen
 
 
