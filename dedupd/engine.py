@@ -252,6 +252,7 @@ class Ingest:
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
         elif decision.acts and decision.target is not None and self.actions is not None:
+            self.store.commit()  # the records this decision rests on, before any file moves
             try:
                 if decision.action == "delete" and decision.keeper is not None:
                     self.actions.delete(decision.target, decision.keeper, decision.rule)
@@ -430,7 +431,8 @@ def scan(
     if on_total:
         on_total(len(work))
     try:
-        ingest_all(ingest, work, report, progress)
+        with store.batch():  # a commit per photo cost more than the store work itself
+            ingest_all(ingest, work, report, progress)
     finally:
         ingest.close()
     report.groups = duplicate_groups(store, config, report.roots)

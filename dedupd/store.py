@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -305,6 +306,8 @@ class Store:
     ):
         self.path = Path(path)
         self._now = now
+        self._batch: int | None = None  # writes per commit while a `batch` is open
+        self._batched = 0
         try:
             if readonly:
                 if not self.path.exists():
@@ -341,6 +344,60 @@ class Store:
                 self.db.conn.executescript(
                     "BEGIN;" + MIGRATIONS[version] + f"; PRAGMA user_version = {version + 1};"
                 )
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def batch(self, every: int = 256) -> Iterator[None]:
+        """Group the writes made inside into transactions of up to `every` writes.
+
+        A commit per photo (an fsync of the WAL each) cost a scan of many small photos more
+        than its store work. Each write stays atomic on its own (a savepoint: one that fails
+        is undone alone); the batch commits every `every` writes, on leaving, and whenever
+        the journal writes (so an action never comes before the records it follows).
+        Nested batches join the outer one.
+        """
+        if every < 1:
+            raise ValueError("a batch needs at least one write per commit")
+        if self._batch is not None:
+            yield
+            return
+        self._batch = every
+        try:
+            yield
+        finally:
+            self._batch = None
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit what an open batch has written so far (nothing to do outside one)."""
+        if self.db.conn.in_transaction:
+            self.db.conn.commit()
+        self._batched = 0
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One atomic write: committed at once, or inside an open batch as a savepoint."""
+        conn = self.db.conn
+        if self._batch is None:
+            with conn:
+                yield
+            return
+        if not conn.in_transaction:
+            # An explicit BEGIN: the outermost savepoint would otherwise be a transaction of
+            # its own, committed by its RELEASE.
+            conn.execute("BEGIN")
+        conn.execute("SAVEPOINT dedupd_write")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:  # some errors (a full disk) end the transaction themselves
+                conn.execute("ROLLBACK TO dedupd_write")
+                conn.execute("RELEASE dedupd_write")
+            raise
+        conn.execute("RELEASE dedupd_write")
+        self._batched += 1
+        if self._batched >= self._batch:
+            self.commit()
 
     def now(self) -> float:
         """The store's clock (a parameter, so that expiry is testable without sleeping)."""
@@ -548,7 +605,7 @@ class Store:
             error=None,
             updated=self._now(),
         )
-        with self.db.conn:
+        with self._write():
             file_id = self._write_file(root, relpath, values)
             self.db.table("hashes").upsert_all(
                 [dict(file_id=file_id, hasher=k, bits=v) for k, v in image.hashes.items()],
@@ -570,12 +627,12 @@ class Store:
             error=message,
             updated=self._now(),
         )
-        with self.db.conn:
+        with self._write():
             return self._write_file(root, relpath, values)
 
     def mark_missing(self, ids: Iterable[int]) -> None:
         now = self._now()
-        with self.db.conn:
+        with self._write():
             self.db.conn.executemany(
                 "UPDATE files SET state = 'missing', updated = ? WHERE id = ?",
                 [(now, i) for i in ids],
@@ -589,7 +646,7 @@ class Store:
         a delete first) is present again: 'ok' when it was hashed, else 'error'.
         """
         root_db, relpath_db = to_db(root), to_db(relpath)
-        with self.db.conn:
+        with self._write():
             replaced = [
                 row[0]
                 for row in self.db.execute(
@@ -620,7 +677,7 @@ class Store:
             for other, d, kind in found
             if other != file_id
         ]
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ?",
                 (file_id, file_id, hasher),
@@ -672,13 +729,13 @@ class Store:
     def mark_stale(self, file_id: int) -> None:
         """Make the next reconcile hash this file again and decide anew (an action that was
         rolled back must be reconsidered although the file itself did not change)."""
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "UPDATE files SET mtime_ns = -1, updated = ? WHERE id = ?", (self._now(), file_id)
             )
 
     def set_state(self, file_id: int, state: State) -> None:
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "UPDATE files SET state = ?, updated = ? WHERE id = ?",
                 (state, self._now(), file_id),
@@ -686,12 +743,18 @@ class Store:
 
     # -- the actions journal ------------------------------------------------------------------
     def journal_plan(self, **row: Any) -> int:
-        """Write an intended move or delete before it happens; returns the action id."""
+        """Write an intended move or delete before it happens; returns the action id.
+
+        The journal always commits at once, and with it whatever an open `batch` wrote
+        before: a file's record is durable before any action on it.
+        """
+        self.commit()  # first: a journal write that fails must not undo the batch with it
         with self.db.conn:
             row = dict(state="planned", created=self._now(), **_action_to_db(row))
             return int(self.db.table("actions").insert(row).last_pk)
 
     def journal_update(self, action_id: int, **values: Any) -> None:
+        self.commit()
         with self.db.conn:
             self.db.table("actions").update(action_id, _action_to_db(values))
 
@@ -716,7 +779,7 @@ class Store:
         )
 
     def add_tombstone(self, sha256: str, original_path: str, action_id: int) -> None:
-        with self.db.conn:
+        with self._write():
             self.db.table("tombstones").insert(
                 dict(
                     sha256=sha256,
@@ -728,7 +791,7 @@ class Store:
 
     def remove_tombstones(self, sha256: str, original_path: str) -> None:
         """Forget every removal of these bytes from this path (the user restored them)."""
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "DELETE FROM tombstones WHERE sha256 = ? AND original_path = ?",
                 (sha256, to_db(original_path)),
@@ -750,7 +813,7 @@ class Store:
         a, b = sorted((sha_a, sha_b))
         if a == b:
             return
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "INSERT OR IGNORE INTO distinct_pairs (sha_a, sha_b, created) VALUES (?, ?, ?)",
                 (a, b, self._now()),

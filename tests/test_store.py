@@ -236,3 +236,57 @@ def test_hash_arrays_refuses_a_hash_row_of_another_length(tmp_path: Path) -> Non
         store.db.execute("UPDATE hashes SET bits = ? WHERE file_id = ?", (b"\x01" * 31, bad))
         with pytest.raises(StoreError, match=f"file {bad} "):
             store.hash_arrays("phash:16")
+
+
+def _visible(path: Path) -> set[str]:
+    """Relative paths of the records another connection sees (what is committed)."""
+    with Store(path, readonly=True) as other:
+        return {r.relpath for r in other._files("1")}
+
+
+def test_a_batch_commits_every_n_writes_and_when_it_ends(tmp_path: Path) -> None:
+    """Inside `batch(every=3)` records become durable three at a time, and the rest when the
+    batch ends; the writing connection sees its own writes at once."""
+    path = tmp_path / "d.db"
+    with Store(path) as store:
+        with store.batch(every=3):
+            for name in ("a", "b"):
+                store.record_hashed("/r", f"{name}.jpg", _image(sha=name * 64))
+            assert _visible(path) == set()
+            assert store.record("/r", "b.jpg") is not None
+            store.record_hashed("/r", "c.jpg", _image(sha="c" * 64))
+            assert _visible(path) == {"a.jpg", "b.jpg", "c.jpg"}
+            store.record_hashed("/r", "d.jpg", _image(sha="d" * 64))
+            assert "d.jpg" not in _visible(path)
+        assert _visible(path) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg"}
+
+
+def test_a_write_that_fails_inside_a_batch_is_undone_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record whose hashes cannot be written leaves no half-written file row, and the
+    batch's other records are still committed."""
+    path = tmp_path / "d.db"
+    with Store(path) as store, store.batch(every=100):
+        store.record_hashed("/r", "a.jpg", _image(sha="a" * 64))
+        with monkeypatch.context() as m:
+
+            def fail(*args: object, **kw: object) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            m.setattr(store_module._Table, "upsert_all", fail)
+            with pytest.raises(sqlite3.OperationalError):
+                store.record_hashed("/r", "b.jpg", _image(sha="b" * 64))
+        assert store.record("/r", "b.jpg") is None
+        store.record_hashed("/r", "c.jpg", _image(sha="c" * 64))
+    assert _visible(path) == {"a.jpg", "c.jpg"}
+
+
+def test_the_journal_commits_the_batch_before_a_planned_action(tmp_path: Path) -> None:
+    """An action is journaled before it happens, and the journal write commits the records
+    written before it in the batch: no file moves on the strength of an uncommitted record."""
+    path = tmp_path / "d.db"
+    with Store(path) as store, store.batch(every=100):
+        store.record_hashed("/r", "a.jpg", _image(sha="a" * 64))
+        store.journal_plan(kind="quarantine", src="/r/a.jpg", sha256="a" * 64)
+        assert _visible(path) == {"a.jpg"}
