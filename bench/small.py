@@ -10,8 +10,8 @@ Per round, interleaved, the order alternating, each a fresh subprocess (so each 
 own interpreter start and imports, as a user running it does):
 
 - **dedupd**: `python -m dedupd scan DIR --database FRESH.db --json --workers N`, from the
-  source tree given by --tree (default this one), with an empty config (all defaults:
-  pHash 16x16, 256 bits).
+  source tree given by --tree (repeatable, e.g. an old checkout beside this one; default
+  this one), with an empty config (all defaults: pHash 16x16, 256 bits).
 - **perception**: a script run by --perception-python (a virtualenv with `perception`
   installed; it is kept out of dedupd's own environment because it pulls in `rich`, which
   structlog then uses for tracebacks) that imports perception, lists the tree and calls
@@ -25,7 +25,7 @@ dedupd/perception (wall, paired per round, median; above 1 means dedupd is slowe
 duplicate groups / pairs each found.
 
     .venv/bin/python bench/small.py --perception-python /path/to/venv/bin/python
-        [--photos 3000] [--rounds 3] [--tree DIR] [--out bench/results/small.json]
+        [--photos 3000] [--rounds 3] [--tree DIR ...] [--out bench/results/small.json]
 """
 
 from __future__ import annotations
@@ -184,6 +184,15 @@ def run_dedupd(
     }
 
 
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
 def run_perception(python: str, root: Path, cpus: set[int] | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -204,11 +213,11 @@ def main() -> None:
     parser.add_argument("--perception-python", required=True)
     parser.add_argument("--photos", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tree", type=Path, default=ROOT)
+    parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
     parser.add_argument("--settings", default="one_core,all_cores")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    tree = args.tree.resolve()
+    trees = [t.resolve() for t in (args.tree or [ROOT])]
     usable = sorted(os.sched_getaffinity(0))
     settings = {
         "one_core": ({usable[0]}, 1),
@@ -227,48 +236,48 @@ def main() -> None:
         for name in chosen:
             cpus, workers = settings[name]
             runs: list[dict[str, Any]] = []
+            players = [*(str(t) for t in trees), "perception"]
             for r in range(args.rounds):
                 sample: dict[str, Any] = {}
-                order = ["dedupd", "perception"] if r % 2 == 0 else ["perception", "dedupd"]
+                order = players if r % 2 == 0 else list(reversed(players))
                 for who in order:
-                    if who == "dedupd":
-                        db = work / f"{name}-{r}.db"
-                        sample["dedupd"] = run_dedupd(tree, root, db, workers, cpus)
+                    if who == "perception":
+                        sample[who] = run_perception(args.perception_python, root, cpus)
                     else:
-                        sample["perception"] = run_perception(args.perception_python, root, cpus)
+                        db = work / f"{name}-{r}.db"
+                        sample[who] = run_dedupd(Path(who), root, db, workers, cpus)
                 runs.append(sample)
                 _log(
-                    f"{name} round {r + 1}/{args.rounds}: dedupd {sample['dedupd']['wall_s']:.2f}"
-                    f" s, perception {sample['perception']['wall_s']:.2f} s"
+                    f"{name} round {r + 1}/{args.rounds}: "
+                    + ", ".join(f"{Path(w).name} {sample[w]['wall_s']:.2f} s" for w in players)
                 )
-            d = statistics.median(x["dedupd"]["wall_s"] for x in runs)
             p = statistics.median(x["perception"]["wall_s"] for x in runs)
             out[name] = {
                 "cpus": sorted(cpus) if cpus else usable,
                 "dedupd_workers": workers,
-                "dedupd_s": d,
                 "perception_s": p,
-                "dedupd_files_per_s": made["files"] / d,
                 "perception_files_per_s": made["files"] / p,
-                "dedupd_over_perception": statistics.median(
-                    x["dedupd"]["wall_s"] / x["perception"]["wall_s"] for x in runs
-                ),
+                "dedupd": {
+                    str(t): {
+                        "commit": _commit(t),
+                        "wall_s": statistics.median(x[str(t)]["wall_s"] for x in runs),
+                        "files_per_s": made["files"]
+                        / statistics.median(x[str(t)]["wall_s"] for x in runs),
+                        "over_perception": statistics.median(
+                            x[str(t)]["wall_s"] / x["perception"]["wall_s"] for x in runs
+                        ),
+                    }
+                    for t in trees
+                },
                 "rounds": runs,
             }
     info["loadavg_end"] = list(os.getloadavg())
     doc = {
         "benchmark": "small",
         "machine": info,
-        "tree": str(tree),
-        "commit": subprocess.run(
-            ["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip(),
         "perception_python": args.perception_python,
         "photos": made,
-        "meaning": "dedupd_over_perception: dedupd wall / perception wall, paired per round"
+        "meaning": "over_perception: dedupd wall / perception wall, paired per round"
         " (median); above 1 means dedupd is slower",
         **out,
     }
@@ -278,10 +287,11 @@ def main() -> None:
     args.out.write_text(text + "\n")
     for name in chosen:
         o = out[name]
-        _log(
-            f"{name}: dedupd {o['dedupd_files_per_s']:.0f} files/s, perception "
-            f"{o['perception_files_per_s']:.0f} files/s, ratio {o['dedupd_over_perception']:.2f}"
-        )
+        for d in o["dedupd"].values():
+            _log(
+                f"{name}: dedupd {d['commit'][:7]} {d['files_per_s']:.0f} files/s, perception "
+                f"{o['perception_files_per_s']:.0f} files/s, ratio {d['over_perception']:.2f}"
+            )
 
 
 if __name__ == "__main__":
