@@ -38,7 +38,7 @@ import structlog
 
 from dedupd import safefs
 from dedupd.errors import DedupdError
-from dedupd.imaging import FileStat
+from dedupd.filestat import FileStat
 from dedupd.store import ActionRecord, FileRecord, Store
 
 __all__ = ["ActionError", "Actions", "Recovered", "quarantine_path_for"]

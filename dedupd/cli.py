@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import structlog
@@ -28,14 +28,21 @@ import structlog
 from dedupd import __version__, render
 from dedupd.actions import Actions
 from dedupd.config import Config, load_config, parse_duration
-from dedupd.control import DaemonBusy, DaemonUnavailable
-from dedupd.daemon import Daemon
 from dedupd.engine import ScanReport, scan
-from dedupd.errors import ConfigError, DedupdError, NotFoundError
+from dedupd.errors import (
+    ConfigError,
+    DaemonBusy,
+    DaemonUnavailable,
+    DedupdError,
+    NotFoundError,
+)
 from dedupd.hashers import Hasher
 from dedupd.lock import DatabaseBusy, DatabaseLock
 from dedupd.service import Service, connect
 from dedupd.store import Store
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["dedupctl", "dedupd", "find_config"]
 
@@ -273,6 +280,9 @@ def run_command(
     Exits 2 if the database cannot be opened or another dedupd holds it, and 1 if it stops
     because its database was deleted or replaced and could not be written back.
     """
+    # Here, not at the top: only this command runs the daemon (watchdog, the control server).
+    from dedupd.daemon import Daemon
+
     _configure_logging(log_level)
     daemon = Daemon(
         find_config(config_path),
@@ -387,7 +397,7 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index.
     """
     from dedupd.hashers import Hasher
-    from dedupd.imaging import hash_image
+    from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
 
     with _errors():
         config = _load(ctx)

@@ -30,7 +30,18 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import structlog
 
 from dedupd.config import parse_duration
-from dedupd.errors import Busy, ConfigError, DaemonStopping, DedupdError, NotFoundError
+from dedupd.errors import (  # the daemon's errors live there, so the CLI need not import this
+    Busy,
+    ConfigError,
+    DaemonBusy,
+    DaemonNotRunning,
+    DaemonPermissionDenied,
+    DaemonStopping,
+    DaemonUnavailable,
+    DedupdError,
+    NotFoundError,
+)
+from dedupd.service import COMMAND_TIMEOUT
 
 if TYPE_CHECKING:
     from dedupd.service import DaemonService
@@ -57,31 +68,6 @@ ANSWER_TIMEOUT = 10.0  # seconds the client has to take the whole answer
 MAX_WAITING = 64  # connections waiting on their client; one more cuts off the oldest
 MAX_CLIENTS = 16  # requests run at once; more are answered 503 busy
 MAX_RESULTS = 1000  # search results per request
-COMMAND_TIMEOUT = 600.0  # seconds to wait for the daemon's thread (a purge of many files)
-
-
-class DaemonUnavailable(DedupdError):
-    """The daemon could not be asked: the base of the reasons below, and itself "it did not
-    answer" (connection dropped, timeout)."""
-
-
-class DaemonNotRunning(DaemonUnavailable):
-    """Nothing listens on the socket (no socket file, connection refused). The only reason
-    that lets dedupctl work on the database itself."""
-
-
-class DaemonPermissionDenied(DaemonUnavailable):
-    """The socket exists but this user may not connect to it."""
-
-
-class DaemonBusy(DaemonUnavailable):
-    """A live daemon answered 503: `state` is "busy" (it did not get to the request in time)
-    or "stopping". Never a reason to work around it: it still owns the database."""
-
-    def __init__(self, state: str, detail: str | None):
-        self.state, self.detail = state, detail
-        advice = "try again once it has restarted" if state == "stopping" else "try again later"
-        super().__init__(f"dedupd is {state}" + (f" ({detail})" if detail else "") + f"; {advice}")
 
 
 class RequestError(DedupdError):

@@ -48,7 +48,7 @@ from dedupd.engine import (
     start_pool,
 )
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
-from dedupd.imaging import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage
 from dedupd.lock import DatabaseLock
 from dedupd.pool import Failure, HasherPool, Waker, Work, hash_file
 from dedupd.scanner import Entry, NameFilter, root_key, walk

@@ -11,20 +11,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
+from dedupd.filestat import HashedImage
 from dedupd.hashers import Hasher
-from dedupd.imaging import HashedImage
-from dedupd.index import HammingIndex, distance, make_index
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
 from dedupd.store import FileRecord, MatchKind, Store
+
+if TYPE_CHECKING:
+    from dedupd.index import HammingIndex
 
 __all__ = [
     "Failure",
@@ -88,13 +91,15 @@ class Ingest:
         # control socket's threads query the index while this thread ingests.
         self.lock = threading.RLock()
         self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        from dedupd.index import make_index  # numpy: not for a command that never matches
+
         ic = config.index
         self.index: HammingIndex = make_index(
             ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p
         )
-        ids, bits = store.hashes(self.hasher.key, self.roots)
-        self.index.add(ids, bits)
-        self.index.rebuild()
+        # Streamed into arrays: at a million photos, per-row Python objects would cost
+        # hundreds of MB and seconds at every start.
+        self.index.load_packed(*store.hash_arrays(self.hasher.key, self.roots))
         self.policies = config.root_policies()
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
@@ -171,6 +176,7 @@ class Ingest:
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
         elif decision.acts and decision.target is not None and self.actions is not None:
+            self.store.commit()  # the records this decision rests on, before any file moves
             try:
                 if decision.action == "delete" and decision.keeper is not None:
                     self.actions.delete(decision.target, decision.keeper, decision.rule)
@@ -236,6 +242,11 @@ class Reconciled:
     revived: list[int]  # ids marked missing before that turned up again (a move)
 
 
+def _present_count(store: Store, root: str) -> int:
+    """How many files `store.files_in(root)` would return (those hashed or failed)."""
+    return sum(n for state, n in store.count_by_state([root]).items() if state in ("ok", "error"))
+
+
 def reconcile_roots(
     config: Config,
     store: Store,
@@ -261,8 +272,10 @@ def reconcile_roots(
                 entries.append(entry)
                 if len(entries) % 4096 == 0:
                     tick()  # a walk of a large library on a slow disk takes a while
-            recorded = len(store.files_in(root))
-            if not entries and recorded:
+            # Counted, not read: at a million records, reading them all (as files_in does)
+            # took 9 s and 1 GB just to learn that the folder looks unmounted.
+            recorded = 0 if entries else _present_count(store, root)
+            if recorded:
                 raise NotFoundError(
                     f"{root}: empty, but {recorded} photos are recorded there; treated as "
                     "unmounted and their records kept"
@@ -371,7 +384,8 @@ def scan(
     if on_total:
         on_total(len(work))
     try:
-        ingest_all(ingest, work, report, progress)
+        with store.batch():  # a commit per photo cost more than the store work itself
+            ingest_all(ingest, work, report, progress)
     finally:
         ingest.close()
     report.groups = duplicate_groups(store, config, report.roots)
@@ -381,6 +395,8 @@ def scan(
 
 def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list[Group]:
     """Connected groups of matching files, keeper first by the keeper's root policy."""
+    from dedupd.index import distance
+
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
     parent: dict[int, int] = {}
 

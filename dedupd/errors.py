@@ -5,7 +5,11 @@ from __future__ import annotations
 __all__ = [
     "Busy",
     "ConfigError",
+    "DaemonBusy",
+    "DaemonNotRunning",
+    "DaemonPermissionDenied",
     "DaemonStopping",
+    "DaemonUnavailable",
     "DedupdError",
     "ImageError",
     "NotFoundError",
@@ -53,3 +57,28 @@ class Busy(DedupdError):
 
 class DaemonStopping(DedupdError):
     """A request reached the daemon while it was shutting down."""
+
+
+class DaemonUnavailable(DedupdError):
+    """The daemon could not be asked: the base of the reasons below, and itself "it did not
+    answer" (connection dropped, timeout). Defined here, not in `control`, so that the CLI
+    need not import the HTTP machinery to name them."""
+
+
+class DaemonNotRunning(DaemonUnavailable):
+    """Nothing listens on the socket (no socket file, connection refused). The only reason
+    that lets dedupctl work on the database itself."""
+
+
+class DaemonPermissionDenied(DaemonUnavailable):
+    """The socket exists but this user may not connect to it."""
+
+
+class DaemonBusy(DaemonUnavailable):
+    """A live daemon answered 503: `state` is "busy" (it did not get to the request in time)
+    or "stopping". Never a reason to work around it: it still owns the database."""
+
+    def __init__(self, state: str, detail: str | None):
+        self.state, self.detail = state, detail
+        advice = "try again once it has restarted" if state == "stopping" else "try again later"
+        super().__init__(f"dedupd is {state}" + (f" ({detail})" if detail else "") + f"; {advice}")

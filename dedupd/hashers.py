@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import imagehash
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:
+    import imagehash
+    from PIL import Image
 
 __all__ = ["DRAFT_FACTOR", "HASHERS", "MIN_DRAFT_SIDE", "Algorithm", "Hasher", "validate_hash_size"]
 
@@ -47,28 +47,46 @@ class _Spec:
     mode: Literal["L", "RGB"]
 
 
+def _imagehash(name: str) -> Callable[[Image.Image, int], imagehash.ImageHash]:
+    """ImageHash's `name`(image, hash_size), imported when first called: the config names
+    hashers in every command, but only the processes that decode need ImageHash (and the
+    scipy and PyWavelets it brings)."""
+
+    def compute(image: Image.Image, size: int) -> imagehash.ImageHash:
+        import imagehash
+
+        value: imagehash.ImageHash = getattr(imagehash, name)(image, size)
+        return value
+
+    return compute
+
+
 def _whash(image: Image.Image, size: int) -> imagehash.ImageHash:
+    import imagehash
+
     # A fixed image_scale: ImageHash's default depends on the decoded size, which would make
     # the hash of a draft-decoded JPEG differ from the full decode.
     return imagehash.whash(image, hash_size=size, image_scale=4 * size)
 
 
+def _colorhash(image: Image.Image, size: int) -> imagehash.ImageHash:
+    import imagehash
+
+    return imagehash.colorhash(image, binbits=size)
+
+
 HASHERS: Mapping[Algorithm, _Spec] = {
-    "average_hash": _Spec(imagehash.average_hash, lambda s: s, lambda s: s * s, 0.07, "L"),
-    "phash": _Spec(imagehash.phash, lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
-    "phash_simple": _Spec(imagehash.phash_simple, lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
-    "dhash": _Spec(imagehash.dhash, lambda s: s + 1, lambda s: s * s, 0.12, "L"),
-    "dhash_vertical": _Spec(imagehash.dhash_vertical, lambda s: s + 1, lambda s: s * s, 0.12, "L"),
+    "average_hash": _Spec(_imagehash("average_hash"), lambda s: s, lambda s: s * s, 0.07, "L"),
+    "phash": _Spec(_imagehash("phash"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
+    "phash_simple": _Spec(_imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
+    "dhash": _Spec(_imagehash("dhash"), lambda s: s + 1, lambda s: s * s, 0.12, "L"),
+    "dhash_vertical": _Spec(
+        _imagehash("dhash_vertical"), lambda s: s + 1, lambda s: s * s, 0.12, "L"
+    ),
     "whash": _Spec(_whash, lambda s: 4 * s, lambda s: s * s, 0.07, "L"),
     # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
     # every pixel's colour; a 256 px draft keeps the bin fractions close to the full decode.
-    "colorhash": _Spec(
-        lambda im, s: imagehash.colorhash(im, binbits=s),
-        lambda s: 64,
-        lambda s: 14 * s,
-        0.05,
-        "RGB",
-    ),
+    "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB"),
 }
 
 
@@ -123,6 +141,8 @@ class Hasher:
         return max(MIN_DRAFT_SIDE, DRAFT_FACTOR * self._spec.sample_side(self.hash_size))
 
     def __call__(self, image: Image.Image) -> bytes:
+        import numpy as np  # only where images are hashed (see _imagehash)
+
         value = self._spec.compute(image, self.hash_size)
         return np.packbits(np.asarray(value.hash, dtype=bool).ravel()).tobytes()
 

@@ -18,7 +18,6 @@ import os
 import stat
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, NamedTuple
 
@@ -27,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dedupd import safefs
 from dedupd.errors import ImageError
+from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher
 
 __all__ = [
@@ -91,30 +91,6 @@ class Vanished(ImageError):
 
 class ChangedWhileReading(ImageError):
     kind = "changed"
-
-
-class FileStat(NamedTuple):
-    """What identifies one version of a file: unchanged stat means unchanged content."""
-
-    dev: int
-    inode: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileStat:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class HashedImage:
-    stat: FileStat
-    sha256: str
-    width: int  # after EXIF orientation
-    height: int
-    format: str
-    taken_at: str | None  # EXIF DateTimeOriginal as ISO 8601, camera local time
-    hashes: dict[str, bytes]  # hasher key → packed bits
 
 
 _EXIF_IFD = 0x8769

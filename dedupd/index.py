@@ -20,11 +20,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 __all__ = [
     "BACKENDS",
@@ -72,11 +74,39 @@ def pack(hashes: Sequence[bytes], bits: int) -> Words:
     return rows.view("<u8")
 
 
+def _packed_words(packed: npt.NDArray[np.uint8], bits: int) -> Words:
+    """(N, hash bytes) uint8 rows → (N, words) uint64, as `pack` makes them: a view of
+    `packed` when its rows fill whole words, else a zero-padded copy; padding bits past
+    `bits` are cleared (in `packed` itself when it is viewed)."""
+    nbytes = math.ceil(bits / 8)
+    width = words_for(bits) * 8
+    if nbytes == width:
+        rows = np.ascontiguousarray(packed)
+    else:
+        rows = np.zeros((len(packed), width), np.uint8)
+        rows[:, :nbytes] = packed
+    if bits % 8:
+        rows[:, nbytes - 1] &= np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
+    words: Words = rows.view("<u8")
+    return words
+
+
 def distance(a: bytes, b: bytes) -> int:
     """Hamming distance between two packed hashes of equal length."""
     if len(a) != len(b):
         raise ValueError("hashes differ in length")
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+def _member(values: Ids, wanted: Ids) -> npt.NDArray[np.bool_]:
+    """`np.isin(values, wanted)`, faster for the one or few ids of a single ingest: isin's
+    set-up cost more than the rest of an index add (measured 40 of 90 us per photo)."""
+    if len(wanted) > 8:
+        return np.isin(values, wanted)
+    found = np.zeros(len(values), bool)
+    for w in wanted:
+        found |= values == w
+    return found
 
 
 def _distances(words: Words, query: Words) -> npt.NDArray[np.uint32]:
@@ -216,6 +246,40 @@ class HammingIndex:
         self.remove(ids)
         self._append(ids, words)
 
+    def load_packed(self, ids: npt.ArrayLike, packed: npt.NDArray[np.uint8]) -> None:
+        """Replace everything indexed with `packed` (an (N, hash bytes) uint8 array, rows as
+        `Hasher` makes them) under `ids`, as a snapshot built now.
+
+        The start-up load: no Python object per hash, and `packed` itself becomes the
+        snapshot when its rows fill whole words and come in id order (the usual case), so a
+        million 256-bit hashes cost their 32 MB and not several copies. `packed` is
+        consumed: padding bits are cleared in place. Raises ValueError, changing nothing,
+        for rows of the wrong length or an id named twice.
+        """
+        ids = np.asarray(ids, np.int64)
+        nbytes = math.ceil(self.bits / 8)
+        if packed.ndim != 2 or len(packed) != len(ids) or packed.dtype != np.uint8:
+            raise ValueError("packed must be an (N, bytes) uint8 array with one row per id")
+        if not len(ids):
+            packed = np.empty((0, nbytes), np.uint8)
+        elif packed.shape[1] != nbytes:
+            raise ValueError(
+                f"hashes have {packed.shape[1]} bytes, a {self.bits}-bit index expects {nbytes}"
+            )
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            order = np.argsort(ids, kind="stable")
+            ids, packed = ids[order], packed[order]
+            if bool(np.any(ids[1:] == ids[:-1])):
+                raise ValueError("an id appears twice")
+        words = _packed_words(packed, self.bits)
+        self.finish_rebuild(wait=True)
+        structure = self._structure(words)
+        self._snap_ids, self._snap_words = ids, words
+        self._snap_alive = np.ones(len(ids), bool)
+        self._snap_struct = structure
+        self._reset_delta()
+        self.last_rebuild = time.time()
+
     def _append(self, ids: Ids, words: Words) -> None:
         end = self._delta_len + len(ids)
         if end > len(self._delta_ids):
@@ -239,7 +303,7 @@ class HammingIndex:
             self._rebuilding.removed.append(ids)  # to apply to the snapshot being built
         self._dead += self._tombstone_snapshot(ids)
         n = self._delta_len
-        hit = np.flatnonzero(np.isin(self._delta_ids[:n], ids) & self._delta_alive[:n])
+        hit = np.flatnonzero(_member(self._delta_ids[:n], ids) & self._delta_alive[:n])
         self._delta_alive[hit] = False
         self._dead += len(hit)
 
@@ -425,6 +489,10 @@ class CKDTreeIndex(HammingIndex):
         return float(radius ** (1.0 / self.p)) + 1e-6
 
     def _structure(self, words: Words) -> cKDTree | None:
+        # Here, not at the top: scipy costs a fifth of a second to import, and only this
+        # backend uses it.
+        from scipy.spatial import cKDTree
+
         return cKDTree(self._unpack(words), leafsize=self.leaf_size) if len(words) else None
 
     def _snapshot_radius(self, query: Words, radius: int) -> tuple[Ids, npt.NDArray[np.uint32]]:

@@ -32,8 +32,8 @@ from typing import Protocol
 import structlog
 
 from dedupd.errors import DedupdError, ImageError
+from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher
-from dedupd.imaging import FileStat, HashedImage, hash_image
 from dedupd.scanner import PATH_MAX, Entry, path_too_long
 
 __all__ = [
@@ -91,6 +91,10 @@ def hash_file(
             f"the path is {len(os.fsencode(path))} bytes, more than the system's limit of"
             f" {PATH_MAX - 1}; it cannot be opened by name: shorten its folder names",
         )
+    # Here, not at the top: only the workers decode (importing imaging also registers the
+    # HEIF opener, in the process that decodes).
+    from dedupd.imaging import hash_image
+
     try:
         return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
     except ImageError as exc:
@@ -227,7 +231,7 @@ class HasherPool:
         # forkserver: forking a process that runs threads (the daemon) is unsafe. Workers
         # fork from a server that has imported the decoders once, so a replacement is quick.
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["dedupd.pool"])
+        self._context.set_forkserver_preload(["dedupd.pool", "dedupd.imaging"])
         self._todo: deque[Job] = deque()
         self._workers: list[_Worker] = []
         self._finished: dict[int, tuple[Entry, Result]] = {}  # held back for the order

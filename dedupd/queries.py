@@ -10,14 +10,16 @@ import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dedupd.config import Config
 from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
 from dedupd.hashers import Hasher
-from dedupd.index import HammingIndex
 from dedupd.store import FileRecord, Store, from_db
+
+if TYPE_CHECKING:
+    from dedupd.index import HammingIndex
 
 __all__ = [
     "all_roots",

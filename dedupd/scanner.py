@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dedupd.config import WatchConfig
 from dedupd.errors import NotFoundError
-from dedupd.imaging import FileStat
+from dedupd.filestat import FileStat
 from dedupd.store import FileRecord, Store
 
 __all__ = ["PATH_MAX", "Entry", "NameFilter", "Plan", "path_too_long", "reconcile", "walk"]

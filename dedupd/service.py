@@ -22,16 +22,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dedupd.control import (
-    COMMAND_TIMEOUT,
-    ControlClient,
-    DaemonNotRunning,
-)
-from dedupd.errors import Busy, NotFoundError
+from dedupd.errors import Busy, DaemonNotRunning, NotFoundError
 
 if TYPE_CHECKING:
     from dedupd.actions import Actions
     from dedupd.config import Config
+    from dedupd.control import ControlClient
     from dedupd.daemon import Daemon
     from dedupd.store import Store
 
@@ -44,6 +40,8 @@ __all__ = [
 ]
 
 Answer = dict[str, Any]
+
+COMMAND_TIMEOUT = 600.0  # seconds a change may wait for the daemon's thread (a long purge)
 
 
 class Service(Protocol):
@@ -394,6 +392,8 @@ def connect(
 ) -> Service:
     """The daemon's service on `socket_path`; the database's (which calls `on_local` before
     its first answer) when no daemon runs there."""
+    from dedupd.control import ControlClient  # the HTTP client: not for commands without
+
     return _DaemonElseDatabase(
         RemoteService(ControlClient(socket_path)), lambda: LocalService(config(), on_local)
     )

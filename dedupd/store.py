@@ -11,19 +11,23 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dedupd.errors import StoreError
-from dedupd.imaging import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "SCHEMA_VERSION",
     "ActionRecord",
     "FileRecord",
+    "HashArrays",
     "MatchRecord",
     "Store",
     "from_db",
@@ -233,6 +237,15 @@ class MatchRecord:
     kind: MatchKind
 
 
+class HashArrays(NamedTuple):
+    """Hashes of many files as arrays: `ids` (N,) int64, `bits` (N, hash bytes) uint8."""
+
+    ids: npt.NDArray[np.int64]
+    bits: npt.NDArray[np.uint8]
+
+
+_HASH_CHUNK = 4096  # rows fetched at a time by `hash_arrays`: bounds the Python objects alive
+
 _FILE_COLUMNS = ", ".join(f"f.{name}" for name in FileRecord.__slots__)
 
 
@@ -245,14 +258,66 @@ def _why(path: Path, exc: Exception) -> str:
     return str(exc)
 
 
+class _Table:
+    """Single-row writes keyed by the table's primary key that, unlike sqlite-utils' own
+    `table.insert`/`update` (which commit), run inside the caller's transaction: the store
+    batches its writes (`Store.batch`) and an action's journal entry must commit on its own
+    terms. Table and column names come from the store's own code, never from input."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str):
+        self._conn, self._name = conn, name
+        self.last_pk = 0
+
+    def insert(self, row: dict[str, Any]) -> _Table:
+        columns = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        cursor = self._conn.execute(
+            f"INSERT INTO {self._name} ({columns}) VALUES ({marks})", list(row.values())
+        )
+        if cursor.lastrowid is None:
+            raise StoreError(f"an insert into {self._name} returned no row id")
+        self.last_pk = cursor.lastrowid
+        return self
+
+    def update(self, pk: int, values: dict[str, Any]) -> _Table:
+        """Set `values` on the row whose `id` is `pk`; StoreError if there is none."""
+        sets = ", ".join(f"{name} = ?" for name in values)
+        cursor = self._conn.execute(
+            f"UPDATE {self._name} SET {sets} WHERE id = ?", [*values.values(), pk]
+        )
+        if cursor.rowcount != 1:
+            raise StoreError(f"no row {pk} in {self._name} to update")
+        return self
+
+    def upsert_all(self, rows: Iterable[dict[str, Any]], *, pk: Sequence[str]) -> _Table:
+        """Insert each row, or update its other columns where its `pk` columns exist."""
+        for row in rows:
+            columns = ", ".join(row)
+            marks = ", ".join("?" * len(row))
+            sets = ", ".join(f"{c} = excluded.{c}" for c in row if c not in pk) or None
+            action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+            self._conn.execute(
+                f"INSERT INTO {self._name} ({columns}) VALUES ({marks})"
+                f" ON CONFLICT ({', '.join(pk)}) {action}",
+                list(row.values()),
+            )
+        return self
+
+
 class Store:
     """All reads and writes of the database. One writer at a time (the ingest thread)."""
 
     def __init__(
         self, path: str | Path, *, now: Callable[[], float] = time.time, readonly: bool = False
     ):
+        # Here, not at the top: importing sqlite-utils pulls in numpy, which commands that
+        # never open the database (`--help`, `dedupctl status`) need not pay for.
+        import sqlite_utils
+
         self.path = Path(path)
         self._now = now
+        self._batch: int | None = None  # writes per commit while a `batch` is open
+        self._batched = 0
         try:
             if readonly:
                 if not self.path.exists():
@@ -294,6 +359,63 @@ class Store:
                 self.db.conn.executescript(
                     "BEGIN;" + MIGRATIONS[version] + f"; PRAGMA user_version = {version + 1};"
                 )
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def batch(self, every: int = 256) -> Iterator[None]:
+        """Group the writes made inside into transactions of up to `every` writes.
+
+        A commit per photo (an fsync of the WAL each) cost a scan of many small photos more
+        than its store work. Each write stays atomic on its own (a savepoint: one that fails
+        is undone alone); the batch commits every `every` writes, on leaving, and whenever
+        the journal writes (so an action never comes before the records it follows).
+        Nested batches join the outer one.
+        """
+        if every < 1:
+            raise ValueError("a batch needs at least one write per commit")
+        if self._batch is not None:
+            yield
+            return
+        self._batch = every
+        try:
+            yield
+        finally:
+            self._batch = None
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit what an open batch has written so far (nothing to do outside one)."""
+        if self.db.conn.in_transaction:
+            self.db.conn.commit()
+        self._batched = 0
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One atomic write: committed at once, or inside an open batch as a savepoint."""
+        conn = self.db.conn
+        if self._batch is None:
+            with conn:
+                yield
+            return
+        if not conn.in_transaction:
+            # An explicit BEGIN: the outermost savepoint would otherwise be a transaction of
+            # its own, committed by its RELEASE.
+            conn.execute("BEGIN")
+        conn.execute("SAVEPOINT dedupd_write")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:  # some errors (a full disk) end the transaction themselves
+                conn.execute("ROLLBACK TO dedupd_write")
+                conn.execute("RELEASE dedupd_write")
+            raise
+        conn.execute("RELEASE dedupd_write")
+        self._batched += 1
+        if self._batched >= self._batch:
+            self.commit()
+
+    def _table(self, name: str) -> _Table:
+        return _Table(self.db.conn, name)
 
     def now(self) -> float:
         """The store's clock (a parameter, so that expiry is testable without sleeping)."""
@@ -392,24 +514,78 @@ class Store:
         return dict(rows.fetchall())
 
     # -- hashes ------------------------------------------------------------------------------
-    def hashes(
-        self, hasher: str, roots: Sequence[str] | None = None
-    ) -> tuple[list[int], list[bytes]]:
-        """(file ids, packed hashes) of every present file hashed with `hasher`."""
+    @staticmethod
+    def _hash_rows_sql(
+        select: str, hasher: str, roots: Sequence[str] | None
+    ) -> tuple[str, list[Any]]:
         sql = (
-            "SELECT f.id, h.bits FROM hashes h JOIN files f ON f.id = h.file_id "
+            f"SELECT {select} FROM hashes h JOIN files f ON f.id = h.file_id "
             "WHERE h.hasher = ? AND f.state = 'ok'"
         )
         params: list[Any] = [hasher]
         if roots is not None:
             sql += f" AND f.root IN ({', '.join('?' * len(roots))})"
             params += _paths_to_db(roots)
+        return sql, params
+
+    def hashes(
+        self, hasher: str, roots: Sequence[str] | None = None
+    ) -> tuple[list[int], list[bytes]]:
+        """(file ids, packed hashes) of every present file hashed with `hasher`.
+
+        One Python object per row: for a few rows. The index loads through `hash_arrays`.
+        """
+        sql, params = self._hash_rows_sql("f.id, h.bits", hasher, roots)
         ids: list[int] = []
         bits: list[bytes] = []
         for file_id, blob in self.db.execute(sql, params):
             ids.append(file_id)
             bits.append(bytes(blob))
         return ids, bits
+
+    def hash_arrays(self, hasher: str, roots: Sequence[str] | None = None) -> HashArrays:
+        """What `hashes` returns, as two arrays filled chunk by chunk: (N,) int64 file ids and
+        (N, hash bytes) uint8 rows, in the database's order.
+
+        At a million hashes the lists of `hashes` (an int and a bytes object per row, then
+        the index's copies) made the daemon peak at 344 MB while starting; here no row
+        outlives its chunk. Raises StoreError if the rows differ in length (a corrupt row:
+        the hasher key fixes the length).
+        """
+        import numpy as np  # here, not at the top: most commands never load an index
+
+        # An upper bound without the join (the hasher index answers it): rows of missing
+        # files or other roots only leave slack, trimmed below.
+        (bound,) = self.db.execute(
+            "SELECT count(*) FROM hashes WHERE hasher = ?", (hasher,)
+        ).fetchone()
+        sql, params = self._hash_rows_sql("f.id, h.bits", hasher, roots)
+        cursor = self.db.execute(sql, params)
+        ids = np.empty(bound, np.int64)
+        rows = np.empty((bound, 0), np.uint8)
+        filled = 0
+        while chunk := cursor.fetchmany(_HASH_CHUNK):
+            k = len(chunk)
+            if filled == 0:
+                rows = np.empty((bound, len(chunk[0][1])), np.uint8)
+            width = rows.shape[1]
+            if filled + k > len(ids):  # rows committed since the count: grow
+                grow = max(filled + k, 2 * len(ids))
+                ids = np.resize(ids, grow)
+                rows = np.resize(rows, (grow, width))
+            blob = b"".join([bits for _, bits in chunk])
+            if len(blob) != k * width:
+                bad = next(i for i, bits in chunk if len(bits) != width)
+                raise StoreError(
+                    f"{self.path}: the {hasher} hash of file {bad} is not {width} bytes long"
+                    " like the others; the database is damaged"
+                )
+            ids[filled : filled + k] = [i for i, _ in chunk]
+            rows[filled : filled + k] = np.frombuffer(blob, np.uint8).reshape(k, width)
+            filled += k
+        if filled < len(ids):
+            ids, rows = ids[:filled].copy(), rows[:filled].copy()
+        return HashArrays(ids, rows)
 
     def hash_of(self, file_id: int, hasher: str) -> bytes | None:
         row = self.db.execute(
@@ -429,12 +605,12 @@ class Store:
             row = dict(
                 root=to_db(root), relpath=to_db(relpath), first_seen=values["updated"], **values
             )
-            return int(self.db.table("files").insert(row).last_pk)  # type: ignore[arg-type]
+            return int(self._table("files").insert(row).last_pk)
         file_id = old[0].id
         if values["sha256"] is None or old[0].sha256 != values["sha256"]:
             self.db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
             self.db.execute("DELETE FROM matches WHERE a = ? OR b = ?", (file_id, file_id))
-        self.db.table("files").update(file_id, values)
+        self._table("files").update(file_id, values)
         return file_id
 
     @staticmethod
@@ -455,9 +631,9 @@ class Store:
             error=None,
             updated=self._now(),
         )
-        with self.db.conn:
+        with self._write():
             file_id = self._write_file(root, relpath, values)
-            self.db.table("hashes").upsert_all(
+            self._table("hashes").upsert_all(
                 [dict(file_id=file_id, hasher=k, bits=v) for k, v in image.hashes.items()],
                 pk=("file_id", "hasher"),
             )
@@ -477,12 +653,12 @@ class Store:
             error=message,
             updated=self._now(),
         )
-        with self.db.conn:
+        with self._write():
             return self._write_file(root, relpath, values)
 
     def mark_missing(self, ids: Iterable[int]) -> None:
         now = self._now()
-        with self.db.conn:
+        with self._write():
             self.db.conn.executemany(
                 "UPDATE files SET state = 'missing', updated = ? WHERE id = ?",
                 [(now, i) for i in ids],
@@ -496,7 +672,7 @@ class Store:
         a delete first) is present again: 'ok' when it was hashed, else 'error'.
         """
         root_db, relpath_db = to_db(root), to_db(relpath)
-        with self.db.conn:
+        with self._write():
             replaced = [
                 row[0]
                 for row in self.db.execute(
@@ -527,7 +703,7 @@ class Store:
             for other, d, kind in found
             if other != file_id
         ]
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ?",
                 (file_id, file_id, hasher),
@@ -579,13 +755,13 @@ class Store:
     def mark_stale(self, file_id: int) -> None:
         """Make the next reconcile hash this file again and decide anew (an action that was
         rolled back must be reconsidered although the file itself did not change)."""
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "UPDATE files SET mtime_ns = -1, updated = ? WHERE id = ?", (self._now(), file_id)
             )
 
     def set_state(self, file_id: int, state: State) -> None:
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "UPDATE files SET state = ?, updated = ? WHERE id = ?",
                 (state, self._now(), file_id),
@@ -593,14 +769,20 @@ class Store:
 
     # -- the actions journal ------------------------------------------------------------------
     def journal_plan(self, **row: Any) -> int:
-        """Write an intended move or delete before it happens; returns the action id."""
+        """Write an intended move or delete before it happens; returns the action id.
+
+        The journal always commits at once, and with it whatever an open `batch` wrote
+        before: a file's record is durable before any action on it.
+        """
+        self.commit()  # first: a journal write that fails must not undo the batch with it
         with self.db.conn:
             row = dict(state="planned", created=self._now(), **_action_to_db(row))
-            return int(self.db.table("actions").insert(row).last_pk)  # type: ignore[arg-type]
+            return int(self._table("actions").insert(row).last_pk)
 
     def journal_update(self, action_id: int, **values: Any) -> None:
+        self.commit()
         with self.db.conn:
-            self.db.table("actions").update(action_id, _action_to_db(values))
+            self._table("actions").update(action_id, _action_to_db(values))
 
     def journal_finish(self, action_id: int, state: str, error: str | None = None) -> None:
         self.journal_update(action_id, state=state, error=error, finished=self._now())
@@ -623,8 +805,8 @@ class Store:
         )
 
     def add_tombstone(self, sha256: str, original_path: str, action_id: int) -> None:
-        with self.db.conn:
-            self.db.table("tombstones").insert(
+        with self._write():
+            self._table("tombstones").insert(
                 dict(
                     sha256=sha256,
                     original_path=to_db(original_path),
@@ -635,7 +817,7 @@ class Store:
 
     def remove_tombstones(self, sha256: str, original_path: str) -> None:
         """Forget every removal of these bytes from this path (the user restored them)."""
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "DELETE FROM tombstones WHERE sha256 = ? AND original_path = ?",
                 (sha256, to_db(original_path)),
@@ -657,7 +839,7 @@ class Store:
         a, b = sorted((sha_a, sha_b))
         if a == b:
             return
-        with self.db.conn:
+        with self._write():
             self.db.execute(
                 "INSERT OR IGNORE INTO distinct_pairs (sha_a, sha_b, created) VALUES (?, ?, ?)",
                 (a, b, self._now()),

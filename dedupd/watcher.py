@@ -28,7 +28,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from dedupd.imaging import FileStat
+from dedupd.filestat import FileStat
 
 __all__ = ["Hint", "Settler", "Watcher"]
 

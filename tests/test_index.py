@@ -9,6 +9,7 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -465,3 +466,83 @@ def test_background_rebuild_never_blocks_queries_or_changes(
     assert ix.radius((1 << 63).to_bytes(8, "big"), 0) == [Match(5, 0)]
     assert ix.radius((9).to_bytes(8, "big"), 0) == []
     assert ix.radius((7).to_bytes(8, "big"), 0) == [Match(7, 0), Match(200, 0)]
+
+
+# -- loading packed arrays (the start-up path) -----------------------------------------------
+
+
+def _rows(hashes: Sequence[bytes]) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(b"".join(hashes), np.uint8).reshape(len(hashes), -1).copy()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_load_packed_answers_exactly_like_add_then_rebuild(data: st.DataObject) -> None:
+    """Every backend loaded from arrays (ids in any order, padding bits set or not, whole
+    words or not) answers radius, knn, pairs and len exactly like the same backend fed the
+    same hashes through add() + rebuild(), and later adds and removals work on top of it."""
+    bits = data.draw(st.sampled_from([8, 64, 100, 256]), label="bits")
+    nbytes = _nbytes(bits)
+    seeds = data.draw(st.lists(st.integers(0, (1 << 8 * nbytes) - 1), min_size=1, max_size=3))
+    hashes = _hash_strategy(nbytes, seeds)
+    ids = data.draw(st.lists(st.integers(0, 10_000), max_size=40, unique=True), label="ids")
+    batch = [data.draw(hashes) for _ in ids]
+    extra = data.draw(hashes, label="extra")
+    gone = data.draw(st.lists(st.sampled_from(ids), max_size=5) if ids else st.just([]))
+    for (label, loaded), (_, added) in zip(_indexes(bits, 2), _indexes(bits, 2), strict=True):
+        loaded.load_packed(
+            np.array(ids, np.int64), _rows(batch) if ids else np.empty((0, 0), np.uint8)
+        )
+        added.add(ids, batch)
+        added.rebuild()
+        for ix in (loaded, added):
+            ix.add([20_000], [extra])
+            ix.remove(gone)
+        query = data.draw(hashes, label="query")
+        radius = data.draw(st.integers(0, bits), label="radius")
+        assert len(loaded) == len(added), label
+        assert loaded.radius(query, radius) == added.radius(query, radius), label
+        assert loaded.knn(query, 5) == added.knn(query, 5), label
+        assert loaded.pairs(radius) == added.pairs(radius), label
+
+
+def test_load_packed_replaces_what_was_indexed_before() -> None:
+    """A load is the whole contents: hashes added earlier (snapshot or delta) are gone."""
+    for backend, kwargs in BACKENDS:
+        ix = make_index(backend, 64, **kwargs)
+        ix.add([1], [bytes(8)])
+        ix.rebuild()
+        ix.add([2], [bytes(8)])
+        ix.load_packed(np.array([3]), _rows([bytes(8)]))
+        assert ix.radius(bytes(8), 0) == [Match(3, 0)], backend
+        assert ix.pending == 0 and len(ix) == 1, backend
+
+
+def test_load_packed_keeps_a_whole_word_array_without_copying_it() -> None:
+    """256-bit hashes in id order become the snapshot as they are: the memory bound of the
+    start-up load depends on it (a copy would double the index's peak)."""
+    packed = _rows([bytes([i]) * 32 for i in range(5)])
+    ix = make_index("hamming", 256)
+    ix.load_packed(np.arange(5), packed)
+    assert np.shares_memory(ix._snap_words, packed)
+
+
+@pytest.mark.parametrize(
+    ("ids", "packed", "message"),
+    [
+        ([1, 2], np.zeros((2, 12), np.uint8), "13"),
+        ([1, 2], np.zeros((3, 13), np.uint8), "one row per id"),
+        ([2, 1, 2], np.zeros((3, 13), np.uint8), "twice"),
+    ],
+)
+def test_rejected_load_leaves_the_index_unchanged(
+    ids: list[int], packed: npt.NDArray[np.uint8], message: str
+) -> None:
+    """Rows of the wrong length, a row count that differs from the ids, or a repeated id are
+    a ValueError, and what was indexed stays searchable."""
+    for backend, kwargs in BACKENDS:
+        ix = make_index(backend, 100, **kwargs)
+        ix.add([7], [bytes(13)])
+        with pytest.raises(ValueError, match=message):
+            ix.load_packed(np.array(ids), packed)
+        assert ix.radius(bytes(13), 0) == [Match(7, 0)], backend

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from dedupd.config import Config, HashingConfig, IndexConfig, load_config
+from dedupd.actions import Actions
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, IndexConfig, load_config
 from dedupd.engine import ScanReport, scan
 from dedupd.pool import HasherPool
 from dedupd.scanner import PATH_MAX, Entry, NameFilter, walk
-from dedupd.store import Store
+from dedupd.store import FileRecord, Store
 from tests import photos
 
 
@@ -394,3 +395,33 @@ def test_exact_copies_that_arrived_before_their_originals_are_all_deleted(tmp_pa
         report = scan(config, store, actions=Actions(store, None))
     assert sorted(p.name for p in root.iterdir()) == sorted(f"IMG_{n}.jpg" for n in range(30))
     assert [o.result for o in report.outcomes].count("done") == 30
+
+
+def test_a_scan_commits_a_newcomers_record_before_it_is_quarantined(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan writes its records in batched transactions, but a file is only moved once its
+    record and its keeper's are committed: another connection sees both at that moment."""
+    config = replace(
+        _config(tmp_path, library), quarantine=replace(Config().quarantine, path=tmp_path / "q")
+    )
+    policy = replace(config.policies[DEFAULT_POLICY], exact="quarantine", near="quarantine")
+    config = replace(config, policies={**config.policies, DEFAULT_POLICY: policy})
+    seen: list[tuple[bool, bool]] = []
+    real = Actions.quarantine
+
+    def spy(self: Actions, target: FileRecord, keeper: FileRecord | None, *a: object) -> object:
+        with Store(config.database, readonly=True) as other:
+            seen.append(
+                (
+                    other.file(target.id) is not None,
+                    keeper is not None and other.file(keeper.id) is not None,
+                )
+            )
+        return real(self, target, keeper, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Actions, "quarantine", spy)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, config.quarantine.path))
+    assert [o.result for o in report.outcomes if o.decision.acts] == ["done"] * len(seen)
+    assert seen and all(target and keeper for target, keeper in seen)

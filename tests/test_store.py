@@ -6,8 +6,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dedupd import store as store_module
 from dedupd.errors import StoreError
 from dedupd.imaging import FileStat, HashedImage
 from dedupd.store import SCHEMA_VERSION, Store, from_db, to_db
@@ -186,3 +188,105 @@ def test_a_str_no_file_name_decodes_to_is_a_store_error(tmp_path: Path) -> None:
     """A lone surrogate outside surrogateescape's range (only a bad request can carry one)."""
     with Store(tmp_path / "d.db") as store, pytest.raises(StoreError, match="not a file name"):
         store.file_at("/r/\ud800.jpg")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hash_arrays_returns_exactly_what_hashes_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """The streaming loader the index starts from gives the ids and bytes of `hashes`, in
+    the same order, whatever the mix: files in several roots, in every state, hashed with
+    other hashers too, rehashed out of id order, and chunks smaller than the result."""
+    import random
+
+    rng = random.Random(seed)
+    monkeypatch.setattr(store_module, "_HASH_CHUNK", rng.choice([1, 3, 4096]))
+    roots = ["/a", "/b", os.fsdecode(b"/caf\xe9")]
+    with Store(tmp_path / "d.db") as store:
+        ids = []
+        for n in range(rng.randint(0, 60)):
+            hashes = {"phash:16": rng.randbytes(32)}
+            if rng.random() < 0.3:
+                hashes["dhash:8"] = rng.randbytes(8)
+            image = _image(sha=f"{n:064x}", hashes=hashes)
+            ids.append(store.record_hashed(rng.choice(roots), f"{n}.jpg", image))
+        for file_id in rng.sample(ids, len(ids) // 3):  # new content: the hash row is rewritten
+            record = store.file(file_id)
+            assert record is not None
+            fresh = _image(sha=rng.randbytes(32).hex(), hashes={"phash:16": rng.randbytes(32)})
+            store.record_hashed(record.root, record.relpath, fresh)
+        for file_id in rng.sample(ids, len(ids) // 4):
+            store.set_state(file_id, rng.choice(["error", "missing", "quarantined", "deleted"]))
+        for hasher in ("phash:16", "dhash:8", "whash:8"):
+            for chosen in (None, [], roots[:1], roots[1:], roots):
+                want_ids, want_bits = store.hashes(hasher, chosen)
+                got = store.hash_arrays(hasher, chosen)
+                assert got.ids.dtype == np.int64 and got.bits.dtype == np.uint8
+                assert got.ids.tolist() == want_ids
+                assert [bytes(row) for row in got.bits] == want_bits
+                assert len(got.bits) == len(got.ids)
+
+
+def test_hash_arrays_refuses_a_hash_row_of_another_length(tmp_path: Path) -> None:
+    """A damaged row (a hash whose length differs from the others under the same hasher) is
+    a StoreError naming the file, not a garbled index."""
+    with Store(tmp_path / "d.db") as store:
+        store.record_hashed("/r", "a.jpg", _image(sha="a" * 64))
+        bad = store.record_hashed("/r", "b.jpg", _image(sha="b" * 64))
+        store.db.execute("UPDATE hashes SET bits = ? WHERE file_id = ?", (b"\x01" * 31, bad))
+        with pytest.raises(StoreError, match=f"file {bad} "):
+            store.hash_arrays("phash:16")
+
+
+def _visible(path: Path) -> set[str]:
+    """Relative paths of the records another connection sees (what is committed)."""
+    with Store(path, readonly=True) as other:
+        return {r.relpath for r in other._files("1")}
+
+
+def test_a_batch_commits_every_n_writes_and_when_it_ends(tmp_path: Path) -> None:
+    """Inside `batch(every=3)` records become durable three at a time, and the rest when the
+    batch ends; the writing connection sees its own writes at once."""
+    path = tmp_path / "d.db"
+    with Store(path) as store:
+        with store.batch(every=3):
+            for name in ("a", "b"):
+                store.record_hashed("/r", f"{name}.jpg", _image(sha=name * 64))
+            assert _visible(path) == set()
+            assert store.record("/r", "b.jpg") is not None
+            store.record_hashed("/r", "c.jpg", _image(sha="c" * 64))
+            assert _visible(path) == {"a.jpg", "b.jpg", "c.jpg"}
+            store.record_hashed("/r", "d.jpg", _image(sha="d" * 64))
+            assert "d.jpg" not in _visible(path)
+        assert _visible(path) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg"}
+
+
+def test_a_write_that_fails_inside_a_batch_is_undone_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record whose hashes cannot be written leaves no half-written file row, and the
+    batch's other records are still committed."""
+    path = tmp_path / "d.db"
+    with Store(path) as store, store.batch(every=100):
+        store.record_hashed("/r", "a.jpg", _image(sha="a" * 64))
+        with monkeypatch.context() as m:
+
+            def fail(*args: object, **kw: object) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            m.setattr(store_module._Table, "upsert_all", fail)
+            with pytest.raises(sqlite3.OperationalError):
+                store.record_hashed("/r", "b.jpg", _image(sha="b" * 64))
+        assert store.record("/r", "b.jpg") is None
+        store.record_hashed("/r", "c.jpg", _image(sha="c" * 64))
+    assert _visible(path) == {"a.jpg", "c.jpg"}
+
+
+def test_the_journal_commits_the_batch_before_a_planned_action(tmp_path: Path) -> None:
+    """An action is journaled before it happens, and the journal write commits the records
+    written before it in the batch: no file moves on the strength of an uncommitted record."""
+    path = tmp_path / "d.db"
+    with Store(path) as store, store.batch(every=100):
+        store.record_hashed("/r", "a.jpg", _image(sha="a" * 64))
+        store.journal_plan(kind="quarantine", src="/r/a.jpg", sha256="a" * 64)
+        assert _visible(path) == {"a.jpg"}

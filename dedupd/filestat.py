@@ -1,0 +1,38 @@
+"""The plain values one read of a file gives: its identity (`FileStat`) and, once decoded, its
+hashes and facts (`HashedImage`).
+
+Kept apart from `imaging` so that the store, the scanner and every command that never
+decodes (an unchanged rescan, `dedupctl status`) do not import Pillow to name them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = ["FileStat", "HashedImage"]
+
+
+class FileStat(NamedTuple):
+    """What identifies one version of a file: unchanged stat means unchanged content."""
+
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class HashedImage:
+    stat: FileStat
+    sha256: str
+    width: int  # after EXIF orientation
+    height: int
+    format: str
+    taken_at: str | None  # EXIF DateTimeOriginal as ISO 8601, camera local time
+    hashes: dict[str, bytes]  # hasher key → packed bits
