@@ -51,7 +51,7 @@ from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundErro
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.lock import DatabaseLock
 from dedupd.pool import Failure, HasherPool, Waker, Work, hash_file
-from dedupd.scanner import Entry, NameFilter, root_key, walk
+from dedupd.scanner import Entry, NameFilter, root_key, same_version, walk
 from dedupd.service import DaemonService
 from dedupd.store import FileRecord, Store
 from dedupd.watcher import Hint, Settler, Watcher
@@ -544,7 +544,7 @@ class Daemon:
             return None
         relpath = os.path.relpath(path, root)
         record = self.store.record(root, relpath)
-        if record is not None and record.state in ("ok", "error") and record.stat == stat:
+        if record is not None and record.state in ("ok", "error") and same_version(record, stat):
             return None  # invariant 4: unchanged → never decoded again
         if record is None or record.state not in ("ok", "error"):
             moved = self.store.missing_with_stat(stat) or self._moved_from(stat)
@@ -643,7 +643,7 @@ class Daemon:
                 stat = FileStat.of(st) if S_ISREG(st.st_mode) else None
             except OSError:
                 stat = None
-            if stat is not None and (stat.size, stat.mtime_ns) == (record.size, record.mtime_ns):
+            if stat is not None and same_version(record, stat):
                 self._revive(record.id, root, os.path.relpath(dest, root), stat)
                 return
         if record is not None:

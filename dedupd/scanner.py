@@ -19,7 +19,16 @@ from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat
 from dedupd.store import FileRecord, Store
 
-__all__ = ["PATH_MAX", "Entry", "NameFilter", "Plan", "path_too_long", "reconcile", "walk"]
+__all__ = [
+    "PATH_MAX",
+    "Entry",
+    "NameFilter",
+    "Plan",
+    "path_too_long",
+    "reconcile",
+    "same_version",
+    "walk",
+]
 
 
 def _path_max() -> int:
@@ -172,6 +181,14 @@ class Plan:
         return self.new + self.changed + self.rehash
 
 
+def same_version(record: FileRecord, stat: FileStat) -> bool:
+    """The one identity rule: a file is the version a record describes when its (device,
+    inode, size, mtime_ns) are the record's. The scanner, the daemon's watch hints and the
+    reconcile all decide "unchanged" and "renamed" by it, never by size and mtime alone (a
+    copy with the same size and times is another file, whose bytes were never hashed)."""
+    return record.stat == stat
+
+
 def reconcile(store: Store, root: str, entries: Iterable[Entry], hasher: str) -> Plan:
     """Diff what is on disk under `root` against the store's records for it.
 
@@ -188,13 +205,14 @@ def reconcile(store: Store, root: str, entries: Iterable[Entry], hasher: str) ->
         record = known.pop(entry.relpath, None)
         if record is None:
             appeared.append(entry)
-        elif record.stat != entry.stat:
+        elif not same_version(record, entry.stat):
             plan.changed.append(entry)
         elif record.id in needs_hash:
             plan.rehash.append(entry)
         else:
             plan.unchanged += 1
-    # Whatever is left in `known` vanished from its path: moved, or deleted.
+    # Whatever is left in `known` vanished from its path: moved, or deleted. Keyed by the
+    # stat, so that a lookup is `same_version`.
     vanished = {r.stat: r for r in known.values()}
     for entry in appeared:
         record = vanished.pop(entry.stat, None) or store.missing_with_stat(entry.stat)

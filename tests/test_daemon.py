@@ -6,6 +6,7 @@ systemd-notify tests start the real `dedupd run` process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -301,6 +302,28 @@ def test_moves_are_followed_and_deletes_marked(env: Env) -> None:
         (env.root / "2026" / "a.jpg").unlink()
         wait_for(lambda: env.state(env.root / "2026" / "a.jpg") == "missing")
         assert daemon.stats.hashed == 1
+
+
+def test_a_rename_is_followed_only_for_the_same_file_not_a_lookalike(env: Env) -> None:
+    """One identity rule (dev, inode, size, mtime), as the scanner's: a file renamed and at
+    once replaced by another file of the same size and times is hashed, not taken for the
+    moved photo (whose hash would then describe bytes that are no longer there)."""
+    photos.copy(photos.photo("hubble"), env.root / "a.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1)
+        data = bytearray((env.root / "a.jpg").read_bytes())
+        data[len(data) // 2] ^= 0xFF  # other bytes, same size
+        lookalike = env.tmp / "lookalike.tmp"
+        lookalike.write_bytes(bytes(data))
+        st = os.stat(env.root / "a.jpg")
+        os.utime(lookalike, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(env.root / "a.jpg", env.root / "b.jpg")
+        os.rename(lookalike, env.root / "b.jpg")  # before the daemon looks at the first move
+        wanted = hashlib.sha256(bytes(data)).hexdigest()
+        wait_for(
+            lambda: (r := env.record(env.root / "b.jpg")) is not None and r.sha256 == wanted,
+            what="the lookalike hashed as itself",
+        )
 
 
 def test_lost_events_are_caught_by_the_rescan(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
