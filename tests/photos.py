@@ -10,6 +10,7 @@ import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pillow_heif
 from PIL import Image
@@ -30,7 +31,7 @@ def _open(src: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def _save(im: Image.Image, dst: Path, **kw: object) -> Path:
+def _save(im: Image.Image, dst: Path, **kw: Any) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     im.save(dst, **kw)
     return dst

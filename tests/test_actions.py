@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tests import photos
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Store, Path, Path]:
+def setup(tmp_path: Path) -> Iterator[tuple[Store, Path, Path]]:
     """A scanned root holding keeper.jpg and dup.jpg (exact copy) and near.jpg (re-encode)."""
     root = tmp_path / "photos"
     photos.copy(photos.photo("coffee"), root / "keeper.jpg")

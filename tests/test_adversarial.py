@@ -248,7 +248,7 @@ def test_an_edit_saved_over_the_name_right_after_the_quarantine_link_is_kept(
     assert near.path.read_bytes() == b"the user's edit"
     (quarantined,) = _copies(near.sha256 or "", lib.quarantine)
     entry = lib.store.action(action_id)
-    assert entry is not None and Path(entry.dst) == quarantined
+    assert entry is not None and Path(entry.dst or "") == quarantined
 
 
 def test_an_unreadable_keeper_fails_one_action_cleanly(
@@ -268,7 +268,7 @@ def test_an_unreadable_keeper_fails_one_action_cleanly(
     with pytest.raises(ActionError, match="nothing deleted"):
         Actions(lib.store, lib.quarantine).delete(dup, keeper, "exact")
     (entry,) = lib.store.actions()
-    assert entry.state == "failed" and "cannot be read: Permission denied" in entry.error
+    assert entry.state == "failed" and "cannot be read: Permission denied" in (entry.error or "")
     assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
     assert not (lib.root / safefs.STAGING_DIR).exists()
 

@@ -453,7 +453,7 @@ def test_clients_that_never_read_their_answer_do_not_starve_status(
     """Clients that ask for a big answer (over the socket buffer) and never read it: writing
     holds no worker slot, so `status` answers meanwhile, and each stalled writer is cut off
     at the answer deadline instead of holding a thread forever."""
-    answer = {"filler": "x" * (1 << 20)}
+    answer: dict[str, object] = {"filler": "x" * (1 << 20)}
     served = threading.Semaphore(0)
 
     def big(svc: object, params: dict[str, str], body: dict[str, object]) -> dict[str, object]:

@@ -214,7 +214,8 @@ def test_near_duplicate_is_quarantined_with_a_restorable_record(env: Env) -> Non
     assert moved.exists() and not (env.root / "chat" / "IMG-WA0001.jpg").exists()
     with Store(env.db) as store:
         (entry,) = store.actions("kind = 'quarantine'")
-        assert entry.keeper_path == str(env.root / "IMG_1.jpg") and entry.distance > 0
+        assert entry.keeper_path == str(env.root / "IMG_1.jpg")
+        assert entry.distance is not None and entry.distance > 0
         Actions(store, env.quarantine).restore(entry.id)
     assert (env.root / "chat" / "IMG-WA0001.jpg").exists()
     # Restored means distinct: the next daemon run leaves it alone.
@@ -805,7 +806,11 @@ def _readonly_dir(folder: Path) -> Callable[[], None]:
         return lambda: folder.chmod(0o755)
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
         pytest.skip("as root, a read-only folder needs chattr +i, unsupported here")
-    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+    def undo() -> None:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+    return undo
 
 
 def _corrupt(env: Env) -> Callable[[], None]:
@@ -937,7 +942,7 @@ def _overflow(watcher: dedupd.watcher.Watcher) -> None:
     from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 
     inotify = watcher._observer._inotify_fd  # type: ignore[union-attr]
-    inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+    inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inotify only (Linux)")

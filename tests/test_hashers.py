@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dedupd.hashers import HASHERS, Hasher, validate_hash_size
+from dedupd.hashers import HASHERS, Algorithm, Hasher, validate_hash_size
 from dedupd.index import distance
 from tests import photos
 
@@ -28,7 +28,9 @@ def test_every_hasher_gives_packed_bits_of_its_length(algorithm: str, size: int)
 
 
 @pytest.mark.parametrize("algorithm", list(HASHERS))
-def test_a_recompressed_copy_is_nearer_than_any_other_photo(algorithm: str, tmp_path: Path) -> None:
+def test_a_recompressed_copy_is_nearer_than_any_other_photo(
+    algorithm: Algorithm, tmp_path: Path
+) -> None:
     """The point of a perceptual hash: a chat-app re-encode is close, other photos are far."""
     hasher = Hasher(algorithm, SIZES[algorithm][-1])  # type: ignore[arg-type]
     for name in photos.PHOTOS:

@@ -201,7 +201,8 @@ def test_backends_agree_on_twenty_thousand_clustered_hashes() -> None:
     ids = list(range(20_000))
     ref = Reference(64)
     indexes = [("hamming", make_index("hamming", 64)), ("ckdtree", make_index("ckdtree", 64))]
-    for target in [ref, *(ix for _, ix in indexes)]:
+    targets: list[Any] = [ref, *(ix for _, ix in indexes)]
+    for target in targets:
         target.add(ids[:15_000], hashes[:15_000])
         if not isinstance(target, Reference):
             target.rebuild()

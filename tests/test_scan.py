@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from dedupd.store import FileRecord, Store
 from tests import photos
 
 
-def _config(tmp_path: Path, *roots: Path, **hashing: object) -> Config:
+def _config(tmp_path: Path, *roots: Path, **hashing: Any) -> Config:
     config = replace(Config(), database=tmp_path / "state" / "dedupd.db")
     config = replace(config, hashing=replace(HashingConfig(workers=1), **hashing))
     return config.with_roots(roots)
