@@ -1,9 +1,11 @@
 """`dedupd run`: watch the roots and handle every photo within seconds of its upload.
 
-One thread (the caller's) owns the store, the index and every decision; watchdog's threads
-only push hints onto a queue, and a standing pool of worker processes decodes and hashes.
-Each turn of the loop runs queued commands, takes in hints, feeds settled and backlog files
-to the pool (a bounded number in flight), and ingests whatever results have come back, so
+The lifecycle only: start-up, the loop, signals, reloads, shutdown. What happens to a file
+(watch hints → candidates → the hasher pool → ingest) is `pipeline.Pipeline`'s, on this
+thread, which owns the store, the index and every decision; watchdog's threads only push
+hints onto a queue, and a standing pool of worker processes decodes and hashes. Each turn
+of the loop runs queued commands, hands hints to the pipeline, feeds settled and backlog
+files to the pool (a bounded number in flight), and ingests the results come back, so
 `status`, `rescan` and signals are served between files, never after a whole batch. Between
 turns the loop sleeps until a result, a hint, a command or the next file's settle time. Signal
 handlers only set flags (`note_signal`) and wake the loop; the loop acts on them. The systemd
@@ -25,13 +27,11 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from stat import S_ISREG
 from typing import Any
 
 import structlog
@@ -41,20 +41,16 @@ from dedupd.config import Config, load_config
 from dedupd.control import ControlServer
 from dedupd.engine import (
     Ingest,
-    ScanReport,
-    excluded_dirs,
-    ingest_guarded,
-    reconcile_roots,
     start_pool,
 )
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
-from dedupd.filestat import FileStat, HashedImage
 from dedupd.lock import DatabaseLock
-from dedupd.pool import Failure, HasherPool, Waker, Work, hash_file
-from dedupd.scanner import Entry, NameFilter, root_key, same_version, walk
+from dedupd.pipeline import Counts, Pipeline
+from dedupd.pool import HasherPool, Waker, Work, hash_file
+from dedupd.scanner import root_key
 from dedupd.service import DaemonService
-from dedupd.store import FileRecord, Store
-from dedupd.watcher import Hint, Settler, Watcher
+from dedupd.store import Store
+from dedupd.watcher import Watcher
 
 __all__ = ["Daemon", "Notifier", "Stats"]
 
@@ -92,13 +88,8 @@ class Notifier:
 
 
 @dataclass
-class Stats:
-    started: float
-    hashed: int = 0
-    errors: int = 0
-    acted: int = 0
-    reported: int = 0
-    rescans: int = 0
+class Stats(Counts):
+    started: float = 0.0
 
 
 class Daemon:
@@ -129,12 +120,9 @@ class Daemon:
         self._reload_flag = False
         self._wake = Waker()
         self._ready = threading.Event()
-        self._backlog: deque[Entry] = deque()  # found by a reconcile, oldest first
-        self._settled: deque[Entry] = deque()  # uploads that settled: hashed before the backlog
+        self.pipeline = Pipeline(self.stats, clock)
         self._pool: HasherPool | None = None
         self._pool_key: tuple[object, ...] = ()
-        self._hashing: dict[str, Entry] = {}  # path → the version last sent to the pool
-        self._rescan_due: set[str] = set()
         self._last_ping = self._last_status = -1e18
         self._commands: queue.Queue[tuple[Callable[[], dict[str, Any]], Future[dict[str, Any]]]]
         self._commands = queue.Queue()
@@ -215,8 +203,8 @@ class Daemon:
             ],
             "indexed": size,
             "queue": {
-                "backlog": len(self._backlog) + len(self._settled),
-                "settling": len(self.settler),
+                "backlog": self.pipeline.queued(),
+                "settling": len(self.pipeline.settler),
                 "hashing": self._in_flight(),
             },
             "index": {
@@ -251,7 +239,7 @@ class Daemon:
             if key not in self.roots:
                 raise NotFoundError(f"{root}: not a configured root ({', '.join(self.roots)})")
             roots = [key]
-        self._rescan_due.update(roots)
+        self.pipeline.rescan_due.update(roots)
         return {"queued": roots}
 
     def reload_now(self) -> dict[str, Any]:
@@ -278,10 +266,8 @@ class Daemon:
     def _configure(self, config: Config) -> None:
         self.config = config
         self.roots = [root_key(r.path) for r in config.roots]
-        self.names = NameFilter(config.watch)
-        self.excluded = [os.path.realpath(p) + os.sep for p in excluded_dirs(config)]
-        self.settler = Settler(config.watch.settle_seconds, self.clock)
         self.ingest = Ingest(self.store, config, self.roots, self.actions)
+        self.pipeline.configure(config, self.roots, self.store, self.ingest)
         self._start_pool(config)
         self.watcher = Watcher(clock=self.clock, wake=self._wake.set)
         self.watcher.start(self.roots)
@@ -306,7 +292,7 @@ class Daemon:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-            self._hashing.clear()
+            self.pipeline.forget_in_flight()
 
     @property
     def pool(self) -> HasherPool:
@@ -318,26 +304,9 @@ class Daemon:
         return pool.in_flight if pool is not None else 0
 
     def _queue_reconcile(self, roots: Sequence[str]) -> None:
-        report = ScanReport(roots=[])
-        done = reconcile_roots(self.config, self.store, roots, report, tick=self._heartbeat)
-        with self.ingest.lock:
-            self.ingest.index.remove(done.gone)
-        self._index_again(done.revived)
-        queued = {e.path for e in self._backlog}
-        work = done.work
-        self._backlog.extend(e for e in work if e.path not in queued)
-        self.stats.rescans += 1
+        report = self.pipeline.reconcile(roots, tick=self._heartbeat)
         for root, _ in report.unavailable:
             self.watcher.states[root] = "unavailable"
-        log.info(
-            "reconciled",
-            roots=len(report.roots),
-            files=report.files,
-            queued=len(work),
-            renamed=report.renamed,
-            missing=report.missing,
-            unavailable=[r for r, _ in report.unavailable],
-        )
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -361,7 +330,7 @@ class Daemon:
             self._server.start()
             self.notifier.send("READY=1", self._status())
             self._ready.set()
-            log.info("started", roots=self.roots, backlog=len(self._backlog))
+            log.info("started", roots=self.roots, backlog=len(self.pipeline.backlog))
             while not self._stop_flag:
                 for step in self._steps:
                     self._guarded(step)
@@ -459,29 +428,20 @@ class Daemon:
         ]
         return (
             f"STATUS={len(self.ingest.index)} indexed, "
-            f"{len(self._backlog) + len(self._settled)} queued, {self._in_flight()} hashing, "
-            f"{len(self.settler)} settling, {self.stats.hashed} hashed, "
+            f"{self.pipeline.queued()} queued, {self._in_flight()} hashing, "
+            f"{len(self.pipeline.settler)} settling, {self.stats.hashed} hashed, "
             f"{self.stats.acted} acted on, {self.stats.errors} errors"
             + ("; " + "; ".join(degraded) if degraded else "")
         )
 
-    def _feed(self) -> None:
-        """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
-        to keep every worker busy, few enough that a new upload does not wait long."""
-        pool = self.pool
-        while pool.in_flight < pool.capacity and (self._settled or self._backlog):
-            entry = (self._settled or self._backlog).popleft()
-            if self._hashing.get(entry.path) == entry or self._handled(entry):
-                continue  # this very version is being hashed, or was since it was queued
-            self._hashing[entry.path] = entry
-            pool.submit(entry)
+    def _drain_hints(self) -> None:
+        self.pipeline.drain(self.watcher.hints)
 
-    def _handled(self, entry: Entry) -> bool:
-        """This version of the file has a record already: a reconcile (a rescan) and the
-        settler can both queue one upload, and a quarantined file must not be "hashed" again
-        at the path it left (it would be recorded as vanished)."""
-        record = self.store.record(entry.root, entry.relpath)
-        return record is not None and record.state != "missing" and record.stat == entry.stat
+    def _hash_settled(self) -> None:
+        self.pipeline.take_settled()
+
+    def _feed(self) -> None:
+        self.pipeline.feed(self.pool)
 
     def _sleep_time(self) -> float:
         """Seconds until something is due: the next settled file (to the moment), a STATUS=
@@ -496,7 +456,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval
         if interval is not None and self._healthy():
             later.append(self._last_ping + interval)
-        due = self.settler.next_due()
+        due = self.pipeline.settler.next_due()
         if due is not None:
             later.append(due)
         return max(0.0, min(later) - now)
@@ -505,162 +465,7 @@ class Daemon:
         """Sleep until something is due or arrives; ingest the results that came back."""
         results = self.pool.results(self._sleep_time(), wake=self._wake)
         self._wake.clear()  # everything that woke us is looked at by the next turn
-        for entry, result in results:
-            if self._hashing.get(entry.path) is not entry:
-                continue  # a newer version of the file was queued meanwhile
-            del self._hashing[entry.path]
-            if entry.root in self.roots:  # a reload may have dropped its root
-                self._ingest_one(entry, result)
-            self._heartbeat()
-
-    def _ingest_one(self, entry: Entry, result: HashedImage | Failure) -> None:
-        outcome, result = ingest_guarded(self.ingest, entry, result)
-        if isinstance(result, Failure):
-            self.stats.errors += 1
-        else:
-            self.stats.hashed += 1
-        if outcome is not None and outcome.decision.action != "none":
-            if outcome.result == "done":
-                self.stats.acted += 1
-            else:
-                self.stats.reported += 1
-
-    def _hash_settled(self) -> None:
-        for path, stat in self.settler.due():
-            try:
-                entry = self._entry(path, stat)
-            except Exception:  # e.g. the database is locked: try this file again later
-                log.exception("settled_file_failed", path=path)
-                self.stats.errors += 1
-                self.settler.add(path)
-                continue
-            if entry is not None:
-                self._settled.append(entry)
-
-    def _entry(self, path: str, stat: FileStat) -> Entry | None:
-        """A candidate for hashing, or None when it is not ours or did not change."""
-        root = self._root_of(path)
-        if root is None:
-            return None
-        relpath = os.path.relpath(path, root)
-        record = self.store.record(root, relpath)
-        if record is not None and record.state in ("ok", "error") and same_version(record, stat):
-            return None  # invariant 4: unchanged → never decoded again
-        if record is None or record.state not in ("ok", "error"):
-            moved = self.store.missing_with_stat(stat) or self._moved_from(stat)
-            if moved is not None:  # a move whose events arrived as delete + create
-                self._revive(moved.id, root, relpath, stat)
-                return None
-        return Entry(root, relpath, stat)
-
-    def _moved_from(self, stat: FileStat) -> FileRecord | None:
-        """A present record of this very file at a path that no longer holds it: a move whose
-        delete has not arrived yet (watchdog holds an unpaired move-out back for 0.5 s, longer
-        than a short settle time). The same inode still at its path is a hard link instead."""
-        for record in self.store.present_with_stat(stat):
-            try:
-                st = os.lstat(record.path)
-                if (st.st_dev, st.st_ino) == (stat.dev, stat.inode):
-                    continue
-            except OSError:
-                pass
-            return record
-        return None
-
-    def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
-        replaced = self.store.move(file_id, root, relpath, stat)
-        with self.ingest.lock:
-            self.ingest.index.remove(replaced)
-        self._index_again([file_id])
-        log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
-
-    def _index_again(self, file_ids: Sequence[int]) -> None:
-        """Put files that came back (moved, remounted) into the index from their stored hash."""
-        for file_id in file_ids:
-            bits = self.store.hash_of(file_id, self.ingest.hasher.key)
-            if bits is not None:
-                with self.ingest.lock:
-                    self.ingest.index.add([file_id], [bits])
-
-    def _root_of(self, path: str) -> str | None:
-        """The root `path` is a wanted file under, or None (ignored names, excluded dirs)."""
-        if any(path.startswith(e) for e in self.excluded):
-            return None
-        for root in self.roots:
-            if path.startswith(root + os.sep):
-                parts = os.path.relpath(path, root).split(os.sep)
-                if any(self.names.ignored(p) for p in parts[:-1]):
-                    return None
-                return root if self.names.wanted(parts[-1]) else None
-        return None
-
-    def _drain_hints(self, limit: int = 10_000) -> None:
-        for _ in range(limit):
-            try:
-                hint = self.watcher.hints.get_nowait()
-            except queue.Empty:
-                return
-            self._handle(hint)
-
-    def _handle(self, hint: Hint) -> None:
-        if hint.kind == "touch":
-            if self._root_of(hint.path):
-                self.settler.add(hint.path, hint.at)
-        elif hint.kind == "deleted":
-            self.settler.discard(hint.path)
-            self._forget(hint.path)
-        elif hint.kind == "moved":
-            self._moved(hint.path, hint.dest or "", hint.at)
-        elif hint.kind == "dir":
-            self._dir(hint.path)
-        elif hint.kind == "overflow":
-            self._overflowed(hint.path)
-
-    def _overflowed(self, watched: str) -> None:
-        """The kernel's event queue overflowed and events under `watched` were lost:
-        reconcile it now, not at the next rescan_interval (an hour by default)."""
-        roots = [r for r in self.roots if r == watched] or list(self.roots)
-        log.warning("watch_overflow", roots=roots, detail="events were lost; reconciling now")
-        self._rescan_due.update(roots)
-
-    def _forget(self, path: str) -> None:
-        record = self.store.file_at(path)
-        if record is not None and record.state in ("ok", "error"):
-            self.store.mark_missing([record.id])
-            with self.ingest.lock:
-                self.ingest.index.remove([record.id])
-            log.info("file_deleted", path=path)
-
-    def _moved(self, src: str, dest: str, at: float | None = None) -> None:
-        """A rename inside the roots is followed without re-hashing; a temp file renamed
-        into place (Syncthing, rsync, browsers) is a new upload."""
-        self.settler.discard(src)
-        record = self.store.file_at(src)
-        root = self._root_of(dest)
-        if record is not None and record.state in ("ok", "error") and root is not None:
-            try:
-                st = os.lstat(dest)
-                stat = FileStat.of(st) if S_ISREG(st.st_mode) else None
-            except OSError:
-                stat = None
-            if stat is not None and same_version(record, stat):
-                self._revive(record.id, root, os.path.relpath(dest, root), stat)
-                return
-        if record is not None:
-            self._forget(src)
-        if root is not None:
-            self.settler.add(dest, at)
-
-    def _dir(self, path: str) -> None:
-        root = next((r for r in self.roots if path == r or path.startswith(r + os.sep)), None)
-        if root is None or any(path.startswith(e) for e in self.excluded):
-            return
-        if os.path.isdir(path) and path != root:
-            for entry in walk(path, self.names, excluded_dirs(self.config)):
-                if self._root_of(entry.path):
-                    self.settler.add(entry.path)
-        else:  # a folder went away (or the root itself): let a reconcile sort it out
-            self._rescan_due.add(root)
+        self.pipeline.ingest_results(results, between=self._heartbeat)
 
     def _periodic(self) -> None:
         now = self.clock()
@@ -670,21 +475,23 @@ class Daemon:
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
             self.watcher.states[root] = "unavailable"
-            self._rescan_due.add(root)
+            self.pipeline.rescan_due.add(root)
         if now >= self._next_retry:
             self._next_retry = now + self.retry_interval
             for root, state in list(self.watcher.states.items()):
                 if state == "unavailable" and os.path.isdir(root):
                     log.info("root_available", root=root)
                     self.watcher.add_root(root)
-                    self._rescan_due.add(root)
+                    self.pipeline.rescan_due.add(root)
         if now >= self._next_poll:  # roots without a watch are rescanned more often
             self._next_poll = now + min(self.polling_interval, self.config.watch.rescan_interval)
-            self._rescan_due.update(r for r, s in self.watcher.states.items() if s == "polling")
+            polling = [r for r, state in self.watcher.states.items() if state == "polling"]
+            self.pipeline.rescan_due.update(polling)
         if now >= self._next_rescan:
-            self._rescan_due.update(self.roots)
-        if self._rescan_due and not self._backlog:
-            roots, self._rescan_due = sorted(self._rescan_due), set()
+            self.pipeline.rescan_due.update(self.roots)
+        if self.pipeline.rescan_due and not self.pipeline.backlog:
+            roots = sorted(self.pipeline.rescan_due)
+            self.pipeline.rescan_due.clear()
             if set(roots) == set(self.roots):
                 self._next_rescan = now + self.config.watch.rescan_interval
             self._queue_reconcile(roots)
@@ -740,7 +547,6 @@ class Daemon:
         self.store = Store(path)
         self._database_identity = _identity(path)
         self.actions = Actions(self.store, self.config.quarantine.path)
-        self._backlog.clear()
         self._configure(self.config)  # fresh watches and index, and a reconcile of every root
 
     def _fatal(self, event: str, error: str) -> None:
@@ -764,8 +570,6 @@ class Daemon:
         old_config = self.config
         self.watcher.stop()
         self.ingest.close()
-        self._backlog.clear()
-        self._settled.clear()
         try:
             self.actions = Actions(self.store, config.quarantine.path)
             self._configure(config)

@@ -112,13 +112,7 @@ def running(env: Env, **kw: object) -> Iterator[Daemon]:
 
 
 def _idle(daemon: Daemon) -> bool:
-    return (
-        not daemon._backlog
-        and not daemon._settled
-        and not daemon.pool.in_flight
-        and not len(daemon.settler)
-        and daemon.watcher.hints.empty()
-    )
+    return daemon.pipeline.idle(daemon.pool) and daemon.watcher.hints.empty()
 
 
 def test_rename_into_place_is_hashed_once_and_the_temp_name_never(env: Env) -> None:
@@ -456,7 +450,7 @@ def test_uploads_queued_by_a_rescan_and_by_the_settler_are_hashed_once(env: Env)
             if i % 10 == 9:
                 client.post("rescan", {})
         wait_for(lambda: daemon.stats.hashed >= 40, what="40 files")
-        wait_for(lambda: _idle(daemon) and not daemon._rescan_due)
+        wait_for(lambda: _idle(daemon) and not daemon.pipeline.rescan_due)
         assert daemon.stats.hashed == 40
 
 

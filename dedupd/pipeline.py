@@ -1,0 +1,281 @@
+"""The daemon's one path from a file on disk to a decision, on the daemon's thread.
+
+Watch hints and reconcile results come in; what is a new or changed photo (by the one
+identity rule, `scanner.same_version`) goes to the hasher pool, settled uploads before the
+reconcile's backlog; moves are followed and deletions forgotten without decoding; results are
+ingested (store, index, policy, actions) as they come back. The daemon owns the lifecycle
+(start, the loop, signals, reloads, shutdown) and calls this, step by step.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from stat import S_ISREG
+
+import structlog
+
+from dedupd.config import Config
+from dedupd.engine import Ingest, ScanReport, excluded_dirs, ingest_guarded, reconcile_roots
+from dedupd.filestat import FileStat, HashedImage
+from dedupd.pool import Failure, HasherPool
+from dedupd.scanner import Entry, NameFilter, same_version, walk
+from dedupd.store import FileRecord, Store
+from dedupd.watcher import Hint, Settler
+
+__all__ = ["Counts", "Pipeline"]
+
+log = structlog.get_logger("dedupd.pipeline")
+
+
+@dataclass
+class Counts:
+    """What the pipeline did, for status and STATUS=."""
+
+    hashed: int = 0
+    errors: int = 0
+    acted: int = 0
+    reported: int = 0
+    rescans: int = 0
+
+
+class Pipeline:
+    """Candidates → hasher pool → ingest, for one configuration (`configure` swaps it)."""
+
+    def __init__(self, counts: Counts, clock: Callable[[], float]):
+        self.counts, self.clock = counts, clock
+        self.backlog: deque[Entry] = deque()  # found by a reconcile, oldest first
+        self.settled: deque[Entry] = deque()  # uploads that settled: hashed before the backlog
+        self.hashing: dict[str, Entry] = {}  # path → the version last sent to the pool
+        self.rescan_due: set[str] = set()  # roots to reconcile once the backlog is empty
+
+    def configure(
+        self, config: Config, roots: Sequence[str], store: Store, ingest: Ingest
+    ) -> None:
+        """Take a (new) configuration: the roots, their names, the store and the ingest. What
+        was queued for the old one is dropped; the start-up or reload reconcile finds it."""
+        self.config, self.roots, self.store, self.ingest = config, list(roots), store, ingest
+        self.names = NameFilter(config.watch)
+        self.excluded = [os.path.realpath(p) + os.sep for p in excluded_dirs(config)]
+        self.settler = Settler(config.watch.settle_seconds, self.clock)
+        self.backlog.clear()
+        self.settled.clear()
+
+    def forget_in_flight(self) -> None:
+        """The pool was closed: nothing sent to it will come back."""
+        self.hashing.clear()
+
+    def idle(self, pool: HasherPool) -> bool:
+        return not (self.backlog or self.settled or pool.in_flight or len(self.settler))
+
+    def queued(self) -> int:
+        return len(self.backlog) + len(self.settled)
+
+    # -- reconcile ----------------------------------------------------------------------------
+    def reconcile(self, roots: Sequence[str], tick: Callable[[], object]) -> ScanReport:
+        """Walk `roots`: follow renames, forget deletions, queue what changed."""
+        report = ScanReport(roots=[])
+        done = reconcile_roots(self.config, self.store, roots, report, tick=tick)
+        with self.ingest.lock:
+            self.ingest.index.remove(done.gone)
+        self._index_again(done.revived)
+        queued = {e.path for e in self.backlog}
+        self.backlog.extend(e for e in done.work if e.path not in queued)
+        self.counts.rescans += 1
+        log.info(
+            "reconciled",
+            roots=len(report.roots),
+            files=report.files,
+            queued=len(done.work),
+            renamed=report.renamed,
+            missing=report.missing,
+            unavailable=[r for r, _ in report.unavailable],
+        )
+        return report
+
+    # -- watch hints ----------------------------------------------------------------------------
+    def drain(self, hints: queue.Queue[Hint], limit: int = 10_000) -> None:
+        for _ in range(limit):
+            try:
+                hint = hints.get_nowait()
+            except queue.Empty:
+                return
+            self.handle(hint)
+
+    def handle(self, hint: Hint) -> None:
+        if hint.kind == "touch":
+            if self.root_of(hint.path):
+                self.settler.add(hint.path, hint.at)
+        elif hint.kind == "deleted":
+            self.settler.discard(hint.path)
+            self._forget(hint.path)
+        elif hint.kind == "moved":
+            self._moved(hint.path, hint.dest or "", hint.at)
+        elif hint.kind == "dir":
+            self._dir(hint.path)
+        elif hint.kind == "overflow":
+            self._overflowed(hint.path)
+
+    def root_of(self, path: str) -> str | None:
+        """The root `path` is a wanted file under, or None (ignored names, excluded dirs)."""
+        if any(path.startswith(e) for e in self.excluded):
+            return None
+        for root in self.roots:
+            if path.startswith(root + os.sep):
+                parts = os.path.relpath(path, root).split(os.sep)
+                if any(self.names.ignored(p) for p in parts[:-1]):
+                    return None
+                return root if self.names.wanted(parts[-1]) else None
+        return None
+
+    def _overflowed(self, watched: str) -> None:
+        """The kernel's event queue overflowed and events under `watched` were lost:
+        reconcile it now, not at the next rescan_interval (an hour by default)."""
+        roots = [r for r in self.roots if r == watched] or list(self.roots)
+        log.warning("watch_overflow", roots=roots, detail="events were lost; reconciling now")
+        self.rescan_due.update(roots)
+
+    def _forget(self, path: str) -> None:
+        record = self.store.file_at(path)
+        if record is not None and record.state in ("ok", "error"):
+            self.store.mark_missing([record.id])
+            with self.ingest.lock:
+                self.ingest.index.remove([record.id])
+            log.info("file_deleted", path=path)
+
+    def _moved(self, src: str, dest: str, at: float | None = None) -> None:
+        """A rename inside the roots is followed without re-hashing; a temp file renamed
+        into place (Syncthing, rsync, browsers) is a new upload."""
+        self.settler.discard(src)
+        record = self.store.file_at(src)
+        root = self.root_of(dest)
+        if record is not None and record.state in ("ok", "error") and root is not None:
+            try:
+                st = os.lstat(dest)
+                stat = FileStat.of(st) if S_ISREG(st.st_mode) else None
+            except OSError:
+                stat = None
+            if stat is not None and same_version(record, stat):
+                self._revive(record.id, root, os.path.relpath(dest, root), stat)
+                return
+        if record is not None:
+            self._forget(src)
+        if root is not None:
+            self.settler.add(dest, at)
+
+    def _dir(self, path: str) -> None:
+        root = next((r for r in self.roots if path == r or path.startswith(r + os.sep)), None)
+        if root is None or any(path.startswith(e) for e in self.excluded):
+            return
+        if os.path.isdir(path) and path != root:
+            for entry in walk(path, self.names, excluded_dirs(self.config)):
+                if self.root_of(entry.path):
+                    self.settler.add(entry.path)
+        else:  # a folder went away (or the root itself): let a reconcile sort it out
+            self.rescan_due.add(root)
+
+    # -- settled files ----------------------------------------------------------------------
+    def take_settled(self) -> None:
+        """Files that stopped changing become candidates (or are found to be moves)."""
+        for path, stat in self.settler.due():
+            try:
+                entry = self._entry(path, stat)
+            except Exception:  # e.g. the database is locked: try this file again later
+                log.exception("settled_file_failed", path=path)
+                self.counts.errors += 1
+                self.settler.add(path)
+                continue
+            if entry is not None:
+                self.settled.append(entry)
+
+    def _entry(self, path: str, stat: FileStat) -> Entry | None:
+        """A candidate for hashing, or None when it is not ours or did not change."""
+        root = self.root_of(path)
+        if root is None:
+            return None
+        relpath = os.path.relpath(path, root)
+        record = self.store.record(root, relpath)
+        if record is not None and record.state in ("ok", "error") and same_version(record, stat):
+            return None  # invariant 4: unchanged → never decoded again
+        if record is None or record.state not in ("ok", "error"):
+            moved = self.store.missing_with_stat(stat) or self._moved_from(stat)
+            if moved is not None:  # a move whose events arrived as delete + create
+                self._revive(moved.id, root, relpath, stat)
+                return None
+        return Entry(root, relpath, stat)
+
+    def _moved_from(self, stat: FileStat) -> FileRecord | None:
+        """A present record of this very file at a path that no longer holds it: a move whose
+        delete has not arrived yet (watchdog holds an unpaired move-out back for 0.5 s, longer
+        than a short settle time). The same inode still at its path is a hard link instead."""
+        for record in self.store.present_with_stat(stat):
+            try:
+                st = os.lstat(record.path)
+                if (st.st_dev, st.st_ino) == (stat.dev, stat.inode):
+                    continue
+            except OSError:
+                pass
+            return record
+        return None
+
+    def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
+        replaced = self.store.move(file_id, root, relpath, stat)
+        with self.ingest.lock:
+            self.ingest.index.remove(replaced)
+        self._index_again([file_id])
+        log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
+
+    def _index_again(self, file_ids: Sequence[int]) -> None:
+        """Put files that came back (moved, remounted) into the index from their stored hash."""
+        for file_id in file_ids:
+            bits = self.store.hash_of(file_id, self.ingest.hasher.key)
+            if bits is not None:
+                with self.ingest.lock:
+                    self.ingest.index.add([file_id], [bits])
+
+    # -- the pool -----------------------------------------------------------------------------
+    def feed(self, pool: HasherPool) -> None:
+        """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
+        to keep every worker busy, few enough that a new upload does not wait long."""
+        while pool.in_flight < pool.capacity and (self.settled or self.backlog):
+            entry = (self.settled or self.backlog).popleft()
+            if self.hashing.get(entry.path) == entry or self._handled(entry):
+                continue  # this very version is being hashed, or was since it was queued
+            self.hashing[entry.path] = entry
+            pool.submit(entry)
+
+    def _handled(self, entry: Entry) -> bool:
+        """This version of the file has a record already: a reconcile (a rescan) and the
+        settler can both queue one upload, and a quarantined file must not be "hashed" again
+        at the path it left (it would be recorded as vanished)."""
+        record = self.store.record(entry.root, entry.relpath)
+        return record is not None and record.state != "missing" and record.stat == entry.stat
+
+    def ingest_results(
+        self,
+        results: Sequence[tuple[Entry, HashedImage | Failure]],
+        between: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Ingest what the pool returned (`between` runs after each: the daemon's heartbeat)."""
+        for entry, result in results:
+            if self.hashing.get(entry.path) is not entry:
+                continue  # a newer version of the file was queued meanwhile
+            del self.hashing[entry.path]
+            if entry.root in self.roots:  # a reload may have dropped its root
+                self._ingest_one(entry, result)
+            between()
+
+    def _ingest_one(self, entry: Entry, result: HashedImage | Failure) -> None:
+        outcome, result = ingest_guarded(self.ingest, entry, result)
+        if isinstance(result, Failure):
+            self.counts.errors += 1
+        else:
+            self.counts.hashed += 1
+        if outcome is not None and outcome.decision.action != "none":
+            if outcome.result == "done":
+                self.counts.acted += 1
+            else:
+                self.counts.reported += 1
