@@ -5,7 +5,7 @@ The lifecycle only: start-up, the loop, signals, reloads, shutdown. What happens
 thread, which owns the store, the index and every decision; watchdog's threads only push
 hints onto a queue, and a standing pool of worker processes decodes and hashes. Each turn
 of the loop runs queued commands, hands hints to the pipeline, feeds settled and backlog
-files to the pool (a bounded number in flight), and ingests the results come back, so
+files to the pool (a bounded number in flight), and ingests the results that come back, so
 `status`, `rescan` and signals are served between files, never after a whole batch. Between
 turns the loop sleeps until a result, a hint, a command or the next file's settle time. Signal
 handlers only set flags (`note_signal`) and wake the loop; the loop acts on them. The systemd
