@@ -57,6 +57,17 @@ class ActionError(DedupdError):
     """An action was refused or failed; the file was left where it was."""
 
 
+class Stranded(ActionError):
+    """An action failed and its file could not be put back at once: it waits, whole, in the
+    root's staging folder, and its journal entry stays planned so that recovery (at the next
+    start, or the daemon's next reconcile) puts it back."""
+
+
+class _NotNow(DedupdError):
+    """Recovery cannot decide yet (a root or the quarantine is not reachable: not mounted
+    yet); the entry stays planned and is looked at again next time."""
+
+
 @dataclass(frozen=True, slots=True)
 class Recovered:
     action_id: int
@@ -83,6 +94,11 @@ def _fd(fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a file's bytes are written: size, mtime and ctime."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _same_version(st: os.stat_result, expected: FileStat) -> bool:
@@ -139,19 +155,24 @@ class _Staged:
         return safefs.open_file_at(self.staging, self.name)
 
     def put_back(self) -> str:
-        """Link the staged file back into its folder (never over another file), then drop
-        the staged name. Returns the path it is back at."""
-        name = safefs.free_name_at(self.src_dir, self.src.name)
-        os.link(
-            self.name,
-            name,
-            src_dir_fd=self.staging,
-            dst_dir_fd=self.src_dir,
-            follow_symlinks=False,
-        )
-        safefs.fsync_dir(self.src_dir)
-        self.discard()
-        return str(self.src.parent / name)
+        """Link the staged file back into its folder (never over another file; into the
+        root when the folder was removed meanwhile), then drop the staged name. Returns the
+        path it is back at. If even that fails, raises `Stranded`: the journal entry stays
+        planned and recovery puts the file back later."""
+        try:
+            try:
+                where = _link_back(self.staging, self.name, self.src_dir, self.src)
+            except (FileNotFoundError, NotADirectoryError):  # its folder went away
+                with safefs.directory(self.root) as root_fd:
+                    src = PurePath(self.root) / self.src.name
+                    where = _link_back(self.staging, self.name, root_fd, src)
+            self.discard()
+        except (OSError, DedupdError) as exc:
+            raise Stranded(
+                f"{self.src}: could not be put back ({exc}); it is kept in {self.path} and "
+                "put back by the next recovery"
+            ) from exc
+        return where
 
     def discard(self) -> None:
         os.unlink(self.name, dir_fd=self.staging)
@@ -182,6 +203,9 @@ class Actions:
         """Run `operation`; any failure is journaled and raised as ActionError."""
         try:
             operation()
+        except Stranded as exc:
+            log.error("action_stranded", action=action_id, error=str(exc))
+            raise
         except (OSError, DedupdError) as exc:
             detail = str(exc)
             self.store.journal_finish(action_id, "failed", detail)
@@ -248,7 +272,8 @@ class Actions:
                     self._check_keeper_before(record, keeper)
                 qdir = safefs.open_dir(target.parent, create=True, mode=0o750)
             with _fd(qdir):
-                dst = target.parent / safefs.free_name_at(qdir, target.name)
+                with self._refusals(str(record.path)):
+                    dst = target.parent / safefs.free_name_at(qdir, target.name)
                 action_id = self.store.journal_plan(
                     kind="quarantine",
                     file_id=record.id,
@@ -291,6 +316,7 @@ class Actions:
         try:
             with _fd(staged.open()) as fd:
                 self._check_staged(staged, fd, record)
+                verified = os.fstat(fd)
                 self._checkpoint("verified")
                 try:
                     _link(
@@ -300,10 +326,17 @@ class Actions:
                         dst_dir_fd=qdir,
                         follow_symlinks=False,
                     )
+                    copied = False
                 except OSError as exc:
                     if exc.errno not in _CROSS_DEVICE:
                         raise
                     self._copy_in(action_id, fd, qdir, dst, record.sha256 or "")
+                    copied = True
+                if copied and _version(os.fstat(fd)) != _version(verified):
+                    # An editor that had the photo open wrote to it while it was copied: the
+                    # copy is not the user's newest bytes. The original goes back.
+                    os.unlink(dst.name, dir_fd=qdir)
+                    raise ActionError(f"{record.path} changed while it was copied; put back")
                 placed = True
                 self._checkpoint("linked")
                 safefs.fsync_dir(qdir)
@@ -316,17 +349,25 @@ class Actions:
         self._checkpoint("unlinked")
 
     def _copy_in(self, action_id: int, fd: int, dir_fd: int, dst: Path, sha256: str) -> None:
-        """Across filesystems: copy the descriptor's bytes to a temporary name in `dir_fd`,
-        fsync, verify, then link into place (which fails rather than overwrite). A failure
-        (a full disk) removes the partial copy."""
-        tmp = f".dedupd-{action_id}.tmp"
-        self.store.journal_update(action_id, tmp=str(dst.parent / tmp))
-        out = os.open(
-            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-            dir_fd=dir_fd,
-        )
+        """Across filesystems: copy the descriptor's bytes into a new file in `dir_fd`, fsync,
+        verify, then link exactly that file (by its descriptor, never by a name someone could
+        swap) into place, which fails rather than overwrite. The new file has no name until
+        then where the filesystem can (O_TMPFILE); elsewhere a temporary name, journaled,
+        removed on any failure (a full disk) and only when it still is our file."""
+        tmp: str | None = None
         try:
-            with _fd(out):
+            out = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        except OSError:  # no O_TMPFILE here (some network filesystems): a named temporary
+            tmp = f".dedupd-{action_id}.tmp"
+            self.store.journal_update(action_id, tmp=str(dst.parent / tmp))
+            out = os.open(
+                tmp,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        with _fd(out):
+            try:
                 offset = 0
                 while chunk := os.pread(fd, 1 << 20, offset):
                     view = memoryview(chunk)
@@ -342,12 +383,13 @@ class Actions:
                 self._checkpoint("copied")
                 if safefs.sha256_fd(out) != sha256:
                     raise ActionError(f"{dst}: the copy does not match; source left in place")
-                os.link(tmp, dst.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
-        os.unlink(tmp, dir_fd=dir_fd)
+                os.link(f"/proc/self/fd/{out}", dst.name, dst_dir_fd=dir_fd)
+                placed, mine = safefs.stat_at(dir_fd, dst.name), os.fstat(out)
+                if placed is None or (placed.st_dev, placed.st_ino) != (mine.st_dev, mine.st_ino):
+                    raise ActionError(f"{dst}: not the verified copy after linking; left alone")
+            finally:
+                if tmp is not None:
+                    _unlink_if_ours(dir_fd, tmp, os.fstat(out))
 
     def delete(self, record: FileRecord, keeper: FileRecord, reason: str) -> int:
         """Delete an exact duplicate after re-verifying its keeper; returns the action id."""
@@ -441,7 +483,9 @@ class Actions:
                     sha256 = safefs.sha256_fd(fd)
                     ddir = safefs.open_dir(dst.parent, create=True)
                 with _fd(ddir):
-                    if safefs.exists_at(ddir, dst.name):
+                    with self._refusals(f"{dst}: nothing restored"):
+                        taken = safefs.exists_at(ddir, dst.name)
+                    if taken:
                         raise ActionError(f"{dst} exists; refusing to overwrite it")
                     # Remember the user's decision before the file reappears, so that a daemon
                     # watching the folder never sees it back without the distinct mark.
@@ -541,37 +585,45 @@ class Actions:
         for a in self.store.actions("state = 'planned'"):
             try:
                 outcome, detail = self._recover_one(a)
-            except (OSError, DedupdError) as exc:  # one bad entry must not stop the start
-                outcome, detail = "failed", f"recovery failed, files left as they are: {exc}"
-            if outcome == "done":
-                if a.kind in ("quarantine", "delete"):
-                    record = self.store.file(a.file_id) if a.file_id else None
-                    self.store.journal_finish(a.id, "done", "completed during recovery")
-                    self.store.add_tombstone(a.sha256, a.src, a.id)
-                    if record is not None:
-                        self.store.set_state(
-                            record.id, "quarantined" if a.kind == "quarantine" else "deleted"
-                        )
-                elif a.kind == "restore":
-                    original = self.store.action(a.of_action) if a.of_action else None
-                    if original is None:
-                        raise DedupdError(f"restore {a.id} names no quarantine")
-                    self._finish_restore(a.id, original)
-                else:
-                    self.store.journal_finish(a.id, "done", "completed during recovery")
-            else:
-                self.store.journal_finish(a.id, outcome, detail)
-                rolled_back = outcome == "rolled_back" and a.kind in ("quarantine", "delete")
-                if rolled_back and a.file_id is not None:
-                    self.store.mark_stale(a.file_id)
+                self._conclude(a, outcome, detail)
+            except (OSError, DedupdError) as exc:
+                # Not decidable now (a root or the quarantine not mounted yet, a folder that
+                # cannot be read): the entry stays planned, the files as they are, and the
+                # next recovery looks again. One bad entry never stops the start.
+                outcome, detail = "pending", f"left for the next recovery: {exc}"
             log.warning(
                 "action_recovered", action=a.id, kind=a.kind, outcome=outcome, detail=detail
             )
             results.append(Recovered(a.id, a.kind, outcome, detail))
         return results
 
+    def _conclude(self, a: ActionRecord, outcome: str, detail: str) -> None:
+        """Record what recovery did with `a`: the journal, tombstones and the file's state."""
+        if outcome != "done":
+            self.store.journal_finish(a.id, outcome, detail)
+            rolled_back = outcome == "rolled_back" and a.kind in ("quarantine", "delete")
+            if rolled_back and a.file_id is not None:
+                self.store.mark_stale(a.file_id)
+        elif a.kind in ("quarantine", "delete"):
+            record = self.store.file(a.file_id) if a.file_id else None
+            self.store.journal_finish(a.id, "done", "completed during recovery")
+            self.store.add_tombstone(a.sha256, a.src, a.id)
+            if record is not None:
+                self.store.set_state(
+                    record.id, "quarantined" if a.kind == "quarantine" else "deleted"
+                )
+        elif a.kind == "restore":
+            original = self.store.action(a.of_action) if a.of_action else None
+            if original is None:
+                raise DedupdError(f"restore {a.id} names no quarantine")
+            self._finish_restore(a.id, original)
+        else:
+            self.store.journal_finish(a.id, "done", "completed during recovery")
+
     def _recover_one(self, a: ActionRecord) -> tuple[str, str]:
         if a.kind == "purge":
+            if self.quarantine_dir is not None:  # it may not be mounted yet
+                _reachable(str(self.quarantine_dir))
             try:
                 _unlink_verified(a.src, a.sha256, a.of_action or a.id)
             except ActionError as exc:
@@ -591,7 +643,10 @@ class Actions:
         """A quarantine or delete that renamed its file into the staging folder first."""
         src, dst, tmp = a.src, a.dst, a.tmp
         root = str(staged.parent.parent)
-        staged_here = safefs.lexists(staged)
+        _reachable(root)  # an unmounted root says nothing about its files: decide later
+        if a.kind == "quarantine" and self.quarantine_dir is not None:
+            _reachable(str(self.quarantine_dir))
+        staged_here = _staged_exists(root, staged.name)
         if a.kind == "delete":
             if staged_here:
                 where = _put_back(staged, PurePath(src), root)
@@ -601,10 +656,22 @@ class Actions:
             return "done", "file was deleted before the crash"
         _unlink_if_present(tmp)  # a partial cross-filesystem copy: redone or not needed
         if staged_here and dst is not None and safefs.lexists(dst):
-            if _same_file(staged, dst) or _sha256_of(dst) == a.sha256:
+            if _same_file(staged, dst):
                 _unlink_path(staged)
                 _remove_staging_if_empty(root)
                 return "done", "the file was in quarantine; the staged name was removed"
+            # A copy across filesystems: the staged original goes only when both hold the
+            # journaled bytes. An edit that reached the original while it was copied is the
+            # user's newest version: it goes back, and the copy of the old bytes goes.
+            if _sha256_of(staged) != a.sha256:
+                if _sha256_of(dst) == a.sha256:
+                    _unlink_path(dst)
+                where = _put_back(staged, PurePath(src), root)
+                return "rolled_back", f"edited while it was copied; put back at {where}"
+            if _sha256_of(dst) == a.sha256:
+                _unlink_path(staged)
+                _remove_staging_if_empty(root)
+                return "done", "the copy in quarantine was verified; the staged name was removed"
             where = _put_back(staged, PurePath(src), root)
             return "rolled_back", f"quarantine held other bytes; put back at {where}"
         if staged_here:
@@ -647,6 +714,36 @@ class Actions:
         return "failed", "neither the source nor the destination exists"
 
 
+def _reachable(folder: str) -> None:
+    """Raise _NotNow when `folder` (a root, the quarantine) cannot be opened now."""
+    try:
+        with safefs.directory(folder):
+            pass
+    except (OSError, DedupdError) as exc:
+        raise _NotNow(f"{folder} is not reachable ({exc}); not mounted yet?") from exc
+
+
+def _staged_exists(root: str, name: str) -> bool:
+    """Whether the root's staging folder, dedupd's own, holds `name`. A folder of that name
+    that is not dedupd's (planted by a user) is refused, never trusted."""
+    with safefs.directory(root) as root_fd:
+        try:
+            fd = os.open(
+                safefs.STAGING_DIR,
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=root_fd,
+            )
+        except FileNotFoundError:
+            return False
+        with _fd(fd):
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+                raise safefs.UnsafePath(
+                    f"{os.path.join(root, safefs.STAGING_DIR)} is not dedupd's own folder"
+                )
+            return safefs.exists_at(fd, name)
+
+
 def _sha256_of(path: str | PurePath) -> str:
     p = PurePath(path)
     with safefs.directory(p.parent) as d, _fd(safefs.open_file_at(d, p.name)) as fd:
@@ -672,27 +769,60 @@ def _unlink_path(path: str | PurePath) -> None:
 
 
 def _put_back(staged: PurePath, src: PurePath, root: str) -> str:
-    """Return a staged file to its folder, or to its root when that folder is gone or is no
-    longer a real folder; under a free name if its own is taken. Returns where it went."""
-    try:
-        folder = safefs.open_dir(src.parent)
-    except (FileNotFoundError, safefs.UnsafePath):
-        folder = safefs.open_dir(root)
-        src = PurePath(root) / src.name
-    with _fd(folder), safefs.directory(staged.parent) as sdir:
-        name = safefs.free_name_at(folder, src.name)
-        os.link(staged.name, name, src_dir_fd=sdir, dst_dir_fd=folder, follow_symlinks=False)
-        safefs.fsync_dir(folder)
+    """Recovery's put-back: return a staged file to its folder, or to its root when that
+    folder is gone or is no longer a real folder; under a free name if its own is taken.
+    Returns where it went."""
+    with safefs.directory(staged.parent) as sdir:
+        try:
+            folder = safefs.open_dir(src.parent)
+        except (FileNotFoundError, NotADirectoryError, safefs.UnsafePath):
+            folder = safefs.open_dir(root)
+            src = PurePath(root) / src.name
+        with _fd(folder):
+            where = _link_back(sdir, staged.name, folder, src)
         os.unlink(staged.name, dir_fd=sdir)
         safefs.fsync_dir(sdir)
     _remove_staging_if_empty(root)
+    return where
+
+
+def _link_back(sdir: int, staged: str, folder: int, src: PurePath) -> str:
+    """Link the staged file into `folder` under src's name, or the first free `name (n)`;
+    nothing when a crash already linked it back (the name holds the staged inode)."""
+    st = os.stat(staged, dir_fd=sdir, follow_symlinks=False)
+    here = safefs.stat_at(folder, src.name)
+    if here is not None and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+        return str(src)
+    name = _link_free(sdir, staged, folder, src.name)
+    safefs.fsync_dir(folder)
     return str(src.parent / name)
+
+
+_NAME_MAX = 255
+
+
+def _link_free(src_dir: int, src_name: str, dir_fd: int, name: str) -> str:
+    """Link `src_name` as `name`, or `stem (1).ext`, `stem (2).ext`, …: the first that is
+    free when the link is made (a name taken meanwhile is skipped, never replaced), with the
+    stem shortened where the suffix would make the name too long."""
+    stem, suffix = os.path.splitext(name)
+    for n in range(100_000):
+        extra = os.fsencode(suffix if n == 0 else f" ({n}){suffix}")
+        raw = os.fsencode(stem)[: _NAME_MAX - len(extra)]
+        candidate = os.fsdecode(raw + extra)
+        try:
+            os.link(src_name, candidate, src_dir_fd=src_dir, dst_dir_fd=dir_fd,
+                    follow_symlinks=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ActionError(f"{name}: no free name to put it back under")
 
 
 def _remove_staging_if_empty(root: str) -> None:
     """The staging folder exists only while an action runs (or a crash left one to recover):
     the user's folder does not keep a trace of dedupd."""
-    with contextlib.suppress(OSError), safefs.directory(root) as d:
+    with contextlib.suppress(OSError, DedupdError), safefs.directory(root) as d:
         os.rmdir(safefs.STAGING_DIR, dir_fd=d)
 
 
@@ -703,7 +833,11 @@ def _unlink_verified(
     user's newer bytes)."""
     p = PurePath(path)
     try:
-        with safefs.directory(p.parent) as d:
+        d = safefs.open_dir(p.parent)
+    except (OSError, DedupdError) as exc:  # an unmounted quarantine: nothing is known
+        raise ActionError(f"{p.parent} is not reachable ({exc}); {path} kept") from exc
+    try:
+        with _fd(d):
             try:
                 fd = safefs.open_file_at(d, p.name)
             except FileNotFoundError:
@@ -724,6 +858,13 @@ def _unlink_verified(
         return
     except (OSError, safefs.UnsafePath) as exc:
         raise ActionError(f"{path}: {exc}; kept") from exc
+
+
+def _unlink_if_ours(dir_fd: int, name: str, mine: os.stat_result) -> None:
+    """Remove our temporary name, but only while it still is our file."""
+    here = safefs.stat_at(dir_fd, name)
+    if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _unlink_if_present(path: str | None) -> None:

@@ -255,6 +255,10 @@ def scan_command(
         # Even a dry run writes hashes: refuse while the daemon (or another scan) writes.
         with DatabaseLock(config.database, "scan"), Store(config.database) as store:
             actions = Actions(store, config.quarantine.path)
+            # What a killed daemon or scan left half done is finished or rolled back first.
+            for r in actions.recover():
+                click.echo(f"recovered: action {r.action_id} ({r.kind}): {r.outcome}: {r.detail}",
+                           err=True)
             if as_json or not sys.stderr.isatty():
                 report = scan(config, store, actions=actions)
             else:

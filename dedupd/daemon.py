@@ -304,6 +304,10 @@ class Daemon:
         return pool.in_flight if pool is not None else 0
 
     def _queue_reconcile(self, roots: Sequence[str]) -> None:
+        if self.store.actions("state = 'planned'"):
+            # An action that could not put its file back (or a recovery that found a root
+            # not mounted yet) left its entry planned: recover it before walking the roots.
+            self._recover()
         report = self.pipeline.reconcile(roots, tick=self._heartbeat)
         for root, _ in report.unavailable:
             self.watcher.states[root] = "unavailable"
@@ -346,17 +350,20 @@ class Daemon:
             self.store = Store(config.database)
             self._database_identity = _identity(config.database)
             self.actions = Actions(self.store, config.quarantine.path)
-            for r in self.actions.recover():
-                log.warning(
-                    "journal_recovered",
-                    action=r.action_id,
-                    kind=r.kind,
-                    outcome=r.outcome,
-                    detail=r.detail,
-                )
+            self._recover()
             self._configure(config)
         except sqlite3.DatabaseError as exc:  # it opened, but reading it failed (corrupt)
             raise StoreError(f"{config.database}: {exc}") from exc
+
+    def _recover(self) -> None:
+        for r in self.actions.recover():
+            log.warning(
+                "journal_recovered",
+                action=r.action_id,
+                kind=r.kind,
+                outcome=r.outcome,
+                detail=r.detail,
+            )
 
     def _shutdown(self) -> None:
         """Undo whatever start-up got to, in reverse order; the lock goes last."""

@@ -187,5 +187,9 @@ def staging_dir(root: str | Path) -> int:
             "can make its own"
         )
     if stat.S_IMODE(st.st_mode) & 0o077:
-        os.fchmod(fd, 0o700)
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            os.close(fd)
+            raise
     return fd

@@ -191,10 +191,23 @@ def _action_from_db(row: dict[str, Any]) -> ActionRecord:
     return ActionRecord(**row)
 
 
+_ACTION_TEXTS = ("reason", "error")  # messages, which may quote a path that is not UTF-8
+
+
+def _text(message: str) -> str:
+    """A message as storable text: a path's undecodable bytes become visible escapes."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _action_to_db(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: to_db(v) if k in _ACTION_PATHS and isinstance(v, str) else v for k, v in values.items()
-    }
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, str) and k in _ACTION_PATHS:
+            v = to_db(v)
+        elif isinstance(v, str) and k in _ACTION_TEXTS:
+            v = _text(v)
+        out[k] = v
+    return out
 
 
 @dataclass(frozen=True, slots=True)

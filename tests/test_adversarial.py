@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from dedupd import safefs
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, Policy
 from dedupd.engine import scan
+from dedupd.filestat import FileStat
 from dedupd.store import FileRecord, Store
 from tests import photos
 
@@ -539,3 +541,175 @@ def test_kill_9_campaign_loses_nothing(tmp_path: Path, where: str) -> None:
     print(json.dumps({"campaign": where, **stats}))
     per_op_names = ("quarantine", "delete", "restore", "purge")
     assert all(stats[f"kills_{op}"] >= kills // 20 for op in per_op_names)
+
+
+# -- put back, whatever happened meanwhile (found by review) ------------------------------------
+
+
+def test_a_name_taken_while_putting_back_gets_the_next_free_name(
+    lib: Lib, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete fails (its keeper changed) and, just as dedupd puts the duplicate back, a
+    sync client renames a new photo onto the name: the new photo keeps the name, the
+    duplicate comes back beside it, and nothing stays in the staging folder."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    real_link = os.link
+    raced: list[bytes] = []
+
+    def link(src: str, dst: str, **kw: Any) -> None:
+        if dst == "dup.jpg" and not raced:  # the put-back's first try
+            raced.append(_new_photo_renamed_onto(lib.root / "sub" / "dup.jpg", tmp_path))
+        real_link(src, dst, **kw)
+
+    def keeper_changes() -> None:
+        (lib.root / "keeper.jpg").write_bytes(b"edited since")
+
+    monkeypatch.setattr(os, "link", link)
+    with pytest.raises(ActionError, match="nothing deleted"):
+        Actions(lib.store, lib.quarantine, checkpoint=_at("staged", keeper_changes)).delete(
+            dup, keeper, "exact"
+        )
+    assert (lib.root / "sub" / "dup.jpg").read_bytes() == raced[0]
+    assert _sha(lib.root / "sub" / "dup (1).jpg") == dup.sha256
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+    (entry,) = lib.store.actions()
+    assert entry.state == "failed"
+
+
+def test_a_folder_removed_while_staged_puts_the_photo_back_at_the_root(lib: Lib) -> None:
+    """The staged duplicate was its folder's only file; a sync client removed the empty
+    folder. The photo comes back at the root, never stays in dedupd's private folder."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+
+    def folder_goes() -> None:
+        (lib.root / "sub" / "near.jpg").unlink()
+        (lib.root / "sub").rmdir()
+        (lib.root / "keeper.jpg").write_bytes(b"edited since")  # so the delete fails
+
+    with pytest.raises(ActionError):
+        Actions(lib.store, lib.quarantine, checkpoint=_at("staged", folder_goes)).delete(
+            dup, keeper, "exact"
+        )
+    assert _sha(lib.root / "dup.jpg") == dup.sha256
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+
+
+def test_a_photo_that_cannot_be_put_back_stays_planned_for_recovery(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If even the put-back fails, the entry is not marked failed (recovery only looks at
+    planned ones): it stays planned, and the next recovery puts the photo back."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    real_link = os.link
+
+    def no_links(*args: object, **kw: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def break_things() -> None:
+        (lib.root / "keeper.jpg").write_bytes(b"edited since")
+        monkeypatch.setattr(os, "link", no_links)
+
+    with pytest.raises(dedupd.actions.Stranded, match="next recovery"):
+        Actions(lib.store, lib.quarantine, checkpoint=_at("staged", break_things)).delete(
+            dup, keeper, "exact"
+        )
+    (entry,) = lib.store.actions()
+    assert entry.state == "planned"
+    monkeypatch.setattr(os, "link", real_link)
+    (recovered,) = Actions(lib.store, lib.quarantine).recover()
+    assert recovered.outcome == "rolled_back"
+    assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+
+
+def test_a_long_name_taken_while_staged_comes_back_under_a_shortened_free_name(
+    lib: Lib, tmp_path: Path
+) -> None:
+    """255 bytes is the longest name: `name (1).jpg` would not fit, so the stem is cut."""
+    long = "L" * 251 + ".jpg"
+    os.rename(lib.root / "sub" / "dup.jpg", lib.root / "sub" / long)
+    lib.store.move(
+        lib.rec(lib.root / "sub" / "dup.jpg").id,
+        str(lib.root),
+        f"sub/{long}",
+        FileStat.of(os.stat(lib.root / "sub" / long)),
+    )
+    dup, keeper = lib.rec(lib.root / "sub" / long), lib.rec(lib.root / "keeper.jpg")
+    taken: list[bytes] = []
+
+    def take_the_name() -> None:
+        taken.append(_new_photo_renamed_onto(lib.root / "sub" / long, tmp_path))
+        (lib.root / "keeper.jpg").write_bytes(b"edited since")
+
+    with pytest.raises(ActionError):
+        Actions(lib.store, lib.quarantine, checkpoint=_at("staged", take_the_name)).delete(
+            dup, keeper, "exact"
+        )
+    assert (lib.root / "sub" / long).read_bytes() == taken[0]
+    back = [p for p in (lib.root / "sub").iterdir() if p.name.endswith(" (1).jpg")]
+    assert len(back) == 1 and len(os.fsencode(back[0].name)) <= 255
+    assert _sha(back[0]) == dup.sha256
+
+
+def test_recovery_waits_for_a_root_that_is_not_mounted_yet(lib: Lib) -> None:
+    """Killed after staging; at the next start the root's disk is not mounted yet. Nothing
+    is concluded (no permanent "failed"): the entry waits, and once the disk is back the
+    photo is put back."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+
+    def run(checkpoint: Callable[[str], None]) -> None:
+        with Store(lib.store.path) as store:
+            Actions(store, lib.quarantine, checkpoint=checkpoint).delete(dup, keeper, "x")
+
+    assert _fork_and_kill_at(run, 2)  # killed right after staging
+    unmounted = lib.root.with_name("photos-unmounted")
+    os.rename(lib.root, unmounted)
+    (pending,) = Actions(lib.store, lib.quarantine).recover()
+    assert pending.outcome == "pending" and "not reachable" in pending.detail
+    assert [a.state for a in lib.store.actions()] == ["planned"]
+    os.rename(unmounted, lib.root)
+    (recovered,) = Actions(lib.store, lib.quarantine).recover()
+    assert recovered.outcome == "rolled_back"
+    assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
+
+
+def test_an_edit_written_while_copying_across_filesystems_is_put_back(lib: Lib) -> None:
+    """An editor that had the photo open writes to it while dedupd copies it to another
+    filesystem: the copy no longer holds the user's newest bytes, so it is dropped and the
+    edited photo goes back."""
+    if not str(lib.quarantine).startswith(str(SHM)):
+        pytest.skip("the same-filesystem layout links the file: an edit reaches quarantine")
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+    editor = open(near.path, "r+b")  # opened before dedupd acts  # noqa: SIM115
+
+    def save() -> None:
+        editor.seek(0, os.SEEK_END)
+        editor.write(b"the user's edit")
+        editor.flush()
+
+    try:
+        with pytest.raises(ActionError, match="changed while it was copied"):
+            Actions(lib.store, lib.quarantine, checkpoint=_at("copied", save)).quarantine(
+                near, keeper, 4, "near"
+            )
+    finally:
+        editor.close()
+    assert (lib.root / "sub" / "near.jpg").read_bytes().endswith(b"the user's edit")
+    assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
+
+
+def test_a_root_swapped_for_a_symlink_after_the_action_does_not_escape(lib: Lib) -> None:
+    """The staging folder's cleanup meets a root that became a symlink: the action is done
+    and journaled, and no error other than ActionError ever leaves `quarantine`."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+    moved = lib.root.with_name("photos-real")
+
+    def swap_root() -> None:
+        os.rename(lib.root, moved)
+        os.symlink(moved, lib.root)
+
+    Actions(lib.store, lib.quarantine, checkpoint=_at("unlinked", swap_root)).quarantine(
+        dup, keeper, 0, "exact"
+    )
+    (entry,) = lib.store.actions()
+    assert entry.state == "done"
