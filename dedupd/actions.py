@@ -119,10 +119,12 @@ class _Staged:
         self.path = PurePath(root) / safefs.STAGING_DIR / self.name
         self.src_dir = safefs.open_dir(src.parent)
         try:
-            self.staging = safefs.staging_dir(root)
+            staging = safefs.staging_dir(root)
         except BaseException:
             os.close(self.src_dir)
             raise
+        assert staging is not None  # made if missing
+        self.staging = staging
 
     def __enter__(self) -> _Staged:
         return self
@@ -726,22 +728,11 @@ def _reachable(folder: str) -> None:
 def _staged_exists(root: str, name: str) -> bool:
     """Whether the root's staging folder, dedupd's own, holds `name`. A folder of that name
     that is not dedupd's (planted by a user) is refused, never trusted."""
-    with safefs.directory(root) as root_fd:
-        try:
-            fd = os.open(
-                safefs.STAGING_DIR,
-                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                dir_fd=root_fd,
-            )
-        except FileNotFoundError:
-            return False
-        with _fd(fd):
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
-                raise safefs.UnsafePath(
-                    f"{os.path.join(root, safefs.STAGING_DIR)} is not dedupd's own folder"
-                )
-            return safefs.exists_at(fd, name)
+    fd = safefs.staging_dir(root, create=False)
+    if fd is None:
+        return False
+    with _fd(fd):
+        return safefs.exists_at(fd, name)
 
 
 def _sha256_of(path: str | PurePath) -> str:

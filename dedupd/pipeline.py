@@ -252,7 +252,9 @@ class Pipeline:
         settler can both queue one upload, and a quarantined file must not be "hashed" again
         at the path it left (it would be recorded as vanished)."""
         record = self.store.record(entry.root, entry.relpath)
-        return record is not None and record.state != "missing" and record.stat == entry.stat
+        return (
+            record is not None and record.state != "missing" and same_version(record, entry.stat)
+        )
 
     def ingest_results(
         self,

@@ -162,34 +162,41 @@ def free_name_at(dir_fd: int, name: str) -> str:
     return candidate
 
 
-def staging_dir(root: str | Path) -> int:
-    """A descriptor of `root`'s private staging folder, made if missing.
+def staging_dir(root: str | Path, *, create: bool = True) -> int | None:
+    """A descriptor of `root`'s private staging folder, made if missing (with `create`;
+    without it, None when there is none).
 
     It must be a real folder owned by dedupd's user and closed to everyone else: a folder of
-    that name made by someone else is refused (UnsafePath), never used.
+    that name made by someone else is refused (UnsafePath), never used. One of ours that is
+    open to others is closed again when creating (an action is about to use it), refused
+    when only looking (recovery trusts nothing it did not leave as it is).
     """
+    where = os.path.join(root, STAGING_DIR)
     with directory(root) as root_fd:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(STAGING_DIR, 0o700, dir_fd=root_fd)
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(STAGING_DIR, 0o700, dir_fd=root_fd)
         try:
             fd = os.open(STAGING_DIR, _DIR_FLAGS, dir_fd=root_fd)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePath(
-                    f"{os.path.join(root, STAGING_DIR)} is not a folder; remove it"
-                ) from exc
+                raise UnsafePath(f"{where} is not a folder; remove it") from exc
             raise
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid():
-        os.close(fd)
-        raise UnsafePath(
-            f"{os.path.join(root, STAGING_DIR)} belongs to another user; remove it so dedupd "
-            "can make its own"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        try:
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UnsafePath(
+                f"{where} belongs to another user; remove it so dedupd can make its own"
+            )
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            if not create:
+                raise UnsafePath(f"{where} is open to other users; not trusted")
             os.fchmod(fd, 0o700)
-        except OSError:
-            os.close(fd)
-            raise
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
