@@ -35,7 +35,8 @@ counts are reported.
 
 Hashing goes through dedupd's own path: each image is written to a temporary file and hashed by
 ``dedupd.imaging.hash_image(path, hashers, max_pixels=10**9)`` (JPEG draft decoding, EXIF
-orientation applied), all hashers in one call per file: every algorithm in
+orientation applied), one call per file for all hashers that reduce the image alike (the same
+``draft_side``), so each sees what it sees when a config names it alone: every algorithm in
 ``dedupd.hashers.HASHERS`` at --sizes (default 8,16), colorhash at --color-sizes (default 3,8;
 its size is bits per colour bin). Distances are ``dedupd.index.distance`` in bits; a pair
 matches at normalized threshold t when distance <= ``Hasher.radius(t)``, exactly as dedupd
@@ -412,9 +413,17 @@ def process(
         dims: dict[str, list[int]] = {}
         nbytes: dict[str, int] = {}
 
+        # One call per draft side, so each hasher sees the decode it gets when a config names it
+        # alone (one call for all would give every hasher the largest side any of them needs).
+        groups: dict[int, list[Hasher]] = {}
+        for h in hashers:
+            groups.setdefault(h.draft_side, []).append(h)
+
         def record(name: str, path: Path) -> None:
-            result = hash_image(str(path), hashers, max_pixels=MAX_PIXELS)
-            hashes[name] = {label(h): result.hashes[h.key].hex() for h in hashers}
+            hashes[name] = {}
+            for group in groups.values():
+                result = hash_image(str(path), group, max_pixels=MAX_PIXELS)
+                hashes[name].update({label(h): result.hashes[h.key].hex() for h in group})
             dims[name] = [result.width, result.height]
             nbytes[name] = path.stat().st_size
             path.unlink()

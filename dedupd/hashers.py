@@ -18,19 +18,34 @@ if TYPE_CHECKING:
     import imagehash
     from PIL import Image
 
-__all__ = ["DRAFT_FACTOR", "HASHERS", "MIN_DRAFT_SIDE", "Algorithm", "Hasher", "validate_hash_size"]
+__all__ = [
+    "DRAFT_FACTOR",
+    "HASHERS",
+    "MIN_SAMPLE_SIDE",
+    "Algorithm",
+    "Hasher",
+    "validate_hash_size",
+]
 
 Algorithm = Literal[
     "average_hash", "phash", "phash_simple", "dhash", "dhash_vertical", "whash", "colorhash"
 ]
 
-# JPEG draft decoding scales by 1/2, 1/4 or 1/8 in the DCT domain. We ask for at least this
-# many times the pixels a hasher samples: on 12 MP photos the 1/8 decode then gives pHash
-# bits identical to a full decode or within 2 of 256 (tests/test_imaging.py), 6x faster.
-DRAFT_FACTOR = 4
-# ... and never below this side: small images gain little from drafting, and the tiny hashers
-# (8x8 dHash samples 9 px) would otherwise see a 1/8 decode of a photo a few hundred px wide.
-MIN_DRAFT_SIDE = 256
+# The decoded image is made smaller before hashing: JPEG draft decoding scales by 1/2, 1/4 or
+# 1/8 in the DCT domain, and every format is then box-reduced by a whole factor (imaging.py), as
+# long as the short side keeps `draft_factor` times what the hasher samples (and never below
+# that factor times MIN_SAMPLE_SIDE, so the tiny hashers, such as 8x8 dHash sampling 9 px, are
+# not given a few dozen pixels). pHash, aHash and wHash average over the frame and keep
+# DRAFT_FACTOR, 2 (Pillow's `reducing_gap` advice), which halves the hashing time of a 500 px
+# photo; the gradient hashes (dHash, pHash-simple) and colorhash, which see single pixels, keep
+# 4. Measured on the test photos at native, 3 MP and 12 MP size (tests/test_imaging.py): pHash
+# 16x16 within 6 of 256 bits (0.023) of a full decode, every hasher within 0.04 (colorhash
+# 0.08); any match threshold is several times that.
+DRAFT_FACTOR = 2
+MIN_SAMPLE_SIDE = 64
+# What the hashers are given changed (the reduction above): stored hashes made before are redone
+# once, on the next scan, because the key differs.
+_INPUT_VERSION = 2
 
 _IMAGEHASH_VERSION = ".".join(version("ImageHash").split(".")[:2])
 
@@ -45,6 +60,7 @@ class _Spec:
     # the conservative starting values: a file mover must prefer a missed duplicate.
     threshold: float
     mode: Literal["L", "RGB"]
+    draft_factor: int = DRAFT_FACTOR
 
 
 def _imagehash(name: str) -> Callable[[Image.Image, int], imagehash.ImageHash]:
@@ -78,15 +94,19 @@ def _colorhash(image: Image.Image, size: int) -> imagehash.ImageHash:
 HASHERS: Mapping[Algorithm, _Spec] = {
     "average_hash": _Spec(_imagehash("average_hash"), lambda s: s, lambda s: s * s, 0.07, "L"),
     "phash": _Spec(_imagehash("phash"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
-    "phash_simple": _Spec(_imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
-    "dhash": _Spec(_imagehash("dhash"), lambda s: s + 1, lambda s: s * s, 0.12, "L"),
+    "phash_simple": _Spec(
+        _imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", draft_factor=4
+    ),
+    "dhash": _Spec(
+        _imagehash("dhash"), lambda s: s + 1, lambda s: s * s, 0.12, "L", draft_factor=4
+    ),
     "dhash_vertical": _Spec(
-        _imagehash("dhash_vertical"), lambda s: s + 1, lambda s: s * s, 0.12, "L"
+        _imagehash("dhash_vertical"), lambda s: s + 1, lambda s: s * s, 0.12, "L", draft_factor=4
     ),
     "whash": _Spec(_whash, lambda s: 4 * s, lambda s: s * s, 0.07, "L"),
     # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
     # every pixel's colour; a 256 px draft keeps the bin fractions close to the full decode.
-    "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB"),
+    "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB", draft_factor=4),
 }
 
 
@@ -124,8 +144,10 @@ class Hasher:
 
     @property
     def key(self) -> str:
-        """Stable identity of the hash values: algorithm, size and ImageHash version."""
-        return f"{self.algorithm}:{self.hash_size}:imagehash-{_IMAGEHASH_VERSION}"
+        """Stable identity of the hash values: algorithm, size, ImageHash version and what the
+        hasher is given (see _INPUT_VERSION)."""
+        version = f"imagehash-{_IMAGEHASH_VERSION}:in{_INPUT_VERSION}"
+        return f"{self.algorithm}:{self.hash_size}:{version}"
 
     @property
     def default_threshold(self) -> float:
@@ -138,7 +160,8 @@ class Hasher:
     @property
     def draft_side(self) -> int:
         """Smallest side a JPEG may be draft-decoded to without changing this hash."""
-        return max(MIN_DRAFT_SIDE, DRAFT_FACTOR * self._spec.sample_side(self.hash_size))
+        spec = self._spec
+        return spec.draft_factor * max(MIN_SAMPLE_SIDE, spec.sample_side(self.hash_size))
 
     def __call__(self, image: Image.Image) -> bytes:
         import numpy as np  # only where images are hashed (see _imagehash)

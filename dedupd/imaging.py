@@ -227,6 +227,21 @@ def _taken_at(image: Image.Image) -> str | None:
         return None  # missing or malformed EXIF is normal, not an error
 
 
+def _small(image: Image.Image, mode: str, side: int | None) -> Image.Image:
+    """`image` in `mode`, box-reduced by the largest whole factor that keeps its short side at
+    least `side` (no reduction when `side` is None).
+
+    What JPEG draft decoding does in the DCT domain, for every format and beyond draft's 1/8:
+    the hashers' own Lanczos resize then starts from twice their sample size rather than from
+    the whole frame (on a 500 px photo that resize was half of the hashing time)."""
+    factor = min(image.size) // side if side else 1
+    if factor < 2:
+        return image.convert(mode)
+    if image.mode not in ("L", "RGB"):  # palette GIFs, RGBA PNGs: reduce plain bands only
+        image = image.convert(mode)
+    return image.reduce(factor).convert(mode)
+
+
 def hash_image(
     path: str,
     hashers: Sequence[Hasher],
@@ -246,7 +261,7 @@ def hash_image(
     sha256 = hashlib.sha256(data).hexdigest()
     side = max(h.draft_side for h in hashers) if draft and hashers else None
     decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
-    by_mode = {mode: decoded.image.convert(mode) for mode in {h.mode for h in hashers}}
+    by_mode = {mode: _small(decoded.image, mode, side) for mode in {h.mode for h in hashers}}
     return HashedImage(
         stat=stat,
         sha256=sha256,

@@ -57,10 +57,10 @@ def test_scan_prints_summary_errors_and_groups(
         f"  ~ {library}/chat/coffee-wa.jpg  600x400  32.1 KB  near 4/256 (0.016)",
         "",
         f"{library}/edit/chelsea-rotated.jpg  451x300  35.2 KB  keeper",
-        f"  ~ {library}/chelsea.jpg  451x300  35.0 KB  near 2/256 (0.008)",
+        f"  ~ {library}/chelsea.jpg  451x300  35.0 KB  near 6/256 (0.023)",
         "",
         f"{library}/rocket.jpg  640x427  52.0 KB  keeper",
-        f"  ~ {library}/chat/rocket-small.jpg  320x214  14.0 KB  near 0/256 (0.000)",
+        f"  ~ {library}/chat/rocket-small.jpg  320x214  14.0 KB  near 4/256 (0.016)",
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -537,7 +538,15 @@ def test_a_busy_or_stopping_daemon_is_never_worked_around(env: Env, state: str) 
     def answer_503() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.recv(65536)
+            # Read the whole request (http.client sends the head and the body apart): a
+            # socket closed on unread bytes resets, and the client sees a broken pipe.
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, got = request.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            while length and len(got) < int(length[1]):
+                got += conn.recv(65536)
             conn.sendall(
                 b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)

@@ -52,31 +52,50 @@ def mid_size_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     ]
 
 
+# pHash 16x16 (the default) after a draft decode and box reduction to twice its 64 px sample,
+# against a full decode: measured at most 6 of 256 bits (0.023) on the test photos at native,
+# 3 MP and 12 MP size. The bound leaves a little room for other libjpeg builds; the default
+# match threshold is 25 bits.
+PHASH_DRAFT_BITS = 8
+
+
 @pytest.mark.parametrize("name", photos.PHOTOS)
-def test_draft_decode_gives_identical_phash_on_test_photos(name: str) -> None:
-    """Draft decoding is an optimization only: on the suite's photos pHash is bit-identical."""
+def test_draft_decode_keeps_phash_close_on_test_photos(name: str) -> None:
+    """Draft decoding and reduction are an optimization: pHash moves by a few bits at most."""
     path = photos.photo(name)
-    assert _hash(path, draft=True) == _hash(path, draft=False)
+    assert distance(_hash(path, draft=True), _hash(path, draft=False)) <= PHASH_DRAFT_BITS
 
 
 def test_draft_decode_at_12mp_uses_one_eighth_scale_and_keeps_phash(
     camera_jpegs: list[Path],
 ) -> None:
-    """At camera size the 1/8 DCT decode applies and pHash stays within 2 of 256 bits.
-
-    Measured: identical on four of the five photos; chelsea differs by 2 bits (0.008), which
-    only a 1/2-scale decode removes, at three times the cost. Any match threshold is >10x that.
-    """
+    """At camera size the 1/8 DCT decode applies and pHash stays within a few bits of 256."""
     for path in camera_jpegs:
         with Image.open(path) as im:
             im.draft("RGB", (PHASH.draft_side, PHASH.draft_side))
             assert max(im.size) == 500, "the 1/8 scale decode should apply at 12 MP"
         d = distance(_hash(path, draft=True), _hash(path, draft=False))
-        assert d <= 2, (path.name, d)
+        assert d <= PHASH_DRAFT_BITS, (path.name, d)
+
+
+def test_small_photos_are_reduced_before_hashing(tmp_path: Path) -> None:
+    """A 500 px photo is drafted to half size (the hashers' resize then costs a quarter), and
+    a PNG, which has no draft mode, is box-reduced: both stay close to their full decode."""
+    jpeg = photos.upscaled(photos.photo("chelsea"), tmp_path / "small.jpg", (500, 375))
+    with Image.open(jpeg) as im:
+        im.draft("RGB", (PHASH.draft_side, PHASH.draft_side))
+        assert im.size == (250, 188)
+    png = tmp_path / "big.png"
+    big = photos.upscaled(photos.photo("chelsea"), tmp_path / "3mp.jpg", (2000, 1500))
+    with Image.open(big) as im:
+        im.save(png)
+    for path in (jpeg, png):
+        d = distance(_hash(path, draft=True), _hash(path, draft=False))
+        assert d <= PHASH_DRAFT_BITS, (path.name, d)
 
 
 # The stated bound for every hasher: on the test photos at native size and at 2000x1500 the
-# largest difference measured between draft and full decode was 0.031 (dhash 8x8, 2 of 64
+# largest difference measured between draft and full decode was 0.035 (wHash 16x16, 9 of 256
 # bits); colorhash at 8 bits per bin, which bins every pixel's colour, moved by 0.071.
 DRAFT_TOLERANCE = {"colorhash": 0.08}
 
