@@ -27,7 +27,15 @@ import structlog
 
 from dedupd import __version__, render
 from dedupd.actions import Actions
-from dedupd.config import Config, load_config, parse_duration
+from dedupd.config import (
+    Config,
+    database_candidates,
+    default_database_path,
+    default_socket_path,
+    load_config,
+    parse_duration,
+    socket_candidates,
+)
 from dedupd.engine import ScanReport, scan
 from dedupd.errors import (
     ConfigError,
@@ -326,8 +334,9 @@ def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanR
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False),
-    help="The daemon's control socket (default: from the config, else $RUNTIME_DIRECTORY or "
-    "$XDG_RUNTIME_DIR/dedupd.sock).",
+    help="The daemon's control socket (default: `socket:` from the config, else the first "
+    "of $XDG_RUNTIME_DIR/dedupd/dedupd.sock and /run/dedupd/dedupd.sock where a daemon "
+    "answers).",
 )
 @click.pass_context
 def dedupctl(
@@ -350,13 +359,35 @@ def dedupctl(
     )
 
 
+def _daemon_sockets(ctx: click.Context) -> list[Path]:
+    """Where to look for the daemon: --socket, else `socket:` from the config, else where
+    the units and a `dedupd run` in a shell put it (this user's, then the system's)."""
+    obj = ctx.ensure_object(dict)
+    if obj.get("socket_path"):
+        return [Path(obj["socket_path"]).expanduser()]
+    configured = _load(ctx).socket
+    if configured != default_socket_path():
+        return [configured]
+    return list(socket_candidates())
+
+
+def _offline_config(ctx: click.Context) -> Config:
+    """The config for working without a daemon. Its database is the one --database or
+    `database:` names, else the first that exists where a daemon would have put it (this
+    user's, then the system service's): never one guessed into being."""
+    obj = ctx.ensure_object(dict)
+    config = _load(ctx)
+    if obj.get("database") or config.database != default_database_path():
+        return config
+    found = [p for p in database_candidates() if os.path.exists(p)]
+    return replace(config, database=found[0]) if found else config
+
+
 def _service(ctx: click.Context) -> Service:
     """The daemon's service when it runs, else the database's (which says so on stderr)."""
-    obj = ctx.ensure_object(dict)
-    path = obj.get("socket_path")
     return connect(
-        Path(path) if path else _load(ctx).socket,
-        lambda: _load(ctx),
+        _daemon_sockets(ctx),
+        lambda: _offline_config(ctx),
         lambda: click.echo("dedupd is not running; using the database directly", err=True),
     )
 
