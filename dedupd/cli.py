@@ -307,6 +307,73 @@ def run_command(
         sys.exit(daemon.run())
 
 
+@dedupd.command("install-service")
+@click.option(
+    "--user",
+    "scope",
+    flag_value="user",
+    default=True,
+    help="A unit for `systemctl --user`, in ~/.config/systemd/user (the default).",
+)
+@click.option(
+    "--system",
+    "scope",
+    flag_value="system",
+    help="A system unit, in /etc/systemd/system, run as the user dedupd.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The config the service reads (--system: default /etc/dedupd/dedupd.yaml; --user: "
+    "default none, so `dedupd run` finds ~/.config/dedupd/dedupd.yaml).",
+)
+@click.option(
+    "--read-write",
+    "read_write",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder the system service may write: ReadWritePaths= (repeatable; default: the "
+    "config's roots and quarantine folder).",
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing unit that differs.")
+def install_service_command(
+    scope: str,
+    config_path: Path | None,
+    read_write: tuple[Path, ...],
+    print_only: bool,
+    force: bool,
+) -> None:
+    """Write a systemd unit that runs this install of dedupd, and print the next steps.
+
+    ExecStart= is the absolute path of the `dedupd` running this command (a venv, pipx or
+    /opt install), so install it first and run this with that install's `dedupd`. The unit
+    is the shipped one otherwise. An existing different unit is kept unless --force.
+    """
+    from dedupd import units
+
+    kind: units.Scope = "system" if scope == "system" else "user"
+    with _errors():
+        config = config_path.expanduser().absolute() if config_path else None
+        shown = config or (units.SYSTEM_CONFIG if kind == "system" else find_config(None))
+        exists = shown is not None and shown.is_file()
+        paths = [p.expanduser().absolute() for p in read_write]
+        if kind == "system" and not paths and exists and shown is not None:
+            loaded = load_config(shown)
+            paths = [r.path for r in loaded.roots]
+            paths += [loaded.quarantine.path] if loaded.quarantine.path else []
+        text = units.render_unit(kind, units.dedupd_command(), config=config, read_write=paths)
+        steps = units.next_steps(kind, config=config, config_exists=exists, read_write=paths)
+        if print_only:
+            click.echo(text, nl=False)
+            click.echo("\n".join(["next, once it is installed:", *steps]), err=True)
+            return
+        written = units.write_unit(units.unit_path(kind), text, force=force)
+    click.echo(f"{'wrote' if written.changed else 'unchanged'}: {written.path}")
+    click.echo("\n".join(["next:", *(f"  {s}" for s in steps)]))
+
+
 def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanReport:
     bar: Any = None
 
