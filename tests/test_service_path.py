@@ -138,7 +138,6 @@ def _databases(top: Path) -> list[Path]:
     return sorted(top.rglob("*.db"))
 
 
-@pytest.mark.slow
 def test_user_unit_daemon_is_reached_by_dedupctl_from_a_plain_shell(tmp_path: Path) -> None:
     """Started as `dedupd install-service --user`'s unit starts it (its ExecStart, its
     RuntimeDirectory under XDG_RUNTIME_DIR, the config in ~/.config/dedupd), the daemon
@@ -185,7 +184,6 @@ def test_user_unit_daemon_is_reached_by_dedupctl_from_a_plain_shell(tmp_path: Pa
     assert _databases(tmp_path) == [database]
 
 
-@pytest.mark.slow
 def test_system_unit_daemon_is_reached_by_a_group_member_with_no_flags(
     tmp_path: Path,
 ) -> None:
