@@ -354,6 +354,8 @@ def install_service_command(
     from dedupd import units
 
     kind: units.Scope = "system" if scope == "system" else "user"
+    if read_write and kind == "user":
+        raise click.UsageError("--read-write is for --system: a user unit may write all you may")
     with _errors():
         config = config_path.expanduser().absolute() if config_path else None
         shown = config or (units.SYSTEM_CONFIG if kind == "system" else find_config(None))
@@ -363,7 +365,15 @@ def install_service_command(
             loaded = load_config(shown)
             paths = [r.path for r in loaded.roots]
             paths += [loaded.quarantine.path] if loaded.quarantine.path else []
-        text = units.render_unit(kind, units.dedupd_command(), config=config, read_write=paths)
+        command = units.dedupd_command()
+        text = units.render_unit(kind, command, config=config, read_write=paths)
+        if kind == "system" and units.in_a_home(Path(command[0])):
+            click.echo(
+                f"warning: {command[0]} is in a home folder, which the system service (user "
+                "dedupd, ProtectHome=read-only) may not be able to read; install into "
+                "/opt/dedupd instead (sudo python3 -m venv /opt/dedupd)",
+                err=True,
+            )
         steps = units.next_steps(kind, config=config, config_exists=exists, read_write=paths)
         if print_only:
             click.echo(text, nl=False)

@@ -28,6 +28,7 @@ __all__ = [
     "UnitError",
     "Written",
     "dedupd_command",
+    "in_a_home",
     "next_steps",
     "render_unit",
     "template",
@@ -65,6 +66,12 @@ def dedupd_command(
     if os.access(beside, os.X_OK) and beside.is_file():
         return [str(beside)]
     return [os.path.abspath(executable), "-m", "dedupd"]
+
+
+def in_a_home(path: Path) -> bool:
+    """Whether `path` lies in a home folder (/home, /root), where a system service running
+    as its own user usually cannot read."""
+    return any(Path(os.path.abspath(path)).is_relative_to(top) for top in ("/home", "/root"))
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")

@@ -211,3 +211,19 @@ def test_install_service_never_replaces_a_different_unit_without_force(tmp_path:
     out, _ = _install(tmp_path, "--user", "--force")
     assert out.splitlines()[0] == f"wrote: {path}"
     assert not path.read_text().endswith("# mine\n")
+
+
+def test_read_write_paths_are_for_the_system_unit_only(tmp_path: Path) -> None:
+    """--read-write with --user is a usage error, not silently dropped; nothing is written."""
+    result = CliRunner().invoke(dedupd, ["install-service", "--user", "--read-write", "/srv"])
+    assert result.exit_code == 2
+    assert "--read-write is for --system" in result.stderr
+    assert not units.unit_path("user").exists()
+
+
+def test_a_system_unit_running_dedupd_from_a_home_folder_is_warned_about() -> None:
+    """The dedupd user cannot usually read a pipx or venv install in someone's home."""
+    assert units.in_a_home(Path("/home/ann/.local/bin/dedupd"))
+    assert units.in_a_home(Path("/root/.local/bin/dedupd"))
+    assert not units.in_a_home(Path("/opt/dedupd/bin/dedupd"))
+    assert not units.in_a_home(Path("/homestead/dedupd"))
