@@ -374,7 +374,13 @@ def install_service_command(
                 "/opt/dedupd instead (sudo python3 -m venv /opt/dedupd)",
                 err=True,
             )
-        steps = units.next_steps(kind, config=config, config_exists=exists, read_write=paths)
+        steps = units.next_steps(
+            kind,
+            config=config,
+            config_exists=exists,
+            read_write=paths,
+            earlier_database=units.earlier_user_database() if kind == "user" else None,
+        )
         if print_only:
             click.echo(text, nl=False)
             click.echo("\n".join(["next, once it is installed:", *steps]), err=True)

@@ -28,6 +28,7 @@ __all__ = [
     "UnitError",
     "Written",
     "dedupd_command",
+    "earlier_user_database",
     "in_a_home",
     "next_steps",
     "render_unit",
@@ -173,8 +174,29 @@ def write_unit(path: Path, text: str, *, force: bool = False) -> Written:
     return Written(path, changed=True)
 
 
+def earlier_user_database(env: dict[str, str] | None = None) -> Path | None:
+    """The database an earlier user unit kept in StateDirectory= on systemd 252 and older
+    ($XDG_CONFIG_HOME/dedupd), when there is none yet where the daemon now keeps it."""
+    env = dict(os.environ) if env is None else env
+    earlier = unit_path("user", env).parent.parent.parent / "dedupd" / "dedupd.db"
+    return earlier if earlier.is_file() and not _user_database(env).exists() else None
+
+
+def _user_database(env: dict[str, str] | None = None) -> Path:
+    """Where the user unit's daemon keeps its database: no STATE_DIRECTORY is set there."""
+    from dedupd.config import default_database_path
+
+    env = dict(os.environ) if env is None else env
+    return default_database_path({k: v for k, v in env.items() if k != "STATE_DIRECTORY"})
+
+
 def next_steps(
-    scope: Scope, *, config: Path | None, config_exists: bool, read_write: Sequence[Path]
+    scope: Scope,
+    *,
+    config: Path | None,
+    config_exists: bool,
+    read_write: Sequence[Path],
+    earlier_database: Path | None = None,
 ) -> list[str]:
     """The commands to run after the unit is written, in order, with why as comments."""
     if scope == "user":
@@ -182,6 +204,13 @@ def next_steps(
         steps = [] if config_exists else [
             f"install -Dm644 config/dedupd.yaml {target}   # a config (then edit its roots)"
         ]
+        if earlier_database is not None:
+            now = _user_database()
+            steps += [
+                "systemctl --user stop dedupd   # then keep its database (and quarantine "
+                "records), which the earlier unit kept in ~/.config:",
+                f"mkdir -p {now.parent} && mv {earlier_database}* {now.parent}/",
+            ]
         return [
             *steps,
             "systemctl --user daemon-reload",

@@ -227,3 +227,20 @@ def test_a_system_unit_running_dedupd_from_a_home_folder_is_warned_about() -> No
     assert units.in_a_home(Path("/root/.local/bin/dedupd"))
     assert not units.in_a_home(Path("/opt/dedupd/bin/dedupd"))
     assert not units.in_a_home(Path("/homestead/dedupd"))
+
+
+def test_a_database_the_earlier_user_unit_kept_in_config_is_moved_first(tmp_path: Path) -> None:
+    """On systemd 252 the earlier user unit's StateDirectory was ~/.config/dedupd: its
+    database (and quarantine records) must move to where the daemon now looks, before the
+    new unit starts a fresh one. Said only while there is something to move."""
+    earlier = Path(os.environ["XDG_CONFIG_HOME"]) / "dedupd" / "dedupd.db"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"")
+    out, _ = _install(tmp_path, "--user")
+    now = Path(os.environ["XDG_STATE_HOME"]) / "dedupd"
+    assert f"mkdir -p {now} && mv {earlier}* {now}/" in out
+    assert out.index("mv ") < out.index("enable --now")
+    now.mkdir(parents=True)
+    (now / "dedupd.db").write_bytes(b"")
+    out, _ = _install(tmp_path, "--user")
+    assert "mv " not in out
