@@ -10,6 +10,7 @@ has them.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shlex
@@ -27,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from dedupd import config as config_module
-from dedupd import units
+from dedupd import control, units
 from dedupd.cli import dedupctl
 from dedupd.store import Store
 from tests import photos
@@ -285,3 +286,23 @@ def test_sockets_of_both_units_are_where_dedupctl_looks(tmp_path: Path) -> None:
         config_module.default_database_path(system),
     )
     assert os.fspath(looked[1]) == "/run/dedupd/dedupd.sock"
+
+
+def test_a_user_outside_the_services_group_is_told_which_group_to_join(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connecting is refused (EACCES: the system unit's /run/dedupd is 0750, group dedupd,
+    and this user is not in the group): exit 3 and the usermod command naming the group of
+    the socket's folder, not "not running" and no fallback to a database."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o750)
+
+    def refused(self: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(control._UnixConnection, "connect", refused)
+    result = runner.invoke(dedupctl, ["--socket", str(run / "dedupd.sock"), "show"])
+    assert result.exit_code == 3, result.output
+    group = grp.getgrgid(run.stat().st_gid).gr_name
+    assert f'join its group: sudo usermod -aG {group} "$USER"' in result.stderr
+    assert "using the database directly" not in result.stderr
