@@ -27,7 +27,15 @@ import structlog
 
 from dedupd import __version__, render
 from dedupd.actions import Actions
-from dedupd.config import Config, load_config, parse_duration
+from dedupd.config import (
+    Config,
+    database_candidates,
+    default_database_path,
+    default_socket_path,
+    load_config,
+    parse_duration,
+    socket_candidates,
+)
 from dedupd.engine import ScanReport, scan
 from dedupd.errors import (
     ConfigError,
@@ -299,6 +307,89 @@ def run_command(
         sys.exit(daemon.run())
 
 
+@dedupd.command("install-service")
+@click.option(
+    "--user",
+    "scope",
+    flag_value="user",
+    default=True,
+    help="A unit for `systemctl --user`, in ~/.config/systemd/user (the default).",
+)
+@click.option(
+    "--system",
+    "scope",
+    flag_value="system",
+    help="A system unit, in /etc/systemd/system, run as the user dedupd.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The config the service reads (--system: default /etc/dedupd/dedupd.yaml; --user: "
+    "default none, so `dedupd run` finds ~/.config/dedupd/dedupd.yaml).",
+)
+@click.option(
+    "--read-write",
+    "read_write",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder the system service may write: ReadWritePaths= (repeatable; default: the "
+    "config's roots and quarantine folder).",
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing unit that differs.")
+def install_service_command(
+    scope: str,
+    config_path: Path | None,
+    read_write: tuple[Path, ...],
+    print_only: bool,
+    force: bool,
+) -> None:
+    """Write a systemd unit that runs this install of dedupd, and print the next steps.
+
+    ExecStart= is the absolute path of the `dedupd` running this command (a venv, pipx or
+    /opt install), so install it first and run this with that install's `dedupd`. The unit
+    is the shipped one otherwise. An existing different unit is kept unless --force.
+    """
+    from dedupd import units
+
+    kind: units.Scope = "system" if scope == "system" else "user"
+    if read_write and kind == "user":
+        raise click.UsageError("--read-write is for --system: a user unit may write all you may")
+    with _errors():
+        config = config_path.expanduser().absolute() if config_path else None
+        shown = config or (units.SYSTEM_CONFIG if kind == "system" else find_config(None))
+        exists = shown is not None and shown.is_file()
+        paths = [p.expanduser().absolute() for p in read_write]
+        if kind == "system" and not paths and exists and shown is not None:
+            loaded = load_config(shown)
+            paths = [r.path for r in loaded.roots]
+            paths += [loaded.quarantine.path] if loaded.quarantine.path else []
+        command = units.dedupd_command()
+        text = units.render_unit(kind, command, config=config, read_write=paths)
+        if kind == "system" and units.in_a_home(Path(command[0])):
+            click.echo(
+                f"warning: {command[0]} is in a home folder, which the system service (user "
+                "dedupd, ProtectHome=read-only) may not be able to read; install into "
+                "/opt/dedupd instead (sudo python3 -m venv /opt/dedupd)",
+                err=True,
+            )
+        steps = units.next_steps(
+            kind,
+            config=config,
+            config_exists=exists,
+            read_write=paths,
+            earlier_database=units.earlier_user_database() if kind == "user" else None,
+        )
+        if print_only:
+            click.echo(text, nl=False)
+            click.echo("\n".join(["next, once it is installed:", *steps]), err=True)
+            return
+        written = units.write_unit(units.unit_path(kind), text, force=force)
+    click.echo(f"{'wrote' if written.changed else 'unchanged'}: {written.path}")
+    click.echo("\n".join(["next:", *(f"  {s}" for s in steps)]))
+
+
 def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanReport:
     bar: Any = None
 
@@ -326,8 +417,9 @@ def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanR
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False),
-    help="The daemon's control socket (default: from the config, else $RUNTIME_DIRECTORY or "
-    "$XDG_RUNTIME_DIR/dedupd.sock).",
+    help="The daemon's control socket (default: `socket:` from the config, else the first "
+    "of $XDG_RUNTIME_DIR/dedupd/dedupd.sock and /run/dedupd/dedupd.sock where a daemon "
+    "answers).",
 )
 @click.pass_context
 def dedupctl(
@@ -350,13 +442,35 @@ def dedupctl(
     )
 
 
+def _daemon_sockets(ctx: click.Context) -> list[Path]:
+    """Where to look for the daemon: --socket, else `socket:` from the config, else where
+    the units and a `dedupd run` in a shell put it (this user's, then the system's)."""
+    obj = ctx.ensure_object(dict)
+    if obj.get("socket_path"):
+        return [Path(obj["socket_path"]).expanduser()]
+    configured = _load(ctx).socket
+    if configured != default_socket_path():
+        return [configured]
+    return list(socket_candidates())
+
+
+def _offline_config(ctx: click.Context) -> Config:
+    """The config for working without a daemon. Its database is the one --database or
+    `database:` names, else the first that exists where a daemon would have put it (this
+    user's, then the system service's): never one guessed into being."""
+    obj = ctx.ensure_object(dict)
+    config = _load(ctx)
+    if obj.get("database") or config.database != default_database_path():
+        return config
+    found = [p for p in database_candidates() if os.path.exists(p)]
+    return replace(config, database=found[0]) if found else config
+
+
 def _service(ctx: click.Context) -> Service:
     """The daemon's service when it runs, else the database's (which says so on stderr)."""
-    obj = ctx.ensure_object(dict)
-    path = obj.get("socket_path")
     return connect(
-        Path(path) if path else _load(ctx).socket,
-        lambda: _load(ctx),
+        _daemon_sockets(ctx),
+        lambda: _offline_config(ctx),
         lambda: click.echo("dedupd is not running; using the database directly", err=True),
     )
 

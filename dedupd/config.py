@@ -32,6 +32,8 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
     "REFERENCE_POLICY",
+    "SYSTEM_RUNTIME_DIR",
+    "SYSTEM_STATE_DIR",
     "Action",
     "Config",
     "HashingConfig",
@@ -44,10 +46,12 @@ __all__ = [
     "Root",
     "WatchConfig",
     "check_layout",
+    "database_candidates",
     "default_database_path",
     "default_socket_path",
     "load_config",
     "parse_duration",
+    "socket_candidates",
 ]
 
 Action = Literal["report", "quarantine", "delete"]
@@ -217,7 +221,16 @@ def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
             )
 
 
+# Where the system unit (systemd/dedupd.service) keeps its state and its socket:
+# StateDirectory=dedupd and RuntimeDirectory=dedupd of a system service.
+SYSTEM_STATE_DIR = Path("/var/lib/dedupd")
+SYSTEM_RUNTIME_DIR = Path("/run/dedupd")
+
+
 def default_database_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon keeps its database when neither --database nor `database:` says:
+    the unit's $STATE_DIRECTORY (the system unit: /var/lib/dedupd), else
+    $XDG_STATE_HOME/dedupd (~/.local/state/dedupd), for the user unit and a shell alike."""
     env = os.environ if env is None else env
     if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=; may list several, first wins
         return Path(env["STATE_DIRECTORY"].split(":")[0]) / "dedupd.db"
@@ -228,12 +241,37 @@ def default_database_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon listens when neither --socket nor `socket:` says: the unit's
+    $RUNTIME_DIRECTORY (the system unit: /run/dedupd; the user unit:
+    $XDG_RUNTIME_DIR/dedupd), else $XDG_RUNTIME_DIR/dedupd, the same folder the user unit
+    gets, so a daemon started in a shell is found where the unit's would be; else beside
+    the default database."""
     env = os.environ if env is None else env
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "dedupd.sock"
     if os.path.isabs(env.get("XDG_RUNTIME_DIR", "")):
-        return Path(env["XDG_RUNTIME_DIR"]) / "dedupd.sock"
+        return Path(env["XDG_RUNTIME_DIR"]) / "dedupd" / "dedupd.sock"
     return default_database_path(env).parent / "dedupd.sock"
+
+
+def socket_candidates(
+    env: Mapping[str, str] | None = None, *, system: Path | None = None
+) -> tuple[Path, ...]:
+    """Where dedupctl looks for a daemon when neither --socket nor `socket:` says, in order:
+    this user's own (the user unit's, or a `dedupd run` in a shell), then the system unit's
+    (usable by members of the service's group)."""
+    own, shared = default_socket_path(env), (system or SYSTEM_RUNTIME_DIR) / "dedupd.sock"
+    return (own,) if own == shared else (own, shared)
+
+
+def database_candidates(
+    env: Mapping[str, str] | None = None, *, system: Path | None = None
+) -> tuple[Path, ...]:
+    """Where dedupctl looks for a database to work on without a daemon, when neither
+    --database nor `database:` says: the same places, in the same order, as
+    `socket_candidates` looks for a daemon."""
+    own, shared = default_database_path(env), (system or SYSTEM_STATE_DIR) / "dedupd.db"
+    return (own,) if own == shared else (own, shared)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")

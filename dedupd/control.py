@@ -527,6 +527,20 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _join_advice(path: Path) -> str:
+    """How to get access to the socket at `path`: join the group of the socket, or of its
+    folder when even that cannot be looked into (the system unit's /run/dedupd is 0750)."""
+    import grp
+
+    for candidate in (path, path.parent):
+        try:
+            group = grp.getgrgid(os.stat(candidate).st_gid).gr_name
+        except (OSError, KeyError):
+            continue
+        return f'join its group: sudo usermod -aG {group} "$USER", then log in again'
+    return "join the group that owns the socket"
+
+
 class ControlClient:
     """dedupctl's side: one request per call. Raises a DaemonUnavailable (which one says
     whether a daemon is there at all), NotFoundError or RequestError."""
@@ -560,7 +574,7 @@ class ControlClient:
             ) from exc
         except PermissionError as exc:
             raise DaemonPermissionDenied(
-                f"{self.path}: permission denied; join the group that owns the socket"
+                f"{self.path}: permission denied; {_join_advice(self.path)}"
             ) from exc
         except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
             raise DaemonUnavailable(f"dedupd did not answer on {self.path}: {exc!r}") from exc

@@ -10,7 +10,8 @@ dict, printed by `render`. Three implementations:
 - `LocalService` works on the database itself, for when no daemon runs; its changes hold
   the database's lock, as every writer does.
 
-`connect()` asks the daemon, and the database only when no daemon runs at all.
+`connect()` asks the daemon (the first of several sockets where one runs: the user's own,
+then the system service's), and the database only when no daemon runs at all.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dedupd.errors import Busy, DaemonNotRunning, NotFoundError
+from dedupd.errors import Busy, DaemonNotRunning, NotFoundError, StoreError
 
 if TYPE_CHECKING:
     from dedupd.actions import Actions
@@ -255,9 +256,18 @@ class LocalService:
     changes hold the database's lock (DatabaseBusy if another process has it). `on_use` is
     called before the first answer (dedupctl says that it works without the daemon)."""
 
-    def __init__(self, config: Config, on_use: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        config: Config,
+        on_use: Callable[[], None] = lambda: None,
+        *,
+        sockets: Sequence[Path] = (),
+    ):
+        """`sockets`: where a daemon was looked for, named when one is needed (default:
+        the config's socket)."""
         self.config = config
         self._on_use = on_use
+        self._sockets = tuple(sockets) or (config.socket,)
 
     def _used(self) -> None:
         self._on_use()
@@ -265,8 +275,8 @@ class LocalService:
 
     def _no_daemon(self) -> DaemonNotRunning:
         return DaemonNotRunning(
-            f"dedupd is not running (nothing answers on {self.config.socket}); start it with "
-            "`dedupd run` or `systemctl start dedupd`"
+            f"dedupd is not running (nothing answers on {' or '.join(map(str, self._sockets))})"
+            "; start it with `dedupd run` or `systemctl start dedupd`"
         )
 
     def _reader(self) -> Store:
@@ -281,6 +291,13 @@ class LocalService:
         from dedupd.store import Store
 
         self._used()
+        # Never a new database: one that is not there means the wrong one was found (or
+        # none exists yet), and a change made to a new one would be lost to the daemon.
+        if not os.path.exists(self.config.database):
+            raise StoreError(
+                f"{self.config.database}: no database yet; start the daemon or run `dedupd "
+                "scan` first (or name the daemon's database with --database)"
+            )
         with DatabaseLock(self.config.database, "dedupctl"), Store(self.config.database) as st:
             return change(st, Actions(st, self.config.quarantine.path))
 
@@ -337,21 +354,29 @@ class LocalService:
 
 
 class _DaemonElseDatabase:
-    """Asks the daemon; when none runs at all (no socket, nothing accepting), the database.
+    """Asks the daemon, on the first of `remotes` where one runs; when none runs at all (no
+    socket, nothing accepting), the database.
 
-    Only that case is worked around: a busy or stopping daemon still owns the database, and
-    one this user may not talk to is still there, so those errors go to the caller."""
+    Trying the next socket is safe for any request: "not running" means the connection was
+    refused (or the socket is missing), so nothing was sent. Only that case is worked
+    around: a busy or stopping daemon still owns the database, and one this user may not
+    talk to is still there, so those errors go to the caller. The first daemon that answers
+    is the one asked from then on."""
 
-    def __init__(self, remote: RemoteService, local: Callable[[], LocalService]):
-        self._remote, self._local = remote, local
+    def __init__(self, remotes: Sequence[RemoteService], local: Callable[[], LocalService]):
+        self._remotes, self._local = list(remotes), local
         self._fallback: LocalService | None = None
 
     def _ask(self, question: Callable[[Service], Answer]) -> Answer:
         if self._fallback is None:
-            try:
-                return question(self._remote)
-            except DaemonNotRunning:
-                self._fallback = self._local()
+            for remote in self._remotes:
+                try:
+                    answer = question(remote)
+                except DaemonNotRunning:
+                    continue
+                self._remotes = [remote]
+                return answer
+            self._fallback = self._local()
         return question(self._fallback)
 
     def status(self) -> Answer:
@@ -388,12 +413,15 @@ class _DaemonElseDatabase:
 
 
 def connect(
-    socket_path: Path, config: Callable[[], Config], on_local: Callable[[], None]
+    sockets: Sequence[Path],
+    config: Callable[[], Config],
+    on_local: Callable[[], None],
 ) -> Service:
-    """The daemon's service on `socket_path`; the database's (which calls `on_local` before
-    its first answer) when no daemon runs there."""
+    """The service of the daemon on the first of `sockets` where one runs; the database's
+    (`config()`'s, which calls `on_local` before its first answer) when none runs."""
     from dedupd.control import ControlClient  # the HTTP client: not for commands without
 
+    remotes = [RemoteService(ControlClient(path)) for path in sockets]
     return _DaemonElseDatabase(
-        RemoteService(ControlClient(socket_path)), lambda: LocalService(config(), on_local)
+        remotes, lambda: LocalService(config(), on_local, sockets=sockets)
     )

@@ -18,10 +18,12 @@ from dedupd.config import (
     QuarantineConfig,
     Root,
     WatchConfig,
+    database_candidates,
     default_database_path,
     default_socket_path,
     load_config,
     parse_duration,
+    socket_candidates,
 )
 from dedupd.errors import ConfigError, DedupdError
 from dedupd.hashers import HASHERS
@@ -506,7 +508,8 @@ def test_default_database_path_follows_systemd_then_xdg(env: dict[str, str], exp
             {"RUNTIME_DIRECTORY": "/run/dedupd", "XDG_RUNTIME_DIR": "/run/user/1000"},
             "/run/dedupd/dedupd.sock",
         ),
-        ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/dedupd.sock"),
+        ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/dedupd/dedupd.sock"),
+        ({"XDG_RUNTIME_DIR": "relative"}, "~/.local/state/dedupd/dedupd.sock"),
         ({"STATE_DIRECTORY": "/var/lib/dedupd"}, "/var/lib/dedupd/dedupd.sock"),
         ({"XDG_STATE_HOME": "/s"}, "/s/dedupd/dedupd.sock"),
         ({}, "~/.local/state/dedupd/dedupd.sock"),
@@ -515,9 +518,31 @@ def test_default_database_path_follows_systemd_then_xdg(env: dict[str, str], exp
 def test_default_socket_path_follows_systemd_then_xdg_then_state_dir(
     env: dict[str, str], expected: str
 ) -> None:
-    """The socket lives in RUNTIME_DIRECTORY, else XDG_RUNTIME_DIR, else next to the default
-    database."""
+    """The socket lives in RUNTIME_DIRECTORY, else in XDG_RUNTIME_DIR/dedupd (where the user
+    unit's RuntimeDirectory=dedupd puts it, so a daemon started in a shell is found at the
+    same place), else next to the default database."""
     assert default_socket_path(env) == Path(expected).expanduser()
+
+
+def test_dedupctl_looks_for_the_users_daemon_then_the_system_service() -> None:
+    """Without --socket or `socket:`, the user's own socket comes first, then the system
+    unit's /run/dedupd; the same order for databases; each place once."""
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000", "XDG_STATE_HOME": "/home/u/.local/state"}
+    assert socket_candidates(env, system=Path("/run/dedupd")) == (
+        Path("/run/user/1000/dedupd/dedupd.sock"),
+        Path("/run/dedupd/dedupd.sock"),
+    )
+    assert database_candidates(env, system=Path("/var/lib/dedupd")) == (
+        Path("/home/u/.local/state/dedupd/dedupd.db"),
+        Path("/var/lib/dedupd/dedupd.db"),
+    )
+    inside = {"RUNTIME_DIRECTORY": "/run/dedupd", "STATE_DIRECTORY": "/var/lib/dedupd"}
+    assert socket_candidates(inside, system=Path("/run/dedupd")) == (
+        Path("/run/dedupd/dedupd.sock"),
+    )
+    assert database_candidates(inside, system=Path("/var/lib/dedupd")) == (
+        Path("/var/lib/dedupd/dedupd.db"),
+    )
 
 
 # -- immutability ----------------------------------------------------------------------------

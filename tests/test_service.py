@@ -51,7 +51,7 @@ def test_without_a_daemon_reads_fall_back_and_daemon_commands_say_so(
     config = load_config(env.config)
     Store(config.database).close()  # an empty database
     notes: list[str] = []
-    service = connect(config.socket, lambda: config, lambda: notes.append("local"))
+    service = connect([config.socket], lambda: config, lambda: notes.append("local"))
     with pytest.raises(DaemonNotRunning, match="dedupd run"):
         service.status()
     with pytest.raises(DaemonNotRunning):
