@@ -299,18 +299,37 @@ def run_command(
         sys.exit(daemon.run())
 
 
-def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanReport:
+def _scan_with_progress(
+    config: Config,
+    store: Store,
+    actions: Actions,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanReport:
+    """`scan` with a progress bar on stderr: files done/total, percent, ETA and rate."""
     bar: Any = None
+    started, done = clock(), 0
 
     def start(total: int) -> None:
-        nonlocal bar
-        bar = click.progressbar(length=total, label="hashing", file=sys.stderr)
+        nonlocal bar, started
+        started = clock()
+        bar = click.progressbar(
+            length=total,
+            label="hashing",
+            file=sys.stderr,
+            show_pos=True,
+            show_percent=True,
+            item_show_func=lambda rate: None if rate is None else f"{rate:.1f} files/s",
+        )
         bar.__enter__()
 
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        elapsed = clock() - started
+        bar.update(n, done / elapsed if elapsed > 0 else None)
+
     try:
-        return scan(
-            config, store, on_total=start, progress=lambda n: bar.update(n), actions=actions
-        )
+        return scan(config, store, on_total=start, progress=step, actions=actions)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

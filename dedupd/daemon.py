@@ -45,7 +45,7 @@ from dedupd.engine import (
 )
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
 from dedupd.lock import DatabaseLock
-from dedupd.pipeline import Counts, Pipeline
+from dedupd.pipeline import PROGRESS_INTERVAL, Counts, Pipeline
 from dedupd.pool import HasherPool, Waker, Work, hash_file
 from dedupd.scanner import root_key
 from dedupd.service import DaemonService
@@ -106,9 +106,11 @@ class Daemon:
         retry_interval: float = UNAVAILABLE_RETRY,
         polling_interval: float = POLLING_RESCAN,
         database_check_interval: float = DATABASE_CHECK,
+        progress_interval: float = PROGRESS_INTERVAL,
         work: Work = hash_file,
     ):
-        """`work` is what the hasher workers run per file (tests swap in one that hangs)."""
+        """`work` is what the hasher workers run per file (tests swap in one that hangs);
+        `progress_interval` is the time between `backlog_progress` log lines."""
         self.retry_interval, self.polling_interval = retry_interval, polling_interval
         self.database_check_interval = database_check_interval
         self.work = work
@@ -120,7 +122,10 @@ class Daemon:
         self._reload_flag = False
         self._wake = Waker()
         self._ready = threading.Event()
-        self.pipeline = Pipeline(self.stats, clock)
+        self.pipeline = Pipeline(self.stats, clock, progress_interval)
+        # The backlog's progress as of the last heartbeat, taken on this thread so that its
+        # counts add up for a status read from a control-socket thread.
+        self._backlog: dict[str, Any] | None = None
         self._pool: HasherPool | None = None
         self._pool_key: tuple[object, ...] = ()
         self._last_ping = self._last_status = -1e18
@@ -202,6 +207,7 @@ class Daemon:
                 for r in roots
             ],
             "indexed": size,
+            "backlog": self._backlog,  # None unless a backlog runs; its counts add up
             "queue": {
                 "backlog": self.pipeline.queued(),
                 "settling": len(self.pipeline.settler),
@@ -406,7 +412,10 @@ class Daemon:
             self._wake.clear()
 
     def _heartbeat(self) -> None:
-        """STATUS= every 2 s, WATCHDOG=1 at half systemd's interval while healthy."""
+        """STATUS= every 2 s, WATCHDOG=1 at half systemd's interval while healthy; the
+        backlog's progress (a log line every few seconds, one when it drains)."""
+        self.pipeline.tick()
+        self._backlog = self.pipeline.backlog_status()
         now = self.clock()
         interval = self.notifier.watchdog_interval
         if interval is not None and now - self._last_ping >= interval and self._healthy():
@@ -433,8 +442,10 @@ class Daemon:
         degraded = [
             f"{state}: {root}" for root, state in self.watcher.states.items() if state != "watching"
         ]
+        backlog = self._backlog
         return (
-            f"STATUS={len(self.ingest.index)} indexed, "
+            (f"STATUS=backlog {backlog['done']}/{backlog['total']}, " if backlog else "STATUS=")
+            + f"{len(self.ingest.index)} indexed, "
             f"{self.pipeline.queued()} queued, {self._in_flight()} hashing, "
             f"{len(self.pipeline.settler)} settling, {self.stats.hashed} hashed, "
             f"{self.stats.acted} acted on, {self.stats.errors} errors"
