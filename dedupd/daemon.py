@@ -24,6 +24,7 @@ import queue
 import signal
 import socket
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -355,11 +356,32 @@ class Daemon:
         try:
             self.store = Store(config.database)
             self._database_identity = _identity(config.database)
+            self._check_roots(config)
             self.actions = Actions(self.store, config.quarantine.path)
             self._recover()
             self._configure(config)
         except sqlite3.DatabaseError as exc:  # it opened, but reading it failed (corrupt)
             raise StoreError(f"{config.database}: {exc}") from exc
+
+    def _check_roots(self, config: Config) -> None:
+        """Raise ConfigError for a root that is no folder and never held a photo: a typo,
+        not an unmounted disk. A root with records in the store that is missing now is
+        "unavailable" instead (its records are kept, and it is looked for again)."""
+        for i, root in enumerate(root_key(r.path) for r in config.roots):
+            try:
+                if stat.S_ISDIR(os.stat(root).st_mode):
+                    continue
+                why = "not a directory"
+            except OSError as exc:
+                why = (exc.strerror or str(exc)).lower()
+            if self.store.count_by_state([root]):
+                continue  # known: the reconcile reports it unavailable and keeps its records
+            raise ConfigError(
+                f"{root}: {why}, and no photo was ever recorded there; fix the path or "
+                "create the folder",
+                source=None if self.dirs or config.source is None else str(config.source),
+                key=None if self.dirs else f"roots[{i}].path",
+            )
 
     def _recover(self) -> None:
         for r in self.actions.recover():
@@ -578,8 +600,9 @@ class Daemon:
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = self._load()
+            self._check_roots(config)
         except ConfigError as exc:
-            log.error("reload_rejected", error=str(exc), detail="keeping the running config")
+            log.warning("reload_rejected", error=str(exc), detail="keeping the running config")
             self.notifier.send("READY=1", "STATUS=reload rejected: " + str(exc)[:200])
             return str(exc)
         if (config.database, config.socket) != (self.config.database, self.config.socket):

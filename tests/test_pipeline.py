@@ -67,8 +67,9 @@ def test_backlog_progress_is_logged_every_interval_and_once_when_it_drains(
         hashing = min(8, 3000 - i)
         queued = 3000 - i - hashing
         status = backlog.status(queued, hashing)
-        assert status is not None and status["queued"] + status["hashing"] + status["done"] == (
-            status["total"]
+        assert (
+            status is not None
+            and status["queued"] + status["hashing"] + status["done"] == (status["total"])
         )
         backlog.tick(queued, hashing)
     backlog.tick(0, 0)  # nothing more once drained
@@ -177,8 +178,9 @@ def test_status_counts_add_up_while_a_backlog_runs_and_its_end_is_logged(
         }
         assert held["queue"]["backlog"] == 4 and held["indexed"] == 0
         text = CliRunner().invoke(dedupctl, ["--config", str(env.config), "status"]).stdout
-        assert re.search(r"^backlog   0/12 \(0%\), 0\.0 files/s, \? left; 4 queued, 8 hashing$",
-                         text, re.M), text
+        assert re.search(
+            r"^backlog   0/12 \(0%\), 0\.0 files/s, \? left; 4 queued, 8 hashing$", text, re.M
+        ), text
         (env.tmp / "release").touch()
         seen = []
         while (s := _status(env))["backlog"] is not None:
@@ -219,7 +221,10 @@ def test_every_file_handled_leaves_one_line_at_its_level(
     by_path: dict[str, list[tuple[str, str]]] = {}
     for e in logs:
         if "path" in e and e["event"] in (
-            "file_unique", "file_unchanged", "decision", "file_skipped"
+            "file_unique",
+            "file_unchanged",
+            "decision",
+            "file_skipped",
         ):
             by_path.setdefault(Path(e["path"]).name, []).append((e["event"], e["log_level"]))
     # A copy may raise more than one event: the later ones find the file unchanged.
