@@ -50,7 +50,8 @@ class Backlog:
 
     `total` counts the files queued since the backlog started; each is, at every moment,
     exactly one of: queued (waiting for the pool), hashing (in the pool) or done (ingested,
-    found handled already, or dropped), so queued + hashing + done == total. The files
+    found handled already, or its root gone by a reload), so queued + hashing + done ==
+    total. Files dropped unhandled (a reload, a closed pool) leave the total. The files
     themselves are the pipeline's; this keeps the counts and the clock, logs
     `backlog_progress` every `interval` seconds and `backlog_done` when it drains.
     """
@@ -69,8 +70,8 @@ class Backlog:
         self.total += n
 
     def dropped(self, n: int) -> None:
-        """`n` files left the backlog unhandled (a reload, a pool closed): the next
-        reconcile queues them again."""
+        """`n` files left the backlog unhandled (a reload, a pool closed) and are no longer
+        counted: the next reconcile queues them again."""
         self.total -= n
 
     def finished(self, n: int = 1) -> None:
