@@ -164,10 +164,14 @@ def test_status_counts_add_up_while_a_backlog_runs_and_its_end_is_logged(
     the backlog's total at every look, and the text shows the progress line."""
     names = [f"wait{i:02}.png" for i in range(12)]
     _noise(env.root, names)
-    with running(env, work=workers.scripted) as daemon:
+    with running(env, work=workers.scripted, progress_interval=0.05) as daemon:
         wait_for(
             lambda: (_status(env)["backlog"] or {}).get("hashing") == 8,
             what="the pool to hold 8 files of the backlog",
+        )
+        wait_for(
+            lambda: any(e["event"] == "backlog_progress" for e in list(logs)),
+            what="a progress line while the backlog is held",
         )
         held = _status(env)
         assert {k: held["backlog"][k] for k in ("total", "done", "queued", "hashing")} == {
@@ -191,9 +195,12 @@ def test_status_counts_add_up_while_a_backlog_runs_and_its_end_is_logged(
         assert daemon.stats.hashed == 12 and _status(env)["indexed"] == 12
     assert seen == sorted(seen)
     events = [e for e in logs if e["event"].startswith("backlog_")]
-    assert [e["event"] for e in events] == ["backlog_started", "backlog_done"]
+    assert events[0]["event"] == "backlog_started" and events[-1]["event"] == "backlog_done"
+    progress = events[1:-1]
+    assert progress and all(e["event"] == "backlog_progress" for e in progress)
+    assert all(e["queued"] + e["hashing"] + e["done"] == e["total"] == 12 for e in progress)
     assert events[0]["files"] == 12
-    assert events[1]["files"] == 12 and events[1]["elapsed_s"] >= 0 and "rate" in events[1]
+    assert events[-1]["files"] == 12 and events[-1]["elapsed_s"] >= 0 and "rate" in events[-1]
     unique = [e for e in logs if e["event"] == "file_unique"]
     assert sorted(Path(e["path"]).name for e in unique) == names
     assert all(e["log_level"] == "debug" for e in unique)
