@@ -1,6 +1,7 @@
 """`dedupd` and `dedupctl`: parse options, call the library, print. No logic of their own.
 
-Exit codes: 0 ok · 1 nothing found / not found (like grep) · 2 usage or configuration error
+Exit codes: 0 ok · 1 nothing found / not found (like grep); for `dedupctl status`: a root is
+unavailable (missing or not mounted) · 2 usage or configuration error
 (for `dedupd run` also: the database cannot be opened, or another dedupd holds it) · 3 the
 daemon is not running or does not answer (dedupctl) · 4 busy: another process holds the
 database (`dedupd scan`, dedupctl working offline), or the daemon answered that it is busy or
@@ -289,8 +290,9 @@ def run_command(
     Every new or changed photo is hashed once it has stopped changing, matched, and handled
     by its root's policy. SIGHUP reloads the config; an invalid one is rejected and the
     running config kept. Speaks the systemd notify protocol when $NOTIFY_SOCKET is set.
-    Exits 2 if the database cannot be opened or another dedupd holds it, and 1 if it stops
-    because its database was deleted or replaced and could not be written back.
+    Exits 2 if the database cannot be opened, another dedupd holds it, or a root is no folder
+    and never held a photo (a typo; a known root that is missing is watched for instead), and
+    1 if it stops because its database was deleted or replaced and could not be written back.
     """
     # Here, not at the top: only this command runs the daemon (watchdog, the control server).
     from dedupd.daemon import Daemon
@@ -390,18 +392,37 @@ def install_service_command(
     click.echo("\n".join(["next:", *(f"  {s}" for s in steps)]))
 
 
-def _scan_with_progress(config: Config, store: Store, actions: Actions) -> ScanReport:
+def _scan_with_progress(
+    config: Config,
+    store: Store,
+    actions: Actions,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanReport:
+    """`scan` with a progress bar on stderr: files done/total, percent, ETA and rate."""
     bar: Any = None
+    started, done = clock(), 0
 
     def start(total: int) -> None:
-        nonlocal bar
-        bar = click.progressbar(length=total, label="hashing", file=sys.stderr)
+        nonlocal bar, started
+        started = clock()
+        bar = click.progressbar(
+            length=total,
+            label="hashing",
+            file=sys.stderr,
+            show_pos=True,
+            show_percent=True,
+            item_show_func=lambda rate: None if rate is None else f"{rate:.1f} files/s",
+        )
         bar.__enter__()
 
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        elapsed = clock() - started
+        bar.update(n, done / elapsed if elapsed > 0 else None)
+
     try:
-        return scan(
-            config, store, on_total=start, progress=lambda n: bar.update(n), actions=actions
-        )
+        return scan(config, store, on_total=start, progress=step, actions=actions)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -431,9 +452,11 @@ def dedupctl(
     show and quarantine list read the database directly (and say so), and restore, purge and
     distinct change the database and files directly (refused while another process holds
     the database); status, rescan and reload need the daemon. A daemon that is busy or
-    stopping is never worked around.
-    Exit codes: 0 ok, 1 nothing found, 2 usage or config error, 3 daemon not running or not
-    answering, 4 busy (the daemon is busy or stopping, or another process holds the database).
+    stopping is never worked around. With a config that does not load, status, quarantine
+    list, rescan and reload still ask the daemon (and warn); the other commands need it.
+    Exit codes: 0 ok, 1 nothing found (status: a root is unavailable), 2 usage or config
+    error, 3 daemon not running or not answering, 4 busy (the daemon is busy or stopping, or
+    another process holds the database).
     """
     _lossless_output()
     _configure_logging("warning")
@@ -442,13 +465,24 @@ def dedupctl(
     )
 
 
-def _daemon_sockets(ctx: click.Context) -> list[Path]:
+def _daemon_sockets(ctx: click.Context, *, without_config: bool = False) -> list[Path]:
     """Where to look for the daemon: --socket, else `socket:` from the config, else where
-    the units and a `dedupd run` in a shell put it (this user's, then the system's)."""
+    the units and a `dedupd run` in a shell put it (this user's, then the system's).
+
+    With `without_config`, a config that does not load is a warning on stderr and the
+    default places are tried."""
     obj = ctx.ensure_object(dict)
     if obj.get("socket_path"):
         return [Path(obj["socket_path"]).expanduser()]
-    configured = _load(ctx).socket
+    try:
+        configured = _load(ctx).socket
+    except ConfigError as exc:
+        if not without_config:
+            raise
+        candidates = list(socket_candidates())
+        where = " or ".join(map(str, candidates))
+        click.echo(f"warning: {exc}; asking the daemon on {where}", err=True)
+        return candidates
     if configured != default_socket_path():
         return [configured]
     return list(socket_candidates())
@@ -466,10 +500,17 @@ def _offline_config(ctx: click.Context) -> Config:
     return replace(config, database=found[0]) if found else config
 
 
-def _service(ctx: click.Context) -> Service:
-    """The daemon's service when it runs, else the database's (which says so on stderr)."""
+def _service(ctx: click.Context, *, daemon_without_config: bool = False) -> Service:
+    """The daemon's service when it runs, else the database's (which says so on stderr).
+
+    With `daemon_without_config` (commands that read from the daemon, or ask it to rescan or
+    reload: it runs on its own config), a config that does not load is a warning on stderr
+    and the daemon is asked on --socket or the default sockets; only the database, when no
+    daemon answers, needs the config (the config error, exit 2). Commands that change photos
+    or records always need it: a broken config cannot say which daemon they would steer.
+    """
     return connect(
-        _daemon_sockets(ctx),
+        _daemon_sockets(ctx, without_config=daemon_without_config),
         lambda: _offline_config(ctx),
         lambda: click.echo("dedupd is not running; using the database directly", err=True),
     )
@@ -486,10 +527,17 @@ def _hash_bits(ctx: click.Context) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """The running daemon: uptime, roots and their watch state, index, queue, recent errors."""
+    """The running daemon: uptime, roots and their watch state, index, queue, the backlog's
+    progress, recent errors. Exit 1 while a root is unavailable (missing or not mounted),
+    3 if the daemon is not running."""
     with _errors():
-        answer = _service(ctx).status()
+        answer = _service(ctx, daemon_without_config=True).status()
     click.echo(render.to_json(answer) if as_json else render.status(answer))
+    unavailable = [r["path"] for r in answer["roots"] if r["state"] == "unavailable"]
+    for root in unavailable:
+        click.echo(f"warning: root unavailable (missing or not mounted): {root}", err=True)
+    if unavailable:
+        sys.exit(EXIT_NOT_FOUND)
 
 
 @dedupctl.command()
@@ -575,7 +623,8 @@ def quarantine_list(
     """Photos in quarantine now: id, when, original path, keeper, distance, reason."""
     with _errors():
         root_path = str(Path(root).expanduser().resolve()) if root else None
-        answer = _service(ctx).quarantine_list(root=root_path, since=since)
+        service = _service(ctx, daemon_without_config=True)
+        answer = service.quarantine_list(root=root_path, since=since)
     click.echo(render.to_json(answer) if as_json else render.quarantine(answer))
 
 
@@ -690,7 +739,7 @@ def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     """Ask the daemon to reconcile ROOT (or every root) now: what changed unseen is found."""
     with _errors():
         target = str(root.expanduser().resolve()) if root else None
-        answer = _service(ctx).rescan(target)
+        answer = _service(ctx, daemon_without_config=True).rescan(target)
     if as_json:
         click.echo(render.to_json(answer))
         return
@@ -702,9 +751,10 @@ def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def reload(ctx: click.Context, as_json: bool) -> None:
-    """Ask the daemon to reload its config (as SIGHUP does); exit 2 if it is rejected."""
+    """Ask the daemon to reload its config (as SIGHUP does); exit 2 if it is rejected (the
+    daemon logs why, and keeps its running config)."""
     with _errors():
-        answer = _service(ctx).reload()
+        answer = _service(ctx, daemon_without_config=True).reload()
     if as_json:
         click.echo(render.to_json(answer))
     else:

@@ -24,6 +24,7 @@ import queue
 import signal
 import socket
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -45,7 +46,7 @@ from dedupd.engine import (
 )
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
 from dedupd.lock import DatabaseLock
-from dedupd.pipeline import Counts, Pipeline
+from dedupd.pipeline import PROGRESS_INTERVAL, Counts, Pipeline
 from dedupd.pool import HasherPool, Waker, Work, hash_file
 from dedupd.scanner import root_key
 from dedupd.service import DaemonService
@@ -106,9 +107,11 @@ class Daemon:
         retry_interval: float = UNAVAILABLE_RETRY,
         polling_interval: float = POLLING_RESCAN,
         database_check_interval: float = DATABASE_CHECK,
+        progress_interval: float = PROGRESS_INTERVAL,
         work: Work = hash_file,
     ):
-        """`work` is what the hasher workers run per file (tests swap in one that hangs)."""
+        """`work` is what the hasher workers run per file (tests swap in one that hangs);
+        `progress_interval` is the time between `backlog_progress` log lines."""
         self.retry_interval, self.polling_interval = retry_interval, polling_interval
         self.database_check_interval = database_check_interval
         self.work = work
@@ -120,7 +123,10 @@ class Daemon:
         self._reload_flag = False
         self._wake = Waker()
         self._ready = threading.Event()
-        self.pipeline = Pipeline(self.stats, clock)
+        self.pipeline = Pipeline(self.stats, clock, progress_interval)
+        # The backlog's progress as of the last heartbeat, taken on this thread so that its
+        # counts add up for a status read from a control-socket thread.
+        self._backlog: dict[str, Any] | None = None
         self._pool: HasherPool | None = None
         self._pool_key: tuple[object, ...] = ()
         self._last_ping = self._last_status = -1e18
@@ -202,6 +208,7 @@ class Daemon:
                 for r in roots
             ],
             "indexed": size,
+            "backlog": self._backlog,  # None unless a backlog runs; its counts add up
             "queue": {
                 "backlog": self.pipeline.queued(),
                 "settling": len(self.pipeline.settler),
@@ -349,11 +356,32 @@ class Daemon:
         try:
             self.store = Store(config.database)
             self._database_identity = _identity(config.database)
+            self._check_roots(config)
             self.actions = Actions(self.store, config.quarantine.path)
             self._recover()
             self._configure(config)
         except sqlite3.DatabaseError as exc:  # it opened, but reading it failed (corrupt)
             raise StoreError(f"{config.database}: {exc}") from exc
+
+    def _check_roots(self, config: Config) -> None:
+        """Raise ConfigError for a root that is no folder and never held a photo: a typo,
+        not an unmounted disk. A root with records in the store that is missing now is
+        "unavailable" instead (its records are kept, and it is looked for again)."""
+        for i, root in enumerate(root_key(r.path) for r in config.roots):
+            try:
+                if stat.S_ISDIR(os.stat(root).st_mode):
+                    continue
+                why = "not a directory"
+            except OSError as exc:
+                why = (exc.strerror or str(exc)).lower()
+            if self.store.count_by_state([root]):
+                continue  # known: the reconcile reports it unavailable and keeps its records
+            raise ConfigError(
+                f"{root}: {why}, and no photo was ever recorded there; fix the path or "
+                "create the folder",
+                source=None if self.dirs or config.source is None else str(config.source),
+                key=None if self.dirs else f"roots[{i}].path",
+            )
 
     def _recover(self) -> None:
         for r in self.actions.recover():
@@ -406,7 +434,10 @@ class Daemon:
             self._wake.clear()
 
     def _heartbeat(self) -> None:
-        """STATUS= every 2 s, WATCHDOG=1 at half systemd's interval while healthy."""
+        """STATUS= every 2 s, WATCHDOG=1 at half systemd's interval while healthy; the
+        backlog's progress (a log line every few seconds, one when it drains)."""
+        self.pipeline.tick()
+        self._backlog = self.pipeline.backlog_status()
         now = self.clock()
         interval = self.notifier.watchdog_interval
         if interval is not None and now - self._last_ping >= interval and self._healthy():
@@ -433,8 +464,10 @@ class Daemon:
         degraded = [
             f"{state}: {root}" for root, state in self.watcher.states.items() if state != "watching"
         ]
+        backlog = self._backlog
         return (
-            f"STATUS={len(self.ingest.index)} indexed, "
+            (f"STATUS=backlog {backlog['done']}/{backlog['total']}, " if backlog else "STATUS=")
+            + f"{len(self.ingest.index)} indexed, "
             f"{self.pipeline.queued()} queued, {self._in_flight()} hashing, "
             f"{len(self.pipeline.settler)} settling, {self.stats.hashed} hashed, "
             f"{self.stats.acted} acted on, {self.stats.errors} errors"
@@ -567,8 +600,9 @@ class Daemon:
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = self._load()
+            self._check_roots(config)
         except ConfigError as exc:
-            log.error("reload_rejected", error=str(exc), detail="keeping the running config")
+            log.warning("reload_rejected", error=str(exc), detail="keeping the running config")
             self.notifier.send("READY=1", "STATUS=reload rejected: " + str(exc)[:200])
             return str(exc)
         if (config.database, config.socket) != (self.config.database, self.config.socket):

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from stat import S_ISREG
+from typing import Any
 
 import structlog
 
@@ -26,9 +27,11 @@ from dedupd.scanner import Entry, NameFilter, same_version, walk
 from dedupd.store import FileRecord, Store
 from dedupd.watcher import Hint, Settler
 
-__all__ = ["Counts", "Pipeline"]
+__all__ = ["Backlog", "Counts", "Pipeline"]
 
 log = structlog.get_logger("dedupd.pipeline")
+
+PROGRESS_INTERVAL = 5.0  # seconds between `backlog_progress` log lines while a backlog runs
 
 
 @dataclass
@@ -42,11 +45,88 @@ class Counts:
     rescans: int = 0
 
 
+class Backlog:
+    """How far the reconciles' backlog has got, from its first file to its last.
+
+    `total` counts the files queued since the backlog started; each is, at every moment,
+    exactly one of: queued (waiting for the pool), hashing (in the pool) or done (ingested,
+    found handled already, or its root gone by a reload), so queued + hashing + done ==
+    total. Files dropped unhandled (a reload, a closed pool) leave the total. The files
+    themselves are the pipeline's; this keeps the counts and the clock, logs
+    `backlog_progress` every `interval` seconds and `backlog_done` when it drains.
+    """
+
+    def __init__(self, clock: Callable[[], float], interval: float = PROGRESS_INTERVAL):
+        self.clock, self.interval = clock, interval
+        self.total = self.done = 0
+        self.started = self._next_log = 0.0
+
+    def added(self, n: int) -> None:
+        """`n` more files were queued (a reconcile); the first ones start the clock."""
+        if n and not self.total:
+            self.started = self.clock()
+            self._next_log = self.started + self.interval
+            log.info("backlog_started", files=n)
+        self.total += n
+
+    def dropped(self, n: int) -> None:
+        """`n` files left the backlog unhandled (a reload, a pool closed) and are no longer
+        counted: the next reconcile queues them again."""
+        self.total -= n
+
+    def finished(self, n: int = 1) -> None:
+        self.done += n
+
+    def status(self, queued: int, hashing: int) -> dict[str, Any] | None:
+        """The progress as `dedupctl status` shows it, None when no backlog runs."""
+        if not self.total:
+            return None
+        elapsed = max(0.0, self.clock() - self.started)
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = queued + hashing
+        return {
+            "total": self.total,
+            "done": self.done,
+            "queued": queued,
+            "hashing": hashing,
+            "elapsed_s": round(elapsed, 1),
+            "rate": round(rate, 2),  # files per second since the backlog started
+            "eta_s": round(left / rate) if rate > 0 else None,
+        }
+
+    def tick(self, queued: int, hashing: int) -> None:
+        """Log progress when it is due, or the end when nothing is left."""
+        if not self.total:
+            return
+        if queued or hashing:
+            now = self.clock()
+            if now >= self._next_log:
+                self._next_log = now + self.interval
+                log.info("backlog_progress", **(self.status(queued, hashing) or {}))
+            return
+        elapsed = max(0.0, self.clock() - self.started)
+        log.info(
+            "backlog_done",
+            files=self.done,
+            elapsed_s=round(elapsed, 1),
+            rate=round(self.done / elapsed, 2) if elapsed > 0 else None,
+        )
+        self.total = self.done = 0
+
+
 class Pipeline:
     """Candidates → hasher pool → ingest, for one configuration (`configure` swaps it)."""
 
-    def __init__(self, counts: Counts, clock: Callable[[], float]):
+    def __init__(
+        self,
+        counts: Counts,
+        clock: Callable[[], float],
+        progress_interval: float = PROGRESS_INTERVAL,
+    ):
         self.counts, self.clock = counts, clock
+        self.progress = Backlog(clock, progress_interval)
+        # Backlog files in the pool, by id(): whatever becomes of each, it is done once.
+        self.backlog_hashing: dict[int, Entry] = {}
         self.backlog: deque[Entry] = deque()  # found by a reconcile, oldest first
         self.settled: deque[Entry] = deque()  # uploads that settled: hashed before the backlog
         self.hashing: dict[str, Entry] = {}  # path → the version last sent to the pool
@@ -61,12 +141,23 @@ class Pipeline:
         self.names = NameFilter(config.watch)
         self.excluded = [os.path.realpath(p) + os.sep for p in excluded_dirs(config)]
         self.settler = Settler(config.watch.settle_seconds, self.clock)
+        self.progress.dropped(len(self.backlog))
         self.backlog.clear()
         self.settled.clear()
 
     def forget_in_flight(self) -> None:
         """The pool was closed: nothing sent to it will come back."""
         self.hashing.clear()
+        self.progress.dropped(len(self.backlog_hashing))
+        self.backlog_hashing.clear()
+
+    def backlog_status(self) -> dict[str, Any] | None:
+        """The backlog's progress (total, done, queued, hashing, rate, ETA), None if none."""
+        return self.progress.status(len(self.backlog), len(self.backlog_hashing))
+
+    def tick(self) -> None:
+        """Log the backlog's progress when due, and its end (the daemon's heartbeat)."""
+        self.progress.tick(len(self.backlog), len(self.backlog_hashing))
 
     def idle(self, pool: HasherPool) -> bool:
         return not (self.backlog or self.settled or pool.in_flight or len(self.settler))
@@ -83,7 +174,9 @@ class Pipeline:
             self.ingest.index.remove(done.gone)
         self._index_again(done.revived)
         queued = {e.path for e in self.backlog}
-        self.backlog.extend(e for e in done.work if e.path not in queued)
+        new = [e for e in done.work if e.path not in queued]
+        self.backlog.extend(new)
+        self.progress.added(len(new))
         self.counts.rescans += 1
         log.info(
             "reconciled",
@@ -199,6 +292,7 @@ class Pipeline:
         relpath = os.path.relpath(path, root)
         record = self.store.record(root, relpath)
         if record is not None and record.state in ("ok", "error") and same_version(record, stat):
+            log.debug("file_unchanged", path=path)
             return None  # invariant 4: unchanged → never decoded again
         if record is None or record.state not in ("ok", "error"):
             moved = self.store.missing_with_stat(stat) or self._moved_from(stat)
@@ -241,10 +335,17 @@ class Pipeline:
         """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
         to keep every worker busy, few enough that a new upload does not wait long."""
         while pool.in_flight < pool.capacity and (self.settled or self.backlog):
+            from_backlog = not self.settled
             entry = (self.settled or self.backlog).popleft()
             if self.hashing.get(entry.path) == entry or self._handled(entry):
-                continue  # this very version is being hashed, or was since it was queued
+                # this very version is being hashed, or was since it was queued
+                log.debug("file_unchanged", path=entry.path)
+                if from_backlog:
+                    self.progress.finished()
+                continue
             self.hashing[entry.path] = entry
+            if from_backlog:
+                self.backlog_hashing[id(entry)] = entry
             pool.submit(entry)
 
     def _handled(self, entry: Entry) -> bool:
@@ -263,6 +364,8 @@ class Pipeline:
     ) -> None:
         """Ingest what the pool returned (`between` runs after each: the daemon's heartbeat)."""
         for entry, result in results:
+            if self.backlog_hashing.pop(id(entry), None) is not None:
+                self.progress.finished()
             if self.hashing.get(entry.path) is not entry:
                 continue  # a newer version of the file was queued meanwhile
             del self.hashing[entry.path]
@@ -273,9 +376,13 @@ class Pipeline:
     def _ingest_one(self, entry: Entry, result: HashedImage | Failure) -> None:
         outcome, result = ingest_guarded(self.ingest, entry, result)
         if isinstance(result, Failure):
-            self.counts.errors += 1
+            self.counts.errors += 1  # `file_skipped` (a warning with the error's kind) said so
         else:
             self.counts.hashed += 1
+        if outcome is None and not isinstance(result, Failure):
+            # A decision (an action, or a report of a duplicate) is logged at info by
+            # `Ingest.apply`; a photo with no duplicate gets its line here.
+            log.debug("file_unique", path=entry.path, sha256=result.sha256)
         if outcome is not None and outcome.decision.action != "none":
             if outcome.result == "done":
                 self.counts.acted += 1

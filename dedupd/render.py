@@ -16,10 +16,12 @@ if TYPE_CHECKING:
     from dedupd.engine import Group, ScanReport
 
 __all__ = [
+    "duration",
     "file_info",
     "group_dicts",
     "groups",
     "groups_json",
+    "progress",
     "purged",
     "quarantine",
     "restored",
@@ -125,16 +127,44 @@ def scan_json(report: ScanReport, bits: int) -> dict[str, Any]:
     }
 
 
+def duration(seconds: float) -> str:
+    """A short human duration: 42s, 3m 21s, 2h 05m."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02}s"
+    return f"{s // 3600}h {s % 3600 // 60:02}m"
+
+
+def progress(done: int, total: int, rate: float, eta_s: float | None) -> str:
+    """`512/3000 (17%), 12.3 files/s, 3m 21s left`: a backlog's or a scan's progress."""
+    percent = 100 * done // total if total else 100
+    left = duration(eta_s) if eta_s is not None else "?"
+    return f"{done}/{total} ({percent}%), {rate:.1f} files/s, {left} left"
+
+
 def status(s: dict[str, Any]) -> str:
     index = s["index"]
+    queue = s["queue"]
     rebuilt = _when(index["last_rebuild"]) if index["last_rebuild"] else "-"
     lines = [
         f"dedupd running (pid {s['pid']}, up {s['uptime_s']:.0f}s), hasher {s['hasher']}",
         f"indexed   {s['indexed']} ({index['backend']}, {index['pending']} pending, "
         f"last rebuild {rebuilt})",
-        f"queue     {s['queue']['backlog']} to hash, {s['queue']['settling']} settling",
+    ]
+    backlog = s.get("backlog")
+    if backlog:
+        lines.append(
+            "backlog   "
+            + progress(backlog["done"], backlog["total"], backlog["rate"], backlog["eta_s"])
+            + f"; {backlog['queued']} queued, {backlog['hashing']} hashing"
+        )
+    lines += [
+        f"queue     {queue['backlog']} to hash, {queue['hashing']} hashing, "
+        f"{queue['settling']} settling",
         f"done      {s['stats']['hashed']} hashed, {s['stats']['acted']} acted on, "
-        f"{s['stats']['errors']} errors",
+        f"{s['stats']['errors']} errors since start",
     ]
     lines += [f"root      {r['path']}  {r['state']}  policy {r['policy']}" for r in s["roots"]]
     lines += [

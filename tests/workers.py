@@ -6,6 +6,8 @@ What a file's name starts with decides what happens to it:
   crash…  the worker process dies at once (a segfault, the OOM killer)
   slow…   takes a moment, then hashes normally
   pid…    answers Failure("pid", <the worker's pid>) so a test can see where it ran
+  wait…   blocks until a file named `release` exists in a folder above it, then hashes
+          normally (a test holds a backlog in the pool, looks at it, then lets it go)
 anything else is hashed for real.
 """
 
@@ -15,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from dedupd.hashers import Hasher
 from dedupd.imaging import FileStat, HashedImage
@@ -33,6 +36,9 @@ def scripted(
         os.kill(os.getpid(), signal.SIGKILL)
     if name.startswith("slow"):
         time.sleep(SLOW_SECONDS)  # a slow decode, not a test waiting for something
+    if name.startswith("wait"):
+        while not any((folder / "release").exists() for folder in Path(path).parents):
+            time.sleep(0.01)  # a worker waiting for the test's signal, across processes
     if name.startswith("pid"):
         return Failure("pid", str(os.getpid()))
     return hash_file(path, expect, hashers, max_pixels)

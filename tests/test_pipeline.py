@@ -1,0 +1,270 @@
+"""The daemon says what it does: a log line per file, the backlog's progress every few seconds
+(on a fake clock) and when it drains, status counts that add up while a backlog runs, and the
+scan's progress bar with counts and a rate."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import structlog.testing
+from click.testing import CliRunner
+from PIL import Image
+
+from dedupd import render
+from dedupd.actions import Actions
+from dedupd.cli import _scan_with_progress, dedupctl
+from dedupd.config import load_config
+from dedupd.pipeline import Backlog
+from dedupd.store import Store
+from tests import photos, workers
+from tests.test_daemon import Env, _idle, running, wait_for
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    e = Env(tmp_path)
+    e.write_config()
+    return e
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every event at every level (a CLI test before may have left a filtering level, and
+    dedupctl run in the test would configure its own)."""
+    monkeypatch.setattr("dedupd.cli._configure_logging", lambda level: None)
+    structlog.reset_defaults()
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+    structlog.reset_defaults()
+
+
+def test_backlog_progress_is_logged_every_interval_and_once_when_it_drains(
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    clock = Clock()
+    backlog = Backlog(clock, interval=5.0)
+    backlog.added(3000)
+    start = clock.t
+    for i in range(1, 3001):  # 100 files a second, 8 in the pool while any are left
+        clock.t = start + i / 100
+        backlog.finished()
+        hashing = min(8, 3000 - i)
+        queued = 3000 - i - hashing
+        status = backlog.status(queued, hashing)
+        assert (
+            status is not None
+            and status["queued"] + status["hashing"] + status["done"] == (status["total"])
+        )
+        backlog.tick(queued, hashing)
+    backlog.tick(0, 0)  # nothing more once drained
+    assert [e["event"] for e in logs] == [
+        "backlog_started",
+        *["backlog_progress"] * 5,  # at 5, 10, 15, 20 and 25 s
+        "backlog_done",
+    ]
+    assert logs[0]["files"] == 3000
+    first = logs[1]
+    assert (first["done"], first["total"], first["queued"], first["hashing"]) == (
+        500,
+        3000,
+        2492,
+        8,
+    )
+    assert (first["elapsed_s"], first["rate"], first["eta_s"]) == (5.0, 100.0, 25)
+    assert {k: logs[-1][k] for k in ("files", "elapsed_s", "rate")} == {
+        "files": 3000,
+        "elapsed_s": 30.0,
+        "rate": 100.0,
+    }
+    assert backlog.status(0, 0) is None
+
+
+def test_a_backlog_that_grows_while_it_runs_keeps_its_clock_and_logs_one_end(
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    clock = Clock()
+    backlog = Backlog(clock, interval=5.0)
+    backlog.added(2)
+    clock.t += 1
+    backlog.finished()
+    backlog.added(3)  # a rescan found more before the first ones were done
+    backlog.dropped(1)  # one was dropped by a reload
+    clock.t += 1
+    backlog.finished(3)
+    backlog.tick(0, 0)
+    assert [e["event"] for e in logs] == ["backlog_started", "backlog_done"]
+    assert (logs[-1]["files"], logs[-1]["elapsed_s"], logs[-1]["rate"]) == (4, 2.0, 2.0)
+
+
+def test_status_text_shows_the_backlog_progress_and_what_is_queued() -> None:
+    answer = {
+        "pid": 42,
+        "uptime_s": 10.0,
+        "hasher": "phash:16",
+        "roots": [],
+        "indexed": 749,
+        "backlog": {
+            "total": 3000,
+            "done": 512,
+            "queued": 2480,
+            "hashing": 8,
+            "elapsed_s": 40.0,
+            "rate": 12.8,
+            "eta_s": 195,
+        },
+        "queue": {"backlog": 2480, "settling": 1, "hashing": 8},
+        "index": {"backend": "hamming", "pending": 3, "last_rebuild": None},
+        "stats": {"hashed": 512, "errors": 0, "acted": 3, "reported": 0, "rescans": 1},
+        "recent_errors": [],
+    }
+    assert render.status(answer).splitlines()[1:] == [
+        "indexed   749 (hamming, 3 pending, last rebuild -)",
+        "backlog   512/3000 (17%), 12.8 files/s, 3m 15s left; 2480 queued, 8 hashing",
+        "queue     2480 to hash, 8 hashing, 1 settling",
+        "done      512 hashed, 3 acted on, 0 errors since start",
+    ]
+    answer["backlog"] = None
+    assert not any(line.startswith("backlog") for line in render.status(answer).splitlines())
+
+
+def _noise(folder: Path, names: list[str]) -> None:
+    rng = random.Random(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(folder / name)
+
+
+def _status(env: Env) -> dict[str, Any]:
+    result = CliRunner().invoke(dedupctl, ["--config", str(env.config), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def test_status_counts_add_up_while_a_backlog_runs_and_its_end_is_logged(
+    env: Env, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """12 files found at start, 8 held in the pool (2 workers × 4): queued + hashing + done is
+    the backlog's total at every look, and the text shows the progress line."""
+    names = [f"wait{i:02}.png" for i in range(12)]
+    _noise(env.root, names)
+    with running(env, work=workers.scripted, progress_interval=0.05) as daemon:
+        wait_for(
+            lambda: (_status(env)["backlog"] or {}).get("hashing") == 8,
+            what="the pool to hold 8 files of the backlog",
+        )
+        wait_for(
+            lambda: any(e["event"] == "backlog_progress" for e in list(logs)),
+            what="a progress line while the backlog is held",
+        )
+        held = _status(env)
+        assert {k: held["backlog"][k] for k in ("total", "done", "queued", "hashing")} == {
+            "total": 12,
+            "done": 0,
+            "queued": 4,
+            "hashing": 8,
+        }
+        assert held["queue"]["backlog"] == 4 and held["indexed"] == 0
+        text = CliRunner().invoke(dedupctl, ["--config", str(env.config), "status"]).stdout
+        assert re.search(
+            r"^backlog   0/12 \(0%\), 0\.0 files/s, \? left; 4 queued, 8 hashing$", text, re.M
+        ), text
+        (env.tmp / "release").touch()
+        seen = []
+        while (s := _status(env))["backlog"] is not None:
+            b = s["backlog"]
+            assert b["queued"] + b["hashing"] + b["done"] == b["total"] == 12, b
+            seen.append(b["done"])
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.hashed == 12 and _status(env)["indexed"] == 12
+    assert seen == sorted(seen)
+    events = [e for e in logs if e["event"].startswith("backlog_")]
+    assert events[0]["event"] == "backlog_started" and events[-1]["event"] == "backlog_done"
+    progress = events[1:-1]
+    assert progress and all(e["event"] == "backlog_progress" for e in progress)
+    assert all(e["queued"] + e["hashing"] + e["done"] == e["total"] == 12 for e in progress)
+    assert events[0]["files"] == 12
+    assert events[-1]["files"] == 12 and events[-1]["elapsed_s"] >= 0 and "rate" in events[-1]
+    unique = [e for e in logs if e["event"] == "file_unique"]
+    assert sorted(Path(e["path"]).name for e in unique) == names
+    assert all(e["log_level"] == "debug" for e in unique)
+
+
+def test_every_file_handled_leaves_one_line_at_its_level(
+    env: Env, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """unique and unchanged at debug, a duplicate's action at info, a failure at warning
+    with the error's kind."""
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "a.jpg")
+        wait_for(lambda: env.state(env.root / "a.jpg") == "ok")
+        photos.copy(photos.photo("coffee"), env.root / "b.jpg")  # exact: deleted
+        photos.truncated(photos.photo("rocket"), env.root / "c.jpg")
+        wait_for(lambda: env.state(env.root / "b.jpg") == "deleted")
+        wait_for(lambda: env.state(env.root / "c.jpg") == "error")
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
+        open(env.root / "a.jpg", "ab").close()  # an event, but the file did not change
+        wait_for(
+            lambda: any(
+                e["event"] == "file_unchanged" and e["path"].endswith("a.jpg") for e in list(logs)
+            )
+        )
+    by_path: dict[str, list[tuple[str, str]]] = {}
+    for e in logs:
+        if "path" in e and e["event"] in (
+            "file_unique",
+            "file_unchanged",
+            "decision",
+            "file_skipped",
+        ):
+            by_path.setdefault(Path(e["path"]).name, []).append((e["event"], e["log_level"]))
+    # A copy may raise more than one event: the later ones find the file unchanged.
+    assert by_path["a.jpg"][0] == ("file_unique", "debug")
+    assert set(by_path["a.jpg"][1:]) == {("file_unchanged", "debug")}
+    assert by_path["b.jpg"] == [("decision", "info")]
+    assert by_path["c.jpg"][0] == ("file_skipped", "warning")
+    assert set(by_path["c.jpg"][1:]) <= {("file_unchanged", "debug")}
+    skipped = next(e for e in logs if e["event"] == "file_skipped")
+    assert skipped["error"] == "truncated"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_scan_progress_bar_shows_counts_and_a_rate(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setenv("COLUMNS", "120")
+    clock = Clock()
+
+    def ticking() -> float:
+        clock.t += 0.5  # each look at the clock is half a second later
+        return clock.t
+
+    config = load_config(None).with_roots([library])
+    with Store(tmp_path / "dedupd.db") as store:
+        report = _scan_with_progress(config, store, Actions(store, None), clock=ticking)
+    assert report.hashed == 9
+    shown = re.sub(r"\x1b\[\?25[lh]", "", terminal.getvalue())  # cursor hidden, shown
+    frames = [f.strip() for f in shown.split("\r") if f.strip()]
+    assert re.fullmatch(r"hashing\s+\[#+\]\s+10/10\s+100%\s+\d+\.\d files/s", frames[-1]), frames
