@@ -50,8 +50,17 @@ class Service(Protocol):
     def status(self) -> Answer: ...
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
-    ) -> Answer: ...
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
+    ) -> Answer:
+        """Indexed photos nearest to `bits` (with `variants`, the 8 rotations and mirrors of
+        the query image in hashers.TRANSFORMS order: nearest to any of them)."""
+        ...
 
     def groups(self) -> Answer: ...
 
@@ -150,7 +159,13 @@ class DaemonService:
         return self._daemon.status()
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
 
@@ -166,6 +181,7 @@ class DaemonService:
                 threshold=threshold,
                 query=query,
                 lock=ingest.lock,
+                variants=variants,
             )
 
     def groups(self) -> Answer:
@@ -218,9 +234,22 @@ class RemoteService:
         return self.client.get("status")
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
-        return self.client.get("search", hash=bits.hex(), sha256=sha256, k=k, threshold=threshold)
+        return self.client.get(
+            "search",
+            hash=bits.hex(),
+            sha256=sha256,
+            k=k,
+            threshold=threshold,
+            variants=",".join(v.hex() for v in variants) or None,
+        )
 
     def groups(self) -> Answer:
         return self.client.get("groups")
@@ -288,7 +317,13 @@ class LocalService:
         raise self._no_daemon()
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
         from dedupd.engine import Ingest
@@ -297,7 +332,14 @@ class LocalService:
             ingest = Ingest(store, self.config, roots=queries.all_roots(store))
             query = {"hash": bits.hex(), "sha256": sha256}
             return queries.search(
-                store, ingest.index, ingest.hasher, bits, k=k, threshold=threshold, query=query
+                store,
+                ingest.index,
+                ingest.hasher,
+                bits,
+                k=k,
+                threshold=threshold,
+                query=query,
+                variants=variants,
             )
 
     def groups(self) -> Answer:
@@ -358,9 +400,17 @@ class _DaemonElseDatabase:
         return self._ask(lambda s: s.status())
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
-        return self._ask(lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold))
+        return self._ask(
+            lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold, variants=variants)
+        )
 
     def groups(self) -> Answer:
         return self._ask(lambda s: s.groups())

@@ -61,6 +61,11 @@ def hflip(src: Path, dst: Path) -> Path:
     )
 
 
+def transposed(src: Path, dst: Path, method: Image.Transpose) -> Path:
+    """The pixels really turned or mirrored (no EXIF tag to undo it), as an editor saves."""
+    return _save(_open(src).transpose(method), dst, format="JPEG", quality=90)
+
+
 def screenshot(src: Path, dst: Path, colour: str = "black", status_bar: bool = False) -> Path:
     """The photo as a phone shows it, screenshotted: fitted into a 9:19.5 portrait canvas of
     `colour`, with (`status_bar`) a strip of clock and battery icons along the top, as PNG."""

@@ -8,7 +8,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -144,13 +144,50 @@ def test_search_json_and_threshold(runner: CliRunner, scanned: Path, library: Pa
 def test_search_finding_nothing_exits_1_like_grep(
     runner: CliRunner, scanned: Path, tmp_path: Path
 ) -> None:
-    query = photos.hflip(photos.photo("hubble"), tmp_path / "mirrored.jpg")
+    # Another picture: the left half of hubble, blown up (no photo of the library, turned
+    # or not, is near it).
+    with Image.open(photos.photo("hubble")) as im:
+        half = im.crop((0, 0, im.width // 2, im.height)).resize(im.size)
+    query = tmp_path / "other.jpg"
+    half.save(query, quality=90)
     result = runner.invoke(
         dedupctl, ["--database", str(scanned), "search", str(query), "--threshold", "0.05"]
     )
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.splitlines()[-1] == "no similar photos indexed"
+
+
+@pytest.mark.parametrize(
+    ("make", "transform"),
+    [
+        (photos.hflip, "mirror"),
+        (lambda src, dst: photos.transposed(src, dst, Image.Transpose.ROTATE_90), "rot90"),
+    ],
+    ids=["mirror", "rot90"],
+)
+def test_search_finds_a_rotated_or_mirrored_copy_and_says_how(
+    runner: CliRunner,
+    scanned: Path,
+    library: Path,
+    tmp_path: Path,
+    make: Callable[[Path, Path], Path],
+    transform: str,
+) -> None:
+    """The query image's rotations and mirrors are looked up too (isometric is on by
+    default) and each result names the transform that turns it into the query."""
+    query = make(photos.photo("hubble"), tmp_path / "turned.jpg")
+    result = runner.invoke(
+        dedupctl, ["--database", str(scanned), "search", str(query), "--threshold", "0.1"]
+    )
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()[1:]
+    assert line.endswith(f"{library}/hubble.jpg  ({transform})"), line
+    as_json = runner.invoke(
+        dedupctl, ["--database", str(scanned), "search", str(query), "-k", "1", "--json"]
+    )
+    (found,) = json.loads(as_json.stdout)["results"]
+    assert (Path(found["path"]).name, found["transform"]) == ("hubble.jpg", transform)
 
 
 def test_search_with_a_bad_query_image_is_a_clear_error(
