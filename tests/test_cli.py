@@ -454,3 +454,27 @@ def test_console_log_lines_show_the_exception_once(
     assert "loop_step_failed" in output
     assert output.count("Traceback (most recent call last)") == 1
     assert output.count("RuntimeError: database is locked") == 1
+
+
+def test_the_demo_finds_its_mirrored_edit_and_show_says_so(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """`make run`'s folder: the mirrored edit of coffee is a near duplicate (isometric is on
+    by default), and `dedupctl show` names the transform."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        import make_demo  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    root = tmp_path / "photos"
+    make_demo.main(root)
+    db = tmp_path / "demo.db"
+    result = runner.invoke(dedupd, ["scan", str(root), "--database", str(db), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "5 duplicate groups (6 duplicates)" in result.output.splitlines()[0]
+    mirrored = root / "edited" / "coffee-mirrored.jpg"
+    assert f"  ~ {mirrored}  600x400  71.4 KB  near 2/256 (0.008), mirror" in result.output
+    shown = runner.invoke(
+        dedupctl, ["--database", str(db), "show", str(root / "camera" / "coffee.jpg")]
+    )
+    assert f"  ~ {mirrored}  near 2/256, mirror" in shown.stdout.splitlines()
