@@ -16,12 +16,17 @@ Each photo is an *original*: upscaled (Lanczos) so its long side is --long-side 
 quality 95/85/70/50; resizes to 50% and 25%; pixels stored turned with an EXIF orientation tag
 so the upright view is the same; PNG, WebP and HEIC; centred crops removing 2/5/10% of each
 dimension; brightness and contrast ±10% and ±20%; a text watermark covering ~5% of the area
-in a corner; a phone screenshot (the photo fitted into a 9:19.5 black or white canvas); and
-true rotations by 90°/180° and a horizontal flip (pixels changed, no EXIF to undo it).
+in a corner; a phone screenshot (the photo fitted into a 9:19.5 black or white canvas, bare or
+with a status-bar strip of icons along the top, `tests.photos.draw_status_bar`); and true
+rotations by 90°/180°/270° and a horizontal flip (pixels changed, no EXIF to undo it).
 
-Positives: (original, variant) for every variant. Rotations and the flip are reported apart
-(family ``rotate_flip``) and left out of "overall" recall and precision: dedupd's hashers are
-not rotation- or flip-invariant, so these are not expected to match.
+Positives: (original, variant) for every variant. Every pair is scored twice: *isometric*
+(dedupd's default, policy ``isometric: true``): the newcomer's 8 rotations and mirrors
+(``hash_image(...).variants``) are compared with the stored hash and the nearest counts, for
+positives and negatives alike; and *upright* (``isometric: false``): the plain hashes. Isometric
+results are the main tables and fold rotate/flip into "overall"; upright results leave the
+family ``rotate_flip`` out of "overall" (no hasher is rotation-invariant on its own) and are in
+the JSON under ``hashers_upright``, with a comparison table in the markdown.
 
 Negatives: every pair of distinct originals; every original vs every variant of every other
 original; and hard negatives, one pair each: the motorcycle_left/right stereo pair (the same
@@ -94,6 +99,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 from dedupd.hashers import HASHERS, Hasher
 from dedupd.imaging import hash_image
 from dedupd.index import distance
+from tests import photos as test_photos
 
 pillow_heif.register_heif_opener()
 
@@ -261,8 +267,9 @@ def _watermark(im: Image.Image, dst: Path) -> Path:
     return _jpeg(out, dst)
 
 
-def _screenshot(colour: str) -> Callable[[Image.Image, Path], Path]:
-    """The photo as seen on a phone: fitted into a 9:19.5 portrait canvas, saved as PNG."""
+def _screenshot(colour: str, status_bar: bool = False) -> Callable[[Image.Image, Path], Path]:
+    """The photo as seen on a phone: fitted into a 9:19.5 portrait canvas (with a status bar
+    of clock, signal and battery icons over the top 3.5%), saved as PNG."""
 
     def make(im: Image.Image, dst: Path) -> Path:
         height = max(im.size)
@@ -273,6 +280,8 @@ def _screenshot(colour: str) -> Callable[[Image.Image, Path], Path]:
         )
         canvas = Image.new("RGB", (width, height), colour)
         canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
+        if status_bar:
+            test_photos.draw_status_bar(canvas, colour)
         return _png(canvas, dst)
 
     return make
@@ -334,6 +343,16 @@ VARIANTS: dict[str, tuple[str, str, Callable[[Image.Image, Path], Path]]] = {
         "fitted into a white 9:19.5 portrait canvas (phone screenshot), PNG",
         _screenshot("white"),
     ),
+    "screenshot_black_statusbar": (
+        "screenshot",
+        "black 9:19.5 canvas with a status bar (time, signal, battery) on top, PNG",
+        _screenshot("black", status_bar=True),
+    ),
+    "screenshot_white_statusbar": (
+        "screenshot",
+        "white 9:19.5 canvas with a status bar (time, signal, battery) on top, PNG",
+        _screenshot("white", status_bar=True),
+    ),
     "rotate_90": (
         "rotate_flip",
         "pixels rotated 90° CCW, no EXIF: a truly rotated copy, JPEG q90",
@@ -344,13 +363,19 @@ VARIANTS: dict[str, tuple[str, str, Callable[[Image.Image, Path], Path]]] = {
         "pixels rotated 180°, no EXIF, JPEG q90",
         _transpose(Image.Transpose.ROTATE_180),
     ),
+    "rotate_270": (
+        "rotate_flip",
+        "pixels rotated 270° CCW (90° clockwise), no EXIF, JPEG q90",
+        _transpose(Image.Transpose.ROTATE_270),
+    ),
     "hflip": (
         "rotate_flip",
         "mirrored left-right, JPEG q90",
         _transpose(Image.Transpose.FLIP_LEFT_RIGHT),
     ),
 }
-UNMATCHABLE_FAMILY = "rotate_flip"
+UNMATCHABLE_FAMILY = "rotate_flip"  # matchable only with isometric matching
+ISO = "@variants"  # suffix of a hasher label holding the file's 8 variant hashes
 QUICK_VARIANTS = (
     "jpeg_q70",
     "resize_50",
@@ -360,6 +385,7 @@ QUICK_VARIANTS = (
     "brightness_+10",
     "watermark",
     "screenshot_black",
+    "screenshot_white_statusbar",
     "rotate_90",
     "hflip",
 )
@@ -424,6 +450,10 @@ def process(
             for group in groups.values():
                 result = hash_image(str(path), group, max_pixels=MAX_PIXELS)
                 hashes[name].update({label(h): result.hashes[h.key].hex() for h in group})
+                for h in group:  # the 8 rotations and mirrors, for isometric scoring
+                    hashes[name][label(h) + ISO] = ",".join(
+                        v.hex() for v in result.variants[h.key]
+                    )
             dims[name] = [result.width, result.height]
             nbytes[name] = path.stat().st_size
             path.unlink()
@@ -502,9 +532,12 @@ class Scored:
     neg_pair: np.ndarray  # "photo/file ~ photo/file"
     kinds: list[str]
     families: dict[str, list[str]]
+    isometric: bool = True
 
     @property
     def matchable(self) -> np.ndarray:
+        if self.isometric:
+            return np.ones(len(self.pos_kind), bool)
         return ~np.isin(self.pos_kind, self.families.get(UNMATCHABLE_FAMILY, []))
 
     @property
@@ -518,19 +551,20 @@ def score(
     pairs: Pairs,
     kinds: Sequence[str],
     families: dict[str, list[str]],
+    isometric: bool = True,
 ) -> Scored:
     lab = label(hasher)
 
+    def one(a: tuple[str, str], b: tuple[str, str]) -> int:
+        """Bits between the stored hash of `a` and the newcomer `b` (its nearest variant)."""
+        stored = bytes.fromhex(hashes[a[0]][a[1]][lab])
+        if not isometric:
+            return distance(stored, bytes.fromhex(hashes[b[0]][b[1]][lab]))
+        turned = hashes[b[0]][b[1]][lab + ISO].split(",")
+        return min(distance(stored, bytes.fromhex(v)) for v in turned)
+
     def dist(pair_list: list[tuple[tuple[str, str], tuple[str, str], str]]) -> np.ndarray:
-        return np.array(
-            [
-                distance(
-                    bytes.fromhex(hashes[a[0]][a[1]][lab]), bytes.fromhex(hashes[b[0]][b[1]][lab])
-                )
-                for a, b, _ in pair_list
-            ],
-            dtype=np.int64,
-        )
+        return np.array([one(a, b) for a, b, _ in pair_list], dtype=np.int64)
 
     return Scored(
         bits=hasher.bits,
@@ -542,6 +576,7 @@ def score(
         neg_pair=np.array([f"{a[0]}/{a[1]} ~ {b[0]}/{b[1]}" for a, b, _ in pairs.negatives]),
         kinds=list(kinds),
         families=families,
+        isometric=isometric,
     )
 
 
@@ -562,11 +597,11 @@ def summarize_at(s: Scored, radius: int, threshold: float) -> dict[str, Any]:
     by_family = {f: float(pos_hit[np.isin(s.pos_kind, ks)].mean()) for f, ks in s.families.items()}
     tp = int(pos_hit[matchable].sum())
     fp = int(neg_hit[counted].sum())
+    unmatchable = [] if s.isometric else s.families.get(UNMATCHABLE_FAMILY, [])
     weakest = sorted(
-        (k for k in s.kinds if VARIANTS[k][0] != UNMATCHABLE_FAMILY and by_kind[k] < 1),
+        (k for k in s.kinds if k not in unmatchable and by_kind[k] < 1),
         key=lambda k: by_kind[k],
     )[:3]
-    unmatchable = s.families.get(UNMATCHABLE_FAMILY, [])
     fp_pairs = s.neg_pair[neg_hit & counted].tolist()
     return {
         "threshold": threshold,
@@ -725,10 +760,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"pairs of {neg_total}; the cross-variant negatives are correlated (variants of one "
         "photo hash alike), so the resolution is coarser than that suggests.",
         "",
+        "Matching is isometric (dedupd's default): a newcomer's 8 rotations and mirrors are "
+        "compared and the nearest counts, for positive and negative pairs alike; the upright "
+        "comparison (`isometric: false`) is in the last sections. "
         "Threshold: the largest normalized threshold (step 0.01) with FPR < 0.1%, the "
         "recommended default. Recall columns are per variant family at that threshold; "
-        "*overall* excludes rotate/flip, which dedupd's hashers are not invariant to and are "
-        "not expected to match. *Hard neg.* = hard-negative pairs merged "
+        "*overall* includes rotate/flip. *Hard neg.* = hard-negative pairs merged "
         "(far crops · burst · stereo). *Same recall from*: the smallest threshold that already "
         "gives the same overall recall. *0-FP threshold*: the largest threshold at which no "
         "counted negative pair matches, with its overall recall (0 of N still only bounds the "
@@ -817,6 +854,44 @@ def markdown(result: dict[str, Any]) -> str:
             cells.append("–" if op is None else _pct(op["recall_by_kind"][kind]))
         cells.append(_pct(seed["recall_by_kind"][kind]))
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Rotations, mirrors and screenshots: isometric (default) vs upright",
+        "",
+        "At each hasher's dedupd default threshold. *FP*: false pairs among the counted "
+        "negatives (comparing 8 variants gives every distinct pair 8 chances to collide).",
+        "",
+        "| hasher | default | rotate/flip isometric | rotate/flip upright | screenshot isometric "
+        "| screenshot upright | overall isometric (incl. rotate/flip) | overall upright (excl.) "
+        "| FP isometric | FP upright |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, h in result["hashers"].items():
+        iso = h["at_dedupd_default_threshold"]
+        up = result["hashers_upright"][name]["at_dedupd_default_threshold"]
+        fam_i, fam_u = iso["recall_by_family"], up["recall_by_family"]
+        lines.append(
+            f"| {name} | {iso['threshold']:.2f} | {_pct(fam_i.get(UNMATCHABLE_FAMILY))} | "
+            f"{_pct(fam_u.get(UNMATCHABLE_FAMILY))} | {_pct(fam_i.get('screenshot'))} | "
+            f"{_pct(fam_u.get('screenshot'))} | {_pct(iso['recall_overall'])} | "
+            f"{_pct(up['recall_overall'])} | {iso['false_positives']} | {up['false_positives']} |"
+        )
+    shots = [k for k in ds["variant_kinds"] if ds["variant_kinds"][k]["family"] in (
+        "screenshot", UNMATCHABLE_FAMILY)]  # fmt: skip
+    lines += [
+        "",
+        "Per kind at the default threshold, isometric / upright:",
+        "",
+        "| kind | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for kind in shots:
+        cells = [
+            f"{_pct(result['hashers'][n]['at_dedupd_default_threshold']['recall_by_kind'][kind])}"
+            f" / {_pct(result['hashers_upright'][n]['at_dedupd_default_threshold']['recall_by_kind'][kind])}"  # noqa: E501
+            for n in names
+        ]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += ["", "## Notes", "", *(f"- {note}" for note in notes(result)), ""]
     return "\n".join(lines)
 
@@ -831,9 +906,10 @@ def notes(result: dict[str, Any]) -> list[str]:
     ops = {n: h["operating_point"] for n, h in result["hashers"].items()}
     found = {n: op for n, op in ops.items() if op is not None}
     out = [
-        "Rotations (90°, 180°) and the mirror are true pixel changes: without rotation- or "
-        "flip-invariant matching (hashing the 8 orientations) they are not expected to match, "
-        "and a match there is a coincidence. EXIF-only rotation is undone before hashing"
+        "Rotations (90°, 180°, 270°) and the mirror are true pixel changes: they match through "
+        "isometric matching (the newcomer's 8 orientations compared), not through the hash; "
+        "upright (`isometric: false`) a match there is a coincidence. EXIF-only rotation is "
+        "undone before hashing"
         + (
             " (every EXIF variant decoded to the original's upright size)."
             if ds["exif_variants_upright_same_size"]
@@ -924,6 +1000,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     results = {label(h): analyse(score(h, hashes, pairs, kinds, families), h) for h in hashers}
+    upright = {
+        label(h): analyse(score(h, hashes, pairs, kinds, families, isometric=False), h)
+        for h in hashers
+    }
     n_neg = sum(v for k, v in neg_counts.items() if k not in NOT_COUNTED)
     dataset = {
         "originals": [
@@ -973,6 +1053,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "hashers": [h.key for h in hashers],
             "thresholds": THRESHOLDS,
             "match_rule": "distance_bits <= Hasher.radius(t) = int(t * bits)",
+            "isometric": "hashers: the newcomer's nearest of 8 rotations/mirrors (dedupd's "
+            "default); hashers_upright and seed_style: the plain hash",
             "operating_point": "largest threshold with FPR < 0.001 over all negatives",
             "original_jpeg_quality": ORIGINAL_QUALITY,
             "variant_jpeg_quality": VARIANT_QUALITY,
@@ -986,7 +1068,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "dataset": dataset,
         "hashers": results,
-        "seed_style": seed_style(score(Hasher(*SEED_HASHER), hashes, pairs, kinds, families)),
+        "hashers_upright": upright,
+        "seed_style": seed_style(
+            score(Hasher(*SEED_HASHER), hashes, pairs, kinds, families, isometric=False)
+        ),
         "wall_s": round(time.perf_counter() - started, 1),
     }
 

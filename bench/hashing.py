@@ -8,7 +8,11 @@ time in a process pool, which is set-up, not timed), written to a temporary dire
 Methods, all timed in the same run and interleaved (for each file, every method back to back,
 in an order that rotates from file to file and round to round):
 
-- ``dedupd``: `dedupd.imaging.hash_image` with one 16x16 pHash, JPEG draft decode (the default).
+- ``dedupd``: `dedupd.imaging.hash_image` with one 16x16 pHash, JPEG draft decode (the default:
+  uniform borders trimmed, and the 8 rotation/mirror variants hashed for isometric matching).
+- ``dedupd_plain``: the same without the border trim and without the variants
+  (``trim=False, variants=False``): what hashing cost before them.
+- ``dedupd_trim``: the trim but not the variants (``variants=False``), to split the cost.
 - ``dedupd_full``: the same with ``draft=False`` (full 12 MP decode).
 - ``imagehash_naive``: ``PIL.Image.open`` + ``imagehash.phash(img, hash_size=16)`` (full decode;
   what the project dedupd descends from did).
@@ -77,11 +81,21 @@ QUALITY = 92
 HASHER = Hasher("phash", 16)
 DEFAULT_OUT = ROOT / "bench" / "results" / "hashing.json"
 HEIC_DECODE_THREADS = 1
-JPEG_METHODS = ("dedupd", "dedupd_full", "imagehash_naive", "lower_bound")
+JPEG_METHODS = (
+    "dedupd",
+    "dedupd_plain",
+    "dedupd_trim",
+    "dedupd_full",
+    "imagehash_naive",
+    "lower_bound",
+)
 CZKAWKA_METHODS = ("czkawka",)
 HEIC_METHODS = ("dedupd_heic", "imagehash_naive_heic", "lower_bound_heic")
 RATIOS = {  # name: (numerator, denominator), both in images/s; dropped if a side did not run
     "dedupd_vs_naive": ("dedupd", "imagehash_naive"),
+    # < 1: what the trim and the variants cost (goal: >= 1 / 1.1, i.e. <= 10% more per image)
+    "dedupd_vs_plain": ("dedupd", "dedupd_plain"),
+    "trim_vs_plain": ("dedupd_trim", "dedupd_plain"),
     "dedupd_vs_full": ("dedupd", "dedupd_full"),
     "lower_bound_vs_dedupd": ("lower_bound", "dedupd"),
     "dedupd_vs_czkawka": ("dedupd", "czkawka"),
@@ -99,6 +113,15 @@ CZKAWKA_HASH = (
 
 def _dedupd(path: str) -> bytes:
     return hash_image(path, [HASHER], max_pixels=MAX_PIXELS).hashes[HASHER.key]
+
+
+def _dedupd_plain(path: str) -> bytes:
+    found = hash_image(path, [HASHER], max_pixels=MAX_PIXELS, trim=False, variants=False)
+    return found.hashes[HASHER.key]
+
+
+def _dedupd_trim(path: str) -> bytes:
+    return hash_image(path, [HASHER], max_pixels=MAX_PIXELS, variants=False).hashes[HASHER.key]
 
 
 def _dedupd_full(path: str) -> bytes:
@@ -151,6 +174,8 @@ def _version(name: str) -> str | None:
 
 FUNCS: dict[str, Callable[[str], object]] = {
     "dedupd": _dedupd,
+    "dedupd_plain": _dedupd_plain,
+    "dedupd_trim": _dedupd_trim,
     "dedupd_full": _dedupd_full,
     "imagehash_naive": _imagehash_naive,
     "lower_bound": _lower_bound,
@@ -226,6 +251,8 @@ def run(repeat: int, heic: bool) -> dict[str, object]:
         for i, (name, path) in enumerate(zip(names, paths, strict=True)):
             bits["dedupd"][name] = _dedupd(path)
             bits["dedupd_full"][name] = _dedupd_full(path)
+            _dedupd_plain(path)
+            _dedupd_trim(path)
             bits["imagehash_naive"][name] = _pack(_imagehash_naive(path))
             _lower_bound(path)
             if czkawka_hash is not None:

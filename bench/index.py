@@ -32,10 +32,17 @@ tombstones). ``faiss.omp_set_num_threads(1)``: one core, like the numpy backends
 search does not use OpenMP anyway). Agreement: radius results must be identical; knn may
 break ties at the k-th distance differently, so only its distances are compared.
 
+``--variants`` measures instead what isometric matching costs the hamming backend: a newcomer's
+8 rotations and mirrors looked up with one ``radius_any`` (one pass over the packed hashes)
+against one ``radius`` query and against 8 separate ``radius`` queries, interleaved query by
+query in a fresh process per size; the 7 extra queries are other random hashes (what they
+find does not change the scan). Written to bench/results/index-variants.json by default.
+
 Run from the repository root (the default run takes a few minutes on 2 cores):
 
     .venv/bin/python bench/index.py [--sizes 10000,100000,1000000] [--bits 64,256] [--full]
                                     [--queries 200] [--budget 15] [--out bench/results/index.json]
+    .venv/bin/python bench/index.py --variants [--sizes 100000,1000000] [--bits 64,256]
 
 The JSON is printed to stdout and written to --out; progress and the ckdtree/hamming p50 ratio
 table go to stderr.
@@ -351,6 +358,109 @@ def query_worker(
     }
 
 
+VARIANTS = 8  # a newcomer's rotations and mirrors (dedupd.hashers.TRANSFORMS)
+
+
+def variants_worker(size: int, bits: int, n_queries: int, budget_s: float) -> dict[str, Any]:
+    """In a fresh process: one radius query vs radius_any over 8 queries vs 8 radius queries,
+    on the hamming backend, interleaved query by query."""
+    hashes = make_hashes(size, bits)
+    queries, _ = make_queries(hashes, bits, n_queries)
+    rng = np.random.default_rng([SEED, size, bits, VARIANTS])
+    extra = [rng.bytes(bits // 8) for _ in range(n_queries * (VARIANTS - 1))]
+    groups = [
+        [q, *extra[i * (VARIANTS - 1) : (i + 1) * (VARIANTS - 1)]] for i, q in enumerate(queries)
+    ]
+    radius = query_radius(bits)
+    ix, add_s, rebuild_s = build("hamming", hashes, bits)
+    del hashes
+    gc.collect()
+    calls: dict[str, Callable[[list[bytes]], Any]] = {
+        "one_radius": lambda g: ix.radius(g[0], radius),
+        "radius_any_8": lambda g: ix.radius_any(g, radius),
+        "eight_radius": lambda g: [ix.radius(q, radius) for q in g],
+    }
+    # Agreement (and warm-up): radius_any finds what the 8 separate queries find.
+    for g in groups[:AGREE_QUERIES]:
+        best: dict[int, int] = {}
+        for q in g:
+            for m in ix.radius(q, radius):
+                best[m.id] = min(best.get(m.id, bits), m.distance)
+        assert {m.id: m.distance for m in ix.radius_any(g, radius)} == best
+    times: dict[str, list[float]] = {c: [] for c in calls}
+    spent = dict.fromkeys(calls, 0.0)
+    for i, g in enumerate(groups):
+        active = [c for c in calls if len(times[c]) < MIN_QUERIES or spent[c] < budget_s]
+        if not active:
+            break
+        shift = i % len(active)
+        for c in active[shift:] + active[:shift]:
+            t0 = time.perf_counter()
+            calls[c](g)
+            dt = time.perf_counter() - t0
+            times[c].append(dt)
+            spent[c] += dt
+    paired = [
+        a / b for a, b in zip(times["radius_any_8"], times["one_radius"], strict=False)
+    ]
+    return {
+        "size": size,
+        "bits": bits,
+        "radius": radius,
+        "build_s": add_s + rebuild_s,
+        **{c: _latency(t) for c, t in times.items()},
+        "radius_any_8_over_one_radius": {
+            "p50_ratio": float(np.percentile(times["radius_any_8"], 50))
+            / float(np.percentile(times["one_radius"], 50)),
+            "paired_median_ratio": float(np.median(paired)),
+        },
+        "eight_radius_over_one_radius_p50": float(np.percentile(times["eight_radius"], 50))
+        / float(np.percentile(times["one_radius"], 50)),
+    }
+
+
+def run_variants(args: argparse.Namespace) -> None:
+    info = machine_info()
+    started = time.perf_counter()
+    results = []
+    for size in args.sizes:
+        for bits in args.bits:
+            _log(f"{size} x {bits} bits: one radius vs radius_any(8) vs 8 radius, hamming")
+            r = in_fresh_process(variants_worker, size, bits, args.queries, args.budget)
+            results.append(r)
+            if "error" not in r:
+                ratio = r["radius_any_8_over_one_radius"]
+                _log(
+                    f"  one {r['one_radius']['p50_ms']:.2f} ms, any-of-8 "
+                    f"{r['radius_any_8']['p50_ms']:.2f} ms ({ratio['p50_ratio']:.2f}x; paired "
+                    f"{ratio['paired_median_ratio']:.2f}x), 8 separate "
+                    f"{r['eight_radius']['p50_ms']:.2f} ms "
+                    f"({r['eight_radius_over_one_radius_p50']:.2f}x)"
+                )
+    info["loadavg_end"] = list(os.getloadavg())
+    doc = {
+        "benchmark": "index-variants",
+        "machine": info,
+        "config": {
+            "backend": "hamming",
+            "seed": SEED,
+            "radius": "int(0.1 * bits)",
+            "queries": "existing hash with 1..radius bits flipped, plus 7 random hashes",
+            "max_queries": args.queries,
+            "budget_s_per_kind": args.budget,
+            "goal": "radius_any over 8 queries <= 2x one radius query",
+        },
+        "results": results,
+        "wall_s": time.perf_counter() - started,
+    }
+    text = json.dumps(doc, indent=2)
+    print(text)
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("index-variants.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    _log(f"wrote {out} in {doc['wall_s']:.0f} s")
+
+
 def in_fresh_process(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     try:
@@ -472,11 +582,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="max queries per backend")
     parser.add_argument("--budget", type=float, default=15.0, help="seconds per backend/kind")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    parser.add_argument(
+        "--variants", action="store_true", help="cost of isometric (8-query) lookups only"
+    )
     args = parser.parse_args()
     if any(b % 8 for b in args.bits):
         parser.error("--bits must be multiples of 8 (hashes are bits/8 bytes)")
     if args.queries < AGREE_QUERIES:
         parser.error(f"--queries must be at least {AGREE_QUERIES}")
+    if args.variants:
+        run_variants(args)
+        return
 
     info = machine_info()
     faiss_skip = "--no-faiss" if args.no_faiss else faiss_skip_reason()

@@ -29,6 +29,7 @@ import structlog
 from dedupd import __version__, render
 from dedupd.actions import Actions
 from dedupd.config import (
+    DEFAULT_POLICY,
     Config,
     database_candidates,
     default_database_path,
@@ -560,7 +561,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_json: bool) -> None:
     """Nearest indexed photos to IMAGE, with distances. Exit 1 if none.
 
-    IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index.
+    IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index;
+    its rotations and mirrors too unless the default policy says `isometric: false`.
     """
     from dedupd.hashers import Hasher
     from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
@@ -570,7 +572,11 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
         hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
         hashed = hash_image(image, [hasher], max_pixels=config.hashing.max_pixels)
         bits = hashed.hashes[hasher.key]
-        answer = _service(ctx).search(bits, sha256=hashed.sha256, k=k, threshold=threshold)
+        isometric = config.policies[DEFAULT_POLICY].isometric
+        variants = hashed.variants.get(hasher.key, []) if isometric else []
+        answer = _service(ctx).search(
+            bits, sha256=hashed.sha256, k=k, threshold=threshold, variants=variants
+        )
         answer["query"] = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
         if answer["hasher"] != hasher.key:
             raise ConfigError(

@@ -150,6 +150,8 @@ class Policy:
     reference: bool = False  # files here are always keepers and are never acted on
     burst_seconds: float = 2.0  # near matches shot this close together are only reported
     act_on_existing: bool = False  # near: may act on an older file when the newcomer is better
+    # near: a rotated or mirrored copy matches too (the newcomer's 8 variants are looked up)
+    isometric: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +513,7 @@ def _policy(r: _Reader) -> Policy:
             "reference",
             "burst_seconds",
             "act_on_existing",
+            "isometric",
         )
     )
     d = Policy()
@@ -532,6 +535,7 @@ def _policy(r: _Reader) -> Policy:
         ),
         burst_seconds=r.get("burst_seconds", d.burst_seconds, parse_duration, "a duration"),
         act_on_existing=r.get("act_on_existing", d.act_on_existing, _bool, "true or false"),
+        isometric=r.get("isometric", d.isometric, _bool, "true or false"),
     )
 
 

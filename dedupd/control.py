@@ -41,6 +41,7 @@ from dedupd.errors import (  # the daemon's errors live there, so the CLI need n
     DedupdError,
     NotFoundError,
 )
+from dedupd.hashers import TRANSFORMS
 from dedupd.service import COMMAND_TIMEOUT
 
 if TYPE_CHECKING:
@@ -424,8 +425,20 @@ def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
     nbits = svc.hash_bits
     if len(bits) * 8 < nbits or len(bits) * 8 >= nbits + 8:
         raise _BadRequest(400, "bad request", f"hash must have {nbits} bits")
+    variants: list[bytes] = []
+    if params.get("variants"):
+        try:
+            variants = [bytes.fromhex(v) for v in params["variants"].split(",")]
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", "variants must be comma-separated hex") from exc
+        if len(variants) != len(TRANSFORMS) or any(len(v) != len(bits) for v in variants):
+            raise _BadRequest(
+                400, "bad request", f"variants must be {len(TRANSFORMS)} hashes like hash="
+            )
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
-    return svc.search(bits, sha256=params.get("sha256"), k=k, threshold=threshold)
+    return svc.search(
+        bits, sha256=params.get("sha256"), k=k, threshold=threshold, variants=variants
+    )
 
 
 def _groups(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:

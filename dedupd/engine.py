@@ -19,7 +19,7 @@ from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import HashedImage
-from dedupd.hashers import Hasher
+from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
@@ -56,6 +56,7 @@ class Member:
     record: FileRecord
     distance: int  # bits from the group's keeper
     kind: MatchKind
+    transform: Transform = "identity"  # the member is the keeper rotated/mirrored so
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +135,17 @@ class Ingest:
             return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
         bits = result.hashes[self.hasher.key]
-        found: dict[int, tuple[int, MatchKind]] = {
-            r.id: (0, "exact") for r in self.store.with_sha256(result.sha256, roots=self.roots)
+        found: dict[int, tuple[int, MatchKind, Transform]] = {
+            r.id: (0, "exact", "identity")
+            for r in self.store.with_sha256(result.sha256, roots=self.roots)
         }
-        with self.lock:
-            near = self.index.radius(bits, self.radius_for(entry.root))
-        for m in near:
-            found.setdefault(m.id, (m.distance, "near"))
+        for other, d, transform in self._near(entry.root, bits, result):
+            found.setdefault(other, (d, "near", transform))
         found.pop(file_id, None)
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
-            file_id, self.hasher.key, [(other, d, kind) for other, (d, kind) in found.items()]
+            file_id, self.hasher.key, [(other, *v) for other, v in found.items()]
         )
         with self.lock:
             self.index.add([file_id], [bits])
@@ -159,7 +159,7 @@ class Ingest:
             return None
         decision = decide(
             newcomer,
-            [Candidate(records[i], d, kind) for i, (d, kind) in found.items()],
+            [Candidate(records[i], d, kind, t) for i, (d, kind, t) in found.items()],
             policies=self.policies,
             default=self.default_policy,
             distinct=self.store.distinct_from(result.sha256),
@@ -167,6 +167,25 @@ class Ingest:
             dry_run=self.config.dry_run,
         )
         return self.apply(decision, entry.path)
+
+    def _near(
+        self, root: str, bits: bytes, result: HashedImage
+    ) -> list[tuple[int, int, Transform]]:
+        """(id, distance, transform) of the indexed photos near a newcomer under `root`: with
+        an isometric policy, near any of its 8 rotations and mirrors (one pass over the index)
+        and `transform` takes the match to the newcomer; else upright only."""
+        policy = self.policies.get(root, self.default_policy)
+        variants = result.variants.get(self.hasher.key)
+        radius = self.radius_for(root)
+        with self.lock:
+            if policy.isometric and variants:
+                return [
+                    # variant v is TRANSFORMS[v] of the newcomer ≈ the match, so the newcomer
+                    # is the match under the inverse transform
+                    (m.id, m.distance, INVERSE[TRANSFORMS[m.variant]])
+                    for m in self.index.radius_any(variants, radius)
+                ]
+            return [(m.id, m.distance, "identity") for m in self.index.radius(bits, radius)]
 
     def apply(self, decision: Decision, path: str) -> Outcome:
         """Carry out a decision through `actions`, and log one event for it."""
@@ -199,6 +218,7 @@ class Ingest:
             keeper=str(decision.keeper.path) if decision.keeper else None,
             distance=decision.distance,
             kind=decision.kind,
+            transform=decision.transform,
         )
         return Outcome(path, decision, result)
 
@@ -406,8 +426,10 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
             x = parent[x]
         return x
 
-    for a, b, _, _ in store.match_edges(hasher.key, roots):
+    edges: dict[tuple[int, int], tuple[int, Transform]] = {}
+    for a, b, d, _, transform in store.match_edges(hasher.key, roots):
         parent[find(a)] = find(b)
+        edges[a, b] = (d, transform)
     members: dict[int, list[int]] = {}
     for x in list(parent):
         members.setdefault(find(x), []).append(x)
@@ -423,6 +445,11 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
         for r in rest:
             if r.sha256 == keeper.sha256:
                 dups.append(Member(r, 0, "exact"))
+            elif (keeper.id, r.id) in edges or (r.id, keeper.id) in edges:
+                # The match itself, which may be rotated or mirrored: the upright hashes of a
+                # turned copy are far apart.
+                d, t = edges.get((keeper.id, r.id)) or edges[r.id, keeper.id]
+                dups.append(Member(r, d, "near", t if keeper.id < r.id else INVERSE[t]))
             else:
                 bits = store.hash_of(r.id, hasher.key)
                 d = distance(keeper_bits, bits) if keeper_bits and bits else hasher.bits

@@ -8,7 +8,7 @@ decodes (an unchanged rescan, `dedupctl status`) do not import Pillow to name th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["FileStat", "HashedImage"]
@@ -36,3 +36,6 @@ class HashedImage:
     format: str
     taken_at: str | None  # EXIF DateTimeOriginal as ISO 8601, camera local time
     hashes: dict[str, bytes]  # hasher key → packed bits
+    # hasher key → the packed bits of the image's 8 rotations and mirrors, in the order of
+    # hashers.TRANSFORMS (the first is `hashes[key]`); empty when not asked for
+    variants: dict[str, list[bytes]] = field(default_factory=dict)

@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DRAFT_FACTOR",
     "HASHERS",
+    "INVERSE",
     "MIN_SAMPLE_SIDE",
+    "TRANSFORMS",
     "Algorithm",
     "Hasher",
+    "Transform",
+    "transform_image",
     "validate_hash_size",
 ]
 
@@ -48,6 +52,67 @@ MIN_SAMPLE_SIDE = 64
 _INPUT_VERSION = 2
 
 _IMAGEHASH_VERSION = ".".join(version("ImageHash").split(".")[:2])
+# What is hashed besides the algorithm's own steps; part of every key, so that a change here
+# re-hashes stored photos once on the next scan. "trim1": uniform borders are cut off first
+# (imaging.trim_borders).
+_PREPARE = "trim1"
+
+# The 8 rotations and mirrors of the plane (the dihedral group D4). `mirror_rotN` is the
+# mirror image (left-right) of the picture rotated by N degrees counterclockwise.
+Transform = Literal[
+    "identity",
+    "rot90",
+    "rot180",
+    "rot270",
+    "mirror",
+    "mirror_rot90",
+    "mirror_rot180",
+    "mirror_rot270",
+]
+TRANSFORMS: tuple[Transform, ...] = (
+    "identity",
+    "rot90",
+    "rot180",
+    "rot270",
+    "mirror",
+    "mirror_rot90",
+    "mirror_rot180",
+    "mirror_rot270",
+)
+# T(INVERSE[T](x)) == x: only the quarter turns are not their own inverse.
+INVERSE: Mapping[Transform, Transform] = {
+    **{t: t for t in TRANSFORMS},
+    "rot90": "rot270",
+    "rot270": "rot90",
+}
+# Each transform of a pixel array as (transpose first, then reverse the rows, reverse the
+# columns); on arrays indexed [row, column] this is what the PIL name does to the image.
+_AXES: Mapping[Transform, tuple[bool, bool, bool]] = {
+    "identity": (False, False, False),
+    "rot90": (True, True, False),  # Image.Transpose.ROTATE_90
+    "rot180": (False, True, True),
+    "rot270": (True, False, True),
+    "mirror": (False, False, True),  # FLIP_LEFT_RIGHT
+    "mirror_rot90": (True, True, True),  # TRANSVERSE
+    "mirror_rot180": (False, True, False),  # FLIP_TOP_BOTTOM
+    "mirror_rot270": (True, False, False),  # TRANSPOSE
+}
+
+
+def transform_image(image: Image.Image, transform: Transform) -> Image.Image:
+    """`image` rotated and/or mirrored as `transform` names (a copy; exact, no resampling)."""
+    from PIL import Image
+
+    methods: Mapping[Transform, Image.Transpose] = {
+        "rot90": Image.Transpose.ROTATE_90,
+        "rot180": Image.Transpose.ROTATE_180,
+        "rot270": Image.Transpose.ROTATE_270,
+        "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
+        "mirror_rot90": Image.Transpose.TRANSVERSE,
+        "mirror_rot180": Image.Transpose.FLIP_TOP_BOTTOM,
+        "mirror_rot270": Image.Transpose.TRANSPOSE,
+    }
+    return image.copy() if transform == "identity" else image.transpose(methods[transform])
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +126,9 @@ class _Spec:
     threshold: float
     mode: Literal["L", "RGB"]
     draft_factor: int = DRAFT_FACTOR
+    # The hash of each of TRANSFORMS applied to the image, from one resize; None: hash each
+    # transposed copy of the (small, decoded) image instead.
+    variants: Callable[[Image.Image, int], list[imagehash.ImageHash]] | None = None
 
 
 def _imagehash(name: str) -> Callable[[Image.Image, int], imagehash.ImageHash]:
@@ -85,6 +153,38 @@ def _whash(image: Image.Image, size: int) -> imagehash.ImageHash:
     return imagehash.whash(image, hash_size=size, image_scale=4 * size)
 
 
+def _phash_variants(image: Image.Image, size: int) -> list[imagehash.ImageHash]:
+    """pHash of each of TRANSFORMS applied to `image`, from one resize and one DCT.
+
+    ImageHash's phash: resize to 4*size square, 2-D DCT-II, keep the size x size low
+    frequencies, bit = coefficient > their median. A transposed picture has the transposed
+    DCT, and reversing an axis multiplies the k-th coefficient along it by (-1)**k, so each
+    variant's block is the same coefficients transposed and sign-flipped; only its median is
+    taken again. Equal to hashing the transformed image, up to the resampler's rounding of
+    the (transformed) resize (tests/test_hashers.py).
+    """
+    import imagehash
+    import numpy as np
+    import scipy.fftpack
+    from PIL import Image
+
+    side = 4 * size
+    pixels = np.asarray(image.convert("L").resize((side, side), Image.Resampling.LANCZOS))
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
+    low = dct[:size, :size]
+    sign = 1.0 - 2.0 * (np.arange(size) % 2)  # (-1)**k
+    out = []
+    for transform in TRANSFORMS:
+        transpose, flip_rows, flip_cols = _AXES[transform]
+        block = low.T if transpose else low
+        if flip_rows:
+            block = block * sign[:, None]
+        if flip_cols:
+            block = block * sign[None, :]
+        out.append(imagehash.ImageHash(block > np.median(block)))
+    return out
+
+
 def _colorhash(image: Image.Image, size: int) -> imagehash.ImageHash:
     import imagehash
 
@@ -93,7 +193,14 @@ def _colorhash(image: Image.Image, size: int) -> imagehash.ImageHash:
 
 HASHERS: Mapping[Algorithm, _Spec] = {
     "average_hash": _Spec(_imagehash("average_hash"), lambda s: s, lambda s: s * s, 0.07, "L"),
-    "phash": _Spec(_imagehash("phash"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
+    "phash": _Spec(
+        _imagehash("phash"),
+        lambda s: 4 * s,
+        lambda s: s * s,
+        0.10,
+        "L",
+        variants=_phash_variants,
+    ),
     "phash_simple": _Spec(
         _imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", draft_factor=4
     ),
@@ -144,9 +251,9 @@ class Hasher:
 
     @property
     def key(self) -> str:
-        """Stable identity of the hash values: algorithm, size, ImageHash version and what the
-        hasher is given (see _INPUT_VERSION)."""
-        version = f"imagehash-{_IMAGEHASH_VERSION}:in{_INPUT_VERSION}"
+        """Stable identity of the hash values: algorithm, size, ImageHash version and what is
+        done to the image first (see _INPUT_VERSION and _PREPARE)."""
+        version = f"imagehash-{_IMAGEHASH_VERSION}:in{_INPUT_VERSION}:{_PREPARE}"
         return f"{self.algorithm}:{self.hash_size}:{version}"
 
     @property
@@ -168,6 +275,23 @@ class Hasher:
 
         value = self._spec.compute(image, self.hash_size)
         return np.packbits(np.asarray(value.hash, dtype=bool).ravel()).tobytes()
+
+    def variants(self, image: Image.Image) -> list[bytes]:
+        """Packed hashes of `image` under each of TRANSFORMS (identity first, equal to
+        `self(image)`): what a rotated or mirrored copy of the image would hash to.
+
+        pHash derives them from one DCT; other hashers hash each transposed copy of `image`
+        (exact, and cheap on the small draft-decoded image, but one hash each).
+        """
+        import numpy as np
+
+        derive = self._spec.variants
+        if derive is None:
+            return [self(transform_image(image, t)) for t in TRANSFORMS]
+        return [
+            np.packbits(np.asarray(v.hash, dtype=bool).ravel()).tobytes()
+            for v in derive(image, self.hash_size)
+        ]
 
     def radius(self, threshold: float) -> int:
         """A normalized threshold as a whole number of differing bits (rounded down)."""

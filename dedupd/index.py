@@ -12,6 +12,11 @@ life cycle and must answer every query identically (tests/test_index.py checks t
   used it; it is much slower and larger.
 
 Results are always sorted by (distance, id), so ties break the same way in every backend.
+
+`radius_any` / `knn_any` look up several queries at once (a newcomer's 8 rotations and
+mirrors) and answer each indexed hash once, with its distance to the nearest query and
+which query that was (the first on a tie). The numpy backend reads the packed array once for
+all of them; the index keeps one hash per photo.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = [
     "HammingIndex",
     "Match",
     "NumpyIndex",
+    "VariantMatch",
     "distance",
     "make_index",
     "pack",
@@ -46,11 +52,20 @@ Ids = npt.NDArray[np.int64]
 
 _CHUNK_ROWS = 1 << 16  # rows per XOR/popcount step: bounds temporary memory
 _PAIR_CELLS = 1 << 22  # distance-matrix cells per block in all-pairs search
+# Rows per step of a many-query scan: each word column is copied out contiguous once and then
+# compared with every query while it is in cache (bench/index.py --variants).
+_MULTI_ROWS = 1 << 15
 
 
 class Match(NamedTuple):
     id: int
     distance: int  # differing bits
+
+
+class VariantMatch(NamedTuple):
+    id: int
+    distance: int  # differing bits from the nearest query
+    variant: int  # that query's position in the queries asked
 
 
 def words_for(bits: int) -> int:
@@ -121,6 +136,54 @@ def _distances(words: Words, query: Words) -> npt.NDArray[np.uint32]:
             acc += np.bitwise_count(chunk[:, w] ^ query[w])
         out[start : start + len(chunk)] = acc
     return out
+
+
+def _within_any(
+    words: Words, queries: Words, radius: int
+) -> tuple[Ids, npt.NDArray[np.uint32], Ids]:
+    """(rows, distance, query) of every row of `words` within `radius` of each of `queries`
+    (a row may come once per query), in one pass over `words`.
+
+    Each block of rows is copied out word column by word column once (contiguous, in cache)
+    and compared with every query; a query's distance is summed word by word only over the
+    rows whose partial distance is still within `radius` (a partial distance never exceeds
+    the whole), so with a 256-bit hash and a 10% radius the first word alone rules out ~94%
+    of the rows.
+    """
+    found_rows, found_d, found_q = [], [], []
+    width = words.shape[1]
+    for start in range(0, len(words), _MULTI_ROWS):
+        chunk = words[start : start + _MULTI_ROWS]
+        cols = [np.ascontiguousarray(chunk[:, w]) for w in range(width)]
+        for v, query in enumerate(queries):
+            d = np.bitwise_count(cols[0] ^ query[0])
+            rows = np.flatnonzero(d <= radius)
+            acc = d[rows].astype(np.uint32)
+            for w in range(1, width):
+                acc += np.bitwise_count(cols[w][rows] ^ query[w])
+                keep = acc <= radius
+                rows, acc = rows[keep], acc[keep]
+            found_rows.append(rows + start)
+            found_d.append(acc)
+            found_q.append(np.full(len(rows), v, np.int64))
+    if not found_rows:
+        return np.empty(0, np.int64), np.empty(0, np.uint32), np.empty(0, np.int64)
+    return (
+        np.concatenate(found_rows).astype(np.int64),
+        np.concatenate(found_d),
+        np.concatenate(found_q),
+    )
+
+
+def _best_per_row(
+    rows: Ids, dists: npt.NDArray[np.uint32], which: Ids
+) -> tuple[Ids, npt.NDArray[np.uint32], Ids]:
+    """Each row once, with its smallest distance (and the first query giving it)."""
+    order = np.lexsort((which, dists, rows))
+    rows, dists, which = rows[order], dists[order], which[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = rows[1:] != rows[:-1]
+    return rows[first], dists[first], which[first]
 
 
 def _cross_pairs(
@@ -219,6 +282,13 @@ class HammingIndex:
             return np.arange(len(d)), d
         rows = np.flatnonzero(d <= np.partition(live, k - 1)[k - 1])
         return rows, d[rows]
+
+    def _snapshot_radius_any(
+        self, queries: Words, radius: int
+    ) -> tuple[Ids, npt.NDArray[np.uint32], Ids]:
+        """(rows, distance to the nearest query, which query) of snapshot rows within
+        `radius` of any query, tombstones included; one pass over the snapshot."""
+        return _best_per_row(*_within_any(self._snap_words, queries, radius))
 
     def _snapshot_pairs(self, radius: int) -> tuple[Ids, Ids, npt.NDArray[np.uint32]]:
         return _cross_pairs(self._snap_words, self._snap_words, radius, upper=True)
@@ -401,6 +471,44 @@ class HammingIndex:
             return []
         return self._within(self._query_words(query), radius)
 
+    def radius_any(self, queries: Sequence[bytes], radius: int) -> list[VariantMatch]:
+        """Every indexed hash within `radius` bits of any of `queries`, once, with its
+        distance to the nearest of them and which that was; nearest first."""
+        if radius < 0 or not queries:
+            return []
+        qs = pack(queries, self.bits)
+        rows, dist, which = self._snapshot_radius_any(qs, radius)
+        live = self._snap_alive[rows]
+        ids, dists, whiches = [self._snap_ids[rows[live]]], [dist[live]], [which[live]]
+        n = self._delta_len
+        if n:
+            rows, d, w = _best_per_row(*_within_any(self._delta_words[:n], qs, radius))
+            hit = self._delta_alive[rows]
+            ids.append(self._delta_ids[rows[hit]])
+            dists.append(d[hit])
+            whiches.append(w[hit])
+        all_ids, all_d, all_w = (np.concatenate(x) for x in (ids, dists, whiches))
+        order = np.lexsort((all_ids, all_d))
+        return [
+            VariantMatch(int(i), int(d), int(w))
+            for i, d, w in zip(all_ids[order], all_d[order], all_w[order], strict=True)
+        ]
+
+    def knn_any(self, queries: Sequence[bytes], k: int) -> list[VariantMatch]:
+        """The `k` hashes nearest to any of `queries` (by the nearest query), nearest first;
+        ties broken by the smaller id, then the earlier query.
+
+        Each of the k is among the k nearest of the query that is nearest to it, so the
+        union of the per-query answers holds them all; a search runs once per user command.
+        """
+        best: dict[int, tuple[int, int]] = {}
+        for v, query in enumerate(queries):
+            for m in self.knn(query, k):
+                if m.id not in best or (m.distance, v) < best[m.id]:
+                    best[m.id] = (m.distance, v)
+        ranked = sorted(best.items(), key=lambda item: (item[1][0], item[0]))
+        return [VariantMatch(i, d, v) for i, (d, v) in ranked[:k]]
+
     def knn(self, query: bytes, k: int) -> list[Match]:
         """The `k` nearest hashes, nearest first; ties broken by the smaller id."""
         if k < 1:
@@ -503,6 +611,16 @@ class CKDTreeIndex(HammingIndex):
             self._tree.query_ball_point(point, self._metric_radius(radius), p=self.p), np.int64
         )
         return rows, _distances(self._snap_words[rows], query)
+
+    def _snapshot_radius_any(
+        self, queries: Words, radius: int
+    ) -> tuple[Ids, npt.NDArray[np.uint32], Ids]:
+        # One tree search per query: a tree prunes by one point at a time.
+        found = [self._snapshot_radius(q, radius) for q in queries]
+        rows = np.concatenate([r for r, _ in found])
+        dists = np.concatenate([d for _, d in found])
+        which = np.concatenate([np.full(len(r), v, np.int64) for v, (r, _) in enumerate(found)])
+        return _best_per_row(rows, dists, which)
 
     def _snapshot_nearest(self, query: Words, k: int) -> tuple[Ids, npt.NDArray[np.uint32]]:
         if self._tree is None:

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from dedupd.config import Action, Keep, KeepRule, Policy, PreferFolders
+from dedupd.hashers import Transform
 from dedupd.store import ActionRecord, FileRecord, MatchKind
 
 __all__ = [
@@ -138,6 +139,7 @@ class Candidate:
     record: FileRecord
     distance: int
     kind: MatchKind
+    transform: Transform = "identity"  # the newcomer is `record` rotated/mirrored so
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,9 @@ class Decision:
     distance: int | None = None
     kind: MatchKind | None = None
     dry_run: bool = False
+    # How the newcomer relates to the match decided on: "identity" (upright), or the rotation
+    # or mirror that takes the match to the newcomer ("rot90", "mirror", ...).
+    transform: Transform | None = None
 
     @property
     def acts(self) -> bool:
@@ -172,6 +177,11 @@ def _seconds_apart(a: FileRecord, b: FileRecord) -> float | None:
 
 
 _STRENGTH: tuple[Action, ...] = ("report", "quarantine", "delete")
+
+
+def _preference(c: Candidate) -> tuple[bool, int, bool, str]:
+    """Which match a decision rests on: exact first, then the nearest, upright on a tie."""
+    return (c.kind != "exact", c.distance, c.transform != "identity", str(c.record.path))
 
 
 def decide(
@@ -219,10 +229,11 @@ def decide(
                 match.distance,
                 match.kind,
                 dry_run,
+                match.transform,
             )
     if not live:
         return Decision("none", "marked distinct" if candidates else "no duplicate")
-    best = min(live, key=lambda c: (c.kind != "exact", c.distance, str(c.record.path)))
+    best = min(live, key=_preference)
     other = best.record
     if best.kind == "near":
         apart = _seconds_apart(newcomer, other)
@@ -235,6 +246,7 @@ def decide(
                 best.distance,
                 best.kind,
                 dry_run,
+                best.transform,
             )
     other_policy = policies.get(other.root, default)
     if other_policy.reference:
@@ -259,6 +271,7 @@ def decide(
             best.distance,
             best.kind,
             dry_run,
+            best.transform,
         )
     if target is not newcomer and policies.get(target.root, default).reference:
         return Decision(
@@ -269,6 +282,7 @@ def decide(
             best.distance,
             best.kind,
             dry_run,
+            best.transform,
         )
     action = policy.exact if best.kind == "exact" else policy.near
     if target is not newcomer and best.kind == "exact":
@@ -277,4 +291,4 @@ def decide(
         action = min(action, policies.get(target.root, default).exact, key=_STRENGTH.index)
     if action == "delete" and (best.kind != "exact" or target.sha256 != keeper.sha256):
         action = "quarantine"  # config forbids this; never let a near match delete
-    return Decision(action, rule, target, keeper, best.distance, best.kind, dry_run)
+    return Decision(action, rule, target, keeper, best.distance, best.kind, dry_run, best.transform)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dedupd.config import Config
 from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
-from dedupd.hashers import Hasher
+from dedupd.hashers import INVERSE, TRANSFORMS, Hasher
 from dedupd.store import FileRecord, Store, from_db
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ def groups_json(found: Sequence[Group], bits: int) -> dict[str, Any]:
             {
                 "keeper": file_json(g.keeper),
                 "duplicates": [
-                    _match_json(m.record, m.distance, bits, kind=m.kind) for m in g.duplicates
+                    _match_json(m.record, m.distance, bits, kind=m.kind, transform=m.transform)
+                    for m in g.duplicates
                 ],
             }
             for g in found
@@ -85,7 +86,7 @@ def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
     return {
         "file": file_json(record),
         "matches": [
-            _match_json(m.other, m.distance, hasher.bits, kind=m.kind)
+            _match_json(m.other, m.distance, hasher.bits, kind=m.kind, transform=m.transform)
             for m in store.matches_of(record.id, hasher.key)
         ],
     }
@@ -101,23 +102,33 @@ def search(
     threshold: float | None,
     query: dict[str, Any],
     lock: AbstractContextManager[Any] | None = None,
+    variants: Sequence[bytes] = (),
 ) -> dict[str, Any]:
     """The indexed files nearest to `bits`: the k nearest, or up to k within `threshold`.
 
+    With `variants` (the query image's 8 rotations and mirrors, hashers.TRANSFORMS order),
+    by the nearest of them; each result's `transform` takes it to the query image.
     `lock` guards the index lookup alone (the daemon's ingest lock), not the record reads.
     """
+    queries = list(variants) or [bits]
     with lock or nullcontext():
         if threshold is None:
-            found = index.knn(bits, k)
+            found = index.knn_any(queries, k)
         else:
-            found = index.radius(bits, hasher.radius(threshold))[:k]
+            found = index.radius_any(queries, hasher.radius(threshold))[:k]
     records = store.files(m.id for m in found)
     sha = query.get("sha256")
     return {
         "query": query,
         "hasher": hasher.key,
         "results": [
-            _match_json(records[m.id], m.distance, hasher.bits, exact=records[m.id].sha256 == sha)
+            _match_json(
+                records[m.id],
+                m.distance,
+                hasher.bits,
+                exact=records[m.id].sha256 == sha,
+                transform=INVERSE[TRANSFORMS[m.variant]],
+            )
             for m in found
             if m.id in records
         ],

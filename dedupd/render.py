@@ -72,6 +72,7 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
         for m in g["duplicates"]:
             exact = m["kind"] == "exact"
             how = "exact" if exact else f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
+            how += _turned(m)
             lines.append(
                 f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}"
             )
@@ -173,12 +174,20 @@ def status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _turned(match: dict[str, Any]) -> str:
+    """", rot90" when a match is a rotated or mirrored copy (answers from an older daemon
+    say nothing about it)."""
+    transform = match.get("transform") or "identity"
+    return "" if transform == "identity" else f", {transform}"
+
+
 def search(answer: dict[str, Any], bits: int) -> str:
     lines = [f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path"]
     for r in answer["results"]:
         lines.append(
             f"{r['normalized']:<8.3f}  {r['distance']:>3}/{bits}  {_pixels(r):>11}  "
             f"{size(r['size']):>9}  {r['path']}"
+            + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
         )
     return "\n".join(lines)
 
@@ -205,7 +214,7 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         lines.append("  no matches")
     for m in answer["matches"]:
         exact = m["kind"] == "exact"
-        how = "exact" if exact else f"near {m['distance']}/{bits}"
+        how = "exact" if exact else f"near {m['distance']}/{bits}{_turned(m)}"
         lines.append(f"  {'=' if exact else '~'} {m['path']}  {how}")
     return "\n".join(lines)
 

@@ -51,8 +51,17 @@ class Service(Protocol):
     def status(self) -> Answer: ...
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
-    ) -> Answer: ...
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
+    ) -> Answer:
+        """Indexed photos nearest to `bits` (with `variants`, the 8 rotations and mirrors of
+        the query image in hashers.TRANSFORMS order: nearest to any of them)."""
+        ...
 
     def groups(self) -> Answer: ...
 
@@ -151,7 +160,13 @@ class DaemonService:
         return self._daemon.status()
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
 
@@ -167,6 +182,7 @@ class DaemonService:
                 threshold=threshold,
                 query=query,
                 lock=ingest.lock,
+                variants=variants,
             )
 
     def groups(self) -> Answer:
@@ -219,9 +235,22 @@ class RemoteService:
         return self.client.get("status")
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
-        return self.client.get("search", hash=bits.hex(), sha256=sha256, k=k, threshold=threshold)
+        return self.client.get(
+            "search",
+            hash=bits.hex(),
+            sha256=sha256,
+            k=k,
+            threshold=threshold,
+            variants=",".join(v.hex() for v in variants) or None,
+        )
 
     def groups(self) -> Answer:
         return self.client.get("groups")
@@ -305,7 +334,13 @@ class LocalService:
         raise self._no_daemon()
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
         from dedupd.engine import Ingest
@@ -314,7 +349,14 @@ class LocalService:
             ingest = Ingest(store, self.config, roots=queries.all_roots(store))
             query = {"hash": bits.hex(), "sha256": sha256}
             return queries.search(
-                store, ingest.index, ingest.hasher, bits, k=k, threshold=threshold, query=query
+                store,
+                ingest.index,
+                ingest.hasher,
+                bits,
+                k=k,
+                threshold=threshold,
+                query=query,
+                variants=variants,
             )
 
     def groups(self) -> Answer:
@@ -383,9 +425,17 @@ class _DaemonElseDatabase:
         return self._ask(lambda s: s.status())
 
     def search(
-        self, bits: bytes, *, sha256: str | None, k: int, threshold: float | None
+        self,
+        bits: bytes,
+        *,
+        sha256: str | None,
+        k: int,
+        threshold: float | None,
+        variants: Sequence[bytes] = (),
     ) -> Answer:
-        return self._ask(lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold))
+        return self._ask(
+            lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold, variants=variants)
+        )
 
     def groups(self) -> Answer:
         return self._ask(lambda s: s.groups())

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dedupd.errors import StoreError
 from dedupd.filestat import FileStat, HashedImage
+from dedupd.hashers import INVERSE, TRANSFORMS, Transform
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,6 +121,11 @@ MIGRATIONS: tuple[str, ...] = (
     # the journal names it so that recovery can finish or put it back.
     """
     ALTER TABLE actions ADD COLUMN staged TEXT;
+    """,
+    # 2 → 3: a near match may be a rotated or mirrored copy: which transform of the lower id
+    # gives the higher (hashers.TRANSFORMS; NULL for an exact or an upright match).
+    """
+    ALTER TABLE matches ADD COLUMN transform TEXT;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -248,6 +254,23 @@ class MatchRecord:
     other: FileRecord
     distance: int
     kind: MatchKind
+    transform: Transform = "identity"  # the file is `other` rotated/mirrored so
+
+
+def _stored_transform(t: Transform, file_id: int, other: int) -> str | None:
+    """How a match row keeps `t` (the file is `other` under `t`): as the transform from the
+    row's lower id to its higher one, NULL for identity."""
+    if t == "identity":
+        return None
+    return t if file_id > other else INVERSE[t]
+
+
+def _read_transform(value: str | None, file_id: int, other: int) -> Transform:
+    """The transform that takes `other` to `file_id`, from a match row's column."""
+    if value is None or value not in TRANSFORMS:
+        return "identity"
+    t: Transform = value
+    return t if file_id > other else INVERSE[t]
 
 
 class HashArrays(NamedTuple):
@@ -707,14 +730,26 @@ class Store:
 
     # -- matches -----------------------------------------------------------------------------
     def replace_matches(
-        self, file_id: int, hasher: str, found: Iterable[tuple[int, int, MatchKind]]
+        self,
+        file_id: int,
+        hasher: str,
+        found: Iterable[tuple[int, int, MatchKind] | tuple[int, int, MatchKind, Transform]],
     ) -> None:
-        """Set `file_id`'s matches under `hasher` to `found`: (other id, distance, kind)."""
+        """Set `file_id`'s matches under `hasher` to `found`: (other id, distance, kind) and
+        optionally the transform that takes the other file to this one (default identity)."""
         now = self._now()
         rows = [
-            (min(file_id, other), max(file_id, other), hasher, d, kind, now)
-            for other, d, kind in found
-            if other != file_id
+            (
+                min(file_id, f[0]),
+                max(file_id, f[0]),
+                hasher,
+                f[1],
+                f[2],
+                now,
+                _stored_transform(f[3] if len(f) > 3 else "identity", file_id, f[0]),
+            )
+            for f in found
+            if f[0] != file_id
         ]
         with self._write():
             self.db.execute(
@@ -722,30 +757,31 @@ class Store:
                 (file_id, file_id, hasher),
             )
             self.db.conn.executemany(
-                "INSERT OR REPLACE INTO matches (a, b, hasher, distance, kind, found)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO matches (a, b, hasher, distance, kind, found, transform)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
     def matches_of(self, file_id: int, hasher: str) -> list[MatchRecord]:
         rows = self.db.execute(
-            "SELECT CASE WHEN a = ? THEN b ELSE a END, distance, kind FROM matches"
+            "SELECT CASE WHEN a = ? THEN b ELSE a END, distance, kind, transform FROM matches"
             " WHERE (a = ? OR b = ?) AND hasher = ? ORDER BY distance",
             (file_id, file_id, file_id, hasher),
         ).fetchall()
         out = []
-        for other_id, d, kind in rows:
+        for other_id, d, kind, t in rows:
             other = self.file(other_id)
             if other is not None and other.state == "ok":
-                out.append(MatchRecord(other, d, kind))
+                out.append(MatchRecord(other, d, kind, _read_transform(t, file_id, other_id)))
         return out
 
     def match_edges(
         self, hasher: str, roots: Sequence[str] | None = None
-    ) -> Iterator[tuple[int, int, int, MatchKind]]:
-        """(a, b, distance, kind) for every match between two present files."""
+    ) -> Iterator[tuple[int, int, int, MatchKind, Transform]]:
+        """(a, b, distance, kind, transform) for every match between two present files, with
+        a < b and b = transform(a)."""
         sql = (
-            "SELECT m.a, m.b, m.distance, m.kind FROM matches m"
+            "SELECT m.a, m.b, m.distance, m.kind, m.transform FROM matches m"
             " JOIN files fa ON fa.id = m.a AND fa.state = 'ok'"
             " JOIN files fb ON fb.id = m.b AND fb.state = 'ok' WHERE m.hasher = ?"
         )
@@ -754,7 +790,8 @@ class Store:
             marks = ", ".join("?" * len(roots))
             sql += f" AND fa.root IN ({marks}) AND fb.root IN ({marks})"
             params += _paths_to_db(roots) * 2
-        yield from self.db.execute(sql, params)
+        for a, b, d, kind, t in self.db.execute(sql, params):
+            yield a, b, d, kind, _read_transform(t, b, a)
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRecord]:
         ids = list(ids)

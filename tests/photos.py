@@ -61,6 +61,46 @@ def hflip(src: Path, dst: Path) -> Path:
     )
 
 
+def transposed(src: Path, dst: Path, method: Image.Transpose) -> Path:
+    """The pixels really turned or mirrored (no EXIF tag to undo it), as an editor saves."""
+    return _save(_open(src).transpose(method), dst, format="JPEG", quality=90)
+
+
+def screenshot(src: Path, dst: Path, colour: str = "black", status_bar: bool = False) -> Path:
+    """The photo as a phone shows it, screenshotted: fitted into a 9:19.5 portrait canvas of
+    `colour`, with (`status_bar`) a strip of clock and battery icons along the top, as PNG."""
+    im = _open(src)
+    height = max(1000, max(im.size))
+    width = round(height * 9 / 19.5)
+    scale = min(width / im.width, height / im.height)
+    size = (round(im.width * scale), round(im.height * scale))
+    fitted = im.resize(size, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (width, height), colour)
+    canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
+    if status_bar:
+        draw_status_bar(canvas, colour)
+    return _save(canvas, dst, format="PNG")
+
+
+def draw_status_bar(canvas: Image.Image, colour: str) -> None:
+    """A phone's status bar on `canvas`: the time left, signal bars and a battery right, in
+    the colour that contrasts with `colour`, over the top 3.5% of the height."""
+    from PIL import ImageDraw, ImageFont
+
+    r, g, b = Image.new("RGB", (1, 1), colour).getpixel((0, 0))  # type: ignore[misc]
+    ink = "black" if r + g + b > 384 else "white"
+    bar = round(canvas.height * 0.035)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=round(bar * 0.6))
+    draw.text((round(bar * 0.6), round(bar * 0.2)), "9:41", fill=ink, font=font)
+    right = canvas.width - round(bar * 0.6)
+    draw.rectangle((right - bar, bar * 0.3, right, bar * 0.7), outline=ink, width=2)  # battery
+    draw.rectangle((right - bar, bar * 0.3, right - bar // 3, bar * 0.7), fill=ink)
+    for i in range(4):  # signal bars
+        x = right - 2 * bar - i * bar // 4
+        draw.rectangle((x, bar * (0.7 - 0.1 * (4 - i)), x + bar // 8, bar * 0.7), fill=ink)
+
+
 def exif_rotated(src: Path, dst: Path) -> Path:
     """Pixels stored turned 90° with EXIF orientation 6, as phones write them: upright, it
     is the same picture as `src`."""

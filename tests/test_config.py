@@ -275,7 +275,22 @@ BAD_CONFIGS = {
         "policies.camera.dry_run",
         ["true or false", "'no'"],
     ),
+    "string-for-isometric": (
+        "policies: {camera: {isometric: sometimes}}\n",
+        "policies.camera.isometric",
+        ["true or false", "'sometimes'"],
+    ),
 }
+
+
+def test_isometric_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    """Rotated and mirrored copies match unless a policy says `isometric: false`."""
+    config = load_config(
+        _write(tmp_path, "policies: {camera: {isometric: false}, phone: {}}\n")
+    )
+    assert config.policies["camera"].isometric is False
+    assert config.policies["phone"].isometric is True
+    assert config.policies[DEFAULT_POLICY].isometric is True
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,24 @@ def test_search_asks_the_daemon_table_and_json(env: Env, daemon: Daemon) -> None
     assert answer["results"][0]["exact"] is False and answer["query"]["path"] == str(query)
 
 
+def test_search_over_the_socket_finds_a_mirrored_copy_and_names_it(
+    env: Env, daemon: Daemon
+) -> None:
+    """dedupctl sends the query image's 8 variants to the daemon, which answers with the
+    transform that takes each result to the query; malformed variants are refused."""
+    query = photos.hflip(photos.photo("coffee"), env.tmp / "mirrored.jpg")
+    answer = json.loads(ctl(env, "search", str(query), "--json", "--threshold", "0.1").stdout)
+    assert [(Path(r["path"]).name, r["transform"]) for r in answer["results"]] == [
+        ("IMG_1.jpg", "mirror")
+    ]
+    sock = daemon.config.socket
+    good = "00" * 32
+    status, body = raw(
+        sock, f"GET /v1/search?hash={good}&variants={good},{good} HTTP/1.0\r\n\r\n".encode()
+    )
+    assert status == 400 and "variants" in str(body["detail"])
+
+
 def test_show_groups_and_file(env: Env, daemon: Daemon) -> None:
     photos.copy(photos.photo("rocket"), env.archive / "rocket.jpg")  # reference: only reported
     wait_for(lambda: env.state(env.archive / "rocket.jpg") == "ok")

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dedupd.hashers import HASHERS, Algorithm, Hasher, validate_hash_size
+from dedupd.hashers import (
+    HASHERS,
+    INVERSE,
+    TRANSFORMS,
+    Algorithm,
+    Hasher,
+    transform_image,
+    validate_hash_size,
+)
 from dedupd.index import distance
 from tests import photos
 
@@ -99,3 +107,62 @@ def test_unsuitable_sizes_are_rejected(algorithm: str, size: int, message: str) 
 def test_unknown_algorithm_is_an_error_not_a_default() -> None:
     with pytest.raises(ValueError, match="unknown hasher 'md5'"):
         Hasher("md5", 16)  # type: ignore[arg-type]
+
+
+def test_transform_image_names_match_the_pil_transposes() -> None:
+    """`rot90` is a quarter turn counterclockwise, `mirror` left-right, `mirror_rotN` the
+    mirror of `rotN`; each is undone by its INVERSE."""
+    im = Image.new("L", (3, 2))
+    im.putdata([0, 1, 2, 3, 4, 5])
+    expect = {
+        "identity": [[0, 1, 2], [3, 4, 5]],
+        "rot90": [[2, 5], [1, 4], [0, 3]],
+        "rot180": [[5, 4, 3], [2, 1, 0]],
+        "rot270": [[3, 0], [4, 1], [5, 2]],
+        "mirror": [[2, 1, 0], [5, 4, 3]],
+        "mirror_rot90": [[5, 2], [4, 1], [3, 0]],
+        "mirror_rot180": [[3, 4, 5], [0, 1, 2]],
+        "mirror_rot270": [[0, 3], [1, 4], [2, 5]],
+    }
+    assert tuple(expect) == TRANSFORMS
+    for t in TRANSFORMS:
+        out = transform_image(im, t)
+        w, h = out.size
+        rows = [[out.getpixel((x, y)) for x in range(w)] for y in range(h)]
+        assert rows == expect[t], t
+        assert transform_image(out, INVERSE[t]).tobytes() == im.tobytes(), t
+
+
+@pytest.mark.parametrize("algorithm", list(HASHERS))
+def test_each_variant_equals_hashing_the_transformed_image(algorithm: Algorithm) -> None:
+    """A newcomer's 8 variants are what its rotated and mirrored copies hash to.
+
+    pHash derives them from one DCT (transpose and sign flips), the others hash transposed
+    copies of the small image. At the pHash resize size (64 px for 16x16) the derivation is
+    exact; on a photo of any other size the resampler rounds the transformed picture's
+    pixels slightly differently, which can move a coefficient that sits at the median: a few
+    bits of 256, far below any threshold.
+    """
+    hasher = Hasher(algorithm, SIZES[algorithm][-1])
+    for name in photos.PHOTOS:
+        image = _image(photos.photo(name), hasher)
+        small = image.resize((4 * hasher.hash_size,) * 2)
+        for picture, slack in ((small, 0), (image, 3 if algorithm == "phash" else 0)):
+            variants = hasher.variants(picture)
+            assert variants[0] == hasher(picture), "identity is the plain hash"
+            for t, bits in zip(TRANSFORMS, variants, strict=True):
+                d = distance(bits, hasher(transform_image(picture, t)))
+                assert d <= slack, (name, picture.size, t, d)
+
+
+def test_phash_variants_differ_from_the_plain_hash() -> None:
+    """The variants are really other hashes (a rotated photo is far from the original), so
+    querying them finds what the plain hash cannot."""
+    hasher = Hasher("phash", 16)
+    variants = hasher.variants(_image(photos.photo("chelsea"), hasher))
+    assert min(distance(variants[0], v) for v in variants[1:]) > hasher.radius(0.25)
+
+
+def test_key_changes_with_what_is_hashed() -> None:
+    """The border trim changed what is hashed: the key says so, so old hashes are redone."""
+    assert Hasher("phash", 16).key.endswith(":trim1")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,10 @@ from dedupd.imaging import (
     TruncatedImage,
     Unreadable,
     Vanished,
+    _border_box,
     file_sha256,
     hash_image,
+    open_image,
 )
 from dedupd.index import distance
 from tests import photos
@@ -313,3 +317,125 @@ def test_a_file_behind_a_symlinked_folder_is_never_read(tmp_path: Path) -> None:
         hash_image(str(root / "sub" / "IMG_1.jpg"), [Hasher("phash", 8)], max_pixels=10**8)
     with pytest.raises(Unreadable, match="symbolic link"):
         file_sha256(str(root / "sub" / "IMG_1.jpg"))
+
+
+# -- border trim -------------------------------------------------------------------------------
+
+
+def _content_box(path: Path) -> tuple[int, int, int, int] | None:
+    """The trim box on the small image dedupd hashes (draft-decoded as for pHash 16)."""
+    decoded = open_image(str(path), str(path), draft_side=PHASH.draft_side, max_pixels=MAX_PIXELS)
+    return _border_box(decoded.image)
+
+
+@pytest.mark.parametrize("colour", ["black", "white", "#1d3557"])
+@pytest.mark.parametrize("status_bar", [False, True], ids=["bars", "status_bar"])
+def test_a_screenshot_of_a_photo_matches_the_photo(
+    colour: str, status_bar: bool, tmp_path: Path
+) -> None:
+    """A photo fitted into a phone's 9:19.5 canvas (black, white or a flat colour; with a
+    status-bar strip of icons on top) hashes like the photo once its bars are trimmed, also
+    after a chat app re-encodes the screenshot as JPEG."""
+    radius = PHASH.radius(PHASH.default_threshold)
+    for name in photos.PHOTOS:
+        shot = photos.screenshot(photos.photo(name), tmp_path / f"{name}.png", colour, status_bar)
+        sent = photos.reencode(shot, tmp_path / f"{name}.jpg", 70)
+        original = _hash(photos.photo(name))
+        for copy in (shot, sent):
+            assert distance(original, _hash(copy)) <= radius, (name, copy.name)
+            untrimmed = distance(original, _hash(copy, trim=False))
+            assert untrimmed > 2 * radius, "without the trim a screenshot is another picture"
+
+
+def test_trimming_leaves_the_photo_and_nothing_else(tmp_path: Path) -> None:
+    """The trimmed box is the pasted photo, to within a line of the small image: neither a
+    strip of bar left on nor a strip of photo eaten."""
+    for name in photos.PHOTOS:
+        shot = photos.screenshot(photos.photo(name), tmp_path / f"{name}.png", "white", True)
+        with Image.open(shot) as im:
+            canvas = im.size
+        with Image.open(photos.photo(name)) as im:
+            scale = canvas[0] / im.width
+            photo_h = round(im.height * scale)
+        box = _content_box(shot)
+        assert box is not None, name
+        top = (canvas[1] - photo_h) // 2
+        f = box[2] / canvas[0]  # the small image's scale
+        assert (box[0], box[2]) == (0, round(canvas[0] * f)), name
+        assert abs(box[1] - top * f) <= 1.5 and abs(box[3] - (top + photo_h) * f) <= 1.5, name
+
+
+def _dark_sky(tmp_path: Path) -> Path:
+    """A night scene: the top 60% a smooth dark-blue gradient with sensor noise and a few
+    stars, over a lit skyline of windows."""
+    rng = random.Random(7)
+    w, h = 1600, 1200
+    im = Image.new("RGB", (w, h))
+    sky = int(h * 0.6)
+    px = im.load()
+    assert px is not None
+    for y in range(h):
+        for x in range(0, w, 1):
+            if y < sky:
+                v = 8 + 20 * y // sky + rng.randint(-3, 3)
+                px[x, y] = (max(0, v // 2), max(0, v // 2), max(0, v))
+            else:
+                lit = (x // 40 + y // 30) % 5 == 0
+                px[x, y] = (200, 170, 90) if lit else (25, 22, 20)
+    for _ in range(60):
+        x, y = rng.randrange(w - 3), rng.randrange(sky)
+        for dx in range(3):
+            px[x + dx, y] = (240, 240, 255)
+    return photos._save(im, tmp_path / "night.jpg", format="JPEG", quality=85)
+
+
+def _white_wall(tmp_path: Path) -> Path:
+    """A white wall lit from one side (a gentle shading), a picture frame in the middle."""
+    rng = random.Random(8)
+    w, h = 1600, 1200
+    im = Image.new("RGB", (w, h))
+    px = im.load()
+    assert px is not None
+    for y in range(h):
+        for x in range(w):
+            v = 250 - 18 * x // w - 6 * y // h + rng.randint(-2, 2)
+            px[x, y] = (v, v, v - 3)
+    im.paste(Image.open(photos.photo("coffee")).resize((500, 330)), (550, 430))
+    return photos._save(im, tmp_path / "wall.jpg", format="JPEG", quality=90)
+
+
+def test_real_photos_are_not_eaten_into(tmp_path: Path) -> None:
+    """Dark skies, night scenes (hubble is a night sky), white walls and plain backgrounds
+    are photo, not border: the trim leaves at most a line of the small image."""
+    paths = [photos.photo(n) for n in photos.PHOTOS]
+    paths += [_dark_sky(tmp_path), _white_wall(tmp_path)]
+    paths += [photos.upscaled(photos.photo(n), tmp_path / f"{n}_12mp.jpg") for n in photos.PHOTOS]
+    # The accuracy benchmark's real photos, read from the scikit-image wheel when it is
+    # installed (`pip install .[bench]`): a white sky (camera), a flat grey wall
+    # (clock_motion), a moonscape, a page of paper, a deep-field night sky.
+    try:
+        data = resources.files("skimage").joinpath("data")
+    except ModuleNotFoundError:
+        data = None
+    for name in ("camera.png", "moon.png", "clock_motion.png", "page.png", "coins.png",
+                 "hubble_deep_field.jpg", "rocket.jpg"):  # fmt: skip
+        if data is not None:
+            with Image.open(io.BytesIO(data.joinpath(name).read_bytes())) as img:
+                big = img.convert("RGB").resize((1600, round(1600 * img.height / img.width)))
+            paths.append(photos._save(big, tmp_path / f"sk_{name}.jpg", quality=92))
+    for path in paths:
+        decoded = open_image(str(path), str(path), draft_side=256, max_pixels=MAX_PIXELS)
+        box = _border_box(decoded.image)
+        w, h = decoded.image.size
+        whole = box is None or (box[:2] <= (1, 1) and box[2] >= w - 1 and box[3] >= h - 1)
+        assert whole, (path.name, (w, h), box)
+
+
+def test_flat_and_almost_flat_images_are_kept_whole() -> None:
+    """An image that is all border (a solid colour) or nearly (a thin line) is not trimmed
+    to a sliver: hashing it whole is what it was before."""
+    solid = Image.new("RGB", (300, 200), "white")
+    assert _border_box(solid) is None
+    lined = solid.copy()
+    lined.paste((0, 0, 0), (0, 100, 300, 103))
+    assert _border_box(lined) is None

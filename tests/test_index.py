@@ -78,6 +78,21 @@ class Reference:
     def knn(self, query: bytes, k: int) -> list[tuple[int, int]]:
         return [(i, d) for d, i in self._by_distance(query)[: max(k, 0)]]
 
+    def _by_nearest_query(self, queries: Sequence[bytes]) -> list[tuple[int, int, int]]:
+        """(distance to the nearest query, id, first query at that distance), sorted."""
+        qs = [_value(q, self.bits) for q in queries]
+        out = []
+        for i, v in self.values.items():
+            d, w = min(((q ^ v).bit_count(), w) for w, q in enumerate(qs))
+            out.append((d, i, w))
+        return sorted(out)
+
+    def radius_any(self, queries: Sequence[bytes], radius: int) -> list[tuple[int, int, int]]:
+        return [(i, d, w) for d, i, w in self._by_nearest_query(queries) if d <= radius]
+
+    def knn_any(self, queries: Sequence[bytes], k: int) -> list[tuple[int, int, int]]:
+        return [(i, d, w) for d, i, w in self._by_nearest_query(queries)[: max(k, 0)]]
+
     def pairs(self, radius: int) -> list[tuple[int, int, int]]:
         found = [
             (a, b, (va ^ vb).bit_count())
@@ -136,6 +151,7 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
     )
     hashes = _hash_strategy(nbytes, seeds)
     chunk_rows = data.draw(st.sampled_from([1, 3, 1 << 16]), label="chunk_rows")
+    multi_rows = data.draw(st.sampled_from([1, 5, 1 << 15]), label="multi_rows")
     pair_cells = data.draw(st.sampled_from([1, 10, 1 << 22]), label="pair_cells")
     leaf_size = data.draw(st.sampled_from([1, 16]), label="leaf_size")
 
@@ -144,6 +160,7 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(index_module, "_CHUNK_ROWS", chunk_rows)
         mp.setattr(index_module, "_PAIR_CELLS", pair_cells)
+        mp.setattr(index_module, "_MULTI_ROWS", multi_rows)
         background = False
         for _ in range(data.draw(st.integers(1, 8), label="steps")):
             op = data.draw(
@@ -176,6 +193,8 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
             radius = data.draw(st.integers(0, bits), label="radius")
             k = data.draw(st.integers(1, len(ref) + 2), label="k")
             pair_radius = data.draw(st.integers(0, bits), label="pair_radius")
+            # A newcomer's rotations and mirrors: several queries, often near one another.
+            queries = data.draw(st.lists(hashes, min_size=1, max_size=8), label="queries")
             for label, ix in indexes:
                 assert len(ix) == len(ref), label
                 if not background:  # after a background swap, pending counts its own way
@@ -183,6 +202,11 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
                 assert ix.radius(query, radius) == ref.radius(query, radius), label
                 assert ix.knn(query, k) == ref.knn(query, k), label
                 assert ix.pairs(pair_radius) == ref.pairs(pair_radius), label
+                assert ix.radius_any(queries, radius) == ref.radius_any(queries, radius), label
+                assert ix.knn_any(queries, k) == ref.knn_any(queries, k), label
+                assert [(m.id, m.distance) for m in ix.radius_any([query], radius)] == list(
+                    ix.radius(query, radius)
+                ), label
         for _, ix in indexes:
             ix.finish_rebuild(wait=True)
 

@@ -899,3 +899,23 @@ def test_property_an_exact_newcomer_is_acted_on_unless_the_rules_prefer_it(
     else:
         assert (d.action, d.target, d.keeper) == (action, newcomer, existing)
     assert d.rule == f"keep: {', '.join(map(str, keep))}"
+
+
+def test_a_decision_names_the_transform_of_its_match() -> None:
+    """A rotated or mirrored match is decided like any near match, and the decision says how
+    the newcomer relates to it (for the log, the journal's reason and `show`)."""
+    keeper = big("old.jpg", sha256=SHA_B)
+    decision = run(small("new.jpg"), [Candidate(keeper, 4, "near", "mirror")])
+    assert (decision.action, decision.keeper) == ("quarantine", keeper)
+    assert decision.transform == "mirror"
+    assert run(small("new.jpg"), [near(keeper, 4)]).transform == "identity"
+
+
+def test_an_upright_match_wins_a_tie_with_a_turned_one() -> None:
+    """At equal distance the upright match is the one decided on: the simpler explanation."""
+    turned, upright = big("a.jpg", sha256=SHA_B), big("b.jpg", sha256=SHA_B)
+    decision = run(
+        small("new.jpg"),
+        [Candidate(turned, 4, "near", "rot90"), Candidate(upright, 4, "near")],
+    )
+    assert (decision.keeper, decision.transform) == (upright, "identity")

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from PIL import Image
 
 from dedupd.actions import Actions
 from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, IndexConfig, load_config
@@ -426,3 +428,93 @@ def test_a_scan_commits_a_newcomers_record_before_it_is_quarantined(
         report = scan(config, store, actions=Actions(store, config.quarantine.path))
     assert [o.result for o in report.outcomes if o.decision.acts] == ["done"] * len(seen)
     assert seen and all(target and keeper for target, keeper in seen)
+
+
+def _turned_library(tmp_path: Path) -> Path:
+    """Three photos and their truly turned copies (pixels changed, no EXIF): a mirrored
+    selfie, an editor's quarter turn, an upside-down scan; and hubble alone."""
+    root = tmp_path / "turned"
+    for name in ("chelsea", "coffee", "rocket", "hubble"):
+        photos.copy(photos.photo(name), root / f"{name}.jpg")
+    photos.hflip(photos.photo("chelsea"), root / "edit" / "chelsea-mirror.jpg")
+    photos.transposed(photos.photo("coffee"), root / "edit" / "coffee-turned.jpg", ROTATE_90)
+    photos.transposed(photos.photo("rocket"), root / "edit" / "rocket-upside.jpg", ROTATE_180)
+    return root
+
+
+ROTATE_90, ROTATE_180 = Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180
+
+
+def test_rotated_and_mirrored_copies_are_found_and_say_how(tmp_path: Path) -> None:
+    """With the default policy (isometric), a copy rotated by 90/180 degrees or mirrored is a
+    near duplicate; the decision, its log line, the groups and `show` name the transform
+    that takes the keeper to the copy."""
+    root = _turned_library(tmp_path)
+    config = _config(tmp_path, root)
+    with structlog.testing.capture_logs() as logs:
+        report = _scan(config)
+    groups = [
+        (
+            os.path.relpath(g.keeper.path, root),
+            [(os.path.relpath(m.record.path, root), m.kind, m.transform) for m in g.duplicates],
+        )
+        for g in report.groups
+    ]
+    # Keepers by the keep rules (the larger file of equal resolution); the duplicate is the
+    # keeper turned as named: a quarter turn one way is the other way seen from the copy.
+    assert groups == [
+        ("coffee.jpg", [("edit/coffee-turned.jpg", "near", "rot90")]),
+        ("edit/chelsea-mirror.jpg", [("chelsea.jpg", "near", "mirror")]),
+        ("rocket.jpg", [("edit/rocket-upside.jpg", "near", "rot180")]),
+    ]
+    # The newcomer (the later file) is the original under the transform the decision names.
+    outcomes = {os.path.basename(o.path): o.decision.transform for o in report.outcomes}
+    assert outcomes == {
+        "chelsea-mirror.jpg": "mirror",
+        "coffee-turned.jpg": "rot90",
+        "rocket-upside.jpg": "rot180",
+    }
+    logged = {os.path.basename(e["path"]): e["transform"] for e in logs if e["event"] == "decision"}
+    assert logged == outcomes
+    with Store(config.database) as store:
+        hasher_key = report_key(config)
+        copy = store.file_at(root / "edit" / "coffee-turned.jpg")
+        original = store.file_at(root / "coffee.jpg")
+        assert copy is not None and original is not None
+        ((m,),) = [store.matches_of(copy.id, hasher_key)]
+        assert (m.other.id, m.transform) == (original.id, "rot90")
+        ((m,),) = [store.matches_of(original.id, hasher_key)]
+        assert (m.other.id, m.transform) == (copy.id, "rot270"), "seen from the other side"
+
+
+def report_key(config: Config) -> str:
+    from dedupd.hashers import Hasher
+
+    return Hasher(config.hashing.algorithm, config.hashing.hash_size).key
+
+
+def test_isometric_false_matches_upright_copies_only(tmp_path: Path) -> None:
+    """A policy with `isometric: false` finds none of the turned copies (the behaviour of
+    dedupd before rotations were matched), but still the upright ones."""
+    root = _turned_library(tmp_path)
+    photos.reencode(photos.photo("hubble"), root / "chat" / "hubble-wa.jpg")
+    config = _config(tmp_path, root)
+    upright = replace(config.policies[DEFAULT_POLICY], isometric=False)
+    config = replace(config, policies={**config.policies, DEFAULT_POLICY: upright})
+    report = _scan(config)
+    assert _groups(report) == [("hubble.jpg", [("chat/hubble-wa.jpg", "near")])]
+
+
+def test_a_new_hasher_key_rehashes_stored_photos_once(library: Path, tmp_path: Path) -> None:
+    """Hashes stored before the border trim (their key lacks ':trim1') are redone on the
+    next scan, once: the key names what is hashed."""
+    config = _config(tmp_path, library)
+    _scan(config)
+    key = report_key(config)
+    old = key.removesuffix(":trim1")
+    assert old != key
+    with Store(config.database) as store:
+        store.db.execute("UPDATE hashes SET hasher = ? WHERE hasher = ?", (old, key))
+        store.commit()
+    assert _scan(config).hashed == 9
+    assert _scan(config).hashed == 0
