@@ -6,11 +6,12 @@ and report duplicate groups. The daemon will drive the same `Ingest` from its wa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -18,13 +19,13 @@ import structlog
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
-from dedupd.filestat import HashedImage
+from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
-from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
-from dedupd.store import FileRecord, MatchKind, Store
+from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
+from dedupd.store import FileRecord, MatchKind, Store, Undecided
 
 if TYPE_CHECKING:
     from dedupd.index import HammingIndex
@@ -104,6 +105,12 @@ class Ingest:
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
         self._default_radius = self._radius_of(self.default_policy)
+        # What a decision depends on in the config: a report decided under other policies
+        # is decided again (`redecide`).
+        self.policy_key = hashlib.sha256(
+            repr((sorted(self.policies.items()), self.default_policy)).encode()
+        ).hexdigest()[:16]
+        self._pending: set[int] = set()  # files `redecide` has yet to decide again
 
     def _radius_of(self, policy: Policy) -> int:
         threshold = self.hasher.default_threshold if policy.threshold is None else policy.threshold
@@ -133,15 +140,61 @@ class Ingest:
                 self.index.remove([file_id])
             return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
-        bits = result.hashes[self.hasher.key]
+        return self._match_and_decide(
+            file_id, entry.path, result.hashes[self.hasher.key], result.sha256
+        )
+
+    def redecide(self) -> list[Outcome]:
+        """Decide again on the duplicates whose last decision did not act and may now: every
+        one previewed by a dry run or whose action failed, and every one reported under other
+        policies than today's (a policy turned from `report` to `quarantine`). Without this a
+        dry run would consume the decision: the file is unchanged, so never reconsidered.
+
+        They are taken out of the index and decided again one by one in the order they were
+        first decided, each against what was indexed before it, exactly as the run that
+        first decided them did: what a dry run showed is what the next real run does. A file
+        that changed on disk since is left to the reconcile, which hashes it again. Each
+        decision goes through `decide` (distinct pairs, tombstones, restored photos) and
+        `apply` (verified, journaled actions), as for a newcomer.
+        """
+        due = [r for r in self.store.undecided_due(self.policy_key, self.roots) if _unchanged(r)]
+        if not due:
+            return []
+        self._pending = {r.id for r in due}
+        with self.lock:
+            self.index.remove(list(self._pending))
+        outcomes = []
+        try:
+            for record in due:
+                self._pending.discard(record.id)
+                bits = self.store.hash_of(record.id, self.hasher.key)
+                if bits is None or record.sha256 is None:  # hashed with another hasher
+                    self.store.clear_undecided(record.id)
+                    continue
+                outcome = self._match_and_decide(record.id, str(record.path), bits, record.sha256)
+                if outcome is not None:
+                    outcomes.append(outcome)
+        finally:
+            self._pending = set()
+        return outcomes
+
+    def _match_and_decide(
+        self, file_id: int, path: str, bits: bytes, sha256: str
+    ) -> Outcome | None:
+        """Match a recorded file against the index, record its matches, index it, and decide
+        (and act) by its root's policy."""
+        newcomer = self.store.file(file_id)
+        assert newcomer is not None  # just written by this thread
         found: dict[int, tuple[int, MatchKind]] = {
-            r.id: (0, "exact") for r in self.store.with_sha256(result.sha256, roots=self.roots)
+            r.id: (0, "exact") for r in self.store.with_sha256(sha256, roots=self.roots)
         }
         with self.lock:
-            near = self.index.radius(bits, self.radius_for(entry.root))
+            near = self.index.radius(bits, self.radius_for(newcomer.root))
         for m in near:
             found.setdefault(m.id, (m.distance, "near"))
         found.pop(file_id, None)
+        for later in self._pending:  # files `redecide` has yet to decide again came later
+            found.pop(later, None)
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
@@ -152,21 +205,46 @@ class Ingest:
             self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
             if self.index.pending >= self.config.index.rebuild_every:
                 self.index.start_rebuild()  # on its own thread; ingest and queries go on
-        newcomer = self.store.file(file_id)
-        assert newcomer is not None  # just written by this thread
-        tombstone = self.store.tombstone(result.sha256, entry.path)
+        tombstone = self.store.tombstone(sha256, path)
         if not found and tombstone is None:
+            self.store.clear_undecided(file_id)
             return None
         decision = decide(
             newcomer,
             [Candidate(records[i], d, kind) for i, (d, kind) in found.items()],
             policies=self.policies,
             default=self.default_policy,
-            distinct=self.store.distinct_from(result.sha256),
+            distinct=self.store.distinct_from(sha256),
             tombstone=tombstone,
             dry_run=self.config.dry_run,
         )
-        return self.apply(decision, entry.path)
+        decision = self._respect_restores(newcomer, decision)
+        outcome = self.apply(decision, path)
+        if decision.action == "none" or outcome.result == "done":
+            self.store.clear_undecided(file_id)
+        else:
+            why: Undecided = (
+                "dry run"
+                if outcome.result == "dry run"
+                else "failed"
+                if outcome.result.startswith("failed")
+                else "report"
+            )
+            self.store.note_undecided(file_id, sha256, why, self.policy_key)
+        return outcome
+
+    def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
+        """A photo the user restored from quarantine is never acted on again (while its
+        bytes are at that path): restoring said "keep this". The distinct mark a restore
+        leaves cannot say so for an exact copy, whose bytes are its keeper's."""
+        target = decision.target
+        if not decision.acts or target is None or target.sha256 is None:
+            return decision
+        if not self.store.restored(target.sha256, target.path):
+            return decision
+        if target.id == newcomer.id:
+            return replace(decision, action="none", rule="restored by the user", target=None)
+        return replace(decision, action="report", rule="restored by the user; never acted on")
 
     def apply(self, decision: Decision, path: str) -> Outcome:
         """Carry out a decision through `actions`, and log one event for it."""
@@ -216,6 +294,15 @@ class ScanReport:
     groups: list[Group] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _unchanged(record: FileRecord) -> bool:
+    """The file at `record`'s path is still the version recorded (else a reconcile hashes it
+    again, and nothing is decided on the old record)."""
+    try:
+        return same_version(record, FileStat.of(os.lstat(record.path)))
+    except OSError:
+        return False
 
 
 def excluded_dirs(config: Config) -> list[str]:
@@ -385,6 +472,8 @@ def scan(
         on_total(len(work))
     try:
         with store.batch():  # a commit per photo cost more than the store work itself
+            # Files decided before this run come first, in their order; then the new work.
+            report.outcomes += [o for o in ingest.redecide() if o.decision.action != "none"]
             ingest_all(ingest, work, report, progress)
     finally:
         ingest.close()
@@ -394,10 +483,27 @@ def scan(
 
 
 def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list[Group]:
-    """Connected groups of matching files, keeper first by the keeper's root policy."""
+    """Connected groups of matching files, keeper first: a file of a `reference` root when
+    the group has one (such files are always the keeper), then by the keep rules.
+
+    What the user decided is not listed: a pair marked distinct is no link, so a group held
+    together only by it splits; a photo restored from quarantine is no duplicate of its
+    keeper nor of a copy of the same bytes (restoring said "keep this")."""
     from dedupd.index import distance
 
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    edges = [(a, b) for a, b, _, _ in store.match_edges(hasher.key, roots)]
+    records = store.files({i for edge in edges for i in edge})
+    kept: dict[int, tuple[str, int | None]] = {}  # restored file id → (its sha256, its keeper)
+    for path, sha256, keeper_id in store.restores():
+        restored = store.file_at(path)
+        if restored is not None and restored.id in records and restored.sha256 == sha256:
+            kept[restored.id] = (sha256, keeper_id)
+
+    def unlisted(x: int, y: int) -> bool:
+        sha256, keeper_id = kept.get(x, (None, None))
+        return sha256 is not None and (records[y].sha256 == sha256 or y == keeper_id)
+
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -406,18 +512,21 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
             x = parent[x]
         return x
 
-    for a, b, _, _ in store.match_edges(hasher.key, roots):
-        parent[find(a)] = find(b)
+    for a, b in edges:
+        if not (unlisted(a, b) or unlisted(b, a)):
+            parent[find(a)] = find(b)
     members: dict[int, list[int]] = {}
     for x in list(parent):
         members.setdefault(find(x), []).append(x)
-    records = store.files(parent)
     policies = config.root_policies()
+    default = config.policies[DEFAULT_POLICY]
     groups = []
     for ids in members.values():
-        files = [records[i] for i in ids]
-        keep_rules = policies.get(files[0].root, config.policies[DEFAULT_POLICY]).keep
-        keeper, *rest = rank(files, keep_rules)
+        files = sorted((records[i] for i in ids), key=lambda r: str(r.path))
+        reference = [r for r in files if policies.get(r.root, default).reference]
+        others = [r for r in files if r not in reference]
+        keep_rules = policies.get((others or files)[0].root, default).keep
+        keeper, *rest = rank(reference, keep_rules) + rank(others, keep_rules)
         keeper_bits = store.hash_of(keeper.id, hasher.key)
         dups = []
         for r in rest:

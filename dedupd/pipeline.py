@@ -19,7 +19,14 @@ from stat import S_ISREG
 import structlog
 
 from dedupd.config import Config
-from dedupd.engine import Ingest, ScanReport, excluded_dirs, ingest_guarded, reconcile_roots
+from dedupd.engine import (
+    Ingest,
+    Outcome,
+    ScanReport,
+    excluded_dirs,
+    ingest_guarded,
+    reconcile_roots,
+)
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.pool import Failure, HasherPool
 from dedupd.scanner import Entry, NameFilter, same_version, walk
@@ -63,6 +70,7 @@ class Pipeline:
         self.settler = Settler(config.watch.settle_seconds, self.clock)
         self.backlog.clear()
         self.settled.clear()
+        self._redecide = True  # at the first reconcile: see `Ingest.redecide`
 
     def forget_in_flight(self) -> None:
         """The pool was closed: nothing sent to it will come back."""
@@ -85,6 +93,10 @@ class Pipeline:
         queued = {e.path for e in self.backlog}
         self.backlog.extend(e for e in done.work if e.path not in queued)
         self.counts.rescans += 1
+        if self._redecide:  # once per start or reload: a dry run or the policies changed
+            self._redecide = False
+            for outcome in self.ingest.redecide():
+                self._count(outcome)
         log.info(
             "reconciled",
             roots=len(report.roots),
@@ -276,7 +288,11 @@ class Pipeline:
             self.counts.errors += 1
         else:
             self.counts.hashed += 1
-        if outcome is not None and outcome.decision.action != "none":
+        if outcome is not None:
+            self._count(outcome)
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.decision.action != "none":
             if outcome.result == "done":
                 self.counts.acted += 1
             else:

@@ -22,7 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dedupd.errors import Busy, DaemonNotRunning, NotFoundError
+from dedupd.errors import Busy, DaemonNotRunning, NotFoundError, Refused
 
 if TYPE_CHECKING:
     from dedupd.actions import Actions
@@ -103,13 +103,20 @@ def _purge(actions: Actions, older_than: float, ids: Sequence[int] | None) -> An
 
 
 def _distinct(store: Store, a: str, b: str) -> Answer:
-    """Remember that the photos at `a` and `b` are different: they never match again."""
+    """Remember that the photos at `a` and `b` are different: they never match again.
+    Refused for two byte-identical files: they are the same photo, whatever the user says."""
     records = []
     for path in (a, b):
         record = store.file_at(Path(path).expanduser().absolute())
         if record is None or record.sha256 is None:
             raise NotFoundError(f"{path}: not a hashed photo in the database")
         records.append(record)
+    if records[0].sha256 == records[1].sha256:
+        raise Refused(
+            f"{records[0].path} and {records[1].path} are byte-identical: the same photo, not a"
+            " false match; to keep one, remove the other (a policy with `exact: quarantine`"
+            " does it for you)"
+        )
     store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
     return {"distinct": [str(r.path) for r in records]}
 
