@@ -5,6 +5,7 @@ Exit codes: 0 ok · 1 nothing found / not found (like grep) · 2 usage or config
 daemon is not running or does not answer (dedupctl) · 4 busy: another process holds the
 database (`dedupd scan`, dedupctl working offline), or the daemon answered that it is busy or
 stopping (dedupctl). `dedupd run` exits 1 when it stopped because its database was lost.
+130: `dedupd scan` was interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 EXIT_BUSY = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports; never 1, "nothing found"
 
 # What to do about a database another process holds, by who holds it.
 _BUSY_ADVICE = {
@@ -240,6 +242,18 @@ def scan_command(
     """
     _configure_logging(log_level)
     ctx.ensure_object(dict).update(config_path=config_path, database=database)
+    try:
+        _scan(ctx, dirs, dry_run, workers, as_json)
+    except KeyboardInterrupt:
+        # What was hashed is kept and a half-done action is finished or rolled back by the
+        # next run's recovery, as after any crash.
+        click.echo("interrupted; what was hashed is kept, run it again to go on", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _scan(
+    ctx: click.Context, dirs: tuple[Path, ...], dry_run: bool, workers: int | None, as_json: bool
+) -> None:
     with _errors():
         config = _load(ctx)
         if dirs:
@@ -532,8 +546,13 @@ def quarantine_purge(
         service = _service(ctx)
         listed = service.quarantine_list()["quarantined"]
         due = [e for e in listed if e["finished"] <= time.time() - seconds]
+        younger = len(listed) - len(due)
         if not due:
-            click.echo("nothing to purge")
+            if as_json:
+                answer = {"purged": [], "older_than": seconds, "younger": younger}
+                click.echo(render.to_json(answer))
+            else:
+                click.echo(render.purged(0, younger, seconds))
             return
         if not yes:
             if not sys.stdin.isatty():
@@ -547,9 +566,11 @@ def quarantine_purge(
             "purging",
         )
     if as_json:
-        click.echo(render.to_json({"purged": purged, "older_than": seconds}))
+        click.echo(
+            render.to_json({"purged": purged, "older_than": seconds, "younger": younger})
+        )
     else:
-        click.echo(render.purged(len(purged)))
+        click.echo(render.purged(len(purged), younger, seconds))
 
 
 @dedupctl.command()

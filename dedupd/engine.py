@@ -113,8 +113,14 @@ class Ingest:
         self._pending: set[int] = set()  # files `redecide` has yet to decide again
 
     def _radius_of(self, policy: Policy) -> int:
-        threshold = self.hasher.default_threshold if policy.threshold is None else policy.threshold
-        return self.hasher.radius(threshold)
+        return self.hasher.radius(self._threshold_of(policy))
+
+    def _threshold_of(self, policy: Policy) -> float:
+        return self.hasher.default_threshold if policy.threshold is None else policy.threshold
+
+    def threshold_for(self, root: str) -> float:
+        """The normalized threshold of `root`'s policy (the hasher's default if it sets none)."""
+        return self._threshold_of(self.policies.get(root, self.default_policy))
 
     def close(self) -> None:
         """Let a background index rebuild finish (so no thread outlives its owner)."""
@@ -125,6 +131,11 @@ class Ingest:
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""
         return self._radius.get(root, self._default_radius)
+
+    @property
+    def widest_radius(self) -> int:
+        """The largest radius of any policy: what any root could count as a duplicate."""
+        return max([self._default_radius, *self._radius.values()])
 
     def ingest(self, entry: Entry, result: HashedImage | Failure) -> Outcome | None:
         """Record one hashing result; for an image, match it and apply its root's policy.
@@ -175,7 +186,12 @@ class Ingest:
                 if outcome is not None:
                     outcomes.append(outcome)
         finally:
-            self._pending = set()
+            left, self._pending = self._pending, set()
+            for file_id in left:  # an error stopped the loop: the rest go back as they were
+                bits = self.store.hash_of(file_id, self.hasher.key)
+                if bits is not None:
+                    with self.lock:
+                        self.index.add([file_id], [bits])
         return outcomes
 
     def _match_and_decide(

@@ -172,6 +172,8 @@ class DaemonService:
                 k=k,
                 threshold=threshold,
                 query=query,
+                policy_threshold=ingest.threshold_for,
+                widest=ingest.widest_radius,
                 lock=ingest.lock,
             )
 
@@ -304,7 +306,15 @@ class LocalService:
             ingest = Ingest(store, self.config, roots=queries.all_roots(store))
             query = {"hash": bits.hex(), "sha256": sha256}
             return queries.search(
-                store, ingest.index, ingest.hasher, bits, k=k, threshold=threshold, query=query
+                store,
+                ingest.index,
+                ingest.hasher,
+                bits,
+                k=k,
+                threshold=threshold,
+                query=query,
+                policy_threshold=ingest.threshold_for,
+                widest=ingest.widest_radius,
             )
 
     def groups(self) -> Answer:

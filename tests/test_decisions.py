@@ -191,3 +191,20 @@ def test_distinct_refuses_two_byte_identical_files(lib: Lib) -> None:
         " `exact: quarantine` does it for you)\n"
     )
     assert ("rocket.jpg", ["rocket (1).jpg"]) in lib.duplicates()
+
+
+def test_the_daemon_does_at_start_what_a_dry_run_scan_showed(tmp_path: Path) -> None:
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("coffee"), env.root / "coffee.jpg")
+    photos.reencode(photos.photo("coffee"), env.root / "coffee-wa.jpg")
+    preview = CliRunner().invoke(dedupd, ["scan", "--config", str(env.config), "--dry-run"])
+    assert preview.exit_code == 0, preview.output
+    assert f"quarantine: {env.root}/coffee-wa.jpg (dry run;" in preview.stdout
+    with running(env) as daemon:
+        wait_for(lambda: env.state(env.root / "coffee-wa.jpg") == "quarantined")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.acted == 1 and daemon.stats.hashed == 0
+    assert env.state(env.root / "coffee.jpg") == "ok"
