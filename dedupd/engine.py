@@ -155,7 +155,7 @@ class Ingest:
             file_id, entry.path, result.hashes[self.hasher.key], result.sha256
         )
 
-    def redecide(self) -> list[Outcome]:
+    def redecide(self, tick: Callable[[], object] = lambda: None) -> list[Outcome]:
         """Decide again on the duplicates whose last decision did not act and may now: every
         one previewed by a dry run or whose action failed, and every one reported under other
         policies than today's (a policy turned from `report` to `quarantine`). Without this a
@@ -166,7 +166,8 @@ class Ingest:
         first decided them did: what a dry run showed is what the next real run does. A file
         that changed on disk since is left to the reconcile, which hashes it again. Each
         decision goes through `decide` (distinct pairs, tombstones, restored photos) and
-        `apply` (verified, journaled actions), as for a newcomer.
+        `apply` (verified, journaled actions), as for a newcomer. `tick` runs after each
+        file (the daemon's heartbeat).
         """
         due = [r for r in self.store.undecided_due(self.policy_key, self.roots) if _unchanged(r)]
         if not due:
@@ -176,15 +177,18 @@ class Ingest:
             self.index.remove(list(self._pending))
         outcomes = []
         try:
-            for record in due:
-                self._pending.discard(record.id)
-                bits = self.store.hash_of(record.id, self.hasher.key)
-                if bits is None or record.sha256 is None:  # hashed with another hasher
-                    self.store.clear_undecided(record.id)
-                    continue
-                outcome = self._match_and_decide(record.id, str(record.path), bits, record.sha256)
-                if outcome is not None:
-                    outcomes.append(outcome)
+            with self.store.batch():
+                for record in due:
+                    self._pending.discard(record.id)
+                    bits = self.store.hash_of(record.id, self.hasher.key)
+                    if bits is None or record.sha256 is None:  # hashed with another hasher
+                        self.store.clear_undecided(record.id)
+                        continue
+                    path, sha256 = str(record.path), record.sha256
+                    outcome = self._match_and_decide(record.id, path, bits, sha256)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                    tick()
         finally:
             left, self._pending = self._pending, set()
             for file_id in left:  # an error stopped the loop: the rest go back as they were

@@ -95,7 +95,7 @@ class Pipeline:
         self.counts.rescans += 1
         if self._redecide:  # once per start or reload: a dry run or the policies changed
             self._redecide = False
-            for outcome in self.ingest.redecide():
+            for outcome in self.ingest.redecide(tick):
                 self._count(outcome)
         log.info(
             "reconciled",

@@ -123,7 +123,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE actions ADD COLUMN staged TEXT;
     """,
     # 2 → 3: decisions that did not act (a dry run, a report, a failed action) are kept, so
-    # that the next run decides those files again instead of taking them as settled.
+    # that the next run decides those files again instead of taking them as settled. Every
+    # present file with a match was decided before under unknown policies: the next run
+    # decides them again once, oldest first, under the policies it has.
     """
     CREATE TABLE undecided (
         file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
@@ -133,6 +135,12 @@ MIGRATIONS: tuple[str, ...] = (
         seq INTEGER NOT NULL,
         created REAL NOT NULL
     );
+    INSERT INTO undecided (file_id, sha256, why, policies, seq, created)
+        SELECT f.id, f.sha256, 'report', '', f.id, f.updated FROM files f
+        WHERE f.state = 'ok' AND f.sha256 IS NOT NULL AND EXISTS (
+            SELECT 1 FROM matches m JOIN files o ON o.state = 'ok'
+                AND o.id = CASE WHEN m.a = f.id THEN m.b ELSE m.a END
+            WHERE m.a = f.id OR m.b = f.id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -937,9 +945,9 @@ class Store:
         other policies; in the order they were first decided."""
         marks = ", ".join("?" * len(roots))
         return self._files(
-            "f.state = 'ok' AND f.root IN (" + marks + ") AND EXISTS (SELECT 1 FROM undecided u"
-            " WHERE u.file_id = f.id AND u.sha256 = f.sha256"
-            " AND (u.why != 'report' OR u.policies != ?))"
-            " ORDER BY (SELECT seq FROM undecided u WHERE u.file_id = f.id)",
-            [*_paths_to_db(roots), policies],
+            "f.id IN (SELECT u.file_id FROM undecided u WHERE u.why != 'report'"
+            " OR u.policies != ?) AND f.state = 'ok' AND f.root IN (" + marks + ")"
+            " AND f.sha256 = (SELECT u.sha256 FROM undecided u WHERE u.file_id = f.id)"
+            " ORDER BY (SELECT u.seq FROM undecided u WHERE u.file_id = f.id)",
+            [policies, *_paths_to_db(roots)],
         )

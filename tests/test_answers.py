@@ -181,9 +181,7 @@ def test_every_json_output_is_json_from_the_daemon(tmp_path: Path) -> None:
         assert purged == {"purged": [], "older_than": 0.0, "younger": 0}
 
 
-def test_ctrl_c_on_a_scan_exits_130_not_1(
-    lib: Lib, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ctrl_c_on_a_scan_exits_130_not_1(lib: Lib, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 

@@ -75,9 +75,7 @@ def lib(tmp_path: Path) -> Lib:
 
 
 def _acts(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return sorted(
-        (a["action"], Path(a["target"]).name, a["result"]) for a in report["actions"]
-    )
+    return sorted((a["action"], Path(a["target"]).name, a["result"]) for a in report["actions"])
 
 
 def test_a_dry_run_shows_what_the_next_real_run_does_and_that_run_does_it(lib: Lib) -> None:
@@ -208,3 +206,44 @@ def test_the_daemon_does_at_start_what_a_dry_run_scan_showed(tmp_path: Path) -> 
         wait_for(lambda: _idle(daemon))
         assert daemon.stats.acted == 1 and daemon.stats.hashed == 0
     assert env.state(env.root / "coffee.jpg") == "ok"
+
+
+def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib) -> None:
+    """A database from before decisions were kept (schema 2): its listed duplicates are
+    decided again once under the policies of the next run."""
+    import sqlite3
+
+    lib.write_config("{exact: report, near: report}")
+    lib.scan()
+    conn = sqlite3.connect(lib.db)
+    conn.executescript("DROP TABLE undecided; PRAGMA user_version = 2;")
+    conn.close()
+    assert _acts(lib.scan()) == []  # migrated: decided again under the same (report) policy
+    lib.write_config()
+    assert _acts(lib.scan()) == [
+        ("quarantine", "coffee-wa.jpg", "done"),
+        ("quarantine", "rocket (1).jpg", "done"),
+    ]
+
+
+def test_distinct_on_byte_identical_files_is_refused_by_the_daemon_too(tmp_path: Path) -> None:
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: report, near: report}")
+    photos.copy(photos.photo("rocket"), env.root / "a.jpg")
+    photos.copy(photos.photo("rocket"), env.root / "b.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
+        refused = CliRunner().invoke(
+            dedupctl,
+            [
+                "--config",
+                str(env.config),
+                "distinct",
+                str(env.root / "a.jpg"),
+                str(env.root / "b.jpg"),
+            ],
+        )
+    assert refused.exit_code == 2
+    assert "a.jpg and " in refused.stderr and "are byte-identical" in refused.stderr
