@@ -405,14 +405,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
-    help="Only images within this normalized distance (0-1).",
+    help="Only images within this normalized distance (0-1); default: those within the "
+    "threshold of their own root's policy (what counts as a duplicate there).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_json: bool) -> None:
-    """Nearest indexed photos to IMAGE, with distances. Exit 1 if none.
+    """Indexed photos that duplicate IMAGE, nearest first, with distances. Exit 1 if none.
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index.
+    Without --threshold, a photo is listed when it is within the threshold of its own root's
+    policy; with it, photos beyond that are marked "not a duplicate".
     """
     from dedupd.hashers import Hasher
     from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
@@ -444,8 +447,11 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def show(ctx: click.Context, file: Path | None, as_json: bool) -> None:
-    """Duplicate groups; or, with FILE, that file's record and its matches (exit 1 if the
-    file is not in the database)."""
+    """Duplicate groups and how many photos are in quarantine; or, with FILE, that file's
+    record and its matches (exit 1 if the file is not in the database).
+
+    A photo of a reference root is always its group's keeper; pairs marked distinct and
+    photos restored from quarantine are not listed as duplicates."""
     with _errors():
         bits = _hash_bits(ctx)
         service = _service(ctx)
@@ -539,7 +545,9 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
 def quarantine_purge(
     ctx: click.Context, older_than: float | None, yes: bool, as_json: bool
 ) -> None:
-    """Delete quarantined photos for good, after confirmation (or --yes). Journaled."""
+    """Delete quarantined photos for good, after confirmation (or --yes). Journaled.
+
+    Says how many it kept for being younger than the age."""
     with _errors():
         config = _load(ctx)
         seconds = config.quarantine.retain if older_than is None else older_than
@@ -579,7 +587,9 @@ def quarantine_purge(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
-    """Mark photos A and B as different: they never match each other again."""
+    """Mark photos A and B as different: they never match each other again.
+
+    Refused (exit 2) for two byte-identical files: they are the same photo."""
     first, second = (str(p.expanduser().absolute()) for p in (a, b))
     with _errors():
         answer = _service(ctx).distinct(first, second)

@@ -243,9 +243,11 @@ class Ingest:
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
+            # Whatever a dry run decided (a report too) is decided again by the next run, so
+            # that each file meets the same files there as here.
             why: Undecided = (
                 "dry run"
-                if outcome.result == "dry run"
+                if decision.dry_run or outcome.result == "dry run"
                 else "failed"
                 if outcome.result.startswith("failed")
                 else "report"
