@@ -111,6 +111,9 @@ class Ingest:
             repr((sorted(self.policies.items()), self.default_policy)).encode()
         ).hexdigest()[:16]
         self._pending: set[int] = set()  # files `redecide` has yet to decide again
+        # Files a dry run would have moved: gone for the rest of this run's decisions, as
+        # after a real move, so that a dry run previews what a real run does.
+        self._gone_in_preview: set[int] = set()
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -213,8 +216,8 @@ class Ingest:
         for m in near:
             found.setdefault(m.id, (m.distance, "near"))
         found.pop(file_id, None)
-        for later in self._pending:  # files `redecide` has yet to decide again came later
-            found.pop(later, None)
+        for other in self._pending | self._gone_in_preview:  # came later; or "moved"
+            found.pop(other, None)
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
@@ -273,6 +276,10 @@ class Ingest:
         result = "reported"
         if decision.acts and decision.dry_run:
             result = "dry run"
+            if decision.target is not None:
+                self._gone_in_preview.add(decision.target.id)
+                with self.lock:
+                    self.index.remove([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
         elif decision.acts and decision.target is not None and self.actions is not None:

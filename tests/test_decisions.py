@@ -247,3 +247,40 @@ def test_distinct_on_byte_identical_files_is_refused_by_the_daemon_too(tmp_path:
         )
     assert refused.exit_code == 2
     assert "a.jpg and " in refused.stderr and "are byte-identical" in refused.stderr
+
+
+def _aged(path: Path, age: int) -> Path:
+    import os
+
+    t = os.stat(path).st_mtime - age
+    os.utime(path, (t, t))
+    return path
+
+
+def test_a_dry_run_previews_each_action_with_its_keeper_in_a_chain_of_copies(
+    tmp_path: Path,
+) -> None:
+    """A near copy, then an exact copy of that near copy: the dry run takes what it would
+    move as gone, as the real run has moved it, so both quarantine the two copies against
+    the original (the dry run once showed a delete against the near copy instead, which the
+    real run would have quarantined first)."""
+    lib = Lib(tmp_path)
+    lib.write_config("{exact: delete, near: quarantine}")
+    _aged(photos.copy(photos.photo("coffee"), lib.root / "coffee.jpg"), 300)
+    _aged(photos.reencode(photos.photo("coffee"), lib.root / "wa.jpg"), 200)
+    _aged(photos.reencode(photos.photo("coffee"), lib.root / "wa (1).jpg"), 100)
+
+    def actions(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+        return sorted(
+            (a["action"], Path(a["target"]).name, Path(a["keeper"]).name)
+            for a in report["actions"]
+        )
+
+    preview = lib.scan("--dry-run")
+    assert actions(preview) == [
+        ("quarantine", "wa (1).jpg", "coffee.jpg"),
+        ("quarantine", "wa.jpg", "coffee.jpg"),
+    ]
+    real = lib.scan()
+    assert actions(real) == actions(preview)
+    assert [a["result"] for a in real["actions"]] == ["done", "done"]
