@@ -216,8 +216,8 @@ class Ingest:
         for m in near:
             found.setdefault(m.id, (m.distance, "near"))
         found.pop(file_id, None)
-        for other in self._pending | self._gone_in_preview:  # came later; or "moved"
-            found.pop(other, None)
+        for other in [i for i in found if i in self._pending or i in self._gone_in_preview]:
+            del found[other]  # came later (see `redecide`), or "moved" by a dry run
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(

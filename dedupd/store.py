@@ -135,6 +135,7 @@ MIGRATIONS: tuple[str, ...] = (
         seq INTEGER NOT NULL,
         created REAL NOT NULL
     );
+    CREATE INDEX undecided_seq ON undecided (seq);
     INSERT INTO undecided (file_id, sha256, why, policies, seq, created)
         SELECT f.id, f.sha256, 'report', '', f.id, f.updated FROM files f
         WHERE f.state = 'ok' AND f.sha256 IS NOT NULL AND EXISTS (
