@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from dedupd.engine import Group, ScanReport
 
 __all__ = [
-    "duration",
     "file_info",
     "group_dicts",
     "groups",
@@ -172,8 +171,8 @@ def _photos(n: int) -> str:
     return f"{n} photo" if n == 1 else f"{n} photos"
 
 
-def duration(seconds: float) -> str:
-    """A duration as people say it: `30 days`, `12 hours`, `90 seconds`."""
+def _age(seconds: float) -> str:
+    """An age as people say it: `30 days`, `12 hours`, `90 seconds`."""
     for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size and seconds % size == 0:
             n = int(seconds // size)
@@ -237,7 +236,7 @@ def purged(count: int, younger: int = 0, older_than: float = 0.0) -> str:
     if younger:
         are = "is" if younger == 1 else "are"
         text += (
-            f"; {_photos(younger)} {are} younger than {duration(older_than)};"
+            f"; {_photos(younger)} {are} younger than {_age(older_than)};"
             " --older-than 0 to purge them"
         )
     return text
