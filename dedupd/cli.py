@@ -6,6 +6,7 @@ unavailable (missing or not mounted) · 2 usage or configuration error
 daemon is not running or does not answer (dedupctl) · 4 busy: another process holds the
 database (`dedupd scan`, dedupctl working offline), or the daemon answered that it is busy or
 stopping (dedupctl). `dedupd run` exits 1 when it stopped because its database was lost.
+130: `dedupd scan` was interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 EXIT_BUSY = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports; never 1, "nothing found"
 
 # What to do about a database another process holds, by who holds it.
 _BUSY_ADVICE = {
@@ -250,6 +252,18 @@ def scan_command(
     """
     _configure_logging(log_level)
     ctx.ensure_object(dict).update(config_path=config_path, database=database)
+    try:
+        _scan(ctx, dirs, dry_run, workers, as_json)
+    except KeyboardInterrupt:
+        # What was hashed is kept and a half-done action is finished or rolled back by the
+        # next run's recovery, as after any crash.
+        click.echo("interrupted; what was hashed is kept, run it again to go on", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _scan(
+    ctx: click.Context, dirs: tuple[Path, ...], dry_run: bool, workers: int | None, as_json: bool
+) -> None:
     with _errors():
         config = _load(ctx)
         if dirs:
@@ -554,15 +568,18 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
-    help="Only images within this normalized distance (0-1).",
+    help="Only images within this normalized distance (0-1); default: those within the "
+    "threshold of their own root's policy (what counts as a duplicate there).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_json: bool) -> None:
-    """Nearest indexed photos to IMAGE, with distances. Exit 1 if none.
+    """Indexed photos that duplicate IMAGE, nearest first, with distances. Exit 1 if none.
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index;
     its rotations and mirrors too unless the default policy says `isometric: false`.
+    Without --threshold, a photo is listed when it is within the threshold of its own root's
+    policy; with it, photos beyond that are marked "not a duplicate".
     """
     from dedupd.hashers import Hasher
     from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
@@ -598,8 +615,11 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def show(ctx: click.Context, file: Path | None, as_json: bool) -> None:
-    """Duplicate groups; or, with FILE, that file's record and its matches (exit 1 if the
-    file is not in the database)."""
+    """Duplicate groups and how many photos are in quarantine; or, with FILE, that file's
+    record and its matches (exit 1 if the file is not in the database).
+
+    A photo of a reference root is always its group's keeper; pairs marked distinct and
+    photos restored from quarantine are not listed as duplicates."""
     with _errors():
         bits = _hash_bits(ctx)
         service = _service(ctx)
@@ -694,15 +714,22 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
 def quarantine_purge(
     ctx: click.Context, older_than: float | None, yes: bool, as_json: bool
 ) -> None:
-    """Delete quarantined photos for good, after confirmation (or --yes). Journaled."""
+    """Delete quarantined photos for good, after confirmation (or --yes). Journaled.
+
+    Says how many it kept for being younger than the age."""
     with _errors():
         config = _load(ctx)
         seconds = config.quarantine.retain if older_than is None else older_than
         service = _service(ctx)
         listed = service.quarantine_list()["quarantined"]
         due = [e for e in listed if e["finished"] <= time.time() - seconds]
+        younger = len(listed) - len(due)
         if not due:
-            click.echo("nothing to purge")
+            if as_json:
+                answer = {"purged": [], "older_than": seconds, "younger": younger}
+                click.echo(render.to_json(answer))
+            else:
+                click.echo(render.purged(0, younger, seconds))
             return
         if not yes:
             if not sys.stdin.isatty():
@@ -716,9 +743,11 @@ def quarantine_purge(
             "purging",
         )
     if as_json:
-        click.echo(render.to_json({"purged": purged, "older_than": seconds}))
+        click.echo(
+            render.to_json({"purged": purged, "older_than": seconds, "younger": younger})
+        )
     else:
-        click.echo(render.purged(len(purged)))
+        click.echo(render.purged(len(purged), younger, seconds))
 
 
 @dedupctl.command()
@@ -727,7 +756,9 @@ def quarantine_purge(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
-    """Mark photos A and B as different: they never match each other again."""
+    """Mark photos A and B as different: they never match each other again.
+
+    Refused (exit 2) for two byte-identical files: they are the same photo."""
     first, second = (str(p.expanduser().absolute()) for p in (a, b))
     with _errors():
         answer = _service(ctx).distinct(first, second)

@@ -6,11 +6,12 @@ and report duplicate groups. The daemon will drive the same `Ingest` from its wa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -18,13 +19,13 @@ import structlog
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
-from dedupd.filestat import HashedImage
+from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform
 from dedupd.policy import Candidate, Decision, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
-from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
-from dedupd.store import FileRecord, MatchKind, Store
+from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
+from dedupd.store import FileRecord, MatchKind, Store, Undecided
 
 if TYPE_CHECKING:
     from dedupd.index import HammingIndex
@@ -105,10 +106,25 @@ class Ingest:
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
         self._default_radius = self._radius_of(self.default_policy)
+        # What a decision depends on in the config: a report decided under other policies
+        # is decided again (`redecide`).
+        self.policy_key = hashlib.sha256(
+            repr((sorted(self.policies.items()), self.default_policy)).encode()
+        ).hexdigest()[:16]
+        self._pending: set[int] = set()  # files `redecide` has yet to decide again
+        # Files a dry run would have moved: gone for the rest of this run's decisions, as
+        # after a real move, so that a dry run previews what a real run does.
+        self._gone_in_preview: set[int] = set()
 
     def _radius_of(self, policy: Policy) -> int:
-        threshold = self.hasher.default_threshold if policy.threshold is None else policy.threshold
-        return self.hasher.radius(threshold)
+        return self.hasher.radius(self._threshold_of(policy))
+
+    def _threshold_of(self, policy: Policy) -> float:
+        return self.hasher.default_threshold if policy.threshold is None else policy.threshold
+
+    def threshold_for(self, root: str) -> float:
+        """The normalized threshold of `root`'s policy (the hasher's default if it sets none)."""
+        return self._threshold_of(self.policies.get(root, self.default_policy))
 
     def close(self) -> None:
         """Let a background index rebuild finish (so no thread outlives its owner)."""
@@ -119,6 +135,11 @@ class Ingest:
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""
         return self._radius.get(root, self._default_radius)
+
+    @property
+    def widest_radius(self) -> int:
+        """The largest radius of any policy: what any root could count as a duplicate."""
+        return max([self._default_radius, *self._radius.values()])
 
     def ingest(self, entry: Entry, result: HashedImage | Failure) -> Outcome | None:
         """Record one hashing result; for an image, match it and apply its root's policy.
@@ -134,14 +155,86 @@ class Ingest:
                 self.index.remove([file_id])
             return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
-        bits = result.hashes[self.hasher.key]
+        return self._match_and_decide(
+            file_id,
+            entry.path,
+            result.hashes[self.hasher.key],
+            result.sha256,
+            result.variants.get(self.hasher.key),
+        )
+
+    def redecide(self, tick: Callable[[], object] = lambda: None) -> list[Outcome]:
+        """Decide again on the duplicates whose last decision did not act and may now: every
+        one previewed by a dry run or whose action failed, and every one reported under other
+        policies than today's (a policy turned from `report` to `quarantine`). Without this a
+        dry run would consume the decision: the file is unchanged, so never reconsidered.
+
+        They are taken out of the index and decided again one by one in the order they were
+        first decided, each against what was indexed before it, exactly as the run that
+        first decided them did: what a dry run showed is what the next real run does. A file
+        that changed on disk since is left to the reconcile, which hashes it again. Each
+        decision goes through `decide` (distinct pairs, tombstones, restored photos) and
+        `apply` (verified, journaled actions), as for a newcomer. `tick` runs after each
+        file (the daemon's heartbeat).
+        """
+        due = [r for r in self.store.undecided_due(self.policy_key, self.roots) if _unchanged(r)]
+        if not due:
+            return []
+        self._pending = {r.id for r in due}
+        with self.lock:
+            self.index.remove(list(self._pending))
+        outcomes = []
+        try:
+            with self.store.batch():
+                for record in due:
+                    self._pending.discard(record.id)
+                    bits = self.store.hash_of(record.id, self.hasher.key)
+                    if bits is None or record.sha256 is None:  # hashed with another hasher
+                        self.store.clear_undecided(record.id)
+                        continue
+                    path, sha256 = str(record.path), record.sha256
+                    outcome = self._match_and_decide(record.id, path, bits, sha256, None)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                    tick()
+        finally:
+            left, self._pending = self._pending, set()
+            for file_id in left:  # an error stopped the loop: the rest go back as they were
+                bits = self.store.hash_of(file_id, self.hasher.key)
+                if bits is not None:
+                    with self.lock:
+                        self.index.add([file_id], [bits])
+        return outcomes
+
+    def _match_and_decide(
+        self,
+        file_id: int,
+        path: str,
+        bits: bytes,
+        sha256: str,
+        variants: Sequence[bytes] | None,
+    ) -> Outcome | None:
+        """Match a recorded file against the index, record its matches, index it, and decide
+        (and act) by its root's policy. `variants`: its 8 rotations and mirrors, from the
+        worker; None when deciding again from the database, which keeps the upright hash
+        only: the rotated and mirrored matches recorded before stand in for them."""
+        newcomer = self.store.file(file_id)
+        assert newcomer is not None  # just written by this thread
         found: dict[int, tuple[int, MatchKind, Transform]] = {
             r.id: (0, "exact", "identity")
-            for r in self.store.with_sha256(result.sha256, roots=self.roots)
+            for r in self.store.with_sha256(sha256, roots=self.roots)
         }
-        for other, d, transform in self._near(entry.root, bits, result):
+        for other, d, transform in self._near(newcomer.root, bits, variants):
             found.setdefault(other, (d, "near", transform))
+        if variants is None and self._isometric(newcomer.root):
+            radius = self.radius_for(newcomer.root)
+            for m in self.store.matches_of(file_id, self.hasher.key):
+                turned = m.kind == "near" and m.transform != "identity"
+                if turned and m.distance <= radius and m.other.root in self.roots:
+                    found.setdefault(m.other.id, (m.distance, "near", m.transform))
         found.pop(file_id, None)
+        for other in [i for i in found if i in self._pending or i in self._gone_in_preview]:
+            del found[other]  # came later (see `redecide`), or "moved" by a dry run
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
@@ -152,33 +245,62 @@ class Ingest:
             self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
             if self.index.pending >= self.config.index.rebuild_every:
                 self.index.start_rebuild()  # on its own thread; ingest and queries go on
-        newcomer = self.store.file(file_id)
-        assert newcomer is not None  # just written by this thread
-        tombstone = self.store.tombstone(result.sha256, entry.path)
+        tombstone = self.store.tombstone(sha256, path)
         if not found and tombstone is None:
+            self.store.clear_undecided(file_id)
             return None
         decision = decide(
             newcomer,
             [Candidate(records[i], d, kind, t) for i, (d, kind, t) in found.items()],
             policies=self.policies,
             default=self.default_policy,
-            distinct=self.store.distinct_from(result.sha256),
+            distinct=self.store.distinct_from(sha256),
             tombstone=tombstone,
             dry_run=self.config.dry_run,
         )
-        return self.apply(decision, entry.path)
+        decision = self._respect_restores(newcomer, decision)
+        outcome = self.apply(decision, path)
+        if decision.action == "none" or outcome.result == "done":
+            self.store.clear_undecided(file_id)
+        else:
+            # Whatever a dry run decided (a report too) is decided again by the next run, so
+            # that each file meets the same files there as here.
+            why: Undecided = (
+                "dry run"
+                if decision.dry_run or outcome.result == "dry run"
+                else "failed"
+                if outcome.result.startswith("failed")
+                else "report"
+            )
+            self.store.note_undecided(file_id, sha256, why, self.policy_key)
+        return outcome
+
+    def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
+        """A photo the user restored from quarantine is never acted on again (while its
+        bytes are at that path): restoring said "keep this". The distinct mark a restore
+        leaves cannot say so for an exact copy, whose bytes are its keeper's."""
+        target = decision.target
+        if not decision.acts or target is None or target.sha256 is None:
+            return decision
+        if not self.store.restored(target.sha256, target.path):
+            return decision
+        if target.id == newcomer.id:
+            return replace(decision, action="none", rule="restored by the user", target=None)
+        return replace(decision, action="report", rule="restored by the user; never acted on")
+
+    def _isometric(self, root: str) -> bool:
+        return self.policies.get(root, self.default_policy).isometric
 
     def _near(
-        self, root: str, bits: bytes, result: HashedImage
+        self, root: str, bits: bytes, variants: Sequence[bytes] | None
     ) -> list[tuple[int, int, Transform]]:
         """(id, distance, transform) of the indexed photos near a newcomer under `root`: with
-        an isometric policy, near any of its 8 rotations and mirrors (one pass over the index)
-        and `transform` takes the match to the newcomer; else upright only."""
-        policy = self.policies.get(root, self.default_policy)
-        variants = result.variants.get(self.hasher.key)
+        an isometric policy and the newcomer's `variants`, near any of its 8 rotations and
+        mirrors (one pass over the index), and `transform` takes the match to the newcomer;
+        else upright only."""
         radius = self.radius_for(root)
         with self.lock:
-            if policy.isometric and variants:
+            if self._isometric(root) and variants:
                 return [
                     # variant v is TRANSFORMS[v] of the newcomer ≈ the match, so the newcomer
                     # is the match under the inverse transform
@@ -192,6 +314,10 @@ class Ingest:
         result = "reported"
         if decision.acts and decision.dry_run:
             result = "dry run"
+            if decision.target is not None:
+                self._gone_in_preview.add(decision.target.id)
+                with self.lock:
+                    self.index.remove([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
         elif decision.acts and decision.target is not None and self.actions is not None:
@@ -236,6 +362,15 @@ class ScanReport:
     groups: list[Group] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _unchanged(record: FileRecord) -> bool:
+    """The file at `record`'s path is still the version recorded (else a reconcile hashes it
+    again, and nothing is decided on the old record)."""
+    try:
+        return same_version(record, FileStat.of(os.lstat(record.path)))
+    except OSError:
+        return False
 
 
 def excluded_dirs(config: Config) -> list[str]:
@@ -405,6 +540,8 @@ def scan(
         on_total(len(work))
     try:
         with store.batch():  # a commit per photo cost more than the store work itself
+            # Files decided before this run come first, in their order; then the new work.
+            report.outcomes += [o for o in ingest.redecide() if o.decision.action != "none"]
             ingest_all(ingest, work, report, progress)
     finally:
         ingest.close()
@@ -414,10 +551,30 @@ def scan(
 
 
 def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list[Group]:
-    """Connected groups of matching files, keeper first by the keeper's root policy."""
+    """Connected groups of matching files, keeper first: a file of a `reference` root when
+    the group has one (such files are always the keeper), then by the keep rules.
+
+    What the user decided is not listed: a pair marked distinct is no link, so a group held
+    together only by it splits; a photo restored from quarantine is no duplicate of its
+    keeper nor of a copy of the same bytes (restoring said "keep this")."""
     from dedupd.index import distance
 
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    # (a, b) → (distance, transform), b = transform(a)
+    edges: dict[tuple[int, int], tuple[int, Transform]] = {
+        (a, b): (d, t) for a, b, d, _, t in store.match_edges(hasher.key, roots)
+    }
+    records = store.files({i for edge in edges for i in edge})
+    kept: dict[int, tuple[str, int | None]] = {}  # restored file id → (its sha256, its keeper)
+    for path, sha256, keeper_id in store.restores():
+        restored = store.file_at(path)
+        if restored is not None and restored.id in records and restored.sha256 == sha256:
+            kept[restored.id] = (sha256, keeper_id)
+
+    def unlisted(x: int, y: int) -> bool:
+        sha256, keeper_id = kept.get(x, (None, None))
+        return sha256 is not None and (records[y].sha256 == sha256 or y == keeper_id)
+
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -426,20 +583,21 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
             x = parent[x]
         return x
 
-    edges: dict[tuple[int, int], tuple[int, Transform]] = {}
-    for a, b, d, _, transform in store.match_edges(hasher.key, roots):
-        parent[find(a)] = find(b)
-        edges[a, b] = (d, transform)
+    for a, b in edges:
+        if not (unlisted(a, b) or unlisted(b, a)):
+            parent[find(a)] = find(b)
     members: dict[int, list[int]] = {}
     for x in list(parent):
         members.setdefault(find(x), []).append(x)
-    records = store.files(parent)
     policies = config.root_policies()
+    default = config.policies[DEFAULT_POLICY]
     groups = []
     for ids in members.values():
-        files = [records[i] for i in ids]
-        keep_rules = policies.get(files[0].root, config.policies[DEFAULT_POLICY]).keep
-        keeper, *rest = rank(files, keep_rules)
+        files = sorted((records[i] for i in ids), key=lambda r: str(r.path))
+        reference = [r for r in files if policies.get(r.root, default).reference]
+        others = [r for r in files if r not in reference]
+        keep_rules = policies.get((others or files)[0].root, default).keep
+        keeper, *rest = rank(reference, keep_rules) + rank(others, keep_rules)
         keeper_bits = store.hash_of(keeper.id, hasher.key)
         dups = []
         for r in rest:

@@ -13,6 +13,7 @@ __all__ = [
     "DedupdError",
     "ImageError",
     "NotFoundError",
+    "Refused",
     "StoreError",
 ]
 
@@ -38,6 +39,10 @@ class StoreError(DedupdError):
 
 class NotFoundError(DedupdError):
     """A file, path or record asked for does not exist."""
+
+
+class Refused(DedupdError):
+    """A request that would record something false; the message says what to do instead."""
 
 
 class ImageError(DedupdError):

@@ -20,7 +20,14 @@ from typing import Any
 import structlog
 
 from dedupd.config import Config
-from dedupd.engine import Ingest, ScanReport, excluded_dirs, ingest_guarded, reconcile_roots
+from dedupd.engine import (
+    Ingest,
+    Outcome,
+    ScanReport,
+    excluded_dirs,
+    ingest_guarded,
+    reconcile_roots,
+)
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.pool import Failure, HasherPool
 from dedupd.scanner import Entry, NameFilter, same_version, walk
@@ -144,6 +151,7 @@ class Pipeline:
         self.progress.dropped(len(self.backlog))
         self.backlog.clear()
         self.settled.clear()
+        self._redecide = True  # at the first reconcile: see `Ingest.redecide`
 
     def forget_in_flight(self) -> None:
         """The pool was closed: nothing sent to it will come back."""
@@ -178,6 +186,10 @@ class Pipeline:
         self.backlog.extend(new)
         self.progress.added(len(new))
         self.counts.rescans += 1
+        if self._redecide:  # once per start or reload: a dry run or the policies changed
+            self._redecide = False
+            for outcome in self.ingest.redecide(tick):
+                self._count(outcome)
         log.info(
             "reconciled",
             roots=len(report.roots),
@@ -383,7 +395,11 @@ class Pipeline:
             # A decision (an action, or a report of a duplicate) is logged at info by
             # `Ingest.apply`; a photo with no duplicate gets its line here.
             log.debug("file_unique", path=entry.path, sha256=result.sha256)
-        if outcome is not None and outcome.decision.action != "none":
+        if outcome is not None:
+            self._count(outcome)
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.decision.action != "none":
             if outcome.result == "done":
                 self.counts.acted += 1
             else:

@@ -7,7 +7,7 @@ and `render` prints what they return. Changes (restore, purge, distinct) live in
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from dedupd.config import Config
 from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher
-from dedupd.store import FileRecord, Store, from_db
+from dedupd.store import ActionRecord, FileRecord, Store, from_db
 
 if TYPE_CHECKING:
     from dedupd.index import HammingIndex
@@ -73,8 +73,12 @@ def all_roots(store: Store) -> list[str]:
 
 
 def groups(store: Store, config: Config) -> dict[str, Any]:
+    """The duplicate groups, and how many photos are in quarantine: groups no longer list
+    what was quarantined, and an empty answer must not read as "nothing was ever found"."""
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-    return groups_json(duplicate_groups(store, config, all_roots(store)), hasher.bits)
+    answer = groups_json(duplicate_groups(store, config, all_roots(store)), hasher.bits)
+    answer["in_quarantine"] = store.quarantined_count()
+    return answer
 
 
 def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
@@ -101,38 +105,51 @@ def search(
     k: int,
     threshold: float | None,
     query: dict[str, Any],
+    policy_threshold: Callable[[str], float],
+    widest: int,
     lock: AbstractContextManager[Any] | None = None,
     variants: Sequence[bytes] = (),
 ) -> dict[str, Any]:
-    """The indexed files nearest to `bits`: the k nearest, or up to k within `threshold`.
+    """Up to k indexed files nearest to `bits`: those within `threshold`, or without one,
+    those within the threshold of the policy of their own root (the files that would count
+    as duplicates of it there). Each result says whether it is within its policy's
+    threshold (`duplicate`) and what that threshold is.
 
     With `variants` (the query image's 8 rotations and mirrors, hashers.TRANSFORMS order),
     by the nearest of them; each result's `transform` takes it to the query image.
-    `lock` guards the index lookup alone (the daemon's ingest lock), not the record reads.
+    `policy_threshold(root)` is a root's normalized threshold, `widest` the largest radius in
+    bits of any policy; `lock` guards the index lookup alone (the daemon's ingest lock), not
+    the record reads.
     """
     queries = list(variants) or [bits]
     with lock or nullcontext():
-        if threshold is None:
-            found = index.knn_any(queries, k)
-        else:
-            found = index.radius_any(queries, hasher.radius(threshold))[:k]
+        radius = widest if threshold is None else hasher.radius(threshold)
+        found = index.radius_any(queries, radius)
     records = store.files(m.id for m in found)
     sha = query.get("sha256")
-    return {
-        "query": query,
-        "hasher": hasher.key,
-        "results": [
+    results = []
+    for m in found:
+        record = records.get(m.id)
+        if record is None:
+            continue
+        limit = policy_threshold(record.root)
+        within = hasher.radius(limit)
+        if threshold is None and m.distance > within:
+            continue
+        results.append(
             _match_json(
-                records[m.id],
+                record,
                 m.distance,
                 hasher.bits,
-                exact=records[m.id].sha256 == sha,
+                exact=record.sha256 == sha,
+                duplicate=m.distance <= within,
+                threshold=limit,
                 transform=INVERSE[TRANSFORMS[m.variant]],
             )
-            for m in found
-            if m.id in records
-        ],
-    }
+        )
+        if len(results) == k:
+            break
+    return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
 
 
 def quarantine_list(
@@ -146,5 +163,15 @@ def quarantine_list(
             continue
         if since is not None and (e.finished or 0) < since:
             continue
-        entries.append({k: getattr(e, k) for k in fields})
+        entries.append({**{k: getattr(e, k) for k in fields}, "kind": _kind(store, e)})
     return {"quarantined": entries}
+
+
+def _kind(store: Store, e: ActionRecord) -> str | None:
+    """"exact" when the keeper holds the quarantined bytes, else "near" (its distance is
+    between perceptual hashes: 0 for a resized copy, which is not the same file); None
+    without a keeper."""
+    keeper = store.file(e.keeper_id) if e.keeper_id is not None else None
+    if keeper is None:
+        return None if e.keeper_path is None else "near"
+    return "exact" if keeper.sha256 == e.sha256 else "near"

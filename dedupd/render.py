@@ -184,18 +184,40 @@ def _turned(match: dict[str, Any]) -> str:
 def search(answer: dict[str, Any], bits: int) -> str:
     lines = [f"{'distance':<8}  {'bits':>7}  {'pixels':>11}  {'size':>9}  path"]
     for r in answer["results"]:
+        beyond = (
+            f"  (not a duplicate: beyond its policy's {r['threshold']:.3f})"
+            if not r.get("duplicate", True)
+            else ""
+        )
         lines.append(
             f"{r['normalized']:<8.3f}  {r['distance']:>3}/{bits}  {_pixels(r):>11}  "
             f"{size(r['size']):>9}  {r['path']}"
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
+            + beyond
         )
     return "\n".join(lines)
 
 
 def groups(answer: dict[str, Any], bits: int) -> str:
+    held = answer.get("in_quarantine", 0)  # an older daemon does not say
+    note = f"{_photos(held)} in quarantine: `dedupctl quarantine list`" if held else ""
     if not answer["groups"]:
-        return "no duplicates found"
-    return f"{len(answer['groups'])} duplicate groups\n" + group_dicts(answer["groups"], bits)
+        return "no duplicates found" + (f"; {note}" if note else "")
+    found = f"{len(answer['groups'])} duplicate groups\n" + group_dicts(answer["groups"], bits)
+    return found + (f"\n\n{note}" if note else "")
+
+
+def _photos(n: int) -> str:
+    return f"{n} photo" if n == 1 else f"{n} photos"
+
+
+def _age(seconds: float) -> str:
+    """An age as people say it: `30 days`, `12 hours`, `90 seconds`."""
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}" + ("s" if n != 1 else "")
+    return f"{seconds:g} second" + ("s" if seconds != 1 else "")
 
 
 def file_info(answer: dict[str, Any], bits: int) -> str:
@@ -225,9 +247,20 @@ def quarantine(answer: dict[str, Any]) -> str:
         return "quarantine is empty"
     return "\n".join(
         f"{e['id']:>5}  {_when(e['finished'])}  {e['src']}\n"
-        f"       keeper {e['keeper_path'] or '-'}  distance {e['distance']}  ({e['reason']})"
+        f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
         for e in entries
     )
+
+
+def _how(e: dict[str, Any]) -> str:
+    """How a quarantined photo matched its keeper: a perceptual distance of 0 (a resized
+    copy) must not read as "the same bytes"."""
+    kind = e.get("kind")  # an older daemon does not say
+    if kind == "exact":
+        return "exact (same bytes)"
+    if e["distance"] is None:
+        return "distance -"
+    return f"{'near, ' if kind == 'near' else ''}distance {e['distance']}"
 
 
 def restored(result: dict[str, Any]) -> str:
@@ -237,5 +270,13 @@ def restored(result: dict[str, Any]) -> str:
     return f"error: {result['item']}: {result['error']}"
 
 
-def purged(count: int) -> str:
-    return f"purged {count} photos"
+def purged(count: int, younger: int = 0, older_than: float = 0.0) -> str:
+    """What a purge did, and what it kept for being younger than `older_than`."""
+    text = f"purged {count} photos" if count else "nothing to purge"
+    if younger:
+        are = "is" if younger == 1 else "are"
+        text += (
+            f"; {_photos(younger)} {are} younger than {_age(older_than)};"
+            " --older-than 0 to purge them"
+        )
+    return text

@@ -23,7 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dedupd.errors import Busy, DaemonNotRunning, NotFoundError, StoreError
+from dedupd.errors import Busy, DaemonNotRunning, NotFoundError, Refused, StoreError
 
 if TYPE_CHECKING:
     from dedupd.actions import Actions
@@ -113,13 +113,20 @@ def _purge(actions: Actions, older_than: float, ids: Sequence[int] | None) -> An
 
 
 def _distinct(store: Store, a: str, b: str) -> Answer:
-    """Remember that the photos at `a` and `b` are different: they never match again."""
+    """Remember that the photos at `a` and `b` are different: they never match again.
+    Refused for two byte-identical files: they are the same photo, whatever the user says."""
     records = []
     for path in (a, b):
         record = store.file_at(Path(path).expanduser().absolute())
         if record is None or record.sha256 is None:
             raise NotFoundError(f"{path}: not a hashed photo in the database")
         records.append(record)
+    if records[0].sha256 == records[1].sha256:
+        raise Refused(
+            f"{records[0].path} and {records[1].path} are byte-identical: the same photo, not a"
+            " false match; to keep one, remove the other (a policy with `exact: quarantine`"
+            " does it for you)"
+        )
     store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
     return {"distinct": [str(r.path) for r in records]}
 
@@ -181,6 +188,8 @@ class DaemonService:
                 k=k,
                 threshold=threshold,
                 query=query,
+                policy_threshold=ingest.threshold_for,
+                widest=ingest.widest_radius,
                 lock=ingest.lock,
                 variants=variants,
             )
@@ -357,6 +366,8 @@ class LocalService:
                 threshold=threshold,
                 query=query,
                 variants=variants,
+                policy_threshold=ingest.threshold_for,
+                widest=ingest.widest_radius,
             )
 
     def groups(self) -> Answer:

@@ -31,6 +31,7 @@ __all__ = [
     "HashArrays",
     "MatchRecord",
     "Store",
+    "Undecided",
     "from_db",
     "to_db",
 ]
@@ -127,6 +128,27 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE matches ADD COLUMN transform TEXT;
     """,
+    # 3 → 4: decisions that did not act (a dry run, a report, a failed action) are kept, so
+    # that the next run decides those files again instead of taking them as settled. Every
+    # present file with a match was decided before under unknown policies: the next run
+    # decides them again once, oldest first, under the policies it has.
+    """
+    CREATE TABLE undecided (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        why TEXT NOT NULL CHECK (why IN ('dry run', 'report', 'failed')),
+        policies TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX undecided_seq ON undecided (seq);
+    INSERT INTO undecided (file_id, sha256, why, policies, seq, created)
+        SELECT f.id, f.sha256, 'report', '', f.id, f.updated FROM files f
+        WHERE f.state = 'ok' AND f.sha256 IS NOT NULL AND EXISTS (
+            SELECT 1 FROM matches m JOIN files o ON o.state = 'ok'
+                AND o.id = CASE WHEN m.a = f.id THEN m.b ELSE m.a END
+            WHERE m.a = f.id OR m.b = f.id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -163,6 +185,7 @@ def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
     return [to_db(p) for p in paths]
 
 
+Undecided = Literal["dry run", "report", "failed"]
 ActionKind = Literal["quarantine", "delete", "restore", "purge"]
 ActionState = Literal["planned", "done", "failed", "rolled_back"]
 
@@ -779,11 +802,13 @@ class Store:
         self, hasher: str, roots: Sequence[str] | None = None
     ) -> Iterator[tuple[int, int, int, MatchKind, Transform]]:
         """(a, b, distance, kind, transform) for every match between two present files, with
-        a < b and b = transform(a)."""
+        a < b and b = transform(a), except pairs the user marked distinct."""
         sql = (
             "SELECT m.a, m.b, m.distance, m.kind, m.transform FROM matches m"
             " JOIN files fa ON fa.id = m.a AND fa.state = 'ok'"
             " JOIN files fb ON fb.id = m.b AND fb.state = 'ok' WHERE m.hasher = ?"
+            " AND NOT EXISTS (SELECT 1 FROM distinct_pairs d"
+            " WHERE d.sha_a = min(fa.sha256, fb.sha256) AND d.sha_b = max(fa.sha256, fb.sha256))"
         )
         params: list[Any] = [hasher]
         if roots is not None:
@@ -902,3 +927,64 @@ class Store:
             (sha256, sha256),
         )
         return {r[0] for r in rows}
+
+    # -- what the user restored ------------------------------------------------------------
+    def restored(self, sha256: str, path: str | Path) -> bool:
+        """True when the user restored these very bytes to this path from quarantine: they
+        said "keep this", so it is never acted on again (until its bytes change). A restore
+        still in progress counts: the file may be back before its journal entry is done."""
+        row = self.db.execute(
+            "SELECT 1 FROM actions WHERE kind = 'restore' AND state IN ('planned', 'done')"
+            " AND dst = ? AND sha256 = ? LIMIT 1",
+            (to_db(str(path)), sha256),
+        ).fetchone()
+        return row is not None
+
+    def restores(self) -> list[tuple[str, str, int | None]]:
+        """(original path, sha256, keeper id) of every finished restore."""
+        return [
+            (from_db(dst), sha256, keeper_id)
+            for dst, sha256, keeper_id in self.db.execute(
+                "SELECT dst, sha256, keeper_id FROM actions WHERE kind = 'restore'"
+                " AND state = 'done' AND dst IS NOT NULL"
+            )
+        ]
+
+    def quarantined_count(self) -> int:
+        """How many photos are in quarantine now (as `quarantined` lists them)."""
+        (count,) = self.db.execute(
+            "SELECT count(*) FROM actions WHERE kind = 'quarantine' AND state = 'done'"
+            " AND NOT EXISTS (SELECT 1 FROM actions r WHERE r.of_action = actions.id"
+            " AND r.state = 'done')"
+        ).fetchone()
+        return int(count)
+
+    # -- decisions that did not act ----------------------------------------------------------
+    def note_undecided(self, file_id: int, sha256: str, why: Undecided, policies: str) -> None:
+        """Remember that `file_id`'s last decision did not act, and under which policies: the
+        next run decides it again (a dry run or a failure always, a report when the policies
+        changed). Later notes sort after earlier ones, so files are decided again in the order
+        they were first decided."""
+        with self._write():
+            self.db.execute(
+                "INSERT OR REPLACE INTO undecided (file_id, sha256, why, policies, seq, created)"
+                " VALUES (?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM undecided), ?)",
+                (file_id, sha256, why, policies, self._now()),
+            )
+
+    def clear_undecided(self, file_id: int) -> None:
+        with self._write():
+            self.db.execute("DELETE FROM undecided WHERE file_id = ?", (file_id,))
+
+    def undecided_due(self, policies: str, roots: Sequence[str]) -> list[FileRecord]:
+        """Present, unchanged files under `roots` to decide again under `policies` (the
+        current policies' fingerprint): every dry run and failure, and reports decided under
+        other policies; in the order they were first decided."""
+        marks = ", ".join("?" * len(roots))
+        return self._files(
+            "f.id IN (SELECT u.file_id FROM undecided u WHERE u.why != 'report'"
+            " OR u.policies != ?) AND f.state = 'ok' AND f.root IN (" + marks + ")"
+            " AND f.sha256 = (SELECT u.sha256 FROM undecided u WHERE u.file_id = f.id)"
+            " ORDER BY (SELECT u.seq FROM undecided u WHERE u.file_id = f.id)",
+            [policies, *_paths_to_db(roots)],
+        )

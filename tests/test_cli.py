@@ -309,7 +309,7 @@ def test_quarantine_list_and_restore(
     assert listed[0]["keeper_path"] == f"{library}/coffee.jpg"
     table = runner.invoke(dedupctl, [*base, "list"]).stdout.splitlines()
     assert table[0].endswith(f"{library}/chat/coffee-wa.jpg")
-    assert table[1].startswith(f"       keeper {library}/coffee.jpg  distance 4")
+    assert table[1].startswith(f"       keeper {library}/coffee.jpg  near, distance 4")
 
     restored = runner.invoke(dedupctl, [*base, "restore", f"{library}/chat/coffee-wa.jpg"])
     assert (restored.exit_code, restored.stdout) == (0, f"restored {library}/chat/coffee-wa.jpg\n")

@@ -156,7 +156,9 @@ def test_quarantine_list_restore_and_purge_through_the_daemon(env: Env, daemon: 
     # purge: nothing old enough, then only with confirmation
     photos.reencode(photos.photo("rocket"), env.root / "chat" / "r.jpg")
     wait_for(lambda: env.state(env.root / "chat" / "r.jpg") == "quarantined")
-    assert ctl(env, "quarantine", "purge").stdout == "nothing to purge\n"
+    assert ctl(env, "quarantine", "purge").stdout == (
+        "nothing to purge; 1 photo is younger than 30 days; --older-than 0 to purge them\n"
+    )
     unconfirmed = ctl(env, "quarantine", "purge", "--older-than", "0s")
     assert unconfirmed.exit_code == 2 and "pass --yes to confirm" in unconfirmed.output
     assert list(env.quarantine.rglob("r.jpg"))
@@ -207,7 +209,7 @@ def test_without_a_daemon_reads_fall_back_and_the_rest_exit_3(env: Env) -> None:
         show.exit_code == 0
         and show.stderr == "dedupd is not running; using the database directly\n"
     )
-    assert json.loads(show.stdout) == {"groups": []}
+    assert json.loads(show.stdout) == {"groups": [], "in_quarantine": 0}
     for args in (["status"], ["rescan"], ["reload"]):
         result = ctl(env, *args)
         assert result.exit_code == 3, args

@@ -57,6 +57,6 @@ def test_without_a_daemon_reads_fall_back_and_daemon_commands_say_so(
     with pytest.raises(DaemonNotRunning):
         service.rescan(None)
     assert notes == []
-    assert service.groups() == {"groups": []}
+    assert service.groups() == {"groups": [], "in_quarantine": 0}
     assert service.quarantine_list() == {"quarantined": []}
     assert notes == ["local"]

@@ -1,0 +1,300 @@
+"""Decisions that stay true across runs: a dry run previews exactly what the next real run
+does, a policy turned from report to quarantine applies to the duplicates already listed,
+and what the user decided (distinct, restored) is never acted on or listed again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from dedupd.cli import dedupctl, dedupd
+from dedupd.store import Store
+from tests import photos
+
+
+class Lib:
+    """Two roots (camera uploads, a reference archive) and a config for them."""
+
+    def __init__(self, tmp_path: Path):
+        self.root = (tmp_path / "uploads").resolve()
+        self.archive = (tmp_path / "archive").resolve()
+        self.quarantine = (tmp_path / "quarantine").resolve()
+        self.db = tmp_path / "state" / "dedupd.db"
+        self.config = tmp_path / "dedupd.yaml"
+        self.root.mkdir()
+        self.archive.mkdir()
+        self.write_config()
+
+    def write_config(self, camera: str = "{exact: quarantine, near: quarantine}") -> None:
+        self.config.write_text(
+            f"database: {self.db}\n"
+            "hashing: {workers: 1}\n"
+            f"roots:\n  - {{path: {self.root}, policy: camera}}\n"
+            f"  - {{path: {self.archive}, policy: reference}}\n"
+            f"policies:\n  camera: {camera}\n"
+            f"quarantine: {{path: {self.quarantine}}}\n"
+            f"socket: {self.db.parent / 'none.sock'}\n"
+        )
+
+    def scan(self, *args: str) -> dict[str, Any]:
+        result = CliRunner().invoke(dedupd, ["scan", "--config", str(self.config), "--json", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def ctl(self, *args: str) -> Any:
+        return CliRunner().invoke(dedupctl, ["--config", str(self.config), *args])
+
+    def state(self, name: str) -> str | None:
+        with Store(self.db) as store:
+            record = store.file_at(self.root / name)
+        return record.state if record else None
+
+    def duplicates(self) -> list[tuple[str, list[str]]]:
+        """`dedupctl show --json` as (keeper, duplicates) names."""
+        shown = self.ctl("show", "--json")
+        assert shown.exit_code == 0, shown.output
+        return [
+            (Path(g["keeper"]["path"]).name, [Path(d["path"]).name for d in g["duplicates"]])
+            for g in json.loads(shown.stdout)["groups"]
+        ]
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Lib:
+    lib = Lib(tmp_path)
+    photos.copy(photos.photo("coffee"), lib.root / "coffee.jpg")
+    photos.reencode(photos.photo("coffee"), lib.root / "chat" / "coffee-wa.jpg")
+    photos.copy(photos.photo("rocket"), lib.root / "rocket.jpg")
+    photos.copy(photos.photo("rocket"), lib.root / "rocket (1).jpg")
+    photos.copy(photos.photo("hubble"), lib.root / "hubble.jpg")
+    return lib
+
+
+def _acts(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return sorted((a["action"], Path(a["target"]).name, a["result"]) for a in report["actions"])
+
+
+def test_a_dry_run_shows_what_the_next_real_run_does_and_that_run_does_it(lib: Lib) -> None:
+    preview = lib.scan("--dry-run")
+    assert _acts(preview) == [
+        ("quarantine", "coffee-wa.jpg", "dry run"),
+        ("quarantine", "rocket (1).jpg", "dry run"),
+    ]
+    assert lib.state("chat/coffee-wa.jpg") == "ok" and lib.state("rocket (1).jpg") == "ok"
+    # A second dry run still previews the same: the first consumed nothing.
+    assert _acts(lib.scan("--dry-run")) == _acts(preview)
+    real = lib.scan()
+    assert _acts(real) == [
+        ("quarantine", "coffee-wa.jpg", "done"),
+        ("quarantine", "rocket (1).jpg", "done"),
+    ]
+    assert lib.state("chat/coffee-wa.jpg") == "quarantined"
+    assert lib.state("rocket (1).jpg") == "quarantined"
+    assert lib.state("coffee.jpg") == "ok" and lib.state("rocket.jpg") == "ok"
+    assert _acts(lib.scan()) == []  # done is done: nothing is decided twice
+
+
+def test_a_dry_run_previews_a_mirrored_copy_and_the_real_run_quarantines_it(lib: Lib) -> None:
+    """Deciding again works from the database, which keeps only the upright hash: the mirror
+    match recorded by the dry run must still be found by the real run."""
+    photos.hflip(photos.photo("hubble"), lib.root / "edited" / "hubble-mirror.jpg")
+    preview = lib.scan("--dry-run")
+    assert ("quarantine", "hubble-mirror.jpg", "dry run") in _acts(preview)
+    real = lib.scan()
+    assert _acts(real) == [
+        (action, name, "done") for action, name, _ in _acts(preview)
+    ]
+    assert lib.state("edited/hubble-mirror.jpg") == "quarantined"
+    assert lib.state("hubble.jpg") == "ok"
+
+
+def test_a_policy_turned_from_report_to_quarantine_applies_to_listed_duplicates(
+    lib: Lib,
+) -> None:
+    lib.write_config("{exact: report, near: report}")
+    reported = lib.scan()
+    assert _acts(reported) == [] and len(reported["groups"]) == 2
+    assert _acts(lib.scan()) == []  # same policy: nothing new to decide, nothing said twice
+    lib.write_config()
+    acted = lib.scan()
+    assert _acts(acted) == [
+        ("quarantine", "coffee-wa.jpg", "done"),
+        ("quarantine", "rocket (1).jpg", "done"),
+    ]
+    assert acted["groups"] == []
+
+
+def test_pairs_marked_distinct_are_never_acted_on_when_the_policy_starts_acting(
+    lib: Lib,
+) -> None:
+    lib.write_config("{exact: report, near: report}")
+    lib.scan()
+    marked = lib.ctl("distinct", str(lib.root / "coffee.jpg"), str(lib.root / "chat/coffee-wa.jpg"))
+    assert marked.exit_code == 0, marked.output
+    lib.write_config()
+    assert _acts(lib.scan()) == [("quarantine", "rocket (1).jpg", "done")]
+    assert lib.state("chat/coffee-wa.jpg") == "ok"
+
+
+def test_a_restored_exact_copy_is_never_quarantined_again_nor_listed(lib: Lib) -> None:
+    lib.scan()
+    assert lib.state("rocket (1).jpg") == "quarantined"
+    restored = lib.ctl("quarantine", "restore", str(lib.root / "rocket (1).jpg"))
+    assert restored.exit_code == 0, restored.output
+    # The copy comes back at a new inode (as from another disk): it is hashed and decided.
+    copy = lib.root / "rocket (1).jpg"
+    data = copy.read_bytes()
+    copy.unlink()
+    copy.write_bytes(data)
+    assert _acts(lib.scan()) == []
+    lib.write_config("{exact: quarantine, near: quarantine, keep: [newest]}")
+    assert _acts(lib.scan()) == []
+    assert lib.state("rocket (1).jpg") == "ok"
+    assert ("rocket.jpg", ["rocket (1).jpg"]) not in lib.duplicates()
+    assert lib.duplicates() == []
+
+
+def test_a_reference_photo_is_always_the_keeper_of_its_group(tmp_path: Path) -> None:
+    """The upload is larger (the keep rules prefer it), yet the archive's copy is kept."""
+    lib = Lib(tmp_path)
+    lib.write_config("{exact: report, near: report}")
+    photos.resize(photos.photo("coffee"), lib.archive / "coffee-small.jpg")
+    photos.upscaled(photos.photo("coffee"), lib.root / "coffee-big.jpg", size=(1200, 800))
+    report = lib.scan()
+    assert [Path(g["keeper"]["path"]).name for g in report["groups"]] == ["coffee-small.jpg"]
+    assert lib.duplicates() == [("coffee-small.jpg", ["coffee-big.jpg"])]
+    lines = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config)]).stdout.splitlines()
+    assert lines[-2].startswith(f"{lib.archive}/coffee-small.jpg ") and lines[-2].endswith("keeper")
+
+
+def test_a_pair_marked_distinct_is_no_longer_listed_and_its_group_splits(lib: Lib) -> None:
+    lib.write_config("{exact: report, near: report}")
+    photos.reencode(photos.photo("coffee"), lib.root / "coffee-q40.jpg", quality=40)
+    lib.scan()
+    before = lib.duplicates()
+    assert ("coffee.jpg", ["coffee-q40.jpg", "coffee-wa.jpg"]) in [
+        (k, sorted(d)) for k, d in before
+    ]
+    for other in ("coffee-q40.jpg", "chat/coffee-wa.jpg"):
+        marked = lib.ctl("distinct", str(lib.root / "coffee.jpg"), str(lib.root / other))
+        assert marked.exit_code == 0, marked.output
+    after = lib.duplicates()
+    assert ("rocket.jpg", ["rocket (1).jpg"]) in after
+    assert [g for g in after if "coffee.jpg" in (g[0], *g[1])] == []
+    coffee = [g for g in after if g[0] != "rocket.jpg"]
+    assert [(k, sorted(d)) for k, d in coffee] == [
+        (coffee[0][0], sorted({"coffee-q40.jpg", "coffee-wa.jpg"} - {coffee[0][0]}))
+    ]
+
+
+def test_distinct_refuses_two_byte_identical_files(lib: Lib) -> None:
+    lib.write_config("{exact: report, near: report}")
+    lib.scan()
+    refused = lib.ctl("distinct", str(lib.root / "rocket.jpg"), str(lib.root / "rocket (1).jpg"))
+    assert refused.exit_code == 2
+    assert refused.stderr == (
+        "dedupd is not running; using the database directly\n"
+        f"error: {lib.root}/rocket.jpg and {lib.root}/rocket (1).jpg are byte-identical: the"
+        " same photo, not a false match; to keep one, remove the other (a policy with"
+        " `exact: quarantine` does it for you)\n"
+    )
+    assert ("rocket.jpg", ["rocket (1).jpg"]) in lib.duplicates()
+
+
+def test_the_daemon_does_at_start_what_a_dry_run_scan_showed(tmp_path: Path) -> None:
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("coffee"), env.root / "coffee.jpg")
+    photos.reencode(photos.photo("coffee"), env.root / "coffee-wa.jpg")
+    preview = CliRunner().invoke(dedupd, ["scan", "--config", str(env.config), "--dry-run"])
+    assert preview.exit_code == 0, preview.output
+    assert f"quarantine: {env.root}/coffee-wa.jpg (dry run;" in preview.stdout
+    with running(env) as daemon:
+        wait_for(lambda: env.state(env.root / "coffee-wa.jpg") == "quarantined")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.acted == 1 and daemon.stats.hashed == 0
+    assert env.state(env.root / "coffee.jpg") == "ok"
+
+
+def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib) -> None:
+    """A database from before decisions were kept (schema 3): its listed duplicates are
+    decided again once under the policies of the next run."""
+    import sqlite3
+
+    lib.write_config("{exact: report, near: report}")
+    lib.scan()
+    conn = sqlite3.connect(lib.db)
+    conn.executescript("DROP TABLE undecided; PRAGMA user_version = 3;")
+    conn.close()
+    assert _acts(lib.scan()) == []  # migrated: decided again under the same (report) policy
+    lib.write_config()
+    assert _acts(lib.scan()) == [
+        ("quarantine", "coffee-wa.jpg", "done"),
+        ("quarantine", "rocket (1).jpg", "done"),
+    ]
+
+
+def test_distinct_on_byte_identical_files_is_refused_by_the_daemon_too(tmp_path: Path) -> None:
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: report, near: report}")
+    photos.copy(photos.photo("rocket"), env.root / "a.jpg")
+    photos.copy(photos.photo("rocket"), env.root / "b.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
+        refused = CliRunner().invoke(
+            dedupctl,
+            [
+                "--config",
+                str(env.config),
+                "distinct",
+                str(env.root / "a.jpg"),
+                str(env.root / "b.jpg"),
+            ],
+        )
+    assert refused.exit_code == 2
+    assert "a.jpg and " in refused.stderr and "are byte-identical" in refused.stderr
+
+
+def _aged(path: Path, age: int) -> Path:
+    import os
+
+    t = os.stat(path).st_mtime - age
+    os.utime(path, (t, t))
+    return path
+
+
+def test_a_dry_run_previews_each_action_with_its_keeper_in_a_chain_of_copies(
+    tmp_path: Path,
+) -> None:
+    """A near copy, then an exact copy of that near copy: the dry run takes what it would
+    move as gone, as the real run has moved it, so both quarantine the two copies against
+    the original (the dry run once showed a delete against the near copy instead, which the
+    real run would have quarantined first)."""
+    lib = Lib(tmp_path)
+    lib.write_config("{exact: delete, near: quarantine}")
+    _aged(photos.copy(photos.photo("coffee"), lib.root / "coffee.jpg"), 300)
+    _aged(photos.reencode(photos.photo("coffee"), lib.root / "wa.jpg"), 200)
+    _aged(photos.reencode(photos.photo("coffee"), lib.root / "wa (1).jpg"), 100)
+
+    def actions(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+        return sorted(
+            (a["action"], Path(a["target"]).name, Path(a["keeper"]).name)
+            for a in report["actions"]
+        )
+
+    preview = lib.scan("--dry-run")
+    assert actions(preview) == [
+        ("quarantine", "wa (1).jpg", "coffee.jpg"),
+        ("quarantine", "wa.jpg", "coffee.jpg"),
+    ]
+    real = lib.scan()
+    assert actions(real) == actions(preview)
+    assert [a["result"] for a in real["actions"]] == ["done", "done"]
