@@ -19,8 +19,8 @@ from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import HashedImage
-from dedupd.hashers import Hasher
-from dedupd.policy import Candidate, Decision, decide, rank
+from dedupd.hashers import Hasher, second_opinion
+from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, walk
@@ -91,6 +91,9 @@ class Ingest:
         # control socket's threads query the index while this thread ingests.
         self.lock = threading.RLock()
         self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        # Hashed by the workers in the same decode, stored per photo, read back only for the
+        # few candidates of a near match: never in the index (a million photos' worth).
+        self.second = second_opinion(self.hasher)
         from dedupd.index import make_index  # numpy: not for a command that never matches
 
         ic = config.index
@@ -157,9 +160,10 @@ class Ingest:
         tombstone = self.store.tombstone(result.sha256, entry.path)
         if not found and tombstone is None:
             return None
+        seconds = self._second_opinions(result, [i for i, (_, k) in found.items() if k == "near"])
         decision = decide(
             newcomer,
-            [Candidate(records[i], d, kind) for i, (d, kind) in found.items()],
+            [Candidate(records[i], d, kind, seconds.get(i)) for i, (d, kind) in found.items()],
             policies=self.policies,
             default=self.default_policy,
             distinct=self.store.distinct_from(result.sha256),
@@ -167,6 +171,35 @@ class Ingest:
             dry_run=self.config.dry_run,
         )
         return self.apply(decision, entry.path)
+
+    def _second_opinions(self, result: HashedImage, ids: list[int]) -> dict[int, SecondOpinion]:
+        """What the second hasher says of each near candidate in `ids`, and how much detail
+        the two images have (PDQ's quality and dominant-tone share, from whichever hasher is
+        PDQ): read from SQLite for these few files only."""
+        if not ids:
+            return {}
+        second = self.second
+        rated = self.hasher if self.hasher.rates_quality else second
+        theirs = self.store.rated_hashes(ids, second.key)
+        detail = theirs if rated is second else self.store.rated_hashes(ids, rated.key)
+        mine = result.hashes.get(second.key)
+        my_quality = result.quality.get(rated.key)
+        out = {}
+        from dedupd.index import distance
+
+        for i in ids:
+            other = theirs.get(i)
+            measured = detail.get(i)
+            qualities = [q for q in (my_quality, measured and measured.quality) if q is not None]
+            shares = [d for d in (result.dominant, measured and measured.dominant) if d is not None]
+            out[i] = SecondOpinion(
+                hasher=second.algorithm,
+                distance=distance(mine, other.bits) if mine and other else None,
+                radius=second.radius(second.default_threshold),
+                quality=min(qualities, default=None),
+                dominant=max(shares, default=None),
+            )
+        return out
 
     def apply(self, decision: Decision, path: str) -> Outcome:
         """Carry out a decision through `actions`, and log one event for it."""
@@ -263,7 +296,9 @@ def reconcile_roots(
     """
     names = NameFilter(config.watch)
     exclude = excluded_dirs(config)
-    hasher_key = Hasher(config.hashing.algorithm, config.hashing.hash_size).key
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    # A file hashed before the second opinion existed lacks its hash: one re-decode, lazily.
+    hasher_keys = (hasher.key, second_opinion(hasher).key)
     done = Reconciled([], [], [])
     for root in roots:
         try:
@@ -285,7 +320,7 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
-        plan = reconcile(store, root, entries, hasher_key)
+        plan = reconcile(store, root, entries, hasher_keys)
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             if record.state == "missing":
@@ -305,7 +340,11 @@ def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> Hasher
     """The hasher pool `config.hashing` asks for (workers, pixel limit, per-file timeout)."""
     h = config.hashing
     return HasherPool(
-        [hasher], workers=h.workers, max_pixels=h.max_pixels, timeout=h.timeout, work=work
+        [hasher, second_opinion(hasher)],
+        workers=h.workers,
+        max_pixels=h.max_pixels,
+        timeout=h.timeout,
+        work=work,
     )
 
 

@@ -8,7 +8,7 @@ decodes (an unchanged rescan, `dedupctl status`) do not import Pillow to name th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["FileStat", "HashedImage"]
@@ -36,3 +36,7 @@ class HashedImage:
     format: str
     taken_at: str | None  # EXIF DateTimeOriginal as ISO 8601, camera local time
     hashes: dict[str, bytes]  # hasher key → packed bits
+    # What the second opinion needs (imaging's PDQ step): hasher key → quality 0-100 for the
+    # hashers that rate it (PDQ), and the share of the pixels in the dominant tone.
+    quality: dict[str, int] = field(default_factory=dict)
+    dominant: float | None = None

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dedupd import safefs
 from dedupd.errors import ImageError
 from dedupd.filestat import FileStat, HashedImage
-from dedupd.hashers import Hasher
+from dedupd.hashers import Hasher, dominant_share
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -246,7 +246,10 @@ def hash_image(
     sha256 = hashlib.sha256(data).hexdigest()
     side = max(h.draft_side for h in hashers) if draft and hashers else None
     decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
-    by_mode = {mode: decoded.image.convert(mode) for mode in {h.mode for h in hashers}}
+    plain = [h for h in hashers if not h.rates_quality]
+    by_mode = {mode: decoded.image.convert(mode) for mode in {h.mode for h in plain}}
+    hashes = {h.key: h(by_mode[h.mode]) for h in plain}
+    pdq = _pdq_step(decoded.image, [h for h in hashers if h.rates_quality])
     return HashedImage(
         stat=stat,
         sha256=sha256,
@@ -254,7 +257,30 @@ def hash_image(
         height=decoded.height,
         format=decoded.format,
         taken_at=_taken_at(decoded.image),
-        hashes={h.key: h(by_mode[h.mode]) for h in hashers},
+        hashes=hashes | pdq.hashes,
+        quality=pdq.quality,
+        dominant=pdq.dominant,
+    )
+
+
+class _Rated(NamedTuple):
+    hashes: dict[str, bytes]
+    quality: dict[str, int]
+    dominant: float | None
+
+
+def _pdq_step(image: Image.Image, rating: Sequence[Hasher]) -> _Rated:
+    """The PDQ step, apart from the other hashers: PDQ's hash and quality of the same decoded
+    (drafted) image, and its dominant-tone share; what the second opinion before a move and
+    the low-detail guard need. Nothing when no rating hasher is asked for."""
+    if not rating:
+        return _Rated({}, {}, None)
+    rgb = image.convert("RGB")
+    measured = {h.key: h.measure(rgb) for h in rating}
+    return _Rated(
+        {key: m.bits for key, m in measured.items()},
+        {key: m.quality for key, m in measured.items() if m.quality is not None},
+        dominant_share(rgb),
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "FileRecord",
     "HashArrays",
     "MatchRecord",
+    "RatedHash",
     "Store",
     "from_db",
     "to_db",
@@ -120,6 +121,12 @@ MIGRATIONS: tuple[str, ...] = (
     # the journal names it so that recovery can finish or put it back.
     """
     ALTER TABLE actions ADD COLUMN staged TEXT;
+    """,
+    # 2 → 3: what the second opinion needs of a hash: the hasher's own quality score of the
+    # image (PDQ's, 0-100) and the share of its pixels in one tone (on the PDQ row).
+    """
+    ALTER TABLE hashes ADD COLUMN quality INTEGER;
+    ALTER TABLE hashes ADD COLUMN dominant REAL;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -255,6 +262,14 @@ class HashArrays(NamedTuple):
 
     ids: npt.NDArray[np.int64]
     bits: npt.NDArray[np.uint8]
+
+
+class RatedHash(NamedTuple):
+    """One stored hash with what was measured of its image (None where nothing was)."""
+
+    bits: bytes
+    quality: int | None
+    dominant: float | None
 
 
 _HASH_CHUNK = 4096  # rows fetched at a time by `hash_arrays`: bounds the Python objects alive
@@ -510,13 +525,15 @@ class Store:
     def recent_errors(self, limit: int) -> list[FileRecord]:
         return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
 
-    def unhashed(self, root: str, hasher: str) -> list[FileRecord]:
-        """Files decoded before with another hasher: they need the current one (lazily)."""
-        return self._files(
-            "f.root = ? AND f.state = 'ok' AND NOT EXISTS "
-            "(SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)",
-            (to_db(root), hasher),
+    def unhashed(self, root: str, hasher: str | Sequence[str]) -> list[FileRecord]:
+        """Files decoded before with another hasher: they need the current one (lazily).
+        With several hashers, the files that lack any of them."""
+        keys = [hasher] if isinstance(hasher, str) else list(hasher)
+        lacking = " OR ".join(
+            "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
+            for _ in keys
         )
+        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", (to_db(root), *keys))
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(roots))
@@ -600,6 +617,22 @@ class Store:
             ids, rows = ids[:filled].copy(), rows[:filled].copy()
         return HashArrays(ids, rows)
 
+    def rated_hashes(self, ids: Iterable[int], hasher: str) -> dict[int, RatedHash]:
+        """The `hasher` hashes of the files `ids`, with their quality and dominant share: for
+        the handful of candidates of one match (the index holds only the first hasher's)."""
+        ids = list(ids)
+        found: dict[int, RatedHash] = {}
+        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                "SELECT file_id, bits, quality, dominant FROM hashes WHERE hasher = ?"
+                f" AND file_id IN ({', '.join('?' * len(chunk))})",
+                [hasher, *chunk],
+            )
+            for file_id, bits, quality, dominant in rows:
+                found[file_id] = RatedHash(bytes(bits), quality, dominant)
+        return found
+
     def hash_of(self, file_id: int, hasher: str) -> bytes | None:
         row = self.db.execute(
             "SELECT bits FROM hashes WHERE file_id = ? AND hasher = ?", (file_id, hasher)
@@ -647,7 +680,16 @@ class Store:
         with self._write():
             file_id = self._write_file(root, relpath, values)
             self._table("hashes").upsert_all(
-                [dict(file_id=file_id, hasher=k, bits=v) for k, v in image.hashes.items()],
+                [
+                    dict(
+                        file_id=file_id,
+                        hasher=k,
+                        bits=v,
+                        quality=image.quality.get(k),
+                        dominant=image.dominant if k in image.quality else None,
+                    )
+                    for k, v in image.hashes.items()
+                ],
                 pk=("file_id", "hasher"),
             )
         return file_id
