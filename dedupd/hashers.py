@@ -77,6 +77,11 @@ class _Spec:
     threshold: float
     mode: Literal["L", "RGB"]
     version: str = f"imagehash-{_IMAGEHASH_VERSION}"
+    # (hash_size, threshold) recalibrated with the second opinion in place, which guards
+    # every move: midway between the smallest threshold at which bench/accuracy.py finds 98%
+    # of every variant kind but crops, rotations and screenshots, and the largest at which
+    # it matches no pair of distinct photos (bench/results/accuracy.md, "Second opinion").
+    calibrated: tuple[tuple[int, float], ...] = ()
 
 
 def _imagehash(name: str) -> Callable[[Image.Image, int], _Value]:
@@ -123,7 +128,10 @@ def _pdq(image: Image.Image, size: int) -> _Bits:
 
 HASHERS: Mapping[Algorithm, _Spec] = {
     "average_hash": _Spec(_imagehash("average_hash"), lambda s: s, lambda s: s * s, 0.07, "L"),
-    "phash": _Spec(_imagehash("phash"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
+    # pHash 16x16: 98% of those kinds from 0.21, no false match up to 0.29: 0.25 (64 bits).
+    "phash": _Spec(
+        _imagehash("phash"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", calibrated=((16, 0.25),)
+    ),
     "phash_simple": _Spec(_imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L"),
     "dhash": _Spec(_imagehash("dhash"), lambda s: s + 1, lambda s: s * s, 0.12, "L"),
     "dhash_vertical": _Spec(
@@ -133,8 +141,10 @@ HASHERS: Mapping[Algorithm, _Spec] = {
     # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
     # every pixel's colour; a 256 px draft keeps the bin fractions close to the full decode.
     "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB"),
-    # PDQ: always 256 bits (hash_size 16); it samples a 64x64 reduction of the image.
-    "pdq": _Spec(_pdq, lambda s: 64, lambda s: 256, 0.10, "RGB", f"pdqhash-{_PDQHASH_VERSION}"),
+    # PDQ: always 256 bits (hash_size 16); it samples a 64x64 reduction of the image. 98% of
+    # those kinds from 0.22, no false match up to 0.32: 0.27 (69 bits). Meta's 31 bits are
+    # for matching against millions alone; here PDQ only confirms what pHash found.
+    "pdq": _Spec(_pdq, lambda s: 64, lambda s: 256, 0.27, "RGB", f"pdqhash-{_PDQHASH_VERSION}"),
 }
 
 # The second opinion a near match needs before a file moves: an independent hash (its own
@@ -143,13 +153,15 @@ SECOND_OPINION: Algorithm = "pdq"
 _SECOND_FOR_PDQ: Algorithm = "phash"
 
 # Low-detail images are reported, never moved, on a perceptual match: their hashes say too
-# little to tell two of them apart. Calibrated on bench/accuracy.py's photos and flat
-# negatives (bench/results/accuracy.md, "Second opinion"): a PDQ quality below this floor
-# (ThreatExchange's own advice is to distrust hashes under 50)...
-LOW_DETAIL_QUALITY = 50
-# ... or at least this share of the pixels in one tone (±2 of 256 grey levels): documents,
-# text screenshots, solid and near-uniform frames.
-LOW_DETAIL_DOMINANT = 0.6
+# little to tell two of them apart. Calibrated on bench/accuracy.py's photos and flat images
+# (bench/results/accuracy.md, "Second opinion"), each midway between the two groups: a PDQ
+# quality below this floor (flat images scored 0-8, the photos 34-100: a motion-blurred
+# clock 34, the moon 74, the rest 100)...
+LOW_DETAIL_QUALITY = 21
+# ... or at least this share of the pixels in one tone (±2 of 256 grey levels): text
+# screenshots and documents had 0.79-0.82, solid and near-uniform frames 0.97-1.0, the photos
+# 0.04-0.39 but a deep-sky field (0.61).
+LOW_DETAIL_DOMINANT = 0.70
 
 
 def validate_hash_size(algorithm: Algorithm, hash_size: int) -> None:
@@ -193,7 +205,7 @@ class Hasher:
 
     @property
     def default_threshold(self) -> float:
-        return self._spec.threshold
+        return dict(self._spec.calibrated).get(self.hash_size, self._spec.threshold)
 
     @property
     def mode(self) -> Literal["L", "RGB"]:
@@ -237,8 +249,8 @@ def second_opinion(first: Hasher) -> Hasher:
 
 def dominant_share(image: Image.Image) -> float:
     """The share of the pixels within ±2 grey levels of the most common tone, measured on a
-    reduction to at most 256 px a side: 0.9 for a text screenshot or a solid frame, under
-    0.4 for the photos of bench/accuracy.py but a night sky (0.67)."""
+    reduction to at most ~256 px a side: about 0.8 for a text screenshot or a document, 1 for
+    a solid frame, under 0.4 for the photos of bench/accuracy.py but a deep-sky field (0.61)."""
     import numpy as np
 
     grey = image.convert("L")

@@ -924,9 +924,9 @@ def second(
         (None, "no second opinion asked for"),
         (second(distance=None), "no second opinion yet (pdq hash missing"),
         (second(distance=26), "second opinion disagrees: pdq 26 bits apart (> 25)"),
-        (second(quality=49), "low detail (PDQ quality 49 < 50)"),
-        (second(quality=0, distance=0), "low detail (PDQ quality 0 < 50)"),
-        (second(dominant=0.6), "low detail (60% of the pixels in one tone"),
+        (second(quality=20), "low detail (PDQ quality 20 < 21)"),
+        (second(quality=0, distance=0), "low detail (PDQ quality 0 < 21)"),
+        (second(dominant=0.7), "low detail (70% of the pixels in one tone"),
         (second(dominant=1.0, distance=0), "low detail (100% of the pixels in one tone"),
     ],
 )
@@ -953,7 +953,7 @@ def test_a_near_match_without_an_agreeing_second_opinion_is_only_reported(
 def test_an_agreeing_second_opinion_lets_a_near_match_quarantine_and_is_recorded() -> None:
     """Rule: at the radius exactly, on detailed images, the near match acts; the rule names
     the second hasher and its distance."""
-    d = run(small(), [near(big(sha256=SHA_B), second=second(distance=25, quality=50))])
+    d = run(small(), [near(big(sha256=SHA_B), second=second(distance=25, quality=21))])
     assert d.action == "quarantine"
     assert d.rule.endswith("; pdq agrees (25 bits)")
 
