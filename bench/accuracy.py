@@ -1023,18 +1023,22 @@ def second_opinion_report(
         zero = [t for t in THRESHOLDS if not (nd[counted] <= h.radius(t)).any()]
         return {"recall_target_from": lo, "no_false_match_up_to": max(zero, default=None)}
 
-    grid = [
-        {
-            "first": t1,
-            "pdq": t2,
-            "min_moved_recall": round(g["min_moved_recall_of_targets"], 4),
-            "false_matches_counted": g["false_matches_counted"],
-            "false_moves_all": g["false_moves_all"],
-        }
-        for t1 in THRESHOLDS[5:36]
-        for t2 in THRESHOLDS[5:36]
-        for g in [at(t1, t2)]
-    ]
+    # Per first threshold: the false matches it alone makes, the largest PDQ threshold at
+    # which nothing at all is wrongly moved, and what the guard moves at PDQ's default.
+    grid = []
+    for t1 in THRESHOLDS[10:36]:
+        points = [at(t1, t2) for t2 in THRESHOLDS[10:36]]
+        safe = [p["pdq_threshold"] for p in points if p["false_moves_all"] == 0]
+        default = at(t1, PDQ.default_threshold)
+        grid.append(
+            {
+                "first": t1,
+                "false_matches_counted": points[0]["false_matches_counted"],
+                "largest_pdq_without_false_move": max(safe, default=None),
+                "min_moved_recall_at_pdq_default": round(default["min_moved_recall_of_targets"], 4),
+                "false_moves_at_pdq_default": default["false_moves_all"],
+            }
+        )
     return {
         "first": FIRST.key,
         "second": PDQ.key,
@@ -1111,7 +1115,21 @@ def second_opinion_markdown(so: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Low-detail items: " + (", ".join(so["low_detail"]["low_detail_items"]) or "none") + ".",
+        "",
+        f"Around the defaults: per {so['first']} threshold, the counted negatives it matches "
+        "alone, the largest PDQ threshold at which no negative at all (flat ones included) "
+        "would be moved, and at PDQ's default the lowest moved recall of the target kinds and "
+        "the false moves.",
+        "",
+        "| first | false matches alone | largest safe PDQ | moved recall | false moves |",
+        "|---:|---:|---:|---:|---:|",
     ]
+    for g in so["grid"]:
+        lines.append(
+            f"| {g['first']:.2f} | {g['false_matches_counted']} | "
+            f"{t(g['largest_pdq_without_false_move'])} | "
+            f"{_pct(g['min_moved_recall_at_pdq_default'])} | {g['false_moves_at_pdq_default']} |"
+        )
     return lines
 
 
