@@ -33,6 +33,22 @@ scene set every operating point. The cross-variant negatives are many but correl
 (variants of one photo hash alike), so the FPR resolution is coarser than 1/N suggests; the
 counts are reported.
 
+Flat negatives (tests/photos.py ``flat_images``): two text screenshots of one layout in light
+and in dark mode, two documents, two solid colours, two gradients, two near-uniform frames;
+each pair of them (``flat``) and each vs every original (``flat_vs_photo``) is a negative,
+reported but not counted in a hasher's FPR: hashes alone cannot tell them apart (solid colours
+and gradients share one pHash), dedupd's guard must. A JPEG q85 re-encode of each is a true
+duplicate (``flat_reencode``), judged only in the second-opinion section.
+
+Second opinion: dedupd's guarded decision on every pair, at the defaults and around them. A
+near match (pHash 16x16 within its threshold) *moves* a file only if PDQ agrees within its
+own threshold and neither image is low-detail (``dedupd.hashers.LOW_DETAIL_QUALITY``,
+``LOW_DETAIL_DOMINANT``); else it is only *reported*. Reported per kind (matched / moved /
+only reported), with every negative pair matched and its fate, and the bounds the defaults are
+chosen from: the smallest threshold at which each hasher alone finds 98% of every kind but
+crops, rotations/mirrors and screenshots, and the largest at which it matches no counted
+negative.
+
 Hashing goes through dedupd's own path: each image is written to a temporary file and hashed by
 ``dedupd.imaging.hash_image(path, hashers, max_pixels=10**9)`` (JPEG draft decoding, EXIF
 orientation applied), all hashers in one call per file: every algorithm in
