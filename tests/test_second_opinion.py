@@ -122,3 +122,23 @@ def test_the_second_hash_and_its_quality_are_stored_per_photo_by_the_scan(tmp_pa
     assert rows["coffee.jpg"][:2] == (32, 100)
     assert rows["coffee.jpg"][2] < 0.3
     assert rows["red.png"] == (32, 0, 1.0)
+
+
+def test_photos_hashed_before_the_second_opinion_get_it_on_the_next_scan(tmp_path: Path) -> None:
+    """A library scanned by a dedupd without PDQ (its rows gone here) is decoded once more on
+    the next scan, lazily like a hasher change, so its near matches can move files again."""
+    root = tmp_path / "photos"
+    for name in ("coffee", "rocket"):
+        photos.copy(photos.photo(name), root / f"{name}.jpg")
+    config = _quarantining(tmp_path, root)
+    _scan(config)
+    with Store(config.database) as store:
+        store.db.execute("DELETE FROM hashes WHERE hasher = ?", (PDQ.key,))
+        store.db.conn.commit()
+    assert _scan(config).hashed == 2
+    assert _scan(config).hashed == 0
+    with Store(config.database) as store:
+        (count,) = store.db.execute(
+            "SELECT count(*) FROM hashes WHERE hasher = ? AND quality IS NOT NULL", (PDQ.key,)
+        ).fetchone()
+    assert count == 2
