@@ -178,6 +178,8 @@ class Ingest:
         PDQ): read from SQLite for these few files only."""
         if not ids:
             return {}
+        from dedupd.index import distance  # numpy, as for the index itself
+
         second = self.second
         rated = self.hasher if self.hasher.rates_quality else second
         theirs = self.store.rated_hashes(ids, second.key)
@@ -185,8 +187,6 @@ class Ingest:
         mine = result.hashes.get(second.key)
         my_quality = result.quality.get(rated.key)
         out = {}
-        from dedupd.index import distance
-
         for i in ids:
             other = theirs.get(i)
             measured = detail.get(i)
