@@ -78,9 +78,9 @@ def test_draft_decode_at_12mp_uses_one_eighth_scale_and_keeps_phash(
 # The stated bound for every hasher: on the test photos at native size and at 2000x1500 the
 # largest difference measured between draft and full decode was 0.031 (dhash 8x8, 2 of 64
 # bits); colorhash at 8 bits per bin, which bins every pixel's colour, moved by 0.071.
-# PDQ's box (Jarosz) filter sees a 1/2-1/8 draft differently from the full decode: up to 16 of
-# 256 bits (0.063) on these photos. Its threshold is calibrated on drafted decodes
-# (bench/accuracy.py goes through hash_image), where both files of a pair are drafted alike.
+# PDQ is fed the image box-reduced to about the draft size (imaging._pdq_step), so a full
+# decode mostly gives the same bits; the 1000 px `hubble` drafts to 1/2 and reduces to 1/3
+# of its side: 14 of 256 bits (0.055). Its threshold is calibrated through hash_image.
 DRAFT_TOLERANCE = {"colorhash": 0.08, "pdq": 0.07}
 
 
