@@ -13,6 +13,12 @@ $(BIN)/python:
 	  echo "python3 -m venv failed; installing python3-venv" >&2; \
 	  apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# pdqhash publishes no wheels (sdist only, 0.2.8): pip builds it, with a C++ compiler
+	@# and Python's headers.
+	@command -v g++ >/dev/null && $(BIN)/python -c "import sysconfig, os, sys; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || { \
+	  echo "installing g++ and python3-dev to build pdqhash" >&2; \
+	  apt-get update && apt-get install -y g++ python3-dev; }
 
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .

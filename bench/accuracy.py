@@ -38,6 +38,22 @@ scene set every operating point. The cross-variant negatives are many but correl
 (variants of one photo hash alike), so the FPR resolution is coarser than 1/N suggests; the
 counts are reported.
 
+Flat negatives (tests/photos.py ``flat_images``): two text screenshots of one layout in light
+and in dark mode, two documents, two solid colours, two gradients, two near-uniform frames;
+each pair of them (``flat``) and each vs every original (``flat_vs_photo``) is a negative,
+reported but not counted in a hasher's FPR: hashes alone cannot tell them apart (solid colours
+and gradients share one pHash), dedupd's guard must. A JPEG q85 re-encode of each is a true
+duplicate (``flat_reencode``), judged only in the second-opinion section.
+
+Second opinion: dedupd's guarded decision on every pair, at the defaults and around them. A
+near match (pHash 16x16 within its threshold) *moves* a file only if PDQ agrees within its
+own threshold and neither image is low-detail (``dedupd.hashers.LOW_DETAIL_QUALITY``,
+``LOW_DETAIL_DOMINANT``); else it is only *reported*. Reported per kind (matched / moved /
+only reported), with every negative pair matched and its fate, and the bounds the defaults are
+chosen from: the smallest threshold at which each hasher alone finds 98% of every kind but
+crops, rotations/mirrors and screenshots, and the largest at which it matches no counted
+negative.
+
 Hashing goes through dedupd's own path: each image is written to a temporary file and hashed by
 ``dedupd.imaging.hash_image(path, hashers, max_pixels=10**9)`` (JPEG draft decoding, EXIF
 orientation applied), one call per file for all hashers that reduce the image alike (the same
@@ -96,7 +112,7 @@ import pillow_heif
 from machine import machine_info
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
-from dedupd.hashers import HASHERS, Hasher
+from dedupd.hashers import HASHERS, LOW_DETAIL_DOMINANT, LOW_DETAIL_QUALITY, Hasher
 from dedupd.imaging import hash_image
 from dedupd.index import distance
 from tests import photos as test_photos
@@ -113,7 +129,11 @@ SEED_HASHER = ("phash", 8)
 SEED_RADIUS = 10  # bits of 64: the threshold the ancestor project documented
 ORIENTATION = 0x0112
 STEREO = ("motorcycle_left", "motorcycle_right")
-NOT_COUNTED = ("stereo_variants",)  # negatives reported but left out of FPR and precision
+# Negatives reported but left out of FPR and precision. The flat ones (text screenshots,
+# documents, solid colours, gradients, near-uniform frames: tests/photos.py flat_images) are
+# judged in the "second opinion" section: hashes alone cannot tell them apart, the guard must.
+NOT_COUNTED = ("stereo_variants", "flat", "flat_vs_photo")
+FLAT = "flat"  # the pseudo-photo whose files are the flat images
 
 # --- Data -------------------------------------------------------------------------------------
 
@@ -396,6 +416,11 @@ HARD_NEGATIVES = {
     "stereo_variants": (
         "each stereo original vs the other's variants: reported, not counted in FPR/precision"
     ),
+    "flat": (
+        "each pair of flat images (text screenshots, documents, solid colours, gradients, "
+        "near-uniform frames): reported, not counted; judged in the second-opinion section"
+    ),
+    "flat_vs_photo": "each flat image vs each original: reported, not counted",
 }
 
 
@@ -412,7 +437,7 @@ def make_hashers(sizes: Sequence[int], color_sizes: Sequence[int]) -> list[Hashe
     return [
         Hasher(alg, size)
         for alg in HASHERS
-        for size in (color_sizes if alg == "colorhash" else sizes)
+        for size in {"colorhash": color_sizes, "pdq": [16]}.get(alg, sizes)
     ]
 
 
@@ -438,6 +463,7 @@ def process(
         hashes: dict[str, dict[str, str]] = {}
         dims: dict[str, list[int]] = {}
         nbytes: dict[str, int] = {}
+        detail: dict[str, dict[str, Any]] = {}
 
         # One call per draft side, so each hasher sees the decode it gets when a config names it
         # alone (one call for all would give every hasher the largest side any of them needs).
@@ -454,6 +480,11 @@ def process(
                     hashes[name][label(h) + ISO] = ",".join(
                         v.hex() for v in result.variants[h.key]
                     )
+                if PDQ.key in result.quality:
+                    detail[name] = {
+                        "quality": result.quality[PDQ.key],
+                        "dominant": result.dominant,
+                    }
             dims[name] = [result.width, result.height]
             nbytes[name] = path.stat().st_size
             path.unlink()
@@ -483,10 +514,35 @@ def process(
         "raw_mode": raw_mode,
         "size": list(base.size),
         "hashes": hashes,
+        "detail": detail,
         "dims": dims,
         "bytes": nbytes,
         "seconds": time.perf_counter() - started,
     }
+
+
+def process_flat(hasher_specs: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """Hash the flat images (tests/photos.py flat_images: two text screenshots of one layout
+    in light and in dark mode, two documents, two solid colours, two gradients, two
+    near-uniform frames) and a JPEG q85 re-encode of each (a true duplicate, which the guard
+    reports instead of moving: the price of never moving a flat image)."""
+    hashers = [Hasher(alg, size) for alg, size in hasher_specs]  # type: ignore[arg-type]
+    started = time.perf_counter()
+    hashes: dict[str, dict[str, str]] = {}
+    detail: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="dedupd-accuracy-flat-") as tmp_name:
+        tmp = Path(tmp_name)
+        for name, path in test_photos.flat_images(tmp).items():
+            copy = test_photos.reencode(path, tmp / f"{name}_q85.jpg", 85)
+            for item, file in ((name, path), (f"{name}{FLAT_COPY}", copy)):
+                result = hash_image(str(file), hashers, max_pixels=MAX_PIXELS)
+                hashes[item] = {label(h): result.hashes[h.key].hex() for h in hashers}
+                detail[item] = {"quality": result.quality.get(PDQ.key), "dominant": result.dominant}
+    return {"hashes": hashes, "detail": detail, "seconds": time.perf_counter() - started}
+
+
+FLAT_COPY = "~q85"  # suffix of a flat image's re-encoded copy
+PDQ = Hasher("pdq")
 
 
 # --- Pairs and metrics ------------------------------------------------------------------------
@@ -500,7 +556,9 @@ class Pairs:
     negatives: list[tuple[tuple[str, str], tuple[str, str], str]]
 
 
-def build_pairs(names: Sequence[str], kinds: Sequence[str]) -> Pairs:
+def build_pairs(names: Sequence[str], kinds: Sequence[str], flat: Sequence[str] = ()) -> Pairs:
+    """`flat`: the flat images (not their copies); each pair of them, and each vs every
+    original, is a negative (kinds "flat" and "flat_vs_photo", not counted in FPR)."""
     positives = [((n, "original"), (n, k), k) for n in names for k in kinds]
     negatives: list[tuple[tuple[str, str], tuple[str, str], str]] = []
     stereo = set(STEREO)
@@ -516,6 +574,8 @@ def build_pairs(names: Sequence[str], kinds: Sequence[str]) -> Pairs:
     for n in names:
         negatives.append(((n, "far_left"), (n, "far_right"), "far_crops"))
         negatives.append(((n, "burst_a"), (n, "burst_b"), "burst"))
+    negatives += [((FLAT, a), (FLAT, b), "flat") for a, b in combinations(flat, 2)]
+    negatives += [((FLAT, f), (n, "original"), "flat_vs_photo") for f in flat for n in names]
     return Pairs(positives, negatives)
 
 
@@ -892,6 +952,7 @@ def markdown(result: dict[str, Any]) -> str:
             for n in names
         ]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += second_opinion_markdown(result["second_opinion"])
     lines += ["", "## Notes", "", *(f"- {note}" for note in notes(result)), ""]
     return "\n".join(lines)
 
@@ -952,6 +1013,230 @@ def notes(result: dict[str, Any]) -> list[str]:
     return out
 
 
+# --- Second opinion ---------------------------------------------------------------------------
+
+FIRST = Hasher("phash", 16)  # dedupd's default first opinion
+# Kinds the recalibrated defaults must find: all but crops (local features' job) and the kinds
+# that need issue #10 items 1-2 (rotation/mirror variants, letterbox trim).
+NOT_TARGETED_FAMILIES = ("crop", UNMATCHABLE_FAMILY, "screenshot")
+RECALL_TARGET = 0.98
+
+
+def _low_detail(d: dict[str, Any]) -> bool:
+    q, dom = d.get("quality"), d.get("dominant")
+    return (q is not None and q < LOW_DETAIL_QUALITY) or (
+        dom is not None and dom >= LOW_DETAIL_DOMINANT
+    )
+
+
+def second_opinion_report(
+    hashes: dict[str, dict[str, dict[str, str]]],
+    detail: dict[str, dict[str, dict[str, Any]]],
+    pairs: Pairs,
+    kinds: Sequence[str],
+    flat_positives: Sequence[tuple[tuple[str, str], tuple[str, str], str]],
+) -> dict[str, Any]:
+    """dedupd's guarded decision on every pair: a near match (first hasher within its
+    threshold) *moves* a file only if PDQ agrees within its own threshold and neither image
+    is low-detail; otherwise it is only *reported*. At the default thresholds: per kind, the
+    share matched / moved / only reported, and every negative pair matched with its fate. A
+    grid over both thresholds, and each hasher's own recall/false-positive bounds, is what
+    the defaults are chosen from."""
+    positives = [*pairs.positives, *flat_positives]
+    negatives = pairs.negatives
+
+    def dist(h: Hasher, plist: Sequence[tuple[tuple[str, str], tuple[str, str], str]]) -> Any:
+        lab = label(h)
+        return np.array(
+            [
+                distance(
+                    bytes.fromhex(hashes[a[0]][a[1]][lab]), bytes.fromhex(hashes[b[0]][b[1]][lab])
+                )
+                for a, b, _ in plist
+            ]
+        )
+
+    def low(plist: Sequence[tuple[tuple[str, str], tuple[str, str], str]]) -> Any:
+        return np.array(
+            [
+                _low_detail(detail[a[0]][a[1]]) or _low_detail(detail[b[0]][b[1]])
+                for a, b, _ in plist
+            ]
+        )
+
+    p1, p2, plow = dist(FIRST, positives), dist(PDQ, positives), low(positives)
+    n1, n2, nlow = dist(FIRST, negatives), dist(PDQ, negatives), low(negatives)
+    pkind = np.array([k for _, _, k in positives])
+    nkind = np.array([k for _, _, k in negatives])
+    npair = [f"{a[0]}/{a[1]} ~ {b[0]}/{b[1]}" for a, b, _ in negatives]
+    counted = ~np.isin(nkind, NOT_COUNTED)
+    targets = [k for k in kinds if VARIANTS[k][0] not in NOT_TARGETED_FAMILIES]
+    all_kinds = [*kinds, *dict.fromkeys(k for _, _, k in flat_positives)]
+
+    def at(t1: float, t2: float) -> dict[str, Any]:
+        r1, r2 = FIRST.radius(t1), PDQ.radius(t2)
+        pm, nm = p1 <= r1, n1 <= r1
+        pmove, nmove = pm & (p2 <= r2) & ~plow, nm & (n2 <= r2) & ~nlow
+        by_kind = {
+            k: {
+                "matched": float(pm[pkind == k].mean()),
+                "moved": float(pmove[pkind == k].mean()),
+                "reported_only": float((pm & ~pmove)[pkind == k].mean()),
+            }
+            for k in all_kinds
+        }
+        neg_by_kind = {
+            k: {"matched": int(nm[nkind == k].sum()), "moved": int(nmove[nkind == k].sum())}
+            for k in dict.fromkeys(nkind.tolist())
+        }
+        return {
+            "first_threshold": t1,
+            "first_radius_bits": r1,
+            "pdq_threshold": t2,
+            "pdq_radius_bits": r2,
+            "by_kind": by_kind,
+            "min_moved_recall_of_targets": min(by_kind[k]["moved"] for k in targets),
+            "min_matched_recall_of_targets": min(by_kind[k]["matched"] for k in targets),
+            "negatives_by_kind": neg_by_kind,
+            "false_matches_counted": int(nm[counted].sum()),
+            "false_moves_all": int(nmove.sum()),
+            "negative_pairs_matched": [
+                {
+                    "pair": npair[i],
+                    "kind": str(nkind[i]),
+                    "moved": bool(nmove[i]),
+                    "first_bits": int(n1[i]),
+                    "pdq_bits": int(n2[i]),
+                    "low_detail": bool(nlow[i]),
+                }
+                for i in np.flatnonzero(nm)[:60]
+            ],
+        }
+
+    def bounds(h: Hasher, pd: Any, nd: Any) -> dict[str, Any]:
+        """The smallest threshold at which h alone finds RECALL_TARGET of every target kind,
+        and the largest at which it matches no counted negative (photos, not flats)."""
+        lo = next(
+            (
+                t
+                for t in THRESHOLDS
+                if all((pd[pkind == k] <= h.radius(t)).mean() >= RECALL_TARGET for k in targets)
+            ),
+            None,
+        )
+        zero = [t for t in THRESHOLDS if not (nd[counted] <= h.radius(t)).any()]
+        return {"recall_target_from": lo, "no_false_match_up_to": max(zero, default=None)}
+
+    # Per first threshold: the false matches it alone makes, the largest PDQ threshold at
+    # which nothing at all is wrongly moved, and what the guard moves at PDQ's default.
+    grid = []
+    for t1 in THRESHOLDS[10:36]:
+        points = [at(t1, t2) for t2 in THRESHOLDS[10:36]]
+        safe = [p["pdq_threshold"] for p in points if p["false_moves_all"] == 0]
+        default = at(t1, PDQ.default_threshold)
+        grid.append(
+            {
+                "first": t1,
+                "false_matches_counted": points[0]["false_matches_counted"],
+                "largest_pdq_without_false_move": max(safe, default=None),
+                "min_moved_recall_at_pdq_default": round(default["min_moved_recall_of_targets"], 4),
+                "false_moves_at_pdq_default": default["false_moves_all"],
+            }
+        )
+    return {
+        "first": FIRST.key,
+        "second": PDQ.key,
+        "low_detail": {
+            "pdq_quality_below": LOW_DETAIL_QUALITY,
+            "dominant_share_at_least": LOW_DETAIL_DOMINANT,
+            "low_detail_items": sorted(
+                f"{photo}/{file}"
+                for photo, files in detail.items()
+                for file, d in files.items()
+                if _low_detail(d)
+            ),
+        },
+        "detail": {
+            photo: {file: d for file, d in files.items() if file in ("original",) or photo == FLAT}
+            for photo, files in detail.items()
+        },
+        "target_kinds": targets,
+        "recall_target": RECALL_TARGET,
+        "first_alone": bounds(FIRST, p1, n1),
+        "pdq_alone": bounds(PDQ, p2, n2),
+        "at_defaults": at(FIRST.default_threshold, PDQ.default_threshold),
+        "grid": grid,
+    }
+
+
+def second_opinion_markdown(so: dict[str, Any]) -> list[str]:
+    d = so["at_defaults"]
+    fa, pa = so["first_alone"], so["pdq_alone"]
+
+    def t(x: float | None) -> str:
+        return "none" if x is None else f"{x:.2f}"
+
+    lines = [
+        "",
+        "## Second opinion: what moves, what is only reported",
+        "",
+        f"dedupd's decision at the defaults: a near match ({so['first']} within "
+        f"{d['first_threshold']:.2f}, {d['first_radius_bits']} bits) moves a file only if PDQ "
+        f"agrees (within {d['pdq_threshold']:.2f}, {d['pdq_radius_bits']} bits) and neither "
+        f"image is low-detail (PDQ quality < {so['low_detail']['pdq_quality_below']}, or "
+        f"≥ {so['low_detail']['dominant_share_at_least']:.0%} of the pixels in one tone); "
+        "otherwise it is only reported.",
+        "",
+        f"Calibration (target: ≥ {so['recall_target']:.0%} of every kind but crops, "
+        "rotations/mirrors and screenshots, which need issue #10 items 1-2): "
+        f"{so['first']} alone reaches it from {t(fa['recall_target_from'])} and matches no "
+        f"counted negative up to {t(fa['no_false_match_up_to'])}; PDQ alone from "
+        f"{t(pa['recall_target_from'])}, no false match up to {t(pa['no_false_match_up_to'])}. "
+        f"At the defaults: lowest moved recall of those kinds "
+        f"{_pct(d['min_moved_recall_of_targets'])}, {d['false_matches_counted']} false matches "
+        f"among the counted negatives, {d['false_moves_all']} false moves among all "
+        "negatives (flat ones included).",
+        "",
+        "| kind | matched | moved | only reported |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, v in d["by_kind"].items():
+        lines.append(
+            f"| {kind} | {_pct(v['matched'])} | {_pct(v['moved'])} | {_pct(v['reported_only'])} |"
+        )
+    lines += ["", "| negative kind | matched | moved |", "|---|---:|---:|"]
+    for kind, v in d["negatives_by_kind"].items():
+        lines.append(f"| {kind} | {v['matched']} | {v['moved']} |")
+    if d["negative_pairs_matched"]:
+        lines += ["", "Negative pairs matched at the defaults (first bits · PDQ bits · fate):", ""]
+        for m in d["negative_pairs_matched"]:
+            fate = (
+                "MOVED" if m["moved"] else "reported" + (" (low detail)" if m["low_detail"] else "")
+            )
+            lines.append(
+                f"- {m['pair']} ({m['kind']}): {m['first_bits']} · {m['pdq_bits']} · {fate}"
+            )
+    lines += [
+        "",
+        "Low-detail items: " + (", ".join(so["low_detail"]["low_detail_items"]) or "none") + ".",
+        "",
+        f"Around the defaults: per {so['first']} threshold, the counted negatives it matches "
+        "alone, the largest PDQ threshold at which no negative at all (flat ones included) "
+        "would be moved, and at PDQ's default the lowest moved recall of the target kinds and "
+        "the false moves.",
+        "",
+        "| first | false matches alone | largest safe PDQ | moved recall | false moves |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for g in so["grid"]:
+        lines.append(
+            f"| {g['first']:.2f} | {g['false_matches_counted']} | "
+            f"{t(g['largest_pdq_without_false_move'])} | "
+            f"{_pct(g['min_moved_recall_at_pdq_default'])} | {g['false_moves_at_pdq_default']} |"
+        )
+    return lines
+
+
 # --- Main -------------------------------------------------------------------------------------
 
 
@@ -978,18 +1263,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     per_photo: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        flat_future = pool.submit(process_flat, specs)
         futures = [pool.submit(process, s, kinds, args.long_side, specs) for s in srcs]
         for i, fut in enumerate(futures, 1):
             done = fut.result()
             per_photo[done["name"]] = done
             print(f"[{i}/{len(srcs)}] {done['name']}: {done['seconds']:.1f} s", file=sys.stderr)
+        flat = flat_future.result()
+        print(f"flat images: {flat['seconds']:.1f} s", file=sys.stderr)
 
     names = [s.name for s in srcs]
     hashes = {n: per_photo[n]["hashes"] for n in names}
+    hashes[FLAT] = flat["hashes"]
+    detail = {n: per_photo[n]["detail"] for n in names}
+    detail[FLAT] = flat["detail"]
+    flat_names = [f for f in flat["hashes"] if not f.endswith(FLAT_COPY)]
+    flat_positives = [((FLAT, f), (FLAT, f + FLAT_COPY), "flat_reencode") for f in flat_names]
     families: dict[str, list[str]] = {}
     for k in kinds:
         families.setdefault(VARIANTS[k][0], []).append(k)
-    pairs = build_pairs(names, kinds)
+    pairs = build_pairs(names, kinds, flat_names)
     neg_counts: dict[str, int] = {}
     for _, _, k in pairs.negatives:
         neg_counts[k] = neg_counts.get(k, 0) + 1
@@ -1072,6 +1365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed_style": seed_style(
             score(Hasher(*SEED_HASHER), hashes, pairs, kinds, families, isometric=False)
         ),
+        "second_opinion": second_opinion_report(hashes, detail, pairs, kinds, flat_positives),
         "wall_s": round(time.perf_counter() - started, 1),
     }
 

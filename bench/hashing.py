@@ -13,6 +13,8 @@ in an order that rotates from file to file and round to round):
 - ``dedupd_plain``: the same without the border trim and without the variants
   (``trim=False, variants=False``): what hashing cost before them.
 - ``dedupd_trim``: the trim but not the variants (``variants=False``), to split the cost.
+- ``dedupd_pdq``: the same, plus PDQ with its quality and the dominant-tone share (the
+  second opinion, `dedupd.hashers.second_opinion`): what the daemon's workers do by default.
 - ``dedupd_full``: the same with ``draft=False`` (full 12 MP decode).
 - ``imagehash_naive``: ``PIL.Image.open`` + ``imagehash.phash(img, hash_size=16)`` (full decode;
   what the project dedupd descends from did).
@@ -25,7 +27,8 @@ in an order that rotates from file to file and round to round):
   be changed from Python. One call per file on this thread, with ``RAYON_NUM_THREADS=1`` set
   before import (the folder scan would use rayon; `hash_image` does not); CPU time / wall time
   is recorded to show it stays on one core. Skipped, with the error text, if not installed.
-- ``dedupd_heic``, ``imagehash_naive_heic``: the dedupd and naive methods on the HEICs, and
+- ``dedupd_heic``, ``dedupd_pdq_heic``, ``imagehash_naive_heic``: the dedupd methods and the
+  naive one on the HEICs, and
   ``lower_bound_heic``: open + ``img.load()``. Draft (DCT-scaled) decoding exists for JPEG
   only, so dedupd decodes every HEIC pixel, like the naive way. pillow-heif's
   ``options.DECODE_THREADS`` is set to 1 (its default is 4) to keep the decode on one core.
@@ -69,7 +72,7 @@ import pillow_heif
 from machine import machine_info
 from PIL import Image
 
-from dedupd.hashers import Hasher
+from dedupd.hashers import Hasher, second_opinion
 from dedupd.imaging import hash_image
 from dedupd.index import distance
 from tests import photos
@@ -79,10 +82,12 @@ MAX_PIXELS = 180_000_000
 SIZE = (4000, 3000)
 QUALITY = 92
 HASHER = Hasher("phash", 16)
+SECOND = second_opinion(HASHER)
 DEFAULT_OUT = ROOT / "bench" / "results" / "hashing.json"
 HEIC_DECODE_THREADS = 1
 JPEG_METHODS = (
     "dedupd",
+    "dedupd_pdq",
     "dedupd_plain",
     "dedupd_trim",
     "dedupd_full",
@@ -90,12 +95,14 @@ JPEG_METHODS = (
     "lower_bound",
 )
 CZKAWKA_METHODS = ("czkawka",)
-HEIC_METHODS = ("dedupd_heic", "imagehash_naive_heic", "lower_bound_heic")
+HEIC_METHODS = ("dedupd_heic", "dedupd_pdq_heic", "imagehash_naive_heic", "lower_bound_heic")
 RATIOS = {  # name: (numerator, denominator), both in images/s; dropped if a side did not run
     "dedupd_vs_naive": ("dedupd", "imagehash_naive"),
     # < 1: what the trim and the variants cost (goal: >= 1 / 1.1, i.e. <= 10% more per image)
     "dedupd_vs_plain": ("dedupd", "dedupd_plain"),
     "trim_vs_plain": ("dedupd_trim", "dedupd_plain"),
+    "dedupd_vs_dedupd_pdq": ("dedupd", "dedupd_pdq"),  # PDQ's added cost: 1.05 = 5% more
+    "dedupd_heic_vs_dedupd_pdq_heic": ("dedupd_heic", "dedupd_pdq_heic"),
     "dedupd_vs_full": ("dedupd", "dedupd_full"),
     "lower_bound_vs_dedupd": ("lower_bound", "dedupd"),
     "dedupd_vs_czkawka": ("dedupd", "czkawka"),
@@ -122,6 +129,8 @@ def _dedupd_plain(path: str) -> bytes:
 
 def _dedupd_trim(path: str) -> bytes:
     return hash_image(path, [HASHER], max_pixels=MAX_PIXELS, variants=False).hashes[HASHER.key]
+def _dedupd_pdq(path: str) -> bytes:
+    return hash_image(path, [HASHER, SECOND], max_pixels=MAX_PIXELS).hashes[SECOND.key]
 
 
 def _dedupd_full(path: str) -> bytes:
@@ -179,7 +188,9 @@ FUNCS: dict[str, Callable[[str], object]] = {
     "dedupd_full": _dedupd_full,
     "imagehash_naive": _imagehash_naive,
     "lower_bound": _lower_bound,
+    "dedupd_pdq": _dedupd_pdq,
     "dedupd_heic": _dedupd,  # the default call; its draft decoding applies to JPEG only
+    "dedupd_pdq_heic": _dedupd_pdq,
     "imagehash_naive_heic": _imagehash_naive,
     "lower_bound_heic": _decode_only,
 }
@@ -250,6 +261,7 @@ def run(repeat: int, heic: bool) -> dict[str, object]:
         czkawka_hashes: dict[str, object] = {}
         for i, (name, path) in enumerate(zip(names, paths, strict=True)):
             bits["dedupd"][name] = _dedupd(path)
+            _dedupd_pdq(path)
             bits["dedupd_full"][name] = _dedupd_full(path)
             _dedupd_plain(path)
             _dedupd_trim(path)
@@ -259,6 +271,7 @@ def run(repeat: int, heic: bool) -> dict[str, object]:
                 czkawka_hashes[name] = czkawka_hash(path)
             if heic:
                 bits.setdefault("dedupd_heic", {})[name] = _dedupd(inputs["dedupd_heic"][i])
+                _dedupd_pdq(inputs["dedupd_pdq_heic"][i])
                 bits.setdefault("imagehash_naive_heic", {})[name] = _pack(
                     _imagehash_naive(inputs["imagehash_naive_heic"][i])
                 )

@@ -20,8 +20,8 @@ from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage
-from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform
-from dedupd.policy import Candidate, Decision, decide, rank
+from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinion
+from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
@@ -93,6 +93,9 @@ class Ingest:
         # control socket's threads query the index while this thread ingests.
         self.lock = threading.RLock()
         self.hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+        # Hashed by the workers in the same decode, stored per photo, read back only for the
+        # few candidates of a near match: never in the index (a million photos' worth).
+        self.second = second_opinion(self.hasher)
         from dedupd.index import make_index  # numpy: not for a command that never matches
 
         ic = config.index
@@ -249,9 +252,15 @@ class Ingest:
         if not found and tombstone is None:
             self.store.clear_undecided(file_id)
             return None
+        seconds = self._second_opinions(
+            file_id, {i: t for i, (_, k, t) in found.items() if k == "near"}
+        )
         decision = decide(
             newcomer,
-            [Candidate(records[i], d, kind, t) for i, (d, kind, t) in found.items()],
+            [
+                Candidate(records[i], d, kind, t, seconds.get(i))
+                for i, (d, kind, t) in found.items()
+            ],
             policies=self.policies,
             default=self.default_policy,
             distinct=self.store.distinct_from(sha256),
@@ -308,6 +317,49 @@ class Ingest:
                     for m in self.index.radius_any(variants, radius)
                 ]
             return [(m.id, m.distance, "identity") for m in self.index.radius(bits, radius)]
+
+    def _second_opinions(
+        self, file_id: int, near: dict[int, Transform]
+    ) -> dict[int, SecondOpinion]:
+        """What the second hasher says of each near candidate (id → the transform that takes
+        it to the newcomer `file_id`), and how much detail the two images have (PDQ's quality
+        and dominant-tone share, from whichever hasher is PDQ): read from SQLite for these
+        few files only. For a rotated or mirrored match the newcomer's hash under the same
+        turn is compared (stored with its hash); without one the second hasher cannot agree."""
+        if not near:
+            return {}
+        from dedupd.index import distance  # numpy, as for the index itself
+
+        second = self.second
+        rated = self.hasher if self.hasher.rates_quality else second
+        ids = [file_id, *near]
+        theirs = self.store.rated_hashes(ids, second.key)
+        detail = theirs if rated is second else self.store.rated_hashes(ids, rated.key)
+        mine, my_detail = theirs.get(file_id), detail.get(file_id)
+        out = {}
+        for i, t in near.items():
+            other, measured = theirs.get(i), detail.get(i)
+            turned: bytes | None = None
+            if mine is not None:
+                # the candidate is the newcomer under INVERSE[t]: compare that variant
+                v = TRANSFORMS.index(INVERSE[t])
+                turned = mine.bits if v == 0 else (mine.variants[v] if mine.variants else None)
+            qualities = [
+                m.quality for m in (my_detail, measured) if m is not None and m.quality is not None
+            ]
+            shares = [
+                m.dominant
+                for m in (my_detail, measured)
+                if m is not None and m.dominant is not None
+            ]
+            out[i] = SecondOpinion(
+                hasher=second.algorithm,
+                distance=distance(turned, other.bits) if turned and other else None,
+                radius=second.radius(second.default_threshold),
+                quality=min(qualities, default=None),
+                dominant=max(shares, default=None),
+            )
+        return out
 
     def apply(self, decision: Decision, path: str) -> Outcome:
         """Carry out a decision through `actions`, and log one event for it."""
@@ -418,7 +470,9 @@ def reconcile_roots(
     """
     names = NameFilter(config.watch)
     exclude = excluded_dirs(config)
-    hasher_key = Hasher(config.hashing.algorithm, config.hashing.hash_size).key
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    # A file hashed before the second opinion existed lacks its hash: one re-decode, lazily.
+    hasher_keys = (hasher.key, second_opinion(hasher).key)
     done = Reconciled([], [], [])
     for root in roots:
         try:
@@ -440,7 +494,7 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
-        plan = reconcile(store, root, entries, hasher_key)
+        plan = reconcile(store, root, entries, hasher_keys)
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             if record.state == "missing":
@@ -460,7 +514,11 @@ def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> Hasher
     """The hasher pool `config.hashing` asks for (workers, pixel limit, per-file timeout)."""
     h = config.hashing
     return HasherPool(
-        [hasher], workers=h.workers, max_pixels=h.max_pixels, timeout=h.timeout, work=work
+        [hasher, second_opinion(hasher)],
+        workers=h.workers,
+        max_pixels=h.max_pixels,
+        timeout=h.timeout,
+        work=work,
     )
 
 

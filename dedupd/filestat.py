@@ -39,3 +39,7 @@ class HashedImage:
     # hasher key → the packed bits of the image's 8 rotations and mirrors, in the order of
     # hashers.TRANSFORMS (the first is `hashes[key]`); empty when not asked for
     variants: dict[str, list[bytes]] = field(default_factory=dict)
+    # What the second opinion needs (imaging's PDQ step): hasher key → quality 0-100 for the
+    # hashers that rate it (PDQ), and the share of the pixels in the dominant tone.
+    quality: dict[str, int] = field(default_factory=dict)
+    dominant: float | None = None

@@ -1,38 +1,49 @@
-"""Registry of perceptual hashers: name → ImageHash function, bit length, default threshold.
+"""Registry of perceptual hashers: name → hash function, bit length, default threshold.
 
 A `Hasher` turns a decoded PIL image into packed hash bytes. Its `key` names the algorithm,
 size and ImageHash version, so the store keeps hashes from different settings apart and a
 config change re-hashes lazily without losing the old ones.
 
 Thresholds are normalized Hamming distances: differing bits / hash bits, 0–1.
+
+PDQ (Meta's photo hash, through the `pdqhash` package) also rates the image it hashed: its
+quality, 0–100, is low for flat images whose hash says little. `SECOND_OPINION` is the hasher
+whose agreement a near match needs before a file moves, and `LOW_DETAIL_QUALITY` /
+`LOW_DETAIL_DOMINANT` say which images are too plain to be moved on a perceptual match at all
+(see `policy.SecondOpinion`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    import imagehash
     from PIL import Image
 
 __all__ = [
     "DRAFT_FACTOR",
     "HASHERS",
     "INVERSE",
+    "LOW_DETAIL_DOMINANT",
+    "LOW_DETAIL_QUALITY",
     "MIN_SAMPLE_SIDE",
+    "SECOND_OPINION",
     "TRANSFORMS",
     "Algorithm",
     "Hasher",
+    "Measured",
     "Transform",
+    "dominant_share",
+    "second_opinion",
     "transform_image",
     "validate_hash_size",
 ]
 
 Algorithm = Literal[
-    "average_hash", "phash", "phash_simple", "dhash", "dhash_vertical", "whash", "colorhash"
+    "average_hash", "phash", "phash_simple", "dhash", "dhash_vertical", "whash", "colorhash", "pdq"
 ]
 
 # The decoded image is made smaller before hashing: JPEG draft decoding scales by 1/2, 1/4 or
@@ -114,10 +125,24 @@ def transform_image(image: Image.Image, transform: Transform) -> Image.Image:
     }
     return image.copy() if transform == "identity" else image.transpose(methods[transform])
 
+_PDQHASH_VERSION = ".".join(version("pdqhash").split(".")[:2])
+
+
+class _Value(Protocol):
+    """What a hash function returns: ImageHash's ImageHash, or `_Bits`."""
+
+    @property
+    def hash(self) -> Any: ...  # a boolean array of the hash's bits
+
+
+class _Bits(NamedTuple):
+    hash: Any  # a boolean array
+    quality: int | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
-    compute: Callable[[Image.Image, int], imagehash.ImageHash]
+    compute: Callable[[Image.Image, int], _Value]
     sample_side: Callable[[int], int]  # side of the square the hasher resizes to
     bits: Callable[[int], int]
     # Default thresholds: the largest at which bench/accuracy.py saw no false match among
@@ -128,32 +153,39 @@ class _Spec:
     draft_factor: int = DRAFT_FACTOR
     # The hash of each of TRANSFORMS applied to the image, from one resize; None: hash each
     # transposed copy of the (small, decoded) image instead.
-    variants: Callable[[Image.Image, int], list[imagehash.ImageHash]] | None = None
+    variants: Callable[[Image.Image, int], Sequence[_Value]] | None = None
+    version: str = f"imagehash-{_IMAGEHASH_VERSION}"
+    # (hash_size, threshold) recalibrated with the second opinion in place, which guards
+    # every move: midway between the smallest threshold at which bench/accuracy.py finds 98%
+    # of every variant kind but crops, rotations and screenshots, and the largest at which
+    # it matches no pair of distinct photos (bench/results/accuracy.md, "Second opinion").
+    calibrated: tuple[tuple[int, float], ...] = ()
 
 
-def _imagehash(name: str) -> Callable[[Image.Image, int], imagehash.ImageHash]:
+def _imagehash(name: str) -> Callable[[Image.Image, int], _Value]:
     """ImageHash's `name`(image, hash_size), imported when first called: the config names
     hashers in every command, but only the processes that decode need ImageHash (and the
     scipy and PyWavelets it brings)."""
 
-    def compute(image: Image.Image, size: int) -> imagehash.ImageHash:
+    def compute(image: Image.Image, size: int) -> _Value:
         import imagehash
 
-        value: imagehash.ImageHash = getattr(imagehash, name)(image, size)
+        value: _Value = getattr(imagehash, name)(image, size)
         return value
 
     return compute
 
 
-def _whash(image: Image.Image, size: int) -> imagehash.ImageHash:
+def _whash(image: Image.Image, size: int) -> _Value:
     import imagehash
 
     # A fixed image_scale: ImageHash's default depends on the decoded size, which would make
     # the hash of a draft-decoded JPEG differ from the full decode.
-    return imagehash.whash(image, hash_size=size, image_scale=4 * size)
+    value: _Value = imagehash.whash(image, hash_size=size, image_scale=4 * size)
+    return value
 
 
-def _phash_variants(image: Image.Image, size: int) -> list[imagehash.ImageHash]:
+def _phash_variants(image: Image.Image, size: int) -> list[_Value]:
     """pHash of each of TRANSFORMS applied to `image`, from one resize and one DCT.
 
     ImageHash's phash: resize to 4*size square, 2-D DCT-II, keep the size x size low
@@ -187,14 +219,44 @@ def _phash_variants(image: Image.Image, size: int) -> list[imagehash.ImageHash]:
     return [imagehash.ImageHash(b > m) for b, m in zip(blocks, medians, strict=True)]
 
 
-def _colorhash(image: Image.Image, size: int) -> imagehash.ImageHash:
+def _colorhash(image: Image.Image, size: int) -> _Value:
     import imagehash
 
-    return imagehash.colorhash(image, binbits=size)
+    value: _Value = imagehash.colorhash(image, binbits=size)
+    return value
+
+
+def _pdq(image: Image.Image, size: int) -> _Bits:
+    """PDQ of an RGB image, with its quality. pdqhash takes any size and reduces it to 64x64
+    with its own (Jarosz box) filter, at a cost that grows with the pixels: fed the draft
+    decode (256-512 px, `draft_side`) it costs ~3 ms, fed 1600 px ~270 ms, for 8 of 256 bits
+    of difference."""
+    import numpy as np
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.ascontiguousarray(np.asarray(image, dtype=np.uint8)))
+    return _Bits(np.asarray(bits, dtype=bool), int(quality))
+
+
+# pdqhash.compute_dihedral's order (PDQ's own: original, rot90, rot180, rot270, flip-y,
+# flip-x, transpose, transverse) as indices, in TRANSFORMS order (tests/test_hashers.py).
+_PDQ_DIHEDRAL = (0, 1, 2, 3, 5, 7, 4, 6)
+
+
+def _pdq_variants(image: Image.Image, size: int) -> list[_Bits]:
+    """PDQ of each of TRANSFORMS applied to `image`, from one reduction and one DCT (PDQ's
+    own dihedral hashing, as fast as one hash)."""
+    import numpy as np
+    import pdqhash
+
+    pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    hashes, quality = pdqhash.compute_dihedral(pixels)
+    return [_Bits(np.asarray(hashes[i], dtype=bool), int(quality)) for i in _PDQ_DIHEDRAL]
 
 
 HASHERS: Mapping[Algorithm, _Spec] = {
     "average_hash": _Spec(_imagehash("average_hash"), lambda s: s, lambda s: s * s, 0.07, "L"),
+    # pHash 16x16: 98% of those kinds from 0.21, no false match up to 0.29: 0.25 (64 bits).
     "phash": _Spec(
         _imagehash("phash"),
         lambda s: 4 * s,
@@ -202,6 +264,7 @@ HASHERS: Mapping[Algorithm, _Spec] = {
         0.10,
         "L",
         variants=_phash_variants,
+        calibrated=((16, 0.25),),
     ),
     "phash_simple": _Spec(
         _imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", draft_factor=4
@@ -216,7 +279,36 @@ HASHERS: Mapping[Algorithm, _Spec] = {
     # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
     # every pixel's colour; a 256 px draft keeps the bin fractions close to the full decode.
     "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB", draft_factor=4),
+    # PDQ: always 256 bits (hash_size 16); it samples a 64x64 reduction of the image. 98% of
+    # those kinds from 0.22, no false match up to 0.32: 0.27 (69 bits). Meta's 31 bits are
+    # for matching against millions alone; here PDQ only confirms what pHash found.
+    "pdq": _Spec(
+        _pdq,
+        lambda s: 64,
+        lambda s: 256,
+        0.27,
+        "RGB",
+        draft_factor=4,
+        variants=_pdq_variants,
+        version=f"pdqhash-{_PDQHASH_VERSION}",
+    ),
 }
+
+# The second opinion a near match needs before a file moves: an independent hash (its own
+# DCT of its own reduction) within its own threshold. PDQ, unless PDQ is the first opinion.
+SECOND_OPINION: Algorithm = "pdq"
+_SECOND_FOR_PDQ: Algorithm = "phash"
+
+# Low-detail images are reported, never moved, on a perceptual match: their hashes say too
+# little to tell two of them apart. Calibrated on bench/accuracy.py's photos and flat images
+# (bench/results/accuracy.md, "Second opinion"), each midway between the two groups: a PDQ
+# quality below this floor (flat images scored 0-8, the photos 34-100: a motion-blurred
+# clock 34, the moon 74, the rest 100)...
+LOW_DETAIL_QUALITY = 21
+# ... or at least this share of the pixels in one tone (±2 of 256 grey levels): text
+# screenshots and documents had 0.79-0.82, solid and near-uniform frames 0.97-1.0, the photos
+# 0.04-0.39 but a deep-sky field (0.61).
+LOW_DETAIL_DOMINANT = 0.70
 
 
 def validate_hash_size(algorithm: Algorithm, hash_size: int) -> None:
@@ -227,6 +319,8 @@ def validate_hash_size(algorithm: Algorithm, hash_size: int) -> None:
         raise ValueError(
             f"colorhash takes 1..8 (bits per colour bin; ImageHash's default is 3), got {hash_size}"
         )
+    if algorithm == "pdq" and hash_size != 16:
+        raise ValueError(f"pdq is always 16 (16x16 = 256 bits), got {hash_size}")
     if algorithm != "colorhash" and not 2 <= hash_size <= 64:
         raise ValueError(f"must be between 2 and 64, got {hash_size}")
 
@@ -253,14 +347,14 @@ class Hasher:
 
     @property
     def key(self) -> str:
-        """Stable identity of the hash values: algorithm, size, ImageHash version and what is
-        done to the image first (see _INPUT_VERSION and _PREPARE)."""
-        version = f"imagehash-{_IMAGEHASH_VERSION}:in{_INPUT_VERSION}:{_PREPARE}"
+        """Stable identity of the hash values: algorithm, size, the library's version and
+        what is done to the image first (see _INPUT_VERSION and _PREPARE)."""
+        version = f"{self._spec.version}:in{_INPUT_VERSION}:{_PREPARE}"
         return f"{self.algorithm}:{self.hash_size}:{version}"
 
     @property
     def default_threshold(self) -> float:
-        return self._spec.threshold
+        return dict(self._spec.calibrated).get(self.hash_size, self._spec.threshold)
 
     @property
     def mode(self) -> Literal["L", "RGB"]:
@@ -272,29 +366,69 @@ class Hasher:
         spec = self._spec
         return spec.draft_factor * max(MIN_SAMPLE_SIDE, spec.sample_side(self.hash_size))
 
+    @property
+    def rates_quality(self) -> bool:
+        """True when the hash comes with a quality score (PDQ)."""
+        return self.algorithm == "pdq"
+
     def __call__(self, image: Image.Image) -> bytes:
+        return self.measure(image).bits
+
+    def measure(self, image: Image.Image) -> Measured:
+        """The packed bits, with the quality when the hasher rates it (else None)."""
         import numpy as np  # only where images are hashed (see _imagehash)
 
         value = self._spec.compute(image, self.hash_size)
-        return np.packbits(np.asarray(value.hash, dtype=bool).ravel()).tobytes()
+        bits = np.packbits(np.asarray(value.hash, dtype=bool).ravel()).tobytes()
+        return Measured(bits, value.quality if isinstance(value, _Bits) else None)
 
     def variants(self, image: Image.Image) -> list[bytes]:
         """Packed hashes of `image` under each of TRANSFORMS (identity first, equal to
         `self(image)`): what a rotated or mirrored copy of the image would hash to.
 
-        pHash derives them from one DCT; other hashers hash each transposed copy of `image`
-        (exact, and cheap on the small draft-decoded image, but one hash each).
+        pHash derives them from one DCT, PDQ from its own dihedral pass; other hashers hash
+        each transposed copy of `image` (exact, and cheap on the small draft-decoded image,
+        but one hash each).
         """
+        return self.measure_variants(image)[0]
+
+    def measure_variants(self, image: Image.Image) -> tuple[list[bytes], int | None]:
+        """`variants`, with the quality of `image` when the hasher rates it (else None)."""
         import numpy as np
 
         derive = self._spec.variants
         if derive is None:
-            return [self(transform_image(image, t)) for t in TRANSFORMS]
-        return [
-            np.packbits(np.asarray(v.hash, dtype=bool).ravel()).tobytes()
-            for v in derive(image, self.hash_size)
-        ]
+            measured = [self.measure(transform_image(image, t)) for t in TRANSFORMS]
+            return [m.bits for m in measured], measured[0].quality
+        values = derive(image, self.hash_size)
+        quality = values[0].quality if isinstance(values[0], _Bits) else None
+        packed = [np.packbits(np.asarray(v.hash, dtype=bool).ravel()).tobytes() for v in values]
+        return packed, quality
 
     def radius(self, threshold: float) -> int:
         """A normalized threshold as a whole number of differing bits (rounded down)."""
         return int(threshold * self.bits + 1e-9)
+
+
+class Measured(NamedTuple):
+    bits: bytes
+    quality: int | None  # 0-100 for PDQ, else None
+
+
+def second_opinion(first: Hasher) -> Hasher:
+    """The hasher whose agreement a near match under `first` needs before a file moves."""
+    return Hasher(_SECOND_FOR_PDQ if first.algorithm == SECOND_OPINION else SECOND_OPINION, 16)
+
+
+def dominant_share(image: Image.Image) -> float:
+    """The share of the pixels within ±2 grey levels of the most common tone, measured on a
+    reduction to at most ~256 px a side: about 0.8 for a text screenshot or a document, 1 for
+    a solid frame, under 0.4 for the photos of bench/accuracy.py but a deep-sky field (0.61)."""
+    import numpy as np
+
+    grey = image.convert("L")
+    if max(grey.size) > 256:
+        grey = grey.reduce(max(1, max(grey.size) // 256))
+    counts = np.bincount(np.asarray(grey, dtype=np.uint8).ravel(), minlength=256)
+    near = np.convolve(counts, np.ones(5, dtype=np.int64), mode="same")
+    return float(near.max() / max(1, counts.sum()))

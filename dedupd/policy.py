@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Literal
 
 from dedupd.config import Action, Keep, KeepRule, Policy, PreferFolders
-from dedupd.hashers import Transform
+from dedupd.hashers import LOW_DETAIL_DOMINANT, LOW_DETAIL_QUALITY, Transform
 from dedupd.store import ActionRecord, FileRecord, MatchKind
 
 __all__ = [
     "KEEP_RULES",
     "Candidate",
     "Decision",
+    "SecondOpinion",
     "decide",
     "describe",
     "is_copy_name",
@@ -133,6 +134,42 @@ def describe(rules: Sequence[Keep]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SecondOpinion:
+    """What a second, independent hash says about a near pair, and how much detail the two
+    images have: measured by the caller (the worker hashed both files with the second hasher
+    in the same decode), judged by `decide`. None where a file has no such measure yet."""
+
+    hasher: str  # the second hasher's name, for the reason (e.g. "pdq")
+    distance: int | None  # bits apart under it; None: one of the files lacks that hash
+    radius: int  # the largest distance at which it agrees (its own calibrated threshold)
+    quality: int | None = None  # the lower of the two images' PDQ quality (0-100)
+    dominant: float | None = None  # the larger of the two images' share in one tone
+    quality_floor: int = LOW_DETAIL_QUALITY
+    max_dominant: float = LOW_DETAIL_DOMINANT
+
+    def refusal(self) -> str | None:
+        """Why a perceptual match alone must not move a file, or None when it may."""
+        if self.quality is not None and self.quality < self.quality_floor:
+            return (
+                f"low detail (PDQ quality {self.quality} < {self.quality_floor}): a perceptual"
+                " match alone never moves it"
+            )
+        if self.dominant is not None and self.dominant >= self.max_dominant:
+            return (
+                f"low detail ({self.dominant:.0%} of the pixels in one tone, a document, text"
+                " or flat frame): a perceptual match alone never moves it"
+            )
+        if self.distance is None:
+            return f"no second opinion yet ({self.hasher} hash missing for one of the two)"
+        if self.distance > self.radius:
+            return (
+                f"second opinion disagrees: {self.hasher} {self.distance} bits apart"
+                f" (> {self.radius})"
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """An indexed file that matches the newcomer."""
 
@@ -140,6 +177,8 @@ class Candidate:
     distance: int
     kind: MatchKind
     transform: Transform = "identity"  # the newcomer is `record` rotated/mirrored so
+    # A near match moves a file only when this agrees; None: nobody asked, so it never does.
+    second: SecondOpinion | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +238,42 @@ def decide(
     `policies` maps a root (as the store names it) to its policy; `distinct` holds the
     sha256 of files the user said differ from the newcomer; `tombstone` is the journal entry
     of an earlier quarantine or delete of the same bytes, if any.
+
+    A near match moves a file only when its candidate's second opinion agrees and neither
+    image is low-detail; otherwise the decision is downgraded to `report`, saying why.
     """
+    decision = _decide(
+        newcomer,
+        candidates,
+        policies=policies,
+        default=default,
+        distinct=distinct,
+        tombstone=tombstone,
+        dry_run=dry_run,
+    )
+    if not decision.acts or decision.kind != "near":
+        return decision
+    other = decision.keeper if decision.target is newcomer else decision.target
+    match = next((c for c in candidates if other is not None and c.record.id == other.id), None)
+    second = match.second if match is not None else None
+    refusal = "no second opinion asked for" if second is None else second.refusal()
+    if second is None or refusal is not None:
+        return replace(decision, action="report", rule=f"{refusal}; {decision.rule}")
+    return replace(
+        decision, rule=f"{decision.rule}; {second.hasher} agrees ({second.distance} bits)"
+    )
+
+
+def _decide(
+    newcomer: FileRecord,
+    candidates: Sequence[Candidate],
+    *,
+    policies: Mapping[str, Policy],
+    default: Policy,
+    distinct: Collection[str],
+    tombstone: ActionRecord | None,
+    dry_run: bool,
+) -> Decision:
     policy = policies.get(newcomer.root, default)
     dry_run = dry_run or policy.dry_run
     if policy.reference:

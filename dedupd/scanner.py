@@ -189,7 +189,9 @@ def same_version(record: FileRecord, stat: FileStat) -> bool:
     return record.stat == stat
 
 
-def reconcile(store: Store, root: str, entries: Iterable[Entry], hasher: str) -> Plan:
+def reconcile(
+    store: Store, root: str, entries: Iterable[Entry], hasher: str | Sequence[str]
+) -> Plan:
     """Diff what is on disk under `root` against the store's records for it.
 
     An unchanged (dev, inode, size, mtime_ns) is never decoded again, even if it failed

@@ -30,6 +30,7 @@ __all__ = [
     "FileRecord",
     "HashArrays",
     "MatchRecord",
+    "RatedHash",
     "Store",
     "Undecided",
     "from_db",
@@ -148,6 +149,15 @@ MIGRATIONS: tuple[str, ...] = (
             SELECT 1 FROM matches m JOIN files o ON o.state = 'ok'
                 AND o.id = CASE WHEN m.a = f.id THEN m.b ELSE m.a END
             WHERE m.a = f.id OR m.b = f.id);
+    """,
+    # 4 → 5: what the second opinion needs of a hash: the hasher's own quality score of the
+    # image (PDQ's, 0-100), the share of its pixels in one tone, and the hashes of its 8
+    # rotations and mirrors (hashers.TRANSFORMS order, concatenated), to confirm a match found
+    # through one, also when it is decided again from the database (on the PDQ row).
+    """
+    ALTER TABLE hashes ADD COLUMN quality INTEGER;
+    ALTER TABLE hashes ADD COLUMN dominant REAL;
+    ALTER TABLE hashes ADD COLUMN variants BLOB;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -301,6 +311,15 @@ class HashArrays(NamedTuple):
 
     ids: npt.NDArray[np.int64]
     bits: npt.NDArray[np.uint8]
+
+
+class RatedHash(NamedTuple):
+    """One stored hash with what was measured of its image (None where nothing was)."""
+
+    bits: bytes
+    quality: int | None
+    dominant: float | None
+    variants: tuple[bytes, ...] = ()  # of its rotations and mirrors, hashers.TRANSFORMS order
 
 
 _HASH_CHUNK = 4096  # rows fetched at a time by `hash_arrays`: bounds the Python objects alive
@@ -556,13 +575,15 @@ class Store:
     def recent_errors(self, limit: int) -> list[FileRecord]:
         return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
 
-    def unhashed(self, root: str, hasher: str) -> list[FileRecord]:
-        """Files decoded before with another hasher: they need the current one (lazily)."""
-        return self._files(
-            "f.root = ? AND f.state = 'ok' AND NOT EXISTS "
-            "(SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)",
-            (to_db(root), hasher),
+    def unhashed(self, root: str, hasher: str | Sequence[str]) -> list[FileRecord]:
+        """Files decoded before with another hasher: they need the current one (lazily).
+        With several hashers, the files that lack any of them."""
+        keys = [hasher] if isinstance(hasher, str) else list(hasher)
+        lacking = " OR ".join(
+            "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
+            for _ in keys
         )
+        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", (to_db(root), *keys))
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(roots))
@@ -646,6 +667,25 @@ class Store:
             ids, rows = ids[:filled].copy(), rows[:filled].copy()
         return HashArrays(ids, rows)
 
+    def rated_hashes(self, ids: Iterable[int], hasher: str) -> dict[int, RatedHash]:
+        """The `hasher` hashes of the files `ids`, with their quality and dominant share: for
+        the handful of candidates of one match (the index holds only the first hasher's)."""
+        ids = list(ids)
+        found: dict[int, RatedHash] = {}
+        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                "SELECT file_id, bits, quality, dominant, variants FROM hashes WHERE hasher = ?"
+                f" AND file_id IN ({', '.join('?' * len(chunk))})",
+                [hasher, *chunk],
+            )
+            for file_id, bits, quality, dominant, variants in rows:
+                n = len(bits)
+                turned = bytes(variants or b"")
+                split = tuple(turned[i : i + n] for i in range(0, len(turned), n))
+                found[file_id] = RatedHash(bytes(bits), quality, dominant, split)
+        return found
+
     def hash_of(self, file_id: int, hasher: str) -> bytes | None:
         row = self.db.execute(
             "SELECT bits FROM hashes WHERE file_id = ? AND hasher = ?", (file_id, hasher)
@@ -693,7 +733,19 @@ class Store:
         with self._write():
             file_id = self._write_file(root, relpath, values)
             self._table("hashes").upsert_all(
-                [dict(file_id=file_id, hasher=k, bits=v) for k, v in image.hashes.items()],
+                [
+                    dict(
+                        file_id=file_id,
+                        hasher=k,
+                        bits=v,
+                        quality=image.quality.get(k),
+                        dominant=image.dominant if k in image.quality else None,
+                        variants=b"".join(image.variants[k])
+                        if k in image.quality and k in image.variants
+                        else None,
+                    )
+                    for k, v in image.hashes.items()
+                ],
                 pk=("file_id", "hasher"),
             )
         return file_id

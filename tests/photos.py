@@ -148,3 +148,137 @@ VARIANTS: dict[str, Callable[[Path, Path], Path]] = {
     "png": as_png,
     "heic": as_heic,
 }
+
+
+# -- Flat images: what a perceptual match alone must never move --------------------------------
+# Text screenshots, documents, solid colours, gradients and near-uniform frames: their hashes
+# say little, and two different ones often hash alike. Used by the tests and by
+# bench/accuracy.py's flat negatives.
+
+_WORDS = [
+    "meeting",
+    "tomorrow",
+    "lunch",
+    "invoice",
+    "total",
+    "amount",
+    "paid",
+    "order",
+    "number",
+    "delivery",
+    "address",
+    "train",
+    "ticket",
+    "platform",
+    "seat",
+    "coach",
+    "boarding",
+    "gate",
+    "flight",
+    "receipt",
+    "balance",
+    "account",
+    "reference",
+    "ok",
+]
+
+
+def text_screenshot(
+    dst: Path,
+    seed: int,
+    *,
+    size: tuple[int, int] = (540, 1170),
+    dark: bool = False,
+    font_size: int = 22,
+) -> Path:
+    """A phone screenshot of text: a status bar, a title, then lines of words drawn with
+    Pillow's default font. Two seeds give two different texts in the same layout."""
+    import random
+
+    from PIL import ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    bg, fg = ("#121212", "#e8e8e8") if dark else ("white", "black")
+    im = Image.new("RGB", size, bg)
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=font_size)
+    draw.rectangle((0, 0, size[0], 40), fill="#202020" if dark else "#f0f0f0")
+    draw.text((16, 8), "12:34", fill=fg, font=font)
+    draw.text((16, 60), "Notes", fill=fg, font=ImageFont.load_default(size=font_size + 10))
+    y = 120
+    while y < size[1] - 40:
+        line = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 5)))
+        draw.text((16, y), line, fill=fg, font=font)
+        y += round(font_size * 1.6)
+    return _save(im, dst, format="PNG")
+
+
+def document(dst: Path, seed: int, size: tuple[int, int] = (1240, 1754)) -> Path:
+    """A scanned page: paragraphs of small black text on white, margins, a JPEG."""
+    import random
+
+    from PIL import ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    im = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=24)
+    y = 150
+    while y < size[1] - 150:
+        if rng.random() < 0.15:
+            y += 40  # a paragraph break
+        line = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 12)))
+        draw.text((120, y), line, fill="black", font=font)
+        y += 36
+    return _save(im, dst, format="JPEG", quality=90)
+
+
+def solid(dst: Path, colour: tuple[int, int, int], size: tuple[int, int] = (800, 600)) -> Path:
+    return _save(Image.new("RGB", size, colour), dst, format="PNG")
+
+
+def gradient(
+    dst: Path,
+    start: tuple[int, int, int],
+    end: tuple[int, int, int],
+    size: tuple[int, int] = (800, 600),
+    vertical: bool = False,
+) -> Path:
+    """A smooth ramp from `start` to `end` (a wallpaper, a sky without clouds)."""
+    import numpy as np
+
+    steps = size[1] if vertical else size[0]
+    ramp = np.linspace(np.array(start, float), np.array(end, float), steps)
+    pixels = ramp[:, None, :].repeat(size[0], 1) if vertical else ramp[None].repeat(size[1], 0)
+    return _save(Image.fromarray(pixels.round().astype(np.uint8)), dst, format="PNG")
+
+
+def near_uniform(
+    dst: Path, seed: int, level: int = 128, size: tuple[int, int] = (800, 600)
+) -> Path:
+    """A nearly flat frame: one grey with a little sensor noise (a lens cap, a dark pocket
+    shot), saved as a JPEG."""
+    import numpy as np
+
+    noise = np.random.default_rng(seed).normal(level, 3.0, (size[1], size[0], 3))
+    return _save(Image.fromarray(noise.clip(0, 255).astype(np.uint8)), dst, format="JPEG")
+
+
+def flat_images(folder: Path) -> dict[str, Path]:
+    """One of each kind of flat image, in pairs that are different pictures but that hash
+    alike: two text screenshots of one layout, two documents, two solid colours, two
+    gradients, two near-uniform frames."""
+    return {
+        "text_a": text_screenshot(folder / "text_a.png", 1),
+        "text_b": text_screenshot(folder / "text_b.png", 2),
+        "dark_text_a": text_screenshot(folder / "dark_text_a.png", 3, dark=True),
+        "dark_text_b": text_screenshot(folder / "dark_text_b.png", 4, dark=True),
+        "document_a": document(folder / "document_a.jpg", 5),
+        "document_b": document(folder / "document_b.jpg", 6),
+        "solid_red": solid(folder / "solid_red.png", (200, 30, 30)),
+        "solid_blue": solid(folder / "solid_blue.png", (30, 60, 200)),
+        "gradient_blue": gradient(folder / "gradient_blue.png", (20, 40, 120), (120, 180, 250)),
+        "gradient_orange": gradient(folder / "gradient_orange.png", (120, 40, 10), (250, 200, 90)),
+        "uniform_grey": near_uniform(folder / "uniform_grey.jpg", 7, 128),
+        "uniform_dark": near_uniform(folder / "uniform_dark.jpg", 8, 30),
+    }

@@ -10,16 +10,22 @@ from PIL import Image
 from dedupd.hashers import (
     HASHERS,
     INVERSE,
+    LOW_DETAIL_DOMINANT,
     TRANSFORMS,
     Algorithm,
     Hasher,
+    dominant_share,
+    second_opinion,
     transform_image,
     validate_hash_size,
 )
 from dedupd.index import distance
 from tests import photos
 
-SIZES = {a: (3 if a == "colorhash" else 8, 8 if a == "colorhash" else 16) for a in HASHERS}
+SIZES: dict[str, tuple[int, ...]] = {
+    a: (3 if a == "colorhash" else 8, 8 if a == "colorhash" else 16) for a in HASHERS
+}
+SIZES["pdq"] = (16,)  # PDQ has one size
 
 
 def _image(path: Path, hasher: Hasher) -> Image.Image:
@@ -166,3 +172,43 @@ def test_phash_variants_differ_from_the_plain_hash() -> None:
 def test_key_changes_with_what_is_hashed() -> None:
     """The border trim changed what is hashed: the key says so, so old hashes are redone."""
     assert Hasher("phash", 16).key.endswith(":trim1")
+
+
+def test_pdq_rates_the_detail_of_what_it_hashed(tmp_path: Path) -> None:
+    """PDQ comes with its quality (0-100): full for a photo, nothing for a solid colour or a
+    smooth gradient, the images whose hashes say little; the other hashers rate nothing."""
+    pdq = Hasher("pdq")
+    assert pdq.bits == 256 and pdq.key.startswith("pdq:16:pdqhash-") and pdq.rates_quality
+    photo = pdq.measure(_image(photos.photo("coffee"), pdq))
+    assert len(photo.bits) == 32 and photo.quality == 100
+    for flat in (
+        photos.solid(tmp_path / "red.png", (200, 30, 30)),
+        photos.gradient(tmp_path / "ramp.png", (20, 40, 120), (120, 180, 250)),
+    ):
+        assert pdq.measure(_image(flat, pdq)).quality == 0, flat
+    assert Hasher("phash").measure(_image(photos.photo("coffee"), Hasher("phash"))).quality is None
+
+
+def test_pdq_is_the_second_opinion_unless_it_is_the_first() -> None:
+    assert second_opinion(Hasher("phash", 16)) == Hasher("pdq")
+    assert second_opinion(Hasher("dhash", 8)) == Hasher("pdq")
+    assert second_opinion(Hasher("pdq")) == Hasher("phash", 16)
+
+
+def test_pdq_has_one_size() -> None:
+    with pytest.raises(ValueError, match="pdq is always 16"):
+        Hasher("pdq", 8)
+
+
+def test_dominant_share_tells_text_and_flat_frames_from_photos(tmp_path: Path) -> None:
+    """The low-detail measure: at least LOW_DETAIL_DOMINANT of the pixels in one tone for
+    every text screenshot, document and flat frame, under it for the test photos (the deep
+    sky of `hubble` included)."""
+    flat = photos.flat_images(tmp_path)
+    for name, path in flat.items():
+        if not name.startswith("gradient"):  # a ramp has no one tone: PDQ's quality rates it
+            with Image.open(path) as im:
+                assert dominant_share(im) >= LOW_DETAIL_DOMINANT, name
+    for name in photos.PHOTOS:
+        with Image.open(photos.photo(name)) as im:
+            assert dominant_share(im) < LOW_DETAIL_DOMINANT, name

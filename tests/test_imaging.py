@@ -101,12 +101,15 @@ def test_small_photos_are_reduced_before_hashing(tmp_path: Path) -> None:
 # The stated bound for every hasher: on the test photos at native size and at 2000x1500 the
 # largest difference measured between draft and full decode was 0.035 (wHash 16x16, 9 of 256
 # bits); colorhash at 8 bits per bin, which bins every pixel's colour, moved by 0.071.
-DRAFT_TOLERANCE = {"colorhash": 0.08}
+# PDQ is fed the image box-reduced to about the draft size (imaging._pdq_step), so a full
+# decode mostly gives the same bits; the 1000 px `hubble` drafts to 1/2 and reduces to 1/3
+# of its side: 14 of 256 bits (0.055). Its threshold is calibrated through hash_image.
+DRAFT_TOLERANCE = {"colorhash": 0.08, "pdq": 0.07}
 
 
 @pytest.mark.parametrize(
     ("algorithm", "hash_size"),
-    [(a, s) for a in HASHERS for s in ((3, 8) if a == "colorhash" else (8, 16))],
+    [(a, s) for a in HASHERS for s in {"colorhash": (3, 8), "pdq": (16,)}.get(a, (8, 16))],
 )
 def test_draft_decode_stays_within_stated_distance_for_every_hasher(
     algorithm: str, hash_size: int, mid_size_jpegs: list[Path]
@@ -439,3 +442,23 @@ def test_flat_and_almost_flat_images_are_kept_whole() -> None:
     lined = solid.copy()
     lined.paste((0, 0, 0), (0, 100, 300, 103))
     assert _border_box(lined) is None
+
+
+def test_the_pdq_step_gives_hash_quality_and_dominant_share_in_the_same_read(
+    tmp_path: Path,
+) -> None:
+    """hash_image with PDQ among the hashers: PDQ's bits equal hashing the decoded image
+    directly, with its quality and the dominant-tone share; without PDQ there are none."""
+    pdq = Hasher("pdq")
+    path = photos.photo("coffee")
+    result = hash_image(str(path), [PHASH, pdq], max_pixels=MAX_PIXELS, draft=False)
+    with Image.open(path) as im:
+        direct = pdq.measure(im.convert("RGB"))
+    assert result.hashes[pdq.key] == direct.bits
+    assert result.quality == {pdq.key: direct.quality} and direct.quality == 100
+    assert result.dominant is not None and 0 < result.dominant < 0.3
+    assert set(result.hashes) == {PHASH.key, pdq.key}
+    plain = hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
+    assert plain.quality == {} and plain.dominant is None
+    both = hash_image(str(path), [PHASH, pdq], max_pixels=MAX_PIXELS)
+    assert plain.hashes[PHASH.key] == both.hashes[PHASH.key], "PDQ changes no other hash"

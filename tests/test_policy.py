@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dedupd.config import Action, KeepRule, Policy
-from dedupd.policy import Candidate, Decision, decide, rank
+from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
 from dedupd.store import ActionRecord, FileRecord
 
 SHA_A = "a" * 64
@@ -80,8 +81,12 @@ def exact(r: FileRecord) -> Candidate:
     return Candidate(r, 0, "exact")
 
 
-def near(r: FileRecord, distance: int = 3) -> Candidate:
-    return Candidate(r, distance, "near")
+# A second hash that agrees, on two detailed photos: a near match may then move a file.
+AGREES = SecondOpinion("pdq", distance=4, radius=25, quality=100, dominant=0.1)
+
+
+def near(r: FileRecord, distance: int = 3, second: SecondOpinion | None = AGREES) -> Candidate:
+    return Candidate(r, distance, "near", second=second)
 
 
 def run(
@@ -919,3 +924,143 @@ def test_an_upright_match_wins_a_tie_with_a_turned_one() -> None:
         [Candidate(turned, 4, "near", "rot90"), Candidate(upright, 4, "near")],
     )
     assert (decision.keeper, decision.transform) == (upright, "identity")
+
+
+# -- a second opinion before a near match moves a file (issue #10 item 4) ----------------------
+# A near match quarantines only when a second, independent hash agrees within its own radius
+# and neither image is low-detail (PDQ quality under the floor, or mostly one tone: text,
+# documents, flat frames); otherwise it is reported, and the rule says why.
+
+
+def second(
+    distance: int | None = 4, quality: int | None = 100, dominant: float | None = 0.1
+) -> SecondOpinion:
+    return SecondOpinion("pdq", distance, 25, quality, dominant)
+
+
+@pytest.mark.parametrize(
+    ("opinion", "why"),
+    [
+        (None, "no second opinion asked for"),
+        (second(distance=None), "no second opinion yet (pdq hash missing"),
+        (second(distance=26), "second opinion disagrees: pdq 26 bits apart (> 25)"),
+        (second(quality=20), "low detail (PDQ quality 20 < 21)"),
+        (second(quality=0, distance=0), "low detail (PDQ quality 0 < 21)"),
+        (second(dominant=0.7), "low detail (70% of the pixels in one tone"),
+        (second(dominant=1.0, distance=0), "low detail (100% of the pixels in one tone"),
+    ],
+)
+def test_a_near_match_without_an_agreeing_second_opinion_is_only_reported(
+    opinion: SecondOpinion | None, why: str
+) -> None:
+    """Rule: quarantine needs the second hash within its radius on two detailed images; the
+    downgrade to report keeps target and keeper and says why, before the keep rule."""
+    n, old = small(), big(sha256=SHA_B)
+    agreed = run(n, [near(old)])
+    d = run(n, [near(old, second=opinion)])
+    assert agreed.action == "quarantine"
+    assert d.action == "report"
+    assert d.rule.startswith(why), d.rule
+    assert d.rule.endswith(agreed.rule.split("; pdq agrees")[0])
+    assert (d.target, d.keeper, d.distance, d.kind) == (
+        agreed.target,
+        agreed.keeper,
+        agreed.distance,
+        agreed.kind,
+    )
+
+
+def test_an_agreeing_second_opinion_lets_a_near_match_quarantine_and_is_recorded() -> None:
+    """Rule: at the radius exactly, on detailed images, the near match acts; the rule names
+    the second hasher and its distance."""
+    d = run(small(), [near(big(sha256=SHA_B), second=second(distance=25, quality=21))])
+    assert d.action == "quarantine"
+    assert d.rule.endswith("; pdq agrees (25 bits)")
+
+
+def test_the_second_opinion_of_the_matched_candidate_decides_not_another() -> None:
+    """Rule: the opinion read is the one of the candidate the decision is about (the nearest),
+    not an agreeing one of a farther candidate."""
+    n = small()
+    nearest = near(big("a.jpg", sha256=SHA_B), 2, second(distance=90))
+    farther = near(big("b.jpg", sha256=SHA_C), 9, second(distance=1))
+    d = run(n, [farther, nearest])
+    assert d.keeper == nearest.record
+    assert d.action == "report"
+    assert d.rule.startswith("second opinion disagrees")
+
+
+def test_exact_matches_need_no_second_opinion() -> None:
+    """Identical bytes are no perceptual guess: a flat exact copy is still acted on."""
+    d = run(small(sha256=SHA_A), [Candidate(big(sha256=SHA_A), 0, "exact")])
+    assert d.action == "delete"
+
+
+def test_a_near_tombstone_is_repeated_only_with_an_agreeing_second_opinion() -> None:
+    """A sync client bringing back near-duplicate bytes removed before: repeated only if the
+    guard still agrees (the keeper may since have been replaced by a flat image)."""
+    n, old = small(), big(sha256=SHA_B)
+    stone = tombstone("quarantine", old.id)
+    assert run(n, [near(old)], tombstone=stone).action == "quarantine"
+    d = run(n, [near(old, second=second(quality=10))], tombstone=stone)
+    assert d.action == "report"
+    assert d.rule.startswith("low detail")
+
+
+opinions = st.one_of(
+    st.none(),
+    st.builds(
+        SecondOpinion,
+        hasher=st.just("pdq"),
+        distance=st.none() | st.integers(0, 256),
+        radius=st.integers(0, 64),
+        quality=st.none() | st.integers(0, 100),
+        dominant=st.none() | st.floats(0, 1),
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    newcomer=records(),
+    others=st.lists(records(), min_size=0, max_size=3),
+    distances=st.lists(st.integers(1, 12), min_size=3, max_size=3),
+    seconds=st.lists(opinions, min_size=3, max_size=3),
+    root_policy=policy_strategy,
+    default=policy_strategy,
+    stone=st.tuples(st.sampled_from([None, None, "quarantine", "delete"]), st.integers(0, 3)),
+)
+def test_property_a_near_match_moves_a_file_only_when_the_second_opinion_agrees(
+    newcomer: FileRecord,
+    others: list[FileRecord],
+    distances: list[int],
+    seconds: list[SecondOpinion | None],
+    root_policy: Policy,
+    default: Policy,
+    stone: tuple[str | None, int],
+) -> None:
+    """Invariant: whatever the records, policies and tombstones, a decision that moves a file
+    on a near match rests on a candidate whose second hash agrees within its radius, on two
+    images of enough detail; and the guard only ever turns a move into a report, never
+    changes which files a decision is about or turns a report into a move."""
+    candidates = [
+        exact(r) if r.sha256 == newcomer.sha256 else near(r, dist, opinion)
+        for r, dist, opinion in zip(others, distances, seconds, strict=False)
+    ]
+    kind, pick = stone
+    ts = None
+    if kind is not None:
+        ts = tombstone(kind, others[pick].id if pick < len(others) else 10**9)  # type: ignore[arg-type]
+    kw: dict[str, Any] = dict(policies={"/photos": root_policy}, default=default, tombstone=ts)
+    d = decide(newcomer, candidates, **kw)
+    unguarded = decide(newcomer, [replace(c, second=AGREES) for c in candidates], **kw)
+    assert (d.target, d.keeper, d.kind) == (unguarded.target, unguarded.keeper, unguarded.kind)
+    assert d.action == unguarded.action or (d.action == "report" and unguarded.acts)
+    if d.acts and d.kind == "near":
+        other = d.keeper if d.target is newcomer else d.target
+        assert other is not None
+        match = next(c for c in candidates if c.record.id == other.id)
+        s = match.second
+        assert s is not None and s.distance is not None and s.distance <= s.radius
+        assert s.quality is None or s.quality >= s.quality_floor
+        assert s.dominant is None or s.dominant < s.max_dominant

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from dedupd import store as store_module
 from dedupd.errors import StoreError
 from dedupd.imaging import FileStat, HashedImage
-from dedupd.store import SCHEMA_VERSION, Store, from_db, to_db
+from dedupd.store import SCHEMA_VERSION, RatedHash, Store, from_db, to_db
 
 STAT = FileStat(1, 100, 2048, 1_700_000_000_000_000_000)
 
@@ -290,3 +291,41 @@ def test_the_journal_commits_the_batch_before_a_planned_action(tmp_path: Path) -
         store.record_hashed("/r", "a.jpg", _image(sha="a" * 64))
         store.journal_plan(kind="quarantine", src="/r/a.jpg", sha256="a" * 64)
         assert _visible(path) == {"a.jpg"}
+
+
+def test_a_version_2_database_gains_the_quality_columns_and_keeps_its_hashes(
+    tmp_path: Path,
+) -> None:
+    """Migrations 2 → 5 (PRAGMA user_version): hashes gain `quality`, `dominant` and
+    `variants`, empty for the rows already there, which stay as they were."""
+    path = tmp_path / "d.db"
+    conn = sqlite3.connect(path)
+    for version, script in enumerate(store_module.MIGRATIONS[:2]):
+        conn.executescript(script + f"; PRAGMA user_version = {version + 1};")
+    conn.execute(
+        "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, state,"
+        " first_seen, updated) VALUES (1, '/r', 'a.jpg', 1, 2, 3, 4, 'x', 'ok', 0, 0)"
+    )
+    conn.execute("INSERT INTO hashes (file_id, hasher, bits) VALUES (1, 'phash:16', x'01')")
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.hash_of(1, "phash:16") == b"\x01"
+        assert store.rated_hashes([1], "phash:16") == {1: RatedHash(b"\x01", None, None)}
+
+
+def test_quality_and_dominant_share_are_stored_with_the_rated_hash_only(tmp_path: Path) -> None:
+    """A rated hash (PDQ) keeps its quality and the image's dominant share; `rated_hashes`
+    returns them for the ids asked, and nothing for files without that hash."""
+    image = replace(
+        _image(hashes={"phash:16": b"\x01" * 32, "pdq:16": b"\x02" * 32}),
+        quality={"pdq:16": 87},
+        dominant=0.25,
+    )
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "a.jpg", image)
+        b = store.record_hashed("/r", "b.jpg", _image(sha="b" * 64))
+        assert store.rated_hashes([a, b], "pdq:16") == {a: RatedHash(b"\x02" * 32, 87, 0.25)}
+        assert store.rated_hashes([a], "phash:16") == {a: RatedHash(b"\x01" * 32, None, None)}
+        assert [r.id for r in store.unhashed("/r", ["phash:16", "pdq:16"])] == [b]
