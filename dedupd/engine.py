@@ -230,7 +230,7 @@ class Ingest:
         for other, d, transform in self._near(newcomer.root, bits, variants):
             found.setdefault(other, (d, "near", transform))
         if variants is None and self._isometric(newcomer.root):
-            radius = self.radius_for(newcomer.root)
+            radius = self.turned_radius_for(newcomer.root)
             for m in self.store.matches_of(file_id, self.hasher.key):
                 turned = m.kind == "near" and m.transform != "identity"
                 if turned and m.distance <= radius and m.other.root in self.roots:
@@ -305,18 +305,36 @@ class Ingest:
     ) -> list[tuple[int, int, Transform]]:
         """(id, distance, transform) of the indexed photos near a newcomer under `root`: with
         an isometric policy and the newcomer's `variants`, near any of its 8 rotations and
-        mirrors (one pass over the index), and `transform` takes the match to the newcomer;
-        else upright only."""
+        mirrors (one pass over the index; a turned match within the tighter turned radius),
+        and `transform` takes the match to the newcomer; else upright only."""
+        from dedupd.index import distance  # numpy, as for the index itself
+
         radius = self.radius_for(root)
         with self.lock:
-            if self._isometric(root) and variants:
-                return [
-                    # variant v is TRANSFORMS[v] of the newcomer ≈ the match, so the newcomer
-                    # is the match under the inverse transform
-                    (m.id, m.distance, INVERSE[TRANSFORMS[m.variant]])
-                    for m in self.index.radius_any(variants, radius)
-                ]
-            return [(m.id, m.distance, "identity") for m in self.index.radius(bits, radius)]
+            if not (self._isometric(root) and variants):
+                return [(m.id, m.distance, "identity") for m in self.index.radius(bits, radius)]
+            found = self.index.radius_any(variants, radius)
+        turned = self.turned_radius_for(root)
+        out: list[tuple[int, int, Transform]] = []
+        for m in found:
+            if m.variant == 0 or m.distance <= turned:
+                # variant v is TRANSFORMS[v] of the newcomer ≈ the match, so the newcomer is
+                # the match under the inverse transform
+                out.append((m.id, m.distance, INVERSE[TRANSFORMS[m.variant]]))
+                continue
+            # Too far for a turned match; its upright distance may still be a match (the
+            # index named only the nearest variant).
+            other = self.store.hash_of(m.id, self.hasher.key)
+            upright = distance(bits, other) if other is not None else radius + 1
+            if upright <= radius:
+                out.append((m.id, upright, "identity"))
+        return out
+
+    def turned_radius_for(self, root: str) -> int:
+        """The radius in bits for a match through a rotation or mirror under `root`: the
+        hasher's calibrated turned threshold, or the policy's own if lower."""
+        threshold = min(self.threshold_for(root), self.hasher.turned_threshold)
+        return self.hasher.radius(threshold)
 
     def _second_opinions(
         self, file_id: int, near: dict[int, Transform]

@@ -160,6 +160,11 @@ class _Spec:
     # of every variant kind but crops, rotations and screenshots, and the largest at which
     # it matches no pair of distinct photos (bench/results/accuracy.md, "Second opinion").
     calibrated: tuple[tuple[int, float], ...] = ()
+    # (hash_size, threshold) for a match through a rotation or mirror: the 8 lookups give
+    # every pair of distinct photos 8 chances to collide, so it is calibrated apart (with
+    # isometric matching on, bench/accuracy.py's first false pair of pHash 16 was a mirror
+    # match at 0.11: a photo's left third against its right third). Default: `threshold`.
+    turned: tuple[tuple[int, float], ...] = ()
 
 
 def _imagehash(name: str) -> Callable[[Image.Image, int], _Value]:
@@ -265,6 +270,7 @@ HASHERS: Mapping[Algorithm, _Spec] = {
         "L",
         variants=_phash_variants,
         calibrated=((16, 0.25),),
+        turned=((16, 0.10),),
     ),
     "phash_simple": _Spec(
         _imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", draft_factor=4
@@ -355,6 +361,13 @@ class Hasher:
     @property
     def default_threshold(self) -> float:
         return dict(self._spec.calibrated).get(self.hash_size, self._spec.threshold)
+
+    @property
+    def turned_threshold(self) -> float:
+        """The largest normalized distance at which a rotated or mirrored copy matches (a
+        policy's own `threshold` may only lower it)."""
+        spec = self._spec
+        return dict(spec.turned).get(self.hash_size, min(spec.threshold, self.default_threshold))
 
     @property
     def mode(self) -> Literal["L", "RGB"]:

@@ -133,6 +133,8 @@ def search(
         if record is None:
             continue
         limit = policy_threshold(record.root)
+        if m.variant != 0:  # a turned match counts within the tighter turned threshold
+            limit = min(limit, hasher.turned_threshold)
         within = hasher.radius(limit)
         if threshold is None and m.distance > within:
             continue

@@ -505,6 +505,23 @@ def test_isometric_false_matches_upright_copies_only(tmp_path: Path) -> None:
     assert _groups(report) == [("hubble.jpg", [("chat/hubble-wa.jpg", "near")])]
 
 
+def test_turned_matches_are_held_to_the_turned_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A match through a rotation or mirror must be within the hasher's turned threshold
+    (8 lookups, 8 chances for two distinct photos to collide), not the upright one: with the
+    turned threshold at 0, the turned copies are no longer found, the upright one still is."""
+    from dedupd.hashers import Hasher
+
+    root = _turned_library(tmp_path)
+    photos.reencode(photos.photo("hubble"), root / "chat" / "hubble-wa.jpg")
+    config = _config(tmp_path, root)
+    assert len(_groups(_scan(config))) == 4, "the 3 turned copies, and the upright one"
+    monkeypatch.setattr(Hasher, "turned_threshold", property(lambda self: 0.0))
+    config = _config(tmp_path / "again", root)
+    assert _groups(_scan(config)) == [("hubble.jpg", [("chat/hubble-wa.jpg", "near")])]
+
+
 def test_a_new_hasher_key_rehashes_stored_photos_once(library: Path, tmp_path: Path) -> None:
     """Hashes stored before the border trim (their key lacks ':trim1') are redone on the
     next scan, once: the key names what is hashed."""
