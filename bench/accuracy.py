@@ -465,27 +465,8 @@ def process(
         nbytes: dict[str, int] = {}
         detail: dict[str, dict[str, Any]] = {}
 
-        # One call per draft side, so each hasher sees the decode it gets when a config names it
-        # alone (one call for all would give every hasher the largest side any of them needs).
-        groups: dict[int, list[Hasher]] = {}
-        for h in hashers:
-            groups.setdefault(h.draft_side, []).append(h)
-
         def record(name: str, path: Path) -> None:
-            hashes[name] = {}
-            for group in groups.values():
-                result = hash_image(str(path), group, max_pixels=MAX_PIXELS)
-                hashes[name].update({label(h): result.hashes[h.key].hex() for h in group})
-                for h in group:  # the 8 rotations and mirrors, for isometric scoring
-                    hashes[name][label(h) + ISO] = ",".join(
-                        v.hex() for v in result.variants[h.key]
-                    )
-                if PDQ.key in result.quality:
-                    detail[name] = {
-                        "quality": result.quality[PDQ.key],
-                        "dominant": result.dominant,
-                    }
-            dims[name] = [result.width, result.height]
+            hashes[name], detail[name], dims[name] = hash_file(path, hashers)
             nbytes[name] = path.stat().st_size
             path.unlink()
 
@@ -521,6 +502,31 @@ def process(
     }
 
 
+def hash_file(
+    path: Path, hashers: Sequence[Hasher]
+) -> tuple[dict[str, str], dict[str, Any], list[int]]:
+    """Every hasher's hash of `path` and of its 8 rotations and mirrors (hex), PDQ's quality
+    and the dominant-tone share, and the upright size. One `hash_image` call per draft side,
+    so each hasher sees the decode it gets when a config names it alone (one call for all
+    would give every hasher the largest side any of them needs)."""
+    groups: dict[int, list[Hasher]] = {}
+    for h in hashers:
+        groups.setdefault(h.draft_side, []).append(h)
+    hashes: dict[str, str] = {}
+    detail: dict[str, Any] = {"quality": None, "dominant": None}
+    size: list[int] = []
+    for group in groups.values():
+        result = hash_image(str(path), group, max_pixels=MAX_PIXELS)
+        for h in group:
+            hashes[label(h)] = result.hashes[h.key].hex()
+            # the 8 rotations and mirrors, for isometric scoring
+            hashes[label(h) + ISO] = ",".join(v.hex() for v in result.variants[h.key])
+        if PDQ.key in result.quality:
+            detail = {"quality": result.quality[PDQ.key], "dominant": result.dominant}
+        size = [result.width, result.height]
+    return hashes, detail, size
+
+
 def process_flat(hasher_specs: Sequence[tuple[str, int]]) -> dict[str, Any]:
     """Hash the flat images (tests/photos.py flat_images: two text screenshots of one layout
     in light and in dark mode, two documents, two solid colours, two gradients, two
@@ -535,9 +541,7 @@ def process_flat(hasher_specs: Sequence[tuple[str, int]]) -> dict[str, Any]:
         for name, path in test_photos.flat_images(tmp).items():
             copy = test_photos.reencode(path, tmp / f"{name}_q85.jpg", 85)
             for item, file in ((name, path), (f"{name}{FLAT_COPY}", copy)):
-                result = hash_image(str(file), hashers, max_pixels=MAX_PIXELS)
-                hashes[item] = {label(h): result.hashes[h.key].hex() for h in hashers}
-                detail[item] = {"quality": result.quality.get(PDQ.key), "dominant": result.dominant}
+                hashes[item], detail[item], _ = hash_file(file, hashers)
     return {"hashes": hashes, "detail": detail, "seconds": time.perf_counter() - started}
 
 
@@ -614,14 +618,21 @@ def score(
     isometric: bool = True,
 ) -> Scored:
     lab = label(hasher)
+    turned_radius = hasher.radius(hasher.turned_threshold)
 
     def one(a: tuple[str, str], b: tuple[str, str]) -> int:
-        """Bits between the stored hash of `a` and the newcomer `b` (its nearest variant)."""
+        """Bits between the stored hash of `a` and the newcomer `b`: upright, or with
+        `isometric` through its nearest rotation or mirror when that is within the hasher's
+        turned radius, exactly as dedupd's engine matches (so a pair matches at threshold t
+        when this is within t's radius)."""
         stored = bytes.fromhex(hashes[a[0]][a[1]][lab])
         if not isometric:
             return distance(stored, bytes.fromhex(hashes[b[0]][b[1]][lab]))
-        turned = hashes[b[0]][b[1]][lab + ISO].split(",")
-        return min(distance(stored, bytes.fromhex(v)) for v in turned)
+        upright, *turned = (
+            distance(stored, bytes.fromhex(v)) for v in hashes[b[0]][b[1]][lab + ISO].split(",")
+        )
+        nearest_turn = min(turned)
+        return min(upright, nearest_turn) if nearest_turn <= turned_radius else upright
 
     def dist(pair_list: list[tuple[tuple[str, str], tuple[str, str], str]]) -> np.ndarray:
         return np.array([one(a, b) for a, b, _ in pair_list], dtype=np.int64)
