@@ -238,8 +238,10 @@ def test_every_file_handled_leaves_one_line_at_its_level(
     assert by_path["a.jpg"][0] == ("file_unique", "debug")
     assert set(by_path["a.jpg"][1:]) == {("file_unchanged", "debug")}
     assert by_path["b.jpg"] == [("decision", "info")]
-    assert by_path["c.jpg"][0] == ("file_skipped", "warning")
-    assert set(by_path["c.jpg"][1:]) <= {("file_unchanged", "debug")}
+    # A second event can be looked at while the first is still in the worker, so an
+    # `unchanged` line may come first; the failure is logged once, as a warning.
+    assert by_path["c.jpg"].count(("file_skipped", "warning")) == 1
+    assert set(by_path["c.jpg"]) <= {("file_skipped", "warning"), ("file_unchanged", "debug")}
     skipped = next(e for e in logs if e["event"] == "file_skipped")
     assert skipped["error"] == "truncated"
 
