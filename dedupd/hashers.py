@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
-    "DRAFT_FACTOR",
+    "DECODE_FACTOR",
     "HASHERS",
     "INVERSE",
     "LOW_DETAIL_DOMINANT",
     "LOW_DETAIL_QUALITY",
     "MIN_SAMPLE_SIDE",
+    "REDUCE_FACTOR",
     "SECOND_OPINION",
     "TRANSFORMS",
     "Algorithm",
@@ -46,17 +47,21 @@ Algorithm = Literal[
     "average_hash", "phash", "phash_simple", "dhash", "dhash_vertical", "whash", "colorhash", "pdq"
 ]
 
-# The decoded image is made smaller before hashing: JPEG draft decoding scales by 1/2, 1/4 or
-# 1/8 in the DCT domain, and every format is then box-reduced by a whole factor (imaging.py), as
-# long as the short side keeps `draft_factor` times what the hasher samples (and never below
-# that factor times MIN_SAMPLE_SIDE, so the tiny hashers, such as 8x8 dHash sampling 9 px, are
-# not given a few dozen pixels). pHash, aHash and wHash average over the frame and keep
-# DRAFT_FACTOR, 2 (Pillow's `reducing_gap` advice), which halves the hashing time of a 500 px
-# photo; the gradient hashes (dHash, pHash-simple) and colorhash, which see single pixels, keep
-# 4. Measured on the test photos at native, 3 MP and 12 MP size (tests/test_imaging.py): pHash
-# 16x16 within 6 of 256 bits (0.023) of a full decode, every hasher within 0.04 (colorhash
-# 0.08); any match threshold is several times that.
-DRAFT_FACTOR = 2
+# The decoded image is made smaller before hashing, in two steps. JPEGs are decoded in draft
+# mode (1/2, 1/4 or 1/8 scale in the DCT domain) to at least DECODE_FACTOR times what the
+# hashers sample, the same for every hasher, so that which hashers a config names (PDQ is
+# always one) changes no hash. Then, for each hasher, the image (of any format) is box-reduced
+# by a whole factor as long as its short side keeps `reduce_factor` times what the hasher
+# samples (never counting less than MIN_SAMPLE_SIDE, so the tiny hashers, such as 8x8 dHash
+# sampling 9 px, are not given a few dozen pixels). pHash, aHash and wHash average over the
+# frame and keep REDUCE_FACTOR, 2 (Pillow's `reducing_gap` advice), which halves the hashing
+# time of a 500 px photo (ImageHash's Lanczos resize was half of it); the gradient hashes
+# (dHash, pHash-simple), wHash, colorhash and PDQ keep 4. Measured on the test photos at
+# native, 3 MP and 12 MP size (tests/test_imaging.py): pHash 16x16 within 10 of 256 bits
+# (0.039) of a full decode, every hasher within 0.04 (colorhash 0.08, PDQ 0.07); any match
+# threshold is several times that.
+DECODE_FACTOR = 4
+REDUCE_FACTOR = 2
 MIN_SAMPLE_SIDE = 64
 # What the hashers are given changed (the reduction above): stored hashes made before are redone
 # once, on the next scan, because the key differs.
@@ -150,7 +155,7 @@ class _Spec:
     # the conservative starting values: a file mover must prefer a missed duplicate.
     threshold: float
     mode: Literal["L", "RGB"]
-    draft_factor: int = DRAFT_FACTOR
+    reduce_factor: int = REDUCE_FACTOR
     # The hash of each of TRANSFORMS applied to the image, from one resize; None: hash each
     # transposed copy of the (small, decoded) image instead.
     variants: Callable[[Image.Image, int], Sequence[_Value]] | None = None
@@ -273,18 +278,18 @@ HASHERS: Mapping[Algorithm, _Spec] = {
         turned=((16, 0.10),),
     ),
     "phash_simple": _Spec(
-        _imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", draft_factor=4
+        _imagehash("phash_simple"), lambda s: 4 * s, lambda s: s * s, 0.10, "L", reduce_factor=4
     ),
     "dhash": _Spec(
-        _imagehash("dhash"), lambda s: s + 1, lambda s: s * s, 0.12, "L", draft_factor=4
+        _imagehash("dhash"), lambda s: s + 1, lambda s: s * s, 0.12, "L", reduce_factor=4
     ),
     "dhash_vertical": _Spec(
-        _imagehash("dhash_vertical"), lambda s: s + 1, lambda s: s * s, 0.12, "L", draft_factor=4
+        _imagehash("dhash_vertical"), lambda s: s + 1, lambda s: s * s, 0.12, "L", reduce_factor=4
     ),
-    "whash": _Spec(_whash, lambda s: 4 * s, lambda s: s * s, 0.07, "L"),
+    "whash": _Spec(_whash, lambda s: 4 * s, lambda s: s * s, 0.07, "L", reduce_factor=4),
     # colorhash: hash_size is ImageHash's binbits (bits per colour bin, 14 bins). It looks at
     # every pixel's colour; a 256 px draft keeps the bin fractions close to the full decode.
-    "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB", draft_factor=4),
+    "colorhash": _Spec(_colorhash, lambda s: 64, lambda s: 14 * s, 0.05, "RGB", reduce_factor=4),
     # PDQ: always 256 bits (hash_size 16); it samples a 64x64 reduction of the image. 98% of
     # those kinds from 0.22, no false match up to 0.32: 0.27 (69 bits). Meta's 31 bits are
     # for matching against millions alone; here PDQ only confirms what pHash found.
@@ -294,7 +299,7 @@ HASHERS: Mapping[Algorithm, _Spec] = {
         lambda s: 256,
         0.27,
         "RGB",
-        draft_factor=4,
+        reduce_factor=4,
         variants=_pdq_variants,
         version=f"pdqhash-{_PDQHASH_VERSION}",
     ),
@@ -375,9 +380,15 @@ class Hasher:
 
     @property
     def draft_side(self) -> int:
-        """Smallest side a JPEG may be draft-decoded to without changing this hash."""
+        """Smallest side a JPEG may be draft-decoded to for this hasher (see DECODE_FACTOR)."""
+        return DECODE_FACTOR * max(MIN_SAMPLE_SIDE, self._spec.sample_side(self.hash_size))
+
+    @property
+    def reduce_side(self) -> int:
+        """The short side the decoded image is box-reduced to, at least, before this hasher
+        resizes it itself (see REDUCE_FACTOR)."""
         spec = self._spec
-        return spec.draft_factor * max(MIN_SAMPLE_SIDE, spec.sample_side(self.hash_size))
+        return spec.reduce_factor * max(MIN_SAMPLE_SIDE, spec.sample_side(self.hash_size))
 
     @property
     def rates_quality(self) -> bool:

@@ -397,8 +397,8 @@ def hash_image(
     small: dict[tuple[str, int | None], Image.Image] = {}
 
     def given(h: Hasher) -> Image.Image:
-        """What `h` hashes: the trimmed image in its mode, reduced to its own draft side."""
-        key = (h.mode, h.draft_side if draft else None)
+        """What `h` hashes: the trimmed image in its mode, reduced to its own side."""
+        key = (h.mode, h.reduce_side if draft else None)
         if key not in small:
             small[key] = _small(trimmed, *key)
         return small[key]
@@ -436,11 +436,11 @@ def _pdq_step(image: Image.Image, rating: Sequence[Hasher], *, variants: bool) -
 
     PDQ's cost grows with the pixels it is given (1.5 s for a 12 MP HEIC, which has no draft
     decode), so the image is first box-reduced by a whole factor to the side a JPEG draft
-    gives (at least `draft_side`): every format then reaches PDQ at about the same size."""
+    gives (at least `reduce_side`): every format then reaches PDQ at about the same size."""
     if not rating:
         return _Rated({}, {}, {}, None)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    factor = min(rgb.size) // max(h.draft_side for h in rating)
+    factor = min(rgb.size) // max(h.reduce_side for h in rating)
     if factor > 1:
         rgb = rgb.reduce(factor)
     if variants:

@@ -230,7 +230,11 @@ def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib)
     lib.write_config("{exact: report, near: report}")
     lib.scan()
     conn = sqlite3.connect(lib.db)
-    conn.executescript("DROP TABLE undecided; PRAGMA user_version = 3;")
+    conn.executescript(
+        "DROP TABLE undecided; ALTER TABLE hashes DROP COLUMN quality;"
+        " ALTER TABLE hashes DROP COLUMN dominant; ALTER TABLE hashes DROP COLUMN variants;"
+        " PRAGMA user_version = 3;"
+    )
     conn.close()
     assert _acts(lib.scan()) == []  # migrated: decided again under the same (report) policy
     lib.write_config()

@@ -153,7 +153,12 @@ def test_each_variant_equals_hashing_the_transformed_image(algorithm: Algorithm)
     for name in photos.PHOTOS:
         image = _image(photos.photo(name), hasher)
         small = image.resize((4 * hasher.hash_size,) * 2)
-        for picture, slack in ((small, 0), (image, 3 if algorithm == "phash" else 0)):
+        # PDQ's own dihedral pass reduces the picture once, with a filter that is not
+        # symmetric under a transpose: up to 16 of 256 bits from hashing the turned picture
+        # (measured 14), well within its 69-bit threshold.
+        rounding = {"phash": 3, "pdq": 16}.get(algorithm, 0)
+        exact_at_sample = 0 if algorithm != "pdq" else rounding
+        for picture, slack in ((small, exact_at_sample), (image, rounding)):
             variants = hasher.variants(picture)
             assert variants[0] == hasher(picture), "identity is the plain hash"
             for t, bits in zip(TRANSFORMS, variants, strict=True):

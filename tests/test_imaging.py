@@ -57,10 +57,10 @@ def mid_size_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 # pHash 16x16 (the default) after a draft decode and box reduction to twice its 64 px sample,
-# against a full decode: measured at most 6 of 256 bits (0.023) on the test photos at native,
+# against a full decode: measured at most 10 of 256 bits (0.039) on the test photos at native,
 # 3 MP and 12 MP size. The bound leaves a little room for other libjpeg builds; the default
-# match threshold is 25 bits.
-PHASH_DRAFT_BITS = 8
+# match threshold is 64 bits (25 for a turned match).
+PHASH_DRAFT_BITS = 12
 
 
 @pytest.mark.parametrize("name", photos.PHOTOS)
@@ -83,12 +83,14 @@ def test_draft_decode_at_12mp_uses_one_eighth_scale_and_keeps_phash(
 
 
 def test_small_photos_are_reduced_before_hashing(tmp_path: Path) -> None:
-    """A 500 px photo is drafted to half size (the hashers' resize then costs a quarter), and
-    a PNG, which has no draft mode, is box-reduced: both stay close to their full decode."""
+    """pHash 16x16 is given a 500 px photo box-reduced to half (its Lanczos resize then costs
+    a quarter), a PNG alike, and PDQ a larger one; both stay close to their full decode."""
+    from dedupd.imaging import _small
+
     jpeg = photos.upscaled(photos.photo("chelsea"), tmp_path / "small.jpg", (500, 375))
     with Image.open(jpeg) as im:
-        im.draft("RGB", (PHASH.draft_side, PHASH.draft_side))
-        assert im.size == (250, 188)
+        assert _small(im, "L", PHASH.reduce_side).size == (250, 188)
+        assert _small(im, "RGB", Hasher("pdq").reduce_side).size == (500, 375)
     png = tmp_path / "big.png"
     big = photos.upscaled(photos.photo("chelsea"), tmp_path / "3mp.jpg", (2000, 1500))
     with Image.open(big) as im:
@@ -347,7 +349,7 @@ def test_a_screenshot_of_a_photo_matches_the_photo(
         for copy in (shot, sent):
             assert distance(original, _hash(copy)) <= radius, (name, copy.name)
             untrimmed = distance(original, _hash(copy, trim=False))
-            assert untrimmed > 2 * radius, "without the trim a screenshot is another picture"
+            assert untrimmed > radius, "without the trim a screenshot is another picture"
 
 
 def test_trimming_leaves_the_photo_and_nothing_else(tmp_path: Path) -> None:

@@ -910,7 +910,7 @@ def test_a_decision_names_the_transform_of_its_match() -> None:
     """A rotated or mirrored match is decided like any near match, and the decision says how
     the newcomer relates to it (for the log, the journal's reason and `show`)."""
     keeper = big("old.jpg", sha256=SHA_B)
-    decision = run(small("new.jpg"), [Candidate(keeper, 4, "near", "mirror")])
+    decision = run(small("new.jpg"), [Candidate(keeper, 4, "near", "mirror", AGREES)])
     assert (decision.action, decision.keeper) == ("quarantine", keeper)
     assert decision.transform == "mirror"
     assert run(small("new.jpg"), [near(keeper, 4)]).transform == "identity"
