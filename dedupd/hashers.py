@@ -50,18 +50,17 @@ Algorithm = Literal[
 # The decoded image is made smaller before hashing, in two steps. JPEGs are decoded in draft
 # mode (1/2, 1/4 or 1/8 scale in the DCT domain) to at least DECODE_FACTOR times what the
 # hashers sample, the same for every hasher, so that which hashers a config names (PDQ is
-# always one) changes no hash. Then, for each hasher, the image (of any format) is box-reduced
-# by a whole factor as long as its short side keeps `reduce_factor` times what the hasher
-# samples (never counting less than MIN_SAMPLE_SIDE, so the tiny hashers, such as 8x8 dHash
-# sampling 9 px, are not given a few dozen pixels). pHash, aHash and wHash average over the
-# frame and keep REDUCE_FACTOR, 2 (Pillow's `reducing_gap` advice), which halves the hashing
-# time of a 500 px photo (ImageHash's Lanczos resize was half of it); the gradient hashes
-# (dHash, pHash-simple), wHash, colorhash and PDQ keep 4. Measured on the test photos at
-# native, 3 MP and 12 MP size (tests/test_imaging.py): pHash 16x16 within 10 of 256 bits
-# (0.039) of a full decode, every hasher within 0.04 (colorhash 0.08, PDQ 0.07); any match
-# threshold is several times that.
+# always one) changes no hash. Then, for each hasher, the image (of any format: a PNG or HEIC
+# has no draft mode) is box-reduced by a whole factor as long as its short side keeps
+# `reduce_factor` times what the hasher samples (never counting less than MIN_SAMPLE_SIDE, so
+# the tiny hashers, such as 8x8 dHash sampling 9 px, are not given a few dozen pixels).
+# REDUCE_FACTOR is 4, as the draft: reducing pHash to twice its sample halved the hashing time
+# of a 500 px photo but moved turned (rotated, mirrored) matches by a few more bits, and
+# rotations fell from 100% to 93% at their calibrated threshold (bench/accuracy.py). Measured
+# on the test photos at native, 3 MP and 12 MP size (tests/test_imaging.py): pHash 16x16
+# within 6 of 256 bits of a full decode, every hasher within 0.04 (colorhash 0.08, PDQ 0.07).
 DECODE_FACTOR = 4
-REDUCE_FACTOR = 2
+REDUCE_FACTOR = 4
 MIN_SAMPLE_SIDE = 64
 # What the hashers are given changed (the reduction above): stored hashes made before are redone
 # once, on the next scan, because the key differs.

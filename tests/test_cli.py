@@ -54,13 +54,13 @@ def test_scan_prints_summary_errors_and_groups(
         f"  = {library}/astronaut (1).jpg  512x512  68.1 KB  exact",
         "",
         f"{library}/coffee.jpg  600x400  72.3 KB  keeper",
-        f"  ~ {library}/chat/coffee-wa.jpg  600x400  32.1 KB  near 2/256 (0.008)",
+        f"  ~ {library}/chat/coffee-wa.jpg  600x400  32.1 KB  near 4/256 (0.016)",
         "",
         f"{library}/edit/chelsea-rotated.jpg  451x300  35.2 KB  keeper",
-        f"  ~ {library}/chelsea.jpg  451x300  35.0 KB  near 0/256 (0.000)",
+        f"  ~ {library}/chelsea.jpg  451x300  35.0 KB  near 2/256 (0.008)",
         "",
         f"{library}/rocket.jpg  640x427  52.0 KB  keeper",
-        f"  ~ {library}/chat/rocket-small.jpg  320x214  14.0 KB  near 8/256 (0.031)",
+        f"  ~ {library}/chat/rocket-small.jpg  320x214  14.0 KB  near 0/256 (0.000)",
     ]
 
 
@@ -115,7 +115,7 @@ def test_search_lists_nearest_photos_with_distances(
     assert result.stdout.splitlines() == [
         "distance     bits       pixels       size  path",
         f"0.000       0/256      600x400    72.3 KB  {library}/coffee.jpg",
-        f"0.008       2/256      600x400    32.1 KB  {library}/chat/coffee-wa.jpg",
+        f"0.016       4/256      600x400    32.1 KB  {library}/chat/coffee-wa.jpg",
     ]
 
 
@@ -235,7 +235,7 @@ def test_show_file_prints_record_and_matches(
         "  pixels    600x400",
         "  format    JPEG",
     ]
-    assert lines[-1] == f"  ~ {library}/chat/coffee-wa.jpg  near 2/256"
+    assert lines[-1] == f"  ~ {library}/chat/coffee-wa.jpg  near 4/256"
     broken = runner.invoke(
         dedupctl, ["--database", str(scanned), "show", "--json", str(library / "broken.jpg")]
     )
@@ -313,7 +313,7 @@ def test_quarantine_list_and_restore(
     assert listed[0]["keeper_path"] == f"{library}/coffee.jpg"
     table = runner.invoke(dedupctl, [*base, "list"]).stdout.splitlines()
     assert table[0].endswith(f"{library}/chat/coffee-wa.jpg")
-    assert table[1].startswith(f"       keeper {library}/coffee.jpg  near, distance 2")
+    assert table[1].startswith(f"       keeper {library}/coffee.jpg  near, distance 4")
 
     restored = runner.invoke(dedupctl, [*base, "restore", f"{library}/chat/coffee-wa.jpg"])
     assert (restored.exit_code, restored.stdout) == (0, f"restored {library}/chat/coffee-wa.jpg\n")
