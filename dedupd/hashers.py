@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -86,16 +86,7 @@ Transform = Literal[
     "mirror_rot180",
     "mirror_rot270",
 ]
-TRANSFORMS: tuple[Transform, ...] = (
-    "identity",
-    "rot90",
-    "rot180",
-    "rot270",
-    "mirror",
-    "mirror_rot90",
-    "mirror_rot180",
-    "mirror_rot270",
-)
+TRANSFORMS: tuple[Transform, ...] = get_args(Transform)  # in this order everywhere
 # T(INVERSE[T](x)) == x: only the quarter turns are not their own inverse.
 INVERSE: Mapping[Transform, Transform] = {
     **{t: t for t in TRANSFORMS},
