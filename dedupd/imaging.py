@@ -439,10 +439,7 @@ def _pdq_step(image: Image.Image, rating: Sequence[Hasher], *, variants: bool) -
     gives (at least `reduce_side`): every format then reaches PDQ at about the same size."""
     if not rating:
         return _Rated({}, {}, {}, None)
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    factor = min(rgb.size) // max(h.reduce_side for h in rating)
-    if factor > 1:
-        rgb = rgb.reduce(factor)
+    rgb = _small(image, "RGB", max(h.reduce_side for h in rating))
     if variants:
         turned = {h.key: h.measure_variants(rgb) for h in rating}
         measured = {key: Measured(v[0], quality) for key, (v, quality) in turned.items()}
