@@ -7,10 +7,11 @@ n + 1, and a database newer than this code is refused rather than guessed at.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,10 @@ __all__ = [
 ]
 
 State = Literal["ok", "error", "missing", "quarantined", "deleted"]
-MatchKind = Literal["exact", "near"]
+# exact: same sha256; near: perceptual hashes within a threshold (maybe turned); crop: one
+# frame is a cut of the other (local features, geometric fit); video: two clips share their
+# frames; contains: a clip holds a shorter one.
+MatchKind = Literal["exact", "near", "crop", "video", "contains"]
 
 MIGRATIONS: tuple[str, ...] = (
     # 0 → 1: the first schema.
@@ -158,6 +162,29 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE hashes ADD COLUMN quality INTEGER;
     ALTER TABLE hashes ADD COLUMN dominant REAL;
     ALTER TABLE hashes ADD COLUMN variants BLOB;
+    """,
+    # 5 → 6: matches of the kinds that are not a hash distance (a crop, a video, a clip inside
+    # a longer one) and what the matcher measured for them as JSON (`detail`: a crop's kept
+    # area and fitted transform, a clip's shared frames). SQLite cannot change a CHECK in
+    # place: the table is rebuilt, rows kept.
+    """
+    CREATE TABLE matches_6 (
+        a INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        b INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        hasher TEXT NOT NULL,
+        distance INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('exact', 'near', 'crop', 'video', 'contains')),
+        found REAL NOT NULL,
+        transform TEXT,
+        detail TEXT,
+        PRIMARY KEY (a, b, hasher),
+        CHECK (a < b)
+    );
+    INSERT INTO matches_6 (a, b, hasher, distance, kind, found, transform)
+        SELECT a, b, hasher, distance, kind, found, transform FROM matches;
+    DROP TABLE matches;
+    ALTER TABLE matches_6 RENAME TO matches;
+    CREATE INDEX matches_b ON matches (b);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -288,6 +315,7 @@ class MatchRecord:
     distance: int
     kind: MatchKind
     transform: Transform = "identity"  # the file is `other` rotated/mirrored so
+    detail: Mapping[str, Any] | None = None  # what the matcher measured (crop, video kinds)
 
 
 def _stored_transform(t: Transform, file_id: int, other: int) -> str | None:
@@ -808,10 +836,16 @@ class Store:
         self,
         file_id: int,
         hasher: str,
-        found: Iterable[tuple[int, int, MatchKind] | tuple[int, int, MatchKind, Transform]],
+        found: Iterable[
+            tuple[int, int, MatchKind]
+            | tuple[int, int, MatchKind, Transform]
+            | tuple[int, int, MatchKind, Transform, Mapping[str, Any] | None]
+        ],
     ) -> None:
-        """Set `file_id`'s matches under `hasher` to `found`: (other id, distance, kind) and
-        optionally the transform that takes the other file to this one (default identity)."""
+        """Set `file_id`'s matches under `hasher` to `found`: (other id, distance, kind),
+        optionally the transform that takes the other file to this one (default identity) and
+        what the matcher measured (`detail`, stored as JSON; it must say itself which file of
+        the pair it describes)."""
         now = self._now()
         rows = [
             (
@@ -822,6 +856,7 @@ class Store:
                 f[2],
                 now,
                 _stored_transform(f[3] if len(f) > 3 else "identity", file_id, f[0]),
+                json.dumps(f[4], sort_keys=True) if len(f) > 4 and f[4] is not None else None,
             )
             for f in found
             if f[0] != file_id
@@ -832,22 +867,31 @@ class Store:
                 (file_id, file_id, hasher),
             )
             self.db.conn.executemany(
-                "INSERT OR REPLACE INTO matches (a, b, hasher, distance, kind, found, transform)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO matches"
+                " (a, b, hasher, distance, kind, found, transform, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
     def matches_of(self, file_id: int, hasher: str) -> list[MatchRecord]:
         rows = self.db.execute(
-            "SELECT CASE WHEN a = ? THEN b ELSE a END, distance, kind, transform FROM matches"
-            " WHERE (a = ? OR b = ?) AND hasher = ? ORDER BY distance",
+            "SELECT CASE WHEN a = ? THEN b ELSE a END, distance, kind, transform, detail"
+            " FROM matches WHERE (a = ? OR b = ?) AND hasher = ? ORDER BY distance",
             (file_id, file_id, file_id, hasher),
         ).fetchall()
         out = []
-        for other_id, d, kind, t in rows:
+        for other_id, d, kind, t, detail in rows:
             other = self.file(other_id)
             if other is not None and other.state == "ok":
-                out.append(MatchRecord(other, d, kind, _read_transform(t, file_id, other_id)))
+                out.append(
+                    MatchRecord(
+                        other,
+                        d,
+                        kind,
+                        _read_transform(t, file_id, other_id),
+                        None if detail is None else json.loads(detail),
+                    )
+                )
         return out
 
     def match_edges(

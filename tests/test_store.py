@@ -310,7 +310,7 @@ def test_a_version_2_database_gains_the_quality_columns_and_keeps_its_hashes(
     conn.commit()
     conn.close()
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION
         assert store.hash_of(1, "phash:16") == b"\x01"
         assert store.rated_hashes([1], "phash:16") == {1: RatedHash(b"\x01", None, None)}
 
@@ -329,3 +329,45 @@ def test_quality_and_dominant_share_are_stored_with_the_rated_hash_only(tmp_path
         assert store.rated_hashes([a, b], "pdq:16") == {a: RatedHash(b"\x02" * 32, 87, 0.25)}
         assert store.rated_hashes([a], "phash:16") == {a: RatedHash(b"\x01" * 32, None, None)}
         assert [r.id for r in store.unhashed("/r", ["phash:16", "pdq:16"])] == [b]
+
+
+def test_a_version_5_database_keeps_its_matches_and_takes_the_new_kinds_with_detail(
+    tmp_path: Path,
+) -> None:
+    """Migration 5 → 6 rebuilds `matches` (a CHECK cannot change in place): the rows there
+    stay, with their transform; afterwards a crop match stores and returns its detail, and a
+    kind outside the list is still refused by the database."""
+    path = tmp_path / "d.db"
+    conn = sqlite3.connect(path)
+    for version, script in enumerate(store_module.MIGRATIONS[:5]):
+        conn.executescript(script + f"; PRAGMA user_version = {version + 1};")
+    for i in (1, 2, 3):
+        conn.execute(
+            "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, state,"
+            f" first_seen, updated) VALUES ({i}, '/r', '{i}.jpg', 1, {i}, 3, 4, 's{i}', 'ok',"
+            " 0, 0)"
+        )
+    conn.execute(
+        "INSERT INTO matches (a, b, hasher, distance, kind, found, transform)"
+        " VALUES (1, 2, 'phash:16', 7, 'near', 0, 'rot90')"
+    )
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        [old] = store.matches_of(2, "phash:16")
+        assert (old.other.id, old.distance, old.kind, old.transform, old.detail) == (
+            1,
+            7,
+            "near",
+            "rot90",
+            None,
+        )
+        store.replace_matches(3, "orb", [(1, 40, "crop", "identity", {"kept": 0.5, "of": 3})])
+        [crop] = store.matches_of(1, "orb")
+        assert (crop.other.id, crop.kind, crop.detail) == (3, "crop", {"kept": 0.5, "of": 3})
+        with pytest.raises(sqlite3.IntegrityError):
+            store.db.execute(
+                "INSERT INTO matches (a, b, hasher, distance, kind, found)"
+                " VALUES (1, 3, 'x', 0, 'similar', 0)"
+            )
