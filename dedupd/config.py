@@ -152,6 +152,9 @@ class Policy:
     act_on_existing: bool = False  # near: may act on an older file when the newcomer is better
     # near: a rotated or mirrored copy matches too (the newcomer's 8 variants are looked up)
     isometric: bool = True
+    # crop: one photo is a cut of the other (report or quarantine the crop; the larger frame
+    # is kept). Reported by default: a crop is often made on purpose.
+    crop: Action = "report"
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +517,7 @@ def _policy(r: _Reader) -> Policy:
             "burst_seconds",
             "act_on_existing",
             "isometric",
+            "crop",
         )
     )
     d = Policy()
@@ -524,6 +528,9 @@ def _policy(r: _Reader) -> Policy:
             "delete is allowed only for exact duplicates; use quarantine or report for near ones",
             "near",
         )
+    crop = r.choice("crop", d.crop, _ACTIONS)
+    if crop == "delete":
+        r.fail("delete is allowed only for exact duplicates; use quarantine or report", "crop")
     return Policy(
         threshold=r.get("threshold", d.threshold, _fraction, "a number between 0 and 1"),
         exact=r.choice("exact", d.exact, _ACTIONS),
@@ -536,6 +543,7 @@ def _policy(r: _Reader) -> Policy:
         burst_seconds=r.get("burst_seconds", d.burst_seconds, parse_duration, "a duration"),
         act_on_existing=r.get("act_on_existing", d.act_on_existing, _bool, "true or false"),
         isometric=r.get("isometric", d.isometric, _bool, "true or false"),
+        crop=crop,
     )
 
 
@@ -592,7 +600,7 @@ def _config(data: object, source: str | None, base: Path) -> Config:
         ),
     )
     for name, defined in policies.items():
-        for field_name in ("exact", "near"):
+        for field_name in ("exact", "near", "crop"):
             if getattr(defined, field_name) == "quarantine" and quarantine.path is None:
                 pr.fail(
                     "quarantine needs a quarantine folder: set quarantine.path",

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -21,14 +21,14 @@ from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinion
-from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
+from dedupd.policy import Candidate, CropEvidence, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
 from dedupd.store import FileRecord, MatchKind, Store, Undecided
 
 if TYPE_CHECKING:
-    from dedupd.index import HammingIndex
+    from dedupd.index import CropIndex, HammingIndex
 
 __all__ = [
     "Failure",
@@ -48,6 +48,22 @@ __all__ = [
 ]
 
 log = structlog.get_logger("dedupd.engine")
+
+# The crop stage: how many of the photos that share most visual words with a newcomer are
+# verified geometrically, and how many words a photo must share to be one of them
+# (bench/accuracy.py --crops: crops keeping 20% of the frame shared 2-38 words with their
+# original, distinct photos 8 on average).
+CROP_CANDIDATES = 8
+CROP_MIN_SHARED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Crop:
+    """A verified crop pair, as the crop stage found it for one newcomer."""
+
+    distance: int  # percent of the larger frame cut away
+    detail: dict[str, Any]  # what the match row keeps (features.CropFit.detail)
+    evidence: CropEvidence
 
 Progress = Callable[[int], None]
 
@@ -105,6 +121,14 @@ class Ingest:
         # Streamed into arrays: at a million photos, per-row Python objects would cost
         # hundreds of MB and seconds at every start.
         self.index.load_packed(*store.hash_arrays(self.hasher.key, self.roots))
+        from dedupd.features import FEATURES_KEY
+        from dedupd.index import CropIndex
+
+        # The crop stage's candidates: each photo's visual words (its descriptors stay in
+        # SQLite, read for the few candidates verified).
+        self.crop_key = FEATURES_KEY
+        self.crops: CropIndex = CropIndex()
+        self.crops.load(*store.feature_words(FEATURES_KEY, self.roots))
         self.policies = config.root_policies()
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
@@ -132,8 +156,10 @@ class Ingest:
     def close(self) -> None:
         """Let a background index rebuild finish (so no thread outlives its owner)."""
         self.index.join_rebuild()  # the long wait, without blocking searches
+        self.crops.join_rebuild()
         with self.lock:
             self.index.finish_rebuild(wait=True)
+            self.crops.finish_rebuild(wait=True)
 
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""
@@ -156,6 +182,7 @@ class Ingest:
             )
             with self.lock:
                 self.index.remove([file_id])
+                self.crops.remove([file_id])
             return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
         return self._match_and_decide(
@@ -186,6 +213,7 @@ class Ingest:
         self._pending = {r.id for r in due}
         with self.lock:
             self.index.remove(list(self._pending))
+            self.crops.remove(list(self._pending))
         outcomes = []
         try:
             with self.store.batch():
@@ -207,6 +235,7 @@ class Ingest:
                 if bits is not None:
                     with self.lock:
                         self.index.add([file_id], [bits])
+                    self._index_crop_words(file_id)
         return outcomes
 
     def _match_and_decide(
@@ -243,13 +272,15 @@ class Ingest:
         self.store.replace_matches(
             file_id, self.hasher.key, [(other, *v) for other, v in found.items()]
         )
+        crops = self._crops(newcomer, set(found))
+        records |= self.store.files(crops)
         with self.lock:
             self.index.add([file_id], [bits])
             self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
             if self.index.pending >= self.config.index.rebuild_every:
                 self.index.start_rebuild()  # on its own thread; ingest and queries go on
         tombstone = self.store.tombstone(sha256, path)
-        if not found and tombstone is None:
+        if not found and not crops and tombstone is None:
             self.store.clear_undecided(file_id)
             return None
         seconds = self._second_opinions(
@@ -258,8 +289,14 @@ class Ingest:
         decision = decide(
             newcomer,
             [
-                Candidate(records[i], d, kind, t, seconds.get(i))
-                for i, (d, kind, t) in found.items()
+                *(
+                    Candidate(records[i], d, kind, t, seconds.get(i))
+                    for i, (d, kind, t) in found.items()
+                ),
+                *(
+                    Candidate(records[i], c.distance, "crop", crop=c.evidence)
+                    for i, c in crops.items()
+                ),
             ],
             policies=self.policies,
             default=self.default_policy,
@@ -268,7 +305,11 @@ class Ingest:
             dry_run=self.config.dry_run,
         )
         decision = self._respect_restores(newcomer, decision)
-        outcome = self.apply(decision, path)
+        crop = None
+        if decision.kind == "crop" and decision.keeper is not None and decision.target is not None:
+            other = decision.keeper.id if decision.target.id == file_id else decision.target.id
+            crop = crops[other].detail if other in crops else None
+        outcome = self.apply(decision, path, crop)
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -283,6 +324,98 @@ class Ingest:
             )
             self.store.note_undecided(file_id, sha256, why, self.policy_key)
         return outcome
+
+    def _crops(self, newcomer: FileRecord, matched: set[int]) -> dict[int, _Crop]:
+        """The crop stage for a recorded `newcomer`: the indexed photos that share most of its
+        visual words (the crop index, never all pairs), verified geometrically against it
+        (`features.verify`): those that are a crop of it or of which it is a crop. Photos in
+        `matched` (exact or near matches: near wins) are not candidates, nor is a burst
+        neighbour (`verify` refuses full frames). Records the pairs as `crop` matches under
+        the features' key, files the newcomer's words in the index, and returns them by id."""
+        from dedupd.features import Features, verify
+
+        stored = self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
+        if stored is None:  # hashed without features (or by an older dedupd): no crop stage
+            self.store.replace_matches(newcomer.id, self.crop_key, [])
+            return {}
+        mine = Features.from_local(stored)
+        words = mine.words
+        exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
+        with self.lock:
+            proposed = self.crops.candidates(
+                words, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED, exclude=exclude
+            )
+        ids = [c.id for c in proposed]
+        records = {
+            i: r for i, r in self.store.files(ids).items()
+            if r.state == "ok" and r.root in self.roots
+        }
+        theirs = self.store.features_of(list(records), self.crop_key)
+        fits = {}
+        for i in ids:
+            if i in theirs:
+                fit = verify(mine, Features.from_local(theirs[i]))
+                if fit is not None:
+                    fits[i] = fit
+        out: dict[int, _Crop] = {}
+        if fits:
+            rated = self._rated_pair_detail([newcomer.id, *fits])
+            for i, fit in fits.items():
+                crop, original = (newcomer, records[i]) if fit.cropped == "first" else (
+                    records[i], newcomer
+                )
+                quality, dominant = rated(newcomer.id, i)
+                out[i] = _Crop(
+                    round(100 * (1 - fit.kept)),
+                    fit.detail(crop.id, original.id),
+                    CropEvidence(
+                        crop_id=crop.id,
+                        kept=fit.kept,
+                        inliers=fit.inliers,
+                        ratio=fit.ratio,
+                        resolution=_resolution(fit.scale, crop, original),
+                        quality=quality,
+                        dominant=dominant,
+                    ),
+                )
+        self.store.replace_matches(
+            newcomer.id,
+            self.crop_key,
+            [(i, c.distance, "crop", "identity", c.detail) for i, c in out.items()],
+        )
+        with self.lock:
+            self.crops.add(newcomer.id, words)
+            self.crops.finish_rebuild()  # swap in a finished background rebuild, never waits
+            if self.crops.pending >= self.config.index.rebuild_every:
+                self.crops.start_rebuild()
+        return out
+
+    def _index_crop_words(self, file_id: int) -> None:
+        """File `file_id` in the crop index again from its stored features (if it has any)."""
+        from dedupd.features import Features
+
+        stored = self.store.features_of([file_id], self.crop_key).get(file_id)
+        if stored is not None:
+            with self.lock:
+                self.crops.add(file_id, Features.from_local(stored).words)
+
+    def _rated_pair_detail(
+        self, ids: list[int]
+    ) -> Callable[[int, int], tuple[int | None, float | None]]:
+        """For pairs among `ids`: (the lower PDQ quality, the larger dominant-tone share) of
+        the two files, None where one lacks it (read from SQLite for these few files)."""
+        rated = self.hasher if self.hasher.rates_quality else self.second
+        detail = self.store.rated_hashes(ids, rated.key)
+
+        def pair(a: int, b: int) -> tuple[int | None, float | None]:
+            ra, rb = detail.get(a), detail.get(b)
+            if ra is None or rb is None or ra.quality is None or rb.quality is None:
+                return None, None
+            if ra.dominant is None or rb.dominant is None:
+                return min(ra.quality, rb.quality), None
+            return min(ra.quality, rb.quality), max(ra.dominant, rb.dominant)
+
+        return pair
 
     def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
         """A photo the user restored from quarantine is never acted on again (while its
@@ -379,8 +512,11 @@ class Ingest:
             )
         return out
 
-    def apply(self, decision: Decision, path: str) -> Outcome:
-        """Carry out a decision through `actions`, and log one event for it."""
+    def apply(
+        self, decision: Decision, path: str, detail: dict[str, Any] | None = None
+    ) -> Outcome:
+        """Carry out a decision through `actions`, and log one event for it (with what the
+        matcher measured, `detail`, for a crop)."""
         result = "reported"
         if decision.acts and decision.dry_run:
             result = "dry run"
@@ -388,6 +524,7 @@ class Ingest:
                 self._gone_in_preview.add(decision.target.id)
                 with self.lock:
                     self.index.remove([decision.target.id])
+                    self.crops.remove([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
         elif decision.acts and decision.target is not None and self.actions is not None:
@@ -401,6 +538,7 @@ class Ingest:
                     )
                 with self.lock:
                     self.index.remove([decision.target.id])
+                    self.crops.remove([decision.target.id])
                 result = "done"
             except ActionError as exc:
                 result = f"failed: {exc}"
@@ -415,6 +553,7 @@ class Ingest:
             distance=decision.distance,
             kind=decision.kind,
             transform=decision.transform,
+            **({"crop": detail} if detail is not None else {}),
         )
         return Outcome(path, decision, result)
 
@@ -432,6 +571,22 @@ class ScanReport:
     groups: list[Group] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _resolution(scale: float, crop: FileRecord, original: FileRecord) -> float:
+    """Pixels of `original`'s file per pixel of `crop`'s, along a side, over the part they
+    share: the fitted scale (reduced crop px → reduced original px) times each file's own
+    reduction. 0 when a file's size is unknown (no reduction to undo: never confirmed)."""
+    from dedupd.features import SIDE
+
+    def reduction(r: FileRecord) -> float:  # file px per reduced px
+        side = max(r.width or 0, r.height or 0)
+        return side / min(SIDE, side) if side else 0.0
+
+    crop_px, original_px = reduction(crop), reduction(original)
+    if not crop_px:
+        return 0.0
+    return scale * original_px / crop_px
 
 
 def _unchanged(record: FileRecord) -> bool:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["FileStat", "HashedImage"]
+__all__ = ["FileStat", "HashedImage", "LocalFeatures"]
 
 
 class FileStat(NamedTuple):
@@ -25,6 +25,18 @@ class FileStat(NamedTuple):
     @classmethod
     def of(cls, st: os.stat_result) -> FileStat:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class LocalFeatures(NamedTuple):
+    """A photo's local features as the worker sends and the store keeps them (see
+    `dedupd.features`): plain bytes, so that naming them needs no numpy."""
+
+    kind: str  # features.FEATURES_KEY: what was computed (detector, count, image side)
+    width: int  # of the reduced image the points are in
+    height: int
+    points: bytes  # float32 (x, y) rows
+    descriptors: bytes  # 32-byte ORB rows
+    words: bytes  # uint16, sorted and unique: what the candidate index files the photo under
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +55,5 @@ class HashedImage:
     # hashers that rate it (PDQ), and the share of the pixels in the dominant tone.
     quality: dict[str, int] = field(default_factory=dict)
     dominant: float | None = None
+    # The crop stage's local features (imaging's feature step); None when not computed.
+    features: LocalFeatures | None = None

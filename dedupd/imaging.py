@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dedupd import safefs
 from dedupd.errors import ImageError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, LocalFeatures
 from dedupd.hashers import Hasher, Measured, dominant_share
 
 if TYPE_CHECKING:
@@ -377,9 +377,13 @@ def hash_image(
     draft: bool = True,
     trim: bool = True,
     variants: bool = True,
+    features: bool = True,
 ) -> HashedImage:
     """Read `path` once; return its sha256, size, capture time and one hash per hasher (and,
     with `variants`, the hashes of its 8 rotations and mirrors, for isometric matching).
+
+    With `features`, the crop stage's local features of the same trimmed image are computed
+    too (`_features_step`).
 
     Uniform borders are trimmed before hashing (`trim=False` only for benchmarks: the hasher
     keys promise trimmed hashes).
@@ -418,7 +422,16 @@ def hash_image(
         variants=turned | pdq.variants,
         quality=pdq.quality,
         dominant=pdq.dominant,
+        features=_features_step(trimmed) if features else None,
     )
+
+
+def _features_step(image: Image.Image) -> LocalFeatures:
+    """The crop stage's step, apart from the hashers: ORB keypoints of the trimmed image
+    (`dedupd.features`), box-reduced first to about the side they are found at."""
+    from dedupd import features
+
+    return features.extract(_small(image, "L", features.SIDE)).to_local()
 
 
 class _Rated(NamedTuple):

@@ -37,6 +37,8 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "CKDTreeIndex",
+    "CropCandidate",
+    "CropIndex",
     "HammingIndex",
     "Match",
     "NumpyIndex",
@@ -663,3 +665,306 @@ def make_index(backend: Backend, bits: int, *, leaf_size: int = 16, p: float = 1
     if backend == "hamming":
         return NumpyIndex(bits)
     raise ValueError(f"unknown index backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+# -- crop candidates ---------------------------------------------------------------------------
+
+
+class CropCandidate(NamedTuple):
+    id: int
+    score: float  # the shared words, each weighted by how rare it is (idf)
+    shared: int  # words shared with the query
+
+
+Postings = npt.NDArray[np.uint32]
+WordArray = npt.NDArray[np.uint16]
+
+
+class _CropSnapshot(NamedTuple):
+    """An inverted file: the snapshot rows filed under word w are
+    ``postings[offsets[w]:offsets[w + 1]]``; row r is photo ``ids[r]`` (ids sorted)."""
+
+    ids: Ids
+    offsets: npt.NDArray[np.int64]
+    postings: Postings
+
+
+def _inverted(
+    ids: Ids, counts: npt.NDArray[np.int64], words: WordArray, size: int
+) -> _CropSnapshot:
+    """The inverted file of photos `ids` (sorted, unique) with `counts[i]` words each,
+    concatenated in `words`. A stable sort of 16-bit keys is numpy's radix sort."""
+    rows = np.repeat(np.arange(len(ids), dtype=np.uint32), counts)
+    order = np.argsort(words, kind="stable")
+    postings = rows[order]
+    del order
+    offsets = np.zeros(size + 1, np.int64)
+    np.cumsum(np.bincount(words, minlength=size), out=offsets[1:])
+    return _CropSnapshot(ids, offsets, postings)
+
+
+class _CropRebuild:
+    """A crop snapshot being built off the ingest thread from copies of the live photos."""
+
+    def __init__(
+        self, ids: Ids, counts: npt.NDArray[np.int64], words: WordArray, delta: dict[int, WordArray]
+    ):
+        self.ids, self.counts, self.words, self.delta = ids, counts, words, delta
+        self.removed: list[Ids] = []
+        self.snapshot: _CropSnapshot | None = None
+        self.error: BaseException | None = None
+        self.thread: threading.Thread
+
+    def run(self, size: int) -> None:
+        try:
+            self.snapshot = _inverted(self.ids, self.counts, self.words, size)
+        except BaseException as exc:  # re-raised by finish_rebuild on the owning thread
+            self.error = exc
+
+
+class CropIndex:
+    """Which indexed photos may share a crop relation with a newcomer: an inverted file of
+    visual words (`features.words_of`), searched by vote, as DBoW does for ORB.
+
+    Each photo is filed under its distinct words (~270 of 2**16); a query adds, for every
+    photo filed under one of the newcomer's words, that word's idf (log of the photos over the
+    photos filed under it, so that words every textured photo has count for little), and
+    returns the best `k`. Never a scan of all pairs: the work is the postings of the
+    newcomer's words. 4 bytes per word filed (one uint32 row number) plus 9 per photo.
+
+    Same life cycle as `HammingIndex`: a snapshot plus a delta of recent additions (a dict,
+    searched by brute force), removals as tombstones, rebuilt on a background thread and
+    swapped in by the owning thread (`finish_rebuild`).
+    """
+
+    def __init__(self, vocabulary: int = 1 << 16):
+        if not 1 <= vocabulary <= 1 << 16:
+            raise ValueError("the vocabulary has 1 to 65536 words (uint16)")
+        self.vocabulary = vocabulary
+        self._snap = _inverted(
+            np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint16), vocabulary
+        )
+        self._snap_alive = np.empty(0, bool)
+        self._delta: dict[int, WordArray] = {}
+        self._delta_cache: tuple[Ids, npt.NDArray[np.int64], WordArray] | None = None
+        self._dead = 0
+        self._rebuilding: _CropRebuild | None = None
+        self.last_rebuild: float | None = None
+
+    def __len__(self) -> int:
+        return int(self._snap_alive.sum()) + len(self._delta)
+
+    @property
+    def pending(self) -> int:
+        """Delta entries and tombstones a rebuild would fold in."""
+        return len(self._delta) + self._dead
+
+    def _words(self, words: npt.ArrayLike) -> WordArray:
+        w = np.unique(np.asarray(words))
+        if len(w) and (w.min() < 0 or w.max() >= self.vocabulary):
+            raise ValueError(f"a word outside the vocabulary of {self.vocabulary}")
+        return w.astype(np.uint16)
+
+    # -- changes --------------------------------------------------------------------------
+    def load(self, ids: npt.ArrayLike, counts: npt.ArrayLike, words: npt.ArrayLike) -> None:
+        """Replace everything indexed: photo `ids[i]` has `counts[i]` words, concatenated in
+        `words` (each photo's words unique). Raises ValueError for malformed input."""
+        ids = np.asarray(ids, np.int64)
+        counts = np.asarray(counts, np.int64)
+        words = np.asarray(words)
+        if len(ids) != len(counts) or int(counts.sum()) != len(words):
+            raise ValueError("ids, counts and words do not agree")
+        if len(words) and (words.min() < 0 or words.max() >= self.vocabulary):
+            raise ValueError(f"a word outside the vocabulary of {self.vocabulary}")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("an id appears twice")
+        order = np.argsort(ids, kind="stable")
+        if not bool(np.all(order == np.arange(len(ids)))):
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            pick = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in order])
+            ids, counts, words = ids[order], counts[order], words[pick.astype(np.int64)]
+        self.finish_rebuild(wait=True)
+        self._snap = _inverted(ids, counts, words.astype(np.uint16), self.vocabulary)
+        self._snap_alive = np.ones(len(ids), bool)
+        self._delta, self._delta_cache, self._dead = {}, None, 0
+        self.last_rebuild = time.time()
+
+    def add(self, file_id: int, words: npt.ArrayLike) -> None:
+        """File (or file again) photo `file_id` under `words`."""
+        w = self._words(words)
+        self.remove([file_id])
+        self._delta[int(file_id)] = w
+        self._delta_cache = None
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Tombstone `ids`; unknown ids are ignored."""
+        ids = np.unique(np.asarray(list(ids), np.int64))
+        if not len(ids):
+            return
+        if self._rebuilding is not None:
+            self._rebuilding.removed.append(ids)
+        self._dead += self._tombstone(ids)
+        for i in ids.tolist():
+            if self._delta.pop(i, None) is not None:
+                self._delta_cache = None
+
+    def _tombstone(self, ids: Ids) -> int:
+        snap_ids = self._snap.ids
+        if not len(snap_ids):
+            return 0
+        pos = np.searchsorted(snap_ids, ids).clip(0, len(snap_ids) - 1)
+        hit = pos[snap_ids[pos] == ids]
+        hit = hit[self._snap_alive[hit]]
+        self._snap_alive[hit] = False
+        return len(hit)
+
+    # -- rebuilds -------------------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Fold the delta into a new snapshot and drop tombstones, now."""
+        self.finish_rebuild(wait=True)
+        self.start_rebuild()
+        self.finish_rebuild(wait=True)
+
+    def start_rebuild(self) -> bool:
+        """Begin a rebuild on a background thread (see `HammingIndex.start_rebuild`)."""
+        if self._rebuilding is not None:
+            return False
+        snap, alive = self._snap, self._snap_alive
+        # The snapshot's photos back as (row, word) pairs, live rows only.
+        per_word = np.diff(snap.offsets)
+        words = np.repeat(np.arange(self.vocabulary, dtype=np.uint16), per_word)
+        rows = snap.postings
+        keep = alive[rows]
+        rows, words = rows[keep], words[keep]
+        order = np.argsort(rows, kind="stable")
+        rows, words = rows[order], words[order]
+        live = np.flatnonzero(alive)
+        counts = np.bincount(rows, minlength=len(alive))[live].astype(np.int64)
+        delta = dict(self._delta)
+        d_ids = np.fromiter(delta, np.int64, len(delta))
+        d_counts = np.array([len(w) for w in delta.values()], np.int64)
+        ids = np.concatenate([snap.ids[live], d_ids])
+        counts = np.concatenate([counts, d_counts])
+        all_words = np.concatenate([words, *delta.values()]) if delta else words
+        by_id = np.argsort(ids, kind="stable")
+        if not bool(np.all(by_id == np.arange(len(ids)))):
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            pick = np.concatenate(
+                [np.arange(starts[i], starts[i] + counts[i]) for i in by_id]
+                or [np.empty(0, np.int64)]
+            )
+            ids, counts, all_words = ids[by_id], counts[by_id], all_words[pick]
+        job = _CropRebuild(ids, counts, all_words.astype(np.uint16), delta)
+        job.thread = threading.Thread(
+            target=job.run, args=(self.vocabulary,), name="dedupd-crop-rebuild", daemon=True
+        )
+        self._rebuilding = job
+        job.thread.start()
+        return True
+
+    def finish_rebuild(self, *, wait: bool = False) -> bool:
+        """Swap in a finished background rebuild (waiting for it with `wait`); additions made
+        meanwhile stay in the delta, removals made meanwhile apply to the new snapshot."""
+        job = self._rebuilding
+        if job is None or (job.thread.is_alive() and not wait):
+            return False
+        job.thread.join()
+        self._rebuilding = None
+        if job.error is not None:
+            raise job.error
+        assert job.snapshot is not None  # set by run() when it raised nothing
+        self._snap = job.snapshot
+        self._snap_alive = np.ones(len(job.snapshot.ids), bool)
+        # What was added since the build began (a new array object) stays in the delta.
+        self._delta = {i: w for i, w in self._delta.items() if job.delta.get(i) is not w}
+        self._delta_cache = None
+        self._dead = 0
+        if job.removed:
+            self._dead += self._tombstone(np.unique(np.concatenate(job.removed)))
+        self.last_rebuild = time.time()
+        return True
+
+    def join_rebuild(self) -> None:
+        job = self._rebuilding
+        if job is not None:
+            job.thread.join()
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding is not None
+
+    # -- queries --------------------------------------------------------------------------
+    def _delta_arrays(self) -> tuple[Ids, npt.NDArray[np.int64], WordArray]:
+        if self._delta_cache is None:
+            ids = np.fromiter(self._delta, np.int64, len(self._delta))
+            counts = np.array([len(w) for w in self._delta.values()], np.int64)
+            words = (
+                np.concatenate(list(self._delta.values()))
+                if self._delta
+                else np.empty(0, np.uint16)
+            )
+            self._delta_cache = (ids, np.repeat(np.arange(len(ids)), counts), words)
+        return self._delta_cache
+
+    def candidates(
+        self, words: npt.ArrayLike, k: int, *, min_shared: int = 1, exclude: Iterable[int] = ()
+    ) -> list[CropCandidate]:
+        """The `k` photos that best share `words` (by idf-weighted votes), best first; ties
+        broken by the smaller id. Photos sharing fewer than `min_shared` words, and those in
+        `exclude`, are left out."""
+        q = self._words(words)
+        if k < 1 or not len(q):
+            return []
+        snap = self._snap
+        n_photos = len(self._snap_alive) + len(self._delta) + 1
+        starts, ends = snap.offsets[q], snap.offsets[q.astype(np.int64) + 1]
+        df = (ends - starts).astype(np.float64)
+        idf = np.log(n_photos / (df + 1.0))
+        lengths = ends - starts
+        total = int(lengths.sum())
+        ids_out, scores_out, shared_out = [], [], []
+        if total:
+            # The postings of every query word at once: positions start..end of each word.
+            first = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+            rows = snap.postings[first + np.arange(total)]
+            weights = np.repeat(idf, lengths)
+            n = len(snap.ids)
+            score = np.bincount(rows, weights, minlength=n)
+            shared = np.bincount(rows, minlength=n)
+            hit = np.flatnonzero((shared >= min_shared) & self._snap_alive)
+            ids_out.append(snap.ids[hit])
+            scores_out.append(score[hit])
+            shared_out.append(shared[hit])
+        d_ids, d_rows, d_words = self._delta_arrays()
+        if len(d_ids):
+            pos = np.searchsorted(q, d_words).clip(0, len(q) - 1)
+            match = q[pos] == d_words
+            score = np.bincount(d_rows[match], idf[pos[match]], minlength=len(d_ids))
+            shared = np.bincount(d_rows[match], minlength=len(d_ids))
+            hit = np.flatnonzero(shared >= min_shared)
+            ids_out.append(d_ids[hit])
+            scores_out.append(score[hit])
+            shared_out.append(shared[hit])
+        if not ids_out:
+            return []
+        ids, scores, shared = (np.concatenate(x) for x in (ids_out, scores_out, shared_out))
+        excluded = np.fromiter(exclude, np.int64)
+        if len(excluded):
+            keep = ~np.isin(ids, excluded)
+            ids, scores, shared = ids[keep], scores[keep], shared[keep]
+        if len(ids) > k:
+            # the k best, with every id tied at the k-th score, then ordered exactly
+            bound = np.partition(scores, len(scores) - k)[len(scores) - k]
+            keep = scores >= bound
+            ids, scores, shared = ids[keep], scores[keep], shared[keep]
+        order = np.lexsort((ids, -scores))[:k]
+        return [
+            CropCandidate(int(i), float(s), int(c))
+            for i, s, c in zip(ids[order], scores[order], shared[order], strict=True)
+        ]
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the arrays (the delta's too, not counting the dict around them)."""
+        snap = self._snap
+        arrays = (snap.ids, snap.offsets, snap.postings, self._snap_alive)
+        return sum(a.nbytes for a in arrays) + sum(w.nbytes + 8 for w in self._delta.values())

@@ -18,8 +18,11 @@ from dedupd.hashers import LOW_DETAIL_DOMINANT, LOW_DETAIL_QUALITY, Transform
 from dedupd.store import ActionRecord, FileRecord, MatchKind
 
 __all__ = [
+    "CROP_CONFIRM_INLIERS",
+    "CROP_CONFIRM_RATIO",
     "KEEP_RULES",
     "Candidate",
+    "CropEvidence",
     "Decision",
     "SecondOpinion",
     "decide",
@@ -169,6 +172,62 @@ class SecondOpinion:
         return None
 
 
+# What confirms a crop before it moves a file (the crop stage's second opinion): a stricter
+# geometric fit than the one that finds it (features.MIN_INLIERS matches agreeing, a quarter of
+# the matches), calibrated in bench/accuracy.py --crops where no pair of distinct photos came
+# near either bound.
+CROP_CONFIRM_INLIERS = 40
+CROP_CONFIRM_RATIO = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CropEvidence:
+    """What the crop stage measured of a crop pair, and how much detail the two images have:
+    measured by the caller (features.verify, and the stored PDQ quality and dominant tone),
+    judged by `decide`."""
+
+    crop_id: int  # which of the two files is the crop (the other is the larger frame)
+    kept: float  # the fraction of the larger frame's area the crop shows
+    inliers: int  # descriptor matches that agree with the fitted transform
+    ratio: float  # inliers / matches
+    # Pixels of the larger frame's file per pixel of the crop's file, along a side, over the
+    # shared part: below 1, the crop holds that part sharper than its "original" does (a
+    # screenshot that shows a photo, smaller), so the crop is not the worse copy.
+    resolution: float
+    quality: int | None = None  # the lower of the two images' PDQ quality (0-100)
+    dominant: float | None = None  # the larger of the two images' share in one tone
+    min_inliers: int = CROP_CONFIRM_INLIERS
+    min_ratio: float = CROP_CONFIRM_RATIO
+    quality_floor: int = LOW_DETAIL_QUALITY
+    max_dominant: float = LOW_DETAIL_DOMINANT
+
+    def refusal(self) -> str | None:
+        """Why this crop match alone must not move a file, or None when it may."""
+        if self.quality is None or self.dominant is None:
+            return "no detail measure for one of the two: a crop match alone never moves it"
+        if self.quality < self.quality_floor:
+            return (
+                f"low detail (PDQ quality {self.quality} < {self.quality_floor}): a crop match"
+                " alone never moves it"
+            )
+        if self.dominant >= self.max_dominant:
+            return (
+                f"low detail ({self.dominant:.0%} of the pixels in one tone): a crop match alone"
+                " never moves it"
+            )
+        if self.inliers < self.min_inliers or self.ratio < self.min_ratio:
+            return (
+                f"crop fit not confirmed ({self.inliers} matches agree, {self.ratio:.0%} of"
+                f" them; moving needs {self.min_inliers} and {self.min_ratio:.0%})"
+            )
+        if self.resolution < 1.0:
+            return (
+                f"the crop is sharper than the larger frame ({self.resolution:.2f} px of it per"
+                " px of the crop): it is no worse copy"
+            )
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """An indexed file that matches the newcomer."""
@@ -179,6 +238,8 @@ class Candidate:
     transform: Transform = "identity"  # the newcomer is `record` rotated/mirrored so
     # A near match moves a file only when this agrees; None: nobody asked, so it never does.
     second: SecondOpinion | None = None
+    # A crop match: what was measured, which file is the crop; a crop never moves without it.
+    crop: CropEvidence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +279,18 @@ def _seconds_apart(a: FileRecord, b: FileRecord) -> float | None:
 _STRENGTH: tuple[Action, ...] = ("report", "quarantine", "delete")
 
 
-def _preference(c: Candidate) -> tuple[bool, int, bool, str]:
-    """Which match a decision rests on: exact first, then the nearest, upright on a tie."""
-    return (c.kind != "exact", c.distance, c.transform != "identity", str(c.record.path))
+# Which kind of match a decision rests on first: an exact or near match wins over a crop.
+_KIND_ORDER: dict[MatchKind, int] = {"exact": 0, "near": 1, "crop": 2, "video": 3, "contains": 4}
+
+
+def _preference(c: Candidate) -> tuple[int, int, bool, str]:
+    """Which match a decision rests on: exact first, then the nearest, upright on a tie, then
+    crops (the one keeping most of the frame first: its distance is the percent cut away)."""
+    return (_KIND_ORDER[c.kind], c.distance, c.transform != "identity", str(c.record.path))
+
+
+def _action_of(policy: Policy, kind: MatchKind) -> Action:
+    return {"exact": policy.exact, "crop": policy.crop}.get(kind, policy.near)
 
 
 def decide(
@@ -240,7 +310,8 @@ def decide(
     of an earlier quarantine or delete of the same bytes, if any.
 
     A near match moves a file only when its candidate's second opinion agrees and neither
-    image is low-detail; otherwise the decision is downgraded to `report`, saying why.
+    image is low-detail; a crop only when its evidence confirms it (`CropEvidence.refusal`);
+    otherwise the decision is downgraded to `report`, saying why.
     """
     decision = _decide(
         newcomer,
@@ -251,10 +322,16 @@ def decide(
         tombstone=tombstone,
         dry_run=dry_run,
     )
-    if not decision.acts or decision.kind != "near":
+    if not decision.acts or decision.kind not in ("near", "crop"):
         return decision
     other = decision.keeper if decision.target is newcomer else decision.target
     match = next((c for c in candidates if other is not None and c.record.id == other.id), None)
+    if decision.kind == "crop":
+        evidence = match.crop if match is not None else None
+        refusal = "no crop evidence" if evidence is None else evidence.refusal()
+        if refusal is not None:
+            return replace(decision, action="report", rule=f"{refusal}; {decision.rule}")
+        return decision
     second = match.second if match is not None else None
     refusal = "no second opinion asked for" if second is None else second.refusal()
     if second is None or refusal is not None:
@@ -286,10 +363,7 @@ def _decide(
         # back: repeat that, without consulting the keep rules again, but only while its
         # keeper is still here (and not marked distinct) and the policy still acts.
         match = next((c for c in live if c.record.id == tombstone.keeper_id), None)
-        acts = match is not None and (policy.exact if match.kind == "exact" else policy.near) in (
-            "quarantine",
-            "delete",
-        )
+        acts = match is not None and _action_of(policy, match.kind) in ("quarantine", "delete")
         if match is not None and acts:
             keeper = match.record
             action: Action = tombstone.kind
@@ -326,6 +400,12 @@ def _decide(
     if other_policy.reference:
         keeper, target = other, newcomer
         rule = "the match is in a reference root"
+    elif best.kind == "crop":
+        # The larger frame is the original: the crop is what may go, whatever the keep rules
+        # say (a crop saved later is often the newest and, upscaled, the largest file).
+        crop_id = best.crop.crop_id if best.crop is not None else newcomer.id
+        keeper, target = (other, newcomer) if crop_id == newcomer.id else (newcomer, other)
+        rule = "keep: the larger frame (the other is a crop of it)"
     else:
         if best.kind == "exact":
             # Identical bytes: no copy is better, so arrival order must not decide. The file
@@ -336,10 +416,11 @@ def _decide(
             keeper = rank([newcomer, other], policy.keep)[0]
         target = other if keeper is newcomer else newcomer
         rule = f"keep: {describe(policy.keep)}"
-    if target is not newcomer and best.kind == "near" and not policy.act_on_existing:
+    if target is not newcomer and best.kind in ("near", "crop") and not policy.act_on_existing:
         return Decision(
             "report",
-            "the newcomer is the better copy; acting on an existing file needs act_on_existing",
+            f"the newcomer is the {'larger frame' if best.kind == 'crop' else 'better copy'};"
+            " acting on an existing file needs act_on_existing",
             target,
             keeper,
             best.distance,
@@ -358,11 +439,11 @@ def _decide(
             dry_run,
             best.transform,
         )
-    action = policy.exact if best.kind == "exact" else policy.near
+    action = _action_of(policy, best.kind)
     if target is not newcomer and best.kind == "exact":
         # Identical bytes: removing the worse-named existing copy loses nothing, so it needs
         # no act_on_existing; but the policy of the root it lives in must allow it too.
         action = min(action, policies.get(target.root, default).exact, key=_STRENGTH.index)
     if action == "delete" and (best.kind != "exact" or target.sha256 != keeper.sha256):
-        action = "quarantine"  # config forbids this; never let a near match delete
+        action = "quarantine"  # config forbids this; never let a near or crop match delete
     return Decision(action, rule, target, keeper, best.distance, best.kind, dry_run, best.transform)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dedupd.errors import StoreError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, LocalFeatures
 from dedupd.hashers import INVERSE, TRANSFORMS, Transform
 
 if TYPE_CHECKING:
@@ -185,6 +185,20 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE matches;
     ALTER TABLE matches_6 RENAME TO matches;
     CREATE INDEX matches_b ON matches (b);
+    """,
+    # 6 → 7: local features for the crop stage (dedupd.features): ORB keypoints and
+    # descriptors of the photo reduced to a small side, read back only for the few candidates
+    # to verify, and the words the candidate index files it under (loaded at start).
+    """
+    CREATE TABLE features (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        points BLOB NOT NULL,
+        descriptors BLOB NOT NULL,
+        words BLOB NOT NULL
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -720,6 +734,49 @@ class Store:
         ).fetchone()
         return bytes(row[0]) if row else None
 
+    # -- local features (the crop stage) ---------------------------------------------------
+    def features_of(self, ids: Iterable[int], kind: str) -> dict[int, LocalFeatures]:
+        """The local features of `kind` stored for each of `ids` that has them."""
+        ids = list(ids)
+        found: dict[int, LocalFeatures] = {}
+        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                "SELECT file_id, kind, width, height, points, descriptors, words FROM features"
+                f" WHERE kind = ? AND file_id IN ({', '.join('?' * len(chunk))})",
+                [kind, *chunk],
+            )
+            for file_id, *row in rows:
+                found[file_id] = LocalFeatures(*row)
+        return found
+
+    def feature_words(
+        self, kind: str, roots: Sequence[str] | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint16]]:
+        """(file ids, word counts, words) of every present file with features of `kind`:
+        each file's words (uint16) concatenated in the order of the ids, filled chunk by
+        chunk (what the crop index loads at start, without the descriptors)."""
+        import numpy as np
+
+        sql = (
+            "SELECT f.id, length(x.words), x.words FROM features x JOIN files f"
+            " ON f.id = x.file_id WHERE x.kind = ? AND f.state = 'ok'"
+        )
+        params: list[Any] = [kind]
+        if roots is not None:
+            sql += f" AND f.root IN ({', '.join('?' * len(roots))})"
+            params += _paths_to_db(roots)
+        ids: list[int] = []
+        counts: list[int] = []
+        parts: list[npt.NDArray[np.uint16]] = []
+        cursor = self.db.execute(sql, params)
+        while chunk := cursor.fetchmany(_HASH_CHUNK):
+            ids += [row[0] for row in chunk]
+            counts += [row[1] // 2 for row in chunk]
+            parts.append(np.frombuffer(b"".join(row[2] for row in chunk), "<u2").astype(np.uint16))
+        words = np.concatenate(parts) if parts else np.empty(0, np.uint16)
+        return np.array(ids, np.int64), np.array(counts, np.int64), words
+
     # -- writing files -----------------------------------------------------------------------
     def _write_file(self, root: str, relpath: str, values: dict[str, Any]) -> int:
         """Insert or update the record at root/relpath (inside the caller's transaction).
@@ -736,6 +793,7 @@ class Store:
         file_id = old[0].id
         if values["sha256"] is None or old[0].sha256 != values["sha256"]:
             self.db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+            self.db.execute("DELETE FROM features WHERE file_id = ?", (file_id,))
             self.db.execute("DELETE FROM matches WHERE a = ? OR b = ?", (file_id, file_id))
         self._table("files").update(file_id, values)
         return file_id
@@ -776,6 +834,10 @@ class Store:
                 ],
                 pk=("file_id", "hasher"),
             )
+            if image.features is not None:
+                self._table("features").upsert_all(
+                    [dict(file_id=file_id, **image.features._asdict())], pk=("file_id",)
+                )
         return file_id
 
     def record_error(self, root: str, relpath: str, stat: FileStat, kind: str, message: str) -> int:

@@ -1,0 +1,305 @@
+"""Local features of a small image, and the geometric check that one frame is a crop of another.
+
+A crop shares no perceptual hash with its original (the frame changed), but it shares local
+features: corners and blobs that look alike in both and sit where one similarity transform
+(scale, rotation, shift) puts them. `extract` computes ORB keypoints (OpenCV) on the image
+reduced to a `SIDE`-px long side, in the hasher worker (never in the daemon); `verify` matches
+two photos' descriptors and fits a similarity with RANSAC (``cv2.estimateAffinePartial2D``);
+the pair is a crop when enough matches agree with the fit and one frame, mapped through it,
+lies inside the other.
+
+`words` are what the candidate index (`index.CropIndex`) files a photo under: each
+descriptor's bits at `WORD_BITS` fixed positions, a locality-sensitive hash (bit sampling): two
+descriptors of the same corner differ in a few of their 256 bits, so they often share a word,
+while two unrelated ones share it with probability 2**-WORD_BITS. No vocabulary to train or
+ship: the same bits in every process and every version that keeps `FEATURES_KEY`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from dedupd.filestat import LocalFeatures
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "FEATURES_KEY",
+    "KEYPOINTS",
+    "MIN_INLIERS",
+    "SIDE",
+    "VOCABULARY",
+    "WORD_BITS",
+    "CropFit",
+    "Features",
+    "LocalFeatures",
+    "extract",
+    "verify",
+    "words_of",
+]
+
+SIDE = 512  # long side, in px, of the image the keypoints are found on
+KEYPOINTS = 300  # at most; a flat image has fewer
+WORD_BITS = 16
+VOCABULARY = 1 << WORD_BITS
+# Descriptor bit positions sampled for a word: spread over the 256 bits (ORB's tests are
+# ordered by decreasing variance in pairs, so every 16th bit takes a varied one of each run).
+_WORD_POSITIONS = np.arange(0, 256, 256 // WORD_BITS)
+# What was computed, so that stored rows of another configuration are never mixed with these:
+# the features' kind (and the key of the crop matches found with them).
+FEATURES_KEY = f"orb:{KEYPOINTS}@{SIDE}/w{WORD_BITS}"
+
+# Geometric verification (calibrated in bench/accuracy.py --crops, see README): Lowe's ratio
+# test, then a RANSAC similarity whose inliers are within _REPROJECTION px of the fit (at
+# SIDE px). Distinct photos peaked at 17 inliers in the issue's probe; MIN_INLIERS leaves room.
+_RATIO = 0.8
+# FAST corner threshold (OpenCV default 20): lower, so that smooth photos (a retina scan, a
+# blurred shot) still get keypoints; ORB keeps the strongest KEYPOINTS by Harris score anyway.
+_FAST = 5
+_REPROJECTION = 4.0
+MIN_INLIERS = 24
+MIN_INLIER_RATIO = 0.25  # of the ratio-test matches
+# A crop's frame mapped into its original may stick out by this fraction of the original's
+# side (keypoints near the border fit a little loosely); more and the two frames only overlap.
+_INSIDE = 0.04
+MAX_KEPT = 0.93  # a "crop" keeping more of the frame is a near duplicate or a burst neighbour
+MIN_KEPT = 0.05
+_MAX_SCALE = 8.0  # of the fitted transform, either way: farther is no photo anyone cropped
+_MAX_ANGLE = 10.0  # degrees: editors crop upright; a large turn is some other relation
+
+
+Points = npt.NDArray[np.float32]
+Descriptors = npt.NDArray[np.uint8]
+Words = npt.NDArray[np.uint16]  # WORD_BITS <= 16
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """ORB keypoints of one image reduced to `SIDE` px: `points` (N, 2) float32 x, y in the
+    reduced image of `width` x `height`; `descriptors` (N, 32) uint8."""
+
+    width: int
+    height: int
+    points: Points
+    descriptors: Descriptors
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @property
+    def words(self) -> Words:
+        return words_of(self.descriptors)
+
+    def to_local(self) -> LocalFeatures:
+        """As the worker sends and the store keeps them: float32 points, uint8 descriptors,
+        uint16 words."""
+        return LocalFeatures(
+            FEATURES_KEY,
+            self.width,
+            self.height,
+            np.ascontiguousarray(self.points, np.float32).tobytes(),
+            np.ascontiguousarray(self.descriptors, np.uint8).tobytes(),
+            self.words.astype("<u2").tobytes(),
+        )
+
+    @classmethod
+    def from_local(cls, stored: LocalFeatures) -> Features:
+        """Back from `to_local`. Raises ValueError for rows of another kind or shape."""
+        if stored.kind != FEATURES_KEY:
+            raise ValueError(f"features of kind {stored.kind!r}, expected {FEATURES_KEY!r}")
+        p = np.frombuffer(stored.points, np.float32).reshape(-1, 2)
+        d = np.frombuffer(stored.descriptors, np.uint8).reshape(-1, 32)
+        if len(p) != len(d):
+            raise ValueError(f"{len(p)} keypoints but {len(d)} descriptors")
+        return cls(stored.width, stored.height, p, d)
+
+
+def words_of(descriptors: Descriptors) -> Words:
+    """The words a photo is filed under: each descriptor's `WORD_BITS` sampled bits, unique."""
+    if not len(descriptors):
+        return np.empty(0, np.uint16)
+    bits = np.unpackbits(np.asarray(descriptors, np.uint8), axis=1)[:, _WORD_POSITIONS]
+    words: Words = np.unique(
+        np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u2")[:, 0].astype(np.uint16)
+    )
+    return words
+
+
+def extract(image: Image.Image) -> Features:
+    """ORB keypoints of `image` (any mode, any size) reduced to `SIDE` px on its long side."""
+    import cv2
+    from PIL import Image
+
+    gray = image.convert("L")
+    scale = SIDE / max(gray.size)
+    if scale < 1:
+        size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+        gray = gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(gray, np.uint8)
+    orb = cv2.ORB.create(nfeatures=KEYPOINTS, fastThreshold=_FAST)
+    keypoints, descriptors = orb.detectAndCompute(pixels, None)
+    if descriptors is None or not keypoints:
+        return Features(gray.width, gray.height, np.empty((0, 2), np.float32), _no_descriptors())
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    return Features(gray.width, gray.height, points, np.ascontiguousarray(descriptors, np.uint8))
+
+
+def _no_descriptors() -> Descriptors:
+    return np.empty((0, 32), np.uint8)
+
+
+Cropped = Literal["first", "second"]
+
+
+@dataclass(frozen=True, slots=True)
+class CropFit:
+    """One frame of a verified pair lies inside the other: `cropped` says which of the two
+    given to `verify` is the crop. `kept` is the fraction of the original's area the crop
+    shows; the similarity maps the crop's reduced image into the original's (x' = scale *
+    R(angle) x + (tx, ty), in px of the original's reduced image); `box` is the crop's
+    frame in the original as fractions of its sides (left, top, right, bottom)."""
+
+    cropped: Cropped
+    kept: float
+    inliers: int
+    matches: int
+    scale: float
+    angle: float  # degrees
+    tx: float
+    ty: float
+    box: tuple[float, float, float, float]
+
+    @property
+    def ratio(self) -> float:
+        return self.inliers / self.matches if self.matches else 0.0
+
+    def detail(self, crop_id: int, original_id: int) -> dict[str, Any]:
+        """What a match row keeps (JSON): which file is the crop, the kept area and the fit."""
+        return {
+            "crop": crop_id,
+            "original": original_id,
+            "kept": round(self.kept, 4),
+            "inliers": self.inliers,
+            "matches": self.matches,
+            "scale": round(self.scale, 4),
+            "angle": round(self.angle, 2),
+            "tx": round(self.tx, 2),
+            "ty": round(self.ty, 2),
+            "box": [round(v, 4) for v in self.box],
+        }
+
+
+def _matches(a: Features, b: Features) -> tuple[Points, Points]:
+    """Matched points (a's, b's) that pass Lowe's ratio test, each of b's used once."""
+    import cv2
+
+    if len(a) < 2 or len(b) < 2:
+        return np.empty((0, 2), np.float32), np.empty((0, 2), np.float32)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    best: dict[int, tuple[float, int]] = {}
+    for pair in matcher.knnMatch(a.descriptors, b.descriptors, k=2):
+        if len(pair) < 2:
+            continue
+        m, n = pair
+        if m.distance < _RATIO * n.distance:
+            kept = best.get(m.trainIdx)
+            if kept is None or m.distance < kept[0]:
+                best[m.trainIdx] = (m.distance, m.queryIdx)
+    qi = np.array([q for _, q in best.values()], np.int64)
+    ti = np.array(list(best), np.int64)
+    return a.points[qi], b.points[ti]
+
+
+def _inside(corners: npt.NDArray[np.float64], width: int, height: int) -> bool:
+    tol_x, tol_y = _INSIDE * width, _INSIDE * height
+    x, y = corners[:, 0], corners[:, 1]
+    return bool(
+        (x >= -tol_x).all()
+        and (x <= width + tol_x).all()
+        and (y >= -tol_y).all()
+        and (y <= height + tol_y).all()
+    )
+
+
+def _frame(f: Features) -> npt.NDArray[np.float64]:
+    w, h = f.width, f.height
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+
+
+def _as_crop(
+    matrix: npt.NDArray[np.float64], crop: Features, original: Features
+) -> tuple[float, tuple[float, float, float, float]] | None:
+    """(kept area, box) when `crop`'s frame mapped by `matrix` lies inside `original`'s."""
+    corners = _frame(crop) @ matrix[:, :2].T + matrix[:, 2]
+    if not _inside(corners, original.width, original.height):
+        return None
+    w, h = original.width, original.height
+    clipped = np.clip(corners, 0, [w, h])
+    x, y = clipped[:, 0], clipped[:, 1]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    box = (float(x.min()) / w, float(y.min()) / h, float(x.max()) / w, float(y.max()) / h)
+    return area / (w * h), box
+
+
+def verify(a: Features, b: Features) -> CropFit | None:
+    """The crop relation between `a` and `b` if there is one: enough descriptor matches agree
+    with one similarity transform (RANSAC), one frame mapped through it lies inside the other,
+    and keeps between MIN_KEPT and MAX_KEPT of its area. None otherwise: unrelated photos, a
+    near-identical pair (full frame: a near match or a burst, never a crop), or two shots
+    that only overlap (burst neighbours panned)."""
+    import cv2
+
+    pa, pb = _matches(a, b)
+    if len(pa) < MIN_INLIERS:
+        return None
+    matrix, mask = cv2.estimateAffinePartial2D(
+        pa,
+        pb,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=_REPROJECTION,
+        maxIters=2000,
+        confidence=0.995,
+        refineIters=10,
+    )
+    if matrix is None or mask is None:
+        return None
+    inliers = int(mask.sum())
+    if inliers < MIN_INLIERS or inliers / len(pa) < MIN_INLIER_RATIO:
+        return None
+    m = np.asarray(matrix, np.float64)  # maps a's px to b's px
+    scale = math.hypot(m[0, 0], m[1, 0])
+    angle = math.degrees(math.atan2(m[1, 0], m[0, 0]))
+    if not (1 / _MAX_SCALE <= scale <= _MAX_SCALE) or abs(angle) > _MAX_ANGLE:
+        return None
+    inverse = np.asarray(cv2.invertAffineTransform(m), np.float64)
+    for cropped, matrix_used, crop, original in (
+        ("first", m, a, b),
+        ("second", inverse, b, a),
+    ):
+        found = _as_crop(matrix_used, crop, original)
+        if found is None:
+            continue
+        kept, box = found
+        if not MIN_KEPT <= kept <= MAX_KEPT:
+            return None
+        s = math.hypot(matrix_used[0, 0], matrix_used[1, 0])
+        t = math.degrees(math.atan2(matrix_used[1, 0], matrix_used[0, 0]))
+        side: Cropped = "first" if cropped == "first" else "second"
+        return CropFit(
+            side,
+            kept,
+            inliers,
+            len(pa),
+            s,
+            t,
+            float(matrix_used[0, 2]),
+            float(matrix_used[1, 2]),
+            box,
+        )
+    return None
