@@ -74,6 +74,7 @@ class Member:
     distance: int  # bits from the group's keeper
     kind: MatchKind
     transform: Transform = "identity"  # the member is the keeper rotated/mirrored so
+    detail: dict[str, Any] | None = None  # a crop's: kept area, fit, which file is the crop
 
 
 @dataclass(frozen=True, slots=True)
@@ -795,7 +796,16 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
     edges: dict[tuple[int, int], tuple[int, Transform]] = {
         (a, b): (d, t) for a, b, d, _, t in store.match_edges(hasher.key, roots)
     }
-    records = store.files({i for edge in edges for i in edge})
+    from dedupd.features import FEATURES_KEY
+
+    # Crop pairs link groups too, unless the pair is also an exact or near match (near wins).
+    crops: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {
+        (a, b): (d, detail or {})
+        for a, b, d, _, _, detail in store.match_edges_detail(FEATURES_KEY, roots)
+        if (a, b) not in edges
+    }
+    cropped = {detail.get("crop") for _, detail in crops.values()}
+    records = store.files({i for edge in [*edges, *crops] for i in edge})
     kept: dict[int, tuple[str, int | None]] = {}  # restored file id → (its sha256, its keeper)
     for path, sha256, keeper_id in store.restores():
         restored = store.file_at(path)
@@ -814,7 +824,7 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
             x = parent[x]
         return x
 
-    for a, b in edges:
+    for a, b in [*edges, *crops]:
         if not (unlisted(a, b) or unlisted(b, a)):
             parent[find(a)] = find(b)
     members: dict[int, list[int]] = {}
@@ -828,7 +838,12 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
         reference = [r for r in files if policies.get(r.root, default).reference]
         others = [r for r in files if r not in reference]
         keep_rules = policies.get((others or files)[0].root, default).keep
-        keeper, *rest = rank(reference, keep_rules) + rank(others, keep_rules)
+        # A crop is no group's keeper while a larger frame of it is there.
+        framed = [r for r in others if r.id not in cropped]
+        crops_only = [r for r in others if r.id in cropped]
+        keeper, *rest = (
+            rank(reference, keep_rules) + rank(framed, keep_rules) + rank(crops_only, keep_rules)
+        )
         keeper_bits = store.hash_of(keeper.id, hasher.key)
         dups = []
         for r in rest:
@@ -839,6 +854,9 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
                 # turned copy are far apart.
                 d, t = edges.get((keeper.id, r.id)) or edges[r.id, keeper.id]
                 dups.append(Member(r, d, "near", t if keeper.id < r.id else INVERSE[t]))
+            elif (pair := (min(keeper.id, r.id), max(keeper.id, r.id))) in crops:
+                d, detail = crops[pair]
+                dups.append(Member(r, d, "crop", detail=detail))
             else:
                 bits = store.hash_of(r.id, hasher.key)
                 d = distance(keeper_bits, bits) if keeper_bits and bits else hasher.bits

@@ -59,7 +59,14 @@ def groups_json(found: Sequence[Group], bits: int) -> dict[str, Any]:
             {
                 "keeper": file_json(g.keeper),
                 "duplicates": [
-                    _match_json(m.record, m.distance, bits, kind=m.kind, transform=m.transform)
+                    _match_json(
+                        m.record,
+                        m.distance,
+                        bits,
+                        kind=m.kind,
+                        transform=m.transform,
+                        **({"detail": m.detail} if m.detail is not None else {}),
+                    )
                     for m in g.duplicates
                 ],
             }
@@ -87,11 +94,24 @@ def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
     record = store.file_at(path)
     if record is None:
         raise NotFoundError(f"{path}: not in the database (is it under a watched root?)")
+    from dedupd.features import FEATURES_KEY
+
+    matches = store.matches_of(record.id, hasher.key)
+    matched = {m.other.id for m in matches}
+    # Crop pairs (the crop stage's own rows), unless also an exact or near match: near wins.
+    matches += [m for m in store.matches_of(record.id, FEATURES_KEY) if m.other.id not in matched]
     return {
         "file": file_json(record),
         "matches": [
-            _match_json(m.other, m.distance, hasher.bits, kind=m.kind, transform=m.transform)
-            for m in store.matches_of(record.id, hasher.key)
+            _match_json(
+                m.other,
+                m.distance,
+                hasher.bits,
+                kind=m.kind,
+                transform=m.transform,
+                **({"detail": dict(m.detail)} if m.detail is not None else {}),
+            )
+            for m in matches
         ],
     }
 

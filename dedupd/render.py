@@ -71,11 +71,14 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
         lines.append(f"\n{k['path']}  {_pixels(k)}  {size(k['size'])}  keeper")
         for m in g["duplicates"]:
             exact = m["kind"] == "exact"
-            how = "exact" if exact else f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
-            how += _turned(m)
-            lines.append(
-                f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}"
-            )
+            if m["kind"] == "crop":
+                how = _crop(m, m["id"], "the keeper")
+            elif exact:
+                how = "exact"
+            else:
+                how = f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f}){_turned(m)}"
+            mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
+            lines.append(f"  {mark} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}")
     return "\n".join(lines)
 
 
@@ -236,9 +239,24 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         lines.append("  no matches")
     for m in answer["matches"]:
         exact = m["kind"] == "exact"
-        how = "exact" if exact else f"near {m['distance']}/{bits}{_turned(m)}"
-        lines.append(f"  {'=' if exact else '~'} {m['path']}  {how}")
+        if m["kind"] == "crop":
+            how = _crop(m, m["id"], "this file")
+        else:
+            how = "exact" if exact else f"near {m['distance']}/{bits}{_turned(m)}"
+        mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
+        lines.append(f"  {mark} {m['path']}  {how}")
     return "\n".join(lines)
+
+
+def _crop(m: dict[str, Any], other_id: int, this: str) -> str:
+    """How a crop pair reads: which file is the crop, and how much of the frame it keeps."""
+    detail = m.get("detail") or {}
+    kept = detail.get("kept")
+    share = f"{kept:.0%} of" if isinstance(kept, int | float) else "part of"
+    fit = f", {detail['inliers']} matching points" if "inliers" in detail else ""
+    if detail.get("crop") == other_id:
+        return f"crop: keeps {share} {this}{fit}"
+    return f"crop: {this} keeps {share} it{fit}"
 
 
 def quarantine(answer: dict[str, Any]) -> str:

@@ -961,8 +961,16 @@ class Store:
     ) -> Iterator[tuple[int, int, int, MatchKind, Transform]]:
         """(a, b, distance, kind, transform) for every match between two present files, with
         a < b and b = transform(a), except pairs the user marked distinct."""
+        for a, b, d, kind, t, _ in self.match_edges_detail(hasher, roots):
+            yield a, b, d, kind, t
+
+    def match_edges_detail(
+        self, hasher: str, roots: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, int, int, MatchKind, Transform, dict[str, Any] | None]]:
+        """`match_edges` with what the matcher measured (`detail`, a crop's kept area and
+        which file is the crop), None where it measured nothing."""
         sql = (
-            "SELECT m.a, m.b, m.distance, m.kind, m.transform FROM matches m"
+            "SELECT m.a, m.b, m.distance, m.kind, m.transform, m.detail FROM matches m"
             " JOIN files fa ON fa.id = m.a AND fa.state = 'ok'"
             " JOIN files fb ON fb.id = m.b AND fb.state = 'ok' WHERE m.hasher = ?"
             " AND NOT EXISTS (SELECT 1 FROM distinct_pairs d"
@@ -973,8 +981,15 @@ class Store:
             marks = ", ".join("?" * len(roots))
             sql += f" AND fa.root IN ({marks}) AND fb.root IN ({marks})"
             params += _paths_to_db(roots) * 2
-        for a, b, d, kind, t in self.db.execute(sql, params):
-            yield a, b, d, kind, _read_transform(t, b, a)
+        for a, b, d, kind, t, detail in self.db.execute(sql, params):
+            yield (
+                a,
+                b,
+                d,
+                kind,
+                _read_transform(t, b, a),
+                None if detail is None else json.loads(detail),
+            )
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRecord]:
         ids = list(ids)
