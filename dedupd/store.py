@@ -190,7 +190,7 @@ MIGRATIONS: tuple[str, ...] = (
     # descriptors of the photo reduced to a small side, read back only for the few candidates
     # to verify, and the words the candidate index files it under (loaded at start).
     """
-    CREATE TABLE features (
+    CREATE TABLE IF NOT EXISTS features (
         file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
         kind TEXT NOT NULL,
         width INTEGER NOT NULL,

@@ -1,0 +1,162 @@
+"""dedupd.features: ORB keypoints of real photos, and the geometric check that one frame is a
+crop of the other (never for distinct photos, full frames or burst neighbours)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from dedupd import features
+from dedupd.features import Features, extract, verify
+from tests import photos
+
+
+def _photo(name: str, size: tuple[int, int] = (1600, 1200)) -> Image.Image:
+    with Image.open(photos.photo(name)) as im:
+        rgb = im.convert("RGB")
+    if rgb.height > rgb.width:
+        size = (size[1], size[0])
+    return rgb.resize(size, Image.Resampling.BICUBIC)
+
+
+def _jpeg(im: Image.Image, quality: int = 90) -> Image.Image:
+    with Image.open(io.BytesIO(photos.jpeg_bytes(im, quality))) as decoded:
+        return decoded.convert("RGB")
+
+
+def _cut(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    w, h = im.size
+    return _jpeg(
+        im.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+    )
+
+
+@pytest.fixture(scope="module")
+def originals() -> dict[str, Features]:
+    return {name: extract(_jpeg(_photo(name), 92)) for name in photos.PHOTOS}
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (0.05, 0.05, 0.95, 0.95),  # 81% kept, centred
+        (0.0, 0.2, 0.7, 1.0),  # 56%, off-centre
+        (0.3, 0.25, 0.85, 0.85),  # 33%, off-centre
+        (0.2, 0.0, 0.8, 1.0),  # a square social crop of a 4:3 frame
+    ],
+)
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket"])
+def test_a_crop_is_found_with_its_kept_area_and_which_file_is_the_crop(
+    originals: dict[str, Features], name: str, box: tuple[float, float, float, float]
+) -> None:
+    crop = extract(_cut(_photo(name), box))
+    kept = (box[2] - box[0]) * (box[3] - box[1])
+    fit = verify(crop, originals[name])
+    assert fit is not None and fit.cropped == "first"
+    assert fit.kept == pytest.approx(kept, abs=0.03)
+    assert fit.box == pytest.approx(box, abs=0.02)
+    assert fit.inliers >= features.MIN_INLIERS
+    back = verify(originals[name], crop)  # the original arriving after its crop
+    assert back is not None and back.cropped == "second"
+    assert back.kept == pytest.approx(kept, abs=0.03)
+
+
+def test_a_crop_resized_and_reencoded_is_still_found(originals: dict[str, Features]) -> None:
+    cut = _cut(_photo("chelsea"), (0.1, 0.1, 0.8, 0.9))
+    small = _jpeg(cut.resize((cut.width // 3, cut.height // 3), Image.Resampling.LANCZOS), 70)
+    fit = verify(extract(small), originals["chelsea"])
+    assert fit is not None and fit.cropped == "first"
+    assert fit.kept == pytest.approx(0.56, abs=0.03)
+
+
+def test_a_screenshot_showing_the_photo_with_interface_contains_it() -> None:
+    """A screenshot of an app showing the photo (toolbars with text and icons around it) is
+    no crop of the photo: the photo is a crop of the screenshot."""
+    photo = _photo("coffee", (1200, 900))
+    shot = Image.new("RGB", (1080, 1920), "white")
+    draw = ImageDraw.Draw(shot)
+    for i in range(12):  # a feed's interface: rows of text and icons
+        draw.text((40, 60 + 40 * i), f"comment {i}: what a nice photo", fill="black")
+        draw.ellipse((980, 60 + 40 * i, 1010, 90 + 40 * i), outline="black", width=3)
+    shown = photo.resize((1080, 810), Image.Resampling.LANCZOS)
+    shot.paste(shown, (0, 600))
+    fit = verify(extract(_jpeg(photo)), extract(_jpeg(shot)))
+    assert fit is not None and fit.cropped == "first"
+    assert fit.kept == pytest.approx(1080 * 810 / (1080 * 1920), abs=0.03)
+
+
+def test_distinct_photos_and_their_quarters_are_never_crops(originals: dict[str, Features]) -> None:
+    """No crop relation among distinct photos, nor between non-overlapping quarters of one
+    photo (the same textures and colours, no shared point)."""
+    quarters = {
+        f"{name}/{i}": extract(_cut(_photo(name), (x, y, x + 0.5, y + 0.5)))
+        for name in photos.PHOTOS
+        for i, (x, y) in enumerate([(0, 0), (0.5, 0), (0, 0.5), (0.5, 0.5)])
+    }
+    pool = {**originals, **quarters}
+
+    def related(a: str, b: str) -> bool:  # a quarter is a crop of its own photo
+        return a.split("/")[0] == b.split("/")[0] and ("/" not in a or "/" not in b)
+
+    found = [
+        (a, b)
+        for a in pool
+        for b in pool
+        if a < b and not related(a, b) and verify(pool[a], pool[b]) is not None
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize("shift", [0.01, 0.05, 0.15])
+def test_burst_neighbours_are_no_crop(shift: float) -> None:
+    """Two frames of a burst (the camera moved a little): they overlap, neither lies inside
+    the other, so they stay near matches or nothing, never crops."""
+    im = _photo("astronaut")
+    a = extract(_cut(im, (0.0, 0.0, 1 - shift, 1.0)))
+    b = extract(_cut(im, (shift, 0.0, 1.0, 1.0)))
+    assert verify(a, b) is None
+    assert verify(b, a) is None
+
+
+def test_the_same_frame_is_no_crop(originals: dict[str, Features]) -> None:
+    """A re-encode or resize keeps the whole frame: a near match, not a crop."""
+    im = _photo("rocket")
+    again = extract(_jpeg(im.resize((800, 600), Image.Resampling.LANCZOS), 60))
+    assert verify(again, originals["rocket"]) is None
+
+
+def test_a_flat_image_has_no_keypoints_and_matches_nothing(originals: dict[str, Features]) -> None:
+    flat = extract(Image.new("RGB", (800, 600), (90, 120, 200)))
+    assert len(flat) == 0 and len(flat.words) == 0
+    assert verify(flat, originals["chelsea"]) is None
+
+
+def test_features_survive_the_store_format(originals: dict[str, Features]) -> None:
+    f = originals["astronaut"]
+    assert 0 < len(f) <= features.KEYPOINTS
+    assert max(f.width, f.height) == features.SIDE
+    back = Features.from_local(f.to_local())
+    assert np.array_equal(back.points, f.points) and np.array_equal(back.descriptors, f.descriptors)
+    words = np.frombuffer(f.to_local().words, "<u2")
+    assert np.array_equal(words, np.unique(words)) and np.array_equal(words, f.words)
+    with pytest.raises(ValueError, match="kind"):
+        Features.from_local(f.to_local()._replace(kind="sift:1"))
+
+
+def test_words_are_the_sampled_bits_of_each_descriptor() -> None:
+    """A descriptor's word is its bits at the sampled positions: equal bits there, equal word,
+    whatever the other bits say."""
+    rng = np.random.default_rng(1)
+    d = rng.integers(0, 256, (2, 32), dtype=np.uint8)
+    bits = np.unpackbits(d, axis=1)
+    sampled = np.arange(0, 256, 256 // features.WORD_BITS)
+    others = np.setdiff1d(np.arange(256), sampled)
+    bits[1, sampled] = bits[0, sampled]
+    bits[1, others] = 1 - bits[0, others]
+    same = np.packbits(bits, axis=1)
+    assert len(features.words_of(same)) == 1
+    bits[1, sampled[3]] ^= 1
+    assert len(features.words_of(np.packbits(bits, axis=1))) == 2
