@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dedupd.config import Policy
+from dedupd.config import Action, Policy
 from dedupd.policy import CROP_CONFIRM_INLIERS, Candidate, CropEvidence, decide
 from dedupd.store import FileRecord
 from tests.test_policy import (
@@ -25,6 +25,7 @@ from tests.test_policy import (
 )
 
 CROPPING = Policy(crop="quarantine")
+CROP_ACTIONS: list[Action] = ["report", "quarantine"]
 
 
 def evidence(crop: FileRecord, **kw: Any) -> CropEvidence:
@@ -132,7 +133,7 @@ crop_evidence = st.builds(
     found=st.lists(crop_evidence, min_size=3, max_size=3),
     newcomer_is_crop=st.lists(st.booleans(), min_size=3, max_size=3),
     root_policy=policy_strategy.flatmap(
-        lambda p: st.sampled_from(["report", "quarantine"]).map(lambda c: replace(p, crop=c))
+        lambda p: st.sampled_from(CROP_ACTIONS).map(lambda c: replace(p, crop=c))
     ),
     default=policy_strategy,
 )
@@ -162,7 +163,7 @@ def test_property_a_crop_moves_only_the_crop_on_confirmed_evidence(
             )
     kw: dict[str, Any] = dict(policies={"/photos": root_policy}, default=default)
     d = decide(newcomer, candidates, **kw)
-    sure = dict(inliers=300, ratio=1.0, resolution=2.0, quality=100, dominant=0.0)
+    sure: dict[str, Any] = dict(inliers=300, ratio=1.0, resolution=2.0, quality=100, dominant=0.0)
     confirmed = [replace(c, crop=replace(c.crop, **sure)) if c.crop else c for c in candidates]
     unguarded = decide(newcomer, confirmed, **kw)
     assert (d.target, d.keeper, d.kind) == (unguarded.target, unguarded.keeper, unguarded.kind)
