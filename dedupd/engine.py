@@ -28,6 +28,7 @@ from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version,
 from dedupd.store import FileRecord, MatchKind, Store, Undecided
 
 if TYPE_CHECKING:
+    from dedupd.features import Features
     from dedupd.index import CropIndex, HammingIndex
 
 __all__ = [
@@ -64,6 +65,7 @@ class _Crop:
     distance: int  # percent of the larger frame cut away
     detail: dict[str, Any]  # what the match row keeps (features.CropFit.detail)
     evidence: CropEvidence
+
 
 Progress = Callable[[int], None]
 
@@ -348,7 +350,8 @@ class Ingest:
             )
         ids = [c.id for c in proposed]
         records = {
-            i: r for i, r in self.store.files(ids).items()
+            i: r
+            for i, r in self.store.files(ids).items()
             if r.state == "ok" and r.root in self.roots
         }
         theirs = self.store.features_of(list(records), self.crop_key)
@@ -362,15 +365,18 @@ class Ingest:
         if fits:
             rated = self._rated_pair_detail([newcomer.id, *fits])
             for i, fit in fits.items():
-                crop, original = (newcomer, records[i]) if fit.cropped == "first" else (
-                    records[i], newcomer
+                other = Features.from_local(theirs[i])
+                crop, original = (
+                    ((newcomer, mine), (records[i], other))
+                    if fit.cropped == "first"
+                    else ((records[i], other), (newcomer, mine))
                 )
                 quality, dominant = rated(newcomer.id, i)
                 out[i] = _Crop(
                     round(100 * (1 - fit.kept)),
-                    fit.detail(crop.id, original.id),
+                    fit.detail(crop[0].id, original[0].id),
                     CropEvidence(
-                        crop_id=crop.id,
+                        crop_id=crop[0].id,
                         kept=fit.kept,
                         inliers=fit.inliers,
                         ratio=fit.ratio,
@@ -513,9 +519,7 @@ class Ingest:
             )
         return out
 
-    def apply(
-        self, decision: Decision, path: str, detail: dict[str, Any] | None = None
-    ) -> Outcome:
+    def apply(self, decision: Decision, path: str, detail: dict[str, Any] | None = None) -> Outcome:
         """Carry out a decision through `actions`, and log one event for it (with what the
         matcher measured, `detail`, for a crop)."""
         result = "reported"
@@ -574,20 +578,20 @@ class ScanReport:
     seconds: float = 0.0
 
 
-def _resolution(scale: float, crop: FileRecord, original: FileRecord) -> float:
-    """Pixels of `original`'s file per pixel of `crop`'s, along a side, over the part they
-    share: the fitted scale (reduced crop px → reduced original px) times each file's own
-    reduction. 0 when a file's size is unknown (no reduction to undo: never confirmed)."""
-    from dedupd.features import SIDE
+def _resolution(
+    scale: float, crop: tuple[FileRecord, Features], original: tuple[FileRecord, Features]
+) -> float:
+    """Pixels of the original's file per pixel of the crop's, along a side, over the part they
+    share: the fitted scale (crop's reduced px → original's reduced px) times each file's
+    reduction to the image its features were found on (JPEG draft decoding makes that 400 to
+    512 px). 0 when a size is unknown: never confirmed."""
 
-    def reduction(r: FileRecord) -> float:  # file px per reduced px
-        side = max(r.width or 0, r.height or 0)
-        return side / min(SIDE, side) if side else 0.0
+    def reduction(r: FileRecord, f: Features) -> float:  # file px per reduced px
+        side, reduced = max(r.width or 0, r.height or 0), max(f.width, f.height)
+        return side / reduced if side and reduced else 0.0
 
-    crop_px, original_px = reduction(crop), reduction(original)
-    if not crop_px:
-        return 0.0
-    return scale * original_px / crop_px
+    crop_px = reduction(*crop)
+    return scale * reduction(*original) / crop_px if crop_px else 0.0
 
 
 def _unchanged(record: FileRecord) -> bool:

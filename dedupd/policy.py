@@ -198,6 +198,9 @@ class CropEvidence:
     dominant: float | None = None  # the larger of the two images' share in one tone
     min_inliers: int = CROP_CONFIRM_INLIERS
     min_ratio: float = CROP_CONFIRM_RATIO
+    # A plain crop saved at its pixels measures 1.0 give or take the fit's error (~2%);
+    # a screenshot showing a photo at a third of its size, ~0.3.
+    min_resolution: float = 0.9
     quality_floor: int = LOW_DETAIL_QUALITY
     max_dominant: float = LOW_DETAIL_DOMINANT
 
@@ -220,7 +223,7 @@ class CropEvidence:
                 f"crop fit not confirmed ({self.inliers} matches agree, {self.ratio:.0%} of"
                 f" them; moving needs {self.min_inliers} and {self.min_ratio:.0%})"
             )
-        if self.resolution < 1.0:
+        if self.resolution < self.min_resolution:
             return (
                 f"the crop is sharper than the larger frame ({self.resolution:.2f} px of it per"
                 " px of the crop): it is no worse copy"

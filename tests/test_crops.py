@@ -1,0 +1,149 @@
+"""The crop stage end to end: a photo cut down in an editor, or the original a crop came from,
+is linked to it as a `crop` match in scan groups, `dedupctl show` and the decision log; the
+larger frame is kept; bursts and near copies never become crops."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from PIL import Image
+from structlog.testing import capture_logs
+
+from dedupd.config import load_config
+from dedupd.engine import scan
+from dedupd.store import Store
+from tests import photos
+from tests.test_decisions import Lib
+
+SIZE = (1600, 1200)
+BOX = (0.3, 0.2, 0.9, 0.9)  # keeps 0.6 x 0.7 = 42% of the frame, off-centre
+
+
+def _original(name: str, dst: Path, mtime: int) -> Path:
+    photos.upscaled(photos.photo(name), dst, size=SIZE)
+    os.utime(dst, (mtime, mtime))
+    return dst
+
+
+def _cut(src: Path, dst: Path, box: tuple[float, float, float, float], mtime: int) -> Path:
+    with Image.open(src) as im:
+        w, h = im.size
+        cut = im.convert("RGB").crop(
+            (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
+        )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    cut.save(dst, format="JPEG", quality=90)
+    os.utime(dst, (mtime, mtime))
+    return dst
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Lib:
+    lib = Lib(tmp_path)
+    lib.write_config("{exact: report, near: report}")
+    for i, name in enumerate(photos.PHOTOS):
+        _original(name, lib.root / f"{name}.jpg", 1_700_000_000 + i)
+    return lib
+
+
+def _groups(report: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [
+        (
+            Path(g["keeper"]["path"]).name,
+            [(Path(d["path"]).name, d["kind"]) for d in g["duplicates"]],
+        )
+        for g in report["groups"]
+    ]
+
+
+def test_a_crop_is_grouped_with_its_original_and_reported(lib: Lib) -> None:
+    crop = _cut(
+        lib.root / "chelsea.jpg", lib.root / "edit" / "chelsea-crop.jpg", BOX, 1_800_000_000
+    )
+    report = lib.scan()
+    assert _groups(report) == [("chelsea.jpg", [("chelsea-crop.jpg", "crop")])]
+    assert report["actions"] == []  # crop: report, the default
+    (member,) = report["groups"][0]["duplicates"]
+    detail = member["detail"]
+    assert detail["crop"] == member["id"]
+    assert detail["kept"] == pytest.approx(0.42, abs=0.03)
+    assert detail["box"] == pytest.approx(list(BOX), abs=0.02)
+    shown = lib.ctl("show", str(crop))
+    assert shown.exit_code == 0, shown.output
+    assert f"# {lib.root / 'chelsea.jpg'}  crop: this file keeps 42% of it" in shown.output
+    shown = lib.ctl("show", str(lib.root / "chelsea.jpg"))
+    assert f"# {crop}  crop: keeps 42% of this file" in shown.output
+    groups = lib.ctl("show")
+    assert (
+        f"# {crop}  960x840" in groups.output and "crop: keeps 42% of the keeper" in groups.output
+    )
+
+
+def test_the_decision_log_line_names_the_crop_and_its_kept_area(lib: Lib) -> None:
+    _cut(lib.root / "rocket.jpg", lib.root / "rocket-crop.jpg", (0.0, 0.0, 0.8, 0.8), 1_800_000_000)
+    config = load_config(lib.config)
+    structlog.reset_defaults()  # an earlier CLI run may have filtered out info lines
+    with Store(lib.db) as store, capture_logs() as logs:
+        scan(config, store)
+    (line,) = [e for e in logs if e["event"] == "decision"]
+    assert (line["kind"], line["action"], Path(line["target"]).name) == (
+        "crop",
+        "report",
+        "rocket-crop.jpg",
+    )
+    assert Path(line["keeper"]).name == "rocket.jpg"
+    assert line["crop"]["kept"] == pytest.approx(0.64, abs=0.03)
+
+
+def test_crop_quarantine_moves_the_crop_and_keeps_the_larger_frame(lib: Lib) -> None:
+    lib.write_config("{exact: report, near: report, crop: quarantine}")
+    _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.1, 0.1, 0.9, 0.9), 1_800_000_000)
+    report = lib.scan()
+    assert [(a["action"], Path(a["target"]).name, a["result"]) for a in report["actions"]] == [
+        ("quarantine", "coffee-crop.jpg", "done")
+    ]
+    assert not (lib.root / "coffee-crop.jpg").exists()
+    assert (lib.state("coffee-crop.jpg"), lib.state("coffee.jpg")) == ("quarantined", "ok")
+
+
+def test_the_original_arriving_after_its_crop_is_linked_and_the_crop_stays(lib: Lib) -> None:
+    """The uncropped photo arriving later: the crop already there is a crop of the newcomer.
+    Acting on an existing file needs act_on_existing, so it is only reported."""
+    lib.write_config("{exact: report, near: report, crop: quarantine}")
+    original = lib.root / "astronaut.jpg"
+    _cut(original, lib.root / "old" / "astronaut-crop.jpg", (0.2, 0.0, 0.8, 1.0), 1_600_000_000)
+    os.utime(original, (1_800_000_000, 1_800_000_000))  # hashed last: the newcomer
+    report = lib.scan()
+    assert _groups(report) == [("astronaut.jpg", [("astronaut-crop.jpg", "crop")])]
+    assert report["actions"] == []
+    assert lib.state("old/astronaut-crop.jpg") == "ok"
+
+
+def test_crops_are_found_against_photos_indexed_by_an_earlier_run(lib: Lib) -> None:
+    """The candidate index is rebuilt from the database at start."""
+    assert lib.scan()["groups"] == []
+    _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
+    assert _groups(lib.scan()) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
+
+
+def test_burst_neighbours_and_near_copies_are_never_crops(lib: Lib) -> None:
+    """Two shots of a burst (the frame moved a little) overlap but neither lies inside the
+    other; a resized copy is a near match, which wins: neither is a crop."""
+    src = lib.root / "rocket.jpg"  # the scene, not itself in the library
+    _cut(src, lib.root / "burst" / "a.jpg", (0.0, 0.0, 0.9, 1.0), 1_800_000_000)
+    _cut(src, lib.root / "burst" / "b.jpg", (0.03, 0.0, 0.93, 1.0), 1_800_000_001)
+    _cut(src, lib.root / "burst" / "c.jpg", (0.1, 0.02, 1.0, 1.0), 1_800_000_002)
+    src.unlink()
+    photos.resize(lib.root / "coffee.jpg", lib.root / "coffee-small.jpg")
+    report = lib.scan()
+    kinds = {kind for _, members in _groups(report) for _, kind in members}
+    assert "crop" not in kinds
+    with Store(lib.db) as store:
+        rows = store.db.execute("SELECT count(*) FROM matches WHERE kind = 'crop'").fetchone()
+    assert rows[0] == 0
+    assert json.dumps(report).count('"crop"') == 0
