@@ -74,11 +74,21 @@ point, and the largest with no false positive at all. Also reported: each hasher
 provisional default threshold, and the "seed-style" setting of the project dedupd descends
 from: pHash 8x8 at 10 bits (10/64).
 
-Run from the repository root (the default run takes about 2 minutes on 2 cores):
+Crops: a section of its own (``bench/crop_accuracy.py``, whose docstring has the details):
+crops keeping 20-95% of the frame (centred, off-centre, square and 4:5, re-encoded and
+resized, a screenshot showing the photo in an app's interface) found by the crop stage, recall
+per bucket of kept area, false links among the originals and their quarters, and burst shots
+that must not become crops. ``--no-crops`` skips it, ``--crops-only`` runs it alone (written
+to accuracy-crops.json/.md). The hash sections above call ``hash_image(..., features=False)``:
+the crop stage's features are not theirs to pay for.
+
+Run from the repository root (the default run takes about 2 minutes on 2 cores, and the crop
+section 2 more):
 
     .venv/bin/pip install scikit-image scikit-learn matplotlib
     .venv/bin/python bench/accuracy.py [--sizes 8,16] [--color-sizes 3,8] [--long-side 1600]
                                        [--out-dir bench/results] [--jobs 1] [--quick]
+                                       [--no-crops | --crops-only]
 
 Writes accuracy.json and accuracy.md to --out-dir (default bench/results; ``--quick``, a smoke
 run on 6 photos and 10 variant kinds, writes accuracy-quick.json/.md, by default to the system
@@ -108,6 +118,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `dedupd` from a checkout
 
+import crop_accuracy
 import pillow_heif
 from machine import machine_info
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
@@ -516,7 +527,7 @@ def hash_file(
     detail: dict[str, Any] = {"quality": None, "dominant": None}
     size: list[int] = []
     for group in groups.values():
-        result = hash_image(str(path), group, max_pixels=MAX_PIXELS)
+        result = hash_image(str(path), group, max_pixels=MAX_PIXELS, features=False)
         for h in group:
             hashes[label(h)] = result.hashes[h.key].hex()
             # the 8 rotations and mirrors, for isometric scoring
@@ -964,6 +975,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += second_opinion_markdown(result["second_opinion"])
+    if result.get("crops"):
+        lines += ["", *crop_accuracy.markdown(result["crops"])]
     lines += ["", "## Notes", "", *(f"- {note}" for note in notes(result)), ""]
     return "\n".join(lines)
 
@@ -1377,8 +1390,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             score(Hasher(*SEED_HASHER), hashes, pairs, kinds, families, isometric=False)
         ),
         "second_opinion": second_opinion_report(hashes, detail, pairs, kinds, flat_positives),
+        "crops": _crops(args, srcs),
         "wall_s": round(time.perf_counter() - started, 1),
     }
+
+
+def _crops(args: argparse.Namespace, srcs: Sequence[Source]) -> dict[str, Any] | None:
+    """The crop section (bench/crop_accuracy.py), unless --no-crops."""
+    if args.no_crops:
+        return None
+    return crop_accuracy.run(
+        [(s.name, s.path()) for s in srcs],
+        args.long_side,
+        progress=lambda line: print(line, file=sys.stderr),
+        same_scene=[set(STEREO)],
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -1403,6 +1429,14 @@ def main() -> None:
         "--quick", action="store_true", help="smoke run: 6 photos, 10 variant kinds"
     )
     parser.add_argument("--stdout", choices=("markdown", "json"), default="markdown")
+    parser.add_argument(
+        "--no-crops", action="store_true", help="skip the crop section (crop_accuracy.py)"
+    )
+    parser.add_argument(
+        "--crops-only",
+        action="store_true",
+        help="only the crop section; writes accuracy-crops.json/.md",
+    )
     args = parser.parse_args()
     if args.long_side < 64 or args.jobs < 1:
         parser.error("--long-side must be >= 64 and --jobs >= 1")
@@ -1411,10 +1445,21 @@ def main() -> None:
     except ValueError as exc:
         parser.error(str(exc))
 
-    result = run(args)
+    if args.crops_only:
+        srcs = [s for s in sources() if s.path().is_file()]
+        srcs = [s for s in srcs if not args.quick or s.name in QUICK_PHOTOS]
+        result = {
+            "benchmark": "accuracy-crops",
+            "machine": machine_info(),
+            "crops": _crops(args, srcs),
+        }
+        md = "\n".join(crop_accuracy.markdown(result["crops"]))
+    else:
+        result = run(args)
+        md = markdown(result)
     text = json.dumps(result, indent=1, ensure_ascii=False)
-    md = markdown(result)
     stem = "accuracy-quick" if args.quick else "accuracy"
+    stem += "-crops" if args.crops_only else ""
     out_dir = args.out_dir or (
         Path(tempfile.gettempdir()) if args.quick else ROOT / "bench" / "results"
     )
