@@ -574,7 +574,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_json: bool) -> None:
-    """Indexed photos that duplicate IMAGE, nearest first, with distances. Exit 1 if none.
+    """Indexed photos that duplicate IMAGE, nearest first, with distances, and those that are
+    a crop of IMAGE or of which IMAGE is a crop. Exit 1 if none.
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index;
     its rotations and mirrors too unless the default policy says `isometric: false`.
@@ -592,7 +593,12 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
         isometric = config.policies[DEFAULT_POLICY].isometric
         variants = hashed.variants.get(hasher.key, []) if isometric else []
         answer = _service(ctx).search(
-            bits, sha256=hashed.sha256, k=k, threshold=threshold, variants=variants
+            bits,
+            sha256=hashed.sha256,
+            k=k,
+            threshold=threshold,
+            variants=variants,
+            features=hashed.features,
         )
         answer["query"] = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
         if answer["hasher"] != hasher.key:
@@ -600,11 +606,12 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
                 f"this config hashes with {hasher.key} but the daemon with {answer['hasher']};"
                 " pass the daemon's config with --config"
             )
+    found = answer["results"] or answer.get("crops")  # an older daemon lists no crops
     if as_json:
         click.echo(render.to_json(answer))
-    elif answer["results"]:
+    elif found:
         click.echo(render.search(answer, hasher.bits))
-    if not answer["results"]:
+    if not found:
         if not as_json:
             click.echo("no similar photos indexed", err=True)
         sys.exit(EXIT_NOT_FOUND)

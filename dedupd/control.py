@@ -407,6 +407,9 @@ def _status(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
 
 
 def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    # POST carries the same fields in its body: a query image's local features (for the crop
+    # stage) do not fit in a request head.
+    params = {**params, **{k: str(v) for k, v in body.items() if v is not None}}
     if "path" in params:
         # The daemon never opens a file for a client: it may read folders the client cannot,
         # and decoding is the client's cost to bear (dedupctl hashes with max_pixels).
@@ -435,9 +438,24 @@ def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
             raise _BadRequest(
                 400, "bad request", f"variants must be {len(TRANSFORMS)} hashes like hash="
             )
+    features = None
+    if params.get("features"):
+        from dedupd.features import Features
+        from dedupd.service import decode_features
+
+        try:
+            features = decode_features(params["features"])
+            Features.from_local(features)  # the kind and shape the crop stage reads
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", f"features: {exc}") from exc
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
     return svc.search(
-        bits, sha256=params.get("sha256"), k=k, threshold=threshold, variants=variants
+        bits,
+        sha256=params.get("sha256"),
+        k=k,
+        threshold=threshold,
+        variants=variants,
+        features=features,
     )
 
 
@@ -510,6 +528,7 @@ def _reload(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", f"{API}/status"): _status,
     ("GET", f"{API}/search"): _search,
+    ("POST", f"{API}/search"): _search,
     ("GET", f"{API}/groups"): _groups,
     ("GET", f"{API}/files"): _file,
     ("GET", f"{API}/quarantine"): _quarantine,

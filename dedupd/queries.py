@@ -19,7 +19,8 @@ from dedupd.hashers import INVERSE, TRANSFORMS, Hasher
 from dedupd.store import ActionRecord, FileRecord, Store, from_db
 
 if TYPE_CHECKING:
-    from dedupd.index import HammingIndex
+    from dedupd.filestat import LocalFeatures
+    from dedupd.index import CropIndex, HammingIndex
 
 __all__ = [
     "all_roots",
@@ -129,6 +130,8 @@ def search(
     widest: int,
     lock: AbstractContextManager[Any] | None = None,
     variants: Sequence[bytes] = (),
+    features: LocalFeatures | None = None,
+    crops: CropIndex | None = None,
 ) -> dict[str, Any]:
     """Up to k indexed files nearest to `bits`: those within `threshold`, or without one,
     those within the threshold of the policy of their own root (the files that would count
@@ -140,6 +143,10 @@ def search(
     `policy_threshold(root)` is a root's normalized threshold, `widest` the largest radius in
     bits of any policy; `lock` guards the index lookup alone (the daemon's ingest lock), not
     the record reads.
+
+    With the query image's local `features` and the `crops` index, the answer also lists
+    (`crops`) the indexed photos that are a crop of it or of which it is a crop, as the crop
+    stage finds them (candidates by shared words, verified geometrically).
     """
     queries = list(variants) or [bits]
     with lock or nullcontext():
@@ -171,7 +178,47 @@ def search(
         )
         if len(results) == k:
             break
-    return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
+    answer = {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
+    if features is not None and crops is not None:
+        near = {r["id"] for r in results}
+        answer["crops"] = [
+            c for c in crop_search(store, crops, features, hasher.bits, lock) if c["id"] not in near
+        ]
+    return answer
+
+
+def crop_search(
+    store: Store,
+    crops: CropIndex,
+    features: LocalFeatures,
+    bits: int,
+    lock: AbstractContextManager[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The indexed photos in a crop relation with an image of these local `features` (not
+    itself indexed): what `Ingest._crops` finds for a newcomer, without recording anything.
+    Raises ValueError for features of another kind."""
+    from dedupd.engine import CROP_CANDIDATES, CROP_MIN_SHARED
+    from dedupd.features import Features, verify
+
+    mine = Features.from_local(features)
+    with lock or nullcontext():
+        proposed = crops.candidates(mine.words, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED)
+    records = store.files(c.id for c in proposed)
+    theirs = store.features_of(list(records), features.kind)
+    out = []
+    for c in proposed:
+        record = records.get(c.id)
+        if record is None or record.state != "ok" or c.id not in theirs:
+            continue
+        fit = verify(mine, Features.from_local(theirs[c.id]))
+        if fit is not None:
+            # the query image has no id: 0 names it
+            crop, original = (0, c.id) if fit.cropped == "first" else (c.id, 0)
+            detail = fit.detail(crop, original)
+            out.append(
+                _match_json(record, round(100 * (1 - fit.kept)), bits, kind="crop", detail=detail)
+            )
+    return out
 
 
 def quarantine_list(

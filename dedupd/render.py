@@ -198,6 +198,11 @@ def search(answer: dict[str, Any], bits: int) -> str:
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
             + beyond
         )
+    if not answer["results"]:
+        lines = []
+    for r in answer.get("crops", []):
+        lines.append(f"{'crop':<8}  {'':>7}  {_pixels(r):>11}  {size(r['size']):>9}  {r['path']}")
+        lines.append(f"          {_crop(r, r['id'], 'the image')}")
     return "\n".join(lines)
 
 

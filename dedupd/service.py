@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dedupd.errors import Busy, DaemonNotRunning, NotFoundError, Refused, StoreError
+from dedupd.filestat import LocalFeatures
 
 if TYPE_CHECKING:
     from dedupd.actions import Actions
@@ -38,9 +39,32 @@ __all__ = [
     "RemoteService",
     "Service",
     "connect",
+    "decode_features",
+    "encode_features",
 ]
 
 Answer = dict[str, Any]
+
+
+def encode_features(f: LocalFeatures) -> str:
+    """A query image's local features as the search request's `features=` parameter."""
+    return ",".join(
+        [f.kind, str(f.width), str(f.height), f.points.hex(), f.descriptors.hex(), f.words.hex()]
+    )
+
+
+def decode_features(text: str) -> LocalFeatures:
+    """Back from `encode_features`. Raises ValueError when malformed."""
+    kind, width, height, points, descriptors, words = text.split(",")
+    return LocalFeatures(
+        kind,
+        int(width),
+        int(height),
+        bytes.fromhex(points),
+        bytes.fromhex(descriptors),
+        bytes.fromhex(words),
+    )
+
 
 COMMAND_TIMEOUT = 600.0  # seconds a change may wait for the daemon's thread (a long purge)
 
@@ -58,9 +82,11 @@ class Service(Protocol):
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        features: LocalFeatures | None = None,
     ) -> Answer:
         """Indexed photos nearest to `bits` (with `variants`, the 8 rotations and mirrors of
-        the query image in hashers.TRANSFORMS order: nearest to any of them)."""
+        the query image in hashers.TRANSFORMS order: nearest to any of them); with the query
+        image's local `features`, also those in a crop relation with it (`crops`)."""
         ...
 
     def groups(self) -> Answer: ...
@@ -174,6 +200,7 @@ class DaemonService:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        features: LocalFeatures | None = None,
     ) -> Answer:
         from dedupd import queries
 
@@ -192,6 +219,8 @@ class DaemonService:
                 widest=ingest.widest_radius,
                 lock=ingest.lock,
                 variants=variants,
+                features=features,
+                crops=ingest.crops,
             )
 
     def groups(self) -> Answer:
@@ -251,15 +280,19 @@ class RemoteService:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        features: LocalFeatures | None = None,
     ) -> Answer:
-        return self.client.get(
-            "search",
+        fields: dict[str, Any] = dict(
             hash=bits.hex(),
             sha256=sha256,
             k=k,
             threshold=threshold,
             variants=",".join(v.hex() for v in variants) or None,
         )
+        if features is None:
+            return self.client.get("search", **fields)
+        # ~25 KB of features: in a body, not a request head
+        return self.client.post("search", {**fields, "features": encode_features(features)})
 
     def groups(self) -> Answer:
         return self.client.get("groups")
@@ -350,6 +383,7 @@ class LocalService:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        features: LocalFeatures | None = None,
     ) -> Answer:
         from dedupd import queries
         from dedupd.engine import Ingest
@@ -368,6 +402,8 @@ class LocalService:
                 variants=variants,
                 policy_threshold=ingest.threshold_for,
                 widest=ingest.widest_radius,
+                features=features,
+                crops=ingest.crops,
             )
 
     def groups(self) -> Answer:
@@ -443,9 +479,17 @@ class _DaemonElseDatabase:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        features: LocalFeatures | None = None,
     ) -> Answer:
         return self._ask(
-            lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold, variants=variants)
+            lambda s: s.search(
+                bits,
+                sha256=sha256,
+                k=k,
+                threshold=threshold,
+                variants=variants,
+                features=features,
+            )
         )
 
     def groups(self) -> Answer:

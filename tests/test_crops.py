@@ -147,3 +147,37 @@ def test_burst_neighbours_and_near_copies_are_never_crops(lib: Lib) -> None:
         rows = store.db.execute("SELECT count(*) FROM matches WHERE kind = 'crop'").fetchone()
     assert rows[0] == 0
     assert json.dumps(report).count('"crop"') == 0
+
+
+def test_search_lists_the_photos_an_image_is_a_crop_of(lib: Lib, tmp_path: Path) -> None:
+    """`dedupctl search IMAGE`: the indexed photo IMAGE was cut from is listed as a crop."""
+    lib.scan()
+    query = _cut(lib.root / "chelsea.jpg", tmp_path / "query.jpg", BOX, 1_800_000_000)
+    result = lib.ctl("search", str(query))
+    assert result.exit_code == 0, result.output
+    assert f"{lib.root / 'chelsea.jpg'}" in result.stdout
+    assert "crop: the image keeps 42% of it" in result.stdout
+    answer = json.loads(lib.ctl("search", str(query), "--json").stdout)
+    assert answer["results"] == []
+    ((found,),) = [answer["crops"]]
+    assert (Path(found["path"]).name, found["kind"]) == ("chelsea.jpg", "crop")
+    assert found["detail"]["original"] == found["id"] and found["detail"]["crop"] == 0
+
+
+def test_search_over_the_socket_sends_the_features_and_lists_crops(tmp_path: Path) -> None:
+    """The query's features go to the daemon in a POST body (too large for a request head);
+    the daemon's crop index answers."""
+    from tests.test_control import ctl
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config()
+    photos.upscaled(photos.photo("rocket"), env.root / "IMG_2.jpg", size=SIZE)
+    query = _cut(env.root / "IMG_2.jpg", env.tmp / "query.jpg", (0.1, 0.1, 0.8, 0.9), 1)
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon))
+        result = ctl(env, "search", str(query), "--json")
+    assert result.exit_code == 0 and result.stderr == "", result.output  # the daemon answered
+    answer = json.loads(result.stdout)
+    assert [Path(c["path"]).name for c in answer["crops"]] == ["IMG_2.jpg"]
+    assert answer["crops"][0]["detail"]["kept"] == pytest.approx(0.56, abs=0.03)
