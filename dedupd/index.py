@@ -704,22 +704,51 @@ def _inverted(
 
 
 class _CropRebuild:
-    """A crop snapshot being built off the ingest thread from copies of the live photos."""
+    """A crop snapshot being built off the ingest thread: from the old snapshot (its arrays are
+    never changed in place, only replaced), a copy of its live rows, and a copy of the
+    delta. The postings are already sorted by word: they are filtered and renumbered, the
+    delta's appended, and one stable 16-bit (radix) sort by word merges them."""
 
     def __init__(
-        self, ids: Ids, counts: npt.NDArray[np.int64], words: WordArray, delta: dict[int, WordArray]
+        self,
+        snap: _CropSnapshot,
+        alive: npt.NDArray[np.bool_],
+        delta: dict[int, WordArray],
+        size: int,
     ):
-        self.ids, self.counts, self.words, self.delta = ids, counts, words, delta
+        self.snap, self.alive, self.delta, self.size = snap, alive, delta, size
         self.removed: list[Ids] = []
         self.snapshot: _CropSnapshot | None = None
         self.error: BaseException | None = None
         self.thread: threading.Thread
 
-    def run(self, size: int) -> None:
+    def run(self) -> None:
         try:
-            self.snapshot = _inverted(self.ids, self.counts, self.words, size)
+            self.snapshot = self._build()
         except BaseException as exc:  # re-raised by finish_rebuild on the owning thread
             self.error = exc
+
+    def _build(self) -> _CropSnapshot:
+        snap, alive, size = self.snap, self.alive, self.size
+        d_ids = np.fromiter(self.delta, np.int64, len(self.delta))
+        d_counts = np.array([len(w) for w in self.delta.values()], np.int64)
+        live_ids = snap.ids[alive]
+        ids = np.sort(np.concatenate([live_ids, d_ids]))
+        renumber = np.zeros(len(alive), np.uint32)  # old row -> new row (for live rows)
+        renumber[alive] = np.searchsorted(ids, live_ids)
+        words = np.repeat(np.arange(size, dtype=np.uint16), np.diff(snap.offsets))
+        keep = alive[snap.postings]
+        rows = renumber[snap.postings[keep]]
+        words = words[keep]
+        if len(d_ids):
+            d_words = np.concatenate(list(self.delta.values())).astype(np.uint16)
+            d_rows = np.repeat(np.searchsorted(ids, d_ids).astype(np.uint32), d_counts)
+            words = np.concatenate([words, d_words])
+            rows = np.concatenate([rows, d_rows])
+            rows = rows[np.argsort(words, kind="stable")]
+        offsets = np.zeros(size + 1, np.int64)
+        np.cumsum(np.bincount(words, minlength=size), out=offsets[1:])
+        return _CropSnapshot(ids, offsets, rows)
 
 
 class CropIndex:
@@ -780,9 +809,12 @@ class CropIndex:
             raise ValueError("an id appears twice")
         order = np.argsort(ids, kind="stable")
         if not bool(np.all(order == np.arange(len(ids)))):
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            pick = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in order])
-            ids, counts, words = ids[order], counts[order], words[pick.astype(np.int64)]
+            # each photo's run of words, moved to its place in id order
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            counts = counts[order]
+            moved = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            pick = np.repeat(starts[order] - moved, counts) + np.arange(int(counts.sum()))
+            ids, words = ids[order], words[pick]
         self.finish_rebuild(wait=True)
         self._snap = _inverted(ids, counts, words.astype(np.uint16), self.vocabulary)
         self._snap_alive = np.ones(len(ids), bool)
@@ -829,35 +861,8 @@ class CropIndex:
         """Begin a rebuild on a background thread (see `HammingIndex.start_rebuild`)."""
         if self._rebuilding is not None:
             return False
-        snap, alive = self._snap, self._snap_alive
-        # The snapshot's photos back as (row, word) pairs, live rows only.
-        per_word = np.diff(snap.offsets)
-        words = np.repeat(np.arange(self.vocabulary, dtype=np.uint16), per_word)
-        rows = snap.postings
-        keep = alive[rows]
-        rows, words = rows[keep], words[keep]
-        order = np.argsort(rows, kind="stable")
-        rows, words = rows[order], words[order]
-        live = np.flatnonzero(alive)
-        counts = np.bincount(rows, minlength=len(alive))[live].astype(np.int64)
-        delta = dict(self._delta)
-        d_ids = np.fromiter(delta, np.int64, len(delta))
-        d_counts = np.array([len(w) for w in delta.values()], np.int64)
-        ids = np.concatenate([snap.ids[live], d_ids])
-        counts = np.concatenate([counts, d_counts])
-        all_words = np.concatenate([words, *delta.values()]) if delta else words
-        by_id = np.argsort(ids, kind="stable")
-        if not bool(np.all(by_id == np.arange(len(ids)))):
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            pick = np.concatenate(
-                [np.arange(starts[i], starts[i] + counts[i]) for i in by_id]
-                or [np.empty(0, np.int64)]
-            )
-            ids, counts, all_words = ids[by_id], counts[by_id], all_words[pick]
-        job = _CropRebuild(ids, counts, all_words.astype(np.uint16), delta)
-        job.thread = threading.Thread(
-            target=job.run, args=(self.vocabulary,), name="dedupd-crop-rebuild", daemon=True
-        )
+        job = _CropRebuild(self._snap, self._snap_alive.copy(), dict(self._delta), self.vocabulary)
+        job.thread = threading.Thread(target=job.run, name="dedupd-crop-rebuild", daemon=True)
         self._rebuilding = job
         job.thread.start()
         return True
