@@ -238,7 +238,7 @@ class Ingest:
                 if bits is not None:
                     with self.lock:
                         self.index.add([file_id], [bits])
-                    self._index_crop_words(file_id)
+                    self.index_crop_words(file_id)
         return outcomes
 
     def _match_and_decide(
@@ -397,7 +397,7 @@ class Ingest:
                 self.crops.start_rebuild()
         return out
 
-    def _index_crop_words(self, file_id: int) -> None:
+    def index_crop_words(self, file_id: int) -> None:
         """File `file_id` in the crop index again from its stored features (if it has any)."""
         from dedupd.features import Features
 

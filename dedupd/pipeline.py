@@ -180,6 +180,7 @@ class Pipeline:
         done = reconcile_roots(self.config, self.store, roots, report, tick=tick)
         with self.ingest.lock:
             self.ingest.index.remove(done.gone)
+            self.ingest.crops.remove(done.gone)
         self._index_again(done.revived)
         queued = {e.path for e in self.backlog}
         new = [e for e in done.work if e.path not in queued]
@@ -249,6 +250,7 @@ class Pipeline:
             self.store.mark_missing([record.id])
             with self.ingest.lock:
                 self.ingest.index.remove([record.id])
+                self.ingest.crops.remove([record.id])
             log.info("file_deleted", path=path)
 
     def _moved(self, src: str, dest: str, at: float | None = None) -> None:
@@ -331,6 +333,7 @@ class Pipeline:
         replaced = self.store.move(file_id, root, relpath, stat)
         with self.ingest.lock:
             self.ingest.index.remove(replaced)
+            self.ingest.crops.remove(replaced)
         self._index_again([file_id])
         log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
 
@@ -341,6 +344,7 @@ class Pipeline:
             if bits is not None:
                 with self.ingest.lock:
                     self.ingest.index.add([file_id], [bits])
+                self.ingest.index_crop_words(file_id)
 
     # -- the pool -----------------------------------------------------------------------------
     def feed(self, pool: HasherPool) -> None:

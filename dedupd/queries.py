@@ -243,4 +243,13 @@ def _kind(store: Store, e: ActionRecord) -> str | None:
     keeper = store.file(e.keeper_id) if e.keeper_id is not None else None
     if keeper is None:
         return None if e.keeper_path is None else "near"
-    return "exact" if keeper.sha256 == e.sha256 else "near"
+    if keeper.sha256 == e.sha256:
+        return "exact"
+    from dedupd.features import FEATURES_KEY
+
+    if e.file_id is not None and any(
+        m.other.id == keeper.id and m.kind == "crop"
+        for m in store.matches_of(e.file_id, FEATURES_KEY)
+    ):
+        return "crop"  # its distance is the percent of the keeper's frame cut away
+    return "near"

@@ -283,6 +283,8 @@ def _how(e: dict[str, Any]) -> str:
         return "exact (same bytes)"
     if e["distance"] is None:
         return "distance -"
+    if kind == "crop":
+        return f"crop of it, {e['distance']}% of its frame cut away"
     return f"{'near, ' if kind == 'near' else ''}distance {e['distance']}"
 
 

@@ -109,6 +109,10 @@ def test_crop_quarantine_moves_the_crop_and_keeps_the_larger_frame(lib: Lib) -> 
     ]
     assert not (lib.root / "coffee-crop.jpg").exists()
     assert (lib.state("coffee-crop.jpg"), lib.state("coffee.jpg")) == ("quarantined", "ok")
+    listed = lib.ctl("quarantine", "list")
+    assert (
+        f"keeper {lib.root / 'coffee.jpg'}  crop of it, 36% of its frame cut away" in listed.output
+    )
 
 
 def test_the_original_arriving_after_its_crop_is_linked_and_the_crop_stays(lib: Lib) -> None:
