@@ -28,6 +28,11 @@ from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version,
 from dedupd.store import FileRecord, MatchKind, Store, Undecided
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+    import numpy.typing as npt
+
     from dedupd.features import Features
     from dedupd.index import CropIndex, HammingIndex
 
@@ -131,7 +136,11 @@ class Ingest:
         # SQLite, read for the few candidates verified).
         self.crop_key = FEATURES_KEY
         self.crops: CropIndex = CropIndex()
-        self.crops.load(*store.feature_words(FEATURES_KEY, self.roots))
+        # Read and built on a thread of its own, from a connection of its own: at a million
+        # photos that takes a minute, and the daemon is ready long before. The first crop
+        # stage waits for it (`_crops`), so no newcomer is matched against half an index.
+        path, roots = store.path, list(self.roots)
+        self.crops.start_load(lambda: _feature_words(path, roots))
         self.policies = config.root_policies()
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
@@ -344,7 +353,10 @@ class Ingest:
         mine = Features.from_local(stored)
         words = mine.words
         exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
+        if self.crops.loading:
+            self.crops.join_rebuild()  # the first newcomer of a run waits for the load
         with self.lock:
+            self.crops.finish_rebuild()
             proposed = self.crops.candidates(
                 words, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED, exclude=exclude
             )
@@ -592,6 +604,17 @@ def _resolution(
 
     crop_px = reduction(*crop)
     return scale * reduction(*original) / crop_px if crop_px else 0.0
+
+
+def _feature_words(
+    path: Path, roots: Sequence[str]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint16]]:
+    """What the crop index loads at start (`Store.feature_words`), through a read-only
+    connection of the loading thread's own."""
+    from dedupd.features import FEATURES_KEY
+
+    with Store(path, readonly=True) as store:
+        return store.feature_words(FEATURES_KEY, roots)
 
 
 def _unchanged(record: FileRecord) -> bool:

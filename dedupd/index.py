@@ -703,6 +703,30 @@ def _inverted(
     return _CropSnapshot(ids, offsets, postings)
 
 
+def _by_id(
+    ids: npt.ArrayLike, counts: npt.ArrayLike, words: npt.ArrayLike, size: int
+) -> tuple[Ids, npt.NDArray[np.int64], WordArray]:
+    """`CropIndex.load`'s input checked and in id order. Raises ValueError when malformed."""
+    ids = np.asarray(ids, np.int64)
+    counts = np.asarray(counts, np.int64)
+    words = np.asarray(words)
+    if len(ids) != len(counts) or int(counts.sum()) != len(words):
+        raise ValueError("ids, counts and words do not agree")
+    if len(words) and (words.min() < 0 or words.max() >= size):
+        raise ValueError(f"a word outside the vocabulary of {size}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("an id appears twice")
+    order = np.argsort(ids, kind="stable")
+    if not bool(np.all(order == np.arange(len(ids)))):
+        # each photo's run of words, moved to its place in id order
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        counts = counts[order]
+        moved = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        pick = np.repeat(starts[order] - moved, counts) + np.arange(int(counts.sum()))
+        ids, words = ids[order], words[pick]
+    return ids, counts, words.astype(np.uint16)
+
+
 class _CropRebuild:
     """A crop snapshot being built off the ingest thread: from the old snapshot (its arrays are
     never changed in place, only replaced), a copy of its live rows, and a copy of the
@@ -715,8 +739,10 @@ class _CropRebuild:
         alive: npt.NDArray[np.bool_],
         delta: dict[int, WordArray],
         size: int,
+        read: Callable[[], tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]] | None = None,
     ):
         self.snap, self.alive, self.delta, self.size = snap, alive, delta, size
+        self.read = read  # a load from the database instead of a rebuild
         self.removed: list[Ids] = []
         self.snapshot: _CropSnapshot | None = None
         self.error: BaseException | None = None
@@ -729,6 +755,8 @@ class _CropRebuild:
             self.error = exc
 
     def _build(self) -> _CropSnapshot:
+        if self.read is not None:
+            return _inverted(*_by_id(*self.read(), self.size), self.size)
         snap, alive, size = self.snap, self.alive, self.size
         d_ids = np.fromiter(self.delta, np.int64, len(self.delta))
         d_counts = np.array([len(w) for w in self.delta.values()], np.int64)
@@ -798,28 +826,31 @@ class CropIndex:
     def load(self, ids: npt.ArrayLike, counts: npt.ArrayLike, words: npt.ArrayLike) -> None:
         """Replace everything indexed: photo `ids[i]` has `counts[i]` words, concatenated in
         `words` (each photo's words unique). Raises ValueError for malformed input."""
-        ids = np.asarray(ids, np.int64)
-        counts = np.asarray(counts, np.int64)
-        words = np.asarray(words)
-        if len(ids) != len(counts) or int(counts.sum()) != len(words):
-            raise ValueError("ids, counts and words do not agree")
-        if len(words) and (words.min() < 0 or words.max() >= self.vocabulary):
-            raise ValueError(f"a word outside the vocabulary of {self.vocabulary}")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("an id appears twice")
-        order = np.argsort(ids, kind="stable")
-        if not bool(np.all(order == np.arange(len(ids)))):
-            # each photo's run of words, moved to its place in id order
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            counts = counts[order]
-            moved = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            pick = np.repeat(starts[order] - moved, counts) + np.arange(int(counts.sum()))
-            ids, words = ids[order], words[pick]
+        snapshot = _inverted(*_by_id(ids, counts, words, self.vocabulary), self.vocabulary)
         self.finish_rebuild(wait=True)
-        self._snap = _inverted(ids, counts, words.astype(np.uint16), self.vocabulary)
-        self._snap_alive = np.ones(len(ids), bool)
+        self._snap = snapshot
+        self._snap_alive = np.ones(len(snapshot.ids), bool)
         self._delta, self._delta_cache, self._dead = {}, None, 0
         self.last_rebuild = time.time()
+
+    def start_load(
+        self, read: Callable[[], tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]]
+    ) -> None:
+        """Replace the snapshot with what `read()` returns (as `load` takes it), read and built
+        on a background thread: a daemon at a million photos is ready before its crop index
+        is. Meanwhile the index answers from what is added to it; `finish_rebuild` swaps the
+        loaded snapshot in (`loading` says whether to wait for it), and what was added or
+        removed meanwhile wins over what was read."""
+        self.finish_rebuild(wait=True)
+        job = _CropRebuild(self._snap, self._snap_alive, {}, self.vocabulary, read=read)
+        job.thread = threading.Thread(target=job.run, name="dedupd-crop-load", daemon=True)
+        self._rebuilding = job
+        job.thread.start()
+
+    @property
+    def loading(self) -> bool:
+        """True while `start_load` is reading the snapshot."""
+        return self._rebuilding is not None and self._rebuilding.read is not None
 
     def add(self, file_id: int, words: npt.ArrayLike) -> None:
         """File (or file again) photo `file_id` under `words`."""
@@ -886,6 +917,9 @@ class CropIndex:
         self._dead = 0
         if job.removed:
             self._dead += self._tombstone(np.unique(np.concatenate(job.removed)))
+        if job.read is not None and self._delta:
+            # added while the load read the database (which may have read them too): newer
+            self._dead += self._tombstone(np.fromiter(self._delta, np.int64, len(self._delta)))
         self.last_rebuild = time.time()
         return True
 

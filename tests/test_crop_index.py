@@ -161,3 +161,36 @@ def _load_small(index: CropIndex, photos: dict[int, np.ndarray]) -> None:
     ids = sorted(photos, reverse=True)  # out of order on purpose: load sorts them
     words = [np.asarray(photos[i], np.int64) for i in ids]
     index.load(ids, [len(w) for w in words], np.concatenate(words) if words else [])
+
+
+def test_a_background_load_keeps_what_was_added_or_removed_while_it_read() -> None:
+    """`start_load` (a daemon's start): the index answers from its delta meanwhile, and once
+    the loaded snapshot is swapped in, a photo added or removed during the read wins over
+    what the read returned."""
+    import threading
+
+    photos = _photos(50)
+    go = threading.Event()
+
+    def read() -> tuple[list[int], list[int], np.ndarray]:
+        assert go.wait(10)
+        ids = list(photos)
+        return ids, [len(photos[i]) for i in ids], np.concatenate([photos[i] for i in ids])
+
+    index = CropIndex()
+    index.start_load(read)
+    assert index.loading
+    index.add(7, photos[8])  # re-filed during the load: the read's old words must not count
+    index.remove([9])
+    index.add(100, photos[10])
+    assert [c.id for c in index.candidates(photos[10], 1)] == [100]  # the delta answers
+    go.set()
+    index.join_rebuild()
+    assert index.finish_rebuild()
+    assert not index.loading
+    assert {c.id for c in index.candidates(photos[8], 2)} == {7, 8}
+    assert 7 not in {c.id for c in index.candidates(photos[7], 3)}
+    assert 9 not in {c.id for c in index.candidates(photos[9], 3)}
+    assert len(index) == 50 - 1 + 1
+    index.rebuild()
+    assert len(index) == 50
