@@ -56,9 +56,9 @@ __all__ = [
 log = structlog.get_logger("dedupd.engine")
 
 # The crop stage: how many of the photos that share most visual words with a newcomer are
-# verified geometrically, and how many words a photo must share to be one of them
-# (bench/accuracy.py --crops: crops keeping 20% of the frame shared 2-38 words with their
-# original, distinct photos 8 on average).
+# verified geometrically, and how many words a photo must share to be one of them (in the
+# crop section of bench/accuracy.py, crops keeping 20% of the frame shared 2-38 words with
+# their original, distinct photos 8 on average; the candidate stage lost 4 of 463 crops).
 CROP_CANDIDATES = 8
 CROP_MIN_SHARED = 4
 
