@@ -175,7 +175,7 @@ class SecondOpinion:
 # What confirms a crop before it moves a file (the crop stage's second opinion): a stricter
 # geometric fit than the one that finds it (features.MIN_INLIERS = 24 matches agreeing, a
 # quarter of the matches). Distinct photos peaked at 21 agreeing matches in calibration (two
-# quarters of one grass texture); crops keeping 50% or more measured 42 and up.
+# quarters of one grass texture); crops keeping half the frame mostly measure 40 and more.
 CROP_CONFIRM_INLIERS = 40
 CROP_CONFIRM_RATIO = 0.5
 
