@@ -63,6 +63,9 @@ _RATIO = 0.8
 # FAST corner threshold (OpenCV default 20): lower, so that smooth photos (a retina scan, a
 # blurred shot) still get keypoints; ORB keeps the strongest KEYPOINTS by Harris score anyway.
 _FAST = 5
+# Images with a shorter side (in px, once reduced) get no keypoints: ORB's 31-px patches and
+# its pyramid do not fit, and no crop of a photo is that small.
+_MIN_SIDE = 64
 _REPROJECTION = 4.0
 MIN_INLIERS = 24
 MIN_INLIER_RATIO = 0.25  # of the ratio-test matches
@@ -133,7 +136,8 @@ def words_of(descriptors: Descriptors) -> Words:
 
 
 def extract(image: Image.Image) -> Features:
-    """ORB keypoints of `image` (any mode, any size) reduced to `SIDE` px on its long side."""
+    """ORB keypoints of `image` (any mode, any size) reduced to `SIDE` px on its long side;
+    none for an image less than `_MIN_SIDE` px on its short side."""
     import cv2
     from PIL import Image
 
@@ -142,6 +146,8 @@ def extract(image: Image.Image) -> Features:
     if scale < 1:
         size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
         gray = gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if min(gray.size) < _MIN_SIDE:  # ORB's pyramid and patches need room (OpenCV asserts)
+        return Features(gray.width, gray.height, np.empty((0, 2), np.float32), _no_descriptors())
     pixels = np.asarray(gray, np.uint8)
     orb = cv2.ORB.create(nfeatures=KEYPOINTS, fastThreshold=_FAST)
     keypoints, descriptors = orb.detectAndCompute(pixels, None)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
+import cv2
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -54,6 +55,10 @@ __all__ = [
 ]
 
 pillow_heif.register_heif_opener()
+# The feature step's OpenCV, loaded with this module: the hasher pool's forkserver preloads
+# it once, instead of every new worker paying for it (~0.1-1 s) on its first file, within
+# that file's timeout. One thread: each worker is one core's worth of work.
+cv2.setNumThreads(1)
 
 # The formats dedupd decodes, as Pillow names them: those of the default `watch.extensions`
 # (jpg/jpeg, png, heic/heif, avif, webp, gif, tif/tiff, bmp). Any other file is refused before

@@ -128,6 +128,12 @@ def test_the_same_frame_is_no_crop(originals: dict[str, Features]) -> None:
     assert verify(again, originals["rocket"]) is None
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 500), (500, 1), (63, 800)])
+def test_a_tiny_or_thin_image_has_no_keypoints(size: tuple[int, int]) -> None:
+    """OpenCV's ORB asserts on images smaller than its patches: they get none, no error."""
+    assert len(extract(Image.new("RGB", size, "white"))) == 0
+
+
 def test_a_flat_image_has_no_keypoints_and_matches_nothing(originals: dict[str, Features]) -> None:
     flat = extract(Image.new("RGB", (800, 600), (90, 120, 200)))
     assert len(flat) == 0 and len(flat.words) == 0
