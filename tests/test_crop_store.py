@@ -1,0 +1,75 @@
+"""store: the crop stage's features table (schema 7): written with a hashed photo, dropped
+when its content changes, read back for candidates and, as words only, for the index."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from dedupd.filestat import FileStat, HashedImage, LocalFeatures
+from dedupd.store import SCHEMA_VERSION, Store
+
+STAT = FileStat(1, 2, 3, 4)
+KIND = "orb:test"
+
+
+def _features(seed: int, n: int = 5) -> LocalFeatures:
+    rng = np.random.default_rng(seed)
+    words = np.unique(rng.integers(0, 1 << 16, n)).astype("<u2")
+    return LocalFeatures(
+        KIND,
+        512,
+        384,
+        rng.random((n, 2)).astype(np.float32).tobytes(),
+        rng.integers(0, 256, (n, 32), dtype=np.uint8).tobytes(),
+        words.tobytes(),
+    )
+
+
+def _image(sha: str, features: LocalFeatures | None) -> HashedImage:
+    return HashedImage(
+        STAT, sha, 40, 30, "JPEG", None, {"phash:16": b"\x01" * 32}, features=features
+    )
+
+
+def test_features_are_stored_with_the_photo_and_read_back(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64, _features(1)))
+        b = store.record_hashed("/r", "b.jpg", _image("b" * 64, _features(2, 7)))
+        c = store.record_hashed("/r", "c.jpg", _image("c" * 64, None))
+        found = store.features_of([a, b, c], KIND)
+        assert found == {a: _features(1), b: _features(2, 7)}
+        assert store.features_of([a], "orb:other") == {}
+        ids, counts, words = store.feature_words(KIND, ["/r"])
+        assert list(ids) == [a, b]
+        expected = [np.frombuffer(_features(s, n).words, "<u2") for s, n in ((1, 5), (2, 7))]
+        assert list(counts) == [len(w) for w in expected]
+        assert np.array_equal(words, np.concatenate(expected))
+        assert store.feature_words(KIND, ["/elsewhere"])[0].size == 0
+
+
+def test_new_content_drops_the_old_features(tmp_path: Path) -> None:
+    """Features describe the picture that was hashed: another sha256 at the path drops them
+    (when the new version has none of its own)."""
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64, _features(1)))
+        store.record_hashed("/r", "a.jpg", _image("a" * 64, None))  # same bytes: kept
+        assert a in store.features_of([a], KIND)
+        store.record_hashed("/r", "a.jpg", _image("d" * 64, None))
+        assert store.features_of([a], KIND) == {}
+
+
+def test_a_schema_6_database_gains_the_features_table_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64, None))
+    conn = sqlite3.connect(db)
+    conn.executescript("DROP TABLE features; PRAGMA user_version = 6;")
+    conn.close()
+    with Store(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.file(a) is not None
+        b = store.record_hashed("/r", "b.jpg", _image("b" * 64, _features(3)))
+        assert b in store.features_of([b], KIND)
