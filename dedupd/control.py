@@ -40,6 +40,8 @@ from dedupd.errors import (  # the daemon's errors live there, so the CLI need n
     DaemonUnavailable,
     DedupdError,
     NotFoundError,
+    Refused,
+    StoreError,
 )
 from dedupd.hashers import TRANSFORMS
 from dedupd.service import COMMAND_TIMEOUT
@@ -77,6 +79,12 @@ class RequestError(DedupdError):
     def __init__(self, status: int, error: str, detail: str | None = None):
         self.status, self.error, self.detail = status, error, detail
         super().__init__(f"{error}: {detail}" if detail else error)
+
+
+# The daemon's own refusals that the client raises again as themselves (by class name, as
+# the server answers a DedupdError), so that a command reads and exits the same whether the
+# daemon or the database answered it.
+_RELAYED: dict[str, type[DedupdError]] = {e.__name__: e for e in (Refused, StoreError)}
 
 
 class _BadRequest(Exception):
@@ -600,5 +608,8 @@ class ControlClient:
         if response.status >= 400:
             if response.status == 404 and answer.get("error") == "not found":
                 raise NotFoundError(answer.get("detail") or "not found")
+            known = _RELAYED.get(answer.get("error", ""))
+            if response.status == 400 and known is not None and answer.get("detail"):
+                raise known(answer["detail"])  # as the local backend says it, word for word
             raise RequestError(response.status, answer.get("error", "error"), answer.get("detail"))
         return answer  # type: ignore[no-any-return]
