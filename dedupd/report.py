@@ -77,8 +77,9 @@ def html_report(
             if d.get("distance") is not None and how != "exact":
                 how += f", distance {d['distance']}"
             figures.append(_figure(thumbs, "duplicate", d, how))
-        parts.append(f'<section class="group"><div class="members">{"".join(figures)}</div>'
-                     "</section>")
+        parts.append(
+            f'<section class="group"><div class="members">{"".join(figures)}</div></section>'
+        )
     if not groups:
         parts.append("<p>No duplicate groups.</p>")
     parts.append("</body></html>")
@@ -88,8 +89,10 @@ def html_report(
 def _figure(thumbs: Thumbnails, role: str, f: Mapping[str, Any], how: str = "") -> str:
     src = thumbs.data_uri(str(f["path"]), f)
     alt = html.escape(f"{role}: {f['path']}", quote=True)
-    return f'<figure><img src="{src}" alt="{alt}"><figcaption>{_caption(role, f, how)}' \
+    return (
+        f'<figure><img src="{src}" alt="{alt}"><figcaption>{_caption(role, f, how)}'
         "</figcaption></figure>"
+    )
 
 
 class MapReport:
@@ -154,7 +157,10 @@ def tsne_map(
     features = np.unpackbits(bits[[row[i] for i in chosen]], axis=1).astype(np.float32)
     perplexity = max(1.0, min(30.0, (len(chosen) - 1) / 3))
     points = TSNE(
-        n_components=2, metric="hamming", perplexity=perplexity, init="random",
+        n_components=2,
+        metric="hamming",
+        perplexity=perplexity,
+        init="random",
         random_state=seed,
     ).fit_transform(features)
     where = {i: points[n] for n, i in enumerate(chosen)}

@@ -280,8 +280,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if set_cookie:
             self.send_header(
                 "Set-Cookie",
-                f"{self.server.cookie_name}={self.server.token}; HttpOnly; SameSite=Strict;"
-                " Path=/",
+                f"{self.server.cookie_name}={self.server.token}; HttpOnly; SameSite=Strict; Path=/",
             )
         self.end_headers()
         self.wfile.write(data)
