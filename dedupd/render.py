@@ -297,4 +297,5 @@ def report_written(path: str, answer: dict[str, Any]) -> str:
 
 def map_written(path: str, drawn: int, total: int, pictures: int, links: int) -> str:
     sampled = f"{drawn} of {total} indexed photos" if drawn < total else f"all {total} photos"
-    return f"wrote {path}: {sampled} drawn, {pictures} as thumbnails, {links} duplicate links"
+    linked = f"{links} duplicate link" + ("" if links == 1 else "s")
+    return f"wrote {path}: {sampled} drawn, {pictures} as thumbnails, {linked}"
