@@ -21,6 +21,7 @@ from dedupd.store import Store
 from dedupd.thumbs import Thumbnails, cache_dir, placeholder
 from tests import photos
 from tests.reviewing import Library, make_library, reviewing, start_review, stop_review
+from tests.test_daemon import Env, running, wait_for
 
 
 @pytest.fixture
@@ -287,3 +288,49 @@ def test_a_thumbnail_of_a_changed_file_is_served_but_not_cached(tmp_path: Path) 
     data, media = thumbs.picture(str(src), record)
     assert media == "image/jpeg" and data.startswith(b"\xff\xd8")
     assert not list((tmp_path / "cache").rglob("*.jpg"))
+
+
+def test_the_page_asks_the_running_daemon_which_moves_the_file_and_forgets_it(
+    tmp_path: Path,
+) -> None:
+    """With a daemon running, the page's changes go through its socket (the review process
+    never says it works on the database), and the daemon takes a photo quarantined by hand
+    out of its index, as after its own moves."""
+    env = Env(tmp_path)
+    env.write_config(camera="{exact: report, near: report}")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    wa = photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and daemon.pipeline.idle(daemon.pool))
+        assert len(daemon.ingest.index) == 2
+        review = start_review(env.config)
+        try:
+            headers = {
+                "Cookie": review.cookie(),
+                "Content-Type": "application/json",
+                "Origin": review.base,
+            }
+            body = json.dumps({"path": str(wa), "keeper": str(env.root / "IMG_1.jpg")})
+            status, _, answer = review.request("POST", "/api/quarantine", body.encode(), headers)
+            assert status == 200, answer
+            action = _json(answer)["id"]
+            assert not wa.exists() and env.state(wa) == "quarantined"
+            assert len(daemon.ingest.index) == 1
+            body = json.dumps({"ids": [action]})
+            status, _, answer = review.request("POST", "/api/restore", body.encode(), headers)
+            assert _json(answer)["results"] == [{"item": str(action), "restored": str(wa)}]
+            assert wa.is_file()
+        finally:
+            code, err = stop_review(review)
+    assert code == 0 and "not running" not in err, err
+
+
+def test_the_quarantine_filters_by_root_and_lists_every_root(lib: Library) -> None:
+    with reviewing(lib.config) as review:
+        auth = {"Cookie": review.cookie()}
+        status, _, body = review.request("GET", f"/api/quarantine?root={lib.shared}", headers=auth)
+        answer = _json(body)
+        assert (status, answer["quarantined"]) == (200, [])
+        assert answer["roots"] == [str(lib.photos)]
+        status, _, body = review.request("GET", "/api/quarantine?since=3600", headers=auth)
+        assert len(_json(body)["quarantined"]) == 2  # type: ignore[arg-type]
