@@ -682,16 +682,16 @@ def _pictures(
         html_out.write_text(report.html_report(answer, thumbs), encoding="utf-8")
         click.echo(render.report_written(str(html_out), answer))
     if tsne_out is not None:
-        bar: Any = None
+        bars: dict[str, Any] = {}
 
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
+        def progress(step: str, done: int, total: int) -> None:
+            """A bar per step on a terminal, none when piped."""
             if not sys.stderr.isatty():
                 return
-            if bar is None:
-                bar = click.progressbar(length=total, label="thumbnails", file=sys.stderr)
-                bar.__enter__()
-            bar.update(1)
+            if step not in bars:
+                bars[step] = click.progressbar(length=total, label=step, file=sys.stderr)
+                bars[step].__enter__()
+            bars[step].update(done - bars[step].pos)
 
         hashing = config.hashing
         key = Hasher(hashing.algorithm, hashing.hash_size).key
@@ -702,7 +702,7 @@ def _pictures(
                     progress=progress,
                 )
         finally:
-            if bar is not None:
+            for bar in bars.values():
                 bar.__exit__(None, None, None)
         click.echo(
             render.map_written(str(tsne_out), made.drawn, made.total, made.pictures, made.links)

@@ -123,20 +123,22 @@ def tsne_map(
     *,
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    progress: Callable[[str, int, int], None] = lambda step, done, total: None,
     pictures: int = MAX_PICTURES,
 ) -> MapReport:
     """Draw the t-SNE map of the indexed photos (their `hasher` hashes in `store`; at most
     `sample` of them, the members of `groups` first) as a PNG at `out`: each photo a point
     placed by the Hamming distances of its hash bits, the members of each duplicate group
     joined by lines, and thumbnails at up to `pictures` points, group members first.
-    `progress(done, total)` follows the thumbnails (the slow part on a cold cache).
+    `progress(step, done, total)` follows its two slow steps: "t-SNE" (0 of 1, then 1 of 1)
+    and "thumbnails" (one at a time).
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.offsetbox import AnnotationBbox, OffsetImage
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
     except ImportError as exc:
         raise MissingExtra(
             f"the t-SNE map needs matplotlib and scikit-learn ({exc.name} is missing): "
@@ -156,13 +158,18 @@ def tsne_map(
     row = {i: n for n, i in enumerate(ids)}
     features = np.unpackbits(bits[[row[i] for i in chosen]], axis=1).astype(np.float32)
     perplexity = max(1.0, min(30.0, (len(chosen) - 1) / 3))
-    points = TSNE(
-        n_components=2,
-        metric="hamming",
-        perplexity=perplexity,
-        init="random",
-        random_state=seed,
-    ).fit_transform(features)
+    progress("t-SNE", 0, 1)
+    # One thread: t-SNE's OpenMP threads spin while they wait, and on a busy 2-core machine
+    # 500 points took 40 s with them and 5 s without (bench/review.py).
+    with threadpool_limits(limits=1):
+        points = TSNE(
+            n_components=2,
+            metric="hamming",
+            perplexity=perplexity,
+            init="random",
+            random_state=seed,
+        ).fit_transform(features)
+    progress("t-SNE", 1, 1)
     where = {i: points[n] for n, i in enumerate(chosen)}
 
     fig = Figure(figsize=(16, 12), dpi=100)
@@ -183,7 +190,7 @@ def tsne_map(
     shown = [file_json(records[i]) for i in chosen[:pictures] if i in records]
     for done, record in enumerate(shown, 1):
         data, media = thumbs.picture(str(record["path"]), record)
-        progress(done, len(shown))
+        progress("thumbnails", done, len(shown))
         if media != "image/jpeg":
             continue
         with Image.open(io.BytesIO(data)) as im:
