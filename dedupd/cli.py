@@ -465,11 +465,12 @@ def dedupctl(
     """dedupctl: query and steer dedupd.
 
     Talks to the running daemon over its socket. Only when no daemon is running, search,
-    show and quarantine list read the database directly (and say so), and restore, purge and
-    distinct change the database and files directly (refused while another process holds
-    the database); status, rescan and reload need the daemon. A daemon that is busy or
-    stopping is never worked around. With a config that does not load, status, quarantine
-    list, rescan and reload still ask the daemon (and warn); the other commands need it.
+    show and quarantine list read the database directly (and say so), and restore, purge,
+    distinct and the review page's buttons change the database and files directly (refused
+    while another process holds the database); status, rescan and reload need the daemon. A
+    daemon that is busy or stopping is never worked around. With a config that does not
+    load, status, quarantine list, rescan and reload still ask the daemon (and warn); the
+    other commands need it.
     Exit codes: 0 ok, 1 nothing found (status: a root is unavailable), 2 usage or config
     error, 3 daemon not running or not answering, 4 busy (the daemon is busy or stopping, or
     another process holds the database).
@@ -677,7 +678,9 @@ def _pictures(
     from dedupd.thumbs import Thumbnails, cache_dir
 
     config = _load(ctx)
-    thumbs = Thumbnails(cache_dir(), max_pixels=config.hashing.max_pixels)
+    thumbs = Thumbnails(
+        cache_dir(), max_pixels=config.hashing.max_pixels, roots=[r.path for r in config.roots]
+    )
     if html_out is not None:
         html_out.write_text(report.html_report(answer, thumbs), encoding="utf-8")
         click.echo(render.report_written(str(html_out), answer))
@@ -734,7 +737,10 @@ def review(ctx: click.Context, port: int, no_open: bool) -> None:
 
     with _errors():
         service = _service(ctx)
-        thumbs = Thumbnails(cache_dir(), max_pixels=_load(ctx).hashing.max_pixels)
+        config = _load(ctx)
+        thumbs = Thumbnails(
+            cache_dir(), max_pixels=config.hashing.max_pixels, roots=[r.path for r in config.roots]
+        )
         try:
             server = ReviewServer(service, thumbs, port=port)
         except OSError as exc:

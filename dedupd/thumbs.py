@@ -14,7 +14,7 @@ import html
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +67,26 @@ class _NotAPicture(ImageError):
 
 class Thumbnails:
     """JPEG thumbnails, cached in `cache` by sha256. Thread-safe: a cache entry is written
-    under a temporary name and renamed into place."""
+    under a temporary name and renamed into place. A cache inside one of `roots` (the photo
+    folders) is not used at all: thumbnails are then made anew each time, never written
+    where dedupd would index them."""
 
-    def __init__(self, cache: Path, *, max_pixels: int, side: int = THUMB_SIDE):
-        self.cache, self.max_pixels, self.side = cache, max_pixels, side
+    def __init__(
+        self,
+        cache: Path,
+        *,
+        max_pixels: int,
+        side: int = THUMB_SIDE,
+        roots: Sequence[Path] = (),
+    ):
+        self.max_pixels, self.side = max_pixels, side
+        where = Path(os.path.abspath(cache))
+        inside = any(where.is_relative_to(os.path.abspath(r)) for r in roots)
+        self.cache: Path | None = None if inside else where
 
-    def _cached(self, sha256: str) -> Path:
+    def _cached(self, sha256: str) -> Path | None:
+        if self.cache is None:
+            return None
         return self.cache / sha256[:2] / f"{sha256}-{self.side}.jpg"
 
     def jpeg(self, path: str, record: Mapping[str, Any]) -> bytes:
@@ -84,15 +98,16 @@ class Thumbnails:
             raise _NotAPicture(path, "too large for a thumbnail")
         sha256 = str(record["sha256"])
         cached = self._cached(sha256)
-        try:
-            return cached.read_bytes()
-        except OSError:
-            pass
+        if cached is not None:
+            try:
+                return cached.read_bytes()
+            except OSError:
+                pass
         image, read = imaging.thumbnail(path, self.side, max_pixels=self.max_pixels)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=82)
         data = out.getvalue()
-        if read == sha256:  # only what the database knows is kept: a changed file is not
+        if cached is not None and read == sha256:  # a changed file's picture is not kept
             self._keep(cached, data)
         return data
 

@@ -334,3 +334,19 @@ def test_the_quarantine_filters_by_root_and_lists_every_root(lib: Library) -> No
         assert answer["roots"] == [str(lib.photos)]
         status, _, body = review.request("GET", "/api/quarantine?since=3600", headers=auth)
         assert len(_json(body)["quarantined"]) == 2  # type: ignore[arg-type]
+
+
+def test_a_cache_inside_a_photo_folder_is_never_written(tmp_path: Path) -> None:
+    """$XDG_CACHE_HOME pointed into a watched root would put thumbnails where dedupd indexes
+    photos: the cache is then not used, and the thumbnail made anew."""
+    root = tmp_path / "photos"
+    src = photos.copy(photos.photo("coffee"), root / "coffee.jpg")
+    from dedupd.imaging import file_sha256
+
+    record = {"path": str(src), "sha256": file_sha256(str(src)), "format": "JPEG", "size": 1}
+    thumbs = Thumbnails(root / ".cache" / "thumbs", max_pixels=10**8, roots=[root])
+    assert thumbs.picture(str(src), record)[1] == "image/jpeg"
+    assert [p.name for p in root.rglob("*")] == ["coffee.jpg"]
+    outside = Thumbnails(tmp_path / "cache", max_pixels=10**8, roots=[root])
+    outside.picture(str(src), record)
+    assert len(list((tmp_path / "cache").rglob("*.jpg"))) == 1
