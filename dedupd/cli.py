@@ -737,6 +737,8 @@ def review(ctx: click.Context, port: int, no_open: bool) -> None:
 
     with _errors():
         service = _service(ctx)
+        # Asked once now: no daemon and no database is an error here, not on the page.
+        service.quarantine_list()
         config = _load(ctx)
         thumbs = Thumbnails(
             cache_dir(), max_pixels=config.hashing.max_pixels, roots=[r.path for r in config.roots]

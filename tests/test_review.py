@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,15 @@ from dedupd.service import LocalService
 from dedupd.store import Store
 from dedupd.thumbs import Thumbnails, cache_dir, placeholder
 from tests import photos
-from tests.reviewing import Library, make_library, reviewing, start_review, stop_review
+from tests.reviewing import (
+    DEDUPCTL,
+    REPO,
+    Library,
+    make_library,
+    reviewing,
+    start_review,
+    stop_review,
+)
 from tests.test_daemon import Env, running, wait_for
 
 
@@ -350,3 +360,25 @@ def test_a_cache_inside_a_photo_folder_is_never_written(tmp_path: Path) -> None:
     outside = Thumbnails(tmp_path / "cache", max_pixels=10**8, roots=[root])
     outside.picture(str(src), record)
     assert len(list((tmp_path / "cache").rglob("*.jpg"))) == 1
+
+
+def test_review_without_a_daemon_or_a_database_is_an_error_at_once(tmp_path: Path) -> None:
+    """Not a page that serves only errors: the command itself exits 2, naming the database."""
+    config = tmp_path / "dedupd.yaml"
+    config.write_text(f"database: {tmp_path / 'none.db'}\nsocket: {tmp_path / 'none.sock'}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-c", DEDUPCTL, "--config", str(config), "review", "--no-open"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("dedupctl review served a page without a daemon or a database")
+    assert process.returncode == 2, err
+    assert out == ""
+    assert str(tmp_path / "none.db") in err
