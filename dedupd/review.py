@@ -169,7 +169,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _token_given(self, query: dict[str, list[str]]) -> str | None:
         """The token of the URL, if it carries the right one (the first visit)."""
         for given in query.get("token", []):
-            if hmac.compare_digest(given.encode(), self.server.token.encode()):
+            # A %-escape that is not UTF-8 comes as a surrogate: compared as its bytes.
+            if hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), self.server.token.encode()
+            ):
                 return given
         return None
 
@@ -237,6 +240,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(503, {"error": str(exc)})
         except DedupdError as exc:
             self._send_json(409, {"error": str(exc)})
+        except Exception as exc:  # a bug: answer 500, log it, keep serving
+            log.exception("review_request_failed", path=url.path)
+            self._send_json(500, {"error": f"internal error: {exc!r}"})
 
     def _body(self) -> dict[str, Any]:
         try:
