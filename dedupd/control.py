@@ -478,6 +478,15 @@ def _strings(body: dict[str, Any], name: str) -> list[str]:
     return value
 
 
+def _quarantine_add(
+    svc: DaemonService, params: dict[str, str], body: dict[str, Any]
+) -> dict[str, Any]:
+    path, keeper = body.get("path"), body.get("keeper")
+    if not isinstance(path, str) or not isinstance(keeper, str):
+        raise _BadRequest(400, "bad request", "path and keeper must be paths")
+    return svc.quarantine(path, keeper)
+
+
 def _restore(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     return svc.restore(_strings(body, "items"))
 
@@ -521,6 +530,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", f"{API}/groups"): _groups,
     ("GET", f"{API}/files"): _file,
     ("GET", f"{API}/quarantine"): _quarantine,
+    ("POST", f"{API}/quarantine/add"): _quarantine_add,
     ("POST", f"{API}/quarantine/restore"): _restore,
     ("POST", f"{API}/quarantine/purge"): _purge,
     ("POST", f"{API}/distinct"): _distinct,

@@ -50,6 +50,7 @@ __all__ = [
     "file_sha256",
     "hash_image",
     "open_image",
+    "thumbnail",
     "trim_borders",
 ]
 
@@ -451,6 +452,17 @@ def _pdq_step(image: Image.Image, rating: Sequence[Hasher], *, variants: bool) -
         {key: m.quality for key, m in measured.items() if m.quality is not None},
         dominant_share(rgb),
     )
+
+
+def thumbnail(path: str, side: int, *, max_pixels: int) -> tuple[Image.Image, str]:
+    """A picture of the photo at `path` at most `side` pixels across, upright, in RGB, and
+    the sha256 of the bytes it was made from: read as `hash_image` reads (no symlink, only
+    the allowed formats, within `max_pixels`, JPEGs drafted). Raises an ImageError."""
+    data, _ = _read(path)
+    decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
+    image = decoded.image.convert("RGB")
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return image, hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: str) -> str:

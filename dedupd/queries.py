@@ -157,15 +157,29 @@ def search(
 def quarantine_list(
     store: Store, *, root: str | None = None, since: float | None = None
 ) -> dict[str, Any]:
-    """What is in quarantine now, optionally only from under `root` or since a time."""
-    fields = ("id", "src", "dst", "keeper_path", "distance", "reason", "finished")
+    """What is in quarantine now, optionally only from under `root` or since a time. Each
+    entry also has the records of the quarantined photo (`file`) and of its keeper
+    (`keeper`), or None: their size, pixels, format and capture date, for the review page."""
+    fields = (
+        "id", "src", "dst", "keeper_path", "distance", "reason", "finished", "file_id",
+        "keeper_id",
+    )
     entries = []
     for e in store.quarantined():
         if root is not None and not e.src.startswith(root.rstrip(os.sep) + os.sep):
             continue
         if since is not None and (e.finished or 0) < since:
             continue
-        entries.append({**{k: getattr(e, k) for k in fields}, "kind": _kind(store, e)})
+        records = store.files(i for i in (e.file_id, e.keeper_id) if i is not None)
+        file, keeper = (records.get(i) if i is not None else None for i in (e.file_id, e.keeper_id))
+        entries.append(
+            {
+                **{k: getattr(e, k) for k in fields},
+                "kind": _kind(store, e),
+                "file": None if file is None else file_json(file),
+                "keeper": None if keeper is None else file_json(keeper),
+            }
+        )
     return {"quarantined": entries}
 
 

@@ -21,10 +21,13 @@ __all__ = [
     "group_dicts",
     "groups",
     "groups_json",
+    "map_written",
     "progress",
     "purged",
     "quarantine",
+    "report_written",
     "restored",
+    "review_started",
     "scan_json",
     "scan_report",
     "search",
@@ -280,3 +283,19 @@ def purged(count: int, younger: int = 0, older_than: float = 0.0) -> str:
             " --older-than 0 to purge them"
         )
     return text
+
+
+def review_started(url: str) -> str:
+    """The one line `dedupctl review` prints: the page's URL, with its token."""
+    return f"review page: {url}  (Ctrl-C to stop)"
+
+
+def report_written(path: str, answer: dict[str, Any]) -> str:
+    n = len(answer["groups"])
+    return f"wrote {path}: {n} duplicate group{'' if n == 1 else 's'}, thumbnails inline"
+
+
+def map_written(path: str, drawn: int, total: int, pictures: int, links: int) -> str:
+    sampled = f"{drawn} of {total} indexed photos" if drawn < total else f"all {total} photos"
+    linked = f"{links} duplicate link" + ("" if links == 1 else "s")
+    return f"wrote {path}: {sampled} drawn, {pictures} as thumbnails, {linked}"

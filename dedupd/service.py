@@ -1,8 +1,8 @@
 """The operations users ask for, behind one interface.
 
-`Service` is what `dedupctl` (and later the review page) calls: status, search, groups, one
-file, the quarantine, restore, purge, distinct, rescan, reload. Each answer is a JSON-ready
-dict, printed by `render`. Three implementations:
+`Service` is what `dedupctl` and its review page call: status, search, groups, one file, the
+quarantine, quarantine one file now, restore, purge, distinct, rescan, reload. Each answer is
+a JSON-ready dict, printed by `render`. Three implementations:
 
 - `DaemonService` runs inside the daemon, behind the control socket: reads use a read-only
   connection of their own and the in-memory index; changes run on the daemon's thread.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from dedupd.config import Config
     from dedupd.control import ControlClient
     from dedupd.daemon import Daemon
-    from dedupd.store import Store
+    from dedupd.store import FileRecord, Store
 
 __all__ = [
     "DaemonService",
@@ -70,6 +70,11 @@ class Service(Protocol):
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         """What is in quarantine; `since` is a duration: only what was quarantined within
         that many seconds."""
+        ...
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        """Quarantine the photo at `path` now, as a duplicate of `keeper` (the user's choice
+        of the worse copy in a reported group), through the journaled `actions`."""
         ...
 
     def restore(self, items: Sequence[str]) -> Answer: ...
@@ -129,6 +134,52 @@ def _distinct(store: Store, a: str, b: str) -> Answer:
         )
     store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
     return {"distinct": [str(r.path) for r in records]}
+
+
+def _quarantine(
+    store: Store, actions: Actions, config: Config, path: str, keeper: str
+) -> tuple[Answer, int]:
+    """Quarantine the photo at `path` as a duplicate of the one at `keeper`; returns the
+    answer and the quarantined file's id (to leave the index). Refused unless dedupd itself
+    found the two to be duplicates (a match between them, or one reported group): the page
+    or a request can only pick among what dedupd reported, never name any file."""
+    from dedupd import queries
+    from dedupd.engine import duplicate_groups
+    from dedupd.hashers import Hasher
+
+    target, kept = (_hashed(store, p) for p in (path, keeper))
+    for record in (target, kept):
+        if record.state != "ok":
+            raise Refused(f"{record.path} is {record.state}, not in its folder; nothing done")
+    if target.id == kept.id:
+        raise Refused(f"{target.path} cannot be its own keeper; nothing done")
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    distance: int | None = 0 if target.sha256 == kept.sha256 else None
+    for m in store.matches_of(target.id, hasher.key):
+        if m.other.id == kept.id and distance is None:
+            distance = m.distance
+    if distance is None:
+        for g in duplicate_groups(store, config, queries.all_roots(store)):
+            ids = {g.keeper.id} | {m.record.id for m in g.duplicates}
+            if {target.id, kept.id} <= ids:
+                distance = next(
+                    (m.distance for m in g.duplicates if m.record.id == target.id), None
+                )
+                break
+        else:
+            raise Refused(
+                f"{target.path} and {kept.path} are not duplicates dedupd found; nothing done"
+            )
+    action_id = actions.quarantine(target, kept, distance, "user: quarantined by hand")
+    done = store.action(action_id)
+    return {"id": action_id, "src": str(target.path), "dst": done.dst if done else None}, target.id
+
+
+def _hashed(store: Store, path: str) -> FileRecord:
+    record = store.file_at(Path(path).expanduser().absolute())
+    if record is None or record.sha256 is None:
+        raise NotFoundError(f"{path}: not a hashed photo in the database")
+    return record
 
 
 def _cutoff(since: float | None) -> float | None:
@@ -212,6 +263,17 @@ class DaemonService:
         with self._daemon.store_reader() as store:
             return queries.quarantine_list(store, root=root, since=_cutoff(since))
 
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        d = self._daemon
+
+        def change() -> Answer:
+            answer, file_id = _quarantine(d.store, d.actions, d.config, path, keeper)
+            with d.ingest.lock:
+                d.ingest.index.remove([file_id])  # as the pipeline does after its own moves
+            return answer
+
+        return self._on_daemon_thread(change)
+
     def restore(self, items: Sequence[str]) -> Answer:
         d = self._daemon
         return self._on_daemon_thread(lambda: _restore(d.store, d.actions, items))
@@ -269,6 +331,9 @@ class RemoteService:
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         return self.client.get("quarantine", root=root, since=since)
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        return self.client.post("quarantine/add", {"path": path, "keeper": keeper})
 
     def restore(self, items: Sequence[str]) -> Answer:
         return self.client.post("quarantine/restore", {"items": list(items)})
@@ -390,6 +455,10 @@ class LocalService:
         with self._reader() as store:
             return queries.quarantine_list(store, root=root, since=_cutoff(since))
 
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        config = self.config
+        return self._change(lambda st, actions: _quarantine(st, actions, config, path, keeper)[0])
+
     def restore(self, items: Sequence[str]) -> Answer:
         return self._change(lambda store, actions: _restore(store, actions, items))
 
@@ -456,6 +525,9 @@ class _DaemonElseDatabase:
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         return self._ask(lambda s: s.quarantine_list(root=root, since=since))
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        return self._ask(lambda s: s.quarantine(path, keeper))
 
     def restore(self, items: Sequence[str]) -> Answer:
         return self._ask(lambda s: s.restore(items))
