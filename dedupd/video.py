@@ -23,6 +23,7 @@ so that the daemon can name `video_key` and `VIDEO_EXTENSIONS` without loading t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANIMATED_EXTENSIONS",
     "DEFAULT_FPS",
+    "FRAME_THRESHOLD",
     "MAX_FRAMES",
     "VIDEO_EXTENSIONS",
     "CorruptVideo",
@@ -60,6 +62,8 @@ MAX_FRAMES = 1 << 16
 # A frame whose luminance spreads less than this (8-bit levels, standard deviation) is flat:
 # black, a fade, a lens cap. Its hash says nothing.
 FLAT_STD = 6.0
+# Two frames match (for `index.FrameIndex`'s votes) within this fraction of the hash's bits.
+FRAME_THRESHOLD = 0.2
 # A frame within this fraction of the hash's bits of the last frame kept repeats it.
 REPEAT = 0.08
 # Keyframes alone are enough when none is further than this many sample periods from the
@@ -272,7 +276,7 @@ def _dense(keyframes: Sequence[float], duration: float, fps: float) -> bool:
     if not keyframes:
         return False
     edges = [0.0, *keyframes, max(duration, keyframes[-1])]
-    gap = max(b - a for a, b in zip(edges, edges[1:], strict=False))
+    gap = max(b - a for a, b in itertools.pairwise(edges))
     return gap <= KEYFRAME_GAP / fps
 
 
