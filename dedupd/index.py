@@ -672,12 +672,12 @@ def make_index(backend: Backend, bits: int, *, leaf_size: int = 16, p: float = 1
 
 
 # -- clips -------------------------------------------------------------------------------------
-# Two clips are the same video when at least SAME_SHARE of the distinct frames of each has a
-# match among the other's (in any order: a re-cut, a clip with a snippet taken out); one holds
-# the other when at least INSIDE_SHARE of the shorter one's frames are in the longer one. Never
-# on fewer than MIN_SHARED frames of each, unless a clip has fewer frames than that (a still
-# scene filmed).
-SAME_SHARE = 0.6
+# Two clips are the same video when at least SAME_SHARE of the distinct frames of each is the
+# nearest match of one of the other's (in any order: a re-cut, a clip with a snippet taken
+# out); one holds the other when at least INSIDE_SHARE of the shorter one's frames are in the
+# longer one. Never on fewer than MIN_SHARED frames of each, unless both clips are the
+# same and one has fewer frames than that (a still scene filmed).
+SAME_SHARE = 0.7
 INSIDE_SHARE = 0.8
 MIN_SHARED = 2
 
@@ -701,6 +701,8 @@ class ClipVotes(NamedTuple):
             return None
         if min(share_mine, share_theirs) >= SAME_SHARE:
             return "video"
+        if min(len(self.mine), len(self.theirs)) < MIN_SHARED:
+            return None  # one frame inside a clip: a look-alike, not a cut of it
         if share_theirs >= INSIDE_SHARE and n_theirs <= n_mine:
             return "contains"
         if share_mine >= INSIDE_SHARE and n_mine <= n_theirs:
@@ -755,22 +757,25 @@ class FrameIndex:
 
     def votes(self, frames: Sequence[bytes], radius: int) -> dict[int, ClipVotes]:
         """Per indexed clip with a frame within `radius` bits of one of `frames`: which frames
-        matched on each side. One radius query per frame: never all pairs of clips."""
-        mine: dict[int, set[int]] = {}
-        theirs: dict[int, set[int]] = {}
-        nearest: dict[int, dict[int, int]] = {}
+        match on each side, one to one: each frame counts only through its nearest match, so
+        that the neighbours of a matching frame (a second apart in a slow scene, as alike as
+        the match) do not count as covered too. One radius query per frame: never all pairs
+        of clips."""
+        # clip → my frame → (distance, their frame) of its nearest; their frame → (distance,
+        # my frame) of its nearest
+        mine: dict[int, dict[int, tuple[int, int]]] = {}
+        theirs: dict[int, dict[int, tuple[int, int]]] = {}
         for i, frame in enumerate(frames):
             for m in self.index.radius(frame, radius):
-                clip, number = divmod(m.id, self.per_file)
-                mine.setdefault(clip, set()).add(i)
-                theirs.setdefault(clip, set()).add(number)
-                best = nearest.setdefault(clip, {})
-                best[i] = min(best.get(i, m.distance), m.distance)
+                clip, j = divmod(m.id, self.per_file)
+                here, there = mine.setdefault(clip, {}), theirs.setdefault(clip, {})
+                here[i] = min(here.get(i, (m.distance, j)), (m.distance, j))
+                there[j] = min(there.get(j, (m.distance, i)), (m.distance, i))
         return {
             clip: ClipVotes(
-                frozenset(mine[clip]),
-                frozenset(theirs[clip]),
-                int(np.median(list(nearest[clip].values()))),
+                frozenset(i for _, i in theirs[clip].values()),
+                frozenset(j for _, j in mine[clip].values()),
+                int(np.median([d for d, _ in mine[clip].values()])),
             )
             for clip in mine
         }

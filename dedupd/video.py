@@ -41,13 +41,16 @@ __all__ = [
     "DEFAULT_FPS",
     "FRAME_THRESHOLD",
     "MAX_FRAMES",
+    "MAX_SEARCH_FRAMES",
     "VIDEO_EXTENSIONS",
     "CorruptVideo",
+    "HashedVideo",
     "NoVideoStream",
     "TruncatedVideo",
     "hash_animation",
     "hash_video",
     "is_video_name",
+    "search_frames",
     "video_key",
 ]
 
@@ -96,6 +99,19 @@ def video_key(hasher: Hasher, fps: float) -> str:
     """The store's key of the frame hashes of a clip: the image hasher's key (its algorithm,
     size and preparation), the sampling rate and this module's version."""
     return f"video{_VERSION}:{fps:g}fps:{hasher.key}"
+
+
+# Frames a search may send the daemon (each is 64 hex characters of a request line that may
+# be 16 KB long): a longer clip is searched by this many of its frames, evenly spread.
+MAX_SEARCH_FRAMES = 160
+
+
+def search_frames(frames: Sequence[bytes]) -> list[bytes]:
+    """At most MAX_SEARCH_FRAMES of a clip's `frames`, evenly spread over it."""
+    if len(frames) <= MAX_SEARCH_FRAMES:
+        return list(frames)
+    step = len(frames) / MAX_SEARCH_FRAMES
+    return [frames[int(i * step)] for i in range(MAX_SEARCH_FRAMES)]
 
 
 def is_video_name(path: str) -> bool:
@@ -286,14 +302,23 @@ def _decode(
     """One pass over the first video stream's packets, decoding those `skip` lets through:
     (the frames kept, the keyframes' times, where the last packet ends), all in seconds from
     the start. Raises CorruptVideo for what FFmpeg cannot read."""
+    stream = container.streams.video[0]
+    progress = [0.0]  # where the packets read so far end
     try:
-        return _decode_stream(container, container.streams.video[0], hasher, fps, skip)
+        return _decode_stream(container, stream, hasher, fps, skip, progress)
     except av.FFmpegError as exc:
+        duration = _duration(container, stream)
+        if duration and progress[0] < _TRUNCATED * duration - 1.0:
+            raise TruncatedVideo(
+                path,
+                f"the stream breaks off at {progress[0]:.1f} s of the {duration:.1f} s it"
+                f" announces ({_why(exc)})",
+            ) from exc
         raise CorruptVideo(path, f"cannot decode: {_why(exc)}") from exc
 
 
 def _decode_stream(
-    container: Any, stream: Any, hasher: Hasher, fps: float, skip: str
+    container: Any, stream: Any, hasher: Hasher, fps: float, skip: str, progress: list[float]
 ) -> tuple[_Frames, list[float], float]:
     frames = _Frames(hasher, fps)
     context = stream.codec_context
@@ -309,7 +334,7 @@ def _decode_stream(
     for packet in container.demux(stream):
         if packet.pts is not None and base is not None:
             at = float((packet.pts - start) * base)
-            end = max(end, at + float((packet.duration or 0) * base))
+            end = progress[0] = max(end, at + float((packet.duration or 0) * base))
             if packet.is_keyframe:
                 keyframes.append(at)
         for frame in packet.decode():

@@ -38,6 +38,7 @@ def _writer(
     dst.parent.mkdir(parents=True, exist_ok=True)
     out = av.open(str(dst), "w")
     stream = out.add_stream(codec, rate=fps)
+    assert isinstance(stream, av.video.stream.VideoStream)
     stream.width, stream.height = size
     stream.pix_fmt = "yuv420p"
     if codec == "libx264":
@@ -78,7 +79,7 @@ def render(
     with Image.open(photo) as im:
         source = im.convert("RGB")
     out, stream = _writer(dst, size, fps, gop or fps, crf, codec)
-    for i in range(round(black_lead * fps)):
+    for _ in range(round(black_lead * fps)):
         _encode(out, stream, Image.new("RGB", size))
     n = round(seconds * fps)
     for i in range(n):
