@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from dedupd.actions import Actions
 from dedupd.cli import dedupctl
-from dedupd.config import DEFAULT_POLICY, Config, ConfigError, HashingConfig, load_config
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, load_config
 from dedupd.engine import ScanReport, scan
+from dedupd.errors import ConfigError
 from dedupd.hashers import Hasher
 from dedupd.index import ClipVotes
 from dedupd.pool import Failure, HasherPool, hash_file
