@@ -157,9 +157,7 @@ def test_a_corrupt_or_truncated_video_is_a_recorded_error_and_the_scan_goes_on(
     report = _scan(config)
     failed = {os.path.basename(path): f.kind for path, f in report.failed}
     assert failed == {"broken.mp4": "corrupt", "noise.mkv": "corrupt", "empty.mov": "empty"}
-    assert [(o.decision.kind, o.decision.action) for o in report.outcomes] == [
-        ("video", "report")
-    ]
+    assert [(o.decision.kind, o.decision.action) for o in report.outcomes] == [("video", "report")]
     with Store(config.database) as store:
         broken = store.file_at(root / "broken.mp4")
         assert broken is not None and broken.state == "error" and broken.error_kind == "corrupt"
@@ -172,9 +170,10 @@ def test_a_clip_cut_short_after_its_header_is_truncated(clip_dir: Path, tmp_path
     if not src.exists():
         import av
 
-        with av.open(str(clip_dir / "long.mp4")) as inp, av.open(
-            str(src), "w", options={"movflags": "faststart"}
-        ) as out:
+        with (
+            av.open(str(clip_dir / "long.mp4")) as inp,
+            av.open(str(src), "w", options={"movflags": "faststart"}) as out,
+        ):
             stream = out.add_stream_from_template(inp.streams.video[0])
             for packet in inp.demux(inp.streams.video[0]):
                 if packet.dts is not None:
