@@ -132,6 +132,7 @@ class _Frames:
         self.times: list[float] = []
         self.sampled = 0
         self.next_at = 0.0
+        self.rotation = 0.0  # the display matrix's turn of the first frame sampled
 
     def due(self, at: float) -> bool:
         """Whether a frame shown at `at` seconds is the next to sample."""
@@ -248,6 +249,8 @@ def hash_video(
         if not frames.sampled:
             raise CorruptVideo(path, "no frame could be decoded")
         _unchanged(path, f, stat)
+    if round(frames.rotation / 90) % 2:
+        width, height = height, width  # as shown: a portrait clip stored sideways
     return HashedVideo(
         stat=stat,
         sha256=sha256,
@@ -345,9 +348,25 @@ def _decode_stream(
                 continue
             if size is None:
                 size = _small_size(frame.width, frame.height, hasher.draft_side)
+                frames.rotation = frame.rotation
             small = frame.reformat(width=size[0], height=size[1], format="rgb24")
-            frames.add(small.to_image(), at)
+            frames.add(_upright(small.to_image(), frame.rotation), at)
     return frames, keyframes, end
+
+
+def _upright(image: Image.Image, rotation: float) -> Image.Image:
+    """A frame as it is shown: phones store a portrait clip's frames sideways with a display
+    matrix saying how to turn them (`rotation`, degrees counterclockwise), and a chat app's
+    re-encode stores them upright; both must hash alike."""
+    from PIL import Image
+
+    turn = round(rotation / 90) % 4
+    methods = {
+        1: Image.Transpose.ROTATE_90,
+        2: Image.Transpose.ROTATE_180,
+        3: Image.Transpose.ROTATE_270,
+    }
+    return image.transpose(methods[turn]) if turn else image
 
 
 def _creation_time(metadata: dict[str, str]) -> str | None:

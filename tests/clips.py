@@ -130,6 +130,19 @@ def transcode(
     return dst
 
 
+def sideways(src: Path, dst: Path) -> Path:
+    """`src` as a phone stores a clip filmed turned: every frame turned a quarter clockwise,
+    and a display matrix telling players to turn it back (90 degrees counterclockwise)."""
+    decoded = frames(src)
+    w, h = decoded[0][1].size
+    out, stream = _writer(dst, (h, w), 10, 10, 23, "libx264")
+    stream.set_display_rotation(90)
+    for _, im in decoded:
+        _encode(out, stream, im.transpose(Image.Transpose.ROTATE_270))
+    _finish(out, stream)
+    return dst
+
+
 def to_gif(src: Path, dst: Path, *, every: int = 2) -> Path:
     """`src` as an animated GIF (every `every`-th frame, timed as in the clip)."""
     decoded = frames(src)[::every]

@@ -39,6 +39,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clips.transcode(cut, d / "cut-wa.mov", size=(160, 90), crf=34)
     clips.render(photos.photo("coffee"), d / "other.mp4", seconds=6)
     clips.to_gif(cut, d / "cut.gif")
+    clips.sideways(cut, d / "cut-portrait.mp4")
     clips.render(photos.photo("chelsea"), d / "dark.mp4", seconds=4, black_lead=2)
     return d
 
@@ -104,6 +105,22 @@ def test_a_reencoded_copy_is_found_and_quarantined_by_policy(
     assert outcome.decision.keeper.relpath == "cut.mp4"
     assert sorted(p.name for p in root.iterdir()) == ["cut.mp4"]
     assert [p.name for p in (tmp_path / "quarantine").rglob("*.mov")] == ["cut-wa.mov"]
+
+
+def test_a_clip_stored_sideways_with_a_display_matrix_is_hashed_as_shown(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    """A phone stores a clip filmed turned as sideways frames plus a display matrix; a chat
+    app's re-encode stores the frames as shown. Frames are turned as the matrix says before
+    hashing, so the two match, and the record gives the size as shown."""
+    root = tmp_path / "videos"
+    _place(clip_dir, root, "cut.mp4", "cut-portrait.mp4")
+    config = _config(tmp_path, root)
+    report = _scan(config)
+    assert [o.decision.kind for o in report.outcomes] == ["video"]
+    with Store(config.database) as store:
+        turned = store.file_at(root / "cut-portrait.mp4")
+        assert turned is not None and (turned.width, turned.height) == (192, 108)
 
 
 def test_a_clip_inside_a_longer_one_is_contains_and_only_reported(
