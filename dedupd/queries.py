@@ -177,11 +177,12 @@ def search(
         )
         if len(results) == k:
             break
-    if clips is not None:
+    if clips is not None and len(clips.frames):
         radius = clips.frame_radius if threshold is None else hasher.radius(threshold)
-        results += _frames_like(store, clips, bits, radius, hasher.bits)
-        results.sort(key=lambda r: (r["distance"], r["path"]))
-    return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results[:k]}
+        like = _frames_like(store, clips, bits, radius, hasher.bits)
+        if like:
+            results = sorted(results + like, key=lambda r: r["distance"])[:k]  # stable
+    return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
 
 
 def _frames_like(

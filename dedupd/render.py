@@ -246,7 +246,7 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
 
 def _clip(m: dict[str, Any], bits: int) -> str | None:
     """How a clip match reads ("video 12/256, 9 of 10 frames"), None for a photo's."""
-    kind, detail = m["kind"], m.get("detail") or {}
+    kind, detail = m.get("kind"), m.get("detail") or {}
     frames = ""
     if "matched" in detail:
         frames = f", {detail['matched']} of {detail['frames']} frames"
