@@ -107,6 +107,21 @@ def test_a_reencoded_copy_is_found_and_quarantined_by_policy(
     assert [p.name for p in (tmp_path / "quarantine").rglob("*.mov")] == ["cut-wa.mov"]
 
 
+def test_a_better_clip_arriving_later_moves_no_existing_clip_without_act_on_existing(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    """When the newcomer is the better copy (the original arriving after a chat app's copy),
+    a clip match is only reported: acting on a file already there takes `act_on_existing`,
+    as for near photos."""
+    root = tmp_path / "videos"
+    _place(clip_dir, root, "cut-wa.mov", "cut.mp4")
+    report = _scan(_config(tmp_path, root, act=True))
+    (outcome,) = report.outcomes
+    assert (outcome.decision.kind, outcome.decision.action) == ("video", "report")
+    assert "act_on_existing" in outcome.decision.rule
+    assert sorted(p.name for p in root.iterdir()) == ["cut-wa.mov", "cut.mp4"]
+
+
 def test_a_clip_stored_sideways_with_a_display_matrix_is_hashed_as_shown(
     clip_dir: Path, tmp_path: Path
 ) -> None:
