@@ -106,7 +106,7 @@ def make_clips(folder: Path, photos: int, seconds: float) -> dict[str, tuple[str
             "greyscale": (orig, {"frame": clips.greyscale}),
             "sepia": (orig, {"frame": clips.sepia}),
             "logo": (orig, {"frame": clips.logo}),
-            "longer": (master, {"keep": [(a - third / 2, b + third / 4)]}),
+            "longer": (master, {"keep": [(a - third / 2, b)]}),
             "snippet": (orig, {"keep": [(0, third / 2 - 1), (third / 2 + 1, third)]}),
         }
         for kind, (src, how) in variants.items():

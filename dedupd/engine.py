@@ -27,7 +27,7 @@ from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
 from dedupd.store import FileRecord, MatchKind, Store, Undecided
-from dedupd.video import FRAME_THRESHOLD, MAX_FRAMES, video_key
+from dedupd.video import MAX_FRAMES, video_key
 
 if TYPE_CHECKING:
     from dedupd.index import FrameIndex, HammingIndex
@@ -112,7 +112,7 @@ class Ingest:
         from dedupd.index import FrameIndex
 
         self.video_key = video_key(self.hasher, config.hashing.video_fps)
-        self.frame_radius = self.hasher.radius(FRAME_THRESHOLD)
+        self.frame_radius = self.hasher.radius(self.hasher.default_threshold)
         self.frames: FrameIndex = FrameIndex(
             make_index(ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p), MAX_FRAMES
         )

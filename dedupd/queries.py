@@ -138,10 +138,10 @@ def search(
     the record reads.
 
     With `clips` (the owner of the frame index), a clip with a frame within `threshold` (by
-    default the frame threshold, video.FRAME_THRESHOLD) of the image is listed too, as kind
-    "frame" with the times of those frames (`at`, seconds). With `frames` (the hashes of a
-    query clip's frames), only clips are searched: those that match it as ingest would
-    match it ("video", or "contains" with `detail` saying which holds the other).
+    default the hasher's default threshold, as frames match in ingest) of the image is listed
+    too, as kind "frame" with the times of those frames (`at`, seconds). With `frames` (the
+    hashes of a query clip's frames), only clips are searched: those that match it as ingest
+    would match it ("video", or "contains" with `detail` saying which holds the other).
     """
     if frames:
         results = _clips_like(store, clips, frames, query) if clips is not None else []

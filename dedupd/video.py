@@ -3,7 +3,8 @@
 As perception's `FramewiseHasher` does it: frames are sampled at `video_fps` (1 per second by
 default), black and flat frames (fades, a lens cap) are skipped, and so is a frame whose hash
 is nearly that of the last frame kept (a still scene); each kept frame has its letterbox bars
-trimmed (`imaging.trim_borders`) and is hashed with the configured image hasher. Only the
+trimmed (opposite flat bands of one thickness, measured as `imaging.trim_borders` measures
+them) and is hashed with the configured image hasher. Only the
 frames' hashes are kept while decoding, never the frames, so memory does not grow with the
 clip's length.
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ANIMATED_EXTENSIONS",
     "DEFAULT_FPS",
-    "FRAME_THRESHOLD",
     "MAX_FRAMES",
     "MAX_SEARCH_FRAMES",
     "VIDEO_EXTENSIONS",
@@ -65,8 +65,9 @@ MAX_FRAMES = 1 << 16
 # A frame whose luminance spreads less than this (8-bit levels, standard deviation) is flat:
 # black, a fade, a lens cap. Its hash says nothing.
 FLAT_STD = 6.0
-# Two frames match (for `index.FrameIndex`'s votes) within this fraction of the hash's bits.
-FRAME_THRESHOLD = 0.2
+# Letterbox bars come in pairs: opposite bands whose thickness differs by at most this share
+# of the side (and 2 px) are bars; any other flat band is part of the picture.
+_BAR_SLACK = 0.02
 # A frame within this fraction of the hash's bits of the last frame kept repeats it.
 REPEAT = 0.08
 # Keyframes alone are enough when none is further than this many sample periods from the
@@ -142,20 +143,40 @@ class _Frames:
         """Sample `image` (an RGB frame, short side about the hasher's draft side)."""
         import numpy as np
 
-        from dedupd.imaging import trim_borders
-
         self.sampled += 1
         # the next sample time on the grid, however late this frame came
         self.next_at = (math.floor(at / self.period + 1e-6) + 1) * self.period
         gray = image.convert("L")
         if float(np.asarray(gray, dtype=np.float32).std()) < FLAT_STD:
             return
-        trimmed = trim_borders(image)
+        trimmed = _without_bars(image)
         bits = self.hasher(trimmed.convert(self.hasher.mode))
         if self.hashes and _distance(bits, self.hashes[-1]) <= self.repeat:
             return
         self.hashes.append(bits)
         self.times.append(round(at, 3))
+
+
+def _without_bars(image: Image.Image) -> Image.Image:
+    """`image` without letterbox (or pillarbox) bars: the flat bands `imaging.trim_borders`
+    finds, kept only in pairs of about equal thickness on opposite sides, as a player or an
+    editor pads a frame. A single flat band is the picture's own (a sky, a dark corner): cut
+    in one copy and not in another (whose logo or noise breaks it up), it would make the two
+    hash apart."""
+    from dedupd.imaging import _border_box as border_box  # the measure trim_borders uses
+
+    box = border_box(image)
+    if box is None:
+        return image
+    width, height = image.size
+    left, top, right, bottom = box[0], box[1], width - box[2], height - box[3]
+    if not (top and bottom and abs(top - bottom) <= _BAR_SLACK * height + 2):
+        top = bottom = 0
+    if not (left and right and abs(left - right) <= _BAR_SLACK * width + 2):
+        left = right = 0
+    if not (top or left):
+        return image
+    return image.crop((left, top, width - right, height - bottom))
 
 
 def _distance(a: bytes, b: bytes) -> int:

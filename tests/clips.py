@@ -166,6 +166,14 @@ def sepia(im: Image.Image) -> Image.Image:
     return ImageOps.colorize(ImageOps.grayscale(im), "#2b1b0e", "#f4e1c1")
 
 
+def letterbox(im: Image.Image) -> Image.Image:
+    """The frame shrunk into a 4:3 canvas between black bars, as an editor pads it."""
+    w, h = im.size
+    canvas = Image.new("RGB", (w, w * 3 // 4))
+    canvas.paste(im, (0, (canvas.height - h) // 2))
+    return canvas
+
+
 def logo(im: Image.Image) -> Image.Image:
     """A small opaque badge in a corner, as a chat app or an editor stamps it."""
     out = im.copy()

@@ -40,6 +40,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clips.render(photos.photo("coffee"), d / "other.mp4", seconds=6)
     clips.to_gif(cut, d / "cut.gif")
     clips.sideways(cut, d / "cut-portrait.mp4")
+    clips.transcode(cut, d / "cut-letterbox.mp4", size=(192, 144), frame=clips.letterbox)
     clips.render(photos.photo("chelsea"), d / "dark.mp4", seconds=4, black_lead=2)
     return d
 
@@ -136,6 +137,14 @@ def test_a_clip_stored_sideways_with_a_display_matrix_is_hashed_as_shown(
     with Store(config.database) as store:
         turned = store.file_at(root / "cut-portrait.mp4")
         assert turned is not None and (turned.width, turned.height) == (192, 108)
+
+
+def test_letterbox_bars_are_trimmed_before_hashing(clip_dir: Path, tmp_path: Path) -> None:
+    """A copy padded into another frame shape with black bars matches the clip."""
+    root = tmp_path / "videos"
+    _place(clip_dir, root, "cut.mp4", "cut-letterbox.mp4")
+    report = _scan(_config(tmp_path, root))
+    assert [o.decision.kind for o in report.outcomes] == ["video"]
 
 
 def test_a_clip_inside_a_longer_one_is_contains_and_only_reported(
