@@ -62,6 +62,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/imports.py
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/video.py
 	@echo "bench/small.py needs perception in a venv of its own: see bench/README.md"
 
 clean:
