@@ -340,3 +340,43 @@ def test_video_fps_is_validated(tmp_path: Path) -> None:
         cfg.write_text(f"hashing: {{video_fps: {bad}}}\n")
         with pytest.raises(ConfigError, match=r"hashing\.video_fps"):
             load_config(cfg)
+
+
+def test_a_dry_run_previews_a_clip_move_and_the_next_real_run_makes_it(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    """A dry run decides on a clip without moving it; the next run (real) decides that clip
+    again from its stored frames and quarantines it: a dry run consumes no decision."""
+    root = tmp_path / "videos"
+    _place(clip_dir, root, "cut.mp4", "cut-wa.mov")
+    config = _config(tmp_path, root, act=True)
+    first = _scan(replace(config, dry_run=True))
+    assert [(o.decision.kind, o.result) for o in first.outcomes] == [("video", "dry run")]
+    assert sorted(p.name for p in root.iterdir()) == ["cut-wa.mov", "cut.mp4"]
+    second = _scan(config)
+    assert second.hashed == 0  # decided again from the database, not decoded again
+    assert [(o.decision.kind, o.result) for o in second.outcomes] == [("video", "done")]
+    assert sorted(p.name for p in root.iterdir()) == ["cut.mp4"]
+
+
+def test_the_daemon_quarantines_a_clip_copy_and_records_a_broken_clip(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    """The daemon hashes clips that arrive in its workers: a broken one is a recorded error,
+    and a copy arriving after it is still matched and quarantined by the camera policy."""
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config()
+    shutil.copyfile(clip_dir / "cut.mp4", env.root / "cut.mp4")
+    with running(env) as daemon:
+        wait_for(lambda: env.state(env.root / "cut.mp4") == "ok", what="the clip")
+        data = (clip_dir / "long.mp4").read_bytes()
+        (env.root / "broken.mov").write_bytes(data[: len(data) // 3])
+        wait_for(lambda: env.state(env.root / "broken.mov") == "error", what="the broken one")
+        shutil.copyfile(clip_dir / "cut-wa.mov", env.root / "cut-wa.mov")
+        wait_for(lambda: not (env.root / "cut-wa.mov").exists(), what="the copy to move")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.acted == 1
+    assert [p.name for p in env.quarantine.rglob("*.mov")] == ["cut-wa.mov"]
+    assert env.state(env.root / "cut.mp4") == "ok"
