@@ -226,7 +226,9 @@ class Ingest:
                     self._pending.discard(record.id)
                     path, sha256 = str(record.path), record.sha256
                     bits = self.store.hash_of(record.id, self.hasher.key)
-                    clip = self.store.video_frames(record.id, self.video_key)
+                    clip = (
+                        self.store.video_frames(record.id, self.video_key) if bits is None else None
+                    )
                     if sha256 is None or (bits is None and clip is None):
                         self.store.clear_undecided(record.id)  # hashed with another hasher
                         continue
