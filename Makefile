@@ -69,6 +69,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/imports.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/review.py
+	$(BIN)/python bench/video.py
 	@echo "bench/small.py needs perception in a venv of its own: see bench/README.md"
 
 clean:

@@ -579,24 +579,43 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
     """Indexed photos that duplicate IMAGE, nearest first, with distances. Exit 1 if none.
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index;
-    its rotations and mirrors too unless the default policy says `isometric: false`.
+    its rotations and mirrors too unless the default policy says `isometric: false`. Clips
+    with a frame like IMAGE are listed too. IMAGE may be a clip (a video, an animated GIF
+    or WebP): then the clips that match it are listed.
     Without --threshold, a photo is listed when it is within the threshold of its own root's
     policy; with it, photos beyond that are marked "not a duplicate".
     """
+    from dedupd import video
     from dedupd.hashers import Hasher
     from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
 
     with _errors():
         config = _load(ctx)
-        hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-        hashed = hash_image(image, [hasher], max_pixels=config.hashing.max_pixels)
-        bits = hashed.hashes[hasher.key]
-        isometric = config.policies[DEFAULT_POLICY].isometric
-        variants = hashed.variants.get(hasher.key, []) if isometric else []
-        answer = _service(ctx).search(
-            bits, sha256=hashed.sha256, k=k, threshold=threshold, variants=variants
-        )
-        answer["query"] = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
+        h = config.hashing
+        hasher = Hasher(h.algorithm, h.hash_size)
+        clip: video.HashedVideo | None = None
+        if video.is_video_name(image):
+            clip = video.hash_video(image, hasher, fps=h.video_fps, max_pixels=h.max_pixels)
+        elif image.rpartition(".")[2].lower() in video.ANIMATED_EXTENSIONS:
+            clip = video.hash_animation(image, hasher, fps=h.video_fps, max_pixels=h.max_pixels)
+        if clip is not None:
+            if not clip.frames:
+                raise video.NoVideoStream(image, "no frame of this clip has any detail to match")
+            frames = video.search_frames(clip.frames)
+            answer = _service(ctx).search(
+                frames[0], sha256=clip.sha256, k=k, threshold=threshold, frames=frames
+            )
+            sha256 = clip.sha256
+        else:
+            hashed = hash_image(image, [hasher], max_pixels=h.max_pixels)
+            bits = hashed.hashes[hasher.key]
+            isometric = config.policies[DEFAULT_POLICY].isometric
+            variants = hashed.variants.get(hasher.key, []) if isometric else []
+            answer = _service(ctx).search(
+                bits, sha256=hashed.sha256, k=k, threshold=threshold, variants=variants
+            )
+            sha256 = hashed.sha256
+        answer["query"] = {"path": str(Path(image).resolve()), "sha256": sha256}
         if answer["hasher"] != hasher.key:
             raise ConfigError(
                 f"this config hashes with {hasher.key} but the daemon with {answer['hasher']};"

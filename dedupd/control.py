@@ -443,9 +443,22 @@ def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
             raise _BadRequest(
                 400, "bad request", f"variants must be {len(TRANSFORMS)} hashes like hash="
             )
+    frames: list[bytes] = []
+    if params.get("frames"):
+        try:
+            frames = [bytes.fromhex(v) for v in params["frames"].split(",")]
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", "frames must be comma-separated hex") from exc
+        if any(len(f) != len(bits) for f in frames):
+            raise _BadRequest(400, "bad request", "frames must be hashes like hash=")
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
     return svc.search(
-        bits, sha256=params.get("sha256"), k=k, threshold=threshold, variants=variants
+        bits,
+        sha256=params.get("sha256"),
+        k=k,
+        threshold=threshold,
+        variants=variants,
+        frames=frames,
     )
 
 

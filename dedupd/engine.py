@@ -6,6 +6,7 @@ and report duplicate groups. The daemon will drive the same `Ingest` from its wa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -19,16 +20,17 @@ import structlog
 from dedupd.actions import ActionError, Actions
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinion
 from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
 from dedupd.store import FileRecord, MatchKind, Store, Undecided
+from dedupd.video import MAX_FRAMES, video_key
 
 if TYPE_CHECKING:
-    from dedupd.index import HammingIndex
+    from dedupd.index import FrameIndex, HammingIndex
 
 __all__ = [
     "Failure",
@@ -105,6 +107,16 @@ class Ingest:
         # Streamed into arrays: at a million photos, per-row Python objects would cost
         # hundreds of MB and seconds at every start.
         self.index.load_packed(*store.hash_arrays(self.hasher.key, self.roots))
+        # Clips: their frames' hashes in an index of their own, voting per clip. A photo is
+        # never matched against a clip's frames by ingest (only `search` asks for that).
+        from dedupd.index import FrameIndex
+
+        self.video_key = video_key(self.hasher, config.hashing.video_fps)
+        self.frame_radius = self.hasher.radius(self.hasher.default_threshold)
+        self.frames: FrameIndex = FrameIndex(
+            make_index(ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p), MAX_FRAMES
+        )
+        self.frames.load_packed(*store.frame_arrays(self.video_key, MAX_FRAMES, self.roots))
         self.policies = config.root_policies()
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
@@ -132,8 +144,28 @@ class Ingest:
     def close(self) -> None:
         """Let a background index rebuild finish (so no thread outlives its owner)."""
         self.index.join_rebuild()  # the long wait, without blocking searches
+        self.frames.join_rebuild()
         with self.lock:
             self.index.finish_rebuild(wait=True)
+            self.frames.finish_rebuild(wait=True)
+
+    def unindex(self, file_ids: Sequence[int]) -> None:
+        """Take files out of the indexes (photos and clips alike): gone, moved away, failed."""
+        with self.lock:
+            self.index.remove(file_ids)
+            self.frames.remove(file_ids)
+
+    def index_again(self, file_ids: Sequence[int]) -> None:
+        """Put files that came back (moved, remounted) into the indexes from their stored
+        hashes (a photo's, or a clip's frames)."""
+        for file_id in file_ids:
+            bits = self.store.hash_of(file_id, self.hasher.key)
+            clip = self.store.video_frames(file_id, self.video_key) if bits is None else None
+            with self.lock:
+                if bits is not None:
+                    self.index.add([file_id], [bits])
+                elif clip is not None:
+                    self.frames.add(file_id, clip.frames)
 
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""
@@ -144,8 +176,9 @@ class Ingest:
         """The largest radius of any policy: what any root could count as a duplicate."""
         return max([self._default_radius, *self._radius.values()])
 
-    def ingest(self, entry: Entry, result: HashedImage | Failure) -> Outcome | None:
-        """Record one hashing result; for an image, match it and apply its root's policy.
+    def ingest(self, entry: Entry, result: HashedImage | HashedVideo | Failure) -> Outcome | None:
+        """Record one hashing result; for an image or a clip, match it and apply its root's
+        policy.
 
         Returns what was decided when the file has a duplicate (or a tombstone), else None.
         """
@@ -154,9 +187,10 @@ class Ingest:
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
-            with self.lock:
-                self.index.remove([file_id])
+            self.unindex([file_id])
             return None
+        if isinstance(result, HashedVideo):
+            return self._ingest_video(entry, result)
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
         return self._match_and_decide(
             file_id,
@@ -184,29 +218,31 @@ class Ingest:
         if not due:
             return []
         self._pending = {r.id for r in due}
-        with self.lock:
-            self.index.remove(list(self._pending))
+        self.unindex(list(self._pending))
         outcomes = []
         try:
             with self.store.batch():
                 for record in due:
                     self._pending.discard(record.id)
-                    bits = self.store.hash_of(record.id, self.hasher.key)
-                    if bits is None or record.sha256 is None:  # hashed with another hasher
-                        self.store.clear_undecided(record.id)
-                        continue
                     path, sha256 = str(record.path), record.sha256
-                    outcome = self._match_and_decide(record.id, path, bits, sha256, None)
+                    bits = self.store.hash_of(record.id, self.hasher.key)
+                    clip = (
+                        self.store.video_frames(record.id, self.video_key) if bits is None else None
+                    )
+                    if sha256 is None or (bits is None and clip is None):
+                        self.store.clear_undecided(record.id)  # hashed with another hasher
+                        continue
+                    if bits is not None:
+                        outcome = self._match_and_decide(record.id, path, bits, sha256, None)
+                    elif clip is not None:
+                        outcome = self._match_and_decide_clip(record.id, path, sha256, clip.frames)
                     if outcome is not None:
                         outcomes.append(outcome)
                     tick()
         finally:
             left, self._pending = self._pending, set()
-            for file_id in left:  # an error stopped the loop: the rest go back as they were
-                bits = self.store.hash_of(file_id, self.hasher.key)
-                if bits is not None:
-                    with self.lock:
-                        self.index.add([file_id], [bits])
+            # an error stopped the loop: the rest go back as they were
+            self.index_again(list(left))
         return outcomes
 
     def _match_and_decide(
@@ -267,7 +303,11 @@ class Ingest:
             tombstone=tombstone,
             dry_run=self.config.dry_run,
         )
-        decision = self._respect_restores(newcomer, decision)
+        return self._settle(file_id, sha256, path, self._respect_restores(newcomer, decision))
+
+    def _settle(self, file_id: int, sha256: str, path: str, decision: Decision) -> Outcome:
+        """Carry out a newcomer's decision, and note it to be decided again unless it acted
+        (or had nothing to do)."""
         outcome = self.apply(decision, path)
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
@@ -283,6 +323,83 @@ class Ingest:
             )
             self.store.note_undecided(file_id, sha256, why, self.policy_key)
         return outcome
+
+    def _ingest_video(self, entry: Entry, clip: HashedVideo) -> Outcome | None:
+        """Record a clip; match it against the indexed clips by its frames and apply its
+        root's policy."""
+        file_id = self.store.record_video(entry.root, entry.relpath, clip)
+        return self._match_and_decide_clip(file_id, entry.path, clip.sha256, clip.frames)
+
+    def clip_matches(
+        self, frames: Sequence[bytes]
+    ) -> dict[int, tuple[int, MatchKind, dict[str, object]]]:
+        """The indexed clips that match a clip of `frames`: id → (distance, kind, detail).
+        `distance`: the median bits from its matched frames to theirs; kind "video" (the same
+        clip, in any order, maybe cut) or "contains" (one holds the other; `detail` says
+        which)."""
+        with self.lock:
+            votes = self.frames.votes(frames, self.frame_radius)
+            counts = {other: self.frames.frames(other) for other in votes}
+        found: dict[int, tuple[int, MatchKind, dict[str, object]]] = {}
+        for other, v in votes.items():
+            kind = v.kind(len(frames), counts[other])
+            if kind is None:
+                continue
+            detail: dict[str, object] = {
+                "frames": len(frames),
+                "matched": len(v.mine),
+                "other_frames": counts[other],
+                "other_matched": len(v.theirs),
+            }
+            if kind != "video":
+                detail["inside"] = "other" if kind == "contains" else "this"
+            found[other] = (v.distance, "video" if kind == "video" else "contains", detail)
+        return found
+
+    def _match_and_decide_clip(
+        self, file_id: int, path: str, sha256: str, frames: Sequence[bytes]
+    ) -> Outcome | None:
+        """`_match_and_decide` for a clip: exact copies by sha256, then the clips that share
+        its frames (`clip_matches`); recorded under the video key, then decided by policy."""
+        newcomer = self.store.file(file_id)
+        assert newcomer is not None  # just written by this thread
+        found: dict[int, tuple[int, MatchKind, dict[str, object] | None]] = {
+            r.id: (0, "exact", None) for r in self.store.with_sha256(sha256, roots=self.roots)
+        }
+        for other, match in self.clip_matches(frames).items():
+            found.setdefault(other, match)
+        found.pop(file_id, None)
+        for other in [i for i in found if i in self._pending or i in self._gone_in_preview]:
+            del found[other]
+        records = self.store.files(found)
+        found = {i: v for i, v in found.items() if i in records}
+        self.store.replace_matches(
+            file_id,
+            self.video_key,
+            [
+                (other, d, kind, "identity", _about(detail, file_id, other))
+                for other, (d, kind, detail) in found.items()
+            ],
+        )
+        with self.lock:
+            self.frames.add(file_id, frames)
+            self.frames.finish_rebuild()
+            if self.frames.pending >= self.config.index.rebuild_every:
+                self.frames.start_rebuild()
+        tombstone = self.store.tombstone(sha256, path)
+        if not found and tombstone is None:
+            self.store.clear_undecided(file_id)
+            return None
+        decision = decide(
+            newcomer,
+            [Candidate(records[i], d, kind) for i, (d, kind, _) in found.items()],
+            policies=self.policies,
+            default=self.default_policy,
+            distinct=self.store.distinct_from(sha256),
+            tombstone=tombstone,
+            dry_run=self.config.dry_run,
+        )
+        return self._settle(file_id, sha256, path, self._respect_restores(newcomer, decision))
 
     def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
         """A photo the user restored from quarantine is never acted on again (while its
@@ -386,8 +503,7 @@ class Ingest:
             result = "dry run"
             if decision.target is not None:
                 self._gone_in_preview.add(decision.target.id)
-                with self.lock:
-                    self.index.remove([decision.target.id])
+                self.unindex([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
         elif decision.acts and decision.target is not None and self.actions is not None:
@@ -399,8 +515,7 @@ class Ingest:
                     self.actions.quarantine(
                         decision.target, decision.keeper, decision.distance, decision.rule
                     )
-                with self.lock:
-                    self.index.remove([decision.target.id])
+                self.unindex([decision.target.id])
                 result = "done"
             except ActionError as exc:
                 result = f"failed: {exc}"
@@ -432,6 +547,18 @@ class ScanReport:
     groups: list[Group] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _about(detail: dict[str, object] | None, file_id: int, other: int) -> dict[str, object] | None:
+    """A clip match's detail as stored: it names the clip it describes (`file`) and, for a
+    clip inside another, the one that holds the other (`container`)."""
+    if detail is None:
+        return None
+    out = {k: v for k, v in detail.items() if k != "inside"}
+    out["file"], out["other"] = file_id, other
+    if "inside" in detail:
+        out["container"] = file_id if detail["inside"] == "other" else other
+    return out
 
 
 def _unchanged(record: FileRecord) -> bool:
@@ -491,6 +618,7 @@ def reconcile_roots(
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
     # A file hashed before the second opinion existed lacks its hash: one re-decode, lazily.
     hasher_keys = (hasher.key, second_opinion(hasher).key)
+    clips = video_key(hasher, config.hashing.video_fps)
     done = Reconciled([], [], [])
     for root in roots:
         try:
@@ -512,7 +640,7 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
-        plan = reconcile(store, root, entries, hasher_keys)
+        plan = reconcile(store, root, entries, hasher_keys, clips)
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             if record.state == "missing":
@@ -531,6 +659,8 @@ def reconcile_roots(
 def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> HasherPool:
     """The hasher pool `config.hashing` asks for (workers, pixel limit, per-file timeout)."""
     h = config.hashing
+    if work is hash_file:  # the default work samples clips at the configured rate
+        work = functools.partial(hash_file, video_fps=h.video_fps)
     return HasherPool(
         [hasher, second_opinion(hasher)],
         workers=h.workers,
@@ -541,8 +671,8 @@ def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> Hasher
 
 
 def ingest_guarded(
-    ingest: Ingest, entry: Entry, result: HashedImage | Failure
-) -> tuple[Outcome | None, HashedImage | Failure]:
+    ingest: Ingest, entry: Entry, result: HashedImage | HashedVideo | Failure
+) -> tuple[Outcome | None, HashedImage | HashedVideo | Failure]:
     """`ingest.ingest`, where one bad file is one recorded error, never a lost batch: an
     unexpected exception is recorded as that file's `internal` failure (which is returned in
     place of its result). If even that cannot be written (the database is locked), it is
@@ -636,9 +766,12 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
     from dedupd.index import distance
 
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-    # (a, b) → (distance, transform), b = transform(a)
-    edges: dict[tuple[int, int], tuple[int, Transform]] = {
-        (a, b): (d, t) for a, b, d, _, t in store.match_edges(hasher.key, roots)
+    # (a, b) → (distance, transform, kind), b = transform(a); photos' and clips' matches
+    clips = video_key(hasher, config.hashing.video_fps)
+    edges: dict[tuple[int, int], tuple[int, Transform, MatchKind]] = {
+        (a, b): (d, t, kind)
+        for key in (hasher.key, clips)
+        for a, b, d, kind, t in store.match_edges(key, roots)
     }
     records = store.files({i for edge in edges for i in edge})
     kept: dict[int, tuple[str, int | None]] = {}  # restored file id → (its sha256, its keeper)
@@ -682,8 +815,9 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
             elif (keeper.id, r.id) in edges or (r.id, keeper.id) in edges:
                 # The match itself, which may be rotated or mirrored: the upright hashes of a
                 # turned copy are far apart.
-                d, t = edges.get((keeper.id, r.id)) or edges[r.id, keeper.id]
-                dups.append(Member(r, d, "near", t if keeper.id < r.id else INVERSE[t]))
+                d, t, kind = edges.get((keeper.id, r.id)) or edges[r.id, keeper.id]
+                kind = "near" if kind == "exact" else kind  # bytes differ from the keeper's
+                dups.append(Member(r, d, kind, t if keeper.id < r.id else INVERSE[t]))
             else:
                 bits = store.hash_of(r.id, hasher.key)
                 d = distance(keeper_bits, bits) if keeper_bits and bits else hasher.bits

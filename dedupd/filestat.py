@@ -1,5 +1,5 @@
 """The plain values one read of a file gives: its identity (`FileStat`) and, once decoded, its
-hashes and facts (`HashedImage`).
+hashes and facts (`HashedImage`; a clip's frame hashes: `HashedVideo`).
 
 Kept apart from `imaging` so that the store, the scanner and every command that never
 decodes (an unchanged rescan, `dedupctl status`) do not import Pillow to name them.
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["FileStat", "HashedImage"]
+__all__ = ["FileStat", "HashedImage", "HashedVideo"]
 
 
 class FileStat(NamedTuple):
@@ -43,3 +43,20 @@ class HashedImage:
     # hashers that rate it (PDQ), and the share of the pixels in the dominant tone.
     quality: dict[str, int] = field(default_factory=dict)
     dominant: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HashedVideo:
+    """A clip (a video, or an animated GIF/WebP) as `video.hash_video` hashed it."""
+
+    stat: FileStat
+    sha256: str
+    width: int
+    height: int
+    format: str  # the container's name as FFmpeg gives it ("mov", "matroska"), or GIF/WEBP
+    taken_at: str | None  # the container's creation time, ISO 8601
+    duration: float  # seconds
+    key: str  # video.video_key: the frame hasher and the sampling
+    frames: tuple[bytes, ...]  # the kept frames' hashes, in time order
+    times: tuple[float, ...]  # each kept frame's time, seconds from the start
+    sampled: int  # frames looked at (flat and repeated ones were not kept)

@@ -35,8 +35,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "INSIDE_SHARE",
+    "MIN_SHARED",
+    "SAME_SHARE",
     "Backend",
     "CKDTreeIndex",
+    "ClipKind",
+    "ClipVotes",
+    "FrameIndex",
     "HammingIndex",
     "Match",
     "NumpyIndex",
@@ -663,3 +669,126 @@ def make_index(backend: Backend, bits: int, *, leaf_size: int = 16, p: float = 1
     if backend == "hamming":
         return NumpyIndex(bits)
     raise ValueError(f"unknown index backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+# -- clips -------------------------------------------------------------------------------------
+# Two clips are the same video when at least SAME_SHARE of the distinct frames of each is the
+# nearest match of one of the other's (in any order: a re-cut, a clip with a snippet taken
+# out); one holds the other when at least INSIDE_SHARE of the shorter one's frames are in the
+# longer one. Never on fewer than MIN_SHARED frames of each, unless both clips are the
+# same and one has fewer frames than that (a still scene filmed).
+SAME_SHARE = 0.7
+INSIDE_SHARE = 0.8
+MIN_SHARED = 2
+
+ClipKind = Literal["video", "contains", "inside"]
+
+
+class ClipVotes(NamedTuple):
+    """What a clip's frames found of another indexed clip."""
+
+    mine: frozenset[int]  # the asking clip's frames (numbers) that match one of the other's
+    theirs: frozenset[int]  # the other clip's frames that match one of the asking clip's
+    distance: int  # the median distance in bits of the asking frames to their nearest match
+
+    def kind(self, n_mine: int, n_theirs: int) -> ClipKind | None:
+        """ "video": the same clip; "contains": the asking clip holds the other; "inside": the
+        other holds the asking clip; None: no match. `n_mine`, `n_theirs`: their frames."""
+        if not n_mine or not n_theirs:
+            return None
+        share_mine, share_theirs = len(self.mine) / n_mine, len(self.theirs) / n_theirs
+        if min(len(self.mine), len(self.theirs)) < min(MIN_SHARED, n_mine, n_theirs):
+            return None
+        if min(share_mine, share_theirs) >= SAME_SHARE:
+            return "video"
+        if min(len(self.mine), len(self.theirs)) < MIN_SHARED:
+            return None  # one frame inside a clip: a look-alike, not a cut of it
+        if share_theirs >= INSIDE_SHARE and n_theirs <= n_mine:
+            return "contains"
+        if share_mine >= INSIDE_SHARE and n_mine <= n_theirs:
+            return "inside"
+        return None
+
+
+class FrameIndex:
+    """The frame hashes of every indexed clip in one `HammingIndex`, voting per clip.
+
+    A frame's id is its clip's file id * `per_file` + its number, so that a hit names its clip
+    without a lookup; how many frames each clip has is kept to remove them all. Not thread-safe
+    (the owner's lock guards it, as the photo index).
+    """
+
+    def __init__(self, index: HammingIndex, per_file: int):
+        self.index, self.per_file = index, per_file
+        self._counts: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def frames(self, file_id: int) -> int:
+        """How many frames of `file_id` are indexed (0: none, or not indexed)."""
+        return self._counts.get(file_id, 0)
+
+    def load_packed(self, ids: npt.ArrayLike, packed: npt.NDArray[np.uint8]) -> None:
+        """Replace everything indexed with `packed` frames under their frame `ids`."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            packed = np.empty((0, math.ceil(self.index.bits / 8)), np.uint8)
+        self.index.load_packed(ids, packed)
+        files, counts = np.unique(ids // self.per_file, return_counts=True)
+        self._counts = dict(zip(files.tolist(), counts.tolist(), strict=True))
+
+    def add(self, file_id: int, frames: Sequence[bytes]) -> None:
+        """Index (or re-index) the clip `file_id` with `frames`."""
+        self.remove([file_id])
+        frames = list(frames)[: self.per_file]
+        if frames:
+            base = file_id * self.per_file
+            self.index.add(range(base, base + len(frames)), frames)
+            self._counts[file_id] = len(frames)
+
+    def remove(self, file_ids: Iterable[int]) -> None:
+        """Drop the clips `file_ids` (unknown ids, photos among them, are ignored)."""
+        gone = [(i, self._counts.pop(i)) for i in file_ids if i in self._counts]
+        if gone:
+            self.index.remove(
+                np.concatenate([i * self.per_file + np.arange(n, dtype=np.int64) for i, n in gone])
+            )
+
+    def votes(self, frames: Sequence[bytes], radius: int) -> dict[int, ClipVotes]:
+        """Per indexed clip with a frame within `radius` bits of one of `frames`: which frames
+        match on each side, one to one: each frame counts only through its nearest match, so
+        that the neighbours of a matching frame (a second apart in a slow scene, as alike as
+        the match) do not count as covered too. One radius query per frame: never all pairs
+        of clips."""
+        # clip → my frame → (distance, their frame) of its nearest; their frame → (distance,
+        # my frame) of its nearest
+        mine: dict[int, dict[int, tuple[int, int]]] = {}
+        theirs: dict[int, dict[int, tuple[int, int]]] = {}
+        for i, frame in enumerate(frames):
+            for m in self.index.radius(frame, radius):
+                clip, j = divmod(m.id, self.per_file)
+                here, there = mine.setdefault(clip, {}), theirs.setdefault(clip, {})
+                here[i] = min(here.get(i, (m.distance, j)), (m.distance, j))
+                there[j] = min(there.get(j, (m.distance, i)), (m.distance, i))
+        return {
+            clip: ClipVotes(
+                frozenset(i for _, i in theirs[clip].values()),
+                frozenset(j for _, j in mine[clip].values()),
+                int(np.median([d for d, _ in mine[clip].values()])),
+            )
+            for clip in mine
+        }
+
+    @property
+    def pending(self) -> int:
+        return self.index.pending
+
+    def start_rebuild(self) -> bool:
+        return self.index.start_rebuild()
+
+    def finish_rebuild(self, *, wait: bool = False) -> bool:
+        return self.index.finish_rebuild(wait=wait)
+
+    def join_rebuild(self) -> None:
+        self.index.join_rebuild()

@@ -218,9 +218,16 @@ def _seconds_apart(a: FileRecord, b: FileRecord) -> float | None:
 _STRENGTH: tuple[Action, ...] = ("report", "quarantine", "delete")
 
 
-def _preference(c: Candidate) -> tuple[bool, int, bool, str]:
-    """Which match a decision rests on: exact first, then the nearest, upright on a tie."""
-    return (c.kind != "exact", c.distance, c.transform != "identity", str(c.record.path))
+def _preference(c: Candidate) -> tuple[bool, bool, int, bool, str]:
+    """Which match a decision rests on: exact first, then the nearest, upright on a tie; a
+    clip inside another (or holding it) only when no clip is the same."""
+    return (
+        c.kind != "exact",
+        c.kind == "contains",
+        c.distance,
+        c.transform != "identity",
+        str(c.record.path),
+    )
 
 
 def decide(
@@ -251,6 +258,13 @@ def decide(
         tombstone=tombstone,
         dry_run=dry_run,
     )
+    if decision.acts and decision.kind == "contains":
+        # One clip holds the other: the shorter one may be the cut someone made on purpose.
+        return replace(
+            decision,
+            action="report",
+            rule=f"a clip inside a longer one is only reported; {decision.rule}",
+        )
     if not decision.acts or decision.kind != "near":
         return decision
     other = decision.keeper if decision.target is newcomer else decision.target
@@ -336,7 +350,7 @@ def _decide(
             keeper = rank([newcomer, other], policy.keep)[0]
         target = other if keeper is newcomer else newcomer
         rule = f"keep: {describe(policy.keep)}"
-    if target is not newcomer and best.kind == "near" and not policy.act_on_existing:
+    if target is not newcomer and best.kind != "exact" and not policy.act_on_existing:
         return Decision(
             "report",
             "the newcomer is the better copy; acting on an existing file needs act_on_existing",

@@ -32,7 +32,7 @@ from typing import Protocol
 import structlog
 
 from dedupd.errors import DedupdError, ImageError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.hashers import Hasher
 from dedupd.scanner import PATH_MAX, Entry, path_too_long
 
@@ -66,7 +66,7 @@ class Failure:
     message: str
 
 
-Result = HashedImage | Failure
+Result = HashedImage | HashedVideo | Failure
 # (path, stat seen when queued, hashers, max_pixels) → result. Runs in a worker process, so it
 # must be a module-level function (it is pickled by name) and must not raise.
 Work = Callable[[str, FileStat, tuple[Hasher, ...], int], Result]
@@ -81,10 +81,18 @@ class PoolClosed(PoolError):
 
 
 def hash_file(
-    path: str, expect: FileStat, hashers: tuple[Hasher, ...], max_pixels: int
-) -> HashedImage | Failure:
+    path: str,
+    expect: FileStat,
+    hashers: tuple[Hasher, ...],
+    max_pixels: int,
+    *,
+    video_fps: float = 1.0,
+) -> Result:
     """The workers' default work. Returns a failure instead of raising: custom exceptions do
-    not survive pickling, and one bad file must never take the others down with it."""
+    not survive pickling, and one bad file must never take the others down with it.
+
+    A video (by its name), or a GIF or WebP that holds several frames, is hashed frame-wise
+    with the first of `hashers` at `video_fps` (`dedupd.video`); anything else as an image."""
     if path_too_long(path):
         return Failure(
             "path_too_long",
@@ -93,9 +101,21 @@ def hash_file(
         )
     # Here, not at the top: only the workers decode (importing imaging also registers the
     # HEIF opener, in the process that decodes).
+    from dedupd import video
     from dedupd.imaging import hash_image
 
+    ext = path.rpartition(".")[2].lower()
     try:
+        if ext in video.VIDEO_EXTENSIONS:
+            return video.hash_video(
+                path, hashers[0], fps=video_fps, max_pixels=max_pixels, expect=expect
+            )
+        if ext in video.ANIMATED_EXTENSIONS:
+            clip = video.hash_animation(
+                path, hashers[0], fps=video_fps, max_pixels=max_pixels, expect=expect
+            )
+            if clip is not None:
+                return clip
         return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
     except ImageError as exc:
         return Failure(exc.kind, exc.detail)
@@ -231,7 +251,7 @@ class HasherPool:
         # forkserver: forking a process that runs threads (the daemon) is unsafe. Workers
         # fork from a server that has imported the decoders once, so a replacement is quick.
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["dedupd.pool", "dedupd.imaging"])
+        self._context.set_forkserver_preload(["dedupd.pool", "dedupd.imaging", "av"])
         self._todo: deque[Job] = deque()
         self._workers: list[_Worker] = []
         self._finished: dict[int, tuple[Entry, Result]] = {}  # held back for the order

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dedupd.config import Config
-from dedupd.engine import Group, duplicate_groups
+from dedupd.engine import Group, Ingest, duplicate_groups
 from dedupd.errors import NotFoundError
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher
 from dedupd.store import ActionRecord, FileRecord, Store, from_db
@@ -43,6 +43,7 @@ def file_json(r: FileRecord) -> dict[str, Any]:
         "format": r.format,
         "sha256": r.sha256,
         "taken_at": r.taken_at,
+        "duration": r.duration,
         "state": r.state,
         "error_kind": r.error_kind,
         "error": r.error,
@@ -81,17 +82,30 @@ def groups(store: Store, config: Config) -> dict[str, Any]:
     return answer
 
 
-def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
-    """One file's record and its matches. Raises NotFoundError."""
+def file_info(
+    store: Store, hasher: Hasher, path: str | Path, video_key: str | None = None
+) -> dict[str, Any]:
+    """One file's record and its matches (a clip's under `video_key`, with what the frame
+    votes measured as `detail`). Raises NotFoundError."""
     path = Path(path).expanduser().absolute()
     record = store.file_at(path)
     if record is None:
         raise NotFoundError(f"{path}: not in the database (is it under a watched root?)")
+    found = store.matches_of(record.id, hasher.key)
+    if video_key is not None:
+        found += store.matches_of(record.id, video_key)
     return {
         "file": file_json(record),
         "matches": [
-            _match_json(m.other, m.distance, hasher.bits, kind=m.kind, transform=m.transform)
-            for m in store.matches_of(record.id, hasher.key)
+            _match_json(
+                m.other,
+                m.distance,
+                hasher.bits,
+                kind=m.kind,
+                transform=m.transform,
+                **({"detail": dict(m.detail)} if m.detail is not None else {}),
+            )
+            for m in found
         ],
     }
 
@@ -109,6 +123,8 @@ def search(
     widest: int,
     lock: AbstractContextManager[Any] | None = None,
     variants: Sequence[bytes] = (),
+    clips: Ingest | None = None,
+    frames: Sequence[bytes] = (),
 ) -> dict[str, Any]:
     """Up to k indexed files nearest to `bits`: those within `threshold`, or without one,
     those within the threshold of the policy of their own root (the files that would count
@@ -120,7 +136,17 @@ def search(
     `policy_threshold(root)` is a root's normalized threshold, `widest` the largest radius in
     bits of any policy; `lock` guards the index lookup alone (the daemon's ingest lock), not
     the record reads.
+
+    With `clips` (the owner of the frame index), a clip with a frame within `threshold` (by
+    default the hasher's default threshold, as frames match in ingest) of the image is listed
+    too, as kind "frame" with the times of those frames (`at`, seconds). With `frames` (the
+    hashes of a query clip's frames), only clips are searched: those that match it as ingest
+    would match it ("video", or "contains" with `detail` saying which holds the other).
     """
+    if frames:
+        results = _clips_like(store, clips, frames, query) if clips is not None else []
+        results = results[:k]
+        return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
     queries = list(variants) or [bits]
     with lock or nullcontext():
         radius = widest if threshold is None else hasher.radius(threshold)
@@ -151,7 +177,60 @@ def search(
         )
         if len(results) == k:
             break
+    if clips is not None and len(clips.frames):
+        radius = clips.frame_radius if threshold is None else hasher.radius(threshold)
+        like = _frames_like(store, clips, bits, radius, hasher.bits)
+        if like:
+            results = sorted(results + like, key=lambda r: r["distance"])[:k]  # stable
     return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
+
+
+def _frames_like(
+    store: Store, clips: Ingest, bits: bytes, radius: int, nbits: int
+) -> list[dict[str, Any]]:
+    """The clips with a frame within `radius` bits of a still image's hash."""
+    with clips.lock:
+        votes = clips.frames.votes([bits], radius)
+    records = store.files(votes)
+    out = []
+    for clip_id, v in votes.items():
+        record = records.get(clip_id)
+        stored = store.video_frames(clip_id, clips.video_key)
+        if record is None or stored is None:
+            continue
+        at = sorted(stored.times[j] for j in v.theirs if j < len(stored.times))
+        out.append(_match_json(record, v.distance, nbits, kind="frame", duplicate=True, at=at))
+    return out
+
+
+def _clips_like(
+    store: Store, clips: Ingest, frames: Sequence[bytes], query: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The clips that match a query clip of `frames`, the same clip first, nearest first."""
+    found = clips.clip_matches(frames)
+    records = store.files(found)
+    out = []
+    for clip_id, (d, kind, measured) in found.items():
+        record = records.get(clip_id)
+        if record is None:
+            continue
+        detail = {k: v for k, v in measured.items() if k != "inside"}
+        if "inside" in measured:  # "other": the query holds this clip
+            detail["file"] = "query"
+            detail["container"] = "query" if measured["inside"] == "other" else clip_id
+        out.append(
+            _match_json(
+                record,
+                d,
+                clips.hasher.bits,
+                kind=kind,
+                exact=record.sha256 == query.get("sha256"),
+                duplicate=True,
+                detail=detail,
+            )
+        )
+    out.sort(key=lambda r: (r["kind"] != "video", r["distance"], r["path"]))
+    return out
 
 
 def quarantine_list(

@@ -75,7 +75,7 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
         for m in g["duplicates"]:
             exact = m["kind"] == "exact"
             how = "exact" if exact else f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
-            how += _turned(m)
+            how = _clip(m, bits) or how + _turned(m)
             lines.append(
                 f"  {'=' if exact else '~'} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}"
             )
@@ -192,10 +192,12 @@ def search(answer: dict[str, Any], bits: int) -> str:
             if not r.get("duplicate", True)
             else ""
         )
+        how = _clip(r, bits)
         lines.append(
             f"{r['normalized']:<8.3f}  {r['distance']:>3}/{bits}  {_pixels(r):>11}  "
             f"{size(r['size']):>9}  {r['path']}"
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
+            + (f"  ({how})" if how else "")
             + beyond
         )
     return "\n".join(lines)
@@ -233,15 +235,34 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         f"  pixels    {_pixels(f)}",
         f"  format    {f['format'] or '-'}",
         f"  taken     {f['taken_at'] or '-'}",
+        *([f"  duration  {f['duration']:g} s"] if f.get("duration") is not None else []),
         f"  sha256    {f['sha256'] or '-'}",
     ]
     if not answer["matches"]:
         lines.append("  no matches")
     for m in answer["matches"]:
         exact = m["kind"] == "exact"
-        how = "exact" if exact else f"near {m['distance']}/{bits}{_turned(m)}"
+        how = _clip(m, bits) or ("exact" if exact else f"near {m['distance']}/{bits}{_turned(m)}")
         lines.append(f"  {'=' if exact else '~'} {m['path']}  {how}")
     return "\n".join(lines)
+
+
+def _clip(m: dict[str, Any], bits: int) -> str | None:
+    """How a clip match reads ("video 12/256, 9 of 10 frames"), None for a photo's."""
+    kind, detail = m.get("kind"), m.get("detail") or {}
+    frames = ""
+    if "matched" in detail:
+        frames = f", {detail['matched']} of {detail['frames']} frames"
+    if kind == "video":
+        return f"video {m['distance']}/{bits}{frames}"
+    if kind == "contains":
+        holds = detail.get("container") == detail.get("file")
+        where = "holds that clip" if holds else "inside that clip"
+        return f"{where} {m['distance']}/{bits}{frames}"
+    if kind == "frame":
+        at = ", ".join(f"{t:g}s" for t in m.get("at", [])[:5])
+        return f"a frame of this clip at {at}" if at else "a frame of this clip"
+    return None
 
 
 def quarantine(answer: dict[str, Any]) -> str:

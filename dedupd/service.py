@@ -58,9 +58,12 @@ class Service(Protocol):
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         """Indexed photos nearest to `bits` (with `variants`, the 8 rotations and mirrors of
-        the query image in hashers.TRANSFORMS order: nearest to any of them)."""
+        the query image in hashers.TRANSFORMS order: nearest to any of them), and the clips
+        with a frame like it; or, with `frames` (a query clip's frame hashes, `bits` being the
+        first), the clips that match that clip."""
         ...
 
     def groups(self) -> Answer: ...
@@ -225,6 +228,7 @@ class DaemonService:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
 
@@ -243,6 +247,8 @@ class DaemonService:
                 widest=ingest.widest_radius,
                 lock=ingest.lock,
                 variants=variants,
+                clips=ingest,
+                frames=frames,
             )
 
     def groups(self) -> Answer:
@@ -255,7 +261,8 @@ class DaemonService:
         from dedupd import queries
 
         with self._daemon.store_reader() as store:
-            return queries.file_info(store, self._daemon.ingest.hasher, path)
+            ingest = self._daemon.ingest
+            return queries.file_info(store, ingest.hasher, path, ingest.video_key)
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         from dedupd import queries
@@ -313,6 +320,7 @@ class RemoteService:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         return self.client.get(
             "search",
@@ -321,6 +329,7 @@ class RemoteService:
             k=k,
             threshold=threshold,
             variants=",".join(v.hex() for v in variants) or None,
+            frames=",".join(f.hex() for f in frames) or None,
         )
 
     def groups(self) -> Answer:
@@ -415,6 +424,7 @@ class LocalService:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
         from dedupd.engine import Ingest
@@ -433,6 +443,8 @@ class LocalService:
                 variants=variants,
                 policy_threshold=ingest.threshold_for,
                 widest=ingest.widest_radius,
+                clips=ingest,
+                frames=frames,
             )
 
     def groups(self) -> Answer:
@@ -444,10 +456,13 @@ class LocalService:
     def file_info(self, path: str) -> Answer:
         from dedupd import queries
         from dedupd.hashers import Hasher
+        from dedupd.video import video_key
 
         hashing = self.config.hashing
+        hasher = Hasher(hashing.algorithm, hashing.hash_size)
+        clips = video_key(hasher, hashing.video_fps)
         with self._reader() as store:
-            return queries.file_info(store, Hasher(hashing.algorithm, hashing.hash_size), path)
+            return queries.file_info(store, hasher, path, clips)
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         from dedupd import queries
@@ -512,9 +527,12 @@ class _DaemonElseDatabase:
         k: int,
         threshold: float | None,
         variants: Sequence[bytes] = (),
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         return self._ask(
-            lambda s: s.search(bits, sha256=sha256, k=k, threshold=threshold, variants=variants)
+            lambda s: s.search(
+                bits, sha256=sha256, k=k, threshold=threshold, variants=variants, frames=frames
+            )
         )
 
     def groups(self) -> Answer:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dedupd.errors import StoreError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.hashers import INVERSE, TRANSFORMS, Transform
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "RatedHash",
     "Store",
     "Undecided",
+    "VideoFrames",
     "from_db",
     "to_db",
 ]
@@ -186,6 +187,21 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE matches_6 RENAME TO matches;
     CREATE INDEX matches_b ON matches (b);
     """,
+    # 6 → 7: clips (dedupd.video). A clip's kept frames' hashes under its video key (the frame
+    # hasher and the sampling), concatenated in time order, with their times (JSON seconds)
+    # and how many frames were looked at; and a file's duration in seconds (NULL for a photo).
+    """
+    CREATE TABLE videos (
+        file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        hasher TEXT NOT NULL,
+        frames BLOB NOT NULL,
+        times TEXT NOT NULL,
+        sampled INTEGER NOT NULL,
+        PRIMARY KEY (file_id, hasher)
+    );
+    CREATE INDEX videos_hasher ON videos (hasher);
+    ALTER TABLE files ADD COLUMN duration REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -295,6 +311,7 @@ class FileRecord:
     error: str | None
     first_seen: float
     updated: float
+    duration: float | None = None  # seconds, for a clip
 
     @property
     def path(self) -> Path:
@@ -348,6 +365,14 @@ class RatedHash(NamedTuple):
     quality: int | None
     dominant: float | None
     variants: tuple[bytes, ...] = ()  # of its rotations and mirrors, hashers.TRANSFORMS order
+
+
+class VideoFrames(NamedTuple):
+    """A clip's stored frame hashes (time order) and their times in seconds."""
+
+    frames: tuple[bytes, ...]
+    times: tuple[float, ...]
+    sampled: int
 
 
 _HASH_CHUNK = 4096  # rows fetched at a time by `hash_arrays`: bounds the Python objects alive
@@ -603,15 +628,25 @@ class Store:
     def recent_errors(self, limit: int) -> list[FileRecord]:
         return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
 
-    def unhashed(self, root: str, hasher: str | Sequence[str]) -> list[FileRecord]:
+    def unhashed(
+        self, root: str, hasher: str | Sequence[str], video: str | None = None
+    ) -> list[FileRecord]:
         """Files decoded before with another hasher: they need the current one (lazily).
-        With several hashers, the files that lack any of them."""
+        With several hashers, the files that lack any of them; a clip whose frames are
+        stored under the `video` key lacks none (its frames are its hashes)."""
         keys = [hasher] if isinstance(hasher, str) else list(hasher)
         lacking = " OR ".join(
             "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
             for _ in keys
         )
-        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", (to_db(root), *keys))
+        params: list[Any] = [to_db(root), *keys]
+        if video is not None:
+            lacking = (
+                f"({lacking}) AND NOT EXISTS"
+                " (SELECT 1 FROM videos v WHERE v.file_id = f.id AND v.hasher = ?)"
+            )
+            params.append(video)
+        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", params)
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(roots))
@@ -736,6 +771,7 @@ class Store:
         file_id = old[0].id
         if values["sha256"] is None or old[0].sha256 != values["sha256"]:
             self.db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+            self.db.execute("DELETE FROM videos WHERE file_id = ?", (file_id,))
             self.db.execute("DELETE FROM matches WHERE a = ? OR b = ?", (file_id, file_id))
         self._table("files").update(file_id, values)
         return file_id
@@ -753,6 +789,7 @@ class Store:
             height=image.height,
             format=image.format,
             taken_at=image.taken_at,
+            duration=None,
             state="ok",
             error_kind=None,
             error=None,
@@ -778,6 +815,80 @@ class Store:
             )
         return file_id
 
+    def record_video(self, root: str, relpath: str, clip: HashedVideo) -> int:
+        """Store a freshly decoded clip and its frame hashes under `clip.key`. Same content
+        keeps what was stored of it before; new content drops it."""
+        values = dict(
+            **self._stat_values(clip.stat),
+            sha256=clip.sha256,
+            width=clip.width,
+            height=clip.height,
+            format=clip.format,
+            taken_at=clip.taken_at,
+            duration=clip.duration,
+            state="ok",
+            error_kind=None,
+            error=None,
+            updated=self._now(),
+        )
+        with self._write():
+            file_id = self._write_file(root, relpath, values)
+            self.db.execute(
+                "INSERT OR REPLACE INTO videos (file_id, hasher, frames, times, sampled)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (file_id, clip.key, b"".join(clip.frames), json.dumps(clip.times), clip.sampled),
+            )
+        return file_id
+
+    def video_frames(self, file_id: int, key: str) -> VideoFrames | None:
+        """The frame hashes stored for a clip under `key` (None: not hashed so)."""
+        row = self.db.execute(
+            "SELECT frames, times, sampled FROM videos WHERE file_id = ? AND hasher = ?",
+            (file_id, key),
+        ).fetchone()
+        if row is None:
+            return None
+        times = tuple(float(t) for t in json.loads(row[1]))
+        blob = bytes(row[0])
+        n = len(blob) // len(times) if times else 0
+        frames = tuple(blob[i * n : (i + 1) * n] for i in range(len(times)))
+        return VideoFrames(frames, times, int(row[2]))
+
+    def frame_arrays(
+        self, key: str, frames_per_file: int, roots: Sequence[str] | None = None
+    ) -> HashArrays:
+        """Every present clip's frame hashes under `key` as arrays, one row per frame: ids
+        are file id * `frames_per_file` + the frame's number (`index.FrameIndex`)."""
+        import numpy as np
+
+        sql = (
+            "SELECT v.file_id, v.frames, v.times FROM videos v JOIN files f ON f.id = v.file_id"
+            " WHERE v.hasher = ? AND f.state = 'ok'"
+        )
+        params: list[Any] = [key]
+        if roots is not None:
+            sql += f" AND f.root IN ({', '.join('?' * len(roots))})"
+            params += _paths_to_db(roots)
+        ids: list[npt.NDArray[np.int64]] = []
+        rows: list[npt.NDArray[np.uint8]] = []
+        cursor = self.db.execute(sql, params)
+        while chunk := cursor.fetchmany(_HASH_CHUNK):
+            for file_id, blob, times in chunk:
+                n = len(json.loads(times))
+                if not n:
+                    continue
+                data = np.frombuffer(bytes(blob), np.uint8)
+                if len(data) % n:
+                    raise StoreError(
+                        f"{self.path}: the frames of clip {file_id} do not divide into its"
+                        f" {n} frame times; the database is damaged"
+                    )
+                rows.append(data.reshape(n, len(data) // n))
+                ids.append(file_id * frames_per_file + np.arange(n, dtype=np.int64))
+        if not rows:
+            return HashArrays(np.empty(0, np.int64), np.empty((0, 0), np.uint8))
+        return HashArrays(np.concatenate(ids), np.concatenate(rows))
+
     def record_error(self, root: str, relpath: str, stat: FileStat, kind: str, message: str) -> int:
         """Remember that this version of the file cannot be hashed, and why."""
         values = dict(
@@ -787,6 +898,7 @@ class Store:
             height=None,
             format=None,
             taken_at=None,
+            duration=None,
             state="error",
             error_kind=kind,
             error=message,

@@ -233,6 +233,7 @@ def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib)
     conn.executescript(
         "DROP TABLE undecided; ALTER TABLE hashes DROP COLUMN quality;"
         " ALTER TABLE hashes DROP COLUMN dominant; ALTER TABLE hashes DROP COLUMN variants;"
+        " DROP TABLE videos; ALTER TABLE files DROP COLUMN duration;"
         " PRAGMA user_version = 3;"
     )
     conn.close()
