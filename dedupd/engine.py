@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from dedupd.actions import ActionError, Actions
+from dedupd.actions import ActionError, Actions, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage
@@ -284,6 +284,14 @@ class Ingest:
             self.store.note_undecided(file_id, sha256, why, self.policy_key)
         return outcome
 
+    def _still_of(self, target: FileRecord | None) -> FileRecord | None:
+        """The Live Photo still whose motion file `target` is, if it is one: a decision to
+        move the motion file alone (a duplicate clip whose still is not a duplicate) is
+        only reported; the pair moves when its still does."""
+        if target is None:
+            return None
+        return self.store.still_of(target.root, target.relpath)
+
     def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
         """A photo the user restored from quarantine is never acted on again (while its
         bytes are at that path): restoring said "keep this". The distinct mark a restore
@@ -390,11 +398,25 @@ class Ingest:
                     self.index.remove([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
+        elif decision.acts and (still := self._still_of(decision.target)) is not None:
+            result = f"reported: the motion file of Live Photo {still.path}; never moved alone"
         elif decision.acts and decision.target is not None and self.actions is not None:
             self.store.commit()  # the records this decision rests on, before any file moves
             try:
                 if decision.action == "delete" and decision.keeper is not None:
-                    self.actions.delete(decision.target, decision.keeper, decision.rule)
+                    try:
+                        self.actions.delete(decision.target, decision.keeper, decision.rule)
+                    except MotionNotIdentical as exc:
+                        # Its motion file differs from the kept one: not a pair of copies.
+                        # The two files go to quarantine together instead, or stay.
+                        if self.actions.quarantine_dir is None:
+                            raise
+                        log.info("live_photo_quarantined_not_deleted", reason=str(exc))
+                        self.actions.quarantine(
+                            decision.target, decision.keeper, decision.distance,
+                            f"{decision.rule}; quarantined, not deleted: its Live Photo motion"
+                            " file has no identical copy",
+                        )
                 else:
                     self.actions.quarantine(
                         decision.target, decision.keeper, decision.distance, decision.rule

@@ -29,6 +29,7 @@ from dedupd import safefs
 from dedupd.errors import ImageError
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher, Measured, dominant_share
+from dedupd.live import Motion, find_motion, photo_content_id
 
 if TYPE_CHECKING:
     import numpy as np
@@ -377,12 +378,14 @@ def hash_image(
     draft: bool = True,
     trim: bool = True,
     variants: bool = True,
+    live_photos: bool = True,
 ) -> HashedImage:
     """Read `path` once; return its sha256, size, capture time and one hash per hasher (and,
     with `variants`, the hashes of its 8 rotations and mirrors, for isometric matching).
 
     Uniform borders are trimmed before hashing (`trim=False` only for benchmarks: the hasher
-    keys promise trimmed hashes).
+    keys promise trimmed hashes). With `live_photos`, a HEIC or JPEG still's Live Photo
+    motion file is found and hashed too (`live.find_motion`).
 
     `expect` is the stat the caller saw when it chose the file: if the file has changed since,
     ChangedWhileReading is raised so that nothing is recorded for a version never hashed.
@@ -418,7 +421,14 @@ def hash_image(
         variants=turned | pdq.variants,
         quality=pdq.quality,
         dominant=pdq.dominant,
+        motion=_motion(path, decoded) if live_photos else None,
     )
+
+
+def _motion(path: str, decoded: Decoded) -> Motion | None:
+    if decoded.format not in ("HEIF", "JPEG", "MPO"):
+        return None
+    return find_motion(path, photo_content_id(decoded.image))
 
 
 class _Rated(NamedTuple):
