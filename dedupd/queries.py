@@ -6,6 +6,7 @@ and `render` prints what they return. Changes (restore, purge, distinct) live in
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -87,8 +88,13 @@ def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
     record = store.file_at(path)
     if record is None:
         raise NotFoundError(f"{path}: not in the database (is it under a watched root?)")
+    still = store.still_of(record.root, record.relpath)
     return {
-        "file": file_json(record),
+        "file": {
+            **file_json(record),
+            **_live(store, record),
+            "still": str(still.path) if still is not None else None,
+        },
         "matches": [
             _match_json(m.other, m.distance, hasher.bits, kind=m.kind, transform=m.transform)
             for m in store.matches_of(record.id, hasher.key)
@@ -147,6 +153,7 @@ def search(
                 duplicate=m.distance <= within,
                 threshold=limit,
                 transform=INVERSE[TRANSFORMS[m.variant]],
+                **_live(store, record),
             )
         )
         if len(results) == k:
@@ -165,8 +172,22 @@ def quarantine_list(
             continue
         if since is not None and (e.finished or 0) < since:
             continue
-        entries.append({**{k: getattr(e, k) for k in fields}, "kind": _kind(store, e)})
+        half = json.loads(e.motion) if e.motion else {}
+        entries.append(
+            {
+                **{k: getattr(e, k) for k in fields},
+                "kind": _kind(store, e),
+                "motion": half.get("src"),  # a Live Photo's motion file, quarantined with it
+                "motion_dst": half.get("dst"),
+            }
+        )
     return {"quarantined": entries}
+
+
+def _live(store: Store, record: FileRecord) -> dict[str, Any]:
+    """A Live Photo still's motion file, shown with it: the two are one item."""
+    motion = store.motion_of(record.id)
+    return {"motion": str(motion.path) if motion is not None else None}
 
 
 def _kind(store: Store, e: ActionRecord) -> str | None:

@@ -8,6 +8,7 @@ the daemon's socket or from the database), so one printer serves both; `scan_rep
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -194,6 +195,7 @@ def search(answer: dict[str, Any], bits: int) -> str:
             f"{size(r['size']):>9}  {r['path']}"
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
             + beyond
+            + _motion(r)
         )
     return "\n".join(lines)
 
@@ -232,6 +234,10 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         f"  taken     {f['taken_at'] or '-'}",
         f"  sha256    {f['sha256'] or '-'}",
     ]
+    if f.get("motion"):  # an older daemon does not say
+        lines.append(f"  live      with its motion file {f['motion']}")
+    if f.get("still"):
+        lines.append(f"  live      the motion file of {f['still']}; moves only with it")
     if not answer["matches"]:
         lines.append("  no matches")
     for m in answer["matches"]:
@@ -247,9 +253,16 @@ def quarantine(answer: dict[str, Any]) -> str:
         return "quarantine is empty"
     return "\n".join(
         f"{e['id']:>5}  {_when(e['finished'])}  {e['src']}\n"
-        f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
+        + (f"       with its motion file {e['motion']}\n" if e.get("motion") else "")
+        + f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
         for e in entries
     )
+
+
+def _motion(r: dict[str, Any]) -> str:
+    """A Live Photo's motion file, named after its still: the two are one item."""
+    motion = r.get("motion")  # an older daemon does not say
+    return f"  (Live Photo, with {os.path.basename(motion)})" if motion else ""
 
 
 def _how(e: dict[str, Any]) -> str:

@@ -483,3 +483,29 @@ def test_a_crash_at_any_step_recovers_both_files_to_one_side(
         kill_at += 1
     assert kill_at >= 5, "the operation had fewer steps than a pair needs"
     assert "rolled_back" in outcomes or op == "purge"
+
+
+# -- one item in what dedupctl shows -------------------------------------------------------
+
+
+def test_show_search_and_quarantine_list_name_the_motion_file_with_its_still(
+    tmp_path: Path,
+) -> None:
+    from tests.test_decisions import Lib as CliLib
+
+    cli = CliLib(tmp_path)
+    write_still(cli.root / "a" / "IMG_0001.JPG", photos.photo("coffee"), CID)
+    write_mov(cli.root / "a" / "IMG_0001.MOV", CID)
+    os.utime(cli.root / "a" / "IMG_0001.JPG", (1e9, 1e9))
+    photos.copy(cli.root / "a" / "IMG_0001.JPG", cli.root / "b" / "IMG_0002.JPG")
+    write_mov(cli.root / "b" / "IMG_0002.MOV", CID)
+    cli.scan()  # b/ arrives second: quarantined, with its MOV
+    moved = sorted(p.name for p in cli.quarantine.rglob("*") if p.is_file())
+    assert moved == ["IMG_0002.JPG", "IMG_0002.MOV"]
+
+    listed = cli.ctl("quarantine", "list").stdout.splitlines()
+    assert listed[1] == f"       with its motion file {cli.root / 'b' / 'IMG_0002.MOV'}"
+    shown = cli.ctl("show", str(cli.root / "a" / "IMG_0001.JPG")).stdout.splitlines()
+    assert f"  live      with its motion file {cli.root / 'a' / 'IMG_0001.MOV'}" in shown
+    found = cli.ctl("search", str(cli.root / "a" / "IMG_0001.JPG")).stdout.splitlines()
+    assert found[1].endswith("IMG_0001.JPG  (Live Photo, with IMG_0001.MOV)"), found
