@@ -10,7 +10,8 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -118,6 +119,11 @@ class Ingest:
         # Files a dry run would have moved: gone for the rest of this run's decisions, as
         # after a real move, so that a dry run previews what a real run does.
         self._gone_in_preview: set[int] = set()
+        # Files to hash again in full before a decision that rests on a thumbnail's hash may
+        # move anything: whoever feeds the pool takes them from here (`Entry.full_decode`).
+        # _confirming: their ids → whether their own decision is made again once hashed.
+        self.confirm: deque[Entry] = deque()
+        self._confirming: dict[int, bool] = {}
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -158,6 +164,13 @@ class Ingest:
                 self.index.remove([file_id])
             return None
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
+        again = self._confirming.pop(file_id, None) if entry.full_decode else None
+        if again is False:  # the other file of a held match: its hashes are now a full decode's
+            with self.lock:
+                self.index.add([file_id], [result.hashes[self.hasher.key]])
+            return None
+        if again:
+            log.info("decision_confirming", path=entry.path, by="full decode")
         return self._match_and_decide(
             file_id,
             entry.path,
@@ -268,7 +281,8 @@ class Ingest:
             dry_run=self.config.dry_run,
         )
         decision = self._respect_restores(newcomer, decision)
-        outcome = self.apply(decision, path)
+        held = self._hold_for_full_decode(newcomer, decision)
+        outcome = self.apply(decision, path, held=held)
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -283,6 +297,32 @@ class Ingest:
             )
             self.store.note_undecided(file_id, sha256, why, self.policy_key)
         return outcome
+
+    def _hold_for_full_decode(self, newcomer: FileRecord, decision: Decision) -> str | None:
+        """Why a decision that would move a file must wait, or None: it rests on a hash of an
+        embedded thumbnail (the newcomer's, the target's or the keeper's), which shows only
+        what the file claims. Those files are queued to be hashed again in full (`confirm`),
+        the others first, the newcomer last, which then is decided again."""
+        if not decision.acts or decision.dry_run or self.actions is None:
+            return None
+        involved = {r.id: r for r in (newcomer, decision.target, decision.keeper) if r}
+        thumbs = self.store.from_thumbnail(involved)
+        if not thumbs:
+            return None
+        for r in involved.values():
+            if r.id in thumbs and r.id != newcomer.id:
+                self._confirming[r.id] = False
+                self.confirm.append(Entry(r.root, r.relpath, r.stat, full_decode=True))
+        self._confirming[newcomer.id] = True
+        self.confirm.append(
+            Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
+        )
+        self.store.mark_stale(newcomer.id)  # hashed again next run if this one stops first
+        names = ", ".join(sorted(str(involved[i].path) for i in thumbs))
+        return (
+            f"held: hashed from an embedded thumbnail ({names}); decided again after a full"
+            " decode"
+        )
 
     def _still_of(self, target: FileRecord | None) -> FileRecord | None:
         """The Live Photo still whose motion file `target` is, if it is one: a decision to
@@ -387,10 +427,13 @@ class Ingest:
             )
         return out
 
-    def apply(self, decision: Decision, path: str) -> Outcome:
-        """Carry out a decision through `actions`, and log one event for it."""
+    def apply(self, decision: Decision, path: str, *, held: str | None = None) -> Outcome:
+        """Carry out a decision through `actions` (or not, when `held` says why it waits),
+        and log one event for it."""
         result = "reported"
-        if decision.acts and decision.dry_run:
+        if held is not None:
+            result = held
+        elif decision.acts and decision.dry_run:
             result = "dry run"
             if decision.target is not None:
                 self._gone_in_preview.add(decision.target.id)
@@ -598,7 +641,7 @@ def ingest_all(
     window = 4 * pool.capacity  # bounded, so a stop() does not leave thousands queued
     try:
         while True:
-            while pool.in_flight < window and (entry := next(todo, None)) is not None:
+            while pool.in_flight < window and (entry := _next(ingest, todo)) is not None:
                 pool.submit(entry)
             if not pool.in_flight:
                 return
@@ -617,6 +660,11 @@ def ingest_all(
     finally:
         if own:
             pool.close()
+
+
+def _next(ingest: Ingest, todo: Iterator[Entry]) -> Entry | None:
+    """The next file to hash: a held match's confirmation first, then the work."""
+    return ingest.confirm.popleft() if ingest.confirm else next(todo, None)
 
 
 def scan(
