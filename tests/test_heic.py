@@ -45,10 +45,17 @@ def _thumbnail_shows(picture: Image.Image) -> Iterator[None]:
     pixels and kept the old thumbnail)."""
     add_planes = pillow_heif.misc._add_planes
 
-    def lying(im: object, size: tuple[int, int], mode: str, data: object, *rest: int) -> None:
+    def lying(
+        im_out: object,
+        size: tuple[int, int],
+        mode: str,
+        data: object,
+        stride: int,
+        bit_depth_out: int,
+    ) -> None:
         if size == picture.size:  # the full-size pixels the thumbnail is scaled from
             data = picture.tobytes()
-        add_planes(im, size, mode, data, *rest)
+        add_planes(im_out, size, mode, data, stride, bit_depth_out)
 
     pillow_heif.misc._add_planes = lying
     try:
@@ -83,10 +90,6 @@ def _with_other_aspect(heic: Path) -> Path:
     at = data.index(ispe)
     heic.write_bytes(data[: at + 12] + struct.pack(">I", 320) + data[at + 16 :])
     return heic
-
-
-def _hash(path: Path, **kw: bool) -> object:
-    return hash_image(str(path), HASHERS, max_pixels=10**9, **kw)
 
 
 def test_a_heic_is_hashed_from_its_thumbnail_when_it_is_a_scaled_copy(tmp_path: Path) -> None:
