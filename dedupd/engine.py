@@ -299,11 +299,14 @@ class Ingest:
         return outcome
 
     def _hold_for_full_decode(self, newcomer: FileRecord, decision: Decision) -> str | None:
-        """Why a decision that would move a file must wait, or None: it rests on a hash of an
-        embedded thumbnail (the newcomer's, the target's or the keeper's), which shows only
-        what the file claims. Those files are queued to be hashed again in full (`confirm`),
-        the others first, the newcomer last, which then is decided again."""
+        """Why a decision that would move a file must wait, or None: it rests on a perceptual
+        hash of an embedded thumbnail (the newcomer's, the target's or the keeper's), which
+        shows only what the file claims. Those files are queued to be hashed again in full
+        (`confirm`), the others first, the newcomer last, which then is decided again. An
+        exact match (the same bytes) needs no confirmation."""
         if not decision.acts or decision.dry_run or self.actions is None:
+            return None
+        if decision.kind == "exact":  # the same bytes: what a hash shows does not matter
             return None
         involved = {r.id: r for r in (newcomer, decision.target, decision.keeper) if r}
         thumbs = self.store.from_thumbnail(involved)

@@ -182,3 +182,15 @@ def test_the_store_records_whether_a_hash_came_from_a_thumbnail(
         record = store.file_at(heic.resolve())
         assert record is not None
         assert store.from_thumbnail([record.id]) == ({record.id} if thumbnail else set())
+
+
+def test_an_exact_copy_of_a_thumbnail_hashed_heic_is_not_held(tmp_path: Path) -> None:
+    """The same bytes: the thumbnail's hash decides nothing, so nothing waits for a decode."""
+    root = tmp_path / "photos"
+    heic = _older(write_heic(root / "IMG_4.HEIC", _picture("chelsea")))
+    copy = photos.copy(heic, root / "IMG_4 (1).HEIC")
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        assert [o.result for o in report.outcomes] == ["done"]
+    assert heic.exists() and not copy.exists()
