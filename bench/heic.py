@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,9 +61,13 @@ def _pinned(cmd: list[str], cpus: str = "0") -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if shutil.which("taskset") else cmd
 
 
-def _scan_seconds(folder: Path, db: Path) -> float:
+def _scan_seconds(folder: Path, db: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of one scan; CPU: user + system of the scan process and every
+    process it waited for (its hasher worker, through the fork server), which a machine
+    shared with other work disturbs less than the wall time."""
     if db.exists():
         db.unlink()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(
         _pinned(
@@ -73,7 +78,10 @@ def _scan_seconds(folder: Path, db: Path) -> float:
         capture_output=True,
         cwd=ROOT,
     )
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def _save(job: tuple[Path, Path, str, int, bool]) -> Path:
@@ -105,17 +113,39 @@ def _inputs(base: Path) -> dict[str, list[Path]]:
 
 
 def _per_file(
-    files: list[Path], base: Path, kind: str, rounds: int
-) -> dict[str, float | list[float]]:
-    one = base / f"one-{kind}"
-    one.mkdir()
-    shutil.copy(files[0], one / files[0].name)
-    scans, startups = [], []
+    inputs: dict[str, list[Path]], base: Path, rounds: int
+) -> dict[str, dict[str, object]]:
+    """Per kind: the scans of its folder and of a folder of one of its files, interleaved
+    across kinds round by round (so a busy moment of the machine hits every kind alike), and
+    the median cost per file beyond the first, wall and CPU."""
+    ones = {}
+    for kind, files in inputs.items():
+        ones[kind] = base / f"one-{kind}"
+        ones[kind].mkdir()
+        shutil.copy(files[0], ones[kind] / files[0].name)
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {
+        kind: {"scan": [], "one": []} for kind in inputs
+    }
     for _ in range(rounds):
-        startups.append(_scan_seconds(one, base / "one.db"))
-        scans.append(_scan_seconds(files[0].parent, base / "d.db"))
-    per_file = (statistics.median(scans) - statistics.median(startups)) / (len(files) - 1)
-    return {"scan_s": scans, "one_file_scan_s": startups, "ms_per_file": round(per_file * 1000, 1)}
+        for kind, files in inputs.items():
+            runs[kind]["one"].append(_scan_seconds(ones[kind], base / "one.db"))
+            runs[kind]["scan"].append(_scan_seconds(files[0].parent, base / "d.db"))
+    out: dict[str, dict[str, object]] = {}
+    for kind, r in runs.items():
+        n = len(inputs[kind]) - 1
+        out[kind] = {
+            "scan_s": [round(w, 3) for w, _ in r["scan"]],
+            "one_file_scan_s": [round(w, 3) for w, _ in r["one"]],
+            "ms_per_file": round(
+                (statistics.median(w for w, _ in r["scan"])
+                 - statistics.median(w for w, _ in r["one"])) / n * 1000, 1
+            ),
+            "cpu_ms_per_file": round(
+                (statistics.median(c for _, c in r["scan"])
+                 - statistics.median(c for _, c in r["one"])) / n * 1000, 1
+            ),
+        }
+    return out
 
 
 def _threads(files: list[Path], rounds: int) -> dict[str, float]:
@@ -141,9 +171,10 @@ def run(rounds: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="dedupd-heic-") as tmp:
         base = Path(tmp)
         inputs = _inputs(base)
-        scans = {kind: _per_file(files, base, kind, rounds) for kind, files in inputs.items()}
+        scans = _per_file(inputs, base, rounds)
         threads = _threads(inputs["heic_full"], rounds)
     ms = {kind: float(s["ms_per_file"]) for kind, s in scans.items()}  # type: ignore[arg-type]
+    cpu = {kind: float(s["cpu_ms_per_file"]) for kind, s in scans.items()}  # type: ignore[arg-type]
     return {
         "benchmark": "heic",
         "machine": info,
@@ -154,6 +185,9 @@ def run(rounds: int) -> dict[str, object]:
         "scan": scans,
         "ratio_heic_thumbnail_to_jpeg": round(ms["heic_thumbnail"] / ms["jpeg"], 2),
         "ratio_heic_full_to_jpeg": round(ms["heic_full"] / ms["jpeg"], 2),
+        "cpu_ratio_heic_thumbnail_to_jpeg": round(cpu["heic_thumbnail"] / cpu["jpeg"], 2),
+        "cpu_ratio_heic_full_to_jpeg": round(cpu["heic_full"] / cpu["jpeg"], 2),
+        "loadavg_end": list(os.getloadavg()),
         "full_decode_ms_per_file_on_2_cpus": threads,
     }
 

@@ -194,3 +194,30 @@ def test_an_exact_copy_of_a_thumbnail_hashed_heic_is_not_held(tmp_path: Path) ->
         report = scan(config, store, actions=Actions(store, tmp_path / "q"))
         assert [o.result for o in report.outcomes] == ["done"]
     assert heic.exists() and not copy.exists()
+
+
+def test_the_daemon_confirms_a_thumbnail_match_before_it_moves_the_upload(
+    tmp_path: Path,
+) -> None:
+    """Through the daemon's pipeline: the held upload is hashed again in full by the pool,
+    then quarantined; the one whose thumbnail lies stays."""
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine, keep: [oldest]}")
+    for name in ("rocket", "coffee"):
+        _picture(name).save(env.root / f"{name}.jpg", quality=95)
+        _older(env.root / f"{name}.jpg")
+    honest = write_heic(tmp_path / "IMG_5.HEIC", _picture("rocket"))
+    liar = write_heic(tmp_path / "IMG_6.HEIC", _picture("chelsea"), thumbnail_of=_picture("coffee"))
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="the keepers")
+        os.rename(honest, env.root / honest.name)
+        os.rename(liar, env.root / liar.name)
+        wait_for(
+            lambda: env.state(env.root / honest.name) == "quarantined" and _idle(daemon),
+            timeout=60,
+            what="the honest HEIC quarantined after its full decode",
+        )
+    assert (env.root / liar.name).exists()
+    assert env.state(env.root / liar.name) == "ok"
