@@ -311,10 +311,17 @@ class Actions:
         MOV after the HEIC), or two files could be it. The still is marked to be hashed
         again, which pairs it anew, and decided again then."""
         motion = self.store.motion_of(record.id)
-        with safefs.directory(record.path.parent) as folder:
-            names = os.listdir(folder)
+        seen = self.store.motion_by_name(record.id)
         recorded = PurePath(motion.relpath).name if motion is not None else None
-        others = [n for n in live.motion_names_beside(record.path.name, names) if n != recorded]
+        with safefs.directory(record.path.parent) as folder:
+            names = live.motion_names_beside(record.path.name, os.listdir(folder))
+            others = []
+            for name in names:
+                if name == recorded:
+                    continue
+                st = safefs.stat_at(folder, name)
+                if st is not None and seen.get(name) != FileStat.of(st):
+                    others.append(name)  # not there, or another version, when hashed
         if others:
             self.store.mark_stale(record.id)
             raise ActionError(

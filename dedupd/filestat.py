@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from dedupd.live import Motion
+    from dedupd.live import Beside
 
 __all__ = ["FileStat", "HashedImage"]
 
@@ -46,7 +46,8 @@ class HashedImage:
     # hashers that rate it (PDQ), and the share of the pixels in the dominant tone.
     quality: dict[str, int] = field(default_factory=dict)
     dominant: float | None = None
-    # A Live Photo still's motion file (its MOV), found and hashed with it.
-    motion: Motion | None = None
+    # A Live Photo still's motion file (its MOV), found and hashed with it, and the files
+    # that could be one by name; None for a still with no movie beside it.
+    live: Beside | None = None
     # True when the hashes come from an embedded thumbnail (HEIC), not a full decode.
     thumbnail: bool = False

@@ -29,7 +29,7 @@ from dedupd import safefs
 from dedupd.errors import ImageError
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher, Measured, dominant_share
-from dedupd.live import Motion, find_motion, photo_content_id
+from dedupd.live import Beside, find_motion, photo_content_id
 
 if TYPE_CHECKING:
     import numpy as np
@@ -450,12 +450,12 @@ def hash_image(
         variants=turned | pdq.variants,
         quality=pdq.quality,
         dominant=pdq.dominant,
-        motion=_motion(path, decoded) if live_photos else None,
+        live=_live(path, decoded) if live_photos else None,
         thumbnail=decoded.thumbnail,
     )
 
 
-def _motion(path: str, decoded: Decoded) -> Motion | None:
+def _live(path: str, decoded: Decoded) -> Beside | None:
     if decoded.format not in ("HEIF", "JPEG", "MPO"):
         return None
     return find_motion(path, photo_content_id(decoded.image))

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MOTION_SUFFIXES",
+    "Beside",
     "Motion",
     "find_motion",
     "motion_names_beside",
@@ -73,6 +74,17 @@ class Motion:
     @property
     def path(self) -> Path:
         return Path(self.root) / self.relpath
+
+
+@dataclass(frozen=True, slots=True)
+class Beside:
+    """What a worker saw beside a still when it hashed it: its motion file, if any, and
+    every file that could be one by name (same stem, a motion suffix), with its stat. A file
+    by that name that `actions` finds later and that is not among these arrived (or changed)
+    since: the still is not moved until it is paired again."""
+
+    motion: Motion | None
+    by_name: tuple[tuple[str, FileStat], ...] = ()
 
 
 def _stem(name: str) -> str:
@@ -329,9 +341,10 @@ def _sha256_and_stat(path: str) -> tuple[str, FileStat] | None:
     return (digest.hexdigest(), before) if before == after else None
 
 
-def find_motion(path: str, photo_id: str | None) -> Motion | None:
+def find_motion(path: str, photo_id: str | None) -> Beside | None:
     """The motion file of the still at `path` (content identifier `photo_id`, if it has
-    one), read and hashed now; None when it has none, or when the movie changed while read
+    one), read and hashed now, and the files beside it that could be one by name; None when
+    there is no movie beside it at all. No motion file when the movie changed while read
     (the still is paired again when it is hashed again). As the worker finds it, the
     Motion's `root` is the still's folder and its `relpath` the movie's name there; the
     store records it under the still's root."""
@@ -339,19 +352,23 @@ def find_motion(path: str, photo_id: str | None) -> Motion | None:
     movies = _movies_in(folder)
     if not movies:
         return None
+    by_name = tuple(
+        (n, movies[n][0]) for n in motion_names_beside(photo, movies) if n in movies
+    )
     name = pair(photo, photo_id, ((n, c) for n, (_, c) in movies.items()))
     if name is None:
-        return None
+        return Beside(None, by_name)
     read = _sha256_and_stat(os.path.join(folder, name))
     if read is None or read[1] != movies[name][0]:
         _folders.pop(folder, None)  # changed since listed: list it again next time
-        return None
+        return Beside(None, ())  # nothing seen: any file by name stops a move
     sha256, version = read
     cid = movies[name][1]
-    return Motion(
+    motion = Motion(
         root=folder,
         relpath=name,
         content_id=cid if cid is not None and cid == photo_id else None,
         stat=version,
         sha256=sha256,
     )
+    return Beside(motion, by_name)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from dedupd.errors import StoreError
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import INVERSE, TRANSFORMS, Transform
-from dedupd.live import Motion
+from dedupd.live import Beside, Motion
 
 if TYPE_CHECKING:
     import numpy as np
@@ -188,19 +188,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX matches_b ON matches (b);
     """,
     # 6 → 7: Live Photos. A still's motion file (its MOV), found when the still was hashed:
-    # the version `actions` checks before moving the two as one. A quarantine, delete,
-    # restore or purge of such a still journals the motion half with it (`motion`, JSON:
-    # its src, dst, staged and tmp names and sha256).
+    # the version `actions` checks before moving the two as one (relpath NULL: none), and
+    # the files beside it that could be one by name, as seen then (`by_name`, JSON). A
+    # quarantine, delete, restore or purge of such a still journals the motion half with it
+    # (`motion`, JSON: its src, dst, staged and tmp names and sha256).
     """
     CREATE TABLE live_motion (
         file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
-        relpath TEXT NOT NULL,
+        relpath TEXT,
         content_id TEXT,
-        dev INTEGER NOT NULL,
-        inode INTEGER NOT NULL,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        sha256 TEXT NOT NULL
+        dev INTEGER,
+        inode INTEGER,
+        size INTEGER,
+        mtime_ns INTEGER,
+        sha256 TEXT,
+        by_name TEXT NOT NULL DEFAULT '[]'
     );
     CREATE INDEX live_motion_relpath ON live_motion (relpath);
     ALTER TABLE actions ADD COLUMN motion TEXT;
@@ -788,7 +790,7 @@ class Store:
         )
         with self._write():
             file_id = self._write_file(root, relpath, values)
-            self._write_motion(file_id, relpath, image.motion)
+            self._write_motion(file_id, relpath, image.live)
             self._table("hashes").upsert_all(
                 [
                     dict(
@@ -828,27 +830,43 @@ class Store:
             return file_id
 
     # -- Live Photos --------------------------------------------------------------------------
-    def _write_motion(self, file_id: int, relpath: str, motion: Motion | None) -> None:
+    def _write_motion(self, file_id: int, relpath: str, live: Beside | None) -> None:
         """Replace what is known of a still's motion file (inside the caller's transaction):
-        `motion` as a worker found it, named in the still's folder (`relpath`'s)."""
+        as a worker found it, named in the still's folder (`relpath`'s)."""
         self.db.execute("DELETE FROM live_motion WHERE file_id = ?", (file_id,))
+        if live is None:
+            return
+        seen = [[os.fsencode(n).hex(), *st] for n, st in live.by_name]  # names may be bytes
+        row: dict[str, Any] = dict(file_id=file_id, by_name=json.dumps(seen))
+        motion = live.motion
         if motion is not None:
             name = os.path.basename(motion.relpath)
-            self._table("live_motion").insert(
-                dict(
-                    file_id=file_id,
-                    relpath=to_db(os.path.join(os.path.dirname(relpath), name)),
-                    content_id=motion.content_id,
-                    **self._stat_values(motion.stat),
-                    sha256=motion.sha256,
-                )
+            row |= dict(
+                relpath=to_db(os.path.join(os.path.dirname(relpath), name)),
+                content_id=motion.content_id,
+                **self._stat_values(motion.stat),
+                sha256=motion.sha256,
             )
+        self._table("live_motion").insert(row)
+
+    def motion_by_name(self, file_id: int) -> dict[str, FileStat]:
+        """The files that could be the still's motion file by name, as seen when it was
+        hashed (name → stat)."""
+        row = self.db.execute(
+            "SELECT by_name FROM live_motion WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        if row is None:
+            return {}
+        return {
+            os.fsdecode(bytes.fromhex(n)): FileStat(*st) for n, *st in json.loads(row[0])
+        }
 
     def motion_of(self, file_id: int) -> Motion | None:
         """The motion file recorded with the still `file_id` when it was hashed, or None."""
         row = self.db.execute(
             "SELECT f.root, m.relpath, m.content_id, m.dev, m.inode, m.size, m.mtime_ns,"
-            " m.sha256 FROM live_motion m JOIN files f ON f.id = m.file_id WHERE m.file_id = ?",
+            " m.sha256 FROM live_motion m JOIN files f ON f.id = m.file_id"
+            " WHERE m.file_id = ? AND m.relpath IS NOT NULL",
             (file_id,),
         ).fetchone()
         if row is None:

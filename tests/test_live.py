@@ -213,6 +213,14 @@ def test_pairing_by_content_identifier_across_different_stems(tmp_path: Path) ->
         assert still is not None
         motion = store.motion_of(still.id)
         assert motion is not None and motion.relpath == "exported clip.mov"
+        # The other Live Photo's MOV of the same name was seen, and is not this one's: it
+        # neither stops the move nor goes with it.
+        Actions(store, tmp_path / "q").quarantine(still, None, 0, "t")
+    assert sorted(p.name for p in root.iterdir()) == ["IMG_0007.MOV"]
+    assert sorted(p.name for p in (tmp_path / "q").rglob("*.*")) == [
+        "IMG_0007.JPG",
+        "exported clip.mov",
+    ]
 
 
 def test_pairing_by_stem_without_identifiers(tmp_path: Path) -> None:
