@@ -44,7 +44,14 @@ from dedupd.filestat import FileStat
 from dedupd.live import Motion
 from dedupd.store import ActionRecord, FileRecord, Store
 
-__all__ = ["ActionError", "Actions", "MotionNotIdentical", "Recovered", "quarantine_path_for"]
+__all__ = [
+    "ActionError",
+    "Actions",
+    "MotionNotIdentical",
+    "Recovered",
+    "motion_paths",
+    "quarantine_path_for",
+]
 
 log = structlog.get_logger("dedupd.actions")
 
@@ -141,6 +148,12 @@ class _Part:
     want: _Version
     dst: Path | None = None
     half: _Half | None = None
+
+
+def motion_paths(a: ActionRecord) -> tuple[str, str | None] | None:
+    """A journal entry's Live Photo motion file: (where it was, where it went), or None."""
+    half = _Half.of(a)
+    return (half.src, half.dst) if half is not None else None
 
 
 def quarantine_path_for(quarantine: Path, record: FileRecord) -> Path:

@@ -6,13 +6,13 @@ and `render` prints what they return. Changes (restore, purge, distinct) live in
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dedupd.actions import motion_paths
 from dedupd.config import Config
 from dedupd.engine import Group, duplicate_groups
 from dedupd.errors import NotFoundError
@@ -172,13 +172,14 @@ def quarantine_list(
             continue
         if since is not None and (e.finished or 0) < since:
             continue
-        half = json.loads(e.motion) if e.motion else {}
+        motion = motion_paths(e)
         entries.append(
             {
                 **{k: getattr(e, k) for k in fields},
                 "kind": _kind(store, e),
-                "motion": half.get("src"),  # a Live Photo's motion file, quarantined with it
-                "motion_dst": half.get("dst"),
+                # a Live Photo's motion file, quarantined with it: from, to
+                "motion": motion[0] if motion else None,
+                "motion_dst": motion[1] if motion else None,
             }
         )
     return {"quarantined": entries}

@@ -517,3 +517,6 @@ def test_show_search_and_quarantine_list_name_the_motion_file_with_its_still(
     assert f"  live      with its motion file {cli.root / 'a' / 'IMG_0001.MOV'}" in shown
     found = cli.ctl("search", str(cli.root / "a" / "IMG_0001.JPG")).stdout.splitlines()
     assert found[1].endswith("IMG_0001.JPG  (Live Photo, with IMG_0001.MOV)"), found
+    restored = cli.ctl("quarantine", "restore", str(cli.root / "b" / "IMG_0002.MOV"))
+    assert restored.exit_code == 0, restored.output
+    assert (cli.root / "b" / "IMG_0002.JPG").exists() and (cli.root / "b" / "IMG_0002.MOV").exists()
