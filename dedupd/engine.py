@@ -299,12 +299,13 @@ class Ingest:
         return outcome
 
     def _hold_for_full_decode(self, newcomer: FileRecord, decision: Decision) -> str | None:
-        """Why a decision that would move a file must wait, or None: it rests on a perceptual
-        hash of an embedded thumbnail (the newcomer's, the target's or the keeper's), which
-        shows only what the file claims. Those files are queued to be hashed again in full
-        (`confirm`), the others first, the newcomer last, which then is decided again. An
-        exact match (the same bytes) needs no confirmation."""
-        if not decision.acts or decision.dry_run or self.actions is None:
+        """Why a decision on a match must wait, or None: it rests on a perceptual hash of an
+        embedded thumbnail (the newcomer's, the target's or the keeper's), which shows only
+        what the file claims. Those files are queued to be hashed again in full (`confirm`),
+        the others first, the newcomer last, which then is decided again: what is finally
+        decided (moved, or only reported) is what a full decode decides. An exact match (the
+        same bytes) needs no confirmation, nor does anything when no file can move."""
+        if decision.action == "none" or decision.dry_run or self.actions is None:
             return None
         if decision.kind == "exact":  # the same bytes: what a hash shows does not matter
             return None

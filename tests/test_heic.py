@@ -221,3 +221,21 @@ def test_the_daemon_confirms_a_thumbnail_match_before_it_moves_the_upload(
         )
     assert (env.root / liar.name).exists()
     assert env.state(env.root / liar.name) == "ok"
+
+
+def test_a_report_on_a_thumbnail_match_is_confirmed_by_a_full_decode_too(tmp_path: Path) -> None:
+    """Whether a match moves or is only reported (the second opinion, low detail) is decided
+    on a full decode's hashes as well, so that the fast path decides as the full decode."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    _picture("rocket").save(root / "rocket.jpg", quality=95)
+    _older(root / "rocket.jpg")
+    heic = write_heic(root / "IMG_7.HEIC", _picture("rocket"))
+    config = replace(_config(tmp_path, root), policies={DEFAULT_POLICY: Policy(near="report")})
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        results = [o.result for o in report.outcomes]
+        assert results[0].startswith("held"), results
+        assert results[1:] == ["reported"], results
+        record = store.file_at(heic.resolve())
+        assert record is not None and store.from_thumbnail([record.id]) == set()
