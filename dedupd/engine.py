@@ -11,13 +11,14 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
 
-from dedupd.actions import ActionError, Actions
+from dedupd.actions import ActionError, Actions, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
@@ -26,7 +27,7 @@ from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
-from dedupd.store import FileRecord, MatchKind, Store, Undecided
+from dedupd.store import FileRecord, MatchKind, State, Store, Undecided
 from dedupd.video import MAX_FRAMES, video_key
 
 if TYPE_CHECKING:
@@ -130,6 +131,11 @@ class Ingest:
         # Files a dry run would have moved: gone for the rest of this run's decisions, as
         # after a real move, so that a dry run previews what a real run does.
         self._gone_in_preview: set[int] = set()
+        # Files to hash again in full before a decision that rests on a thumbnail's hash may
+        # move anything: whoever feeds the pool takes them from here (`Entry.full_decode`).
+        # _confirming: their ids → whether their own decision is made again once hashed.
+        self.confirm: deque[Entry] = deque()
+        self._confirming: dict[int, bool] = {}
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -189,9 +195,25 @@ class Ingest:
             )
             self.unindex([file_id])
             return None
+        gone = self._moved_away(entry, result.sha256)
+        if gone is not None:  # recorded as what it is now; nothing to match or decide
+            file_id = (
+                self.store.record_video(entry.root, entry.relpath, result)
+                if isinstance(result, HashedVideo)
+                else self.store.record_hashed(entry.root, entry.relpath, result)
+            )
+            self.store.set_state(file_id, gone)
+            return None
         if isinstance(result, HashedVideo):
             return self._ingest_video(entry, result)
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
+        again = self._confirming.pop(file_id, None) if entry.full_decode else None
+        if again is False:  # the other file of a held match: its hashes are now a full decode's
+            with self.lock:
+                self.index.add([file_id], [result.hashes[self.hasher.key]])
+            return None
+        if again:
+            log.info("decision_confirming", path=entry.path, by="full decode")
         return self._match_and_decide(
             file_id,
             entry.path,
@@ -303,12 +325,16 @@ class Ingest:
             tombstone=tombstone,
             dry_run=self.config.dry_run,
         )
-        return self._settle(file_id, sha256, path, self._respect_restores(newcomer, decision))
+        return self._settle(newcomer, sha256, path, self._respect_restores(newcomer, decision))
 
-    def _settle(self, file_id: int, sha256: str, path: str, decision: Decision) -> Outcome:
-        """Carry out a newcomer's decision, and note it to be decided again unless it acted
-        (or had nothing to do)."""
-        outcome = self.apply(decision, path)
+    def _settle(
+        self, newcomer: FileRecord, sha256: str, path: str, decision: Decision
+    ) -> Outcome:
+        """Carry out a newcomer's decision (unless it must wait for a full decode), and note
+        it to be decided again unless it acted (or had nothing to do)."""
+        file_id = newcomer.id
+        held = self._hold_for_full_decode(newcomer, decision)
+        outcome = self.apply(decision, path, held=held)
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -323,6 +349,16 @@ class Ingest:
             )
             self.store.note_undecided(file_id, sha256, why, self.policy_key)
         return outcome
+
+    def _moved_away(self, entry: Entry, sha256: str) -> State | None:
+        """"quarantined" or "deleted" when dedupd itself took these bytes away from this path
+        after the worker hashed them (a Live Photo's motion file goes with its still, in the
+        still's action), else None. A file back at the path (restored, synced again) is
+        decided as usual."""
+        action = self.store.tombstone(sha256, entry.path)
+        if action is None or os.path.lexists(entry.path):
+            return None
+        return "quarantined" if action.kind == "quarantine" else "deleted"
 
     def _ingest_video(self, entry: Entry, clip: HashedVideo) -> Outcome | None:
         """Record a clip; match it against the indexed clips by its frames and apply its
@@ -399,7 +435,45 @@ class Ingest:
             tombstone=tombstone,
             dry_run=self.config.dry_run,
         )
-        return self._settle(file_id, sha256, path, self._respect_restores(newcomer, decision))
+        return self._settle(newcomer, sha256, path, self._respect_restores(newcomer, decision))
+
+    def _hold_for_full_decode(self, newcomer: FileRecord, decision: Decision) -> str | None:
+        """Why a decision on a match must wait, or None: it rests on a perceptual hash of an
+        embedded thumbnail (the newcomer's, the target's or the keeper's), which shows only
+        what the file claims. Those files are queued to be hashed again in full (`confirm`),
+        the others first, the newcomer last, which then is decided again: what is finally
+        decided (moved, or only reported) is what a full decode decides. An exact match (the
+        same bytes) needs no confirmation, nor does anything when no file can move."""
+        if decision.action == "none" or decision.dry_run or self.actions is None:
+            return None
+        if decision.kind == "exact":  # the same bytes: what a hash shows does not matter
+            return None
+        involved = {r.id: r for r in (newcomer, decision.target, decision.keeper) if r}
+        thumbs = self.store.from_thumbnail(involved)
+        if not thumbs:
+            return None
+        for r in involved.values():
+            if r.id in thumbs and r.id != newcomer.id:
+                self._confirming[r.id] = False
+                self.confirm.append(Entry(r.root, r.relpath, r.stat, full_decode=True))
+        self._confirming[newcomer.id] = True
+        self.confirm.append(
+            Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
+        )
+        self.store.mark_stale(newcomer.id)  # hashed again next run if this one stops first
+        names = ", ".join(sorted(str(involved[i].path) for i in thumbs))
+        return (
+            f"held: hashed from an embedded thumbnail ({names}); decided again after a full"
+            " decode"
+        )
+
+    def _still_of(self, target: FileRecord | None) -> FileRecord | None:
+        """The Live Photo still whose motion file `target` is, if it is one: a decision to
+        move the motion file alone (a duplicate clip whose still is not a duplicate) is
+        only reported; the pair moves when its still does."""
+        if target is None:
+            return None
+        return self.store.still_of(target.root, target.relpath)
 
     def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
         """A photo the user restored from quarantine is never acted on again (while its
@@ -496,26 +570,49 @@ class Ingest:
             )
         return out
 
-    def apply(self, decision: Decision, path: str) -> Outcome:
-        """Carry out a decision through `actions`, and log one event for it."""
+    def apply(self, decision: Decision, path: str, *, held: str | None = None) -> Outcome:
+        """Carry out a decision through `actions` (or not, when `held` says why it waits),
+        and log one event for it."""
         result = "reported"
-        if decision.acts and decision.dry_run:
+        if held is not None:
+            result = held
+        elif decision.acts and decision.dry_run:
             result = "dry run"
             if decision.target is not None:
                 self._gone_in_preview.add(decision.target.id)
                 self.unindex([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
+        elif decision.acts and (still := self._still_of(decision.target)) is not None:
+            result = f"reported: the motion file of Live Photo {still.path}; never moved alone"
         elif decision.acts and decision.target is not None and self.actions is not None:
             self.store.commit()  # the records this decision rests on, before any file moves
             try:
                 if decision.action == "delete" and decision.keeper is not None:
-                    self.actions.delete(decision.target, decision.keeper, decision.rule)
+                    try:
+                        action_id = self.actions.delete(
+                            decision.target, decision.keeper, decision.rule
+                        )
+                    except MotionNotIdentical as exc:
+                        # Its motion file differs from the kept one: not a pair of copies.
+                        # The two files go to quarantine together instead, or stay.
+                        if self.actions.quarantine_dir is None:
+                            raise
+                        log.info("live_photo_quarantined_not_deleted", reason=str(exc))
+                        action_id = self.actions.quarantine(
+                            decision.target, decision.keeper, decision.distance,
+                            f"{decision.rule}; quarantined, not deleted: its Live Photo motion"
+                            " file has no identical copy",
+                        )
                 else:
-                    self.actions.quarantine(
+                    action_id = self.actions.quarantine(
                         decision.target, decision.keeper, decision.distance, decision.rule
                     )
-                self.unindex([decision.target.id])
+                gone = [decision.target.id]
+                motion = self.actions.motion_record(action_id)
+                if motion is not None:
+                    gone.append(motion.id)  # a Live Photo's motion file, moved with it
+                self.unindex(gone)
                 result = "done"
             except ActionError as exc:
                 result = f"failed: {exc}"
@@ -706,7 +803,7 @@ def ingest_all(
     window = 4 * pool.capacity  # bounded, so a stop() does not leave thousands queued
     try:
         while True:
-            while pool.in_flight < window and (entry := next(todo, None)) is not None:
+            while pool.in_flight < window and (entry := _next(ingest, todo)) is not None:
                 pool.submit(entry)
             if not pool.in_flight:
                 return
@@ -725,6 +822,11 @@ def ingest_all(
     finally:
         if own:
             pool.close()
+
+
+def _next(ingest: Ingest, todo: Iterator[Entry]) -> Entry | None:
+    """The next file to hash: a held match's confirmation first, then the work."""
+    return ingest.confirm.popleft() if ingest.confirm else next(todo, None)
 
 
 def scan(

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from dedupd.live import Beside
 
 __all__ = ["FileStat", "HashedImage", "HashedVideo"]
 
@@ -43,6 +46,11 @@ class HashedImage:
     # hashers that rate it (PDQ), and the share of the pixels in the dominant tone.
     quality: dict[str, int] = field(default_factory=dict)
     dominant: float | None = None
+    # A Live Photo still's motion file (its MOV), found and hashed with it, and the files
+    # that could be one by name; None for a still with no movie beside it.
+    live: Beside | None = None
+    # True when the hashes come from an embedded thumbnail (HEIC), not a full decode.
+    thumbnail: bool = False
 
 
 @dataclass(frozen=True, slots=True)

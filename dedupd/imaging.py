@@ -29,6 +29,7 @@ from dedupd import safefs
 from dedupd.errors import ImageError
 from dedupd.filestat import FileStat, HashedImage
 from dedupd.hashers import Hasher, Measured, dominant_share
+from dedupd.live import Beside, find_motion, photo_content_id
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,10 +160,30 @@ class Decoded(NamedTuple):
     format: str
     width: int  # of the full image, upright
     height: int
+    thumbnail: bool = False  # `image` is the file's embedded thumbnail (HEIC), not a decode
 
 
-def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixels: int) -> Decoded:
+# A HEIC's embedded thumbnail stands in for the image when it is a scaled copy of it (same
+# aspect ratio, crop, rotation, mirroring and colour profile: pillow-heif's `draft` checks)
+# whose short side is at least this, or the hashers' draft side if smaller. An iPhone's are
+# 320x240: every hasher resizes to 128 px or less (bench/accuracy.py: heic-thumbnail).
+HEIC_THUMBNAIL_SIDE = 240
+
+
+def open_image(
+    data: bytes | str,
+    path: str,
+    *,
+    draft_side: int | None,
+    max_pixels: int,
+    thumbnail_side: int | None = None,
+) -> Decoded:
     """Decode `data` (bytes, or a path to read) fully, oriented upright, drafted if allowed.
+
+    With `thumbnail_side`, a HEIC's embedded thumbnail is decoded instead of the image when
+    it is a scaled copy of it at least that large (`Decoded.thumbnail` says so): ~15x less
+    work for a 12 MP photo. What it shows is only what the file claims: a decision that
+    would move a file on such a hash waits for a full decode (`engine`).
 
     Raises NotAnImage, TooManyPixels, TruncatedImage or CorruptImage.
     """
@@ -184,9 +205,12 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
             path, f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}"
         )
     image_format = image.format or "unknown"
+    from_thumbnail = False
     try:
         if draft_side and image_format == "JPEG":
             image.draft("RGB", (draft_side, draft_side))
+        elif thumbnail_side and image_format == "HEIF":
+            from_thumbnail = image.draft("RGB", (thumbnail_side, thumbnail_side)) is not None
         image.load()
         decoded_size = image.size
         ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
@@ -198,7 +222,7 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
-    return Decoded(image, image_format, width, height)
+    return Decoded(image, image_format, width, height, from_thumbnail)
 
 
 def _not_allowed(data: bytes | str) -> str:
@@ -378,12 +402,17 @@ def hash_image(
     draft: bool = True,
     trim: bool = True,
     variants: bool = True,
+    live_photos: bool = True,
+    thumbnails: bool = True,
 ) -> HashedImage:
     """Read `path` once; return its sha256, size, capture time and one hash per hasher (and,
     with `variants`, the hashes of its 8 rotations and mirrors, for isometric matching).
 
     Uniform borders are trimmed before hashing (`trim=False` only for benchmarks: the hasher
-    keys promise trimmed hashes).
+    keys promise trimmed hashes). With `live_photos`, a HEIC or JPEG still's Live Photo
+    motion file is found and hashed too (`live.find_motion`). With `thumbnails` (and
+    `draft`), a HEIC is hashed from its embedded thumbnail when that is a scaled copy of it
+    (`HashedImage.thumbnail`); `thumbnails=False` is the full decode that confirms a match.
 
     `expect` is the stat the caller saw when it chose the file: if the file has changed since,
     ChangedWhileReading is raised so that nothing is recorded for a version never hashed.
@@ -393,7 +422,10 @@ def hash_image(
         raise ChangedWhileReading(path, "the file changed after it was queued; it will be retried")
     sha256 = hashlib.sha256(data).hexdigest()
     side = max(h.draft_side for h in hashers) if draft and hashers else None
-    decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
+    thumbnail_side = min(side, HEIC_THUMBNAIL_SIDE) if side and thumbnails else None
+    decoded = open_image(
+        data, path, draft_side=side, max_pixels=max_pixels, thumbnail_side=thumbnail_side
+    )
     trimmed = trim_borders(decoded.image, decoded.width) if trim else decoded.image
     small: dict[tuple[str, int | None], Image.Image] = {}
 
@@ -419,7 +451,15 @@ def hash_image(
         variants=turned | pdq.variants,
         quality=pdq.quality,
         dominant=pdq.dominant,
+        live=_live(path, decoded) if live_photos else None,
+        thumbnail=decoded.thumbnail,
     )
+
+
+def _live(path: str, decoded: Decoded) -> Beside | None:
+    if decoded.format not in ("HEIF", "JPEG", "MPO"):
+        return None
+    return find_motion(path, photo_content_id(decoded.image))
 
 
 class _Rated(NamedTuple):

@@ -168,7 +168,13 @@ class Pipeline:
         self.progress.tick(len(self.backlog), len(self.backlog_hashing))
 
     def idle(self, pool: HasherPool) -> bool:
-        return not (self.backlog or self.settled or pool.in_flight or len(self.settler))
+        return not (
+            self.backlog
+            or self.settled
+            or pool.in_flight
+            or len(self.settler)
+            or self.ingest.confirm
+        )
 
     def queued(self) -> int:
         return len(self.backlog) + len(self.settled)
@@ -335,6 +341,10 @@ class Pipeline:
     def feed(self, pool: HasherPool) -> None:
         """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
         to keep every worker busy, few enough that a new upload does not wait long."""
+        while self.ingest.confirm:  # a held match waits for these full decodes
+            entry = self.ingest.confirm.popleft()
+            self.hashing[entry.path] = entry
+            pool.submit(entry)
         while pool.in_flight < pool.capacity and (self.settled or self.backlog):
             from_backlog = not self.settled
             entry = (self.settled or self.backlog).popleft()

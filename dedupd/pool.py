@@ -87,6 +87,7 @@ def hash_file(
     max_pixels: int,
     *,
     video_fps: float = 1.0,
+    thumbnails: bool = True,
 ) -> Result:
     """The workers' default work. Returns a failure instead of raising: custom exceptions do
     not survive pickling, and one bad file must never take the others down with it.
@@ -116,7 +117,9 @@ def hash_file(
             )
             if clip is not None:
                 return clip
-        return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
+        return hash_image(
+            path, hashers, max_pixels=max_pixels, expect=expect, thumbnails=thumbnails
+        )
     except ImageError as exc:
         return Failure(exc.kind, exc.detail)
     except MemoryError:
@@ -154,14 +157,17 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
                 os.read(woken, 512)
             continue  # look at `stopping` again
         try:
-            chunk: list[tuple[str, FileStat]] | None = conn.recv()
+            chunk: list[tuple[str, FileStat, bool]] | None = conn.recv()
         except EOFError:
             return  # the parent is gone
         if chunk is None:
             return
-        for path, stat in chunk:
+        for path, stat, full_decode in chunk:
             try:
-                result = work(path, stat, hashers, max_pixels)
+                if full_decode:  # a match's confirmation: always the real, full decode
+                    result = hash_file(path, stat, hashers, max_pixels, thumbnails=False)
+                else:
+                    result = work(path, stat, hashers, max_pixels)
             except Exception as exc:  # a pluggable `work` that raises still answers
                 result = Failure("internal", f"{type(exc).__name__}: {exc}")
             try:
@@ -382,7 +388,7 @@ class HasherPool:
                 continue
             chunk = [self._todo.popleft() for _ in range(min(size, len(self._todo)))]
             try:
-                w.conn.send([(e.path, e.stat) for _, e in chunk])
+                w.conn.send([(e.path, e.stat, e.full_decode) for _, e in chunk])
             except OSError:  # it died; _collect() notices, and these go to another worker
                 self._todo.extendleft(reversed(chunk))
                 continue

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dedupd.actions import motion_paths
 from dedupd.config import Config
 from dedupd.engine import Group, Ingest, duplicate_groups
 from dedupd.errors import NotFoundError
@@ -94,8 +95,13 @@ def file_info(
     found = store.matches_of(record.id, hasher.key)
     if video_key is not None:
         found += store.matches_of(record.id, video_key)
+    still = store.still_of(record.root, record.relpath)
     return {
-        "file": file_json(record),
+        "file": {
+            **file_json(record),
+            **_live(store, record),
+            "still": str(still.path) if still is not None else None,
+        },
         "matches": [
             _match_json(
                 m.other,
@@ -173,6 +179,7 @@ def search(
                 duplicate=m.distance <= within,
                 threshold=limit,
                 transform=INVERSE[TRANSFORMS[m.variant]],
+                **_live(store, record),
             )
         )
         if len(results) == k:
@@ -251,15 +258,25 @@ def quarantine_list(
             continue
         records = store.files(i for i in (e.file_id, e.keeper_id) if i is not None)
         file, keeper = (records.get(i) if i is not None else None for i in (e.file_id, e.keeper_id))
+        motion = motion_paths(e)
         entries.append(
             {
                 **{k: getattr(e, k) for k in fields},
                 "kind": _kind(store, e),
                 "file": None if file is None else file_json(file),
                 "keeper": None if keeper is None else file_json(keeper),
+                # a Live Photo's motion file, quarantined with it: from, to
+                "motion": motion[0] if motion else None,
+                "motion_dst": motion[1] if motion else None,
             }
         )
     return {"quarantined": entries}
+
+
+def _live(store: Store, record: FileRecord) -> dict[str, Any]:
+    """A Live Photo still's motion file, shown with it: the two are one item."""
+    motion = store.motion_of(record.id)
+    return {"motion": str(motion.path) if motion is not None else None}
 
 
 def _kind(store: Store, e: ActionRecord) -> str | None:

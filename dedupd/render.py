@@ -8,6 +8,7 @@ the daemon's socket or from the database), so one printer serves both; `scan_rep
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,7 @@ def search(answer: dict[str, Any], bits: int) -> str:
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
             + (f"  ({how})" if how else "")
             + beyond
+            + _motion(r)
         )
     return "\n".join(lines)
 
@@ -238,6 +240,10 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         *([f"  duration  {f['duration']:g} s"] if f.get("duration") is not None else []),
         f"  sha256    {f['sha256'] or '-'}",
     ]
+    if f.get("motion"):  # an older daemon does not say
+        lines.append(f"  live      with its motion file {f['motion']}")
+    if f.get("still"):
+        lines.append(f"  live      the motion file of {f['still']}; moves only with it")
     if not answer["matches"]:
         lines.append("  no matches")
     for m in answer["matches"]:
@@ -271,9 +277,16 @@ def quarantine(answer: dict[str, Any]) -> str:
         return "quarantine is empty"
     return "\n".join(
         f"{e['id']:>5}  {_when(e['finished'])}  {e['src']}\n"
-        f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
+        + (f"       with its motion file {e['motion']}\n" if e.get("motion") else "")
+        + f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
         for e in entries
     )
+
+
+def _motion(r: dict[str, Any]) -> str:
+    """A Live Photo's motion file, named after its still: the two are one item."""
+    motion = r.get("motion")  # an older daemon does not say
+    return f"  (Live Photo, with {os.path.basename(motion)})" if motion else ""
 
 
 def _how(e: dict[str, Any]) -> str:

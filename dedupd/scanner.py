@@ -55,6 +55,9 @@ class Entry:
     root: str
     relpath: str
     stat: FileStat
+    # Hash it from a full decode, never an embedded thumbnail: the confirmation a decision
+    # resting on a thumbnail's hash waits for (`Ingest.confirm`).
+    full_decode: bool = False
 
     @property
     def path(self) -> str:

@@ -96,13 +96,17 @@ class Service(Protocol):
 
 def _restore(store: Store, actions: Actions, items: Sequence[str]) -> Answer:
     """Restore by action id, original path or path in quarantine; one result per item."""
-    from dedupd.actions import ActionError
+    from dedupd.actions import ActionError, motion_paths
 
     entries = store.quarantined()
     results: list[Answer] = []
     for item in items:
         path = os.path.abspath(item)
-        match = [e for e in entries if str(e.id) == item or path in (e.src, e.dst)]
+        match = [
+            e
+            for e in entries
+            if str(e.id) == item or path in (e.src, e.dst, *(motion_paths(e) or ()))
+        ]
         if not match:
             results.append({"item": item, "error": "not in quarantine"})
             continue

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from dedupd.errors import StoreError
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.hashers import INVERSE, TRANSFORMS, Transform
+from dedupd.live import Beside, Motion
 
 if TYPE_CHECKING:
     import numpy as np
@@ -202,6 +203,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX videos_hasher ON videos (hasher);
     ALTER TABLE files ADD COLUMN duration REAL;
     """,
+    # 7 → 8: Live Photos. A still's motion file (its MOV), found when the still was hashed:
+    # the version `actions` checks before moving the two as one (relpath NULL: none), and
+    # the files beside it that could be one by name, as seen then (`by_name`, JSON). A
+    # quarantine, delete, restore or purge of such a still journals the motion half with it
+    # (`motion`, JSON: its src, dst, staged and tmp names and sha256).
+    """
+    CREATE TABLE live_motion (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+        relpath TEXT,
+        content_id TEXT,
+        dev INTEGER,
+        inode INTEGER,
+        size INTEGER,
+        mtime_ns INTEGER,
+        sha256 TEXT,
+        by_name TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX live_motion_relpath ON live_motion (relpath);
+    ALTER TABLE actions ADD COLUMN motion TEXT;
+    """,
+    # 8 → 9: a HEIC hashed from its embedded thumbnail (a scaled copy of the image) says so;
+    # a decision that would move a file on such a hash waits for a full decode.
+    """
+    ALTER TABLE files ADD COLUMN thumbnail INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -264,6 +290,9 @@ class ActionRecord:
     created: float
     finished: float | None
     staged: str | None  # the name in the root's staging folder (quarantine, delete)
+    # A Live Photo's motion half, acted on with the still in this one entry (JSON; see
+    # `actions`), or None for a file alone.
+    motion: str | None = None
 
 
 def _action_from_db(row: dict[str, Any]) -> ActionRecord:
@@ -794,9 +823,11 @@ class Store:
             error_kind=None,
             error=None,
             updated=self._now(),
+            thumbnail=int(image.thumbnail),
         )
         with self._write():
             file_id = self._write_file(root, relpath, values)
+            self._write_motion(file_id, relpath, image.live)
             self._table("hashes").upsert_all(
                 [
                     dict(
@@ -903,9 +934,85 @@ class Store:
             error_kind=kind,
             error=message,
             updated=self._now(),
+            thumbnail=0,
         )
         with self._write():
-            return self._write_file(root, relpath, values)
+            file_id = self._write_file(root, relpath, values)
+            self._write_motion(file_id, relpath, None)
+            return file_id
+
+    # -- Live Photos --------------------------------------------------------------------------
+    def _write_motion(self, file_id: int, relpath: str, live: Beside | None) -> None:
+        """Replace what is known of a still's motion file (inside the caller's transaction):
+        as a worker found it, named in the still's folder (`relpath`'s)."""
+        self.db.execute("DELETE FROM live_motion WHERE file_id = ?", (file_id,))
+        if live is None:
+            return
+        seen = [[os.fsencode(n).hex(), *st] for n, st in live.by_name]  # names may be bytes
+        row: dict[str, Any] = dict(file_id=file_id, by_name=json.dumps(seen))
+        motion = live.motion
+        if motion is not None:
+            name = os.path.basename(motion.relpath)
+            row |= dict(
+                relpath=to_db(os.path.join(os.path.dirname(relpath), name)),
+                content_id=motion.content_id,
+                **self._stat_values(motion.stat),
+                sha256=motion.sha256,
+            )
+        self._table("live_motion").insert(row)
+
+    def motion_by_name(self, file_id: int) -> dict[str, FileStat]:
+        """The files that could be the still's motion file by name, as seen when it was
+        hashed (name → stat)."""
+        row = self.db.execute(
+            "SELECT by_name FROM live_motion WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        if row is None:
+            return {}
+        return {
+            os.fsdecode(bytes.fromhex(n)): FileStat(*st) for n, *st in json.loads(row[0])
+        }
+
+    def motion_of(self, file_id: int) -> Motion | None:
+        """The motion file recorded with the still `file_id` when it was hashed, or None."""
+        row = self.db.execute(
+            "SELECT f.root, m.relpath, m.content_id, m.dev, m.inode, m.size, m.mtime_ns,"
+            " m.sha256 FROM live_motion m JOIN files f ON f.id = m.file_id"
+            " WHERE m.file_id = ? AND m.relpath IS NOT NULL",
+            (file_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Motion(
+            root=from_db(row[0]),
+            relpath=from_db(row[1]),
+            content_id=row[2],
+            stat=FileStat(*row[3:7]),
+            sha256=row[7],
+        )
+
+    def still_of(self, root: str, relpath: str) -> FileRecord | None:
+        """The present still whose motion file is root/relpath, or None: a file that must
+        never move alone."""
+        found = self._files(
+            "f.root = ? AND f.state = 'ok' AND f.id IN"
+            " (SELECT file_id FROM live_motion WHERE relpath = ?)",
+            (to_db(root), to_db(relpath)),
+        )
+        return found[0] if found else None
+
+    def from_thumbnail(self, ids: Iterable[int]) -> set[int]:
+        """Which of `ids` were hashed from an embedded thumbnail, not a full decode."""
+        ids = list(ids)
+        out: set[int] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT id FROM files WHERE thumbnail AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update(int(r[0]) for r in rows)
+        return out
 
     def mark_missing(self, ids: Iterable[int]) -> None:
         now = self._now()

@@ -234,6 +234,8 @@ def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib)
         "DROP TABLE undecided; ALTER TABLE hashes DROP COLUMN quality;"
         " ALTER TABLE hashes DROP COLUMN dominant; ALTER TABLE hashes DROP COLUMN variants;"
         " DROP TABLE videos; ALTER TABLE files DROP COLUMN duration;"
+        " DROP TABLE live_motion; ALTER TABLE actions DROP COLUMN motion;"
+        " ALTER TABLE files DROP COLUMN thumbnail;"
         " PRAGMA user_version = 3;"
     )
     conn.close()
