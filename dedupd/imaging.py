@@ -20,7 +20,7 @@ import stat
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -306,21 +306,18 @@ def _border_box(
 
     # Measured on the luminance, as pHash sees the picture, one line per row of memory (numpy
     # reduces a strided axis many times slower: 35 ms instead of 1 ms for a 500x375 draft).
-    gray = np.asarray(image.convert("L"), dtype=np.float64)
-    height, width = gray.shape
+    levels = np.asarray(image if image.mode == "L" else image.convert("L"))
+    height, width = levels.shape
     edge = math.ceil(_EDGE_PX * width / (full_width or width))
-    # Most photos have no flat line near any edge: look there first (a third of the work).
+    # Most photos have no flat line near any edge: look there first (a third of the work),
+    # at the edge strips alone in floating point.
     k_rows, k_cols = int(_STRIP * height) + 1, int(_STRIP * width) + 1
-    outer = (
-        gray[:k_rows],
-        gray[-k_rows:],
-        np.ascontiguousarray(gray[:, :k_cols].T),
-        np.ascontiguousarray(gray[:, -k_cols:].T),
-    )
-    if not any(bool((_line_stats(lines)[0] <= _LINE_STD).any()) for lines in outer):
+    outer = (levels[:k_rows], levels[-k_rows:], levels[:, :k_cols].T, levels[:, -k_cols:].T)
+    if not any(bool((_line_stats(_floats(lines))[0] <= _LINE_STD).any()) for lines in outer):
         return None
+    gray = _floats(levels)
     row_std, row_mean = _line_stats(gray)
-    col_std, col_mean = _line_stats(np.ascontiguousarray(gray.T))
+    col_std, col_mean = _line_stats(_floats(gray.T))
     top = _border_lines(row_std, row_mean, edge)
     bottom = _border_lines(row_std[::-1], row_mean[::-1], edge)
     left = _border_lines(col_std, col_mean, edge)
@@ -331,6 +328,13 @@ def _border_box(
     if box[2] - box[0] < _MIN_KEPT * width or box[3] - box[1] < _MIN_KEPT * height:
         return None
     return box
+
+
+def _floats(lines: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """`lines` as float64, one line per row of memory."""
+    import numpy as np
+
+    return np.ascontiguousarray(lines, dtype=np.float64)
 
 
 def trim_borders(image: Image.Image, full_width: int | None = None) -> Image.Image:
@@ -353,19 +357,26 @@ def _taken_at(image: Image.Image) -> str | None:
         return None  # missing or malformed EXIF is normal, not an error
 
 
-def _small(image: Image.Image, mode: str, side: int | None) -> Image.Image:
+def _small(
+    image: Image.Image, mode: str, side: int | None, gray: Image.Image | None = None
+) -> Image.Image:
     """`image` in `mode`, box-reduced by the largest whole factor that keeps its short side at
-    least `side` (no reduction when `side` is None).
+    least `side` (no reduction when `side` is None). `gray`: `image` already converted to
+    "L", if the caller has it (it is then given, not converted again).
 
     What JPEG draft decoding does in the DCT domain, for every format and beyond draft's 1/8:
     the hashers' own Lanczos resize then starts from twice their sample size rather than from
-    the whole frame (on a 500 px photo that resize was half of the hashing time)."""
+    the whole frame (on a 500 px photo that resize was half of the hashing time). The result
+    may be `image` (or `gray`) itself: hashers only read it."""
     factor = min(image.size) // side if side else 1
     if factor < 2:
-        return image.convert(mode)
+        if mode == "L" and gray is not None:
+            return gray
+        return image if image.mode == mode else image.convert(mode)
     if image.mode not in ("L", "RGB"):  # palette GIFs, RGBA PNGs: reduce plain bands only
         image = image.convert(mode)
-    return image.reduce(factor).convert(mode)
+    small = image.reduce(factor)
+    return small if small.mode == mode else small.convert(mode)
 
 
 def hash_image(
@@ -393,14 +404,21 @@ def hash_image(
     sha256 = hashlib.sha256(data).hexdigest()
     side = max(h.draft_side for h in hashers) if draft and hashers else None
     decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
-    trimmed = trim_borders(decoded.image, decoded.width) if trim else decoded.image
+    trimmed, gray = decoded.image, None
+    if trim:
+        # The luminance the trim measures is what the "L" hashers are given (a crop of the
+        # converted image is the conversion of the crop): converted once.
+        gray = trimmed if trimmed.mode == "L" else trimmed.convert("L")
+        box = _border_box(gray, decoded.width)
+        if box is not None:
+            trimmed, gray = trimmed.crop(box), gray.crop(box)
     small: dict[tuple[str, int | None], Image.Image] = {}
 
     def given(h: Hasher) -> Image.Image:
         """What `h` hashes: the trimmed image in its mode, reduced to its own side."""
         key = (h.mode, h.reduce_side if draft else None)
         if key not in small:
-            small[key] = _small(trimmed, *key)
+            small[key] = _small(trimmed, *key, gray=gray)
         return small[key]
 
     plain = [h for h in hashers if not h.rates_quality]
