@@ -150,27 +150,37 @@ def _within_any(
     and compared with every query; a query's distance is summed word by word only over the
     rows whose partial distance is still within `radius` (a partial distance never exceeds
     the whole), so with a 256-bit hash and a 10% radius the first word alone rules out ~94%
-    of the rows.
+    of the rows. A partial distance over k words is at most 64 k, so the words that cannot
+    rule anything out yet (while 64 k <= radius) are summed over every row without
+    gathering the rows left: at pHash 16's default radius, 64 of 256 bits, the first word
+    alone rules out nothing.
     """
     found_rows, found_d, found_q = [], [], []
     width = words.shape[1]
+    dense = min(width, radius // 64 + 1)
     for start in range(0, len(words), _MULTI_ROWS):
         chunk = words[start : start + _MULTI_ROWS]
         cols = [np.ascontiguousarray(chunk[:, w]) for w in range(width)]
         if len(chunk) * len(queries) <= _BROADCAST_CELLS:
-            # Few rows (a scan's fresh delta): all queries in one step, as numpy's per-call
-            # cost, not the XORs, is then what a query costs (a scan of 3,000 new photos:
-            # 0.20 → 0.13 ms per photo for its query and its add).
-            q, rows, acc = _within_all(cols, queries, radius)
+            # Few rows (a scan's fresh delta): all queries and words in a few steps, as
+            # numpy's per-call cost, not the XORs, is then what a query costs.
+            d = np.bitwise_count(cols[0][None, :] ^ queries[:, 0, None]).astype(np.uint16)
+            for w in range(1, width):
+                d += np.bitwise_count(cols[w][None, :] ^ queries[:, w, None])
+            q, rows = np.nonzero(d <= radius)
             found_rows.append(rows + start)
-            found_d.append(acc)
-            found_q.append(q)
+            found_d.append(d[q, rows].astype(np.uint32))
+            found_q.append(q.astype(np.int64))
             continue
         for v, query in enumerate(queries):
             d = np.bitwise_count(cols[0] ^ query[0])
+            if dense > 1:
+                d = d.astype(np.uint16)
+                for w in range(1, dense):
+                    d += np.bitwise_count(cols[w] ^ query[w])
             rows = np.flatnonzero(d <= radius)
             acc = d[rows].astype(np.uint32)
-            for w in range(1, width):
+            for w in range(dense, width):
                 acc += np.bitwise_count(cols[w][rows] ^ query[w])
                 keep = acc <= radius
                 rows, acc = rows[keep], acc[keep]
@@ -184,21 +194,6 @@ def _within_any(
         np.concatenate(found_d),
         np.concatenate(found_q),
     )
-
-
-def _within_all(
-    cols: list[Words], queries: Words, radius: int
-) -> tuple[Ids, Ids, npt.NDArray[np.uint32]]:
-    """`_within_any` of one block given as its word columns, every query at once: (query,
-    row, distance) of the pairs within `radius`, pruned word by word in the same way."""
-    d = np.bitwise_count(cols[0][None, :] ^ queries[:, 0, None])  # (queries, rows)
-    q, rows = np.nonzero(d <= radius)
-    acc = d[q, rows].astype(np.uint32)
-    for w in range(1, len(cols)):
-        acc += np.bitwise_count(cols[w][rows] ^ queries[q, w])
-        keep = acc <= radius
-        q, rows, acc = q[keep], rows[keep], acc[keep]
-    return q.astype(np.int64), rows.astype(np.int64), acc
 
 
 def _best_per_row(
