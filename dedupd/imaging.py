@@ -20,7 +20,7 @@ import stat
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -286,13 +286,18 @@ def _border_lines(std: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], e
 
 
 def _line_stats(
-    lines: npt.NDArray[np.float64],
+    lines: npt.NDArray[np.uint8],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Per line (row) of `lines`: the standard deviation, and the mean as a 1-vector."""
+    """Per line (row) of `lines`, 8-bit levels: the standard deviation, and the mean as a
+    1-vector. Summed in integers: the very floats a float64 sum gives (every partial sum of
+    levels and of their squares is a whole number far below 2**53, so exact either way),
+    without a float copy of the image."""
     import numpy as np
 
-    mean = lines.mean(axis=1)
-    std = np.sqrt(np.maximum(np.square(lines).mean(axis=1) - mean * mean, 0.0))
+    n = lines.shape[1]
+    mean = lines.sum(axis=1, dtype=np.int64) / n
+    squares = np.square(lines, dtype=np.uint16).sum(axis=1, dtype=np.int64) / n
+    std = np.sqrt(np.maximum(squares - mean * mean, 0.0))
     return std, mean[:, None]
 
 
@@ -310,14 +315,16 @@ def _border_box(
     height, width = levels.shape
     edge = math.ceil(_EDGE_PX * width / (full_width or width))
     # Most photos have no flat line near any edge: look there first (a third of the work),
-    # at the edge strips alone in floating point.
+    # the rows of both edge strips at once, then their columns.
     k_rows, k_cols = int(_STRIP * height) + 1, int(_STRIP * width) + 1
-    outer = (levels[:k_rows], levels[-k_rows:], levels[:, :k_cols].T, levels[:, -k_cols:].T)
-    if not any(bool((_line_stats(_floats(lines))[0] <= _LINE_STD).any()) for lines in outer):
+    outer = (
+        np.concatenate((levels[:k_rows], levels[-k_rows:])),
+        np.ascontiguousarray(np.concatenate((levels[:, :k_cols], levels[:, -k_cols:]), axis=1).T),
+    )
+    if not any(bool((_line_stats(lines)[0] <= _LINE_STD).any()) for lines in outer):
         return None
-    gray = _floats(levels)
-    row_std, row_mean = _line_stats(gray)
-    col_std, col_mean = _line_stats(_floats(gray.T))
+    row_std, row_mean = _line_stats(levels)
+    col_std, col_mean = _line_stats(np.ascontiguousarray(levels.T))
     top = _border_lines(row_std, row_mean, edge)
     bottom = _border_lines(row_std[::-1], row_mean[::-1], edge)
     left = _border_lines(col_std, col_mean, edge)
@@ -328,13 +335,6 @@ def _border_box(
     if box[2] - box[0] < _MIN_KEPT * width or box[3] - box[1] < _MIN_KEPT * height:
         return None
     return box
-
-
-def _floats(lines: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """`lines` as float64, one line per row of memory."""
-    import numpy as np
-
-    return np.ascontiguousarray(lines, dtype=np.float64)
 
 
 def trim_borders(image: Image.Image, full_width: int | None = None) -> Image.Image:

@@ -448,6 +448,28 @@ def test_flat_and_almost_flat_images_are_kept_whole() -> None:
     assert _border_box(lined) is None
 
 
+def test_the_trim_measures_lines_exactly_as_float_arithmetic_would() -> None:
+    """The trim sums each line's levels and squares in integers: the same floats, bit for
+    bit, as float64 means of the levels (what the trim measured before, and so what every
+    stored hash's trim box rests on), for flat, noisy and extreme lines, short and long."""
+    import numpy as np
+
+    from dedupd.imaging import _line_stats
+
+    rng = np.random.default_rng(8)
+    for rows, cols in ((1, 1), (3, 7), (40, 500), (12, 6000)):
+        for lines in (
+            rng.integers(0, 256, (rows, cols), dtype=np.uint8),
+            np.full((rows, cols), 255, np.uint8),
+            np.clip(rng.normal(128, 1.2, (rows, cols)), 0, 255).astype(np.uint8),
+        ):
+            floats = lines.astype(np.float64)
+            mean = floats.mean(axis=1)
+            std = np.sqrt(np.maximum(np.square(floats).mean(axis=1) - mean * mean, 0.0))
+            got_std, got_mean = _line_stats(lines)
+            assert np.array_equal(got_std, std) and np.array_equal(got_mean[:, 0], mean)
+
+
 def test_the_pdq_step_gives_hash_quality_and_dominant_share_in_the_same_read(
     tmp_path: Path,
 ) -> None:
