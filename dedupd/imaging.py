@@ -48,9 +48,11 @@ __all__ = [
     "TruncatedImage",
     "Unreadable",
     "Vanished",
+    "border_box",
     "file_sha256",
     "hash_image",
     "open_image",
+    "open_regular",
     "thumbnail",
     "trim_borders",
 ]
@@ -106,7 +108,7 @@ _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 
 
-def _open_regular(path: str) -> BinaryIO:
+def open_regular(path: str) -> BinaryIO:
     """Open a regular file for reading, never through a symlink (on any folder of its path,
     not only the last name) and never blocking on a FIFO.
 
@@ -138,7 +140,7 @@ def _open_regular(path: str) -> BinaryIO:
 
 def _read(path: str) -> tuple[bytes, FileStat]:
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             before = FileStat.of(os.fstat(f.fileno()))
             data = f.read()
             after = FileStat.of(os.fstat(f.fileno()))
@@ -233,7 +235,7 @@ def _not_allowed(data: bytes | str) -> str:
         if isinstance(data, bytes):
             prefix = data[:16]
         else:
-            with _open_regular(data) as f:
+            with open_regular(data) as f:
                 prefix = f.read(16)
     except (OSError, ImageError):
         prefix = b""
@@ -311,17 +313,22 @@ def _border_lines(std: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], e
 
 
 def _line_stats(
-    lines: npt.NDArray[np.float64],
+    lines: npt.NDArray[np.uint8],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Per line (row) of `lines`: the standard deviation, and the mean as a 1-vector."""
+    """Per line (row) of `lines`, 8-bit levels: the standard deviation, and the mean as a
+    1-vector. Summed in integers: the very floats a float64 sum gives (every partial sum of
+    levels and of their squares is a whole number far below 2**53, so exact either way),
+    without a float copy of the image."""
     import numpy as np
 
-    mean = lines.mean(axis=1)
-    std = np.sqrt(np.maximum(np.square(lines).mean(axis=1) - mean * mean, 0.0))
+    n = lines.shape[1]
+    mean = lines.sum(axis=1, dtype=np.int64) / n
+    squares = np.square(lines, dtype=np.uint16).sum(axis=1, dtype=np.int64) / n
+    std = np.sqrt(np.maximum(squares - mean * mean, 0.0))
     return std, mean[:, None]
 
 
-def _border_box(
+def border_box(
     image: Image.Image, full_width: int | None = None
 ) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of `image` without its uniform borders, or None to keep
@@ -331,21 +338,20 @@ def _border_box(
 
     # Measured on the luminance, as pHash sees the picture, one line per row of memory (numpy
     # reduces a strided axis many times slower: 35 ms instead of 1 ms for a 500x375 draft).
-    gray = np.asarray(image.convert("L"), dtype=np.float64)
-    height, width = gray.shape
+    levels = np.asarray(image if image.mode == "L" else image.convert("L"))
+    height, width = levels.shape
     edge = math.ceil(_EDGE_PX * width / (full_width or width))
-    # Most photos have no flat line near any edge: look there first (a third of the work).
+    # Most photos have no flat line near any edge: look there first (a third of the work),
+    # the rows of both edge strips at once, then their columns.
     k_rows, k_cols = int(_STRIP * height) + 1, int(_STRIP * width) + 1
     outer = (
-        gray[:k_rows],
-        gray[-k_rows:],
-        np.ascontiguousarray(gray[:, :k_cols].T),
-        np.ascontiguousarray(gray[:, -k_cols:].T),
+        np.concatenate((levels[:k_rows], levels[-k_rows:])),
+        np.ascontiguousarray(np.concatenate((levels[:, :k_cols], levels[:, -k_cols:]), axis=1).T),
     )
     if not any(bool((_line_stats(lines)[0] <= _LINE_STD).any()) for lines in outer):
         return None
-    row_std, row_mean = _line_stats(gray)
-    col_std, col_mean = _line_stats(np.ascontiguousarray(gray.T))
+    row_std, row_mean = _line_stats(levels)
+    col_std, col_mean = _line_stats(np.ascontiguousarray(levels.T))
     top = _border_lines(row_std, row_mean, edge)
     bottom = _border_lines(row_std[::-1], row_mean[::-1], edge)
     left = _border_lines(col_std, col_mean, edge)
@@ -363,7 +369,7 @@ def trim_borders(image: Image.Image, full_width: int | None = None) -> Image.Ima
     status-bar strip): a screenshot of a photo hashes like the photo. Run on the small decoded
     image (`full_width`: the file's), before every hasher; `image` itself when there is
     nothing to trim."""
-    box = _border_box(image, full_width)
+    box = border_box(image, full_width)
     return image if box is None else image.crop(box)
 
 
@@ -378,19 +384,26 @@ def _taken_at(image: Image.Image) -> str | None:
         return None  # missing or malformed EXIF is normal, not an error
 
 
-def _small(image: Image.Image, mode: str, side: int | None) -> Image.Image:
+def _small(
+    image: Image.Image, mode: str, side: int | None, gray: Image.Image | None = None
+) -> Image.Image:
     """`image` in `mode`, box-reduced by the largest whole factor that keeps its short side at
-    least `side` (no reduction when `side` is None).
+    least `side` (no reduction when `side` is None). `gray`: `image` already converted to
+    "L", if the caller has it (it is then given, not converted again).
 
     What JPEG draft decoding does in the DCT domain, for every format and beyond draft's 1/8:
     the hashers' own Lanczos resize then starts from twice their sample size rather than from
-    the whole frame (on a 500 px photo that resize was half of the hashing time)."""
+    the whole frame (on a 500 px photo that resize was half of the hashing time). The result
+    may be `image` (or `gray`) itself: hashers only read it."""
     factor = min(image.size) // side if side else 1
     if factor < 2:
-        return image.convert(mode)
+        if mode == "L" and gray is not None:
+            return gray
+        return image if image.mode == mode else image.convert(mode)
     if image.mode not in ("L", "RGB"):  # palette GIFs, RGBA PNGs: reduce plain bands only
         image = image.convert(mode)
-    return image.reduce(factor).convert(mode)
+    small = image.reduce(factor)
+    return small if small.mode == mode else small.convert(mode)
 
 
 def hash_image(
@@ -426,14 +439,21 @@ def hash_image(
     decoded = open_image(
         data, path, draft_side=side, max_pixels=max_pixels, thumbnail_side=thumbnail_side
     )
-    trimmed = trim_borders(decoded.image, decoded.width) if trim else decoded.image
+    trimmed, gray = decoded.image, None
+    if trim:
+        # The luminance the trim measures is what the "L" hashers are given (a crop of the
+        # converted image is the conversion of the crop): converted once.
+        gray = trimmed if trimmed.mode == "L" else trimmed.convert("L")
+        box = border_box(gray, decoded.width)
+        if box is not None:
+            trimmed, gray = trimmed.crop(box), gray.crop(box)
     small: dict[tuple[str, int | None], Image.Image] = {}
 
     def given(h: Hasher) -> Image.Image:
         """What `h` hashes: the trimmed image in its mode, reduced to its own side."""
         key = (h.mode, h.reduce_side if draft else None)
         if key not in small:
-            small[key] = _small(trimmed, *key)
+            small[key] = _small(trimmed, *key, gray=gray)
         return small[key]
 
     plain = [h for h in hashers if not h.rates_quality]
@@ -509,7 +529,7 @@ def file_sha256(path: str) -> str:
     """sha256 of a file's bytes, read in chunks (used to re-verify before a delete)."""
     digest = hashlib.sha256()
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     except FileNotFoundError as exc:

@@ -61,6 +61,8 @@ _PAIR_CELLS = 1 << 22  # distance-matrix cells per block in all-pairs search
 # Rows per step of a many-query scan: each word column is copied out contiguous once and then
 # compared with every query while it is in cache (bench/index.py --variants).
 _MULTI_ROWS = 1 << 15
+# Up to this many (row, query) cells, a block is compared with all queries in one step.
+_BROADCAST_CELLS = 1 << 16
 
 
 class Match(NamedTuple):
@@ -119,6 +121,12 @@ def distance(a: bytes, b: bytes) -> int:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
 
 
+def _unique(ids: Ids) -> Ids:
+    """`np.unique(ids)`, without its cost for the single id of an ingest: its first call
+    imports numpy.ma (85 ms, in every `dedupd scan` and at the daemon's first photo)."""
+    return ids.copy() if len(ids) < 2 else np.unique(ids)
+
+
 def _member(values: Ids, wanted: Ids) -> npt.NDArray[np.bool_]:
     """`np.isin(values, wanted)`, faster for the one or few ids of a single ingest: isin's
     set-up cost more than the rest of an index add (measured 40 of 90 us per photo)."""
@@ -154,18 +162,37 @@ def _within_any(
     and compared with every query; a query's distance is summed word by word only over the
     rows whose partial distance is still within `radius` (a partial distance never exceeds
     the whole), so with a 256-bit hash and a 10% radius the first word alone rules out ~94%
-    of the rows.
+    of the rows. A partial distance over k words is at most 64 k, so the words that cannot
+    rule anything out yet (while 64 k <= radius) are summed over every row without
+    gathering the rows left: at pHash 16's default radius, 64 of 256 bits, the first word
+    alone rules out nothing.
     """
     found_rows, found_d, found_q = [], [], []
     width = words.shape[1]
+    dense = min(width, radius // 64 + 1)
     for start in range(0, len(words), _MULTI_ROWS):
         chunk = words[start : start + _MULTI_ROWS]
         cols = [np.ascontiguousarray(chunk[:, w]) for w in range(width)]
+        if len(chunk) * len(queries) <= _BROADCAST_CELLS:
+            # Few rows (a scan's fresh delta): all queries and words in a few steps, as
+            # numpy's per-call cost, not the XORs, is then what a query costs.
+            d = np.bitwise_count(cols[0][None, :] ^ queries[:, 0, None]).astype(np.uint16)
+            for w in range(1, width):
+                d += np.bitwise_count(cols[w][None, :] ^ queries[:, w, None])
+            q, rows = np.nonzero(d <= radius)
+            found_rows.append(rows + start)
+            found_d.append(d[q, rows].astype(np.uint32))
+            found_q.append(q.astype(np.int64))
+            continue
         for v, query in enumerate(queries):
             d = np.bitwise_count(cols[0] ^ query[0])
+            if dense > 1:
+                d = d.astype(np.uint16)
+                for w in range(1, dense):
+                    d += np.bitwise_count(cols[w] ^ query[w])
             rows = np.flatnonzero(d <= radius)
             acc = d[rows].astype(np.uint32)
-            for w in range(1, width):
+            for w in range(dense, width):
                 acc += np.bitwise_count(cols[w][rows] ^ query[w])
                 keep = acc <= radius
                 rows, acc = rows[keep], acc[keep]
@@ -316,7 +343,7 @@ class HammingIndex:
         ids = np.fromiter(ids, np.int64)
         if len(ids) != len(hashes):
             raise ValueError("ids and hashes differ in length")
-        if len(np.unique(ids)) != len(ids):
+        if len(ids) > 1 and len(_unique(ids)) != len(ids):
             raise ValueError("an id appears twice in one batch")
         words = pack(hashes, self.bits)
         self.remove(ids)
@@ -372,7 +399,7 @@ class HammingIndex:
 
     def remove(self, ids: Iterable[int]) -> None:
         """Tombstone `ids`; unknown ids are ignored."""
-        ids = np.unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64))
+        ids = _unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64))
         if not len(ids):
             return
         if self._rebuilding is not None:

@@ -271,7 +271,7 @@ _folders: dict[str, tuple[int, dict[str, tuple[FileStat, str | None]]]] = {}
 _MAX_FOLDERS = 64
 
 
-def _open_regular(path: str) -> BinaryIO | None:
+def open_regular(path: str) -> BinaryIO | None:
     """A movie opened for reading, never through a symlink (on any folder of its path) and
     never blocking on a FIFO; None when it cannot be (an unreadable movie is no pair)."""
     parent, name = os.path.split(os.path.abspath(path))
@@ -317,7 +317,7 @@ def _movies_in(folder: str) -> dict[str, tuple[FileStat, str | None]]:
         if name in known and known[name][0] == st:
             movies[name] = known[name]
             continue
-        f = _open_regular(os.path.join(folder, name))
+        f = open_regular(os.path.join(folder, name))
         if f is None:
             continue
         with f:
@@ -329,7 +329,7 @@ def _movies_in(folder: str) -> dict[str, tuple[FileStat, str | None]]:
 
 
 def _sha256_and_stat(path: str) -> tuple[str, FileStat] | None:
-    f = _open_regular(path)
+    f = open_regular(path)
     if f is None:
         return None
     digest = hashlib.sha256()

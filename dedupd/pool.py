@@ -176,6 +176,18 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
                 return
 
 
+def _readable(fds: Sequence[int], timeout: float) -> set[int]:
+    """Which of `fds` can be read (a message, or end of file) within `timeout` seconds.
+
+    One poll(2): multiprocessing's `wait` and `Connection.poll` build a selector on every
+    call (~20 us each, several calls per file hashed, on the thread that also writes the
+    store). Not select(): it fails for descriptors above 1023."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
+
+
 class _Fileno(Protocol):
     def fileno(self) -> int: ...
 
@@ -316,10 +328,10 @@ class HasherPool:
             if done or now >= deadline or self._closed:
                 return done
             until = min([deadline, *self._deadlines()])
-            waiting: list[Connection | int] = [w.conn for w in self._workers]
+            waiting = [w.conn.fileno() for w in self._workers]
             if wake is not None:
                 waiting.append(wake.fileno())
-            ready = wait_for_any(waiting, max(0.0, until - now))
+            ready = _readable(waiting, max(0.0, until - now))
             if wake is not None and wake.fileno() in ready:
                 self._collect()
                 return self._release()
@@ -406,7 +418,7 @@ class HasherPool:
         for w in list(self._workers):
             ended = False
             try:
-                while w.conn.poll():
+                while _readable([w.conn.fileno()], 0):
                     result = w.conn.recv()
                     if not w.ready:
                         w.ready = result == READY

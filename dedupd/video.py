@@ -163,7 +163,7 @@ def _without_bars(image: Image.Image) -> Image.Image:
     editor pads a frame. A single flat band is the picture's own (a sky, a dark corner): cut
     in one copy and not in another (whose logo or noise breaks it up), it would make the two
     hash apart."""
-    from dedupd.imaging import _border_box as border_box  # the measure trim_borders uses
+    from dedupd.imaging import border_box  # the measure trim_borders uses
 
     box = border_box(image)
     if box is None:
@@ -195,8 +195,13 @@ def _small_size(width: int, height: int, side: int) -> tuple[int, int]:
 def _open_checked(path: str, expect: FileStat | None) -> tuple[BinaryIO, FileStat, str]:
     """The file opened safely (never through a symlink), its stat and the sha256 of its bytes,
     read in chunks; positioned at its start again."""
-    from dedupd.imaging import ChangedWhileReading, EmptyFile, Unreadable, Vanished
-    from dedupd.imaging import _open_regular as open_regular  # the one safe open
+    from dedupd.imaging import (
+        ChangedWhileReading,
+        EmptyFile,
+        Unreadable,
+        Vanished,
+        open_regular,  # the one safe open
+    )
 
     f = open_regular(path)
     try:
