@@ -6,7 +6,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test test-slow test-all lint bench clean
+.PHONY: run test test-slow test-all lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { \
@@ -25,8 +25,14 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,viz]'
 	touch $@ $(RUN_STAMP)
+
+## make browser: Debian's chromium and its chromedriver, for the review page's browser test.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver for tests/test_review_browser.py" >&2; \
+	  apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }
 
 ## make run: build a demo photo folder under demo/ and let dedupd find its duplicates.
 run: $(RUN_STAMP)
@@ -37,8 +43,8 @@ run: $(RUN_STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-## make test-slow: long suites (run by CI after `make test`).
-test-slow: $(TEST_STAMP)
+## make test-slow: long suites and the browser test (run by CI); screenshots in artifacts/.
+test-slow: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]  # 5: no slow tests selected
 
 test-all: test test-slow
@@ -48,7 +54,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy
 
 $(BENCH_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,viz,bench]'
 	touch $@ $(TEST_STAMP) $(RUN_STAMP)
 
 ## make bench: every benchmark (~15 min on 2 cores); JSON and accuracy.md in bench/results/.
@@ -62,7 +68,9 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/imports.py
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/review.py
+	$(BIN)/python bench/video.py
 	@echo "bench/small.py needs perception in a venv of its own: see bench/README.md"
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo artifacts .pytest_cache .mypy_cache .ruff_cache

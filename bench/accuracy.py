@@ -257,6 +257,17 @@ def _heic(im: Image.Image, dst: Path) -> Path:
     return dst
 
 
+def _heic_thumbnail(im: Image.Image, dst: Path) -> Path:
+    """HEIC with an embedded thumbnail whose long side is 320 px (an iPhone's 320x240)."""
+    im.save(dst, format="HEIF", quality=85, thumbnails=[320])
+    return dst
+
+
+# The kind hashed from a full decode of the same HEIC-with-thumbnail file (what confirms a
+# move in dedupd): `heic_thumbnail_check` compares its decisions with the thumbnail's.
+HEIC_FULL = "heic_thumbnail_full"
+
+
 def _crop(fraction: float) -> Callable[[Image.Image, Path], Path]:
     """Centred crop removing `fraction` of the width and of the height (half per border)."""
 
@@ -338,6 +349,17 @@ VARIANTS: dict[str, tuple[str, str, Callable[[Image.Image, Path], Path]]] = {
     "png": ("format", "PNG", _png),
     "webp": ("format", "WebP quality 80", _webp),
     "heic": ("format", "HEIC quality 85 (pillow-heif)", _heic),
+    "heic_thumbnail": (
+        "format",
+        "HEIC quality 85 with a 320 px thumbnail, hashed from the thumbnail when it is a "
+        "scaled copy at least 240 px on its short side (dedupd's fast path)",
+        _heic_thumbnail,
+    ),
+    HEIC_FULL: (
+        "format",
+        "the same HEIC with a thumbnail, hashed from a full decode (thumbnails=False)",
+        _heic_thumbnail,
+    ),
     **{
         f"crop_{p}": (
             "crop",
@@ -412,6 +434,8 @@ QUICK_VARIANTS = (
     "resize_50",
     "exif_orientation",
     "heic",
+    "heic_thumbnail",
+    HEIC_FULL,
     "crop_5",
     "brightness_+10",
     "watermark",
@@ -477,14 +501,17 @@ def process(
         detail: dict[str, dict[str, Any]] = {}
 
         def record(name: str, path: Path) -> None:
-            hashes[name], detail[name], dims[name] = hash_file(path, hashers)
+            thumbnails = name != HEIC_FULL
+            hashes[name], detail[name], dims[name] = hash_file(path, hashers, thumbnails)
             nbytes[name] = path.stat().st_size
             path.unlink()
 
         record("original", original)
         for kind in kinds:
             make = VARIANTS[kind][2]
-            suffix = {"png": ".png", "webp": ".webp", "heic": ".heic"}.get(kind, ".jpg")
+            suffix = {"png": ".png", "webp": ".webp"}.get(kind, ".jpg")
+            if kind.startswith("heic"):
+                suffix = ".heic"
             if kind.startswith("screenshot"):
                 suffix = ".png"
             record(kind, make(base, tmp / f"{kind}{suffix}"))
@@ -514,7 +541,7 @@ def process(
 
 
 def hash_file(
-    path: Path, hashers: Sequence[Hasher]
+    path: Path, hashers: Sequence[Hasher], thumbnails: bool = True
 ) -> tuple[dict[str, str], dict[str, Any], list[int]]:
     """Every hasher's hash of `path` and of its 8 rotations and mirrors (hex), PDQ's quality
     and the dominant-tone share, and the upright size. One `hash_image` call per draft side,
@@ -526,8 +553,12 @@ def hash_file(
     hashes: dict[str, str] = {}
     detail: dict[str, Any] = {"quality": None, "dominant": None}
     size: list[int] = []
+    thumbnail = False
     for group in groups.values():
-        result = hash_image(str(path), group, max_pixels=MAX_PIXELS, features=False)
+        result = hash_image(
+            str(path), group, max_pixels=MAX_PIXELS, thumbnails=thumbnails, features=False
+        )
+        thumbnail = thumbnail or result.thumbnail
         for h in group:
             hashes[label(h)] = result.hashes[h.key].hex()
             # the 8 rotations and mirrors, for isometric scoring
@@ -535,6 +566,7 @@ def hash_file(
         if PDQ.key in result.quality:
             detail = {"quality": result.quality[PDQ.key], "dominant": result.dominant}
         size = [result.width, result.height]
+    detail["thumbnail"] = thumbnail
     return hashes, detail, size
 
 
@@ -977,6 +1009,25 @@ def markdown(result: dict[str, Any]) -> str:
     lines += second_opinion_markdown(result["second_opinion"])
     if result.get("crops"):
         lines += ["", *crop_accuracy.markdown(result["crops"])]
+    check = result.get("heic_thumbnail")
+    if check:
+        lines += [
+            "",
+            "## HEIC hashed from its embedded thumbnail",
+            "",
+            f"dedupd's decision (matched / moved) at the defaults on {check['pairs']} pairs "
+            "(every original vs every photo's HEIC with a 320 px thumbnail), with the HEIC "
+            "hashed from its thumbnail and from a full decode: "
+            f"{check['identical_decisions']} of {check['pairs']} identical on the hashes alone; "
+            f"{check['identical_final_decisions']} of {check['pairs']} identical once dedupd "
+            "confirms each match found on a thumbnail with a full decode. The thumbnail was "
+            f"used for {check['thumbnail_used_for']} of {check['photos']} photos (refused, so "
+            "decoded in full: " + (", ".join(check["thumbnail_refused_for"]) or "none") + ").",
+        ]
+        for d in check["differences"]:
+            lines.append(
+                f"- {d['original']} vs {d['heic']}: thumbnail {d['thumbnail']}, full {d['full']}"
+            )
     lines += ["", "## Notes", "", *(f"- {note}" for note in notes(result)), ""]
     return "\n".join(lines)
 
@@ -1044,6 +1095,49 @@ FIRST = Hasher("phash", 16)  # dedupd's default first opinion
 # that need issue #10 items 1-2 (rotation/mirror variants, letterbox trim).
 NOT_TARGETED_FAMILIES = ("crop", UNMATCHABLE_FAMILY, "screenshot")
 RECALL_TARGET = 0.98
+
+
+def heic_thumbnail_check(
+    hashes: dict[str, dict[str, dict[str, str]]],
+    detail: dict[str, dict[str, dict[str, Any]]],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """dedupd's guarded decision (matched; moved: PDQ agrees, not low-detail) at the default
+    thresholds on every (original, HEIC-with-thumbnail) pair, of the same photo and of every
+    other, once with the file hashed from its thumbnail and once from a full decode: the
+    fast path must decide exactly as the full decode."""
+    r1, r2 = FIRST.radius(FIRST.default_threshold), PDQ.radius(PDQ.default_threshold)
+
+    def decide(orig: str, photo: str, kind: str) -> tuple[bool, bool]:
+        a, b = hashes[orig]["original"], hashes[photo][kind]
+        d1 = distance(bytes.fromhex(a[label(FIRST)]), bytes.fromhex(b[label(FIRST)]))
+        d2 = distance(bytes.fromhex(a[label(PDQ)]), bytes.fromhex(b[label(PDQ)]))
+        low = _low_detail(detail[orig]["original"]) or _low_detail(detail[photo][kind])
+        return d1 <= r1, d1 <= r1 and d2 <= r2 and not low
+
+    differ = []
+    final_differ = 0
+    pairs = 0
+    for photo in names:
+        for orig in names:
+            pairs += 1
+            fast, full = decide(orig, photo, "heic_thumbnail"), decide(orig, photo, HEIC_FULL)
+            if fast != full:
+                differ.append({"original": orig, "heic": photo, "thumbnail": fast, "full": full})
+            # dedupd confirms every match found on a thumbnail's hash with a full decode and
+            # decides on that: only a match the thumbnail misses can end differently.
+            final = full if fast[0] else (False, False)
+            final_differ += final != full
+    used = [n for n in names if detail[n]["heic_thumbnail"].get("thumbnail")]
+    return {
+        "pairs": pairs,
+        "identical_decisions": pairs - len(differ),
+        "differences": differ,
+        "identical_final_decisions": pairs - final_differ,
+        "thumbnail_used_for": len(used),
+        "thumbnail_refused_for": sorted(set(names) - set(used)),
+        "photos": len(names),
+    }
 
 
 def _low_detail(d: dict[str, Any]) -> bool:
@@ -1391,6 +1485,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "second_opinion": second_opinion_report(hashes, detail, pairs, kinds, flat_positives),
         "crops": _crops(args, srcs),
+        "heic_thumbnail": heic_thumbnail_check(hashes, detail, names)
+        if "heic_thumbnail" in kinds and HEIC_FULL in kinds
+        else None,
         "wall_s": round(time.perf_counter() - started, 1),
     }
 

@@ -6,16 +6,27 @@ draft decode of the same files. Both run on one core (`taskset` to CPU 0 when av
 `--workers 1`), interleaved, median of the rounds:
 
 - ``decode``: `Image.open` + `draft` + `load` of every file, in one fresh process (the
-  lower bound `bench/hashing.py` also reports), minus that process's start-up;
+  lower bound `bench/hashing.py` also reports), timed inside it (no start-up);
 - ``scan``: `dedupd scan DIR --workers 1 --json` with a fresh database, minus the time of
   the same command on a folder holding one of the files (Python start-up, imports, the
   pool's start and its worker's first decode), divided by the files beyond that one.
 
+Each is measured in wall time and in CPU time (every process of the scan, its hasher worker
+included: `machine.run_timed`). On a quiet machine they agree; on a shared one CPU time is the
+steadier of the two.
+
 Inputs: the five test photos upscaled to 4000x3000 at quality 92 (`bench/hashing.py`'s
 `make_inputs`), each copied `--copies` times with a byte changed in a JPEG comment so that
-no two files are byte-identical (no exact-duplicate shortcut), but the pictures repeat.
+no two files are byte-identical (no exact-duplicate shortcut), but the pictures repeat. The
+config is empty (every default).
 
-    .venv/bin/python bench/scan_cost.py [--copies 8] [--rounds 3] [--out PATH]
+`--tree DIR` (repeatable) runs the scans from other source trees too (an older checkout
+beside this one), in the same rounds, the trees' order alternating: each tree gets its own
+figures, and `over_first` is its per-file scan cost over the first tree's, paired per round
+(median). Ratios per round are medians too: on a shared machine compare those, not absolute
+times.
+
+    .venv/bin/python bench/scan_cost.py [--copies 8] [--rounds 3] [--tree DIR ...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -28,11 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from hashing import HASHER, make_inputs
-from machine import machine_info
+from machine import machine_info, run_timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +50,12 @@ DECODE = """
 import sys, time
 from PIL import Image
 paths = sys.argv[1:]
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 for p in paths:
     with Image.open(p) as img:
         img.draft("RGB", ({side}, {side}))
         img.load()
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, time.process_time() - c)
 """
 
 
@@ -53,39 +63,48 @@ def _pinned(cmd: list[str]) -> list[str]:
     return ["taskset", "-c", "0", *cmd] if shutil.which("taskset") else cmd
 
 
-def _scan_seconds(folder: Path, db: Path) -> float:
+def _scan_seconds(tree: Path, folder: Path, db: Path, config: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of a `dedupd scan` of `folder` from `tree`, its worker included."""
     if db.exists():
         db.unlink()
-    t = time.perf_counter()
-    subprocess.run(
-        _pinned(
-            [sys.executable, "-m", "dedupd", "scan", str(folder), "--database", str(db),
-             "--workers", "1", "--json"]
-        ),
-        check=True,
+    env = {**os.environ, "PYTHONPATH": str(tree), "DEDUPD_CONFIG": str(config)}
+    cmd = [sys.executable, "-m", "dedupd", "scan", str(folder), "--database", str(db)]
+    proc, wall, cpu = run_timed(_pinned([*cmd, "--workers", "1", "--json"]), cwd=tree, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dedupd scan exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return wall, cpu
+
+
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
         capture_output=True,
-        cwd=ROOT,
-    )
-    return time.perf_counter() - t
+        text=True,
+        check=False,
+    ).stdout.strip()
 
 
-def _decode_seconds(files: list[Path]) -> float:
+def _decode_seconds(files: list[Path]) -> tuple[float, float]:
+    """(wall, CPU) seconds of the bare draft decode of `files`, in one process."""
     out = subprocess.run(
         _pinned([sys.executable, "-c", DECODE.format(side=HASHER.draft_side), *map(str, files)]),
         check=True,
         capture_output=True,
         text=True,
     )
-    return float(out.stdout.strip())
+    wall, cpu = map(float, out.stdout.split())
+    return wall, cpu
 
 
-def run(copies: int, rounds: int) -> dict[str, object]:
+def run(copies: int, rounds: int, trees: list[Path]) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         originals, _ = make_inputs(base / "originals", heic=False)
         photos_dir, one = base / "photos", base / "one"
         photos_dir.mkdir()
         one.mkdir()
+        config = base / "empty.yaml"
+        config.write_text("")
         files = []
         for n in range(copies):
             for src in originals:
@@ -96,14 +115,43 @@ def run(copies: int, rounds: int) -> dict[str, object]:
                 dst.write_bytes(bytes(data))
                 files.append(dst)
         shutil.copy(files[0], one / files[0].name)
-        scan, decode, startup = [], [], []
-        for _ in range(rounds):
-            startup.append(_scan_seconds(one, base / "one.db"))
-            scan.append(_scan_seconds(photos_dir, base / "d.db"))
+        scan: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
+        startup: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
+        decode = []
+        for r in range(rounds):
+            for tree in trees if r % 2 == 0 else trees[::-1]:
+                startup[tree].append(_scan_seconds(tree, one, base / "one.db", config))
+                scan[tree].append(_scan_seconds(tree, photos_dir, base / "d.db", config))
             decode.append(_decode_seconds(files))
     n = len(files)
-    per_scan = (statistics.median(scan) - statistics.median(startup)) / (n - 1)
-    per_decode = statistics.median(decode) / n
+
+    def per_file(tree: Path, r: int, clock: int) -> float:
+        """A round's cost of a file beyond the first (clock 0: wall, 1: CPU)."""
+        return (scan[tree][r][clock] - startup[tree][r][clock]) / (n - 1)
+
+    def figures(clock: int) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        decode_ms = [d[clock] / n * 1000 for d in decode]
+        for tree in trees:
+            ms = [per_file(tree, r, clock) * 1000 for r in range(rounds)]
+            out[str(tree)] = {
+                "scan_ms_per_file": round(statistics.median(ms), 2),
+                "ratio": round(
+                    statistics.median(m / d for m, d in zip(ms, decode_ms, strict=True)), 3
+                ),
+                "over_first": round(
+                    statistics.median(
+                        per_file(tree, r, clock) / per_file(trees[0], r, clock)
+                        for r in range(rounds)
+                    ),
+                    3,
+                ),
+            }
+        out["decode"] = {"draft_decode_ms_per_file": round(statistics.median(decode_ms), 2)}
+        return out
+
+    wall, cpu = figures(0), figures(1)
+    first = str(trees[0])
     return {
         "benchmark": "scan_cost",
         "machine": machine_info(),
@@ -111,12 +159,24 @@ def run(copies: int, rounds: int) -> dict[str, object]:
         "size": "4000x3000 JPEG q92",
         "pinned_to_one_core": bool(shutil.which("taskset")),
         "rounds": rounds,
-        "scan_s": scan,
-        "one_file_scan_s": startup,
-        "decode_s": decode,
-        "scan_ms_per_file": round(per_scan * 1000, 2),
-        "draft_decode_ms_per_file": round(per_decode * 1000, 2),
-        "ratio": round(per_scan / per_decode, 3),
+        "trees": {str(t): _commit(t) for t in trees},
+        # the first tree, as before --tree existed: wall time, medians of the rounds
+        "scan_ms_per_file": wall[first]["scan_ms_per_file"],
+        "draft_decode_ms_per_file": wall["decode"]["draft_decode_ms_per_file"],
+        "ratio": wall[first]["ratio"],
+        "wall": wall,
+        "cpu": cpu,
+        "raw": {
+            "decode_s": decode,
+            **{
+                str(t): {"scan_s": scan[t], "one_file_scan_s": startup[t]}
+                for t in trees
+            },
+        },
+        "meaning": "per tree, wall and CPU: scan_ms_per_file = (scan - one-file scan) /"
+        " (files - 1); ratio = that over the bare draft decode per file, per round, median;"
+        " over_first = a tree's scan_ms_per_file over the first tree's, per round, median."
+        " CPU counts the worker; (wall, CPU) pairs in raw",
     }
 
 
@@ -124,9 +184,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scan_cost.json")
     args = parser.parse_args()
-    result = run(args.copies, args.rounds)
+    trees = [t.resolve() for t in (args.tree or [ROOT])]
+    result = run(args.copies, args.rounds, trees)
     text = json.dumps(result, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,12 @@ own interpreter start and imports, as a user running it does):
   a pool of 5 threads (OpenCV decodes without holding the GIL).
 
 Two settings: `one_core` pins both to CPU 0 (`sched_setaffinity`) with `--workers 1`
-(dedupd then hashes in its own process, no pool); `all_cores` leaves both on every usable
-CPU with `--workers` = that count. Reported: wall seconds, files per second and the ratio
-dedupd/perception (wall, paired per round, median; above 1 means dedupd is slower), plus the
-duplicate groups / pairs each found.
+(dedupd's one hasher worker then shares that CPU with the process that writes the store);
+`all_cores` leaves both on every usable CPU with `--workers` = that count. Reported: wall
+seconds, files per second and the ratio dedupd/perception (wall, paired per round, median;
+above 1 means dedupd is slower), the same in CPU seconds of every process each started
+(`machine.run_timed`: steadier than wall time on a shared machine), each tree against the
+first, plus the duplicate groups / pairs each found.
 
     .venv/bin/python bench/small.py --perception-python /path/to/venv/bin/python
         [--photos 3000] [--rounds 3] [--tree DIR ...] [--out bench/results/small.json]
@@ -46,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `tests.photos`
 
-from machine import machine_info
+from machine import machine_info, run_timed
 from PIL import Image, ImageEnhance
 
 from tests import photos
@@ -165,17 +167,14 @@ def run_dedupd(
     env = {**os.environ, "PYTHONPATH": str(tree), "DEDUPD_CONFIG": str(config)}
     cmd = [sys.executable, "-m", "dedupd", "scan", str(root), "--database", str(database)]
     cmd += ["--json", "--workers", str(workers)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=tree, preexec_fn=_pin(cpus), check=False
-    )
-    wall = time.perf_counter() - t0
+    proc, wall, cpu = run_timed(cmd, env=env, cwd=tree, preexec_fn=_pin(cpus))
     if proc.returncode != 0:
         raise RuntimeError(f"dedupd scan exited {proc.returncode}: {proc.stderr[-2000:]}")
     report = json.loads(proc.stdout)
     database.unlink()
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "reported_seconds": report["seconds"],
         "hashed": report["hashed"],
         "errors": len(report["errors"]),
@@ -194,18 +193,10 @@ def _commit(tree: Path) -> str:
 
 
 def run_perception(python: str, root: Path, cpus: set[int] | None) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [python, "-c", _PERCEPTION, str(root)],
-        capture_output=True,
-        text=True,
-        preexec_fn=_pin(cpus),
-        check=False,
-    )
-    wall = time.perf_counter() - t0
+    proc, wall, cpu = run_timed([python, "-c", _PERCEPTION, str(root)], preexec_fn=_pin(cpus))
     if proc.returncode != 0:
         raise RuntimeError(f"perception exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return {"wall_s": wall, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return {"wall_s": wall, "cpu_s": cpu, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
@@ -257,6 +248,7 @@ def main() -> None:
                 "dedupd_workers": workers,
                 "perception_s": p,
                 "perception_files_per_s": made["files"] / p,
+                "perception_cpu_s": statistics.median(x["perception"]["cpu_s"] for x in runs),
                 "dedupd": {
                     str(t): {
                         "commit": _commit(t),
@@ -265,6 +257,16 @@ def main() -> None:
                         / statistics.median(x[str(t)]["wall_s"] for x in runs),
                         "over_perception": statistics.median(
                             x[str(t)]["wall_s"] / x["perception"]["wall_s"] for x in runs
+                        ),
+                        "cpu_s": statistics.median(x[str(t)]["cpu_s"] for x in runs),
+                        "cpu_over_perception": statistics.median(
+                            x[str(t)]["cpu_s"] / x["perception"]["cpu_s"] for x in runs
+                        ),
+                        "over_first_tree": statistics.median(
+                            x[str(t)]["wall_s"] / x[str(trees[0])]["wall_s"] for x in runs
+                        ),
+                        "cpu_over_first_tree": statistics.median(
+                            x[str(t)]["cpu_s"] / x[str(trees[0])]["cpu_s"] for x in runs
                         ),
                     }
                     for t in trees
@@ -278,7 +280,9 @@ def main() -> None:
         "perception_python": args.perception_python,
         "photos": made,
         "meaning": "over_perception: dedupd wall / perception wall, paired per round"
-        " (median); above 1 means dedupd is slower",
+        " (median); above 1 means dedupd is slower; cpu_over_perception: the same in CPU"
+        " seconds (every process, dedupd's hasher workers included); over_first_tree and"
+        " cpu_over_first_tree: a tree against the first --tree, paired per round",
         **out,
     }
     text = json.dumps(doc, indent=2)
@@ -291,6 +295,8 @@ def main() -> None:
             _log(
                 f"{name}: dedupd {d['commit'][:7]} {d['files_per_s']:.0f} files/s, perception "
                 f"{o['perception_files_per_s']:.0f} files/s, ratio {d['over_perception']:.2f}"
+                f" (CPU {d['cpu_over_perception']:.2f}); over the first tree"
+                f" {d['over_first_tree']:.3f} (CPU {d['cpu_over_first_tree']:.3f})"
             )
 
 

@@ -24,24 +24,34 @@ and still has the same sha256.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
+import json
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from dedupd import safefs
+from dedupd import live, safefs
 from dedupd.errors import DedupdError
 from dedupd.filestat import FileStat
+from dedupd.live import Motion
 from dedupd.store import ActionRecord, FileRecord, Store
 
-__all__ = ["ActionError", "Actions", "Recovered", "quarantine_path_for"]
+__all__ = [
+    "ActionError",
+    "Actions",
+    "MotionNotIdentical",
+    "Recovered",
+    "motion_paths",
+    "quarantine_path_for",
+]
 
 log = structlog.get_logger("dedupd.actions")
 
@@ -55,6 +65,11 @@ _CROSS_DEVICE = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
 
 class ActionError(DedupdError):
     """An action was refused or failed; the file was left where it was."""
+
+
+class MotionNotIdentical(ActionError):
+    """A delete of a Live Photo whose motion file has no byte-identical kept motion file:
+    nothing was deleted (the caller may quarantine the pair instead)."""
 
 
 class Stranded(ActionError):
@@ -78,6 +93,67 @@ class Recovered:
 
 def _no_checkpoint(step: str) -> None:
     pass
+
+
+class _Version(Protocol):
+    """What an action checks a file against: where it is, its stat and bytes when hashed
+    (a `FileRecord`, or a Live Photo's `Motion`)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def stat(self) -> FileStat: ...
+    @property
+    def sha256(self) -> str | None: ...
+
+
+@dataclass(slots=True)
+class _Half:
+    """A Live Photo's motion half in a journal entry (`ActionRecord.motion`, as JSON): the
+    still's entry names the still; this names its motion file, acted on in the same intent
+    and recovered to the same side."""
+
+    src: str
+    sha256: str
+    dst: str | None = None
+    staged: str | None = None
+    tmp: str | None = None
+    keeper: str | None = None  # a delete: the kept motion file with the same bytes
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def of(cls, a: ActionRecord) -> _Half | None:
+        return cls(**json.loads(a.motion)) if a.motion else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One file of a restore: from quarantine (`qdir`/`src`, open as `fd`) to `ddir`/`dst`."""
+
+    qdir: int
+    fd: int
+    src: Path
+    ddir: int
+    dst: Path
+    sha256: str
+
+
+@dataclass(slots=True)
+class _Part:
+    """One file of an operation: the still, or its motion file (`half` set)."""
+
+    staged: _Staged
+    want: _Version
+    dst: Path | None = None
+    half: _Half | None = None
+
+
+def motion_paths(a: ActionRecord) -> tuple[str, str | None] | None:
+    """A journal entry's Live Photo motion file: (where it was, where it went), or None."""
+    half = _Half.of(a)
+    return (half.src, half.dst) if half is not None else None
 
 
 def quarantine_path_for(quarantine: Path, record: FileRecord) -> Path:
@@ -125,6 +201,7 @@ class _Staged:
             raise
         assert staging is not None  # made if missing
         self.staging = staging
+        self.is_staged = False
 
     def __enter__(self) -> _Staged:
         return self
@@ -151,6 +228,7 @@ class _Staged:
                     "it cannot be moved safely and was left in place"
                 ) from exc
             raise
+        self.is_staged = True
         safefs.fsync_dir(self.staging)
 
     def open(self) -> int:
@@ -178,6 +256,7 @@ class _Staged:
 
     def discard(self) -> None:
         os.unlink(self.name, dir_fd=self.staging)
+        self.is_staged = False
         safefs.fsync_dir(self.staging)
 
 
@@ -230,14 +309,62 @@ class Actions:
             raise ActionError(f"{what}: {exc}; nothing done") from exc
 
     @staticmethod
-    def _check_staged(staged: _Staged, fd: int, record: FileRecord) -> None:
+    def _check_staged(fd: int, want: _Version) -> None:
         """The staged file is the version that was hashed: same inode, size, mtime, bytes."""
-        if not _same_version(os.fstat(fd), record.stat):
-            raise ActionError(f"{record.path} changed since it was hashed; put back")
-        if safefs.sha256_fd(fd) != record.sha256:
-            raise ActionError(f"{record.path} changed since it was hashed; put back")
+        if not _same_version(os.fstat(fd), want.stat):
+            raise ActionError(f"{want.path} changed since it was hashed; put back")
+        if safefs.sha256_fd(fd) != want.sha256:
+            raise ActionError(f"{want.path} changed since it was hashed; put back")
 
-    def _check_keeper(self, record: FileRecord, keeper: FileRecord, fd: int | None) -> int:
+    def _motion(self, record: FileRecord) -> Motion | None:
+        """A Live Photo still's motion file, as recorded when the still was hashed, or None.
+
+        Refuses (nothing moves) when the still's folder holds a motion file by its name that
+        is not the recorded one: it arrived after the still was hashed (a phone uploads the
+        MOV after the HEIC), or two files could be it. The still is marked to be hashed
+        again, which pairs it anew, and decided again then."""
+        motion = self.store.motion_of(record.id)
+        seen = self.store.motion_by_name(record.id)
+        recorded = PurePath(motion.relpath).name if motion is not None else None
+        with safefs.directory(record.path.parent) as folder:
+            names = live.motion_names_beside(record.path.name, os.listdir(folder))
+            others = []
+            for name in names:
+                if name == recorded:
+                    continue
+                st = safefs.stat_at(folder, name)
+                if st is not None and seen.get(name) != FileStat.of(st):
+                    others.append(name)  # not there, or another version, when hashed
+        if others:
+            self.store.mark_stale(record.id)
+            raise ActionError(
+                f"{record.path} is a Live Photo whose motion file {others[0]} was not paired "
+                "with it when it was hashed; neither moves, and it is hashed again"
+            )
+        return motion
+
+    def _parts(
+        self, stack: contextlib.ExitStack, record: FileRecord, motion: Motion | None
+    ) -> list[_Part]:
+        """The still (and its motion file) to stage, each checked unchanged on disk."""
+        parts = [_Part(stack.enter_context(_Staged(record.path, record.root, _token())), record)]
+        if motion is not None:
+            staged = stack.enter_context(_Staged(motion.path, record.root, _token()))
+            parts.append(_Part(staged, motion, half=_Half(str(motion.path), motion.sha256)))
+        for p in parts:
+            try:
+                self._check_source(p.staged, p.want)
+            except ActionError as exc:
+                if p.half is None:
+                    raise
+                self.store.mark_stale(record.id)  # hashed again: paired with what is there
+                raise ActionError(
+                    f"{record.path} is a Live Photo and its motion file cannot be moved with "
+                    f"it ({exc}); neither moves"
+                ) from exc
+        return parts
+
+    def _check_keeper(self, record: _Version, keeper: _Version, fd: int | None) -> int:
         """The keeper is a regular file (never a symlink) at another inode than the target
         (`fd`, when staged) and present now. Returns a descriptor of it (caller closes)."""
         with safefs.directory(keeper.path.parent) as kdir:
@@ -265,42 +392,44 @@ class Actions:
         if record.sha256 is None:
             raise ActionError(f"{record.path}: not hashed; cannot quarantine")
         target = quarantine_path_for(self.quarantine_dir, record)
-        with self._refusals(str(record.path)):
-            staged = _Staged(record.path, record.root, secrets.token_hex(8))
-        with staged:
+        with contextlib.ExitStack() as stack:
             with self._refusals(str(record.path)):
-                self._check_source(staged, record)
+                parts = self._parts(stack, record, self._motion(record))
                 if keeper is not None:
                     self._check_keeper_before(record, keeper)
                 qdir = safefs.open_dir(target.parent, create=True, mode=0o750)
-            with _fd(qdir):
-                with self._refusals(str(record.path)):
-                    dst = target.parent / safefs.free_name_at(qdir, target.name)
-                action_id = self.store.journal_plan(
-                    kind="quarantine",
-                    file_id=record.id,
-                    src=str(record.path),
-                    dst=str(dst),
-                    staged=str(staged.path),
-                    sha256=record.sha256,
-                    keeper_id=keeper.id if keeper else None,
-                    keeper_path=str(keeper.path) if keeper else None,
-                    distance=distance,
-                    reason=reason,
-                )
-                self._checkpoint("planned")
-                self._run(
-                    action_id, lambda: self._quarantine_staged(action_id, staged, record, qdir, dst)
-                )
+            stack.callback(os.close, qdir)
+            with self._refusals(str(record.path)):
+                for p in parts:
+                    name = target.name if p.half is None else p.want.path.name
+                    p.dst = target.parent / safefs.free_name_at(qdir, name)
+                    if p.half is not None:
+                        p.half.dst, p.half.staged = str(p.dst), str(p.staged.path)
+            half = parts[-1].half
+            action_id = self.store.journal_plan(
+                kind="quarantine",
+                file_id=record.id,
+                src=str(record.path),
+                dst=str(parts[0].dst),
+                staged=str(parts[0].staged.path),
+                sha256=record.sha256,
+                keeper_id=keeper.id if keeper else None,
+                keeper_path=str(keeper.path) if keeper else None,
+                distance=distance,
+                reason=reason,
+                motion=half.to_json() if half else None,
+            )
+            self._checkpoint("planned")
+            self._run(action_id, lambda: self._quarantine_staged(action_id, parts, qdir))
         self._finish_removal(action_id, record, "quarantined")
         return action_id
 
-    def _check_source(self, staged: _Staged, record: FileRecord) -> None:
+    def _check_source(self, staged: _Staged, want: _Version) -> None:
         st = staged.stat_source()
         if st is None:
-            raise ActionError(f"{record.path}: vanished before it could be acted on")
-        if not _same_version(st, record.stat):
-            raise ActionError(f"{record.path}: changed since it was hashed; left in place")
+            raise ActionError(f"{want.path}: vanished before it could be acted on")
+        if not _same_version(st, want.stat):
+            raise ActionError(f"{want.path}: changed since it was hashed; left in place")
 
     def _check_keeper_before(self, record: FileRecord, keeper: FileRecord) -> None:
         kfd = self._check_keeper(record, keeper, None)
@@ -309,48 +438,90 @@ class Actions:
         if (k.st_dev, k.st_ino) == (record.dev, record.inode):
             raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
 
-    def _quarantine_staged(
-        self, action_id: int, staged: _Staged, record: FileRecord, qdir: int, dst: Path
-    ) -> None:
-        staged.stage()
-        self._checkpoint("staged")
-        placed = False
-        try:
-            with _fd(staged.open()) as fd:
-                self._check_staged(staged, fd, record)
-                verified = os.fstat(fd)
-                self._checkpoint("verified")
-                try:
-                    _link(
-                        staged.name,
-                        dst.name,
-                        src_dir_fd=staged.staging,
-                        dst_dir_fd=qdir,
-                        follow_symlinks=False,
-                    )
-                    copied = False
-                except OSError as exc:
-                    if exc.errno not in _CROSS_DEVICE:
-                        raise
-                    self._copy_in(action_id, fd, qdir, dst, record.sha256 or "")
-                    copied = True
-                if copied and _version(os.fstat(fd)) != _version(verified):
-                    # An editor that had the photo open wrote to it while it was copied: the
-                    # copy is not the user's newest bytes. The original goes back.
-                    os.unlink(dst.name, dir_fd=qdir)
-                    raise ActionError(f"{record.path} changed while it was copied; put back")
-                placed = True
-                self._checkpoint("linked")
+    def _quarantine_staged(self, action_id: int, parts: Sequence[_Part], qdir: int) -> None:
+        """Stage every part, verify every part, then link every part into quarantine, and
+        only then drop the staged names: until the last link, any failure puts every part
+        back (a Live Photo's two files end on one side), and a crash is recovered so too."""
+        linked: list[tuple[_Part, os.stat_result]] = []
+        with contextlib.ExitStack() as fds:
+            try:
+                for p in parts:
+                    p.staged.stage()
+                    self._checkpoint("staged")
+                opened = []
+                for p in parts:
+                    fd = fds.enter_context(_fd(p.staged.open()))
+                    self._check_staged(fd, p.want)
+                    opened.append((p, fd, os.fstat(fd)))
+                    self._checkpoint("verified")
+                for p, fd, verified in opened:
+                    assert p.dst is not None  # named before the journal entry
+                    try:
+                        _link(
+                            p.staged.name,
+                            p.dst.name,
+                            src_dir_fd=p.staged.staging,
+                            dst_dir_fd=qdir,
+                            follow_symlinks=False,
+                        )
+                        copied = False
+                    except OSError as exc:
+                        if exc.errno not in _CROSS_DEVICE:
+                            raise
+                        self._copy_in(action_id, fd, qdir, p.dst, p.want.sha256 or "", p.half)
+                        copied = True
+                    here = safefs.stat_at(qdir, p.dst.name)
+                    if copied and _version(os.fstat(fd)) != _version(verified):
+                        # An editor that had the photo open wrote to it while it was copied:
+                        # the copy is not the user's newest bytes. The original goes back.
+                        os.unlink(p.dst.name, dir_fd=qdir)
+                        raise ActionError(f"{p.want.path} changed while it was copied; put back")
+                    if here is not None:
+                        linked.append((p, here))
+                    self._checkpoint("linked")
                 safefs.fsync_dir(qdir)
-        except BaseException:
-            if not placed:
-                where = staged.put_back()
-                log.warning("action_put_back", action=action_id, path=where)
-            raise
-        staged.discard()
-        self._checkpoint("unlinked")
+            except BaseException:
+                if len(linked) < len(parts):
+                    self._put_back_all(action_id, parts, qdir, linked)
+                raise
+        for p in parts:
+            p.staged.discard()
+            self._checkpoint("unlinked")
 
-    def _copy_in(self, action_id: int, fd: int, dir_fd: int, dst: Path, sha256: str) -> None:
+    @staticmethod
+    def _put_back_all(
+        action_id: int,
+        parts: Sequence[_Part],
+        qdir: int | None,
+        linked: Sequence[tuple[_Part, os.stat_result]] = (),
+    ) -> None:
+        """Undo a removal that did not finish: drop the names made in quarantine (while they
+        are still ours) and put every staged part back. A part that cannot be put back
+        leaves the entry planned for recovery (`Stranded`), after the others went back."""
+        for p, here in linked:
+            if qdir is not None and p.dst is not None:
+                _unlink_if_ours(qdir, p.dst.name, here)
+        stranded: Stranded | None = None
+        for p in parts:
+            if not p.staged.is_staged:
+                continue
+            try:
+                where = p.staged.put_back()
+                log.warning("action_put_back", action=action_id, path=where)
+            except Stranded as exc:
+                stranded = stranded or exc
+        if stranded is not None:
+            raise stranded
+
+    def _copy_in(
+        self,
+        action_id: int,
+        fd: int,
+        dir_fd: int,
+        dst: Path,
+        sha256: str,
+        half: _Half | None = None,
+    ) -> None:
         """Across filesystems: copy the descriptor's bytes into a new file in `dir_fd`, fsync,
         verify, then link exactly that file (by its descriptor, never by a name someone could
         swap) into place, which fails rather than overwrite. The new file has no name until
@@ -360,8 +531,12 @@ class Actions:
         try:
             out = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         except OSError:  # no O_TMPFILE here (some network filesystems): a named temporary
-            tmp = f".dedupd-{action_id}.tmp"
-            self.store.journal_update(action_id, tmp=str(dst.parent / tmp))
+            tmp = f".dedupd-{action_id}{'-motion' if half else ''}.tmp"
+            if half is None:
+                self.store.journal_update(action_id, tmp=str(dst.parent / tmp))
+            else:
+                half.tmp = str(dst.parent / tmp)
+                self.store.journal_update(action_id, motion=half.to_json())
             out = os.open(
                 tmp,
                 os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -394,50 +569,69 @@ class Actions:
                     _unlink_if_ours(dir_fd, tmp, os.fstat(out))
 
     def delete(self, record: FileRecord, keeper: FileRecord, reason: str) -> int:
-        """Delete an exact duplicate after re-verifying its keeper; returns the action id."""
+        """Delete an exact duplicate after re-verifying its keeper; returns the action id.
+
+        A Live Photo still is deleted only with its motion file, and only when the keeper is
+        a Live Photo too whose motion file has the same bytes (verified again, like the
+        keeper, just before): else `MotionNotIdentical`, and nothing is deleted."""
         if record.sha256 is None or record.sha256 != keeper.sha256:
             raise ActionError(f"{record.path}: only exact duplicates are deleted")
-        with self._refusals(str(record.path)):
-            staged = _Staged(record.path, record.root, secrets.token_hex(8))
-        with staged:
+        with contextlib.ExitStack() as stack:
             with self._refusals(str(record.path)):
-                self._check_source(staged, record)
+                motion = self._motion(record)
+                keepers: list[_Version] = [keeper]
+                if motion is not None:
+                    kept = self.store.motion_of(keeper.id)
+                    if kept is None or kept.sha256 != motion.sha256:
+                        raise MotionNotIdentical(
+                            f"{record.path} is a Live Photo whose motion file {motion.path} "
+                            "has no byte-identical kept motion file; nothing deleted"
+                        )
+                    keepers.append(kept)
+                parts = self._parts(stack, record, motion)
+            half = parts[-1].half
+            if half is not None:
+                half.staged, half.keeper = str(parts[-1].staged.path), str(keepers[-1].path)
             action_id = self.store.journal_plan(
                 kind="delete",
                 file_id=record.id,
                 src=str(record.path),
-                staged=str(staged.path),
+                staged=str(parts[0].staged.path),
                 sha256=record.sha256,
                 keeper_id=keeper.id,
                 keeper_path=str(keeper.path),
                 distance=0,
                 reason=reason,
+                motion=half.to_json() if half else None,
             )
             self._checkpoint("planned")
-            self._run(action_id, lambda: self._delete_staged(action_id, staged, record, keeper))
+            self._run(action_id, lambda: self._delete_staged(action_id, parts, keepers))
         self._finish_removal(action_id, record, "deleted")
         return action_id
 
     def _delete_staged(
-        self, action_id: int, staged: _Staged, record: FileRecord, keeper: FileRecord
+        self, action_id: int, parts: Sequence[_Part], keepers: Sequence[_Version]
     ) -> None:
-        staged.stage()
-        self._checkpoint("staged")
+        """Stage every part, verify each and its keeper, and only then unlink them."""
         try:
-            with _fd(staged.open()) as fd:
-                self._check_staged(staged, fd, record)
-                self._verify_keeper(record, keeper, fd)
-                self._checkpoint("verified")
+            for p in parts:
+                p.staged.stage()
+                self._checkpoint("staged")
+            for p, keeper in zip(parts, keepers, strict=True):
+                with _fd(p.staged.open()) as fd:
+                    self._check_staged(fd, p.want)
+                    self._verify_keeper(p.want, keeper, fd)
+                    self._checkpoint("verified")
         except BaseException as exc:
-            where = staged.put_back()
-            log.warning("action_put_back", action=action_id, path=where)
+            self._put_back_all(action_id, parts, None)
             if isinstance(exc, ActionError):
                 raise ActionError(f"{exc}; nothing deleted") from exc
             raise
-        staged.discard()
-        self._checkpoint("unlinked")
+        for p in parts:
+            p.staged.discard()
+            self._checkpoint("unlinked")
 
-    def _verify_keeper(self, record: FileRecord, keeper: FileRecord, fd: int) -> None:
+    def _verify_keeper(self, record: _Version, keeper: _Version, fd: int) -> None:
         try:
             kfd = self._check_keeper(record, keeper, fd)
         except safefs.UnsafePath as exc:
@@ -454,8 +648,27 @@ class Actions:
 
     def _finish_removal(self, action_id: int, record: FileRecord, state: Any) -> None:
         self.store.journal_finish(action_id, "done")
-        self.store.add_tombstone(record.sha256 or "", str(record.path), action_id)
+        self._tombstones(action_id, record.sha256 or "", str(record.path))
         self.store.set_state(record.id, state)
+        motion = self.motion_record(action_id)
+        if motion is not None:  # the motion file is a record of its own (a clip): it went too
+            self.store.set_state(motion.id, state)
+
+    def motion_record(self, action_id: int) -> FileRecord | None:
+        """The record of the Live Photo motion file that action `action_id` moved with its
+        still, when the motion file was recorded as a file of its own (a clip), else None."""
+        entry = self.store.action(action_id)
+        half = _Half.of(entry) if entry is not None else None
+        return self.store.file_at(half.src) if half is not None else None
+
+    def _tombstones(self, action_id: int, sha256: str, src: str) -> None:
+        """Remember a removed file (and a Live Photo's motion file) so that a copy a sync
+        client brings back is recognized."""
+        self.store.add_tombstone(sha256, src, action_id)
+        entry = self.store.action(action_id)
+        half = _Half.of(entry) if entry is not None else None
+        if half is not None:
+            self.store.add_tombstone(half.sha256, half.src, action_id)
 
     def restore(self, action_id: int) -> Path:
         """Put a quarantined file back at its original path (never overwriting, never through
@@ -475,64 +688,96 @@ class Actions:
         ):
             raise ActionError(f"action {action_id} was already restored or purged")
         src, dst = Path(original.dst), Path(original.src)
-        with self._refusals(f"{dst}: nothing restored ({src})"):
-            qdir = safefs.open_dir(src.parent)
-        with _fd(qdir):
+        quarantined = _Half.of(original)
+        with contextlib.ExitStack() as stack:
+            with self._refusals(f"{dst}: nothing restored ({src})"):
+                qdir = safefs.open_dir(src.parent)
+            stack.callback(os.close, qdir)
             with self._refusals(f"{src}: nothing restored"):
-                fd = safefs.open_file_at(qdir, src.name)
-            with _fd(fd):
-                with self._refusals(f"{dst}: nothing restored"):
-                    sha256 = safefs.sha256_fd(fd)
-                    ddir = safefs.open_dir(dst.parent, create=True)
-                with _fd(ddir):
-                    with self._refusals(f"{dst}: nothing restored"):
-                        taken = safefs.exists_at(ddir, dst.name)
-                    if taken:
-                        raise ActionError(f"{dst} exists; refusing to overwrite it")
-                    # Remember the user's decision before the file reappears, so that a daemon
-                    # watching the folder never sees it back without the distinct mark.
-                    self._mark_restored_distinct(original)
-                    restore_id = self.store.journal_plan(
-                        kind="restore",
-                        file_id=original.file_id,
-                        src=str(src),
-                        dst=str(dst),
-                        sha256=sha256,
-                        keeper_id=original.keeper_id,
-                        keeper_path=original.keeper_path,
-                        of_action=action_id,
-                        reason="user restore"
-                        if sha256 == original.sha256
-                        else "user restore (its bytes changed in quarantine)",
-                    )
-                    self._checkpoint("planned")
-                    self._run(
-                        restore_id,
-                        lambda: self._restore_move(restore_id, qdir, fd, src, ddir, dst, sha256),
-                    )
+                fd = stack.enter_context(_fd(safefs.open_file_at(qdir, src.name)))
+            with self._refusals(f"{dst}: nothing restored"):
+                sha256 = safefs.sha256_fd(fd)
+                ddir = safefs.open_dir(dst.parent, create=True)
+            stack.callback(os.close, ddir)
+            moves = [_Move(qdir, fd, src, ddir, dst, sha256)]
+            reason = (
+                "user restore"
+                if sha256 == original.sha256
+                else "user restore (its bytes changed in quarantine)"
+            )
+            half: _Half | None = None
+            if quarantined is not None and quarantined.dst is not None:
+                msrc, mdst = Path(quarantined.dst), Path(quarantined.src)
+                with self._refusals(f"{mdst}: nothing restored ({msrc})"):
+                    mqdir = safefs.open_dir(msrc.parent)
+                stack.callback(os.close, mqdir)
+                try:
+                    mfd = stack.enter_context(_fd(safefs.open_file_at(mqdir, msrc.name)))
+                except FileNotFoundError:
+                    # Someone removed the motion file from quarantine: the photo still comes
+                    # back (it is the user's), and the journal says the motion file did not.
+                    reason += f"; its motion file {msrc} was no longer in quarantine"
+                else:
+                    with self._refusals(f"{mdst}: nothing restored"):
+                        msha = safefs.sha256_fd(mfd)
+                        mddir = safefs.open_dir(mdst.parent, create=True)
+                    stack.callback(os.close, mddir)
+                    moves.append(_Move(mqdir, mfd, msrc, mddir, mdst, msha))
+                    half = _Half(src=str(msrc), sha256=msha, dst=str(mdst))
+            for m in moves:
+                with self._refusals(f"{m.dst}: nothing restored"):
+                    taken = safefs.exists_at(m.ddir, m.dst.name)
+                if taken:
+                    raise ActionError(f"{m.dst} exists; refusing to overwrite it")
+            # Remember the user's decision before the file reappears, so that a daemon
+            # watching the folder never sees it back without the distinct mark.
+            self._mark_restored_distinct(original)
+            restore_id = self.store.journal_plan(
+                kind="restore",
+                file_id=original.file_id,
+                src=str(src),
+                dst=str(dst),
+                sha256=sha256,
+                keeper_id=original.keeper_id,
+                keeper_path=original.keeper_path,
+                of_action=action_id,
+                reason=reason,
+                motion=half.to_json() if half else None,
+            )
+            self._checkpoint("planned")
+            self._run(restore_id, lambda: self._restore_move(restore_id, moves, half))
         self._finish_restore(restore_id, original)
         return dst
 
-    def _restore_move(
-        self, action_id: int, qdir: int, fd: int, src: Path, ddir: int, dst: Path, sha256: str
-    ) -> None:
-        try:
-            _link(src.name, dst.name, src_dir_fd=qdir, dst_dir_fd=ddir, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno not in _CROSS_DEVICE:
-                raise
-            self._copy_in(action_id, fd, ddir, dst, sha256)
-        self._checkpoint("linked")
-        safefs.fsync_dir(ddir)
-        here = safefs.stat_at(qdir, src.name)
-        mine = os.fstat(fd)
-        if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-            os.unlink(src.name, dir_fd=qdir)
-            safefs.fsync_dir(qdir)
-        self._checkpoint("unlinked")
+    def _restore_move(self, action_id: int, moves: Sequence[_Move], half: _Half | None) -> None:
+        """Link every file back first, then drop the quarantine names: a crash in between
+        leaves both names of a file, which recovery resolves for all of them alike."""
+        for m in moves:
+            try:
+                _link(
+                    m.src.name, m.dst.name, src_dir_fd=m.qdir, dst_dir_fd=m.ddir,
+                    follow_symlinks=False,
+                )
+            except OSError as exc:
+                if exc.errno not in _CROSS_DEVICE:
+                    raise
+                motion = half if m is not moves[0] else None
+                self._copy_in(action_id, m.fd, m.ddir, m.dst, m.sha256, motion)
+            self._checkpoint("linked")
+            safefs.fsync_dir(m.ddir)
+        for m in moves:
+            here = safefs.stat_at(m.qdir, m.src.name)
+            mine = os.fstat(m.fd)
+            if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(m.src.name, dir_fd=m.qdir)
+                safefs.fsync_dir(m.qdir)
+            self._checkpoint("unlinked")
 
     def _mark_restored_distinct(self, original: ActionRecord) -> None:
         self.store.remove_tombstones(original.sha256, original.src)
+        half = _Half.of(original)
+        if half is not None:
+            self.store.remove_tombstones(half.sha256, half.src)
         keeper = self.store.file(original.keeper_id) if original.keeper_id else None
         if keeper is not None and keeper.sha256:
             self.store.mark_distinct(original.sha256, keeper.sha256)
@@ -542,6 +787,9 @@ class Actions:
         self._mark_restored_distinct(original)
         if original.file_id is not None:
             self.store.set_state(original.file_id, "missing")  # the next scan re-finds it
+        motion = self.motion_record(original.id)
+        if motion is not None and motion.state == "quarantined":
+            self.store.set_state(motion.id, "missing")  # back with its still, re-found too
 
     def purge(self, older_than: float, *, only: set[int] | None = None) -> list[int]:
         """Delete files quarantined more than `older_than` seconds ago (by the store's clock);
@@ -554,6 +802,12 @@ class Actions:
                 continue
             if only is not None and q.id not in only:
                 continue
+            quarantined = _Half.of(q)
+            half = (
+                _Half(src=quarantined.dst, sha256=quarantined.sha256)
+                if quarantined is not None and quarantined.dst is not None
+                else None
+            )
             purge_id = self.store.journal_plan(
                 kind="purge",
                 file_id=q.file_id,
@@ -561,20 +815,27 @@ class Actions:
                 sha256=q.sha256,
                 of_action=q.id,
                 reason=f"quarantined more than {older_than:.0f}s ago",
+                motion=half.to_json() if half else None,
             )
             self._checkpoint("planned")
             try:
-                self._run(
-                    purge_id,
-                    functools.partial(
-                        _unlink_verified, q.dst, q.sha256, q.id, self._checkpoint
-                    ),
-                )
+                self._run(purge_id, functools.partial(self._purge_one, q, half))
             except ActionError:
                 continue  # journaled as failed and logged; purge the others
             self.store.journal_finish(purge_id, "done")
             purged.append(q.id)
         return purged
+
+    def _purge_one(self, q: ActionRecord, half: _Half | None) -> None:
+        """Unlink a quarantined file, and its motion file with it: both checked to hold the
+        quarantined bytes before either goes (a motion file already gone is no reason to keep
+        the photo)."""
+        assert q.dst is not None
+        if half is not None:
+            _check_bytes(half.src, half.sha256, q.id)
+        _unlink_verified(q.dst, q.sha256, q.id, self._checkpoint)
+        if half is not None:
+            _unlink_verified(half.src, half.sha256, q.id, self._checkpoint)
 
     # -- crash recovery -----------------------------------------------------------------------
     def recover(self) -> list[Recovered]:
@@ -609,7 +870,7 @@ class Actions:
         elif a.kind in ("quarantine", "delete"):
             record = self.store.file(a.file_id) if a.file_id else None
             self.store.journal_finish(a.id, "done", "completed during recovery")
-            self.store.add_tombstone(a.sha256, a.src, a.id)
+            self._tombstones(a.id, a.sha256, a.src)
             if record is not None:
                 self.store.set_state(
                     record.id, "quarantined" if a.kind == "quarantine" else "deleted"
@@ -623,6 +884,9 @@ class Actions:
             self.store.journal_finish(a.id, "done", "completed during recovery")
 
     def _recover_one(self, a: ActionRecord) -> tuple[str, str]:
+        half = _Half.of(a)
+        if half is not None:
+            return self._recover_pair(a, half)
         if a.kind == "purge":
             if self.quarantine_dir is not None:  # it may not be mounted yet
                 _reachable(str(self.quarantine_dir))
@@ -714,6 +978,151 @@ class Actions:
                 os.unlink(t.name, dir_fd=tdir)
             return "done", "finished from the verified temporary copy"
         return "failed", "neither the source nor the destination exists"
+
+    def _recover_pair(self, a: ActionRecord, half: _Half) -> tuple[str, str]:
+        """A Live Photo's still and motion file, recovered to one side together: both
+        finished, or both rolled back, never one of each."""
+        halves = [
+            _Half(a.src, a.sha256, a.dst, a.staged, a.tmp, a.keeper_path),
+            half,
+        ]
+        if a.kind == "purge":
+            if self.quarantine_dir is not None:
+                _reachable(str(self.quarantine_dir))
+            try:
+                for h in halves:
+                    _unlink_verified(h.src, h.sha256, a.of_action or a.id)
+            except ActionError as exc:
+                return "failed", str(exc)
+            return "done", "purge of the Live Photo's two files finished"
+        for h in halves:
+            _unlink_if_present(h.tmp)  # a partial copy: redone or not needed
+        if a.kind == "restore":
+            return _recover_restore_pair(halves)
+        if a.staged is None or half.staged is None:
+            return "failed", "the journal entry names no staged files; files left as they are"
+        root = str(PurePath(a.staged).parent.parent)
+        _reachable(root)
+        if a.kind == "quarantine" and self.quarantine_dir is not None:
+            _reachable(str(self.quarantine_dir))
+        if a.kind == "delete":
+            return _recover_delete_pair(halves, root)
+        return _recover_quarantine_pair(halves, root)
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+def _in_quarantine(h: _Half, staged_here: bool) -> bool:
+    """Whether `h` reached its quarantine name whole: the staged inode itself, or a copy
+    holding the journaled bytes of an original that was not edited while copied."""
+    if h.dst is None or h.staged is None or not safefs.lexists(h.dst):
+        return False
+    if staged_here and _same_file(h.staged, h.dst):
+        return True
+    if _sha256_of(h.dst) != h.sha256:
+        return False
+    return not staged_here or _sha256_of(h.staged) == h.sha256
+
+
+def _recover_quarantine_pair(halves: Sequence[_Half], root: str) -> tuple[str, str]:
+    here = [_staged_exists(root, PurePath(h.staged or "").name) for h in halves]
+    if all(_in_quarantine(h, s) for h, s in zip(halves, here, strict=True)):
+        for h, staged_here in zip(halves, here, strict=True):
+            if staged_here and h.staged is not None:
+                _unlink_path(h.staged)
+        _remove_staging_if_empty(root)
+        return "done", "both files of the Live Photo were in quarantine; staged names removed"
+    back = []
+    for h, staged_here in zip(halves, here, strict=True):
+        staged = PurePath(h.staged or "")
+        if staged_here:
+            if h.dst is not None and safefs.lexists(h.dst) and (
+                _same_file(staged, h.dst) or _sha256_of(h.dst) == h.sha256
+            ):
+                _unlink_path(h.dst)  # the quarantine name of a file that goes back
+            back.append(_put_back(staged, PurePath(h.src), root))
+        elif h.dst is not None and safefs.lexists(h.dst) and _sha256_of(h.dst) == h.sha256:
+            back.append(_put_back(PurePath(h.dst), PurePath(h.src), root))
+        elif not safefs.lexists(h.src):
+            return "failed", f"{h.src}: neither the source, the staged file nor the copy exists"
+    where = f"; put back at {', '.join(back)}" if back else ""
+    return "rolled_back", f"crashed before the Live Photo's two files were moved{where}"
+
+
+def _recover_delete_pair(halves: Sequence[_Half], root: str) -> tuple[str, str]:
+    here = [_staged_exists(root, PurePath(h.staged or "").name) for h in halves]
+    gone = [
+        not s and not (safefs.lexists(h.src) and _sha256_of(h.src) == h.sha256)
+        for h, s in zip(halves, here, strict=True)
+    ]
+    if not any(gone):  # crashed before the first unlink: everything goes back
+        back = [
+            _put_back(PurePath(h.staged or ""), PurePath(h.src), root)
+            for h, s in zip(halves, here, strict=True)
+            if s
+        ]
+        where = f"; put back at {', '.join(back)}" if back else ""
+        return "rolled_back", f"crashed before the Live Photo's two files were deleted{where}"
+    # One half was deleted (its keeper was verified first): the other follows, once its own
+    # keeper is verified again; if that fails it goes back rather than be lost.
+    kept = []
+    for h, staged_here in zip(halves, here, strict=True):
+        if not staged_here or h.staged is None:
+            continue
+        try:
+            verified = h.keeper is not None and _sha256_of(h.keeper) == h.sha256
+        except (OSError, DedupdError):
+            verified = False
+        if verified and not _same_file(h.staged, h.keeper or ""):
+            _unlink_path(h.staged)
+        else:
+            kept.append(_put_back(PurePath(h.staged), PurePath(h.src), root))
+    _remove_staging_if_empty(root)
+    if kept:
+        return "done", f"deleted; its keeper changed, so {', '.join(kept)} was put back"
+    return "done", "both files of the Live Photo were deleted"
+
+
+def _recover_restore_pair(halves: Sequence[_Half]) -> tuple[str, str]:
+    """A restore links every file back before dropping any quarantine name: finished when
+    every file reached its folder, else every new name is dropped again."""
+    if all(h.dst is not None and safefs.lexists(h.dst) for h in halves):
+        for h in halves:
+            assert h.dst is not None
+            if not safefs.lexists(h.src):
+                continue
+            if _same_file(h.src, h.dst) or (
+                _sha256_of(h.src) == h.sha256 and _sha256_of(h.dst) == h.sha256
+            ):
+                _unlink_path(h.src)
+            else:
+                return "failed", f"{h.src} and {h.dst} hold different bytes; both left in place"
+        return "done", "both files of the Live Photo were back; quarantine names removed"
+    for h in halves:
+        if h.dst is None or not safefs.lexists(h.dst) or not safefs.lexists(h.src):
+            continue
+        if _same_file(h.src, h.dst) or (
+            _sha256_of(h.src) == h.sha256 and _sha256_of(h.dst) == h.sha256
+        ):
+            _unlink_path(h.dst)
+    return "rolled_back", "crashed before the Live Photo's two files were back; both in quarantine"
+
+
+def _check_bytes(path: str, sha256: str, action_id: int) -> None:
+    """Refuse unless `path` holds `sha256` now (a file already gone passes)."""
+    try:
+        ok = _sha256_of(path) == sha256
+    except FileNotFoundError:
+        return
+    except (OSError, DedupdError) as exc:
+        raise ActionError(f"{path}: {exc}; kept") from exc
+    if not ok:
+        raise ActionError(
+            f"{path} no longer holds the quarantined bytes; both files of the Live Photo kept"
+            f" (restore them with `dedupctl quarantine restore {action_id}`)"
+        )
 
 
 def _reachable(folder: str) -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -464,11 +465,12 @@ def dedupctl(
     """dedupctl: query and steer dedupd.
 
     Talks to the running daemon over its socket. Only when no daemon is running, search,
-    show and quarantine list read the database directly (and say so), and restore, purge and
-    distinct change the database and files directly (refused while another process holds
-    the database); status, rescan and reload need the daemon. A daemon that is busy or
-    stopping is never worked around. With a config that does not load, status, quarantine
-    list, rescan and reload still ask the daemon (and warn); the other commands need it.
+    show and quarantine list read the database directly (and say so), and restore, purge,
+    distinct and the review page's buttons change the database and files directly (refused
+    while another process holds the database); status, rescan and reload need the daemon. A
+    daemon that is busy or stopping is never worked around. With a config that does not
+    load, status, quarantine list, rescan and reload still ask the daemon (and warn); the
+    other commands need it.
     Exit codes: 0 ok, 1 nothing found (status: a root is unavailable), 2 usage or config
     error, 3 daemon not running or not answering, 4 busy (the daemon is busy or stopping, or
     another process holds the database).
@@ -578,29 +580,48 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
     a crop of IMAGE or of which IMAGE is a crop. Exit 1 if none.
 
     IMAGE is hashed here, with the configured hasher, and looked up in the daemon's index;
-    its rotations and mirrors too unless the default policy says `isometric: false`.
+    its rotations and mirrors too unless the default policy says `isometric: false`. Clips
+    with a frame like IMAGE are listed too. IMAGE may be a clip (a video, an animated GIF
+    or WebP): then the clips that match it are listed.
     Without --threshold, a photo is listed when it is within the threshold of its own root's
     policy; with it, photos beyond that are marked "not a duplicate".
     """
+    from dedupd import video
     from dedupd.hashers import Hasher
     from dedupd.imaging import hash_image  # Pillow, for the one command that decodes here
 
     with _errors():
         config = _load(ctx)
-        hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-        hashed = hash_image(image, [hasher], max_pixels=config.hashing.max_pixels)
-        bits = hashed.hashes[hasher.key]
-        isometric = config.policies[DEFAULT_POLICY].isometric
-        variants = hashed.variants.get(hasher.key, []) if isometric else []
-        answer = _service(ctx).search(
-            bits,
-            sha256=hashed.sha256,
-            k=k,
-            threshold=threshold,
-            variants=variants,
-            features=hashed.features,
-        )
-        answer["query"] = {"path": str(Path(image).resolve()), "sha256": hashed.sha256}
+        h = config.hashing
+        hasher = Hasher(h.algorithm, h.hash_size)
+        clip: video.HashedVideo | None = None
+        if video.is_video_name(image):
+            clip = video.hash_video(image, hasher, fps=h.video_fps, max_pixels=h.max_pixels)
+        elif image.rpartition(".")[2].lower() in video.ANIMATED_EXTENSIONS:
+            clip = video.hash_animation(image, hasher, fps=h.video_fps, max_pixels=h.max_pixels)
+        if clip is not None:
+            if not clip.frames:
+                raise video.NoVideoStream(image, "no frame of this clip has any detail to match")
+            frames = video.search_frames(clip.frames)
+            answer = _service(ctx).search(
+                frames[0], sha256=clip.sha256, k=k, threshold=threshold, frames=frames
+            )
+            sha256 = clip.sha256
+        else:
+            hashed = hash_image(image, [hasher], max_pixels=h.max_pixels)
+            bits = hashed.hashes[hasher.key]
+            isometric = config.policies[DEFAULT_POLICY].isometric
+            variants = hashed.variants.get(hasher.key, []) if isometric else []
+            answer = _service(ctx).search(
+                bits,
+                sha256=hashed.sha256,
+                k=k,
+                threshold=threshold,
+                variants=variants,
+                features=hashed.features,
+            )
+            sha256 = hashed.sha256
+        answer["query"] = {"path": str(Path(image).resolve()), "sha256": sha256}
         if answer["hasher"] != hasher.key:
             raise ConfigError(
                 f"this config hashes with {hasher.key} but the daemon with {answer['hasher']};"
@@ -620,13 +641,44 @@ def search(ctx: click.Context, image: str, k: int, threshold: float | None, as_j
 @dedupctl.command()
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the groups as one self-contained HTML page (thumbnails inline) to this file.",
+)
+@click.option(
+    "--tsne",
+    "tsne_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw the t-SNE map of the indexed photos, duplicate groups linked, as a PNG to "
+    "this file (needs `pip install 'dedupd[viz]'`).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=2),
+    default=2000,
+    show_default=True,
+    help="With --tsne: draw at most this many photos (group members first).",
+)
 @click.pass_context
-def show(ctx: click.Context, file: Path | None, as_json: bool) -> None:
+def show(
+    ctx: click.Context,
+    file: Path | None,
+    as_json: bool,
+    html_out: Path | None,
+    tsne_out: Path | None,
+    sample: int,
+) -> None:
     """Duplicate groups and how many photos are in quarantine; or, with FILE, that file's
     record and its matches (exit 1 if the file is not in the database).
 
     A photo of a reference root is always its group's keeper; pairs marked distinct and
-    photos restored from quarantine are not listed as duplicates."""
+    photos restored from quarantine are not listed as duplicates. --html writes the groups
+    as a page to share or archive; --tsne draws the map of all indexed photos (read from the
+    database, which this user must be able to read)."""
+    if file is not None and (html_out or tsne_out):
+        raise click.UsageError("--html and --tsne show the groups: give no FILE")
     with _errors():
         bits = _hash_bits(ctx)
         service = _service(ctx)
@@ -635,7 +687,112 @@ def show(ctx: click.Context, file: Path | None, as_json: bool) -> None:
             click.echo(render.to_json(answer) if as_json else render.file_info(answer, bits))
             return
         answer = service.groups()
+        if html_out is not None or tsne_out is not None:
+            _pictures(ctx, answer, html_out, tsne_out, sample)
+            return
     click.echo(render.to_json(answer) if as_json else render.groups(answer, bits))
+
+
+def _pictures(
+    ctx: click.Context,
+    answer: dict[str, Any],
+    html_out: Path | None,
+    tsne_out: Path | None,
+    sample: int,
+) -> None:
+    from dedupd import report
+    from dedupd.thumbs import Thumbnails, cache_dir
+
+    config = _load(ctx)
+    thumbs = Thumbnails(
+        cache_dir(), max_pixels=config.hashing.max_pixels, roots=[r.path for r in config.roots]
+    )
+    if html_out is not None:
+        html_out.write_text(report.html_report(answer, thumbs), encoding="utf-8")
+        click.echo(render.report_written(str(html_out), answer))
+    if tsne_out is not None:
+        bars: dict[str, Any] = {}
+
+        def progress(step: str, done: int, total: int) -> None:
+            """A bar per step on a terminal, none when piped."""
+            if not sys.stderr.isatty():
+                return
+            if step not in bars:
+                bars[step] = click.progressbar(length=total, label=step, file=sys.stderr)
+                bars[step].__enter__()
+            bars[step].update(done - bars[step].pos)
+
+        hashing = config.hashing
+        key = Hasher(hashing.algorithm, hashing.hash_size).key
+        try:
+            with Store(_offline_config(ctx).database, readonly=True) as store:
+                made = report.tsne_map(
+                    store, key, answer["groups"], tsne_out, thumbs, sample=sample,
+                    progress=progress,
+                )
+        finally:
+            for bar in bars.values():
+                bar.__exit__(None, None, None)
+        click.echo(
+            render.map_written(str(tsne_out), made.drawn, made.total, made.pictures, made.links)
+        )
+
+
+@dedupctl.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port on 127.0.0.1 to serve the page on (0: a free one).",
+)
+@click.option("--no-open", is_flag=True, help="Print the URL only; do not open a browser.")
+@click.pass_context
+def review(ctx: click.Context, port: int, no_open: bool) -> None:
+    """Review the quarantine and the groups in a web page, by their pictures.
+
+    Serves a page on 127.0.0.1 only, prints its URL (with a token that every request needs)
+    and opens it in a browser. The page shows each quarantined photo beside its keeper, to
+    restore or purge, and the reported groups, to quarantine a copy or mark it distinct: each
+    button asks the daemon (or the database when none runs), as dedupctl's commands do.
+    Thumbnails are cached in $XDG_CACHE_HOME/dedupd/thumbs. Runs until Ctrl-C or SIGTERM."""
+    import webbrowser
+
+    from dedupd.review import ReviewServer
+    from dedupd.thumbs import Thumbnails, cache_dir
+
+    with _errors():
+        service = _service(ctx)
+        # Asked once now: no daemon and no database is an error here, not on the page.
+        service.quarantine_list()
+        config = _load(ctx)
+        thumbs = Thumbnails(
+            cache_dir(), max_pixels=config.hashing.max_pixels, roots=[r.path for r in config.roots]
+        )
+        try:
+            server = ReviewServer(service, thumbs, port=port)
+        except OSError as exc:
+            raise click.UsageError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from exc
+    stop: list[int] = []
+    wake = threading.Event()
+
+    def note(signum: int, frame: Any) -> None:  # only records it; the loop below acts
+        stop.append(signum)
+        wake.set()
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    server.start()
+    try:
+        click.echo(render.review_started(server.url))
+        sys.stdout.flush()
+        if not no_open:
+            webbrowser.open(server.url)
+        while not wake.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dedupctl.group()

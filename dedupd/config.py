@@ -31,6 +31,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_VIDEO_FPS",
     "REFERENCE_POLICY",
     "SYSTEM_RUNTIME_DIR",
     "SYSTEM_STATE_DIR",
@@ -72,6 +73,14 @@ DEFAULT_EXTENSIONS = (
     "heic",
     "heif",
     "avif",
+    # clips (dedupd.video); an animated gif or webp is one too
+    "mp4",
+    "mov",
+    "m4v",
+    "3gp",
+    "webm",
+    "mkv",
+    "avi",
 )
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.crdownload", "*.filepart", "~*")
 
@@ -99,6 +108,7 @@ class HashingConfig:
     workers: int = field(default_factory=_cpu_count)
     max_pixels: int = 180_000_000
     timeout: float = 120.0  # seconds one file may take in a worker before it is killed
+    video_fps: float = 1.0  # frames of a clip sampled per second (dedupd.video)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +426,17 @@ def _positive_duration(value: Any) -> float:
     return seconds
 
 
+MAX_VIDEO_FPS = 30.0  # sampling more often than this decodes every frame and adds nothing
+
+
+def _frame_rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(value)
+    if not 0 < value <= MAX_VIDEO_FPS:
+        raise ValueError(value)
+    return float(value)
+
+
 def _workers(value: Any) -> int:
     return _cpu_count() if value == "auto" else _int_at_least(1)(value)
 
@@ -427,7 +448,7 @@ _BACKENDS: tuple[IndexBackend, ...] = get_args(IndexBackend)
 
 
 def _hashing(r: _Reader) -> HashingConfig:
-    r.only(("algorithm", "hash_size", "workers", "max_pixels", "timeout"))
+    r.only(("algorithm", "hash_size", "workers", "max_pixels", "timeout", "video_fps"))
     d = HashingConfig()
     algorithm = r.choice("algorithm", d.algorithm, _HASHERS)
     hash_size = r.get("hash_size", d.hash_size, _int_at_least(1), "a positive integer")
@@ -441,6 +462,12 @@ def _hashing(r: _Reader) -> HashingConfig:
         workers=r.get("workers", d.workers, _workers, "'auto' or an integer >= 1"),
         max_pixels=r.get("max_pixels", d.max_pixels, _int_at_least(1), "an integer >= 1"),
         timeout=r.get("timeout", d.timeout, _positive_duration, "a duration > 0 such as 2m"),
+        video_fps=r.get(
+            "video_fps",
+            d.video_fps,
+            _frame_rate,
+            f"a number of frames per second in (0, {MAX_VIDEO_FPS:g}]",
+        ),
     )
 
 

@@ -40,6 +40,8 @@ from dedupd.errors import (  # the daemon's errors live there, so the CLI need n
     DaemonUnavailable,
     DedupdError,
     NotFoundError,
+    Refused,
+    StoreError,
 )
 from dedupd.hashers import TRANSFORMS
 from dedupd.service import COMMAND_TIMEOUT
@@ -77,6 +79,12 @@ class RequestError(DedupdError):
     def __init__(self, status: int, error: str, detail: str | None = None):
         self.status, self.error, self.detail = status, error, detail
         super().__init__(f"{error}: {detail}" if detail else error)
+
+
+# The daemon's own refusals that the client raises again as themselves (by class name, as
+# the server answers a DedupdError), so that a command reads and exits the same whether the
+# daemon or the database answered it.
+_RELAYED: dict[str, type[DedupdError]] = {e.__name__: e for e in (Refused, StoreError)}
 
 
 class _BadRequest(Exception):
@@ -448,6 +456,14 @@ def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
             Features.from_local(features)  # the kind and shape the crop stage reads
         except ValueError as exc:
             raise _BadRequest(400, "bad request", f"features: {exc}") from exc
+    frames: list[bytes] = []
+    if params.get("frames"):
+        try:
+            frames = [bytes.fromhex(v) for v in params["frames"].split(",")]
+        except ValueError as exc:
+            raise _BadRequest(400, "bad request", "frames must be comma-separated hex") from exc
+        if any(len(f) != len(bits) for f in frames):
+            raise _BadRequest(400, "bad request", "frames must be hashes like hash=")
     k, threshold = min(_int(params, "k", 10), MAX_RESULTS), _threshold(params)
     return svc.search(
         bits,
@@ -456,6 +472,7 @@ def _search(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) ->
         threshold=threshold,
         variants=variants,
         features=features,
+        frames=frames,
     )
 
 
@@ -486,6 +503,15 @@ def _strings(body: dict[str, Any], name: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise _BadRequest(400, "bad request", f"{name} must be a non-empty list of strings")
     return value
+
+
+def _quarantine_add(
+    svc: DaemonService, params: dict[str, str], body: dict[str, Any]
+) -> dict[str, Any]:
+    path, keeper = body.get("path"), body.get("keeper")
+    if not isinstance(path, str) or not isinstance(keeper, str):
+        raise _BadRequest(400, "bad request", "path and keeper must be paths")
+    return svc.quarantine(path, keeper)
 
 
 def _restore(svc: DaemonService, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
@@ -532,6 +558,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", f"{API}/groups"): _groups,
     ("GET", f"{API}/files"): _file,
     ("GET", f"{API}/quarantine"): _quarantine,
+    ("POST", f"{API}/quarantine/add"): _quarantine_add,
     ("POST", f"{API}/quarantine/restore"): _restore,
     ("POST", f"{API}/quarantine/purge"): _purge,
     ("POST", f"{API}/distinct"): _distinct,
@@ -619,5 +646,8 @@ class ControlClient:
         if response.status >= 400:
             if response.status == 404 and answer.get("error") == "not found":
                 raise NotFoundError(answer.get("detail") or "not found")
+            known = _RELAYED.get(answer.get("error", ""))
+            if response.status == 400 and known is not None and answer.get("detail"):
+                raise known(answer["detail"])  # as the local backend says it, word for word
             raise RequestError(response.status, answer.get("error", "error"), answer.get("detail"))
         return answer  # type: ignore[no-any-return]

@@ -287,7 +287,7 @@ class Daemon:
     def _start_pool(self, config: Config) -> None:
         """Start the hasher pool, or keep the running one when a reload left its settings."""
         h = config.hashing
-        key = (h.algorithm, h.hash_size, h.workers, h.max_pixels, h.timeout, self.work)
+        key = (h.algorithm, h.hash_size, h.workers, h.max_pixels, h.timeout, h.video_fps, self.work)
         if self._pool is not None and key == self._pool_key:
             return
         self._close_pool()

@@ -6,26 +6,29 @@ and report duplicate groups. The daemon will drive the same `Ingest` from its wa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from dedupd.actions import ActionError, Actions
+from dedupd.actions import ActionError, Actions, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinion
 from dedupd.policy import Candidate, CropEvidence, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
-from dedupd.store import FileRecord, MatchKind, Store, Undecided
+from dedupd.store import FileRecord, MatchKind, State, Store, Undecided
+from dedupd.video import MAX_FRAMES, video_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from dedupd.features import Features
-    from dedupd.index import CropIndex, HammingIndex
+    from dedupd.index import CropIndex, FrameIndex, HammingIndex
 
 __all__ = [
     "Failure",
@@ -141,6 +144,16 @@ class Ingest:
         # stage waits for it (`_crops`), so no newcomer is matched against half an index.
         path, roots = store.path, list(self.roots)
         self.crops.start_load(lambda: _feature_words(path, roots))
+        # Clips: their frames' hashes in an index of their own, voting per clip. A photo is
+        # never matched against a clip's frames by ingest (only `search` asks for that).
+        from dedupd.index import FrameIndex
+
+        self.video_key = video_key(self.hasher, config.hashing.video_fps)
+        self.frame_radius = self.hasher.radius(self.hasher.default_threshold)
+        self.frames: FrameIndex = FrameIndex(
+            make_index(ic.backend, self.hasher.bits, leaf_size=ic.leaf_size, p=ic.p), MAX_FRAMES
+        )
+        self.frames.load_packed(*store.frame_arrays(self.video_key, MAX_FRAMES, self.roots))
         self.policies = config.root_policies()
         self.default_policy = config.policies[DEFAULT_POLICY]
         self._radius = {root: self._radius_of(p) for root, p in self.policies.items()}
@@ -154,6 +167,11 @@ class Ingest:
         # Files a dry run would have moved: gone for the rest of this run's decisions, as
         # after a real move, so that a dry run previews what a real run does.
         self._gone_in_preview: set[int] = set()
+        # Files to hash again in full before a decision that rests on a thumbnail's hash may
+        # move anything: whoever feeds the pool takes them from here (`Entry.full_decode`).
+        # _confirming: their ids → whether their own decision is made again once hashed.
+        self.confirm: deque[Entry] = deque()
+        self._confirming: dict[int, bool] = {}
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -169,9 +187,33 @@ class Ingest:
         """Let a background index rebuild finish (so no thread outlives its owner)."""
         self.index.join_rebuild()  # the long wait, without blocking searches
         self.crops.join_rebuild()
+        self.frames.join_rebuild()
         with self.lock:
             self.index.finish_rebuild(wait=True)
             self.crops.finish_rebuild(wait=True)
+            self.frames.finish_rebuild(wait=True)
+
+    def unindex(self, file_ids: Sequence[int]) -> None:
+        """Take files out of the indexes (photos, their crop words and clips alike): gone,
+        moved away, failed."""
+        with self.lock:
+            self.index.remove(file_ids)
+            self.crops.remove(file_ids)
+            self.frames.remove(file_ids)
+
+    def index_again(self, file_ids: Sequence[int]) -> None:
+        """Put files that came back (moved, remounted) into the indexes from their stored
+        hashes (a photo's, and its crop words; or a clip's frames)."""
+        for file_id in file_ids:
+            bits = self.store.hash_of(file_id, self.hasher.key)
+            clip = self.store.video_frames(file_id, self.video_key) if bits is None else None
+            with self.lock:
+                if bits is not None:
+                    self.index.add([file_id], [bits])
+                elif clip is not None:
+                    self.frames.add(file_id, clip.frames)
+            if bits is not None:
+                self.index_crop_words(file_id)
 
     def radius_for(self, root: str) -> int:
         """The match radius in bits for a newcomer under `root`, from its policy."""
@@ -182,8 +224,9 @@ class Ingest:
         """The largest radius of any policy: what any root could count as a duplicate."""
         return max([self._default_radius, *self._radius.values()])
 
-    def ingest(self, entry: Entry, result: HashedImage | Failure) -> Outcome | None:
-        """Record one hashing result; for an image, match it and apply its root's policy.
+    def ingest(self, entry: Entry, result: HashedImage | HashedVideo | Failure) -> Outcome | None:
+        """Record one hashing result; for an image or a clip, match it and apply its root's
+        policy.
 
         Returns what was decided when the file has a duplicate (or a tombstone), else None.
         """
@@ -192,11 +235,28 @@ class Ingest:
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
-            with self.lock:
-                self.index.remove([file_id])
-                self.crops.remove([file_id])
+            self.unindex([file_id])
             return None
+        gone = self._moved_away(entry, result.sha256)
+        if gone is not None:  # recorded as what it is now; nothing to match or decide
+            file_id = (
+                self.store.record_video(entry.root, entry.relpath, result)
+                if isinstance(result, HashedVideo)
+                else self.store.record_hashed(entry.root, entry.relpath, result)
+            )
+            self.store.set_state(file_id, gone)
+            return None
+        if isinstance(result, HashedVideo):
+            return self._ingest_video(entry, result)
         file_id = self.store.record_hashed(entry.root, entry.relpath, result)
+        again = self._confirming.pop(file_id, None) if entry.full_decode else None
+        if again is False:  # the other file of a held match: its hashes are now a full decode's
+            with self.lock:
+                self.index.add([file_id], [result.hashes[self.hasher.key]])
+            self.index_crop_words(file_id)  # and its crop words, from the full decode's features
+            return None
+        if again:
+            log.info("decision_confirming", path=entry.path, by="full decode")
         return self._match_and_decide(
             file_id,
             entry.path,
@@ -223,31 +283,31 @@ class Ingest:
         if not due:
             return []
         self._pending = {r.id for r in due}
-        with self.lock:
-            self.index.remove(list(self._pending))
-            self.crops.remove(list(self._pending))
+        self.unindex(list(self._pending))
         outcomes = []
         try:
             with self.store.batch():
                 for record in due:
                     self._pending.discard(record.id)
-                    bits = self.store.hash_of(record.id, self.hasher.key)
-                    if bits is None or record.sha256 is None:  # hashed with another hasher
-                        self.store.clear_undecided(record.id)
-                        continue
                     path, sha256 = str(record.path), record.sha256
-                    outcome = self._match_and_decide(record.id, path, bits, sha256, None)
+                    bits = self.store.hash_of(record.id, self.hasher.key)
+                    clip = (
+                        self.store.video_frames(record.id, self.video_key) if bits is None else None
+                    )
+                    if sha256 is None or (bits is None and clip is None):
+                        self.store.clear_undecided(record.id)  # hashed with another hasher
+                        continue
+                    if bits is not None:
+                        outcome = self._match_and_decide(record.id, path, bits, sha256, None)
+                    elif clip is not None:
+                        outcome = self._match_and_decide_clip(record.id, path, sha256, clip.frames)
                     if outcome is not None:
                         outcomes.append(outcome)
                     tick()
         finally:
             left, self._pending = self._pending, set()
-            for file_id in left:  # an error stopped the loop: the rest go back as they were
-                bits = self.store.hash_of(file_id, self.hasher.key)
-                if bits is not None:
-                    with self.lock:
-                        self.index.add([file_id], [bits])
-                    self.index_crop_words(file_id)
+            # an error stopped the loop: the rest go back as they were
+            self.index_again(list(left))
         return outcomes
 
     def _match_and_decide(
@@ -321,7 +381,22 @@ class Ingest:
         if decision.kind == "crop" and decision.keeper is not None and decision.target is not None:
             other = decision.keeper.id if decision.target.id == file_id else decision.target.id
             crop = crops[other].detail if other in crops else None
-        outcome = self.apply(decision, path, crop)
+        return self._settle(newcomer, sha256, path, decision, crop)
+
+    def _settle(
+        self,
+        newcomer: FileRecord,
+        sha256: str,
+        path: str,
+        decision: Decision,
+        detail: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """Carry out a newcomer's decision (unless it must wait for a full decode), and note
+        it to be decided again unless it acted (or had nothing to do). `detail`: what the
+        matcher measured, for a crop."""
+        file_id = newcomer.id
+        held = self._hold_for_full_decode(newcomer, decision)
+        outcome = self.apply(decision, path, detail, held=held)
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -435,6 +510,130 @@ class Ingest:
             return min(ra.quality, rb.quality), max(ra.dominant, rb.dominant)
 
         return pair
+    def _moved_away(self, entry: Entry, sha256: str) -> State | None:
+        """"quarantined" or "deleted" when dedupd itself took these bytes away from this path
+        after the worker hashed them (a Live Photo's motion file goes with its still, in the
+        still's action), else None. A file back at the path (restored, synced again) is
+        decided as usual."""
+        action = self.store.tombstone(sha256, entry.path)
+        if action is None or os.path.lexists(entry.path):
+            return None
+        return "quarantined" if action.kind == "quarantine" else "deleted"
+
+    def _ingest_video(self, entry: Entry, clip: HashedVideo) -> Outcome | None:
+        """Record a clip; match it against the indexed clips by its frames and apply its
+        root's policy."""
+        file_id = self.store.record_video(entry.root, entry.relpath, clip)
+        return self._match_and_decide_clip(file_id, entry.path, clip.sha256, clip.frames)
+
+    def clip_matches(
+        self, frames: Sequence[bytes]
+    ) -> dict[int, tuple[int, MatchKind, dict[str, object]]]:
+        """The indexed clips that match a clip of `frames`: id → (distance, kind, detail).
+        `distance`: the median bits from its matched frames to theirs; kind "video" (the same
+        clip, in any order, maybe cut) or "contains" (one holds the other; `detail` says
+        which)."""
+        with self.lock:
+            votes = self.frames.votes(frames, self.frame_radius)
+            counts = {other: self.frames.frames(other) for other in votes}
+        found: dict[int, tuple[int, MatchKind, dict[str, object]]] = {}
+        for other, v in votes.items():
+            kind = v.kind(len(frames), counts[other])
+            if kind is None:
+                continue
+            detail: dict[str, object] = {
+                "frames": len(frames),
+                "matched": len(v.mine),
+                "other_frames": counts[other],
+                "other_matched": len(v.theirs),
+            }
+            if kind != "video":
+                detail["inside"] = "other" if kind == "contains" else "this"
+            found[other] = (v.distance, "video" if kind == "video" else "contains", detail)
+        return found
+
+    def _match_and_decide_clip(
+        self, file_id: int, path: str, sha256: str, frames: Sequence[bytes]
+    ) -> Outcome | None:
+        """`_match_and_decide` for a clip: exact copies by sha256, then the clips that share
+        its frames (`clip_matches`); recorded under the video key, then decided by policy."""
+        newcomer = self.store.file(file_id)
+        assert newcomer is not None  # just written by this thread
+        found: dict[int, tuple[int, MatchKind, dict[str, object] | None]] = {
+            r.id: (0, "exact", None) for r in self.store.with_sha256(sha256, roots=self.roots)
+        }
+        for other, match in self.clip_matches(frames).items():
+            found.setdefault(other, match)
+        found.pop(file_id, None)
+        for other in [i for i in found if i in self._pending or i in self._gone_in_preview]:
+            del found[other]
+        records = self.store.files(found)
+        found = {i: v for i, v in found.items() if i in records}
+        self.store.replace_matches(
+            file_id,
+            self.video_key,
+            [
+                (other, d, kind, "identity", _about(detail, file_id, other))
+                for other, (d, kind, detail) in found.items()
+            ],
+        )
+        with self.lock:
+            self.frames.add(file_id, frames)
+            self.frames.finish_rebuild()
+            if self.frames.pending >= self.config.index.rebuild_every:
+                self.frames.start_rebuild()
+        tombstone = self.store.tombstone(sha256, path)
+        if not found and tombstone is None:
+            self.store.clear_undecided(file_id)
+            return None
+        decision = decide(
+            newcomer,
+            [Candidate(records[i], d, kind) for i, (d, kind, _) in found.items()],
+            policies=self.policies,
+            default=self.default_policy,
+            distinct=self.store.distinct_from(sha256),
+            tombstone=tombstone,
+            dry_run=self.config.dry_run,
+        )
+        return self._settle(newcomer, sha256, path, self._respect_restores(newcomer, decision))
+
+    def _hold_for_full_decode(self, newcomer: FileRecord, decision: Decision) -> str | None:
+        """Why a decision on a match must wait, or None: it rests on a perceptual hash of an
+        embedded thumbnail (the newcomer's, the target's or the keeper's), which shows only
+        what the file claims. Those files are queued to be hashed again in full (`confirm`),
+        the others first, the newcomer last, which then is decided again: what is finally
+        decided (moved, or only reported) is what a full decode decides. An exact match (the
+        same bytes) needs no confirmation, nor does anything when no file can move."""
+        if decision.action == "none" or decision.dry_run or self.actions is None:
+            return None
+        if decision.kind == "exact":  # the same bytes: what a hash shows does not matter
+            return None
+        involved = {r.id: r for r in (newcomer, decision.target, decision.keeper) if r}
+        thumbs = self.store.from_thumbnail(involved)
+        if not thumbs:
+            return None
+        for r in involved.values():
+            if r.id in thumbs and r.id != newcomer.id:
+                self._confirming[r.id] = False
+                self.confirm.append(Entry(r.root, r.relpath, r.stat, full_decode=True))
+        self._confirming[newcomer.id] = True
+        self.confirm.append(
+            Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
+        )
+        self.store.mark_stale(newcomer.id)  # hashed again next run if this one stops first
+        names = ", ".join(sorted(str(involved[i].path) for i in thumbs))
+        return (
+            f"held: hashed from an embedded thumbnail ({names}); decided again after a full"
+            " decode"
+        )
+
+    def _still_of(self, target: FileRecord | None) -> FileRecord | None:
+        """The Live Photo still whose motion file `target` is, if it is one: a decision to
+        move the motion file alone (a duplicate clip whose still is not a duplicate) is
+        only reported; the pair moves when its still does."""
+        if target is None:
+            return None
+        return self.store.still_of(target.root, target.relpath)
 
     def _respect_restores(self, newcomer: FileRecord, decision: Decision) -> Decision:
         """A photo the user restored from quarantine is never acted on again (while its
@@ -531,31 +730,56 @@ class Ingest:
             )
         return out
 
-    def apply(self, decision: Decision, path: str, detail: dict[str, Any] | None = None) -> Outcome:
-        """Carry out a decision through `actions`, and log one event for it (with what the
-        matcher measured, `detail`, for a crop)."""
+    def apply(
+        self,
+        decision: Decision,
+        path: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        held: str | None = None,
+    ) -> Outcome:
+        """Carry out a decision through `actions` (or not, when `held` says why it waits),
+        and log one event for it (with what the matcher measured, `detail`, for a crop)."""
         result = "reported"
-        if decision.acts and decision.dry_run:
+        if held is not None:
+            result = held
+        elif decision.acts and decision.dry_run:
             result = "dry run"
             if decision.target is not None:
                 self._gone_in_preview.add(decision.target.id)
-                with self.lock:
-                    self.index.remove([decision.target.id])
-                    self.crops.remove([decision.target.id])
+                self.unindex([decision.target.id])
         elif decision.acts and self.actions is None:
             result = "reported (read-only)"
+        elif decision.acts and (still := self._still_of(decision.target)) is not None:
+            result = f"reported: the motion file of Live Photo {still.path}; never moved alone"
         elif decision.acts and decision.target is not None and self.actions is not None:
             self.store.commit()  # the records this decision rests on, before any file moves
             try:
                 if decision.action == "delete" and decision.keeper is not None:
-                    self.actions.delete(decision.target, decision.keeper, decision.rule)
+                    try:
+                        action_id = self.actions.delete(
+                            decision.target, decision.keeper, decision.rule
+                        )
+                    except MotionNotIdentical as exc:
+                        # Its motion file differs from the kept one: not a pair of copies.
+                        # The two files go to quarantine together instead, or stay.
+                        if self.actions.quarantine_dir is None:
+                            raise
+                        log.info("live_photo_quarantined_not_deleted", reason=str(exc))
+                        action_id = self.actions.quarantine(
+                            decision.target, decision.keeper, decision.distance,
+                            f"{decision.rule}; quarantined, not deleted: its Live Photo motion"
+                            " file has no identical copy",
+                        )
                 else:
-                    self.actions.quarantine(
+                    action_id = self.actions.quarantine(
                         decision.target, decision.keeper, decision.distance, decision.rule
                     )
-                with self.lock:
-                    self.index.remove([decision.target.id])
-                    self.crops.remove([decision.target.id])
+                gone = [decision.target.id]
+                motion = self.actions.motion_record(action_id)
+                if motion is not None:
+                    gone.append(motion.id)  # a Live Photo's motion file, moved with it
+                self.unindex(gone)
                 result = "done"
             except ActionError as exc:
                 result = f"failed: {exc}"
@@ -615,6 +839,16 @@ def _feature_words(
 
     with Store(path, readonly=True) as store:
         return store.feature_words(FEATURES_KEY, roots)
+def _about(detail: dict[str, object] | None, file_id: int, other: int) -> dict[str, object] | None:
+    """A clip match's detail as stored: it names the clip it describes (`file`) and, for a
+    clip inside another, the one that holds the other (`container`)."""
+    if detail is None:
+        return None
+    out = {k: v for k, v in detail.items() if k != "inside"}
+    out["file"], out["other"] = file_id, other
+    if "inside" in detail:
+        out["container"] = file_id if detail["inside"] == "other" else other
+    return out
 
 
 def _unchanged(record: FileRecord) -> bool:
@@ -674,6 +908,7 @@ def reconcile_roots(
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
     # A file hashed before the second opinion existed lacks its hash: one re-decode, lazily.
     hasher_keys = (hasher.key, second_opinion(hasher).key)
+    clips = video_key(hasher, config.hashing.video_fps)
     done = Reconciled([], [], [])
     for root in roots:
         try:
@@ -695,7 +930,7 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
-        plan = reconcile(store, root, entries, hasher_keys)
+        plan = reconcile(store, root, entries, hasher_keys, clips)
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             if record.state == "missing":
@@ -714,6 +949,8 @@ def reconcile_roots(
 def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> HasherPool:
     """The hasher pool `config.hashing` asks for (workers, pixel limit, per-file timeout)."""
     h = config.hashing
+    if work is hash_file:  # the default work samples clips at the configured rate
+        work = functools.partial(hash_file, video_fps=h.video_fps)
     return HasherPool(
         [hasher, second_opinion(hasher)],
         workers=h.workers,
@@ -724,8 +961,8 @@ def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> Hasher
 
 
 def ingest_guarded(
-    ingest: Ingest, entry: Entry, result: HashedImage | Failure
-) -> tuple[Outcome | None, HashedImage | Failure]:
+    ingest: Ingest, entry: Entry, result: HashedImage | HashedVideo | Failure
+) -> tuple[Outcome | None, HashedImage | HashedVideo | Failure]:
     """`ingest.ingest`, where one bad file is one recorded error, never a lost batch: an
     unexpected exception is recorded as that file's `internal` failure (which is returned in
     place of its result). If even that cannot be written (the database is locked), it is
@@ -759,7 +996,7 @@ def ingest_all(
     window = 4 * pool.capacity  # bounded, so a stop() does not leave thousands queued
     try:
         while True:
-            while pool.in_flight < window and (entry := next(todo, None)) is not None:
+            while pool.in_flight < window and (entry := _next(ingest, todo)) is not None:
                 pool.submit(entry)
             if not pool.in_flight:
                 return
@@ -778,6 +1015,11 @@ def ingest_all(
     finally:
         if own:
             pool.close()
+
+
+def _next(ingest: Ingest, todo: Iterator[Entry]) -> Entry | None:
+    """The next file to hash: a held match's confirmation first, then the work."""
+    return ingest.confirm.popleft() if ingest.confirm else next(todo, None)
 
 
 def scan(
@@ -819,9 +1061,12 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
     from dedupd.index import distance
 
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-    # (a, b) → (distance, transform), b = transform(a)
-    edges: dict[tuple[int, int], tuple[int, Transform]] = {
-        (a, b): (d, t) for a, b, d, _, t in store.match_edges(hasher.key, roots)
+    # (a, b) → (distance, transform, kind), b = transform(a); photos' and clips' matches
+    clips = video_key(hasher, config.hashing.video_fps)
+    edges: dict[tuple[int, int], tuple[int, Transform, MatchKind]] = {
+        (a, b): (d, t, kind)
+        for key in (hasher.key, clips)
+        for a, b, d, kind, t in store.match_edges(key, roots)
     }
     from dedupd.features import FEATURES_KEY
 
@@ -879,8 +1124,9 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
             elif (keeper.id, r.id) in edges or (r.id, keeper.id) in edges:
                 # The match itself, which may be rotated or mirrored: the upright hashes of a
                 # turned copy are far apart.
-                d, t = edges.get((keeper.id, r.id)) or edges[r.id, keeper.id]
-                dups.append(Member(r, d, "near", t if keeper.id < r.id else INVERSE[t]))
+                d, t, kind = edges.get((keeper.id, r.id)) or edges[r.id, keeper.id]
+                kind = "near" if kind == "exact" else kind  # bytes differ from the keeper's
+                dups.append(Member(r, d, kind, t if keeper.id < r.id else INVERSE[t]))
             elif (pair := (min(keeper.id, r.id), max(keeper.id, r.id))) in crops:
                 d, detail = crops[pair]
                 dups.append(Member(r, d, "crop", detail=detail))

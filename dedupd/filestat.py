@@ -1,5 +1,5 @@
 """The plain values one read of a file gives: its identity (`FileStat`) and, once decoded, its
-hashes and facts (`HashedImage`).
+hashes and facts (`HashedImage`; a clip's frame hashes: `HashedVideo`).
 
 Kept apart from `imaging` so that the store, the scanner and every command that never
 decodes (an unchanged rescan, `dedupctl status`) do not import Pillow to name them.
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["FileStat", "HashedImage", "LocalFeatures"]
+if TYPE_CHECKING:
+    from dedupd.live import Beside
+
+__all__ = ["FileStat", "HashedImage", "HashedVideo", "LocalFeatures"]
 
 
 class FileStat(NamedTuple):
@@ -57,3 +60,25 @@ class HashedImage:
     dominant: float | None = None
     # The crop stage's local features (imaging's feature step); None when not computed.
     features: LocalFeatures | None = None
+    # A Live Photo still's motion file (its MOV), found and hashed with it, and the files
+    # that could be one by name; None for a still with no movie beside it.
+    live: Beside | None = None
+    # True when the hashes come from an embedded thumbnail (HEIC), not a full decode.
+    thumbnail: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HashedVideo:
+    """A clip (a video, or an animated GIF/WebP) as `video.hash_video` hashed it."""
+
+    stat: FileStat
+    sha256: str
+    width: int
+    height: int
+    format: str  # the container's name as FFmpeg gives it ("mov", "matroska"), or GIF/WEBP
+    taken_at: str | None  # the container's creation time, ISO 8601
+    duration: float  # seconds
+    key: str  # video.video_key: the frame hasher and the sampling
+    frames: tuple[bytes, ...]  # the kept frames' hashes, in time order
+    times: tuple[float, ...]  # each kept frame's time, seconds from the start
+    sampled: int  # frames looked at (flat and repeated ones were not kept)

@@ -30,6 +30,7 @@ from dedupd import safefs
 from dedupd.errors import ImageError
 from dedupd.filestat import FileStat, HashedImage, LocalFeatures
 from dedupd.hashers import Hasher, Measured, dominant_share
+from dedupd.live import Beside, find_motion, photo_content_id
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,9 +49,12 @@ __all__ = [
     "TruncatedImage",
     "Unreadable",
     "Vanished",
+    "border_box",
     "file_sha256",
     "hash_image",
     "open_image",
+    "open_regular",
+    "thumbnail",
     "trim_borders",
 ]
 
@@ -109,7 +113,7 @@ _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 
 
-def _open_regular(path: str) -> BinaryIO:
+def open_regular(path: str) -> BinaryIO:
     """Open a regular file for reading, never through a symlink (on any folder of its path,
     not only the last name) and never blocking on a FIFO.
 
@@ -141,7 +145,7 @@ def _open_regular(path: str) -> BinaryIO:
 
 def _read(path: str) -> tuple[bytes, FileStat]:
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             before = FileStat.of(os.fstat(f.fileno()))
             data = f.read()
             after = FileStat.of(os.fstat(f.fileno()))
@@ -163,10 +167,30 @@ class Decoded(NamedTuple):
     format: str
     width: int  # of the full image, upright
     height: int
+    thumbnail: bool = False  # `image` is the file's embedded thumbnail (HEIC), not a decode
 
 
-def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixels: int) -> Decoded:
+# A HEIC's embedded thumbnail stands in for the image when it is a scaled copy of it (same
+# aspect ratio, crop, rotation, mirroring and colour profile: pillow-heif's `draft` checks)
+# whose short side is at least this, or the hashers' draft side if smaller. An iPhone's are
+# 320x240: every hasher resizes to 128 px or less (bench/accuracy.py: heic-thumbnail).
+HEIC_THUMBNAIL_SIDE = 240
+
+
+def open_image(
+    data: bytes | str,
+    path: str,
+    *,
+    draft_side: int | None,
+    max_pixels: int,
+    thumbnail_side: int | None = None,
+) -> Decoded:
     """Decode `data` (bytes, or a path to read) fully, oriented upright, drafted if allowed.
+
+    With `thumbnail_side`, a HEIC's embedded thumbnail is decoded instead of the image when
+    it is a scaled copy of it at least that large (`Decoded.thumbnail` says so): ~15x less
+    work for a 12 MP photo. What it shows is only what the file claims: a decision that
+    would move a file on such a hash waits for a full decode (`engine`).
 
     Raises NotAnImage, TooManyPixels, TruncatedImage or CorruptImage.
     """
@@ -188,9 +212,12 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
             path, f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}"
         )
     image_format = image.format or "unknown"
+    from_thumbnail = False
     try:
         if draft_side and image_format == "JPEG":
             image.draft("RGB", (draft_side, draft_side))
+        elif thumbnail_side and image_format == "HEIF":
+            from_thumbnail = image.draft("RGB", (thumbnail_side, thumbnail_side)) is not None
         image.load()
         decoded_size = image.size
         ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
@@ -202,7 +229,7 @@ def open_image(data: bytes | str, path: str, *, draft_side: int | None, max_pixe
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
-    return Decoded(image, image_format, width, height)
+    return Decoded(image, image_format, width, height, from_thumbnail)
 
 
 def _not_allowed(data: bytes | str) -> str:
@@ -213,7 +240,7 @@ def _not_allowed(data: bytes | str) -> str:
         if isinstance(data, bytes):
             prefix = data[:16]
         else:
-            with _open_regular(data) as f:
+            with open_regular(data) as f:
                 prefix = f.read(16)
     except (OSError, ImageError):
         prefix = b""
@@ -291,17 +318,22 @@ def _border_lines(std: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], e
 
 
 def _line_stats(
-    lines: npt.NDArray[np.float64],
+    lines: npt.NDArray[np.uint8],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Per line (row) of `lines`: the standard deviation, and the mean as a 1-vector."""
+    """Per line (row) of `lines`, 8-bit levels: the standard deviation, and the mean as a
+    1-vector. Summed in integers: the very floats a float64 sum gives (every partial sum of
+    levels and of their squares is a whole number far below 2**53, so exact either way),
+    without a float copy of the image."""
     import numpy as np
 
-    mean = lines.mean(axis=1)
-    std = np.sqrt(np.maximum(np.square(lines).mean(axis=1) - mean * mean, 0.0))
+    n = lines.shape[1]
+    mean = lines.sum(axis=1, dtype=np.int64) / n
+    squares = np.square(lines, dtype=np.uint16).sum(axis=1, dtype=np.int64) / n
+    std = np.sqrt(np.maximum(squares - mean * mean, 0.0))
     return std, mean[:, None]
 
 
-def _border_box(
+def border_box(
     image: Image.Image, full_width: int | None = None
 ) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of `image` without its uniform borders, or None to keep
@@ -311,21 +343,20 @@ def _border_box(
 
     # Measured on the luminance, as pHash sees the picture, one line per row of memory (numpy
     # reduces a strided axis many times slower: 35 ms instead of 1 ms for a 500x375 draft).
-    gray = np.asarray(image.convert("L"), dtype=np.float64)
-    height, width = gray.shape
+    levels = np.asarray(image if image.mode == "L" else image.convert("L"))
+    height, width = levels.shape
     edge = math.ceil(_EDGE_PX * width / (full_width or width))
-    # Most photos have no flat line near any edge: look there first (a third of the work).
+    # Most photos have no flat line near any edge: look there first (a third of the work),
+    # the rows of both edge strips at once, then their columns.
     k_rows, k_cols = int(_STRIP * height) + 1, int(_STRIP * width) + 1
     outer = (
-        gray[:k_rows],
-        gray[-k_rows:],
-        np.ascontiguousarray(gray[:, :k_cols].T),
-        np.ascontiguousarray(gray[:, -k_cols:].T),
+        np.concatenate((levels[:k_rows], levels[-k_rows:])),
+        np.ascontiguousarray(np.concatenate((levels[:, :k_cols], levels[:, -k_cols:]), axis=1).T),
     )
     if not any(bool((_line_stats(lines)[0] <= _LINE_STD).any()) for lines in outer):
         return None
-    row_std, row_mean = _line_stats(gray)
-    col_std, col_mean = _line_stats(np.ascontiguousarray(gray.T))
+    row_std, row_mean = _line_stats(levels)
+    col_std, col_mean = _line_stats(np.ascontiguousarray(levels.T))
     top = _border_lines(row_std, row_mean, edge)
     bottom = _border_lines(row_std[::-1], row_mean[::-1], edge)
     left = _border_lines(col_std, col_mean, edge)
@@ -343,7 +374,7 @@ def trim_borders(image: Image.Image, full_width: int | None = None) -> Image.Ima
     status-bar strip): a screenshot of a photo hashes like the photo. Run on the small decoded
     image (`full_width`: the file's), before every hasher; `image` itself when there is
     nothing to trim."""
-    box = _border_box(image, full_width)
+    box = border_box(image, full_width)
     return image if box is None else image.crop(box)
 
 
@@ -358,19 +389,26 @@ def _taken_at(image: Image.Image) -> str | None:
         return None  # missing or malformed EXIF is normal, not an error
 
 
-def _small(image: Image.Image, mode: str, side: int | None) -> Image.Image:
+def _small(
+    image: Image.Image, mode: str, side: int | None, gray: Image.Image | None = None
+) -> Image.Image:
     """`image` in `mode`, box-reduced by the largest whole factor that keeps its short side at
-    least `side` (no reduction when `side` is None).
+    least `side` (no reduction when `side` is None). `gray`: `image` already converted to
+    "L", if the caller has it (it is then given, not converted again).
 
     What JPEG draft decoding does in the DCT domain, for every format and beyond draft's 1/8:
     the hashers' own Lanczos resize then starts from twice their sample size rather than from
-    the whole frame (on a 500 px photo that resize was half of the hashing time)."""
+    the whole frame (on a 500 px photo that resize was half of the hashing time). The result
+    may be `image` (or `gray`) itself: hashers only read it."""
     factor = min(image.size) // side if side else 1
     if factor < 2:
-        return image.convert(mode)
+        if mode == "L" and gray is not None:
+            return gray
+        return image if image.mode == mode else image.convert(mode)
     if image.mode not in ("L", "RGB"):  # palette GIFs, RGBA PNGs: reduce plain bands only
         image = image.convert(mode)
-    return image.reduce(factor).convert(mode)
+    small = image.reduce(factor)
+    return small if small.mode == mode else small.convert(mode)
 
 
 def hash_image(
@@ -383,6 +421,8 @@ def hash_image(
     trim: bool = True,
     variants: bool = True,
     features: bool = True,
+    live_photos: bool = True,
+    thumbnails: bool = True,
 ) -> HashedImage:
     """Read `path` once; return its sha256, size, capture time and one hash per hasher (and,
     with `variants`, the hashes of its 8 rotations and mirrors, for isometric matching).
@@ -391,7 +431,10 @@ def hash_image(
     too (`_features_step`).
 
     Uniform borders are trimmed before hashing (`trim=False` only for benchmarks: the hasher
-    keys promise trimmed hashes).
+    keys promise trimmed hashes). With `live_photos`, a HEIC or JPEG still's Live Photo
+    motion file is found and hashed too (`live.find_motion`). With `thumbnails` (and
+    `draft`), a HEIC is hashed from its embedded thumbnail when that is a scaled copy of it
+    (`HashedImage.thumbnail`); `thumbnails=False` is the full decode that confirms a match.
 
     `expect` is the stat the caller saw when it chose the file: if the file has changed since,
     ChangedWhileReading is raised so that nothing is recorded for a version never hashed.
@@ -401,15 +444,25 @@ def hash_image(
         raise ChangedWhileReading(path, "the file changed after it was queued; it will be retried")
     sha256 = hashlib.sha256(data).hexdigest()
     side = max(h.draft_side for h in hashers) if draft and hashers else None
-    decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
-    trimmed = trim_borders(decoded.image, decoded.width) if trim else decoded.image
+    thumbnail_side = min(side, HEIC_THUMBNAIL_SIDE) if side and thumbnails else None
+    decoded = open_image(
+        data, path, draft_side=side, max_pixels=max_pixels, thumbnail_side=thumbnail_side
+    )
+    trimmed, gray = decoded.image, None
+    if trim:
+        # The luminance the trim measures is what the "L" hashers are given (a crop of the
+        # converted image is the conversion of the crop): converted once.
+        gray = trimmed if trimmed.mode == "L" else trimmed.convert("L")
+        box = border_box(gray, decoded.width)
+        if box is not None:
+            trimmed, gray = trimmed.crop(box), gray.crop(box)
     small: dict[tuple[str, int | None], Image.Image] = {}
 
     def given(h: Hasher) -> Image.Image:
         """What `h` hashes: the trimmed image in its mode, reduced to its own side."""
         key = (h.mode, h.reduce_side if draft else None)
         if key not in small:
-            small[key] = _small(trimmed, *key)
+            small[key] = _small(trimmed, *key, gray=gray)
         return small[key]
 
     plain = [h for h in hashers if not h.rates_quality]
@@ -427,16 +480,25 @@ def hash_image(
         variants=turned | pdq.variants,
         quality=pdq.quality,
         dominant=pdq.dominant,
-        features=_features_step(trimmed) if features else None,
+        features=_features_step(trimmed, gray) if features else None,
+        live=_live(path, decoded) if live_photos else None,
+        thumbnail=decoded.thumbnail,
     )
 
 
-def _features_step(image: Image.Image) -> LocalFeatures:
+def _features_step(image: Image.Image, gray: Image.Image | None = None) -> LocalFeatures:
     """The crop stage's step, apart from the hashers: ORB keypoints of the trimmed image
-    (`dedupd.features`), box-reduced first to about the side they are found at."""
+    (`dedupd.features`), box-reduced first to about the side they are found at. `gray`:
+    `image` already converted to "L" (the trim's), or None."""
     from dedupd import features
 
-    return features.extract(_small(image, "L", features.SIDE)).to_local()
+    return features.extract(_small(image, "L", features.SIDE, gray=gray)).to_local()
+
+
+def _live(path: str, decoded: Decoded) -> Beside | None:
+    if decoded.format not in ("HEIF", "JPEG", "MPO"):
+        return None
+    return find_motion(path, photo_content_id(decoded.image))
 
 
 class _Rated(NamedTuple):
@@ -471,11 +533,22 @@ def _pdq_step(image: Image.Image, rating: Sequence[Hasher], *, variants: bool) -
     )
 
 
+def thumbnail(path: str, side: int, *, max_pixels: int) -> tuple[Image.Image, str]:
+    """A picture of the photo at `path` at most `side` pixels across, upright, in RGB, and
+    the sha256 of the bytes it was made from: read as `hash_image` reads (no symlink, only
+    the allowed formats, within `max_pixels`, JPEGs drafted). Raises an ImageError."""
+    data, _ = _read(path)
+    decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
+    image = decoded.image.convert("RGB")
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return image, hashlib.sha256(data).hexdigest()
+
+
 def file_sha256(path: str) -> str:
     """sha256 of a file's bytes, read in chunks (used to re-verify before a delete)."""
     digest = hashlib.sha256()
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     except FileNotFoundError as exc:

@@ -35,10 +35,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "INSIDE_SHARE",
+    "MIN_SHARED",
+    "SAME_SHARE",
     "Backend",
     "CKDTreeIndex",
+    "ClipKind",
+    "ClipVotes",
     "CropCandidate",
     "CropIndex",
+    "FrameIndex",
     "HammingIndex",
     "Match",
     "NumpyIndex",
@@ -57,6 +63,8 @@ _PAIR_CELLS = 1 << 22  # distance-matrix cells per block in all-pairs search
 # Rows per step of a many-query scan: each word column is copied out contiguous once and then
 # compared with every query while it is in cache (bench/index.py --variants).
 _MULTI_ROWS = 1 << 15
+# Up to this many (row, query) cells, a block is compared with all queries in one step.
+_BROADCAST_CELLS = 1 << 16
 
 
 class Match(NamedTuple):
@@ -115,6 +123,12 @@ def distance(a: bytes, b: bytes) -> int:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
 
 
+def _unique(ids: Ids) -> Ids:
+    """`np.unique(ids)`, without its cost for the single id of an ingest: its first call
+    imports numpy.ma (85 ms, in every `dedupd scan` and at the daemon's first photo)."""
+    return ids.copy() if len(ids) < 2 else np.unique(ids)
+
+
 def _member(values: Ids, wanted: Ids) -> npt.NDArray[np.bool_]:
     """`np.isin(values, wanted)`, faster for the one or few ids of a single ingest: isin's
     set-up cost more than the rest of an index add (measured 40 of 90 us per photo)."""
@@ -150,18 +164,37 @@ def _within_any(
     and compared with every query; a query's distance is summed word by word only over the
     rows whose partial distance is still within `radius` (a partial distance never exceeds
     the whole), so with a 256-bit hash and a 10% radius the first word alone rules out ~94%
-    of the rows.
+    of the rows. A partial distance over k words is at most 64 k, so the words that cannot
+    rule anything out yet (while 64 k <= radius) are summed over every row without
+    gathering the rows left: at pHash 16's default radius, 64 of 256 bits, the first word
+    alone rules out nothing.
     """
     found_rows, found_d, found_q = [], [], []
     width = words.shape[1]
+    dense = min(width, radius // 64 + 1)
     for start in range(0, len(words), _MULTI_ROWS):
         chunk = words[start : start + _MULTI_ROWS]
         cols = [np.ascontiguousarray(chunk[:, w]) for w in range(width)]
+        if len(chunk) * len(queries) <= _BROADCAST_CELLS:
+            # Few rows (a scan's fresh delta): all queries and words in a few steps, as
+            # numpy's per-call cost, not the XORs, is then what a query costs.
+            d = np.bitwise_count(cols[0][None, :] ^ queries[:, 0, None]).astype(np.uint16)
+            for w in range(1, width):
+                d += np.bitwise_count(cols[w][None, :] ^ queries[:, w, None])
+            q, rows = np.nonzero(d <= radius)
+            found_rows.append(rows + start)
+            found_d.append(d[q, rows].astype(np.uint32))
+            found_q.append(q.astype(np.int64))
+            continue
         for v, query in enumerate(queries):
             d = np.bitwise_count(cols[0] ^ query[0])
+            if dense > 1:
+                d = d.astype(np.uint16)
+                for w in range(1, dense):
+                    d += np.bitwise_count(cols[w] ^ query[w])
             rows = np.flatnonzero(d <= radius)
             acc = d[rows].astype(np.uint32)
-            for w in range(1, width):
+            for w in range(dense, width):
                 acc += np.bitwise_count(cols[w][rows] ^ query[w])
                 keep = acc <= radius
                 rows, acc = rows[keep], acc[keep]
@@ -312,7 +345,7 @@ class HammingIndex:
         ids = np.fromiter(ids, np.int64)
         if len(ids) != len(hashes):
             raise ValueError("ids and hashes differ in length")
-        if len(np.unique(ids)) != len(ids):
+        if len(ids) > 1 and len(_unique(ids)) != len(ids):
             raise ValueError("an id appears twice in one batch")
         words = pack(hashes, self.bits)
         self.remove(ids)
@@ -368,7 +401,7 @@ class HammingIndex:
 
     def remove(self, ids: Iterable[int]) -> None:
         """Tombstone `ids`; unknown ids are ignored."""
-        ids = np.unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64))
+        ids = _unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64))
         if not len(ids):
             return
         if self._rebuilding is not None:
@@ -1007,3 +1040,124 @@ class CropIndex:
         snap = self._snap
         arrays = (snap.ids, snap.offsets, snap.postings, self._snap_alive)
         return sum(a.nbytes for a in arrays) + sum(w.nbytes + 8 for w in self._delta.values())
+# -- clips -------------------------------------------------------------------------------------
+# Two clips are the same video when at least SAME_SHARE of the distinct frames of each is the
+# nearest match of one of the other's (in any order: a re-cut, a clip with a snippet taken
+# out); one holds the other when at least INSIDE_SHARE of the shorter one's frames are in the
+# longer one. Never on fewer than MIN_SHARED frames of each, unless both clips are the
+# same and one has fewer frames than that (a still scene filmed).
+SAME_SHARE = 0.7
+INSIDE_SHARE = 0.8
+MIN_SHARED = 2
+
+ClipKind = Literal["video", "contains", "inside"]
+
+
+class ClipVotes(NamedTuple):
+    """What a clip's frames found of another indexed clip."""
+
+    mine: frozenset[int]  # the asking clip's frames (numbers) that match one of the other's
+    theirs: frozenset[int]  # the other clip's frames that match one of the asking clip's
+    distance: int  # the median distance in bits of the asking frames to their nearest match
+
+    def kind(self, n_mine: int, n_theirs: int) -> ClipKind | None:
+        """ "video": the same clip; "contains": the asking clip holds the other; "inside": the
+        other holds the asking clip; None: no match. `n_mine`, `n_theirs`: their frames."""
+        if not n_mine or not n_theirs:
+            return None
+        share_mine, share_theirs = len(self.mine) / n_mine, len(self.theirs) / n_theirs
+        if min(len(self.mine), len(self.theirs)) < min(MIN_SHARED, n_mine, n_theirs):
+            return None
+        if min(share_mine, share_theirs) >= SAME_SHARE:
+            return "video"
+        if min(len(self.mine), len(self.theirs)) < MIN_SHARED:
+            return None  # one frame inside a clip: a look-alike, not a cut of it
+        if share_theirs >= INSIDE_SHARE and n_theirs <= n_mine:
+            return "contains"
+        if share_mine >= INSIDE_SHARE and n_mine <= n_theirs:
+            return "inside"
+        return None
+
+
+class FrameIndex:
+    """The frame hashes of every indexed clip in one `HammingIndex`, voting per clip.
+
+    A frame's id is its clip's file id * `per_file` + its number, so that a hit names its clip
+    without a lookup; how many frames each clip has is kept to remove them all. Not thread-safe
+    (the owner's lock guards it, as the photo index).
+    """
+
+    def __init__(self, index: HammingIndex, per_file: int):
+        self.index, self.per_file = index, per_file
+        self._counts: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def frames(self, file_id: int) -> int:
+        """How many frames of `file_id` are indexed (0: none, or not indexed)."""
+        return self._counts.get(file_id, 0)
+
+    def load_packed(self, ids: npt.ArrayLike, packed: npt.NDArray[np.uint8]) -> None:
+        """Replace everything indexed with `packed` frames under their frame `ids`."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            packed = np.empty((0, math.ceil(self.index.bits / 8)), np.uint8)
+        self.index.load_packed(ids, packed)
+        files, counts = np.unique(ids // self.per_file, return_counts=True)
+        self._counts = dict(zip(files.tolist(), counts.tolist(), strict=True))
+
+    def add(self, file_id: int, frames: Sequence[bytes]) -> None:
+        """Index (or re-index) the clip `file_id` with `frames`."""
+        self.remove([file_id])
+        frames = list(frames)[: self.per_file]
+        if frames:
+            base = file_id * self.per_file
+            self.index.add(range(base, base + len(frames)), frames)
+            self._counts[file_id] = len(frames)
+
+    def remove(self, file_ids: Iterable[int]) -> None:
+        """Drop the clips `file_ids` (unknown ids, photos among them, are ignored)."""
+        gone = [(i, self._counts.pop(i)) for i in file_ids if i in self._counts]
+        if gone:
+            self.index.remove(
+                np.concatenate([i * self.per_file + np.arange(n, dtype=np.int64) for i, n in gone])
+            )
+
+    def votes(self, frames: Sequence[bytes], radius: int) -> dict[int, ClipVotes]:
+        """Per indexed clip with a frame within `radius` bits of one of `frames`: which frames
+        match on each side, one to one: each frame counts only through its nearest match, so
+        that the neighbours of a matching frame (a second apart in a slow scene, as alike as
+        the match) do not count as covered too. One radius query per frame: never all pairs
+        of clips."""
+        # clip → my frame → (distance, their frame) of its nearest; their frame → (distance,
+        # my frame) of its nearest
+        mine: dict[int, dict[int, tuple[int, int]]] = {}
+        theirs: dict[int, dict[int, tuple[int, int]]] = {}
+        for i, frame in enumerate(frames):
+            for m in self.index.radius(frame, radius):
+                clip, j = divmod(m.id, self.per_file)
+                here, there = mine.setdefault(clip, {}), theirs.setdefault(clip, {})
+                here[i] = min(here.get(i, (m.distance, j)), (m.distance, j))
+                there[j] = min(there.get(j, (m.distance, i)), (m.distance, i))
+        return {
+            clip: ClipVotes(
+                frozenset(i for _, i in theirs[clip].values()),
+                frozenset(j for _, j in mine[clip].values()),
+                int(np.median([d for d, _ in mine[clip].values()])),
+            )
+            for clip in mine
+        }
+
+    @property
+    def pending(self) -> int:
+        return self.index.pending
+
+    def start_rebuild(self) -> bool:
+        return self.index.start_rebuild()
+
+    def finish_rebuild(self, *, wait: bool = False) -> bool:
+        return self.index.finish_rebuild(wait=wait)
+
+    def join_rebuild(self) -> None:
+        self.index.join_rebuild()

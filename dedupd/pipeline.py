@@ -28,7 +28,7 @@ from dedupd.engine import (
     ingest_guarded,
     reconcile_roots,
 )
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.pool import Failure, HasherPool
 from dedupd.scanner import Entry, NameFilter, same_version, walk
 from dedupd.store import FileRecord, Store
@@ -168,7 +168,13 @@ class Pipeline:
         self.progress.tick(len(self.backlog), len(self.backlog_hashing))
 
     def idle(self, pool: HasherPool) -> bool:
-        return not (self.backlog or self.settled or pool.in_flight or len(self.settler))
+        return not (
+            self.backlog
+            or self.settled
+            or pool.in_flight
+            or len(self.settler)
+            or self.ingest.confirm
+        )
 
     def queued(self) -> int:
         return len(self.backlog) + len(self.settled)
@@ -178,10 +184,8 @@ class Pipeline:
         """Walk `roots`: follow renames, forget deletions, queue what changed."""
         report = ScanReport(roots=[])
         done = reconcile_roots(self.config, self.store, roots, report, tick=tick)
-        with self.ingest.lock:
-            self.ingest.index.remove(done.gone)
-            self.ingest.crops.remove(done.gone)
-        self._index_again(done.revived)
+        self.ingest.unindex(done.gone)
+        self.ingest.index_again(done.revived)
         queued = {e.path for e in self.backlog}
         new = [e for e in done.work if e.path not in queued]
         self.backlog.extend(new)
@@ -248,9 +252,7 @@ class Pipeline:
         record = self.store.file_at(path)
         if record is not None and record.state in ("ok", "error"):
             self.store.mark_missing([record.id])
-            with self.ingest.lock:
-                self.ingest.index.remove([record.id])
-                self.ingest.crops.remove([record.id])
+            self.ingest.unindex([record.id])
             log.info("file_deleted", path=path)
 
     def _moved(self, src: str, dest: str, at: float | None = None) -> None:
@@ -331,25 +333,18 @@ class Pipeline:
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
         replaced = self.store.move(file_id, root, relpath, stat)
-        with self.ingest.lock:
-            self.ingest.index.remove(replaced)
-            self.ingest.crops.remove(replaced)
-        self._index_again([file_id])
+        self.ingest.unindex(replaced)
+        self.ingest.index_again([file_id])
         log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
-
-    def _index_again(self, file_ids: Sequence[int]) -> None:
-        """Put files that came back (moved, remounted) into the index from their stored hash."""
-        for file_id in file_ids:
-            bits = self.store.hash_of(file_id, self.ingest.hasher.key)
-            if bits is not None:
-                with self.ingest.lock:
-                    self.ingest.index.add([file_id], [bits])
-                self.ingest.index_crop_words(file_id)
 
     # -- the pool -----------------------------------------------------------------------------
     def feed(self, pool: HasherPool) -> None:
         """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
         to keep every worker busy, few enough that a new upload does not wait long."""
+        while self.ingest.confirm:  # a held match waits for these full decodes
+            entry = self.ingest.confirm.popleft()
+            self.hashing[entry.path] = entry
+            pool.submit(entry)
         while pool.in_flight < pool.capacity and (self.settled or self.backlog):
             from_backlog = not self.settled
             entry = (self.settled or self.backlog).popleft()
@@ -375,7 +370,7 @@ class Pipeline:
 
     def ingest_results(
         self,
-        results: Sequence[tuple[Entry, HashedImage | Failure]],
+        results: Sequence[tuple[Entry, HashedImage | HashedVideo | Failure]],
         between: Callable[[], None] = lambda: None,
     ) -> None:
         """Ingest what the pool returned (`between` runs after each: the daemon's heartbeat)."""
@@ -389,7 +384,7 @@ class Pipeline:
                 self._ingest_one(entry, result)
             between()
 
-    def _ingest_one(self, entry: Entry, result: HashedImage | Failure) -> None:
+    def _ingest_one(self, entry: Entry, result: HashedImage | HashedVideo | Failure) -> None:
         outcome, result = ingest_guarded(self.ingest, entry, result)
         if isinstance(result, Failure):
             self.counts.errors += 1  # `file_skipped` (a warning with the error's kind) said so

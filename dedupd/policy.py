@@ -282,13 +282,15 @@ def _seconds_apart(a: FileRecord, b: FileRecord) -> float | None:
 _STRENGTH: tuple[Action, ...] = ("report", "quarantine", "delete")
 
 
-# Which kind of match a decision rests on first: an exact or near match wins over a crop.
-_KIND_ORDER: dict[MatchKind, int] = {"exact": 0, "near": 1, "crop": 2, "video": 3, "contains": 4}
+# Which kind of match a decision rests on first: an exact match, then a near match (a photo)
+# or the same clip (a video), then a crop (a photo) or a clip inside another (a video).
+_KIND_ORDER: dict[MatchKind, int] = {"exact": 0, "near": 1, "video": 1, "crop": 2, "contains": 2}
 
 
 def _preference(c: Candidate) -> tuple[int, int, bool, str]:
     """Which match a decision rests on: exact first, then the nearest, upright on a tie, then
-    crops (the one keeping most of the frame first: its distance is the percent cut away)."""
+    crops (the one keeping most of the frame first: its distance is the percent cut away); a
+    clip inside another (or holding it) only when no clip is the same."""
     return (_KIND_ORDER[c.kind], c.distance, c.transform != "identity", str(c.record.path))
 
 
@@ -325,6 +327,13 @@ def decide(
         tombstone=tombstone,
         dry_run=dry_run,
     )
+    if decision.acts and decision.kind == "contains":
+        # One clip holds the other: the shorter one may be the cut someone made on purpose.
+        return replace(
+            decision,
+            action="report",
+            rule=f"a clip inside a longer one is only reported; {decision.rule}",
+        )
     if not decision.acts or decision.kind not in ("near", "crop"):
         return decision
     other = decision.keeper if decision.target is newcomer else decision.target
@@ -419,7 +428,7 @@ def _decide(
             keeper = rank([newcomer, other], policy.keep)[0]
         target = other if keeper is newcomer else newcomer
         rule = f"keep: {describe(policy.keep)}"
-    if target is not newcomer and best.kind in ("near", "crop") and not policy.act_on_existing:
+    if target is not newcomer and best.kind != "exact" and not policy.act_on_existing:
         return Decision(
             "report",
             f"the newcomer is the {'larger frame' if best.kind == 'crop' else 'better copy'};"

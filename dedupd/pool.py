@@ -32,7 +32,7 @@ from typing import Protocol
 import structlog
 
 from dedupd.errors import DedupdError, ImageError
-from dedupd.filestat import FileStat, HashedImage
+from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.hashers import Hasher
 from dedupd.scanner import PATH_MAX, Entry, path_too_long
 
@@ -66,7 +66,7 @@ class Failure:
     message: str
 
 
-Result = HashedImage | Failure
+Result = HashedImage | HashedVideo | Failure
 # (path, stat seen when queued, hashers, max_pixels) → result. Runs in a worker process, so it
 # must be a module-level function (it is pickled by name) and must not raise.
 Work = Callable[[str, FileStat, tuple[Hasher, ...], int], Result]
@@ -81,10 +81,19 @@ class PoolClosed(PoolError):
 
 
 def hash_file(
-    path: str, expect: FileStat, hashers: tuple[Hasher, ...], max_pixels: int
-) -> HashedImage | Failure:
+    path: str,
+    expect: FileStat,
+    hashers: tuple[Hasher, ...],
+    max_pixels: int,
+    *,
+    video_fps: float = 1.0,
+    thumbnails: bool = True,
+) -> Result:
     """The workers' default work. Returns a failure instead of raising: custom exceptions do
-    not survive pickling, and one bad file must never take the others down with it."""
+    not survive pickling, and one bad file must never take the others down with it.
+
+    A video (by its name), or a GIF or WebP that holds several frames, is hashed frame-wise
+    with the first of `hashers` at `video_fps` (`dedupd.video`); anything else as an image."""
     if path_too_long(path):
         return Failure(
             "path_too_long",
@@ -93,10 +102,24 @@ def hash_file(
         )
     # Here, not at the top: only the workers decode (importing imaging also registers the
     # HEIF opener, in the process that decodes).
+    from dedupd import video
     from dedupd.imaging import hash_image
 
+    ext = path.rpartition(".")[2].lower()
     try:
-        return hash_image(path, hashers, max_pixels=max_pixels, expect=expect)
+        if ext in video.VIDEO_EXTENSIONS:
+            return video.hash_video(
+                path, hashers[0], fps=video_fps, max_pixels=max_pixels, expect=expect
+            )
+        if ext in video.ANIMATED_EXTENSIONS:
+            clip = video.hash_animation(
+                path, hashers[0], fps=video_fps, max_pixels=max_pixels, expect=expect
+            )
+            if clip is not None:
+                return clip
+        return hash_image(
+            path, hashers, max_pixels=max_pixels, expect=expect, thumbnails=thumbnails
+        )
     except ImageError as exc:
         return Failure(exc.kind, exc.detail)
     except MemoryError:
@@ -134,20 +157,35 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
                 os.read(woken, 512)
             continue  # look at `stopping` again
         try:
-            chunk: list[tuple[str, FileStat]] | None = conn.recv()
+            chunk: list[tuple[str, FileStat, bool]] | None = conn.recv()
         except EOFError:
             return  # the parent is gone
         if chunk is None:
             return
-        for path, stat in chunk:
+        for path, stat, full_decode in chunk:
             try:
-                result = work(path, stat, hashers, max_pixels)
+                if full_decode:  # a match's confirmation: always the real, full decode
+                    result = hash_file(path, stat, hashers, max_pixels, thumbnails=False)
+                else:
+                    result = work(path, stat, hashers, max_pixels)
             except Exception as exc:  # a pluggable `work` that raises still answers
                 result = Failure("internal", f"{type(exc).__name__}: {exc}")
             try:
                 conn.send(result)
             except OSError:  # the parent is gone: nobody to answer
                 return
+
+
+def _readable(fds: Sequence[int], timeout: float) -> set[int]:
+    """Which of `fds` can be read (a message, or end of file) within `timeout` seconds.
+
+    One poll(2): multiprocessing's `wait` and `Connection.poll` build a selector on every
+    call (~20 us each, several calls per file hashed, on the thread that also writes the
+    store). Not select(): it fails for descriptors above 1023."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
 
 
 class _Fileno(Protocol):
@@ -231,7 +269,7 @@ class HasherPool:
         # forkserver: forking a process that runs threads (the daemon) is unsafe. Workers
         # fork from a server that has imported the decoders once, so a replacement is quick.
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["dedupd.pool", "dedupd.imaging"])
+        self._context.set_forkserver_preload(["dedupd.pool", "dedupd.imaging", "av"])
         self._todo: deque[Job] = deque()
         self._workers: list[_Worker] = []
         self._finished: dict[int, tuple[Entry, Result]] = {}  # held back for the order
@@ -290,10 +328,10 @@ class HasherPool:
             if done or now >= deadline or self._closed:
                 return done
             until = min([deadline, *self._deadlines()])
-            waiting: list[Connection | int] = [w.conn for w in self._workers]
+            waiting = [w.conn.fileno() for w in self._workers]
             if wake is not None:
                 waiting.append(wake.fileno())
-            ready = wait_for_any(waiting, max(0.0, until - now))
+            ready = _readable(waiting, max(0.0, until - now))
             if wake is not None and wake.fileno() in ready:
                 self._collect()
                 return self._release()
@@ -362,7 +400,7 @@ class HasherPool:
                 continue
             chunk = [self._todo.popleft() for _ in range(min(size, len(self._todo)))]
             try:
-                w.conn.send([(e.path, e.stat) for _, e in chunk])
+                w.conn.send([(e.path, e.stat, e.full_decode) for _, e in chunk])
             except OSError:  # it died; _collect() notices, and these go to another worker
                 self._todo.extendleft(reversed(chunk))
                 continue
@@ -380,7 +418,7 @@ class HasherPool:
         for w in list(self._workers):
             ended = False
             try:
-                while w.conn.poll():
+                while _readable([w.conn.fileno()], 0):
                     result = w.conn.recv()
                     if not w.ready:
                         w.ready = result == READY

@@ -12,8 +12,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dedupd.actions import motion_paths
 from dedupd.config import Config
-from dedupd.engine import Group, duplicate_groups
+from dedupd.engine import Group, Ingest, duplicate_groups
 from dedupd.errors import NotFoundError
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher
 from dedupd.store import ActionRecord, FileRecord, Store, from_db
@@ -44,6 +45,7 @@ def file_json(r: FileRecord) -> dict[str, Any]:
         "format": r.format,
         "sha256": r.sha256,
         "taken_at": r.taken_at,
+        "duration": r.duration,
         "state": r.state,
         "error_kind": r.error_kind,
         "error": r.error,
@@ -89,20 +91,30 @@ def groups(store: Store, config: Config) -> dict[str, Any]:
     return answer
 
 
-def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
-    """One file's record and its matches. Raises NotFoundError."""
+def file_info(
+    store: Store, hasher: Hasher, path: str | Path, video_key: str | None = None
+) -> dict[str, Any]:
+    """One file's record and its matches (a clip's under `video_key`, with what the frame
+    votes measured as `detail`). Raises NotFoundError."""
     path = Path(path).expanduser().absolute()
     record = store.file_at(path)
     if record is None:
         raise NotFoundError(f"{path}: not in the database (is it under a watched root?)")
     from dedupd.features import FEATURES_KEY
 
-    matches = store.matches_of(record.id, hasher.key)
-    matched = {m.other.id for m in matches}
+    found = store.matches_of(record.id, hasher.key)
+    if video_key is not None:
+        found += store.matches_of(record.id, video_key)
+    matched = {m.other.id for m in found}
     # Crop pairs (the crop stage's own rows), unless also an exact or near match: near wins.
-    matches += [m for m in store.matches_of(record.id, FEATURES_KEY) if m.other.id not in matched]
+    found += [m for m in store.matches_of(record.id, FEATURES_KEY) if m.other.id not in matched]
+    still = store.still_of(record.root, record.relpath)
     return {
-        "file": file_json(record),
+        "file": {
+            **file_json(record),
+            **_live(store, record),
+            "still": str(still.path) if still is not None else None,
+        },
         "matches": [
             _match_json(
                 m.other,
@@ -112,7 +124,7 @@ def file_info(store: Store, hasher: Hasher, path: str | Path) -> dict[str, Any]:
                 transform=m.transform,
                 **({"detail": dict(m.detail)} if m.detail is not None else {}),
             )
-            for m in matches
+            for m in found
         ],
     }
 
@@ -132,6 +144,8 @@ def search(
     variants: Sequence[bytes] = (),
     features: LocalFeatures | None = None,
     crops: CropIndex | None = None,
+    clips: Ingest | None = None,
+    frames: Sequence[bytes] = (),
 ) -> dict[str, Any]:
     """Up to k indexed files nearest to `bits`: those within `threshold`, or without one,
     those within the threshold of the policy of their own root (the files that would count
@@ -147,7 +161,17 @@ def search(
     With the query image's local `features` and the `crops` index, the answer also lists
     (`crops`) the indexed photos that are a crop of it or of which it is a crop, as the crop
     stage finds them (candidates by shared words, verified geometrically).
+
+    With `clips` (the owner of the frame index), a clip with a frame within `threshold` (by
+    default the hasher's default threshold, as frames match in ingest) of the image is listed
+    too, as kind "frame" with the times of those frames (`at`, seconds). With `frames` (the
+    hashes of a query clip's frames), only clips are searched: those that match it as ingest
+    would match it ("video", or "contains" with `detail` saying which holds the other).
     """
+    if frames:
+        results = _clips_like(store, clips, frames, query) if clips is not None else []
+        results = results[:k]
+        return {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
     queries = list(variants) or [bits]
     with lock or nullcontext():
         radius = widest if threshold is None else hasher.radius(threshold)
@@ -174,10 +198,16 @@ def search(
                 duplicate=m.distance <= within,
                 threshold=limit,
                 transform=INVERSE[TRANSFORMS[m.variant]],
+                **_live(store, record),
             )
         )
         if len(results) == k:
             break
+    if clips is not None and len(clips.frames):
+        radius = clips.frame_radius if threshold is None else hasher.radius(threshold)
+        like = _frames_like(store, clips, bits, radius, hasher.bits)
+        if like:
+            results = sorted(results + like, key=lambda r: r["distance"])[:k]  # stable
     answer = {"query": query, "hasher": hasher.key, "threshold": threshold, "results": results}
     if features is not None and crops is not None:
         near = {r["id"] for r in results}
@@ -221,19 +251,91 @@ def crop_search(
     return out
 
 
+def _frames_like(
+    store: Store, clips: Ingest, bits: bytes, radius: int, nbits: int
+) -> list[dict[str, Any]]:
+    """The clips with a frame within `radius` bits of a still image's hash."""
+    with clips.lock:
+        votes = clips.frames.votes([bits], radius)
+    records = store.files(votes)
+    out = []
+    for clip_id, v in votes.items():
+        record = records.get(clip_id)
+        stored = store.video_frames(clip_id, clips.video_key)
+        if record is None or stored is None:
+            continue
+        at = sorted(stored.times[j] for j in v.theirs if j < len(stored.times))
+        out.append(_match_json(record, v.distance, nbits, kind="frame", duplicate=True, at=at))
+    return out
+
+
+def _clips_like(
+    store: Store, clips: Ingest, frames: Sequence[bytes], query: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The clips that match a query clip of `frames`, the same clip first, nearest first."""
+    found = clips.clip_matches(frames)
+    records = store.files(found)
+    out = []
+    for clip_id, (d, kind, measured) in found.items():
+        record = records.get(clip_id)
+        if record is None:
+            continue
+        detail = {k: v for k, v in measured.items() if k != "inside"}
+        if "inside" in measured:  # "other": the query holds this clip
+            detail["file"] = "query"
+            detail["container"] = "query" if measured["inside"] == "other" else clip_id
+        out.append(
+            _match_json(
+                record,
+                d,
+                clips.hasher.bits,
+                kind=kind,
+                exact=record.sha256 == query.get("sha256"),
+                duplicate=True,
+                detail=detail,
+            )
+        )
+    out.sort(key=lambda r: (r["kind"] != "video", r["distance"], r["path"]))
+    return out
+
+
 def quarantine_list(
     store: Store, *, root: str | None = None, since: float | None = None
 ) -> dict[str, Any]:
-    """What is in quarantine now, optionally only from under `root` or since a time."""
-    fields = ("id", "src", "dst", "keeper_path", "distance", "reason", "finished")
+    """What is in quarantine now, optionally only from under `root` or since a time. Each
+    entry also has the records of the quarantined photo (`file`) and of its keeper
+    (`keeper`), or None: their size, pixels, format and capture date, for the review page."""
+    fields = (
+        "id", "src", "dst", "keeper_path", "distance", "reason", "finished", "file_id",
+        "keeper_id",
+    )
     entries = []
     for e in store.quarantined():
         if root is not None and not e.src.startswith(root.rstrip(os.sep) + os.sep):
             continue
         if since is not None and (e.finished or 0) < since:
             continue
-        entries.append({**{k: getattr(e, k) for k in fields}, "kind": _kind(store, e)})
+        records = store.files(i for i in (e.file_id, e.keeper_id) if i is not None)
+        file, keeper = (records.get(i) if i is not None else None for i in (e.file_id, e.keeper_id))
+        motion = motion_paths(e)
+        entries.append(
+            {
+                **{k: getattr(e, k) for k in fields},
+                "kind": _kind(store, e),
+                "file": None if file is None else file_json(file),
+                "keeper": None if keeper is None else file_json(keeper),
+                # a Live Photo's motion file, quarantined with it: from, to
+                "motion": motion[0] if motion else None,
+                "motion_dst": motion[1] if motion else None,
+            }
+        )
     return {"quarantined": entries}
+
+
+def _live(store: Store, record: FileRecord) -> dict[str, Any]:
+    """A Live Photo still's motion file, shown with it: the two are one item."""
+    motion = store.motion_of(record.id)
+    return {"motion": str(motion.path) if motion is not None else None}
 
 
 def _kind(store: Store, e: ActionRecord) -> str | None:

@@ -8,6 +8,7 @@ the daemon's socket or from the database), so one printer serves both; `scan_rep
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,13 @@ __all__ = [
     "group_dicts",
     "groups",
     "groups_json",
+    "map_written",
     "progress",
     "purged",
     "quarantine",
+    "report_written",
     "restored",
+    "review_started",
     "scan_json",
     "scan_report",
     "search",
@@ -73,10 +77,9 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
             exact = m["kind"] == "exact"
             if m["kind"] == "crop":
                 how = _crop(m, m["id"], "the keeper")
-            elif exact:
-                how = "exact"
             else:
-                how = f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f}){_turned(m)}"
+                near = f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
+                how = _clip(m, bits) or ("exact" if exact else near) + _turned(m)
             mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
             lines.append(f"  {mark} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}")
     return "\n".join(lines)
@@ -192,11 +195,14 @@ def search(answer: dict[str, Any], bits: int) -> str:
             if not r.get("duplicate", True)
             else ""
         )
+        how = _clip(r, bits)
         lines.append(
             f"{r['normalized']:<8.3f}  {r['distance']:>3}/{bits}  {_pixels(r):>11}  "
             f"{size(r['size']):>9}  {r['path']}"
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
+            + (f"  ({how})" if how else "")
             + beyond
+            + _motion(r)
         )
     if not answer["results"]:
         lines = []
@@ -238,8 +244,13 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         f"  pixels    {_pixels(f)}",
         f"  format    {f['format'] or '-'}",
         f"  taken     {f['taken_at'] or '-'}",
+        *([f"  duration  {f['duration']:g} s"] if f.get("duration") is not None else []),
         f"  sha256    {f['sha256'] or '-'}",
     ]
+    if f.get("motion"):  # an older daemon does not say
+        lines.append(f"  live      with its motion file {f['motion']}")
+    if f.get("still"):
+        lines.append(f"  live      the motion file of {f['still']}; moves only with it")
     if not answer["matches"]:
         lines.append("  no matches")
     for m in answer["matches"]:
@@ -247,7 +258,8 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         if m["kind"] == "crop":
             how = _crop(m, m["id"], "this file")
         else:
-            how = "exact" if exact else f"near {m['distance']}/{bits}{_turned(m)}"
+            near = f"near {m['distance']}/{bits}{_turned(m)}"
+            how = _clip(m, bits) or ("exact" if exact else near)
         mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
         lines.append(f"  {mark} {m['path']}  {how}")
     return "\n".join(lines)
@@ -264,15 +276,40 @@ def _crop(m: dict[str, Any], other_id: int, this: str) -> str:
     return f"crop: {this} keeps {share} it{fit}"
 
 
+def _clip(m: dict[str, Any], bits: int) -> str | None:
+    """How a clip match reads ("video 12/256, 9 of 10 frames"), None for a photo's."""
+    kind, detail = m.get("kind"), m.get("detail") or {}
+    frames = ""
+    if "matched" in detail:
+        frames = f", {detail['matched']} of {detail['frames']} frames"
+    if kind == "video":
+        return f"video {m['distance']}/{bits}{frames}"
+    if kind == "contains":
+        holds = detail.get("container") == detail.get("file")
+        where = "holds that clip" if holds else "inside that clip"
+        return f"{where} {m['distance']}/{bits}{frames}"
+    if kind == "frame":
+        at = ", ".join(f"{t:g}s" for t in m.get("at", [])[:5])
+        return f"a frame of this clip at {at}" if at else "a frame of this clip"
+    return None
+
+
 def quarantine(answer: dict[str, Any]) -> str:
     entries = answer["quarantined"]
     if not entries:
         return "quarantine is empty"
     return "\n".join(
         f"{e['id']:>5}  {_when(e['finished'])}  {e['src']}\n"
-        f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
+        + (f"       with its motion file {e['motion']}\n" if e.get("motion") else "")
+        + f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
         for e in entries
     )
+
+
+def _motion(r: dict[str, Any]) -> str:
+    """A Live Photo's motion file, named after its still: the two are one item."""
+    motion = r.get("motion")  # an older daemon does not say
+    return f"  (Live Photo, with {os.path.basename(motion)})" if motion else ""
 
 
 def _how(e: dict[str, Any]) -> str:
@@ -305,3 +342,19 @@ def purged(count: int, younger: int = 0, older_than: float = 0.0) -> str:
             " --older-than 0 to purge them"
         )
     return text
+
+
+def review_started(url: str) -> str:
+    """The one line `dedupctl review` prints: the page's URL, with its token."""
+    return f"review page: {url}  (Ctrl-C to stop)"
+
+
+def report_written(path: str, answer: dict[str, Any]) -> str:
+    n = len(answer["groups"])
+    return f"wrote {path}: {n} duplicate group{'' if n == 1 else 's'}, thumbnails inline"
+
+
+def map_written(path: str, drawn: int, total: int, pictures: int, links: int) -> str:
+    sampled = f"{drawn} of {total} indexed photos" if drawn < total else f"all {total} photos"
+    linked = f"{links} duplicate link" + ("" if links == 1 else "s")
+    return f"wrote {path}: {sampled} drawn, {pictures} as thumbnails, {linked}"

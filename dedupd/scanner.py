@@ -55,6 +55,9 @@ class Entry:
     root: str
     relpath: str
     stat: FileStat
+    # Hash it from a full decode, never an embedded thumbnail: the confirmation a decision
+    # resting on a thumbnail's hash waits for (`Ingest.confirm`).
+    full_decode: bool = False
 
     @property
     def path(self) -> str:
@@ -190,18 +193,22 @@ def same_version(record: FileRecord, stat: FileStat) -> bool:
 
 
 def reconcile(
-    store: Store, root: str, entries: Iterable[Entry], hasher: str | Sequence[str]
+    store: Store,
+    root: str,
+    entries: Iterable[Entry],
+    hasher: str | Sequence[str],
+    video: str | None = None,
 ) -> Plan:
     """Diff what is on disk under `root` against the store's records for it.
 
     An unchanged (dev, inode, size, mtime_ns) is never decoded again, even if it failed
     before; a record that vanished from one path (in this scan, or earlier: marked missing)
     while a file with its identity appeared at another is a rename, followed without
-    re-hashing.
+    re-hashing. A clip needs no image hash when its frames are stored under `video`.
     """
     plan = Plan()
     known = store.files_in(root)
-    needs_hash = {r.id for r in store.unhashed(root, hasher)}
+    needs_hash = {r.id for r in store.unhashed(root, hasher, video)}
     appeared: list[Entry] = []
     for entry in entries:
         record = known.pop(entry.relpath, None)

@@ -1,8 +1,8 @@
 """The operations users ask for, behind one interface.
 
-`Service` is what `dedupctl` (and later the review page) calls: status, search, groups, one
-file, the quarantine, restore, purge, distinct, rescan, reload. Each answer is a JSON-ready
-dict, printed by `render`. Three implementations:
+`Service` is what `dedupctl` and its review page call: status, search, groups, one file, the
+quarantine, quarantine one file now, restore, purge, distinct, rescan, reload. Each answer is
+a JSON-ready dict, printed by `render`. Three implementations:
 
 - `DaemonService` runs inside the daemon, behind the control socket: reads use a read-only
   connection of their own and the in-memory index; changes run on the daemon's thread.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dedupd.config import Config
     from dedupd.control import ControlClient
     from dedupd.daemon import Daemon
-    from dedupd.store import Store
+    from dedupd.store import FileRecord, Store
 
 __all__ = [
     "DaemonService",
@@ -83,10 +83,13 @@ class Service(Protocol):
         threshold: float | None,
         variants: Sequence[bytes] = (),
         features: LocalFeatures | None = None,
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         """Indexed photos nearest to `bits` (with `variants`, the 8 rotations and mirrors of
-        the query image in hashers.TRANSFORMS order: nearest to any of them); with the query
-        image's local `features`, also those in a crop relation with it (`crops`)."""
+        the query image in hashers.TRANSFORMS order: nearest to any of them), and the clips
+        with a frame like it; with the query image's local `features`, also those in a crop
+        relation with it (`crops`); or, with `frames` (a query clip's frame hashes, `bits`
+        being the first), the clips that match that clip."""
         ...
 
     def groups(self) -> Answer: ...
@@ -96,6 +99,11 @@ class Service(Protocol):
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         """What is in quarantine; `since` is a duration: only what was quarantined within
         that many seconds."""
+        ...
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        """Quarantine the photo at `path` now, as a duplicate of `keeper` (the user's choice
+        of the worse copy in a reported group), through the journaled `actions`."""
         ...
 
     def restore(self, items: Sequence[str]) -> Answer: ...
@@ -114,13 +122,17 @@ class Service(Protocol):
 
 def _restore(store: Store, actions: Actions, items: Sequence[str]) -> Answer:
     """Restore by action id, original path or path in quarantine; one result per item."""
-    from dedupd.actions import ActionError
+    from dedupd.actions import ActionError, motion_paths
 
     entries = store.quarantined()
     results: list[Answer] = []
     for item in items:
         path = os.path.abspath(item)
-        match = [e for e in entries if str(e.id) == item or path in (e.src, e.dst)]
+        match = [
+            e
+            for e in entries
+            if str(e.id) == item or path in (e.src, e.dst, *(motion_paths(e) or ()))
+        ]
         if not match:
             results.append({"item": item, "error": "not in quarantine"})
             continue
@@ -155,6 +167,52 @@ def _distinct(store: Store, a: str, b: str) -> Answer:
         )
     store.mark_distinct(records[0].sha256 or "", records[1].sha256 or "")
     return {"distinct": [str(r.path) for r in records]}
+
+
+def _quarantine(
+    store: Store, actions: Actions, config: Config, path: str, keeper: str
+) -> tuple[Answer, int]:
+    """Quarantine the photo at `path` as a duplicate of the one at `keeper`; returns the
+    answer and the quarantined file's id (to leave the index). Refused unless dedupd itself
+    found the two to be duplicates (a match between them, or one reported group): the page
+    or a request can only pick among what dedupd reported, never name any file."""
+    from dedupd import queries
+    from dedupd.engine import duplicate_groups
+    from dedupd.hashers import Hasher
+
+    target, kept = (_hashed(store, p) for p in (path, keeper))
+    for record in (target, kept):
+        if record.state != "ok":
+            raise Refused(f"{record.path} is {record.state}, not in its folder; nothing done")
+    if target.id == kept.id:
+        raise Refused(f"{target.path} cannot be its own keeper; nothing done")
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    distance: int | None = 0 if target.sha256 == kept.sha256 else None
+    for m in store.matches_of(target.id, hasher.key):
+        if m.other.id == kept.id and distance is None:
+            distance = m.distance
+    if distance is None:
+        for g in duplicate_groups(store, config, queries.all_roots(store)):
+            ids = {g.keeper.id} | {m.record.id for m in g.duplicates}
+            if {target.id, kept.id} <= ids:
+                distance = next(
+                    (m.distance for m in g.duplicates if m.record.id == target.id), None
+                )
+                break
+        else:
+            raise Refused(
+                f"{target.path} and {kept.path} are not duplicates dedupd found; nothing done"
+            )
+    action_id = actions.quarantine(target, kept, distance, "user: quarantined by hand")
+    done = store.action(action_id)
+    return {"id": action_id, "src": str(target.path), "dst": done.dst if done else None}, target.id
+
+
+def _hashed(store: Store, path: str) -> FileRecord:
+    record = store.file_at(Path(path).expanduser().absolute())
+    if record is None or record.sha256 is None:
+        raise NotFoundError(f"{path}: not a hashed photo in the database")
+    return record
 
 
 def _cutoff(since: float | None) -> float | None:
@@ -201,6 +259,7 @@ class DaemonService:
         threshold: float | None,
         variants: Sequence[bytes] = (),
         features: LocalFeatures | None = None,
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
 
@@ -221,6 +280,8 @@ class DaemonService:
                 variants=variants,
                 features=features,
                 crops=ingest.crops,
+                clips=ingest,
+                frames=frames,
             )
 
     def groups(self) -> Answer:
@@ -233,13 +294,25 @@ class DaemonService:
         from dedupd import queries
 
         with self._daemon.store_reader() as store:
-            return queries.file_info(store, self._daemon.ingest.hasher, path)
+            ingest = self._daemon.ingest
+            return queries.file_info(store, ingest.hasher, path, ingest.video_key)
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         from dedupd import queries
 
         with self._daemon.store_reader() as store:
             return queries.quarantine_list(store, root=root, since=_cutoff(since))
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        d = self._daemon
+
+        def change() -> Answer:
+            answer, file_id = _quarantine(d.store, d.actions, d.config, path, keeper)
+            with d.ingest.lock:
+                d.ingest.index.remove([file_id])  # as the pipeline does after its own moves
+            return answer
+
+        return self._on_daemon_thread(change)
 
     def restore(self, items: Sequence[str]) -> Answer:
         d = self._daemon
@@ -281,6 +354,7 @@ class RemoteService:
         threshold: float | None,
         variants: Sequence[bytes] = (),
         features: LocalFeatures | None = None,
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         fields: dict[str, Any] = dict(
             hash=bits.hex(),
@@ -288,6 +362,7 @@ class RemoteService:
             k=k,
             threshold=threshold,
             variants=",".join(v.hex() for v in variants) or None,
+            frames=",".join(f.hex() for f in frames) or None,
         )
         if features is None:
             return self.client.get("search", **fields)
@@ -302,6 +377,9 @@ class RemoteService:
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         return self.client.get("quarantine", root=root, since=since)
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        return self.client.post("quarantine/add", {"path": path, "keeper": keeper})
 
     def restore(self, items: Sequence[str]) -> Answer:
         return self.client.post("quarantine/restore", {"items": list(items)})
@@ -384,6 +462,7 @@ class LocalService:
         threshold: float | None,
         variants: Sequence[bytes] = (),
         features: LocalFeatures | None = None,
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         from dedupd import queries
         from dedupd.engine import Ingest
@@ -405,6 +484,8 @@ class LocalService:
                 widest=ingest.widest_radius,
                 features=features,
                 crops=ingest.crops,
+                clips=ingest,
+                frames=frames,
             )
 
     def groups(self) -> Answer:
@@ -416,16 +497,23 @@ class LocalService:
     def file_info(self, path: str) -> Answer:
         from dedupd import queries
         from dedupd.hashers import Hasher
+        from dedupd.video import video_key
 
         hashing = self.config.hashing
+        hasher = Hasher(hashing.algorithm, hashing.hash_size)
+        clips = video_key(hasher, hashing.video_fps)
         with self._reader() as store:
-            return queries.file_info(store, Hasher(hashing.algorithm, hashing.hash_size), path)
+            return queries.file_info(store, hasher, path, clips)
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         from dedupd import queries
 
         with self._reader() as store:
             return queries.quarantine_list(store, root=root, since=_cutoff(since))
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        config = self.config
+        return self._change(lambda st, actions: _quarantine(st, actions, config, path, keeper)[0])
 
     def restore(self, items: Sequence[str]) -> Answer:
         return self._change(lambda store, actions: _restore(store, actions, items))
@@ -481,6 +569,7 @@ class _DaemonElseDatabase:
         threshold: float | None,
         variants: Sequence[bytes] = (),
         features: LocalFeatures | None = None,
+        frames: Sequence[bytes] = (),
     ) -> Answer:
         return self._ask(
             lambda s: s.search(
@@ -490,6 +579,7 @@ class _DaemonElseDatabase:
                 threshold=threshold,
                 variants=variants,
                 features=features,
+                frames=frames,
             )
         )
 
@@ -501,6 +591,9 @@ class _DaemonElseDatabase:
 
     def quarantine_list(self, *, root: str | None = None, since: float | None = None) -> Answer:
         return self._ask(lambda s: s.quarantine_list(root=root, since=since))
+
+    def quarantine(self, path: str, keeper: str) -> Answer:
+        return self._ask(lambda s: s.quarantine(path, keeper))
 
     def restore(self, items: Sequence[str]) -> Answer:
         return self._ask(lambda s: s.restore(items))

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dedupd.errors import StoreError
-from dedupd.filestat import FileStat, HashedImage, LocalFeatures
+from dedupd.filestat import FileStat, HashedImage, HashedVideo, LocalFeatures
 from dedupd.hashers import INVERSE, TRANSFORMS, Transform
+from dedupd.live import Beside, Motion
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "RatedHash",
     "Store",
     "Undecided",
+    "VideoFrames",
     "from_db",
     "to_db",
 ]
@@ -186,7 +188,47 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE matches_6 RENAME TO matches;
     CREATE INDEX matches_b ON matches (b);
     """,
-    # 6 → 7: local features for the crop stage (dedupd.features): ORB keypoints and
+    # 6 → 7: clips (dedupd.video). A clip's kept frames' hashes under its video key (the frame
+    # hasher and the sampling), concatenated in time order, with their times (JSON seconds)
+    # and how many frames were looked at; and a file's duration in seconds (NULL for a photo).
+    """
+    CREATE TABLE videos (
+        file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        hasher TEXT NOT NULL,
+        frames BLOB NOT NULL,
+        times TEXT NOT NULL,
+        sampled INTEGER NOT NULL,
+        PRIMARY KEY (file_id, hasher)
+    );
+    CREATE INDEX videos_hasher ON videos (hasher);
+    ALTER TABLE files ADD COLUMN duration REAL;
+    """,
+    # 7 → 8: Live Photos. A still's motion file (its MOV), found when the still was hashed:
+    # the version `actions` checks before moving the two as one (relpath NULL: none), and
+    # the files beside it that could be one by name, as seen then (`by_name`, JSON). A
+    # quarantine, delete, restore or purge of such a still journals the motion half with it
+    # (`motion`, JSON: its src, dst, staged and tmp names and sha256).
+    """
+    CREATE TABLE live_motion (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+        relpath TEXT,
+        content_id TEXT,
+        dev INTEGER,
+        inode INTEGER,
+        size INTEGER,
+        mtime_ns INTEGER,
+        sha256 TEXT,
+        by_name TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX live_motion_relpath ON live_motion (relpath);
+    ALTER TABLE actions ADD COLUMN motion TEXT;
+    """,
+    # 8 → 9: a HEIC hashed from its embedded thumbnail (a scaled copy of the image) says so;
+    # a decision that would move a file on such a hash waits for a full decode.
+    """
+    ALTER TABLE files ADD COLUMN thumbnail INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 9 → 10: local features for the crop stage (dedupd.features): ORB keypoints and
     # descriptors of the photo reduced to a small side, read back only for the few candidates
     # to verify, and the words the candidate index files it under (loaded at start).
     """
@@ -262,6 +304,9 @@ class ActionRecord:
     created: float
     finished: float | None
     staged: str | None  # the name in the root's staging folder (quarantine, delete)
+    # A Live Photo's motion half, acted on with the still in this one entry (JSON; see
+    # `actions`), or None for a file alone.
+    motion: str | None = None
 
 
 def _action_from_db(row: dict[str, Any]) -> ActionRecord:
@@ -309,6 +354,7 @@ class FileRecord:
     error: str | None
     first_seen: float
     updated: float
+    duration: float | None = None  # seconds, for a clip
 
     @property
     def path(self) -> Path:
@@ -362,6 +408,14 @@ class RatedHash(NamedTuple):
     quality: int | None
     dominant: float | None
     variants: tuple[bytes, ...] = ()  # of its rotations and mirrors, hashers.TRANSFORMS order
+
+
+class VideoFrames(NamedTuple):
+    """A clip's stored frame hashes (time order) and their times in seconds."""
+
+    frames: tuple[bytes, ...]
+    times: tuple[float, ...]
+    sampled: int
 
 
 _HASH_CHUNK = 4096  # rows fetched at a time by `hash_arrays`: bounds the Python objects alive
@@ -617,15 +671,25 @@ class Store:
     def recent_errors(self, limit: int) -> list[FileRecord]:
         return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
 
-    def unhashed(self, root: str, hasher: str | Sequence[str]) -> list[FileRecord]:
+    def unhashed(
+        self, root: str, hasher: str | Sequence[str], video: str | None = None
+    ) -> list[FileRecord]:
         """Files decoded before with another hasher: they need the current one (lazily).
-        With several hashers, the files that lack any of them."""
+        With several hashers, the files that lack any of them; a clip whose frames are
+        stored under the `video` key lacks none (its frames are its hashes)."""
         keys = [hasher] if isinstance(hasher, str) else list(hasher)
         lacking = " OR ".join(
             "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
             for _ in keys
         )
-        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", (to_db(root), *keys))
+        params: list[Any] = [to_db(root), *keys]
+        if video is not None:
+            lacking = (
+                f"({lacking}) AND NOT EXISTS"
+                " (SELECT 1 FROM videos v WHERE v.file_id = f.id AND v.hasher = ?)"
+            )
+            params.append(video)
+        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", params)
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(roots))
@@ -794,6 +858,7 @@ class Store:
         if values["sha256"] is None or old[0].sha256 != values["sha256"]:
             self.db.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
             self.db.execute("DELETE FROM features WHERE file_id = ?", (file_id,))
+            self.db.execute("DELETE FROM videos WHERE file_id = ?", (file_id,))
             self.db.execute("DELETE FROM matches WHERE a = ? OR b = ?", (file_id, file_id))
         self._table("files").update(file_id, values)
         return file_id
@@ -811,13 +876,16 @@ class Store:
             height=image.height,
             format=image.format,
             taken_at=image.taken_at,
+            duration=None,
             state="ok",
             error_kind=None,
             error=None,
             updated=self._now(),
+            thumbnail=int(image.thumbnail),
         )
         with self._write():
             file_id = self._write_file(root, relpath, values)
+            self._write_motion(file_id, relpath, image.live)
             self._table("hashes").upsert_all(
                 [
                     dict(
@@ -840,6 +908,80 @@ class Store:
                 )
         return file_id
 
+    def record_video(self, root: str, relpath: str, clip: HashedVideo) -> int:
+        """Store a freshly decoded clip and its frame hashes under `clip.key`. Same content
+        keeps what was stored of it before; new content drops it."""
+        values = dict(
+            **self._stat_values(clip.stat),
+            sha256=clip.sha256,
+            width=clip.width,
+            height=clip.height,
+            format=clip.format,
+            taken_at=clip.taken_at,
+            duration=clip.duration,
+            state="ok",
+            error_kind=None,
+            error=None,
+            updated=self._now(),
+        )
+        with self._write():
+            file_id = self._write_file(root, relpath, values)
+            self.db.execute(
+                "INSERT OR REPLACE INTO videos (file_id, hasher, frames, times, sampled)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (file_id, clip.key, b"".join(clip.frames), json.dumps(clip.times), clip.sampled),
+            )
+        return file_id
+
+    def video_frames(self, file_id: int, key: str) -> VideoFrames | None:
+        """The frame hashes stored for a clip under `key` (None: not hashed so)."""
+        row = self.db.execute(
+            "SELECT frames, times, sampled FROM videos WHERE file_id = ? AND hasher = ?",
+            (file_id, key),
+        ).fetchone()
+        if row is None:
+            return None
+        times = tuple(float(t) for t in json.loads(row[1]))
+        blob = bytes(row[0])
+        n = len(blob) // len(times) if times else 0
+        frames = tuple(blob[i * n : (i + 1) * n] for i in range(len(times)))
+        return VideoFrames(frames, times, int(row[2]))
+
+    def frame_arrays(
+        self, key: str, frames_per_file: int, roots: Sequence[str] | None = None
+    ) -> HashArrays:
+        """Every present clip's frame hashes under `key` as arrays, one row per frame: ids
+        are file id * `frames_per_file` + the frame's number (`index.FrameIndex`)."""
+        import numpy as np
+
+        sql = (
+            "SELECT v.file_id, v.frames, v.times FROM videos v JOIN files f ON f.id = v.file_id"
+            " WHERE v.hasher = ? AND f.state = 'ok'"
+        )
+        params: list[Any] = [key]
+        if roots is not None:
+            sql += f" AND f.root IN ({', '.join('?' * len(roots))})"
+            params += _paths_to_db(roots)
+        ids: list[npt.NDArray[np.int64]] = []
+        rows: list[npt.NDArray[np.uint8]] = []
+        cursor = self.db.execute(sql, params)
+        while chunk := cursor.fetchmany(_HASH_CHUNK):
+            for file_id, blob, times in chunk:
+                n = len(json.loads(times))
+                if not n:
+                    continue
+                data = np.frombuffer(bytes(blob), np.uint8)
+                if len(data) % n:
+                    raise StoreError(
+                        f"{self.path}: the frames of clip {file_id} do not divide into its"
+                        f" {n} frame times; the database is damaged"
+                    )
+                rows.append(data.reshape(n, len(data) // n))
+                ids.append(file_id * frames_per_file + np.arange(n, dtype=np.int64))
+        if not rows:
+            return HashArrays(np.empty(0, np.int64), np.empty((0, 0), np.uint8))
+        return HashArrays(np.concatenate(ids), np.concatenate(rows))
+
     def record_error(self, root: str, relpath: str, stat: FileStat, kind: str, message: str) -> int:
         """Remember that this version of the file cannot be hashed, and why."""
         values = dict(
@@ -849,13 +991,90 @@ class Store:
             height=None,
             format=None,
             taken_at=None,
+            duration=None,
             state="error",
             error_kind=kind,
             error=message,
             updated=self._now(),
+            thumbnail=0,
         )
         with self._write():
-            return self._write_file(root, relpath, values)
+            file_id = self._write_file(root, relpath, values)
+            self._write_motion(file_id, relpath, None)
+            return file_id
+
+    # -- Live Photos --------------------------------------------------------------------------
+    def _write_motion(self, file_id: int, relpath: str, live: Beside | None) -> None:
+        """Replace what is known of a still's motion file (inside the caller's transaction):
+        as a worker found it, named in the still's folder (`relpath`'s)."""
+        self.db.execute("DELETE FROM live_motion WHERE file_id = ?", (file_id,))
+        if live is None:
+            return
+        seen = [[os.fsencode(n).hex(), *st] for n, st in live.by_name]  # names may be bytes
+        row: dict[str, Any] = dict(file_id=file_id, by_name=json.dumps(seen))
+        motion = live.motion
+        if motion is not None:
+            name = os.path.basename(motion.relpath)
+            row |= dict(
+                relpath=to_db(os.path.join(os.path.dirname(relpath), name)),
+                content_id=motion.content_id,
+                **self._stat_values(motion.stat),
+                sha256=motion.sha256,
+            )
+        self._table("live_motion").insert(row)
+
+    def motion_by_name(self, file_id: int) -> dict[str, FileStat]:
+        """The files that could be the still's motion file by name, as seen when it was
+        hashed (name → stat)."""
+        row = self.db.execute(
+            "SELECT by_name FROM live_motion WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        if row is None:
+            return {}
+        return {
+            os.fsdecode(bytes.fromhex(n)): FileStat(*st) for n, *st in json.loads(row[0])
+        }
+
+    def motion_of(self, file_id: int) -> Motion | None:
+        """The motion file recorded with the still `file_id` when it was hashed, or None."""
+        row = self.db.execute(
+            "SELECT f.root, m.relpath, m.content_id, m.dev, m.inode, m.size, m.mtime_ns,"
+            " m.sha256 FROM live_motion m JOIN files f ON f.id = m.file_id"
+            " WHERE m.file_id = ? AND m.relpath IS NOT NULL",
+            (file_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Motion(
+            root=from_db(row[0]),
+            relpath=from_db(row[1]),
+            content_id=row[2],
+            stat=FileStat(*row[3:7]),
+            sha256=row[7],
+        )
+
+    def still_of(self, root: str, relpath: str) -> FileRecord | None:
+        """The present still whose motion file is root/relpath, or None: a file that must
+        never move alone."""
+        found = self._files(
+            "f.root = ? AND f.state = 'ok' AND f.id IN"
+            " (SELECT file_id FROM live_motion WHERE relpath = ?)",
+            (to_db(root), to_db(relpath)),
+        )
+        return found[0] if found else None
+
+    def from_thumbnail(self, ids: Iterable[int]) -> set[int]:
+        """Which of `ids` were hashed from an embedded thumbnail, not a full decode."""
+        ids = list(ids)
+        out: set[int] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT id FROM files WHERE thumbnail AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update(int(r[0]) for r in rows)
+        return out
 
     def mark_missing(self, ids: Iterable[int]) -> None:
         now = self._now()

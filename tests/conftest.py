@@ -20,6 +20,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-run"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # review thumbnails
     # Nor finds a system service's socket or database on the machine running the tests.
     monkeypatch.setattr("dedupd.config.SYSTEM_RUNTIME_DIR", tmp_path / "system-run" / "dedupd")
     monkeypatch.setattr("dedupd.config.SYSTEM_STATE_DIR", tmp_path / "system-lib" / "dedupd")

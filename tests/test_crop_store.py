@@ -1,4 +1,4 @@
-"""store: the crop stage's features table (schema 7): written with a hashed photo, dropped
+"""store: the crop stage's features table (schema 10): written with a hashed photo, dropped
 when its content changes, read back for candidates and, as words only, for the index."""
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def test_new_content_drops_the_old_features(tmp_path: Path) -> None:
         assert store.features_of([a], KIND) == {}
 
 
-def test_a_schema_6_database_gains_the_features_table_and_keeps_its_rows(tmp_path: Path) -> None:
+def test_a_schema_9_database_gains_the_features_table_and_keeps_its_rows(tmp_path: Path) -> None:
     db = tmp_path / "d.db"
     with Store(db) as store:
         a = store.record_hashed("/r", "a.jpg", _image("a" * 64, None))
     conn = sqlite3.connect(db)
-    conn.executescript("DROP TABLE features; PRAGMA user_version = 6;")
+    conn.executescript("DROP TABLE features; PRAGMA user_version = 9;")
     conn.close()
     with Store(db) as store:
         assert store.schema_version == SCHEMA_VERSION

@@ -166,6 +166,38 @@ def test_each_variant_equals_hashing_the_transformed_image(algorithm: Algorithm)
                 assert d <= slack, (name, picture.size, t, d)
 
 
+# pdqhash.compute_dihedral's order (PDQ's own: original, rot90, rot180, rot270, flip-x,
+# flip-y, flip-plus1, flip-minus1) as indices, in TRANSFORMS order.
+_PDQ_DIHEDRAL = (0, 1, 2, 3, 5, 7, 4, 6)
+
+
+def test_pdq_variants_are_the_bits_of_pdqhash_own_dihedral_pass(tmp_path: Path) -> None:
+    """PDQ's 8 variants, derived from the coefficients of `pdqhash.compute_float`, are
+    exactly the hashes and quality `pdqhash.compute_dihedral` gives (what stored databases
+    hold): on photos at the size PDQ is given and at others, an odd size, a flat image (its
+    coefficients tie at the median) and images too narrow for PDQ (no bits, quality 0)."""
+    import numpy as np
+    import pdqhash
+
+    pdq = Hasher("pdq")
+    pictures = []
+    for name in photos.PHOTOS:
+        image = _image(photos.photo(name), pdq)
+        pictures += [image, image.reduce(3), image.crop((0, 0, 97, 61))]
+    with Image.open(photos.solid(tmp_path / "flat.png", (90, 90, 90))) as flat:
+        pictures.append(flat.convert("RGB"))
+    pictures += [Image.new("RGB", size, (200, 10, 10)) for size in ((4, 300), (300, 4), (1, 1))]
+    pictures.append(Image.effect_noise((5, 5), 60).convert("RGB"))
+    for picture in pictures:
+        pixels = np.ascontiguousarray(np.asarray(picture, dtype=np.uint8))
+        theirs, quality = pdqhash.compute_dihedral(pixels)
+        mine, my_quality = pdq.measure_variants(picture)
+        assert my_quality == quality, picture.size
+        for t, bits, i in zip(TRANSFORMS, mine, _PDQ_DIHEDRAL, strict=True):
+            expected = np.packbits(np.asarray(theirs[i], dtype=bool)).tobytes()
+            assert bits == expected, (picture.size, t)
+
+
 def test_phash_variants_differ_from_the_plain_hash() -> None:
     """The variants are really other hashes (a rotated photo is far from the original), so
     querying them finds what the plain hash cannot."""

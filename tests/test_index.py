@@ -142,7 +142,8 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
     """hamming, ckdtree (p=1) and ckdtree (p=2) give the reference's radius, knn, pairs and len
     after any sequence of batch adds, replacements, removals (known and unknown ids) and
     rebuilds, whether entries sit in the snapshot, the delta or are tombstoned — also when the
-    chunked XOR and all-pairs loops split their work into many small blocks, and when a
+    chunked XOR and all-pairs loops split their work into many small blocks, whether a
+    block is compared with a newcomer's variants one by one or all at once, and when a
     background rebuild is started, changes are made while it runs, and it is swapped in."""
     bits = data.draw(st.sampled_from([8, 64, 100, 256]), label="bits")
     nbytes = _nbytes(bits)
@@ -152,6 +153,8 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
     hashes = _hash_strategy(nbytes, seeds)
     chunk_rows = data.draw(st.sampled_from([1, 3, 1 << 16]), label="chunk_rows")
     multi_rows = data.draw(st.sampled_from([1, 5, 1 << 15]), label="multi_rows")
+    # 0: every block goes through the one-query-at-a-time loop; else small blocks do not
+    broadcast_cells = data.draw(st.sampled_from([0, 1 << 16]), label="broadcast_cells")
     pair_cells = data.draw(st.sampled_from([1, 10, 1 << 22]), label="pair_cells")
     leaf_size = data.draw(st.sampled_from([1, 16]), label="leaf_size")
 
@@ -161,6 +164,7 @@ def test_backends_agree_with_brute_force_under_random_operations(data: st.DataOb
         mp.setattr(index_module, "_CHUNK_ROWS", chunk_rows)
         mp.setattr(index_module, "_PAIR_CELLS", pair_cells)
         mp.setattr(index_module, "_MULTI_ROWS", multi_rows)
+        mp.setattr(index_module, "_BROADCAST_CELLS", broadcast_cells)
         background = False
         for _ in range(data.draw(st.integers(1, 8), label="steps")):
             op = data.draw(

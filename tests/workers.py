@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 from dedupd.hashers import Hasher
-from dedupd.imaging import FileStat, HashedImage
-from dedupd.pool import Failure, hash_file
+from dedupd.imaging import FileStat
+from dedupd.pool import Failure, Result, hash_file
 
 SLOW_SECONDS = 0.5
 
 
 def scripted(
     path: str, expect: FileStat, hashers: tuple[Hasher, ...], max_pixels: int
-) -> HashedImage | Failure:
+) -> Result:
     name = os.path.basename(path)
     if name.startswith("hang"):
         threading.Event().wait()  # forever: only the pool's timeout (a SIGKILL) ends it

@@ -1,0 +1,188 @@
+"""Real video clips and the copies phones and chat apps make of them, encoded with PyAV.
+
+A clip is a camera move (pan and zoom) over a real photo; its copies are transcodes of the
+clip file itself (decoded and encoded again, as a chat app does): lower bitrate, resized,
+greyscale, sepia, a logo, a trimmed start, a snippet cut out. Used by the tests (tiny clips)
+and by bench/video.py (larger ones, 1080p for the cost).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from PIL import Image, ImageDraw, ImageOps
+
+Frame = Callable[[Image.Image], Image.Image]
+
+
+def _view(photo: Image.Image, u: float, size: tuple[int, int]) -> Image.Image:
+    """The camera's view at `u` (0-1 along its move) over `photo`, at `size`."""
+    w, h = photo.size
+    zoom = 1.5 + 0.4 * math.sin(2 * math.pi * u)
+    cw = w / zoom
+    ch = min(h, cw * size[1] / size[0])
+    cx = cw / 2 + (w - cw) * u
+    cy = ch / 2 + (h - ch) * (0.5 + 0.4 * math.sin(3 * math.pi * u)) / 1.0
+    cy = min(max(cy, ch / 2), h - ch / 2)
+    box = (cx - cw / 2, cy - ch / 2, cx + cw / 2, cy + ch / 2)
+    return photo.resize(size, Image.Resampling.BILINEAR, box=box)
+
+
+def _writer(
+    dst: Path, size: tuple[int, int], fps: int, gop: int, crf: int, codec: str
+) -> tuple[av.container.OutputContainer, av.video.stream.VideoStream]:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    out = av.open(str(dst), "w")
+    stream = out.add_stream(codec, rate=fps)
+    assert isinstance(stream, av.video.stream.VideoStream)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    if codec == "libx264":
+        stream.options = {"crf": str(crf), "g": str(gop), "preset": "veryfast"}
+    else:
+        stream.options = {"g": str(gop)}
+    return out, stream
+
+
+def _encode(
+    out: av.container.OutputContainer, stream: av.video.stream.VideoStream, im: Image.Image
+) -> None:
+    frame = av.VideoFrame.from_image(im.convert("RGB"))
+    for packet in stream.encode(frame):
+        out.mux(packet)
+
+
+def _finish(out: av.container.OutputContainer, stream: av.video.stream.VideoStream) -> None:
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+
+
+def render(
+    photo: Path,
+    dst: Path,
+    *,
+    seconds: float,
+    size: tuple[int, int] = (192, 108),
+    fps: int = 10,
+    gop: int | None = None,
+    crf: int = 23,
+    codec: str = "libx264",
+    black_lead: float = 0.0,
+) -> Path:
+    """A clip of `seconds`: the camera moving over `photo` (a keyframe a second unless `gop`
+    says otherwise), after `black_lead` seconds of black."""
+    with Image.open(photo) as im:
+        source = im.convert("RGB")
+    out, stream = _writer(dst, size, fps, gop or fps, crf, codec)
+    for _ in range(round(black_lead * fps)):
+        _encode(out, stream, Image.new("RGB", size))
+    n = round(seconds * fps)
+    for i in range(n):
+        _encode(out, stream, _view(source, i / max(1, n - 1), size))
+    _finish(out, stream)
+    return dst
+
+
+def frames(src: Path) -> list[tuple[float, Image.Image]]:
+    """Every frame of `src` with its time in seconds (small clips only: all in memory)."""
+    out = []
+    with av.open(str(src)) as c:
+        stream = c.streams.video[0]
+        base = stream.time_base or Fraction(1, 1)
+        for frame in c.decode(stream):
+            out.append((float((frame.pts or 0) * base), frame.to_image()))
+    return out
+
+
+def transcode(
+    src: Path,
+    dst: Path,
+    *,
+    size: tuple[int, int] | None = None,
+    crf: int = 30,
+    gop: int | None = None,
+    keep: Sequence[tuple[float, float]] | None = None,
+    frame: Frame | None = None,
+    fps: int | None = None,
+    codec: str = "libx264",
+) -> Path:
+    """`src` decoded and encoded again: at `size`, quality `crf`, only the time spans `keep`
+    (seconds, [start, end)), each frame passed through `frame` (greyscale, a logo...)."""
+    decoded = frames(src)
+    with av.open(str(src)) as c:
+        rate = c.streams.video[0].average_rate
+    fps = fps or round(float(rate or 10))
+    first = decoded[0][1]
+    size = size or first.size
+    out, stream = _writer(dst, size, fps, gop or fps, crf, codec)
+    for at, im in decoded:
+        if keep is not None and not any(a <= at < b for a, b in keep):
+            continue
+        if frame is not None:
+            im = frame(im)
+        _encode(out, stream, im.resize(size, Image.Resampling.BILINEAR))
+    _finish(out, stream)
+    return dst
+
+
+def sideways(src: Path, dst: Path) -> Path:
+    """`src` as a phone stores a clip filmed turned: every frame turned a quarter clockwise,
+    and a display matrix telling players to turn it back (90 degrees counterclockwise)."""
+    decoded = frames(src)
+    w, h = decoded[0][1].size
+    out, stream = _writer(dst, (h, w), 10, 10, 23, "libx264")
+    stream.set_display_rotation(90)
+    for _, im in decoded:
+        _encode(out, stream, im.transpose(Image.Transpose.ROTATE_270))
+    _finish(out, stream)
+    return dst
+
+
+def to_gif(src: Path, dst: Path, *, every: int = 2) -> Path:
+    """`src` as an animated GIF (every `every`-th frame, timed as in the clip)."""
+    decoded = frames(src)[::every]
+    step = decoded[1][0] - decoded[0][0] if len(decoded) > 1 else 0.1
+    images = [im.convert("P", palette=Image.Palette.ADAPTIVE) for _, im in decoded]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(
+        dst, save_all=True, append_images=images[1:], duration=round(step * 1000), loop=0
+    )
+    return dst
+
+
+# -- what copies do to a frame -----------------------------------------------------------------
+
+
+def greyscale(im: Image.Image) -> Image.Image:
+    return ImageOps.grayscale(im).convert("RGB")
+
+
+def sepia(im: Image.Image) -> Image.Image:
+    return ImageOps.colorize(ImageOps.grayscale(im), "#2b1b0e", "#f4e1c1")
+
+
+def letterbox(im: Image.Image) -> Image.Image:
+    """The frame shrunk into a 4:3 canvas between black bars, as an editor pads it."""
+    w, h = im.size
+    canvas = Image.new("RGB", (w, w * 3 // 4))
+    canvas.paste(im, (0, (canvas.height - h) // 2))
+    return canvas
+
+
+def logo(im: Image.Image) -> Image.Image:
+    """A small opaque badge in a corner, as a chat app or an editor stamps it."""
+    out = im.copy()
+    w, h = out.size
+    side = max(4, min(w, h) // 7)
+    draw = ImageDraw.Draw(out)
+    x0, y0 = w - side - w // 40, h - side - h // 40
+    draw.rounded_rectangle((x0, y0, x0 + side, y0 + side), radius=side // 4, fill="#ff3366")
+    draw.ellipse(
+        (x0 + side // 4, y0 + side // 4, x0 + 3 * side // 4, y0 + 3 * side // 4), fill="white"
+    )
+    return out

@@ -1,0 +1,564 @@
+"""Live Photos: a still and its MOV are paired (by Apple's content identifier, else by folder
+and stem) and move as one: quarantine, restore, purge and delete take both files or neither,
+and a crash at any step is recovered with both files on one side."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from dedupd import live
+from dedupd.actions import ActionError, Actions, MotionNotIdentical
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, Policy, QuarantineConfig
+from dedupd.engine import scan
+from dedupd.store import FileRecord, Store
+from tests import photos
+
+CID = "6E2A8B1C-3F4D-4E5A-9B8C-7D6E5F4A3B2C"
+OTHER_CID = "0A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
+
+
+# -- making Live Photos ----------------------------------------------------------------------
+
+
+def _atom(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def write_mov(path: Path, content_id: str | None, payload: bytes = b"motion frames") -> Path:
+    """A QuickTime file laid out as an iPhone writes a Live Photo's motion half: ftyp, mdat,
+    then moov with the movie metadata (hdlr 'mdta', keys, ilst) holding the identifier."""
+    moov = _atom(b"mvhd", bytes(100))
+    if content_id is not None:
+        key = live.CONTENT_ID_KEY
+        keys = _atom(b"keys", bytes(4) + struct.pack(">I", 1) + struct.pack(
+            ">I4s", 8 + len(key), b"mdta") + key)
+        value = _atom(b"data", struct.pack(">II", 1, 0) + content_id.encode())
+        ilst = _atom(b"ilst", _atom(struct.pack(">I", 1), value))
+        hdlr = _atom(b"hdlr", bytes(8) + b"mdta" + bytes(13))
+        moov += _atom(b"meta", hdlr + keys + ilst)
+    data = _atom(b"ftyp", b"qt  " + bytes(4) + b"qt  ") + _atom(b"mdat", payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data + _atom(b"moov", moov))
+    return path
+
+
+def apple_exif(content_id: str) -> bytes:
+    """EXIF whose MakerNote is Apple's, holding the content identifier (tag 0x11)."""
+    value = content_id.encode() + b"\0"
+    head = b"Apple iOS\x00" + b"\x00\x01" + b"MM"
+    entry = struct.pack(">HHII", 0x0011, 2, len(value), len(head) + 2 + 12 + 4)
+    note = head + struct.pack(">H", 1) + entry + bytes(4) + value
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x927C] = note
+    return exif.tobytes()
+
+
+def write_still(path: Path, src: Path, content_id: str | None, fmt: str = "JPEG") -> Path:
+    with Image.open(src) as im:
+        rgb = im.convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kw = {"exif": apple_exif(content_id)} if content_id else {}
+    rgb.save(path, format=fmt, quality=90, **kw)
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the pairing rule (pure) -----------------------------------------------------------------
+
+
+def test_the_content_identifier_pairs_across_different_names() -> None:
+    assert live.pair("IMG_0001.HEIC", CID, [("IMG_0001.MOV", OTHER_CID), ("clip.mov", CID)]) == (
+        "clip.mov"
+    )
+
+
+def test_the_same_stem_pairs_case_insensitively_without_identifiers() -> None:
+    assert live.pair("img_0001.heic", None, [("IMG_0001.MOV", None), ("IMG_0002.MOV", None)]) == (
+        "IMG_0001.MOV"
+    )
+
+
+def test_different_identifiers_are_no_pair_whatever_the_names() -> None:
+    assert live.pair("IMG_0001.HEIC", CID, [("IMG_0001.MOV", OTHER_CID)]) is None
+
+
+def test_two_movies_that_could_both_be_the_one_are_no_answer() -> None:
+    assert live.pair("IMG_1.JPG", None, [("IMG_1.MOV", None), ("img_1.mov", None)]) is None
+
+
+@given(
+    photo_id=st.sampled_from([None, CID, OTHER_CID]),
+    movies=st.lists(
+        st.tuples(
+            st.sampled_from(["IMG_1.MOV", "img_1.mov", "IMG_2.MOV", "x.mov"]),
+            st.sampled_from([None, CID, OTHER_CID]),
+        ),
+        unique_by=lambda m: m[0],
+        max_size=4,
+    ),
+)
+def test_a_pair_never_joins_two_different_identifiers(
+    photo_id: str | None, movies: list[tuple[str, str | None]]
+) -> None:
+    name = live.pair("IMG_1.JPG", photo_id, movies)
+    if name is None:
+        return
+    cid = dict(movies)[name]
+    assert photo_id is None or cid is None or cid == photo_id
+    assert cid == photo_id or name.casefold() == "img_1.mov"
+
+
+# -- the metadata readers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF"])
+def test_the_still_identifier_is_read_from_apple_makernote(tmp_path: Path, fmt: str) -> None:
+    still = write_still(tmp_path / "x", photos.photo("coffee"), CID, fmt)
+    with Image.open(still) as im:
+        assert live.photo_content_id(im) == CID
+    plain = write_still(tmp_path / "y", photos.photo("coffee"), None, fmt)
+    with Image.open(plain) as im:
+        assert live.photo_content_id(im) is None
+
+
+def test_the_movie_identifier_is_read_from_quicktime_metadata(tmp_path: Path) -> None:
+    with (write_mov(tmp_path / "a.mov", CID)).open("rb") as f:
+        assert live.movie_content_id(f) == CID
+    with (write_mov(tmp_path / "b.mov", None)).open("rb") as f:
+        assert live.movie_content_id(f) is None
+
+
+@given(data=st.binary(max_size=400))
+def test_a_malformed_movie_gives_no_identifier_and_never_raises(data: bytes) -> None:
+    assert live.movie_content_id(io.BytesIO(b"\x00\x00\x00\x10moov" + data)) is None
+    assert live.movie_content_id(io.BytesIO(data)) is None
+
+
+def test_a_truncated_movie_gives_no_identifier(tmp_path: Path) -> None:
+    whole = write_mov(tmp_path / "a.mov", CID).read_bytes()
+    for cut in range(0, len(whole), 7):
+        assert live.movie_content_id(io.BytesIO(whole[:cut])) is None
+
+
+# -- a library with Live Photos --------------------------------------------------------------
+
+
+@dataclass
+class Lib:
+    store: Store
+    root: Path
+    quarantine: Path
+    config: Config
+
+    def rec(self, path: Path) -> FileRecord:
+        record = self.store.file_at(path)
+        assert record is not None, path
+        return record
+
+
+def _config(tmp_path: Path, root: Path, **policy: object) -> Config:
+    config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
+    if policy:
+        config = replace(config, policies={DEFAULT_POLICY: Policy(**policy)})  # type: ignore[arg-type]
+    return config.with_roots([root])
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Iterator[Lib]:
+    """keeper/IMG_0001.JPG + its MOV, and dup/IMG_0001.JPG (exact copy) + the same MOV."""
+    root = tmp_path / "photos"
+    write_still(root / "keeper" / "IMG_0001.JPG", photos.photo("coffee"), CID)
+    write_mov(root / "keeper" / "IMG_0001.MOV", CID)
+    photos.copy(root / "keeper" / "IMG_0001.JPG", root / "dup" / "IMG_0001.JPG")
+    photos.copy(root / "keeper" / "IMG_0001.MOV", root / "dup" / "IMG_0001.MOV")
+    config = _config(tmp_path, root)
+    store = Store(config.database)
+    scan(config, store)
+    yield Lib(store, root.resolve(), tmp_path / "quarantine", config)
+    store.close()
+
+
+def test_a_scan_pairs_a_still_with_its_motion_file(lib: Lib) -> None:
+    motion = lib.store.motion_of(lib.rec(lib.root / "dup" / "IMG_0001.JPG").id)
+    assert motion is not None
+    assert (motion.relpath, motion.content_id) == ("dup/IMG_0001.MOV", CID)
+    assert motion.sha256 == _sha(lib.root / "dup" / "IMG_0001.MOV")
+
+
+def test_pairing_by_content_identifier_across_different_stems(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    write_still(root / "IMG_0007.JPG", photos.photo("rocket"), CID)
+    write_mov(root / "IMG_0007.MOV", OTHER_CID)  # another Live Photo's, same name
+    write_mov(root / "exported clip.mov", CID)
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        scan(config, store)
+        still = store.file_at(root.resolve() / "IMG_0007.JPG")
+        assert still is not None
+        motion = store.motion_of(still.id)
+        assert motion is not None and motion.relpath == "exported clip.mov"
+        # The other Live Photo's MOV of the same name was seen, and is not this one's: it
+        # neither stops the move nor goes with it.
+        Actions(store, tmp_path / "q").quarantine(still, None, 0, "t")
+    assert sorted(p.name for p in root.iterdir()) == ["IMG_0007.MOV"]
+    assert sorted(p.name for p in (tmp_path / "q").rglob("*.*")) == [
+        "IMG_0007.JPG",
+        "exported clip.mov",
+    ]
+
+
+def test_pairing_by_stem_without_identifiers(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    write_still(root / "img_0003.jpg", photos.photo("rocket"), None)
+    write_mov(root / "IMG_0003.MOV", None)
+    write_mov(root / "IMG_0004.MOV", None)
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        scan(config, store)
+        still = store.file_at(root.resolve() / "img_0003.jpg")
+        assert still is not None
+        motion = store.motion_of(still.id)
+        assert motion is not None and motion.relpath == "IMG_0003.MOV"
+
+
+# -- moving together -------------------------------------------------------------------------
+
+
+def _pair_in_quarantine(lib: Lib, action_id: int) -> tuple[Path, Path]:
+    entry = lib.store.action(action_id)
+    assert entry is not None and entry.dst is not None and entry.motion is not None
+    q_still = Path(entry.dst)
+    q_motion = q_still.with_name("IMG_0001.MOV")
+    return q_still, q_motion
+
+
+def test_quarantine_restore_and_purge_move_the_two_files_together(lib: Lib) -> None:
+    still, motion = lib.root / "dup" / "IMG_0001.JPG", lib.root / "dup" / "IMG_0001.MOV"
+    shas = (_sha(still), _sha(motion))
+    actions = Actions(lib.store, lib.quarantine)
+    action_id = actions.quarantine(
+        lib.rec(still), lib.rec(lib.root / "keeper" / "IMG_0001.JPG"), 0, "t"
+    )
+    q_still, q_motion = _pair_in_quarantine(lib, action_id)
+    assert not still.exists() and not motion.exists()
+    assert (_sha(q_still), _sha(q_motion)) == shas
+
+    actions.restore(action_id)
+    assert (_sha(still), _sha(motion)) == shas
+    assert not q_still.exists() and not q_motion.exists()
+
+    scan(lib.config, lib.store)  # the restored still is found again
+    again = actions.quarantine(lib.rec(still), None, 0, "t")
+    q_still, q_motion = _pair_in_quarantine(lib, again)
+    assert actions.purge(0, only={again}) == [again]
+    assert not q_still.exists() and not q_motion.exists()
+    assert not still.exists() and not motion.exists()
+    assert (lib.root / "keeper" / "IMG_0001.MOV").exists()
+
+
+@pytest.mark.parametrize("half", ["still", "motion"])
+def test_a_pair_where_one_half_vanished_does_not_move_at_all(lib: Lib, half: str) -> None:
+    still, motion = lib.root / "dup" / "IMG_0001.JPG", lib.root / "dup" / "IMG_0001.MOV"
+    record = lib.rec(still)
+    (still if half == "still" else motion).unlink()
+    with pytest.raises(ActionError, match="vanished"):
+        Actions(lib.store, lib.quarantine).quarantine(record, None, 0, "t")
+    assert still.exists() == (half != "still") and motion.exists() == (half != "motion")
+    assert not list(lib.quarantine.rglob("*.*")) if lib.quarantine.exists() else True
+    assert lib.store.actions() == []
+
+
+def test_a_changed_motion_file_keeps_both_in_place_and_the_still_is_hashed_again(
+    lib: Lib,
+) -> None:
+    still, motion = lib.root / "dup" / "IMG_0001.JPG", lib.root / "dup" / "IMG_0001.MOV"
+    record = lib.rec(still)
+    write_mov(motion, CID, payload=b"edited in the Photos app")
+    with pytest.raises(ActionError, match="motion file cannot be moved"):
+        Actions(lib.store, lib.quarantine).quarantine(record, None, 0, "t")
+    assert still.exists() and motion.exists()
+    assert lib.rec(still).mtime_ns == -1  # stale: the next reconcile pairs it again
+
+
+def test_a_motion_file_that_arrived_after_the_still_was_hashed_stops_the_move(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "photos"
+    still = write_still(root / "IMG_0009.JPG", photos.photo("rocket"), None)
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        scan(config, store)  # the MOV is not there yet
+        write_mov(root / "IMG_0009.MOV", None)
+        record = store.file_at(still.resolve())
+        assert record is not None
+        with pytest.raises(ActionError, match="not paired"):
+            Actions(store, tmp_path / "q").quarantine(record, None, 0, "t")
+        assert still.exists() and (root / "IMG_0009.MOV").exists()
+        scan(config, store)  # hashed again: now paired
+        record = store.file_at(still.resolve())
+        assert record is not None and store.motion_of(record.id) is not None
+
+
+def test_an_exact_delete_takes_the_pair_only_when_the_motion_files_are_identical(
+    lib: Lib,
+) -> None:
+    still, motion = lib.root / "dup" / "IMG_0001.JPG", lib.root / "dup" / "IMG_0001.MOV"
+    keeper = lib.rec(lib.root / "keeper" / "IMG_0001.JPG")
+    Actions(lib.store, None).delete(lib.rec(still), keeper, "exact")
+    assert not still.exists() and not motion.exists()
+    assert (lib.root / "keeper" / "IMG_0001.MOV").exists()
+
+
+def test_an_exact_still_with_another_motion_file_is_quarantined_not_deleted(
+    tmp_path: Path,
+) -> None:
+    """Same still bytes, different motion files: not a pair of copies. An `exact: delete`
+    policy deletes nothing; the newcomer's two files go to quarantine together."""
+    root = tmp_path / "photos"
+    write_still(root / "a" / "IMG_1.JPG", photos.photo("coffee"), None)
+    write_mov(root / "a" / "IMG_1.MOV", None, payload=b"the first take")
+    photos.copy(root / "a" / "IMG_1.JPG", root / "b" / "IMG_1.JPG")
+    write_mov(root / "b" / "IMG_1.MOV", None, payload=b"another take")
+    q = tmp_path / "q"
+    config = _config(tmp_path, root, exact="delete")
+    with Store(config.database) as store:
+        reporting = replace(config, policies={DEFAULT_POLICY: Policy()})
+        scan(reporting, store)
+        a = store.file_at(root.resolve() / "a" / "IMG_1.JPG")
+        b = store.file_at(root.resolve() / "b" / "IMG_1.JPG")
+        assert a is not None and b is not None
+        with pytest.raises(MotionNotIdentical):
+            Actions(store, None).delete(b, a, "exact")
+        assert (root / "b" / "IMG_1.JPG").exists() and (root / "b" / "IMG_1.MOV").exists()
+        quarantining = replace(config, quarantine=replace(config.quarantine, path=q))
+        scan(quarantining, store, actions=Actions(store, q))  # decides the reported pair again
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("IMG_1.*"))
+    assert left in (["a/IMG_1.JPG", "a/IMG_1.MOV"], ["b/IMG_1.JPG", "b/IMG_1.MOV"])
+    assert sorted(p.name for p in q.rglob("IMG_1.*")) == ["IMG_1.JPG", "IMG_1.MOV"]
+
+
+def test_a_decision_to_move_a_motion_file_alone_is_only_reported(lib: Lib) -> None:
+    """When clips are records of their own (video deduplication), a duplicate MOV whose still
+    is not a duplicate must not move: the engine reports it."""
+    from dedupd.engine import Ingest
+    from dedupd.filestat import FileStat, HashedImage
+    from dedupd.policy import Decision
+
+    motion = lib.root / "dup" / "IMG_0001.MOV"
+    st_ = os.stat(motion)
+    lib.store.record_hashed(
+        str(lib.root),
+        "dup/IMG_0001.MOV",
+        HashedImage(FileStat.of(st_), _sha(motion), 1, 1, "MOV", None, {}),
+    )
+    clip = lib.rec(motion)
+    ingest = Ingest(lib.store, lib.config, [str(lib.root)], Actions(lib.store, lib.quarantine))
+    try:
+        decision = Decision(
+            action="quarantine", rule="test", target=clip, keeper=None, distance=0,
+            kind="video",
+        )
+        outcome = ingest.apply(decision, str(motion))
+    finally:
+        ingest.close()
+    assert outcome.result.startswith("reported: the motion file of Live Photo")
+    assert motion.exists() and (lib.root / "dup" / "IMG_0001.JPG").exists()
+
+
+# -- kill -9 at every step -------------------------------------------------------------------
+
+
+def _fork_and_kill_at(run: Callable[[Callable[[str], None]], None], kill_at: int) -> bool:
+    """Run `run(checkpoint)` in a forked child that SIGKILLs itself at the `kill_at`-th
+    checkpoint. True if it was killed, False if it finished first."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            count = [0]
+
+            def checkpoint(step: str) -> None:
+                count[0] += 1
+                if count[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            run(checkpoint)
+            os._exit(0)
+        except BaseException as exc:
+            print(f"child failed: {exc!r}", file=sys.stderr)
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return True
+    assert os.WEXITSTATUS(status) == 0, "the child failed"
+    return False
+
+
+def _where(lib: Lib, still_sha: str, motion_sha: str) -> tuple[int, int, int, int]:
+    """How many copies of the dup pair's still and motion file are in dup/ and quarantine."""
+    q = list(lib.quarantine.rglob("*")) if lib.quarantine.exists() else []
+    dup = list((lib.root / "dup").glob("*"))
+    count = lambda files, sha: sum(1 for p in files if p.is_file() and _sha(p) == sha)  # noqa: E731
+    return count(dup, still_sha), count(dup, motion_sha), count(q, still_sha), count(q, motion_sha)
+
+
+@pytest.mark.parametrize("xdev", [False, True])
+@pytest.mark.parametrize("op", ["quarantine", "restore", "purge", "delete"])
+def test_a_crash_at_any_step_recovers_both_files_to_one_side(
+    lib: Lib, op: str, xdev: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed at every checkpoint in turn (9 for a pair's quarantine, more with a copy across
+    filesystems): recovery leaves the still and its motion file both in place or both in
+    quarantine (or, for a purge and a delete, both gone), never one of each."""
+    if xdev and op in ("purge", "delete"):
+        pytest.skip("no copy in a purge or a delete")
+    still = lib.root / "dup" / "IMG_0001.JPG"
+    shas = (_sha(still), _sha(lib.root / "dup" / "IMG_0001.MOV"))
+    keeper = lib.rec(lib.root / "keeper" / "IMG_0001.JPG")
+    kill_at, outcomes = 1, set[str]()
+    while True:
+        quarantined = 0
+        if op in ("restore", "purge"):
+            quarantined = Actions(lib.store, lib.quarantine).quarantine(
+                lib.rec(still), None, 0, "t"
+            )
+        record = lib.rec(still)
+
+        def run(
+            checkpoint: Callable[[str], None],
+            record: FileRecord = record,
+            quarantined: int = quarantined,
+        ) -> None:
+            if xdev:
+                import errno
+
+                import dedupd.actions
+
+                def no_hard_links(*args: object, **kwargs: object) -> None:
+                    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+                dedupd.actions._link = no_hard_links
+            with Store(lib.config.database) as s:
+                actions = Actions(s, lib.quarantine, checkpoint=checkpoint)
+                if op == "quarantine":
+                    actions.quarantine(record, None, 0, "t")
+                elif op == "restore":
+                    actions.restore(quarantined)
+                elif op == "purge":
+                    actions.purge(0, only={quarantined})
+                else:
+                    actions.delete(record, keeper, "t")
+
+        killed = _fork_and_kill_at(run, kill_at)
+        recovered = Actions(lib.store, lib.quarantine).recover()
+        assert lib.store.actions("state = 'planned'") == []
+        d_still, d_motion, q_still, q_motion = _where(lib, *shas)
+        if op in ("quarantine", "restore"):
+            assert (d_still, d_motion) in ((1, 1), (0, 0)), (kill_at, recovered)
+            assert (q_still, q_motion) == (1 - d_still, 1 - d_motion), (kill_at, recovered)
+        else:
+            assert (d_still + q_still, d_motion + q_motion) in ((1, 1), (0, 0)), kill_at
+        assert not list(lib.root.rglob(".dedupd-staging/*"))
+        outcomes.update(r.outcome for r in recovered)
+        if not killed:
+            break
+        # Back to the start: the pair in dup/, nothing in quarantine, a fresh record.
+        if op in ("restore", "purge") and d_still == 0 and q_still == 1:
+            (q,) = lib.store.quarantined()
+            Actions(lib.store, lib.quarantine).restore(q.id)
+        if op in ("delete", "purge") and d_still == 0 and q_still == 0:
+            photos.copy(lib.root / "keeper" / "IMG_0001.JPG", still)
+            photos.copy(lib.root / "keeper" / "IMG_0001.MOV", still.with_suffix(".MOV"))
+        if op == "quarantine" and d_still == 0:
+            (q,) = lib.store.quarantined()
+            Actions(lib.store, lib.quarantine).restore(q.id)
+        scan(lib.config, lib.store)
+        kill_at += 1
+    assert kill_at >= 5, "the operation had fewer steps than a pair needs"
+    assert "rolled_back" in outcomes or op == "purge"
+
+
+# -- one item in what dedupctl shows -------------------------------------------------------
+
+
+def test_show_search_and_quarantine_list_name_the_motion_file_with_its_still(
+    tmp_path: Path,
+) -> None:
+    from tests.test_decisions import Lib as CliLib
+
+    cli = CliLib(tmp_path)
+    write_still(cli.root / "a" / "IMG_0001.JPG", photos.photo("coffee"), CID)
+    write_mov(cli.root / "a" / "IMG_0001.MOV", CID)
+    os.utime(cli.root / "a" / "IMG_0001.JPG", (1e9, 1e9))
+    photos.copy(cli.root / "a" / "IMG_0001.JPG", cli.root / "b" / "IMG_0002.JPG")
+    write_mov(cli.root / "b" / "IMG_0002.MOV", CID)
+    cli.scan()  # b/ arrives second: quarantined, with its MOV
+    moved = sorted(p.name for p in cli.quarantine.rglob("*") if p.is_file())
+    assert moved == ["IMG_0002.JPG", "IMG_0002.MOV"]
+
+    listed = cli.ctl("quarantine", "list").stdout.splitlines()
+    assert listed[1] == f"       with its motion file {cli.root / 'b' / 'IMG_0002.MOV'}"
+    shown = cli.ctl("show", str(cli.root / "a" / "IMG_0001.JPG")).stdout.splitlines()
+    assert f"  live      with its motion file {cli.root / 'a' / 'IMG_0001.MOV'}" in shown
+    found = cli.ctl("search", str(cli.root / "a" / "IMG_0001.JPG")).stdout.splitlines()
+    assert found[1].endswith("IMG_0001.JPG  (Live Photo, with IMG_0001.MOV)"), found
+    restored = cli.ctl("quarantine", "restore", str(cli.root / "b" / "IMG_0002.MOV"))
+    assert restored.exit_code == 0, restored.output
+    assert (cli.root / "b" / "IMG_0002.JPG").exists() and (cli.root / "b" / "IMG_0002.MOV").exists()
+
+
+def test_a_live_photo_whose_motion_file_is_a_clip_moves_as_one_and_its_clip_record_follows(
+    tmp_path: Path,
+) -> None:
+    """With video deduplication the MOV is a record of its own (a clip), matched exactly
+    against the kept Live Photo's MOV. A scan that quarantines the duplicate still takes
+    its MOV with it; the MOV's own decision never moves it alone, nothing fails, and its
+    record follows the still: quarantined, out of the clip index, then back after a
+    restore."""
+    from tests import clips
+
+    root = tmp_path / "photos"
+    write_still(root / "keeper" / "IMG_0009.JPG", photos.photo("coffee"), None)
+    clips.render(photos.photo("coffee"), root / "keeper" / "IMG_0009.MOV", seconds=3)
+    for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
+        photos.copy(root / "keeper" / name, root / "dup" / name)
+    config = _config(tmp_path, root, exact="quarantine", near="report")
+    config = replace(config, quarantine=QuarantineConfig(path=tmp_path / "quarantine"))
+    with Store(config.database) as store:
+        actions = Actions(store, tmp_path / "quarantine")
+        report = scan(config, store, actions=actions)
+        moved = [o for o in report.outcomes if o.result == "done"]
+        assert [str(o.decision.target.path) for o in moved if o.decision.target] == [
+            str(root.resolve() / "dup" / "IMG_0009.JPG")
+        ]
+        assert not any(o.result.startswith("failed") for o in report.outcomes)
+        assert sorted(p.name for p in (root / "dup").iterdir()) == []
+        assert sorted(p.name for p in (tmp_path / "quarantine").rglob("IMG_*")) == [
+            "IMG_0009.JPG",
+            "IMG_0009.MOV",
+        ]
+        clip = store.file_at(root.resolve() / "dup" / "IMG_0009.MOV")
+        assert clip is not None and clip.state == "quarantined"
+        assert store.file_at(root.resolve() / "keeper" / "IMG_0009.MOV").state == "ok"  # type: ignore[union-attr]
+
+        [entry] = store.quarantined()
+        actions.restore(entry.id)
+        scan(config, store, actions=actions)  # the pair is back, found again
+        for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
+            back = store.file_at(root.resolve() / "dup" / name)
+            assert back is not None and back.state == "ok", name
