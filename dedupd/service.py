@@ -308,8 +308,13 @@ class DaemonService:
 
         def change() -> Answer:
             answer, file_id = _quarantine(d.store, d.actions, d.config, path, keeper)
-            with d.ingest.lock:
-                d.ingest.index.remove([file_id])  # as the pipeline does after its own moves
+            # Out of every index (photos, crop words, clips), as after the daemon's own moves,
+            # with a Live Photo's motion file moved along with it.
+            gone = [file_id]
+            motion = d.actions.motion_record(answer["id"])
+            if motion is not None:
+                gone.append(motion.id)
+            d.ingest.unindex(gone)
             return answer
 
         return self._on_daemon_thread(change)

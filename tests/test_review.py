@@ -325,6 +325,7 @@ def test_the_page_asks_the_running_daemon_which_moves_the_file_and_forgets_it(
     with running(env) as daemon:
         wait_for(lambda: daemon.stats.hashed == 2 and daemon.pipeline.idle(daemon.pool))
         assert len(daemon.ingest.index) == 2
+        assert len(daemon.ingest.crops) == 2
         review = start_review(env.config)
         try:
             headers = {
@@ -338,6 +339,7 @@ def test_the_page_asks_the_running_daemon_which_moves_the_file_and_forgets_it(
             action = _json(answer)["id"]
             assert not wa.exists() and env.state(wa) == "quarantined"
             assert len(daemon.ingest.index) == 1
+            assert len(daemon.ingest.crops) == 1  # its crop words left with it
             body = json.dumps({"ids": [action]})
             status, _, answer = review.request("POST", "/api/restore", body.encode(), headers)
             assert _json(answer)["results"] == [{"item": str(action), "restored": str(wa)}]
