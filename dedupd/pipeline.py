@@ -137,6 +137,7 @@ class Pipeline:
         self.backlog: deque[Entry] = deque()  # found by a reconcile, oldest first
         self.settled: deque[Entry] = deque()  # uploads that settled: hashed before the backlog
         self.hashing: dict[str, Entry] = {}  # path → the version last sent to the pool
+        self.ingesting = 0  # results taken from the pool and not yet ingested
         self.rescan_due: set[str] = set()  # roots to reconcile once the backlog is empty
 
     def configure(
@@ -172,6 +173,7 @@ class Pipeline:
             self.backlog
             or self.settled
             or pool.in_flight
+            or self.ingesting
             or len(self.settler)
             or self.ingest.confirm
         )
@@ -374,15 +376,19 @@ class Pipeline:
         between: Callable[[], None] = lambda: None,
     ) -> None:
         """Ingest what the pool returned (`between` runs after each: the daemon's heartbeat)."""
-        for entry, result in results:
-            if self.backlog_hashing.pop(id(entry), None) is not None:
-                self.progress.finished()
-            if self.hashing.get(entry.path) is not entry:
-                continue  # a newer version of the file was queued meanwhile
-            del self.hashing[entry.path]
-            if entry.root in self.roots:  # a reload may have dropped its root
-                self._ingest_one(entry, result)
-            between()
+        self.ingesting = len(results)  # not idle until the last is in the store and index
+        try:
+            for entry, result in results:
+                if self.backlog_hashing.pop(id(entry), None) is not None:
+                    self.progress.finished()
+                if self.hashing.get(entry.path) is entry:  # else a newer version is queued
+                    del self.hashing[entry.path]
+                    if entry.root in self.roots:  # a reload may have dropped its root
+                        self._ingest_one(entry, result)
+                self.ingesting -= 1
+                between()
+        finally:
+            self.ingesting = 0
 
     def _ingest_one(self, entry: Entry, result: HashedImage | HashedVideo | Failure) -> None:
         outcome, result = ingest_guarded(self.ingest, entry, result)
