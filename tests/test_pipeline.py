@@ -270,3 +270,33 @@ def test_the_scan_progress_bar_shows_counts_and_a_rate(
     shown = re.sub(r"\x1b\[\?25[lh]", "", terminal.getvalue())  # cursor hidden, shown
     frames = [f.strip() for f in shown.split("\r") if f.strip()]
     assert re.fullmatch(r"hashing\s+\[#+\]\s+10/10\s+100%\s+\d+\.\d files/s", frames[-1]), frames
+
+
+def test_the_daemon_is_not_idle_while_a_hashed_photo_is_still_being_ingested(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the pool has answered, the photo is still on its way into the store and the index:
+    `idle` (what status, tests and the backlog's end rely on) must not say done before."""
+    import threading
+
+    from dedupd.engine import Ingest
+
+    entered, gate = threading.Event(), threading.Event()
+    real = Ingest.ingest
+
+    def held(self: Ingest, entry: Any, result: Any) -> Any:
+        entered.set()
+        gate.wait(30)
+        return real(self, entry, result)
+
+    monkeypatch.setattr(Ingest, "ingest", held)
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "a.jpg")
+        assert entered.wait(30), "the photo never reached the ingest"
+        try:
+            assert daemon.pool.in_flight == 0  # the worker has answered
+            assert not _idle(daemon)
+        finally:
+            gate.set()
+        wait_for(lambda: _idle(daemon))
+        assert len(daemon.ingest.index) == 1
