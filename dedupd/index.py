@@ -67,6 +67,18 @@ _MULTI_ROWS = 1 << 15
 _BROADCAST_CELLS = 1 << 16
 
 
+def _tombstone(snap_ids: Ids, alive: npt.NDArray[np.bool_], ids: Ids) -> int:
+    """Mark `ids` dead in a snapshot whose ids are sorted (`alive` says which rows still
+    count); returns how many were alive. Ids not in the snapshot are left alone."""
+    if not len(snap_ids) or not len(ids):
+        return 0
+    pos = np.searchsorted(snap_ids, ids).clip(0, len(snap_ids) - 1)
+    hit = pos[snap_ids[pos] == ids]
+    hit = hit[alive[hit]]
+    alive[hit] = False
+    return len(hit)
+
+
 class Match(NamedTuple):
     id: int
     distance: int  # differing bits
@@ -413,13 +425,7 @@ class HammingIndex:
         self._dead += len(hit)
 
     def _tombstone_snapshot(self, ids: Ids) -> int:
-        if not len(self._snap_ids) or not len(ids):
-            return 0
-        pos = np.searchsorted(self._snap_ids, ids).clip(0, len(self._snap_ids) - 1)
-        hit = pos[(self._snap_ids[pos] == ids)]
-        hit = hit[self._snap_alive[hit]]
-        self._snap_alive[hit] = False
-        return len(hit)
+        return _tombstone(self._snap_ids, self._snap_alive, ids)
 
     def rebuild(self) -> None:
         """Fold the delta into a new snapshot and drop tombstones, now."""
@@ -905,14 +911,7 @@ class CropIndex:
                 self._delta_cache = None
 
     def _tombstone(self, ids: Ids) -> int:
-        snap_ids = self._snap.ids
-        if not len(snap_ids):
-            return 0
-        pos = np.searchsorted(snap_ids, ids).clip(0, len(snap_ids) - 1)
-        hit = pos[snap_ids[pos] == ids]
-        hit = hit[self._snap_alive[hit]]
-        self._snap_alive[hit] = False
-        return len(hit)
+        return _tombstone(self._snap.ids, self._snap_alive, ids)
 
     # -- rebuilds -------------------------------------------------------------------------
     def rebuild(self) -> None:
