@@ -249,6 +249,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _ACTION_PATHS = ("src", "dst", "tmp", "staged", "keeper_path")
 
 
+def _chunks(ids: Iterable[int], size: int = 500) -> Iterator[tuple[list[int], str]]:
+    """`ids` in lists of up to `size` (under SQLite's limit of variables per statement), each
+    with its "?, ?, …" placeholders."""
+    ids = list(ids)
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        yield chunk, ", ".join("?" * len(chunk))
+
+
 def to_db(path: str) -> str | bytes:
     """How a path is stored: as text when it is valid UTF-8, else as its raw bytes (a BLOB).
 
@@ -776,13 +785,11 @@ class Store:
     def rated_hashes(self, ids: Iterable[int], hasher: str) -> dict[int, RatedHash]:
         """The `hasher` hashes of the files `ids`, with their quality and dominant share: for
         the handful of candidates of one match (the index holds only the first hasher's)."""
-        ids = list(ids)
         found: dict[int, RatedHash] = {}
-        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
-            chunk = ids[start : start + 500]
+        for chunk, marks in _chunks(ids):
             rows = self.db.execute(
                 "SELECT file_id, bits, quality, dominant, variants FROM hashes WHERE hasher = ?"
-                f" AND file_id IN ({', '.join('?' * len(chunk))})",
+                f" AND file_id IN ({marks})",
                 [hasher, *chunk],
             )
             for file_id, bits, quality, dominant, variants in rows:
@@ -801,13 +808,11 @@ class Store:
     # -- local features (the crop stage) ---------------------------------------------------
     def features_of(self, ids: Iterable[int], kind: str) -> dict[int, LocalFeatures]:
         """The local features of `kind` stored for each of `ids` that has them."""
-        ids = list(ids)
         found: dict[int, LocalFeatures] = {}
-        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
-            chunk = ids[start : start + 500]
+        for chunk, marks in _chunks(ids):
             rows = self.db.execute(
                 "SELECT file_id, kind, width, height, points, descriptors, words FROM features"
-                f" WHERE kind = ? AND file_id IN ({', '.join('?' * len(chunk))})",
+                f" WHERE kind = ? AND file_id IN ({marks})",
                 [kind, *chunk],
             )
             for file_id, *row in rows:
@@ -1065,12 +1070,10 @@ class Store:
 
     def from_thumbnail(self, ids: Iterable[int]) -> set[int]:
         """Which of `ids` were hashed from an embedded thumbnail, not a full decode."""
-        ids = list(ids)
         out: set[int] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk, marks in _chunks(ids):
             rows = self.db.execute(
-                f"SELECT id FROM files WHERE thumbnail AND id IN ({', '.join('?' * len(chunk))})",
+                f"SELECT id FROM files WHERE thumbnail AND id IN ({marks})",
                 chunk,
             )
             out.update(int(r[0]) for r in rows)
@@ -1211,11 +1214,9 @@ class Store:
             )
 
     def files(self, ids: Iterable[int]) -> dict[int, FileRecord]:
-        ids = list(ids)
         found: dict[int, FileRecord] = {}
-        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
-            chunk = ids[start : start + 500]
-            for r in self._files(f"f.id IN ({', '.join('?' * len(chunk))})", chunk):
+        for chunk, marks in _chunks(ids):
+            for r in self._files(f"f.id IN ({marks})", chunk):
                 found[r.id] = r
         return found
 
