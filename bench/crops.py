@@ -10,6 +10,10 @@ hashing.
   load (the start-up build), a background rebuild, and per newcomer the time of
   `candidates(words, k=8, min_shared=4)` for `--queries` newcomers that are "crops" (a third
   of an indexed photo's words, plus 180 random ones) and whether that photo came first.
+- **A growing delta**: what a scan does, from an empty index, every photo a query and then
+  an addition, until the delta holds 5,000 photos (the default `index.rebuild_every`, when
+  the first rebuild folds it in); words skewed as real ones are (half from a hot set of
+  3,000, as photos of one place share them). Per-query time, median and p95, and at the end.
 - **Verification** (`dedupd.features.verify`) on the real photos of tests/data/photos: per
   pair of a crop and its original, and of two distinct photos.
 - **Hashing cost**: `dedupd.imaging.hash_image` with the default hashers (pHash 16x16 and
@@ -101,6 +105,29 @@ def scale(n: int, queries: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def growing(n: int = 5000, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    index = CropIndex()
+    times = []
+    for i in range(n):
+        half = WORDS // 2
+        query = np.concatenate(
+            [rng.integers(0, 3000, half), rng.integers(0, features.VOCABULARY, WORDS - half)]
+        ).astype(np.uint16)
+        started = time.perf_counter()
+        index.candidates(query, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED)
+        times.append(time.perf_counter() - started)
+        index.add(i + 1, query)
+    times_ms = sorted(1000 * x for x in times)
+    return {
+        "photos": n,
+        "query_ms_median": round(statistics.median(times_ms), 3),
+        "query_ms_p95": round(times_ms[int(0.95 * (len(times_ms) - 1))], 3),
+        "query_ms_last_100_median": round(statistics.median(1000 * x for x in times[-100:]), 3),
+        "total_s": round(sum(times), 2),
+    }
+
+
 def _jpeg(im: Image.Image, dst: Path, quality: int = 90) -> Path:
     im.save(dst, format="JPEG", quality=quality)
     return dst
@@ -176,6 +203,9 @@ def main() -> None:
         result["hashing"] = hashing_cost(Path(name))
         _say("verification")
         result["verification"] = verification(Path(name))
+    _say("a growing delta")
+    result["growing_delta"] = growing()
+    _say(json.dumps(result["growing_delta"]))
     result["candidates"] = []
     for n in (int(s) for s in args.sizes.split(",")):
         _say(f"candidate index at {n}")

@@ -21,6 +21,7 @@ all of them; the index keeps one hash per photo.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -818,6 +819,53 @@ class _CropRebuild:
         return _CropSnapshot(ids, offsets, rows)
 
 
+class _DeltaPostings:
+    """The crop index's delta as an inverted file: word -> the entries filed under it. Each
+    addition is one entry, numbered densely and never reused; a removed or re-filed photo's
+    old entry stays in its words' lists, dead (id -1), until the next rebuild replaces the
+    whole structure, and `votes` skips it."""
+
+    def __init__(self) -> None:
+        self._postings: dict[int, list[int]] = {}
+        self._entry_id: list[int] = []  # entry -> photo id, -1 once dead
+        self._entry_of: dict[int, int] = {}  # photo id -> its live entry
+
+    def add(self, file_id: int, words: WordArray) -> None:
+        self.remove(file_id)
+        entry = len(self._entry_id)
+        self._entry_id.append(file_id)
+        self._entry_of[file_id] = entry
+        for word in words.tolist():
+            self._postings.setdefault(word, []).append(entry)
+
+    def remove(self, file_id: int) -> None:
+        entry = self._entry_of.pop(file_id, None)
+        if entry is not None:
+            self._entry_id[entry] = -1
+
+    def votes(
+        self, q: WordArray, idf: npt.NDArray[np.float64], min_shared: int
+    ) -> tuple[Ids, npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+        """(photo ids, idf-weighted votes, shared words) of the live entries sharing at least
+        `min_shared` of the words `q` (unique; `idf` per word of `q`)."""
+        found = [(self._postings.get(w), i) for i, w in enumerate(q.tolist())]
+        lists = [(posted, i) for posted, i in found if posted]
+        if not lists:
+            return np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.intp)
+        lengths = np.fromiter((len(p) for p, _ in lists), np.int64, len(lists))
+        entries = np.fromiter(
+            itertools.chain.from_iterable(p for p, _ in lists), np.int64, int(lengths.sum())
+        )
+        weights = np.repeat(idf[[i for _, i in lists]], lengths)
+        n = len(self._entry_id)
+        shared = np.bincount(entries, minlength=n)
+        score = np.asarray(np.bincount(entries, weights, minlength=n), np.float64)
+        hit = np.flatnonzero(shared >= min_shared)
+        ids = np.fromiter((self._entry_id[k] for k in hit.tolist()), np.int64, len(hit))
+        live = ids >= 0
+        return ids[live], score[hit][live], shared[hit][live]
+
+
 class CropIndex:
     """Which indexed photos may share a crop relation with a newcomer: an inverted file of
     visual words (`features.words_of`), searched by vote, as DBoW does for ORB.
@@ -828,9 +876,11 @@ class CropIndex:
     returns the best `k`. Never a scan of all pairs: the work is the postings of the
     newcomer's words. 4 bytes per word filed (one uint32 row number) plus 9 per photo.
 
-    Same life cycle as `HammingIndex`: a snapshot plus a delta of recent additions (a dict,
-    searched by brute force), removals as tombstones, rebuilt on a background thread and
-    swapped in by the owning thread (`finish_rebuild`).
+    Same life cycle as `HammingIndex`: a snapshot plus a delta of recent additions, removals
+    as tombstones, rebuilt on a background thread and swapped in by the owning thread
+    (`finish_rebuild`). The delta is an inverted file too (word -> entries), so that a query
+    touches only its words' postings: a scan adds every photo to the delta, and a delta
+    searched by brute force made each query cost the whole delta (quadratic over a scan).
     """
 
     def __init__(self, vocabulary: int = 1 << 16):
@@ -842,7 +892,7 @@ class CropIndex:
         )
         self._snap_alive = np.empty(0, bool)
         self._delta: dict[int, WordArray] = {}
-        self._delta_cache: tuple[Ids, npt.NDArray[np.int64], WordArray] | None = None
+        self._delta_postings = _DeltaPostings()
         self._dead = 0
         self._rebuilding: _CropRebuild | None = None
         self.last_rebuild: float | None = None
@@ -869,7 +919,8 @@ class CropIndex:
         self.finish_rebuild(wait=True)
         self._snap = snapshot
         self._snap_alive = np.ones(len(snapshot.ids), bool)
-        self._delta, self._delta_cache, self._dead = {}, None, 0
+        self._delta, self._dead = {}, 0
+        self._delta_postings = _DeltaPostings()
         self.last_rebuild = time.time()
 
     def start_load(
@@ -896,7 +947,7 @@ class CropIndex:
         w = self._words(words)
         self.remove([file_id])
         self._delta[int(file_id)] = w
-        self._delta_cache = None
+        self._delta_postings.add(int(file_id), w)
 
     def remove(self, ids: Iterable[int]) -> None:
         """Tombstone `ids`; unknown ids are ignored."""
@@ -908,7 +959,7 @@ class CropIndex:
         self._dead += self._tombstone(ids)
         for i in ids.tolist():
             if self._delta.pop(i, None) is not None:
-                self._delta_cache = None
+                self._delta_postings.remove(i)
 
     def _tombstone(self, ids: Ids) -> int:
         return _tombstone(self._snap.ids, self._snap_alive, ids)
@@ -945,7 +996,9 @@ class CropIndex:
         self._snap_alive = np.ones(len(job.snapshot.ids), bool)
         # What was added since the build began (a new array object) stays in the delta.
         self._delta = {i: w for i, w in self._delta.items() if job.delta.get(i) is not w}
-        self._delta_cache = None
+        self._delta_postings = _DeltaPostings()
+        for i, w in self._delta.items():
+            self._delta_postings.add(i, w)
         self._dead = 0
         if job.removed:
             self._dead += self._tombstone(np.unique(np.concatenate(job.removed)))
@@ -965,18 +1018,6 @@ class CropIndex:
         return self._rebuilding is not None
 
     # -- queries --------------------------------------------------------------------------
-    def _delta_arrays(self) -> tuple[Ids, npt.NDArray[np.int64], WordArray]:
-        if self._delta_cache is None:
-            ids = np.fromiter(self._delta, np.int64, len(self._delta))
-            counts = np.array([len(w) for w in self._delta.values()], np.int64)
-            words = (
-                np.concatenate(list(self._delta.values()))
-                if self._delta
-                else np.empty(0, np.uint16)
-            )
-            self._delta_cache = (ids, np.repeat(np.arange(len(ids)), counts), words)
-        return self._delta_cache
-
     def candidates(
         self, words: npt.ArrayLike, k: int, *, min_shared: int = 1, exclude: Iterable[int] = ()
     ) -> list[CropCandidate]:
@@ -993,32 +1034,30 @@ class CropIndex:
         idf = np.log(n_photos / (df + 1.0))
         lengths = ends - starts
         total = int(lengths.sum())
-        ids_out, scores_out, shared_out = [], [], []
+        ids_out: list[Ids] = []
+        scores_out: list[npt.NDArray[np.float64]] = []
+        shared_out: list[npt.NDArray[np.intp]] = []
         if total:
             # The postings of every query word at once: positions start..end of each word.
             first = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
             rows = snap.postings[first + np.arange(total)]
             weights = np.repeat(idf, lengths)
             n = len(snap.ids)
-            score = np.bincount(rows, weights, minlength=n)
+            score = np.asarray(np.bincount(rows, weights, minlength=n), np.float64)
             shared = np.bincount(rows, minlength=n)
             hit = np.flatnonzero((shared >= min_shared) & self._snap_alive)
             ids_out.append(snap.ids[hit])
             scores_out.append(score[hit])
             shared_out.append(shared[hit])
-        d_ids, d_rows, d_words = self._delta_arrays()
-        if len(d_ids):
-            pos = np.searchsorted(q, d_words).clip(0, len(q) - 1)
-            match = q[pos] == d_words
-            score = np.bincount(d_rows[match], idf[pos[match]], minlength=len(d_ids))
-            shared = np.bincount(d_rows[match], minlength=len(d_ids))
-            hit = np.flatnonzero(shared >= min_shared)
-            ids_out.append(d_ids[hit])
-            scores_out.append(score[hit])
-            shared_out.append(shared[hit])
+        if self._delta:
+            d_ids, d_scores, d_shared = self._delta_postings.votes(q, idf, min_shared)
+            ids_out.append(d_ids)
+            scores_out.append(d_scores)
+            shared_out.append(d_shared)
         if not ids_out:
             return []
-        ids, scores, shared = (np.concatenate(x) for x in (ids_out, scores_out, shared_out))
+        ids, scores = np.concatenate(ids_out), np.concatenate(scores_out)
+        shared = np.concatenate(shared_out)
         excluded = np.fromiter(exclude, np.int64)
         if len(excluded):
             keep = ~np.isin(ids, excluded)
@@ -1035,10 +1074,14 @@ class CropIndex:
         ]
 
     def memory_bytes(self) -> int:
-        """Bytes held by the arrays (the delta's too, not counting the dict around them)."""
+        """Bytes held by the arrays, and about what the delta holds (its words, and a list
+        slot per word in its postings; not the dicts around them)."""
         snap = self._snap
         arrays = (snap.ids, snap.offsets, snap.postings, self._snap_alive)
-        return sum(a.nbytes for a in arrays) + sum(w.nbytes + 8 for w in self._delta.values())
+        delta = sum(w.nbytes + 8 + 8 * len(w) for w in self._delta.values())
+        return sum(a.nbytes for a in arrays) + delta
+
+
 # -- clips -------------------------------------------------------------------------------------
 # Two clips are the same video when at least SAME_SHARE of the distinct frames of each is the
 # nearest match of one of the other's (in any order: a re-cut, a clip with a snippet taken

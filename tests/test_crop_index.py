@@ -61,6 +61,21 @@ def test_removed_and_excluded_photos_are_never_proposed() -> None:
     assert len(index) == 99
 
 
+def test_a_photo_filed_again_in_the_delta_is_found_by_its_new_words_only() -> None:
+    """The delta keeps a re-filed photo's old entry in its words' postings until a rebuild:
+    it must count for nothing (not proposed by the old words, not counted twice)."""
+    photos = _photos(3)
+    index = CropIndex()
+    index.add(1, photos[1])
+    index.add(1, photos[2])  # the same photo, hashed again with other words
+    assert [c.id for c in index.candidates(photos[1], 5, min_shared=50)] == []
+    [again] = index.candidates(photos[2], 5)
+    assert (again.id, again.shared) == (1, len(photos[2]))
+    index.remove([1])
+    index.add(1, photos[1])  # removed, then back with its first words
+    assert [(c.id, c.shared) for c in index.candidates(photos[1], 5)] == [(1, len(photos[1]))]
+
+
 def test_min_shared_leaves_out_photos_sharing_fewer_words() -> None:
     photos = _photos(50)
     index = CropIndex()
