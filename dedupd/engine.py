@@ -143,7 +143,8 @@ class Ingest:
         # photos that takes a minute, and the daemon is ready long before. The first crop
         # stage waits for it (`_crops`), so no newcomer is matched against half an index.
         path, roots = store.path, list(self.roots)
-        self.crops.start_load(lambda: _feature_words(path, roots))
+        if config.hashing.crops:  # off: the index stays empty, and no crop stage runs
+            self.crops.start_load(lambda: _feature_words(path, roots))
         # Clips: their frames' hashes in an index of their own, voting per clip. A photo is
         # never matched against a clip's frames by ingest (only `search` asks for that).
         from dedupd.index import FrameIndex
@@ -421,8 +422,12 @@ class Ingest:
         the features' key, files the newcomer's words in the index, and returns them by id."""
         from dedupd.features import Features, verify
 
-        stored = self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
-        if stored is None:  # hashed without features (or by an older dedupd): no crop stage
+        stored = (
+            self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
+            if self.config.hashing.crops
+            else None
+        )
+        if stored is None:  # crops off, or hashed without features (by an older dedupd)
             self.store.replace_matches(newcomer.id, self.crop_key, [])
             return {}
         mine = Features.from_local(stored)
@@ -489,7 +494,7 @@ class Ingest:
         from dedupd.features import Features
 
         stored = self.store.features_of([file_id], self.crop_key).get(file_id)
-        if stored is not None:
+        if stored is not None and self.config.hashing.crops:
             with self.lock:
                 self.crops.add(file_id, Features.from_local(stored).words)
 
@@ -909,6 +914,11 @@ def reconcile_roots(
     # A file hashed before the second opinion existed lacks its hash: one re-decode, lazily.
     hasher_keys = (hasher.key, second_opinion(hasher).key)
     clips = video_key(hasher, config.hashing.video_fps)
+    # With the crop stage on, a photo hashed without its features (crops were off, or their
+    # kind changed) is decoded again once, so that crops of it are found.
+    from dedupd.features import FEATURES_KEY
+
+    features = FEATURES_KEY if config.hashing.crops else None
     done = Reconciled([], [], [])
     for root in roots:
         try:
@@ -930,7 +940,7 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
-        plan = reconcile(store, root, entries, hasher_keys, clips)
+        plan = reconcile(store, root, entries, hasher_keys, clips, features)
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             if record.state == "missing":
@@ -949,8 +959,9 @@ def reconcile_roots(
 def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> HasherPool:
     """The hasher pool `config.hashing` asks for (workers, pixel limit, per-file timeout)."""
     h = config.hashing
-    if work is hash_file:  # the default work samples clips at the configured rate
-        work = functools.partial(hash_file, video_fps=h.video_fps)
+    if work is hash_file:  # the default work: clips sampled at the configured rate, and
+        # local features only when the crop stage is on
+        work = functools.partial(hash_file, video_fps=h.video_fps, features=h.crops)
     return HasherPool(
         [hasher, second_opinion(hasher)],
         workers=h.workers,

@@ -14,6 +14,7 @@ its own pipe, and the parent knows which file each worker is on and since when.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import multiprocessing
 import os
@@ -88,12 +89,14 @@ def hash_file(
     *,
     video_fps: float = 1.0,
     thumbnails: bool = True,
+    features: bool = True,
 ) -> Result:
     """The workers' default work. Returns a failure instead of raising: custom exceptions do
     not survive pickling, and one bad file must never take the others down with it.
 
     A video (by its name), or a GIF or WebP that holds several frames, is hashed frame-wise
-    with the first of `hashers` at `video_fps` (`dedupd.video`); anything else as an image."""
+    with the first of `hashers` at `video_fps` (`dedupd.video`); anything else as an image,
+    with the crop stage's local features unless `features` is False (`hashing.crops`)."""
     if path_too_long(path):
         return Failure(
             "path_too_long",
@@ -118,7 +121,12 @@ def hash_file(
             if clip is not None:
                 return clip
         return hash_image(
-            path, hashers, max_pixels=max_pixels, expect=expect, thumbnails=thumbnails
+            path,
+            hashers,
+            max_pixels=max_pixels,
+            expect=expect,
+            thumbnails=thumbnails,
+            features=features,
         )
     except ImageError as exc:
         return Failure(exc.kind, exc.detail)
@@ -145,6 +153,13 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
     signal.set_wakeup_fd(wake)
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(True))
+    # A match's confirmation is always the real, full decode: the default work's, with its
+    # settings (clip rate, features), without the embedded thumbnail.
+    is_default = work is hash_file or (
+        isinstance(work, functools.partial) and work.func is hash_file
+    )
+    default: Callable[..., Result] = work if is_default else hash_file
+    full: Work = functools.partial(default, thumbnails=False)
     conn.send(READY)  # only now may it be given files: a signal can no longer lose one
     while True:
         if stopping and not conn.poll():
@@ -164,8 +179,8 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
             return
         for path, stat, full_decode in chunk:
             try:
-                if full_decode:  # a match's confirmation: always the real, full decode
-                    result = hash_file(path, stat, hashers, max_pixels, thumbnails=False)
+                if full_decode:
+                    result = full(path, stat, hashers, max_pixels)
                 else:
                     result = work(path, stat, hashers, max_pixels)
             except Exception as exc:  # a pluggable `work` that raises still answers

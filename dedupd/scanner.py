@@ -198,17 +198,20 @@ def reconcile(
     entries: Iterable[Entry],
     hasher: str | Sequence[str],
     video: str | None = None,
+    features: str | None = None,
 ) -> Plan:
     """Diff what is on disk under `root` against the store's records for it.
 
     An unchanged (dev, inode, size, mtime_ns) is never decoded again, even if it failed
-    before; a record that vanished from one path (in this scan, or earlier: marked missing)
-    while a file with its identity appeared at another is a rename, followed without
-    re-hashing. A clip needs no image hash when its frames are stored under `video`.
+    before, unless it lacks a hash of `hasher` or, given `features`, local features of that
+    kind (then it is decoded again once); a record that vanished from one path (in this
+    scan, or earlier: marked missing) while a file with its identity appeared at another is
+    a rename, followed without re-hashing. A clip needs no image hash when its frames are
+    stored under `video`.
     """
     plan = Plan()
     known = store.files_in(root)
-    needs_hash = {r.id for r in store.unhashed(root, hasher, video)}
+    needs_hash = {r.id for r in store.unhashed(root, hasher, video, features)}
     appeared: list[Entry] = []
     for entry in entries:
         record = known.pop(entry.relpath, None)

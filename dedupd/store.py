@@ -681,17 +681,28 @@ class Store:
         return self._files("f.state = 'error' ORDER BY f.updated DESC LIMIT ?", (limit,))
 
     def unhashed(
-        self, root: str, hasher: str | Sequence[str], video: str | None = None
+        self,
+        root: str,
+        hasher: str | Sequence[str],
+        video: str | None = None,
+        features: str | None = None,
     ) -> list[FileRecord]:
         """Files decoded before with another hasher: they need the current one (lazily).
-        With several hashers, the files that lack any of them; a clip whose frames are
-        stored under the `video` key lacks none (its frames are its hashes)."""
+        With several hashers, the files that lack any of them; with `features`, those that
+        lack local features of that kind too (the crop stage turned on, or changed); a clip
+        whose frames are stored under the `video` key lacks none (its frames are its
+        hashes)."""
         keys = [hasher] if isinstance(hasher, str) else list(hasher)
         lacking = " OR ".join(
             "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
             for _ in keys
         )
         params: list[Any] = [to_db(root), *keys]
+        if features is not None:
+            lacking += (
+                " OR NOT EXISTS (SELECT 1 FROM features x WHERE x.file_id = f.id AND x.kind = ?)"
+            )
+            params.append(features)
         if video is not None:
             lacking = (
                 f"({lacking}) AND NOT EXISTS"

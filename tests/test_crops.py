@@ -185,3 +185,48 @@ def test_search_over_the_socket_sends_the_features_and_lists_crops(tmp_path: Pat
     answer = json.loads(result.stdout)
     assert [Path(c["path"]).name for c in answer["crops"]] == ["IMG_2.jpg"]
     assert answer["crops"][0]["detail"]["kept"] == pytest.approx(0.56, abs=0.03)
+
+
+def _crops_off(lib: Lib) -> None:
+    text = lib.config.read_text().replace(
+        "hashing: {workers: 1}", "hashing: {workers: 1, crops: false}"
+    )
+    assert "crops: false" in text
+    lib.config.write_text(text)
+
+
+def test_with_crops_off_no_features_are_kept_and_no_crop_is_found(lib: Lib) -> None:
+    _crops_off(lib)
+    _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
+    report = lib.scan()
+    assert report["hashed"] == len(photos.PHOTOS) + 1 and report["groups"] == []
+    with Store(lib.db) as store:
+        assert store.db.execute("SELECT count(*) FROM features").fetchone() == (0,)
+
+
+def test_turning_crops_on_hashes_the_photos_without_features_again_and_finds_crops(
+    lib: Lib,
+) -> None:
+    """Photos hashed while the crop stage was off lack features: the next scan with it on
+    decodes them again (once) instead of leaving them out of the crop stage for good."""
+    _crops_off(lib)
+    _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
+    assert lib.scan()["groups"] == []
+    lib.write_config("{exact: report, near: report}")  # crops on: the default
+    report = lib.scan()
+    assert report["hashed"] == len(photos.PHOTOS) + 1
+    assert _groups(report) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
+    assert lib.scan()["hashed"] == 0  # once
+
+
+def test_crops_is_a_boolean(tmp_path: Path) -> None:
+    from dedupd.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("hashing: {crops: false}\n")
+    assert load_config(cfg).hashing.crops is False
+    cfg.write_text("hashing: {workers: 1}\n")
+    assert load_config(cfg).hashing.crops is True
+    cfg.write_text("hashing: {crops: 1}\n")
+    with pytest.raises(ConfigError, match=r"hashing\.crops"):
+        load_config(cfg)
