@@ -40,6 +40,9 @@ class LocalFeatures(NamedTuple):
     points: bytes  # float32 (x, y) rows
     descriptors: bytes  # 32-byte ORB rows
     words: bytes  # uint16, sorted and unique: what the candidate index files the photo under
+    # the reduced image itself, box-reduced to PATCH_SIDE px on its long side, 8-bit grey rows:
+    # what verification compares once the keypoints agree (features.patch_size gives its shape)
+    patch: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

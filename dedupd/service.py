@@ -49,13 +49,21 @@ Answer = dict[str, Any]
 def encode_features(f: LocalFeatures) -> str:
     """A query image's local features as the search request's `features=` parameter."""
     return ",".join(
-        [f.kind, str(f.width), str(f.height), f.points.hex(), f.descriptors.hex(), f.words.hex()]
+        [
+            f.kind,
+            str(f.width),
+            str(f.height),
+            f.points.hex(),
+            f.descriptors.hex(),
+            f.words.hex(),
+            f.patch.hex(),
+        ]
     )
 
 
 def decode_features(text: str) -> LocalFeatures:
     """Back from `encode_features`. Raises ValueError when malformed."""
-    kind, width, height, points, descriptors, words = text.split(",")
+    kind, width, height, points, descriptors, words, patch = text.split(",")
     return LocalFeatures(
         kind,
         int(width),
@@ -63,6 +71,7 @@ def decode_features(text: str) -> LocalFeatures:
         bytes.fromhex(points),
         bytes.fromhex(descriptors),
         bytes.fromhex(words),
+        bytes.fromhex(patch),
     )
 
 

@@ -242,6 +242,10 @@ MIGRATIONS: tuple[str, ...] = (
         words BLOB NOT NULL
     );
     """,
+    # 10 → 11: beside the keypoints, the small grey picture they were found on, for the crop
+    # stage's photometric check (features.PATCH_SIDE). Rows without one are of an older kind
+    # (features.FEATURES_KEY changed with it): their photos are hashed again once.
+    "ALTER TABLE features ADD COLUMN patch BLOB NOT NULL DEFAULT x''",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -822,7 +826,8 @@ class Store:
         found: dict[int, LocalFeatures] = {}
         for chunk, marks in _chunks(ids):
             rows = self.db.execute(
-                "SELECT file_id, kind, width, height, points, descriptors, words FROM features"
+                "SELECT file_id, kind, width, height, points, descriptors, words, patch"
+                " FROM features"
                 f" WHERE kind = ? AND file_id IN ({marks})",
                 [kind, *chunk],
             )

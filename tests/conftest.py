@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests import photos
 
@@ -24,6 +25,16 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Nor finds a system service's socket or database on the machine running the tests.
     monkeypatch.setattr("dedupd.config.SYSTEM_RUNTIME_DIR", tmp_path / "system-run" / "dedupd")
     monkeypatch.setattr("dedupd.config.SYSTEM_STATE_DIR", tmp_path / "system-lib" / "dedupd")
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """structlog's defaults before and after every test: a CLI run configures logging for the
+    whole process (`dedupd scan --json` filters below ERROR), which hid a later test's
+    warnings from `capture_logs` depending on the order the tests ran in."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)

@@ -166,3 +166,59 @@ def test_words_are_the_sampled_bits_of_each_descriptor() -> None:
     assert len(features.words_of(same)) == 1
     bits[1, sampled[3]] ^= 1
     assert len(features.words_of(np.packbits(bits, axis=1))) == 2
+
+
+def _collage(*tiles: Image.Image, size: tuple[int, int] = (1600, 800)) -> Image.Image:
+    """`tiles` side by side, each resized to its share of `size`."""
+    canvas = Image.new("RGB", size)
+    w = size[0] // len(tiles)
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile.resize((w, size[1]), Image.Resampling.BICUBIC), (i * w, 0))
+    return _jpeg(canvas)
+
+
+@pytest.mark.parametrize(
+    ("shared", "first_other", "second_other"),
+    [
+        ("astronaut", "coffee", "chelsea"),
+        ("coffee", "rocket", "hubble"),
+        ("hubble", "chelsea", "rocket"),
+    ],
+)
+def test_two_collages_sharing_one_picture_are_no_crop(
+    monkeypatch: pytest.MonkeyPatch, shared: str, first_other: str, second_other: str
+) -> None:
+    """Keypoints of one shared tile fit a similarity and put one frame inside the other; the
+    rest of the footprint shows another picture, which the patches see."""
+    tile = _photo(shared).crop((200, 100, 1400, 1100))
+    first = extract(_collage(_photo(first_other), tile, size=(1600, 800)))
+    # the same tile, smaller, beside a narrower tile of another photo: mapped through the
+    # shared tile, this frame lies inside the first's and keeps 90% of it
+    beside = _collage(_photo(second_other), tile, size=(1000, 500))
+    second = extract(_jpeg(beside.crop((100, 0, 1000, 500))))
+    assert verify(second, first) is None and verify(first, second) is None
+    # what the keypoints alone say: without the patches this was taken for a crop
+    monkeypatch.setattr(features, "_alike", lambda matrix, crop, original: True)
+    fit = verify(second, first)
+    assert fit is not None and fit.kept == pytest.approx(0.9, abs=0.02)
+
+
+def test_a_crop_of_a_collage_is_still_a_crop() -> None:
+    chelsea, coffee = _photo("chelsea"), _photo("coffee")
+    whole = _collage(coffee, chelsea)
+    w, h = whole.size
+    fit = verify(extract(_jpeg(whole.crop((w // 4, 0, w, h)))), extract(whole))
+    assert fit is not None and fit.cropped == "first" and fit.kept == pytest.approx(0.75, abs=0.03)
+
+
+def test_the_patch_is_the_reduced_picture_and_survives_the_store_format(
+    originals: dict[str, Features],
+) -> None:
+    f = originals["coffee"]
+    assert f.patch.shape == (48, 64) and f.patch.dtype == np.uint8
+    assert features.patch_size(f.width, f.height) == (64, 48)
+    assert 50 < float(f.patch.mean()) < 200 and float(f.patch.std()) > 20  # a picture, not blank
+    back = Features.from_local(f.to_local())
+    assert np.array_equal(back.patch, f.patch)
+    with pytest.raises(ValueError, match="patch"):
+        Features.from_local(f.to_local()._replace(patch=b"\0" * 10))
