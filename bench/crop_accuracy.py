@@ -48,7 +48,7 @@ from dedupd import features
 from dedupd.engine import CROP_CANDIDATES, CROP_MIN_SHARED
 from dedupd.hashers import Hasher, second_opinion
 from dedupd.imaging import hash_image
-from dedupd.index import CropIndex, distance
+from dedupd.index import CropCandidate, CropIndex, distance
 
 BUCKETS = ((0.2, 0.5), (0.5, 0.7), (0.7, 0.95))
 TARGETS = {"20-50%": 0.60, "50-70%": 0.90, "70-95%": 0.95}  # the issue's "done when"
@@ -189,11 +189,19 @@ def _features(h: dict[str, Any]) -> features.Features:
 
 
 def score(
-    per_photo: Sequence[dict[str, Any]], same_scene: Sequence[set[str]] = ()
+    per_photo: Sequence[dict[str, Any]],
+    same_scene: Sequence[set[str]] = (),
+    trace: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Recall per bucket and family, false links, and burst pairs taken for crops. Photos in
     one set of `same_scene` (a stereo pair: one scene shot twice) are no distinct photos: a
-    link between them is reported apart, not counted as false."""
+    link between them is reported apart, not counted as false.
+
+    With `trace`, one row per candidate pair given to `verify` is appended to it: the
+    newcomer's and the candidate's word counts, the candidate's shared words and idf score
+    (`CropCandidate`), whether it verified, and whether it is the crop pair sought (`true`:
+    the newcomer's own original, verified with the right side as the crop). What a rule that
+    skips candidates before `verify` is calibrated on (`summarize_trace`)."""
     scene = {name: min(group) for group in same_scene for name in group}
     pool: dict[str, dict[str, Any]] = {}
     for p in per_photo:
@@ -235,11 +243,16 @@ def score(
             for c in proposed:
                 verified_pairs += 1
                 fit = features.verify(mine, feats[keys[c.id]])
+                side = "first" if crop["crop_is"] == "newcomer" else "second"
+                found = fit is not None and c.id == source and fit.cropped == side
+                if trace is not None:
+                    trace.append(
+                        _row(f"{p['name']}/{kind}", mine, c, feats[keys[c.id]], fit, found)
+                    )
                 if fit is None:
                     continue
                 if c.id == source:
-                    side = "first" if crop["crop_is"] == "newcomer" else "second"
-                    hit = fit.cropped == side
+                    hit = found
                     kept_error.append(abs(fit.kept - crop["kept"]))
                 elif family[c.id] != p["name"]:
                     link(f"{p['name']}/{kind}", c.id)
@@ -261,7 +274,10 @@ def score(
             if c.id == i or related(c.id, i):
                 continue
             verified_pairs += 1
-            if features.verify(feats[k], feats[keys[c.id]]) is not None:
+            fit = features.verify(feats[k], feats[keys[c.id]])
+            if trace is not None:
+                trace.append(_row(k, feats[k], c, feats[keys[c.id]], fit, False))
+            if fit is not None:
                 link(k, c.id)
     bursts = {}
     for shift in SHIFTS:
@@ -297,6 +313,54 @@ def score(
     }
 
 
+def _row(
+    newcomer: str,
+    mine: features.Features,
+    c: CropCandidate,
+    theirs: features.Features,
+    fit: features.CropFit | None,
+    true: bool,
+) -> dict[str, Any]:
+    return {
+        "newcomer": newcomer,
+        "words": len(mine.words),
+        "candidate_words": len(theirs.words),
+        "shared": c.shared,
+        "score": round(c.score, 3),
+        "verified": fit is not None,
+        "true": true,
+    }
+
+
+def summarize_trace(trace: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles of shared words and idf score, for the true crop pairs found and for every
+    other candidate given to `verify` (most of which do not verify)."""
+
+    def pct(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {}
+        v = sorted(values)
+        return {
+            f"p{q}": round(v[min(len(v) - 1, q * len(v) // 100)], 3)
+            for q in (0, 1, 5, 10, 25, 50, 75, 90, 99)
+        } | {"max": round(v[-1], 3)}
+
+    groups = {
+        "true_found": [r for r in trace if r["true"]],
+        "other_verified": [r for r in trace if r["verified"] and not r["true"]],
+        "not_verified": [r for r in trace if not r["verified"]],
+    }
+    return {
+        name: {
+            "pairs": len(rows),
+            "shared": pct([r["shared"] for r in rows]),
+            "score": pct([r["score"] for r in rows]),
+            "shared_per_word": pct([r["shared"] / max(1, r["words"]) for r in rows]),
+        }
+        for name, rows in groups.items()
+    }
+
+
 def run(
     sources: Sequence[tuple[str, Path]],
     long_side: int,
@@ -309,7 +373,9 @@ def run(
     for name, path in sources:
         per_photo.append(process(name, path, long_side, seed))
         progress(f"crops {name}: {per_photo[-1]['seconds']:.1f} s")
-    result = score(per_photo, same_scene)
+    trace: list[dict[str, Any]] = []
+    result = score(per_photo, same_scene, trace)
+    result["candidates_verified"] = summarize_trace(trace)
     result["config"] = {
         "features": features.FEATURES_KEY,
         "min_inliers": features.MIN_INLIERS,
