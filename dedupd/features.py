@@ -51,18 +51,26 @@ VOCABULARY = 1 << WORD_BITS
 # Descriptor bit positions sampled for a word: spread over the 256 bits (ORB's tests are
 # ordered by decreasing variance in pairs, so every 16th bit takes a varied one of each run).
 _WORD_POSITIONS = np.arange(0, 256, 256 // WORD_BITS)
+# FAST corner thresholds (OpenCV's default is 20). ORB keeps the strongest KEYPOINTS corners
+# (by FAST score, then Harris), so on a photo with texture enough a lower threshold only finds
+# weak corners it then drops, at twice the cost: 6.4 ms CPU per 500x375 photo at 5, 3.5 ms at
+# 20 (3.5 and 6.4 ms on a 12 MP JPEG's draft decode; interleaved, one CPU). A smooth photo (a
+# retina scan, a blurred or motion-blurred shot) gets few corners at 20 (13 to 110 in the crop
+# bench's retina and clock_motion, where crops were then lost: 70-95% kept fell from 99.4% to
+# 91.9% found), so when fewer than _RETRY_BELOW are found, detection runs again at
+# _FAST_SMOOTH: 90 of the crop bench's 756 files, which then finds the crops 5 alone found.
+_FAST = 20
+_FAST_SMOOTH = 5
+_RETRY_BELOW = KEYPOINTS // 2
 # What was computed, so that stored rows of another configuration are never mixed with these:
 # the features' kind (and the key of the crop matches found with them).
-FEATURES_KEY = f"orb:{KEYPOINTS}@{SIDE}/w{WORD_BITS}"
+FEATURES_KEY = f"orb:{KEYPOINTS}@{SIDE}/w{WORD_BITS}/fast{_FAST}-{_FAST_SMOOTH}"
 
 # Geometric verification (calibrated by the crop section of bench/accuracy.py): Lowe's ratio
 # test, then a RANSAC similarity whose inliers are within _REPROJECTION px of the fit (at
 # SIDE px). Distinct photos peaked at 17 inliers in the issue's probe and at 21 in ours (two
 # quarters of one grass texture); MIN_INLIERS leaves room.
 _RATIO = 0.8
-# FAST corner threshold (OpenCV default 20): lower, so that smooth photos (a retina scan, a
-# blurred shot) still get keypoints; ORB keeps the strongest KEYPOINTS by Harris score anyway.
-_FAST = 5
 # Images with a shorter side (in px, once reduced) get no keypoints: ORB's 31-px patches and
 # its pyramid do not fit, and no crop of a photo is that small.
 _MIN_SIDE = 64
@@ -149,8 +157,13 @@ def extract(image: Image.Image) -> Features:
     if min(gray.size) < _MIN_SIDE:  # ORB's pyramid and patches need room (OpenCV asserts)
         return Features(gray.width, gray.height, np.empty((0, 2), np.float32), _no_descriptors())
     pixels = np.asarray(gray, np.uint8)
-    orb = cv2.ORB.create(nfeatures=KEYPOINTS, fastThreshold=_FAST)
-    keypoints, descriptors = orb.detectAndCompute(pixels, None)
+    keypoints, descriptors = cv2.ORB.create(
+        nfeatures=KEYPOINTS, fastThreshold=_FAST
+    ).detectAndCompute(pixels, None)
+    if len(keypoints) < _RETRY_BELOW:  # a smooth photo: take its weaker corners too
+        keypoints, descriptors = cv2.ORB.create(
+            nfeatures=KEYPOINTS, fastThreshold=_FAST_SMOOTH
+        ).detectAndCompute(pixels, None)
     if descriptors is None or not keypoints:
         return Features(gray.width, gray.height, np.empty((0, 2), np.float32), _no_descriptors())
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)

@@ -4,10 +4,12 @@ crop of the other (never for distinct photos, full frames or burst neighbours)."
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
+import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from dedupd import features
 from dedupd.features import Features, extract, verify
@@ -166,3 +168,46 @@ def test_words_are_the_sampled_bits_of_each_descriptor() -> None:
     assert len(features.words_of(same)) == 1
     bits[1, sampled[3]] ^= 1
     assert len(features.words_of(np.packbits(bits, axis=1))) == 2
+
+
+def _fundus(size: int = 600) -> Image.Image:
+    """A retina-like image: a smooth orange disc with a few dark vessels and a bright optic
+    disc, softened as a fundus camera's image is: few strong corners."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size]
+    r = np.hypot(x - size / 2, y - size / 2) / (size * 0.45)
+    base = np.clip(1 - r**2, 0, 1)
+    rgb = np.stack([200 * base + 20, 90 * base + 10, 40 * base + 5], -1) * (r < 1)[..., None]
+    im = Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(14):  # vessels: random walks from the optic disc
+        px, py, angle = size * 0.6, size * 0.5, rng.uniform(0, 2 * np.pi)
+        walk = []
+        for _ in range(40):
+            angle += rng.normal(0, 0.25)
+            px, py = px + 8 * np.cos(angle), py + 8 * np.sin(angle)
+            walk.append((px, py))
+        draw.line(walk, fill=(120, 30, 15), width=int(rng.integers(2, 6)))
+    draw.ellipse((size * 0.55, size * 0.45, size * 0.65, size * 0.55), fill=(240, 200, 120))
+    return im.filter(ImageFilter.GaussianBlur(2))
+
+
+def _blurred() -> Image.Image:
+    return _photo("chelsea", (500, 375)).filter(ImageFilter.GaussianBlur(4))
+
+
+@pytest.mark.parametrize("smooth", [_fundus, _blurred], ids=["retina-like", "blurred"])
+def test_a_smooth_photo_still_gets_keypoints(smooth: Callable[[], Image.Image]) -> None:
+    """ORB's default FAST threshold finds few corners on a smooth photo (the retry at a lower
+    one is what gives it keypoints), and a crop of it is still found."""
+    im = smooth()
+    gray = np.asarray(im.convert("L"))
+    strong = cv2.ORB.create(nfeatures=features.KEYPOINTS, fastThreshold=features._FAST)
+    assert len(strong.detect(gray, None)) < features.KEYPOINTS // 2  # smooth indeed
+    found = extract(im)
+    assert len(found) >= features.KEYPOINTS // 2
+    w, h = im.size
+    crop = extract(im.crop((w // 5, h // 5, w - w // 10, h - h // 10)))  # keeps 49%
+    fit = verify(crop, found)
+    assert fit is not None and fit.cropped == "first"
+    assert fit.kept == pytest.approx(0.49, abs=0.03)
