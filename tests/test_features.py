@@ -211,3 +211,28 @@ def test_a_smooth_photo_still_gets_keypoints(smooth: Callable[[], Image.Image]) 
     fit = verify(crop, found)
     assert fit is not None and fit.cropped == "first"
     assert fit.kept == pytest.approx(0.49, abs=0.03)
+
+
+def _knn_matches(a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio-test matching as first written, with BFMatcher.knnMatch and a DMatch loop."""
+    best: dict[int, tuple[float, int]] = {}
+    for m, n in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2):
+        if m.distance < features._RATIO * n.distance:
+            kept = best.get(m.trainIdx)
+            if kept is None or m.distance < kept[0]:
+                best[m.trainIdx] = (m.distance, m.queryIdx)
+    qi = np.array([q for _, q in best.values()], np.int64)
+    return a.points[qi], b.points[np.array(list(best), np.int64)]
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_matching_by_batch_distance_agrees_with_the_knn_match_loop(
+    originals: dict[str, Features], name: str
+) -> None:
+    """Same matches in the same order (RANSAC samples in that order, so fits stay the same),
+    for a crop pair and for distinct photos."""
+    crop = extract(_cut(_photo(name), (0.1, 0.2, 0.7, 0.9)))
+    for other in (originals[name], originals["chelsea"]):
+        mine, reference = features._matches(crop, other), _knn_matches(crop, other)
+        assert len(mine[0]) > 0
+        assert np.array_equal(mine[0], reference[0]) and np.array_equal(mine[1], reference[1])
