@@ -17,6 +17,7 @@ ship: the same bits in every process and every version that keeps `FEATURES_KEY`
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +40,7 @@ __all__ = [
     "CropFit",
     "Features",
     "LocalFeatures",
+    "agreeing_words",
     "extract",
     "verify",
     "words_of",
@@ -84,6 +86,12 @@ MAX_KEPT = 0.93  # a "crop" keeping more of the frame is a near duplicate or a b
 MIN_KEPT = 0.05
 _MAX_SCALE = 8.0  # of the fitted transform, either way: farther is no photo anyone cropped
 _MAX_ANGLE = 10.0  # degrees: editors crop upright; a large turn is some other relation
+# agreeing_words: shared words tried (pairs of them: _AGREE_AT_MOST**2 / 2 similarities; a
+# crop pair sharing more has agreeing ones among any 64, 128 changed nothing in the crop
+# bench), and the least distance in px between two keypoints that propose a similarity (closer,
+# a pixel of noise turns or scales it a lot).
+_AGREE_AT_MOST = 64
+_AGREE_SPAN = 8.0
 
 
 Points = npt.NDArray[np.float32]
@@ -248,6 +256,45 @@ def _matches(a: Features, b: Features) -> tuple[Points, Points]:
     _, first_seen = np.unique(train, return_index=True)  # both ascending in b's index
     best = best[np.argsort(first_seen, kind="stable")]
     return a.points[passed[best]], b.points[train[best]]
+
+
+def agreeing_words(a: Features, b: Features) -> int:
+    """How many of the words `a` and `b` share have keypoints that one upright similarity maps
+    onto each other (a's onto b's, within _REPROJECTION px, with a scale and a turn `verify`
+    accepts): the crop stage's cheap check before `verify` (``engine.CROP_MIN_AGREEING``).
+
+    A crop pair's shared words are partly the same corners, which sit where the crop's fit
+    puts them; an unrelated pair's are chance coincidences scattered over both frames. Every
+    two of the first _AGREE_AT_MOST shared words (by value) propose a similarity; the count of
+    the best is returned. No descriptor matching: about a third of `verify`'s CPU time."""
+    wa, ia = np.unique(_keypoint_words(a.descriptors), return_index=True)
+    wb, ib = np.unique(_keypoint_words(b.descriptors), return_index=True)
+    _, xa, xb = np.intersect1d(wa, wb, assume_unique=True, return_indices=True)
+    n = min(len(xa), _AGREE_AT_MOST)
+    if n < 2:
+        return n
+    pa, pb = a.points[ia[xa[:n]]].astype(np.float64), b.points[ib[xb[:n]]].astype(np.float64)
+    za, zb = pa[:, 0] + 1j * pa[:, 1], pb[:, 0] + 1j * pb[:, 1]  # points as complex numbers
+    i, j = _pairs(n)
+    da, db = za[j] - za[i], zb[j] - zb[i]
+    spread = np.abs(da) >= _AGREE_SPAN
+    i, da, db = i[spread], da[spread], db[spread]
+    factor = db / da  # the similarity's scale and turn, as one complex factor
+    scale, turn = np.abs(factor), np.degrees(np.abs(np.angle(factor)))
+    upright = (scale >= 1 / _MAX_SCALE) & (scale <= _MAX_SCALE) & (turn <= _MAX_ANGLE)
+    if not upright.any():
+        return 1
+    factor, i = factor[upright], i[upright]
+    shift = zb[i] - factor * za[i]
+    mapped = factor[:, None] * za[None, :] + shift[:, None]
+    return int((np.abs(mapped - zb[None, :]) <= _REPROJECTION).sum(axis=1).max())
+
+
+@functools.cache
+def _pairs(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Every pair i < j of n items (n <= _AGREE_AT_MOST: a few KB each, kept)."""
+    i, j = np.triu_indices(n, 1)
+    return i, j
 
 
 def _inside(corners: npt.NDArray[np.float64], width: int, height: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from dedupd import features
+from dedupd.engine import CROP_MIN_AGREEING
 from dedupd.features import Features, extract, verify
 from tests import photos
 
@@ -236,3 +237,45 @@ def test_matching_by_batch_distance_agrees_with_the_knn_match_loop(
         mine, reference = features._matches(crop, other), _knn_matches(crop, other)
         assert len(mine[0]) > 0
         assert np.array_equal(mine[0], reference[0]) and np.array_equal(mine[1], reference[1])
+
+
+def _moved(f: Features, scale: float, angle: float, shift: tuple[float, float]) -> Features:
+    """`f`'s descriptors at its points mapped by a similarity."""
+    t = np.radians(angle)
+    m = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    points = (f.points @ m.T + np.array(shift)).astype(np.float32)
+    return Features(f.width, f.height, points, f.descriptors)
+
+
+def test_words_agree_when_one_upright_similarity_maps_their_keypoints(
+    originals: dict[str, Features],
+) -> None:
+    """Shared words count when a similarity `verify` would accept puts their keypoints onto
+    each other; the same words at scattered points, or turned further than an editor crops,
+    do not (20 shared words: as many as a candidate that does not verify typically shares)."""
+    full = originals["coffee"]
+    _, first = np.unique(features._keypoint_words(full.descriptors), return_index=True)
+    keep = np.sort(first)[:20]  # 20 keypoints of distinct words
+    f = Features(full.width, full.height, full.points[keep], full.descriptors[keep])
+    assert features.agreeing_words(f, _moved(f, 1.7, 3.0, (-120.0, -40.0))) == 20
+    assert features.agreeing_words(f, _moved(f, 0.5, -8.0, (40.0, 90.0))) == 20
+    rng = np.random.default_rng(0)
+    points = rng.uniform((0, 0), (f.width, f.height), (20, 2)).astype(np.float32)
+    scattered = Features(f.width, f.height, points, f.descriptors)
+    assert features.agreeing_words(f, scattered) < CROP_MIN_AGREEING
+    assert features.agreeing_words(f, _moved(f, 1.0, 45.0, (300.0, 0.0))) < CROP_MIN_AGREEING
+
+
+def test_a_crop_has_more_agreeing_words_with_its_original_than_distinct_photos(
+    originals: dict[str, Features],
+) -> None:
+    """The crop stage verifies a candidate only with CROP_MIN_AGREEING agreeing words: a crop
+    and its original have them; distinct photos, which share words by chance, mostly not."""
+    chance = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        crop = extract(_cut(_photo(name), (0.3, 0.25, 0.85, 0.85)))  # keeps 33%
+        own = features.agreeing_words(crop, originals[name])
+        others = [features.agreeing_words(crop, originals[o]) for o in photos.PHOTOS if o != name]
+        assert own >= CROP_MIN_AGREEING and own > max(others)
+        chance += others
+    assert sum(n >= CROP_MIN_AGREEING for n in chance) <= len(chance) // 4
