@@ -26,7 +26,8 @@ Every file is hashed by ``dedupd.imaging.hash_image`` with dedupd's default hash
 daemon's workers get), and its stored features (`HashedImage.features`) are used. Each
 crop is a newcomer against a `dedupd.index.CropIndex` holding every distinct photo: the
 engine's `CROP_CANDIDATES` best by shared words (at least `CROP_MIN_SHARED`) are verified with
-`dedupd.features.verify`, as `Ingest._crops` does. A crop is *found* when its original is
+`dedupd.features.verify` when `CROP_MIN_AGREEING` of their shared words agree on one similarity
+(`features.agreeing_words`), as `Ingest._crops` does. A crop is *found* when its original is
 verified with the right side as the crop. It counts as found by the *near* stage when pHash
 16x16 is within its default threshold (the crop stage is then skipped: near wins), so the
 recall a user sees is "near or crop". False links: any verified pair of unrelated photos
@@ -45,10 +46,10 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from dedupd import features
-from dedupd.engine import CROP_CANDIDATES, CROP_MIN_SHARED
+from dedupd.engine import CROP_CANDIDATES, CROP_MIN_AGREEING, CROP_MIN_SHARED
 from dedupd.hashers import Hasher, second_opinion
 from dedupd.imaging import hash_image
-from dedupd.index import CropIndex, distance
+from dedupd.index import CropCandidate, CropIndex, distance
 
 BUCKETS = ((0.2, 0.5), (0.5, 0.7), (0.7, 0.95))
 TARGETS = {"20-50%": 0.60, "50-70%": 0.90, "70-95%": 0.95}  # the issue's "done when"
@@ -189,11 +190,21 @@ def _features(h: dict[str, Any]) -> features.Features:
 
 
 def score(
-    per_photo: Sequence[dict[str, Any]], same_scene: Sequence[set[str]] = ()
+    per_photo: Sequence[dict[str, Any]],
+    same_scene: Sequence[set[str]] = (),
+    trace: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Recall per bucket and family, false links, and burst pairs taken for crops. Photos in
     one set of `same_scene` (a stereo pair: one scene shot twice) are no distinct photos: a
-    link between them is reported apart, not counted as false."""
+    link between them is reported apart, not counted as false.
+
+    Candidates with fewer than `CROP_MIN_AGREEING` agreeing words are not verified, as in
+    `Ingest._crops`; the bench verifies them anyway, for the trace only. With `trace`, one row
+    per candidate pair is appended to it: the newcomer's and the candidate's word counts, the
+    candidate's shared words and idf score (`CropCandidate`), its agreeing words
+    (`features.agreeing_words`), whether it verifies, and whether it is the crop pair sought
+    (`true`: the newcomer's own original, verified with the right side as the crop). What a
+    rule that skips candidates before `verify` is calibrated on (`summarize_trace`)."""
     scene = {name: min(group) for group in same_scene for name in group}
     pool: dict[str, dict[str, Any]] = {}
     for p in per_photo:
@@ -225,6 +236,7 @@ def score(
         (scene_links if same else false_links).append(f"{newcomer} ~ {keys[other]}")
 
     candidate_lost = 0
+    crop_candidates = crop_verified = skipped_true = 0
     kept_error: list[float] = []
     for p in per_photo:
         source = keys.index(p["name"])
@@ -233,13 +245,25 @@ def score(
             proposed = index.candidates(mine.words, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED)
             hit = False
             for c in proposed:
-                verified_pairs += 1
+                agree = features.agreeing_words(mine, feats[keys[c.id]])
+                # verified here whatever the check says, so the trace tells what it skipped
                 fit = features.verify(mine, feats[keys[c.id]])
+                side = "first" if crop["crop_is"] == "newcomer" else "second"
+                found = fit is not None and c.id == source and fit.cropped == side
+                if trace is not None:
+                    trace.append(
+                        _row(f"{p['name']}/{kind}", mine, c, feats[keys[c.id]], fit, found, agree)
+                    )
+                crop_candidates += 1
+                if agree < CROP_MIN_AGREEING:
+                    skipped_true += found
+                    continue  # as `Ingest._crops`: not verified
+                verified_pairs += 1
+                crop_verified += 1
                 if fit is None:
                     continue
                 if c.id == source:
-                    side = "first" if crop["crop_is"] == "newcomer" else "second"
-                    hit = fit.cropped == side
+                    hit = found
                     kept_error.append(abs(fit.kept - crop["kept"]))
                 elif family[c.id] != p["name"]:
                     link(f"{p['name']}/{kind}", c.id)
@@ -260,8 +284,14 @@ def score(
         for c in index.candidates(feats[k].words, CROP_CANDIDATES + 1, min_shared=CROP_MIN_SHARED):
             if c.id == i or related(c.id, i):
                 continue
+            agree = features.agreeing_words(feats[k], feats[keys[c.id]])
+            fit = features.verify(feats[k], feats[keys[c.id]])
+            if trace is not None:
+                trace.append(_row(k, feats[k], c, feats[keys[c.id]], fit, False, agree))
+            if agree < CROP_MIN_AGREEING:
+                continue
             verified_pairs += 1
-            if features.verify(feats[k], feats[keys[c.id]]) is not None:
+            if fit is not None:
                 link(k, c.id)
     bursts = {}
     for shift in SHIFTS:
@@ -289,11 +319,71 @@ def score(
         "distinct_photos": len(keys),
         "distinct_pairs": len(keys) * (len(keys) - 1) // 2 - 4 * len(per_photo),
         "pairs_verified": verified_pairs,
+        "crop_newcomers": sum(len(p["crops"]) for p in per_photo),
+        "candidates_per_crop_newcomer": round(
+            crop_candidates / sum(len(p["crops"]) for p in per_photo), 2
+        ),
+        "verified_per_crop_newcomer": round(
+            crop_verified / sum(len(p["crops"]) for p in per_photo), 2
+        ),
+        "crops_skipped_by_agreement": skipped_true,
         "false_links": false_links,
         "same_scene_links_not_counted": scene_links,
         "bursts": bursts,
         "lost_by_candidate_stage": candidate_lost,
         "missed": missed,
+    }
+
+
+def _row(
+    newcomer: str,
+    mine: features.Features,
+    c: CropCandidate,
+    theirs: features.Features,
+    fit: features.CropFit | None,
+    true: bool,
+    agreeing: int,
+) -> dict[str, Any]:
+    return {
+        "newcomer": newcomer,
+        "words": len(mine.words),
+        "candidate_words": len(theirs.words),
+        "shared": c.shared,
+        "score": round(c.score, 3),
+        "agreeing": agreeing,
+        "verified": fit is not None,
+        "true": true,
+    }
+
+
+def summarize_trace(trace: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles of shared words and idf score, for the true crop pairs found and for every
+    other candidate given to `verify` (most of which do not verify)."""
+
+    def pct(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {}
+        v = sorted(values)
+        return {
+            f"p{q}": round(v[min(len(v) - 1, q * len(v) // 100)], 3)
+            for q in (0, 1, 5, 10, 25, 50, 75, 90, 99)
+        } | {"max": round(v[-1], 3)}
+
+    groups = {
+        "true_found": [r for r in trace if r["true"]],
+        "other_verified": [r for r in trace if r["verified"] and not r["true"]],
+        "not_verified": [r for r in trace if not r["verified"]],
+    }
+    return {
+        name: {
+            "pairs": len(rows),
+            "shared": pct([r["shared"] for r in rows]),
+            "score": pct([r["score"] for r in rows]),
+            "shared_per_word": pct([r["shared"] / max(1, r["words"]) for r in rows]),
+            "agreeing": pct([r["agreeing"] for r in rows]),
+            "below_min_agreeing": sum(r["agreeing"] < CROP_MIN_AGREEING for r in rows),
+        }
+        for name, rows in groups.items()
     }
 
 
@@ -309,12 +399,15 @@ def run(
     for name, path in sources:
         per_photo.append(process(name, path, long_side, seed))
         progress(f"crops {name}: {per_photo[-1]['seconds']:.1f} s")
-    result = score(per_photo, same_scene)
+    trace: list[dict[str, Any]] = []
+    result = score(per_photo, same_scene, trace)
+    result["candidates_verified"] = summarize_trace(trace)
     result["config"] = {
         "features": features.FEATURES_KEY,
         "min_inliers": features.MIN_INLIERS,
         "candidates": CROP_CANDIDATES,
         "min_shared_words": CROP_MIN_SHARED,
+        "min_agreeing_words": CROP_MIN_AGREEING,
         "long_side": long_side,
         "photos": [name for name, _ in sources],
         "hash_call": "dedupd.imaging.hash_image(path, [phash16, pdq], max_pixels=10**9)",
@@ -329,8 +422,11 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
         f"{r['distinct_photos']} distinct photos (originals and their quarters), crops of each "
         f"original; features {r['config']['features']}, {r['config']['candidates']} candidates "
-        f"by shared words (at least {r['config']['min_shared_words']}), verified with at least "
-        f"{r['config']['min_inliers']} inliers.",
+        f"by shared words (at least {r['config']['min_shared_words']}), verified when at least "
+        f"{r['config']['min_agreeing_words']} shared words agree on one similarity, with at "
+        f"least {r['config']['min_inliers']} inliers. Per crop newcomer: "
+        f"{r['candidates_per_crop_newcomer']} candidates, {r['verified_per_crop_newcomer']} "
+        f"verified (crops the agreement check skipped: {r['crops_skipped_by_agreement']}).",
         "",
         "| kept area | crops | found (crop) | target | near or crop |",
         "|---|---|---|---|---|",

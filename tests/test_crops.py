@@ -15,7 +15,7 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from dedupd.config import load_config
-from dedupd.engine import scan
+from dedupd.engine import CROP_MIN_AGREEING, scan
 from dedupd.store import Store
 from tests import photos
 from tests.test_decisions import Lib
@@ -133,6 +133,35 @@ def test_crops_are_found_against_photos_indexed_by_an_earlier_run(lib: Lib) -> N
     assert lib.scan()["groups"] == []
     _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
     assert _groups(lib.scan()) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
+
+
+def test_a_candidate_without_agreeing_words_is_not_verified(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crop stage verifies a candidate only when enough of the words they share agree on
+    one similarity (CROP_MIN_AGREEING): below that, `verify` is not called, even for the
+    crop's own original; at it, the original is verified and the crop found."""
+    from dedupd import features
+
+    _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
+    verified: list[tuple[int, int]] = []
+    real_verify, real_agreeing = features.verify, features.agreeing_words
+
+    def spy(a: features.Features, b: features.Features) -> features.CropFit | None:
+        verified.append((len(a), len(b)))
+        return real_verify(a, b)
+
+    def below(a: features.Features, b: features.Features) -> int:
+        return min(real_agreeing(a, b), CROP_MIN_AGREEING - 1)
+
+    monkeypatch.setattr(features, "verify", spy)
+    monkeypatch.setattr(features, "agreeing_words", below)
+    assert lib.scan()["groups"] == [] and verified == []
+    monkeypatch.setattr(features, "agreeing_words", real_agreeing)
+    (lib.root / "coffee-crop.jpg").touch()  # hashed again: a newcomer to the crop stage
+    os.utime(lib.root / "coffee-crop.jpg", (1_800_000_100, 1_800_000_100))
+    assert _groups(lib.scan()) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
+    assert verified
 
 
 def test_burst_neighbours_and_near_copies_are_never_crops(lib: Lib) -> None:

@@ -4,12 +4,15 @@ crop of the other (never for distinct photos, full frames or burst neighbours)."
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
+import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from dedupd import features
+from dedupd.engine import CROP_MIN_AGREEING
 from dedupd.features import Features, extract, verify
 from tests import photos
 
@@ -222,3 +225,113 @@ def test_the_patch_is_the_reduced_picture_and_survives_the_store_format(
     assert np.array_equal(back.patch, f.patch)
     with pytest.raises(ValueError, match="patch"):
         Features.from_local(f.to_local()._replace(patch=b"\0" * 10))
+
+
+def _fundus(size: int = 600) -> Image.Image:
+    """A retina-like image: a smooth orange disc with a few dark vessels and a bright optic
+    disc, softened as a fundus camera's image is: few strong corners."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size]
+    r = np.hypot(x - size / 2, y - size / 2) / (size * 0.45)
+    base = np.clip(1 - r**2, 0, 1)
+    rgb = np.stack([200 * base + 20, 90 * base + 10, 40 * base + 5], -1) * (r < 1)[..., None]
+    im = Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(14):  # vessels: random walks from the optic disc
+        px, py, angle = size * 0.6, size * 0.5, rng.uniform(0, 2 * np.pi)
+        walk = []
+        for _ in range(40):
+            angle += rng.normal(0, 0.25)
+            px, py = px + 8 * np.cos(angle), py + 8 * np.sin(angle)
+            walk.append((px, py))
+        draw.line(walk, fill=(120, 30, 15), width=int(rng.integers(2, 6)))
+    draw.ellipse((size * 0.55, size * 0.45, size * 0.65, size * 0.55), fill=(240, 200, 120))
+    return im.filter(ImageFilter.GaussianBlur(2))
+
+
+def _blurred() -> Image.Image:
+    return _photo("chelsea", (500, 375)).filter(ImageFilter.GaussianBlur(4))
+
+
+@pytest.mark.parametrize("smooth", [_fundus, _blurred], ids=["retina-like", "blurred"])
+def test_a_smooth_photo_still_gets_keypoints(smooth: Callable[[], Image.Image]) -> None:
+    """ORB's default FAST threshold finds few corners on a smooth photo (the retry at a lower
+    one is what gives it keypoints), and a crop of it is still found."""
+    im = smooth()
+    gray = np.asarray(im.convert("L"))
+    strong = cv2.ORB.create(nfeatures=features.KEYPOINTS, fastThreshold=features._FAST)
+    assert len(strong.detect(gray, None)) < features.KEYPOINTS // 2  # smooth indeed
+    found = extract(im)
+    assert len(found) >= features.KEYPOINTS // 2
+    w, h = im.size
+    crop = extract(im.crop((w // 5, h // 5, w - w // 10, h - h // 10)))  # keeps 49%
+    fit = verify(crop, found)
+    assert fit is not None and fit.cropped == "first"
+    assert fit.kept == pytest.approx(0.49, abs=0.03)
+
+
+def _knn_matches(a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio-test matching as first written, with BFMatcher.knnMatch and a DMatch loop."""
+    best: dict[int, tuple[float, int]] = {}
+    for m, n in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2):
+        if m.distance < features._RATIO * n.distance:
+            kept = best.get(m.trainIdx)
+            if kept is None or m.distance < kept[0]:
+                best[m.trainIdx] = (m.distance, m.queryIdx)
+    qi = np.array([q for _, q in best.values()], np.int64)
+    return a.points[qi], b.points[np.array(list(best), np.int64)]
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_matching_by_batch_distance_agrees_with_the_knn_match_loop(
+    originals: dict[str, Features], name: str
+) -> None:
+    """Same matches in the same order (RANSAC samples in that order, so fits stay the same),
+    for a crop pair and for distinct photos."""
+    crop = extract(_cut(_photo(name), (0.1, 0.2, 0.7, 0.9)))
+    for other in (originals[name], originals["chelsea"]):
+        mine, reference = features._matches(crop, other), _knn_matches(crop, other)
+        assert len(mine[0]) > 0
+        assert np.array_equal(mine[0], reference[0]) and np.array_equal(mine[1], reference[1])
+
+
+def _moved(f: Features, scale: float, angle: float, shift: tuple[float, float]) -> Features:
+    """`f`'s descriptors at its points mapped by a similarity."""
+    t = np.radians(angle)
+    m = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    points = (f.points @ m.T + np.array(shift)).astype(np.float32)
+    return Features(f.width, f.height, points, f.descriptors, f.patch)
+
+
+def test_words_agree_when_one_upright_similarity_maps_their_keypoints(
+    originals: dict[str, Features],
+) -> None:
+    """Shared words count when a similarity `verify` would accept puts their keypoints onto
+    each other; the same words at scattered points, or turned further than an editor crops,
+    do not (20 shared words: as many as a candidate that does not verify typically shares)."""
+    full = originals["coffee"]
+    _, first = np.unique(features._keypoint_words(full.descriptors), return_index=True)
+    keep = np.sort(first)[:20]  # 20 keypoints of distinct words
+    f = Features(full.width, full.height, full.points[keep], full.descriptors[keep], full.patch)
+    assert features.agreeing_words(f, _moved(f, 1.7, 3.0, (-120.0, -40.0))) == 20
+    assert features.agreeing_words(f, _moved(f, 0.5, -8.0, (40.0, 90.0))) == 20
+    rng = np.random.default_rng(0)
+    points = rng.uniform((0, 0), (f.width, f.height), (20, 2)).astype(np.float32)
+    scattered = Features(f.width, f.height, points, f.descriptors, f.patch)
+    assert features.agreeing_words(f, scattered) < CROP_MIN_AGREEING
+    assert features.agreeing_words(f, _moved(f, 1.0, 45.0, (300.0, 0.0))) < CROP_MIN_AGREEING
+
+
+def test_a_crop_has_more_agreeing_words_with_its_original_than_distinct_photos(
+    originals: dict[str, Features],
+) -> None:
+    """The crop stage verifies a candidate only with CROP_MIN_AGREEING agreeing words: a crop
+    and its original have them; distinct photos, which share words by chance, mostly not."""
+    chance = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        crop = extract(_cut(_photo(name), (0.3, 0.25, 0.85, 0.85)))  # keeps 33%
+        own = features.agreeing_words(crop, originals[name])
+        others = [features.agreeing_words(crop, originals[o]) for o in photos.PHOTOS if o != name]
+        assert own >= CROP_MIN_AGREEING and own > max(others)
+        chance += others
+    assert sum(n >= CROP_MIN_AGREEING for n in chance) <= len(chance) // 4
