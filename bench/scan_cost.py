@@ -20,13 +20,15 @@ Inputs: the five test photos upscaled to 4000x3000 at quality 92 (`bench/hashing
 no two files are byte-identical (no exact-duplicate shortcut), but the pictures repeat. The
 config is empty (every default).
 
-`--tree DIR` (repeatable) runs the scans from other source trees too (an older checkout
-beside this one), in the same rounds, the trees' order alternating: each tree gets its own
-figures, and `over_first` is its per-file scan cost over the first tree's, paired per round
-(median). Ratios per round are medians too: on a shared machine compare those, not absolute
-times.
+`--crops-off` runs each tree again with `hashing: {crops: false}` (no local features: the
+crop stage's share of the cost). `--tree DIR` (repeatable) runs the scans from other source
+trees too (an older checkout beside this one), in the same rounds, the trees' order
+alternating: each tree gets its own figures, and `over_first` is its per-file scan cost
+over the first tree's, paired per round (median). Ratios per round are medians too: on a
+shared machine compare those, not absolute times.
 
-    .venv/bin/python bench/scan_cost.py [--copies 8] [--rounds 3] [--tree DIR ...] [--out PATH]
+    .venv/bin/python bench/scan_cost.py [--copies 8] [--rounds 3] [--tree DIR ...]
+                                        [--crops-off] [--out PATH]
 """
 
 from __future__ import annotations
@@ -96,15 +98,26 @@ def _decode_seconds(files: list[Path]) -> tuple[float, float]:
     return wall, cpu
 
 
-def run(copies: int, rounds: int, trees: list[Path]) -> dict[str, object]:
+CROPS_OFF = "#crops-off"  # a player: the tree before it, with `hashing: {crops: false}`
+
+
+def run(copies: int, rounds: int, players: list[str]) -> dict[str, object]:
+    """`players`: source trees, each maybe followed by CROPS_OFF."""
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         originals, _ = make_inputs(base / "originals", heic=False)
         photos_dir, one = base / "photos", base / "one"
         photos_dir.mkdir()
         one.mkdir()
-        config = base / "empty.yaml"
-        config.write_text("")
+        (base / "empty.yaml").write_text("")
+        (base / "crops-off.yaml").write_text("hashing: {crops: false}\n")
+
+        def config(player: str) -> Path:
+            return base / ("crops-off.yaml" if player.endswith(CROPS_OFF) else "empty.yaml")
+
+        def tree_of(player: str) -> Path:
+            return Path(player.removesuffix(CROPS_OFF))
+
         files = []
         for n in range(copies):
             for src in originals:
@@ -115,17 +128,19 @@ def run(copies: int, rounds: int, trees: list[Path]) -> dict[str, object]:
                 dst.write_bytes(bytes(data))
                 files.append(dst)
         shutil.copy(files[0], one / files[0].name)
-        scan: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
-        startup: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
+        trees = players
+        scan: dict[str, list[tuple[float, float]]] = {t: [] for t in trees}
+        startup: dict[str, list[tuple[float, float]]] = {t: [] for t in trees}
         decode = []
         for r in range(rounds):
             for tree in trees if r % 2 == 0 else trees[::-1]:
-                startup[tree].append(_scan_seconds(tree, one, base / "one.db", config))
-                scan[tree].append(_scan_seconds(tree, photos_dir, base / "d.db", config))
+                cfg, src = config(tree), tree_of(tree)
+                startup[tree].append(_scan_seconds(src, one, base / "one.db", cfg))
+                scan[tree].append(_scan_seconds(src, photos_dir, base / "d.db", cfg))
             decode.append(_decode_seconds(files))
     n = len(files)
 
-    def per_file(tree: Path, r: int, clock: int) -> float:
+    def per_file(tree: str, r: int, clock: int) -> float:
         """A round's cost of a file beyond the first (clock 0: wall, 1: CPU)."""
         return (scan[tree][r][clock] - startup[tree][r][clock]) / (n - 1)
 
@@ -159,7 +174,7 @@ def run(copies: int, rounds: int, trees: list[Path]) -> dict[str, object]:
         "size": "4000x3000 JPEG q92",
         "pinned_to_one_core": bool(shutil.which("taskset")),
         "rounds": rounds,
-        "trees": {str(t): _commit(t) for t in trees},
+        "trees": {str(t): _commit(Path(t.removesuffix(CROPS_OFF))) for t in trees},
         # the first tree, as before --tree existed: wall time, medians of the rounds
         "scan_ms_per_file": wall[first]["scan_ms_per_file"],
         "draft_decode_ms_per_file": wall["decode"]["draft_decode_ms_per_file"],
@@ -168,10 +183,7 @@ def run(copies: int, rounds: int, trees: list[Path]) -> dict[str, object]:
         "cpu": cpu,
         "raw": {
             "decode_s": decode,
-            **{
-                str(t): {"scan_s": scan[t], "one_file_scan_s": startup[t]}
-                for t in trees
-            },
+            **{str(t): {"scan_s": scan[t], "one_file_scan_s": startup[t]} for t in trees},
         },
         "meaning": "per tree, wall and CPU: scan_ms_per_file = (scan - one-file scan) /"
         " (files - 1); ratio = that over the bare draft decode per file, per round, median;"
@@ -185,9 +197,14 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
+    parser.add_argument(
+        "--crops-off", action="store_true", help="each tree also with hashing.crops: false"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scan_cost.json")
     args = parser.parse_args()
-    trees = [t.resolve() for t in (args.tree or [ROOT])]
+    trees = [str(t.resolve()) for t in (args.tree or [ROOT])]
+    if args.crops_off:
+        trees += [t + CROPS_OFF for t in trees]
     result = run(args.copies, args.rounds, trees)
     text = json.dumps(result, indent=2)
     print(text)

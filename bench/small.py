@@ -26,8 +26,14 @@ above 1 means dedupd is slower), the same in CPU seconds of every process each s
 (`machine.run_timed`: steadier than wall time on a shared machine), each tree against the
 first, plus the duplicate groups / pairs each found.
 
+With `--crops-off` each tree runs a second time with `hashing: {crops: false}` (no local
+features, no crop stage): the work perception does, pHash alone, plus dedupd's rotations and
+mirrors and the PDQ second opinion. `crop_links` counts crop matches, all false here (the
+originals are distinct collages of the same five photos).
+
     .venv/bin/python bench/small.py --perception-python /path/to/venv/bin/python
-        [--photos 3000] [--rounds 3] [--tree DIR ...] [--out bench/results/small.json]
+        [--photos 3000] [--rounds 3] [--tree DIR ...] [--crops-off]
+        [--out bench/results/small.json]
 """
 
 from __future__ import annotations
@@ -159,11 +165,15 @@ def _pin(cpus: set[int] | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
+CROPS_OFF = "#crops-off"  # a player: the tree before it, with `hashing: {crops: false}`
+
+
 def run_dedupd(
-    tree: Path, root: Path, database: Path, workers: int, cpus: set[int] | None
+    player: str, root: Path, database: Path, workers: int, cpus: set[int] | None
 ) -> dict[str, Any]:
+    tree = Path(player.removesuffix(CROPS_OFF))
     config = database.with_suffix(".yaml")
-    config.write_text("")
+    config.write_text("hashing: {crops: false}\n" if player.endswith(CROPS_OFF) else "")
     env = {**os.environ, "PYTHONPATH": str(tree), "DEDUPD_CONFIG": str(config)}
     cmd = [sys.executable, "-m", "dedupd", "scan", str(root), "--database", str(database)]
     cmd += ["--json", "--workers", str(workers)]
@@ -180,6 +190,9 @@ def run_dedupd(
         "errors": len(report["errors"]),
         "groups": len(report["groups"]),
         "duplicates": sum(len(g["duplicates"]) for g in report["groups"]),
+        # The originals are distinct collages of the same five photos: a crop between two of
+        # them is a false link (a planted near copy is a near match, which wins over crop).
+        "crop_links": sum(d["kind"] == "crop" for g in report["groups"] for d in g["duplicates"]),
     }
 
 
@@ -206,6 +219,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
     parser.add_argument("--settings", default="one_core,all_cores")
+    parser.add_argument(
+        "--crops-off", action="store_true", help="each tree also with hashing.crops: false"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [ROOT])]
@@ -227,7 +243,10 @@ def main() -> None:
         for name in chosen:
             cpus, workers = settings[name]
             runs: list[dict[str, Any]] = []
-            players = [*(str(t) for t in trees), "perception"]
+            dedupds = [str(t) for t in trees]
+            if args.crops_off:
+                dedupds += [f"{t}{CROPS_OFF}" for t in trees]
+            players = [*dedupds, "perception"]
             for r in range(args.rounds):
                 sample: dict[str, Any] = {}
                 order = players if r % 2 == 0 else list(reversed(players))
@@ -236,7 +255,7 @@ def main() -> None:
                         sample[who] = run_perception(args.perception_python, root, cpus)
                     else:
                         db = work / f"{name}-{r}.db"
-                        sample[who] = run_dedupd(Path(who), root, db, workers, cpus)
+                        sample[who] = run_dedupd(who, root, db, workers, cpus)
                 runs.append(sample)
                 _log(
                     f"{name} round {r + 1}/{args.rounds}: "
@@ -250,26 +269,27 @@ def main() -> None:
                 "perception_files_per_s": made["files"] / p,
                 "perception_cpu_s": statistics.median(x["perception"]["cpu_s"] for x in runs),
                 "dedupd": {
-                    str(t): {
-                        "commit": _commit(t),
-                        "wall_s": statistics.median(x[str(t)]["wall_s"] for x in runs),
+                    t: {
+                        "commit": _commit(Path(t.removesuffix(CROPS_OFF))),
+                        "wall_s": statistics.median(x[t]["wall_s"] for x in runs),
                         "files_per_s": made["files"]
-                        / statistics.median(x[str(t)]["wall_s"] for x in runs),
+                        / statistics.median(x[t]["wall_s"] for x in runs),
                         "over_perception": statistics.median(
-                            x[str(t)]["wall_s"] / x["perception"]["wall_s"] for x in runs
+                            x[t]["wall_s"] / x["perception"]["wall_s"] for x in runs
                         ),
-                        "cpu_s": statistics.median(x[str(t)]["cpu_s"] for x in runs),
+                        "cpu_s": statistics.median(x[t]["cpu_s"] for x in runs),
                         "cpu_over_perception": statistics.median(
-                            x[str(t)]["cpu_s"] / x["perception"]["cpu_s"] for x in runs
+                            x[t]["cpu_s"] / x["perception"]["cpu_s"] for x in runs
                         ),
                         "over_first_tree": statistics.median(
-                            x[str(t)]["wall_s"] / x[str(trees[0])]["wall_s"] for x in runs
+                            x[t]["wall_s"] / x[dedupds[0]]["wall_s"] for x in runs
                         ),
                         "cpu_over_first_tree": statistics.median(
-                            x[str(t)]["cpu_s"] / x[str(trees[0])]["cpu_s"] for x in runs
+                            x[t]["cpu_s"] / x[dedupds[0]]["cpu_s"] for x in runs
                         ),
+                        "crop_links": statistics.median(x[t]["crop_links"] for x in runs),
                     }
-                    for t in trees
+                    for t in dedupds
                 },
                 "rounds": runs,
             }
