@@ -27,11 +27,12 @@ daemon's workers get), and its stored features (`HashedImage.features`) are used
 crop is a newcomer against a `dedupd.index.CropIndex` holding every distinct photo: the
 engine's `CROP_CANDIDATES` best by shared words (at least `CROP_MIN_SHARED`) are verified with
 `dedupd.features.verify` when `CROP_MIN_AGREEING` of their shared words agree on one similarity
-(`features.agreeing_words`), as `Ingest._crops` does. A crop is *found* when its original is
-verified with the right side as the crop. It counts as found by the *near* stage when pHash
-16x16 is within its default threshold (the crop stage is then skipped: near wins), so the
-recall a user sees is "near or crop". False links: any verified pair of unrelated photos
-(a distinct photo as newcomer against all the others; a crop against other photos).
+that nests the frames (`features.agreement`), as `Ingest._crops` does. A crop is *found* when
+its original is verified with the right side as the crop. It counts as found by the *near*
+stage when pHash 16x16 is within its default threshold (the crop stage is then skipped: near
+wins), so the recall a user sees is "near or crop". False links: any verified pair of
+unrelated photos (a distinct photo as newcomer against all the others; a crop against other
+photos).
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ def score(
             proposed = index.candidates(mine.words, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED)
             hit = False
             for c in proposed:
-                agree = features.agreeing_words(mine, feats[keys[c.id]])
+                agreed = features.agreement(mine, feats[keys[c.id]])
+                agree = agreed.agreeing if agreed.nests else 0  # no nesting: skipped like too few
                 # verified here whatever the check says, so the trace tells what it skipped
                 fit = features.verify(mine, feats[keys[c.id]])
                 side = "first" if crop["crop_is"] == "newcomer" else "second"
@@ -284,7 +286,8 @@ def score(
         for c in index.candidates(feats[k].words, CROP_CANDIDATES + 1, min_shared=CROP_MIN_SHARED):
             if c.id == i or related(c.id, i):
                 continue
-            agree = features.agreeing_words(feats[k], feats[keys[c.id]])
+            agreed = features.agreement(feats[k], feats[keys[c.id]])
+            agree = agreed.agreeing if agreed.nests else 0
             fit = features.verify(feats[k], feats[keys[c.id]])
             if trace is not None:
                 trace.append(_row(k, feats[k], c, feats[keys[c.id]], fit, False, agree))
@@ -423,8 +426,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
         f"{r['distinct_photos']} distinct photos (originals and their quarters), crops of each "
         f"original; features {r['config']['features']}, {r['config']['candidates']} candidates "
         f"by shared words (at least {r['config']['min_shared_words']}), verified when at least "
-        f"{r['config']['min_agreeing_words']} shared words agree on one similarity, with at "
-        f"least {r['config']['min_inliers']} inliers. Per crop newcomer: "
+        f"{r['config']['min_agreeing_words']} shared words agree on one similarity that nests "
+        f"the frames, with at least {r['config']['min_inliers']} inliers and the pictures "
+        f"alike (patches). Per crop newcomer: "
         f"{r['candidates_per_crop_newcomer']} candidates, {r['verified_per_crop_newcomer']} "
         f"verified (crops the agreement check skipped: {r['crops_skipped_by_agreement']}).",
         "",

@@ -74,6 +74,10 @@ CROP_MIN_SHARED = 4
 # not verify 4-275 (median 17). The margin is thin: with the features of FAST threshold 5
 # alone, 2 of 409 crops found had 2.
 CROP_MIN_AGREEING = 3
+# The crop index's delta is folded into its snapshot after this many changes, or half the
+# photos indexed if more (at most `index.rebuild_every`): a first scan rebuilds at 256, 384,
+# 576, ... photos, each rebuild ~1.5x the last, so the delta stays small.
+CROP_REBUILD_AT_LEAST = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +434,7 @@ class Ingest:
         `matched` (exact or near matches: near wins) are not candidates, nor is a burst
         neighbour (`verify` refuses full frames). Records the pairs as `crop` matches under
         the features' key, files the newcomer's words in the index, and returns them by id."""
-        from dedupd.features import Features, agreeing_words, verify
+        from dedupd.features import Features, agreement, verify
 
         stored = (
             self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
@@ -461,8 +465,9 @@ class Ingest:
         for i in ids:
             if i in theirs:
                 other = Features.from_local(theirs[i])
-                if agreeing_words(mine, other) < CROP_MIN_AGREEING:
-                    continue  # no geometry among the shared words: verify would refuse it
+                agree = agreement(mine, other)
+                if agree.agreeing < CROP_MIN_AGREEING or not agree.nests:
+                    continue  # no geometry among the shared words, or no nesting: no crop
                 fit = verify(mine, other)
                 if fit is not None:
                     fits[i] = fit
@@ -498,7 +503,10 @@ class Ingest:
         with self.lock:
             self.crops.add(newcomer.id, words)
             self.crops.finish_rebuild()  # swap in a finished background rebuild, never waits
-            if self.crops.pending >= self.config.index.rebuild_every:
+            # Sooner while the index is small (a first scan): the delta is searched per
+            # posting in Python, the snapshot in numpy, and a small rebuild is quick.
+            soon = max(CROP_REBUILD_AT_LEAST, len(self.crops) // 2)
+            if self.crops.pending >= min(self.config.index.rebuild_every, soon):
                 self.crops.start_rebuild()
         return out
 

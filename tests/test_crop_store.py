@@ -1,5 +1,6 @@
-"""store: the crop stage's features table (schema 10, its patch 11): written with a hashed photo, dropped
-when its content changes, read back for candidates and, as words only, for the index."""
+"""store: the crop stage's features table (schema 10, its patch 11): written with a hashed
+photo, dropped when its content changes, read back for candidates and, as words only, for the
+index."""
 
 from __future__ import annotations
 

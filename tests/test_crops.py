@@ -139,25 +139,31 @@ def test_a_candidate_without_agreeing_words_is_not_verified(
     lib: Lib, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The crop stage verifies a candidate only when enough of the words they share agree on
-    one similarity (CROP_MIN_AGREEING): below that, `verify` is not called, even for the
-    crop's own original; at it, the original is verified and the crop found."""
+    one similarity (CROP_MIN_AGREEING) that puts one frame inside the other: otherwise
+    `verify` is not called, even for the crop's own original; with both, the original is
+    verified and the crop found."""
     from dedupd import features
 
     _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
     verified: list[tuple[int, int]] = []
-    real_verify, real_agreeing = features.verify, features.agreeing_words
+    real_verify, real_agreement = features.verify, features.agreement
 
     def spy(a: features.Features, b: features.Features) -> features.CropFit | None:
         verified.append((len(a), len(b)))
         return real_verify(a, b)
 
-    def below(a: features.Features, b: features.Features) -> int:
-        return min(real_agreeing(a, b), CROP_MIN_AGREEING - 1)
+    def below(a: features.Features, b: features.Features) -> features.Agreement:
+        return real_agreement(a, b)._replace(agreeing=CROP_MIN_AGREEING - 1)
+
+    def apart(a: features.Features, b: features.Features) -> features.Agreement:
+        return real_agreement(a, b)._replace(nests=False)
 
     monkeypatch.setattr(features, "verify", spy)
-    monkeypatch.setattr(features, "agreeing_words", below)
-    assert lib.scan()["groups"] == [] and verified == []
-    monkeypatch.setattr(features, "agreeing_words", real_agreeing)
+    for check in (below, apart):  # too few agreeing words; or agreeing, but no frame nests
+        monkeypatch.setattr(features, "agreement", check)
+        assert lib.scan()["groups"] == [] and verified == []
+        (lib.root / "coffee-crop.jpg").touch()  # hashed again: a newcomer to the crop stage
+    monkeypatch.setattr(features, "agreement", real_agreement)
     (lib.root / "coffee-crop.jpg").touch()  # hashed again: a newcomer to the crop stage
     os.utime(lib.root / "coffee-crop.jpg", (1_800_000_100, 1_800_000_100))
     assert _groups(lib.scan()) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]

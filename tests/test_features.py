@@ -335,3 +335,16 @@ def test_a_crop_has_more_agreeing_words_with_its_original_than_distinct_photos(
         assert own >= CROP_MIN_AGREEING and own > max(others)
         chance += others
     assert sum(n >= CROP_MIN_AGREEING for n in chance) <= len(chance) // 4
+
+
+def test_words_agreeing_on_frames_that_only_overlap_do_not_nest(
+    originals: dict[str, Features],
+) -> None:
+    """Two halves of a photo overlapping by a third agree on one similarity, but it puts
+    neither frame inside the other: no crop, and `verify` need not be asked. A crop nests."""
+    im = _photo("astronaut")
+    left, right = _cut(im, (0.0, 0.0, 0.65, 1.0)), _cut(im, (0.35, 0.0, 1.0, 1.0))
+    apart = features.agreement(extract(left), extract(right))
+    assert apart.agreeing >= CROP_MIN_AGREEING and not apart.nests
+    crop = features.agreement(extract(_cut(im, (0.3, 0.25, 0.85, 0.85))), originals["astronaut"])
+    assert crop.agreeing >= CROP_MIN_AGREEING and crop.nests
