@@ -434,7 +434,7 @@ class Ingest:
         `matched` (exact or near matches: near wins) are not candidates, nor is a burst
         neighbour (`verify` refuses full frames). Records the pairs as `crop` matches under
         the features' key, files the newcomer's words in the index, and returns them by id."""
-        from dedupd.features import Features, agreement, verify
+        from dedupd.features import CropFit, Features, agreement, verify
 
         stored = (
             self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
@@ -461,7 +461,7 @@ class Ingest:
             if r.state == "ok" and r.root in self.roots
         }
         theirs = self.store.features_of(list(records), self.crop_key)
-        fits = {}
+        fits: dict[int, tuple[CropFit, Features]] = {}
         for i in ids:
             if i in theirs:
                 other = Features.from_local(theirs[i])
@@ -470,12 +470,11 @@ class Ingest:
                     continue  # no geometry among the shared words, or no nesting: no crop
                 fit = verify(mine, other)
                 if fit is not None:
-                    fits[i] = fit
+                    fits[i] = fit, other
         out: dict[int, _Crop] = {}
         if fits:
             rated = self._rated_pair_detail([newcomer.id, *fits])
-            for i, fit in fits.items():
-                other = Features.from_local(theirs[i])
+            for i, (fit, other) in fits.items():
                 crop, original = (
                     ((newcomer, mine), (records[i], other))
                     if fit.cropped == "first"

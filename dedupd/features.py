@@ -364,21 +364,10 @@ def agreement(a: Features, b: Features) -> Agreement:
     corners_b = np.array([0, b.width, b.width + 1j * b.height, 1j * b.height])
     # Not also the photometric check on this rough fit: tried with loose bounds, it spared a
     # third of the remaining verifications but lost a crop of the crop bench's 50-70% bucket.
-    nests = _within(f * corners_a + t, b) or _within((corners_b - t) / f, a)
-    return Agreement(int(counts[best]), nests)
-
-
-def _within(corners: npt.NDArray[np.complex128], f: Features) -> bool:
-    """Whether `corners` (complex x + iy) lie inside `f`'s frame, _HINT_INSIDE of a side
-    allowed beyond each edge."""
-    tol_x, tol_y = _HINT_INSIDE * f.width, _HINT_INSIDE * f.height
-    x, y = corners.real, corners.imag
-    return bool(
-        (x >= -tol_x).all()
-        and (x <= f.width + tol_x).all()
-        and (y >= -tol_y).all()
-        and (y <= f.height + tol_y).all()
+    nests = _inside(_xy(f * corners_a + t), b.width, b.height, _HINT_INSIDE) or _inside(
+        _xy((corners_b - t) / f), a.width, a.height, _HINT_INSIDE
     )
+    return Agreement(int(counts[best]), nests)
 
 
 @functools.cache
@@ -388,8 +377,17 @@ def _pairs(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     return i, j
 
 
-def _inside(corners: npt.NDArray[np.float64], width: int, height: int) -> bool:
-    tol_x, tol_y = _INSIDE * width, _INSIDE * height
+def _xy(z: npt.NDArray[np.complex128]) -> npt.NDArray[np.float64]:
+    """Points as complex numbers x + iy -> (N, 2) x, y rows."""
+    return np.column_stack([z.real, z.imag])
+
+
+def _inside(
+    corners: npt.NDArray[np.float64], width: int, height: int, tolerance: float = _INSIDE
+) -> bool:
+    """Whether `corners` lie inside a `width` x `height` frame, `tolerance` of a side allowed
+    beyond each edge."""
+    tol_x, tol_y = tolerance * width, tolerance * height
     x, y = corners[:, 0], corners[:, 1]
     return bool(
         (x >= -tol_x).all()
