@@ -823,17 +823,23 @@ class _DeltaPostings:
     """The crop index's delta as an inverted file: word -> the entries filed under it. Each
     addition is one entry, numbered densely and never reused; a removed or re-filed photo's
     old entry stays in its words' lists, dead (id -1), until the next rebuild replaces the
-    whole structure, and `votes` skips it."""
+    whole structure, and `postings` skips it."""
 
     def __init__(self) -> None:
         self._postings: dict[int, list[int]] = {}
-        self._entry_id: list[int] = []  # entry -> photo id, -1 once dead
+        # entry -> photo id, -1 once dead; the first `_entries` slots are used (grown by
+        # doubling: a query reads it as an array, without converting a list each time)
+        self._entry_id = np.full(64, -1, np.int64)
+        self._entries = 0
         self._entry_of: dict[int, int] = {}  # photo id -> its live entry
 
     def add(self, file_id: int, words: WordArray) -> None:
         self.remove(file_id)
-        entry = len(self._entry_id)
-        self._entry_id.append(file_id)
+        entry = self._entries
+        if entry == len(self._entry_id):
+            self._entry_id = np.concatenate([self._entry_id, np.full(entry, -1, np.int64)])
+        self._entry_id[entry] = file_id
+        self._entries += 1
         self._entry_of[file_id] = entry
         for word in words.tolist():
             self._postings.setdefault(word, []).append(entry)
@@ -843,27 +849,20 @@ class _DeltaPostings:
         if entry is not None:
             self._entry_id[entry] = -1
 
-    def votes(
-        self, q: WordArray, idf: npt.NDArray[np.float64], min_shared: int
-    ) -> tuple[Ids, npt.NDArray[np.float64], npt.NDArray[np.intp]]:
-        """(photo ids, idf-weighted votes, shared words) of the live entries sharing at least
-        `min_shared` of the words `q` (unique; `idf` per word of `q`)."""
-        found = [(self._postings.get(w), i) for i, w in enumerate(q.tolist())]
-        lists = [(posted, i) for posted, i in found if posted]
+    def postings(self, q: WordArray) -> tuple[Ids, Ids, npt.NDArray[np.intp]]:
+        """The live entries filed under the words `q`: (photo id, entry number, index in `q`
+        of the word) per posting."""
+        lists = [(posted, i) for i, w in enumerate(q.tolist()) if (posted := self._postings.get(w))]
         if not lists:
-            return np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.intp)
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.intp)
         lengths = np.fromiter((len(p) for p, _ in lists), np.int64, len(lists))
         entries = np.fromiter(
             itertools.chain.from_iterable(p for p, _ in lists), np.int64, int(lengths.sum())
         )
-        weights = np.repeat(idf[[i for _, i in lists]], lengths)
-        n = len(self._entry_id)
-        shared = np.bincount(entries, minlength=n)
-        score = np.asarray(np.bincount(entries, weights, minlength=n), np.float64)
-        hit = np.flatnonzero(shared >= min_shared)
-        ids = np.fromiter((self._entry_id[k] for k in hit.tolist()), np.int64, len(hit))
+        word = np.repeat(np.array([i for _, i in lists], np.intp), lengths)
+        ids = self._entry_id[entries]
         live = ids >= 0
-        return ids[live], score[hit][live], shared[hit][live]
+        return ids[live], entries[live], word[live]
 
 
 class CropIndex:
@@ -1028,34 +1027,34 @@ class CropIndex:
         if k < 1 or not len(q):
             return []
         snap = self._snap
-        n_photos = len(self._snap_alive) + len(self._delta) + 1
+        # The postings of every query word at once, the snapshot's live ones and the delta's:
+        # a word's document frequency counts both, so that votes (and the ranking) do not
+        # depend on what the last rebuild folded in.
         starts, ends = snap.offsets[q], snap.offsets[q.astype(np.int64) + 1]
-        df = (ends - starts).astype(np.float64)
-        idf = np.log(n_photos / (df + 1.0))
         lengths = ends - starts
         total = int(lengths.sum())
+        first = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        rows = snap.postings[first + np.arange(total)]
+        s_word = np.repeat(np.arange(len(q)), lengths)
+        if not self._snap_alive.all():  # tombstones: their postings vote for nothing
+            alive = self._snap_alive[rows]
+            rows, s_word = rows[alive], s_word[alive]
+        d_ids, d_entries, d_word = self._delta_postings.postings(q)
+        df = np.bincount(s_word, minlength=len(q)) + np.bincount(d_word, minlength=len(q))
+        idf = np.log((len(self) + 1) / (df + 1.0))
+        # Votes per snapshot row and per delta entry (each one photo), then their photo ids.
+        d_owner = np.zeros(int(d_entries.max()) + 1 if len(d_entries) else 0, np.int64)
+        d_owner[d_entries] = d_ids
         ids_out: list[Ids] = []
         scores_out: list[npt.NDArray[np.float64]] = []
         shared_out: list[npt.NDArray[np.intp]] = []
-        if total:
-            # The postings of every query word at once: positions start..end of each word.
-            first = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-            rows = snap.postings[first + np.arange(total)]
-            weights = np.repeat(idf, lengths)
-            n = len(snap.ids)
-            score = np.asarray(np.bincount(rows, weights, minlength=n), np.float64)
-            shared = np.bincount(rows, minlength=n)
-            hit = np.flatnonzero((shared >= min_shared) & self._snap_alive)
-            ids_out.append(snap.ids[hit])
+        for owner, voter, word in ((snap.ids, rows, s_word), (d_owner, d_entries, d_word)):
+            score = np.asarray(np.bincount(voter, idf[word], minlength=len(owner)), np.float64)
+            shared = np.bincount(voter, minlength=len(owner))
+            hit = np.flatnonzero(shared >= min_shared)
+            ids_out.append(owner[hit])
             scores_out.append(score[hit])
             shared_out.append(shared[hit])
-        if self._delta:
-            d_ids, d_scores, d_shared = self._delta_postings.votes(q, idf, min_shared)
-            ids_out.append(d_ids)
-            scores_out.append(d_scores)
-            shared_out.append(d_shared)
-        if not ids_out:
-            return []
         ids, scores = np.concatenate(ids_out), np.concatenate(scores_out)
         shared = np.concatenate(shared_out)
         excluded = np.fromiter(exclude, np.int64)
