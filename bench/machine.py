@@ -9,6 +9,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 from PIL import features
@@ -64,3 +65,18 @@ def _become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+# A benchmark "player" is a source tree, or a source tree followed by CROPS_OFF: the same tree
+# with `hashing: {crops: false}` (bench/small.py, bench/scan_cost.py --crops-off).
+CROPS_OFF = "#crops-off"
+
+
+def player_tree(player: str) -> Path:
+    """The source tree a player runs from."""
+    return Path(player.removesuffix(CROPS_OFF))
+
+
+def player_config(player: str) -> str:
+    """The config file's text a player runs with: empty (every default), or the crop stage off."""
+    return "hashing: {crops: false}\n" if player.endswith(CROPS_OFF) else ""

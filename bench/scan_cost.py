@@ -44,7 +44,7 @@ import tempfile
 from pathlib import Path
 
 from hashing import HASHER, make_inputs
-from machine import machine_info, run_timed
+from machine import CROPS_OFF, machine_info, player_config, player_tree, run_timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,9 +98,6 @@ def _decode_seconds(files: list[Path]) -> tuple[float, float]:
     return wall, cpu
 
 
-CROPS_OFF = "#crops-off"  # a player: the tree before it, with `hashing: {crops: false}`
-
-
 def run(copies: int, rounds: int, players: list[str]) -> dict[str, object]:
     """`players`: source trees, each maybe followed by CROPS_OFF."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,14 +106,15 @@ def run(copies: int, rounds: int, players: list[str]) -> dict[str, object]:
         photos_dir, one = base / "photos", base / "one"
         photos_dir.mkdir()
         one.mkdir()
-        (base / "empty.yaml").write_text("")
-        (base / "crops-off.yaml").write_text("hashing: {crops: false}\n")
+
+        configs: dict[str, Path] = {}
 
         def config(player: str) -> Path:
-            return base / ("crops-off.yaml" if player.endswith(CROPS_OFF) else "empty.yaml")
-
-        def tree_of(player: str) -> Path:
-            return Path(player.removesuffix(CROPS_OFF))
+            text = player_config(player)
+            if text not in configs:
+                configs[text] = base / f"config-{len(configs)}.yaml"
+                configs[text].write_text(text)
+            return configs[text]
 
         files = []
         for n in range(copies):
@@ -134,7 +132,7 @@ def run(copies: int, rounds: int, players: list[str]) -> dict[str, object]:
         decode = []
         for r in range(rounds):
             for tree in trees if r % 2 == 0 else trees[::-1]:
-                cfg, src = config(tree), tree_of(tree)
+                cfg, src = config(tree), player_tree(tree)
                 startup[tree].append(_scan_seconds(src, one, base / "one.db", cfg))
                 scan[tree].append(_scan_seconds(src, photos_dir, base / "d.db", cfg))
             decode.append(_decode_seconds(files))
@@ -174,7 +172,7 @@ def run(copies: int, rounds: int, players: list[str]) -> dict[str, object]:
         "size": "4000x3000 JPEG q92",
         "pinned_to_one_core": bool(shutil.which("taskset")),
         "rounds": rounds,
-        "trees": {str(t): _commit(Path(t.removesuffix(CROPS_OFF))) for t in trees},
+        "trees": {str(t): _commit(player_tree(t)) for t in trees},
         # the first tree, as before --tree existed: wall time, medians of the rounds
         "scan_ms_per_file": wall[first]["scan_ms_per_file"],
         "draft_decode_ms_per_file": wall["decode"]["draft_decode_ms_per_file"],

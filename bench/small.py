@@ -54,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `tests.photos`
 
-from machine import machine_info, run_timed
+from machine import CROPS_OFF, machine_info, player_config, player_tree, run_timed
 from PIL import Image, ImageEnhance
 
 from tests import photos
@@ -165,15 +165,12 @@ def _pin(cpus: set[int] | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-CROPS_OFF = "#crops-off"  # a player: the tree before it, with `hashing: {crops: false}`
-
-
 def run_dedupd(
     player: str, root: Path, database: Path, workers: int, cpus: set[int] | None
 ) -> dict[str, Any]:
-    tree = Path(player.removesuffix(CROPS_OFF))
+    tree = player_tree(player)
     config = database.with_suffix(".yaml")
-    config.write_text("hashing: {crops: false}\n" if player.endswith(CROPS_OFF) else "")
+    config.write_text(player_config(player))
     env = {**os.environ, "PYTHONPATH": str(tree), "DEDUPD_CONFIG": str(config)}
     cmd = [sys.executable, "-m", "dedupd", "scan", str(root), "--database", str(database)]
     cmd += ["--json", "--workers", str(workers)]
@@ -270,7 +267,7 @@ def main() -> None:
                 "perception_cpu_s": statistics.median(x["perception"]["cpu_s"] for x in runs),
                 "dedupd": {
                     t: {
-                        "commit": _commit(Path(t.removesuffix(CROPS_OFF))),
+                        "commit": _commit(player_tree(t)),
                         "wall_s": statistics.median(x[t]["wall_s"] for x in runs),
                         "files_per_s": made["files"]
                         / statistics.median(x[t]["wall_s"] for x in runs),
