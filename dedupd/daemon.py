@@ -286,8 +286,10 @@ class Daemon:
 
     def _start_pool(self, config: Config) -> None:
         """Start the hasher pool, or keep the running one when a reload left its settings."""
-        h = config.hashing
-        key = (h.algorithm, h.hash_size, h.workers, h.max_pixels, h.timeout, h.video_fps, self.work)
+        # Every hashing setting, whatever it is: workers given another one must be new (a
+        # reload turning `crops` on kept workers that skipped features, so the photos they
+        # hashed lacked them and were hashed again at every reconcile).
+        key = (config.hashing, self.work)
         if self._pool is not None and key == self._pool_key:
             return
         self._close_pool()

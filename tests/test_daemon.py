@@ -32,6 +32,7 @@ from dedupd.actions import Actions
 from dedupd.control import ControlClient
 from dedupd.daemon import Daemon, Notifier
 from dedupd.errors import ConfigError
+from dedupd.features import FEATURES_KEY
 from dedupd.store import ActionRecord, FileRecord, Store
 from tests import photos, workers
 from tests.test_config import yaml_bomb
@@ -695,6 +696,8 @@ def test_paths_over_path_max_show_in_the_status_as_errors(env: Env) -> None:
     assert sorted((e["path"], e["kind"]) for e in errors) == sorted(
         (str(env.root / "deep" / p), "path_too_long") for p in deep
     )
+
+
 def test_a_reload_with_a_yaml_bomb_is_rejected_and_the_daemon_still_answers(env: Env) -> None:
     """SIGHUP (and `dedupctl reload`) with a billion-laughs config: the reload is refused with
     a short message while the file is read, the running config stays, and the main loop goes
@@ -1010,3 +1013,30 @@ def test_a_real_kernel_queue_overflow_is_caught_up_at_once(env: Env) -> None:
             wait_for(lambda: daemon.stats.hashed == 40, timeout=60, what="all 40 uploads")
     finally:
         MAX_QUEUED.write_text(limit)
+
+
+def test_a_reload_that_turns_crops_on_gives_the_workers_the_new_setting(env: Env) -> None:
+    """The hasher pool is kept across a reload only when every hashing setting is the same:
+    workers started with the crop stage off must not keep hashing photos without features
+    once a reload turns it on (those photos would be hashed again at every reconcile)."""
+    env.write_config(camera="{exact: report, near: report}")
+    env.config.write_text(
+        env.config.read_text().replace("{workers: 2}", "{workers: 2, crops: false}")
+    )
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: daemon.stats.hashed == 1, what="the first upload hashed")
+        first_pool = daemon.pool
+        env.write_config(camera="{exact: report, near: report}")  # crops on: the default
+        daemon.submit(daemon.reload_now).result(timeout=30)
+        assert daemon.pool is not first_pool
+        photos.copy(photos.photo("chelsea"), env.root / "IMG_2.jpg")
+        wait_for(lambda: daemon.stats.hashed >= 2, what="the second upload hashed")
+        daemon.submit(daemon.reload_now).result(timeout=30)  # the same settings: kept
+        kept = daemon.pool
+        daemon.submit(daemon.reload_now).result(timeout=30)
+        assert daemon.pool is kept
+    with Store(env.db) as store:
+        second = store.file_at(env.root / "IMG_2.jpg")
+        assert second is not None
+        assert store.features_of([second.id], FEATURES_KEY)
