@@ -8,7 +8,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -405,14 +405,9 @@ def test_dedupctl_show_prints_a_name_that_is_not_utf8_byte_for_byte(
     assert any(
         line.startswith(b"  = " + cafe + b"  32x32  ") for line in groups.stdout_bytes.splitlines()
     )
+
+
 # -- logging ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def default_structlog() -> Iterator[None]:
-    """structlog is configured globally: put its defaults back for the tests that follow."""
-    yield
-    structlog.reset_defaults()
 
 
 def _log_a_failure() -> None:
@@ -423,7 +418,7 @@ def _log_a_failure() -> None:
 
 
 def test_json_log_lines_carry_the_exception_that_log_exception_reports(
-    capsys: pytest.CaptureFixture[str], default_structlog: None
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Under systemd stderr is not a TTY and `dedupd run` logs JSON: an unexpected error in
     the loop shows its type, message and traceback there, not only `"exc_info": true`."""
@@ -445,9 +440,7 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_console_log_lines_show_the_exception_once(
-    monkeypatch: pytest.MonkeyPatch, default_structlog: None
-) -> None:
+def test_console_log_lines_show_the_exception_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal the console renderer formats the exception itself: exactly one
     traceback, and no warning about a pre-formatted one (warnings are errors here)."""
     terminal = _Terminal()

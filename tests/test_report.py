@@ -4,12 +4,10 @@ t-SNE map of the indexed photos, with the `viz` extra, and a clear error without
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner
 from PIL import Image
 
@@ -23,14 +21,6 @@ from tests.reviewing import Library, make_library
 @pytest.fixture
 def lib(tmp_path: Path) -> Library:
     return make_library(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def structlog_defaults() -> Iterator[None]:
-    """The commands run here in-process configure structlog globally (filtering below
-    warning): put its defaults back for the tests that follow, which capture info events."""
-    yield
-    structlog.reset_defaults()
 
 
 class _Links(HTMLParser):

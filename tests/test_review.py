@@ -11,11 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from PIL import Image
 
 from dedupd.config import load_config
@@ -39,14 +37,6 @@ from tests.test_daemon import Env, running, wait_for
 @pytest.fixture
 def lib(tmp_path: Path) -> Library:
     return make_library(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def structlog_defaults() -> Iterator[None]:
-    """The commands run here in-process configure structlog globally (filtering below
-    warning): put its defaults back for the tests that follow, which capture info events."""
-    yield
-    structlog.reset_defaults()
 
 
 def _json(body: bytes) -> dict[str, object]:

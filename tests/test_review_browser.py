@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import structlog
 
 from dedupd.store import Store
 from tests.reviewing import REPO, Library, make_library, reviewing
@@ -29,14 +28,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def structlog_defaults() -> Iterator[None]:
-    """`make_library` scans in-process, which configures structlog globally: put its
-    defaults back for the tests that follow."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
