@@ -7,7 +7,8 @@ hashing.
   are skewed, which the idf weighting is for; uniform words give every posting list the
   same length, N * 270 / 65536). Synthetic words may repeat within a photo (0.6 of 270 on
   average), which only adds postings. Measured: RAM per photo (`memory_bytes() / N`), the
-  load (the start-up build), a background rebuild, and per newcomer the time of
+  load (the start-up build) and a background rebuild, each in seconds and in the most memory
+  it allocated (`tracemalloc`, which traces numpy's arrays), and per newcomer the time of
   `candidates(words, k=8, min_shared=4)` for `--queries` newcomers that are "crops" (a third
   of an indexed photo's words, plus 180 random ones) and whether that photo came first.
 - **A growing delta**: what a scan does, from an empty index, every photo a query and then
@@ -21,8 +22,9 @@ hashing.
   photos upscaled to 12 MP camera JPEGs and at 1600 px; the difference is what the crop stage
   adds per photo to a scan.
 
-Run from the repository root (about 3 minutes on 2 cores with the 1M step, which needs ~5 GB
-of RAM while it builds; ``--sizes 10000,100000`` skips it):
+Run from the repository root (about 3 minutes on 2 cores with the 1M step, which needs ~2.6 GB
+of RAM: its input, the index, and a rebuild's second snapshot; ``--sizes 10000,100000`` skips
+it):
 
     .venv/bin/python bench/crops.py [--sizes 10000,100000,1000000] [--queries 200]
                                     [--out bench/results/crops.json]
@@ -38,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +71,11 @@ def scale(n: int, queries: int, seed: int = 0) -> dict[str, Any]:
     words = rng.integers(0, features.VOCABULARY, n * WORDS, dtype=np.uint16)
     ids = np.arange(1, n + 1, dtype=np.int64)
     index = CropIndex()
+    tracemalloc.start()  # numpy's arrays are traced: what the build allocates beyond its input
     started = time.perf_counter()
     index.load(ids, counts, words)
     load = time.perf_counter() - started
+    load_peak = tracemalloc.get_traced_memory()[1]
     memory = index.memory_bytes()
     targets = rng.choice(n, queries, replace=False)
     times, first = [], 0
@@ -85,9 +90,13 @@ def scale(n: int, queries: int, seed: int = 0) -> dict[str, Any]:
         first += bool(found) and found[0].id == t + 1
     for i in range(1000):  # a delta of recent arrivals, then a rebuild folds it in
         index.add(n + 1 + i, rng.integers(0, features.VOCABULARY, WORDS, dtype=np.uint16))
+    live = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
     started = time.perf_counter()
     index.rebuild()
     rebuild = time.perf_counter() - started
+    rebuild_peak = tracemalloc.get_traced_memory()[1] - live
+    tracemalloc.stop()
     del words
     times_ms = sorted(1000 * x for x in times)
     return {
@@ -96,6 +105,10 @@ def scale(n: int, queries: int, seed: int = 0) -> dict[str, Any]:
         "ram_bytes_per_photo": round(memory / n, 1),
         "ram_mb": round(memory / 2**20, 1),
         "load_s": round(load, 2),
+        # allocated at most while loading (the index included), and while rebuilding beyond
+        # what was alive before (the new snapshot included; the old one stays until the swap)
+        "load_peak_mb": round(load_peak / 2**20, 1),
+        "rebuild_peak_mb": round(rebuild_peak / 2**20, 1),
         "rebuild_s": round(rebuild, 2),
         "query_ms_median": round(statistics.median(times_ms), 3),
         "query_ms_p95": round(times_ms[int(0.95 * (len(times_ms) - 1))], 3),

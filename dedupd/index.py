@@ -25,7 +25,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
@@ -729,17 +729,57 @@ class _CropSnapshot(NamedTuple):
     postings: Postings
 
 
+# Postings placed at a time by `_grouped`: its scratch arrays (sort order, destinations) are
+# a chunk's, ~40 MB, whatever the index's size.
+_PLACE_CHUNK = 1 << 20
+
+Chunks = Callable[[], Iterator[tuple[WordArray, Postings]]]
+
+
+def _grouped(chunks: Chunks, size: int) -> tuple[npt.NDArray[np.int64], Postings]:
+    """(offsets, postings): every (word, row) pair that `chunks()` yields, placed in its
+    word's run (a word's rows in the order they were yielded), by a counting sort that
+    reads the chunks twice, once to count. Sorting all the words at once took an int64
+    index per posting: at a million photos (270M postings) the load and every rebuild
+    peaked at ~4.7 GB beyond the 1 GB index (bench/crops.py)."""
+    counts = np.zeros(size, np.int64)
+    for words, _ in chunks():
+        counts += np.bincount(words, minlength=size)
+    offsets = np.zeros(size + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    del counts
+    postings = np.empty(int(offsets[-1]), np.uint32)
+    fill = offsets[:-1].copy()  # each word's next free slot
+    for words, rows in chunks():
+        order = np.argsort(words, kind="stable")  # 16-bit keys: numpy's radix sort
+        ordered = words[order]
+        here = np.bincount(ordered, minlength=size)
+        run_start = np.cumsum(here) - here  # where each word's run starts in `ordered`
+        rank = np.arange(len(ordered), dtype=np.int64) - run_start[ordered]
+        postings[fill[ordered] + rank] = rows[order]
+        fill += here
+    return offsets, postings
+
+
 def _inverted(
     ids: Ids, counts: npt.NDArray[np.int64], words: WordArray, size: int
 ) -> _CropSnapshot:
     """The inverted file of photos `ids` (sorted, unique) with `counts[i]` words each,
-    concatenated in `words`. A stable sort of 16-bit keys is numpy's radix sort."""
-    rows = np.repeat(np.arange(len(ids), dtype=np.uint32), counts)
-    order = np.argsort(words, kind="stable")
-    postings = rows[order]
-    del order
-    offsets = np.zeros(size + 1, np.int64)
-    np.cumsum(np.bincount(words, minlength=size), out=offsets[1:])
+    concatenated in `words`: each word's rows ascending."""
+    ends = np.cumsum(counts)
+
+    def chunks() -> Iterator[tuple[WordArray, Postings]]:
+        for start in range(0, len(words), _PLACE_CHUNK):
+            stop = min(start + _PLACE_CHUNK, len(words))
+            # the photos whose words lie (partly) in [start, stop), and how many of them do
+            first, last = np.searchsorted(ends, [start, stop - 1], side="right")
+            rows = np.arange(first, last + 1, dtype=np.uint32)
+            held = counts[first : last + 1].copy()
+            held[0] -= start - (ends[first] - counts[first])
+            held[-1] -= ends[last] - stop
+            yield words[start:stop], np.repeat(rows, held)
+
+    offsets, postings = _grouped(chunks, size)
     return _CropSnapshot(ids, offsets, postings)
 
 
@@ -764,7 +804,7 @@ def _by_id(
         moved = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         pick = np.repeat(starts[order] - moved, counts) + np.arange(int(counts.sum()))
         ids, words = ids[order], words[pick]
-    return ids, counts, words.astype(np.uint16)
+    return ids, counts, words.astype(np.uint16, copy=False)
 
 
 class _CropRebuild:
@@ -799,24 +839,31 @@ class _CropRebuild:
             return _inverted(*_by_id(*self.read(), self.size), self.size)
         snap, alive, size = self.snap, self.alive, self.size
         d_ids = np.fromiter(self.delta, np.int64, len(self.delta))
-        d_counts = np.array([len(w) for w in self.delta.values()], np.int64)
         live_ids = snap.ids[alive]
         ids = np.sort(np.concatenate([live_ids, d_ids]))
         renumber = np.zeros(len(alive), np.uint32)  # old row -> new row (for live rows)
         renumber[alive] = np.searchsorted(ids, live_ids)
-        words = np.repeat(np.arange(size, dtype=np.uint16), np.diff(snap.offsets))
-        keep = alive[snap.postings]
-        rows = renumber[snap.postings[keep]]
-        words = words[keep]
-        if len(d_ids):
-            d_words = np.concatenate(list(self.delta.values())).astype(np.uint16)
-            d_rows = np.repeat(np.searchsorted(ids, d_ids).astype(np.uint32), d_counts)
-            words = np.concatenate([words, d_words])
-            rows = np.concatenate([rows, d_rows])
-            rows = rows[np.argsort(words, kind="stable")]
-        offsets = np.zeros(size + 1, np.int64)
-        np.cumsum(np.bincount(words, minlength=size), out=offsets[1:])
-        return _CropSnapshot(ids, offsets, rows)
+        d_rows = np.searchsorted(ids, d_ids).astype(np.uint32)
+        # Word ranges of the old snapshot holding about _PLACE_CHUNK postings each (one word
+        # may hold more), then the delta.
+        starts = np.arange(0, len(snap.postings), _PLACE_CHUNK)
+        bounds = np.unique(np.r_[np.searchsorted(snap.offsets, starts), size]).tolist()
+
+        def chunks() -> Iterator[tuple[WordArray, Postings]]:
+            for lo, hi in itertools.pairwise(bounds):
+                posted = snap.postings[snap.offsets[lo] : snap.offsets[hi]]
+                words = np.repeat(
+                    np.arange(lo, hi, dtype=np.uint16), np.diff(snap.offsets[lo : hi + 1])
+                )
+                keep = alive[posted]
+                yield words[keep], renumber[posted[keep]]
+            if len(d_ids):
+                d_words = np.concatenate(list(self.delta.values())).astype(np.uint16)
+                counts = np.array([len(w) for w in self.delta.values()], np.int64)
+                yield d_words, np.repeat(d_rows, counts)
+
+        offsets, postings = _grouped(chunks, size)
+        return _CropSnapshot(ids, offsets, postings)
 
 
 class _DeltaPostings:
