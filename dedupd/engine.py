@@ -21,7 +21,7 @@ import structlog
 from dedupd.actions import ActionError, Actions, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
-from dedupd.filestat import FileStat, HashedImage, HashedVideo
+from dedupd.filestat import FileStat, HashedImage, HashedVideo, LocalFeatures
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinion
 from dedupd.policy import Candidate, CropEvidence, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
@@ -436,17 +436,17 @@ class Ingest:
         `matched` (exact or near matches: near wins) are not candidates, nor is a burst
         neighbour (`verify` refuses full frames). Records the pairs as `crop` matches under
         the features' key, files the newcomer's words in the index, and returns them by id."""
-        from dedupd.features import CropFit, Features, agreement, verify
+        from dedupd.features import CropFit, agreement, verify
 
         stored = (
             self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
             if self.config.hashing.crops
             else None
         )
-        if stored is None:  # crops off, or hashed without features (by an older dedupd)
+        mine = self._readable(newcomer.id, stored) if stored is not None else None
+        if mine is None:  # crops off, hashed without features (by an older dedupd), or damaged
             self.store.replace_matches(newcomer.id, self.crop_key, [])
             return {}
-        mine = Features.from_local(stored)
         words = mine.words
         exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
         if self.crops.loading:
@@ -465,8 +465,7 @@ class Ingest:
         theirs = self.store.features_of(list(records), self.crop_key)
         fits: dict[int, tuple[CropFit, Features]] = {}
         for i in ids:
-            if i in theirs:
-                other = Features.from_local(theirs[i])
+            if i in theirs and (other := self._readable(i, theirs[i])) is not None:
                 agree = agreement(mine, other)
                 if agree.agreeing < CROP_MIN_AGREEING or not agree.nests:
                     continue  # no geometry among the shared words, or no nesting: no crop
@@ -510,6 +509,22 @@ class Ingest:
             if self.crops.pending >= min(self.config.index.rebuild_every, soon):
                 self.crops.start_rebuild()
         return out
+
+    def _readable(self, file_id: int, stored: LocalFeatures) -> Features | None:
+        """`stored` as Features, or None when the row cannot be read (damaged: points and
+        descriptors that disagree, a patch of the wrong size). Such a row is dropped and
+        logged, so that the next reconcile hashes the photo again: one bad row never fails
+        the newcomers that propose its photo as a candidate."""
+        from dedupd.features import Features
+
+        try:
+            return Features.from_local(stored)
+        except (ValueError, TypeError) as exc:
+            log.warning("crop_features_dropped", file_id=file_id, reason=str(exc))
+            self.store.drop_features(file_id)
+            with self.lock:
+                self.crops.remove([file_id])
+            return None
 
     def index_crop_words(self, file_id: int) -> None:
         """File `file_id` in the crop index again from its stored features (if it has any)."""

@@ -873,6 +873,12 @@ class Store:
             return np.empty(0, np.int64), np.empty(0, np.int64), words
         return np.concatenate(ids), np.concatenate(counts), words
 
+    def drop_features(self, file_id: int) -> None:
+        """Forget `file_id`'s local features (a row that cannot be read): the next reconcile
+        hashes the photo again (`unhashed` with `features`), which stores them anew."""
+        with self._write():
+            self.db.execute("DELETE FROM features WHERE file_id = ?", (file_id,))
+
     # -- writing files -----------------------------------------------------------------------
     def _write_file(self, root: str, relpath: str, values: dict[str, Any]) -> int:
         """Insert or update the record at root/relpath (inside the caller's transaction).

@@ -263,3 +263,29 @@ def test_crops_is_a_boolean(tmp_path: Path) -> None:
     cfg.write_text("hashing: {crops: 1}\n")
     with pytest.raises(ConfigError, match=r"hashing\.crops"):
         load_config(cfg)
+
+
+def test_a_damaged_features_row_is_dropped_and_never_fails_a_newcomer(lib: Lib) -> None:
+    """A stored features row that cannot be read (here: fewer descriptors than points) is
+    dropped, with a warning, when a newcomer proposes its photo as a candidate: the newcomer
+    is hashed and decided as usual, and the next scan hashes the damaged photo again, whose
+    crop is then found."""
+    config = load_config(lib.config)  # scans in process: a CLI run sets its own log level
+    with Store(lib.db) as store:
+        assert scan(config, store).hashed == len(photos.PHOTOS)
+        coffee = store.file_at(lib.root / "coffee.jpg")
+        assert coffee is not None
+        store.db.execute(
+            "UPDATE features SET descriptors = substr(descriptors, 1, 64) WHERE file_id = ?",
+            (coffee.id,),
+        )
+        store.db.conn.commit()
+    _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_000)
+    with Store(lib.db) as store, capture_logs() as logs:
+        report = scan(config, store)
+    assert report.failed == [] and report.hashed == 1
+    assert lib.state("coffee-crop.jpg") == "ok"
+    dropped = [e for e in logs if e["event"] == "crop_features_dropped"]
+    assert [e["file_id"] for e in dropped] == [coffee.id]
+    assert "descriptors" in dropped[0]["reason"]
+    assert _groups(lib.scan()) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
