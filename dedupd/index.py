@@ -810,8 +810,8 @@ def _by_id(
 class _CropRebuild:
     """A crop snapshot being built off the ingest thread: from the old snapshot (its arrays are
     never changed in place, only replaced), a copy of its live rows, and a copy of the
-    delta. The postings are already sorted by word: they are filtered and renumbered, the
-    delta's appended, and one stable 16-bit (radix) sort by word merges them."""
+    delta. The old postings, already grouped by word, are filtered and renumbered a word
+    range at a time, the delta's follow, and `_grouped` places them all by word."""
 
     def __init__(
         self,
