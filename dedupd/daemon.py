@@ -192,6 +192,14 @@ class Daemon:
         index = ingest.index
         with ingest.lock:
             size, pending, rebuilding = len(index), index.pending, index.rebuilding
+            crops = ingest.crops
+            crop_index = {
+                "enabled": self.config.hashing.crops,
+                "loading": crops.loading,  # the start-up load: the first crop decision waits
+                "size": len(crops),
+                "pending": crops.pending,
+                "rebuilding": crops.rebuilding and not crops.loading,
+            }
         states = dict(self.watcher.states)  # one atomic copy: the daemon thread may change it
         config, roots = self.config, list(self.roots)  # a reload may swap them meanwhile
         policies = {root_key(r.path): r.policy for r in config.roots}
@@ -221,6 +229,7 @@ class Daemon:
                 "rebuilding": rebuilding,
                 "last_rebuild": index.last_rebuild,
             },
+            "crops": crop_index,
             "stats": {
                 "hashed": self.stats.hashed,
                 "errors": self.stats.errors,
@@ -511,6 +520,7 @@ class Daemon:
 
     def _periodic(self) -> None:
         now = self.clock()
+        self.ingest.swap_finished()
         if now >= self._next_database_check:
             self._next_database_check = now + self.database_check_interval
             self._check_database()

@@ -156,9 +156,11 @@ class Ingest:
         self.crop_key = FEATURES_KEY
         self.crops: CropIndex = CropIndex()
         # Read and built on a thread of its own, from a connection of its own: at a million
-        # photos that takes a minute, and the daemon is ready long before. The first crop
-        # stage waits for it (`_crops`), so no newcomer is matched against half an index.
+        # photos that takes ~15 s (bench/crops.py), and the daemon is ready long before. The
+        # first crop stage waits for it (`_crops`), so no newcomer is matched against half an
+        # index; an idle daemon swaps it in by itself (`swap_finished`).
         path, roots = store.path, list(self.roots)
+        self._crops_load_started = time.monotonic()
         if config.hashing.crops:  # off: the index stays empty, and no crop stage runs
             self.crops.start_load(lambda: _feature_words(path, roots))
         # Clips: their frames' hashes in an index of their own, voting per clip. A photo is
@@ -209,6 +211,35 @@ class Ingest:
             self.index.finish_rebuild(wait=True)
             self.crops.finish_rebuild(wait=True)
             self.frames.finish_rebuild(wait=True)
+
+    def swap_finished(self) -> None:
+        """Swap in what background builds have finished, never waiting: the crop index's
+        start-up load (logged as `crop_index_loaded`), a rebuild of any index. The daemon's
+        loop calls it between uploads (it owns the indexes), so that an idle daemon neither
+        keeps a finished snapshot beside the old one until the next upload nor reports its
+        crop index as loading. A load that failed leaves the crop index to what is added
+        from now on, and says so."""
+        with self.lock:
+            self.index.finish_rebuild()
+            self.frames.finish_rebuild()
+            loading = self.crops.loading
+            try:
+                swapped = self.crops.finish_rebuild()
+            except Exception as exc:
+                if not loading:
+                    raise
+                log.error(
+                    "crop_index_load_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    detail="crops are found among photos hashed from now on only",
+                )
+                return
+            if swapped and loading:
+                log.info(
+                    "crop_index_loaded",
+                    photos=len(self.crops),
+                    seconds=round(time.monotonic() - self._crops_load_started, 1),
+                )
 
     def unindex(self, file_ids: Sequence[int]) -> None:
         """Take files out of the indexes (photos, their crop words and clips alike): gone,
@@ -451,6 +482,7 @@ class Ingest:
         exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
         if self.crops.loading:
             self.crops.join_rebuild()  # the first newcomer of a run waits for the load
+            self.swap_finished()
         with self.lock:
             self.crops.finish_rebuild()
             proposed = self.crops.candidates(

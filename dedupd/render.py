@@ -160,6 +160,9 @@ def status(s: dict[str, Any]) -> str:
         f"indexed   {s['indexed']} ({index['backend']}, {index['pending']} pending, "
         f"last rebuild {rebuilt})",
     ]
+    crops = s.get("crops")  # an older daemon does not say
+    if crops is not None:
+        lines.append("crops     " + _crop_index(crops))
     backlog = s.get("backlog")
     if backlog:
         lines.append(
@@ -178,6 +181,15 @@ def status(s: dict[str, Any]) -> str:
         f"error     {e['path']}: {e['kind']}: {e['error']}" for e in s["recent_errors"]
     ]
     return "\n".join(lines)
+
+
+def _crop_index(crops: dict[str, Any]) -> str:
+    """`270512 photos (12 pending)`, `loading…` or `off`: the crop stage's candidate index."""
+    if not crops["enabled"]:
+        return "off (hashing.crops: false)"
+    if crops["loading"]:
+        return f"loading the index of stored photos… ({crops['size']} added meanwhile)"
+    return f"{crops['size']} photos ({crops['pending']} pending)"
 
 
 def _turned(match: dict[str, Any]) -> str:

@@ -612,3 +612,26 @@ def test_offline_changes_refuse_while_another_process_holds_the_database(env: En
     with Store(env.db) as store:
         assert [a.kind for a in store.actions()] == ["quarantine"]
         assert not store.db.execute("SELECT count(*) FROM distinct_pairs").fetchone()[0]
+
+
+def test_status_says_when_the_crop_index_is_loaded_with_no_upload_needed(env: Env) -> None:
+    """A daemon started on photos hashed before reads their crop words in the background and
+    swaps them in by itself, between uploads: `status` says `loading` until then, and then how
+    many photos the crop index holds, with no upload to trigger it; the load is logged once."""
+    import structlog
+
+    with running(env) as first:  # hashes both photos, with their features
+        wait_for(lambda: first.stats.hashed == 2 and _idle(first))
+    with structlog.testing.capture_logs() as logs, running(env) as d:
+        wait_for(lambda: not d.status()["crops"]["loading"])
+        s = json.loads(ctl(env, "status", "--json").stdout)
+        assert s["crops"] == {
+            "enabled": True,
+            "loading": False,
+            "size": 2,
+            "pending": 0,
+            "rebuilding": False,
+        }
+        assert "crops     2 photos (0 pending)" in ctl(env, "status").stdout.splitlines()
+        assert d.stats.hashed == 0  # nothing new arrived: the loop swapped the index in
+    assert [e["photos"] for e in logs if e["event"] == "crop_index_loaded"] == [2]

@@ -51,6 +51,28 @@ def test_features_are_stored_with_the_photo_and_read_back(tmp_path: Path) -> Non
         assert store.feature_words(KIND, ["/elsewhere"])[0].size == 0
 
 
+def test_the_index_load_leaves_out_a_damaged_row_and_the_dropped_one(tmp_path: Path) -> None:
+    """`feature_words` (the crop index's start-up load) reads every row in id order; a row
+    whose words are not whole 16-bit words (damaged) is left out, not the whole load, and a
+    row `drop_features` removed is gone from both reads."""
+    with Store(tmp_path / "d.db") as store:
+        ids = [
+            store.record_hashed("/r", f"{n}.jpg", _image(str(n) * 64, _features(n)))
+            for n in range(1, 5)
+        ]
+        store.db.execute(
+            "UPDATE features SET words = substr(words, 1, 3) WHERE file_id = ?", (ids[1],)
+        )
+        store.db.conn.commit()
+        store.drop_features(ids[2])
+        loaded, counts, words = store.feature_words(KIND, ["/r"])
+        assert list(loaded) == [ids[0], ids[3]]
+        expected = [np.frombuffer(_features(n).words, "<u2") for n in (1, 4)]
+        assert list(counts) == [len(w) for w in expected]
+        assert np.array_equal(words, np.concatenate(expected))
+        assert list(store.features_of(ids, KIND)) == [ids[0], ids[1], ids[3]]
+
+
 def test_new_content_drops_the_old_features(tmp_path: Path) -> None:
     """Features describe the picture that was hashed: another sha256 at the path drops them
     (when the new version has none of its own)."""

@@ -289,3 +289,33 @@ def test_a_damaged_features_row_is_dropped_and_never_fails_a_newcomer(lib: Lib) 
     assert [e["file_id"] for e in dropped] == [coffee.id]
     assert "descriptors" in dropped[0]["reason"]
     assert _groups(lib.scan()) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
+
+
+def test_a_crop_index_load_that_fails_is_logged_and_fails_no_newcomer(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crop index's start-up load runs on a thread of its own; if it fails (here: the
+    read raises), the first newcomer is hashed and decided as usual, the failure is logged
+    once, and crops are found among the photos hashed from then on."""
+    from dedupd import engine
+    from dedupd.features import FEATURES_KEY
+
+    config = load_config(lib.config)
+    with Store(lib.db) as store:
+        assert scan(config, store).hashed == len(photos.PHOTOS)
+
+    def unreadable(*args: object) -> object:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(engine, "_feature_words", unreadable)
+    _original("coffee", lib.root / "new.jpg", 1_800_000_000)
+    _cut(lib.root / "new.jpg", lib.root / "new-crop.jpg", (0.2, 0.2, 0.8, 0.9), 1_800_000_100)
+    with Store(lib.db) as store, capture_logs() as logs:
+        report = scan(config, store)
+    assert report.failed == [] and report.hashed == 2
+    failed = [e for e in logs if e["event"] == "crop_index_load_failed"]
+    assert len(failed) == 1 and "disk I/O error" in failed[0]["error"]
+    with Store(lib.db) as store:
+        new, crop = store.file_at(lib.root / "new.jpg"), store.file_at(lib.root / "new-crop.jpg")
+        assert new is not None and crop is not None and crop.state == "ok"
+        assert [m.kind for m in store.matches_of(crop.id, FEATURES_KEY)] == ["crop"]
