@@ -17,8 +17,14 @@ only), interleaved round by round with the order alternating, so that the old co
 (`--tree /path/to/an/old/checkout`) and the new are compared on the same machine at the
 same time. A tree is put first on PYTHONPATH of the subprocess; its git commit is recorded.
 
+With `--features`, each photo also has a features row of 270 random visual words (and no
+keypoints: the start-up load reads the words only), as every photo hashed with the crop
+stage on (the default) has: the daemon then reads them into its crop index in the
+background after READY, and each daemon sample also waits for `status` to say the crop
+index is loaded (`crops_loaded_s`, from the spawn) and takes the peak RSS then.
+
     .venv/bin/python bench/startup.py [--size 1000000] [--rounds 3] [--tree DIR ...]
-                                      [--out bench/results/startup.json]
+                                      [--features] [--out bench/results/startup.json]
 
 Prints JSON and writes it to --out. Goals from issue #8: at 1M, start ≤ 2 s, peak ≤ 150 MB.
 """
@@ -95,7 +101,10 @@ def _commit(tree: Path) -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def make_database(database: Path, root: str, n: int) -> float:
+WORDS = 270  # distinct visual words of a photo (bench/crops.py)
+
+
+def make_database(database: Path, root: str, n: int, features: bool) -> float:
     t0 = time.perf_counter()
     key = Hasher(Config().hashing.algorithm, Config().hashing.hash_size).key
     rng = random.Random(20_261_130)
@@ -105,8 +114,32 @@ def make_database(database: Path, root: str, n: int) -> float:
     ]
     with Store(database) as store:
         insert_hashed(store, root, files, key, rng)
+        if features:
+            _insert_words(store, n)
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return time.perf_counter() - t0
+
+
+def _insert_words(store: Store, n: int, chunk: int = 20_000) -> None:
+    """A features row of WORDS random distinct words per photo (ids 1..n), no keypoints."""
+    import numpy as np
+
+    from dedupd.features import FEATURES_KEY
+
+    gen = np.random.default_rng(20_261_130)
+    conn = store.db.conn
+    with conn:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            words = np.sort(gen.integers(0, 1 << 16, (stop - start, WORDS)), axis=1)
+            conn.executemany(
+                "INSERT INTO features (file_id, kind, width, height, points, descriptors,"
+                " words) VALUES (?, ?, 512, 384, x'', x'', ?)",
+                (
+                    (start + i + 1, FEATURES_KEY, np.unique(w).astype("<u2").tobytes())
+                    for i, w in enumerate(words)
+                ),
+            )
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -131,7 +164,22 @@ def index_sample(tree: Path, database: Path, root: str) -> dict[str, Any]:
     return result
 
 
-def daemon_sample(tree: Path, config: Path, work: Path) -> dict[str, Any]:
+def _crops_loaded(socket_path: Path, deadline: float) -> None:
+    """Wait until the daemon's status says its crop index is loaded."""
+    from dedupd.control import ControlClient
+
+    client = ControlClient(socket_path, timeout=10)
+    while time.perf_counter() < deadline:
+        crops = client.get("status").get("crops")
+        if crops is None:
+            raise RuntimeError("this daemon does not report its crop index (an older tree?)")
+        if not crops["loading"]:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the crop index did not load in time")
+
+
+def daemon_sample(tree: Path, config: Path, work: Path, crops: bool) -> dict[str, Any]:
     path = str(work / "notify.sock")
     if os.path.exists(path):
         os.unlink(path)
@@ -153,6 +201,11 @@ def daemon_sample(tree: Path, config: Path, work: Path) -> dict[str, Any]:
                 seen += sock.recv(4096).decode().split("\n")
             ready = time.perf_counter() - t0
             peak = _peak_rss_mb(proc.pid)
+            sample: dict[str, Any] = {"ready_s": ready, "peak_rss_mb": peak}
+            if crops:
+                _crops_loaded(work / "dedupd.sock", t0 + 600)
+                sample["crops_loaded_s"] = time.perf_counter() - t0
+                sample["crops_peak_rss_mb"] = _peak_rss_mb(proc.pid)
             proc.send_signal(signal.SIGTERM)
             proc.wait()
         finally:
@@ -162,7 +215,7 @@ def daemon_sample(tree: Path, config: Path, work: Path) -> dict[str, Any]:
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         if proc.returncode != 0:
             raise RuntimeError(f"dedupd run exited {proc.returncode}: {stderr[-2000:]}")
-        return {"ready_s": ready, "peak_rss_mb": peak}
+        return sample
     finally:
         sock.close()
         os.unlink(path)
@@ -173,6 +226,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_000_000, help="recorded photos")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
+    parser.add_argument(
+        "--features", action="store_true", help="crop words per photo too (the default config)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [ROOT])]
@@ -183,7 +239,7 @@ def main() -> None:
         photos.mkdir()
         root = root_key(photos)
         database = work / "dedupd.db"
-        made = make_database(database, root, args.size)
+        made = make_database(database, root, args.size, args.features)
         _log(f"recorded {args.size} photos in {made:.0f} s")
         config = work / "dedupd.yaml"
         config.write_text(
@@ -198,7 +254,7 @@ def main() -> None:
             for tree in order:
                 s = samples[str(tree)]
                 s["index"].append(index_sample(tree, database, root))
-                s["daemon"].append(daemon_sample(tree, config, work))
+                s["daemon"].append(daemon_sample(tree, config, work, args.features))
                 _log(
                     f"round {r + 1}/{args.rounds} {tree}: index {s['index'][-1]['seconds']:.2f} s"
                     f" {s['index'][-1]['peak_rss_mb']:.0f} MB; daemon READY"
@@ -219,6 +275,18 @@ def main() -> None:
                 "daemon_ready_s": ready,
                 "daemon_peak_rss_mb": peak,
                 "within_goal": ready <= GOAL_S and peak <= GOAL_MB,
+                **(
+                    {
+                        "crops_loaded_s": statistics.median(
+                            x["crops_loaded_s"] for x in s["daemon"]
+                        ),
+                        "crops_peak_rss_mb": statistics.median(
+                            x["crops_peak_rss_mb"] for x in s["daemon"]
+                        ),
+                    }
+                    if args.features
+                    else {}
+                ),
                 "rounds": s,
             }
         )
@@ -227,6 +295,7 @@ def main() -> None:
         "benchmark": "startup",
         "machine": info,
         "size": args.size,
+        "features": args.features,
         "goal": {"ready_s": GOAL_S, "peak_rss_mb": GOAL_MB},
         "method": "fresh subprocess per sample; medians of rounds, trees interleaved",
         "results": results,

@@ -195,7 +195,7 @@ class Daemon:
             crops = ingest.crops
             crop_index = {
                 "enabled": self.config.hashing.crops,
-                "loading": crops.loading,  # the start-up load: the first crop decision waits
+                "loading": ingest.crops_loading,  # the first crop decision waits for it
                 "size": len(crops),
                 "pending": crops.pending,
                 "rebuilding": crops.rebuilding and not crops.loading,
@@ -282,7 +282,7 @@ class Daemon:
     def _configure(self, config: Config) -> None:
         self.config = config
         self.roots = [root_key(r.path) for r in config.roots]
-        self.ingest = Ingest(self.store, config, self.roots, self.actions)
+        self.ingest = Ingest(self.store, config, self.roots, self.actions, load_crops=False)
         self.pipeline.configure(config, self.roots, self.store, self.ingest)
         self._start_pool(config)
         self.watcher = Watcher(clock=self.clock, wake=self._wake.set)
@@ -353,6 +353,7 @@ class Daemon:
             self.notifier.send("READY=1", self._status())
             self._ready.set()
             log.info("started", roots=self.roots, backlog=len(self.pipeline.backlog))
+            self.ingest.start_crop_load()  # after READY: it reads in the background
             while not self._stop_flag:
                 for step in self._steps:
                     self._guarded(step)

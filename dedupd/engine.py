@@ -130,7 +130,12 @@ class Ingest:
         config: Config,
         roots: Sequence[str],
         actions: Actions | None = None,
+        *,
+        load_crops: bool = True,
     ):
+        """`load_crops=False`: the crop index's start-up load waits for `start_crop_load`
+        (the daemon starts it once READY: at a million photos its reading thread slowed the
+        start by half a second); the first crop stage or `swap_finished` starts it anyway."""
         self.store, self.config, self.roots, self.actions = store, config, list(roots), actions
         # Held for each index read or change, never across decoding or file moves: the
         # control socket's threads query the index while this thread ingests.
@@ -160,9 +165,10 @@ class Ingest:
         # first crop stage waits for it (`_crops`), so no newcomer is matched against half an
         # index; an idle daemon swaps it in by itself (`swap_finished`).
         path, roots = store.path, list(self.roots)
-        self._crops_load_started = time.monotonic()
-        if config.hashing.crops:  # off: the index stays empty, and no crop stage runs
-            self.crops.start_load(lambda: _feature_words(path, roots))
+        self._read_crop_words = lambda: _feature_words(path, roots)
+        self._crops_load_started: float | None = None
+        if load_crops:
+            self.start_crop_load()
         # Clips: their frames' hashes in an index of their own, voting per clip. A photo is
         # never matched against a clip's frames by ingest (only `search` asks for that).
         from dedupd.index import FrameIndex
@@ -212,6 +218,23 @@ class Ingest:
             self.crops.finish_rebuild(wait=True)
             self.frames.finish_rebuild(wait=True)
 
+    def start_crop_load(self) -> None:
+        """Begin reading the stored photos' crop words into the crop index, in the
+        background; once per Ingest, and never with the crop stage off (its index stays
+        empty, and no crop stage runs)."""
+        if self._crops_load_started is not None or not self.config.hashing.crops:
+            return
+        self._crops_load_started = time.monotonic()
+        self.crops.start_load(self._read_crop_words)
+
+    @property
+    def crops_loading(self) -> bool:
+        """Whether the crop index's start-up load is still to come or running (its photos not
+        yet in the index)."""
+        return self.config.hashing.crops and (
+            self._crops_load_started is None or self.crops.loading
+        )
+
     def swap_finished(self) -> None:
         """Swap in what background builds have finished, never waiting: the crop index's
         start-up load (logged as `crop_index_loaded`), a rebuild of any index. The daemon's
@@ -219,6 +242,7 @@ class Ingest:
         keeps a finished snapshot beside the old one until the next upload nor reports its
         crop index as loading. A load that failed leaves the crop index to what is added
         from now on, and says so."""
+        self.start_crop_load()
         with self.lock:
             self.index.finish_rebuild()
             self.frames.finish_rebuild()
@@ -234,7 +258,7 @@ class Ingest:
                     detail="crops are found among photos hashed from now on only",
                 )
                 return
-            if swapped and loading:
+            if swapped and loading and self._crops_load_started is not None:
                 log.info(
                     "crop_index_loaded",
                     photos=len(self.crops),
@@ -480,6 +504,7 @@ class Ingest:
             return {}
         words = mine.words
         exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
+        self.start_crop_load()
         if self.crops.loading:
             self.crops.join_rebuild()  # the first newcomer of a run waits for the load
             self.swap_finished()

@@ -1040,3 +1040,31 @@ def test_a_reload_that_turns_crops_on_gives_the_workers_the_new_setting(env: Env
         second = store.file_at(env.root / "IMG_2.jpg")
         assert second is not None
         assert store.features_of([second.id], FEATURES_KEY)
+
+
+def test_a_crop_uploaded_after_a_restart_is_found_against_photos_stored_before(
+    env: Env,
+) -> None:
+    """The daemon reads the stored photos' crop words after it is READY, in the background:
+    a crop uploaded to a restarted daemon is linked to an original hashed by the previous
+    run, whether it arrives before or after that load has finished."""
+    env.write_config(camera="{exact: report, near: report}")
+    for name in ("coffee", "rocket"):
+        photos.upscaled(photos.photo(name), env.root / f"{name}.jpg", size=(1600, 1200))
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 2 and _idle(first), what="both hashed")
+    for n, (name, box) in enumerate(
+        (("coffee", (320, 240, 1280, 1080)), ("rocket", (0, 0, 1200, 1000)))
+    ):
+        with running(env) as daemon:
+            if n == 1:
+                wait_for(lambda: not daemon.ingest.crops_loading, what="the crop index loaded")
+            with Image.open(env.root / f"{name}.jpg") as im:
+                im.crop(box).save(env.tmp / "cut.jpg", quality=90)
+            os.replace(env.tmp / "cut.jpg", env.root / f"{name}-crop.jpg")
+            wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the crop hashed")
+        with Store(env.db) as store:
+            crop = store.file_at(env.root / f"{name}-crop.jpg")
+            assert crop is not None
+            matches = store.matches_of(crop.id, FEATURES_KEY)
+            assert [m.kind for m in matches] == ["crop"], name
