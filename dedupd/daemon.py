@@ -283,6 +283,7 @@ class Daemon:
         self.config = config
         self.roots = [root_key(r.path) for r in config.roots]
         self.ingest = Ingest(self.store, config, self.roots, self.actions, load_crops=False)
+        self.ingest.waiting = self._heartbeat
         self.pipeline.configure(config, self.roots, self.store, self.ingest)
         self._start_pool(config)
         self.watcher = Watcher(clock=self.clock, wake=self._wake.set)

@@ -137,6 +137,10 @@ class Ingest:
         (the daemon starts it once READY: at a million photos its reading thread slowed the
         start by half a second); the first crop stage or `swap_finished` starts it anyway."""
         self.store, self.config, self.roots, self.actions = store, config, list(roots), actions
+        # Called about once a second while the crop stage waits for the crop index's load (a
+        # minute or more for a large library read from a cold disk): the daemon feeds
+        # systemd's watchdog meanwhile, which would otherwise kill it mid-wait.
+        self.waiting: Callable[[], object] = lambda: None
         # Held for each index read or change, never across decoding or file moves: the
         # control socket's threads query the index while this thread ingests.
         self.lock = threading.RLock()
@@ -505,8 +509,11 @@ class Ingest:
         words = mine.words
         exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
         self.start_crop_load()
-        if self.crops.loading:
-            self.crops.join_rebuild()  # the first newcomer of a run waits for the load
+        if self.crops.loading:  # the first newcomer of a run waits for the load
+            if not self.crops.join_rebuild(timeout=1.0):
+                log.info("crop_stage_waits", detail="for the crop index's start-up load")
+                while not self.crops.join_rebuild(timeout=1.0):
+                    self.waiting()
             self.swap_finished()
         with self.lock:
             self.crops.finish_rebuild()

@@ -1054,10 +1054,14 @@ class CropIndex:
         self.last_rebuild = time.time()
         return True
 
-    def join_rebuild(self) -> None:
+    def join_rebuild(self, timeout: float | None = None) -> bool:
+        """Wait (at most `timeout` seconds) until a background rebuild or load has built its
+        snapshot (it is not swapped in); True once none is running."""
         job = self._rebuilding
         if job is not None:
-            job.thread.join()
+            job.thread.join(timeout)
+            return not job.thread.is_alive()
+        return True
 
     @property
     def rebuilding(self) -> bool:

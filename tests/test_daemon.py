@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -91,8 +92,9 @@ def env(tmp_path: Path) -> Env:
 
 
 @contextmanager
-def running(env: Env, **kw: object) -> Iterator[Daemon]:
-    daemon = Daemon(env.config, notifier=Notifier({}), **kw)  # type: ignore[arg-type]
+def running(env: Env, notifier: Notifier | None = None, **kw: object) -> Iterator[Daemon]:
+    notifier = Notifier({}) if notifier is None else notifier
+    daemon = Daemon(env.config, notifier=notifier, **kw)  # type: ignore[arg-type]
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -1068,3 +1070,51 @@ def test_a_crop_uploaded_after_a_restart_is_found_against_photos_stored_before(
             assert crop is not None
             matches = store.matches_of(crop.id, FEATURES_KEY)
             assert [m.kind for m in matches] == ["crop"], name
+
+
+def test_the_watchdog_is_fed_while_the_crop_stage_waits_for_the_crop_index(
+    env: Env, notify_socket, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """The first crop stage after a start waits for the crop index's load, which takes a
+    minute or more for a large library on a cold disk; meanwhile the loop still sends
+    WATCHDOG=1 (systemd's WatchdogSec=60s would otherwise kill the daemon, and its restart
+    would start the load over), and the upload is decided once the load is in."""
+    from dedupd import engine
+
+    sock, path = notify_socket
+    env.write_config(camera="{exact: report, near: report}")
+    photos.upscaled(photos.photo("coffee"), env.root / "coffee.jpg", size=(1600, 1200))
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
+    release = threading.Event()
+    real = engine._feature_words
+
+    def slow(*args: Any) -> Any:
+        assert release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_feature_words", slow)
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})  # ping every 0.2 s
+    with structlog.testing.capture_logs() as logs, running(env, notifier=notifier) as daemon:
+        with Image.open(env.root / "coffee.jpg") as im:
+            im.crop((320, 240, 1280, 1080)).save(env.tmp / "cut.jpg", quality=90)
+        os.replace(env.tmp / "cut.jpg", env.root / "coffee-crop.jpg")
+        wait_for(lambda: any(e["event"] == "crop_stage_waits" for e in logs), what="the wait")
+        while True:  # what was sent before the wait
+            sock.settimeout(0.05)
+            try:
+                sock.recv(4096)
+            except TimeoutError:
+                break
+        sock.settimeout(5)
+        pings, started = 0, time.monotonic()
+        while time.monotonic() - started < 3.0:
+            pings += sock.recv(4096).decode().split("\n").count("WATCHDOG=1")
+        assert pings >= 2, pings  # one a second while waiting; none while the loop blocked
+        assert daemon.stats.hashed == 0  # still waiting: the load has not been released
+        release.set()
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the crop decided")
+    with Store(env.db) as store:
+        crop = store.file_at(env.root / "coffee-crop.jpg")
+        assert crop is not None
+        assert [m.kind for m in store.matches_of(crop.id, FEATURES_KEY)] == ["crop"]
