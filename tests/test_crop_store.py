@@ -96,3 +96,39 @@ def test_a_schema_9_database_gains_the_features_table_and_keeps_its_rows(tmp_pat
         assert store.file(a) is not None
         b = store.record_hashed("/r", "b.jpg", _image("b" * 64, _features(3)))
         assert b in store.features_of([b], KIND)
+
+
+def test_a_schema_11_database_keeps_its_features_with_the_words_first_in_each_row(
+    tmp_path: Path,
+) -> None:
+    """Migration 11 → 12 rebuilds the features table with the words before the keypoints,
+    descriptors and patch (what the crop index's start-up load reads first), every row kept
+    as it was."""
+    db = tmp_path / "d.db"
+    with Store(db) as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64, _features(1)))
+        b = store.record_hashed("/r", "b.jpg", _image("b" * 64, _features(2, 9)))
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "DROP TABLE features;"
+        "CREATE TABLE features (file_id INTEGER PRIMARY KEY REFERENCES files (id)"
+        " ON DELETE CASCADE, kind TEXT NOT NULL, width INTEGER NOT NULL,"
+        " height INTEGER NOT NULL, points BLOB NOT NULL, descriptors BLOB NOT NULL,"
+        " words BLOB NOT NULL, patch BLOB NOT NULL DEFAULT x'');"
+        "PRAGMA user_version = 11;"
+    )
+    for i, f in ((a, _features(1)), (b, _features(2, 9))):
+        conn.execute(
+            "INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (i, f.kind, f.width, f.height, f.points, f.descriptors, f.words, f.patch),
+        )
+    conn.commit()
+    conn.close()
+    with Store(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        columns = [row[1] for row in store.db.execute("PRAGMA table_info(features)")]
+        assert columns.index("words") < columns.index("points")
+        assert store.features_of([a, b], KIND) == {a: _features(1), b: _features(2, 9)}
+        ids, _, words = store.feature_words(KIND, ["/r"])
+        expected = [np.frombuffer(_features(s, n).words, "<u2") for s, n in ((1, 5), (2, 9))]
+        assert list(ids) == [a, b] and np.array_equal(words, np.concatenate(expected))
