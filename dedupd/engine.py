@@ -65,7 +65,7 @@ log = structlog.get_logger("dedupd.engine")
 CROP_CANDIDATES = 8
 CROP_MIN_SHARED = 4
 # A candidate is verified only when at least this many of the words it shares sit where one
-# upright similarity puts them (`features.agreeing_words`: ~0.2 ms CPU, `verify` ~0.7 ms).
+# upright similarity puts them (`features.agreement`: ~0.2 ms CPU, `verify` ~0.7 ms).
 # Two always agree (they define the fit), so 3 is the least evidence of geometry. In the crop
 # bench's candidate trace (bench/crop_accuracy.py), crops found had 3-62 agreeing words (1st
 # percentile 4) and 67% of the candidates that do not verify had fewer than 3: verify calls
@@ -583,7 +583,7 @@ class Ingest:
 
         try:
             return Features.from_local(stored)
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             log.warning("crop_features_dropped", file_id=file_id, reason=str(exc))
             self.store.drop_features(file_id)
             with self.lock:

@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from dedupd.actions import motion_paths
 from dedupd.config import Config
 from dedupd.engine import Group, Ingest, duplicate_groups
@@ -32,6 +34,8 @@ __all__ = [
     "quarantine_list",
     "search",
 ]
+
+log = structlog.get_logger("dedupd.queries")
 
 
 def file_json(r: FileRecord) -> dict[str, Any]:
@@ -226,7 +230,9 @@ def crop_search(
 ) -> list[dict[str, Any]]:
     """The indexed photos in a crop relation with an image of these local `features` (not
     itself indexed): what `Ingest._crops` finds for a newcomer, without recording anything.
-    Raises ValueError for features of another kind."""
+    A candidate whose stored features cannot be read (damaged) is skipped and logged; the
+    daemon drops such a row when a newcomer meets it. Raises ValueError for query features
+    of another kind."""
     from dedupd.engine import CROP_CANDIDATES, CROP_MIN_SHARED
     from dedupd.features import Features, verify
 
@@ -240,7 +246,12 @@ def crop_search(
         record = records.get(c.id)
         if record is None or record.state != "ok" or c.id not in theirs:
             continue
-        fit = verify(mine, Features.from_local(theirs[c.id]))
+        try:
+            other = Features.from_local(theirs[c.id])
+        except ValueError as exc:
+            log.warning("crop_features_unreadable", file_id=c.id, reason=str(exc))
+            continue
+        fit = verify(mine, other)
         if fit is not None:
             # the query image has no id: 0 names it
             crop, original = (0, c.id) if fit.cropped == "first" else (c.id, 0)

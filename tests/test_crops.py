@@ -201,6 +201,30 @@ def test_search_lists_the_photos_an_image_is_a_crop_of(lib: Lib, tmp_path: Path)
     assert found["detail"]["original"] == found["id"] and found["detail"]["crop"] == 0
 
 
+def test_search_skips_a_candidate_whose_stored_features_are_damaged(
+    lib: Lib, tmp_path: Path
+) -> None:
+    """A stored features row that cannot be read (its patch cut short) does not fail
+    `dedupctl search`: that candidate is skipped, and an intact copy of the same photo is
+    still listed as the one the image was cut from."""
+    import shutil
+
+    shutil.copy(lib.root / "chelsea.jpg", lib.root / "chelsea-copy.jpg")
+    lib.scan()
+    with Store(lib.db) as store:
+        damaged = store.file_at(lib.root / "chelsea.jpg")
+        assert damaged is not None
+        store.db.execute(
+            "UPDATE features SET patch = substr(patch, 1, 10) WHERE file_id = ?", (damaged.id,)
+        )
+        store.db.conn.commit()
+    query = _cut(lib.root / "chelsea.jpg", tmp_path / "query.jpg", BOX, 1_800_000_000)
+    result = lib.ctl("search", str(query), "--json")
+    assert result.exit_code == 0, result.output
+    found = [Path(c["path"]).name for c in json.loads(result.stdout)["crops"]]
+    assert found == ["chelsea-copy.jpg"]
+
+
 def test_search_over_the_socket_sends_the_features_and_lists_crops(tmp_path: Path) -> None:
     """The query's features go to the daemon in a POST body (too large for a request head);
     the daemon's crop index answers."""
