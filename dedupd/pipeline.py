@@ -364,8 +364,14 @@ class Pipeline:
     def _handled(self, entry: Entry) -> bool:
         """This version of the file has a record already: a reconcile (a rescan) and the
         settler can both queue one upload, and a quarantined file must not be "hashed" again
-        at the path it left (it would be recorded as vanished)."""
+        at the path it left (it would be recorded as vanished). A re-hash the reconcile asked
+        for (the record lacks a hash or features) is handled once the record is no longer a
+        present file of this version: gone, moved on, or changed since (queued anew then)."""
         record = self.store.record(entry.root, entry.relpath)
+        if entry.rehash:
+            return (
+                record is None or record.state != "ok" or not same_version(record, entry.stat)
+            )
         return (
             record is not None and record.state != "missing" and same_version(record, entry.stat)
         )

@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dedupd.config import WatchConfig
@@ -58,6 +58,9 @@ class Entry:
     # Hash it from a full decode, never an embedded thumbnail: the confirmation a decision
     # resting on a thumbnail's hash waits for (`Ingest.confirm`).
     full_decode: bool = False
+    # Hash it although its record is this very version: the record lacks a hash or features
+    # the configuration asks for (`reconcile`'s rehash), so "unchanged" is no reason to skip.
+    rehash: bool = False
 
     @property
     def path(self) -> str:
@@ -220,7 +223,7 @@ def reconcile(
         elif not same_version(record, entry.stat):
             plan.changed.append(entry)
         elif record.id in needs_hash:
-            plan.rehash.append(entry)
+            plan.rehash.append(replace(entry, rehash=True))
         else:
             plan.unchanged += 1
     # Whatever is left in `known` vanished from its path: moved, or deleted. Keyed by the
@@ -233,7 +236,7 @@ def reconcile(
         else:
             plan.renamed.append((record, entry))
             if record.id in needs_hash:
-                plan.rehash.append(entry)
+                plan.rehash.append(replace(entry, rehash=True))
     plan.missing = list(vanished.values())
     return plan
 

@@ -1044,6 +1044,36 @@ def test_a_reload_that_turns_crops_on_gives_the_workers_the_new_setting(env: Env
         assert store.features_of([second.id], FEATURES_KEY)
 
 
+def test_photos_stored_without_features_are_hashed_again_once_when_crops_turn_on(
+    env: Env,
+) -> None:
+    """The reconcile queues a photo whose record is this very version but lacks what the
+    configuration asks for (here its crop features: stored while crops were off). The daemon
+    must hash it, not take "unchanged" as done: before, it skipped them at every reconcile,
+    so a crop of a photo stored earlier was never found. Once hashed, a rescan leaves it."""
+    env.write_config(camera="{exact: report, near: report}")
+    env.config.write_text(
+        env.config.read_text().replace("{workers: 2}", "{workers: 2, crops: false}")
+    )
+    photos.upscaled(photos.photo("coffee"), env.root / "coffee.jpg", size=(1600, 1200))
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
+    env.write_config(camera="{exact: report, near: report}")  # crops on: the default
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the re-hash")
+        with Image.open(env.root / "coffee.jpg") as im:
+            im.crop((320, 240, 1280, 1080)).save(env.tmp / "cut.jpg", quality=90)
+        os.replace(env.tmp / "cut.jpg", env.root / "coffee-crop.jpg")
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="the crop hashed")
+        daemon.submit(lambda: daemon.request_rescan(None)).result(timeout=30)
+        wait_for(lambda: _idle(daemon) and not daemon.pipeline.rescan_due, what="the rescan")
+        assert daemon.stats.hashed == 2  # nothing lacks anything now
+    with Store(env.db) as store:
+        crop = store.file_at(env.root / "coffee-crop.jpg")
+        assert crop is not None
+        assert [m.kind for m in store.matches_of(crop.id, FEATURES_KEY)] == ["crop"]
+
+
 def test_a_crop_uploaded_after_a_restart_is_found_against_photos_stored_before(
     env: Env,
 ) -> None:
