@@ -198,9 +198,10 @@ class Ingest:
         self._gone_in_preview: set[int] = set()
         # Files to hash again in full before a decision that rests on a thumbnail's hash may
         # move anything: whoever feeds the pool takes them from here (`Entry.full_decode`).
-        # _confirming: their ids → whether their own decision is made again once hashed.
+        # _confirming: their (root, relpath) → whether their own decision is made again once
+        # hashed (known before the record is written: see `ingest`).
         self.confirm: deque[Entry] = deque()
-        self._confirming: dict[int, bool] = {}
+        self._confirming: dict[tuple[str, str], bool] = {}
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -324,8 +325,12 @@ class Ingest:
             return None
         if isinstance(result, HashedVideo):
             return self._ingest_video(entry, result)
-        file_id = self.store.record_hashed(entry.root, entry.relpath, result)
-        again = self._confirming.pop(file_id, None) if entry.full_decode else None
+        place = (entry.root, entry.relpath)
+        again = self._confirming.pop(place, None) if entry.full_decode else None
+        # Noted 'deciding' with the record, unless no decision follows: a process that dies
+        # before the decision leaves the note, and the next start hashes and decides it.
+        deciding = None if again is False else self.policy_key
+        file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
         if again is False:  # the other file of a held match: its hashes are now a full decode's
             with self.lock:
                 self.index.add([file_id], [result.hashes[self.hasher.key]])
@@ -631,7 +636,7 @@ class Ingest:
     def _ingest_video(self, entry: Entry, clip: HashedVideo) -> Outcome | None:
         """Record a clip; match it against the indexed clips by its frames and apply its
         root's policy."""
-        file_id = self.store.record_video(entry.root, entry.relpath, clip)
+        file_id = self.store.record_video(entry.root, entry.relpath, clip, self.policy_key)
         return self._match_and_decide_clip(file_id, entry.path, clip.sha256, clip.frames)
 
     def clip_matches(
@@ -722,9 +727,9 @@ class Ingest:
             return None
         for r in involved.values():
             if r.id in thumbs and r.id != newcomer.id:
-                self._confirming[r.id] = False
+                self._confirming[r.root, r.relpath] = False
                 self.confirm.append(Entry(r.root, r.relpath, r.stat, full_decode=True))
-        self._confirming[newcomer.id] = True
+        self._confirming[newcomer.root, newcomer.relpath] = True
         self.confirm.append(
             Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
         )

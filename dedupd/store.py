@@ -267,6 +267,25 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE features;
     ALTER TABLE features_words_first RENAME TO features;
     """,
+    # 12 → 13: a file is noted 'deciding' in the transaction that records its hashes, and the
+    # note is replaced or cleared by its decision: a file recorded by a process that died
+    # before deciding it (a kill, a crash, a power cut) is hashed and decided again by the
+    # next start instead of being taken as settled. The CHECK changes: the table is rebuilt.
+    """
+    CREATE TABLE undecided_13 (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        why TEXT NOT NULL CHECK (why IN ('dry run', 'report', 'failed', 'deciding')),
+        policies TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    INSERT INTO undecided_13 (file_id, sha256, why, policies, seq, created)
+        SELECT file_id, sha256, why, policies, seq, created FROM undecided;
+    DROP TABLE undecided;
+    ALTER TABLE undecided_13 RENAME TO undecided;
+    CREATE INDEX undecided_seq ON undecided (seq);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -312,7 +331,10 @@ def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
     return [to_db(p) for p in paths]
 
 
-Undecided = Literal["dry run", "report", "failed"]
+# Why a file's decision is still to make: a dry run previewed it, its action failed, it was
+# only reported (decided again when the policies change), or it was recorded and its
+# decision never came (`deciding`: written with the record, replaced by the decision).
+Undecided = Literal["dry run", "report", "failed", "deciding"]
 ActionKind = Literal["quarantine", "delete", "restore", "purge"]
 ActionState = Literal["planned", "done", "failed", "rolled_back"]
 
@@ -716,7 +738,9 @@ class Store:
         With several hashers, the files that lack any of them; with `features`, those that
         lack local features of that kind too (the crop stage turned on, or changed); a clip
         whose frames are stored under the `video` key lacks none (its frames are its
-        hashes)."""
+        hashes). And every file recorded whose decision never came (noted 'deciding' by
+        `record_hashed`: the process died in between): hashed again, it is decided as it
+        would have been."""
         keys = [hasher] if isinstance(hasher, str) else list(hasher)
         lacking = " OR ".join(
             "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
@@ -734,6 +758,10 @@ class Store:
                 " (SELECT 1 FROM videos v WHERE v.file_id = f.id AND v.hasher = ?)"
             )
             params.append(video)
+        lacking += (
+            " OR EXISTS (SELECT 1 FROM undecided u WHERE u.file_id = f.id"
+            " AND u.why = 'deciding' AND u.sha256 = f.sha256)"
+        )
         return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", params)
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
@@ -935,8 +963,16 @@ class Store:
     def _stat_values(stat: FileStat) -> dict[str, Any]:
         return dict(dev=stat.dev, inode=stat.inode, size=stat.size, mtime_ns=stat.mtime_ns)
 
-    def record_hashed(self, root: str, relpath: str, image: HashedImage) -> int:
-        """Store a freshly decoded file. Same content keeps old hashes; new content drops them."""
+    def record_hashed(
+        self, root: str, relpath: str, image: HashedImage, deciding: str | None = None
+    ) -> int:
+        """Store a freshly decoded file. Same content keeps old hashes; new content drops them.
+
+        `deciding`: the policies' fingerprint when a decision follows; the file is noted
+        undecided ('deciding') in the same transaction, until the decision replaces the note
+        (`note_undecided`, `clear_undecided`). A process that dies in between leaves it, and
+        the next reconcile hashes the file again (`unhashed`) so that it is decided.
+        """
         values = dict(
             **self._stat_values(image.stat),
             sha256=image.sha256,
@@ -974,11 +1010,16 @@ class Store:
                 self._table("features").upsert_all(
                     [dict(file_id=file_id, **image.features._asdict())], pk=("file_id",)
                 )
+            if deciding is not None:
+                self._note_undecided(file_id, image.sha256, "deciding", deciding)
         return file_id
 
-    def record_video(self, root: str, relpath: str, clip: HashedVideo) -> int:
+    def record_video(
+        self, root: str, relpath: str, clip: HashedVideo, deciding: str | None = None
+    ) -> int:
         """Store a freshly decoded clip and its frame hashes under `clip.key`. Same content
-        keeps what was stored of it before; new content drops it."""
+        keeps what was stored of it before; new content drops it. `deciding`: as for
+        `record_hashed`."""
         values = dict(
             **self._stat_values(clip.stat),
             sha256=clip.sha256,
@@ -999,6 +1040,8 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?)",
                 (file_id, clip.key, b"".join(clip.frames), json.dumps(clip.times), clip.sampled),
             )
+            if deciding is not None:
+                self._note_undecided(file_id, clip.sha256, "deciding", deciding)
         return file_id
 
     def video_frames(self, file_id: int, key: str) -> VideoFrames | None:
@@ -1422,11 +1465,14 @@ class Store:
         changed). Later notes sort after earlier ones, so files are decided again in the order
         they were first decided."""
         with self._write():
-            self.db.execute(
-                "INSERT OR REPLACE INTO undecided (file_id, sha256, why, policies, seq, created)"
-                " VALUES (?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM undecided), ?)",
-                (file_id, sha256, why, policies, self._now()),
-            )
+            self._note_undecided(file_id, sha256, why, policies)
+
+    def _note_undecided(self, file_id: int, sha256: str, why: Undecided, policies: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO undecided (file_id, sha256, why, policies, seq, created)"
+            " VALUES (?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM undecided), ?)",
+            (file_id, sha256, why, policies, self._now()),
+        )
 
     def clear_undecided(self, file_id: int) -> None:
         with self._write():
@@ -1435,11 +1481,13 @@ class Store:
     def undecided_due(self, policies: str, roots: Sequence[str]) -> list[FileRecord]:
         """Present, unchanged files under `roots` to decide again under `policies` (the
         current policies' fingerprint): every dry run and failure, and reports decided under
-        other policies; in the order they were first decided."""
+        other policies; in the order they were first decided. Not those whose decision never
+        came ('deciding'): the reconcile has them hashed again (`unhashed`)."""
         marks = ", ".join("?" * len(roots))
         return self._files(
-            "f.id IN (SELECT u.file_id FROM undecided u WHERE u.why != 'report'"
-            " OR u.policies != ?) AND f.state = 'ok' AND f.root IN (" + marks + ")"
+            "f.id IN (SELECT u.file_id FROM undecided u WHERE u.why IN ('dry run', 'failed')"
+            " OR (u.why = 'report' AND u.policies != ?))"
+            " AND f.state = 'ok' AND f.root IN (" + marks + ")"
             " AND f.sha256 = (SELECT u.sha256 FROM undecided u WHERE u.file_id = f.id)"
             " ORDER BY (SELECT u.seq FROM undecided u WHERE u.file_id = f.id)",
             [policies, *_paths_to_db(roots)],

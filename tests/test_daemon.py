@@ -592,6 +592,66 @@ def test_a_restart_after_kill_9_mid_quarantine_recovers_the_journal(env: Env) ->
         assert env.state(env.root / "IMG_2.jpg") == "quarantined"
 
 
+# `dedupd run` whose crop index's start-up load waits for a file named `release` beside the
+# database: what a large library on a cold disk does for a minute or more. The first upload's
+# crop stage waits for it after the upload is recorded and before it is decided.
+_HELD_CROP_LOAD = """
+import os, sys, time
+from dedupd import engine
+from dedupd.cli import dedupd
+
+real, release = engine._feature_words, sys.argv[1]
+
+def held(*args):
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    return real(*args)
+
+engine._feature_words = held
+dedupd(["run", "--config", sys.argv[2]], prog_name="dedupd")
+"""
+
+
+def test_an_upload_recorded_by_a_daemon_killed_before_its_decision_is_decided_at_the_next_start(
+    env: Env,
+) -> None:
+    """A daemon commits an upload's record, then matches and decides it. Killed in between
+    (here: SIGKILL to its process group, as systemd does after TimeoutStopSec, while the crop
+    stage waits for the crop index), the file was left recorded and unchanged: no later start
+    decided it, so the duplicate stayed for good. The record is now noted 'deciding' in the
+    same transaction; the next start hashes it again and decides it."""
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
+    log = env.tmp / "killed.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HELD_CROP_LOAD, str(env.tmp / "release"), str(env.config)],
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: '"started"' in log.read_text() or proc.poll() is not None)
+        assert proc.poll() is None, log.read_text()
+        photos.copy(photos.photo("coffee"), env.root / "IMG_2.jpg")  # an exact copy
+        wait_for(lambda: "crop_stage_waits" in log.read_text(), what="the crop stage waiting")
+        assert env.state(env.root / "IMG_2.jpg") == "ok"  # recorded, not yet decided
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert (env.root / "IMG_2.jpg").exists() and _quarantines(env) == []
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the copy decided")
+    assert not (env.root / "IMG_2.jpg").exists()
+    assert env.state(env.root / "IMG_2.jpg") == "quarantined"
+    assert [Path(q.src).name for q in _quarantines(env)] == ["IMG_2.jpg"]
+    assert (env.root / "IMG_1.jpg").exists()
+
+
 def test_a_symlink_in_a_root_is_never_a_keeper(env: Env) -> None:
     """Only the files really in the root count: a link to a photo elsewhere is ignored, so the
     real upload of that photo is kept."""

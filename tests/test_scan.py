@@ -274,10 +274,10 @@ def test_a_file_whose_ingest_raises_is_one_recorded_error_and_the_scan_goes_on(
     error and every other file is still hashed and matched."""
     real = Store.record_hashed
 
-    def flaky(self: Store, root: str, relpath: str, image: object) -> int:
+    def flaky(self: Store, root: str, relpath: str, image: object, *rest: Any) -> int:
         if relpath == "coffee.jpg":
             raise RuntimeError("a bug that only this file triggers")
-        return real(self, root, relpath, image)  # type: ignore[arg-type]
+        return real(self, root, relpath, image, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Store, "record_hashed", flaky)
     config = _config(tmp_path, library)

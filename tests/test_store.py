@@ -371,3 +371,63 @@ def test_a_version_5_database_keeps_its_matches_and_takes_the_new_kinds_with_det
                 "INSERT INTO matches (a, b, hasher, distance, kind, found)"
                 " VALUES (1, 3, 'x', 0, 'similar', 0)"
             )
+
+
+def test_a_file_recorded_for_a_decision_is_hashed_again_until_the_decision_is_written(
+    tmp_path: Path,
+) -> None:
+    """`deciding` notes the file in the record's own transaction; the reconcile asks for it
+    again (`unhashed`) until a decision replaces or clears the note, and `redecide` never
+    takes it (it has no decision to repeat). A note for bytes the file no longer has, and a
+    record written with no decision to follow, ask for nothing."""
+    key = "phash:16"
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64), deciding="p1")
+        b = store.record_hashed("/r", "b.jpg", _image("b" * 64, stat=STAT._replace(inode=3)))
+        c = store.record_hashed(
+            "/r", "c.jpg", _image("c" * 64, stat=STAT._replace(inode=4)), deciding="p1"
+        )
+        assert {r.id for r in store.unhashed("/r", key)} == {a, c}
+        assert store.undecided_due("p1", ["/r"]) == []
+        assert store.undecided_due("p2", ["/r"]) == []  # not a report under other policies
+        store.clear_undecided(a)  # decided: nothing to do
+        store.note_undecided(c, "c" * 64, "dry run", "p1")  # decided: a preview
+        assert store.unhashed("/r", key) == []
+        assert [r.id for r in store.undecided_due("p1", ["/r"])] == [c]
+        store.record_hashed("/r", "b.jpg", _image("b" * 64, stat=STAT._replace(inode=3)), "p1")
+        assert [r.id for r in store.unhashed("/r", key)] == [b]
+        store.record_hashed("/r", "b.jpg", _image("d" * 64, stat=STAT._replace(inode=3)))
+        assert store.unhashed("/r", key) == []  # the note is for bytes no longer there
+
+
+def test_a_schema_12_database_keeps_its_undecided_rows_and_takes_deciding_notes(
+    tmp_path: Path,
+) -> None:
+    """Migration 12 → 13 rebuilds `undecided` for its new CHECK, every row kept."""
+    path = tmp_path / "d.db"
+    conn = sqlite3.connect(path)
+    for version, script in enumerate(store_module.MIGRATIONS[:12]):
+        conn.executescript(script + f"; PRAGMA user_version = {version + 1};")
+    conn.execute(
+        "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, state,"
+        " first_seen, updated) VALUES (1, '/r', 'a.jpg', 1, 2, 3, 4, 'x', 'ok', 0, 0)"
+    )
+    conn.execute(
+        "INSERT INTO undecided (file_id, sha256, why, policies, seq, created)"
+        " VALUES (1, 'x', 'dry run', 'p', 7, 0)"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT OR REPLACE INTO undecided (file_id, sha256, why, policies, seq, created)"
+            " VALUES (1, 'x', 'deciding', 'p', 8, 0)"
+        )
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert [r.id for r in store.undecided_due("p", ["/r"])] == [1]
+        store.note_undecided(1, "x", "deciding", "p")
+        assert [r.id for r in store.unhashed("/r", "phash:16")] == [1]  # and has no hash
+        store.db.execute("INSERT INTO hashes (file_id, hasher, bits) VALUES (1, 'phash:16', x'01')")
+        assert [r.id for r in store.unhashed("/r", "phash:16")] == [1]  # deciding, still
+        assert store.undecided_due("p", ["/r"]) == []
