@@ -42,6 +42,7 @@ from dedupd.config import Config, load_config
 from dedupd.control import ControlServer
 from dedupd.engine import (
     Ingest,
+    Interrupted,
     start_pool,
 )
 from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundError, StoreError
@@ -283,7 +284,7 @@ class Daemon:
         self.config = config
         self.roots = [root_key(r.path) for r in config.roots]
         self.ingest = Ingest(self.store, config, self.roots, self.actions, load_crops=False)
-        self.ingest.waiting = self._heartbeat
+        self.ingest.waiting = self._waiting
         self.pipeline.configure(config, self.roots, self.store, self.ingest)
         self._start_pool(config)
         self.watcher = Watcher(clock=self.clock, wake=self._wake.set)
@@ -360,6 +361,8 @@ class Daemon:
                     self._guarded(step)
                 self._heartbeat()
                 self._guarded(self._collect)
+        except Interrupted as exc:  # stopped while the start's own decisions waited
+            log.info("decision_deferred", reason=str(exc), detail="decided at the next start")
         finally:
             self._shutdown()
         return self._exit_code
@@ -440,6 +443,8 @@ class Daemon:
         reconcile."""
         try:
             step()
+        except Interrupted as exc:  # stopping: the loop ends after this turn
+            log.info("decision_deferred", reason=str(exc), detail="decided at the next start")
         except Exception:
             log.exception("loop_step_failed", step=step.__name__)
             self.stats.errors += 1
@@ -459,6 +464,14 @@ class Daemon:
         if now - self._last_status >= 2.0:
             self.notifier.send(self._status())
             self._last_status = now
+
+    def _waiting(self) -> None:
+        """While the crop stage waits for the crop index's load: the heartbeat, and a stop
+        acted on now (systemd would otherwise SIGKILL a daemon still waiting at
+        TimeoutStopSec). The upload being decided is decided by the next start."""
+        self._heartbeat()
+        if self._stop_flag:
+            raise Interrupted("stopping while the crop stage waits for the crop index")
 
     def _fail_pending_commands(self) -> None:
         for _, future in self._pending_commands():

@@ -118,6 +118,12 @@ class Outcome:
     result: str
 
 
+class Interrupted(Exception):
+    """Raised by `Ingest.waiting` to give up a wait (the daemon is stopping). The newcomer
+    being decided keeps its 'deciding' note, so the next start hashes and decides it; it is
+    never recorded as a failure (`ingest_guarded` lets this through)."""
+
+
 class Ingest:
     """Owns the store writes, the index, matching and decisions. One thread only.
 
@@ -139,7 +145,8 @@ class Ingest:
         self.store, self.config, self.roots, self.actions = store, config, list(roots), actions
         # Called about once a second while the crop stage waits for the crop index's load (a
         # minute or more for a large library read from a cold disk): the daemon feeds
-        # systemd's watchdog meanwhile, which would otherwise kill it mid-wait.
+        # systemd's watchdog meanwhile, which would otherwise kill it mid-wait, and raises
+        # Interrupted to stop at once instead of at the load's end.
         self.waiting: Callable[[], object] = lambda: None
         # Held for each index read or change, never across decoding or file moves: the
         # control socket's threads query the index while this thread ingests.
@@ -214,13 +221,20 @@ class Ingest:
         return self._threshold_of(self.policies.get(root, self.default_policy))
 
     def close(self) -> None:
-        """Let a background index rebuild finish (so no thread outlives its owner)."""
+        """Let a background index rebuild finish (so no thread outlives its owner), except
+        the crop index's start-up load: it only reads, through a read-only connection of its
+        own, and takes a minute or more on a large library from a cold disk, which a stop
+        (systemd's TimeoutStopSec) must not wait for. Its daemon thread ends with the
+        process, or when its read is done."""
+        crops_loading = self.crops.loading
         self.index.join_rebuild()  # the long wait, without blocking searches
-        self.crops.join_rebuild()
+        if not crops_loading:
+            self.crops.join_rebuild()
         self.frames.join_rebuild()
         with self.lock:
             self.index.finish_rebuild(wait=True)
-            self.crops.finish_rebuild(wait=True)
+            if not crops_loading:
+                self.crops.finish_rebuild(wait=True)
             self.frames.finish_rebuild(wait=True)
 
     def start_crop_load(self) -> None:
@@ -231,6 +245,13 @@ class Ingest:
             return
         self._crops_load_started = time.monotonic()
         self.crops.start_load(self._read_crop_words)
+
+    def load_crops_now(self) -> None:
+        """Wait for the crop index's start-up load and swap it in: for a one-shot reader
+        (`dedupctl search` without a daemon) that asks the crop index at once."""
+        self.start_crop_load()
+        self.crops.join_rebuild()
+        self.swap_finished()
 
     @property
     def crops_loading(self) -> bool:
@@ -1088,6 +1109,8 @@ def ingest_guarded(
     logged and the next reconcile tries the file again."""
     try:
         return ingest.ingest(entry, result), result
+    except Interrupted:
+        raise  # not this file's failure: it is decided by the next start
     except Exception as exc:
         log.exception("ingest_failed", path=entry.path)
         failure = Failure("internal", f"{type(exc).__name__}: {exc}")

@@ -483,7 +483,8 @@ class LocalService:
 
         with self._reader() as store:
             ingest = Ingest(store, self.config, roots=queries.all_roots(store))
-            ingest.close()  # the crop index loaded, swapped in on this thread
+            ingest.load_crops_now()  # swapped in on this thread
+            ingest.close()
             query = {"hash": bits.hex(), "sha256": sha256}
             return queries.search(
                 store,

@@ -1104,6 +1104,80 @@ def test_a_reload_that_turns_crops_on_gives_the_workers_the_new_setting(env: Env
         assert store.features_of([second.id], FEATURES_KEY)
 
 
+def test_a_stop_while_the_crop_stage_waits_for_the_crop_index_is_acted_on_at_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (`systemctl stop`, a restart) while the first upload's crop stage waits for
+    the crop index's load stops the daemon within a second or so, not when the load ends
+    (systemd would SIGKILL it at TimeoutStopSec first). The upload keeps its 'deciding'
+    note: the next start decides it."""
+    from dedupd import engine
+
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
+    release = threading.Event()
+    real = engine._feature_words
+
+    def held(*args: Any) -> Any:
+        release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_feature_words", held)
+    try:
+        with structlog.testing.capture_logs() as logs, running(env) as daemon:
+            photos.copy(photos.photo("coffee"), env.root / "IMG_2.jpg")
+            wait_for(lambda: any(e["event"] == "crop_stage_waits" for e in logs), what="wait")
+            daemon.note_signal(signal.SIGTERM)
+            stopped = lambda: any(e["event"] == "stopped" for e in logs)  # noqa: E731
+            wait_for(stopped, timeout=10, what="the stop, the load still held")
+            assert not release.is_set()
+    finally:
+        release.set()
+    assert [e["event"] for e in logs if e["event"] == "decision_deferred"] == [
+        "decision_deferred"
+    ]
+    assert not any(e["event"] == "ingest_failed" for e in logs)  # not the file's failure
+    assert env.state(env.root / "IMG_2.jpg") == "ok" and _quarantines(env) == []
+    monkeypatch.setattr(engine, "_feature_words", real)
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the copy decided")
+    assert env.state(env.root / "IMG_2.jpg") == "quarantined"
+
+
+def test_a_stop_during_the_crop_index_load_does_not_wait_for_the_load(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crop index's start-up load only reads (a connection of its own) and takes a
+    minute or more on a large library from a cold disk: a daemon stopped meanwhile, with no
+    upload at all, ends without waiting for it."""
+    from dedupd import engine
+
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
+    release, reading = threading.Event(), threading.Event()
+    real = engine._feature_words
+
+    def held(*args: Any) -> Any:
+        reading.set()
+        release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_feature_words", held)
+    try:
+        with structlog.testing.capture_logs() as logs, running(env) as daemon:
+            assert reading.wait(10)
+            assert daemon.ingest.crops_loading
+            daemon.request_stop()
+            stopped = lambda: any(e["event"] == "stopped" for e in logs)  # noqa: E731
+            wait_for(stopped, timeout=10, what="the stop, the load still held")
+            assert not release.is_set()
+    finally:
+        release.set()
+
+
 def test_photos_stored_without_features_are_hashed_again_once_when_crops_turn_on(
     env: Env,
 ) -> None:
