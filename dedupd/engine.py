@@ -539,7 +539,11 @@ class Ingest:
             if not self.crops.join_rebuild(timeout=1.0):
                 log.info("crop_stage_waits", detail="for the crop index's start-up load")
                 while not self.crops.join_rebuild(timeout=1.0):
-                    self.waiting()
+                    try:
+                        self.waiting()
+                    except Interrupted:
+                        self.store.deferred(newcomer.id)  # put off, not a failed attempt
+                        raise
             self.swap_finished()
         with self.lock:
             self.crops.finish_rebuild()
@@ -1069,6 +1073,15 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
+        for record, attempts in store.abandon_deciding(root):
+            log.warning(
+                "decision_abandoned",
+                path=str(record.path),
+                attempts=attempts,
+                detail="dedupd stopped while deciding this file each time it was recorded "
+                "(a crash in its decision, or kills); it stays in place, undecided, until "
+                "it changes",
+            )
         plan = reconcile(store, root, entries, hasher_keys, clips, features)
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)

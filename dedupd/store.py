@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 __all__ = [
+    "DECIDING_ATTEMPTS",
     "SCHEMA_VERSION",
     "ActionRecord",
     "FileRecord",
@@ -270,15 +271,20 @@ MIGRATIONS: tuple[str, ...] = (
     # 12 → 13: a file is noted 'deciding' in the transaction that records its hashes, and the
     # note is replaced or cleared by its decision: a file recorded by a process that died
     # before deciding it (a kill, a crash, a power cut) is hashed and decided again by the
-    # next start instead of being taken as settled. The CHECK changes: the table is rebuilt.
+    # next start instead of being taken as settled. `attempts` counts the records of these
+    # bytes that no decision followed; at DECIDING_ATTEMPTS the note becomes 'abandoned' (a
+    # file whose decision crashes the process must not crash it at every start). The CHECK
+    # changes: the table is rebuilt.
     """
     CREATE TABLE undecided_13 (
         file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
         sha256 TEXT NOT NULL,
-        why TEXT NOT NULL CHECK (why IN ('dry run', 'report', 'failed', 'deciding')),
+        why TEXT NOT NULL
+            CHECK (why IN ('dry run', 'report', 'failed', 'deciding', 'abandoned')),
         policies TEXT NOT NULL,
         seq INTEGER NOT NULL,
-        created REAL NOT NULL
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
     );
     INSERT INTO undecided_13 (file_id, sha256, why, policies, seq, created)
         SELECT file_id, sha256, why, policies, seq, created FROM undecided;
@@ -333,8 +339,14 @@ def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
 
 # Why a file's decision is still to make: a dry run previewed it, its action failed, it was
 # only reported (decided again when the policies change), or it was recorded and its
-# decision never came (`deciding`: written with the record, replaced by the decision).
-Undecided = Literal["dry run", "report", "failed", "deciding"]
+# decision never came (`deciding`: written with the record, replaced by the decision;
+# `abandoned` after DECIDING_ATTEMPTS such records of the same bytes).
+Undecided = Literal["dry run", "report", "failed", "deciding", "abandoned"]
+# How many times a file is recorded for a decision that never comes before it is given up
+# (`Store.abandon_deciding`): once is a kill or a power cut; three times in a row is a file
+# whose decision kills the process (native code on the writer thread), which would
+# otherwise crash the daemon at every start.
+DECIDING_ATTEMPTS = 3
 ActionKind = Literal["quarantine", "delete", "restore", "purge"]
 ActionState = Literal["planned", "done", "failed", "rolled_back"]
 
@@ -760,8 +772,9 @@ class Store:
             params.append(video)
         lacking += (
             " OR EXISTS (SELECT 1 FROM undecided u WHERE u.file_id = f.id"
-            " AND u.why = 'deciding' AND u.sha256 = f.sha256)"
+            " AND u.why = 'deciding' AND u.sha256 = f.sha256 AND u.attempts < ?)"
         )
+        params.append(DECIDING_ATTEMPTS)
         return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", params)
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
@@ -1011,7 +1024,7 @@ class Store:
                     [dict(file_id=file_id, **image.features._asdict())], pk=("file_id",)
                 )
             if deciding is not None:
-                self._note_undecided(file_id, image.sha256, "deciding", deciding)
+                self._note_deciding(file_id, image.sha256, deciding)
         return file_id
 
     def record_video(
@@ -1041,7 +1054,7 @@ class Store:
                 (file_id, clip.key, b"".join(clip.frames), json.dumps(clip.times), clip.sampled),
             )
             if deciding is not None:
-                self._note_undecided(file_id, clip.sha256, "deciding", deciding)
+                self._note_deciding(file_id, clip.sha256, deciding)
         return file_id
 
     def video_frames(self, file_id: int, key: str) -> VideoFrames | None:
@@ -1473,6 +1486,56 @@ class Store:
             " VALUES (?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM undecided), ?)",
             (file_id, sha256, why, policies, self._now()),
         )
+
+    def _note_deciding(self, file_id: int, sha256: str, policies: str) -> None:
+        """Note a decision to come; one more attempt when the last note of these bytes was
+        one too (its decision never came)."""
+        self.db.execute(
+            "INSERT INTO undecided (file_id, sha256, why, policies, seq, created, attempts)"
+            " VALUES (?, ?, 'deciding', ?, (SELECT coalesce(max(seq), 0) + 1 FROM undecided),"
+            " ?, 1) ON CONFLICT (file_id) DO UPDATE SET"
+            " attempts = CASE WHEN why = 'deciding' AND sha256 = excluded.sha256"
+            " THEN attempts + 1 ELSE 1 END, why = 'deciding', sha256 = excluded.sha256,"
+            " policies = excluded.policies, seq = excluded.seq, created = excluded.created",
+            (file_id, sha256, policies, self._now()),
+        )
+
+    def deferred(self, file_id: int) -> None:
+        """The decision noted for `file_id` was put off on purpose (the daemon stopping):
+        that record is no attempt that failed."""
+        with self._write():
+            self.db.execute(
+                "UPDATE undecided SET attempts = attempts - 1"
+                " WHERE file_id = ? AND why = 'deciding' AND attempts > 0",
+                (file_id,),
+            )
+
+    def abandon_deciding(self, root: str) -> list[tuple[FileRecord, int]]:
+        """Give up the decisions under `root` that were attempted DECIDING_ATTEMPTS times and
+        never came (the note becomes 'abandoned': no longer hashed again for it); returns
+        those files with their attempts. Recording the file again (it changed) starts
+        over."""
+        found = self._files(
+            "f.root = ? AND f.state = 'ok' AND EXISTS (SELECT 1 FROM undecided u"
+            " WHERE u.file_id = f.id AND u.why = 'deciding' AND u.sha256 = f.sha256"
+            " AND u.attempts >= ?)",
+            [to_db(root), DECIDING_ATTEMPTS],
+        )
+        if not found:
+            return []
+        attempts: dict[int, int] = {}
+        with self._write():
+            for chunk, marks in _chunks(r.id for r in found):
+                attempts |= dict(
+                    self.db.execute(
+                        f"SELECT file_id, attempts FROM undecided WHERE file_id IN ({marks})",
+                        chunk,
+                    ).fetchall()
+                )
+                self.db.execute(
+                    f"UPDATE undecided SET why = 'abandoned' WHERE file_id IN ({marks})", chunk
+                )
+        return [(r, attempts[r.id]) for r in found]
 
     def clear_undecided(self, file_id: int) -> None:
         with self._write():

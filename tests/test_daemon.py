@@ -34,7 +34,7 @@ from dedupd.control import ControlClient
 from dedupd.daemon import Daemon, Notifier
 from dedupd.errors import ConfigError
 from dedupd.features import FEATURES_KEY
-from dedupd.store import ActionRecord, FileRecord, Store
+from dedupd.store import DECIDING_ATTEMPTS, ActionRecord, FileRecord, Store
 from tests import photos, workers
 from tests.test_config import yaml_bomb
 
@@ -652,6 +652,85 @@ def test_an_upload_recorded_by_a_daemon_killed_before_its_decision_is_decided_at
     assert (env.root / "IMG_1.jpg").exists()
 
 
+# `dedupd run` whose decision of one file kills the process, as a crash in native code on the
+# writer thread (OpenCV, numpy) on that file's data would.
+_POISONED_DECISION = """
+import os, signal, sys
+from dedupd import engine
+from dedupd.cli import dedupd
+
+real = engine.Ingest._match_and_decide
+
+def poisoned(self, file_id, path, *args):
+    if os.path.basename(path) == "poison.jpg":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, file_id, path, *args)
+
+if __name__ == "__main__":
+    engine.Ingest._match_and_decide = poisoned
+    dedupd(["run", "--config", sys.argv[1]], prog_name="dedupd")
+"""
+
+
+def test_a_file_whose_decision_kills_the_daemon_is_given_up_after_three_starts(
+    env: Env,
+) -> None:
+    """A file recorded for a decision that never comes is hashed and decided again by the
+    next start; one whose decision kills the process would so kill it at every start (a
+    crash loop under systemd's Restart=). After DECIDING_ATTEMPTS starts the decision is
+    given up, logged (`decision_abandoned`), and the daemon runs on: the file stays in
+    place, the next upload is decided."""
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
+    photos.copy(photos.photo("coffee"), env.root / "poison.jpg")  # a duplicate to decide
+    script = env.tmp / "poisoned.py"
+    script.write_text(_POISONED_DECISION)
+    def start(n: int) -> bool:
+        """Start the poisoned daemon; True if its decision killed it, else (the decision
+        given up) upload a duplicate, see it decided, stop it with SIGTERM: False."""
+        log = env.tmp / f"start-{n}.log"
+        with log.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(script), str(env.config)],
+                stderr=err,
+                start_new_session=True,
+            )
+        try:
+            wait_for(
+                lambda: proc.poll() is not None or "decision_abandoned" in log.read_text(),
+                timeout=60,
+                what=f"start {n}: killed by the poisoned decision, or the decision given up",
+            )
+            if proc.poll() is not None:
+                assert proc.returncode == -signal.SIGKILL, log.read_text()
+                return True
+            wait_for(lambda: '"started"' in log.read_text(), what="the daemon running on")
+            photos.copy(photos.photo("chelsea"), env.root / "IMG_2.jpg")
+            photos.copy(photos.photo("chelsea"), env.root / "IMG_3.jpg")
+            wait_for(lambda: env.state(env.root / "IMG_3.jpg") == "quarantined", timeout=30)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text()
+            return False
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers too, however it ended
+            proc.wait(timeout=10)
+
+    deaths = sum(start(n) for n in range(DECIDING_ATTEMPTS + 1))
+    assert deaths == DECIDING_ATTEMPTS
+    abandoned = [
+        json.loads(line)
+        for line in (env.tmp / f"start-{DECIDING_ATTEMPTS}.log").read_text().splitlines()
+        if '"decision_abandoned"' in line
+    ]
+    assert [(Path(e["path"]).name, e["attempts"]) for e in abandoned] == [
+        ("poison.jpg", DECIDING_ATTEMPTS)
+    ]
+    assert (env.root / "poison.jpg").exists() and env.state(env.root / "poison.jpg") == "ok"
+    assert (env.root / "IMG_1.jpg").exists() and (env.root / "IMG_2.jpg").exists()
+
+
 def test_a_symlink_in_a_root_is_never_a_keeper(env: Env) -> None:
     """Only the files really in the root count: a link to a photo elsewhere is ignored, so the
     real upload of that photo is kept."""
@@ -1140,6 +1219,10 @@ def test_a_stop_while_the_crop_stage_waits_for_the_crop_index_is_acted_on_at_onc
     ]
     assert not any(e["event"] == "ingest_failed" for e in logs)  # not the file's failure
     assert env.state(env.root / "IMG_2.jpg") == "ok" and _quarantines(env) == []
+    with Store(env.db) as store:  # put off on purpose: no attempt counted against it
+        assert store.db.execute("SELECT why, attempts FROM undecided").fetchall() == [
+            ("deciding", 0)
+        ]
     monkeypatch.setattr(engine, "_feature_words", real)
     with running(env) as daemon:
         wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the copy decided")

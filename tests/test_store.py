@@ -13,7 +13,7 @@ import pytest
 from dedupd import store as store_module
 from dedupd.errors import StoreError
 from dedupd.imaging import FileStat, HashedImage
-from dedupd.store import SCHEMA_VERSION, RatedHash, Store, from_db, to_db
+from dedupd.store import DECIDING_ATTEMPTS, SCHEMA_VERSION, RatedHash, Store, from_db, to_db
 
 STAT = FileStat(1, 100, 2048, 1_700_000_000_000_000_000)
 
@@ -431,3 +431,42 @@ def test_a_schema_12_database_keeps_its_undecided_rows_and_takes_deciding_notes(
         store.db.execute("INSERT INTO hashes (file_id, hasher, bits) VALUES (1, 'phash:16', x'01')")
         assert [r.id for r in store.unhashed("/r", "phash:16")] == [1]  # deciding, still
         assert store.undecided_due("p", ["/r"]) == []
+
+
+def test_a_decision_that_never_comes_is_given_up_after_its_attempts(tmp_path: Path) -> None:
+    """Each record of the same bytes whose decision never came is one more attempt; at
+    DECIDING_ATTEMPTS the reconcile stops asking for the file (`unhashed`) and
+    `abandon_deciding` turns the note to 'abandoned'. An attempt put off on purpose
+    (`deferred`) does not count; new bytes, or a decision made, start over."""
+    key, root = "phash:16", "/r"
+
+    def attempts(file_id: int) -> tuple[str, int] | None:
+        row = store.db.execute(
+            "SELECT why, attempts FROM undecided WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed(root, "a.jpg", _image("a" * 64), deciding="p")
+        store.record_hashed(root, "a.jpg", _image("a" * 64), deciding="p")
+        assert attempts(a) == ("deciding", 2)
+        store.deferred(a)
+        assert attempts(a) == ("deciding", 1)
+        for n in range(2, DECIDING_ATTEMPTS + 1):
+            store.record_hashed(root, "a.jpg", _image("a" * 64), deciding="p")
+            assert attempts(a) == ("deciding", n)
+            due = [a] if n < DECIDING_ATTEMPTS else []
+            assert [r.id for r in store.unhashed(root, key)] == due
+        assert store.abandon_deciding("/elsewhere") == []
+        ((record, tried),) = store.abandon_deciding(root)
+        assert (record.id, tried) == (a, DECIDING_ATTEMPTS)
+        assert attempts(a) == ("abandoned", DECIDING_ATTEMPTS)
+        assert store.abandon_deciding(root) == [] and store.unhashed(root, key) == []
+        assert store.undecided_due("other policies", [root]) == []
+        store.record_hashed(root, "a.jpg", _image("a" * 64), deciding="p")  # it changed
+        assert attempts(a) == ("deciding", 1)
+        store.record_hashed(root, "a.jpg", _image("b" * 64), deciding="p")  # new bytes
+        assert attempts(a) == ("deciding", 1)
+        store.note_undecided(a, "b" * 64, "report", "p")  # decided: reported
+        store.record_hashed(root, "a.jpg", _image("b" * 64), deciding="p")
+        assert attempts(a) == ("deciding", 1)
