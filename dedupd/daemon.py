@@ -184,6 +184,9 @@ class Daemon:
         for fn, future in self._pending_commands():
             try:
                 future.set_result(fn())
+            except Interrupted as exc:  # a reload's decisions, put off: the daemon stops
+                log.info("decision_deferred", reason=str(exc), detail="decided at the next start")
+                future.set_exception(DaemonStopping("dedupd is stopping"))
             except BaseException as exc:  # the requester gets it; the daemon goes on
                 future.set_exception(exc)
 
@@ -641,6 +644,8 @@ class Daemon:
         try:
             self.actions = Actions(self.store, config.quarantine.path)
             self._configure(config)
+        except Interrupted:  # stopping: the new config's work is done by the next start
+            raise
         except Exception as exc:  # e.g. the database was locked: go back to the old config
             log.exception("reload_failed", detail="restoring the running config")
             try:

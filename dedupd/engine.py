@@ -176,7 +176,10 @@ class Ingest:
         # first crop stage waits for it (`_crops`), so no newcomer is matched against half an
         # index; an idle daemon swaps it in by itself (`swap_finished`).
         path, roots = store.path, list(self.roots)
-        self._read_crop_words = lambda: _feature_words(path, roots)
+        # Set by `close`: a start-up load still reading stops at its next chunk (a reload,
+        # or a stop, must not leave a second 1 GB index being built beside the next one).
+        self._closing = threading.Event()
+        self._read_crop_words = lambda: _feature_words(path, roots, self._closing.is_set)
         self._crops_load_started: float | None = None
         if load_crops:
             self.start_crop_load()
@@ -226,6 +229,7 @@ class Ingest:
         own, and takes a minute or more on a large library from a cold disk, which a stop
         (systemd's TimeoutStopSec) must not wait for. Its daemon thread ends with the
         process, or when its read is done."""
+        self._closing.set()
         crops_loading = self.crops.loading
         self.index.join_rebuild()  # the long wait, without blocking searches
         if not crops_loading:
@@ -347,15 +351,40 @@ class Ingest:
         if isinstance(result, HashedVideo):
             return self._ingest_video(entry, result)
         place = (entry.root, entry.relpath)
-        again = self._confirming.pop(place, None) if entry.full_decode else None
+        # a full decode no hold waits for (any more) is stored only, as another file's
+        again = self._confirming.pop(place, False) if entry.full_decode else None
+        # Only stored and indexed, not decided: the other file of a held match (its hashes
+        # are now a full decode's), or a photo decided before that lacked what the config
+        # now adds (deciding it again would take it for a newcomer among the photos that
+        # arrived after it), unless its bytes are not those its record was decided on.
+        fill = again is False
+        if entry.rehash == "fill":
+            before = self.store.record(entry.root, entry.relpath)
+            fill = before is not None and before.sha256 == result.sha256
         # Noted 'deciding' with the record, unless no decision follows: a process that dies
         # before the decision leaves the note, and the next start hashes and decides it.
-        deciding = None if again is False else self.policy_key
+        deciding = None if fill else self.policy_key
         file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
-        if again is False:  # the other file of a held match: its hashes are now a full decode's
+        if fill:
             with self.lock:
                 self.index.add([file_id], [result.hashes[self.hasher.key]])
-            self.index_crop_words(file_id)  # and its crop words, from the full decode's features
+            if entry.rehash != "fill":
+                self.index_crop_words(file_id)  # and its crop words, from the full decode's
+                return None
+            # Features it lacked: the crops among the photos stored before are found and
+            # recorded (shown by `groups`, `search`), never acted on: it was decided when it
+            # arrived. Its near and exact matches are no crop candidates, as for a newcomer.
+            newcomer = self.store.file(file_id)
+            assert newcomer is not None  # just written by this thread
+            matched = {m.other.id for m in self.store.matches_of(file_id, self.hasher.key)}
+            found = self._crops(newcomer, matched)
+            if found:
+                log.info(
+                    "crops_recorded",
+                    path=entry.path,
+                    crops=sorted(str(r.path) for r in self.store.files(found).values()),
+                    detail="hashed again for its crop features; decided when it arrived",
+                )
             return None
         if again:
             log.info("decision_confirming", path=entry.path, by="full decode")
@@ -752,18 +781,25 @@ class Ingest:
             return None
         for r in involved.values():
             if r.id in thumbs and r.id != newcomer.id:
-                self._confirming[r.root, r.relpath] = False
-                self.confirm.append(Entry(r.root, r.relpath, r.stat, full_decode=True))
-        self._confirming[newcomer.root, newcomer.relpath] = True
-        self.confirm.append(
-            Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
-        )
+                self._confirm(r, decide=False)
+        self._confirm(newcomer, decide=True)
         self.store.mark_stale(newcomer.id)  # hashed again next run if this one stops first
         names = ", ".join(sorted(str(involved[i].path) for i in thumbs))
         return (
             f"held: hashed from an embedded thumbnail ({names}); decided again after a full"
             " decode"
         )
+
+    def _confirm(self, record: FileRecord, decide: bool) -> None:
+        """Queue `record`'s full decode once while one is pending; `decide`: its own decision
+        waits for it (never undone by another hold naming it)."""
+        place = (record.root, record.relpath)
+        pending = place in self._confirming
+        self._confirming[place] = decide or self._confirming.get(place, False)
+        if not pending:
+            self.confirm.append(
+                Entry(record.root, record.relpath, record.stat, full_decode=True)
+            )
 
     def _still_of(self, target: FileRecord | None) -> FileRecord | None:
         """The Live Photo still whose motion file `target` is, if it is one: a decision to
@@ -969,14 +1005,14 @@ def _resolution(
 
 
 def _feature_words(
-    path: Path, roots: Sequence[str]
+    path: Path, roots: Sequence[str], stop: Callable[[], bool] = lambda: False
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint16]]:
     """What the crop index loads at start (`Store.feature_words`), through a read-only
-    connection of the loading thread's own."""
+    connection of the loading thread's own; `stop()` cancels it between chunks."""
     from dedupd.features import FEATURES_KEY
 
     with Store(path, readonly=True) as store:
-        return store.feature_words(FEATURES_KEY, roots)
+        return store.feature_words(FEATURES_KEY, roots, stop)
 def _about(detail: dict[str, object] | None, file_id: int, other: int) -> dict[str, object] | None:
     """A clip match's detail as stored: it names the clip it describes (`file`) and, for a
     clip inside another, the one that holds the other (`container`)."""

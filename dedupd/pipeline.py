@@ -368,7 +368,7 @@ class Pipeline:
         for (the record lacks a hash or features) is handled once the record is no longer a
         present file of this version: gone, moved on, or changed since (queued anew then)."""
         record = self.store.record(entry.root, entry.relpath)
-        if entry.rehash:
+        if entry.rehash is not None:
             return (
                 record is None or record.state != "ok" or not same_version(record, entry.stat)
             )

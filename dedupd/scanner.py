@@ -13,6 +13,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from dedupd.config import WatchConfig
 from dedupd.errors import NotFoundError
@@ -48,6 +49,9 @@ def path_too_long(path: str) -> bool:
     return len(path) * 4 >= PATH_MAX and len(os.fsencode(path)) >= PATH_MAX
 
 
+Rehash = Literal["fill", "decide"]
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A candidate file found on disk."""
@@ -58,9 +62,12 @@ class Entry:
     # Hash it from a full decode, never an embedded thumbnail: the confirmation a decision
     # resting on a thumbnail's hash waits for (`Ingest.confirm`).
     full_decode: bool = False
-    # Hash it although its record is this very version: the record lacks a hash or features
-    # the configuration asks for (`reconcile`'s rehash), so "unchanged" is no reason to skip.
-    rehash: bool = False
+    # Hash it although its record is this very version (`reconcile`'s rehash), so "unchanged"
+    # is no reason to skip it: "fill" when the record lacks only what the configuration adds
+    # (a second hash, crop features): stored and indexed, never decided again, since the
+    # photo was decided when it arrived; "decide" when it lacks the index's own hash (the
+    # index never held it) or its decision never came (a 'deciding' note).
+    rehash: Rehash | None = None
 
     @property
     def path(self) -> str:
@@ -207,14 +214,22 @@ def reconcile(
 
     An unchanged (dev, inode, size, mtime_ns) is never decoded again, even if it failed
     before, unless it lacks a hash of `hasher` or, given `features`, local features of that
-    kind (then it is decoded again once); a record that vanished from one path (in this
-    scan, or earlier: marked missing) while a file with its identity appeared at another is
-    a rename, followed without re-hashing. A clip needs no image hash when its frames are
-    stored under `video`.
+    kind, or its decision never came (then it is decoded again once: `Entry.rehash` says
+    whether to decide it, `hasher[0]` being the index's); a record that vanished from one
+    path (in this scan, or earlier: marked missing) while a file with its identity appeared
+    at another is a rename, followed without re-hashing. A clip needs no image hash when its
+    frames are stored under `video`.
     """
     plan = Plan()
     known = store.files_in(root)
     needs_hash = {r.id for r in store.unhashed(root, hasher, video, features)}
+    # Of those, the ones to decide again: lacking the index's own hash, or a decision.
+    main = hasher if isinstance(hasher, str) else hasher[0]
+    decide = {r.id for r in store.unhashed(root, main, video)} if needs_hash else set()
+
+    def rehash(record: FileRecord, entry: Entry) -> Entry:
+        return replace(entry, rehash="decide" if record.id in decide else "fill")
+
     appeared: list[Entry] = []
     for entry in entries:
         record = known.pop(entry.relpath, None)
@@ -223,7 +238,7 @@ def reconcile(
         elif not same_version(record, entry.stat):
             plan.changed.append(entry)
         elif record.id in needs_hash:
-            plan.rehash.append(replace(entry, rehash=True))
+            plan.rehash.append(rehash(record, entry))
         else:
             plan.unchanged += 1
     # Whatever is left in `known` vanished from its path: moved, or deleted. Keyed by the
@@ -236,7 +251,7 @@ def reconcile(
         else:
             plan.renamed.append((record, entry))
             if record.id in needs_hash:
-                plan.rehash.append(replace(entry, rehash=True))
+                plan.rehash.append(rehash(record, entry))
     plan.missing = list(vanished.values())
     return plan
 

@@ -30,6 +30,7 @@ __all__ = [
     "DECIDING_ATTEMPTS",
     "SCHEMA_VERSION",
     "ActionRecord",
+    "Cancelled",
     "FileRecord",
     "HashArrays",
     "MatchRecord",
@@ -460,6 +461,10 @@ def _read_transform(value: str | None, file_id: int, other: int) -> Transform:
         return "identity"
     t: Transform = value
     return t if file_id > other else INVERSE[t]
+
+
+class Cancelled(Exception):
+    """A long read given up on request (`Store.feature_words`: its reader was closed)."""
 
 
 class HashArrays(NamedTuple):
@@ -898,11 +903,15 @@ class Store:
         return found
 
     def feature_words(
-        self, kind: str, roots: Sequence[str] | None = None
+        self,
+        kind: str,
+        roots: Sequence[str] | None = None,
+        stop: Callable[[], bool] = lambda: False,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint16]]:
         """(file ids, word counts, words) of every present file with features of `kind`:
         each file's words (uint16) concatenated in the order of the ids, filled chunk by
-        chunk (what the crop index loads at start, without the descriptors)."""
+        chunk (what the crop index loads at start, without the descriptors). Raises
+        Cancelled when `stop()` says so between chunks."""
         import numpy as np
 
         where = (
@@ -933,6 +942,8 @@ class Store:
                 f"SELECT f.id, length(x.words), x.words{where} ORDER BY x.file_id", params
             )  # the rowid: no sort, and the index takes them in id order as they come
             while chunk := cursor.fetchmany(_HASH_CHUNK):
+                if stop():
+                    raise Cancelled(f"{self.path}: reading the crop words was cancelled")
                 n = len(chunk)
                 ids[row : row + n] = [r[0] for r in chunk]
                 counts[row : row + n] = [r[1] // 2 for r in chunk]

@@ -1229,6 +1229,50 @@ def test_a_stop_while_the_crop_stage_waits_for_the_crop_index_is_acted_on_at_onc
     assert env.state(env.root / "IMG_2.jpg") == "quarantined"
 
 
+def test_a_stop_while_a_reloads_decisions_wait_for_the_crop_index_stops_cleanly(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that turns `report` into `quarantine` decides the reported pair again, and
+    that decision waits for the new crop index's load. A stop meanwhile puts it off to the
+    next start: not a failed reload (which would configure the old config again, walking
+    every root, before stopping), and the decision is made by the next start."""
+    from dedupd import engine
+
+    env.write_config(camera="{exact: report, near: report}")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    armed, release = threading.Event(), threading.Event()
+    real = engine._feature_words
+
+    def held(*args: Any) -> Any:
+        if armed.is_set():
+            release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_feature_words", held)
+    try:
+        with structlog.testing.capture_logs() as logs, running(env) as daemon:
+            wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="IMG_1")
+            photos.copy(photos.photo("coffee"), env.root / "IMG_2.jpg")
+            wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="the report")
+            env.write_config(camera="{exact: quarantine, near: quarantine}")
+            armed.set()
+            daemon.request_reload()
+            wait_for(lambda: any(e["event"] == "crop_stage_waits" for e in logs), what="wait")
+            daemon.request_stop()
+            stopped = lambda: any(e["event"] == "stopped" for e in logs)  # noqa: E731
+            wait_for(stopped, timeout=10, what="the stop, the load still held")
+    finally:
+        release.set()
+    events = [e["event"] for e in logs]
+    assert "decision_deferred" in events
+    assert "reload_failed" not in events and "restore_after_reload_failed" not in events
+    assert _quarantines(env) == []
+    monkeypatch.setattr(engine, "_feature_words", real)
+    with running(env) as daemon:
+        wait_for(lambda: len(_quarantines(env)) == 1 and _idle(daemon), what="the decision")
+    assert [Path(q.src).name for q in _quarantines(env)] == ["IMG_2.jpg"]
+
+
 def test_a_stop_during_the_crop_index_load_does_not_wait_for_the_load(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1289,6 +1333,45 @@ def test_photos_stored_without_features_are_hashed_again_once_when_crops_turn_on
         crop = store.file_at(env.root / "coffee-crop.jpg")
         assert crop is not None
         assert [m.kind for m in store.matches_of(crop.id, FEATURES_KEY)] == ["crop"]
+
+
+@pytest.mark.parametrize("by", ["daemon", "scan"])
+def test_photos_hashed_again_for_what_the_config_adds_are_not_decided_again(
+    env: Env, by: str
+) -> None:
+    """A photo decided when it arrived and hashed again only because the configuration now
+    asks for more (crop features) is stored and indexed, never decided again: decided
+    oldest first, it would be taken for a newcomer among the photos that arrived after it.
+    Here the smaller IMG_1 came first and the better IMG_2 later: the policy reported the
+    pair (it does not act on an existing photo for a newcomer). Both lack features once
+    crops are on; before, their re-hash decided IMG_1 anew, as a newcomer to IMG_2, and
+    quarantined it."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupd
+
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    env.config.write_text(
+        env.config.read_text().replace("{workers: 2}", "{workers: 2, crops: false}")
+    )
+    first, better = env.root / "IMG_1.jpg", env.root / "IMG_2.jpg"
+    photos.resize(photos.photo("coffee"), first, 0.5)
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="IMG_1 hashed")
+        photos.copy(photos.photo("coffee"), better)
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="IMG_2 decided")
+    assert first.exists() and better.exists() and _quarantines(env) == []  # reported
+    env.write_config(camera="{exact: quarantine, near: quarantine}")  # crops on
+    if by == "daemon":
+        with running(env) as daemon:
+            wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="both again")
+    else:
+        result = CliRunner().invoke(dedupd, ["scan", "--config", str(env.config)])
+        assert result.exit_code == 0, result.output
+    assert first.exists() and better.exists() and _quarantines(env) == []
+    with Store(env.db) as store:
+        ids = [r.id for r in (store.file_at(first), store.file_at(better)) if r is not None]
+        assert sorted(store.features_of(ids, FEATURES_KEY)) == sorted(ids) and len(ids) == 2
 
 
 def test_a_crop_uploaded_after_a_restart_is_found_against_photos_stored_before(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pillow_heif
 import pillow_heif.misc
@@ -239,3 +240,51 @@ def test_a_report_on_a_thumbnail_match_is_confirmed_by_a_full_decode_too(tmp_pat
         assert results[1:] == ["reported"], results
         record = store.file_at(heic.resolve())
         assert record is not None and store.from_thumbnail([record.id]) == set()
+
+
+def test_a_held_upload_is_decided_after_its_full_decode_when_another_hold_involves_it(
+    tmp_path: Path,
+) -> None:
+    """B (a thumbnail-hashed HEIC) is held: its own decision waits for its full decode.
+    Before that comes back, C's held decision names B as its keeper, which queues B's full
+    decode too, as "another file of a held match" (stored, not decided). That must not
+    cancel B's own decision: before, B's full decode was only stored, and B, a duplicate,
+    stayed undecided for good (its note a report; its stat, marked stale, written back)."""
+    from dedupd.engine import Ingest
+    from dedupd.imaging import FileStat
+    from dedupd.policy import Decision
+    from dedupd.scanner import Entry
+
+    root = (tmp_path / "photos").resolve()
+    root.mkdir()
+    _picture("rocket").save(root / "K.jpg", quality=95)
+    _older(root / "K.jpg")
+    b = write_heic(root / "B.HEIC", _picture("rocket"))
+    c = write_heic(root / "C.HEIC", _picture("rocket").resize((900, 675)))
+    config = _config(tmp_path, root)
+
+    def entry(path: Path, full: bool = False) -> Entry:
+        return Entry(str(root), path.name, FileStat.of(os.stat(path)), full_decode=full)
+
+    def hashed(path: Path, full: bool = False) -> Any:
+        return hash_image(str(path), HASHERS, max_pixels=10**9, thumbnails=not full)
+
+    with Store(config.database) as store:
+        for path in (root / "K.jpg", b, c):  # stored, then indexed by the Ingest
+            store.record_hashed(str(root), path.name, hashed(path))
+        ingest = Ingest(store, config, [str(root)], Actions(store, tmp_path / "q"))
+        try:
+            k_rec, b_rec, c_rec = (store.file_at(p) for p in (root / "K.jpg", b, c))
+            assert k_rec and b_rec and c_rec
+            own = Decision("quarantine", "near", target=b_rec, keeper=k_rec, kind="near")
+            assert ingest._hold_for_full_decode(b_rec, own) is not None
+            other = Decision("quarantine", "near", target=c_rec, keeper=b_rec, kind="near")
+            assert ingest._hold_for_full_decode(c_rec, other) is not None
+            queued = [(e.relpath, e.full_decode) for e in ingest.confirm]
+            assert sorted(queued) == [("B.HEIC", True), ("C.HEIC", True)]  # B once
+            outcome = ingest.ingest(entry(b, full=True), hashed(b, full=True))
+            assert outcome is not None and outcome.decision.action == "quarantine"
+            assert outcome.decision.target is not None
+            assert outcome.decision.target.relpath == "B.HEIC"
+        finally:
+            ingest.close()
