@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -206,12 +206,29 @@ class Ingest:
         # Files a dry run would have moved: gone for the rest of this run's decisions, as
         # after a real move, so that a dry run previews what a real run does.
         self._gone_in_preview: set[int] = set()
+        # Files recorded by an earlier run whose decision it never made (or whose index hash
+        # it lacked), queued to be hashed and decided again, oldest first: until each is,
+        # they have not "arrived" for the newcomers decided before them, as in the run that
+        # was stopped (a near copy re-decided after its later exact copy would otherwise be
+        # matched to that copy and left beside its original).
+        self._awaiting: set[int] = set()
         # Files to hash again in full before a decision that rests on a thumbnail's hash may
         # move anything: whoever feeds the pool takes them from here (`Entry.full_decode`).
         # _confirming: their (root, relpath) → whether their own decision is made again once
         # hashed (known before the record is written: see `ingest`).
         self.confirm: deque[Entry] = deque()
         self._confirming: dict[tuple[str, str], bool] = {}
+
+    @property
+    def _not_yet(self) -> set[int]:
+        """Files no newcomer is matched against now: see `redecide`, `_gone_in_preview`,
+        `_awaiting`."""
+        return self._pending | self._gone_in_preview | self._awaiting
+
+    def await_decisions(self, file_ids: Iterable[int]) -> None:
+        """`file_ids` are queued to be decided again (`Reconciled.awaiting`): no candidates
+        for the newcomers ingested before them."""
+        self._awaiting.update(file_ids)
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -337,6 +354,7 @@ class Ingest:
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
+            self._awaiting.discard(file_id)
             self.unindex([file_id])
             return None
         gone = self._moved_away(entry, result.sha256)
@@ -365,6 +383,7 @@ class Ingest:
         # before the decision leaves the note, and the next start hashes and decides it.
         deciding = None if fill else self.policy_key
         file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
+        self._awaiting.discard(file_id)
         if fill:
             with self.lock:
                 self.index.add([file_id], [result.hashes[self.hasher.key]])
@@ -468,8 +487,9 @@ class Ingest:
                 if turned and m.distance <= radius and m.other.root in self.roots:
                     found.setdefault(m.other.id, (m.distance, "near", m.transform))
         found.pop(file_id, None)
-        for other in [i for i in found if i in self._pending or i in self._gone_in_preview]:
-            del found[other]  # came later (see `redecide`), or "moved" by a dry run
+        not_yet = self._not_yet
+        for other in [i for i in found if i in not_yet]:
+            del found[other]  # came later (`redecide`, `_awaiting`), or "moved" by a dry run
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
@@ -562,7 +582,7 @@ class Ingest:
             self.store.replace_matches(newcomer.id, self.crop_key, [])
             return {}
         words = mine.words
-        exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
+        exclude = matched | self._not_yet | {newcomer.id}
         self.start_crop_load()
         if self.crops.loading:  # the first newcomer of a run waits for the load
             if not self.crops.join_rebuild(timeout=1.0):
@@ -691,6 +711,7 @@ class Ingest:
         """Record a clip; match it against the indexed clips by its frames and apply its
         root's policy."""
         file_id = self.store.record_video(entry.root, entry.relpath, clip, self.policy_key)
+        self._awaiting.discard(file_id)
         return self._match_and_decide_clip(file_id, entry.path, clip.sha256, clip.frames)
 
     def clip_matches(
@@ -732,7 +753,8 @@ class Ingest:
         for other, match in self.clip_matches(frames).items():
             found.setdefault(other, match)
         found.pop(file_id, None)
-        for other in [i for i in found if i in self._pending or i in self._gone_in_preview]:
+        not_yet = self._not_yet
+        for other in [i for i in found if i in not_yet]:
             del found[other]
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}
@@ -1056,6 +1078,7 @@ class Reconciled:
     work: list[Entry]  # to hash, oldest first
     gone: list[int]  # ids that left the index (deleted, or replaced by a rename)
     revived: list[int]  # ids marked missing before that turned up again (a move)
+    awaiting: list[int] = field(default_factory=list)  # in `work`, to decide again
 
 
 def _present_count(store: Store, root: str) -> int:
@@ -1130,6 +1153,7 @@ def reconcile_roots(
         report.renamed += len(plan.renamed)
         report.missing += len(plan.missing)
         done.work += plan.to_hash
+        done.awaiting += plan.awaiting
     done.work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
     return done
 
@@ -1226,8 +1250,10 @@ def scan(
     and report duplicate groups."""
     started = clock()
     report = ScanReport(roots=[])
-    work = reconcile_roots(config, store, [root_key(r.path) for r in config.roots], report).work
+    done = reconcile_roots(config, store, [root_key(r.path) for r in config.roots], report)
+    work = done.work
     ingest = Ingest(store, config, report.roots, actions)
+    ingest.await_decisions(done.awaiting)
     if on_total:
         on_total(len(work))
     try:

@@ -186,6 +186,7 @@ class Pipeline:
         """Walk `roots`: follow renames, forget deletions, queue what changed."""
         report = ScanReport(roots=[])
         done = reconcile_roots(self.config, self.store, roots, report, tick=tick)
+        self.ingest.await_decisions(done.awaiting)
         self.ingest.unindex(done.gone)
         self.ingest.index_again(done.revived)
         queued = {e.path for e in self.backlog}

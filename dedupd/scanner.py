@@ -187,6 +187,7 @@ class Plan:
     renamed: list[tuple[FileRecord, Entry]] = field(default_factory=list)
     missing: list[FileRecord] = field(default_factory=list)
     rehash: list[Entry] = field(default_factory=list)  # unchanged, but lacks the current hash
+    awaiting: list[int] = field(default_factory=list)  # ids of the rehash ones to decide
     unchanged: int = 0
 
     @property
@@ -228,7 +229,10 @@ def reconcile(
     decide = {r.id for r in store.unhashed(root, main, video)} if needs_hash else set()
 
     def rehash(record: FileRecord, entry: Entry) -> Entry:
-        return replace(entry, rehash="decide" if record.id in decide else "fill")
+        if record.id in decide:
+            plan.awaiting.append(record.id)
+            return replace(entry, rehash="decide")
+        return replace(entry, rehash="fill")
 
     appeared: list[Entry] = []
     for entry in entries:

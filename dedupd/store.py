@@ -1359,11 +1359,17 @@ class Store:
             )
 
     def set_state(self, file_id: int, state: State) -> None:
+        """A file's new state. One quarantined or deleted had its decision made (an action
+        that completed, also when a recovery finished it): its 'deciding' note goes."""
         with self._write():
             self.db.execute(
                 "UPDATE files SET state = ?, updated = ? WHERE id = ?",
                 (state, self._now(), file_id),
             )
+            if state in ("quarantined", "deleted"):
+                self.db.execute(
+                    "DELETE FROM undecided WHERE file_id = ? AND why = 'deciding'", (file_id,)
+                )
 
     # -- the actions journal ------------------------------------------------------------------
     def journal_plan(self, **row: Any) -> int:

@@ -652,6 +652,81 @@ def test_an_upload_recorded_by_a_daemon_killed_before_its_decision_is_decided_at
     assert (env.root / "IMG_1.jpg").exists()
 
 
+def _note_deciding(env: Env, names: list[str]) -> None:
+    """Leave `names` as a run killed between their records and their decisions leaves
+    them: noted 'deciding' (in this order), their decisions not made."""
+    with Store(env.db) as store:
+        store.db.execute("DELETE FROM undecided")
+        for name in names:
+            record = store.file_at(env.root / name)
+            assert record is not None and record.sha256 is not None
+            store.note_undecided(record.id, record.sha256, "deciding", "the killed run's")
+
+
+def _deciding(env: Env) -> list[tuple[str, str]]:
+    with Store(env.db) as store:
+        rows = store.db.execute(
+            "SELECT f.relpath, f.state FROM undecided u JOIN files f ON f.id = u.file_id"
+            " WHERE u.why = 'deciding'"
+        )
+        return [(str(a), str(b)) for a, b in rows]
+
+
+def test_a_quarantine_finished_by_the_recovery_is_the_decision_that_never_came(
+    env: Env,
+) -> None:
+    """Killed after the link into quarantine: the start's recovery finishes the move, and
+    that is the upload's decision; its 'deciding' note goes with it (it would otherwise
+    wait for a file that is no longer there)."""
+    from tests.test_actions import kill_9_during
+
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    photos.reencode(photos.photo("coffee"), env.root / "IMG_2.jpg")
+    env.write_config(camera="{near: report}")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="both hashed")
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    _note_deciding(env, ["IMG_2.jpg"])
+    upload, original = env.root / "IMG_2.jpg", env.root / "IMG_1.jpg"
+    kill_9_during(env.db, "quarantine", "linked", env.quarantine, upload, original)
+    with running(env) as daemon:
+        wait_for(lambda: _idle(daemon), what="the start")
+    assert env.state(env.root / "IMG_2.jpg") == "quarantined"
+    assert _deciding(env) == []
+
+
+def test_uploads_left_undecided_are_decided_again_in_their_order_each_before_the_later(
+    env: Env,
+) -> None:
+    """A near copy IMG_2 of IMG_1, then an exact copy IMG_3 of the near copy, both recorded
+    and neither decided by a killed run. Decided again at the next start, IMG_2 must not
+    meet IMG_3, which had not arrived when IMG_2 did: matched to it (an exact match wins),
+    IMG_3 was quarantined and IMG_2 left beside its original. As an uninterrupted run
+    decides: IMG_2 quarantined for IMG_1, then IMG_3 too."""
+    made = env.tmp / "made"
+    original = photos.upscaled(photos.photo("coffee"), made / "o.jpg", size=(1600, 1200))
+    near = photos.reencode(original, made / "n.jpg")
+    env.write_config(camera="{exact: report, near: report}")
+
+    def upload(daemon: Daemon, src: Path, name: str, n: int) -> None:
+        photos.copy(src, env.tmp / "up.jpg")
+        os.utime(env.tmp / "up.jpg", (1e9 + 3600 * n,) * 2)  # an hour after the one before
+        os.replace(env.tmp / "up.jpg", env.root / name)
+        wait_for(lambda: daemon.stats.hashed == n and _idle(daemon), what=name)
+
+    with running(env) as daemon:
+        upload(daemon, original, "IMG_1.jpg", 1)
+        upload(daemon, near, "IMG_2.jpg", 2)
+        upload(daemon, near, "IMG_3.jpg", 3)
+    _note_deciding(env, ["IMG_2.jpg", "IMG_3.jpg"])
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="both decided")
+    assert sorted(p.name for p in env.root.iterdir() if p.is_file()) == ["IMG_1.jpg"]
+    assert sorted(Path(q.src).name for q in _quarantines(env)) == ["IMG_2.jpg", "IMG_3.jpg"]
+    assert _deciding(env) == []
+
+
 # `dedupd run` whose decision of one file kills the process, as a crash in native code on the
 # writer thread (OpenCV, numpy) on that file's data would.
 _POISONED_DECISION = """
