@@ -647,12 +647,17 @@ class Actions:
             raise ActionError(f"{keeper.path} no longer has the same bytes")
 
     def _finish_removal(self, action_id: int, record: FileRecord, state: Any) -> None:
-        self.store.journal_finish(action_id, "done")
+        """The file is gone from its folder: its tombstones and state, then the journal's
+        `done`, last: a kill before it leaves the action planned, and the recovery finishes
+        it (writing both again). The other way round, a kill between left a quarantined
+        photo recorded as present (then `missing`) and without its tombstone."""
         self._tombstones(action_id, record.sha256 or "", str(record.path))
         self.store.set_state(record.id, state)
         motion = self.motion_record(action_id)
         if motion is not None:  # the motion file is a record of its own (a clip): it went too
             self.store.set_state(motion.id, state)
+        self._checkpoint("recorded")
+        self.store.journal_finish(action_id, "done")
 
     def motion_record(self, action_id: int) -> FileRecord | None:
         """The record of the Live Photo motion file that action `action_id` moved with its

@@ -27,7 +27,7 @@ from dedupd.policy import Candidate, CropEvidence, Decision, SecondOpinion, deci
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
 from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
-from dedupd.store import FileRecord, MatchKind, State, Store, Undecided
+from dedupd.store import DECIDING_ATTEMPTS, FileRecord, MatchKind, State, Store, Undecided
 from dedupd.video import MAX_FRAMES, video_key
 
 if TYPE_CHECKING:
@@ -440,6 +440,17 @@ class Ingest:
                 for record in due:
                     self._pending.discard(record.id)
                     path, sha256 = str(record.path), record.sha256
+                    tried = self.store.attempt(record.id)  # one whose decision crashes us
+                    if tried > DECIDING_ATTEMPTS:  # must not crash every start: given up
+                        self.store.abandon(record.id)
+                        log.warning(
+                            "decision_abandoned",
+                            path=path,
+                            attempts=tried - 1,
+                            detail="dedupd stopped while deciding this file again each time;"
+                            " it stays in place, undecided, until it changes",
+                        )
+                        continue
                     bits = self.store.hash_of(record.id, self.hasher.key)
                     clip = (
                         self.store.video_frames(record.id, self.video_key) if bits is None else None

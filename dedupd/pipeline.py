@@ -280,7 +280,8 @@ class Pipeline:
 
     def _dir(self, path: str) -> None:
         root = next((r for r in self.roots if path == r or path.startswith(r + os.sep)), None)
-        if root is None or any(path.startswith(e) for e in self.excluded):
+        # an excluded folder itself too (the staging folder, removed after each action)
+        if root is None or any((path + os.sep).startswith(e) for e in self.excluded):
             return
         if os.path.isdir(path) and path != root:
             for entry in walk(path, self.names, excluded_dirs(self.config)):

@@ -1519,13 +1519,32 @@ class Store:
 
     def deferred(self, file_id: int) -> None:
         """The decision noted for `file_id` was put off on purpose (the daemon stopping):
-        that record is no attempt that failed."""
+        that attempt is no attempt that failed."""
         with self._write():
             self.db.execute(
-                "UPDATE undecided SET attempts = attempts - 1"
-                " WHERE file_id = ? AND why = 'deciding' AND attempts > 0",
+                "UPDATE undecided SET attempts = attempts - 1 WHERE file_id = ? AND attempts > 0",
                 (file_id,),
             )
+
+    def attempt(self, file_id: int) -> int:
+        """Count one more attempt at the decision noted for `file_id` (`redecide`, before
+        it decides); returns the attempts so far. The decision's own note starts over.
+        Committed at once, with what a batch holds, so that a crash in the decision counts
+        (WAL with synchronous=NORMAL: a commit is no fsync)."""
+        with self._write():
+            self.db.execute(
+                "UPDATE undecided SET attempts = attempts + 1 WHERE file_id = ?", (file_id,)
+            )
+        self.commit()
+        row = self.db.execute(
+            "SELECT attempts FROM undecided WHERE file_id = ?", (file_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def abandon(self, file_id: int) -> None:
+        """Give up the decision noted for `file_id` (see `abandon_deciding`)."""
+        with self._write():
+            self.db.execute("UPDATE undecided SET why = 'abandoned' WHERE file_id = ?", (file_id,))
 
     def abandon_deciding(self, root: str) -> list[tuple[FileRecord, int]]:
         """Give up the decisions under `root` that were attempted DECIDING_ATTEMPTS times and

@@ -277,6 +277,7 @@ STEPS = [
     ("quarantine", False, "verified"),
     ("quarantine", False, "linked"),
     ("quarantine", False, "unlinked"),
+    ("quarantine", False, "recorded"),
     ("quarantine", True, "planned"),
     ("quarantine", True, "staged"),
     ("quarantine", True, "copied"),
@@ -286,6 +287,7 @@ STEPS = [
     ("delete", False, "staged"),
     ("delete", False, "verified"),
     ("delete", False, "unlinked"),
+    ("delete", False, "recorded"),
     ("restore", False, "planned"),
     ("restore", False, "linked"),
     ("restore", False, "unlinked"),
@@ -329,6 +331,8 @@ def test_kill_9_at_any_step_is_recovered_with_every_photo_exactly_once(  # type:
     }.get((op, recovered[0].outcome))
     if expected_state:
         assert _rec(store, dup).state == expected_state
+    if op != "restore" and recovered[0].outcome == "done":  # a copy synced back is known
+        assert store.tombstone(sha, str(dup)) is not None
 
 
 def test_an_edit_saved_at_the_original_name_while_down_is_never_touched(setup) -> None:  # type: ignore[no-untyped-def]

@@ -747,21 +747,30 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.parametrize("note", ["deciding", "dry run"])
 def test_a_file_whose_decision_kills_the_daemon_is_given_up_after_three_starts(
-    env: Env,
+    env: Env, note: str
 ) -> None:
     """A file recorded for a decision that never comes is hashed and decided again by the
-    next start; one whose decision kills the process would so kill it at every start (a
-    crash loop under systemd's Restart=). After DECIDING_ATTEMPTS starts the decision is
-    given up, logged (`decision_abandoned`), and the daemon runs on: the file stays in
-    place, the next upload is decided."""
+    next start, and one a dry run previewed is decided again by it; one whose decision
+    kills the process would so kill it at every start (a crash loop under systemd's
+    Restart=). After DECIDING_ATTEMPTS starts the decision is given up, logged
+    (`decision_abandoned`), and the daemon runs on: the file stays in place, the next
+    upload is decided."""
     env.write_config(camera="{exact: quarantine, near: quarantine}")
     photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
     with running(env) as first:
         wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="the original hashed")
     photos.copy(photos.photo("coffee"), env.root / "poison.jpg")  # a duplicate to decide
+    if note == "dry run":  # previewed, then decided again by every start
+        config = env.config.read_text()
+        env.config.write_text(config + "dry_run: true\n")
+        with running(env) as preview:
+            wait_for(lambda: preview.stats.hashed == 1 and _idle(preview), what="preview")
+        env.config.write_text(config)
     script = env.tmp / "poisoned.py"
     script.write_text(_POISONED_DECISION)
+
     def start(n: int) -> bool:
         """Start the poisoned daemon; True if its decision killed it, else (the decision
         given up) upload a duplicate, see it decided, stop it with SIGTERM: False."""
@@ -804,6 +813,29 @@ def test_a_file_whose_decision_kills_the_daemon_is_given_up_after_three_starts(
     ]
     assert (env.root / "poison.jpg").exists() and env.state(env.root / "poison.jpg") == "ok"
     assert (env.root / "IMG_1.jpg").exists() and (env.root / "IMG_2.jpg").exists()
+
+
+def test_the_staging_folder_coming_and_going_never_rescans_the_root(env: Env) -> None:
+    """Each quarantine or delete stages the file in the root's `.dedupd-staging` folder,
+    removed once empty. Its removal is no folder of photos going away: before, each one
+    queued a reconcile of the whole root (a walk of every photo in it, for every duplicate
+    moved)."""
+    with running(env) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="the original")
+        rescans = daemon.stats.rescans
+
+        def gone(path: Path) -> Callable[[], bool]:
+            return lambda: not path.exists()
+
+        for copy in (env.root / f"IMG_{n}.jpg" for n in range(2, 5)):
+            photos.copy(photos.photo("coffee"), copy)  # an exact copy: deleted
+            wait_for(gone(copy), what=f"{copy.name} deleted")
+        staging = env.root / ".dedupd-staging"
+        wait_for(lambda: not staging.exists() and _idle(daemon), what="staging removed")
+        daemon.submit(daemon.status).result(timeout=10)  # a turn of the loop: hints drained
+        wait_for(lambda: _idle(daemon) and not daemon.pipeline.rescan_due, what="idle")
+        assert daemon.stats.rescans == rescans
 
 
 def test_a_symlink_in_a_root_is_never_a_keeper(env: Env) -> None:
