@@ -207,11 +207,12 @@ class Ingest:
         # after a real move, so that a dry run previews what a real run does.
         self._gone_in_preview: set[int] = set()
         # Files recorded by an earlier run whose decision it never made (or whose index hash
-        # it lacked), queued to be hashed and decided again, oldest first: until each is,
-        # they have not "arrived" for the newcomers decided before them, as in the run that
-        # was stopped (a near copy re-decided after its later exact copy would otherwise be
-        # matched to that copy and left beside its original).
-        self._awaiting: set[int] = set()
+        # it lacked), queued to be hashed and decided again, oldest first, by their place in
+        # that order (mtime, path): until each is, it has not "arrived" for a newcomer that
+        # comes before it, as in the run that was stopped (a near copy re-decided after its
+        # later exact copy would otherwise be matched to that copy and left beside its
+        # original); a newcomer that comes after it (an upload now) meets it.
+        self._awaiting: dict[int, tuple[int, str]] = {}
         # Files to hash again in full before a decision that rests on a thumbnail's hash may
         # move anything: whoever feeds the pool takes them from here (`Entry.full_decode`).
         # _confirming: their (root, relpath) → whether their own decision is made again once
@@ -219,16 +220,22 @@ class Ingest:
         self.confirm: deque[Entry] = deque()
         self._confirming: dict[tuple[str, str], bool] = {}
 
-    @property
-    def _not_yet(self) -> set[int]:
-        """Files no newcomer is matched against now: see `redecide`, `_gone_in_preview`,
-        `_awaiting`."""
-        return self._pending | self._gone_in_preview | self._awaiting
+    def _not_yet(self, newcomer: FileRecord, ids: Iterable[int]) -> set[int]:
+        """Of `ids`, the files `newcomer` is not matched against: see `redecide`,
+        `_gone_in_preview`, `_awaiting`."""
+        place = (newcomer.stat.mtime_ns, str(newcomer.path))
+        return {
+            i
+            for i in ids
+            if i in self._pending
+            or i in self._gone_in_preview
+            or (i in self._awaiting and self._awaiting[i] > place)
+        }
 
-    def await_decisions(self, file_ids: Iterable[int]) -> None:
-        """`file_ids` are queued to be decided again (`Reconciled.awaiting`): no candidates
-        for the newcomers ingested before them."""
-        self._awaiting.update(file_ids)
+    def await_decisions(self, awaiting: Iterable[tuple[int, Entry]]) -> None:
+        """Files queued to be decided again (`Reconciled.awaiting`: id, entry): no
+        candidates for the newcomers that come before them."""
+        self._awaiting.update((i, (e.stat.mtime_ns, e.path)) for i, e in awaiting)
 
     def _radius_of(self, policy: Policy) -> int:
         return self.hasher.radius(self._threshold_of(policy))
@@ -244,8 +251,7 @@ class Ingest:
         """Let a background index rebuild finish (so no thread outlives its owner), except
         the crop index's start-up load: it only reads, through a read-only connection of its
         own, and takes a minute or more on a large library from a cold disk, which a stop
-        (systemd's TimeoutStopSec) must not wait for. Its daemon thread ends with the
-        process, or when its read is done."""
+        (systemd's TimeoutStopSec) must not wait for: it is cancelled at its next chunk."""
         self._closing.set()
         crops_loading = self.crops.loading
         self.index.join_rebuild()  # the long wait, without blocking searches
@@ -314,7 +320,9 @@ class Ingest:
 
     def unindex(self, file_ids: Sequence[int]) -> None:
         """Take files out of the indexes (photos, their crop words and clips alike): gone,
-        moved away, failed."""
+        moved away, failed. Gone, none awaits its decision in this run any more."""
+        for file_id in file_ids:
+            self._awaiting.pop(file_id, None)
         with self.lock:
             self.index.remove(file_ids)
             self.crops.remove(file_ids)
@@ -322,7 +330,11 @@ class Ingest:
 
     def index_again(self, file_ids: Sequence[int]) -> None:
         """Put files that came back (moved, remounted) into the indexes from their stored
-        hashes (a photo's, and its crop words; or a clip's frames)."""
+        hashes (a photo's, and its crop words; or a clip's frames). A file queued to be
+        decided again and moved meanwhile is not hashed at its old name: it is a candidate
+        again, and decided by the next start (its note stays)."""
+        for file_id in file_ids:
+            self._awaiting.pop(file_id, None)
         for file_id in file_ids:
             bits = self.store.hash_of(file_id, self.hasher.key)
             clip = self.store.video_frames(file_id, self.video_key) if bits is None else None
@@ -350,11 +362,13 @@ class Ingest:
         Returns what was decided when the file has a duplicate (or a tombstone), else None.
         """
         if isinstance(result, Failure):
+            if entry.full_decode:  # no decision waits for it any more
+                self._confirming.pop((entry.root, entry.relpath), None)
             log.warning("file_skipped", path=entry.path, error=result.kind, detail=result.message)
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
-            self._awaiting.discard(file_id)
+            self._awaiting.pop(file_id, None)
             self.unindex([file_id])
             return None
         gone = self._moved_away(entry, result.sha256)
@@ -369,8 +383,9 @@ class Ingest:
         if isinstance(result, HashedVideo):
             return self._ingest_video(entry, result)
         place = (entry.root, entry.relpath)
-        # a full decode no hold waits for (any more) is stored only, as another file's
-        again = self._confirming.pop(place, False) if entry.full_decode else None
+        # None for a full decode no hold of this Ingest waits for (one queued before a
+        # reload): decided as any upload
+        again = self._confirming.pop(place, None) if entry.full_decode else None
         # Only stored and indexed, not decided: the other file of a held match (its hashes
         # are now a full decode's), or a photo decided before that lacked what the config
         # now adds (deciding it again would take it for a newcomer among the photos that
@@ -383,7 +398,7 @@ class Ingest:
         # before the decision leaves the note, and the next start hashes and decides it.
         deciding = None if fill else self.policy_key
         file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
-        self._awaiting.discard(file_id)
+        self._awaiting.pop(file_id, None)
         if fill:
             with self.lock:
                 self.index.add([file_id], [result.hashes[self.hasher.key]])
@@ -443,6 +458,7 @@ class Ingest:
                     tried = self.store.attempt(record.id)  # one whose decision crashes us
                     if tried > DECIDING_ATTEMPTS:  # must not crash every start: given up
                         self.store.abandon(record.id)
+                        self.index_again([record.id])  # a candidate for others still
                         log.warning(
                             "decision_abandoned",
                             path=path,
@@ -498,8 +514,7 @@ class Ingest:
                 if turned and m.distance <= radius and m.other.root in self.roots:
                     found.setdefault(m.other.id, (m.distance, "near", m.transform))
         found.pop(file_id, None)
-        not_yet = self._not_yet
-        for other in [i for i in found if i in not_yet]:
+        for other in self._not_yet(newcomer, found):
             del found[other]  # came later (`redecide`, `_awaiting`), or "moved" by a dry run
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
@@ -593,7 +608,7 @@ class Ingest:
             self.store.replace_matches(newcomer.id, self.crop_key, [])
             return {}
         words = mine.words
-        exclude = matched | self._not_yet | {newcomer.id}
+        exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
         self.start_crop_load()
         if self.crops.loading:  # the first newcomer of a run waits for the load
             if not self.crops.join_rebuild(timeout=1.0):
@@ -610,7 +625,8 @@ class Ingest:
             proposed = self.crops.candidates(
                 words, CROP_CANDIDATES, min_shared=CROP_MIN_SHARED, exclude=exclude
             )
-        ids = [c.id for c in proposed]
+        later = self._not_yet(newcomer, [c.id for c in proposed])  # awaiting, after it
+        ids = [c.id for c in proposed if c.id not in later]
         records = {
             i: r
             for i, r in self.store.files(ids).items()
@@ -722,7 +738,7 @@ class Ingest:
         """Record a clip; match it against the indexed clips by its frames and apply its
         root's policy."""
         file_id = self.store.record_video(entry.root, entry.relpath, clip, self.policy_key)
-        self._awaiting.discard(file_id)
+        self._awaiting.pop(file_id, None)
         return self._match_and_decide_clip(file_id, entry.path, clip.sha256, clip.frames)
 
     def clip_matches(
@@ -764,8 +780,7 @@ class Ingest:
         for other, match in self.clip_matches(frames).items():
             found.setdefault(other, match)
         found.pop(file_id, None)
-        not_yet = self._not_yet
-        for other in [i for i in found if i in not_yet]:
+        for other in self._not_yet(newcomer, found):
             del found[other]
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}
@@ -822,6 +837,12 @@ class Ingest:
             f"held: hashed from an embedded thumbnail ({names}); decided again after a full"
             " decode"
         )
+
+    def dropped(self, entry: Entry) -> None:
+        """`entry`'s result was not ingested (a newer version of the file was queued): a
+        full decode's confirmation no longer waits for it."""
+        if entry.full_decode:
+            self._confirming.pop((entry.root, entry.relpath), None)
 
     def _confirm(self, record: FileRecord, decide: bool) -> None:
         """Queue `record`'s full decode once while one is pending; `decide`: its own decision
@@ -1089,7 +1110,21 @@ class Reconciled:
     work: list[Entry]  # to hash, oldest first
     gone: list[int]  # ids that left the index (deleted, or replaced by a rename)
     revived: list[int]  # ids marked missing before that turned up again (a move)
-    awaiting: list[int] = field(default_factory=list)  # in `work`, to decide again
+    awaiting: list[tuple[int, Entry]] = field(default_factory=list)  # in `work`: decide
+
+
+def stored_keys(config: Config) -> tuple[tuple[str, str], str, str | None]:
+    """What every photo's record must hold under `config` (else it is decoded again once,
+    `Store.unhashed`): its hashers' keys (a file hashed before the second opinion existed
+    lacks its hash), a clip's frames' key, and with the crop stage on its features' kind
+    (crops were off, or their kind changed: decoded again, so that crops of it are
+    found)."""
+    from dedupd.features import FEATURES_KEY
+
+    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
+    clips = video_key(hasher, config.hashing.video_fps)
+    features = FEATURES_KEY if config.hashing.crops else None
+    return (hasher.key, second_opinion(hasher).key), clips, features
 
 
 def _present_count(store: Store, root: str) -> int:
@@ -1113,15 +1148,7 @@ def reconcile_roots(
     """
     names = NameFilter(config.watch)
     exclude = excluded_dirs(config)
-    hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
-    # A file hashed before the second opinion existed lacks its hash: one re-decode, lazily.
-    hasher_keys = (hasher.key, second_opinion(hasher).key)
-    clips = video_key(hasher, config.hashing.video_fps)
-    # With the crop stage on, a photo hashed without its features (crops were off, or their
-    # kind changed) is decoded again once, so that crops of it are found.
-    from dedupd.features import FEATURES_KEY
-
-    features = FEATURES_KEY if config.hashing.crops else None
+    hasher_keys, clips, features = stored_keys(config)
     done = Reconciled([], [], [])
     for root in roots:
         try:

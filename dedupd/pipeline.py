@@ -27,6 +27,7 @@ from dedupd.engine import (
     excluded_dirs,
     ingest_guarded,
     reconcile_roots,
+    stored_keys,
 )
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.pool import Failure, HasherPool
@@ -186,9 +187,9 @@ class Pipeline:
         """Walk `roots`: follow renames, forget deletions, queue what changed."""
         report = ScanReport(roots=[])
         done = reconcile_roots(self.config, self.store, roots, report, tick=tick)
-        self.ingest.await_decisions(done.awaiting)
         self.ingest.unindex(done.gone)
         self.ingest.index_again(done.revived)
+        self.ingest.await_decisions(done.awaiting)  # after: a revived one may await too
         queued = {e.path for e in self.backlog}
         new = [e for e in done.work if e.path not in queued]
         self.backlog.extend(new)
@@ -370,10 +371,10 @@ class Pipeline:
         for (the record lacks a hash or features) is handled once the record is no longer a
         present file of this version: gone, moved on, or changed since (queued anew then)."""
         record = self.store.record(entry.root, entry.relpath)
-        if entry.rehash is not None:
-            return (
-                record is None or record.state != "ok" or not same_version(record, entry.stat)
-            )
+        if entry.rehash is not None:  # or no longer lacking anything: hashed since it was queued
+            if record is None or record.state != "ok" or not same_version(record, entry.stat):
+                return True
+            return not self.store.unhashed(entry.root, *stored_keys(self.config), ids=[record.id])
         return (
             record is not None and record.state != "missing" and same_version(record, entry.stat)
         )
@@ -393,6 +394,8 @@ class Pipeline:
                     del self.hashing[entry.path]
                     if entry.root in self.roots:  # a reload may have dropped its root
                         self._ingest_one(entry, result)
+                else:
+                    self.ingest.dropped(entry)
                 self.ingesting -= 1
                 between()
         finally:

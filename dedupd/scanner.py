@@ -187,7 +187,7 @@ class Plan:
     renamed: list[tuple[FileRecord, Entry]] = field(default_factory=list)
     missing: list[FileRecord] = field(default_factory=list)
     rehash: list[Entry] = field(default_factory=list)  # unchanged, but lacks the current hash
-    awaiting: list[int] = field(default_factory=list)  # ids of the rehash ones to decide
+    awaiting: list[tuple[int, Entry]] = field(default_factory=list)  # rehash: decide (id)
     unchanged: int = 0
 
     @property
@@ -230,8 +230,9 @@ def reconcile(
 
     def rehash(record: FileRecord, entry: Entry) -> Entry:
         if record.id in decide:
-            plan.awaiting.append(record.id)
-            return replace(entry, rehash="decide")
+            entry = replace(entry, rehash="decide")
+            plan.awaiting.append((record.id, entry))
+            return entry
         return replace(entry, rehash="fill")
 
     appeared: list[Entry] = []

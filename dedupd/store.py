@@ -750,6 +750,7 @@ class Store:
         hasher: str | Sequence[str],
         video: str | None = None,
         features: str | None = None,
+        ids: Sequence[int] | None = None,
     ) -> list[FileRecord]:
         """Files decoded before with another hasher: they need the current one (lazily).
         With several hashers, the files that lack any of them; with `features`, those that
@@ -757,7 +758,7 @@ class Store:
         whose frames are stored under the `video` key lacks none (its frames are its
         hashes). And every file recorded whose decision never came (noted 'deciding' by
         `record_hashed`: the process died in between): hashed again, it is decided as it
-        would have been."""
+        would have been. `ids`: only those of them."""
         keys = [hasher] if isinstance(hasher, str) else list(hasher)
         lacking = " OR ".join(
             "NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = f.id AND h.hasher = ?)"
@@ -780,7 +781,11 @@ class Store:
             " AND u.why = 'deciding' AND u.sha256 = f.sha256 AND u.attempts < ?)"
         )
         params.append(DECIDING_ATTEMPTS)
-        return self._files(f"f.root = ? AND f.state = 'ok' AND ({lacking})", params)
+        where = f"f.root = ? AND f.state = 'ok' AND ({lacking})"
+        if ids is not None:  # only these (`ids`: a few)
+            where += f" AND f.id IN ({', '.join('?' * len(ids))})"
+            params += list(ids)
+        return self._files(where, params)
 
     def count_by_state(self, roots: Sequence[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(roots))

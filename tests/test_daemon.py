@@ -727,6 +727,27 @@ def test_uploads_left_undecided_are_decided_again_in_their_order_each_before_the
     assert _deciding(env) == []
 
 
+def test_an_upload_awaiting_its_decision_that_is_renamed_meanwhile_is_a_candidate_again(
+    env: Env,
+) -> None:
+    """An upload a killed run left undecided is no candidate for the newcomers decided
+    before its own decision (`_awaiting`). Renamed by the user before that re-hash, it is
+    not hashed at its old name: it must become a candidate again, or no later duplicate of
+    it would be found for the rest of the run."""
+    photos.copy(photos.photo("chelsea"), env.root / "wait-A.jpg")  # held in the pool below
+    with running(env) as first:
+        wait_for(lambda: first.stats.hashed == 1 and _idle(first), what="A hashed")
+    _note_deciding(env, ["wait-A.jpg"])
+    with running(env, work=workers.scripted) as daemon:
+        wait_for(lambda: daemon.pool.in_flight == 1, what="A's re-hash held in the pool")
+        os.rename(env.root / "wait-A.jpg", env.root / "IMG_A.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_A.jpg") == "ok", what="the rename followed")
+        photos.copy(photos.photo("chelsea"), env.tmp / "up.jpg")
+        os.replace(env.tmp / "up.jpg", env.root / "IMG_B.jpg")  # an exact copy of A: deleted
+        wait_for(lambda: not (env.root / "IMG_B.jpg").exists(), what="the copy deleted")
+    assert (env.root / "IMG_A.jpg").exists()
+
+
 # `dedupd run` whose decision of one file kills the process, as a crash in native code on the
 # writer thread (OpenCV, numpy) on that file's data would.
 _POISONED_DECISION = """

@@ -288,3 +288,80 @@ def test_a_held_upload_is_decided_after_its_full_decode_when_another_hold_involv
             assert outcome.decision.target.relpath == "B.HEIC"
         finally:
             ingest.close()
+
+
+def _held(tmp_path: Path) -> tuple[Path, Path, Config]:
+    """K (a JPEG, older) and B (a thumbnail-hashed HEIC of the same picture), K stored."""
+    root = (tmp_path / "photos").resolve()
+    root.mkdir()
+    _picture("rocket").save(root / "K.jpg", quality=95)
+    _older(root / "K.jpg")
+    b = write_heic(root / "B.HEIC", _picture("rocket"))
+    return root, b, _config(tmp_path, root)
+
+
+def test_a_held_upload_whose_full_decode_returns_after_a_reload_is_decided(
+    tmp_path: Path,
+) -> None:
+    """A reload builds a new Ingest (no confirmation waiting) but keeps the pool: B's full
+    decode still in flight comes back to the new one, which must decide B (not only store
+    it, as "another file of a held match": B, a duplicate, was then left undecided, its
+    stale mark overwritten by its real stat). (Review finding.)"""
+    from dedupd.engine import Ingest
+    from dedupd.imaging import FileStat
+    from dedupd.scanner import Entry
+
+    root, b, config = _held(tmp_path)
+    entry = Entry(str(root), b.name, FileStat.of(os.stat(b)))
+    with Store(config.database) as store:
+        store.record_hashed(
+            str(root), "K.jpg", hash_image(str(root / "K.jpg"), HASHERS, max_pixels=10**9)
+        )
+        actions = Actions(store, tmp_path / "q")
+        ingest = Ingest(store, config, [str(root)], actions)
+        first = ingest.ingest(entry, hash_image(str(b), HASHERS, max_pixels=10**9))
+        assert first is not None and first.result.startswith("held")
+        ingest.close()
+        reloaded = Ingest(store, config, [str(root)], actions)  # Daemon._configure
+        try:
+            full = hash_image(str(b), HASHERS, max_pixels=10**9, thumbnails=False)
+            outcome = reloaded.ingest(replace(entry, full_decode=True), full)
+            assert outcome is not None and outcome.result == "done"
+        finally:
+            reloaded.close()
+    assert not b.exists()
+
+
+def test_a_held_upload_whose_full_decode_failed_is_held_again_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    """B is held, and its full decode comes back a failure (B changed or vanished while
+    queued): no confirmation waits for it any more, so B's next version, held again, is
+    queued for its own full decode. Before, the confirmation stayed "pending" and nothing
+    was queued: B was never decided in that run. (Review finding.)"""
+    from dedupd.engine import Ingest
+    from dedupd.imaging import FileStat
+    from dedupd.pool import Failure
+    from dedupd.scanner import Entry
+
+    root, b, config = _held(tmp_path)
+    with Store(config.database) as store:
+        store.record_hashed(
+            str(root), "K.jpg", hash_image(str(root / "K.jpg"), HASHERS, max_pixels=10**9)
+        )
+        ingest = Ingest(store, config, [str(root)], Actions(store, tmp_path / "q"))
+        try:
+            thumb = hash_image(str(b), HASHERS, max_pixels=10**9)
+            entry = Entry(str(root), b.name, FileStat.of(os.stat(b)))
+            first = ingest.ingest(entry, thumb)
+            assert first is not None and first.result.startswith("held")
+            (queued,) = ingest.confirm
+            ingest.confirm.clear()  # fed to the pool, whence it comes back a failure
+            ingest.ingest(queued, Failure("truncated", "the file changed while it was read"))
+            os.utime(b, (2e9, 2e9))  # B's next version
+            entry = Entry(str(root), b.name, FileStat.of(os.stat(b)))
+            second = ingest.ingest(entry, thumb)
+            assert second is not None and second.result.startswith("held")
+            assert [(e.relpath, e.full_decode) for e in ingest.confirm] == [("B.HEIC", True)]
+        finally:
+            ingest.close()
