@@ -368,8 +368,7 @@ class Ingest:
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
-            self._awaiting.pop(file_id, None)
-            self.unindex([file_id])
+            self.unindex([file_id])  # and no longer awaited
             return None
         gone = self._moved_away(entry, result.sha256)
         if gone is not None:  # recorded as what it is now; nothing to match or decide
