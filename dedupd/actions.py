@@ -852,7 +852,10 @@ class Actions:
         results = []
         for a in self.store.actions("state = 'planned'"):
             try:
-                outcome, detail = self._recover_one(a)
+                if self._recorded(a):
+                    outcome, detail = "done", "completed before the stop, but for its journal"
+                else:
+                    outcome, detail = self._recover_one(a)
                 self._conclude(a, outcome, detail)
             except (OSError, DedupdError) as exc:
                 # Not decidable now (a root or the quarantine not mounted yet, a folder that
@@ -864,6 +867,17 @@ class Actions:
             )
             results.append(Recovered(a.id, a.kind, outcome, detail))
         return results
+
+    def _recorded(self, a: ActionRecord) -> bool:
+        """Whether a quarantine or delete had finished when the process stopped: its file's
+        record already says so (`_finish_removal` writes that after the move, before the
+        journal's `done`). What is at the original name now is another file (a copy a sync
+        client brought back), never a rolled-back one."""
+        if a.kind not in ("quarantine", "delete") or a.file_id is None:
+            return False
+        record = self.store.file(a.file_id)
+        ended = "quarantined" if a.kind == "quarantine" else "deleted"
+        return record is not None and record.state == ended
 
     def _conclude(self, a: ActionRecord, outcome: str, detail: str) -> None:
         """Record what recovery did with `a`: the journal, tombstones and the file's state."""

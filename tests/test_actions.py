@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -415,3 +416,21 @@ def test_purge_with_only_deletes_just_the_confirmed_entries(setup) -> None:  # t
     second = actions.quarantine(_rec(store, root / "sub" / "near.jpg"), None, 4, "test")
     assert actions.purge(older_than=0, only={second}) == [second]
     assert [e.id for e in store.quarantined()] == [first]
+
+
+def test_a_delete_killed_after_its_record_is_done_though_a_copy_came_back(  # type: ignore[no-untyped-def]
+    setup,
+) -> None:
+    """Killed at `recorded` (the photo deleted, its record and tombstone written, the
+    journal still planned); while dedupd is down a sync client brings the same bytes back
+    to the name. That file is another one: the delete is concluded done, not "rolled back"
+    (which the returned copy made it look like), and the record keeps saying deleted. The
+    copy is decided as a newcomer by the next scan (its tombstone). (Review finding.)"""
+    store, root, q = setup
+    dup, keeper = root / "dup.jpg", root / "keeper.jpg"
+    kill_9_during(store.path, "delete", "recorded", q, dup, keeper)
+    shutil.copyfile(keeper, dup)  # synced back while down
+    (result,) = Actions(store, q).recover()
+    assert result.outcome == "done"
+    assert _rec(store, dup).state == "deleted"
+    assert store.tombstone(_sha(keeper), str(dup)) is not None
