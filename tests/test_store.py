@@ -293,19 +293,26 @@ def test_the_journal_commits_the_batch_before_a_planned_action(tmp_path: Path) -
         assert _visible(path) == {"a.jpg"}
 
 
+def _old_database(path: Path, version: int) -> sqlite3.Connection:
+    """A database at schema `version` (the first `version` migrations) holding one present
+    file, id 1 at /r/a.jpg with sha256 'x'; the connection is left open for more rows."""
+    conn = sqlite3.connect(path)
+    for done, script in enumerate(store_module.MIGRATIONS[:version]):
+        conn.executescript(script + f"; PRAGMA user_version = {done + 1};")
+    conn.execute(
+        "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, state,"
+        " first_seen, updated) VALUES (1, '/r', 'a.jpg', 1, 2, 3, 4, 'x', 'ok', 0, 0)"
+    )
+    return conn
+
+
 def test_a_version_2_database_gains_the_quality_columns_and_keeps_its_hashes(
     tmp_path: Path,
 ) -> None:
     """Migrations 2 → 5 (PRAGMA user_version): hashes gain `quality`, `dominant` and
     `variants`, empty for the rows already there, which stay as they were."""
     path = tmp_path / "d.db"
-    conn = sqlite3.connect(path)
-    for version, script in enumerate(store_module.MIGRATIONS[:2]):
-        conn.executescript(script + f"; PRAGMA user_version = {version + 1};")
-    conn.execute(
-        "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, state,"
-        " first_seen, updated) VALUES (1, '/r', 'a.jpg', 1, 2, 3, 4, 'x', 'ok', 0, 0)"
-    )
+    conn = _old_database(path, 2)
     conn.execute("INSERT INTO hashes (file_id, hasher, bits) VALUES (1, 'phash:16', x'01')")
     conn.commit()
     conn.close()
@@ -405,13 +412,7 @@ def test_a_schema_12_database_keeps_its_undecided_rows_and_takes_deciding_notes(
 ) -> None:
     """Migration 12 → 13 rebuilds `undecided` for its new CHECK, every row kept."""
     path = tmp_path / "d.db"
-    conn = sqlite3.connect(path)
-    for version, script in enumerate(store_module.MIGRATIONS[:12]):
-        conn.executescript(script + f"; PRAGMA user_version = {version + 1};")
-    conn.execute(
-        "INSERT INTO files (id, root, relpath, dev, inode, size, mtime_ns, sha256, state,"
-        " first_seen, updated) VALUES (1, '/r', 'a.jpg', 1, 2, 3, 4, 'x', 'ok', 0, 0)"
-    )
+    conn = _old_database(path, 12)
     conn.execute(
         "INSERT INTO undecided (file_id, sha256, why, policies, seq, created)"
         " VALUES (1, 'x', 'dry run', 'p', 7, 0)"
