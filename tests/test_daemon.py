@@ -1300,7 +1300,10 @@ def test_a_reload_that_turns_crops_on_gives_the_workers_the_new_setting(env: Env
         daemon.submit(daemon.reload_now).result(timeout=30)
         assert daemon.pool is not first_pool
         photos.copy(photos.photo("chelsea"), env.root / "IMG_2.jpg")
-        wait_for(lambda: daemon.stats.hashed >= 2, what="the second upload hashed")
+        # three: the reload hashes IMG_1 again for the crop features it lacks
+        wait_for(
+            lambda: daemon.stats.hashed == 3 and _idle(daemon), what="the second upload hashed"
+        )
         daemon.submit(daemon.reload_now).result(timeout=30)  # the same settings: kept
         kept = daemon.pool
         daemon.submit(daemon.reload_now).result(timeout=30)
