@@ -34,7 +34,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -42,7 +42,7 @@ from dedupd import live, safefs
 from dedupd.errors import DedupdError
 from dedupd.filestat import FileStat
 from dedupd.live import Motion
-from dedupd.store import ActionRecord, FileRecord, Store
+from dedupd.store import ActionRecord, FileRecord, State, Store
 
 __all__ = [
     "ActionError",
@@ -646,18 +646,26 @@ class Actions:
         if not same:
             raise ActionError(f"{keeper.path} no longer has the same bytes")
 
-    def _finish_removal(self, action_id: int, record: FileRecord, state: Any) -> None:
+    def _finish_removal(self, action_id: int, record: FileRecord, state: State) -> None:
         """The file is gone from its folder: its tombstones and state, then the journal's
         `done`, last: a kill before it leaves the action planned, and the recovery finishes
         it (writing both again). The other way round, a kill between left a quarantined
         photo recorded as present (then `missing`) and without its tombstone."""
-        self._tombstones(action_id, record.sha256 or "", str(record.path))
-        self.store.set_state(record.id, state)
+        self._record_removal(action_id, record.sha256 or "", str(record.path), record.id, state)
+        self._checkpoint("recorded")
+        self.store.journal_finish(action_id, "done")
+
+    def _record_removal(
+        self, action_id: int, sha256: str, src: str, file_id: int | None, state: State
+    ) -> None:
+        """The tombstones of a removed file (and of its Live Photo motion file), and the
+        state of its record (and of the motion file's, when it is a record of its own)."""
+        self._tombstones(action_id, sha256, src)
+        if file_id is not None:
+            self.store.set_state(file_id, state)
         motion = self.motion_record(action_id)
         if motion is not None:  # the motion file is a record of its own (a clip): it went too
             self.store.set_state(motion.id, state)
-        self._checkpoint("recorded")
-        self.store.journal_finish(action_id, "done")
 
     def motion_record(self, action_id: int) -> FileRecord | None:
         """The record of the Live Photo motion file that action `action_id` moved with its
@@ -887,13 +895,11 @@ class Actions:
             if rolled_back and a.file_id is not None:
                 self.store.mark_stale(a.file_id)
         elif a.kind in ("quarantine", "delete"):
+            # as `_finish_removal`: the records first, the journal's `done` last
             record = self.store.file(a.file_id) if a.file_id else None
+            state: State = "quarantined" if a.kind == "quarantine" else "deleted"
+            self._record_removal(a.id, a.sha256, a.src, record.id if record else None, state)
             self.store.journal_finish(a.id, "done", "completed during recovery")
-            self._tombstones(a.id, a.sha256, a.src)
-            if record is not None:
-                self.store.set_state(
-                    record.id, "quarantined" if a.kind == "quarantine" else "deleted"
-                )
         elif a.kind == "restore":
             original = self.store.action(a.of_action) if a.of_action else None
             if original is None:

@@ -364,6 +364,11 @@ class Ingest:
         if isinstance(result, Failure):
             if entry.full_decode:  # no decision waits for it any more
                 self._confirming.pop((entry.root, entry.relpath), None)
+            if result.kind == "vanished" and self._taken_by_dedupd(entry):
+                # A decision moved it while this (re-)hash was in the pool: not its failure,
+                # and its record must go on saying where it went (review, restore).
+                log.debug("file_gone_by_decision", path=entry.path)
+                return None
             log.warning("file_skipped", path=entry.path, error=result.kind, detail=result.message)
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
@@ -723,6 +728,16 @@ class Ingest:
             return min(ra.quality, rb.quality), max(ra.dominant, rb.dominant)
 
         return pair
+    def _taken_by_dedupd(self, entry: Entry) -> bool:
+        """Whether the record at `entry`'s path says dedupd quarantined or deleted it, and
+        nothing is at the path now."""
+        record = self.store.record(entry.root, entry.relpath)
+        return (
+            record is not None
+            and record.state in ("quarantined", "deleted")
+            and not os.path.lexists(entry.path)
+        )
+
     def _moved_away(self, entry: Entry, sha256: str) -> State | None:
         """"quarantined" or "deleted" when dedupd itself took these bytes away from this path
         after the worker hashed them (a Live Photo's motion file goes with its still, in the

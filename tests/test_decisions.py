@@ -433,3 +433,42 @@ def test_a_redecision_is_not_hashed_and_decided_twice_by_a_rescan_while_in_fligh
             assert [e.relpath for e in pool.sent] == ["X.jpg"], "X hashed and decided twice"
         finally:
             ingest.close()
+
+
+def test_a_file_a_decision_moved_while_it_was_being_hashed_stays_quarantined(lib: Lib) -> None:
+    """A hash of a file that was in the pool when a decision quarantined it comes back as a
+    `vanished` failure: not the file's failure. Its record still says quarantined (before, it
+    was overwritten as an error, hiding where the file went from review)."""
+    import os
+
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+    from dedupd.engine import Ingest
+    from dedupd.filestat import FileStat
+    from dedupd.pool import Failure
+    from dedupd.scanner import Entry
+
+    lib.scan()
+    assert lib.state("rocket (1).jpg") == "quarantined"
+    config = load_config(lib.config)
+    with Store(lib.db) as store:
+        record = store.file_at(lib.root / "rocket (1).jpg")
+        assert record is not None
+        ingest = Ingest(store, config, [str(lib.root)], Actions(store, lib.quarantine))
+        try:
+            entry = Entry(str(lib.root), "rocket (1).jpg", record.stat)
+            assert ingest.ingest(entry, Failure("vanished", "no such file")) is None
+        finally:
+            ingest.close()
+    assert lib.state("rocket (1).jpg") == "quarantined"
+    # a file that vanished on its own is still recorded as such
+    (lib.root / "gone.jpg").write_bytes(b"x")
+    with Store(lib.db) as store:
+        ingest = Ingest(store, config, [str(lib.root)], Actions(store, lib.quarantine))
+        try:
+            stat = FileStat.of(os.stat(lib.root / "gone.jpg"))
+            (lib.root / "gone.jpg").unlink()
+            ingest.ingest(Entry(str(lib.root), "gone.jpg", stat), Failure("vanished", "gone"))
+        finally:
+            ingest.close()
+    assert lib.state("gone.jpg") == "error"

@@ -564,3 +564,72 @@ def test_a_live_photo_whose_motion_file_is_a_clip_moves_as_one_and_its_clip_reco
         for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
             back = store.file_at(root.resolve() / "dup" / name)
             assert back is not None and back.state == "ok", name
+
+
+@pytest.mark.parametrize("op", ["quarantine", "delete"])
+def test_a_removal_recovery_finishes_records_the_clip_motion_file_too(
+    tmp_path: Path, op: str
+) -> None:
+    """Killed after a Live Photo's two files left their folder but before their records
+    said so: the recovery that finishes the action marks the motion file's clip record
+    quarantined (or deleted) with its still, and remembers both as removed, before it marks
+    the action done (itself killed right after that, nothing is left to redo). Before, only
+    the still's record followed (the clip stayed recorded present, then missing), and
+    after the journal's `done`."""
+    from tests import clips
+
+    root = tmp_path / "photos"
+    write_still(root / "keeper" / "IMG_0009.JPG", photos.photo("coffee"), None)
+    clips.render(photos.photo("coffee"), root / "keeper" / "IMG_0009.MOV", seconds=3)
+    for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
+        photos.copy(root / "keeper" / name, root / "dup" / name)
+    config = _config(tmp_path, root, exact="report", near="report")
+    still = root.resolve() / "dup" / "IMG_0009.JPG"
+    motion = still.with_suffix(".MOV")
+    motion_sha = _sha(motion)
+    with Store(config.database) as store:
+        scan(config, store)
+        record, keeper = store.file_at(still), store.file_at(root.resolve() / "keeper" / still.name)
+        assert record is not None and keeper is not None
+        assert store.file_at(motion) is not None
+
+    def run(checkpoint: Callable[[str], None]) -> None:
+        with Store(config.database) as s:
+            actions = Actions(s, tmp_path / "quarantine", checkpoint=checkpoint)
+            if op == "quarantine":
+                actions.quarantine(record, None, 0, "t")
+            else:
+                actions.delete(record, keeper, "t")
+
+    def killed_before_recording(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real = Actions._finish_removal
+    Actions._finish_removal = killed_before_recording  # type: ignore[method-assign,assignment]
+    try:
+        assert _fork_and_kill_at(run, kill_at=10**6)  # killed by the patched step
+    finally:
+        Actions._finish_removal = real  # type: ignore[method-assign]
+    assert not still.exists() and not motion.exists()
+
+    def recover(checkpoint: Callable[[str], None]) -> None:
+        """The next start's recovery, killed right after it wrote the journal's `done`."""
+        with Store(config.database) as s:
+            real_finish = s.journal_finish
+
+            def finish_and_die(*args: object) -> None:
+                real_finish(*args)  # type: ignore[arg-type]
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            s.journal_finish = finish_and_die  # type: ignore[method-assign]
+            Actions(s, tmp_path / "quarantine").recover()
+
+    assert _fork_and_kill_at(recover, kill_at=10**6)
+    with Store(config.database) as store:
+        assert store.actions("state = 'planned'") == []
+        assert Actions(store, tmp_path / "quarantine").recover() == []
+        ended = "quarantined" if op == "quarantine" else "deleted"
+        for path in (still, motion):
+            after = store.file_at(path)
+            assert after is not None and after.state == ended, path
+        assert store.tombstone(motion_sha, str(motion)) is not None
