@@ -229,7 +229,34 @@ def open_image(
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
-    return Decoded(image, image_format, width, height, from_thumbnail)
+    return Decoded(_eight_bit(image), image_format, width, height, from_thumbnail)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """`image` with 8 bits a pixel when it has more: a 16-bit greyscale PNG or TIFF (a film
+    scan, an editor's export) as "L", its levels scaled down. Pillow's own conversion to "L"
+    clips at 255, which turns such a photo into a white frame with its darkest pixels: a hash
+    of nothing like it. 32-bit integer and float images (rare TIFFs) are scaled from the range
+    their levels say (0-255 kept as is, 0-65535 as 16-bit, 0.0-1.0 for floats, else their
+    own minimum to maximum)."""
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image
+    import numpy as np
+
+    levels = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        scaled = levels.astype(np.uint16) >> 8
+    else:
+        low, high = float(levels.min()), float(levels.max())
+        if image.mode == "F" and low >= 0.0 and high <= 1.0:
+            low, high = 0.0, 1.0
+        elif low >= 0.0 and high <= 255.0:
+            low, high = 0.0, 255.0
+        elif low >= 0.0 and high <= 65535.0:
+            low, high = 0.0, 65535.0
+        span = high - low or 1.0
+        scaled = np.clip((levels.astype(np.float64) - low) * (255.0 / span) + 0.5, 0, 255)
+    return Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8: mode "L"
 
 
 def _not_allowed(data: bytes | str) -> str:

@@ -147,6 +147,36 @@ def test_exif_orientation_is_applied_before_hashing(tmp_path: Path) -> None:
     assert distance(sideways, _hash(original)) > 0.3 * PHASH.bits
 
 
+@pytest.mark.parametrize(
+    ("name", "dtype", "scale", "offset"),
+    [
+        ("gray16.png", "uint16", 257, 0),  # a 16-bit PNG: mode "I;16"
+        ("gray16.tif", "uint16", 257, 0),
+        ("float.tif", "float32", 1 / 255, 0),  # levels 0.0-1.0: mode "F"
+        ("int32.tif", "int32", 100, -5000),  # levels of its own range: mode "I"
+    ],
+)
+def test_a_greyscale_photo_of_more_than_8_bits_hashes_like_its_8_bit_copy(
+    tmp_path: Path, name: str, dtype: str, scale: float, offset: int
+) -> None:
+    """A film scan or an editor's export as a 16-bit greyscale PNG or TIFF is the picture of
+    its 8-bit copy to every hash and to the crop stage. Pillow's own conversion clipped its
+    levels at 255 (a white frame): a hash of nothing like it, and no keypoints."""
+    import numpy as np
+
+    with Image.open(photos.photo("coffee")) as im:
+        gray = np.asarray(im.convert("L"))
+    original, wide = tmp_path / "gray.png", tmp_path / name
+    Image.fromarray(gray).save(original)
+    Image.fromarray((gray.astype(np.float64) * scale + offset).astype(dtype)).save(wide)
+    with Image.open(wide) as saved:
+        assert saved.mode != "L"
+    for hasher in (PHASH, Hasher("pdq", 16)):
+        assert distance(_hash(wide, hasher), _hash(original, hasher)) <= 0.02 * hasher.bits
+    result = hash_image(str(wide), [PHASH], max_pixels=MAX_PIXELS)
+    assert result.features is not None and len(result.features.points) > 100 * 8
+
+
 def test_heic_is_decoded_through_pillow_heif(tmp_path: Path) -> None:
     heic = photos.as_heic(photos.photo("hubble"), tmp_path / "hubble.heic")
     result = hash_image(str(heic), [PHASH], max_pixels=MAX_PIXELS)

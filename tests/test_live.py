@@ -621,7 +621,7 @@ def test_a_removal_recovery_finishes_records_the_clip_motion_file_too(
                 real_finish(*args)  # type: ignore[arg-type]
                 os.kill(os.getpid(), signal.SIGKILL)
 
-            s.journal_finish = finish_and_die  # type: ignore[method-assign]
+            s.journal_finish = finish_and_die  # type: ignore[method-assign,assignment]
             Actions(s, tmp_path / "quarantine").recover()
 
     assert _fork_and_kill_at(recover, kill_at=10**6)
