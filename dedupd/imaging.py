@@ -214,7 +214,9 @@ def open_image(
     image_format = image.format or "unknown"
     from_thumbnail = False
     try:
-        if draft_side and image_format == "JPEG":
+        # a multi-picture JPEG (an Ultra HDR photo's gain map, a Samsung or 3-D camera's
+        # second picture) is drafted as any JPEG: its first picture is the photo
+        if draft_side and image_format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_side, draft_side))
         elif thumbnail_side and image_format == "HEIF":
             from_thumbnail = image.draft("RGB", (thumbnail_side, thumbnail_side)) is not None
