@@ -521,12 +521,13 @@ class Actions:
         dst: Path,
         sha256: str,
         half: _Half | None = None,
-    ) -> None:
+    ) -> os.stat_result:
         """Across filesystems: copy the descriptor's bytes into a new file in `dir_fd`, fsync,
         verify, then link exactly that file (by its descriptor, never by a name someone could
         swap) into place, which fails rather than overwrite. The new file has no name until
         then where the filesystem can (O_TMPFILE); elsewhere a temporary name, journaled,
-        removed on any failure (a full disk) and only when it still is our file."""
+        removed on any failure (a full disk) and only when it still is our file. Returns the
+        placed copy's stat."""
         tmp: str | None = None
         try:
             out = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -564,6 +565,7 @@ class Actions:
                 placed, mine = safefs.stat_at(dir_fd, dst.name), os.fstat(out)
                 if placed is None or (placed.st_dev, placed.st_ino) != (mine.st_dev, mine.st_ino):
                     raise ActionError(f"{dst}: not the verified copy after linking; left alone")
+                return placed
             finally:
                 if tmp is not None:
                     _unlink_if_ours(dir_fd, tmp, os.fstat(out))
@@ -764,20 +766,31 @@ class Actions:
 
     def _restore_move(self, action_id: int, moves: Sequence[_Move], half: _Half | None) -> None:
         """Link every file back first, then drop the quarantine names: a crash in between
-        leaves both names of a file, which recovery resolves for all of them alike."""
-        for m in moves:
-            try:
-                _link(
-                    m.src.name, m.dst.name, src_dir_fd=m.qdir, dst_dir_fd=m.ddir,
-                    follow_symlinks=False,
-                )
-            except OSError as exc:
-                if exc.errno not in _CROSS_DEVICE:
-                    raise
-                motion = half if m is not moves[0] else None
-                self._copy_in(action_id, m.fd, m.ddir, m.dst, m.sha256, motion)
-            self._checkpoint("linked")
-            safefs.fsync_dir(m.ddir)
+        leaves both names of a file, which recovery resolves for all of them alike. A failure
+        before every file is back (a full disk while a Live Photo's motion file is copied)
+        drops the names made so far: every file stays in quarantine, and the restore can be
+        asked again (a still left at its name would refuse it)."""
+        placed: list[tuple[_Move, os.stat_result]] = []
+        try:
+            for m in moves:
+                try:
+                    _link(
+                        m.src.name, m.dst.name, src_dir_fd=m.qdir, dst_dir_fd=m.ddir,
+                        follow_symlinks=False,
+                    )
+                    new = os.fstat(m.fd)  # the new name holds the quarantined file itself
+                except OSError as exc:
+                    if exc.errno not in _CROSS_DEVICE:
+                        raise
+                    motion = half if m is not moves[0] else None
+                    new = self._copy_in(action_id, m.fd, m.ddir, m.dst, m.sha256, motion)
+                placed.append((m, new))
+                self._checkpoint("linked")
+                safefs.fsync_dir(m.ddir)
+        except BaseException:
+            for m, new in placed:
+                _unplace(m, new)
+            raise
         for m in moves:
             here = safefs.stat_at(m.qdir, m.src.name)
             mine = os.fstat(m.fd)
@@ -1133,6 +1146,23 @@ def _recover_restore_pair(halves: Sequence[_Half]) -> tuple[str, str]:
         ):
             _unlink_path(h.dst)
     return "rolled_back", "crashed before the Live Photo's two files were back; both in quarantine"
+
+
+def _unplace(m: _Move, placed: os.stat_result) -> None:
+    """Drop the name a failed restore made, only while it is the file placed there, unchanged,
+    and quarantine still holds the file: it stays there, whole. Else the name is left."""
+    with contextlib.suppress(OSError, DedupdError):
+        kept, mine = safefs.stat_at(m.qdir, m.src.name), os.fstat(m.fd)
+        if kept is None or (kept.st_dev, kept.st_ino) != (mine.st_dev, mine.st_ino):
+            return
+        here = safefs.stat_at(m.ddir, m.dst.name)
+        if (
+            here is not None
+            and (here.st_dev, here.st_ino) == (placed.st_dev, placed.st_ino)
+            and _version(here) == _version(placed)
+        ):
+            os.unlink(m.dst.name, dir_fd=m.ddir)
+            safefs.fsync_dir(m.ddir)
 
 
 def _check_bytes(path: str, sha256: str, action_id: int) -> None:

@@ -4,6 +4,7 @@ and a crash at any step is recovered with both files on one side."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -19,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+import dedupd.actions
 from dedupd import live
 from dedupd.actions import ActionError, Actions, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, Policy, QuarantineConfig
@@ -270,6 +272,73 @@ def test_quarantine_restore_and_purge_move_the_two_files_together(lib: Lib) -> N
     assert not q_still.exists() and not q_motion.exists()
     assert not still.exists() and not motion.exists()
     assert (lib.root / "keeper" / "IMG_0001.MOV").exists()
+
+
+def test_a_restore_that_fails_on_the_motion_file_leaves_the_still_in_quarantine_too(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine on another filesystem, and the disk fills up while the motion file is
+    copied back: the still, already copied, is not left behind at its original name (where
+    it would stop every later restore of the pair, and the motion file would wait in
+    quarantine for its purge). Both stay in quarantine; once there is room, a restore
+    brings both back."""
+    still, motion = lib.root / "dup" / "IMG_0001.JPG", lib.root / "dup" / "IMG_0001.MOV"
+    shas = (_sha(still), _sha(motion))
+    movie = motion.read_bytes()
+    actions = Actions(lib.store, lib.quarantine)
+    action_id = actions.quarantine(
+        lib.rec(still), lib.rec(lib.root / "keeper" / "IMG_0001.JPG"), 0, "t"
+    )
+    q_still, q_motion = _pair_in_quarantine(lib, action_id)
+
+    def no_hard_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_full_for_the_movie(fd: int, data: memoryview) -> int:
+        if bytes(data) == movie:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(dedupd.actions, "_link", no_hard_links)
+        m.setattr(dedupd.actions, "_write", disk_full_for_the_movie)
+        with pytest.raises(ActionError, match="No space left"):
+            actions.restore(action_id)
+    assert not still.exists() and not motion.exists()
+    assert (_sha(q_still), _sha(q_motion)) == shas
+    assert lib.rec(still).state == "quarantined"
+
+    actions.restore(action_id)
+    assert (_sha(still), _sha(motion)) == shas
+    assert not q_still.exists() and not q_motion.exists()
+
+
+def test_a_restore_whose_motion_name_is_taken_meanwhile_leaves_the_still_in_quarantine(
+    lib: Lib,
+) -> None:
+    """Same filesystem: the still is linked back, then a sync client writes a file at the
+    motion file's name. The restore fails without a hard link of the still left at its name;
+    the newcomer is untouched."""
+    still, motion = lib.root / "dup" / "IMG_0001.JPG", lib.root / "dup" / "IMG_0001.MOV"
+    shas = (_sha(still), _sha(motion))
+    action_id = Actions(lib.store, lib.quarantine).quarantine(
+        lib.rec(still), lib.rec(lib.root / "keeper" / "IMG_0001.JPG"), 0, "t"
+    )
+    q_still, q_motion = _pair_in_quarantine(lib, action_id)
+    fired: list[str] = []
+
+    def a_file_arrives(step: str) -> None:
+        if step == "linked" and not fired:
+            fired.append(step)
+            motion.write_bytes(b"someone else's movie")
+
+    with pytest.raises(ActionError):
+        Actions(lib.store, lib.quarantine, checkpoint=a_file_arrives).restore(action_id)
+    assert fired
+    assert not still.exists()
+    assert motion.read_bytes() == b"someone else's movie"
+    assert (_sha(q_still), _sha(q_motion)) == shas
+    assert os.stat(q_still).st_nlink == 1
 
 
 @pytest.mark.parametrize("half", ["still", "motion"])
