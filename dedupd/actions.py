@@ -704,6 +704,14 @@ class Actions:
             raise ActionError(f"action {action_id} was already restored or purged")
         src, dst = Path(original.dst), Path(original.src)
         quarantined = _Half.of(original)
+        root = self._root_of(original)
+        if root is not None:
+            # Folders inside the root are made again when missing; the root itself never: a
+            # disk not mounted would get the photo on its mount point's disk, hidden later.
+            try:
+                _reachable(root)
+            except _NotNow as exc:
+                raise ActionError(f"{exc}; nothing restored ({src})") from exc
         with contextlib.ExitStack() as stack:
             with self._refusals(f"{dst}: nothing restored ({src})"):
                 qdir = safefs.open_dir(src.parent)
@@ -763,6 +771,13 @@ class Actions:
             self._run(restore_id, lambda: self._restore_move(restore_id, moves, half))
         self._finish_restore(restore_id, original)
         return dst
+
+    def _root_of(self, a: ActionRecord) -> str | None:
+        """The root a removed file was in: its staging folder's, else its record's."""
+        if a.staged is not None:
+            return str(PurePath(a.staged).parent.parent)
+        record = self.store.file(a.file_id) if a.file_id is not None else None
+        return record.root if record is not None else None
 
     def _restore_move(self, action_id: int, moves: Sequence[_Move], half: _Half | None) -> None:
         """Link every file back first, then drop the quarantine names: a crash in between

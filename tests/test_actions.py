@@ -434,3 +434,27 @@ def test_a_delete_killed_after_its_record_is_done_though_a_copy_came_back(  # ty
     assert result.outcome == "done"
     assert _rec(store, dup).state == "deleted"
     assert store.tombstone(_sha(keeper), str(dup)) is not None
+
+
+def test_a_restore_never_makes_a_root_that_is_not_there(setup) -> None:  # type: ignore[no-untyped-def]
+    """The root's disk is not mounted (its folder is missing): a restore is refused and the
+    photo stays in quarantine, rather than the root's folders being made anew on whatever
+    disk holds the mount point, where the photo would hide under the mounted disk (and the
+    next reconcile would take the made-up root for the real one). Once the root is back,
+    the restore goes ahead; a removed folder inside the root is made again."""
+    store, root, q = setup
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    action_id = actions.quarantine(near, None, 4, "test")
+    entry = store.action(action_id)
+    assert entry is not None and entry.dst is not None
+    unmounted = root.with_name("photos-unmounted")
+    os.rename(root, unmounted)
+    with pytest.raises(ActionError, match="not reachable"):
+        actions.restore(action_id)
+    assert not root.exists()
+    assert _sha(Path(entry.dst)) == near.sha256
+    os.rename(unmounted, root)
+    shutil.rmtree(root / "sub")
+    assert actions.restore(action_id) == root / "sub" / "near.jpg"
+    assert _sha(root / "sub" / "near.jpg") == near.sha256
