@@ -440,8 +440,8 @@ class Actions:
 
     def _quarantine_staged(self, action_id: int, parts: Sequence[_Part], qdir: int) -> None:
         """Stage every part, verify every part, then link every part into quarantine, and
-        only then drop the staged names: until the last link, any failure puts every part
-        back (a Live Photo's two files end on one side), and a crash is recovered so too."""
+        only then drop the staged names: until then, any failure puts every part back (a Live
+        Photo's two files end on one side), and a crash is recovered so too."""
         linked: list[tuple[_Part, os.stat_result]] = []
         with contextlib.ExitStack() as fds:
             try:
@@ -481,8 +481,10 @@ class Actions:
                     self._checkpoint("linked")
                 safefs.fsync_dir(qdir)
             except BaseException:
-                if len(linked) < len(parts):
-                    self._put_back_all(action_id, parts, qdir, linked)
+                # Also after the last link: the quarantine folder's fsync failed, so its names
+                # may not last; and a staged file left here with the entry `failed` would be
+                # looked at by no recovery.
+                self._put_back_all(action_id, parts, qdir, linked)
                 raise
         for p in parts:
             p.staged.discard()

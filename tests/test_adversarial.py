@@ -713,3 +713,30 @@ def test_a_root_swapped_for_a_symlink_after_the_action_does_not_escape(lib: Lib)
     )
     (entry,) = lib.store.actions()
     assert entry.state == "done"
+
+
+def test_a_quarantine_folder_that_cannot_be_synced_leaves_no_photo_in_the_staging_folder(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The photo is linked (or copied) into quarantine, then the quarantine folder's fsync
+    fails (EIO from a failing disk; EINVAL where a filesystem cannot sync a folder). The
+    action fails, so the photo goes back to its folder: it was left in the root's hidden
+    staging folder with its journal entry `failed`, which no recovery looks at."""
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+    qsub = lib.quarantine / str(lib.root).lstrip("/") / "sub"
+    qsub.mkdir(parents=True)
+    real_fsync_dir = safefs.fsync_dir
+
+    def quarantine_cannot_sync(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(qsub)):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_dir(fd)
+
+    monkeypatch.setattr(safefs, "fsync_dir", quarantine_cannot_sync)
+    with pytest.raises(ActionError, match="Input/output error"):
+        Actions(lib.store, lib.quarantine).quarantine(near, keeper, 4, "near")
+    assert _sha(lib.root / "sub" / "near.jpg") == near.sha256
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+    assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    (entry,) = lib.store.actions()
+    assert entry.state == "failed"
