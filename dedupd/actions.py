@@ -498,11 +498,20 @@ class Actions:
         linked: Sequence[tuple[_Part, os.stat_result]] = (),
     ) -> None:
         """Undo a removal that did not finish: drop the names made in quarantine (while they
-        are still ours) and put every staged part back. A part that cannot be put back
+        are still ours; one that cannot be dropped is left, never a reason to keep a part
+        staged) and put every staged part back. A part that cannot be put back
         leaves the entry planned for recovery (`Stranded`), after the others went back."""
         for p, here in linked:
             if qdir is not None and p.dst is not None:
-                _unlink_if_ours(qdir, p.dst.name, here)
+                try:
+                    _unlink_if_ours(qdir, p.dst.name, here)
+                except OSError as exc:  # a failing quarantine disk: the extra copy stays
+                    log.warning(
+                        "action_copy_left_in_quarantine",
+                        action=action_id,
+                        path=str(p.dst),
+                        error=str(exc),
+                    )
         stranded: Stranded | None = None
         for p in parts:
             if not p.staged.is_staged:

@@ -740,3 +740,37 @@ def test_a_quarantine_folder_that_cannot_be_synced_leaves_no_photo_in_the_stagin
     assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
     (entry,) = lib.store.actions()
     assert entry.state == "failed"
+
+
+def test_a_quarantine_gone_read_only_mid_action_still_puts_the_photo_back(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine disk fails mid-action (remounted read-only): its folder cannot be
+    synced, and the name made there cannot be removed. That leftover copy is no reason to
+    keep the photo in the root's staging folder: the photo goes back all the same."""
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+    qsub = lib.quarantine / str(lib.root).lstrip("/") / "sub"
+    qsub.mkdir(parents=True)
+    real_fsync_dir, real_unlink = safefs.fsync_dir, os.unlink
+
+    def read_only(fd: int | None) -> bool:
+        return fd is not None and os.path.samestat(os.fstat(fd), os.stat(qsub))
+
+    def no_sync(fd: int) -> None:
+        if read_only(fd):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_dir(fd)
+
+    def no_unlink(path: str, *, dir_fd: int | None = None) -> None:
+        if read_only(dir_fd):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(safefs, "fsync_dir", no_sync)
+    monkeypatch.setattr(os, "unlink", no_unlink)
+    with pytest.raises(ActionError):
+        Actions(lib.store, lib.quarantine).quarantine(near, keeper, 4, "near")
+    monkeypatch.undo()
+    assert _sha(lib.root / "sub" / "near.jpg") == near.sha256
+    assert not (lib.root / safefs.STAGING_DIR).exists()
+    assert lib.store.actions("state = 'planned'") == []
