@@ -486,9 +486,7 @@ class Actions:
                 # looked at by no recovery.
                 self._put_back_all(action_id, parts, qdir, linked)
                 raise
-        for p in parts:
-            p.staged.discard()
-            self._checkpoint("unlinked")
+        self._discard_all(parts)
 
     @staticmethod
     def _put_back_all(
@@ -640,8 +638,20 @@ class Actions:
             if isinstance(exc, ActionError):
                 raise ActionError(f"{exc}; nothing deleted") from exc
             raise
+        self._discard_all(parts)
+
+    def _discard_all(self, parts: Sequence[_Part]) -> None:
+        """Drop the staged names, the last step. One that fails (the root's disk) leaves the
+        entry planned (`Stranded`): journaled `failed`, no recovery would look at it, and a
+        staged name would stay behind with the record saying the file is in place."""
         for p in parts:
-            p.staged.discard()
+            try:
+                p.staged.discard()
+            except OSError as exc:
+                raise Stranded(
+                    f"{p.staged.src}: its staged name {p.staged.path} could not be removed "
+                    f"({exc}); the next recovery finishes the action"
+                ) from exc
             self._checkpoint("unlinked")
 
     def _verify_keeper(self, record: _Version, keeper: _Version, fd: int) -> None:
