@@ -152,13 +152,18 @@ def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
+_NAME_MAX = 255
+
+
 def free_name_at(dir_fd: int, name: str) -> str:
-    """`name`, or `stem (1).ext`, `stem (2).ext`, … whichever is free in the folder."""
+    """`name`, or `stem (1).ext`, `stem (2).ext`, … whichever is free in the folder, with
+    the stem shortened where the suffix would make the name too long."""
     candidate, n = name, 0
     stem, suffix = os.path.splitext(name)
     while exists_at(dir_fd, candidate):
         n += 1
-        candidate = f"{stem} ({n}){suffix}"
+        extra = os.fsencode(f" ({n}){suffix}")
+        candidate = os.fsdecode(os.fsencode(stem)[: _NAME_MAX - len(extra)] + extra)
     return candidate
 
 

@@ -458,3 +458,25 @@ def test_a_restore_never_makes_a_root_that_is_not_there(setup) -> None:  # type:
     shutil.rmtree(root / "sub")
     assert actions.restore(action_id) == root / "sub" / "near.jpg"
     assert _sha(root / "sub" / "near.jpg") == near.sha256
+
+
+def test_a_long_name_taken_in_quarantine_gets_a_shortened_free_name(setup) -> None:  # type: ignore[no-untyped-def]
+    """255 bytes is the longest name: when quarantine already holds one of that name,
+    `name (1).jpg` would not fit, so the stem is cut (the quarantine was refused, every
+    time, with "File name too long")."""
+    store, root, q = setup
+    long = "L" * 251 + ".jpg"
+    os.rename(root / "dup.jpg", root / long)
+    scan(replace(Config(), database=store.path, hashing=HashingConfig(workers=1)).with_roots(
+        [root]), store)
+    record = _rec(store, root / long)
+    taken = q / str(root).lstrip("/") / long
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"someone else's file")
+    action_id = Actions(store, q).quarantine(record, None, 0, "test")
+    entry = store.action(action_id)
+    assert entry is not None and entry.dst is not None
+    placed = Path(entry.dst)
+    assert placed.name.endswith(" (1).jpg") and len(os.fsencode(placed.name)) <= 255
+    assert _sha(placed) == record.sha256
+    assert taken.read_bytes() == b"someone else's file"
