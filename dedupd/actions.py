@@ -156,6 +156,11 @@ def motion_paths(a: ActionRecord) -> tuple[str, str | None] | None:
     return (half.src, half.dst) if half is not None else None
 
 
+# An empty file dedupd keeps in its quarantine folder: a quarantine folder that is missing or
+# empty without it, after dedupd has quarantined into it, is a disk not mounted.
+QUARANTINE_MARKER = ".dedupd-quarantine"
+
+
 def quarantine_path_for(quarantine: Path, record: FileRecord) -> Path:
     """Where a file goes in quarantine: its root's path, then its path inside the root.
 
@@ -397,6 +402,7 @@ class Actions:
                 parts = self._parts(stack, record, self._motion(record))
                 if keeper is not None:
                     self._check_keeper_before(record, keeper)
+                self._quarantine_mounted(self.quarantine_dir)
                 qdir = safefs.open_dir(target.parent, create=True, mode=0o750)
             stack.callback(os.close, qdir)
             with self._refusals(str(record.path)):
@@ -423,6 +429,37 @@ class Actions:
             self._run(action_id, lambda: self._quarantine_staged(action_id, parts, qdir))
         self._finish_removal(action_id, record, "quarantined")
         return action_id
+
+    def _quarantine_mounted(self, folder: Path) -> None:
+        """Refuse a quarantine folder that is missing or empty without its marker file
+        (QUARANTINE_MARKER) after dedupd has quarantined into it: its disk is most likely not
+        mounted, and a file put there would land on the mount point's disk and hide under the
+        disk once mounted (restore then finds nothing). Else the folder is made when
+        missing and marked as dedupd's."""
+        try:
+            with safefs.directory(folder) as fd:
+                if safefs.exists_at(fd, QUARANTINE_MARKER):
+                    return
+                empty = not os.listdir(fd)
+        except FileNotFoundError:
+            empty = None  # missing
+        if (empty is None or empty) and self.store.quarantined_into(str(folder)):
+            state = "missing" if empty is None else "empty"
+            raise ActionError(
+                f"the quarantine folder {folder} is {state} and has no {QUARANTINE_MARKER}, "
+                f"but dedupd has quarantined files into it: is its disk mounted? Nothing "
+                f"moved. If you emptied it yourself, create the empty file "
+                f"{folder / QUARANTINE_MARKER} to go on"
+            )
+        with safefs.directory(folder, create=True, mode=0o750) as fd:
+            marker = os.open(
+                QUARANTINE_MARKER,
+                os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
+                dir_fd=fd,
+            )
+            os.close(marker)
+            safefs.fsync_dir(fd)
 
     def _check_source(self, staged: _Staged, want: _Version) -> None:
         st = staged.stat_source()

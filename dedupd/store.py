@@ -1484,6 +1484,16 @@ class Store:
             )
         ]
 
+    def quarantined_into(self, folder: str) -> bool:
+        """Whether any quarantine finished into `folder` (restored and purged ones too)."""
+        prefix = os.fsencode(folder.rstrip(os.sep) + os.sep)
+        row = self.db.execute(
+            "SELECT 1 FROM actions WHERE kind = 'quarantine' AND state = 'done'"
+            " AND substr(CAST(dst AS BLOB), 1, ?) = ? LIMIT 1",
+            (len(prefix), prefix),
+        ).fetchone()
+        return row is not None
+
     def quarantined_count(self) -> int:
         """How many photos are in quarantine now (as `quarantined` lists them)."""
         (count,) = self.db.execute(

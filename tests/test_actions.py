@@ -124,7 +124,7 @@ def test_cross_filesystem_quarantine_copies_verifies_then_unlinks(setup, monkeyp
     assert entry is not None and entry.state == "done"
     # The copy had no name until it was linked (O_TMPFILE), or a temporary one, now gone.
     assert entry.tmp is None or not Path(entry.tmp).exists()
-    assert not list(q.rglob(".dedupd-*"))
+    assert not list(q.rglob(".dedupd-*.tmp"))
     assert not (root / "dup.jpg").exists()
     assert _sha(Path(entry.dst)) == record.sha256
     assert os.stat(entry.dst).st_mtime_ns == record.mtime_ns  # copystat kept the times
@@ -480,3 +480,49 @@ def test_a_long_name_taken_in_quarantine_gets_a_shortened_free_name(setup) -> No
     assert placed.name.endswith(" (1).jpg") and len(os.fsencode(placed.name)) <= 255
     assert _sha(placed) == record.sha256
     assert taken.read_bytes() == b"someone else's file"
+
+
+@pytest.mark.parametrize("unmounted", ["missing", "empty"])
+def test_a_quarantine_folder_whose_disk_is_not_mounted_is_refused(setup, unmounted: str) -> None:  # type: ignore[no-untyped-def]
+    """The quarantine folder on a USB disk or a NAS share not mounted now: missing (the mount
+    point's parent is there) or an empty mount point. dedupd has quarantined into it before,
+    so it refuses and moves nothing: a photo put there would land on the mount point's disk
+    and hide under the disk once mounted (restore then finds nothing). Before, the folder
+    was made anew. The first quarantine ever makes the folder and its marker; a user who
+    emptied it on purpose creates the marker to go on."""
+    from dedupd.actions import QUARANTINE_MARKER
+
+    store, root, q = setup
+    keeper = _rec(store, root / "keeper.jpg")
+    assert not q.exists()
+    Actions(store, q).quarantine(_rec(store, root / "dup.jpg"), keeper, 0, "t")  # first use
+    assert (q / QUARANTINE_MARKER).is_file()
+    q.rename(q.with_name("the-disk"))  # unmounted: what was on it is elsewhere now
+    if unmounted == "empty":
+        q.mkdir()
+    near = _rec(store, root / "sub" / "near.jpg")
+    with pytest.raises(ActionError, match="is its disk mounted"):
+        Actions(store, q).quarantine(near, keeper, 4, "t")
+    assert (root / "sub" / "near.jpg").exists()
+    assert q.exists() == (unmounted == "empty")
+    assert not q.exists() or not list(q.iterdir())  # nothing made there
+    assert _rec(store, root / "sub" / "near.jpg").state == "ok"
+    q.mkdir(exist_ok=True)
+    (q / QUARANTINE_MARKER).touch()  # "I emptied it myself"
+    Actions(store, q).quarantine(near, keeper, 4, "t")
+    assert not (root / "sub" / "near.jpg").exists()
+    assert _rec(store, root / "sub" / "near.jpg").state == "quarantined"
+
+
+def test_a_quarantine_folder_of_files_from_before_its_marker_is_marked(setup) -> None:  # type: ignore[no-untyped-def]
+    """A quarantine folder that holds files but no marker (made by an older dedupd) is the
+    mounted one: it is marked and used."""
+    from dedupd.actions import QUARANTINE_MARKER
+
+    store, root, q = setup
+    keeper = _rec(store, root / "keeper.jpg")
+    Actions(store, q).quarantine(_rec(store, root / "dup.jpg"), keeper, 0, "t")
+    (q / QUARANTINE_MARKER).unlink()
+    Actions(store, q).quarantine(_rec(store, root / "sub" / "near.jpg"), keeper, 4, "t")
+    assert (q / QUARANTINE_MARKER).is_file()
+    assert _rec(store, root / "sub" / "near.jpg").state == "quarantined"

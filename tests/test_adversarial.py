@@ -163,7 +163,7 @@ def test_a_photo_renamed_onto_the_name_during_a_quarantine_stays_in_the_folder(
     (data,) = new
     survivors = [p for p in lib.root.rglob("*.jpg") if p.read_bytes() == data]
     assert len(survivors) == 1, "the new photo exists exactly once, in the folder"
-    in_quarantine = [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    in_quarantine = _in_quarantine(lib)
     assert all(p.read_bytes() != data for p in in_quarantine)
     # The re-encode exists exactly once: in the folder or in quarantine (unless the rename
     # itself replaced it before dedupd took it out of the folder: the user's doing).
@@ -334,7 +334,7 @@ def test_a_full_quarantine_disk_leaves_no_partial_copy(
     with pytest.raises(ActionError, match="No space left"):
         Actions(lib.store, lib.quarantine).quarantine(near, keeper, 4, "near")
     assert written, "the copy was attempted"
-    assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    assert not _in_quarantine(lib)
     assert _sha(lib.root / "sub" / "near.jpg") == near.sha256
     (entry,) = lib.store.actions()
     assert entry.state == "failed"
@@ -695,7 +695,7 @@ def test_an_edit_written_while_copying_across_filesystems_is_put_back(lib: Lib) 
     finally:
         editor.close()
     assert (lib.root / "sub" / "near.jpg").read_bytes().endswith(b"the user's edit")
-    assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    assert not _in_quarantine(lib)
 
 
 def test_a_root_swapped_for_a_symlink_after_the_action_does_not_escape(lib: Lib) -> None:
@@ -737,7 +737,7 @@ def test_a_quarantine_folder_that_cannot_be_synced_leaves_no_photo_in_the_stagin
         Actions(lib.store, lib.quarantine).quarantine(near, keeper, 4, "near")
     assert _sha(lib.root / "sub" / "near.jpg") == near.sha256
     assert not (lib.root / safefs.STAGING_DIR).exists()
-    assert not [p for p in lib.quarantine.rglob("*") if p.is_file()]
+    assert not _in_quarantine(lib)
     (entry,) = lib.store.actions()
     assert entry.state == "failed"
 
@@ -837,3 +837,10 @@ def test_a_delete_whose_staged_name_cannot_be_dropped_is_left_to_recovery(
     assert recovered.outcome == "rolled_back"
     assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
     assert not (lib.root / safefs.STAGING_DIR).exists()
+
+
+def _in_quarantine(lib: Lib) -> list[Path]:
+    """The files in quarantine (not dedupd's marker)."""
+    from dedupd.actions import QUARANTINE_MARKER
+
+    return [p for p in lib.quarantine.rglob("*") if p.is_file() and p.name != QUARANTINE_MARKER]
