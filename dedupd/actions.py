@@ -865,11 +865,22 @@ class Actions:
                 _unplace(m, new)
             raise
         for m in moves:
-            here = safefs.stat_at(m.qdir, m.src.name)
-            mine = os.fstat(m.fd)
-            if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-                os.unlink(m.src.name, dir_fd=m.qdir)
-                safefs.fsync_dir(m.qdir)
+            try:
+                here = safefs.stat_at(m.qdir, m.src.name)
+                mine = os.fstat(m.fd)
+                if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(m.src.name, dir_fd=m.qdir)
+                    safefs.fsync_dir(m.qdir)
+            except OSError as exc:
+                # Every file is back: the restore is done. The quarantine name left (a failing
+                # quarantine disk) is only a spare copy; failing here would leave the restore
+                # `failed` with the photo back, and every later one refused ("exists").
+                log.warning(
+                    "restore_copy_left_in_quarantine",
+                    action=action_id,
+                    path=str(m.src),
+                    error=str(exc),
+                )
             self._checkpoint("unlinked")
 
     def _mark_restored_distinct(self, original: ActionRecord) -> None:

@@ -460,6 +460,33 @@ def test_a_restore_never_makes_a_root_that_is_not_there(setup) -> None:  # type:
     assert _sha(root / "sub" / "near.jpg") == near.sha256
 
 
+def test_a_restore_whose_quarantine_name_cannot_be_dropped_is_done(
+    setup, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """The photo is back at its name, but its quarantine name cannot be removed (EIO from a
+    failing quarantine disk): the restore is done, the spare copy left and logged. Before, it
+    was journaled failed with the photo back: still listed in quarantine, and every later
+    restore refused ("exists")."""
+    store, root, q = setup
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    action_id = actions.quarantine(near, None, 4, "test")
+    real_unlink = os.unlink
+
+    def failing_disk(path: object, *args: object, dir_fd: int | None = None) -> None:
+        if dir_fd is not None and path == "near.jpg" and (root / "sub" / "near.jpg").exists():
+            raise OSError(errno.EIO, "Input/output error")
+        real_unlink(path, *args, dir_fd=dir_fd)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", failing_disk)
+    assert actions.restore(action_id) == root / "sub" / "near.jpg"
+    monkeypatch.undo()
+    assert _sha(root / "sub" / "near.jpg") == near.sha256
+    assert [a.id for a in store.quarantined()] == []
+    (restore,) = store.actions("kind = 'restore'")
+    assert restore.state == "done"
+
+
 def test_a_long_name_taken_in_quarantine_gets_a_shortened_free_name(setup) -> None:  # type: ignore[no-untyped-def]
     """255 bytes is the longest name: when quarantine already holds one of that name,
     `name (1).jpg` would not fit, so the stem is cut (the quarantine was refused, every
