@@ -776,14 +776,9 @@ def test_a_quarantine_gone_read_only_mid_action_still_puts_the_photo_back(
     assert lib.store.actions("state = 'planned'") == []
 
 
-def test_a_staged_name_that_cannot_be_dropped_leaves_the_quarantine_to_recovery(
-    lib: Lib, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The photo is in quarantine, and dropping its staged name fails (the root's disk
-    returns EIO). The action is not journaled `failed` (no recovery would look at it, the
-    photo recorded present and a second name of it kept in the staging folder): it stays
-    planned, and the next recovery finishes it."""
-    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+def _staging_unlink_fails_once_set(lib: Lib, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make unlinking in the root's staging folder fail (EIO, the root's disk) once the
+    returned list is not empty."""
     real_unlink = os.unlink
     failing: list[bool] = []
 
@@ -795,6 +790,18 @@ def test_a_staged_name_that_cannot_be_dropped_leaves_the_quarantine_to_recovery(
         real_unlink(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "unlink", no_unlink)
+    return failing
+
+
+def test_a_staged_name_that_cannot_be_dropped_leaves_the_quarantine_to_recovery(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The photo is in quarantine, and dropping its staged name fails (the root's disk
+    returns EIO). The action is not journaled `failed` (no recovery would look at it, the
+    photo recorded present and a second name of it kept in the staging folder): it stays
+    planned, and the next recovery finishes it."""
+    near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
+    failing = _staging_unlink_fails_once_set(lib, monkeypatch)
     checkpoint = _at("linked", lambda: failing.append(True))
     with pytest.raises(ActionError, match="Input/output error"):
         Actions(lib.store, lib.quarantine, checkpoint=checkpoint).quarantine(
@@ -817,17 +824,7 @@ def test_a_delete_whose_staged_name_cannot_be_dropped_is_left_to_recovery(
     the entry stays planned and the next recovery resolves it (here: the photo is put back,
     as the staged file is still there)."""
     dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
-    real_unlink = os.unlink
-    failing: list[bool] = []
-
-    def no_unlink(path: str, *, dir_fd: int | None = None) -> None:
-        if failing and dir_fd is not None:
-            staging = lib.root / safefs.STAGING_DIR
-            if os.path.samestat(os.fstat(dir_fd), os.stat(staging)):
-                raise OSError(errno.EIO, "Input/output error")
-        real_unlink(path, dir_fd=dir_fd)
-
-    monkeypatch.setattr(os, "unlink", no_unlink)
+    failing = _staging_unlink_fails_once_set(lib, monkeypatch)
     checkpoint = _at("verified", lambda: failing.append(True))
     with pytest.raises(ActionError, match="Input/output error"):
         Actions(lib.store, lib.quarantine, checkpoint=checkpoint).delete(dup, keeper, "exact")

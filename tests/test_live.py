@@ -594,6 +594,17 @@ def test_show_search_and_quarantine_list_name_the_motion_file_with_its_still(
     assert (cli.root / "b" / "IMG_0002.JPG").exists() and (cli.root / "b" / "IMG_0002.MOV").exists()
 
 
+def _clip_pairs(root: Path) -> Path:
+    """keeper/IMG_0009.JPG with a real clip as its MOV, and dup/ holding exact copies of both."""
+    from tests import clips
+
+    write_still(root / "keeper" / "IMG_0009.JPG", photos.photo("coffee"), None)
+    clips.render(photos.photo("coffee"), root / "keeper" / "IMG_0009.MOV", seconds=3)
+    for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
+        photos.copy(root / "keeper" / name, root / "dup" / name)
+    return root
+
+
 def test_a_live_photo_whose_motion_file_is_a_clip_moves_as_one_and_its_clip_record_follows(
     tmp_path: Path,
 ) -> None:
@@ -602,13 +613,7 @@ def test_a_live_photo_whose_motion_file_is_a_clip_moves_as_one_and_its_clip_reco
     its MOV with it; the MOV's own decision never moves it alone, nothing fails, and its
     record follows the still: quarantined, out of the clip index, then back after a
     restore."""
-    from tests import clips
-
-    root = tmp_path / "photos"
-    write_still(root / "keeper" / "IMG_0009.JPG", photos.photo("coffee"), None)
-    clips.render(photos.photo("coffee"), root / "keeper" / "IMG_0009.MOV", seconds=3)
-    for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
-        photos.copy(root / "keeper" / name, root / "dup" / name)
+    root = _clip_pairs(tmp_path / "photos")
     config = _config(tmp_path, root, exact="quarantine", near="report")
     config = replace(config, quarantine=QuarantineConfig(path=tmp_path / "quarantine"))
     with Store(config.database) as store:
@@ -646,13 +651,7 @@ def test_a_removal_recovery_finishes_records_the_clip_motion_file_too(
     the action done (itself killed right after that, nothing is left to redo). Before, only
     the still's record followed (the clip stayed recorded present, then missing), and
     after the journal's `done`."""
-    from tests import clips
-
-    root = tmp_path / "photos"
-    write_still(root / "keeper" / "IMG_0009.JPG", photos.photo("coffee"), None)
-    clips.render(photos.photo("coffee"), root / "keeper" / "IMG_0009.MOV", seconds=3)
-    for name in ("IMG_0009.JPG", "IMG_0009.MOV"):
-        photos.copy(root / "keeper" / name, root / "dup" / name)
+    root = _clip_pairs(tmp_path / "photos")
     config = _config(tmp_path, root, exact="report", near="report")
     still = root.resolve() / "dup" / "IMG_0009.JPG"
     motion = still.with_suffix(".MOV")
