@@ -943,9 +943,22 @@ class Actions:
         assert q.dst is not None
         if half is not None:
             _check_bytes(half.src, half.sha256, q.id)
-        _unlink_verified(q.dst, q.sha256, q.id, self._checkpoint)
+        within = self._mounted_quarantine(q.dst)
+        _unlink_verified(q.dst, q.sha256, q.id, self._checkpoint, within=within)
         if half is not None:
-            _unlink_verified(half.src, half.sha256, q.id, self._checkpoint)
+            _unlink_verified(half.src, half.sha256, q.id, self._checkpoint, within=within)
+
+    def _mounted_quarantine(self, path: str) -> Path | None:
+        """The configured quarantine folder when it holds `path` and is known to be mounted
+        (it has its marker, QUARANTINE_MARKER), else None."""
+        folder = self.quarantine_dir
+        if folder is None or not PurePath(path).is_relative_to(folder):
+            return None
+        try:
+            with safefs.directory(folder) as fd:
+                return folder if safefs.exists_at(fd, QUARANTINE_MARKER) else None
+        except (OSError, DedupdError):
+            return None
 
     # -- crash recovery -----------------------------------------------------------------------
     def recover(self) -> list[Recovered]:
@@ -1366,13 +1379,23 @@ def _remove_staging_if_empty(root: str) -> None:
 
 
 def _unlink_verified(
-    path: str, sha256: str, action_id: int, checkpoint: Callable[[str], None] = _no_checkpoint
+    path: str,
+    sha256: str,
+    action_id: int,
+    checkpoint: Callable[[str], None] = _no_checkpoint,
+    *,
+    within: Path | None = None,
 ) -> None:
     """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger, nor the
-    user's newer bytes)."""
+    user's newer bytes). `within`: the quarantine folder holding `path`, known to be mounted;
+    a folder missing on the way there was then removed by the user, the file with it."""
     p = PurePath(path)
     try:
         d = safefs.open_dir(p.parent)
+    except FileNotFoundError as exc:
+        if within is not None:
+            return  # already gone, with its folder
+        raise ActionError(f"{p.parent} is not reachable ({exc}); {path} kept") from exc
     except (OSError, DedupdError) as exc:  # an unmounted quarantine: nothing is known
         raise ActionError(f"{p.parent} is not reachable ({exc}); {path} kept") from exc
     try:

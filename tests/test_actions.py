@@ -409,6 +409,26 @@ def _rehash(path: Path):  # type: ignore[no-untyped-def]
     return hash_image(str(path), [], max_pixels=10**9)
 
 
+def test_a_purge_of_a_folder_removed_from_quarantine_by_hand_clears_its_entries(setup) -> None:  # type: ignore[no-untyped-def]
+    """The user removed a folder from quarantine themselves: its files are gone, and a purge
+    says so (the entries leave the list). Before, every purge kept them ("not reachable")
+    forever. Without the folder's marker (its disk perhaps not mounted) nothing is
+    concluded: the entries stay."""
+    from dedupd.actions import QUARANTINE_MARKER
+
+    store, root, q = setup
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    action_id = actions.quarantine(near, None, 4, "test")
+    (q / QUARANTINE_MARKER).rename(q / "aside")
+    shutil.rmtree(q / str(root).lstrip("/") / "sub")
+    assert actions.purge(0) == []  # not known to be mounted: kept listed
+    assert [e.id for e in store.quarantined()] == [action_id]
+    (q / "aside").rename(q / QUARANTINE_MARKER)
+    assert actions.purge(0) == [action_id]
+    assert store.quarantined() == []
+
+
 def test_purge_with_only_deletes_just_the_confirmed_entries(setup) -> None:  # type: ignore[no-untyped-def]
     store, root, q = setup
     actions = Actions(store, q)
