@@ -51,6 +51,8 @@ def path_too_long(path: str) -> bool:
 
 Rehash = Literal["fill", "decide"]
 
+VANISHED = "vanished"  # the error kind of a file gone from its path before it was read
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -199,8 +201,12 @@ def same_version(record: FileRecord, stat: FileStat) -> bool:
     """The one identity rule: a file is the version a record describes when its (device,
     inode, size, mtime_ns) are the record's. The scanner, the daemon's watch hints and the
     reconcile all decide "unchanged" and "renamed" by it, never by size and mtime alone (a
-    copy with the same size and times is another file, whose bytes were never hashed)."""
-    return record.stat == stat
+    copy with the same size and times is another file, whose bytes were never hashed).
+
+    A record of a file that vanished before its worker read it (error 'vanished') describes
+    no version: its stat is only what was seen when it was queued, and a file with it found
+    elsewhere (renamed meanwhile) or back at the path was never hashed."""
+    return record.stat == stat and record.error_kind != VANISHED
 
 
 def reconcile(
@@ -248,7 +254,8 @@ def reconcile(
             plan.unchanged += 1
     # Whatever is left in `known` vanished from its path: moved, or deleted. Keyed by the
     # stat, so that a lookup is `same_version`.
-    vanished = {r.stat: r for r in known.values()}
+    vanished = {r.stat: r for r in known.values() if r.error_kind != VANISHED}
+    gone = [r for r in known.values() if r.error_kind == VANISHED]  # no rename to follow
     for entry in appeared:
         record = vanished.pop(entry.stat, None) or store.missing_with_stat(entry.stat)
         if record is None:
@@ -257,7 +264,7 @@ def reconcile(
             plan.renamed.append((record, entry))
             if record.id in needs_hash:
                 plan.rehash.append(rehash(record, entry))
-    plan.missing = list(vanished.values())
+    plan.missing = list(vanished.values()) + gone
     return plan
 
 

@@ -698,19 +698,21 @@ class Store:
         return found[0] if found else None
 
     def missing_with_stat(self, stat: FileStat) -> FileRecord | None:
-        """A record marked missing whose (dev, inode, size, mtime) reappeared: a move."""
+        """A record marked missing whose (dev, inode, size, mtime) reappeared: a move. Not
+        one of a file that vanished before it was read: it describes no version."""
         found = self._files(
             "f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ? AND f.state = 'missing'"
-            " ORDER BY f.updated DESC LIMIT 1",
+            " AND f.error_kind IS NOT 'vanished' ORDER BY f.updated DESC LIMIT 1",
             tuple(stat),
         )
         return found[0] if found else None
 
     def present_with_stat(self, stat: FileStat) -> list[FileRecord]:
-        """Records of present files (hashed or failed) with this (dev, inode, size, mtime)."""
+        """Records of present files (hashed or failed) with this (dev, inode, size, mtime),
+        but for a file that vanished before it was read: it describes no version."""
         return self._files(
             "f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?"
-            " AND f.state IN ('ok', 'error')",
+            " AND f.state IN ('ok', 'error') AND f.error_kind IS NOT 'vanished'",
             tuple(stat),
         )
 

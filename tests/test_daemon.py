@@ -306,6 +306,26 @@ def test_moves_are_followed_and_deletes_marked(env: Env) -> None:
         assert daemon.stats.hashed == 1
 
 
+def test_an_upload_renamed_while_in_the_pool_is_hashed_at_its_new_name(env: Env) -> None:
+    """A new upload renamed (a photo app sorting it into a folder) after it was queued and
+    before its worker opened it: the worker finds nothing at the old name ('vanished'). The
+    file at the new name is a photo never hashed, not the version that vanished: it is
+    hashed and decided (before, the rename was followed, and its record said 'vanished'
+    error, never to be hashed again while unchanged)."""
+    with running(env, work=workers.scripted) as daemon:
+        photos.copy(photos.photo("coffee"), env.root / "wait-a.jpg")
+        wait_for(lambda: daemon.pool.in_flight == 1, what="the upload in a worker")
+        (env.root / "2026").mkdir()
+        os.rename(env.root / "wait-a.jpg", env.root / "2026" / "wait-a.jpg")
+        (env.root / "release").touch()  # the worker opens the old name now
+        wait_for(lambda: env.state(env.root / "wait-a.jpg") is not None, what="the old name")
+        wait_for(lambda: env.state(env.root / "2026" / "wait-a.jpg") is not None)
+        wait_for(lambda: _idle(daemon))
+        record = env.record(env.root / "2026" / "wait-a.jpg")
+        assert record is not None and record.state == "ok", record
+        assert len(daemon.ingest.index) == 1
+
+
 def test_a_rename_is_followed_only_for_the_same_file_not_a_lookalike(env: Env) -> None:
     """One identity rule (dev, inode, size, mtime), as the scanner's: a file renamed and at
     once replaced by another file of the same size and times is hashed, not taken for the

@@ -266,6 +266,35 @@ def test_a_photo_moved_out_and_back_is_not_decoded_again(
     assert record is not None and record.state == "ok"
 
 
+def test_a_file_that_vanished_before_it_was_read_is_hashed_where_it_turns_up(
+    tmp_path: Path,
+) -> None:
+    """A 'vanished' error (the file was renamed after it was queued, before its worker read
+    it) is no version of it: found at another name, or back at its own, the file is hashed,
+    not followed as a rename of a record that never held its hashes."""
+    from dedupd.filestat import FileStat
+
+    root = tmp_path / "lib"
+    photos.copy(photos.photo("coffee"), root / "a.jpg")
+    photos.copy(photos.photo("rocket"), root / "b.jpg")
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        for name in ("a.jpg", "b.jpg"):
+            stat = FileStat.of(os.stat(root / name))
+            store.record_error(str(root.resolve()), name, stat, "vanished", "gone")
+        store.commit()
+    os.rename(root / "a.jpg", root / "renamed.jpg")  # b.jpg is back at its own name
+    report = _scan(config)
+    assert report.hashed == 2
+    with Store(config.database) as store:
+        states = {n: store.file_at(root.resolve() / n) for n in ("renamed.jpg", "b.jpg")}
+        assert {n: r.state if r else None for n, r in states.items()} == {
+            "renamed.jpg": "ok",
+            "b.jpg": "ok",
+        }
+        assert store.file_at(root.resolve() / "a.jpg").state == "missing"  # type: ignore[union-attr]
+
+
 def test_a_file_whose_ingest_raises_is_one_recorded_error_and_the_scan_goes_on(
     library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
