@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dedupd.engine import (
 )
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.pool import Failure, HasherPool
-from dedupd.scanner import Entry, NameFilter, same_version, walk
+from dedupd.scanner import Entry, NameFilter, path_too_long, same_version, walk
 from dedupd.store import FileRecord, Store
 from dedupd.watcher import Hint, Settler
 
@@ -191,7 +192,7 @@ class Pipeline:
         self.ingest.index_again(done.revived)
         self.ingest.await_decisions(done.awaiting)  # after: a revived one may await too
         queued = {e.path for e in self.backlog}
-        new = [e for e in done.work if e.path not in queued]
+        new = [e for e in done.work if e.path not in queued and not self._writing(e)]
         self.backlog.extend(new)
         self.progress.added(len(new))
         self.counts.rescans += 1
@@ -209,6 +210,22 @@ class Pipeline:
             unavailable=[r for r, _ in report.unavailable],
         )
         return report
+
+    def _writing(self, entry: Entry) -> bool:
+        """Whether a file a reconcile found may still be being written, and is left to the
+        settler (invariant 3): it waits there for a write seen, or was written within the
+        settle time (its mtime: a write whose events a reload or an overflow lost, or one
+        under way at start; or an mtime ahead of the clock). A re-hash is of a version
+        recorded before, and a path too long to look at by name is recorded as an error: never
+        left to the settler."""
+        if entry.rehash is not None or path_too_long(entry.path):
+            return False
+        if entry.path in self.settler:
+            return True
+        if time.time_ns() - entry.stat.mtime_ns < self.settler.settle_seconds * 1e9:
+            self.settler.add(entry.path)
+            return True
+        return False
 
     # -- watch hints ----------------------------------------------------------------------------
     def drain(self, hints: queue.Queue[Hint], limit: int = 10_000) -> None:

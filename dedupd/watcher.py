@@ -246,6 +246,9 @@ class Settler:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def __contains__(self, path: object) -> bool:
+        return path in self._pending
+
     def add(self, path: str, at: float | None = None) -> None:
         """An event for `path` at time `at` (default: now): its clock starts again from then."""
         at = self._now() if at is None else at

@@ -150,6 +150,37 @@ def test_slow_in_place_write_is_hashed_once_after_it_settles(env: Env) -> None:
         assert daemon.stats.hashed == 1
 
 
+@pytest.mark.parametrize("command", ["rescan", "reload"])
+def test_a_reconcile_during_a_slow_in_place_write_leaves_the_file_to_settle(
+    env: Env, command: str
+) -> None:
+    """A reconcile while a file is still being written (`dedupctl rescan`, the hourly rescan,
+    an overflow's; a reload, which starts a new settler, and its reconcile) leaves that file
+    to settle, as its events would: it was hashed at once, half written ('truncated'), and
+    a quarantine of it would move the file from under its writer."""
+    env.config.write_text(
+        env.config.read_text().replace(f"settle_seconds: {SETTLE}", "settle_seconds: 3")
+    )
+    data = photos.photo("hubble").read_bytes()
+    target = env.root / "IMG_0002.jpg"
+    with running(env) as daemon, open(target, "wb") as f:
+        client = ControlClient(daemon.config.socket, timeout=10)
+        f.write(data[: len(data) // 2])
+        f.flush()
+        wait_for(lambda: len(daemon.pipeline.settler) == 1, what="the write seen")
+        rescans = daemon.stats.rescans
+        client.post(command, {})
+        wait_for(lambda: daemon.stats.rescans > rescans, what="the reconcile")
+        wait_for(lambda: daemon.pipeline.queued() == 0 and daemon.pool.in_flight == 0)
+        f.write(data[len(data) // 2 :])
+        f.close()
+        wait_for(lambda: daemon.stats.hashed == 1, what="the finished file to be hashed")
+        wait_for(lambda: _idle(daemon))
+        assert daemon.stats.errors == 0, "hashed while still being written"
+        record = env.record(target)
+        assert record is not None and record.size == len(data) and record.state == "ok"
+
+
 def test_five_hundred_files_at_once_are_each_hashed_once(env: Env) -> None:
     rng = random.Random(1)
     staging = env.tmp / "staging"
