@@ -542,6 +542,7 @@ class Daemon:
         if now >= self._next_database_check:
             self._next_database_check = now + self.database_check_interval
             self._check_database()
+        self.pipeline.rescan_due.update(self.watcher.out_of_watches())
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
             self.watcher.states[root] = "unavailable"

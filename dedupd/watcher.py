@@ -104,8 +104,8 @@ class _Overflow(FileSystemEvent):
 _INOTIFY = Observer.__module__ == "watchdog.observers.inotify"
 
 
-def _observer() -> BaseObserver:
-    return _InotifyObserver() if _INOTIFY else Observer()
+def _observer(out_of_watches: Callable[[str], None]) -> BaseObserver:
+    return _InotifyObserver(out_of_watches) if _INOTIFY else Observer()
 
 
 if _INOTIFY:
@@ -117,12 +117,31 @@ if _INOTIFY:
         emitter too."""
 
         overflowed: Callable[[], None] = field(default=lambda: None, kw_only=True)
+        out_of_watches: Callable[[], None] = field(default=lambda: None, kw_only=True)
 
         def on_queue_overflow(self) -> None:
             super().on_queue_overflow()  # called on watchdog's inotify thread
             self.overflowed()
 
+        def _add_callback(self, path: bytes) -> None:
+            # As InotifyWatchGroup._add_callback, which drops a sub-folder's error silently:
+            # one the watch limit refused (ENOSPC, EMFILE) is told; that folder is unwatched.
+            try:
+                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+            except OSError as exc:
+                if path == self.path:
+                    raise
+                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                    self.out_of_watches()
+                return
+            self._active_callbacks_by_path[path] = wd
+            self._active_callbacks_by_watch[wd] = path
+
     class _OverflowEmitter(InotifyEmitter):
+        def __init__(self, *args: Any, out_of_watches: Callable[[str], None], **kw: Any):
+            super().__init__(*args, **kw)
+            self._out_of_watches = out_of_watches
+
         def on_thread_start(self) -> None:
             # As InotifyEmitter.on_thread_start, with a group that reports overflows.
             self._inotify = _WatchGroup(
@@ -132,12 +151,14 @@ if _INOTIFY:
                 event_mask=self.get_event_mask_from_filter(),
                 follow_symlink=self.watch.follow_symlink,
                 overflowed=lambda: self.queue_event(_Overflow(self.watch.path)),
+                out_of_watches=lambda: self._out_of_watches(self.watch.path),
             )
 
     class _InotifyObserver(InotifyObserver):
-        def __init__(self, **kw: Any):
+        def __init__(self, out_of_watches: Callable[[str], None], **kw: Any):
             super().__init__(**kw)
             self._emitter_class = _OverflowEmitter  # watchdog has no parameter for it
+            self._emitter_kwargs["out_of_watches"] = out_of_watches
 
 
 @dataclass
@@ -154,9 +175,11 @@ class Watcher:
     _observer: BaseObserver | None = None
     _watches: dict[str, ObservedWatch] = field(default_factory=dict)
     _identity: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Roots a folder of which the watch limit left unwatched (set from watchdog's thread too)
+    _limited: dict[str, bool] = field(default_factory=dict)
 
     def start(self, roots: Sequence[str]) -> None:
-        self._observer = _observer()
+        self._observer = _observer(self._out_of_watches)
         self._observer.start()
         self._handler = _Handler(self.hints, self.clock, self.wake)
         for root in roots:
@@ -164,7 +187,8 @@ class Watcher:
 
     def add_root(self, root: str) -> WatchState:
         """Watch `root` recursively; a missing root is "unavailable", and a watch limit
-        (ENOSPC/EMFILE) leaves it "polling" (periodic rescans only), logged with the fix."""
+        (ENOSPC/EMFILE) leaves it "polling" (periodic rescans only), logged with the fix:
+        for the root's own watch, or a folder's in it (`out_of_watches`)."""
         assert self._observer is not None, "start() first"
         old = self._watches.pop(root, None)
         if old is not None:  # a root that vanished and came back: its emitter is dead
@@ -173,6 +197,7 @@ class Watcher:
         if not os.path.isdir(root):
             self.states[root] = "unavailable"
             return "unavailable"
+        self._limited.pop(root, None)
         try:
             st = os.stat(root)
             self._identity[root] = (st.st_dev, st.st_ino)
@@ -183,7 +208,30 @@ class Watcher:
                 raise
             self.states[root] = "polling"
             log.error("watch_limit_reached", root=root, error=str(exc), fix=INOTIFY_HINT)
+        self.out_of_watches()
         return self.states[root]
+
+    def _out_of_watches(self, root: str) -> None:
+        """A folder in `root` could not be watched (on watchdog's thread for a folder made
+        later): the loop is woken to look (`out_of_watches`)."""
+        self._limited[root] = True
+        self.wake()
+
+    def out_of_watches(self) -> list[str]:
+        """Roots marked watching where the watch limit left a folder unwatched since (at
+        start, or a folder made later): watchdog drops that error silently, and no event of
+        that folder ever comes. Each is "polling" from now on (periodic rescans), logged with
+        the fix; the caller reconciles them."""
+        limited = [r for r in list(self._limited) if self.states.get(r) == "watching"]
+        for root in limited:
+            self.states[root] = "polling"
+            log.error(
+                "watch_limit_reached",
+                root=root,
+                error="inotify watch limit reached for a folder in it",
+                fix=INOTIFY_HINT,
+            )
+        return limited
 
     def lost_roots(self) -> list[str]:
         """Roots marked watching that are no longer what is watched: the watch ended, or the

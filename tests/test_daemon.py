@@ -968,6 +968,41 @@ def test_a_watch_limit_falls_back_to_rescans_and_shows_in_status(
     assert all("fs.inotify.max_user_watches" in e["fix"] for e in limited)  # once per root
 
 
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+def test_folders_the_watch_limit_leaves_unwatched_make_their_root_polling(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify out of watches for sub-folders only (a root with more folders than
+    fs.inotify.max_user_watches; or folders made once the limit is reached): watchdog adds
+    the root's own watch and drops the others' ENOSPC silently. The root was said to be
+    "watching", nothing was logged, and a photo in an unwatched folder waited for the next
+    full rescan (an hour). Now the root is "polling", logged with the fix, and rescanned."""
+    import errno
+
+    from watchdog.observers.inotify_c import InotifyFD
+
+    real = InotifyFD.add_callback
+
+    def limited(self: InotifyFD, path: bytes, *args: object, **kw: object) -> object:
+        if os.path.basename(path).startswith(b"deep"):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        return real(self, path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InotifyFD, "add_callback", limited)
+    (env.root / "deep").mkdir()
+    with structlog.testing.capture_logs() as logs, running(env, polling_interval=0.5) as daemon:
+        assert daemon.watcher.states[str(env.root)] == "polling"
+        photos.copy(photos.photo("coffee"), env.root / "deep" / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "deep" / "IMG_1.jpg") == "ok", timeout=15)
+        assert daemon.watcher.states[str(env.archive)] == "watching"
+        (env.archive / "deeper").mkdir()  # a folder made once the limit is reached
+        photos.copy(photos.photo("rocket"), env.archive / "deeper" / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.archive / "deeper" / "IMG_2.jpg") == "ok", timeout=15)
+        assert daemon.watcher.states[str(env.archive)] == "polling"
+    limited_roots = [e["root"] for e in logs if e["event"] == "watch_limit_reached"]
+    assert limited_roots == [str(env.root), str(env.archive)]
+
+
 def test_a_name_that_is_not_utf8_costs_no_other_file(env: Env) -> None:
     """Issue #9: one such name made the daemon drop the rest of its 512-file reconcile batch
     on every pass, and retry the name itself forever when it arrived live. Now every file is
