@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
+import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -144,10 +146,14 @@ def test_status_text_shows_the_backlog_progress_and_what_is_queued() -> None:
 
 
 def _noise(folder: Path, names: list[str]) -> None:
+    """Distinct small PNGs, written an hour ago: files a start finds, not uploads under way
+    (a reconcile leaves a file written within the settle time to the settler)."""
     rng = random.Random(7)
     folder.mkdir(parents=True, exist_ok=True)
+    an_hour_ago = time.time() - 3600
     for name in names:
         Image.frombytes("L", (24, 24), rng.randbytes(576)).save(folder / name)
+        os.utime(folder / name, (an_hour_ago, an_hour_ago))
 
 
 def _status(env: Env) -> dict[str, Any]:
