@@ -26,7 +26,15 @@ from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinio
 from dedupd.policy import Candidate, CropEvidence, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
 from dedupd.safefs import STAGING_DIR
-from dedupd.scanner import Entry, NameFilter, reconcile, root_key, same_version, walk
+from dedupd.scanner import (
+    VANISHED,
+    Entry,
+    NameFilter,
+    reconcile,
+    root_key,
+    same_version,
+    walk,
+)
 from dedupd.store import DECIDING_ATTEMPTS, FileRecord, MatchKind, State, Store, Undecided
 from dedupd.video import MAX_FRAMES, video_key
 
@@ -364,7 +372,7 @@ class Ingest:
         if isinstance(result, Failure):
             if entry.full_decode:  # no decision waits for it any more
                 self._confirming.pop((entry.root, entry.relpath), None)
-            if result.kind == "vanished" and self._taken_by_dedupd(entry):
+            if result.kind == VANISHED and self._taken_by_dedupd(entry):
                 # A decision moved it while this (re-)hash was in the pool: not its failure,
                 # and its record must go on saying where it went (review, restore).
                 log.debug("file_gone_by_decision", path=entry.path)
@@ -728,6 +736,7 @@ class Ingest:
             return min(ra.quality, rb.quality), max(ra.dominant, rb.dominant)
 
         return pair
+
     def _taken_by_dedupd(self, entry: Entry) -> bool:
         """Whether the record at `entry`'s path says dedupd quarantined or deleted it, and
         nothing is at the path now."""
