@@ -204,7 +204,8 @@ def open_image(
             raise NotAnImage(path, _not_allowed(data)) from exc
         except Image.DecompressionBombError as exc:
             raise TooManyPixels(path, str(exc)) from exc
-        except (OSError, SyntaxError, ValueError) as exc:
+        # RuntimeError: what Pillow's AVIF plugin raises for most files libavif refuses
+        except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
             raise CorruptImage(path, f"cannot parse header: {exc}") from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -227,7 +228,7 @@ def open_image(
         if "truncated" in str(exc):
             raise TruncatedImage(path, str(exc)) from exc
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
-    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except (SyntaxError, ValueError, EOFError, RuntimeError, Image.DecompressionBombError) as exc:
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned

@@ -10,14 +10,20 @@ nobody expected) and never a lost batch.
 from __future__ import annotations
 
 import io
+import os
 import random
+import struct
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from dedupd.config import Config, HashingConfig
 from dedupd.engine import scan
+from dedupd.filestat import FileStat
+from dedupd.hashers import Hasher
+from dedupd.pool import Failure, Result, hash_file
 from dedupd.store import Store
 from tests import photos
 
@@ -100,3 +106,34 @@ def test_two_thousand_fuzzed_photos_are_each_one_typed_record(tmp_path: Path) ->
     assert report.hashed + len(report.failed) == 2000
     assert kinds <= KNOWN_KINDS, kinds - KNOWN_KINDS
     assert states.get("ok", 0) > 100 and len(report.failed) > 100  # both paths exercised
+
+
+# -- crafted hostile files, as a worker hashes them ----------------------------------------------
+
+
+def _hash_file(path: Path, max_pixels: int = 180_000_000) -> Result:
+    """What a hasher worker records for `path`."""
+    return hash_file(str(path), FileStat.of(os.stat(path)), (Hasher("phash", 16),), max_pixels)
+
+
+def _avif(damage: str) -> bytes:
+    buf = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buf, "AVIF")
+    data = bytearray(buf.getvalue())
+    if damage == "primary item missing":  # libavif refuses it when the file is opened
+        i = data.find(b"pitm")
+        struct.pack_into(">H", data, i + 8, 99)
+    else:  # "picture data zeroed": libavif parses the file, the AV1 decode fails on load()
+        i = data.find(b"mdat")
+        size = struct.unpack(">I", data[i - 4 : i])[0]
+        data[i + 4 : i - 4 + size] = bytes(size - 8)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["primary item missing", "picture data zeroed"])
+def test_a_corrupt_avif_is_recorded_corrupt_not_internal(damage: str, tmp_path: Path) -> None:
+    """Pillow's AVIF plugin raises RuntimeError for what libavif refuses, at open or at load."""
+    path = tmp_path / "photo.avif"
+    path.write_bytes(_avif(damage))
+    result = _hash_file(path)
+    assert isinstance(result, Failure) and result.kind == "corrupt", result
