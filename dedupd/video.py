@@ -448,6 +448,13 @@ def hash_animation(
             at = 0.0
             try:
                 for frame in _each_frame(image):
+                    # a GIF frame placed outside the picture grows it when seeked to
+                    if frame.width * frame.height > max_pixels:
+                        raise _TooManyPixels(
+                            path,
+                            f"a frame grows the picture to {frame.width}x{frame.height},"
+                            f" more than max_pixels {max_pixels}",
+                        )
                     if frames.due(at):
                         frames.add(frame.convert("RGB").resize(size, Image.Resampling.BOX), at)
                     at += max(float(frame.info.get("duration") or 100), 20.0) / 1000.0
@@ -457,6 +464,8 @@ def hash_animation(
                 raise CorruptImage(path, f"cannot decode: {exc}") from exc
             except (SyntaxError, ValueError, EOFError) as exc:
                 raise CorruptImage(path, f"cannot decode: {exc}") from exc
+            except Image.DecompressionBombError as exc:  # a frame beyond Pillow's own limit
+                raise _TooManyPixels(path, str(exc)) from exc
             format_name = image.format or "GIF"
         _unchanged(path, f, stat)
     return HashedVideo(

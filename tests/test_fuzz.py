@@ -137,3 +137,36 @@ def test_a_corrupt_avif_is_recorded_corrupt_not_internal(damage: str, tmp_path: 
     path.write_bytes(_avif(damage))
     result = _hash_file(path)
     assert isinstance(result, Failure) and result.kind == "corrupt", result
+
+
+def _gif_with_second_frame(width: int, height: int) -> bytes:
+    """A 4x4 animated GIF whose second (4x4) frame is placed at (`width` - 4, `height` - 4):
+    Pillow grows the canvas to `width` x `height` when it seeks to that frame, long after the
+    size checked at open."""
+    frames = [Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    data = bytearray(buf.getvalue())
+    descriptors = [
+        i
+        for i in range(len(data) - 10)
+        if data[i] == 0x2C and data[i + 5 : i + 9] == struct.pack("<HH", 4, 4)
+    ]
+    struct.pack_into("<HH", data, descriptors[1] + 1, width - 4, height - 4)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_pixels"),
+    [((65535, 65535), 180_000_000), ((400, 400), 10_000)],
+    ids=["beyond-pillow-limit", "beyond-max-pixels"],
+)
+def test_an_animation_frame_larger_than_the_picture_is_too_many_pixels(
+    size: tuple[int, int], max_pixels: int, tmp_path: Path
+) -> None:
+    """A later frame that grows the canvas is checked against max_pixels like the first one:
+    never an `internal` error, and never decoded past the limit."""
+    path = tmp_path / "anim.gif"
+    path.write_bytes(_gif_with_second_frame(*size))
+    result = _hash_file(path, max_pixels)
+    assert isinstance(result, Failure) and result.kind == "too_many_pixels", result
