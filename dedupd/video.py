@@ -296,10 +296,27 @@ def _why(exc: Exception) -> str:
     return str(exc).rstrip(".")
 
 
+# FFmpeg's demuxers for the containers of VIDEO_EXTENSIONS (mov: also MP4, M4V, 3GP;
+# matroska: also WebM). FFmpeg picks a demuxer by the file's bytes, whatever its name: any
+# other is refused before it reads the file. Its concat and playlist demuxers open the files
+# a text file names (a symlink dedupd would not follow), its image ones decode any picture.
+_DEMUXERS = "mov,matroska,avi"
+_CONTAINERS = "QuickTime/MP4, Matroska/WebM, AVI"
+
+
 def _open(av: Any, f: BinaryIO, path: str) -> Any:
     """`f` opened as a container that has a video stream."""
+    from dedupd.imaging import NotAnImage
+
     try:
-        container = av.open(f, mode="r", metadata_errors="ignore")
+        container = av.open(
+            f,
+            mode="r",
+            metadata_errors="ignore",
+            container_options={"format_whitelist": _DEMUXERS},
+        )
+    except av.ArgumentError as exc:  # EINVAL: what a demuxer not on the list gets
+        raise NotAnImage(path, f"not a video format dedupd reads ({_CONTAINERS})") from exc
     except av.FFmpegError as exc:
         raise CorruptVideo(path, f"cannot parse the container: {_why(exc)}") from exc
     if not container.streams.video:

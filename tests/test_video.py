@@ -227,6 +227,33 @@ def test_a_clip_cut_short_after_its_header_is_truncated(clip_dir: Path, tmp_path
     assert isinstance(result, Failure) and result.kind == "truncated", result
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"ffconcat version 1.0\nfile elsewhere/clip.mp4\n",  # FFmpeg's concat demuxer
+        b"",  # a still image named like a clip (a JPEG here): FFmpeg's jpeg_pipe demuxer
+    ],
+    ids=["concat-playlist", "jpeg"],
+)
+def test_only_video_containers_are_parsed_and_no_other_file_is_read(
+    content: bytes, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg picks a demuxer by a file's bytes, whatever its name: a playlist named .mp4 made
+    the worker decode another file (relative to its working folder, as a symlink would) and
+    record that file's frames as the upload's. Only QuickTime/MP4, Matroska/WebM and AVI are
+    read; anything else is `not_an_image`, as an image format not allowed is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(clip_dir / "other.mp4", tmp_path / "elsewhere" / "clip.mp4")
+    upload = tmp_path / "upload.mp4"
+    if content:
+        upload.write_bytes(content)
+    else:
+        photos.copy(photos.photo("coffee"), upload)
+    result = hash_file(str(upload), None, (HASHER,), 10**8)  # type: ignore[arg-type]
+    assert isinstance(result, Failure) and result.kind == "not_an_image", result
+
+
 def test_rescanning_decodes_no_unchanged_clip_again(
     clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
