@@ -1,4 +1,5 @@
-"""One writer per database: an exclusive flock(2) on `<database>.lock`, beside the database.
+"""One writer per database: an exclusive flock(2) on `<database>.lock`, beside the database
+(the file its name leads to, through symlinks).
 
 The daemon holds it for its lifetime; `dedupd scan` and dedupctl's offline changes hold it
 while they write. Whoever finds it taken gets `DatabaseBusy`, naming the holder's pid and
@@ -48,7 +49,9 @@ class DatabaseLock:
 
     def __init__(self, database: Path, role: Role):
         self.database, self.role = Path(database), role
-        self.path = lock_path(self.database)
+        # Beside the file the name leads to: a database named through a symlink (or by its
+        # own path) is one database, so its writers must meet at one lock file.
+        self.path = lock_path(Path(os.path.realpath(self.database)))
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -73,3 +73,23 @@ def test_verify_refuses_when_another_process_locked_the_new_lock_file(tmp_path: 
         with held_elsewhere(db, "scan") as other, pytest.raises(DatabaseBusy) as busy:
             lock.verify()
         assert busy.value.pid == other.pid
+
+
+def test_a_database_named_through_a_symlink_shares_the_lock_of_the_file_it_names(
+    tmp_path: Path,
+) -> None:
+    """A database path that is a symlink (`~/.local/state/dedupd/dedupd.db` pointing at the
+    service's) names the same database: a writer going by either name is refused while one
+    going by the other holds it, not given a lock file of its own beside the symlink."""
+    real = tmp_path / "service" / "dedupd.db"
+    real.parent.mkdir()
+    real.write_bytes(b"")
+    link = tmp_path / "home" / "dedupd.db"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    with held_elsewhere(real, "daemon") as holder, pytest.raises(DatabaseBusy) as busy:
+        DatabaseLock(link, "scan").acquire()
+    assert busy.value.pid == holder.pid
+    with DatabaseLock(link, "daemon"), pytest.raises(DatabaseBusy):
+        DatabaseLock(real, "scan").acquire()
+    assert not lock_path(link).exists()
