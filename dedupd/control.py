@@ -631,6 +631,10 @@ class ControlClient:
                 f"dedupd is not running (nothing answers on {self.path}); start it with "
                 "`dedupd run` or `systemctl start dedupd`"
             ) from exc
+        except BlockingIOError as exc:
+            # EAGAIN from connect(): a daemon listens but its queue of connections waiting to
+            # be accepted is full (it does not accept yet, during its start-up reconcile).
+            raise DaemonBusy("busy", f"{self.path} accepts no more connections now") from exc
         except PermissionError as exc:
             raise DaemonPermissionDenied(
                 f"{self.path}: permission denied; {_join_advice(self.path)}"

@@ -586,6 +586,25 @@ def test_a_busy_or_stopping_daemon_is_never_worked_around(env: Env, state: str) 
     assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
 
 
+def test_a_daemon_whose_connection_queue_is_full_is_busy_not_a_traceback(env: Env) -> None:
+    """A daemon that does not accept yet (its start-up reconcile runs with the socket bound)
+    and has a full queue of waiting connections: connect() fails with EAGAIN. That is a live
+    daemon owning the database: exit 4 "busy", never a traceback, never worked around."""
+    action = _quarantined_offline(env)
+    path = Path(tempfile.mkdtemp(dir="/tmp")) / "d.sock"
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        server.bind(str(path))
+        server.listen(0)  # never accepts; one waiting connection fills the queue
+        waiting = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        waiting.connect(str(path))
+        result = ctl(env, "--socket", str(path), "quarantine", "restore", str(action))
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith("error: dedupd is busy (")
+    assert "using the database directly" not in result.stderr
+    assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
+
+
 def test_offline_changes_refuse_while_another_process_holds_the_database(env: Env) -> None:
     """No daemon, but a scan running: restore, purge and distinct exit 4 naming the scan's
     pid and change nothing; the read-only fallbacks still read."""
