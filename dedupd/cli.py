@@ -533,6 +533,14 @@ def _service(ctx: click.Context, *, daemon_without_config: bool = False) -> Serv
     )
 
 
+def _photo_path(path: Path) -> str:
+    """A photo named on the command line as the store names it: absolute, its folder
+    resolved (`..`, a symlink to a root: roots are recorded resolved); the name itself is
+    kept, a symlink there is not a photo dedupd follows."""
+    path = path.expanduser().absolute()
+    return str(path.parent.resolve() / path.name)
+
+
 def _hash_bits(ctx: click.Context) -> int:
     from dedupd.hashers import Hasher
 
@@ -683,7 +691,7 @@ def show(
         bits = _hash_bits(ctx)
         service = _service(ctx)
         if file is not None:
-            answer = service.file_info(str(file.expanduser().absolute()))
+            answer = service.file_info(_photo_path(file))
             click.echo(render.to_json(answer) if as_json else render.file_info(answer, bits))
             return
         answer = service.groups()
@@ -923,7 +931,7 @@ def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
     """Mark photos A and B as different: they never match each other again.
 
     Refused (exit 2) for two byte-identical files: they are the same photo."""
-    first, second = (str(p.expanduser().absolute()) for p in (a, b))
+    first, second = (_photo_path(p) for p in (a, b))
     with _errors():
         answer = _service(ctx).distinct(first, second)
     if as_json:

@@ -243,6 +243,26 @@ def test_show_file_prints_record_and_matches(
     assert (record["state"], record["error_kind"]) == ("error", "truncated")
 
 
+def test_show_and_distinct_find_a_file_named_with_dot_dot_or_through_a_symlinked_folder(
+    runner: CliRunner, scanned: Path, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`../coffee.jpg` from a subfolder, or a path through a symlink to the root (as
+    `~/Pictures` often is), names a recorded photo: the store names it by its resolved root."""
+    (tmp_path / "link").symlink_to(library)
+    monkeypatch.chdir(library / "chat")
+    for spelled in ("../coffee.jpg", str(tmp_path / "link" / "coffee.jpg")):
+        result = runner.invoke(dedupctl, ["--database", str(scanned), "show", spelled])
+        assert result.exit_code == 0, (spelled, result.output)
+        assert result.stdout.splitlines()[0] == f"{library}/coffee.jpg"
+    marked = runner.invoke(
+        dedupctl, ["--database", str(scanned), "distinct", "../coffee.jpg", "coffee-wa.jpg"]
+    )
+    assert marked.exit_code == 0, marked.output
+    assert marked.stdout == (
+        f"marked distinct: {library}/coffee.jpg and {library}/chat/coffee-wa.jpg\n"
+    )
+
+
 def test_show_unknown_file_exits_1(runner: CliRunner, scanned: Path, tmp_path: Path) -> None:
     result = runner.invoke(dedupctl, ["--database", str(scanned), "show", str(tmp_path / "x.jpg")])
     assert result.exit_code == 1
