@@ -165,9 +165,16 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.path, self.service = path, service
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self.waiting = _Waiting()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket(path)
-        super().__init__(str(path), _Handler)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_socket(path)
+            super().__init__(str(path), _Handler)
+        except OSError as exc:  # too long for a Unix socket, a folder this user may not write
+            raise ConfigError(
+                f"{path}: cannot listen on this socket: {exc.strerror or exc}; set `socket:`"
+                " to a path this user may create, at most 107 bytes long",
+                key="socket",
+            ) from exc
         os.chmod(path, 0o660)
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="dedupd-control"
@@ -641,6 +648,11 @@ class ControlClient:
             ) from exc
         except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
             raise DaemonUnavailable(f"dedupd did not answer on {self.path}: {exc!r}") from exc
+        except OSError as exc:  # a path no socket can have: too long, through a file
+            raise DaemonUnavailable(
+                f"cannot connect to {self.path}: {exc.strerror or exc}; pass the daemon's "
+                "socket with --socket"
+            ) from exc
         finally:
             conn.close()
         if response.status == 503:

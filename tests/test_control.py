@@ -295,6 +295,22 @@ def test_a_connection_dropped_by_the_daemon_is_exit_3_not_a_traceback(tmp_path: 
     assert "did not answer" in result.stderr
 
 
+def test_a_socket_path_too_long_to_bind_is_a_config_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """`socket:` longer than a Unix socket's 107 bytes: the daemon refuses to start naming
+    the key (exit 2 through the CLI), and dedupctl asking there says it cannot connect
+    (exit 3); neither dies with a traceback."""
+    from dedupd.errors import ConfigError
+
+    path = tmp_path / ("a" * 120) / "dedupd.sock"
+    with pytest.raises(ConfigError, match=f"socket: {re.escape(str(path))}: cannot listen"):
+        control.ControlServer(path, None)  # type: ignore[arg-type]
+    result = CliRunner().invoke(dedupctl, ["--socket", str(path), "status"])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"error: cannot connect to {path}: ")
+
+
 def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(
     env: Env, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
