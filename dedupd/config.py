@@ -35,6 +35,7 @@ __all__ = [
     "REFERENCE_POLICY",
     "SYSTEM_RUNTIME_DIR",
     "SYSTEM_STATE_DIR",
+    "USER_RUNTIME_DIR",
     "Action",
     "Config",
     "HashingConfig",
@@ -243,6 +244,9 @@ def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
 # StateDirectory=dedupd and RuntimeDirectory=dedupd of a system service.
 SYSTEM_STATE_DIR = Path("/var/lib/dedupd")
 SYSTEM_RUNTIME_DIR = Path("/run/dedupd")
+# Where systemd-logind makes each user's runtime directory, /run/user/UID: the user unit's
+# $XDG_RUNTIME_DIR, also where no session set the variable (cron, `su`).
+USER_RUNTIME_DIR = Path("/run/user")
 
 
 def default_database_path(env: Mapping[str, str] | None = None) -> Path:
@@ -277,9 +281,14 @@ def socket_candidates(
 ) -> tuple[Path, ...]:
     """Where dedupctl looks for a daemon when neither --socket nor `socket:` says, in order:
     this user's own (the user unit's, or a `dedupd run` in a shell), then the system unit's
-    (usable by members of the service's group)."""
+    (usable by members of the service's group). Without $XDG_RUNTIME_DIR (a cron job), the
+    user unit's place in /run/user/UID comes second."""
+    env = os.environ if env is None else env
     own, shared = default_socket_path(env), (system or SYSTEM_RUNTIME_DIR) / "dedupd.sock"
-    return (own,) if own == shared else (own, shared)
+    places = [own]
+    if not env.get("RUNTIME_DIRECTORY") and not os.path.isabs(env.get("XDG_RUNTIME_DIR", "")):
+        places.append(USER_RUNTIME_DIR / str(os.getuid()) / "dedupd" / "dedupd.sock")
+    return tuple(dict.fromkeys([*places, shared]))
 
 
 def database_candidates(

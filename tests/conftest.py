@@ -25,6 +25,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Nor finds a system service's socket or database on the machine running the tests.
     monkeypatch.setattr("dedupd.config.SYSTEM_RUNTIME_DIR", tmp_path / "system-run" / "dedupd")
     monkeypatch.setattr("dedupd.config.SYSTEM_STATE_DIR", tmp_path / "system-lib" / "dedupd")
+    monkeypatch.setattr("dedupd.config.USER_RUNTIME_DIR", tmp_path / "user-run")
 
 
 @pytest.fixture(autouse=True)

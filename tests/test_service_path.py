@@ -185,6 +185,39 @@ def test_user_unit_daemon_is_reached_by_dedupctl_from_a_plain_shell(tmp_path: Pa
     assert _databases(tmp_path) == [database]
 
 
+def test_user_unit_daemon_is_reached_from_cron_which_sets_no_xdg_runtime_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cron (no pam_systemd) gives a job HOME and PATH but no $XDG_RUNTIME_DIR, while the
+    user unit's socket is in the user's runtime directory, /run/user/UID: the monthly
+    `dedupctl quarantine purge --yes` the README suggests must reach the daemon there, not
+    miss it, fall back to the database and find it locked by that daemon (exit 4)."""
+    user_run = tmp_path / "run-user"  # /run/user, as systemd-logind makes it
+    monkeypatch.setattr(config_module, "USER_RUNTIME_DIR", user_run)
+    home, runtime = tmp_path / "home", user_run / str(os.getuid())
+    runtime.mkdir(parents=True, mode=0o700)
+    photos_dir = tmp_path / "photos"
+    _library(photos_dir)
+    config = home / ".config" / "dedupd" / "dedupd.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"hashing: {{workers: 1}}\nroots:\n  - {{path: {photos_dir}}}\n")
+    unit = _unit(units.render_unit("user", units.dedupd_command()))
+    service_env = {**_shell_env(home, runtime), **_unit_env(unit, runtime, home / ".config")}
+    command = [arg.replace("%h", str(home)) for arg in shlex.split(unit["ExecStart"])]
+    cron = {"HOME": str(home), "XDG_RUNTIME_DIR": None, "XDG_CONFIG_HOME": None,
+            "XDG_STATE_HOME": None}
+    runner = CliRunner()
+
+    with _daemon(command, service_env, tmp_path):
+        status = runner.invoke(dedupctl, ["status", "--json"], env=cron)
+        assert status.exit_code == 0, status.output
+        database = home / ".local" / "state" / "dedupd" / "dedupd.db"
+        assert json.loads(status.stdout)["database"] == str(database)
+        purge = runner.invoke(dedupctl, ["quarantine", "purge", "--yes"], env=cron)
+        assert (purge.exit_code, purge.stdout) == (0, "nothing to purge\n"), purge.output
+        assert "using the database directly" not in purge.stderr
+
+
 def test_system_unit_daemon_is_reached_by_a_group_member_with_no_flags(
     tmp_path: Path,
 ) -> None:
