@@ -23,7 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dedupd.errors import Busy, DaemonNotRunning, NotFoundError, Refused, StoreError
+from dedupd.errors import Busy, DaemonBusy, DaemonNotRunning, NotFoundError, Refused, StoreError
 from dedupd.filestat import LocalFeatures
 
 if TYPE_CHECKING:
@@ -450,7 +450,7 @@ class LocalService:
 
     def _change(self, change: Callable[[Store, Actions], Answer]) -> Answer:
         from dedupd.actions import Actions
-        from dedupd.lock import DatabaseLock
+        from dedupd.lock import DatabaseBusy, DatabaseLock
         from dedupd.store import Store
 
         self._used()
@@ -461,8 +461,24 @@ class LocalService:
                 f"{self.config.database}: no database yet; start the daemon or run `dedupd "
                 "scan` first (or name the daemon's database with --database)"
             )
-        with DatabaseLock(self.config.database, "dedupctl"), Store(self.config.database) as st:
-            return change(st, Actions(st, self.config.quarantine.path))
+        lock = DatabaseLock(self.config.database, "dedupctl")
+        try:
+            lock.acquire()
+        except DatabaseBusy as exc:
+            if exc.role != "daemon":
+                raise
+            # A daemon holds it, yet did not answer where we asked: say where, and how else.
+            raise DaemonBusy(
+                "busy",
+                f"{exc}, but nothing answers on {' or '.join(map(str, self._sockets))}: it is"
+                " starting or stopping, or listens on another socket; pass that one with"
+                " --socket",
+            ) from exc
+        try:
+            with Store(self.config.database) as st:
+                return change(st, Actions(st, self.config.quarantine.path))
+        finally:
+            lock.release()
 
     def status(self) -> Answer:
         raise self._no_daemon()

@@ -649,6 +649,25 @@ def test_offline_changes_refuse_while_another_process_holds_the_database(env: En
         assert not store.db.execute("SELECT count(*) FROM distinct_pairs").fetchone()[0]
 
 
+def test_an_offline_change_finding_the_daemon_holding_the_database_says_where_it_looked(
+    env: Env,
+) -> None:
+    """The daemon holds the database but does not answer where dedupctl looked (it is still
+    starting or already stopping, or listens on a socket of its own config): exit 4, and the
+    message names the socket asked and --socket, not "go through its socket"."""
+    from tests.locking import held_elsewhere
+
+    action = _quarantined_offline(env)
+    elsewhere = env.tmp / "elsewhere.sock"
+    with held_elsewhere(env.db, "daemon") as daemon:
+        result = ctl(env, "--socket", str(elsewhere), "quarantine", "restore", str(action))
+    assert result.exit_code == 4, result.output
+    error = result.stderr.splitlines()[-1]
+    assert f"{env.db} is in use by the dedupd daemon (pid {daemon.pid})" in error
+    assert f"nothing answers on {elsewhere}" in error and "--socket" in error
+    assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
+
+
 def test_status_says_when_the_crop_index_is_loaded_with_no_upload_needed(env: Env) -> None:
     """A daemon started on photos hashed before reads their crop words in the background and
     swaps them in by itself, between uploads: `status` says `loading` until then, and then how
