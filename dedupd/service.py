@@ -570,21 +570,22 @@ class _DaemonElseDatabase:
     refused (or the socket is missing), so nothing was sent. Only that case is worked
     around: a busy or stopping daemon still owns the database, and one this user may not
     talk to is still there, so those errors go to the caller. The first daemon that answers
-    is the one asked from then on."""
+    is the one asked from then on. The daemon is asked again before every fallback: one
+    started since (`dedupctl review` runs for hours) holds the database and is the writer."""
 
     def __init__(self, remotes: Sequence[RemoteService], local: Callable[[], LocalService]):
         self._remotes, self._local = list(remotes), local
         self._fallback: LocalService | None = None
 
     def _ask(self, question: Callable[[Service], Answer]) -> Answer:
+        for remote in self._remotes:
+            try:
+                answer = question(remote)
+            except DaemonNotRunning:
+                continue
+            self._remotes = [remote]
+            return answer
         if self._fallback is None:
-            for remote in self._remotes:
-                try:
-                    answer = question(remote)
-                except DaemonNotRunning:
-                    continue
-                self._remotes = [remote]
-                return answer
             self._fallback = self._local()
         return question(self._fallback)
 

@@ -14,8 +14,8 @@ from dedupd.imaging import hash_image
 from dedupd.service import LocalService, RemoteService, connect
 from dedupd.store import Store
 from tests import photos
-from tests.test_control import daemon, env  # noqa: F401 - fixtures
-from tests.test_daemon import Env, wait_for
+from tests.test_control import _quarantined_offline, daemon, env  # noqa: F401 - fixtures
+from tests.test_daemon import Env, _idle, running, wait_for
 
 
 def test_daemon_and_database_give_the_same_answers(env: Env, daemon: Daemon) -> None:  # noqa: F811
@@ -60,3 +60,21 @@ def test_without_a_daemon_reads_fall_back_and_daemon_commands_say_so(
     assert service.groups() == {"groups": [], "in_quarantine": 0}
     assert service.quarantine_list() == {"quarantined": []}
     assert notes == ["local"]
+
+
+def test_a_long_running_dedupctl_asks_a_daemon_started_after_it_fell_back(
+    env: Env,  # noqa: F811
+) -> None:
+    """`dedupctl review` started while no daemon ran works on the database; a daemon started
+    later holds the database, so the page's buttons must go to that daemon, not keep trying
+    the database (refused, exit 4 or 503, until the page is restarted)."""
+    action = _quarantined_offline(env)
+    config = load_config(env.config)
+    service = connect([config.socket], lambda: config, lambda: None)
+    assert [e["id"] for e in service.quarantine_list()["quarantined"]] == [action]  # offline
+    with running(env) as d:
+        wait_for(lambda: _idle(d))
+        answer = service.restore([str(action)])
+    wa = env.root / "chat" / "wa.jpg"
+    assert answer == {"results": [{"item": str(action), "restored": str(wa)}]}
+    assert wa.is_file()
