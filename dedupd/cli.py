@@ -914,12 +914,23 @@ def quarantine_purge(
             "purged",
             "purging",
         )
+    # A confirmed photo not purged (its file changed in quarantine, or the quarantine folder
+    # is not mounted) is an error to name, never "nothing to purge" and exit 0.
+    kept = [e["id"] for e in due if e["id"] not in set(purged)]
     if as_json:
         click.echo(
             render.to_json({"purged": purged, "older_than": seconds, "younger": younger})
         )
-    else:
+    elif purged or not kept:
         click.echo(render.purged(len(purged), younger, seconds))
+    if kept:
+        click.echo(
+            f"error: not purged: {', '.join(map(str, kept))}; the daemon's log (or the lines "
+            "above) says why; `dedupctl quarantine list` shows them, `dedupctl quarantine "
+            "restore ID` puts one back",
+            err=True,
+        )
+        sys.exit(EXIT_NOT_FOUND)
 
 
 @dedupctl.command()

@@ -668,6 +668,20 @@ def test_an_offline_change_finding_the_daemon_holding_the_database_says_where_it
     assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
 
 
+def test_a_purge_that_kept_a_confirmed_photo_says_so_and_exits_1(env: Env) -> None:
+    """A quarantined file edited since (it no longer holds the quarantined bytes) is kept by
+    a purge: dedupctl must not print "nothing to purge" and exit 0 for the photo the user
+    confirmed, but name it, say what to do, and exit 1, as a failed restore does."""
+    action = _quarantined_offline(env)
+    (moved,) = env.quarantine.rglob("wa.jpg")
+    moved.write_bytes(moved.read_bytes() + b"edited")
+    result = ctl(env, "quarantine", "purge", "--older-than", "0s", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "nothing to purge" not in result.stdout
+    assert result.stderr.splitlines()[-1].startswith(f"error: not purged: {action};")
+    assert moved.is_file()
+
+
 def test_status_says_when_the_crop_index_is_loaded_with_no_upload_needed(env: Env) -> None:
     """A daemon started on photos hashed before reads their crop words in the background and
     swaps them in by itself, between uploads: `status` says `loading` until then, and then how
