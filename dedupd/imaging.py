@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "MAX_SIDE",
     "ChangedWhileReading",
     "CorruptImage",
     "Decoded",
@@ -170,6 +171,12 @@ class Decoded(NamedTuple):
     thumbnail: bool = False  # `image` is the file's embedded thumbnail (HEIC), not a decode
 
 
+# The longest side decoded, whatever `max_pixels` allows: a 1 x 2,000,000 PNG (a few KB) is
+# within it, but every hashing step works per line (the trim's statistics, the resamplers'
+# first pass widens it to the hash's side), so a worker spent minutes and gigabytes on it. A
+# phone's panorama is about 16,000 px long, its longest scrolling screenshots some 30,000.
+MAX_SIDE = 100_000
+
 # A HEIC's embedded thumbnail stands in for the image when it is a scaled copy of it (same
 # aspect ratio, crop, rotation, mirroring and colour profile: pillow-heif's `draft` checks)
 # whose short side is at least this, or the hashers' draft side if smaller. An iPhone's are
@@ -201,7 +208,12 @@ def open_image(
         try:
             image = Image.open(source, formats=_DECODABLE)
         except UnidentifiedImageError as exc:
-            raise NotAnImage(path, _not_allowed(data)) from exc
+            name = _recognized(data)
+            if name in ALLOWED_FORMATS:  # a photo format whose decoder refused the file
+                raise CorruptImage(
+                    path, f"a {name} file its decoder refuses (damaged or cut short): {exc}"
+                ) from exc
+            raise NotAnImage(path, _not_allowed(name)) from exc
         except Image.DecompressionBombError as exc:
             raise TooManyPixels(path, str(exc)) from exc
         # RuntimeError: what Pillow's AVIF plugin raises for most files libavif refuses
@@ -212,6 +224,8 @@ def open_image(
         raise TooManyPixels(
             path, f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}"
         )
+    if max(width, height) > MAX_SIDE:
+        raise TooManyPixels(path, f"{width}x{height}: a side longer than {MAX_SIDE} px")
     image_format = image.format or "unknown"
     from_thumbnail = False
     try:
@@ -225,7 +239,7 @@ def open_image(
         decoded_size = image.size
         ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
     except OSError as exc:
-        if "truncated" in str(exc):
+        if "truncated" in str(exc).lower():  # libjpeg's "truncated", libheif's "Truncated"
             raise TruncatedImage(path, str(exc)) from exc
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     except (SyntaxError, ValueError, EOFError, RuntimeError, Image.DecompressionBombError) as exc:
@@ -262,10 +276,9 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8: mode "L"
 
 
-def _not_allowed(data: bytes | str) -> str:
-    """Why a file none of the allowed formats accepts is refused, naming what it is if one of
-    Pillow's other plugins recognizes its first bytes (a prefix test; nothing is parsed)."""
-    allowed = ", ".join(_DECODABLE)
+def _recognized(data: bytes | str) -> str | None:
+    """The format whose Pillow plugin recognizes the file's first bytes (a prefix test;
+    nothing is parsed), allowed or not; None when none does."""
     try:
         if isinstance(data, bytes):
             prefix = data[:16]
@@ -273,14 +286,23 @@ def _not_allowed(data: bytes | str) -> str:
             with open_regular(data) as f:
                 prefix = f.read(16)
     except (OSError, ImageError):
-        prefix = b""
+        return None
     for name, (_, accept) in Image.OPEN.items():
         try:
-            recognized = name not in ALLOWED_FORMATS and accept is not None and accept(prefix)
+            recognized = accept is not None and accept(prefix)
         except Exception:  # a plugin's own test failing on odd bytes is no reason to fail here
             continue
         if recognized and not isinstance(recognized, str):  # a str: "support not installed"
-            return f"format not allowed: {name} is not a photo format dedupd reads ({allowed})"
+            return name
+    return None
+
+
+def _not_allowed(name: str | None) -> str:
+    """Why a file none of the allowed formats accepts is refused, naming what it is if one of
+    Pillow's other plugins recognizes it (`_recognized`)."""
+    allowed = ", ".join(_DECODABLE)
+    if name is not None and name not in ALLOWED_FORMATS:
+        return f"format not allowed: {name} is not a photo format dedupd reads ({allowed})"
     return f"not a photo format dedupd reads ({allowed})"
 
 
@@ -322,9 +344,20 @@ def _border_lines(std: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], e
     n = len(std)
 
     def run(start: int, colour: npt.NDArray[np.float64], max_std: float, max_mean: float) -> int:
-        near = (std[start:] <= max_std) & (np.abs(mean[start:] - colour).max(axis=1) <= max_mean)
-        stop = np.flatnonzero(~near)
-        return int(stop[0]) if len(stop) else n - start
+        """How many lines from `start` are near `colour`: looked at in windows that double,
+        so that the work is about the run's length, not the side's (the strip's search below
+        starts a run at each of its lines: on a very long side, once quadratic)."""
+        at, window = start, 64
+        while at < n:
+            stop = min(n, at + window)
+            near = (std[at:stop] <= max_std) & (
+                np.abs(mean[at:stop] - colour).max(axis=1) <= max_mean
+            )
+            off = np.flatnonzero(~near)
+            if len(off):
+                return at + int(off[0]) - start
+            at, window = stop, 2 * window
+        return n - start
 
     def band(start: int) -> tuple[int, int]:
         """(length of the flat run of one colour at `start`, where its noisy edge ends)."""

@@ -170,3 +170,23 @@ def test_an_animation_frame_larger_than_the_picture_is_too_many_pixels(
     path.write_bytes(_gif_with_second_frame(*size))
     result = _hash_file(path, max_pixels)
     assert isinstance(result, Failure) and result.kind == "too_many_pixels", result
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+@pytest.mark.parametrize("kept", [0.3, 0.6, 0.95])
+def test_a_heic_or_avif_cut_short_is_a_damaged_photo_not_another_format(
+    fmt: str, kept: float, tmp_path: Path
+) -> None:
+    """An upload cut short: a HEIC or AVIF whose decoder refuses it at open was recorded
+    `not_an_image`, "not a photo format dedupd reads (… HEIF, AVIF …)": a file of a format
+    it reads. It is `corrupt` (or `truncated`), and says so."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    buf = io.BytesIO()
+    Image.open(photos.photo("coffee")).convert("RGB").save(buf, fmt, quality=80)
+    path = tmp_path / f"photo.{fmt.lower()}"
+    path.write_bytes(buf.getvalue()[: int(len(buf.getvalue()) * kept)])
+    result = _hash_file(path)
+    assert isinstance(result, Failure) and result.kind in ("corrupt", "truncated"), result
+    assert "not a photo format" not in result.message

@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image
 
 from dedupd.config import DEFAULT_EXTENSIONS
@@ -548,3 +550,100 @@ def test_the_pdq_step_gives_hash_quality_and_dominant_share_in_the_same_read(
     assert plain.quality == {} and plain.dominant is None
     both = hash_image(str(path), [PHASH, pdq], max_pixels=MAX_PIXELS)
     assert plain.hashes[PHASH.key] == both.hashes[PHASH.key], "PDQ changes no other hash"
+
+
+def test_an_image_with_a_side_longer_than_max_side_is_too_many_pixels(tmp_path: Path) -> None:
+    """A 1 x 100,001 PNG is a few hundred bytes and far below max_pixels, but every hashing
+    step works per line: refused before decoding (a 1 x 2,000,000 one kept a worker busy for
+    minutes). The longest side allowed is still hashed."""
+    import numpy as np
+
+    from dedupd.imaging import MAX_SIDE, TooManyPixels
+
+    for side in (MAX_SIDE + 1, MAX_SIDE):
+        levels = (np.arange(side, dtype=np.uint32) % 251).astype(np.uint8).reshape(side, 1)
+        Image.fromarray(levels).save(tmp_path / f"{side}.png")
+    with pytest.raises(TooManyPixels, match="a side longer than"):
+        hash_image(str(tmp_path / f"{MAX_SIDE + 1}.png"), [PHASH], max_pixels=MAX_PIXELS)
+    result = hash_image(str(tmp_path / f"{MAX_SIDE}.png"), [PHASH], max_pixels=MAX_PIXELS)
+    assert (result.width, result.height) == (1, MAX_SIDE)
+
+
+def _border_lines_reference(std: list[float], mean: list[float], edge: int) -> int:
+    """`imaging._border_lines` written out line by line, for one channel."""
+    from dedupd import imaging
+
+    n = len(std)
+
+    def run(start: int, colour: float, max_std: float, max_mean: float) -> int:
+        count = 0
+        while start + count < n and std[start + count] <= max_std and (
+            abs(mean[start + count] - colour) <= max_mean
+        ):
+            count += 1
+        return count
+
+    def band(start: int) -> tuple[int, int]:
+        flat = run(start, mean[start], imaging._LINE_STD, imaging._LINE_MEAN)
+        end = start + flat
+        if end < n:
+            end += min(edge, run(end, mean[start], imaging._EDGE_STD, imaging._EDGE_MEAN))
+        return flat, end
+
+    if std[0] <= imaging._LINE_STD:
+        flat, end = band(0)
+        if flat >= imaging._MIN_BAND * n:
+            return end
+    for start in range(1, int(imaging._STRIP * n) + 1):
+        if std[start] <= imaging._LINE_STD:
+            flat, end = band(start)
+            if flat >= imaging._STRIP_BAND * n:
+                return end
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(
+            st.integers(1, 200),  # lines in the run
+            st.sampled_from([0.0, 1.0, 1.5, 2.0, 8.0, 30.0]),  # their spread
+            st.sampled_from([0.0, 0.5, 10.0, 20.0, 128.0, 255.0]),  # their mean
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    edge=st.integers(0, 20),
+)
+def test_the_border_search_counts_lines_as_a_line_by_line_search_does(
+    runs: list[tuple[int, float, float]], edge: int
+) -> None:
+    """The border search looks at growing windows of lines (linear on a very long side,
+    where it was quadratic): the same answer as going line by line."""
+    import numpy as np
+
+    from dedupd.imaging import _border_lines
+
+    std = [s for length, s, _ in runs for _ in range(length)]
+    mean = [m for length, _, m in runs for _ in range(length)]
+    found = _border_lines(np.array(std), np.array(mean)[:, None], edge)
+    assert found == _border_lines_reference(std, mean, edge)
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 100, 191, 192, 193, 447, 448, 449, 960, 961])
+@pytest.mark.parametrize("first", [0, 1, 150])  # where the flat band starts (150: past a strip)
+def test_the_border_search_ends_a_band_at_its_first_other_line(length: int, first: int) -> None:
+    """A flat band of `length` lines, then an other line, on a 4,000-line side, at the
+    lengths where the windows of the search begin and end."""
+    import numpy as np
+
+    from dedupd.imaging import _border_lines
+
+    std = [30.0] * 4000
+    mean = [128.0] * 4000
+    for i in range(first, first + length):
+        std[i], mean[i] = 0.0, 10.0
+    found = _border_lines(np.array(std), np.array(mean)[:, None], 0)
+    assert found == _border_lines_reference(std, mean, 0)
+    if first == 0 and length >= 100:  # _MIN_BAND of the side
+        assert found == length
