@@ -34,7 +34,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 
@@ -159,6 +159,18 @@ def motion_paths(a: ActionRecord) -> tuple[str, str | None] | None:
 # An empty file dedupd keeps in its quarantine folder: a quarantine folder that is missing or
 # empty without it, after dedupd has quarantined into it, is a disk not mounted.
 QUARANTINE_MARKER = ".dedupd-quarantine"
+
+
+def _marker_state(folder: Path) -> Literal["marked", "unmarked", "empty", "missing"]:
+    """Whether the quarantine folder has its marker (QUARANTINE_MARKER); else whether it
+    holds anything at all, or is not there."""
+    try:
+        with safefs.directory(folder) as fd:
+            if safefs.exists_at(fd, QUARANTINE_MARKER):
+                return "marked"
+            return "unmarked" if os.listdir(fd) else "empty"
+    except FileNotFoundError:
+        return "missing"
 
 
 def quarantine_path_for(quarantine: Path, record: FileRecord) -> Path:
@@ -402,7 +414,7 @@ class Actions:
                 parts = self._parts(stack, record, self._motion(record))
                 if keeper is not None:
                     self._check_keeper_before(record, keeper)
-                self._quarantine_mounted(self.quarantine_dir)
+                self._ready_quarantine(self.quarantine_dir)
                 qdir = safefs.open_dir(target.parent, create=True, mode=0o750)
             stack.callback(os.close, qdir)
             with self._refusals(str(record.path)):
@@ -430,21 +442,16 @@ class Actions:
         self._finish_removal(action_id, record, "quarantined")
         return action_id
 
-    def _quarantine_mounted(self, folder: Path) -> None:
+    def _ready_quarantine(self, folder: Path) -> None:
         """Refuse a quarantine folder that is missing or empty without its marker file
         (QUARANTINE_MARKER) after dedupd has quarantined into it: its disk is most likely not
         mounted, and a file put there would land on the mount point's disk and hide under the
         disk once mounted (restore then finds nothing). Else the folder is made when
         missing and marked as dedupd's."""
-        try:
-            with safefs.directory(folder) as fd:
-                if safefs.exists_at(fd, QUARANTINE_MARKER):
-                    return
-                empty = not os.listdir(fd)
-        except FileNotFoundError:
-            empty = None  # missing
-        if (empty is None or empty) and self.store.quarantined_into(str(folder)):
-            state = "missing" if empty is None else "empty"
+        state = _marker_state(folder)
+        if state == "marked":
+            return
+        if state in ("missing", "empty") and self.store.quarantined_into(str(folder)):
             raise ActionError(
                 f"the quarantine folder {folder} is {state} and has no {QUARANTINE_MARKER}, "
                 f"but dedupd has quarantined files into it: is its disk mounted? Nothing "
@@ -955,8 +962,7 @@ class Actions:
         if folder is None or not PurePath(path).is_relative_to(folder):
             return None
         try:
-            with safefs.directory(folder) as fd:
-                return folder if safefs.exists_at(fd, QUARANTINE_MARKER) else None
+            return folder if _marker_state(folder) == "marked" else None
         except (OSError, DedupdError):
             return None
 
