@@ -1012,9 +1012,8 @@ class Actions:
                 self.store.mark_stale(a.file_id)
         elif a.kind in ("quarantine", "delete"):
             # as `_finish_removal`: the records first, the journal's `done` last
-            record = self.store.file(a.file_id) if a.file_id else None
             state: State = "quarantined" if a.kind == "quarantine" else "deleted"
-            self._record_removal(a.id, a.sha256, a.src, record.id if record else None, state)
+            self._record_removal(a.id, a.sha256, a.src, a.file_id, state)
             self.store.journal_finish(a.id, "done", "completed during recovery")
         elif a.kind == "restore":
             original = self.store.action(a.of_action) if a.of_action else None

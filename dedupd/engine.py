@@ -1090,6 +1090,8 @@ def _feature_words(
 
     with Store(path, readonly=True) as store:
         return store.feature_words(FEATURES_KEY, roots, stop)
+
+
 def _about(detail: dict[str, object] | None, file_id: int, other: int) -> dict[str, object] | None:
     """A clip match's detail as stored: it names the clip it describes (`file`) and, for a
     clip inside another, the one that holds the other (`container`)."""
