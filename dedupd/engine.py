@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from dedupd.scanner import (
     VANISHED,
     Entry,
     NameFilter,
+    Plan,
     reconcile,
     root_key,
     same_version,
@@ -442,11 +443,15 @@ class Ingest:
             result.variants.get(self.hasher.key),
         )
 
-    def redecide(self, tick: Callable[[], object] = lambda: None) -> list[Outcome]:
+    def redecide(
+        self, tick: Callable[[], object] = lambda: None, only: Collection[int] | None = None
+    ) -> list[Outcome]:
         """Decide again on the duplicates whose last decision did not act and may now: every
-        one previewed by a dry run or whose action failed, and every one reported under other
-        policies than today's (a policy turned from `report` to `quarantine`). Without this a
-        dry run would consume the decision: the file is unchanged, so never reconsidered.
+        one previewed by a dry run or whose action failed, every one reported under other
+        policies than today's (a policy turned from `report` to `quarantine`), and every
+        photo moved into another root (`Store.move`). Without this a dry run would consume
+        the decision: the file is unchanged, so never reconsidered. `only`: of those, these
+        ids (the daemon's moves, decided as they are seen).
 
         They are taken out of the index and decided again one by one in the order they were
         first decided, each against what was indexed before it, exactly as the run that
@@ -456,7 +461,11 @@ class Ingest:
         `apply` (verified, journaled actions), as for a newcomer. `tick` runs after each
         file (the daemon's heartbeat).
         """
-        due = [r for r in self.store.undecided_due(self.policy_key, self.roots) if _unchanged(r)]
+        due = [
+            r
+            for r in self.store.undecided_due(self.policy_key, self.roots)
+            if (only is None or r.id in only) and _unchanged(r)
+        ]
         if not due:
             return []
         self._pending = {r.id for r in due}
@@ -1136,6 +1145,7 @@ class Reconciled:
     gone: list[int]  # ids that left the index (deleted, or replaced by a rename)
     revived: list[int]  # ids marked missing before that turned up again (a move)
     awaiting: list[tuple[int, Entry]] = field(default_factory=list)  # in `work`: decide
+    moved: list[int] = field(default_factory=list)  # ids moved into another root: decide
 
 
 def stored_keys(config: Config) -> tuple[tuple[str, str], str, str | None]:
@@ -1170,11 +1180,15 @@ def reconcile_roots(
     Work is sorted oldest first, so that on a first scan "the newcomer" is the later copy.
     A root that is missing or unreadable, or empty while photos are recorded in it (an
     unmounted disk's mount point), is reported unavailable and its records stay as they are.
+    Every root is walked before any is written: a photo moved from one root into another is
+    followed as a rename whichever of them `roots` lists first (`Store.move` then notes it
+    to be decided under its new root's policy).
     """
     names = NameFilter(config.watch)
     exclude = excluded_dirs(config)
     hasher_keys, clips, features = stored_keys(config)
     done = Reconciled([], [], [])
+    plans: list[tuple[str, Plan]] = []
     for root in roots:
         try:
             entries = []
@@ -1195,6 +1209,7 @@ def reconcile_roots(
             log.warning("root_unavailable", root=root, reason=str(exc))
             continue
         report.roots.append(root)
+        report.files += len(entries)
         for record, attempts in store.abandon_deciding(root):
             log.warning(
                 "decision_abandoned",
@@ -1204,21 +1219,58 @@ def reconcile_roots(
                 "(a crash in its decision, or kills); it stays in place, undecided, until "
                 "it changes",
             )
-        plan = reconcile(store, root, entries, hasher_keys, clips, features)
+        plans.append((root, reconcile(store, root, entries, hasher_keys, clips, features)))
+    moved_in = _moves_between(plans)
+    for root, plan in plans:
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             if record.state == "missing":
                 done.revived.append(record.id)
+            if record.root != root:  # seen missing by an earlier run, or by the daemon
+                done.moved.append(record.id)
+        for record, entry in moved_in.get(root, []):
+            done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
+            done.moved.append(record.id)
+            # Hashed under its old root's needs: what its new one lacks is hashed again once.
+            if store.unhashed(root, hasher_keys, clips, features, ids=[record.id]):
+                lacks_main = bool(store.unhashed(root, hasher_keys[0], clips, ids=[record.id]))
+                again = replace(entry, rehash="decide" if lacks_main else "fill")
+                plan.rehash.append(again)
+                if lacks_main:
+                    plan.awaiting.append((record.id, again))
         store.mark_missing(r.id for r in plan.missing)
         done.gone += [r.id for r in plan.missing]
-        report.files += len(entries)
         report.unchanged += plan.unchanged
-        report.renamed += len(plan.renamed)
+        report.renamed += len(plan.renamed) + len(moved_in.get(root, []))
         report.missing += len(plan.missing)
         done.work += plan.to_hash
         done.awaiting += plan.awaiting
     done.work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
     return done
+
+
+def _moves_between(
+    plans: Sequence[tuple[str, Plan]],
+) -> dict[str, list[tuple[FileRecord, Entry]]]:
+    """Photos that left one root's records and appeared in another (same dev, inode, size,
+    mtime_ns: `same_version`): taken out of the first's `missing` and the second's `new`,
+    and returned by the root they moved into."""
+    left = {r.stat: r for _, plan in plans for r in plan.missing if r.error_kind != VANISHED}
+    moved: dict[str, list[tuple[FileRecord, Entry]]] = {}
+    for root, plan in plans:
+        arrived = []
+        for entry in plan.new:
+            record = left.get(entry.stat)
+            if record is not None and record.root != root:
+                del left[entry.stat]
+                moved.setdefault(root, []).append((record, entry))
+            else:
+                arrived.append(entry)
+        plan.new = arrived
+    taken = {record.id for pairs in moved.values() for record, _ in pairs}
+    for _, plan in plans:
+        plan.missing = [r for r in plan.missing if r.id not in taken]
+    return moved
 
 
 def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> HasherPool:

@@ -196,9 +196,10 @@ class Pipeline:
         self.backlog.extend(new)
         self.progress.added(len(new))
         self.counts.rescans += 1
-        if self._redecide:  # once per start or reload: a dry run or the policies changed
-            self._redecide = False
-            for outcome in self.ingest.redecide(tick):
+        if self._redecide or done.moved:  # a dry run or the policies changed (once per start
+            # or reload), or photos moved into another root: decided by its policy
+            only, self._redecide = (None if self._redecide else done.moved), False
+            for outcome in self.ingest.redecide(tick, only=only):
                 self._count(outcome)
         log.info(
             "reconciled",
@@ -354,10 +355,16 @@ class Pipeline:
         return None
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
+        """Follow a move of `file_id` to `relpath` under `root`; one into another root is then
+        decided by that root's policy (`Store.move` noted it), as a photo arriving there."""
+        before = self.store.file(file_id)
         replaced = self.store.move(file_id, root, relpath, stat)
         self.ingest.unindex(replaced)
         self.ingest.index_again([file_id])
         log.info("file_moved", dest=os.path.join(root, relpath), file=file_id)
+        if before is not None and before.root != root:
+            for outcome in self.ingest.redecide(only={file_id}):
+                self._count(outcome)
 
     # -- the pool -----------------------------------------------------------------------------
     def feed(self, pool: HasherPool) -> None:

@@ -293,6 +293,26 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE undecided_13 RENAME TO undecided;
     CREATE INDEX undecided_seq ON undecided (seq);
     """,
+    # 13 → 14: a photo moved into another root is noted 'moved' (`Store.move`): it is decided
+    # again under that root's policy, once, as a photo arriving there. The CHECK changes: the
+    # table is rebuilt.
+    """
+    CREATE TABLE undecided_14 (
+        file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        why TEXT NOT NULL
+            CHECK (why IN ('dry run', 'report', 'failed', 'deciding', 'abandoned', 'moved')),
+        policies TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO undecided_14 (file_id, sha256, why, policies, seq, created, attempts)
+        SELECT file_id, sha256, why, policies, seq, created, attempts FROM undecided;
+    DROP TABLE undecided;
+    ALTER TABLE undecided_14 RENAME TO undecided;
+    CREATE INDEX undecided_seq ON undecided (seq);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -341,8 +361,9 @@ def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
 # Why a file's decision is still to make: a dry run previewed it, its action failed, it was
 # only reported (decided again when the policies change), or it was recorded and its
 # decision never came (`deciding`: written with the record, replaced by the decision;
-# `abandoned` after DECIDING_ATTEMPTS such records of the same bytes).
-Undecided = Literal["dry run", "report", "failed", "deciding", "abandoned"]
+# `abandoned` after DECIDING_ATTEMPTS such records of the same bytes), or it moved into another
+# root, whose policy has yet to decide it (`moved`).
+Undecided = Literal["dry run", "report", "failed", "deciding", "abandoned", "moved"]
 # How many times a file is recorded for a decision that never comes before it is given up
 # (`Store.abandon_deciding`): once is a kill or a power cut; three times in a row is a file
 # whose decision kills the process (native code on the writer thread), which would
@@ -1229,10 +1250,22 @@ class Store:
 
         The record of a file the rename replaced goes; its id is returned so that the caller
         can drop it from the index. A record that was marked missing (the move was seen as
-        a delete first) is present again: 'ok' when it was hashed, else 'error'.
+        a delete first) is present again: 'ok' when it was hashed, else 'error'. A hashed
+        photo that moved into another root is noted 'moved' (`undecided_due`): that root's
+        policy decides it, as a photo arriving there, whatever was decided where it came
+        from (unless its decision is pending already: 'deciding', 'abandoned').
         """
         root_db, relpath_db = to_db(root), to_db(relpath)
         with self._write():
+            self.db.execute(
+                "INSERT INTO undecided (file_id, sha256, why, policies, seq, created)"
+                " SELECT id, sha256, 'moved', '', (SELECT coalesce(max(seq), 0) + 1 FROM"
+                " undecided), ? FROM files WHERE id = ? AND root != ? AND sha256 IS NOT NULL"
+                " ON CONFLICT (file_id) DO UPDATE SET why = 'moved', sha256 = excluded.sha256,"
+                " seq = excluded.seq, created = excluded.created"
+                " WHERE why NOT IN ('deciding', 'abandoned')",
+                (self._now(), file_id, root_db),
+            )
             replaced = [
                 row[0]
                 for row in self.db.execute(
@@ -1596,12 +1629,14 @@ class Store:
 
     def undecided_due(self, policies: str, roots: Sequence[str]) -> list[FileRecord]:
         """Present, unchanged files under `roots` to decide again under `policies` (the
-        current policies' fingerprint): every dry run and failure, and reports decided under
-        other policies; in the order they were first decided. Not those whose decision never
-        came ('deciding'): the reconcile has them hashed again (`unhashed`)."""
+        current policies' fingerprint): every dry run, failure and move into another root,
+        and reports decided under other policies; in the order they were first decided. Not
+        those whose decision never came ('deciding'): the reconcile has them hashed again
+        (`unhashed`)."""
         marks = ", ".join("?" * len(roots))
         return self._files(
-            "f.id IN (SELECT u.file_id FROM undecided u WHERE u.why IN ('dry run', 'failed')"
+            "f.id IN (SELECT u.file_id FROM undecided u WHERE u.why IN ('dry run', 'failed',"
+            " 'moved')"
             " OR (u.why = 'report' AND u.policies != ?))"
             " AND f.state = 'ok' AND f.root IN (" + marks + ")"
             " AND f.sha256 = (SELECT u.sha256 FROM undecided u WHERE u.file_id = f.id)"

@@ -337,6 +337,36 @@ def test_moves_are_followed_and_deletes_marked(env: Env) -> None:
         assert daemon.stats.hashed == 1
 
 
+@pytest.mark.parametrize("while_running", [True, False], ids=["watched", "at-start"])
+def test_a_copy_moved_into_another_root_is_followed_and_decided_by_its_policy(
+    env: Env, while_running: bool
+) -> None:
+    """A copy moved from the reference archive into the uploads is the same file (followed,
+    never decoded again) and arrives under the uploads' policy: quarantined as a duplicate of
+    the archive's photo, whether the move is seen as it happens or found by the next start."""
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("hubble"), env.archive / "a.jpg")
+    photos.copy(photos.photo("hubble"), env.archive / "a copy.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="both hashed")
+        assert env.state(env.archive / "a copy.jpg") == "ok"  # a reference root: untouched
+        before = env.record(env.archive / "a copy.jpg")
+        if while_running:
+            os.rename(env.archive / "a copy.jpg", env.root / "a copy.jpg")
+            wait_for(lambda: env.state(env.root / "a copy.jpg") == "quarantined", what="moved")
+            assert daemon.stats.hashed == 2 and daemon.stats.acted == 1
+    if not while_running:
+        os.rename(env.archive / "a copy.jpg", env.root / "a copy.jpg")
+        with running(env) as daemon:
+            wait_for(lambda: env.state(env.root / "a copy.jpg") == "quarantined", what="moved")
+            wait_for(lambda: _idle(daemon))
+            assert daemon.stats.hashed == 0 and daemon.stats.acted == 1
+    after = env.record(env.root / "a copy.jpg")
+    assert before is not None and after is not None and after.id == before.id
+    assert env.state(env.archive / "a.jpg") == "ok" and (env.archive / "a.jpg").exists()
+    assert env.record(env.archive / "a copy.jpg") is None
+
+
 def test_an_upload_renamed_while_in_the_pool_is_hashed_at_its_new_name(env: Env) -> None:
     """A new upload renamed (a photo app sorting it into a folder) after it was queued and
     before its worker opened it: the worker finds nothing at the old name ('vanished'). The

@@ -5,6 +5,7 @@ and what the user decided (distinct, restored) is never acted on or listed again
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -472,3 +473,28 @@ def test_a_file_a_decision_moved_while_it_was_being_hashed_stays_quarantined(lib
         finally:
             ingest.close()
     assert lib.state("gone.jpg") == "error"
+
+
+@pytest.mark.parametrize("archive_first", [False, True], ids=["uploads-first", "archive-first"])
+def test_a_copy_moved_into_another_root_is_a_rename_decided_by_that_roots_policy(
+    lib: Lib, archive_first: bool
+) -> None:
+    """A move between roots is followed without decoding (one rename, nothing missing) and
+    the photo is then decided as one arriving there, whatever the order of `roots:`."""
+    if archive_first:
+        text = lib.config.read_text()
+        uploads = f"  - {{path: {lib.root}, policy: camera}}\n"
+        archive = f"  - {{path: {lib.archive}, policy: reference}}\n"
+        lib.config.write_text(text.replace(uploads + archive, archive + uploads))
+    photos.copy(photos.photo("chelsea"), lib.archive / "cat.jpg")
+    photos.copy(photos.photo("chelsea"), lib.archive / "cat copy.jpg")
+    first = lib.scan()
+    assert ("quarantine", "cat copy.jpg", "done") not in _acts(first)  # reference: untouched
+    os.rename(lib.archive / "cat copy.jpg", lib.root / "cat copy.jpg")
+    moved = lib.scan()
+    assert (moved["renamed"], moved["missing"], moved["hashed"]) == (1, 0, 0)
+    assert _acts(moved) == [("quarantine", "cat copy.jpg", "done")]
+    assert lib.state("cat copy.jpg") == "quarantined"
+    assert (lib.archive / "cat.jpg").exists()
+    assert _acts(lib.scan()) == []  # decided once
+

@@ -107,6 +107,33 @@ def test_move_follows_a_rename_and_replaces_a_stale_record_at_the_target(tmp_pat
         assert store.hash_of(fid, "phash:16") == b"\x01" * 32
 
 
+def test_a_move_into_another_root_is_noted_to_be_decided_there_and_a_rename_is_not(
+    tmp_path: Path,
+) -> None:
+    """`move` notes 'moved' (due under any policies) only when the root changes, and never
+    over a decision still pending for a crash ('deciding') or given up ('abandoned')."""
+
+    def why(file_id: int) -> str | None:
+        row = store.db.execute("SELECT why FROM undecided WHERE file_id = ?", (file_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "a.jpg", _image("a" * 64))
+        store.move(a, "/r", "b.jpg", STAT)
+        assert why(a) is None and store.undecided_due("p", ["/r", "/s"]) == []
+        store.note_undecided(a, "a" * 64, "report", "p")
+        store.move(a, "/s", "b.jpg", STAT)
+        assert why(a) == "moved"
+        assert [r.id for r in store.undecided_due("p", ["/s"])] == [a]
+        b = store.record_hashed("/r", "c.jpg", _image("b" * 64, stat=STAT._replace(inode=4)))
+        store.note_undecided(b, "b" * 64, "deciding", "p")
+        store.move(b, "/s", "c.jpg", STAT._replace(inode=4))
+        assert why(b) == "deciding"
+        e = store.record_error("/r", "e.jpg", STAT._replace(inode=5), "empty", "zero bytes")
+        store.move(e, "/s", "e.jpg", STAT._replace(inode=5))
+        assert why(e) is None  # nothing hashed: nothing to decide
+
+
 def test_missing_files_leave_the_hash_set_but_keep_their_record(tmp_path: Path) -> None:
     with Store(tmp_path / "d.db") as store:
         fid = store.record_hashed("/r", "a.jpg", _image())
@@ -410,7 +437,8 @@ def test_a_file_recorded_for_a_decision_is_hashed_again_until_the_decision_is_wr
 def test_a_schema_12_database_keeps_its_undecided_rows_and_takes_deciding_notes(
     tmp_path: Path,
 ) -> None:
-    """Migration 12 → 13 rebuilds `undecided` for its new CHECK, every row kept."""
+    """Migrations 12 → 13 and 13 → 14 rebuild `undecided` for their new CHECKs, every row
+    kept."""
     path = tmp_path / "d.db"
     conn = _old_database(path, 12)
     conn.execute(
