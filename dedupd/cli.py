@@ -50,7 +50,7 @@ from dedupd.errors import (
 )
 from dedupd.hashers import Hasher
 from dedupd.lock import DatabaseBusy, DatabaseLock
-from dedupd.service import Service, connect
+from dedupd.service import RemoteService, Service, connect
 from dedupd.store import Store
 
 if TYPE_CHECKING:
@@ -525,12 +525,41 @@ def _service(ctx: click.Context, *, daemon_without_config: bool = False) -> Serv
     and the daemon is asked on --socket or the default sockets; only the database, when no
     daemon answers, needs the config (the config error, exit 2). Commands that change photos
     or records always need it: a broken config cannot say which daemon they would steer.
+
+    A database named by --database or `database:` is the one worked on: a daemon that
+    serves another (a socket path shared by two configs, or the default one) is passed over
+    with a warning, and never lists, restores or purges its own quarantine in its place.
     """
+    database = _named_database(ctx)
+
+    def other(remote: RemoteService, theirs: str) -> None:
+        click.echo(
+            f"warning: the daemon on {remote.client.path} serves {theirs}, not {database};"
+            " not asking it",
+            err=True,
+        )
+
     return connect(
         _daemon_sockets(ctx, without_config=daemon_without_config),
         lambda: _offline_config(ctx),
         lambda: click.echo("dedupd is not running; using the database directly", err=True),
+        database=database,
+        on_other=other,
     )
+
+
+def _named_database(ctx: click.Context) -> Path | None:
+    """The database --database or the config's `database:` names; None when neither does
+    (then any daemon found where dedupctl looks is the one to ask) or the config does not
+    load."""
+    obj = ctx.ensure_object(dict)
+    if obj.get("database"):
+        return Path(obj["database"]).expanduser()
+    try:
+        database = _load(ctx).database
+    except ConfigError:
+        return None
+    return None if database == default_database_path() else database
 
 
 def _photo_path(path: Path) -> str:

@@ -214,6 +214,9 @@ class Daemon:
             "uptime_s": round(self.clock() - self.stats.started, 1),
             "config": str(config.source) if config.source else None,
             "database": str(config.database),
+            # (st_dev, st_ino) of the file open: dedupctl checks that it asks the daemon of
+            # the database it means (two configs can share a socket path)
+            "database_id": list(self._database_identity) if self._database_identity else None,
             "hasher": ingest.hasher.key,
             "roots": [
                 {"path": r, "state": states.get(r, "unknown"), "policy": policies.get(r, "?")}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -573,13 +573,26 @@ class _DaemonElseDatabase:
     is the one asked from then on. The daemon is asked again before every fallback: one
     started since (`dedupctl review` runs for hours) holds the database and is the writer."""
 
-    def __init__(self, remotes: Sequence[RemoteService], local: Callable[[], LocalService]):
+    def __init__(
+        self,
+        remotes: Sequence[RemoteService],
+        local: Callable[[], LocalService],
+        database: Path | None = None,
+        on_other: Callable[[RemoteService, str], None] = lambda remote, theirs: None,
+    ):
+        """`database`: the database the caller named (None: whichever the daemon serves);
+        a daemon that serves another one is not asked (`on_other` is told), as if none ran
+        there."""
         self._remotes, self._local = list(remotes), local
         self._fallback: LocalService | None = None
+        self._database, self._on_other = database, on_other
+        self._checked: set[int] = set()  # id() of the remotes found to serve `database`
 
     def _ask(self, question: Callable[[Service], Answer]) -> Answer:
         for remote in self._remotes:
             try:
+                if not self._serves_database(remote):
+                    continue
                 answer = question(remote)
             except DaemonNotRunning:
                 continue
@@ -588,6 +601,20 @@ class _DaemonElseDatabase:
         if self._fallback is None:
             self._fallback = self._local()
         return question(self._fallback)
+
+    def _serves_database(self, remote: RemoteService) -> bool:
+        """Whether `remote`'s daemon serves the database the caller named (asked once per
+        daemon, by its status): a config that names its own database but shares a socket
+        path with another daemon's (the default one, or a copied `socket:`) must never
+        list, restore or purge that daemon's quarantine. Raises DaemonNotRunning."""
+        if self._database is None or id(remote) in self._checked:
+            return True
+        status = remote.status()
+        if _same_database(status, self._database):
+            self._checked.add(id(remote))
+            return True
+        self._on_other(remote, str(status.get("database")))
+        return False
 
     def status(self) -> Answer:
         return self._ask(lambda s: s.status())
@@ -643,16 +670,38 @@ class _DaemonElseDatabase:
         return self._ask(lambda s: s.reload())
 
 
+def _same_database(status: Mapping[str, Any], database: Path) -> bool:
+    """Whether a daemon's `status` says it has `database` open: the same file (device and
+    inode; a path given through a symlink or another mount is the same database)."""
+    try:
+        st = os.stat(database)
+    except OSError:
+        return False  # no database there: the daemon cannot be serving it
+    ident = status.get("database_id")
+    if isinstance(ident, list) and len(ident) == 2:
+        return (st.st_dev, st.st_ino) == (ident[0], ident[1])
+    theirs = status.get("database")  # a daemon from before `database_id`
+    return isinstance(theirs, str) and os.path.realpath(theirs) == os.path.realpath(database)
+
+
 def connect(
     sockets: Sequence[Path],
     config: Callable[[], Config],
     on_local: Callable[[], None],
+    *,
+    database: Path | None = None,
+    on_other: Callable[[RemoteService, str], None] = lambda remote, theirs: None,
 ) -> Service:
     """The service of the daemon on the first of `sockets` where one runs; the database's
-    (`config()`'s, which calls `on_local` before its first answer) when none runs."""
+    (`config()`'s, which calls `on_local` before its first answer) when none runs. With
+    `database` (the caller named one), a daemon serving another is passed over (`on_other`
+    is told its socket and database)."""
     from dedupd.control import ControlClient  # the HTTP client: not for commands without
 
     remotes = [RemoteService(ControlClient(path)) for path in sockets]
     return _DaemonElseDatabase(
-        remotes, lambda: LocalService(config(), on_local, sockets=sockets)
+        remotes,
+        lambda: LocalService(config(), on_local, sockets=sockets),
+        database,
+        on_other,
     )

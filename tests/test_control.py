@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dedupd import control
-from dedupd.cli import dedupctl
+from dedupd.cli import dedupctl, dedupd
+from dedupd.config import default_socket_path
 from dedupd.control import ControlClient
 from dedupd.daemon import Daemon
 from dedupd.store import Store
@@ -703,3 +704,49 @@ def test_status_says_when_the_crop_index_is_loaded_with_no_upload_needed(env: En
         assert "crops     2 photos (0 pending)" in ctl(env, "status").stdout.splitlines()
         assert d.stats.hashed == 0  # nothing new arrived: the loop swapped the index in
     assert [e["photos"] for e in logs if e["event"] == "crop_index_loaded"] == [2]
+
+
+def test_dedupctl_never_steers_a_daemon_that_serves_another_database(
+    env: Env, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Two configs whose sockets are the same path (neither names one: the default): the
+    second names its own database. dedupctl with it must not list, restore or purge the
+    running daemon's quarantine in its place: it works on its own database, and says why."""
+    photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
+    wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
+    other = tmp_path / "other"
+    (other / "photos").mkdir(parents=True)
+    photos.copy(photos.photo("rocket"), other / "photos" / "r.jpg")
+    photos.copy(photos.photo("rocket"), other / "photos" / "r copy.jpg")
+    config = other / "dedupd.yaml"
+    config.write_text(
+        f"database: {other / 'other.db'}\n"
+        f"roots:\n  - {{path: {other / 'photos'}, policy: camera}}\n"
+        "policies:\n  camera: {exact: quarantine}\n"
+        f"quarantine: {{path: {other / 'quarantine'}}}\n"
+    )
+    assert daemon.config.socket == default_socket_path()  # both use the default
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(config)])
+    assert scanned.exit_code == 0, scanned.output
+
+    def theirs(*args: str) -> Result:
+        return CliRunner().invoke(dedupctl, ["--config", str(config), *args])
+
+    listed = theirs("quarantine", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert "serves" in listed.stderr and str(env.db) in listed.stderr
+    assert [e["src"] for e in json.loads(listed.stdout)["quarantined"]] == [
+        str(other / "photos" / "r copy.jpg")
+    ]
+    mine = json.loads(ctl(env, "quarantine", "list", "--json").stdout)["quarantined"]
+    assert [e["src"] for e in mine] == [str(env.root / "chat" / "wa.jpg")]
+    # The same action id in both databases: the restore is of the other config's photo.
+    assert mine[0]["id"] == json.loads(listed.stdout)["quarantined"][0]["id"]
+    restored = theirs("quarantine", "restore", str(mine[0]["id"]))
+    assert restored.exit_code == 0, restored.output
+    assert (other / "photos" / "r copy.jpg").exists()
+    assert not (env.root / "chat" / "wa.jpg").exists()
+    assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
+    status = theirs("status")
+    assert status.exit_code == 3 and "serves" in status.stderr  # its own daemon is not running
+    assert ctl(env, "status").exit_code == 0

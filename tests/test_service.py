@@ -4,6 +4,9 @@ get a test that they agree)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from dedupd.config import load_config
@@ -78,3 +81,21 @@ def test_a_long_running_dedupctl_asks_a_daemon_started_after_it_fell_back(
     wa = env.root / "chat" / "wa.jpg"
     assert answer == {"results": [{"item": str(action), "restored": str(wa)}]}
     assert wa.is_file()
+
+
+def test_a_daemon_serves_the_named_database_only_when_it_is_the_same_file(tmp_path: Path) -> None:
+    from dedupd.service import _same_database
+
+    db, other = tmp_path / "a.db", tmp_path / "b.db"
+    db.write_bytes(b"")
+    other.write_bytes(b"")
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    st = os.stat(db)
+    assert _same_database({"database_id": [st.st_dev, st.st_ino]}, link)
+    assert not _same_database({"database_id": [st.st_dev, st.st_ino]}, other)
+    # a daemon from before `database_id`: its path, resolved
+    assert _same_database({"database": str(link)}, db)
+    assert not _same_database({"database": str(other)}, db)
+    assert not _same_database({"database": str(db)}, tmp_path / "none.db")  # not there
+    assert not _same_database({}, db)
