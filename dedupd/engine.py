@@ -1255,15 +1255,19 @@ def _moves_between(
     """Photos that left one root's records and appeared in another (same dev, inode, size,
     mtime_ns: `same_version`): taken out of the first's `missing` and the second's `new`,
     and returned by the root they moved into."""
-    left = {r.stat: r for _, plan in plans for r in plan.missing if r.error_kind != VANISHED}
+    left: dict[FileStat, list[FileRecord]] = {}  # several: hard links of one file
+    for _, plan in plans:
+        for r in plan.missing:
+            if r.error_kind != VANISHED:
+                left.setdefault(r.stat, []).append(r)
     moved: dict[str, list[tuple[FileRecord, Entry]]] = {}
     for root, plan in plans:
         arrived = []
         for entry in plan.new:
-            record = left.get(entry.stat)
-            if record is not None and record.root != root:
-                del left[entry.stat]
-                moved.setdefault(root, []).append((record, entry))
+            elsewhere = [r for r in left.get(entry.stat, []) if r.root != root]
+            if elsewhere:
+                left[entry.stat].remove(elsewhere[0])
+                moved.setdefault(root, []).append((elsewhere[0], entry))
             else:
                 arrived.append(entry)
         plan.new = arrived

@@ -253,18 +253,23 @@ def reconcile(
         else:
             plan.unchanged += 1
     # Whatever is left in `known` vanished from its path: moved, or deleted. Keyed by the
-    # stat, so that a lookup is `same_version`.
-    vanished = {r.stat: r for r in known.values() if r.error_kind != VANISHED}
+    # stat, so that a lookup is `same_version`; several records per stat when hard links of
+    # one file vanished (all renamed, say): each name that appeared follows one of them.
+    vanished: dict[FileStat, list[FileRecord]] = {}
+    for r in known.values():
+        if r.error_kind != VANISHED:
+            vanished.setdefault(r.stat, []).append(r)
     gone = [r for r in known.values() if r.error_kind == VANISHED]  # no rename to follow
     for entry in appeared:
-        record = vanished.pop(entry.stat, None) or store.missing_with_stat(entry.stat)
+        same = vanished.get(entry.stat)
+        record = same.pop(0) if same else store.missing_with_stat(entry.stat)
         if record is None:
             plan.new.append(entry)
         else:
             plan.renamed.append((record, entry))
             if record.id in needs_hash:
                 plan.rehash.append(rehash(record, entry))
-    plan.missing = list(vanished.values()) + gone
+    plan.missing = [r for records in vanished.values() for r in records] + gone
     return plan
 
 

@@ -111,6 +111,33 @@ def test_rename_is_followed_without_rehashing(
     assert ("2026/coffee.jpg", [("chat/coffee-wa.jpg", "near")]) in _groups(report)
 
 
+def test_hard_links_renamed_together_are_each_followed(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """Two names of one file (a hard link: the same dev, inode, size, mtime) both renamed
+    while nothing watched: each new name follows one record, none is decoded, and no record
+    is left describing a name that is gone."""
+    config = _config(tmp_path, library)
+    os.link(library / "coffee.jpg", library / "coffee-link.jpg")
+    _scan(config)
+    with Store(config.database) as store:
+        before = [store.file_at(library / n) for n in ("coffee.jpg", "coffee-link.jpg")]
+    ids = {r.id for r in before if r is not None}
+    assert len(ids) == 2
+    (library / "2026").mkdir()
+    os.rename(library / "coffee.jpg", library / "2026" / "a.jpg")
+    os.rename(library / "coffee-link.jpg", library / "2026" / "b.jpg")
+    decodes.clear()
+    report = _scan(config)
+    assert decodes == []
+    assert (report.renamed, report.missing, report.hashed) == (2, 0, 0)
+    with Store(config.database) as store:
+        now = {store.file_at(library / "2026" / n) for n in ("a.jpg", "b.jpg")}
+        assert {r.id for r in now if r is not None} == ids
+        for gone in ("coffee.jpg", "coffee-link.jpg"):
+            assert store.file_at(library / gone) is None
+
+
 def test_changed_and_deleted_files(library: Path, tmp_path: Path, decodes: list[str]) -> None:
     """A replaced file is re-hashed and re-matched; a deleted one leaves its groups."""
     config = _config(tmp_path, library)
