@@ -114,7 +114,7 @@ def _configure_logging(level: str) -> None:
     # log.exception() only sets exc_info. The console renderer formats it itself (and warns
     # if it arrives already formatted); JSON needs it turned into an "exception" string
     # first, or the line says `"exc_info": true` and nothing about the error.
-    render: list[Any] = (
+    output: list[Any] = (
         [structlog.dev.ConsoleRenderer()]
         if sys.stderr.isatty()
         else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
@@ -124,7 +124,7 @@ def _configure_logging(level: str) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *render,
+            *output,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
@@ -151,20 +151,20 @@ def _errors(busy_exit: int = EXIT_BUSY) -> Iterator[None]:
     try:
         yield
     except NotFoundError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {render.shown(exc)}", err=True)
         sys.exit(EXIT_NOT_FOUND)
     except DatabaseBusy as exc:
         advice = _BUSY_ADVICE.get(exc.role or "", "try again in a moment")
-        click.echo(f"error: {exc}; {advice}", err=True)
+        click.echo(f"error: {render.shown(exc)}; {advice}", err=True)
         sys.exit(busy_exit)
     except DaemonBusy as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {render.shown(exc)}", err=True)
         sys.exit(EXIT_BUSY)
     except DaemonUnavailable as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {render.shown(exc)}", err=True)
         sys.exit(EXIT_NO_DAEMON)
     except DedupdError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {render.shown(exc)}", err=True)
         sys.exit(EXIT_USAGE)
 
 
@@ -282,8 +282,11 @@ def _scan(
             actions = Actions(store, config.quarantine.path)
             # What a killed daemon or scan left half done is finished or rolled back first.
             for r in actions.recover():
-                click.echo(f"recovered: action {r.action_id} ({r.kind}): {r.outcome}: {r.detail}",
-                           err=True)
+                click.echo(
+                    f"recovered: action {r.action_id} ({r.kind}): {r.outcome}: "
+                    f"{render.shown(r.detail)}",
+                    err=True,
+                )
             if as_json or not sys.stderr.isatty():
                 report = scan(config, store, actions=actions)
             else:
@@ -498,7 +501,7 @@ def _daemon_sockets(ctx: click.Context, *, without_config: bool = False) -> list
             raise
         candidates = list(socket_candidates())
         where = " or ".join(map(str, candidates))
-        click.echo(f"warning: {exc}; asking the daemon on {where}", err=True)
+        click.echo(f"warning: {render.shown(exc)}; asking the daemon on {where}", err=True)
         return candidates
     if configured != default_socket_path():
         return [configured]
@@ -534,7 +537,8 @@ def _service(ctx: click.Context, *, daemon_without_config: bool = False) -> Serv
 
     def other(remote: RemoteService, theirs: str) -> None:
         click.echo(
-            f"warning: the daemon on {remote.client.path} serves {theirs}, not {database};"
+            f"warning: the daemon on {remote.client.path} serves {render.shown(theirs)}, not"
+            f" {render.shown(database)};"
             " not asking it",
             err=True,
         )
@@ -589,7 +593,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(render.to_json(answer) if as_json else render.status(answer))
     unavailable = [r["path"] for r in answer["roots"] if r["state"] == "unavailable"]
     for root in unavailable:
-        click.echo(f"warning: root unavailable (missing or not mounted): {root}", err=True)
+        click.echo(
+            f"warning: root unavailable (missing or not mounted): {render.shown(root)}", err=True
+        )
     if unavailable:
         sys.exit(EXIT_NOT_FOUND)
 
@@ -977,7 +983,8 @@ def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
     if as_json:
         click.echo(render.to_json(answer))
     else:
-        click.echo(f"marked distinct: {answer['distinct'][0]} and {answer['distinct'][1]}")
+        a_, b_ = (render.shown(p) for p in answer["distinct"])
+        click.echo(f"marked distinct: {a_} and {b_}")
 
 
 @dedupctl.command()
@@ -993,7 +1000,7 @@ def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
         click.echo(render.to_json(answer))
         return
     for queued in answer["queued"]:
-        click.echo(f"rescan queued: {queued}")
+        click.echo(f"rescan queued: {render.shown(queued)}")
 
 
 @dedupctl.command()

@@ -32,10 +32,42 @@ __all__ = [
     "scan_json",
     "scan_report",
     "search",
+    "shown",
     "size",
     "status",
     "to_json",
 ]
+
+
+def shown(text: object) -> str:
+    """`text` (a file name, or a message naming one) safe to print on a terminal: a name can
+    hold any byte but "/" and NUL, and one with escape sequences, carriage returns, newlines
+    or bidirectional overrides would otherwise rewrite what the table around it says (which
+    file was quarantined, which one is kept). Such characters are shown as Python escapes
+    (backslashes then doubled, so that the escaped form is unambiguous); anything else,
+    including the raw bytes of a name that is not UTF-8, is printed as it is. JSON output
+    needs none of this (`json.dumps` escapes them)."""
+    text = str(text)
+    if not any(_unsafe(c) for c in text):
+        return text
+    return "".join(_escaped(c) if _unsafe(c) or c == "\\" else c for c in text)
+
+
+def _unsafe(c: str) -> bool:
+    """Whether `c` must not reach a terminal as it is: control, format (bidirectional
+    marks and overrides), separator other than space, or a name's raw C1 byte. A name's
+    other raw bytes (surrogate escapes of 0xA0-0xFF) are printed as the bytes they are."""
+    if c.isprintable():
+        return False
+    return not 0xDCA0 <= ord(c) <= 0xDCFF
+
+
+def _escaped(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if 0xDC80 <= ord(c) <= 0xDCFF:  # a raw byte of a name that is not UTF-8
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
 
 
 def to_json(answer: dict[str, Any]) -> str:
@@ -72,7 +104,7 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
     lines = []
     for g in groups:
         k = g["keeper"]
-        lines.append(f"\n{k['path']}  {_pixels(k)}  {size(k['size'])}  keeper")
+        lines.append(f"\n{shown(k['path'])}  {_pixels(k)}  {size(k['size'])}  keeper")
         for m in g["duplicates"]:
             exact = m["kind"] == "exact"
             if m["kind"] == "crop":
@@ -81,7 +113,7 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
                 near = f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
                 how = _clip(m, bits) or ("exact" if exact else near) + _turned(m)
             mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
-            lines.append(f"  {mark} {m['path']}  {_pixels(m)}  {size(m['size'])}  {how}")
+            lines.append(f"  {mark} {shown(m['path'])}  {_pixels(m)}  {size(m['size'])}  {how}")
     return "\n".join(lines)
 
 
@@ -93,14 +125,16 @@ def scan_report(report: ScanReport, bits: int) -> str:
         f"{report.missing} missing, {len(report.failed)} errors, "
         f"{len(report.groups)} duplicate groups ({dups} duplicates)"
     ]
-    lines += [f"unavailable: {root}: {why}" for root, why in report.unavailable]
-    lines += [f"error: {path}: {f.kind}: {f.message}" for path, f in report.failed]
+    lines += [f"unavailable: {shown(root)}: {shown(why)}" for root, why in report.unavailable]
+    lines += [f"error: {shown(path)}: {f.kind}: {shown(f.message)}" for path, f in report.failed]
     for o in report.outcomes:
         if o.decision.acts:
             lines.append(
-                f"{o.decision.action}: {o.decision.target.path if o.decision.target else o.path}"
-                f" ({o.result}; keeper {o.decision.keeper.path if o.decision.keeper else '-'};"
-                f" {o.decision.rule})"
+                f"{o.decision.action}: "
+                f"{shown(o.decision.target.path if o.decision.target else o.path)}"
+                f" ({shown(o.result)}; keeper "
+                f"{shown(o.decision.keeper.path) if o.decision.keeper else '-'};"
+                f" {shown(o.decision.rule)})"
             )
     text = "\n".join(lines)
     found = group_dicts(groups_json(report.groups, bits)["groups"], bits)
@@ -176,9 +210,13 @@ def status(s: dict[str, Any]) -> str:
         f"done      {s['stats']['hashed']} hashed, {s['stats']['acted']} acted on, "
         f"{s['stats']['errors']} errors since start",
     ]
-    lines += [f"root      {r['path']}  {r['state']}  policy {r['policy']}" for r in s["roots"]]
     lines += [
-        f"error     {e['path']}: {e['kind']}: {e['error']}" for e in s["recent_errors"]
+        f"root      {shown(r['path'])}  {r['state']}  policy {shown(r['policy'])}"
+        for r in s["roots"]
+    ]
+    lines += [
+        f"error     {shown(e['path'])}: {e['kind']}: {shown(e['error'])}"
+        for e in s["recent_errors"]
     ]
     return "\n".join(lines)
 
@@ -210,7 +248,7 @@ def search(answer: dict[str, Any], bits: int) -> str:
         how = _clip(r, bits)
         lines.append(
             f"{r['normalized']:<8.3f}  {r['distance']:>3}/{bits}  {_pixels(r):>11}  "
-            f"{size(r['size']):>9}  {r['path']}"
+            f"{size(r['size']):>9}  {shown(r['path'])}"
             + (f"  ({r['transform']})" if r.get("transform", "identity") != "identity" else "")
             + (f"  ({how})" if how else "")
             + beyond
@@ -219,7 +257,9 @@ def search(answer: dict[str, Any], bits: int) -> str:
     if not answer["results"]:
         lines = []
     for r in answer.get("crops", []):
-        lines.append(f"{'crop':<8}  {'':>7}  {_pixels(r):>11}  {size(r['size']):>9}  {r['path']}")
+        lines.append(
+            f"{'crop':<8}  {'':>7}  {_pixels(r):>11}  {size(r['size']):>9}  {shown(r['path'])}"
+        )
         lines.append(f"          {_crop(r, r['id'], 'the image')}")
     return "\n".join(lines)
 
@@ -248,9 +288,9 @@ def _age(seconds: float) -> str:
 
 def file_info(answer: dict[str, Any], bits: int) -> str:
     f = answer["file"]
-    lines = [f"{f['path']}", f"  state     {f['state']}"]
+    lines = [shown(f["path"]), f"  state     {f['state']}"]
     if f["state"] == "error":
-        lines.append(f"  error     {f['error_kind']}: {f['error']}")
+        lines.append(f"  error     {f['error_kind']}: {shown(f['error'])}")
     lines += [
         f"  size      {size(f['size'])}",
         f"  pixels    {_pixels(f)}",
@@ -260,9 +300,9 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
         f"  sha256    {f['sha256'] or '-'}",
     ]
     if f.get("motion"):  # an older daemon does not say
-        lines.append(f"  live      with its motion file {f['motion']}")
+        lines.append(f"  live      with its motion file {shown(f['motion'])}")
     if f.get("still"):
-        lines.append(f"  live      the motion file of {f['still']}; moves only with it")
+        lines.append(f"  live      the motion file of {shown(f['still'])}; moves only with it")
     if not answer["matches"]:
         lines.append("  no matches")
     for m in answer["matches"]:
@@ -273,7 +313,7 @@ def file_info(answer: dict[str, Any], bits: int) -> str:
             near = f"near {m['distance']}/{bits}{_turned(m)}"
             how = _clip(m, bits) or ("exact" if exact else near)
         mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
-        lines.append(f"  {mark} {m['path']}  {how}")
+        lines.append(f"  {mark} {shown(m['path'])}  {how}")
     return "\n".join(lines)
 
 
@@ -311,9 +351,9 @@ def quarantine(answer: dict[str, Any]) -> str:
     if not entries:
         return "quarantine is empty"
     return "\n".join(
-        f"{e['id']:>5}  {_when(e['finished'])}  {e['src']}\n"
-        + (f"       with its motion file {e['motion']}\n" if e.get("motion") else "")
-        + f"       keeper {e['keeper_path'] or '-'}  {_how(e)}  ({e['reason']})"
+        f"{e['id']:>5}  {_when(e['finished'])}  {shown(e['src'])}\n"
+        + (f"       with its motion file {shown(e['motion'])}\n" if e.get("motion") else "")
+        + f"       keeper {shown(e['keeper_path'] or '-')}  {_how(e)}  ({shown(e['reason'])})"
         for e in entries
     )
 
@@ -321,7 +361,7 @@ def quarantine(answer: dict[str, Any]) -> str:
 def _motion(r: dict[str, Any]) -> str:
     """A Live Photo's motion file, named after its still: the two are one item."""
     motion = r.get("motion")  # an older daemon does not say
-    return f"  (Live Photo, with {os.path.basename(motion)})" if motion else ""
+    return f"  (Live Photo, with {shown(os.path.basename(motion))})" if motion else ""
 
 
 def _how(e: dict[str, Any]) -> str:
@@ -340,8 +380,8 @@ def _how(e: dict[str, Any]) -> str:
 def restored(result: dict[str, Any]) -> str:
     """One item of a restore's answer: the line for stdout, or the error for stderr."""
     if "restored" in result:
-        return f"restored {result['restored']}"
-    return f"error: {result['item']}: {result['error']}"
+        return f"restored {shown(result['restored'])}"
+    return f"error: {shown(result['item'])}: {shown(result['error'])}"
 
 
 def purged(count: int, younger: int = 0, older_than: float = 0.0) -> str:
@@ -363,10 +403,10 @@ def review_started(url: str) -> str:
 
 def report_written(path: str, answer: dict[str, Any]) -> str:
     n = len(answer["groups"])
-    return f"wrote {path}: {n} duplicate group{'' if n == 1 else 's'}, thumbnails inline"
+    return f"wrote {shown(path)}: {n} duplicate group{'' if n == 1 else 's'}, thumbnails inline"
 
 
 def map_written(path: str, drawn: int, total: int, pictures: int, links: int) -> str:
     sampled = f"{drawn} of {total} indexed photos" if drawn < total else f"all {total} photos"
     linked = f"{links} duplicate link" + ("" if links == 1 else "s")
-    return f"wrote {path}: {sampled} drawn, {pictures} as thumbnails, {linked}"
+    return f"wrote {shown(path)}: {sampled} drawn, {pictures} as thumbnails, {linked}"

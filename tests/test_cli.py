@@ -427,6 +427,81 @@ def test_dedupctl_show_prints_a_name_that_is_not_utf8_byte_for_byte(
     )
 
 
+# A name that rewrites a terminal: clears the screen, returns to the line's start and writes
+# a line of its own, then turns the rest right-to-left ("gpj.txt" reads "txt.jpg").
+HOSTILE = "evil\x1b[2J\r\nquarantine: other.jpg (done)\u202egpj.jpg"
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_a_file_name_that_holds_terminal_controls_is_printed_escaped_and_kept_in_json(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """A photo's name may hold escape sequences, a carriage return, a newline or a
+    bidirectional override: in the text a user reads (the scan's actions, `show`,
+    `quarantine list`, log lines on a terminal) each is escaped, so that the name cannot
+    rewrite which file the line says was moved; JSON keeps the name as it is."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    photos.copy(photos.photo("coffee"), root / "coffee.jpg")
+    photos.copy(photos.photo("coffee"), root / HOSTILE)
+    config = tmp_path / "dedupd.yaml"
+    config.write_text(
+        f"database: {tmp_path / 'd.db'}\n"
+        f"roots:\n  - {{path: {root}, policy: camera}}\n"
+        "policies:\n  camera: {exact: quarantine}\n"
+        f"quarantine: {{path: {tmp_path / 'q'}}}\n"
+    )
+    escaped = "evil\\x1b[2J\\r\\nquarantine: other.jpg (done)\\u202egpj.jpg"
+    scan = runner.invoke(dedupd, ["scan", "--config", str(config)])
+    assert scan.exit_code == 0, scan.output
+    assert not _TERMINAL_CONTROLS.search(scan.stdout)
+    assert f"quarantine: {root}/{escaped} (done; keeper {root}/coffee.jpg;" in scan.stdout
+    assert not any(line.startswith("quarantine: other.jpg") for line in scan.stdout.splitlines())
+    listed = runner.invoke(dedupctl, ["--config", str(config), "quarantine", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert not _TERMINAL_CONTROLS.search(listed.stdout)
+    assert listed.stdout.splitlines()[0].endswith(f"{root}/{escaped}")
+    as_json = runner.invoke(dedupctl, ["--config", str(config), "quarantine", "list", "--json"])
+    assert [e["src"] for e in json.loads(as_json.stdout)["quarantined"]] == [str(root / HOSTILE)]
+    restored = runner.invoke(dedupctl, ["--config", str(config), "quarantine", "restore", "1"])
+    assert restored.exit_code == 0, restored.output
+    assert restored.stdout == f"restored {root}/{escaped}\n"
+    assert (root / HOSTILE).exists()
+    shown = runner.invoke(dedupctl, ["--config", str(config), "show", str(root / HOSTILE)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines()[0] == f"{root}/{escaped}"
+    assert not _TERMINAL_CONTROLS.search(shown.stdout)
+
+
+def test_shown_escapes_only_what_a_terminal_would_act_on() -> None:
+    from dedupd.render import shown
+
+    assert shown("/photos/2024/IMG_0001 (1).jpg") == "/photos/2024/IMG_0001 (1).jpg"
+    assert shown("/photos/été/日本 👨‍👩‍👧.jpg".replace("\u200d", "")) == (
+        "/photos/été/日本 👨👩👧.jpg"
+    )
+    assert shown("a\\b.jpg") == "a\\b.jpg"  # nothing to escape: a backslash stays single
+    assert shown("a\\b\x07.jpg") == "a\\\\b\\x07.jpg"  # escaped: then it is doubled
+    assert shown("a\tb\x7f\u2066.jpg") == "a\\tb\\x7f\\u2066.jpg"
+    # A name that is not UTF-8: its raw bytes stay (lossless), but a raw C1 control byte
+    # (0x9b is CSI to a terminal in 8-bit mode) is escaped.
+    assert shown(os.fsdecode(b"caf\xe9.jpg")) == os.fsdecode(b"caf\xe9.jpg")
+    assert shown(os.fsdecode(b"x\x9b2J.jpg")) == "x\\x9b2J.jpg"
+
+
+def test_console_log_lines_escape_a_file_names_terminal_controls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """structlog's console renderer shows such a value as its repr: kept so."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _configure_logging("info")
+    structlog.get_logger("x").info("file_skipped", path="/p/" + HOSTILE)
+    output = terminal.getvalue()
+    assert "file_skipped" in output and "quarantine: other.jpg" in output
+    assert "\x1b[2J" not in output and "\u202e" not in output and "\r\n" not in output
+
+
 # -- logging ----------------------------------------------------------------------------------
 
 
