@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dedupd.errors import DedupdError
+from dedupd.render import shown
 from dedupd.thumbs import Thumbnails
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def _caption(role: str, f: Mapping[str, Any], how: str = "") -> str:
     size = f"{(f.get('size') or 0) / 1000:.1f} KB"
     lines = [
         f'<span class="role">{html.escape(role)}</span>',
-        html.escape(str(f["path"])),
+        html.escape(shown(f["path"])),
         html.escape(f"{pixels} · {size} · taken {f.get('taken_at') or '-'}"),
     ]
     if how:
@@ -88,7 +89,7 @@ def html_report(
 
 def _figure(thumbs: Thumbnails, role: str, f: Mapping[str, Any], how: str = "") -> str:
     src = thumbs.data_uri(str(f["path"]), f)
-    alt = html.escape(f"{role}: {f['path']}", quote=True)
+    alt = html.escape(f"{role}: {shown(f['path'])}", quote=True)
     return (
         f'<figure><img src="{src}" alt="{alt}"><figcaption>{_caption(role, f, how)}'
         "</figcaption></figure>"

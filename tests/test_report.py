@@ -61,10 +61,11 @@ def test_show_html_writes_one_page_whose_pictures_are_all_inline(
 def test_the_html_report_escapes_names_and_shows_any_kind_and_videos_by_name(
     tmp_path: Path,
 ) -> None:
-    """A file name is text, never markup; a match kind the report does not know (added by a
-    newer matcher) is shown by its name; a video gets a placeholder, never a decode."""
+    """A file name is text, never markup, and its bidirectional overrides are escaped; a match
+    kind the report does not know (added by a newer matcher) is shown by its name; a video
+    gets a placeholder, never a decode."""
     keeper = photos.copy(photos.photo("coffee"), tmp_path / "<b>keeper</b>.jpg")
-    clip = photos.copy(photos.photo("coffee"), tmp_path / "clip.mov")
+    clip = photos.copy(photos.photo("coffee"), tmp_path / "clip\u202evom.mov")
 
     def record(i: int, path: Path, fmt: str, **extra: object) -> dict[str, object]:
         return {
@@ -92,6 +93,8 @@ def test_the_html_report_escapes_names_and_shows_any_kind_and_videos_by_name(
     text = report.html_report(answer, Thumbnails(tmp_path / "cache", max_pixels=10**8))
     assert "<b>keeper</b>" not in text and "&lt;b&gt;keeper&lt;/b&gt;.jpg" in text
     assert "contains" in text
+    # A right-to-left override would show "clip.mov" as "clipvom.mov"-reversed text: escaped.
+    assert "\u202e" not in text and "clip\\u202evom.mov" in text
     kinds = [url.split(";")[0] for _, url in _urls(text)]
     assert kinds == ["data:image/jpeg", "data:image/svg+xml"]
 

@@ -160,3 +160,38 @@ def test_the_page_restores_one_photo_and_purges_another_in_a_real_browser(
         kinds = [(a.kind, a.state) for a in store.actions("kind IN ('restore', 'purge')")]
     assert sorted(kinds) == [("purge", "done"), ("restore", "done")]
     assert os.path.isfile(lib.photos / "astronaut.jpg"), "the keeper is untouched"
+
+
+def test_the_page_shows_a_file_names_controls_and_overrides_escaped(
+    tmp_path: Path, browser: Chrome
+) -> None:
+    """A quarantined copy whose name holds a newline and a right-to-left override: the page
+    shows them as escapes (never a name reordered to pass for another), and its Restore
+    button still restores that very file (the name sent back is the stored one)."""
+    from click.testing import CliRunner
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dedupd.cli import dedupd
+    from tests import photos
+
+    lib = make_library(tmp_path)
+    hostile = lib.photos / "hubble\nquarantined\u202egpj.jpg"
+    photos.copy(photos.photo("hubble"), hostile)
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
+    assert scanned.exit_code == 0, scanned.output
+    ids = _quarantined(lib)
+    assert str(hostile) in ids
+    wait = WebDriverWait(browser, 60)
+    with reviewing(lib.config) as review:
+        browser.get(review.url)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.item")) == 3)
+        item = f"article.item[data-action-id='{ids[str(hostile)]}']"
+        path = browser.find_element(By.CSS_SELECTOR, f"{item} figcaption .path").text
+        assert path == f"{lib.photos}/hubble\\nquarantined\\u202egpj.jpg"
+        page = browser.execute_script("return document.body.textContent")
+        assert "\u202e" not in page and "hubble\n" not in page
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"{item} button.restore"))).click()
+        wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, item)))
+    assert hostile.is_file()

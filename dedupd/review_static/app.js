@@ -15,6 +15,27 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// A file name as the page shows it: characters a browser would act on (controls, and the
+// bidirectional marks and overrides that reorder a line) as escapes, so that a name cannot
+// pass itself off as another (render.shown does the same for the terminal). The name sent
+// back to the server is always the one the server gave, never this.
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+
+const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+function shown(name) {
+  const text = String(name);
+  if (!UNSAFE.test(text)) return text;
+  return [...text].map((c) => {
+    if (c === "\\") return "\\\\";
+    if (!UNSAFE.test(c)) return c;
+    if (c in NAMED) return NAMED[c];
+    const code = c.charCodeAt(0);
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}`
+      : `\\u${code.toString(16).padStart(4, "0")}`;
+  }).join("");
+}
+
 function size(n) {
   if (n == null) return "-";
   const units = ["B", "KB", "MB", "GB"];
@@ -51,13 +72,13 @@ function post(url, body) {
 // A photo: its picture (served by id) and what the database knows of it.
 function figure(role, src, record, path) {
   const caption = el("figcaption", {}, el("span", { class: "role" }, role), el("br"),
-    el("span", { class: "path" }, path || (record && record.path) || "-"));
+    el("span", { class: "path" }, shown(path || (record && record.path) || "-")));
   if (record) {
     const pixels = record.width ? `${record.width}×${record.height}` : "-";
     caption.append(el("br"), `${pixels} · ${size(record.size)} · ${record.format || "?"}`
       + ` · taken ${record.taken_at || "-"}`);
   }
-  return el("figure", {}, el("img", { src, alt: `${role}: ${path || ""}`, loading: "lazy" }),
+  return el("figure", {}, el("img", { src, alt: `${role}: ${shown(path || "")}`, loading: "lazy" }),
     caption);
 }
 
@@ -81,7 +102,7 @@ function quarantineItem(e) {
     el("div", { class: "pair" },
       figure("quarantined", `/img/action/${e.id}`, e.file, e.src), keeper),
     el("p", { class: "why" }, el("span", { class: "kind" }, how(e.kind, e.distance)),
-      ` · rule: ${e.reason || "-"}`),
+      ` · rule: ${shown(e.reason || "-")}`),
     restore, " ", purge);
 }
 
@@ -93,9 +114,9 @@ function groupItem(g) {
       "Quarantine this copy");
     const distinct = el("button", { type: "button", class: "distinct" }, "Mark distinct");
     quarantine.addEventListener("click", () => act("/api/quarantine",
-      { path: d.path, keeper: g.keeper.path }, `quarantined ${d.path}`));
+      { path: d.path, keeper: g.keeper.path }, `quarantined ${shown(d.path)}`));
     distinct.addEventListener("click", () => act("/api/distinct",
-      { a: g.keeper.path, b: d.path }, `marked distinct: ${d.path}`));
+      { a: g.keeper.path, b: d.path }, `marked distinct: ${shown(d.path)}`));
     const fig = figure("duplicate", `/img/file/${d.id}`, d);
     fig.append(el("p", { class: "why" }, el("span", { class: "kind" }, how(d.kind, d.distance))),
       quarantine, " ", distinct);
@@ -118,7 +139,7 @@ async function load() {
   const select = document.getElementById("root");
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, "all roots"),
-    ...q.roots.map((r) => el("option", { value: r }, r)));
+    ...q.roots.map((r) => el("option", { value: r }, shown(r))));
   select.value = q.roots.includes(chosen) ? chosen : "";
   const list = document.getElementById("quarantine");
   list.replaceChildren(...(q.quarantined.length ? q.quarantined.map(quarantineItem)
