@@ -475,6 +475,12 @@ class Ingest:
             with self.store.batch():
                 for record in due:
                     self._pending.discard(record.id)
+                    now = self.store.file(record.id)
+                    if now is None or now.state != "ok":
+                        # A decision before it in this loop took it away: a Live Photo's motion
+                        # file, moved into quarantine (or deleted) with its still.
+                        self.store.clear_undecided(record.id)
+                        continue
                     path, sha256 = str(record.path), record.sha256
                     tried = self.store.attempt(record.id)  # one whose decision crashes us
                     if tried > DECIDING_ATTEMPTS:  # must not crash every start: given up

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from dedupd.cli import dedupctl, dedupd
 from dedupd.store import DECIDING_ATTEMPTS, Store
-from tests import photos
+from tests import clips, photos
 
 
 class Lib:
@@ -496,5 +496,30 @@ def test_a_copy_moved_into_another_root_is_a_rename_decided_by_that_roots_policy
     assert _acts(moved) == [("quarantine", "cat copy.jpg", "done")]
     assert lib.state("cat copy.jpg") == "quarantined"
     assert (lib.archive / "cat.jpg").exists()
+    assert _acts(lib.scan()) == []  # decided once
+
+
+def test_a_live_photo_moved_into_another_root_is_decided_as_one_item_once(lib: Lib) -> None:
+    """A Live Photo (a still and its motion clip, paired by name) copied in the reference
+    archive and moved into the uploads: both files are noted 'moved'. The still, decided
+    first, takes its motion file into quarantine with it; the motion file must not then be
+    decided again on its own (its stale record: "vanished before it could be acted on", a
+    failed quarantine reported and noted to be tried again)."""
+    keep = lib.archive / "keep"
+    photos.copy(photos.photo("chelsea"), keep / "IMG_1.JPG")
+    clips.render(photos.photo("chelsea"), keep / "img_1.mov", seconds=2)  # the still sorts first
+    for name in ("IMG_1.JPG", "img_1.mov"):
+        photos.copy(keep / name, lib.archive / "dup" / name)
+    lib.scan()
+    (lib.root / "dup").mkdir()
+    for name in ("IMG_1.JPG", "img_1.mov"):
+        os.rename(lib.archive / "dup" / name, lib.root / "dup" / name)
+    moved = lib.scan()
+    assert (moved["renamed"], moved["hashed"]) == (2, 0)
+    assert _acts(moved) == [("quarantine", "IMG_1.JPG", "done")]
+    assert lib.state("dup/IMG_1.JPG") == "quarantined"
+    assert lib.state("dup/img_1.mov") == "quarantined"
+    assert not (lib.root / "dup" / "img_1.mov").exists()
+    assert (keep / "IMG_1.JPG").exists() and (keep / "img_1.mov").exists()
     assert _acts(lib.scan()) == []  # decided once
 
