@@ -586,7 +586,6 @@ class _DaemonElseDatabase:
         self._remotes, self._local = list(remotes), local
         self._fallback: LocalService | None = None
         self._database, self._on_other = database, on_other
-        self._checked: set[int] = set()  # id() of the remotes found to serve `database`
 
     def _ask(self, question: Callable[[Service], Answer]) -> Answer:
         for remote in self._remotes:
@@ -603,15 +602,16 @@ class _DaemonElseDatabase:
         return question(self._fallback)
 
     def _serves_database(self, remote: RemoteService) -> bool:
-        """Whether `remote`'s daemon serves the database the caller named (asked once per
-        daemon, by its status): a config that names its own database but shares a socket
-        path with another daemon's (the default one, or a copied `socket:`) must never
-        list, restore or purge that daemon's quarantine. Raises DaemonNotRunning."""
-        if self._database is None or id(remote) in self._checked:
+        """Whether `remote`'s daemon serves the database the caller named (asked by its
+        status, before every question: `dedupctl review` runs for hours, and the daemon on a
+        socket path may have stopped and another, of another config, started there since): a
+        config that names its own database but shares a socket path with another daemon's
+        (the default one, or a copied `socket:`) must never list, restore or purge that
+        daemon's quarantine. Raises DaemonNotRunning."""
+        if self._database is None:
             return True
         status = remote.status()
         if _same_database(status, self._database):
-            self._checked.add(id(remote))
             return True
         self._on_other(remote, str(status.get("database")))
         return False

@@ -99,3 +99,40 @@ def test_a_daemon_serves_the_named_database_only_when_it_is_the_same_file(tmp_pa
     assert not _same_database({"database": str(other)}, db)
     assert not _same_database({"database": str(db)}, tmp_path / "none.db")  # not there
     assert not _same_database({}, db)
+
+
+def test_a_long_running_dedupctl_passes_over_a_daemon_that_took_its_socket_for_another_database(
+    env: Env,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`dedupctl review` for a config naming its own database asked its daemon on the default
+    socket; that daemon stops and another config's daemon starts on the same socket. The
+    page's buttons must not list, restore or purge that daemon's quarantine in its place
+    (action ids are per database): each question checks again whose daemon answers."""
+    (tmp_path / "mine").mkdir()
+    mine = Env(tmp_path / "mine")
+    mine.write_config()
+    others: list[str] = []
+    service = connect(
+        [load_config(mine.config).socket],
+        lambda: load_config(mine.config),
+        lambda: None,
+        database=mine.db,
+        on_other=lambda remote, theirs: others.append(theirs),
+    )
+    with running(mine) as d:
+        wait_for(lambda: _idle(d))
+        assert service.quarantine_list() == {"quarantined": []}  # its own daemon's answer
+    assert others == []
+    wa = env.root / "chat" / "wa.jpg"
+    photos.reencode(photos.photo("coffee"), wa)
+    with running(env) as d:  # the other config's daemon, on the same (default) socket
+        wait_for(lambda: env.state(wa) == "quarantined" and _idle(d))
+        listed = service.quarantine_list()
+        with Store(env.db) as store:
+            ids = [str(a.id) for a in store.actions("kind = 'quarantine'")]
+        restored = service.restore(ids)  # the other daemon's action ids: none of this one's
+    assert listed == {"quarantined": []}  # its own database's, not the other daemon's
+    assert restored == {"results": [{"item": i, "error": "not in quarantine"} for i in ids]}
+    assert ids and others and set(others) == {str(env.db)}
+    assert env.state(wa) == "quarantined" and not wa.exists()
