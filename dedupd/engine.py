@@ -1226,7 +1226,7 @@ def reconcile_roots(
                 "it changes",
             )
         plans.append((root, reconcile(store, root, entries, hasher_keys, clips, features)))
-    moved_in = _moves_between(plans)
+    moved_in = _moves_between(store, plans)
     for root, plan in plans:
         for record, entry in plan.renamed:
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
@@ -1256,16 +1256,20 @@ def reconcile_roots(
 
 
 def _moves_between(
-    plans: Sequence[tuple[str, Plan]],
+    store: Store, plans: Sequence[tuple[str, Plan]]
 ) -> dict[str, list[tuple[FileRecord, Entry]]]:
-    """Photos that left one root's records and appeared in another (same dev, inode, size,
-    mtime_ns: `same_version`): taken out of the first's `missing` and the second's `new`,
-    and returned by the root they moved into."""
+    """Photos that left one root and appeared in another (same dev, inode, size, mtime_ns:
+    `same_version`), returned by the root they moved into and taken out of its `new`: those
+    whose old root was walked now (taken out of its `missing` too), and those whose old root
+    was not (a reconcile of some roots, a root unavailable): a record elsewhere whose path no
+    longer holds the file (`moved_from`)."""
     left: dict[FileStat, list[FileRecord]] = {}  # several: hard links of one file
     for _, plan in plans:
         for r in plan.missing:
             if r.error_kind != VANISHED:
                 left.setdefault(r.stat, []).append(r)
+    walked = {root for root, _ in plans}
+    claimed: set[int] = set()
     moved: dict[str, list[tuple[FileRecord, Entry]]] = {}
     for root, plan in plans:
         arrived = []
@@ -1273,14 +1277,39 @@ def _moves_between(
             elsewhere = [r for r in left.get(entry.stat, []) if r.root != root]
             if elsewhere:
                 left[entry.stat].remove(elsewhere[0])
-                moved.setdefault(root, []).append((elsewhere[0], entry))
+                record: FileRecord | None = elsewhere[0]
             else:
+                record = moved_from(store, entry.stat, not_in=walked, claimed=claimed)
+            if record is None:
                 arrived.append(entry)
+            else:
+                claimed.add(record.id)
+                moved.setdefault(root, []).append((record, entry))
         plan.new = arrived
-    taken = {record.id for pairs in moved.values() for record, _ in pairs}
     for _, plan in plans:
-        plan.missing = [r for r in plan.missing if r.id not in taken]
+        plan.missing = [r for r in plan.missing if r.id not in claimed]
     return moved
+
+
+def moved_from(
+    store: Store, stat: FileStat, *, not_in: Collection[str] = (), claimed: Collection[int] = ()
+) -> FileRecord | None:
+    """A present record of this very file (`same_version`: dev, inode, size, mtime_ns) at a
+    path that no longer holds it: a move whose old path nobody has looked at yet (its root
+    was not walked, or the watch's delete has not arrived). The same inode still at the
+    record's path is a hard link instead, never a move. Records under `not_in` (roots
+    walked in this pass: classified already) and ids in `claimed` are passed over."""
+    for record in store.present_with_stat(stat):
+        if record.root in not_in or record.id in claimed:
+            continue
+        try:
+            st = os.lstat(record.path)
+            if (st.st_dev, st.st_ino) == (stat.dev, stat.inode):
+                continue
+        except OSError:
+            pass
+        return record
+    return None
 
 
 def start_pool(config: Config, hasher: Hasher, work: Work = hash_file) -> HasherPool:

@@ -23,17 +23,19 @@ import structlog
 from dedupd.config import Config
 from dedupd.engine import (
     Ingest,
+    Interrupted,
     Outcome,
     ScanReport,
     excluded_dirs,
     ingest_guarded,
+    moved_from,
     reconcile_roots,
     stored_keys,
 )
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.pool import Failure, HasherPool
 from dedupd.scanner import Entry, NameFilter, path_too_long, same_version, walk
-from dedupd.store import FileRecord, Store
+from dedupd.store import Store
 from dedupd.watcher import Hint, Settler
 
 __all__ = ["Backlog", "Counts", "Pipeline"]
@@ -315,6 +317,8 @@ class Pipeline:
         for path, stat in self.settler.due():
             try:
                 entry = self._entry(path, stat)
+            except Interrupted:  # stopping while a moved photo's decision waited: its
+                raise  # 'moved' note stays, and the next start decides it
             except Exception:  # e.g. the database is locked: try this file again later
                 log.exception("settled_file_failed", path=path)
                 self.counts.errors += 1
@@ -334,25 +338,14 @@ class Pipeline:
             log.debug("file_unchanged", path=path)
             return None  # invariant 4: unchanged → never decoded again
         if record is None or record.state not in ("ok", "error"):
-            moved = self.store.missing_with_stat(stat) or self._moved_from(stat)
+            # or a present record elsewhere: a move whose delete has not arrived yet
+            # (watchdog holds an unpaired move-out back for 0.5 s, longer than a short
+            # settle time)
+            moved = self.store.missing_with_stat(stat) or moved_from(self.store, stat)
             if moved is not None:  # a move whose events arrived as delete + create
                 self._revive(moved.id, root, relpath, stat)
                 return None
         return Entry(root, relpath, stat)
-
-    def _moved_from(self, stat: FileStat) -> FileRecord | None:
-        """A present record of this very file at a path that no longer holds it: a move whose
-        delete has not arrived yet (watchdog holds an unpaired move-out back for 0.5 s, longer
-        than a short settle time). The same inode still at its path is a hard link instead."""
-        for record in self.store.present_with_stat(stat):
-            try:
-                st = os.lstat(record.path)
-                if (st.st_dev, st.st_ino) == (stat.dev, stat.inode):
-                    continue
-            except OSError:
-                pass
-            return record
-        return None
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
         """Follow a move of `file_id` to `relpath` under `root`; one into another root is then

@@ -523,3 +523,30 @@ def test_a_live_photo_moved_into_another_root_is_decided_as_one_item_once(lib: L
     assert (keep / "IMG_1.JPG").exists() and (keep / "img_1.mov").exists()
     assert _acts(lib.scan()) == []  # decided once
 
+
+
+def test_a_move_out_of_a_root_not_walked_now_is_followed_too(lib: Lib) -> None:
+    """The root a photo left is not walked by this reconcile (a scan of some folders only,
+    or the root looks unmounted because the move emptied it): the photo is still followed
+    as a move, not decoded again as a new one beside a record of a name that is gone."""
+    photos.copy(photos.photo("chelsea"), lib.archive / "cat.jpg")
+    lib.scan()
+    with Store(lib.db) as store:
+        before = store.file_at(lib.archive / "cat.jpg")
+    os.rename(lib.archive / "cat.jpg", lib.root / "cat.jpg")  # the archive is empty now
+    moved = lib.scan()
+    assert [u["root"] for u in moved["unavailable"]] == [str(lib.archive)]
+    assert (moved["renamed"], moved["missing"], moved["hashed"]) == (1, 0, 0)
+    with Store(lib.db) as store:
+        after = store.file_at(lib.root / "cat.jpg")
+        assert store.file_at(lib.archive / "cat.jpg") is None
+    assert before is not None and after is not None and after.id == before.id
+    # Only the uploads walked (`dedupd scan DIR`): a move from the archive is followed.
+    photos.copy(photos.photo("astronaut"), lib.archive / "astro.jpg")
+    lib.scan()
+    os.rename(lib.archive / "astro.jpg", lib.root / "astro.jpg")
+    some = lib.scan(str(lib.root))
+    assert (some["renamed"], some["hashed"]) == (1, 0)
+    with Store(lib.db) as store:
+        assert store.file_at(lib.archive / "astro.jpg") is None
+        assert store.file_at(lib.root / "astro.jpg") is not None

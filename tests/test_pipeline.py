@@ -306,3 +306,44 @@ def test_the_daemon_is_not_idle_while_a_hashed_photo_is_still_being_ingested(
             gate.set()
         wait_for(lambda: _idle(daemon))
         assert len(daemon.ingest.index) == 1
+
+
+def test_a_stop_while_a_moved_photos_decision_waits_is_a_stop_not_a_failed_file(
+    tmp_path: Path,
+) -> None:
+    """A photo moved into another root is decided as it is found (`Pipeline._revive`); if the
+    daemon stops while that decision waits (the crop index still loading), the stop goes
+    through to the loop (`decision_deferred`), not logged as a failed settled file and
+    counted as an error; the move is recorded and its 'moved' note kept for the next start."""
+    from dedupd.engine import Ingest, Interrupted, scan
+    from dedupd.pipeline import Counts, Pipeline
+    from dedupd.scanner import root_key
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("hubble"), env.archive / "a.jpg")
+    config = load_config(env.config)
+    roots = [root_key(r.path) for r in config.roots]
+    with Store(env.db) as store:
+        scan(config, store)
+        before = store.file_at(env.archive / "a.jpg")
+        assert before is not None
+        ingest = Ingest(store, config, roots)
+        clock = Clock()
+        pipeline = Pipeline(Counts(), clock)
+        pipeline.configure(config, roots, store, ingest)
+
+        def stopping(*args: object, **kwargs: object) -> list[object]:
+            raise Interrupted("stopping while the crop stage waits for the crop index")
+
+        ingest.redecide = stopping  # type: ignore[assignment,method-assign]
+        os.rename(env.archive / "a.jpg", env.root / "a.jpg")
+        pipeline.settler.add(str(env.root / "a.jpg"))
+        clock.t += 60
+        with pytest.raises(Interrupted):
+            pipeline.take_settled()
+        assert pipeline.counts.errors == 0
+        after = store.file_at(env.root / "a.jpg")
+        assert after is not None and after.id == before.id
+        assert [r.id for r in store.undecided_due("any", roots)] == [before.id]
+        ingest.close()
