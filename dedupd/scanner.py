@@ -260,12 +260,14 @@ def reconcile(
         if r.error_kind != VANISHED:
             vanished.setdefault(r.stat, []).append(r)
     gone = [r for r in known.values() if r.error_kind == VANISHED]  # no rename to follow
+    revived: set[int] = set()  # records marked missing that a name here took
     for entry in appeared:
         same = vanished.get(entry.stat)
-        record = same.pop(0) if same else store.missing_with_stat(entry.stat)
+        record = same.pop(0) if same else store.missing_with_stat(entry.stat, revived)
         if record is None:
             plan.new.append(entry)
         else:
+            revived.add(record.id)
             plan.renamed.append((record, entry))
             if record.id in needs_hash:
                 plan.rehash.append(rehash(record, entry))

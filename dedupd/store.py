@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -718,15 +718,18 @@ class Store:
         found = self._files("f.root = ? AND f.relpath = ?", (to_db(root), to_db(relpath)))
         return found[0] if found else None
 
-    def missing_with_stat(self, stat: FileStat) -> FileRecord | None:
+    def missing_with_stat(
+        self, stat: FileStat, exclude: Collection[int] = ()
+    ) -> FileRecord | None:
         """A record marked missing whose (dev, inode, size, mtime) reappeared: a move. Not
-        one of a file that vanished before it was read: it describes no version."""
+        one of a file that vanished before it was read: it describes no version. Not one in
+        `exclude` either (taken by another name already: hard links of one file)."""
         found = self._files(
             "f.dev = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ? AND f.state = 'missing'"
-            " AND f.error_kind IS NOT 'vanished' ORDER BY f.updated DESC LIMIT 1",
+            " AND f.error_kind IS NOT 'vanished' ORDER BY f.updated DESC",
             tuple(stat),
         )
-        return found[0] if found else None
+        return next((r for r in found if r.id not in exclude), None)
 
     def present_with_stat(self, stat: FileStat) -> list[FileRecord]:
         """Records of present files (hashed or failed) with this (dev, inode, size, mtime),

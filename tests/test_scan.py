@@ -138,6 +138,30 @@ def test_hard_links_renamed_together_are_each_followed(
             assert store.file_at(library / gone) is None
 
 
+def test_hard_links_marked_missing_and_back_under_new_names_each_take_a_record(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """Two names of one file moved out of the library (both marked missing by a scan), then
+    back under two new names: each revives one of the two records, none is decoded."""
+    config = _config(tmp_path, library)
+    os.link(library / "coffee.jpg", library / "coffee-link.jpg")
+    _scan(config)
+    away = tmp_path / "away"
+    away.mkdir()
+    for name in ("coffee.jpg", "coffee-link.jpg"):
+        os.rename(library / name, away / name)
+    assert _scan(config).missing == 2
+    for name, new in (("coffee.jpg", "x.jpg"), ("coffee-link.jpg", "y.jpg")):
+        os.rename(away / name, library / new)
+    decodes.clear()
+    report = _scan(config)
+    assert decodes == []
+    assert (report.renamed, report.hashed) == (2, 0)
+    with Store(config.database) as store:
+        now = [store.file_at(library / n) for n in ("x.jpg", "y.jpg")]
+    assert None not in now and len({r.id for r in now if r is not None}) == 2
+
+
 def test_changed_and_deleted_files(library: Path, tmp_path: Path, decodes: list[str]) -> None:
     """A replaced file is re-hashed and re-matched; a deleted one leaves its groups."""
     config = _config(tmp_path, library)
