@@ -588,9 +588,11 @@ class _DaemonElseDatabase:
         self._database, self._on_other = database, on_other
 
     def _ask(self, question: Callable[[Service], Answer]) -> Answer:
+        others = []  # sockets whose daemon serves another database
         for remote in self._remotes:
             try:
                 if not self._serves_database(remote):
+                    others.append(str(remote.client.path))
                     continue
                 answer = question(remote)
             except DaemonNotRunning:
@@ -599,7 +601,16 @@ class _DaemonElseDatabase:
             return answer
         if self._fallback is None:
             self._fallback = self._local()
-        return question(self._fallback)
+        try:
+            return question(self._fallback)
+        except DaemonNotRunning as exc:
+            if not others:
+                raise
+            raise DaemonNotRunning(
+                f"no dedupd serving {self._database} is running (the daemon on"
+                f" {' and '.join(others)} serves another database); start one with"
+                " `dedupd run` and this config"
+            ) from exc
 
     def _serves_database(self, remote: RemoteService) -> bool:
         """Whether `remote`'s daemon serves the database the caller named (asked by its

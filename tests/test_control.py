@@ -749,4 +749,6 @@ def test_dedupctl_never_steers_a_daemon_that_serves_another_database(
     assert env.state(env.root / "chat" / "wa.jpg") == "quarantined"
     status = theirs("status")
     assert status.exit_code == 3 and "serves" in status.stderr  # its own daemon is not running
+    assert f"no dedupd serving {other / 'other.db'} is running" in status.stderr
+    assert "nothing answers" not in status.stderr
     assert ctl(env, "status").exit_code == 0
