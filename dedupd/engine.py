@@ -1195,6 +1195,7 @@ def reconcile_roots(
     hasher_keys, clips, features = stored_keys(config)
     done = Reconciled([], [], [])
     plans: list[tuple[str, Plan]] = []
+    revived: set[int] = set()  # records marked missing taken by a name: one name each
     for root in roots:
         try:
             entries = []
@@ -1225,7 +1226,8 @@ def reconcile_roots(
                 "(a crash in its decision, or kills); it stays in place, undecided, until "
                 "it changes",
             )
-        plans.append((root, reconcile(store, root, entries, hasher_keys, clips, features)))
+        plan = reconcile(store, root, entries, hasher_keys, clips, features, revived)
+        plans.append((root, plan))
     moved_in = _moves_between(store, plans)
     for root, plan in plans:
         for record, entry in plan.renamed:

@@ -216,6 +216,7 @@ def reconcile(
     hasher: str | Sequence[str],
     video: str | None = None,
     features: str | None = None,
+    revived: set[int] | None = None,
 ) -> Plan:
     """Diff what is on disk under `root` against the store's records for it.
 
@@ -225,7 +226,8 @@ def reconcile(
     whether to decide it, `hasher[0]` being the index's); a record that vanished from one
     path (in this scan, or earlier: marked missing) while a file with its identity appeared
     at another is a rename, followed without re-hashing. A clip needs no image hash when its
-    frames are stored under `video`.
+    frames are stored under `video`. `revived`: ids of records marked missing that a name
+    took already (in another root of the same pass); those this call takes are added.
     """
     plan = Plan()
     known = store.files_in(root)
@@ -260,7 +262,8 @@ def reconcile(
         if r.error_kind != VANISHED:
             vanished.setdefault(r.stat, []).append(r)
     gone = [r for r in known.values() if r.error_kind == VANISHED]  # no rename to follow
-    revived: set[int] = set()  # records marked missing that a name here took
+    if revived is None:
+        revived = set()  # records marked missing that a name here took
     for entry in appeared:
         same = vanished.get(entry.stat)
         record = same.pop(0) if same else store.missing_with_stat(entry.stat, revived)

@@ -162,6 +162,33 @@ def test_hard_links_marked_missing_and_back_under_new_names_each_take_a_record(
     assert None not in now and len({r.id for r in now if r is not None}) == 2
 
 
+def test_hard_links_marked_missing_and_back_in_two_roots_each_take_a_record(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """The same, but the two names come back into two roots walked by one scan: each root's
+    name revives its own record (both took the same one: it went to the last root, and the
+    other name was left unrecorded while its record stayed missing)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    config = _config(tmp_path, library, other)
+    os.link(library / "coffee.jpg", library / "coffee-link.jpg")
+    _scan(config)
+    away = tmp_path / "away"
+    away.mkdir()
+    for name in ("coffee.jpg", "coffee-link.jpg"):
+        os.rename(library / name, away / name)
+    assert _scan(config).missing == 2
+    os.rename(away / "coffee.jpg", library / "x.jpg")
+    os.rename(away / "coffee-link.jpg", other / "y.jpg")
+    decodes.clear()
+    report = _scan(config)
+    assert decodes == []
+    assert (report.renamed, report.hashed) == (2, 0)
+    with Store(config.database) as store:
+        now = [store.file_at(library / "x.jpg"), store.file_at(other / "y.jpg")]
+    assert None not in now and len({r.id for r in now if r is not None}) == 2
+
+
 def test_changed_and_deleted_files(library: Path, tmp_path: Path, decodes: list[str]) -> None:
     """A replaced file is re-hashed and re-matched; a deleted one leaves its groups."""
     config = _config(tmp_path, library)
