@@ -195,3 +195,36 @@ def test_the_page_shows_a_file_names_controls_and_overrides_escaped(
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"{item} button.restore"))).click()
         wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, item)))
     assert hostile.is_file()
+
+
+def test_the_page_shows_a_refusal_naming_a_hostile_file_escaped(
+    tmp_path: Path, browser: Chrome
+) -> None:
+    """A restore refused because a file now holds the original name: the status line says
+    so naming that file, with its controls and right-to-left override escaped as in the
+    list (the server's message is shown as text the name cannot reorder)."""
+    from click.testing import CliRunner
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dedupd.cli import dedupd
+    from tests import photos
+
+    lib = make_library(tmp_path)
+    hostile = lib.photos / "hubble\nquarantined\u202egpj.jpg"
+    photos.copy(photos.photo("hubble"), hostile)
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
+    assert scanned.exit_code == 0, scanned.output
+    ids = _quarantined(lib)
+    hostile.write_bytes(b"another file now holds the name")
+    wait = WebDriverWait(browser, 60)
+    with reviewing(lib.config) as review:
+        browser.get(review.url)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.item")) == 3)
+        item = f"article.item[data-action-id='{ids[str(hostile)]}']"
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"{item} button.restore"))).click()
+        wait.until(lambda d: "exists" in d.find_element(By.ID, "status").text)
+        status = browser.execute_script("return document.getElementById('status').textContent")
+    assert "\u202e" not in status and "hubble\n" not in status
+    assert f"{lib.photos}/hubble\\nquarantined\\u202egpj.jpg exists" in status

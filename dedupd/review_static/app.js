@@ -17,8 +17,9 @@ function el(tag, attrs, ...children) {
 
 // A file name as the page shows it: characters a browser would act on (controls, and the
 // bidirectional marks and overrides that reorder a line) as escapes, so that a name cannot
-// pass itself off as another (render.shown does the same for the terminal). The name sent
-// back to the server is always the one the server gave, never this.
+// pass itself off as another (render.shown does the same for the terminal); the server's
+// messages too, which name files. The name sent back to the server is always the one the
+// server gave, never this.
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
 
 const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
@@ -156,7 +157,7 @@ async function act(url, body, done) {
   try {
     status(done + ": " + describe(await post(url, body)));
   } catch (error) {
-    status(`refused: ${error.message}`, true);
+    status(`refused: ${shown(error.message)}`, true);
   }
   await reload();
 }
@@ -164,7 +165,7 @@ async function act(url, body, done) {
 function describe(answer) {
   if (answer.results) {
     const failed = answer.results.filter((r) => !("restored" in r));
-    return failed.length ? failed.map((r) => `#${r.item}: ${r.error}`).join("; ") : "ok";
+    return failed.length ? failed.map((r) => `#${r.item}: ${shown(r.error)}`).join("; ") : "ok";
   }
   if (answer.purged) return `${answer.purged.length} purged`;
   return "ok";
@@ -187,7 +188,7 @@ async function reload() {
   try {
     await load();
   } catch (error) {
-    status(`cannot load: ${error.message}`, true);
+    status(`cannot load: ${shown(error.message)}`, true);
   }
 }
 
