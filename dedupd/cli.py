@@ -751,7 +751,10 @@ def _pictures(
         cache_dir(), max_pixels=config.hashing.max_pixels, roots=[r.path for r in config.roots]
     )
     if html_out is not None:
-        html_out.write_text(report.html_report(answer, thumbs), encoding="utf-8")
+        # A name that is not UTF-8 is written as its bytes, as text output prints it.
+        html_out.write_text(
+            report.html_report(answer, thumbs), encoding="utf-8", errors="surrogateescape"
+        )
         click.echo(render.report_written(str(html_out), answer))
     if tsne_out is not None:
         bars: dict[str, Any] = {}

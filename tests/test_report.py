@@ -58,6 +58,26 @@ def test_show_html_writes_one_page_whose_pictures_are_all_inline(
     assert "1 photos in quarantine" not in text and "2 photos in quarantine" in text
 
 
+def test_show_html_writes_a_name_that_is_not_utf8_as_its_bytes(
+    lib: Library, tmp_path: Path
+) -> None:
+    """A copy whose name is not UTF-8 (Latin-1 é, from a Samba share) in a reported group:
+    the page is written, the name as the bytes on disk (as text output prints it); it died
+    with a UnicodeEncodeError traceback and wrote nothing."""
+    import os
+
+    from dedupd.cli import dedupd
+
+    cafe = os.path.join(os.fsencode(lib.shared), b"caf\xe9.jpg")
+    photos.copy(photos.photo("chelsea"), Path(os.fsdecode(cafe)))
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
+    assert scanned.exit_code == 0, scanned.output
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(dedupctl, ["--config", str(lib.config), "show", "--html", str(out)])
+    assert result.exit_code == 0, result.output
+    assert cafe in out.read_bytes()
+
+
 def test_the_html_report_escapes_names_and_shows_any_kind_and_videos_by_name(
     tmp_path: Path,
 ) -> None:
