@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -1299,18 +1300,36 @@ def moved_from(
     """A present record of this very file (`same_version`: dev, inode, size, mtime_ns) at a
     path that no longer holds it: a move whose old path nobody has looked at yet (its root
     was not walked, or the watch's delete has not arrived). The same inode still at the
-    record's path is a hard link instead, never a move. Records under `not_in` (roots
-    walked in this pass: classified already) and ids in `claimed` are passed over."""
+    record's path is a hard link instead, never a move; so is a path that cannot be looked
+    at (permission, I/O), and a path whose filesystem is not mounted (its nearest folder
+    that exists is on another device: another filesystem that reuses the device number,
+    a clone's or a network mount's, is not where that photo went). Records under `not_in`
+    (roots walked in this pass: classified already) and ids in `claimed` are passed over."""
     for record in store.present_with_stat(stat):
         if record.root in not_in or record.id in claimed:
             continue
         try:
             st = os.lstat(record.path)
-            if (st.st_dev, st.st_ino) == (stat.dev, stat.inode):
-                continue
+        except (FileNotFoundError, NotADirectoryError):
+            if _nearest_device(record.path) == stat.dev:
+                return record  # its filesystem is there, and the name is gone: moved
+            continue
         except OSError:
-            pass
-        return record
+            continue
+        if (st.st_dev, st.st_ino) != (stat.dev, stat.inode):
+            return record  # another file took the name
+    return None
+
+
+def _nearest_device(path: Path) -> int | None:
+    """st_dev of the nearest folder above `path` that exists (None if none can be read)."""
+    for parent in path.parents:
+        try:
+            return os.stat(parent).st_dev
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
     return None
 
 

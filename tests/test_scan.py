@@ -650,3 +650,34 @@ def test_a_new_hasher_key_rehashes_stored_photos_once(library: Path, tmp_path: P
         store.commit()
     assert _scan(config).hashed == 9
     assert _scan(config).hashed == 0
+
+
+def test_a_record_is_taken_for_a_move_only_where_its_filesystem_is_there_and_its_name_gone(
+    tmp_path: Path,
+) -> None:
+    """`moved_from`: a record whose name is gone from a mounted filesystem is a move; one
+    whose folder is on another device now (its disk not mounted: a file elsewhere with the
+    same device number, inode, size and mtime is another filesystem's, a clone's) is not,
+    nor is one whose name still holds the very file (a hard link)."""
+    from dedupd.engine import moved_from
+    from dedupd.filestat import FileStat, HashedImage
+
+    photo = photos.copy(photos.photo("coffee"), tmp_path / "now" / "a.jpg")
+    stat = FileStat.of(os.lstat(photo))
+
+    def image() -> HashedImage:
+        return HashedImage(stat, "a" * 64, 40, 30, "JPEG", None, {"phash:16": b"\x01" * 32})
+
+    with Store(tmp_path / "d.db") as store:
+        # Its disk "not mounted": the nearest folder that exists (/proc) is another device.
+        unmounted = store.record_hashed("/proc/dedupd-no-such-disk", "a.jpg", image())
+        assert os.stat("/proc").st_dev != stat.dev
+        assert moved_from(store, stat) is None
+        # A hard link: the name still holds the file.
+        os.link(photo, tmp_path / "link.jpg")
+        linked = store.record_hashed(str(tmp_path), "link.jpg", image())
+        assert moved_from(store, stat) is None
+        # Its name gone from a filesystem that is there: moved.
+        (tmp_path / "link.jpg").unlink()
+        found = moved_from(store, stat)
+        assert found is not None and found.id == linked != unmounted
