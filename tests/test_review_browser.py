@@ -177,7 +177,8 @@ def test_the_page_shows_a_file_names_controls_and_overrides_escaped(
     from tests import photos
 
     lib = make_library(tmp_path)
-    hostile = lib.photos / "hubble\nquarantined\u202egpj.jpg"
+    # and a zero-width space, a line separator: invisible, or a line break, on the page
+    hostile = lib.photos / "hubble\nquarantined\u202egpj\u200b\u2028.jpg"
     photos.copy(photos.photo("hubble"), hostile)
     scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
     assert scanned.exit_code == 0, scanned.output
@@ -189,9 +190,9 @@ def test_the_page_shows_a_file_names_controls_and_overrides_escaped(
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.item")) == 3)
         item = f"article.item[data-action-id='{ids[str(hostile)]}']"
         path = browser.find_element(By.CSS_SELECTOR, f"{item} figcaption .path").text
-        assert path == f"{lib.photos}/hubble\\nquarantined\\u202egpj.jpg"
+        assert path == f"{lib.photos}/hubble\\nquarantined\\u202egpj\\u200b\\u2028.jpg"
         page = browser.execute_script("return document.body.textContent")
-        assert "\u202e" not in page and "hubble\n" not in page
+        assert not {"\u202e", "\u200b", "\u2028"} & set(page) and "hubble\n" not in page
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"{item} button.restore"))).click()
         wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, item)))
     assert hostile.is_file()

@@ -15,12 +15,13 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-// A file name as the page shows it: characters a browser would act on (controls, and the
-// bidirectional marks and overrides that reorder a line) as escapes, so that a name cannot
-// pass itself off as another (render.shown does the same for the terminal); the server's
-// messages too, which name files. The name sent back to the server is always the one the
-// server gave, never this.
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+// A file name as the page shows it, and the server's messages, which name files: what
+// Python's str.isprintable() refuses (controls; format characters, among them the
+// bidirectional marks and overrides that reorder a line; private, unassigned and lone
+// surrogate code points; line and paragraph separators; spaces other than " ") as escapes,
+// as render.shown does for the terminal, so that a name cannot pass itself off as another.
+// The name sent back to the server is always the one the server gave, never this.
+const UNSAFE = /[\p{C}\p{Zl}\p{Zp}]|(?! )\p{Zs}/u;
 
 const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
@@ -31,9 +32,9 @@ function shown(name) {
     if (c === "\\") return "\\\\";
     if (!UNSAFE.test(c)) return c;
     if (c in NAMED) return NAMED[c];
-    const code = c.charCodeAt(0);
-    return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}`
-      : `\\u${code.toString(16).padStart(4, "0")}`;
+    const code = c.codePointAt(0);
+    const hex = (n) => code.toString(16).padStart(n, "0");
+    return code < 0x100 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`;
   }).join("");
 }
 
