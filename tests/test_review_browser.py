@@ -79,6 +79,23 @@ def _quarantined(lib: Library) -> dict[str, int]:
         return {a.src: a.id for a in store.quarantined()}
 
 
+def _quarantined_hostile(tmp_path: Path, name: str) -> tuple[Library, Path, dict[str, int]]:
+    """`make_library` plus a copy of hubble.jpg named `name`, quarantined by a scan."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupd
+    from tests import photos
+
+    lib = make_library(tmp_path)
+    hostile = lib.photos / name
+    photos.copy(photos.photo("hubble"), hostile)
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
+    assert scanned.exit_code == 0, scanned.output
+    ids = _quarantined(lib)
+    assert str(hostile) in ids
+    return lib, hostile, ids
+
+
 def test_the_page_restores_one_photo_and_purges_another_in_a_real_browser(
     tmp_path: Path, browser: Chrome
 ) -> None:
@@ -168,22 +185,14 @@ def test_the_page_shows_a_file_names_controls_and_overrides_escaped(
     """A quarantined copy whose name holds a newline and a right-to-left override: the page
     shows them as escapes (never a name reordered to pass for another), and its Restore
     button still restores that very file (the name sent back is the stored one)."""
-    from click.testing import CliRunner
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from dedupd.cli import dedupd
-    from tests import photos
-
-    lib = make_library(tmp_path)
     # and a zero-width space, a line separator: invisible, or a line break, on the page
-    hostile = lib.photos / "hubble\nquarantined\u202egpj\u200b\u2028.jpg"
-    photos.copy(photos.photo("hubble"), hostile)
-    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
-    assert scanned.exit_code == 0, scanned.output
-    ids = _quarantined(lib)
-    assert str(hostile) in ids
+    lib, hostile, ids = _quarantined_hostile(
+        tmp_path, "hubble\nquarantined\u202egpj\u200b\u2028.jpg"
+    )
     wait = WebDriverWait(browser, 60)
     with reviewing(lib.config) as review:
         browser.get(review.url)
@@ -204,20 +213,11 @@ def test_the_page_shows_a_refusal_naming_a_hostile_file_escaped(
     """A restore refused because a file now holds the original name: the status line says
     so naming that file, with its controls and right-to-left override escaped as in the
     list (the server's message is shown as text the name cannot reorder)."""
-    from click.testing import CliRunner
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from dedupd.cli import dedupd
-    from tests import photos
-
-    lib = make_library(tmp_path)
-    hostile = lib.photos / "hubble\nquarantined\u202egpj.jpg"
-    photos.copy(photos.photo("hubble"), hostile)
-    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
-    assert scanned.exit_code == 0, scanned.output
-    ids = _quarantined(lib)
+    lib, hostile, ids = _quarantined_hostile(tmp_path, "hubble\nquarantined\u202egpj.jpg")
     hostile.write_bytes(b"another file now holds the name")
     wait = WebDriverWait(browser, 60)
     with reviewing(lib.config) as review:

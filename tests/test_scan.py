@@ -138,12 +138,9 @@ def test_hard_links_renamed_together_are_each_followed(
             assert store.file_at(library / gone) is None
 
 
-def test_hard_links_marked_missing_and_back_under_new_names_each_take_a_record(
-    library: Path, tmp_path: Path, decodes: list[str]
-) -> None:
-    """Two names of one file moved out of the library (both marked missing by a scan), then
-    back under two new names: each revives one of the two records, none is decoded."""
-    config = _config(tmp_path, library)
+def _hard_links_moved_away(config: Config, library: Path, tmp_path: Path) -> Path:
+    """coffee.jpg and a hard link to it, scanned, then both moved out of the library and
+    marked missing by a scan; returns the folder they are in now."""
     os.link(library / "coffee.jpg", library / "coffee-link.jpg")
     _scan(config)
     away = tmp_path / "away"
@@ -151,6 +148,16 @@ def test_hard_links_marked_missing_and_back_under_new_names_each_take_a_record(
     for name in ("coffee.jpg", "coffee-link.jpg"):
         os.rename(library / name, away / name)
     assert _scan(config).missing == 2
+    return away
+
+
+def test_hard_links_marked_missing_and_back_under_new_names_each_take_a_record(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """Two names of one file moved out of the library (both marked missing by a scan), then
+    back under two new names: each revives one of the two records, none is decoded."""
+    config = _config(tmp_path, library)
+    away = _hard_links_moved_away(config, library, tmp_path)
     for name, new in (("coffee.jpg", "x.jpg"), ("coffee-link.jpg", "y.jpg")):
         os.rename(away / name, library / new)
     decodes.clear()
@@ -171,13 +178,7 @@ def test_hard_links_marked_missing_and_back_in_two_roots_each_take_a_record(
     other = tmp_path / "other"
     other.mkdir()
     config = _config(tmp_path, library, other)
-    os.link(library / "coffee.jpg", library / "coffee-link.jpg")
-    _scan(config)
-    away = tmp_path / "away"
-    away.mkdir()
-    for name in ("coffee.jpg", "coffee-link.jpg"):
-        os.rename(library / name, away / name)
-    assert _scan(config).missing == 2
+    away = _hard_links_moved_away(config, library, tmp_path)
     os.rename(away / "coffee.jpg", library / "x.jpg")
     os.rename(away / "coffee-link.jpg", other / "y.jpg")
     decodes.clear()
