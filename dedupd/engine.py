@@ -1240,6 +1240,7 @@ def reconcile_roots(
         for record, entry in moved_in.get(root, []):
             done.gone += store.move(record.id, entry.root, entry.relpath, entry.stat)
             done.moved.append(record.id)
+            done.revived.append(record.id)  # indexed, if its old root was not the daemon's
             # Hashed under its old root's needs: what its new one lacks is hashed again once.
             if store.unhashed(root, hasher_keys, clips, features, ids=[record.id]):
                 lacks_main = bool(store.unhashed(root, hasher_keys[0], clips, ids=[record.id]))
