@@ -369,6 +369,29 @@ def test_a_copy_moved_into_another_root_is_followed_and_decided_by_its_policy(
     assert env.record(env.archive / "a copy.jpg") is None
 
 
+def test_a_folder_moved_into_another_root_is_followed_file_by_file(env: Env) -> None:
+    """A whole folder moved from the archive into the uploads (one rename of a folder): each
+    photo in it is followed (never decoded again) and decided by the uploads' policy."""
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photos.copy(photos.photo("hubble"), env.archive / "hubble.jpg")
+    trip = env.archive / "trip"
+    photos.copy(photos.photo("hubble"), trip / "hubble copy.jpg")
+    photos.copy(photos.photo("rocket"), trip / "rocket.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 3 and _idle(daemon), what="all hashed")
+        ids = {n: env.record(trip / n) for n in ("hubble copy.jpg", "rocket.jpg")}
+        os.rename(trip, env.root / "trip")
+        moved = env.root / "trip"
+        wait_for(lambda: env.state(moved / "hubble copy.jpg") == "quarantined", what="decided")
+        wait_for(lambda: env.state(moved / "rocket.jpg") == "ok" and _idle(daemon), what="moved")
+        assert daemon.stats.hashed == 3
+        for name, before in ids.items():
+            after = env.record(moved / name)
+            assert before is not None and after is not None and after.id == before.id
+            assert env.record(trip / name) is None
+    assert (env.archive / "hubble.jpg").exists() and (moved / "rocket.jpg").exists()
+
+
 def test_an_upload_renamed_while_in_the_pool_is_hashed_at_its_new_name(env: Env) -> None:
     """A new upload renamed (a photo app sorting it into a folder) after it was queued and
     before its worker opened it: the worker finds nothing at the old name ('vanished'). The
