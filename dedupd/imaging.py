@@ -227,6 +227,14 @@ def open_image(
     if max(width, height) > MAX_SIDE:
         raise TooManyPixels(path, f"{width}x{height}: a side longer than {MAX_SIDE} px")
     image_format = image.format or "unknown"
+    if image_format in ("JPEG", "MPO") and isinstance(data, bytes):
+        least = _least_sequential_jpeg(data, width, height)
+        if least is not None and len(data) < least:
+            raise TruncatedImage(
+                path,
+                f"{len(data)} bytes cannot hold the {width}x{height} picture its header claims"
+                f" (its scan needs at least {least}): the rest would be decoded as grey",
+            )
     from_thumbnail = False
     try:
         # a multi-picture JPEG (an Ultra HDR photo's gain map, a Samsung or 3-D camera's
@@ -247,6 +255,37 @@ def open_image(
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
     return Decoded(_eight_bit(image), image_format, width, height, from_thumbnail)
+
+
+# JPEG start-of-frame markers of sequential Huffman coding (baseline, extended): every 8x8
+# block then costs at least two bits (a DC code and an end-of-block code). Progressive and
+# arithmetic coding can code empty blocks in less, and are left alone.
+_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC DAC
+
+
+def _least_sequential_jpeg(data: bytes, width: int, height: int) -> int | None:
+    """The fewest bytes a sequential Huffman JPEG of `width` x `height` can take, None for
+    other codings (or a file whose markers cannot be walked: the decoder says what is
+    wrong). A file that claims a large picture but holds a few KB (libjpeg fills what is
+    missing with grey and only warns, and Pillow does not pass the warning on) is shorter.
+    Counted low: two bits for each 16x16 block of the picture, whatever the sampling."""
+    i = 2
+    for _ in range(256):  # the frame header comes after a few segments (APPn, DQT, DHT)
+        if i + 4 > len(data) or data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            if marker not in _SEQUENTIAL_HUFFMAN:
+                return None
+            return (width // 16) * (height // 16) // 4
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

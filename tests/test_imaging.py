@@ -647,3 +647,37 @@ def test_the_border_search_ends_a_band_at_its_first_other_line(length: int, firs
     assert found == _border_lines_reference(std, mean, 0)
     if first == 0 and length >= 100:  # _MIN_BAND of the side
         assert found == length
+
+
+def _claiming(size: tuple[int, int], tmp_path: Path) -> Path:
+    """A complete 64x48 JPEG whose frame header claims `size`: libjpeg decodes it as that
+    size, the missing rest grey, and only warns."""
+    import struct
+
+    out = io.BytesIO()
+    small = Image.open(photos.photo("coffee")).convert("RGB").resize((64, 48))
+    small.save(out, "JPEG", quality=90)
+    data = bytearray(out.getvalue())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", size[1], size[0])
+    path = tmp_path / f"claims-{size[0]}x{size[1]}.jpg"
+    path.write_bytes(data)
+    return path
+
+
+def test_a_jpeg_whose_header_claims_far_more_picture_than_it_holds_is_truncated(
+    tmp_path: Path,
+) -> None:
+    """A 2 KB file claiming 13000x13000: hashed before as a grey frame ("ok"), and such
+    files of different photos were listed as one near-duplicate group. Its scan would need
+    at least two bits for each 8x8 block; a file shorter than that cannot be whole."""
+    with pytest.raises(TruncatedImage, match="cannot hold the 13000x13000 picture"):
+        hash_image(str(_claiming((13000, 13000), tmp_path)), [PHASH], max_pixels=MAX_PIXELS)
+    # The tightest whole files there are (one flat grey, optimized tables: exactly two bits
+    # a block) are hashed, at any size, greyscale or colour.
+    for mode, size in (("L", (8000, 6000)), ("RGB", (4000, 3000)), ("L", (17, 9))):
+        flat = tmp_path / f"flat-{mode}-{size[0]}.jpg"
+        Image.new(mode, size, 128 if mode == "L" else (128, 128, 128)).save(
+            flat, "JPEG", quality=1, optimize=True
+        )
+        assert hash_image(str(flat), [PHASH], max_pixels=MAX_PIXELS).width == size[0]
