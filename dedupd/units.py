@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from dedupd import __version__
-from dedupd.errors import DedupdError
+from dedupd.errors import ConfigError, DedupdError
 
 __all__ = [
     "SYSTEM_CONFIG",
@@ -81,7 +81,14 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 def _quote(arg: str, *, command: bool = True) -> str:
     """`arg` as one word of an ExecStart= line (`command`) or a path list: specifiers (%)
     and, in a command, variables ($) taken literally, and quoted when it holds a space or
-    a quote (systemd.service(5), "Command lines")."""
+    a quote (systemd.service(5), "Command lines"). A control character (a newline in a
+    folder's name) cannot be written on a unit's line: it would end the line, and what
+    follows would be read as a directive of its own."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in arg):
+        raise ConfigError(
+            f"{arg!r} holds a control character (a newline?): a systemd unit cannot name it;"
+            " rename the folder (or install under another path)"
+        )
     arg = arg.replace("%", "%%")
     if command:
         arg = arg.replace("$", "$$")

@@ -179,6 +179,22 @@ def test_a_path_with_spaces_and_percent_is_quoted_for_systemd(tmp_path: Path) ->
     assert _verify(unit, user=True, tmp_path=tmp_path) == []
 
 
+def test_a_path_with_a_newline_is_refused_not_written_as_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A root whose folder name holds a newline would end the ReadWritePaths= line, and the
+    rest of the name would be read as a directive: refused (exit 2), no unit printed."""
+    config = tmp_path / "dedupd.yaml"
+    config.write_text("roots: [{path: /srv/photos}]\n")
+    evil = "/srv/x\nExecStartPre=/bin/sh -c true"
+    result = CliRunner().invoke(
+        dedupd,
+        ["install-service", "--system", "--print", "--config", str(config), "--read-write", evil],
+    )
+    assert result.exit_code == 2, result.output
+    assert "control character" in result.stderr and result.stdout == ""
+
+
 def test_the_command_is_the_running_dedupd_else_the_one_beside_python(tmp_path: Path) -> None:
     """ExecStart runs what the user ran: the `dedupd` script (kept as given, symlinks and
     all, made absolute), else the dedupd beside this Python, else `python -m dedupd`."""
