@@ -1150,7 +1150,7 @@ def excluded_dirs(config: Config) -> list[str]:
 class Reconciled:
     work: list[Entry]  # to hash, oldest first
     gone: list[int]  # ids that left the index (deleted, or replaced by a rename)
-    revived: list[int]  # ids marked missing before that turned up again (a move)
+    revived: list[int]  # to index again: marked missing and back (a move), moved, adopted
     awaiting: list[tuple[int, Entry]] = field(default_factory=list)  # in `work`: decide
     moved: list[int] = field(default_factory=list)  # ids moved into another root: decide
 
@@ -1218,6 +1218,7 @@ def reconcile_roots(
             continue
         report.roots.append(root)
         report.files += len(entries)
+        done.gone += _adopt_nested(store, root, names, exclude, done)
         for record, attempts in store.abandon_deciding(root):
             log.warning(
                 "decision_abandoned",
@@ -1257,6 +1258,38 @@ def reconcile_roots(
         done.awaiting += plan.awaiting
     done.work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
     return done
+
+
+def _adopt_nested(
+    store: Store, root: str, names: NameFilter, exclude: Sequence[str], done: Reconciled
+) -> list[int]:
+    """Make the records of files under `root` that another root keeps (a parent folder or a
+    subfolder of it, scanned as a root before) `root`'s own, before its walk is compared
+    with them: its unchanged photos are then neither decoded again nor recorded twice, and
+    its deletions and renames are followed. Not those the walk cannot see (under an excluded
+    or ignored folder, or an unwanted name): they would look deleted. The adopted photos
+    are indexed (their old root may not be one the daemon indexed) and decided again under
+    this root's policy (`Store.adopt`); the ids of duplicate records dropped are returned."""
+    excluded = [os.path.realpath(p) + os.sep for p in exclude]
+    taken: list[tuple[FileRecord, str]] = []
+    for record in store.nested_records(root):
+        path = str(record.path)
+        relpath = os.path.relpath(path, root)
+        *folders, name = relpath.split(os.sep)
+        if (
+            names.wanted(name)
+            and not any(names.ignored(f) for f in folders)
+            and not any(path.startswith(x) for x in excluded)
+        ):
+            taken.append((record, relpath))
+    if not taken:
+        return []
+    dropped = store.adopt(root, [(r.id, relpath) for r, relpath in taken])
+    adopted = [r.id for r, _ in taken if r.state == "ok" and r.id not in dropped]
+    done.revived += adopted
+    done.moved += adopted  # decided under this root's policy, as photos moved into it
+    log.info("records_adopted", root=root, files=len(taken), duplicates_dropped=len(dropped))
+    return dropped
 
 
 def _moves_between(

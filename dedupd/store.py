@@ -358,6 +358,11 @@ def _paths_to_db(paths: Sequence[str]) -> list[str | bytes]:
     return [to_db(p) for p in paths]
 
 
+def _holds(folder: str, path: str) -> bool:
+    """True when `path` lies under `folder` (both absolute and normalized), not at it."""
+    return path.startswith(folder.rstrip("/") + "/") and path != folder
+
+
 # Why a file's decision is still to make: a dry run previewed it, its action failed, it was
 # only reported (decided again when the policies change), or it was recorded and its
 # decision never came (`deciding`: written with the record, replaced by the decision;
@@ -751,6 +756,78 @@ class Store:
             if found:
                 return found[0]
         return None
+
+    def recorded_roots(self) -> list[str]:
+        """Every root some record names, each once: a seek per root on (root, relpath), not a
+        read of every record (text sorts before the BLOBs of non-UTF-8 paths, so `>` steps
+        through both)."""
+        roots: list[str] = []
+        value = self.db.execute("SELECT min(root) FROM files").fetchone()[0]
+        while value is not None:
+            roots.append(from_db(value))
+            value = self.db.execute("SELECT min(root) FROM files WHERE root > ?", (value,))
+            value = value.fetchone()[0]
+        return roots
+
+    def nested_records(self, root: str) -> list[FileRecord]:
+        """Records of files under `root` (present, failed or missing) kept under another root:
+        one that holds `root` (a parent folder scanned as a root before) or one that `root`
+        holds (a subfolder). Roots never overlap in one config, but they do across runs:
+        `dedupd scan ~/Pictures`, then `dedupd scan ~/Pictures/2024`."""
+        found: list[FileRecord] = []
+        states = "f.state IN ('ok', 'error', 'missing')"
+        for other in self.recorded_roots():
+            if other == root:
+                continue
+            if _holds(root, other):  # a subfolder: all of it
+                found += self._files(f"f.root = ? AND {states}", (to_db(other),))
+            elif _holds(other, root):  # a parent: the records under `root` only
+                prefix = to_db(os.path.relpath(root, other) + "/")
+                ranges: list[tuple[str | bytes, str | bytes | None]]
+                if isinstance(prefix, str):  # the prefix's range of text; BLOBs sort after
+                    ranges = [(prefix, prefix[:-1] + "0"), (b"", None)]
+                else:
+                    ranges = [(prefix, prefix[:-1] + b"0")]
+                for low, high in ranges:
+                    where = f"f.root = ? AND f.relpath >= ? AND {states}"
+                    params: list[Any] = [to_db(other), low]
+                    if high is not None:
+                        where, params = where + " AND f.relpath < ?", [*params, high]
+                    found += self._files(where, params)
+        return [r for r in found if _holds(root, str(r.path))]
+
+    def adopt(self, root: str, records: Iterable[tuple[int, str]]) -> list[int]:
+        """Records (id, relative path) of files under `root` kept under another root are
+        `root`'s from now on: the same file at the same path, not hashed again. Each is noted
+        'moved', as a photo moved into `root` is (`move`): decided again under `root`'s policy
+        against what `root` holds (a subfolder scanned alone saw only itself; its parent
+        finds again what lies outside it). Where `root` has a record of that
+        path already (a folder recorded twice, under two roots, by an older dedupd), the
+        other one goes instead; those ids are returned, for the caller to drop from the
+        index."""
+        root_db = to_db(root)
+        dropped: list[int] = []
+        with self._write():
+            for file_id, relpath in records:
+                relpath_db = to_db(relpath)
+                own = self.db.execute(
+                    "SELECT id, state FROM files WHERE root = ? AND relpath = ?",
+                    (root_db, relpath_db),
+                ).fetchone()
+                gone = None
+                if own is not None:  # the present one stays; of two, the one `root` had
+                    state = self.db.execute("SELECT state FROM files WHERE id = ?", (file_id,))
+                    present = state.fetchone()[0] != "missing"
+                    gone = own[0] if own[1] == "missing" and present else file_id
+                    self.db.execute("DELETE FROM files WHERE id = ?", (gone,))
+                    dropped.append(gone)
+                if gone != file_id:
+                    self._note_moved(file_id, root_db)
+                    self.db.execute(
+                        "UPDATE files SET root = ?, relpath = ? WHERE id = ?",
+                        (root_db, relpath_db, file_id),
+                    )
+        return dropped
 
     def files_in(self, root: str) -> dict[str, FileRecord]:
         """Every record of a file present under `root` (hashed or failed), by relative path."""
@@ -1260,15 +1337,7 @@ class Store:
         """
         root_db, relpath_db = to_db(root), to_db(relpath)
         with self._write():
-            self.db.execute(
-                "INSERT INTO undecided (file_id, sha256, why, policies, seq, created)"
-                " SELECT id, sha256, 'moved', '', (SELECT coalesce(max(seq), 0) + 1 FROM"
-                " undecided), ? FROM files WHERE id = ? AND root != ? AND sha256 IS NOT NULL"
-                " ON CONFLICT (file_id) DO UPDATE SET why = 'moved', sha256 = excluded.sha256,"
-                " seq = excluded.seq, created = excluded.created"
-                " WHERE why NOT IN ('deciding', 'abandoned')",
-                (self._now(), file_id, root_db),
-            )
+            self._note_moved(file_id, root_db)
             replaced = [
                 row[0]
                 for row in self.db.execute(
@@ -1287,6 +1356,20 @@ class Store:
                 (root_db, relpath_db, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
             )
         return replaced
+
+    def _note_moved(self, file_id: int, root_db: str | bytes) -> None:
+        """Note a hashed photo that now belongs to `root` (another root than its record's)
+        to be decided by that root's policy (`undecided_due`), unless its decision is
+        pending already ('deciding', 'abandoned'). Call before the record changes root."""
+        self.db.execute(
+            "INSERT INTO undecided (file_id, sha256, why, policies, seq, created)"
+            " SELECT id, sha256, 'moved', '', (SELECT coalesce(max(seq), 0) + 1 FROM"
+            " undecided), ? FROM files WHERE id = ? AND root != ? AND sha256 IS NOT NULL"
+            " ON CONFLICT (file_id) DO UPDATE SET why = 'moved', sha256 = excluded.sha256,"
+            " seq = excluded.seq, created = excluded.created"
+            " WHERE why NOT IN ('deciding', 'abandoned')",
+            (self._now(), file_id, root_db),
+        )
 
     # -- matches -----------------------------------------------------------------------------
     def replace_matches(

@@ -551,3 +551,38 @@ def test_a_move_out_of_a_root_not_walked_now_is_followed_too(lib: Lib) -> None:
     with Store(lib.db) as store:
         assert store.file_at(lib.archive / "astro.jpg") is None
         assert store.file_at(lib.root / "astro.jpg") is not None
+
+
+def test_the_daemon_takes_over_a_subfolder_scanned_alone_without_decoding_it(
+    tmp_path: Path,
+) -> None:
+    """`dedupd scan uploads/chat` (its own root), then the daemon on `uploads`: the chat
+    photos become uploads' records (not decoded again, not recorded twice), matched with
+    what arrives in uploads."""
+    from tests.test_daemon import Env, _idle, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: report, near: report}")
+    photos.reencode(photos.photo("coffee"), env.root / "chat" / "coffee-wa.jpg")
+    photos.copy(photos.photo("rocket"), env.root / "chat" / "rocket.jpg")
+    alone = CliRunner().invoke(
+        dedupd, ["scan", str(env.root / "chat"), "--config", str(env.config), "--json"]
+    )
+    assert alone.exit_code == 0, alone.output
+    photos.copy(photos.photo("coffee"), env.root / "coffee.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon))
+    with Store(env.db) as store:
+        records = {
+            os.path.join(root, relpath): (file_id, root)
+            for file_id, root, relpath in store.db.execute("SELECT id, root, relpath FROM files")
+        }
+        links = set(store.db.execute("SELECT a, b FROM matches").fetchall())
+    assert sorted(records) == [
+        str(env.root / "chat" / "coffee-wa.jpg"),
+        str(env.root / "chat" / "rocket.jpg"),
+        str(env.root / "coffee.jpg"),
+    ]
+    assert {root for _, root in records.values()} == {str(env.root)}
+    ids = sorted(records[str(env.root / n)][0] for n in ("coffee.jpg", "chat/coffee-wa.jpg"))
+    assert tuple(ids) in links

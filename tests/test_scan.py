@@ -682,3 +682,106 @@ def test_a_record_is_taken_for_a_move_only_where_its_filesystem_is_there_and_its
         (tmp_path / "link.jpg").unlink()
         found = moved_from(store, stat)
         assert found is not None and found.id == linked != unmounted
+
+
+def _records_per_path(config: Config) -> dict[str, int]:
+    with Store(config.database) as store:
+        rows = store.db.execute("SELECT root, relpath FROM files WHERE state != 'missing'")
+        counted: dict[str, int] = {}
+        for root, relpath in rows:
+            path = os.path.join(root, relpath)
+            counted[path] = counted.get(path, 0) + 1
+        return counted
+
+
+def test_a_subfolder_scanned_after_its_parent_is_neither_decoded_nor_recorded_again(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """`dedupd scan ~/Pictures`, then `dedupd scan ~/Pictures/chat`: the subfolder's photos
+    are the parent's records, not new ones (before: decoded again, recorded twice)."""
+    whole, chat = _config(tmp_path, library), _config(tmp_path, library / "chat")
+    _scan(whole)
+    decodes.clear()
+    sub = _scan(chat)
+    assert (sub.files, sub.unchanged, sub.hashed, decodes) == (2, 2, 0, [])
+    again = _scan(whole)
+    assert (again.unchanged, again.hashed, decodes) == (10, 0, [])
+    assert set(_records_per_path(whole).values()) == {1}
+    assert _groups(again) == EXPECTED_GROUPS
+
+
+def test_a_parent_scanned_after_its_subfolder_decodes_only_the_rest(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    _scan(_config(tmp_path, library / "chat"))
+    assert len(decodes) == 2
+    decodes.clear()
+    report = _scan(_config(tmp_path, library))
+    assert sorted(os.path.relpath(p, library) for p in decodes) == sorted(
+        ["astronaut.jpg", "astronaut (1).jpg", "coffee.jpg", "rocket.jpg", "chelsea.jpg",
+         "hubble.jpg", "broken.jpg", "edit/chelsea-rotated.jpg"]
+    )
+    assert (report.unchanged, report.hashed) == (2, 7)
+    assert set(_records_per_path(_config(tmp_path, library)).values()) == {1}
+    assert _groups(report) == EXPECTED_GROUPS
+
+
+def test_deletes_and_renames_in_a_subfolder_scanned_on_its_own_are_followed(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    whole, chat = _config(tmp_path, library), _config(tmp_path, library / "chat")
+    _scan(whole)
+    with Store(whole.database) as store:
+        before = store.file_at(library / "chat" / "coffee-wa.jpg")
+    (library / "chat" / "rocket-small.jpg").unlink()
+    os.rename(library / "chat" / "coffee-wa.jpg", library / "chat" / "coffee.jpg")
+    decodes.clear()
+    sub = _scan(chat)
+    assert (sub.renamed, sub.missing, sub.hashed, decodes) == (1, 1, 0, [])
+    with Store(whole.database) as store:
+        after = store.file_at(library / "chat" / "coffee.jpg")
+    assert before is not None and after is not None and after.id == before.id
+    report = _scan(whole)
+    assert (report.hashed, report.missing, decodes) == (0, 0, [])
+    assert ("coffee.jpg", [("chat/coffee.jpg", "near")]) in _groups(report)
+
+
+def test_a_folder_recorded_twice_by_an_older_dedupd_keeps_one_record_per_photo(
+    library: Path, tmp_path: Path, decodes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Databases where a subfolder scan recorded its photos a second time (before records
+    were adopted) lose the second record at the next scan, nothing decoded."""
+    import dedupd.engine
+
+    whole, chat = _config(tmp_path, library), _config(tmp_path, library / "chat")
+    _scan(whole)
+    with monkeypatch.context() as older:
+        older.setattr(dedupd.engine, "_adopt_nested", lambda *args: [])
+        _scan(chat)
+    assert _records_per_path(whole)[str(library / "chat" / "coffee-wa.jpg")] == 2
+    with Store(whole.database) as store:
+        first = store.record(str(library), "chat/coffee-wa.jpg")
+    decodes.clear()
+    report = _scan(whole)
+    assert (report.hashed, report.missing, decodes) == (0, 0, [])
+    assert set(_records_per_path(whole).values()) == {1}
+    with Store(whole.database) as store:
+        kept = store.file_at(library / "chat" / "coffee-wa.jpg")
+    assert first is not None and kept is not None and kept.id == first.id
+    assert _groups(report) == EXPECTED_GROUPS
+
+
+def test_records_under_a_folder_the_root_does_not_walk_are_not_adopted(
+    tmp_path: Path, decodes: list[str]
+) -> None:
+    """A subfolder scanned as a root, then its parent with that subfolder ignored: its
+    records stay as they were, not marked missing (the parent's walk never sees them)."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "a.jpg")
+    photos.copy(photos.photo("rocket"), root / ".thumbs" / "b.jpg")  # a hidden folder
+    _scan(_config(tmp_path, root / ".thumbs"))
+    report = _scan(_config(tmp_path, root))  # ".*" is ignored by default
+    assert (report.files, report.missing) == (1, 0)
+    with Store(tmp_path / "state" / "dedupd.db") as store:
+        kept = store.file_at(root / ".thumbs" / "b.jpg")
+    assert kept is not None and kept.state == "ok" and kept.root == str(root / ".thumbs")

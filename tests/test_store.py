@@ -499,3 +499,57 @@ def test_a_decision_that_never_comes_is_given_up_after_its_attempts(tmp_path: Pa
         store.note_undecided(a, "b" * 64, "report", "p")  # decided: reported
         store.record_hashed(root, "a.jpg", _image("b" * 64), deciding="p")
         assert attempts(a) == ("deciding", 1)
+
+
+def test_nested_records_are_those_under_the_root_kept_under_another(tmp_path: Path) -> None:
+    """A parent's records under the root, a subfolder's all, a sibling's none (even one whose
+    name starts with the root's: /r/sub2 is not under /r/sub), non-UTF-8 names included."""
+    odd = os.fsdecode(b"caf\xe9.jpg")  # Latin-1, not UTF-8: stored as a BLOB
+    with Store(tmp_path / "d.db") as store:
+        ids = {
+            where: store.record_hashed(root, relpath, _image(stat=STAT._replace(inode=i)))
+            for i, (where, root, relpath) in enumerate(
+                [
+                    ("parent", "/r", "sub/a.jpg"),
+                    ("parent odd", "/r", f"sub/{odd}"),
+                    ("parent deep", "/r", "sub/x/b.jpg"),
+                    ("parent elsewhere", "/r", "other/a.jpg"),
+                    ("parent sibling", "/r", "sub2/a.jpg"),
+                    ("parent sibling odd", "/r", f"sub2/{odd}"),
+                    ("own", "/r/sub", "c.jpg"),
+                    ("child", "/r/sub/x/y", "d.jpg"),
+                    ("child odd", f"/r/sub/{odd}", "e.jpg"),
+                    ("sibling root", "/r/sub2", "f.jpg"),
+                    ("unrelated", "/s", "sub/a.jpg"),
+                ]
+            )
+        }
+        store.mark_missing([ids["parent deep"]])
+        assert set(store.recorded_roots()) == {
+            "/r", "/r/sub", "/r/sub/x/y", f"/r/sub/{odd}", "/r/sub2", "/s"
+        }
+        nested = {r.id for r in store.nested_records("/r/sub")}
+        wanted = ["parent", "parent odd", "parent deep", "child", "child odd"]
+        assert nested == {ids[w] for w in wanted}
+
+
+def test_adopt_rehomes_records_and_drops_the_second_record_of_one_path(tmp_path: Path) -> None:
+    with Store(tmp_path / "d.db") as store:
+        a = store.record_hashed("/r", "sub/a.jpg", _image())
+        b_parent = store.record_hashed("/r", "sub/b.jpg", _image(stat=STAT._replace(inode=2)))
+        b_own = store.record_hashed("/r/sub", "b.jpg", _image(stat=STAT._replace(inode=2)))
+        c_parent = store.record_hashed("/r", "sub/c.jpg", _image(stat=STAT._replace(inode=3)))
+        c_own = store.record_hashed("/r/sub", "c.jpg", _image(stat=STAT._replace(inode=3)))
+        store.mark_missing([c_own])
+        dropped = store.adopt("/r/sub", [(a, "a.jpg"), (b_parent, "b.jpg"), (c_parent, "c.jpg")])
+        # b: both present, the root's own stays; c: the root's own was missing, the present one
+        # stays, at the root's path
+        assert sorted(dropped) == sorted([b_parent, c_own])
+        assert store.record("/r/sub", "a.jpg").id == a  # type: ignore[union-attr]
+        assert store.record("/r/sub", "b.jpg").id == b_own  # type: ignore[union-attr]
+        assert store.record("/r/sub", "c.jpg").id == c_parent  # type: ignore[union-attr]
+        assert store.file(b_parent) is None and store.file(c_own) is None
+        assert store.nested_records("/r/sub") == []
+        # decided again under the root's policy, as a photo moved into it
+        notes = dict(store.db.execute("SELECT file_id, why FROM undecided").fetchall())
+        assert (notes.get(a), notes.get(c_parent)) == ("moved", "moved")
