@@ -293,7 +293,10 @@ class Actions:
         checkpoint: Callable[[str], None] = _no_checkpoint,
     ):
         self.store = store
-        self.quarantine_dir = Path(os.path.realpath(quarantine)) if quarantine else None
+        # Resolved once, following only links root or dedupd's user made: a quarantine folder
+        # a user swapped for a link of theirs (to /etc, say) stays a link, and every action
+        # refuses it, rather than making folders and copies wherever it points.
+        self.quarantine_dir = safefs.trusted_path(quarantine) if quarantine else None
         self._checkpoint = checkpoint
 
     # -- guards -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
+from dedupd import safefs
 from dedupd.errors import ConfigError
 from dedupd.hashers import HASHERS, Algorithm, validate_hash_size
 
@@ -382,7 +383,9 @@ class _Reader:
         if not isinstance(value, str) or not value:
             raise ValueError(value)
         path = Path(os.path.expandvars(value)).expanduser()
-        return path if path.is_absolute() else (self.base / path).resolve()
+        # Relative to the config's folder, its links resolved; one that someone other than
+        # root or dedupd's user made is not followed (a quarantine folder swapped for a link).
+        return path if path.is_absolute() else safefs.trusted_path(self.base / path)
 
 
 # repr() of a value from a config file does bounded work whatever the value: a few items of a

@@ -36,6 +36,7 @@ __all__ = [
     "sha256_fd",
     "staging_dir",
     "stat_at",
+    "trusted_path",
 ]
 
 STAGING_DIR = ".dedupd-staging"
@@ -55,6 +56,53 @@ def _components(path: str | PurePath) -> list[str]:
     if any(part in ("..", ".") for part in parts):
         raise UnsafePath(f"{path}: contains '..' or '.'")
     return parts
+
+
+def _trusted_link(st: os.stat_result) -> bool:
+    """A symbolic link root or dedupd's own user made (an admin's /srv -> /mnt/data), not one
+    planted by a user who may write the folder it is in."""
+    return st.st_uid in (0, os.geteuid())
+
+
+_MAX_LINKS = 40
+
+
+def trusted_path(path: str | PurePath) -> Path:
+    """`path` made absolute with its symbolic links resolved, as `os.path.realpath` does, but
+    following only links that root or dedupd's user own (`_trusted_link`): at the first other
+    one, that link and the rest of the path are kept as they are, so that every later walk
+    (`open_dir`) refuses the path instead of following the link elsewhere. For the folders a
+    config names, resolved once when dedupd starts."""
+    pending = list(PurePath(os.path.join(os.getcwd(), path)).parts[1:])
+    resolved = PurePath("/")
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = resolved.parent
+            continue
+        here = resolved / part
+        try:
+            st = os.lstat(here)
+        except OSError:  # not there (yet): the rest is taken as written
+            resolved = here
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            resolved = here
+            continue
+        if not _trusted_link(st):
+            return Path(here, *pending)
+        links += 1
+        if links > _MAX_LINKS:
+            raise UnsafePath(f"{path}: too many levels of symbolic links")
+        target = PurePath(os.readlink(here))
+        if target.is_absolute():
+            resolved, pending = PurePath("/"), [*target.parts[1:], *pending]
+        else:
+            pending = [*target.parts, *pending]
+    return Path(resolved)
 
 
 def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -> int:

@@ -352,6 +352,51 @@ def test_a_staging_folder_made_by_someone_else_is_refused(lib: Lib) -> None:
     assert (lib.root / "sub" / "dup.jpg").exists()
 
 
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_a_quarantine_folder_swapped_for_a_users_link_before_a_start_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    """A user who may write the folder above the quarantine swaps it for a link of theirs
+    (to /etc, say) while dedupd is down. `dedupd scan` (root, like the service) must not
+    follow it: it resolved the configured path once with realpath, so made folders, a marker
+    file and the quarantined copies wherever the link pointed. Now the link is refused and
+    the duplicate stays in its folder."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupd
+
+    root, outside = tmp_path / "photos", tmp_path / "etc"
+    photos.copy(photos.photo("coffee"), root / "coffee.jpg")
+    os.utime(root / "coffee.jpg", (1_000_000_000, 1_000_000_000))  # the older: the keeper
+    photos.copy(photos.photo("coffee"), root / "sub" / "coffee (1).jpg")
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    link = tmp_path / "q"
+    link.symlink_to(outside)
+    if os.geteuid() == 0:
+        os.lchown(link, 65534, 65534)  # nobody's link
+    else:  # a link of another user cannot be made: take this one for one
+        trusted = safefs._trusted_link
+        mine = os.lstat(link).st_ino
+        monkeypatch.setattr(
+            safefs, "_trusted_link", lambda st: st.st_ino != mine and trusted(st)
+        )
+    config = tmp_path / "dedupd.yaml"
+    config.write_text(
+        f"database: {tmp_path / 'dedupd.db'}\n"
+        f"roots: [{{path: {root}, policy: camera}}]\n"
+        "policies:\n  camera: {exact: quarantine}\n"
+        f"quarantine: {{path: {'q' if relative else link}}}\n"
+    )
+    before = _snapshot(outside)
+    result = CliRunner().invoke(dedupd, ["scan", "--config", str(config), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"{link} is a symbolic link or not a folder; links are not followed" in result.output
+    assert _snapshot(outside) == before
+    assert sorted(p.name for p in outside.iterdir()) == ["passwd"]
+    assert (root / "sub" / "coffee (1).jpg").exists()
+
+
 # -- a rolled-back delete is decided again --------------------------------------------------
 
 
