@@ -873,18 +873,29 @@ def _in_batches(
     key: str,
     label: str,
     size: int = 20,
+    *,
+    done_before_error: Callable[[list[Any]], None] = lambda collected: None,
 ) -> list[Any]:
-    """Send `items` in batches, with a progress bar on a terminal (none when piped)."""
+    """Send `items` in batches, with a progress bar on a terminal (none when piped).
+
+    A batch that fails (the daemon stopped, or went busy) raises, after `done_before_error`
+    was given what the batches before it did: those photos were restored or purged, and
+    the user must be told which, not only the error."""
     batches = [items[i : i + size] for i in range(0, len(items), size)]
     collected: list[Any] = []
-    if len(batches) > 1 and sys.stderr.isatty():
-        with click.progressbar(length=len(items), label=label, file=sys.stderr) as bar:
+    try:
+        if len(batches) > 1 and sys.stderr.isatty():
+            with click.progressbar(length=len(items), label=label, file=sys.stderr) as bar:
+                for batch in batches:
+                    collected += send(batch)[key]
+                    bar.update(len(batch))
+        else:
             for batch in batches:
                 collected += send(batch)[key]
-                bar.update(len(batch))
-    else:
-        for batch in batches:
-            collected += send(batch)[key]
+    except BaseException:
+        if collected:
+            done_before_error(collected)
+        raise
     return collected
 
 
@@ -901,14 +912,20 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
     """
     # Paths are made absolute here: the daemon's working directory is not the user's.
     items = tuple(i if i.isdigit() else str(Path(i).expanduser().absolute()) for i in items)
+
+    def report(results: list[dict[str, Any]]) -> None:
+        if as_json:
+            click.echo(render.to_json({"results": results}))
+        for r in results:
+            if not as_json:
+                click.echo(render.restored(r), err="restored" not in r)
+
     with _errors():
         service = _service(ctx)
-        results = _in_batches(list(items), service.restore, "results", "restoring")
-    if as_json:
-        click.echo(render.to_json({"results": results}))
-    for r in results:
-        if not as_json:
-            click.echo(render.restored(r), err="restored" not in r)
+        results = _in_batches(
+            list(items), service.restore, "results", "restoring", done_before_error=report
+        )
+    report(results)
     sys.exit(EXIT_NOT_FOUND if any("restored" not in r for r in results) else 0)
 
 
@@ -951,6 +968,11 @@ def quarantine_purge(
             lambda ids: service.purge(seconds, ids),
             "purged",
             "purging",
+            done_before_error=lambda ids: click.echo(
+                render.to_json({"purged": ids, "older_than": seconds, "younger": younger})
+                if as_json
+                else f"{render.purged(len(ids))}: {', '.join(map(str, ids))}"
+            ),
         )
     # A confirmed photo not purged (its file changed in quarantine, or the quarantine folder
     # is not mounted) is an error to name, never "nothing to purge" and exit 0.

@@ -348,6 +348,37 @@ def test_many_items_are_sent_in_batches_and_every_one_answered(env: Env, daemon:
     assert {a["error"] for a in answers} == {"not in quarantine"}
 
 
+def test_a_daemon_stopping_between_batches_still_reports_the_photos_already_restored(
+    env: Env, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore of many photos goes in batches; a daemon that stops after the first (a
+    `systemctl restart`) made dedupctl print only "did not answer" (exit 3), although the
+    first batch's photos were back in their folders: which ones was never said. Now what
+    was done is printed, then the error."""
+    from dedupd.errors import DaemonUnavailable
+    from dedupd.service import RemoteService
+
+    photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
+    wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
+    (entry,) = json.loads(ctl(env, "quarantine", "list", "--json").stdout)["quarantined"]
+    asked = RemoteService.restore
+
+    def stops_after_one_batch(self: RemoteService, items: list[str]) -> dict[str, object]:
+        if str(entry["id"]) not in items:
+            raise DaemonUnavailable(f"dedupd did not answer on {self.client.path}")
+        return asked(self, items)
+
+    monkeypatch.setattr(RemoteService, "restore", stops_after_one_batch)
+    items = [str(entry["id"]), *(str(i) for i in range(1000, 1020))]  # two batches
+    result = ctl(env, "quarantine", "restore", *items)
+    assert result.exit_code == 3
+    assert result.stdout == f"restored {env.root / 'chat' / 'wa.jpg'}\n"
+    assert "error: dedupd did not answer" in result.stderr
+    as_json = ctl(env, "quarantine", "restore", "--json", *items)
+    assert as_json.exit_code == 3
+    assert [r["item"] for r in json.loads(as_json.stdout)["results"]][:1] == [str(entry["id"])]
+
+
 def test_search_refuses_when_dedupctl_and_the_daemon_hash_differently(
     env: Env, daemon: Daemon
 ) -> None:
