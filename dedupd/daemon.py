@@ -258,10 +258,13 @@ class Daemon:
         if root is None:
             roots = list(self.roots)
         else:
-            key = root_key(root)
+            try:
+                key = root_key(root)
+            except (ValueError, OSError):  # no path at all (a NUL byte), or one unresolvable
+                key = None
             if key not in self.roots:
                 raise NotFoundError(f"{root}: not a configured root ({', '.join(self.roots)})")
-            roots = [key]
+            roots = [str(key)]
         self.pipeline.rescan_due.update(roots)
         return {"queued": roots}
 

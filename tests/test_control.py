@@ -783,3 +783,17 @@ def test_dedupctl_never_steers_a_daemon_that_serves_another_database(
     assert f"no dedupd serving {other / 'other.db'} is running" in status.stderr
     assert "nothing answers" not in status.stderr
     assert ctl(env, "status").exit_code == 0
+
+
+def test_a_rescan_of_a_path_holding_a_nul_byte_is_not_a_root_not_a_server_error(
+    env: Env, daemon: Daemon
+) -> None:
+    body = json.dumps({"root": f"{env.root}\u0000"}).encode()
+    with _client(daemon.config.socket) as s:
+        status, answer = _exchange(
+            s,
+            b"POST /v1/rescan HTTP/1.0\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+    assert status == 404 and "not a configured root" in json.dumps(answer)
+    assert _status_answers(daemon.config.socket)
