@@ -827,6 +827,7 @@ class Store:
                         "UPDATE files SET root = ?, relpath = ? WHERE id = ?",
                         (root_db, relpath_db, file_id),
                     )
+                    self._motion_beside(file_id, relpath)
         return dropped
 
     def files_in(self, root: str) -> dict[str, FileRecord]:
@@ -1247,6 +1248,22 @@ class Store:
             return file_id
 
     # -- Live Photos --------------------------------------------------------------------------
+    def _motion_beside(self, file_id: int, relpath: str) -> None:
+        """The still `file_id` is now at `relpath` (moved, or its root changed): its motion
+        file is named beside it, as `_write_motion` names it (inside the caller's
+        transaction). If it did not move with the still, `actions` finds it gone from there
+        and has the still hashed again, which pairs it anew."""
+        row = self.db.execute(
+            "SELECT relpath FROM live_motion WHERE file_id = ? AND relpath IS NOT NULL",
+            (file_id,),
+        ).fetchone()
+        if row is not None:
+            name = os.path.basename(from_db(row[0]))
+            self.db.execute(
+                "UPDATE live_motion SET relpath = ? WHERE file_id = ?",
+                (to_db(os.path.join(os.path.dirname(relpath), name)), file_id),
+            )
+
     def _write_motion(self, file_id: int, relpath: str, live: Beside | None) -> None:
         """Replace what is known of a still's motion file (inside the caller's transaction):
         as a worker found it, named in the still's folder (`relpath`'s)."""
@@ -1355,6 +1372,7 @@ class Store:
                 " WHEN sha256 IS NULL THEN 'error' ELSE 'ok' END WHERE id = ?",
                 (root_db, relpath_db, stat.dev, stat.inode, stat.mtime_ns, self._now(), file_id),
             )
+            self._motion_beside(file_id, relpath)
         return replaced
 
     def _note_moved(self, file_id: int, root_db: str | bytes) -> None:

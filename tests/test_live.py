@@ -702,3 +702,47 @@ def test_a_removal_recovery_finishes_records_the_clip_motion_file_too(
             after = store.file_at(path)
             assert after is not None and after.state == ended, path
         assert store.tombstone(motion_sha, str(motion)) is not None
+
+
+def test_a_live_photos_folder_renamed_keeps_the_pair_and_both_move_together(lib: Lib) -> None:
+    """The still's record follows a folder rename; so must its motion file's place (it sits
+    beside the still): a quarantine then takes both from the new folder."""
+    os.rename(lib.root / "dup", lib.root / "2024")
+    scan(lib.config, lib.store)
+    still = lib.rec(lib.root / "2024" / "IMG_0001.JPG")
+    motion = lib.store.motion_of(still.id)
+    assert motion is not None and motion.path == lib.root / "2024" / "IMG_0001.MOV"
+    assert lib.store.still_of(str(lib.root), "2024/IMG_0001.MOV") == still
+    Actions(lib.store, lib.quarantine).quarantine(
+        still, lib.rec(lib.root / "keeper" / "IMG_0001.JPG"), 0, "t"
+    )
+    assert list((lib.root / "2024").iterdir()) == []
+
+
+def test_a_live_photos_folder_scanned_as_a_root_of_its_own_keeps_the_pair(lib: Lib) -> None:
+    """A subfolder scanned alone takes over its records (`Store.adopt`): the still's motion
+    file is named relative to the new root too."""
+    scan(replace(lib.config, roots=()).with_roots([lib.root / "dup"]), lib.store)
+    still = lib.rec(lib.root / "dup" / "IMG_0001.JPG")
+    assert still.root == str(lib.root / "dup")
+    motion = lib.store.motion_of(still.id)
+    assert motion is not None and motion.path == lib.root / "dup" / "IMG_0001.MOV"
+    assert lib.store.still_of(str(lib.root / "dup"), "IMG_0001.MOV") == still
+
+
+def test_a_still_moved_without_its_motion_file_never_takes_that_file_along(lib: Lib) -> None:
+    """The still alone moved to another folder: the motion file left behind is no longer
+    beside it. Its quarantine is refused and the still hashed again (paired anew); the file
+    in the old folder is not taken from there."""
+    (lib.root / "2024").mkdir()
+    os.rename(lib.root / "dup" / "IMG_0001.JPG", lib.root / "2024" / "IMG_0001.JPG")
+    scan(lib.config, lib.store)
+    still = lib.rec(lib.root / "2024" / "IMG_0001.JPG")
+    with pytest.raises(ActionError):
+        Actions(lib.store, lib.quarantine).quarantine(
+            still, lib.rec(lib.root / "keeper" / "IMG_0001.JPG"), 0, "t"
+        )
+    assert (lib.root / "2024" / "IMG_0001.JPG").exists()
+    assert (lib.root / "dup" / "IMG_0001.MOV").exists()
+    stale = lib.store.file(still.id)
+    assert stale is not None and stale.stat.mtime_ns == -1  # hashed again by the next scan
