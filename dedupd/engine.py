@@ -1284,6 +1284,9 @@ def _adopt_nested(
             taken.append((record, relpath))
     if not taken:
         return []
+    # In the order they were first seen: `redecide` takes them in the order noted, so that
+    # each is decided, as when it arrived, after those that came before it.
+    taken.sort(key=lambda t: (t[0].first_seen, t[0].id))
     dropped = store.adopt(root, [(r.id, relpath) for r, relpath in taken])
     adopted = [r.id for r, _ in taken if r.state == "ok" and r.id not in dropped]
     done.revived += adopted
