@@ -1174,6 +1174,11 @@ def _present_count(store: Store, root: str) -> int:
     return sum(n for state, n in store.count_by_state([root]).items() if state in ("ok", "error"))
 
 
+def _present(records: Iterable[tuple[FileRecord, str]]) -> int:
+    """How many of `records` are of files present when last seen (hashed or failed)."""
+    return sum(r.state in ("ok", "error") for r, _ in records)
+
+
 def reconcile_roots(
     config: Config,
     store: Store,
@@ -1205,8 +1210,10 @@ def reconcile_roots(
                 if len(entries) % 4096 == 0:
                     tick()  # a walk of a large library on a slow disk takes a while
             # Counted, not read: at a million records, reading them all (as files_in does)
-            # took 9 s and 1 GB just to learn that the folder looks unmounted.
-            recorded = 0 if entries else _present_count(store, root)
+            # took 9 s and 1 GB just to learn that the folder looks unmounted. Those other
+            # roots keep under it count too (it was scanned inside a parent before).
+            nested = _in_view(store.nested_records(root), root, names, exclude)
+            recorded = 0 if entries else _present_count(store, root) + _present(nested)
             if recorded:
                 raise NotFoundError(
                     f"{root}: empty, but {recorded} photos are recorded there; treated as "
@@ -1218,7 +1225,7 @@ def reconcile_roots(
             continue
         report.roots.append(root)
         report.files += len(entries)
-        done.gone += _adopt_nested(store, root, names, exclude, done)
+        done.gone += _adopt_nested(store, root, nested, entries, done)
         for record, attempts in store.abandon_deciding(root):
             log.warning(
                 "decision_abandoned",
@@ -1260,19 +1267,14 @@ def reconcile_roots(
     return done
 
 
-def _adopt_nested(
-    store: Store, root: str, names: NameFilter, exclude: Sequence[str], done: Reconciled
-) -> list[int]:
-    """Make the records of files under `root` that another root keeps (a parent folder or a
-    subfolder of it, scanned as a root before) `root`'s own, before its walk is compared
-    with them: its unchanged photos are then neither decoded again nor recorded twice, and
-    its deletions and renames are followed. Not those the walk cannot see (under an excluded
-    or ignored folder, or an unwanted name): they would look deleted. The adopted photos
-    are indexed (their old root may not be one the daemon indexed) and decided again under
-    this root's policy (`Store.adopt`); the ids of duplicate records dropped are returned."""
+def _in_view(
+    records: Iterable[FileRecord], root: str, names: NameFilter, exclude: Sequence[str]
+) -> list[tuple[FileRecord, str]]:
+    """Those of `records` (under `root`) that a walk of `root` can see, with their path
+    relative to it: not under an excluded or ignored folder, and of a wanted name."""
     excluded = [os.path.realpath(p) + os.sep for p in exclude]
-    taken: list[tuple[FileRecord, str]] = []
-    for record in store.nested_records(root):
+    seen: list[tuple[FileRecord, str]] = []
+    for record in records:
         path = str(record.path)
         relpath = os.path.relpath(path, root)
         *folders, name = relpath.split(os.sep)
@@ -1281,7 +1283,42 @@ def _adopt_nested(
             and not any(names.ignored(f) for f in folders)
             and not any(path.startswith(x) for x in excluded)
         ):
-            taken.append((record, relpath))
+            seen.append((record, relpath))
+    return seen
+
+
+def _adopt_nested(
+    store: Store,
+    root: str,
+    nested: Sequence[tuple[FileRecord, str]],
+    entries: Sequence[Entry],
+    done: Reconciled,
+) -> list[int]:
+    """Make the records of files under `root` that another root keeps (a parent folder or a
+    subfolder of it, scanned as a root before) `root`'s own, before its walk is compared
+    with them: its unchanged photos are then neither decoded again nor recorded twice, and
+    its deletions and renames are followed. `nested`: those the walk can see (`_in_view`:
+    the others would look deleted). Not those of a subfolder scanned as a root before in
+    which the walk (`entries`) found nothing: an unmounted disk's mount point, as for a root
+    (its records stay as they are, never marked deleted). The adopted photos are indexed
+    (their old root may not be one the daemon indexed) and decided again under this root's
+    policy (`Store.adopt`); the ids of duplicate records dropped are returned."""
+    below = root.rstrip(os.sep) + os.sep
+    held = {r.root for r, _ in nested if r.root.startswith(below) and r.state != "missing"}
+    away = {
+        other
+        for other in held
+        if not any(e.relpath.startswith(os.path.relpath(other, root) + os.sep) for e in entries)
+    }
+    for other in sorted(away):
+        log.warning(
+            "records_not_adopted",
+            root=root,
+            folder=other,
+            reason="empty or missing, but photos are recorded there; treated as unmounted "
+            "and their records kept",
+        )
+    taken = [(r, relpath) for r, relpath in nested if r.root not in away]
     if not taken:
         return []
     # In the order they were first seen: `redecide` takes them in the order noted, so that

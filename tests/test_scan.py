@@ -814,3 +814,39 @@ def test_photos_taken_over_from_a_subfolder_are_decided_again_in_their_arrival_o
     run(sub)
     run(config)
     assert (root / "chat" / "a.jpg").exists() and (root / "chat" / "b.jpg").exists()
+
+
+def test_a_subfolder_scanned_before_whose_disk_is_not_mounted_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    """A disk scanned as a root, then its parent folder while the disk is not mounted (its
+    mount point empty): the disk's records are not taken over and marked missing, as for
+    an unmounted root they stay as they are."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "a.jpg")
+    photos.copy(photos.photo("rocket"), root / "disk" / "b.jpg")
+    _scan(_config(tmp_path, root / "disk"))
+    os.rename(root / "disk" / "b.jpg", tmp_path / "b.jpg")  # unmounted: the folder is empty
+    report = _scan(_config(tmp_path, root))
+    assert (report.files, report.missing) == (1, 0)
+    with Store(tmp_path / "state" / "dedupd.db") as store:
+        kept = store.file_at(root / "disk" / "b.jpg")
+    assert kept is not None and kept.state == "ok" and kept.root == str(root / "disk")
+
+
+def test_a_subfolder_of_a_folder_scanned_before_empty_now_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    """A folder scanned, then a subfolder of it on its own while the subfolder is empty (a
+    disk not mounted there): unavailable, as a root with photos recorded in it, not a
+    takeover of its records that marks them all missing."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "a.jpg")
+    photos.copy(photos.photo("rocket"), root / "disk" / "b.jpg")
+    _scan(_config(tmp_path, root))
+    os.rename(root / "disk" / "b.jpg", tmp_path / "b.jpg")
+    report = _scan(_config(tmp_path, root / "disk"))
+    assert report.missing == 0 and [r for r, _ in report.unavailable] == [str(root / "disk")]
+    with Store(tmp_path / "state" / "dedupd.db") as store:
+        kept = store.file_at(root / "disk" / "b.jpg")
+    assert kept is not None and kept.state == "ok" and kept.root == str(root)
