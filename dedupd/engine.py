@@ -213,6 +213,9 @@ class Ingest:
             repr((sorted(self.policies.items()), self.default_policy)).encode()
         ).hexdigest()[:16]
         self._pending: set[int] = set()  # files `redecide` has yet to decide again
+        # Of those, the ones another root took over (`Store.adopt`), with the files each was
+        # compared with already: never acted on against one of them (`_respect_met`).
+        self._met: dict[int, set[int]] = {}
         # Files a dry run would have moved: gone for the rest of this run's decisions, as
         # after a real move, so that a dry run previews what a real run does.
         self._gone_in_preview: set[int] = set()
@@ -470,6 +473,8 @@ class Ingest:
         if not due:
             return []
         self._pending = {r.id for r in due}
+        keys = [self.hasher.key, self.crop_key, self.video_key]
+        self._met = {i: self.store.met(i, keys) for i in self.store.adopted(self._pending)}
         self.unindex(list(self._pending))
         outcomes = []
         try:
@@ -510,6 +515,7 @@ class Ingest:
                         outcomes.append(outcome)
                     tick()
         finally:
+            self._met = {}
             left, self._pending = self._pending, set()
             # an error stopped the loop: the rest go back as they were
             self.index_again(list(left))
@@ -547,7 +553,10 @@ class Ingest:
         records = self.store.files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
-            file_id, self.hasher.key, [(other, *v) for other, v in found.items()]
+            file_id,
+            self.hasher.key,
+            [(other, *v) for other, v in found.items()],
+            within=self.roots,
         )
         crops = self._crops(newcomer, set(found))
         records |= self.store.files(crops)
@@ -600,6 +609,7 @@ class Ingest:
         it to be decided again unless it acted (or had nothing to do). `detail`: what the
         matcher measured, for a crop."""
         file_id = newcomer.id
+        decision = self._respect_met(newcomer, decision)
         held = self._hold_for_full_decode(newcomer, decision)
         outcome = self.apply(decision, path, detail, held=held)
         if decision.action == "none" or outcome.result == "done":
@@ -633,7 +643,7 @@ class Ingest:
         )
         mine = self._readable(newcomer.id, stored) if stored is not None else None
         if mine is None:  # crops off, hashed without features (by an older dedupd), or damaged
-            self.store.replace_matches(newcomer.id, self.crop_key, [])
+            self.store.replace_matches(newcomer.id, self.crop_key, [], within=self.roots)
             return {}
         words = mine.words
         exclude = matched | self._pending | self._gone_in_preview | {newcomer.id}
@@ -697,6 +707,7 @@ class Ingest:
             newcomer.id,
             self.crop_key,
             [(i, c.distance, "crop", "identity", c.detail) for i, c in out.items()],
+            within=self.roots,
         )
         with self.lock:
             self.crops.add(newcomer.id, words)
@@ -830,6 +841,7 @@ class Ingest:
                 (other, d, kind, "identity", _about(detail, file_id, other))
                 for other, (d, kind, detail) in found.items()
             ],
+            within=self.roots,
         )
         with self.lock:
             self.frames.add(file_id, frames)
@@ -914,6 +926,25 @@ class Ingest:
         if target.id == newcomer.id:
             return replace(decision, action="none", rule="restored by the user", target=None)
         return replace(decision, action="report", rule="restored by the user; never acted on")
+
+    def _respect_met(self, newcomer: FileRecord, decision: Decision) -> Decision:
+        """A photo another root took over (`Store.adopt`) did not arrive: the files it was
+        compared with already were decided on when it (or they) came, and taking its record
+        over is no reason to act on one of the two now (a worse copy that came first would be
+        quarantined as if it had followed the better one). Those it never met (the photos of
+        two subfolders scanned alone, now under one root) are decided as arrivals are."""
+        met = self._met.pop(newcomer.id, None)
+        if met is None or not decision.acts or decision.target is None:
+            return decision
+        other = decision.keeper if decision.target.id == newcomer.id else decision.target
+        if other is None or other.id not in met:
+            return decision
+        return replace(
+            decision,
+            action="report",
+            rule=f"{decision.rule}; compared before this folder took its record over: "
+            "not acted on again",
+        )
 
     def _isometric(self, root: str) -> bool:
         return self.policies.get(root, self.default_policy).isometric

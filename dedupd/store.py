@@ -369,6 +369,10 @@ def _holds(folder: str, path: str) -> bool:
 # `abandoned` after DECIDING_ATTEMPTS such records of the same bytes), or it moved into another
 # root, whose policy has yet to decide it (`moved`).
 Undecided = Literal["dry run", "report", "failed", "deciding", "abandoned", "moved"]
+# The `policies` of a 'moved' note that `Store.adopt` wrote: the photo did not move, another
+# root took its record over; it is decided again, but never acted on against a file it was
+# compared with already (`Ingest.redecide`).
+ADOPTED = "adopted"
 # How many times a file is recorded for a decision that never comes before it is given up
 # (`Store.abandon_deciding`): once is a kill or a power cut; three times in a row is a file
 # whose decision kills the process (native code on the writer thread), which would
@@ -798,13 +802,12 @@ class Store:
 
     def adopt(self, root: str, records: Iterable[tuple[int, str]]) -> list[int]:
         """Records (id, relative path) of files under `root` kept under another root are
-        `root`'s from now on: the same file at the same path, not hashed again. Each is noted
-        'moved', as a photo moved into `root` is (`move`): decided again under `root`'s policy
-        against what `root` holds (a subfolder scanned alone saw only itself; its parent
-        finds again what lies outside it). Where `root` has a record of that
-        path already (a folder recorded twice, under two roots, by an older dedupd), the
-        other one goes instead; those ids are returned, for the caller to drop from the
-        index."""
+        `root`'s from now on: the same file at the same path, not hashed again. Each without
+        a note is noted to be decided again under `root`'s policy against what `root` holds
+        (`_note_adopted`: the photos of subfolders scanned alone meet). Where `root` has a
+        record of that path already (a folder recorded twice, under two roots, by an older
+        dedupd), the other one goes instead; those ids are returned, for the caller to drop
+        from the index."""
         root_db = to_db(root)
         dropped: list[int] = []
         with self._write():
@@ -822,7 +825,7 @@ class Store:
                     self.db.execute("DELETE FROM files WHERE id = ?", (gone,))
                     dropped.append(gone)
                 if gone != file_id:
-                    self._note_moved(file_id, root_db)
+                    self._note_adopted(file_id)
                     self.db.execute(
                         "UPDATE files SET root = ?, relpath = ? WHERE id = ?",
                         (root_db, relpath_db, file_id),
@@ -1375,6 +1378,41 @@ class Store:
             self._motion_beside(file_id, relpath)
         return replaced
 
+    def _note_adopted(self, file_id: int) -> None:
+        """Note a hashed photo taken over by another root (`adopt`) to be decided again
+        (`ADOPTED` marks its note), unless a note is there already: a pending action ('dry
+        run', 'failed') or a report stays what it was."""
+        self.db.execute(
+            "INSERT INTO undecided (file_id, sha256, why, policies, seq, created)"
+            " SELECT id, sha256, 'moved', ?, (SELECT coalesce(max(seq), 0) + 1 FROM"
+            " undecided), ? FROM files WHERE id = ? AND sha256 IS NOT NULL"
+            " ON CONFLICT (file_id) DO NOTHING",
+            (ADOPTED, self._now(), file_id),
+        )
+
+    def adopted(self, ids: Iterable[int]) -> set[int]:
+        """Which of `ids` are noted to be decided again because another root took them over
+        (`adopt`), not because they moved."""
+        out: set[int] = set()
+        for chunk, marks in _chunks(ids):
+            rows = self.db.execute(
+                f"SELECT file_id FROM undecided WHERE why = 'moved' AND policies = ?"
+                f" AND file_id IN ({marks})",
+                (ADOPTED, *chunk),
+            )
+            out.update(int(r[0]) for r in rows)
+        return out
+
+    def met(self, file_id: int, hashers: Sequence[str]) -> set[int]:
+        """The files `file_id` has a match with under any of `hashers`: compared already."""
+        marks = ", ".join("?" * len(hashers))
+        rows = self.db.execute(
+            "SELECT CASE WHEN a = ? THEN b ELSE a END FROM matches"
+            f" WHERE (a = ? OR b = ?) AND hasher IN ({marks})",
+            (file_id, file_id, file_id, *hashers),
+        )
+        return {int(r[0]) for r in rows}
+
     def _note_moved(self, file_id: int, root_db: str | bytes) -> None:
         """Note a hashed photo that now belongs to `root` (another root than its record's)
         to be decided by that root's policy (`undecided_due`), unless its decision is
@@ -1399,11 +1437,15 @@ class Store:
             | tuple[int, int, MatchKind, Transform]
             | tuple[int, int, MatchKind, Transform, Mapping[str, Any] | None]
         ],
+        *,
+        within: Sequence[str] | None = None,
     ) -> None:
         """Set `file_id`'s matches under `hasher` to `found`: (other id, distance, kind),
         optionally the transform that takes the other file to this one (default identity) and
         what the matcher measured (`detail`, stored as JSON; it must say itself which file of
-        the pair it describes)."""
+        the pair it describes). `within`: the roots `found` was looked for in; matches with
+        files elsewhere stay (a subfolder scanned alone never saw them, and a rotated match
+        cannot be found again from the database: only a worker's variants find it)."""
         now = self._now()
         rows = [
             (
@@ -1420,10 +1462,19 @@ class Store:
             if f[0] != file_id
         ]
         with self._write():
-            self.db.execute(
-                "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ?",
-                (file_id, file_id, hasher),
-            )
+            if within is None:
+                self.db.execute(
+                    "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ?",
+                    (file_id, file_id, hasher),
+                )
+            else:
+                marks = ", ".join("?" * len(within))
+                self.db.execute(
+                    "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ? AND"
+                    " (CASE WHEN a = ? THEN b ELSE a END) IN"
+                    f" (SELECT id FROM files WHERE root IN ({marks}))",
+                    (file_id, file_id, hasher, file_id, *_paths_to_db(within)),
+                )
             self.db.conn.executemany(
                 "INSERT OR REPLACE INTO matches"
                 " (a, b, hasher, distance, kind, found, transform, detail)"

@@ -787,6 +787,63 @@ def test_records_under_a_folder_the_root_does_not_walk_are_not_adopted(
     assert kept is not None and kept.state == "ok" and kept.root == str(root / ".thumbs")
 
 
+@pytest.mark.parametrize("later", ["chat/a.jpg", "a.jpg"], ids=["taken-over-too", "stays"])
+def test_a_photo_taken_over_is_not_acted_on_against_one_it_was_compared_with(
+    tmp_path: Path, later: str
+) -> None:
+    """A worse copy that arrived first, then a better one (reported: acting on the older
+    file needs act_on_existing). After a scan of the worse one's folder alone and one of the
+    parent again, nothing moves: the two were compared when the better one came. Whether the
+    better one is taken over with it (then both are decided again, in their arrival order;
+    their names sort the other way) or stays under the parent."""
+    from dedupd.config import Policy
+
+    root = tmp_path / "photos"
+    photos.reencode(photos.photo("coffee"), root / "chat" / "b.jpg")  # the worse, first
+    quarantine = tmp_path / "quarantine"
+    config = replace(
+        _config(tmp_path, root), policies={DEFAULT_POLICY: Policy(near="quarantine")}
+    )
+    sub = replace(config, roots=()).with_roots([root / "chat"])
+
+    def run(config: Config) -> ScanReport:
+        with Store(config.database) as store:
+            return scan(config, store, actions=Actions(store, quarantine))
+
+    run(config)
+    photos.copy(photos.photo("coffee"), root / later)  # the better, later
+    assert [o.decision.action for o in run(config).outcomes] == ["report"]
+    run(sub)
+    again = run(config)
+    assert [o.decision.action for o in again.outcomes if o.decision.acts] == []
+    assert (root / later).exists() and (root / "chat" / "b.jpg").exists()
+    kept = [(g.keeper.path.name, [d.record.path.name for d in g.duplicates]) for g in again.groups]
+    assert kept == [("a.jpg", ["b.jpg"])]
+
+
+def test_photos_of_two_subfolders_scanned_alone_meet_when_their_parent_is_scanned(
+    tmp_path: Path,
+) -> None:
+    """Two folders scanned each on its own, then their parent, whose policy quarantines: the
+    copies in one of the other's photos never met, and are decided as arrivals are."""
+    from dedupd.config import Policy
+
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("rocket"), root / "phone" / "rocket.jpg")
+    photos.reencode(photos.photo("rocket"), root / "chat" / "rocket-wa.jpg")
+    config = replace(
+        _config(tmp_path, root), policies={DEFAULT_POLICY: Policy(near="quarantine")}
+    )
+    for folder in ("phone", "chat"):
+        _scan(replace(config, roots=()).with_roots([root / folder]))
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "quarantine"))
+    assert [(o.decision.action, Path(o.path).name) for o in report.outcomes] == [
+        ("quarantine", "rocket-wa.jpg")
+    ]
+    assert not (root / "chat" / "rocket-wa.jpg").exists()
+
+
 def test_photos_taken_over_from_a_subfolder_are_decided_again_in_their_arrival_order(
     tmp_path: Path,
 ) -> None:
@@ -850,3 +907,24 @@ def test_a_subfolder_of_a_folder_scanned_before_empty_now_is_unavailable(
     with Store(tmp_path / "state" / "dedupd.db") as store:
         kept = store.file_at(root / "disk" / "b.jpg")
     assert kept is not None and kept.state == "ok" and kept.root == str(root)
+
+
+def test_a_mirrored_copys_match_outlives_a_scan_of_its_folder_alone(tmp_path: Path) -> None:
+    """A scan of a subfolder decides its photos against what it holds: it must not forget
+    their matches with photos outside it. A mirrored match cannot be found again from the
+    database (only a worker's rotations and mirrors find it): forgotten, it was gone for
+    good, and the parent's next scan no longer grouped the two."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "coffee.jpg")
+    photos.hflip(photos.photo("coffee"), root / "edit" / "coffee-mirror.jpg")
+    whole = _config(tmp_path, root)
+    first = _scan(whole)
+    def groups(report: ScanReport) -> list[tuple[str, list[tuple[str, str]]]]:
+        return [
+            (g.keeper.path.name, [(m.record.path.name, m.transform) for m in g.duplicates])
+            for g in report.groups
+        ]
+
+    assert groups(first) == [("coffee.jpg", [("coffee-mirror.jpg", "mirror")])]
+    _scan(replace(whole, roots=()).with_roots([root / "edit"]))
+    assert groups(_scan(whole)) == groups(first)
