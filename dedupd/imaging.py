@@ -46,6 +46,7 @@ __all__ = [
     "FileStat",
     "HashedImage",
     "NotAnImage",
+    "TooLarge",
     "TooManyPixels",
     "TruncatedImage",
     "Unreadable",
@@ -56,6 +57,7 @@ __all__ = [
     "open_image",
     "open_regular",
     "thumbnail",
+    "too_large",
     "trim_borders",
 ]
 
@@ -95,6 +97,10 @@ class CorruptImage(ImageError):
 
 class TooManyPixels(ImageError):
     kind = "too_many_pixels"
+
+
+class TooLarge(ImageError):
+    kind = "too_large"
 
 
 class Unreadable(ImageError):
@@ -144,11 +150,44 @@ def open_regular(path: str) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def _read(path: str) -> tuple[bytes, FileStat]:
+# An image file is read whole (its sha256 and its decode come from the same bytes), so its
+# size is bounded by what a picture within `max_pixels` can take: 8 bytes a pixel (16-bit RGBA,
+# uncompressed) and room for metadata (EXIF, ICC, XMP, embedded previews, a HEIC's depth and
+# gain maps). Without it a disk image or a sparse file named IMG_1.jpg was read into a worker's
+# memory before any header was looked at: a 3 GB one took 3 GB and half a minute per worker,
+# one larger than the machine's memory (and free to make: `truncate -s 20G`) the OOM killer.
+_BYTES_PER_PIXEL = 8
+_METADATA_BYTES = 64 << 20
+
+
+def _max_bytes(max_pixels: int) -> int:
+    """The largest image file (or animated GIF/WebP) read for `max_pixels`; larger ones are
+    `TooLarge`, refused without reading them."""
+    return max_pixels * _BYTES_PER_PIXEL + _METADATA_BYTES
+
+
+def too_large(path: str, size: int, max_pixels: int) -> TooLarge | None:
+    """The error for a file of `size` bytes too large to be an image within `max_pixels`."""
+    limit = _max_bytes(max_pixels)
+    if size <= limit:
+        return None
+    return TooLarge(
+        path,
+        f"{size} bytes, more than an image within max_pixels {max_pixels} can take"
+        f" ({limit} bytes); not read",
+    )
+
+
+def _read(path: str, max_pixels: int) -> tuple[bytes, FileStat]:
     try:
         with open_regular(path) as f:
             before = FileStat.of(os.fstat(f.fileno()))
-            data = f.read()
+            refused = too_large(path, before.size, max_pixels)
+            if refused is not None:
+                raise refused
+            # a byte more than it had tells that it grew: never more, whatever it grows to
+            # (and no larger buffer: read(n) allocates n bytes at once)
+            data = f.read(before.size + 1)
             after = FileStat.of(os.fstat(f.fileno()))
     except FileNotFoundError as exc:
         raise Vanished(path, "the file disappeared while it was read") from exc
@@ -541,7 +580,7 @@ def hash_image(
     `expect` is the stat the caller saw when it chose the file: if the file has changed since,
     ChangedWhileReading is raised so that nothing is recorded for a version never hashed.
     """
-    data, stat = _read(path)
+    data, stat = _read(path, max_pixels)
     if expect is not None and stat != expect:
         raise ChangedWhileReading(path, "the file changed after it was queued; it will be retried")
     sha256 = hashlib.sha256(data).hexdigest()
@@ -639,7 +678,7 @@ def thumbnail(path: str, side: int, *, max_pixels: int) -> tuple[Image.Image, st
     """A picture of the photo at `path` at most `side` pixels across, upright, in RGB, and
     the sha256 of the bytes it was made from: read as `hash_image` reads (no symlink, only
     the allowed formats, within `max_pixels`, JPEGs drafted). Raises an ImageError."""
-    data, _ = _read(path)
+    data, _ = _read(path, max_pixels)
     decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
     image = decoded.image.convert("RGB")
     image.thumbnail((side, side), Image.Resampling.LANCZOS)

@@ -192,15 +192,20 @@ def _small_size(width: int, height: int, side: int) -> tuple[int, int]:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def _open_checked(path: str, expect: FileStat | None) -> tuple[BinaryIO, FileStat, str]:
+def _open_checked(
+    path: str, expect: FileStat | None, max_pixels: int | None = None
+) -> tuple[BinaryIO, FileStat, str]:
     """The file opened safely (never through a symlink), its stat and the sha256 of its bytes,
-    read in chunks; positioned at its start again."""
+    read in chunks; positioned at its start again. With `max_pixels` (an animated GIF or
+    WebP, which Pillow's WebP reader takes into memory whole), a file larger than an image
+    within it is refused unread (`imaging.too_large`)."""
     from dedupd.imaging import (
         ChangedWhileReading,
         EmptyFile,
         Unreadable,
         Vanished,
         open_regular,  # the one safe open
+        too_large,
     )
 
     f = open_regular(path)
@@ -212,6 +217,9 @@ def _open_checked(path: str, expect: FileStat | None) -> tuple[BinaryIO, FileSta
             )
         if stat.size == 0:
             raise EmptyFile(path, "zero bytes")
+        refused = too_large(path, stat.size, max_pixels) if max_pixels is not None else None
+        if refused is not None:
+            raise refused
         digest = hashlib.sha256()
         try:
             while chunk := f.read(_READ_CHUNK):
@@ -446,7 +454,7 @@ def hash_animation(
 
     from dedupd.imaging import CorruptImage, TruncatedImage
 
-    f, stat, sha256 = _open_checked(path, expect)
+    f, stat, sha256 = _open_checked(path, expect, max_pixels)
     with f:
         try:
             image = Image.open(f, formats=("GIF", "WEBP"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from PIL import Image
 from dedupd.actions import Actions
 from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, IndexConfig, load_config
 from dedupd.engine import ScanReport, scan
+from dedupd.hashers import Hasher
+from dedupd.imaging import hash_image
 from dedupd.pool import HasherPool
 from dedupd.scanner import PATH_MAX, Entry, NameFilter, walk
 from dedupd.store import FileRecord, Store
@@ -928,3 +931,45 @@ def test_a_mirrored_copys_match_outlives_a_scan_of_its_folder_alone(tmp_path: Pa
     assert groups(first) == [("coffee.jpg", [("coffee-mirror.jpg", "mirror")])]
     _scan(replace(whole, roots=()).with_roots([root / "edit"]))
     assert groups(_scan(whole)) == groups(first)
+
+
+def _animated_webp() -> bytes:
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "blue", "green")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=500)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["IMG_0001.jpg", "IMG_0002.png", "anim.webp"])
+def test_a_file_too_large_to_be_a_photo_is_refused_unread(name: str, tmp_path: Path) -> None:
+    """A sparse file or a disk image named like a photo (`truncate -s 20G IMG_0001.jpg`: no
+    disk space, no time) was read whole into a worker's memory before any header was looked
+    at (an animated WebP's by Pillow itself): 3 GB took 3 GB and half a minute per worker,
+    one larger than the machine's memory the OOM killer. A file larger than any image within
+    `hashing.max_pixels` can be is now recorded `too_large` without being read, and the
+    photos beside it are hashed."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    photos.copy(photos.photo("coffee"), root / "coffee.jpg")
+    head = _animated_webp() if name.endswith(".webp") else b""
+    with (root / name).open("wb") as f:
+        f.write(head)
+        f.truncate(200 << 20)  # sparse: more than 1 MP * 8 bytes + 64 MiB of metadata
+    report = _scan(_config(tmp_path, root, max_pixels=1_000_000))
+    assert [(os.path.basename(p), f.kind) for p, f in report.failed] == [(name, "too_large")]
+    assert "209715200 bytes, more than an image within max_pixels 1000000" in str(
+        report.failed[0][1].message
+    )
+    assert report.hashed == 1
+    with Store(_config(tmp_path, root).database) as store:
+        record = store.record(str(root), name)
+    assert record is not None and record.state == "error"
+
+
+def test_a_large_max_pixels_costs_no_buffer_of_that_size() -> None:
+    """The read is bounded by the file's own size (plus a byte, to see it grow), never by
+    the limit: a read of `max_pixels` x 8 bytes would ask for that much memory at once (a
+    MemoryError for every photo under a generous limit)."""
+    hasher = Hasher("phash", 16)
+    result = hash_image(str(photos.photo("coffee")), [hasher], max_pixels=10**13)
+    assert (result.width, result.height) == (600, 400)
