@@ -12,6 +12,7 @@ its EPS plugin runs Ghostscript. Every way a file can be bad raises a typed `Ima
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import math
@@ -35,6 +36,7 @@ from dedupd.live import Beside, find_motion, photo_content_id
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+    from PIL.ImageCms import ImageCmsTransform
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -293,7 +295,7 @@ def open_image(
         raise CorruptImage(path, f"cannot decode: {exc}") from exc
     if image.size != decoded_size:
         width, height = height, width  # EXIF said the camera was turned
-    return Decoded(_eight_bit(image), image_format, width, height, from_thumbnail)
+    return Decoded(_eight_bit(_from_lab(image)), image_format, width, height, from_thumbnail)
 
 
 # JPEG start-of-frame markers of sequential Huffman coding (baseline, extended): every 8x8
@@ -352,6 +354,25 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         span = high - low or 1.0
         scaled = np.clip((levels.astype(np.float64) - low) * (255.0 / span) + 0.5, 0, 255)
     return Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8: mode "L"
+
+
+def _from_lab(image: Image.Image) -> Image.Image:
+    """`image` in sRGB when it is in CIELab ("LAB": a TIFF from a scanner, or saved from an
+    editor's Lab mode). Pillow converts Lab to no other mode, and the trim, every hasher and
+    a thumbnail need "L" or "RGB": such a photo was recorded `internal` ("conversion from LAB
+    to RGB not supported")."""
+    if image.mode != "LAB":
+        return image
+    return _lab_to_srgb().apply(image)
+
+
+@functools.cache
+def _lab_to_srgb() -> ImageCmsTransform:
+    from PIL import ImageCms  # here: only a Lab photo needs LittleCMS
+
+    return ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
 
 
 def _recognized(data: bytes | str) -> str | None:

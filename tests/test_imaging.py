@@ -31,6 +31,7 @@ from dedupd.imaging import (
     file_sha256,
     hash_image,
     open_image,
+    thumbnail,
 )
 from dedupd.index import distance
 from tests import photos
@@ -368,6 +369,22 @@ def test_every_allowed_format_decodes_to_the_same_picture(fmt: str, tmp_path: Pa
     assert (result.format, result.width, result.height) == (fmt, 600, 400)
     d = distance(result.hashes[PHASH.key], _hash(photos.photo("coffee")))
     assert d <= 0.05 * PHASH.bits, d
+
+
+def test_a_cielab_tiff_is_hashed_and_shown_as_the_photo_it_holds(tmp_path: Path) -> None:
+    """A TIFF in CIELab (a scanner's, an editor's Lab mode) opens in Pillow's "LAB" mode,
+    which Pillow converts to nothing else: it was recorded `internal` ("conversion from LAB
+    to RGB not supported") and the review page could not show it. It is converted to sRGB
+    and hashes as its RGB original does."""
+    path = tmp_path / "scan.tif"
+    with Image.open(photos.photo("coffee")) as im:
+        im.convert("RGB").convert("LAB").save(path)
+    result = hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
+    assert (result.format, result.width, result.height) == ("TIFF", 600, 400)
+    d = distance(result.hashes[PHASH.key], _hash(photos.photo("coffee")))
+    assert d <= 0.02 * PHASH.bits, d
+    picture, _ = thumbnail(str(path), 100, max_pixels=MAX_PIXELS)
+    assert (picture.mode, picture.size) == ("RGB", (100, 67))
 
 
 def test_a_file_behind_a_symlinked_folder_is_never_read(tmp_path: Path) -> None:
