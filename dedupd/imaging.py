@@ -342,17 +342,24 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 
     levels = np.asarray(image)
     if image.mode.startswith("I;16"):
-        scaled = levels.astype(np.uint16) >> 8
-    else:
-        low, high = float(levels.min()), float(levels.max())
-        if image.mode == "F" and low >= 0.0 and high <= 1.0:
-            low, high = 0.0, 1.0
-        elif low >= 0.0 and high <= 255.0:
-            low, high = 0.0, 255.0
-        elif low >= 0.0 and high <= 65535.0:
-            low, high = 0.0, 65535.0
-        span = high - low or 1.0
-        scaled = np.clip((levels.astype(np.float64) - low) * (255.0 / span) + 0.5, 0, 255)
+        return Image.fromarray((levels.astype(np.uint16) >> 8).astype(np.uint8))  # mode "L"
+    low, high = float(levels.min()), float(levels.max())
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    elif low >= 0.0 and high <= 255.0:
+        low, high = 0.0, 255.0
+    elif low >= 0.0 and high <= 65535.0:
+        low, high = 0.0, 65535.0
+    span = high - low or 1.0
+    # In float32 and in place: float64 and a temporary array a step took 24 bytes a
+    # pixel beside Pillow's own 4 (a 1 MB deflated 169 MP TIFF: 3.9 GB in a worker).
+    # float32's 24-bit mantissa is far finer than the 8 bits kept.
+    scaled = levels.astype(np.float32)
+    del levels
+    scaled -= low
+    scaled *= 255.0 / span
+    scaled += 0.5
+    np.clip(scaled, 0, 255, out=scaled)
     return Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8: mode "L"
 
 
