@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "MAX_MOTION_BYTES",
     "MOTION_SUFFIXES",
     "Beside",
     "Motion",
@@ -58,6 +59,11 @@ _APPLE_CONTENT_ID = 0x0011
 _MAX_ATOMS = 4096  # atoms walked in one file before giving up: a hostile file cannot loop us
 _MAX_META = 1 << 20  # bytes of a `meta` atom read at most; Apple's are a few hundred
 _MAX_ID = 256  # an identifier is a UUID (36 characters); anything far longer is not one
+# A motion file is some 3 s of video: a few MB (an iPhone's 4K HDR ones under 20 MB). A larger
+# movie by the still's name is a video of its own (another phone's IMG_1234.MOV), never paired:
+# the still's worker reads its motion file whole for its sha256, and a large one made the
+# still itself `timeout`, for good, on a slow disk or with a sparse file.
+MAX_MOTION_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +361,8 @@ def find_motion(path: str, photo_id: str | None) -> Beside | None:
     by_name = tuple(
         (n, movies[n][0]) for n in motion_names_beside(photo, movies) if n in movies
     )
-    name = pair(photo, photo_id, ((n, c) for n, (_, c) in movies.items()))
+    candidates = ((n, c) for n, (st, c) in movies.items() if st.size <= MAX_MOTION_BYTES)
+    name = pair(photo, photo_id, candidates)
     if name is None:
         return Beside(None, by_name)
     read = _sha256_and_stat(os.path.join(folder, name))

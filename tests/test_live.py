@@ -240,6 +240,31 @@ def test_pairing_by_stem_without_identifiers(tmp_path: Path) -> None:
         assert motion is not None and motion.relpath == "IMG_0003.MOV"
 
 
+def test_a_video_too_large_to_be_a_motion_file_is_not_paired_nor_read_for_the_still(
+    tmp_path: Path,
+) -> None:
+    """Another phone's IMG_1234.MOV (a video of its own) beside this phone's IMG_1234.JPG was
+    paired by stem, and the still's worker read it whole for its sha256: a large one (a long
+    video on a slow disk; a sparse file here) made the still itself `timeout`, never hashed
+    while it was there. A movie larger than a motion file can be is no pair: the still is
+    hashed, and moves alone (the movie was seen beside it, so it does not stop the move)."""
+    root = tmp_path / "photos"
+    write_still(root / "IMG_1234.JPG", photos.photo("rocket"), None)
+    write_mov(root / "IMG_1234.MOV", None)
+    with (root / "IMG_1234.MOV").open("r+b") as f:
+        f.truncate(64 << 30)  # sparse: no disk, but minutes to read
+    config = _config(tmp_path, root)
+    config = replace(config, hashing=replace(config.hashing, timeout=3.0))
+    with Store(config.database) as store:
+        report = scan(config, store)
+        assert [os.path.basename(p) for p, _ in report.failed] == ["IMG_1234.MOV"]  # its own
+        still = store.file_at(root.resolve() / "IMG_1234.JPG")
+        assert still is not None and still.state == "ok"
+        assert store.motion_of(still.id) is None
+        Actions(store, tmp_path / "q").quarantine(still, None, 0, "t")
+    assert sorted(p.name for p in root.iterdir()) == ["IMG_1234.MOV"]
+
+
 # -- moving together -------------------------------------------------------------------------
 
 
