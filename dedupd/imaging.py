@@ -335,7 +335,7 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     clips at 255, which turns such a photo into a white frame with its darkest pixels: a hash
     of nothing like it. 32-bit integer and float images (rare TIFFs) are scaled from the range
     their levels say (0-255 kept as is, 0-65535 as 16-bit, 0.0-1.0 for floats, else their
-    own minimum to maximum)."""
+    own minimum to maximum; a float's NaN and infinities count as its extremes)."""
     if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
         return image
     import numpy as np
@@ -343,7 +343,21 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     levels = np.asarray(image)
     if image.mode.startswith("I;16"):
         return Image.fromarray((levels.astype(np.uint16) >> 8).astype(np.uint8))  # mode "L"
-    low, high = float(levels.min()), float(levels.max())
+    # In float32 and in place: float64 and a temporary array a step took 24 bytes a pixel
+    # beside Pillow's own 4 (a 1 MB deflated 169 MP TIFF: 3.9 GB in a worker). float32's
+    # 24-bit mantissa is far finer than the 8 bits kept.
+    scaled = levels.astype(np.float32)
+    del levels
+    finite = np.isfinite(scaled) if image.mode == "F" else None
+    if finite is not None and not finite.all():
+        # A float TIFF's "no data" pixels (NaN) or an HDR merge's infinities made every level
+        # NaN: a black frame, whatever the photo. They take the picture's darkest and
+        # brightest levels instead.
+        present = scaled[finite]
+        lo, hi = (float(present.min()), float(present.max())) if present.size else (0.0, 0.0)
+        del present
+        np.nan_to_num(scaled, copy=False, nan=lo, posinf=hi, neginf=lo)
+    low, high = float(scaled.min()), float(scaled.max())
     if image.mode == "F" and low >= 0.0 and high <= 1.0:
         low, high = 0.0, 1.0
     elif low >= 0.0 and high <= 255.0:
@@ -351,11 +365,6 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     elif low >= 0.0 and high <= 65535.0:
         low, high = 0.0, 65535.0
     span = high - low or 1.0
-    # In float32 and in place: float64 and a temporary array a step took 24 bytes a
-    # pixel beside Pillow's own 4 (a 1 MB deflated 169 MP TIFF: 3.9 GB in a worker).
-    # float32's 24-bit mantissa is far finer than the 8 bits kept.
-    scaled = levels.astype(np.float32)
-    del levels
     scaled -= low
     scaled *= 255.0 / span
     scaled += 0.5

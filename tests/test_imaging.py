@@ -180,6 +180,24 @@ def test_a_greyscale_photo_of_more_than_8_bits_hashes_like_its_8_bit_copy(
     assert result.features is not None and len(result.features.points) > 100 * 8
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_float_tiff_with_no_data_pixels_hashes_as_its_picture(tmp_path: Path, bad: float) -> None:
+    """A float TIFF's "no data" pixels (NaN) or an HDR merge's infinities made every level
+    NaN when scaled to 8 bits: the photo was hashed as a black frame and recorded `ok`.
+    A few such pixels now take the picture's extreme levels and the rest is the photo."""
+    import numpy as np
+
+    with Image.open(photos.photo("coffee")) as im:
+        gray = np.asarray(im.convert("L"))
+    original, wide = tmp_path / "gray.png", tmp_path / "hdr.tif"
+    Image.fromarray(gray).save(original)
+    levels = gray.astype(np.float32) / 255.0
+    levels[:3, :3] = bad
+    Image.fromarray(levels, "F").save(wide)
+    d = distance(_hash(wide), _hash(original))
+    assert d <= 0.02 * PHASH.bits, d
+
+
 @pytest.mark.parametrize("mode", ["I", "F"])
 def test_a_32_bit_tiff_is_scaled_to_8_bits_without_a_float64_copy(
     tmp_path: Path, mode: str
