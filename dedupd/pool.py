@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -147,6 +148,11 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
     # records it; the wake-up pipe ends a wait that the signal would otherwise only resume.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A decoder's warnings (Pillow's "Corrupt EXIF data" on a photo's odd EXIF, numpy's)
+    # went to stderr as bare text, naming no file, between the JSON lines of the log
+    # (journald; `dedupd scan --log-level info 2>&1 | jq` stopped at the first). What a
+    # worker finds wrong with a file is its result: a recorded error, or nothing.
+    warnings.simplefilter("ignore")
     woken, wake = os.pipe()
     os.set_blocking(woken, False)
     os.set_blocking(wake, False)

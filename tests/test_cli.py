@@ -7,6 +7,8 @@ import json
 import os
 import random
 import re
+import struct
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -528,6 +530,42 @@ def test_json_log_lines_carry_the_exception_that_log_exception_reports(
     assert line["exception"].startswith("Traceback (most recent call last):")
     assert line["exception"].rstrip().endswith("RuntimeError: database is locked")
     assert "exc_info" not in line
+
+
+def _jpeg_with_odd_exif() -> bytes:
+    """A JPEG whose EXIF has a tag claiming more data than the file holds: Pillow skips it
+    with a UserWarning (many phones' and editors' files have some such tag)."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x010E, 2, 0x7FFFFFFF, 8) + bytes(4)
+    app1 = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+    buf = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def test_the_log_on_stderr_is_json_lines_only_whatever_a_decoder_warns(tmp_path: Path) -> None:
+    """Off a terminal the log is JSON lines (journald, `2>&1 | jq`), and a photo's odd EXIF
+    put a bare Python warning from the worker among them ("UserWarning: Tag data larger
+    than file", two lines, no file named), which stopped a JSON reader there."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "odd.jpg").write_bytes(_jpeg_with_odd_exif())
+    database = str(tmp_path / "d.db")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "dedupd", "scan", str(root), "--database", database),
+            *("--log-level", "info", "--workers", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert line.startswith("{"), line
+        json.loads(line)
 
 
 class _Terminal(io.StringIO):
