@@ -68,6 +68,9 @@ class HashedImage:
     live: Beside | None = None
     # True when the hashes come from an embedded thumbnail (HEIC), not a full decode.
     thumbnail: bool = False
+    # The share of the frame's area the trim cut off (uniform borders: a letterbox, a
+    # screenshot's canvas); 0.0 when it cut nothing.
+    framed: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

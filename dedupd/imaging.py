@@ -180,11 +180,14 @@ def too_large(path: str, size: int, max_pixels: int) -> TooLarge | None:
     )
 
 
-def _read(path: str, max_pixels: int) -> tuple[bytes, FileStat]:
+def _read(path: str, max_pixels: int, max_bytes: int | None = None) -> tuple[bytes, FileStat]:
+    """The file's bytes and stat, read whole; `max_bytes` bounds it further (a thumbnail)."""
     try:
         with open_regular(path) as f:
             before = FileStat.of(os.fstat(f.fileno()))
             refused = too_large(path, before.size, max_pixels)
+            if refused is None and max_bytes is not None and before.size > max_bytes:
+                refused = TooLarge(path, f"{before.size} bytes, more than {max_bytes}; not read")
             if refused is not None:
                 raise refused
             # a byte more than it had tells that it grew: never more, whatever it grows to
@@ -626,13 +629,14 @@ def hash_image(
     decoded = open_image(
         data, path, draft_side=side, max_pixels=max_pixels, thumbnail_side=thumbnail_side
     )
-    trimmed, gray = decoded.image, None
+    trimmed, gray, framed = decoded.image, None, 0.0
     if trim:
         # The luminance the trim measures is what the "L" hashers are given (a crop of the
         # converted image is the conversion of the crop): converted once.
         gray = trimmed if trimmed.mode == "L" else trimmed.convert("L")
         box = border_box(gray, decoded.width)
         if box is not None:
+            framed = 1.0 - (box[2] - box[0]) * (box[3] - box[1]) / (gray.width * gray.height)
             trimmed, gray = trimmed.crop(box), gray.crop(box)
     small: dict[tuple[str, int | None], Image.Image] = {}
 
@@ -661,6 +665,7 @@ def hash_image(
         features=_features_step(trimmed, gray) if features else None,
         live=_live(path, decoded) if live_photos else None,
         thumbnail=decoded.thumbnail,
+        framed=framed,
     )
 
 
@@ -711,11 +716,14 @@ def _pdq_step(image: Image.Image, rating: Sequence[Hasher], *, variants: bool) -
     )
 
 
-def thumbnail(path: str, side: int, *, max_pixels: int) -> tuple[Image.Image, str]:
+def thumbnail(
+    path: str, side: int, *, max_pixels: int, max_bytes: int | None = None
+) -> tuple[Image.Image, str]:
     """A picture of the photo at `path` at most `side` pixels across, upright, in RGB, and
     the sha256 of the bytes it was made from: read as `hash_image` reads (no symlink, only
-    the allowed formats, within `max_pixels`, JPEGs drafted). Raises an ImageError."""
-    data, _ = _read(path, max_pixels)
+    the allowed formats, within `max_pixels`, JPEGs drafted), and not at all when the file
+    now holds more than `max_bytes`. Raises an ImageError."""
+    data, _ = _read(path, max_pixels, max_bytes)
     decoded = open_image(data, path, draft_side=side, max_pixels=max_pixels)
     image = decoded.image.convert("RGB")
     image.thumbnail((side, side), Image.Resampling.LANCZOS)

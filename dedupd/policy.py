@@ -110,13 +110,28 @@ def _prefer_folders(rule: PreferFolders) -> _Key:
     return key
 
 
+# A copy whose frame is this much uniform border (a letterbox, a phone's screenshot of the
+# photo: `FileRecord.framed`) is made from the photo it shows, never the other way round: it
+# is never kept over a copy without one, whatever the keep rules say. Its canvas counts as
+# resolution, and a screenshot's PNG outweighs the JPEG, so `highest_resolution` and
+# `largest_file` alone kept a screenshot and quarantined the camera's original. Measured:
+# the test photos' phone screenshots are 54-69% border; none of bench/accuracy.py's 21
+# photos (a retina scan on black, a text page, the moon) has any the trim takes.
+FRAMED = 0.05
+
+
+def _bordered(r: FileRecord) -> bool:
+    return r.framed >= FRAMED
+
+
 def _keys(files: Sequence[FileRecord], rules: Sequence[Keep]) -> list[tuple[object, ...]]:
-    """Each file's sort key under `rules` (no tie-break)."""
+    """Each file's sort key under `rules` (no tie-break), a bordered copy (`FRAMED`) after
+    any without border first."""
     fitted = [
         _prefer_folders(rule) if isinstance(rule, PreferFolders) else KEEP_RULES[rule](files)
         for rule in rules
     ]
-    return [tuple(key(r) for key in fitted) for r in files]
+    return [(_bordered(r), *(key(r) for key in fitted)) for r in files]
 
 
 def rank(files: Sequence[FileRecord], rules: Sequence[Keep]) -> list[FileRecord]:

@@ -313,6 +313,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE undecided_14 RENAME TO undecided;
     CREATE INDEX undecided_seq ON undecided (seq);
     """,
+    # 14 → 15: how much of a photo's frame is uniform border (a letterboxed or screenshotted
+    # copy): such a copy is never kept over the photo itself (`policy.rank`).
+    """
+    ALTER TABLE files ADD COLUMN framed REAL NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -454,6 +459,9 @@ class FileRecord:
     first_seen: float
     updated: float
     duration: float | None = None  # seconds, for a clip
+    # The share of its frame that is uniform border around the picture (`HashedImage.framed`);
+    # 0.0 also for a photo recorded before dedupd measured it.
+    framed: float = 0.0
 
     @property
     def path(self) -> Path:
@@ -1122,6 +1130,7 @@ class Store:
             error=None,
             updated=self._now(),
             thumbnail=int(image.thumbnail),
+            framed=image.framed,
         )
         with self._write():
             file_id = self._write_file(root, relpath, values)
@@ -1164,6 +1173,7 @@ class Store:
             format=clip.format,
             taken_at=clip.taken_at,
             duration=clip.duration,
+            framed=0.0,
             state="ok",
             error_kind=None,
             error=None,
@@ -1239,6 +1249,7 @@ class Store:
             format=None,
             taken_at=None,
             duration=None,
+            framed=0.0,
             state="error",
             error_kind=kind,
             error=message,

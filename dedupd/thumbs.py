@@ -103,7 +103,10 @@ class Thumbnails:
                 return cached.read_bytes()
             except OSError:
                 pass
-        image, read = imaging.thumbnail(path, self.side, max_pixels=self.max_pixels)
+        # The size recorded is checked above; the file may have grown since (replaced).
+        image, read = imaging.thumbnail(
+            path, self.side, max_pixels=self.max_pixels, max_bytes=MAX_SOURCE_BYTES
+        )
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=82)
         data = out.getvalue()

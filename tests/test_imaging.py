@@ -742,3 +742,19 @@ def test_a_jpeg_whose_header_claims_far_more_picture_than_it_holds_is_truncated(
             flat, "JPEG", quality=1, optimize=True
         )
         assert hash_image(str(flat), [PHASH], max_pixels=MAX_PIXELS).width == size[0]
+
+
+@pytest.mark.parametrize("name", photos.PHOTOS)
+def test_the_share_of_border_is_measured_on_copies_and_none_on_photos(
+    name: str, tmp_path: Path
+) -> None:
+    """`framed`: a photo has none (the keep rules then never count it as a copy); its phone
+    screenshot (canvas around it) is mostly border."""
+    from dedupd.policy import FRAMED
+
+    source = photos.photo(name)
+    shot = photos.screenshot(source, tmp_path / "shot.png", status_bar=True)
+    plain = hash_image(str(source), [PHASH], max_pixels=MAX_PIXELS, features=False)
+    framed = hash_image(str(shot), [PHASH], max_pixels=MAX_PIXELS, features=False)
+    assert plain.framed == 0.0
+    assert framed.framed >= 0.5 > FRAMED

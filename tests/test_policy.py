@@ -189,6 +189,22 @@ def test_rank_highest_resolution_prefers_more_pixels() -> None:
     assert rank([square, wide], ["highest_resolution"]) == [square, wide]
 
 
+@pytest.mark.parametrize("rules", [list(KEEP_RULES), ["highest_resolution", "largest_file"]])
+def test_a_copy_framed_in_borders_is_never_kept_over_one_without(rules: list[KeepRule]) -> None:
+    """A phone's screenshot of a photo (its canvas counts as pixels, its PNG as bytes) or a
+    letterboxed copy ranks after the photo whatever the keep rules; a thin border does not
+    count, and two bordered copies are ranked by the rules."""
+    photo = record("IMG_0002.jpg", width=1000, height=872, size=200_000)
+    shot = replace(
+        record("Screenshot_1.png", width=1170, height=2532, size=900_000), framed=0.69
+    )
+    assert rank([shot, photo], rules) == [photo, shot]
+    thin = replace(shot, id=shot.id + 1000, framed=0.01)
+    assert rank([thin, photo], ["highest_resolution"]) == [thin, photo]
+    small_shot = replace(shot, id=shot.id + 2000, width=500, framed=0.5)
+    assert rank([small_shot, shot], ["highest_resolution"]) == [shot, small_shot]
+
+
 def test_rank_highest_resolution_treats_unknown_size_as_smallest() -> None:
     """Keep rule highest_resolution: a file without dimensions ranks below one with them."""
     unknown = record("unknown.jpg", width=None, height=None)

@@ -973,3 +973,37 @@ def test_a_large_max_pixels_costs_no_buffer_of_that_size() -> None:
     hasher = Hasher("phash", 16)
     result = hash_image(str(photos.photo("coffee")), [hasher], max_pixels=10**13)
     assert (result.width, result.height) == (600, 400)
+
+
+@pytest.mark.parametrize("act_on_existing", [False, True])
+def test_a_letterboxed_copy_is_never_kept_over_the_photo(
+    tmp_path: Path, act_on_existing: bool
+) -> None:
+    """A letterboxed copy of a photo (as a chat app or an editor's square export makes it)
+    arrives first, then the camera's original. The copy has more pixels (its bars) and more
+    bytes: by the keep rules alone it was kept and the original quarantined. Its borders make
+    it the copy: the original stays, and the copy moves when the policy may act on an older
+    file."""
+    from dedupd.config import Policy
+    from dedupd.policy import FRAMED
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    with Image.open(photos.photo("rocket")) as im:  # 640x427, in a 640x640 square
+        square = Image.new("RGB", (im.width, im.width), "black")
+        square.paste(im.convert("RGB"), (0, (im.width - im.height) // 2))
+        square.save(root / "rocket-square.jpg", quality=95)
+    policy = Policy(near="quarantine", act_on_existing=act_on_existing)
+    config = replace(_config(tmp_path, root), policies={DEFAULT_POLICY: policy})
+    with Store(config.database) as store:
+        scan(config, store, actions=Actions(store, tmp_path / "quarantine"))
+        photos.copy(photos.photo("rocket"), root / "IMG_0002.jpg")
+        report = scan(config, store, actions=Actions(store, tmp_path / "quarantine"))
+        square_record = store.file_at(root / "rocket-square.jpg")
+    assert square_record is not None and square_record.framed >= FRAMED
+    assert (root / "IMG_0002.jpg").exists()
+    ((outcome),) = report.outcomes
+    keeper, target = outcome.decision.keeper, outcome.decision.target
+    assert keeper is not None and keeper.path.name == "IMG_0002.jpg"
+    assert target is not None and target.path.name == "rocket-square.jpg"
+    assert (root / "rocket-square.jpg").exists() != act_on_existing
