@@ -242,8 +242,13 @@ class Daemon:
                 "errors": self.stats.errors,
                 "acted": self.stats.acted,
                 "reported": self.stats.reported,
+                "failed": self.stats.failed,
                 "rescans": self.stats.rescans,
             },
+            "recent_failures": [
+                {"path": path, "action": action, "result": result}
+                for path, action, result in list(self.stats.failures)
+            ],
             "recent_errors": [
                 {"path": str(r.path), "kind": r.error_kind, "error": r.error} for r in recent
             ],
@@ -505,7 +510,8 @@ class Daemon:
             + f"{len(self.ingest.index)} indexed, "
             f"{self.pipeline.queued()} queued, {self._in_flight()} hashing, "
             f"{len(self.pipeline.settler)} settling, {self.stats.hashed} hashed, "
-            f"{self.stats.acted} acted on, {self.stats.errors} errors"
+            f"{self.stats.acted} acted on, {self.stats.failed} actions failed, "
+            f"{self.stats.errors} errors"
             + ("; " + "; ".join(degraded) if degraded else "")
         )
 

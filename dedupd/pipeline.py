@@ -14,7 +14,7 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from stat import S_ISREG
 from typing import Any
 
@@ -53,7 +53,10 @@ class Counts:
     errors: int = 0
     acted: int = 0
     reported: int = 0
+    failed: int = 0  # decisions to act whose action failed (retried by the next start)
     rescans: int = 0
+    # The latest failed actions, newest last: (path, action, what came of it).
+    failures: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=10))
 
 
 class Backlog:
@@ -435,5 +438,11 @@ class Pipeline:
         if outcome.decision.action != "none":
             if outcome.result == "done":
                 self.counts.acted += 1
+            elif outcome.result.startswith("failed"):
+                # Never counted as reported: the policy said to act and nothing moved (a
+                # read-only quarantine, a full disk); status names it until a restart.
+                self.counts.failed += 1
+                action = str(outcome.decision.action)
+                self.counts.failures.append((outcome.path, action, outcome.result))
             else:
                 self.counts.reported += 1

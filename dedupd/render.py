@@ -208,7 +208,8 @@ def status(s: dict[str, Any]) -> str:
         f"queue     {queue['backlog']} to hash, {queue['hashing']} hashing, "
         f"{queue['settling']} settling",
         f"done      {s['stats']['hashed']} hashed, {s['stats']['acted']} acted on, "
-        f"{s['stats']['errors']} errors since start",
+        + (f"{s['stats']['failed']} actions failed, " if s["stats"].get("failed") else "")
+        + f"{s['stats']['errors']} errors since start",
     ]
     lines += [
         f"root      {shown(r['path'])}  {r['state']}  policy {shown(r['policy'])}"
@@ -217,6 +218,10 @@ def status(s: dict[str, Any]) -> str:
     lines += [
         f"error     {shown(e['path'])}: {e['kind']}: {shown(e['error'])}"
         for e in s["recent_errors"]
+    ]
+    lines += [  # answers from an older daemon have none
+        f"failed    {f['action']} {shown(f['path'])}: {shown(f['result'])}"
+        for f in s.get("recent_failures", [])
     ]
     return "\n".join(lines)
 

@@ -1720,3 +1720,29 @@ def test_the_watchdog_is_fed_while_the_crop_stage_waits_for_the_crop_index(
         crop = store.file_at(env.root / "coffee-crop.jpg")
         assert crop is not None
         assert [m.kind for m in store.matches_of(crop.id, FEATURES_KEY)] == ["crop"]
+
+
+def test_a_failed_quarantine_shows_in_the_status_not_as_a_report(env: Env) -> None:
+    """The policy says quarantine and nothing can move (the quarantine folder is not a
+    folder: as a read-only one under a service's sandbox): `dedupctl status` says so, with
+    the photo and why, instead of counting it reported with "0 errors"."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupctl
+    from dedupd.render import status as status_text
+
+    env.quarantine.write_text("not a folder")
+    photos.copy(photos.photo("coffee"), env.root / "coffee.jpg")
+    photos.reencode(photos.photo("coffee"), env.root / "coffee-wa.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
+        wait_for(lambda: daemon.stats.failed == 1, what="the failed quarantine counted")
+        answer = daemon.status()
+        table = CliRunner().invoke(dedupctl, ["--config", str(env.config), "status"])
+    assert (answer["stats"]["failed"], answer["stats"]["reported"]) == (1, 0)
+    ((failure),) = answer["recent_failures"]
+    assert (failure["path"], failure["action"]) == (str(env.root / "coffee-wa.jpg"), "quarantine")
+    assert failure["result"].startswith("failed")
+    assert "1 actions failed" in table.stdout
+    assert f"failed    quarantine {env.root / 'coffee-wa.jpg'}: failed" in status_text(answer)
+    assert env.state(env.root / "coffee-wa.jpg") == "ok"
