@@ -382,10 +382,11 @@ def install_service_command(
         shown = config or (units.SYSTEM_CONFIG if kind == "system" else find_config(None))
         exists = shown is not None and shown.is_file()
         paths = [p.expanduser().absolute() for p in read_write]
+        quarantine = None
         if kind == "system" and not paths and exists and shown is not None:
             loaded = load_config(shown)
-            paths = [r.path for r in loaded.roots]
-            paths += [loaded.quarantine.path] if loaded.quarantine.path else []
+            quarantine = loaded.quarantine.path
+            paths = units.writable([r.path for r in loaded.roots], quarantine)
         command = units.dedupd_command()
         text = units.render_unit(kind, command, config=config, read_write=paths)
         if kind == "system" and units.in_a_home(Path(command[0])):
@@ -401,6 +402,7 @@ def install_service_command(
             config_exists=exists,
             read_write=paths,
             earlier_database=units.earlier_user_database() if kind == "user" else None,
+            quarantine=quarantine if quarantine in paths else None,
         )
         if print_only:
             click.echo(text, nl=False)

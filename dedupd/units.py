@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,6 +198,18 @@ def _user_database(env: dict[str, str] | None = None) -> Path:
     return default_database_path({k: v for k, v in env.items() if k != "STATE_DIRECTORY"})
 
 
+def writable(roots: Sequence[Path], quarantine: Path | None) -> list[Path]:
+    """The system unit's ReadWritePaths=: the roots and the quarantine, but a quarantine
+    inside a root not again. systemd makes each entry a mount of its own in the sandbox, and
+    rename(2) fails between two mounts (EXDEV) even of one filesystem: a quarantine listed
+    apart from the root it lies in made every quarantine a copy, and every restore a new
+    file owned by dedupd."""
+    paths = list(roots)
+    if quarantine is not None and not any(quarantine.is_relative_to(r) for r in roots):
+        paths.append(quarantine)
+    return paths
+
+
 def next_steps(
     scope: Scope,
     *,
@@ -204,8 +217,10 @@ def next_steps(
     config_exists: bool,
     read_write: Sequence[Path],
     earlier_database: Path | None = None,
+    quarantine: Path | None = None,
 ) -> list[str]:
-    """The commands to run after the unit is written, in order, with why as comments."""
+    """The commands to run after the unit is written, in order, with why as comments.
+    `quarantine`: the config's, when the unit lists it apart from the roots."""
     if scope == "user":
         target = config or Path("~/.config/dedupd/dedupd.yaml")
         steps = [] if config_exists else [
@@ -234,9 +249,23 @@ def next_steps(
     ]
     if not config_exists:
         steps.append(f"sudo install -Dm644 config/dedupd.yaml {target}   # then edit its roots")
-    writable = " ".join(str(p) for p in read_write) if read_write else "<your roots>"
+    if quarantine is not None:
+        shown = shlex.quote(str(quarantine))
+        if not quarantine.exists():
+            steps.append(
+                f"sudo install -d -o dedupd -g dedupd -m 0750 {shown}   # systemd will not "
+                "start a unit whose ReadWritePaths= folder is missing, and the service may "
+                "not create it"
+            )
+        steps.append(
+            f"# {shown} is a mount of its own in the service's sandbox: photos are copied "
+            "into it and back, and a restored photo then belongs to dedupd. A quarantine "
+            "inside a root, or one --read-write folder holding the roots and it, keeps "
+            "moves as renames"
+        )
+    listed = " ".join(str(p) for p in read_write) if read_write else "<your roots>"
     steps += [
-        f"# the dedupd user needs write access to {writable}: group dedupd, or "
+        f"# the dedupd user needs write access to {listed}: group dedupd, or "
         "sudo setfacl -R -m u:dedupd:rwX -m d:u:dedupd:rwX <folder>",
         "sudo systemctl daemon-reload",
         "sudo systemctl enable --now dedupd",

@@ -260,3 +260,34 @@ def test_a_database_the_earlier_user_unit_kept_in_config_is_moved_first(tmp_path
     (now / "dedupd.db").write_bytes(b"")
     out, _ = _install(tmp_path, "--user")
     assert "mv " not in out
+
+
+def test_a_quarantine_inside_a_root_is_not_a_mount_of_its_own(tmp_path: Path) -> None:
+    """systemd makes each ReadWritePaths= entry a mount of its own, and a rename between two
+    mounts fails: a quarantine inside a root is not listed again (moves stay renames)."""
+    config = tmp_path / "dedupd.yaml"
+    uploads = tmp_path / "photos"
+    config.write_text(
+        f"roots:\n  - {{path: {uploads}}}\nquarantine: {{path: {uploads / '.q'}}}\n"
+    )
+    out, err = _install(tmp_path, "--system", "--print", "--config", str(config))
+    assert shlex.split(_values(out)["ReadWritePaths"][0]) == [str(uploads)]
+    assert "install -d" not in err and "mount of its own" not in err
+
+
+def test_a_quarantine_apart_from_the_roots_is_made_first_and_its_copies_explained(
+    tmp_path: Path,
+) -> None:
+    """A missing ReadWritePaths= folder keeps the unit from starting, and the sandbox's
+    read-only system keeps the service from making it: the next steps make it, owned by
+    dedupd, and say that photos are copied into it (a restored one then belongs to dedupd)."""
+    config = tmp_path / "dedupd.yaml"
+    uploads, quarantine = tmp_path / "photos", tmp_path / "quarantine"
+    config.write_text(f"roots:\n  - {{path: {uploads}}}\nquarantine: {{path: {quarantine}}}\n")
+    out, err = _install(tmp_path, "--system", "--print", "--config", str(config))
+    assert shlex.split(_values(out)["ReadWritePaths"][0]) == [str(uploads), str(quarantine)]
+    assert f"sudo install -d -o dedupd -g dedupd -m 0750 {quarantine}" in err
+    assert "mount of its own" in err
+    quarantine.mkdir()
+    _, again = _install(tmp_path, "--system", "--print", "--config", str(config))
+    assert "install -d" not in again and "mount of its own" in again
