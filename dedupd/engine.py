@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +111,9 @@ class Member:
     kind: MatchKind
     transform: Transform = "identity"  # the member is the keeper rotated/mirrored so
     detail: dict[str, Any] | None = None  # a crop's: kept area, fit, which file is the crop
+    # Not matched with the keeper itself but with this other member (a crop of a near copy):
+    # `kind`, `distance`, `transform` and `detail` are of that match.
+    via: FileRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1548,6 +1551,30 @@ def scan(
     return report
 
 
+def _linked(
+    r: FileRecord,
+    others: Sequence[FileRecord],
+    edges: Mapping[tuple[int, int], tuple[int, Transform, MatchKind]],
+    crops: Mapping[tuple[int, int], tuple[int, dict[str, Any]]],
+    hasher: Hasher,
+) -> Member:
+    """A group member matched with the keeper only through other members: listed with its
+    own match with one of them (the nearest), not as a near copy of the keeper at whatever
+    distance their hashes are (a crop of a near copy read "near 134/256")."""
+    found: list[Member] = []
+    for o in others:
+        if (o.id, r.id) in edges or (r.id, o.id) in edges:
+            d, t, kind = edges.get((o.id, r.id)) or edges[r.id, o.id]
+            kind = "near" if kind == "exact" and o.sha256 != r.sha256 else kind
+            found.append(Member(r, d, kind, t if o.id < r.id else INVERSE[t], via=o))
+        elif (pair := (min(o.id, r.id), max(o.id, r.id))) in crops:
+            d, detail = crops[pair]
+            found.append(Member(r, d, "crop", detail=detail, via=o))
+    if not found:  # linked through members that are not listed (cannot happen: connected)
+        return Member(r, hasher.bits, "near")
+    return min(found, key=lambda m: (m.kind == "crop", m.distance, str(m.via and m.via.path)))
+
+
 def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list[Group]:
     """Connected groups of matching files, keeper first: a file of a `reference` root when
     the group has one (such files are always the keeper), then by the keep rules.
@@ -1555,8 +1582,6 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
     What the user decided is not listed: a pair marked distinct is no link, so a group held
     together only by it splits; a photo restored from quarantine is no duplicate of its
     keeper nor of a copy of the same bytes (restoring said "keep this")."""
-    from dedupd.index import distance
-
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
     # (a, b) → (distance, transform, kind), b = transform(a); photos' and clips' matches
     clips = video_key(hasher, config.hashing.video_fps)
@@ -1613,7 +1638,6 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
         keeper, *rest = (
             rank(reference, keep_rules) + rank(framed, keep_rules) + rank(crops_only, keep_rules)
         )
-        keeper_bits = store.hash_of(keeper.id, hasher.key)
         dups = []
         for r in rest:
             if r.sha256 == keeper.sha256:
@@ -1628,9 +1652,7 @@ def duplicate_groups(store: Store, config: Config, roots: Sequence[str]) -> list
                 d, detail = crops[pair]
                 dups.append(Member(r, d, "crop", detail=detail))
             else:
-                bits = store.hash_of(r.id, hasher.key)
-                d = distance(keeper_bits, bits) if keeper_bits and bits else hasher.bits
-                dups.append(Member(r, d, "near"))
+                dups.append(_linked(r, [m for m in rest if m is not r], edges, crops, hasher))
         dups.sort(key=lambda m: (m.distance, str(m.record.path)))
         groups.append(Group(keeper, tuple(dups)))
     return sorted(groups, key=lambda g: str(g.keeper.path))

@@ -73,6 +73,7 @@ def groups_json(found: Sequence[Group], bits: int) -> dict[str, Any]:
                         kind=m.kind,
                         transform=m.transform,
                         **({"detail": m.detail} if m.detail is not None else {}),
+                        **({"via": str(m.via.path)} if m.via is not None else {}),
                     )
                     for m in g.duplicates
                 ],

@@ -107,12 +107,16 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
         lines.append(f"\n{shown(k['path'])}  {_pixels(k)}  {size(k['size'])}  keeper")
         for m in g["duplicates"]:
             exact = m["kind"] == "exact"
+            # Matched with another member, not with the keeper (a crop of a near copy):
+            # that match is shown, and with which file.
+            via = m.get("via")
             if m["kind"] == "crop":
-                how = _crop(m, m["id"], "the keeper")
+                how = _crop(m, m["id"], shown(via) if via else "the keeper")
             else:
                 near = f"near {m['distance']}/{bits} ({m['distance'] / bits:.3f})"
                 how = _clip(m, bits) or ("exact" if exact else near) + _turned(m)
-            mark = "=" if exact else "#" if m["kind"] == "crop" else "~"
+                how += f" of {shown(via)}" if via else ""
+            mark = "=" if exact and not via else "#" if m["kind"] == "crop" else "~"
             lines.append(f"  {mark} {shown(m['path'])}  {_pixels(m)}  {size(m['size'])}  {how}")
     return "\n".join(lines)
 

@@ -181,3 +181,38 @@ def test_closing_an_ingest_cancels_its_crop_index_load_at_the_next_chunk(
         assert len(chunks) == 2  # 8 rows in chunks of 2: stopped at the second
         with pytest.raises(store_module.Cancelled):
             real(store, KIND, ["/r"], lambda: True)
+
+
+def test_a_member_matched_only_through_another_is_listed_with_that_match(tmp_path: Path) -> None:
+    """A crop of a near copy, not matched with the keeper itself: its group lists it as a
+    crop of that copy (and says so), not as a near copy of the keeper at whatever distance
+    their hashes are ("near 134/256")."""
+    from dataclasses import replace
+
+    from dedupd.config import Config
+    from dedupd.engine import duplicate_groups
+    from dedupd.features import FEATURES_KEY
+    from dedupd.hashers import Hasher
+    from dedupd.queries import groups_json
+    from dedupd.render import group_dicts
+
+    config = replace(Config(), database=tmp_path / "d.db").with_roots([tmp_path])
+    root = str(tmp_path)
+    key = Hasher(config.hashing.algorithm, config.hashing.hash_size).key
+    with Store(config.database) as store:
+        keeper, near, crop = (
+            store.record_hashed(root, name, _image(str(i) * 64, None))
+            for i, name in enumerate(["keeper.jpg", "near.jpg", "crop.jpg"], start=1)
+        )
+        store.replace_matches(near, key, [(keeper, 6, "near")])
+        detail = {"crop": crop, "kept": 0.6, "inliers": 80}
+        store.replace_matches(crop, FEATURES_KEY, [(near, 40, "crop", "identity", detail)])
+        ((group),) = duplicate_groups(store, config, [root])
+    assert group.keeper.relpath == "keeper.jpg"
+    listed = {
+        m.record.relpath: (m.kind, m.distance, m.via and m.via.relpath) for m in group.duplicates
+    }
+    assert listed == {"near.jpg": ("near", 6, None), "crop.jpg": ("crop", 40, "near.jpg")}
+    text = group_dicts(groups_json([group], 256)["groups"], 256)
+    assert f"# {tmp_path / 'crop.jpg'}" in text
+    assert f"crop: keeps 60% of {tmp_path / 'near.jpg'}, 80 matching points" in text
