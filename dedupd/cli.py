@@ -39,6 +39,7 @@ from dedupd.config import (
     load_config,
     parse_duration,
     socket_candidates,
+    socket_of,
 )
 from dedupd.engine import ScanReport, scan
 from dedupd.errors import (
@@ -502,6 +503,9 @@ def _daemon_sockets(ctx: click.Context, *, without_config: bool = False) -> list
         if not without_config:
             raise
         candidates = list(socket_candidates())
+        named = socket_of(exc.source) if exc.source else None  # the rest has the typo
+        if named is not None and named not in candidates:
+            candidates.insert(0, named)
         where = " or ".join(map(str, candidates))
         click.echo(f"warning: {render.shown(exc)}; asking the daemon on {where}", err=True)
         return candidates

@@ -747,6 +747,19 @@ def _read_limited(path: Path) -> str:
         ) from exc
 
 
+def socket_of(path: str | os.PathLike[str]) -> Path | None:
+    """The `socket:` a config file names, read from a file that does not load as a whole (a
+    typo elsewhere): where dedupctl still finds its daemon. None when the file cannot be
+    read as YAML or names no valid socket path."""
+    try:
+        base = Path(path).parent.resolve()
+        data = yaml.load(_read_limited(Path(path)), Loader=_BoundedLoader)
+        reader = _Reader(data, "", str(path), base)
+        return reader.path_value("socket", None)
+    except (ConfigError, yaml.YAMLError, ValueError, OverflowError, OSError):
+        return None
+
+
 def load_config(path: str | os.PathLike[str] | None) -> Config:
     """Read and validate `path`; None gives the built-in defaults. Raises ConfigError."""
     if path is None:

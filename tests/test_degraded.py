@@ -70,6 +70,24 @@ def test_read_only_commands_ask_the_daemon_despite_a_config_typo_and_warn(env: E
         assert answer["indexed"] == 2
 
 
+def test_a_config_typo_still_finds_the_daemon_on_the_socket_the_config_names(
+    env: Env,
+) -> None:
+    """The config names its own `socket:`; a typo elsewhere keeps it from loading, and
+    dedupctl asked only the default sockets (no daemon there: exit 3). The socket it names
+    is read from the file all the same, and asked first."""
+    sock = env.tmp / "run" / "own.sock"
+    env.write_config(extra=f"socket: {sock}\n")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
+        assert daemon.config.socket == sock
+        _typo(env)
+        result = ctl(env, "status", "--json")
+        assert result.exit_code == 0, result.output
+        assert f"; asking the daemon on {sock} or " in result.stderr
+        assert json.loads(result.stdout)["indexed"] == 2
+
+
 def test_commands_that_change_photos_or_records_refuse_a_broken_config(env: Env) -> None:
     """Which daemon they would steer is not known: exit 2 with the config's error, and the
     daemon is not asked."""
