@@ -509,14 +509,25 @@ def _watch(r: _Reader) -> WatchConfig:
     d = WatchConfig()
 
     def extensions(value: Any) -> tuple[str, ...]:
-        return tuple(e.lower().lstrip(".") for e in _string_list(value))
+        found = tuple(e.lower().lstrip(".") for e in _string_list(value))
+        if not found:  # nothing would be a photo: every root would look unmounted
+            raise ValueError(value)
+        return found
+
+    def interval(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds < 1:  # 0 reconciled every root without a pause
+            raise ValueError(value)
+        return seconds
 
     return WatchConfig(
         settle_seconds=r.get("settle_seconds", d.settle_seconds, parse_duration, "a duration"),
         rescan_interval=r.get(
-            "rescan_interval", d.rescan_interval, parse_duration, "a duration such as 1h or 90s"
+            "rescan_interval", d.rescan_interval, interval, "a duration >= 1s such as 1h or 90s"
         ),
-        extensions=r.get("extensions", d.extensions, extensions, "a list of file extensions"),
+        extensions=r.get(
+            "extensions", d.extensions, extensions, "a non-empty list of file extensions"
+        ),
         ignore=r.get("ignore", d.ignore, _string_list, "a list of glob patterns"),
     )
 

@@ -245,6 +245,16 @@ BAD_CONFIGS = {
         "watch.rescan_interval",
         ["duration", "'soon'"],
     ),
+    "no-pause-between-rescans": (
+        "watch: {rescan_interval: 0}\n",
+        "watch.rescan_interval",
+        [">= 1s", "0"],
+    ),
+    "no-extensions": (
+        "watch: {extensions: []}\n",
+        "watch.extensions",
+        ["non-empty list", "[]"],
+    ),
     "root-names-undefined-policy": (
         "policies: {camera: {}}\nroots: [{path: /a, policy: camera}, {path: /b, policy: cmaera}]\n",
         "roots[1].policy",
