@@ -409,7 +409,7 @@ def install_service_command(
             click.echo(text, nl=False)
             click.echo("\n".join(["next, once it is installed:", *steps]), err=True)
             return
-        written = units.write_unit(units.unit_path(kind), text, force=force)
+        written = units.write_unit(units.unit_path(kind), text, force=force, scope=kind)
     click.echo(f"{'wrote' if written.changed else 'unchanged'}: {written.path}")
     click.echo("\n".join(["next:", *(f"  {s}" for s in steps)]))
 
@@ -867,7 +867,8 @@ def quarantine_list(
         root_path = str(Path(root).expanduser().resolve()) if root else None
         service = _service(ctx, daemon_without_config=True)
         answer = service.quarantine_list(root=root_path, since=since)
-    click.echo(render.to_json(answer) if as_json else render.quarantine(answer))
+    filtered = root is not None or since is not None
+    click.echo(render.to_json(answer) if as_json else render.quarantine(answer, filtered=filtered))
 
 
 T = TypeVar("T")

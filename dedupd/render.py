@@ -355,10 +355,11 @@ def _clip(m: dict[str, Any], bits: int) -> str | None:
     return None
 
 
-def quarantine(answer: dict[str, Any]) -> str:
+def quarantine(answer: dict[str, Any], *, filtered: bool = False) -> str:
+    """The entries; `filtered`: by --root or --since, so that none is not "empty"."""
     entries = answer["quarantined"]
     if not entries:
-        return "quarantine is empty"
+        return "nothing in quarantine matches" if filtered else "quarantine is empty"
     return "\n".join(
         f"{e['id']:>5}  {_when(e['finished'])}  {shown(e['src'])}\n"
         + (f"       with its motion file {shown(e['motion'])}\n" if e.get("motion") else "")

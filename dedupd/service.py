@@ -168,6 +168,8 @@ def _distinct(store: Store, a: str, b: str) -> Answer:
         if record is None or record.sha256 is None:
             raise NotFoundError(f"{path}: not a hashed photo in the database")
         records.append(record)
+    if records[0].id == records[1].id:
+        raise Refused(f"{records[0].path} is named twice: give two different photos")
     if records[0].sha256 == records[1].sha256:
         raise Refused(
             f"{records[0].path} and {records[1].path} are byte-identical: the same photo, not a"

@@ -151,7 +151,9 @@ class Written:
     changed: bool  # False: the same unit was already there
 
 
-def write_unit(path: Path, text: str, *, force: bool = False) -> Written:
+def write_unit(
+    path: Path, text: str, *, force: bool = False, scope: Scope = "system"
+) -> Written:
     """Install `text` at `path` (mode 0644, atomically). A different unit already there is
     replaced only with `force`."""
     try:
@@ -165,7 +167,8 @@ def write_unit(path: Path, text: str, *, force: bool = False) -> Written:
     if current is not None and not force:
         raise UnitError(
             f"{path} exists and differs; pass --force to replace it (local changes belong "
-            "in a drop-in: systemctl edit dedupd), or --print to see the new one"
+            f"in a drop-in: systemctl{' --user' if scope == 'user' else ''} edit dedupd), or "
+            "--print to see the new one"
         )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -128,8 +128,9 @@ def test_quarantine_list_restore_and_purge_through_the_daemon(env: Env, daemon: 
     wait_for(lambda: env.state(env.root / "chat" / "wa.jpg") == "quarantined")
     listed = json.loads(ctl(env, "quarantine", "list", "--json").stdout)["quarantined"]
     assert [e["src"] for e in listed] == [str(env.root / "chat" / "wa.jpg")]
+    # a filter that matches none: not "empty" while a photo is in quarantine
     assert ctl(env, "quarantine", "list", "--root", str(env.archive)).stdout == (
-        "quarantine is empty\n"
+        "nothing in quarantine matches\n"
     )
     table = ctl(env, "quarantine", "list", "--since", "1h").stdout.splitlines()
     assert table[0].endswith(str(env.root / "chat" / "wa.jpg"))
@@ -797,3 +798,16 @@ def test_a_rescan_of_a_path_holding_a_nul_byte_is_not_a_root_not_a_server_error(
         )
     assert status == 404 and "not a configured root" in json.dumps(answer)
     assert _status_answers(daemon.config.socket)
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_methods_get_405_on_an_endpoint_and_404_elsewhere(
+    daemon: Daemon, method: str
+) -> None:
+    """As the README lists: 405 for a method an endpoint does not take (http.server answered
+    501 "Unsupported method" for any method but GET and POST)."""
+    sock = daemon.config.socket
+    status, body = raw(sock, f"{method} /v1/status HTTP/1.0\r\n\r\n".encode())
+    assert (status, body["error"]) == (405, "method not allowed")
+    status, _ = raw(sock, f"{method} /v1/nothing HTTP/1.0\r\n\r\n".encode())
+    assert status == 404

@@ -204,6 +204,11 @@ def test_distinct_refuses_two_byte_identical_files(lib: Lib) -> None:
         " `exact: quarantine` does it for you)\n"
     )
     assert ("rocket.jpg", ["rocket (1).jpg"]) in lib.duplicates()
+    twice = lib.ctl("distinct", str(lib.root / "rocket.jpg"), str(lib.root / "rocket.jpg"))
+    assert twice.exit_code == 2
+    assert twice.stderr.endswith(
+        f"error: {lib.root}/rocket.jpg is named twice: give two different photos\n"
+    )
 
 
 def test_the_daemon_does_at_start_what_a_dry_run_scan_showed(tmp_path: Path) -> None:

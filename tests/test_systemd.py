@@ -223,6 +223,7 @@ def test_install_service_never_replaces_a_different_unit_without_force(tmp_path:
     result = CliRunner().invoke(dedupd, ["install-service", "--user"])
     assert result.exit_code == 2
     assert "exists and differs; pass --force" in result.stderr
+    assert "systemctl --user edit dedupd" in result.stderr  # the user unit's own drop-in
     assert path.read_text().endswith("# mine\n")
     out, _ = _install(tmp_path, "--user", "--force")
     assert out.splitlines()[0] == f"wrote: {path}"
