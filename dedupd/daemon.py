@@ -128,6 +128,8 @@ class Daemon:
         # The backlog's progress as of the last heartbeat, taken on this thread so that its
         # counts add up for a status read from a control-socket thread.
         self._backlog: dict[str, Any] | None = None
+        # Folders of each root the last reconcile could not read (for status).
+        self._unreadable: dict[str, list[tuple[str, str]]] = {}
         self._pool: HasherPool | None = None
         self._pool_key: tuple[object, ...] = ()
         self._last_ping = self._last_status = -1e18
@@ -252,6 +254,12 @@ class Daemon:
             "recent_errors": [
                 {"path": str(r.path), "kind": r.error_kind, "error": r.error} for r in recent
             ],
+            # Folders the last reconcile could not read: their photos are not looked at.
+            "unreadable": [
+                {"folder": folder, "reason": why}
+                for found in list(self._unreadable.values())
+                for folder, why in found
+            ],
         }
 
     def store_reader(self) -> Store:
@@ -345,6 +353,11 @@ class Daemon:
         report = self.pipeline.reconcile(roots, tick=self._heartbeat)
         for root, _ in report.unavailable:
             self.watcher.states[root] = "unavailable"
+        unreadable = dict(self._unreadable)  # replaced whole: status reads it elsewhere
+        for root in report.roots:
+            inside = root.rstrip(os.sep) + os.sep
+            unreadable[root] = [(f, why) for f, why in report.unreadable if f.startswith(inside)]
+        self._unreadable = {root: found for root, found in unreadable.items() if found}
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:

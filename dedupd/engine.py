@@ -1110,6 +1110,9 @@ class ScanReport:
     missing: int = 0
     failed: list[tuple[str, Failure]] = field(default_factory=list)  # this run
     unavailable: list[tuple[str, str]] = field(default_factory=list)
+    # Folders inside a root that could not be read (permissions): their photos were not
+    # looked at, and their records kept as they were.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
@@ -1239,7 +1242,8 @@ def reconcile_roots(
     for root in roots:
         try:
             entries = []
-            for entry in walk(root, names, exclude):
+            unreadable: list[tuple[str, str]] = []
+            for entry in walk(root, names, exclude, unreadable):
                 entries.append(entry)
                 if len(entries) % 4096 == 0:
                     tick()  # a walk of a large library on a slow disk takes a while
@@ -1247,7 +1251,9 @@ def reconcile_roots(
             # took 9 s and 1 GB just to learn that the folder looks unmounted. Those other
             # roots keep under it count too (it was scanned inside a parent before).
             nested = _in_view(store.nested_records(root), root, names, exclude)
-            recorded = 0 if entries else _present_count(store, root) + _present(nested)
+            # A folder it could not read is there: no empty mount point.
+            empty = not entries and not unreadable
+            recorded = _present_count(store, root) + _present(nested) if empty else 0
             if recorded:
                 raise NotFoundError(
                     f"{root}: empty, but {recorded} photos are recorded there; treated as "
@@ -1259,6 +1265,9 @@ def reconcile_roots(
             continue
         report.roots.append(root)
         report.files += len(entries)
+        for folder, why in unreadable:
+            log.warning("folder_unreadable", folder=folder, reason=why)
+        report.unreadable += unreadable
         done.gone += _adopt_nested(store, root, nested, entries, done)
         for record, attempts in store.abandon_deciding(root):
             log.warning(
@@ -1270,6 +1279,11 @@ def reconcile_roots(
                 "it changes",
             )
         plan = reconcile(store, root, entries, hasher_keys, clips, features, revived)
+        if unreadable:  # not looked at, not gone: kept as they were, as an unmounted root's
+            hidden = [folder + os.sep for folder, _ in unreadable]
+            plan.missing = [
+                r for r in plan.missing if not any(str(r.path).startswith(h) for h in hidden)
+            ]
         plans.append((root, plan))
     moved_in = _moves_between(store, plans)
     for root, plan in plans:

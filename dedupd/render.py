@@ -130,6 +130,10 @@ def scan_report(report: ScanReport, bits: int) -> str:
         f"{len(report.groups)} duplicate groups ({dups} duplicates)"
     ]
     lines += [f"unavailable: {shown(root)}: {shown(why)}" for root, why in report.unavailable]
+    lines += [
+        f"unreadable: {shown(folder)}: {shown(why)} (not looked at; its photos' records kept)"
+        for folder, why in report.unreadable
+    ]
     lines += [f"error: {shown(path)}: {f.kind}: {shown(f.message)}" for path, f in report.failed]
     for o in report.outcomes:
         if o.decision.acts:
@@ -156,6 +160,7 @@ def scan_json(report: ScanReport, bits: int) -> dict[str, Any]:
         "seconds": round(report.seconds, 3),
         "errors": [{"path": p, "kind": f.kind, "message": f.message} for p, f in report.failed],
         "unavailable": [{"root": r, "reason": why} for r, why in report.unavailable],
+        "unreadable": [{"folder": f, "reason": why} for f, why in report.unreadable],
         "actions": [
             {
                 "path": o.path,
@@ -226,6 +231,10 @@ def status(s: dict[str, Any]) -> str:
     lines += [  # answers from an older daemon have none
         f"failed    {f['action']} {shown(f['path'])}: {shown(f['result'])}"
         for f in s.get("recent_failures", [])
+    ]
+    lines += [
+        f"unreadable {shown(u['folder'])}: {shown(u['reason'])} (its photos are not looked at)"
+        for u in s.get("unreadable", [])
     ]
     return "\n".join(lines)
 

@@ -92,11 +92,17 @@ class NameFilter:
         return ext in self.extensions and not self.ignored(name)
 
 
-def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[Entry]:
+def walk(
+    root: str,
+    names: NameFilter,
+    exclude: Sequence[str] = (),
+    unreadable: list[tuple[str, str]] | None = None,
+) -> Iterator[Entry]:
     """Every wanted regular file under `root` (symlinks not followed), in no fixed order.
 
     Directories matching an ignore glob and the `exclude` paths (quarantine, database
-    folder) are skipped. Unreadable directories are skipped; files that vanish mid-walk too.
+    folder) are skipped. Unreadable directories are skipped, each added to `unreadable`
+    with why (a folder that vanished mid-walk is not); files that vanish mid-walk too.
     Files whose path is too long to open by name (`path_too_long`) are found and yielded
     all the same, with their real identity, so that they are recorded, never silently
     skipped: they are reached through the descriptor of the last folder that can be opened.
@@ -113,6 +119,8 @@ def walk(root: str, names: NameFilter, exclude: Sequence[str] = ()) -> Iterator[
         except OSError as exc:
             if folder == root:  # an unreadable root is unavailable, not empty
                 raise NotFoundError(f"{root}: cannot read the root: {exc.strerror}") from exc
+            if unreadable is not None and not isinstance(exc, FileNotFoundError):
+                unreadable.append((folder, exc.strerror or str(exc)))
             continue  # an unreadable or vanished sub-folder: skipped
         deep = []
         for entry in entries:

@@ -1746,3 +1746,25 @@ def test_a_failed_quarantine_shows_in_the_status_not_as_a_report(env: Env) -> No
     assert "1 actions failed" in table.stdout
     assert f"failed    quarantine {env.root / 'coffee-wa.jpg'}: failed" in status_text(answer)
     assert env.state(env.root / "coffee-wa.jpg") == "ok"
+
+
+def test_a_folder_that_cannot_be_read_shows_in_the_status(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of a root the daemon may not list (a sync tool's permissions): `dedupctl
+    status` names it, and its photo's record stays as it was, not marked missing."""
+    from dedupd.render import status as status_text
+    from tests.test_scan import _unreadable
+
+    photos.copy(photos.photo("coffee"), env.root / "private" / "a.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon))
+    _unreadable(monkeypatch, env.root / "private")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.status()["unreadable"] != [], what="the folder in the status")
+        answer = daemon.status()
+    assert answer["unreadable"] == [
+        {"folder": str(env.root / "private"), "reason": "Permission denied"}
+    ]
+    assert f"unreadable {env.root / 'private'}: Permission denied" in status_text(answer)
+    assert env.state(env.root / "private" / "a.jpg") == "ok"

@@ -1007,3 +1007,43 @@ def test_a_letterboxed_copy_is_never_kept_over_the_photo(
     assert keeper is not None and keeper.path.name == "IMG_0002.jpg"
     assert target is not None and target.path.name == "rocket-square.jpg"
     assert (root / "rocket-square.jpg").exists() != act_on_existing
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """`folder` as a folder this process may not list (tests run as root, which may)."""
+    import dedupd.scanner
+
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if not isinstance(path, int) and os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(path)
+
+    monkeypatch.setattr(dedupd.scanner.os, "scandir", scandir)
+
+
+def test_a_folder_that_cannot_be_read_is_reported_and_its_photos_kept(
+    library: Path, tmp_path: Path, decodes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder in a root whose permissions changed: its photos were marked missing, in
+    silence (none of them in any group any more, and back as "renamed" once it could be read
+    again). Now it is named in the report and its records stay as they were."""
+    from dedupd.render import scan_json, scan_report
+
+    config = _config(tmp_path, library)
+    _scan(config)
+    with monkeypatch.context() as patch:
+        _unreadable(patch, library / "chat")
+        report = _scan(config)
+    assert report.unreadable == [(str(library / "chat"), "Permission denied")]
+    assert (report.missing, report.hashed) == (0, 0)
+    assert _groups(report) == EXPECTED_GROUPS  # the chat copies are still in their groups
+    text = scan_report(report, 256)
+    assert f"unreadable: {library / 'chat'}: Permission denied (not looked at" in text
+    assert scan_json(report, 256)["unreadable"] == [
+        {"folder": str(library / "chat"), "reason": "Permission denied"}
+    ]
+    decodes.clear()
+    again = _scan(config)
+    assert (again.unreadable, again.renamed, again.missing, decodes) == ([], 0, 0, [])
