@@ -1011,8 +1011,6 @@ def test_a_letterboxed_copy_is_never_kept_over_the_photo(
 
 def _unreadable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """`folder` as a folder this process may not list (tests run as root, which may)."""
-    import dedupd.scanner
-
     real = os.scandir
 
     def scandir(path: Any = ".") -> Any:
@@ -1020,7 +1018,7 @@ def _unreadable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
             raise PermissionError(13, "Permission denied", str(folder))
         return real(path)
 
-    monkeypatch.setattr(dedupd.scanner.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
 
 
 def test_a_folder_that_cannot_be_read_is_reported_and_its_photos_kept(
