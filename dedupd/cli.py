@@ -390,11 +390,13 @@ def install_service_command(
             paths = units.writable([r.path for r in loaded.roots], quarantine)
         command = units.dedupd_command()
         text = units.render_unit(kind, command, config=config, read_write=paths)
-        if kind == "system" and units.in_a_home(Path(command[0])):
+        homes = units.in_homes(command) if kind == "system" else []
+        if homes:
             click.echo(
-                f"warning: {command[0]} is in a home folder, which the system service (user "
-                "dedupd, ProtectHome=read-only) may not be able to read; install into "
-                "/opt/dedupd instead (sudo python3 -m venv /opt/dedupd)",
+                f"warning: {render.shown(' and '.join(homes))} in a home folder, which the "
+                "system service (user dedupd, ProtectHome=read-only) may not be able to read;"
+                " install into /opt/dedupd instead, with a Python outside the home folders "
+                "(sudo /usr/bin/python3 -m venv /opt/dedupd)",
                 err=True,
             )
         steps = units.next_steps(

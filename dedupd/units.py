@@ -76,6 +76,14 @@ def in_a_home(path: Path) -> bool:
     return any(Path(os.path.abspath(path)).is_relative_to(top) for top in ("/home", "/root"))
 
 
+def in_homes(command: Sequence[str], executable: str | None = None) -> list[str]:
+    """What the service runs that lies in a home folder: the command, the Python it runs
+    on, and where that Python's symlinks lead (a venv's bin/python into ~/.pyenv)."""
+    executable = sys.executable if executable is None else executable
+    paths = [command[0], executable, os.path.realpath(executable)]
+    return list(dict.fromkeys(p for p in paths if in_a_home(Path(p))))
+
+
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 

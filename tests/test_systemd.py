@@ -292,3 +292,14 @@ def test_a_quarantine_apart_from_the_roots_is_made_first_and_its_copies_explaine
     quarantine.mkdir()
     _, again = _install(tmp_path, "--system", "--print", "--config", str(config))
     assert "install -d" not in again and "mount of its own" in again
+
+
+def test_a_python_whose_links_lead_into_a_home_folder_is_named(tmp_path: Path) -> None:
+    """A venv under /opt whose bin/python is a link into ~/.pyenv: the service's user
+    cannot run it ("Permission denied"), and the warning only looked at the dedupd script."""
+    python = tmp_path / "opt" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    found = units.in_homes(["/opt/dedupd/bin/dedupd"], str(python))
+    assert found == ["/root/.pyenv/versions/3.11.7/bin/python3.11"]
+    assert units.in_homes(["/opt/dedupd/bin/dedupd"], "/usr/bin/python3") == []
