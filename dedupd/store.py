@@ -1480,10 +1480,12 @@ class Store:
                 )
             else:
                 marks = ", ".join("?" * len(within))
+                # Correlated, a primary-key look-up per match: `IN (SELECT id FROM files
+                # WHERE root IN ...)` listed every photo of the roots, 340 ms at a million.
                 self.db.execute(
-                    "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ? AND"
-                    " (CASE WHEN a = ? THEN b ELSE a END) IN"
-                    f" (SELECT id FROM files WHERE root IN ({marks}))",
+                    "DELETE FROM matches WHERE (a = ? OR b = ?) AND hasher = ? AND EXISTS"
+                    " (SELECT 1 FROM files f WHERE f.id = (CASE WHEN matches.a = ? THEN"
+                    f" matches.b ELSE matches.a END) AND f.root IN ({marks}))",
                     (file_id, file_id, hasher, file_id, *_paths_to_db(within)),
                 )
             self.db.conn.executemany(
