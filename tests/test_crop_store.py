@@ -93,7 +93,9 @@ def test_a_schema_9_database_gains_the_features_table_and_keeps_its_rows(tmp_pat
     with Store(db) as store:
         a = store.record_hashed("/r", "a.jpg", _image("a" * 64, None))
     conn = sqlite3.connect(db)
-    conn.executescript("DROP TABLE features; PRAGMA user_version = 9;")
+    conn.executescript(
+        "DROP TABLE features; ALTER TABLE files DROP COLUMN framed; PRAGMA user_version = 9;"
+    )
     conn.close()
     with Store(db) as store:
         assert store.schema_version == SCHEMA_VERSION
@@ -119,6 +121,7 @@ def test_a_schema_11_database_keeps_its_features_with_the_words_first_in_each_ro
         " ON DELETE CASCADE, kind TEXT NOT NULL, width INTEGER NOT NULL,"
         " height INTEGER NOT NULL, points BLOB NOT NULL, descriptors BLOB NOT NULL,"
         " words BLOB NOT NULL, patch BLOB NOT NULL DEFAULT x'');"
+        "ALTER TABLE files DROP COLUMN framed;"
         "PRAGMA user_version = 11;"
     )
     for i, f in ((a, _features(1)), (b, _features(2, 9))):

@@ -243,6 +243,7 @@ def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib)
         " DROP TABLE videos; ALTER TABLE files DROP COLUMN duration;"
         " DROP TABLE live_motion; ALTER TABLE actions DROP COLUMN motion;"
         " ALTER TABLE files DROP COLUMN thumbnail; DROP TABLE features;"
+        " ALTER TABLE files DROP COLUMN framed;"
         " PRAGMA user_version = 3;"
     )
     conn.close()
