@@ -559,7 +559,9 @@ def test_a_schema_14_database_gains_the_border_share_as_none(tmp_path: Path) -> 
     """Migration 14 → 15: `framed` is 0.0 for the photos recorded before (borderless until
     they change)."""
     path = tmp_path / "d.db"
-    _old_database(path, 14).close()
+    conn = _old_database(path, 14)
+    conn.commit()
+    conn.close()
     with Store(path) as store:
         assert store.schema_version == SCHEMA_VERSION
         record = store.file(1)
