@@ -110,28 +110,39 @@ def _prefer_folders(rule: PreferFolders) -> _Key:
     return key
 
 
-# A copy whose frame is this much uniform border (a letterbox, a phone's screenshot of the
-# photo: `FileRecord.framed`) is made from the photo it shows, never the other way round: it
-# is never kept over a copy without one, whatever the keep rules say. Its canvas counts as
-# resolution, and a screenshot's PNG outweighs the JPEG, so `highest_resolution` and
-# `largest_file` alone kept a screenshot and quarantined the camera's original. Measured:
-# the test photos' phone screenshots are 54-69% border; none of bench/accuracy.py's 21
-# photos (a retina scan on black, a text page, the moon) has any the trim takes.
+# A copy whose frame holds this much more uniform border than another's (a letterbox, a
+# phone's screenshot of the photo: `FileRecord.framed`) is made from the photo it shows, never
+# the other way round: it is never kept over the one with less, whatever the keep rules say.
+# Its canvas counts as resolution, and a screenshot's PNG outweighs the JPEG, so
+# `highest_resolution` and `largest_file` alone kept a screenshot and quarantined the camera's
+# original. Measured: the test photos' phone screenshots are 54-69% border; none of
+# bench/accuracy.py's 21 photos (a retina scan on black, a text page, the moon) has any the
+# trim takes. A photo's own flat edge (a sky blown out to white, a night sky crushed to black)
+# is border too, as much of it on each copy give or take a few percent (resized,
+# re-encoded): compared with the least framed copy, not with none, so that it neither
+# makes the photo lose to its smaller copy nor lets its screenshot win.
 FRAMED = 0.05
 
 
-def _bordered(r: FileRecord) -> bool:
-    return r.framed >= FRAMED
+def _bordered(files: Sequence[FileRecord]) -> Callable[[FileRecord], bool]:
+    """Which of `files` have `FRAMED` more border than the least framed; none while one of
+    them was recorded before dedupd measured it (its border is unknown, not none)."""
+    measured = [r.framed for r in files if r.framed is not None]
+    if len(measured) < len(files):
+        return lambda r: False
+    least = min(measured, default=0.0)
+    return lambda r: (r.framed or 0.0) - least >= FRAMED
 
 
 def _keys(files: Sequence[FileRecord], rules: Sequence[Keep]) -> list[tuple[object, ...]]:
-    """Each file's sort key under `rules` (no tie-break), a bordered copy (`FRAMED`) after
-    any without border first."""
+    """Each file's sort key under `rules` (no tie-break), a copy with more border
+    (`FRAMED`) after the others first."""
     fitted = [
         _prefer_folders(rule) if isinstance(rule, PreferFolders) else KEEP_RULES[rule](files)
         for rule in rules
     ]
-    return [(_bordered(r), *(key(r) for key in fitted)) for r in files]
+    bordered = _bordered(files)
+    return [(bordered(r), *(key(r) for key in fitted)) for r in files]
 
 
 def rank(files: Sequence[FileRecord], rules: Sequence[Keep]) -> list[FileRecord]:

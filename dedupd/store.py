@@ -314,9 +314,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX undecided_seq ON undecided (seq);
     """,
     # 14 → 15: how much of a photo's frame is uniform border (a letterboxed or screenshotted
-    # copy): such a copy is never kept over the photo itself (`policy.rank`).
+    # copy): such a copy is never kept over the photo itself (`policy.rank`). NULL for the
+    # photos recorded before: unknown, which is not none (`policy._bordered`).
     """
-    ALTER TABLE files ADD COLUMN framed REAL NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN framed REAL;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -460,8 +461,8 @@ class FileRecord:
     updated: float
     duration: float | None = None  # seconds, for a clip
     # The share of its frame that is uniform border around the picture (`HashedImage.framed`);
-    # 0.0 also for a photo recorded before dedupd measured it.
-    framed: float = 0.0
+    # None for a photo recorded before dedupd measured it (schema 15).
+    framed: float | None = 0.0
 
     @property
     def path(self) -> Path:

@@ -116,7 +116,7 @@ def test_a_schema_11_database_keeps_its_features_with_the_words_first_in_each_ro
         b = store.record_hashed("/r", "b.jpg", _image("b" * 64, _features(2, 9)))
     conn = sqlite3.connect(db)
     conn.executescript(
-        "DROP TABLE features;"
+        "DROP TABLE features; ALTER TABLE files DROP COLUMN framed;"
         "CREATE TABLE features (file_id INTEGER PRIMARY KEY REFERENCES files (id)"
         " ON DELETE CASCADE, kind TEXT NOT NULL, width INTEGER NOT NULL,"
         " height INTEGER NOT NULL, points BLOB NOT NULL, descriptors BLOB NOT NULL,"

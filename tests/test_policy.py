@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dedupd.config import Action, KeepRule, Policy
+from dedupd.config import Action, Keep, KeepRule, Policy
 from dedupd.policy import Candidate, Decision, SecondOpinion, decide, rank
 from dedupd.store import ActionRecord, FileRecord
 
@@ -193,7 +193,7 @@ def test_rank_highest_resolution_prefers_more_pixels() -> None:
 def test_a_copy_framed_in_borders_is_never_kept_over_one_without(rules: list[KeepRule]) -> None:
     """A phone's screenshot of a photo (its canvas counts as pixels, its PNG as bytes) or a
     letterboxed copy ranks after the photo whatever the keep rules; a thin border does not
-    count, and two bordered copies are ranked by the rules."""
+    count, and two copies bordered alike (within `FRAMED`) are ranked by the rules."""
     photo = record("IMG_0002.jpg", width=1000, height=872, size=200_000)
     shot = replace(
         record("Screenshot_1.png", width=1170, height=2532, size=900_000), framed=0.69
@@ -201,8 +201,28 @@ def test_a_copy_framed_in_borders_is_never_kept_over_one_without(rules: list[Kee
     assert rank([shot, photo], rules) == [photo, shot]
     thin = replace(shot, id=shot.id + 1000, framed=0.01)
     assert rank([thin, photo], ["highest_resolution"]) == [thin, photo]
-    small_shot = replace(shot, id=shot.id + 2000, width=500, framed=0.5)
+    small_shot = replace(shot, id=shot.id + 2000, width=500, framed=0.66)
     assert rank([small_shot, shot], ["highest_resolution"]) == [shot, small_shot]
+
+
+def test_a_photos_own_flat_edge_neither_loses_to_its_copies_nor_lets_its_screenshot_win() -> None:
+    """A photo whose sky is blown out to white has border of its own (12% of its frame), and
+    so has each copy of it, give or take a few percent: the border that ranks a copy after
+    is what it has more than the least framed, not any. Its smaller copy is still the worse
+    one, and its phone screenshot (the canvas around that sky) still ranks after it; a border
+    of a record made before dedupd measured any (None) is unknown and ranks nothing."""
+    photo = replace(record("IMG_0002.jpg", width=640, height=427, size=68_000), framed=0.124)
+    small = replace(record("small.jpg", width=320, height=214, size=14_000), framed=0.1)
+    shot = replace(
+        record("Screenshot_1.png", width=462, height=1000, size=159_000), framed=0.692
+    )
+    rules: list[Keep] = ["highest_resolution", "largest_file"]
+    assert rank([small, photo], rules) == [photo, small]
+    assert rank([shot, photo], rules) == [photo, shot]
+    assert rank([shot, small, photo], rules) == [photo, small, shot]
+    old = replace(small, id=small.id + 1000, framed=None)
+    assert rank([old, photo], rules) == [photo, old]
+    assert rank([old, shot], rules) == [shot, old]
 
 
 def test_rank_highest_resolution_treats_unknown_size_as_smallest() -> None:

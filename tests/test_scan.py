@@ -1000,7 +1000,7 @@ def test_a_letterboxed_copy_is_never_kept_over_the_photo(
         photos.copy(photos.photo("rocket"), root / "IMG_0002.jpg")
         report = scan(config, store, actions=Actions(store, tmp_path / "quarantine"))
         square_record = store.file_at(root / "rocket-square.jpg")
-    assert square_record is not None and square_record.framed >= FRAMED
+    assert square_record is not None and (square_record.framed or 0.0) >= FRAMED
     assert (root / "IMG_0002.jpg").exists()
     ((outcome),) = report.outcomes
     keeper, target = outcome.decision.keeper, outcome.decision.target
@@ -1045,3 +1045,40 @@ def test_a_folder_that_cannot_be_read_is_reported_and_its_photos_kept(
     decodes.clear()
     again = _scan(config)
     assert (again.unreadable, again.renamed, again.missing, decodes) == ([], 0, 0, [])
+
+
+@pytest.mark.parametrize("first", ["screenshot", "small copy recorded before schema 15"])
+def test_a_photo_whose_sky_is_blown_out_is_kept_over_its_copy_that_came_first(
+    tmp_path: Path, first: str
+) -> None:
+    """A camera photo whose sky is clipped to white along the top has a flat edge the trim
+    takes as border (12% of its frame). Its phone screenshot came first, or its half-size
+    copy did, recorded before dedupd measured borders: the photo arrives and is kept, never
+    quarantined (the screenshot has more border still; the old record's is unknown)."""
+    import numpy as np
+
+    from dedupd.config import Policy
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    with Image.open(photos.photo("rocket")) as im:
+        pixels = np.asarray(im.convert("RGB")).copy()
+    pixels[: pixels.shape[0] // 8] = 255
+    original = tmp_path / "camera" / "IMG_0002.jpg"
+    photos._save(Image.fromarray(pixels), original, format="JPEG", quality=95)
+    if first == "screenshot":
+        photos.screenshot(original, root / "Screenshot_1.png", status_bar=True)
+    else:
+        photos.resize(original, root / "small.jpg")
+    policy = Policy(near="quarantine")
+    config = replace(_config(tmp_path, root), policies={DEFAULT_POLICY: policy})
+    with Store(config.database) as store:
+        scan(config, store, actions=Actions(store, tmp_path / "quarantine"))
+        if first != "screenshot":
+            store.db.execute("UPDATE files SET framed = NULL")  # as migration 15 leaves it
+        photos.copy(original, root / "IMG_0002.jpg")
+        report = scan(config, store, actions=Actions(store, tmp_path / "quarantine"))
+    ((outcome),) = report.outcomes
+    keeper = outcome.decision.keeper
+    assert keeper is not None and keeper.path.name == "IMG_0002.jpg"
+    assert (root / "IMG_0002.jpg").exists()

@@ -349,6 +349,22 @@ def test_a_version_2_database_gains_the_quality_columns_and_keeps_its_hashes(
         assert store.rated_hashes([1], "phash:16") == {1: RatedHash(b"\x01", None, None)}
 
 
+def test_a_photo_recorded_before_schema_15_has_no_border_share_rather_than_none(
+    tmp_path: Path,
+) -> None:
+    """Migration 14 → 15 adds `framed` unknown (None) to the photos already recorded: a 0
+    would say they have no border, and rank every photo with a flat edge that arrives later
+    after them (its smaller copy, recorded before, kept and the photo quarantined)."""
+    path = tmp_path / "d.db"
+    _old_database(path, 14).commit()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        old = store.file(1)
+        assert old is not None and old.framed is None
+        new = store.record_hashed("/r", "b.jpg", replace(_image(sha="b" * 64), framed=0.25))
+        assert {i: r.framed for i, r in store.files([1, new]).items()} == {1: None, new: 0.25}
+
+
 def test_quality_and_dominant_share_are_stored_with_the_rated_hash_only(tmp_path: Path) -> None:
     """A rated hash (PDQ) keeps its quality and the image's dominant share; `rated_hashes`
     returns them for the ids asked, and nothing for files without that hash."""
