@@ -55,7 +55,7 @@ class Counts:
     reported: int = 0
     failed: int = 0  # decisions to act whose action failed (retried by the next start)
     rescans: int = 0
-    # The latest failed actions, newest last: (path, action, what came of it).
+    # The latest failed actions, newest last: (the file to move, action, what came of it).
     failures: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=10))
 
 
@@ -443,6 +443,10 @@ class Pipeline:
                 # read-only quarantine, a full disk); status names it until a restart.
                 self.counts.failed += 1
                 action = str(outcome.decision.action)
-                self.counts.failures.append((outcome.path, action, outcome.result))
+                # The file that was to move: with act_on_existing, not the newcomer (which is
+                # then the one kept).
+                target = outcome.decision.target
+                path = outcome.path if target is None else str(target.path)
+                self.counts.failures.append((path, action, outcome.result))
             else:
                 self.counts.reported += 1

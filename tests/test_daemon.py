@@ -1768,3 +1768,21 @@ def test_a_folder_that_cannot_be_read_shows_in_the_status(
     ]
     assert f"unreadable {env.root / 'private'}: Permission denied" in status_text(answer)
     assert env.state(env.root / "private" / "a.jpg") == "ok"
+
+
+def test_a_failed_action_on_an_existing_file_names_that_file_not_the_newcomer(
+    env: Env,
+) -> None:
+    """With act_on_existing, the camera's original arrives after its chat copy: the copy is
+    the one the policy would quarantine. When that fails, the status names the copy, never
+    the original that stays (read as 'the original could not be quarantined')."""
+    env.write_config("{exact: delete, near: quarantine, act_on_existing: true}")
+    env.quarantine.write_text("not a folder")
+    photos.reencode(photos.photo("coffee"), env.root / "coffee-wa.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon))
+        photos.copy(photos.photo("coffee"), env.root / "coffee.jpg")
+        wait_for(lambda: daemon.stats.failed == 1, what="the failed quarantine counted")
+        answer = daemon.status()
+    ((failure),) = answer["recent_failures"]
+    assert (failure["path"], failure["action"]) == (str(env.root / "coffee-wa.jpg"), "quarantine")
