@@ -229,3 +229,54 @@ def test_the_page_shows_a_refusal_naming_a_hostile_file_escaped(
         status = browser.execute_script("return document.getElementById('status').textContent")
     assert "\u202e" not in status and "hubble\n" not in status
     assert f"{lib.photos}/hubble\\nquarantined\\u202egpj.jpg exists" in status
+
+
+def test_a_member_matched_through_another_is_shown_and_marked_distinct_against_that_one(
+    tmp_path: Path, browser: Chrome
+) -> None:
+    """A crop of a near copy, not matched with the group's keeper (`via`): the page says
+    which photo it is a crop of, and its Mark distinct marks it distinct from that photo,
+    which takes it out of the group (marked against the keeper, it stayed listed: the
+    button seemed to do nothing)."""
+    from click.testing import CliRunner
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dedupd import queries
+    from dedupd.cli import dedupd
+    from dedupd.config import load_config
+    from dedupd.features import FEATURES_KEY
+    from tests import photos
+
+    lib = make_library(tmp_path)
+    crop = lib.shared / "rocket-crop.jpg"
+    photos.copy(photos.photo("rocket"), crop)
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(lib.config), "--workers", "1"])
+    assert scanned.exit_code == 0, scanned.output
+    with Store(lib.db) as store:
+        found = queries.groups(store, load_config(lib.config))["groups"]
+        shared = [g for g in found if g["keeper"]["path"].startswith(str(lib.shared))]
+        ((copy),) = shared[0]["duplicates"]  # of the chelsea photo and its turned copy
+        via = Path(copy["path"])
+        crop_record, via_record = store.file_at(crop), store.file_at(via)
+        assert crop_record is not None and via_record is not None
+        detail = {"crop": crop_record.id, "kept": 0.6, "inliers": 80}
+        store.replace_matches(
+            crop_record.id, FEATURES_KEY, [(via_record.id, 40, "crop", "identity", detail)]
+        )
+        store.commit()
+    wait = WebDriverWait(browser, 60)
+    figure = f"figure:has(img[src='/img/file/{crop_record.id}'])"
+    with reviewing(lib.config) as review:
+        browser.get(review.url)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"article.group {figure}"))
+        why = browser.find_element(By.CSS_SELECTOR, f"{figure} .why").text
+        assert f"of {via}" in why
+        wait.until(
+            ec.element_to_be_clickable((By.CSS_SELECTOR, f"{figure} button.distinct"))
+        ).click()
+        wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, figure)))
+    with Store(lib.db, readonly=True) as store:
+        pairs = set(store.db.execute("SELECT sha_a, sha_b FROM distinct_pairs").fetchall())
+    assert pairs == {tuple(sorted((str(crop_record.sha256), str(via_record.sha256))))}

@@ -117,11 +117,14 @@ function groupItem(g) {
     const distinct = el("button", { type: "button", class: "distinct" }, "Mark distinct");
     quarantine.addEventListener("click", () => act("/api/quarantine",
       { path: d.path, keeper: g.keeper.path }, `quarantined ${shown(d.path)}`));
+    // A member matched with another member, not with the keeper (`via`: a crop of a near
+    // copy): its match is with that one, and only marking that pair distinct splits it off.
+    const matched = d.via || g.keeper.path;
     distinct.addEventListener("click", () => act("/api/distinct",
-      { a: g.keeper.path, b: d.path }, `marked distinct: ${shown(d.path)}`));
+      { a: matched, b: d.path }, `marked distinct: ${shown(d.path)}`));
     const fig = figure("duplicate", `/img/file/${d.id}`, d);
-    fig.append(el("p", { class: "why" }, el("span", { class: "kind" }, how(d.kind, d.distance))),
-      quarantine, " ", distinct);
+    fig.append(el("p", { class: "why" }, el("span", { class: "kind" }, how(d.kind, d.distance)),
+      d.via ? ` of ${shown(d.via)}` : ""), quarantine, " ", distinct);
     members.append(fig);
   }
   return el("article", { class: "group", "data-keeper-id": String(g.keeper.id) }, members);
