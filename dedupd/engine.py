@@ -1251,9 +1251,19 @@ def reconcile_roots(
             # took 9 s and 1 GB just to learn that the folder looks unmounted. Those other
             # roots keep under it count too (it was scanned inside a parent before).
             nested = _in_view(store.nested_records(root), root, names, exclude)
-            # A folder it could not read is there: no empty mount point.
-            empty = not entries and not unreadable
-            recorded = _present_count(store, root) + _present(nested) if empty else 0
+            # A folder it could not read is there, and maybe the photos recorded in it: the
+            # others, none found, still tell an empty mount point (or another disk there,
+            # holding only a lost+found this user may not read).
+            recorded = 0
+            if not entries and unreadable:
+                unread = tuple(folder + os.sep for folder, _ in unreadable)
+                recorded = sum(
+                    not str(r.path).startswith(unread)
+                    for r in [*store.files_in(root).values(), *(r for r, _ in nested)]
+                    if r.state in ("ok", "error")
+                )
+            elif not entries:
+                recorded = _present_count(store, root) + _present(nested)
             if recorded:
                 raise NotFoundError(
                     f"{root}: empty, but {recorded} photos are recorded there; treated as "

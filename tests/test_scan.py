@@ -1047,6 +1047,27 @@ def test_a_folder_that_cannot_be_read_is_reported_and_its_photos_kept(
     assert (again.unreadable, again.renamed, again.missing, decodes) == ([], 0, 0, [])
 
 
+def test_a_mount_point_holding_only_a_folder_it_cannot_read_is_unavailable_not_emptied(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another disk mounted where the library's was (a new one, formatted: only a
+    lost+found, which a user's dedupd may not read): none of the photos recorded outside
+    that folder is there, so the root looks unmounted, as an empty one does. Its one
+    unreadable folder made it 'not empty' and every record was marked missing."""
+    config = _config(tmp_path, library)
+    _scan(config)
+    library.rename(tmp_path / "disk")
+    library.mkdir()
+    (library / "lost+found").mkdir()
+    with monkeypatch.context() as patch:
+        _unreadable(patch, library / "lost+found")
+        report = _scan(config)
+    assert report.missing == 0 and [r for r, _ in report.unavailable] == [str(library)]
+    assert "empty, but 10 photos are recorded there" in report.unavailable[0][1]
+    with Store(config.database) as store:
+        assert len(store.files_in(str(library))) == 10
+
+
 @pytest.mark.parametrize("first", ["screenshot", "small copy recorded before schema 15"])
 def test_a_photo_whose_sky_is_blown_out_is_kept_over_its_copy_that_came_first(
     tmp_path: Path, first: str
