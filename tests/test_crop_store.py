@@ -121,7 +121,6 @@ def test_a_schema_11_database_keeps_its_features_with_the_words_first_in_each_ro
         " ON DELETE CASCADE, kind TEXT NOT NULL, width INTEGER NOT NULL,"
         " height INTEGER NOT NULL, points BLOB NOT NULL, descriptors BLOB NOT NULL,"
         " words BLOB NOT NULL, patch BLOB NOT NULL DEFAULT x'');"
-        "ALTER TABLE files DROP COLUMN framed;"
         "PRAGMA user_version = 11;"
     )
     for i, f in ((a, _features(1)), (b, _features(2, 9))):

@@ -570,15 +570,3 @@ def test_adopt_rehomes_records_and_drops_the_second_record_of_one_path(tmp_path:
         notes = dict(store.db.execute("SELECT file_id, why FROM undecided").fetchall())
         assert (notes.get(a), notes.get(c_parent)) == ("moved", "moved")
 
-
-def test_a_schema_14_database_gains_the_border_share_as_none(tmp_path: Path) -> None:
-    """Migration 14 → 15: `framed` is 0.0 for the photos recorded before (borderless until
-    they change)."""
-    path = tmp_path / "d.db"
-    conn = _old_database(path, 14)
-    conn.commit()
-    conn.close()
-    with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION
-        record = store.file(1)
-        assert record is not None and record.framed == 0.0
