@@ -510,7 +510,7 @@ def _watch(r: _Reader) -> WatchConfig:
 
     def extensions(value: Any) -> tuple[str, ...]:
         found = tuple(e.lower().lstrip(".") for e in _string_list(value))
-        if not found:  # nothing would be a photo: every root would look unmounted
+        if not found or not all(found):  # nothing would be a photo: roots would look unmounted
             raise ValueError(value)
         return found
 

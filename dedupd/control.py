@@ -88,8 +88,9 @@ _RELAYED: dict[str, type[DedupdError]] = {e.__name__: e for e in (Refused, Store
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, error: str, detail: str = ""):
+    def __init__(self, status: int, error: str, detail: str = "", allow: str | None = None):
         self.status, self.error, self.detail = status, error, detail
+        self.allow = allow  # a 405's Allow: the methods the endpoint takes
 
 
 # -- server -------------------------------------------------------------------------------------
@@ -312,14 +313,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        allow = None
         try:
             route = ROUTES.get((method, url.path))
             if route is None:
-                known = any(path == url.path for _, path in ROUTES)
+                allowed = ", ".join(m for m, path in ROUTES if path == url.path)
                 raise _BadRequest(
-                    405 if known else 404,
-                    "method not allowed" if known else "unknown endpoint",
+                    405 if allowed else 404,
+                    "method not allowed" if allowed else "unknown endpoint",
                     url.path,
+                    allow=allowed or None,
                 )
             # A file name need not be UTF-8: its escaped bytes come back as os.fsdecode's str.
             query = parse_qs(url.query, encoding="utf-8", errors="surrogateescape")
@@ -330,6 +333,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, answer = 200, self._run(route, params, body)
         except _BadRequest as exc:
             status, answer = exc.status, {"error": exc.error, "detail": exc.detail}
+            allow = exc.allow
         except NotFoundError as exc:
             status, answer = 404, {"error": "not found", "detail": str(exc)}
         except DaemonStopping as exc:
@@ -341,7 +345,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except Exception as exc:  # a bug: answer 500, log it, keep serving
             log.exception("control_request_failed", path=url.path)
             status, answer = 500, {"error": "internal error", "detail": repr(exc)}
-        self._answer(status, answer)
+        self._answer(status, answer, allow=allow)
 
     def _run(self, route: Route, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
         """Run `route` in one of the MAX_CLIENTS slots; only this part holds one."""
@@ -352,7 +356,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             self.server.slots.release()
 
-    def _answer(self, status: int, answer: dict[str, Any]) -> None:
+    def _answer(self, status: int, answer: dict[str, Any], *, allow: str | None = None) -> None:
         waiting, conn = self.server.waiting, self.connection
         if not waiting.stop(conn):
             return  # cut off: nobody to answer
@@ -365,6 +369,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if allow is not None:
+                self.send_header("Allow", allow)
             self.end_headers()
             self.wfile.write(data)
         except OSError:

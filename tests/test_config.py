@@ -255,6 +255,11 @@ BAD_CONFIGS = {
         "watch.extensions",
         ["non-empty list", "[]"],
     ),
+    "an-empty-extension": (
+        "watch: {extensions: [jpg, '.']}\n",
+        "watch.extensions",
+        ["non-empty list"],
+    ),
     "root-names-undefined-policy": (
         "policies: {camera: {}}\nroots: [{path: /a, policy: camera}, {path: /b, policy: cmaera}]\n",
         "roots[1].policy",

@@ -811,3 +811,9 @@ def test_other_methods_get_405_on_an_endpoint_and_404_elsewhere(
     assert (status, body["error"]) == (405, "method not allowed")
     status, _ = raw(sock, f"{method} /v1/nothing HTTP/1.0\r\n\r\n".encode())
     assert status == 404
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # 405 says what is allowed
+        s.settimeout(15)
+        s.connect(str(sock))
+        s.sendall(f"{method} /v1/search HTTP/1.0\r\n\r\n".encode())
+        head = s.recv(65536).split(b"\r\n\r\n")[0].decode()
+    assert "\r\nAllow: GET, POST" in head
