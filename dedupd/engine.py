@@ -1316,8 +1316,10 @@ def reconcile_roots(
                     plan.awaiting.append((record.id, again))
         store.mark_missing(r.id for r in plan.missing)
         done.gone += [r.id for r in plan.missing]
-        report.unchanged += plan.unchanged
-        report.renamed += len(plan.renamed) + len(moved_in.get(root, []))
+        # Back at its own path (restored from quarantine, a disk remounted): no rename.
+        back = sum(r.root == e.root and r.relpath == e.relpath for r, e in plan.renamed)
+        report.unchanged += plan.unchanged + back
+        report.renamed += len(plan.renamed) - back + len(moved_in.get(root, []))
         report.missing += len(plan.missing)
         done.work += plan.to_hash
         done.awaiting += plan.awaiting

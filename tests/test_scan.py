@@ -1103,3 +1103,18 @@ def test_a_photo_whose_sky_is_blown_out_is_kept_over_its_copy_that_came_first(
     keeper = outcome.decision.keeper
     assert keeper is not None and keeper.path.name == "IMG_0002.jpg"
     assert (root / "IMG_0002.jpg").exists()
+
+
+def test_a_photo_back_at_its_own_path_is_unchanged_not_renamed(
+    library: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    """Moved away (marked missing) and back to the same name, as a restore from quarantine
+    puts it: the next scan counted it "renamed"."""
+    config = _config(tmp_path, library)
+    _scan(config)
+    os.rename(library / "hubble.jpg", tmp_path / "hubble.jpg")
+    assert _scan(config).missing == 1
+    os.rename(tmp_path / "hubble.jpg", library / "hubble.jpg")
+    decodes.clear()
+    report = _scan(config)
+    assert (report.renamed, report.unchanged, report.hashed, decodes) == (0, 10, 0, [])
