@@ -847,35 +847,6 @@ def test_photos_of_two_subfolders_scanned_alone_meet_when_their_parent_is_scanne
     assert not (root / "chat" / "rocket-wa.jpg").exists()
 
 
-def test_photos_taken_over_from_a_subfolder_are_decided_again_in_their_arrival_order(
-    tmp_path: Path,
-) -> None:
-    """A worse copy that arrived first, then a better one (reported: acting on the older
-    file needs act_on_existing). After a scan of their folder alone and one of the parent
-    again, both are decided again as they arrived: still reported, not the older one
-    quarantined as if it had come after the better copy (their names sort the other way)."""
-    from dedupd.config import Policy
-
-    root = tmp_path / "photos"
-    photos.reencode(photos.photo("coffee"), root / "chat" / "b.jpg")  # the worse, first
-    quarantine = tmp_path / "quarantine"
-    config = replace(
-        _config(tmp_path, root), policies={DEFAULT_POLICY: Policy(near="quarantine")}
-    )
-    sub = replace(config, roots=()).with_roots([root / "chat"])
-
-    def run(config: Config) -> ScanReport:
-        with Store(config.database) as store:
-            return scan(config, store, actions=Actions(store, quarantine))
-
-    run(config)
-    photos.copy(photos.photo("coffee"), root / "chat" / "a.jpg")  # the better, later
-    assert [o.decision.action for o in run(config).outcomes] == ["report"]
-    run(sub)
-    run(config)
-    assert (root / "chat" / "a.jpg").exists() and (root / "chat" / "b.jpg").exists()
-
-
 def test_a_subfolder_scanned_before_whose_disk_is_not_mounted_keeps_its_records(
     tmp_path: Path,
 ) -> None:
