@@ -1189,7 +1189,7 @@ class Reconciled:
     gone: list[int]  # ids that left the index (deleted, or replaced by a rename)
     revived: list[int]  # to index again: marked missing and back (a move), moved, adopted
     awaiting: list[tuple[int, Entry]] = field(default_factory=list)  # in `work`: decide
-    moved: list[int] = field(default_factory=list)  # ids moved into another root: decide
+    moved: list[int] = field(default_factory=list)  # moved into another root, adopted: decide
 
 
 def stored_keys(config: Config) -> tuple[tuple[str, str], str, str | None]:
