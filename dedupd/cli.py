@@ -925,9 +925,9 @@ def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool
     def report(results: list[dict[str, Any]]) -> None:
         if as_json:
             click.echo(render.to_json({"results": results}))
+            return
         for r in results:
-            if not as_json:
-                click.echo(render.restored(r), err="restored" not in r)
+            click.echo(render.restored(r), err="restored" not in r)
 
     with _errors():
         service = _service(ctx)

@@ -1247,6 +1247,7 @@ def reconcile_roots(
                 entries.append(entry)
                 if len(entries) % 4096 == 0:
                     tick()  # a walk of a large library on a slow disk takes a while
+            unread = tuple(folder + os.sep for folder, _ in unreadable)  # prefixes of them
             # Counted, not read: at a million records, reading them all (as files_in does)
             # took 9 s and 1 GB just to learn that the folder looks unmounted. Those other
             # roots keep under it count too (it was scanned inside a parent before).
@@ -1255,8 +1256,7 @@ def reconcile_roots(
             # others, none found, still tell an empty mount point (or another disk there,
             # holding only a lost+found this user may not read).
             recorded = 0
-            if not entries and unreadable:
-                unread = tuple(folder + os.sep for folder, _ in unreadable)
+            if not entries and unread:
                 recorded = sum(
                     not str(r.path).startswith(unread)
                     for r in [*store.files_in(root).values(), *(r for r, _ in nested)]
@@ -1289,11 +1289,8 @@ def reconcile_roots(
                 "it changes",
             )
         plan = reconcile(store, root, entries, hasher_keys, clips, features, revived)
-        if unreadable:  # not looked at, not gone: kept as they were, as an unmounted root's
-            hidden = [folder + os.sep for folder, _ in unreadable]
-            plan.missing = [
-                r for r in plan.missing if not any(str(r.path).startswith(h) for h in hidden)
-            ]
+        if unread:  # not looked at, not gone: kept as they were, as an unmounted root's
+            plan.missing = [r for r in plan.missing if not str(r.path).startswith(unread)]
         plans.append((root, plan))
     moved_in = _moves_between(store, plans)
     for root, plan in plans:
