@@ -11,7 +11,7 @@ import hashlib
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,6 +90,9 @@ CROP_MIN_AGREEING = 3
 # photos indexed if more (at most `index.rebuild_every`): a first scan rebuilds at 256, 384,
 # 576, ... photos, each rebuild ~1.5x the last, so the delta stays small.
 CROP_REBUILD_AT_LEAST = 256
+# Photos whose parsed features the crop stage keeps between newcomers (`Ingest._crop_features`):
+# ~20 KB each (300 keypoints and descriptors, the 64 px patch, the words), 20 MB in all.
+FEATURES_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,11 @@ class Ingest:
         # SQLite, read for the few candidates verified).
         self.crop_key = FEATURES_KEY
         self.crops: CropIndex = CropIndex()
+        # The features of the photos the crop stage read last, by (id, sha256): a burst's
+        # photos are each other's candidates, and so are a library's most textured ones, so
+        # most candidates were read and parsed for an earlier newcomer. Keyed by content, a
+        # photo changed in place (same id) is never compared through its old features.
+        self._features_read: OrderedDict[tuple[int, str], Features] = OrderedDict()
         # Read and built on a thread of its own, from a connection of its own: at a million
         # photos that takes ~15 s (bench/crops.py), and the daemon is ready long before. The
         # first crop stage waits for it (`_crops`), so no newcomer is matched against half an
@@ -639,12 +647,9 @@ class Ingest:
         the features' key, files the newcomer's words in the index, and returns them by id."""
         from dedupd.features import CropFit, agreement, verify
 
-        stored = (
-            self.store.features_of([newcomer.id], self.crop_key).get(newcomer.id)
-            if self.config.hashing.crops
-            else None
+        mine = (
+            self._crop_features([newcomer]).get(newcomer.id) if self.config.hashing.crops else None
         )
-        mine = self._readable(newcomer.id, stored) if stored is not None else None
         if mine is None:  # crops off, hashed without features (by an older dedupd), or damaged
             self.store.replace_matches(newcomer.id, self.crop_key, [], within=self.roots)
             return {}
@@ -673,10 +678,10 @@ class Ingest:
             for i, r in self.store.files(ids).items()
             if r.state == "ok" and r.root in self.roots
         }
-        theirs = self.store.features_of(list(records), self.crop_key)
+        theirs = self._crop_features(records.values())
         fits: dict[int, tuple[CropFit, Features]] = {}
         for i in ids:
-            if i in theirs and (other := self._readable(i, theirs[i])) is not None:
+            if (other := theirs.get(i)) is not None:
                 agree = agreement(mine, other)
                 if agree.agreeing < CROP_MIN_AGREEING or not agree.nests:
                     continue  # no geometry among the shared words, or no nesting: no crop
@@ -721,6 +726,29 @@ class Ingest:
             if self.crops.pending >= min(self.config.index.rebuild_every, soon):
                 self.crops.start_rebuild()
         return out
+
+    def _crop_features(self, records: Iterable[FileRecord]) -> dict[int, Features]:
+        """The features of `records` that have readable ones, by id: parsed before (kept by id
+        and content, the last FEATURES_KEPT used) or read from the store now, in one query."""
+        found: dict[int, Features] = {}
+        unread: list[FileRecord] = []
+        for record in records:
+            kept = self._features_read.get((record.id, record.sha256 or ""))
+            if kept is None:
+                unread.append(record)
+            else:
+                self._features_read.move_to_end((record.id, record.sha256 or ""))
+                found[record.id] = kept
+        stored = self.store.features_of([r.id for r in unread], self.crop_key) if unread else {}
+        for record in unread:
+            row = stored.get(record.id)
+            if row is not None and (parsed := self._readable(record.id, row)) is not None:
+                found[record.id] = parsed
+                if record.sha256 is not None:  # (a recorded photo has one)
+                    self._features_read[record.id, record.sha256] = parsed
+        while len(self._features_read) > FEATURES_KEPT:
+            self._features_read.popitem(last=False)
+        return found
 
     def _readable(self, file_id: int, stored: LocalFeatures) -> Features | None:
         """`stored` as Features, or None when the row cannot be read (damaged: points and

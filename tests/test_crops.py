@@ -343,3 +343,45 @@ def test_a_crop_index_load_that_fails_is_logged_and_fails_no_newcomer(
         new, crop = store.file_at(lib.root / "new.jpg"), store.file_at(lib.root / "new-crop.jpg")
         assert new is not None and crop is not None and crop.state == "ok"
         assert [m.kind for m in store.matches_of(crop.id, FEATURES_KEY)] == ["crop"]
+
+
+def test_a_photo_rewritten_in_place_is_compared_by_its_new_features(tmp_path: Path) -> None:
+    """The crop stage keeps the features it parsed for later newcomers; a photo rewritten in
+    place (the same record, another picture) is compared through its new features, never the
+    old ones an earlier newcomer met."""
+    from dedupd.features import FEATURES_KEY
+    from tests.test_daemon import Env, running, wait_for
+
+    env = Env(tmp_path)
+    env.write_config("{exact: report, near: report, crop: report}")
+    old = _original("chelsea", env.tmp / "chelsea.jpg", 1_700_000_000)
+    new = _original("rocket", env.tmp / "rocket.jpg", 1_700_000_000)
+    photo = env.root / "a.jpg"
+    photos.copy(old, photo)
+
+    def arrive(name: str, box: tuple[float, float, float, float]) -> list[Path]:
+        os.rename(_cut(old, env.tmp / name, box, 1_800_000_000), env.root / name)
+        wait_for(
+            lambda: env.state(env.root / name) == "ok" and daemon.pipeline.idle(daemon.pool),
+            what=f"{name} to be decided",
+        )
+        record = env.record(env.root / name)
+        assert record is not None
+        with Store(env.db) as store:
+            return [Path(m.other.relpath) for m in store.matches_of(record.id, FEATURES_KEY)]
+
+    with running(env) as daemon:
+        wait_for(lambda: env.state(photo) == "ok", what="the photo to be recorded")
+        assert arrive("first.jpg", BOX) == [Path("a.jpg")]  # the photo's features were read
+        before = env.record(photo)
+        with open(photo, "r+b") as f:  # another picture written in place: the same record
+            f.truncate(0)
+            f.write(new.read_bytes())
+        wait_for(
+            lambda: getattr(env.record(photo), "sha256", None) != getattr(before, "sha256", 1),
+            what="the rewritten photo to be hashed again",
+        )
+        after = env.record(photo)
+        assert before is not None and after is not None and after.id == before.id
+        # (first.jpg is a crop of it: that match is right)
+        assert Path("a.jpg") not in arrive("second.jpg", (0.1, 0.1, 0.9, 0.9))
