@@ -37,6 +37,7 @@ __all__ = [
     "staging_dir",
     "stat_at",
     "trusted_path",
+    "untrusted_link",
 ]
 
 STAGING_DIR = ".dedupd-staging"
@@ -72,7 +73,18 @@ def trusted_path(path: str | PurePath) -> Path:
     following only links that root or dedupd's user own (`_trusted_link`): at the first other
     one, that link and the rest of the path are kept as they are, so that every later walk
     (`open_dir`) refuses the path instead of following the link elsewhere. For the folders a
-    config names, resolved once when dedupd starts."""
+    config names (the roots as the store names them, the quarantine), resolved once when
+    dedupd starts."""
+    return _resolve(path)[0]
+
+
+def untrusted_link(path: str | PurePath) -> tuple[Path, int] | None:
+    """The first symbolic link on `path` that `trusted_path` does not follow, with the uid
+    that owns it; None when there is none. Looked at now: a link may be planted any time."""
+    return _resolve(path)[1]
+
+
+def _resolve(path: str | PurePath) -> tuple[Path, tuple[Path, int] | None]:
     pending = list(PurePath(os.path.join(os.getcwd(), path)).parts[1:])
     resolved = PurePath("/")
     links = 0
@@ -93,7 +105,7 @@ def trusted_path(path: str | PurePath) -> Path:
             resolved = here
             continue
         if not _trusted_link(st):
-            return Path(here, *pending)
+            return Path(here, *pending), (Path(here), st.st_uid)
         links += 1
         if links > _MAX_LINKS:
             raise UnsafePath(f"{path}: too many levels of symbolic links")
@@ -102,7 +114,7 @@ def trusted_path(path: str | PurePath) -> Path:
             resolved, pending = PurePath("/"), [*target.parts[1:], *pending]
         else:
             pending = [*target.parts, *pending]
-    return Path(resolved)
+    return Path(resolved), None
 
 
 def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -> int:
