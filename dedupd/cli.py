@@ -1,8 +1,8 @@
 """`dedupd` and `dedupctl`: parse options, call the library, print. No logic of their own.
 
 Exit codes: 0 ok · 1 nothing found / not found (like grep); for `dedupctl status`: a root is
-unavailable (missing or not mounted) · 2 usage or configuration error
-(for `dedupd run` also: the database cannot be opened, or another dedupd holds it) · 3 the
+unavailable (missing, not mounted, or through another user's link) · 2 usage or configuration
+error (for `dedupd run` also: the database cannot be opened, or another dedupd holds it) · 3 the
 daemon is not running or does not answer (dedupctl) · 4 busy: another process holds the
 database (`dedupd scan`, dedupctl working offline), or the daemon answered that it is busy or
 stopping (dedupctl). `dedupd run` exits 1 when it stopped because its database was lost.
@@ -51,6 +51,7 @@ from dedupd.errors import (
 )
 from dedupd.hashers import Hasher
 from dedupd.lock import DatabaseBusy, DatabaseLock
+from dedupd.scanner import root_key
 from dedupd.service import RemoteService, Service, connect
 from dedupd.store import Store
 
@@ -594,16 +595,16 @@ def _hash_bits(ctx: click.Context) -> int:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """The running daemon: uptime, roots and their watch state, index, queue, the backlog's
-    progress, recent errors. Exit 1 while a root is unavailable (missing or not mounted),
-    3 if the daemon is not running."""
+    progress, recent errors. Exit 1 while a root is unavailable (missing, not mounted, or
+    reached through another user's symbolic link), 3 if the daemon is not running."""
     with _errors():
         answer = _service(ctx, daemon_without_config=True).status()
     click.echo(render.to_json(answer) if as_json else render.status(answer))
-    unavailable = [r["path"] for r in answer["roots"] if r["state"] == "unavailable"]
+    unavailable = [r for r in answer["roots"] if r["state"] == "unavailable"]
     for root in unavailable:
-        click.echo(
-            f"warning: root unavailable (missing or not mounted): {render.shown(root)}", err=True
-        )
+        why = root.get("reason")  # as its reconcile said; none before it, or an older daemon's
+        said = f": {why}" if why else f" (missing or not mounted): {root['path']}"
+        click.echo(f"warning: root unavailable{render.shown(said)}", err=True)
     if unavailable:
         sys.exit(EXIT_NOT_FOUND)
 
@@ -866,7 +867,7 @@ def quarantine_list(
 ) -> None:
     """Photos in quarantine now: id, when, original path, keeper, distance, reason."""
     with _errors():
-        root_path = str(Path(root).expanduser().resolve()) if root else None
+        root_path = root_key(root) if root else None
         service = _service(ctx, daemon_without_config=True)
         answer = service.quarantine_list(root=root_path, since=since)
     filtered = root is not None or since is not None
@@ -1028,7 +1029,7 @@ def distinct(ctx: click.Context, a: Path, b: Path, as_json: bool) -> None:
 def rescan(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     """Ask the daemon to reconcile ROOT (or every root) now: what changed unseen is found."""
     with _errors():
-        target = str(root.expanduser().resolve()) if root else None
+        target = root_key(root) if root else None
         answer = _service(ctx, daemon_without_config=True).rescan(target)
     if as_json:
         click.echo(render.to_json(answer))

@@ -195,11 +195,11 @@ class Config:
 
     def root_policies(self) -> dict[str, Policy]:
         """Each root's policy, keyed by the root's resolved path as the store names it."""
-        return {str(r.path.resolve()): self.policies[r.policy] for r in self.roots}
+        return {str(safefs.trusted_path(r.path)): self.policies[r.policy] for r in self.roots}
 
     def with_roots(self, paths: Sequence[Path]) -> Config:
         """The same config watching `paths` (command-line DIRs) under the default policy."""
-        roots = tuple(Root(Path(p).expanduser().resolve()) for p in paths)
+        roots = tuple(Root(safefs.trusted_path(Path(p).expanduser())) for p in paths)
         config = replace(self, roots=roots)
         check_layout(config, names=[str(p) for p in paths])
         return config
@@ -216,7 +216,7 @@ def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
     """Roots must not overlap (a file would have two records and two policies), and no root
     may lie in the quarantine folder (it is never watched)."""
     source = str(config.source) if config.source else None
-    real = [Path(os.path.realpath(r.path)) for r in config.roots]
+    real = [safefs.trusted_path(r.path) for r in config.roots]
     label = names or [f"roots[{i}].path" for i in range(len(real))]
     for j, b in enumerate(real):
         for i, a in enumerate(real[:j]):
@@ -229,7 +229,7 @@ def check_layout(config: Config, *, names: Sequence[str] | None = None) -> None:
                 )
     if config.quarantine.path is None:
         return
-    quarantine = Path(os.path.realpath(config.quarantine.path))
+    quarantine = safefs.trusted_path(config.quarantine.path)
     for i, root in enumerate(real):
         if _inside(root, quarantine):
             raise ConfigError(
@@ -374,10 +374,10 @@ class _Reader:
         return self.get(name, default, self._path, "a path")
 
     def paths(self, value: Any) -> tuple[Path, ...]:
-        """A non-empty list of folders, resolved as the store names roots (symlinks too)."""
+        """A non-empty list of folders, resolved as the store names roots (`trusted_path`)."""
         if not isinstance(value, list) or not value:
             raise ValueError(value)
-        return tuple(self._path(v).resolve() for v in value)
+        return tuple(safefs.trusted_path(self._path(v)) for v in value)
 
     def _path(self, value: Any) -> Path:
         if not isinstance(value, str) or not value:

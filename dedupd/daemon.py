@@ -49,7 +49,7 @@ from dedupd.errors import ConfigError, DaemonStopping, DedupdError, NotFoundErro
 from dedupd.lock import DatabaseLock
 from dedupd.pipeline import PROGRESS_INTERVAL, Counts, Pipeline
 from dedupd.pool import HasherPool, Waker, Work, hash_file
-from dedupd.scanner import root_key
+from dedupd.scanner import root_key, why_unavailable
 from dedupd.service import DaemonService
 from dedupd.store import Store
 from dedupd.watcher import Watcher
@@ -130,6 +130,8 @@ class Daemon:
         self._backlog: dict[str, Any] | None = None
         # Folders of each root the last reconcile could not read (for status).
         self._unreadable: dict[str, list[tuple[str, str]]] = {}
+        # Why each root the last reconcile found unavailable is (for status).
+        self._unavailable: dict[str, str] = {}
         self._pool: HasherPool | None = None
         self._pool_key: tuple[object, ...] = ()
         self._last_ping = self._last_status = -1e18
@@ -207,6 +209,7 @@ class Daemon:
                 "rebuilding": crops.rebuilding and not crops.loading,
             }
         states = dict(self.watcher.states)  # one atomic copy: the daemon thread may change it
+        reasons = self._unavailable
         config, roots = self.config, list(self.roots)  # a reload may swap them meanwhile
         policies = {root_key(r.path): r.policy for r in config.roots}
         with self.store_reader() as store:
@@ -221,7 +224,13 @@ class Daemon:
             "database_id": list(self._database_identity) if self._database_identity else None,
             "hasher": ingest.hasher.key,
             "roots": [
-                {"path": r, "state": states.get(r, "unknown"), "policy": policies.get(r, "?")}
+                {
+                    "path": r,
+                    "state": states.get(r, "unknown"),
+                    "policy": policies.get(r, "?"),
+                    # why, once a reconcile found it unavailable
+                    "reason": reasons.get(r) if states.get(r) == "unavailable" else None,
+                }
                 for r in roots
             ],
             "indexed": size,
@@ -353,6 +362,11 @@ class Daemon:
         report = self.pipeline.reconcile(roots, tick=self._heartbeat)
         for root, _ in report.unavailable:
             self.watcher.states[root] = "unavailable"
+        # replaced whole: status reads it elsewhere
+        self._unavailable = {
+            **{r: why for r, why in self._unavailable.items() if r not in roots},
+            **dict(report.unavailable),
+        }
         unreadable = dict(self._unreadable)  # replaced whole: status reads it elsewhere
         for root in report.roots:
             inside = root.rstrip(os.sep) + os.sep
@@ -575,7 +589,7 @@ class Daemon:
         if now >= self._next_retry:
             self._next_retry = now + self.retry_interval
             for root, state in list(self.watcher.states.items()):
-                if state == "unavailable" and os.path.isdir(root):
+                if state == "unavailable" and why_unavailable(root) is None:
                     log.info("root_available", root=root)
                     self.watcher.add_root(root)
                     self.pipeline.rescan_due.add(root)

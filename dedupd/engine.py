@@ -1200,7 +1200,7 @@ def excluded_dirs(config: Config) -> list[str]:
     kept in the photo tree). A database folder that holds roots is not excluded: its own
     files are no photos."""
     database_dir = os.path.realpath(config.database.parent)
-    roots = [os.path.realpath(r.path) for r in config.roots]
+    roots = [root_key(r.path) for r in config.roots]
     exclude = []
     if not any(r == database_dir or r.startswith(database_dir + os.sep) for r in roots):
         exclude.append(database_dir)

@@ -32,9 +32,10 @@ from dedupd.engine import (
     reconcile_roots,
     stored_keys,
 )
+from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.pool import Failure, HasherPool
-from dedupd.scanner import Entry, NameFilter, path_too_long, same_version, walk
+from dedupd.scanner import Entry, NameFilter, path_too_long, same_version, walk, why_unavailable
 from dedupd.store import Store
 from dedupd.watcher import Hint, Settler
 
@@ -126,6 +127,25 @@ class Backlog:
             rate=round(self.done / elapsed, 2) if elapsed > 0 else None,
         )
         self.total = self.done = 0
+
+
+class _Refused:
+    """Whether a root is unavailable now (`why_unavailable`), looked at once per root.
+
+    The pool hashes files by path, so each root is looked at again just before its files go
+    there: one walked before a link of another user replaced it (a backlog takes hours), or
+    still watched (inotify watches the folder it had, which goes on reporting its files under
+    the root's name, now through the link), must not lead a worker to the photos the link
+    leads to. Its files are dropped, and the root is reconciled, which reports it
+    unavailable and keeps its records."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, root: str) -> bool:
+        if root not in self._seen:
+            self._seen[root] = why_unavailable(root) is not None
+        return self._seen[root]
 
 
 class Pipeline:
@@ -308,11 +328,15 @@ class Pipeline:
         if root is None or any((path + os.sep).startswith(e) for e in self.excluded):
             return
         if os.path.isdir(path) and path != root:
-            for entry in walk(path, self.names, excluded_dirs(self.config)):
-                if self.root_of(entry.path):
-                    self.settler.add(entry.path)
-        else:  # a folder went away (or the root itself): let a reconcile sort it out
-            self.rescan_due.add(root)
+            try:
+                for entry in walk(path, self.names, excluded_dirs(self.config)):
+                    if self.root_of(entry.path):
+                        self.settler.add(entry.path)
+                return
+            except NotFoundError:  # gone meanwhile, or now reached through a user's link
+                pass
+        # a folder went away (or the root itself): let a reconcile sort it out
+        self.rescan_due.add(root)
 
     # -- settled files ----------------------------------------------------------------------
     def take_settled(self) -> None:
@@ -366,13 +390,23 @@ class Pipeline:
     def feed(self, pool: HasherPool) -> None:
         """Hand settled uploads, then backlog files, to the pool, up to its capacity: enough
         to keep every worker busy, few enough that a new upload does not wait long."""
+        refused = _Refused()
         while self.ingest.confirm:  # a held match waits for these full decodes
             entry = self.ingest.confirm.popleft()
+            if refused(entry.root):
+                self.ingest.dropped(entry)
+                self.rescan_due.add(entry.root)
+                continue
             self.hashing[entry.path] = entry
             pool.submit(entry)
         while pool.in_flight < pool.capacity and (self.settled or self.backlog):
             from_backlog = not self.settled
             entry = (self.settled or self.backlog).popleft()
+            if refused(entry.root):
+                if from_backlog:
+                    self.progress.dropped(1)
+                self.rescan_due.add(entry.root)  # whose reconcile reports it unavailable
+                continue
             if self.hashing.get(entry.path) == entry or self._handled(entry):
                 # this very version is being hashed, or was since it was queued
                 log.debug("file_unchanged", path=entry.path)

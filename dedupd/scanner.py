@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from dedupd import safefs
 from dedupd.config import WatchConfig
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat
@@ -29,6 +30,7 @@ __all__ = [
     "reconcile",
     "same_version",
     "walk",
+    "why_unavailable",
 ]
 
 
@@ -92,6 +94,28 @@ class NameFilter:
         return ext in self.extensions and not self.ignored(name)
 
 
+def why_unavailable(root: str) -> str | None:
+    """Why `root` cannot be walked now, or None when it can: it is no folder (a disk not
+    mounted), or its path passes through a symbolic link that neither root nor dedupd's user
+    owns. Such a link is never followed, wherever it leads: a user who may write the folder
+    above a root could otherwise swap the root for a link to another user's photos, and
+    dedupd (as root) would record and act on those. Looked at before every walk and watch,
+    since a link can be planted while dedupd runs."""
+    try:
+        link = safefs.untrusted_link(root)
+    except (safefs.UnsafePath, OSError) as exc:  # a loop of links, one changing meanwhile
+        return f"{root}: {exc}"
+    if link is not None:
+        where, uid = link
+        return (
+            f"{where}: a symbolic link owned by uid {uid} (not root or dedupd's user); dedupd "
+            "does not follow it: name the folder it leads to in the config if it is meant"
+        )
+    if not os.path.isdir(root):
+        return f"{root}: root is not a directory or is not mounted"
+    return None
+
+
 def walk(
     root: str,
     names: NameFilter,
@@ -99,6 +123,7 @@ def walk(
     unreadable: list[tuple[str, str]] | None = None,
 ) -> Iterator[Entry]:
     """Every wanted regular file under `root` (symlinks not followed), in no fixed order.
+    Raises NotFoundError, saying why, when the root is unavailable (`why_unavailable`).
 
     Directories matching an ignore glob and the `exclude` paths (quarantine, database
     folder) are skipped. Unreadable directories are skipped, each added to `unreadable`
@@ -107,8 +132,9 @@ def walk(
     all the same, with their real identity, so that they are recorded, never silently
     skipped: they are reached through the descriptor of the last folder that can be opened.
     """
-    if not os.path.isdir(root):
-        raise NotFoundError(f"{root}: root is not a directory or is not mounted")
+    why = why_unavailable(root)
+    if why is not None:
+        raise NotFoundError(why)
     excluded = {os.path.realpath(p) for p in exclude}
     stack = [root]
     while stack:
@@ -287,5 +313,7 @@ def reconcile(
 
 
 def root_key(path: Path | str) -> str:
-    """How a root is named in the store: its absolute, resolved path."""
-    return str(Path(path).expanduser().resolve())
+    """How a root is named in the store: its absolute path, its links resolved where root or
+    dedupd's user made them (`safefs.trusted_path`); another user's link stays in it, and
+    `walk` refuses it."""
+    return str(safefs.trusted_path(Path(path).expanduser()))

@@ -29,6 +29,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from dedupd.filestat import FileStat
+from dedupd.scanner import why_unavailable
 
 __all__ = ["Hint", "Settler", "Watcher"]
 
@@ -186,15 +187,17 @@ class Watcher:
             self.add_root(root)
 
     def add_root(self, root: str) -> WatchState:
-        """Watch `root` recursively; a missing root is "unavailable", and a watch limit
-        (ENOSPC/EMFILE) leaves it "polling" (periodic rescans only), logged with the fix:
-        for the root's own watch, or a folder's in it (`out_of_watches`)."""
+        """Watch `root` recursively; a missing root is "unavailable", as is one whose path
+        passes through another user's symbolic link (`why_unavailable`: inotify would follow
+        it), and a watch limit (ENOSPC/EMFILE) leaves it "polling" (periodic rescans only),
+        logged with the fix: for the root's own watch, or a folder's in it
+        (`out_of_watches`)."""
         assert self._observer is not None, "start() first"
         old = self._watches.pop(root, None)
         if old is not None:  # a root that vanished and came back: its emitter is dead
             with contextlib.suppress(KeyError):
                 self._observer.unschedule(old)
-        if not os.path.isdir(root):
+        if why_unavailable(root) is not None:
             self.states[root] = "unavailable"
             return "unavailable"
         self._limited.pop(root, None)

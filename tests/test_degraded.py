@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, MutableMapping
@@ -23,6 +24,7 @@ from dedupd.daemon import Daemon, Notifier
 from dedupd.errors import ConfigError
 from tests import photos
 from tests.test_daemon import Env, _idle, running, wait_for
+from tests.test_scan import _users_link
 
 TYPO = "polcies: {}\n"  # an unknown top-level key: the config does not load
 
@@ -175,7 +177,8 @@ def test_a_known_root_that_is_missing_is_unavailable_and_status_exits_1(env: Env
         assert result.exit_code == 1, result.output
         assert f"root      {env.archive}  unavailable  policy reference" in result.stdout
         assert result.stderr == (
-            f"warning: root unavailable (missing or not mounted): {env.archive}\n"
+            f"warning: root unavailable: {env.archive}: root is not a directory or is not "
+            "mounted\n"
         )
         as_json = ctl(env, "status", "--json")
         assert as_json.exit_code == 1
@@ -183,3 +186,53 @@ def test_a_known_root_that_is_missing_is_unavailable_and_status_exits_1(env: Env
         os.rename(away, env.archive)  # mounted again
         wait_for(lambda: ctl(env, "status").exit_code == 0, what="the root to be back")
         assert env.state(env.archive / "rocket.jpg") == "ok"
+
+
+def test_a_root_that_is_another_users_link_is_refused_and_the_other_roots_served(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive swapped for a link of another user's (to Bob's photos) while dedupd was
+    down: it is unavailable, as a missing root, and `dedupctl status` says why (exit 1);
+    nothing under the link is recorded, and uploads to the other root are still hashed."""
+    bob = env.tmp / "bob"
+    photos.copy(photos.photo("hubble"), bob / "hubble.jpg")
+    shutil.rmtree(env.archive)
+    why = _users_link(env.archive, bob, monkeypatch)
+    with running(env, retry_interval=0.2) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon))  # IMG_1.jpg
+        result = ctl(env, "status")
+        assert result.exit_code == 1, result.output
+        assert f"root      {env.archive}  unavailable  policy reference" in result.stdout
+        assert result.stderr == f"warning: root unavailable: {why}\n"
+        answer = json.loads(ctl(env, "status", "--json").stdout)
+        assert answer["roots"][1] == {
+            "path": str(env.archive),
+            "state": "unavailable",
+            "policy": "reference",
+            "reason": why,
+        }
+        photos.copy(photos.photo("rocket"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", what="the upload")
+        assert daemon.watcher.states[str(env.archive)] == "unavailable"
+    assert env.record(env.archive / "hubble.jpg") is None and env.record(bob / "hubble.jpg") is None
+
+
+def test_a_root_swapped_for_another_users_link_while_running_keeps_its_records(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link planted while the daemon runs is looked at when the root is walked again: the
+    root turns unavailable, its records are kept, and the folder the link leads to is not
+    walked."""
+    bob = env.tmp / "bob"
+    photos.copy(photos.photo("hubble"), bob / "hubble.jpg")
+    with running(env, retry_interval=0.2) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
+        os.rename(env.archive, env.tmp / "archive.old")
+        why = _users_link(env.archive, bob, monkeypatch)
+        assert ctl(env, "rescan").exit_code == 0
+        wait_for(lambda: ctl(env, "status").stderr == f"warning: root unavailable: {why}\n")
+        photos.copy(photos.photo("chelsea"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", what="the upload")
+        assert daemon.stats.hashed == 3
+    assert env.state(env.archive / "rocket.jpg") == "ok"
+    assert env.record(env.archive / "hubble.jpg") is None and env.record(bob / "hubble.jpg") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -12,9 +13,12 @@ from typing import Any
 
 import pytest
 import structlog
+from click.testing import CliRunner
 from PIL import Image
 
+from dedupd import safefs
 from dedupd.actions import Actions
+from dedupd.cli import dedupd
 from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, IndexConfig, load_config
 from dedupd.engine import ScanReport, scan
 from dedupd.hashers import Hasher
@@ -1089,3 +1093,116 @@ def test_a_photo_back_at_its_own_path_is_unchanged_not_renamed(
     decodes.clear()
     report = _scan(config)
     assert (report.renamed, report.unchanged, report.hashed, decodes) == (0, 10, 0, [])
+
+
+# -- a root reached through a symbolic link ----------------------------------------------------
+
+
+def _users_link(link: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make `link` → `target` a link of another user (one who may write the folder the root
+    is in, as Alice may write /home/alice); returns what dedupd says of it."""
+    link.symlink_to(target)
+    if os.geteuid() == 0:
+        os.lchown(link, 12345, 12345)
+    else:  # only root can give a link away: take this one for another user's
+        trusted, mine = safefs._trusted_link, os.lstat(link).st_ino
+        monkeypatch.setattr(safefs, "_trusted_link", lambda st: st.st_ino != mine and trusted(st))
+    return (
+        f"{link}: a symbolic link owned by uid {os.lstat(link).st_uid} (not root or dedupd's "
+        "user); dedupd does not follow it: name the folder it leads to in the config if it is "
+        "meant"
+    )
+
+
+def _tree(folder: Path) -> list[tuple[str, bytes | None]]:
+    return sorted(
+        (str(p.relative_to(folder)), p.read_bytes() if p.is_file() else None)
+        for p in folder.rglob("*")
+    )
+
+
+def _records(database: Path) -> int:
+    with Store(database) as store:
+        return int(store.db.execute("SELECT count(*) FROM files").fetchone()[0])
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_root_that_is_another_users_link_is_not_walked_and_the_scan_says_why(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    """Alice, who may write /home/alice, swaps her configured Photos folder for a link to
+    Bob's photos while dedupd is down. Roots were resolved through every link, so dedupd (as
+    root) hashed, recorded and quarantined Bob's photos. Now the root is unavailable, as an
+    unmounted one, naming the link and its owner: nothing there is hashed, recorded or moved."""
+    alice = tmp_path / "alice" / "Photos"
+    alice.parent.mkdir()
+    why = _users_link(alice, library, monkeypatch)
+    config = tmp_path / "dedupd.yaml"
+    config.write_text(
+        f"database: {tmp_path / 'state' / 'dedupd.db'}\n"
+        f"roots: [{{path: {alice}, policy: camera}}]\n"
+        "policies:\n  camera: {exact: quarantine, near: quarantine}\n"
+        f"quarantine: {{path: {tmp_path / 'quarantine'}}}\n"
+    )
+    before = _tree(library)
+    result = CliRunner().invoke(
+        dedupd, ["scan", "--config", str(config), "--workers", "1", *(["--json"] * as_json)]
+    )
+    assert result.exit_code == 0, result.output
+    if as_json:
+        answer = json.loads(result.stdout)
+        assert answer["unavailable"] == [{"root": str(alice), "reason": why}]
+        assert (answer["roots"], answer["files"], answer["hashed"]) == ([], 0, 0)
+        assert answer["actions"] == []
+    else:
+        assert result.stdout.startswith("scanned 0 root(s) in ")
+        assert f"\nunavailable: {alice}: {why}\n" in result.stdout + "\n"
+    assert _tree(library) == before
+    assert not (tmp_path / "quarantine").exists()
+    assert _records(tmp_path / "state" / "dedupd.db") == 0
+
+
+@pytest.mark.parametrize("owner", ["root", "another user"])
+def test_a_root_reached_through_a_link_is_walked_only_if_root_or_dedupd_made_the_link(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: str
+) -> None:
+    """An admin's link (/srv -> /mnt/data) is followed as before: the root is named by the
+    folder it leads to. A link another user owns is not: nothing under it is recorded."""
+    link = tmp_path / "srv"
+    if owner == "root":
+        link.symlink_to(library)  # made by the test's user: root, or dedupd's own
+    else:
+        _users_link(link, library, monkeypatch)
+    report = _scan(_config(tmp_path, link))
+    if owner == "root":
+        assert (report.roots, report.files, report.unavailable) == ([str(library)], 10, [])
+        with Store(tmp_path / "state" / "dedupd.db") as store:
+            assert len(store.files_in(str(library))) == 10
+    else:
+        assert (report.roots, report.files) == ([], 0)
+        assert [root for root, _ in report.unavailable] == [str(link)]
+        assert _records(tmp_path / "state" / "dedupd.db") == 0
+
+
+def test_a_root_swapped_for_another_users_link_between_scans_keeps_its_records(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decodes: list[str]
+) -> None:
+    """A link planted after the config was read (as while the daemon runs) is looked at
+    when the root is walked: the root is unavailable, its records stay as they were (not
+    marked missing), and the folder the link leads to is not walked or decoded."""
+    alice = tmp_path / "alice" / "Photos"
+    shutil.copytree(library / "chat", alice)
+    config = _config(tmp_path, alice)
+    assert _scan(config).hashed == 2
+    alice.rename(alice.parent / "Photos.old")
+    why = _users_link(alice, library, monkeypatch)
+    decodes.clear()
+    report = _scan(config)
+    assert report.unavailable == [(str(alice), why)]
+    assert (report.files, report.missing, report.hashed, decodes) == (0, 0, 0, [])
+    with Store(config.database) as store:
+        kept = store.files_in(str(alice))
+        assert sorted(kept) == ["coffee-wa.jpg", "rocket-small.jpg"]
+        assert {r.state for r in kept.values()} == {"ok"}
+        assert store.files_in(str(library)) == {}
+    assert _records(config.database) == 2
