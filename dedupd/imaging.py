@@ -18,6 +18,7 @@ import io
 import math
 import os
 import stat
+import struct
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import cv2
 import pillow_heif
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from dedupd import safefs
 from dedupd.errors import ImageError
@@ -243,14 +244,27 @@ def open_image(
     work for a 12 MP photo. What it shows is only what the file claims: a decision that
     would move a file on such a hash waits for a full decode (`engine`).
 
+    `max_pixels` bounds the pixels the decode holds, checked before any is decoded: those of
+    the draft for a sequential JPEG drafted (`draft_side`), the declared ones for any other
+    image (a progressive JPEG, a full decode, a path given instead of bytes).
+
     Raises NotAnImage, TooManyPixels, TruncatedImage or CorruptImage.
     """
+    frame = _jpeg_frame(data) if isinstance(data, bytes) else None
+    # A sequential JPEG that is drafted costs the pixels of its draft, not those its header
+    # declares (a 200 MP phone photo decodes to 3 MP): it is bounded by those below. Pillow's
+    # own bomb check at open counts the declared ones, and refuses more than 178,956,970
+    # whatever max_pixels says, so its JPEG plugin is called directly.
+    row_by_row = bool(draft_side) and frame is not None and frame.row_by_row
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with warnings.catch_warnings():
         # We enforce our own pixel limit below, before any pixel is decoded.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(source, formats=_DECODABLE)
+            if row_by_row and not isinstance(source, str):
+                image = _open_jpeg(source)
+            else:
+                image = Image.open(source, formats=_DECODABLE)
         except UnidentifiedImageError as exc:
             name = _recognized(data)
             if name in ALLOWED_FORMATS:  # a photo format whose decoder refused the file
@@ -264,28 +278,35 @@ def open_image(
         except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
             raise CorruptImage(path, f"cannot parse header: {exc}") from exc
     width, height = image.size
-    if width * height > max_pixels:
+    image_format = image.format or "unknown"
+    if draft_side and image_format in ("JPEG", "MPO"):
+        # a multi-picture JPEG (an Ultra HDR photo's gain map, a Samsung or 3-D camera's
+        # second picture) is drafted as any JPEG: its first picture is the photo. This sets
+        # the scale libjpeg will decode at, and the image's size; it decodes nothing.
+        image.draft("RGB", (draft_side, draft_side))
+    # What the decode holds: a sequential JPEG's draft, any other image whole.
+    held_width, held_height = image.size if row_by_row else (width, height)
+    if held_width * held_height > max_pixels:
+        drafted = f" decoded at {held_width}x{held_height}" if row_by_row else ""
+        whole = draft_side and frame is not None and not frame.row_by_row
+        why = "; a progressive (multi-scan) JPEG is held whole to decode, at any scale"
         raise TooManyPixels(
-            path, f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}"
+            path,
+            f"{width}x{height}{drafted} = {held_width * held_height} pixels exceeds max_pixels"
+            f" {max_pixels}{why if whole else ''}",
         )
     if max(width, height) > MAX_SIDE:
         raise TooManyPixels(path, f"{width}x{height}: a side longer than {MAX_SIDE} px")
-    image_format = image.format or "unknown"
-    if image_format in ("JPEG", "MPO") and isinstance(data, bytes):
-        least = _least_sequential_jpeg(data, width, height)
-        if least is not None and len(data) < least:
-            raise TruncatedImage(
-                path,
-                f"{len(data)} bytes cannot hold the {width}x{height} picture its header claims"
-                f" (its scan needs at least {least}): the rest would be decoded as grey",
-            )
+    least = frame.least_bytes(width, height) if frame is not None else None
+    if least is not None and image_format in ("JPEG", "MPO") and len(data) < least:
+        raise TruncatedImage(
+            path,
+            f"{len(data)} bytes cannot hold the {width}x{height} picture its header claims"
+            f" (its scan needs at least {least}): the rest would be decoded as grey",
+        )
     from_thumbnail = False
     try:
-        # a multi-picture JPEG (an Ultra HDR photo's gain map, a Samsung or 3-D camera's
-        # second picture) is drafted as any JPEG: its first picture is the photo
-        if draft_side and image_format in ("JPEG", "MPO"):
-            image.draft("RGB", (draft_side, draft_side))
-        elif thumbnail_side and image_format == "HEIF":
+        if thumbnail_side and image_format == "HEIF":
             from_thumbnail = image.draft("RGB", (thumbnail_side, thumbnail_side)) is not None
         image.load()
         decoded_size = image.size
@@ -301,6 +322,15 @@ def open_image(
     return Decoded(_eight_bit(_from_lab(image)), image_format, width, height, from_thumbnail)
 
 
+def _open_jpeg(source: io.BytesIO) -> Image.Image:
+    """`source`, a JPEG (or multi-picture JPEG), opened as `Image.open` opens it but without
+    Pillow's decompression-bomb check, which counts the pixels its header declares."""
+    try:
+        return JpegImagePlugin.jpeg_factory(source)
+    except (SyntaxError, IndexError, TypeError, struct.error) as exc:  # as Image.open
+        raise UnidentifiedImageError(f"cannot identify image file: {exc}") from exc
+
+
 # JPEG start-of-frame markers of sequential Huffman coding (baseline, extended): every 8x8
 # block then costs at least two bits (a DC code and an end-of-block code). Progressive and
 # arithmetic coding can code empty blocks in less, and are left alone.
@@ -308,14 +338,45 @@ _SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC DAC
 
 
-def _least_sequential_jpeg(data: bytes, width: int, height: int) -> int | None:
-    """The fewest bytes a sequential Huffman JPEG of `width` x `height` can take, None for
-    other codings (or a file whose markers cannot be walked: the decoder says what is
-    wrong). A file that claims a large picture but holds a few KB (libjpeg fills what is
-    missing with grey and only warns, and Pillow does not pass the warning on) is shorter.
-    Counted low: two bits for each 16x16 block of the picture, whatever the sampling."""
-    i = 2
-    for _ in range(256):  # the frame header comes after a few segments (APPn, DQT, DHT)
+class _JpegFrame(NamedTuple):
+    """What a JPEG's headers say before its first scan: its frame header (SOFn) and how many
+    of the frame's components its first scan (SOS) holds."""
+
+    marker: int  # 0xC0-0xCF: how the picture is coded
+    components: int
+    scanned: int  # components in the first scan
+
+    @property
+    def sequential(self) -> bool:
+        return self.marker in _SEQUENTIAL_HUFFMAN
+
+    @property
+    def row_by_row(self) -> bool:
+        """Decoded a row of blocks at a time, at the draft's scale: a sequential JPEG whose
+        one scan holds every component. Any other (progressive, or sequential with one scan
+        per component) makes libjpeg keep the whole picture's DCT coefficients, 2 bytes each
+        (~3 bytes a declared pixel at 4:2:0, 6 at 4:4:4), whatever the scale."""
+        return self.sequential and self.scanned == self.components
+
+    def least_bytes(self, width: int, height: int) -> int | None:
+        """The fewest bytes a sequential Huffman JPEG of `width` x `height` can take, None
+        for other codings. A file that claims a large picture but holds a few KB (libjpeg
+        fills what is missing with grey and only warns, and Pillow does not pass the warning
+        on) is shorter. Counted low: two bits for each 16x16 block of the picture, whatever
+        the sampling."""
+        if not self.sequential:
+            return None
+        return (width // 16) * (height // 16) // 4
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The frame of the JPEG in `data`, read from its markers up to its first scan; None for
+    a file whose markers cannot be walked that far, or that has two frame headers (the
+    decoder says what is wrong)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, frame = 2, None
+    for _ in range(256):  # the first scan comes after a few segments (APPn, DQT, SOFn, DHT)
         if i + 4 > len(data) or data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -323,11 +384,13 @@ def _least_sequential_jpeg(data: bytes, width: int, height: int) -> int | None:
             i += 1
             continue
         if marker in _SOF:
-            if marker not in _SEQUENTIAL_HUFFMAN:
+            if frame is not None or i + 10 > len(data):
                 return None
-            return (width // 16) * (height // 16) // 4
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
+            frame = (marker, data[i + 9])  # after length, precision, height and width
+        elif marker == 0xDA:  # start of scan
+            if frame is None or i + 5 > len(data):
+                return None
+            return _JpegFrame(*frame, scanned=data[i + 4])
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 

@@ -8,6 +8,7 @@ import os
 import random
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -758,3 +759,104 @@ def test_the_share_of_border_is_measured_on_copies_and_none_on_photos(
     framed = hash_image(str(shot), [PHASH], max_pixels=MAX_PIXELS, features=False)
     assert plain.framed == 0.0
     assert framed.framed >= 0.5 > FRAMED
+
+
+def _jpeg(path: Path, size: tuple[int, int], **save: Any) -> Path:
+    """A photo of `size` saved as a JPEG: sequential (baseline), or as `save` says."""
+    im = Image.open(photos.photo("chelsea")).convert("RGB").resize(size)
+    im.save(path, "JPEG", quality=90, **save)
+    return path
+
+
+def _one_scan_per_component(src: Path, dst: Path) -> Path:
+    """`src`, a sequential colour JPEG, with a first scan that holds one component of its
+    three: the headers of a sequential JPEG coded a component at a time (libjpeg's
+    `jpegtran -scans`), which libjpeg then holds whole to decode, as a progressive one."""
+    data = bytearray(src.read_bytes())
+    sos = data.find(b"\xff\xda")
+    assert data[sos + 4] == 3
+    data[sos + 4] = 1
+    dst.write_bytes(data)
+    return dst
+
+
+def _never_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes any decode fail the test: a refusal must come before any pixel is decoded."""
+    from PIL import ImageFile
+
+    def load(self: ImageFile.ImageFile) -> None:
+        raise AssertionError(f"{self.size} decoded before it was refused")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def test_a_sequential_jpeg_is_bounded_by_the_pixels_its_draft_decodes(tmp_path: Path) -> None:
+    """A 200 MP phone photo (16320x12240) was recorded `too_many_pixels` and never
+    deduplicated, though a sequential JPEG is decoded a row of blocks at a time at the
+    draft's scale (1/8: 2040x1530). `max_pixels` counts the pixels decoded: a 3 MP JPEG is
+    hashed within 1 MP, since its draft is 500x375; hashed the same, and its thumbnail made."""
+    path = _jpeg(tmp_path / "seq.jpg", (2000, 1500))
+    within = hash_image(str(path), [PHASH], max_pixels=1_000_000)
+    assert (within.width, within.height) == (2000, 1500)
+    assert within.hashes == hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS).hashes
+    picture, _ = thumbnail(str(path), 320, max_pixels=1_000_000)
+    assert picture.size == (320, 240)
+    # a draft beyond max_pixels is still refused, before it is decoded
+    with pytest.raises(TooManyPixels, match=r"2000x1500 decoded at 500x375 = 187500 pixels"):
+        hash_image(str(path), [PHASH], max_pixels=100_000)
+
+
+def test_a_200_mp_phone_jpeg_is_hashed(tmp_path: Path) -> None:
+    """16320x12240 = 199,756,800 pixels, beyond Pillow's own bomb limit (178,956,970), which
+    refused it at open whatever `max_pixels` said: hashed at the default limit."""
+    path = tmp_path / "200mp.jpg"
+    Image.new("L", (16320, 12240), 128).save(path, "JPEG", quality=1, optimize=True)
+    result = hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
+    assert (result.width, result.height, result.format) == (16320, 12240, "JPEG")
+
+
+@pytest.mark.parametrize("kind", ["progressive", "one scan per component"])
+def test_a_multi_scan_jpeg_is_bounded_by_its_declared_pixels(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A progressive JPEG (or a sequential one coded a component per scan) makes libjpeg
+    hold every DCT coefficient of the picture (~3 bytes a pixel) at any draft scale: it is
+    refused by its declared pixels, before decoding, as before."""
+    seq = _jpeg(tmp_path / "seq.jpg", (2000, 1500))
+    if kind == "progressive":
+        path = _jpeg(tmp_path / "prog.jpg", (2000, 1500), progressive=True)
+    else:
+        path = _one_scan_per_component(seq, tmp_path / "scans.jpg")
+    _never_decoded(monkeypatch)
+    with pytest.raises(
+        TooManyPixels,
+        match=r"2000x1500 = 3000000 pixels exceeds max_pixels 1000000; a progressive",
+    ):
+        hash_image(str(path), [PHASH], max_pixels=1_000_000)
+
+
+def test_without_a_draft_a_sequential_jpeg_is_bounded_by_its_declared_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full decode (`draft=False`, as the benchmarks ask; no hasher, as a keeper's
+    re-check; `open_image` without a draft side) holds the whole picture: refused by its
+    declared pixels before decoding."""
+    path = _jpeg(tmp_path / "seq.jpg", (2000, 1500))
+    _never_decoded(monkeypatch)
+    with pytest.raises(TooManyPixels, match=r"2000x1500 = 3000000 pixels exceeds max_pixels"):
+        hash_image(str(path), [PHASH], max_pixels=1_000_000, draft=False)
+    with pytest.raises(TooManyPixels, match=r"2000x1500 = 3000000 pixels exceeds max_pixels"):
+        hash_image(str(path), [], max_pixels=1_000_000)
+    with pytest.raises(TooManyPixels, match=r"2000x1500 = 3000000 pixels exceeds max_pixels"):
+        open_image(path.read_bytes(), str(path), draft_side=None, max_pixels=1_000_000)
+
+
+def test_a_jpeg_claiming_a_200_mp_picture_it_does_not_hold_is_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting the draft's pixels admits no lying header: a 2 KB file claiming 16320x12240
+    is `truncated` (Pillow's bomb check made it `too_many_pixels` before), never decoded."""
+    path = _claiming((16320, 12240), tmp_path)
+    _never_decoded(monkeypatch)
+    with pytest.raises(TruncatedImage, match="cannot hold the 16320x12240 picture"):
+        hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
