@@ -106,6 +106,41 @@ def test_scan_uses_the_roots_of_the_config(
     assert (tmp_path / "state" / "d.db").exists()
 
 
+def test_scan_bounds_a_sequential_jpeg_by_its_draft_and_a_progressive_one_whole(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """`hashing.max_pixels` counts what decoding holds: a sequential JPEG larger than it
+    (a 200 MP phone photo under the default) is hashed from its draft; the same picture saved
+    progressive, which libjpeg holds whole at any scale, is `too_many_pixels`."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    picture = Image.open(photos.photo("rocket")).convert("RGB").resize((2000, 1500))
+    picture.save(root / "sequential.jpg", quality=90)
+    picture.save(root / "progressive.jpg", quality=90, progressive=True)
+    cfg = tmp_path / "dedupd.yaml"
+    cfg.write_text(
+        f"database: {tmp_path / 'd.db'}\n"
+        "hashing: {workers: 1, max_pixels: 1000000}\n"
+        f"roots: [{{path: {root}}}]\n"
+    )
+    result = runner.invoke(dedupd, ["scan", "--config", str(cfg), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["files"], report["hashed"]) == (2, 1)
+    assert report["errors"] == [
+        {
+            "path": str(root / "progressive.jpg"),
+            "kind": "too_many_pixels",
+            "message": "2000x1500 = 3000000 pixels exceeds max_pixels 1000000; a progressive"
+            " (multi-scan) JPEG is held whole to decode, at any scale",
+        }
+    ]
+    with Store(tmp_path / "d.db") as store:
+        record = store.record(str(root), "sequential.jpg")
+    assert record is not None and record.state == "ok"
+    assert (record.width, record.height) == (2000, 1500)
+
+
 def test_search_lists_nearest_photos_with_distances(
     runner: CliRunner, scanned: Path, library: Path
 ) -> None:
