@@ -256,6 +256,12 @@ def open_image(
     # own bomb check at open counts the declared ones, and refuses more than 178,956,970
     # whatever max_pixels says, so its JPEG plugin is called directly.
     row_by_row = bool(draft_side) and frame is not None and frame.row_by_row
+    # why a JPEG is counted whole though it is drafted, for its error
+    why = (
+        "; a progressive (multi-scan) JPEG is held whole to decode, at any scale"
+        if draft_side and frame is not None and not frame.row_by_row
+        else ""
+    )
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with warnings.catch_warnings():
         # We enforce our own pixel limit below, before any pixel is decoded.
@@ -273,7 +279,7 @@ def open_image(
                 ) from exc
             raise NotAnImage(path, _not_allowed(name)) from exc
         except Image.DecompressionBombError as exc:
-            raise TooManyPixels(path, str(exc)) from exc
+            raise TooManyPixels(path, f"{str(exc).rstrip('.')}{why}") from exc
         # RuntimeError: what Pillow's AVIF plugin raises for most files libavif refuses
         except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
             raise CorruptImage(path, f"cannot parse header: {exc}") from exc
@@ -288,12 +294,10 @@ def open_image(
     held_width, held_height = image.size if row_by_row else (width, height)
     if held_width * held_height > max_pixels:
         drafted = f" decoded at {held_width}x{held_height}" if row_by_row else ""
-        whole = draft_side and frame is not None and not frame.row_by_row
-        why = "; a progressive (multi-scan) JPEG is held whole to decode, at any scale"
         raise TooManyPixels(
             path,
             f"{width}x{height}{drafted} = {held_width * held_height} pixels exceeds max_pixels"
-            f" {max_pixels}{why if whole else ''}",
+            f" {max_pixels}{why}",
         )
     if max(width, height) > MAX_SIDE:
         raise TooManyPixels(path, f"{width}x{height}: a side longer than {MAX_SIDE} px")

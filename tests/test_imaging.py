@@ -808,11 +808,17 @@ def test_a_sequential_jpeg_is_bounded_by_the_pixels_its_draft_decodes(tmp_path: 
 
 def test_a_200_mp_phone_jpeg_is_hashed(tmp_path: Path) -> None:
     """16320x12240 = 199,756,800 pixels, beyond Pillow's own bomb limit (178,956,970), which
-    refused it at open whatever `max_pixels` said: hashed at the default limit."""
-    path = tmp_path / "200mp.jpg"
-    Image.new("L", (16320, 12240), 128).save(path, "JPEG", quality=1, optimize=True)
+    refused it at open whatever `max_pixels` said: hashed at the default limit. Saved
+    progressive, it is still refused, and the error says why."""
+    path, progressive = tmp_path / "200mp.jpg", tmp_path / "200mp-progressive.jpg"
+    picture = Image.new("L", (16320, 12240), 128)
+    picture.save(path, "JPEG", quality=1, optimize=True)
+    picture.save(progressive, "JPEG", quality=1, progressive=True)
+    del picture
     result = hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
     assert (result.width, result.height, result.format) == (16320, 12240, "JPEG")
+    with pytest.raises(TooManyPixels, match=r"; a progressive \(multi-scan\) JPEG is held whole"):
+        hash_image(str(progressive), [PHASH], max_pixels=MAX_PIXELS)
 
 
 @pytest.mark.parametrize("kind", ["progressive", "one scan per component"])
