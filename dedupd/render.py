@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dedupd.engine import Group, ScanReport
+    from dedupd.engine import Group, Outcome, ScanReport
 
 __all__ = [
     "duration",
@@ -121,13 +122,30 @@ def group_dicts(groups: list[dict[str, Any]], bits: int) -> str:
     return "\n".join(lines)
 
 
+def _acted(outcomes: Sequence[Outcome]) -> str:
+    """What the scan's decisions did to files, for its summary line: the groups it lists are
+    those left in place, so a scan that quarantined every duplicate it found lists none."""
+    moved = [o for o in outcomes if o.decision.acts]
+    done = Counter(str(o.decision.action) for o in moved if o.result == "done")
+    said = [
+        f"{done[a]} {past}"
+        for a, past in (("quarantine", "quarantined"), ("delete", "deleted"))
+        if done[a]
+    ]
+    if previewed := sum(o.result == "dry run" for o in moved):
+        said.append(f"{previewed} to move or delete (dry run: none moved)")
+    if failed := sum(o.result.startswith("failed") for o in moved):
+        said.append(f"{failed} failed")
+    return "; " + ", ".join(said) if said else ""
+
+
 def scan_report(report: ScanReport, bits: int) -> str:
     dups = sum(len(g.duplicates) for g in report.groups)
     lines = [
         f"scanned {len(report.roots)} root(s) in {report.seconds:.1f}s: {report.files} files, "
         f"{report.hashed} hashed, {report.unchanged} unchanged, {report.renamed} renamed, "
         f"{report.missing} missing, {len(report.failed)} errors, "
-        f"{len(report.groups)} duplicate groups ({dups} duplicates)"
+        f"{len(report.groups)} duplicate groups ({dups} duplicates)" + _acted(report.outcomes)
     ]
     lines += [f"unavailable: {shown(root)}: {shown(why)}" for root, why in report.unavailable]
     lines += [

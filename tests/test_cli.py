@@ -358,6 +358,22 @@ def test_scan_applies_the_policy_and_prints_each_action(
         library / "chelsea.jpg"
     ).exists()
     assert sorted(p.name for p in q.rglob("*.jpg")) == ["coffee-wa.jpg", "rocket-small.jpg"]
+    # The groups listed are those left in place (the reported chelsea pair): the summary
+    # says what was done to the others.
+    assert result.output.splitlines()[0].endswith(
+        "1 duplicate groups (1 duplicates); 2 quarantined, 1 deleted"
+    )
+
+
+def test_a_dry_run_scan_says_how_many_it_would_move_and_moves_none(
+    runner: CliRunner, acting_config: Path, library: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(dedupd, ["scan", "--config", str(acting_config), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].endswith(
+        "; 3 to move or delete (dry run: none moved)"
+    )
+    assert (library / "astronaut (1).jpg").exists() and not (tmp_path / "quarantine").exists()
 
 
 def test_quarantine_list_and_restore(
