@@ -187,11 +187,12 @@ class Ingest:
         # SQLite, read for the few candidates verified).
         self.crop_key = FEATURES_KEY
         self.crops: CropIndex = CropIndex()
-        # The features of the photos the crop stage read last, by (id, sha256): a burst's
-        # photos are each other's candidates, and so are a library's most textured ones, so
-        # most candidates were read and parsed for an earlier newcomer. Keyed by content, a
-        # photo changed in place (same id) is never compared through its old features.
-        self._features_read: OrderedDict[tuple[int, str], Features] = OrderedDict()
+        # The features of the photos the crop stage read last, by id, with the sha256 they
+        # were read for: a burst's photos are each other's candidates, and so are a library's
+        # most textured ones, so most candidates were read and parsed for an earlier newcomer.
+        # Dropped whenever a photo is recorded again (`_recorded`): a full decode stores new
+        # features for the same bytes (a HEIC hashed from its embedded thumbnail first).
+        self._features_read: OrderedDict[int, tuple[str | None, Features]] = OrderedDict()
         # Read and built on a thread of its own, from a connection of its own: at a million
         # photos that takes ~15 s (bench/crops.py), and the daemon is ready long before. The
         # first crop stage waits for it (`_crops`), so no newcomer is matched against half an
@@ -406,6 +407,7 @@ class Ingest:
                 if isinstance(result, HashedVideo)
                 else self.store.record_hashed(entry.root, entry.relpath, result)
             )
+            self._features_read.pop(file_id, None)
             self.store.set_state(file_id, gone)
             return None
         if isinstance(result, HashedVideo):
@@ -426,6 +428,7 @@ class Ingest:
         # before the decision leaves the note, and the next start hashes and decides it.
         deciding = None if fill else self.policy_key
         file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
+        self._features_read.pop(file_id, None)  # new features, maybe for the same bytes
         self._awaiting.pop(file_id, None)
         if fill:
             with self.lock:
@@ -728,24 +731,25 @@ class Ingest:
         return out
 
     def _crop_features(self, records: Iterable[FileRecord]) -> dict[int, Features]:
-        """The features of `records` that have readable ones, by id: parsed before (kept by id
-        and content, the last FEATURES_KEPT used) or read from the store now, in one query."""
+        """The features of `records` that have readable ones, by id: parsed before for the
+        same record and bytes (the last FEATURES_KEPT used) or read from the store now, in
+        one query."""
         found: dict[int, Features] = {}
         unread: list[FileRecord] = []
         for record in records:
-            kept = self._features_read.get((record.id, record.sha256 or ""))
-            if kept is None:
-                unread.append(record)
+            kept = self._features_read.get(record.id)
+            if kept is not None and kept[0] == record.sha256:
+                self._features_read.move_to_end(record.id)
+                found[record.id] = kept[1]
             else:
-                self._features_read.move_to_end((record.id, record.sha256 or ""))
-                found[record.id] = kept
+                unread.append(record)
         stored = self.store.features_of([r.id for r in unread], self.crop_key) if unread else {}
         for record in unread:
             row = stored.get(record.id)
             if row is not None and (parsed := self._readable(record.id, row)) is not None:
                 found[record.id] = parsed
-                if record.sha256 is not None:  # (a recorded photo has one)
-                    self._features_read[record.id, record.sha256] = parsed
+                self._features_read[record.id] = record.sha256, parsed
+                self._features_read.move_to_end(record.id)
         while len(self._features_read) > FEATURES_KEPT:
             self._features_read.popitem(last=False)
         return found

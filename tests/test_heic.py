@@ -171,6 +171,34 @@ def test_a_thumbnail_that_lies_moves_nothing(tmp_path: Path) -> None:
         assert store.from_thumbnail([record.id]) == set()
 
 
+def test_a_crop_that_only_a_lying_thumbnail_shows_moves_nothing(tmp_path: Path) -> None:
+    """The thumbnail shows a crop of the keeper, the image another picture: the crop found on
+    the thumbnail's features waits for the full decode, whose features (stored for the same
+    bytes) find no crop, and the file stays. The crop stage keeps the features it parsed: the
+    thumbnail's must not stand in for the full decode's."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    with Image.open(photos.photo("coffee")) as im:
+        big = im.convert("RGB").resize((1600, 1200), Image.Resampling.LANCZOS)
+    big.save(root / "coffee.jpg", quality=95)
+    _older(root / "coffee.jpg")
+    crop = big.crop((160, 120, 1440, 1080)).resize((960, 720), Image.Resampling.LANCZOS)
+    heic = write_heic(root / "IMG_3.HEIC", _picture("rocket"), thumbnail_of=crop)
+    config = replace(
+        _config(tmp_path, root),
+        policies={
+            DEFAULT_POLICY: Policy(
+                exact="report", near="report", crop="quarantine", keep=("oldest",)
+            )
+        },
+    )
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        results = [o.result for o in report.outcomes]
+        assert len(results) == 1 and results[0].startswith("held"), results
+        assert heic.exists()
+
+
 @pytest.mark.parametrize("thumbnail", [True, False])
 def test_the_store_records_whether_a_hash_came_from_a_thumbnail(
     tmp_path: Path, thumbnail: bool
