@@ -284,6 +284,9 @@ def open_image(
         except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
             raise CorruptImage(path, f"cannot parse header: {exc}") from exc
     width, height = image.size
+    if row_by_row and frame is not None and not frame.read_alike(image):
+        row_by_row = False  # not the frame dedupd read: counted whole, by its declared size
+        why = "; its headers do not read as one sequential JPEG's"
     image_format = image.format or "unknown"
     if draft_side and image_format in ("JPEG", "MPO"):
         # a multi-picture JPEG (an Ultra HDR photo's gain map, a Samsung or 3-D camera's
@@ -344,11 +347,12 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC D
 
 class _JpegFrame(NamedTuple):
     """What a JPEG's headers say before its first scan: its frame header (SOFn) and how many
-    of the frame's components its first scan (SOS) holds."""
+    of the frame's components its first scan (SOS) holds (None: no scan found in reach)."""
 
     marker: int  # 0xC0-0xCF: how the picture is coded
+    size: tuple[int, int]  # width, height, as the frame header declares them
     components: int
-    scanned: int  # components in the first scan
+    scanned: int | None  # components in the first scan
 
     @property
     def sequential(self) -> bool:
@@ -362,6 +366,17 @@ class _JpegFrame(NamedTuple):
         (~3 bytes a declared pixel at 4:2:0, 6 at 4:4:4), whatever the scale."""
         return self.sequential and self.scanned == self.components
 
+    def read_alike(self, image: Image.Image) -> bool:
+        """Whether Pillow (whose reading of the headers libjpeg decodes by) found this very
+        frame: the same size and components, not progressive. A file built so that two
+        readers of its markers part ways must not be counted by its draft."""
+        return (
+            image.size == self.size
+            and len(getattr(image, "layer", ())) == self.components
+            and not image.info.get("progressive")
+            and not image.info.get("progression")
+        )
+
     def least_bytes(self, width: int, height: int) -> int | None:
         """The fewest bytes a sequential Huffman JPEG of `width` x `height` can take, None
         for other codings. A file that claims a large picture but holds a few KB (libjpeg
@@ -373,30 +388,41 @@ class _JpegFrame(NamedTuple):
         return (width // 16) * (height // 16) // 4
 
 
+# Markers that stand alone, without a length: RST0-RST7 (0xD0-0xD7) and TEM (0x01).
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}
+
+
 def _jpeg_frame(data: bytes) -> _JpegFrame | None:
-    """The frame of the JPEG in `data`, read from its markers up to its first scan; None for
-    a file whose markers cannot be walked that far, or that has two frame headers (the
-    decoder says what is wrong)."""
+    """The frame of the JPEG in `data`, read from its markers as libjpeg reads them, up to its
+    first scan; None for a file whose markers cannot be walked to a frame header, or that has
+    two (the decoder says what is wrong). A frame whose first scan is beyond reach has
+    `scanned` None."""
     if data[:2] != b"\xff\xd8":
         return None
     i, frame = 2, None
     for _ in range(256):  # the first scan comes after a few segments (APPn, DQT, SOFn, DHT)
-        if i + 4 > len(data) or data[i] != 0xFF:
-            return None
+        if i + 2 > len(data) or data[i] != 0xFF:
+            break
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker in (0x00, 0xD8, 0xD9) or i + 4 > len(data):  # no marker here, SOI, EOI
+            break
         if marker in _SOF:
             if frame is not None or i + 10 > len(data):
                 return None
-            frame = (marker, data[i + 9])  # after length, precision, height and width
+            height, width = (int.from_bytes(data[i + k : i + k + 2], "big") for k in (5, 7))
+            frame = _JpegFrame(marker, (width, height), data[i + 9], None)
         elif marker == 0xDA:  # start of scan
             if frame is None or i + 5 > len(data):
                 return None
-            return _JpegFrame(*frame, scanned=data[i + 4])
+            return frame._replace(scanned=data[i + 4])
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
+    return frame
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image
 
+from dedupd import imaging
 from dedupd.config import DEFAULT_EXTENSIONS
 from dedupd.hashers import HASHERS, Hasher
 from dedupd.imaging import (
@@ -866,3 +867,67 @@ def test_a_jpeg_claiming_a_200_mp_picture_it_does_not_hold_is_truncated(
     _never_decoded(monkeypatch)
     with pytest.raises(TruncatedImage, match="cannot hold the 16320x12240 picture"):
         hash_image(str(path), [PHASH], max_pixels=MAX_PIXELS)
+
+
+def _disguised_progressive(size: tuple[int, int]) -> bytes:
+    """A progressive JPEG claiming `size`, disguised for a reader that takes RST0 (a marker
+    without a length for libjpeg and Pillow) for one with a length: such a reader jumps into
+    an APP1 segment that holds a sequential frame header and a scan of every component, and
+    counts the draft; libjpeg decodes the progressive frame, holding it whole. Padded with
+    comments past the lying-size check."""
+    w, h = size
+    out = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(out, "JPEG", progressive=True)
+    real = bytearray(out.getvalue())
+    sof = real.find(b"\xff\xc2")
+    real[sof + 5 : sof + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    payload = bytearray(0xFFFF - 2)
+    fake = b"\xff\xc0\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00\xff\xda\x00\x08\x01\x01\x00"
+    payload[65509 - 8 : 65509 - 8 + len(fake)] = fake  # where 0xFFE1 read as a length leads
+    data = b"\xff\xd8\xff\xd0\xff\xe1\xff\xff" + payload
+    pad = (w // 16) * (h // 16) // 4
+    while pad > 0:
+        n = min(pad, 65533)
+        data += b"\xff\xfe" + (n + 2).to_bytes(2, "big") + bytes(n)
+        pad -= n
+    return data + bytes(real[2:])
+
+
+def test_a_progressive_jpeg_disguised_behind_a_restart_marker_is_counted_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Restart markers stand alone: read as libjpeg reads them, the frame is the progressive
+    one, held whole (400 MP declared: 1.2 GB of coefficients at 4:2:0, 20,000 px a side). A
+    reader that took the marker for a segment counted its 3 MP draft (review helper found it:
+    a 4 MB file of this kind took 8 GB in a worker)."""
+    data = _disguised_progressive((20000, 20000))
+    _never_decoded(monkeypatch)
+    with pytest.raises(TooManyPixels, match=r"a progressive \(multi-scan\) JPEG is held whole"):
+        open_image(data, "x.jpg", draft_side=256, max_pixels=MAX_PIXELS)
+
+
+def test_a_frame_the_decoder_reads_otherwise_is_counted_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draft counts only when Pillow, whose reading libjpeg decodes by, found the frame
+    dedupd's own reading found: a file two readers part on is bounded by its declared size
+    (any reading dedupd gets wrong, here one made to say "sequential" of a progressive file)."""
+    path = _jpeg(tmp_path / "prog.jpg", (2000, 1500), progressive=True)
+    wrong = imaging._JpegFrame(0xC0, (2000, 1500), 3, 3)
+    monkeypatch.setattr(imaging, "_jpeg_frame", lambda data: wrong)
+    _never_decoded(monkeypatch)
+    with pytest.raises(TooManyPixels, match="do not read as one sequential JPEG's"):
+        open_image(path.read_bytes(), str(path), draft_side=256, max_pixels=1_000_000)
+
+
+def test_a_lying_size_is_caught_behind_many_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lying-size check needs the frame header only: 300 comments between it and the
+    first scan (beyond the walk's reach for the scan) do not hide a 4000x3000 claim."""
+    data = bytearray(_claiming((4000, 3000), tmp_path).read_bytes())
+    sos = data.find(b"\xff\xda")
+    data[sos:sos] = b"\xff\xfe\x00\x02" * 300
+    _never_decoded(monkeypatch)
+    with pytest.raises(TruncatedImage, match="cannot hold the 4000x3000 picture"):
+        open_image(bytes(data), "x.jpg", draft_side=256, max_pixels=MAX_PIXELS)
