@@ -190,8 +190,8 @@ class Ingest:
         # The features of the photos the crop stage read last, by id, with the sha256 they
         # were read for: a burst's photos are each other's candidates, and so are a library's
         # most textured ones, so most candidates were read and parsed for an earlier newcomer.
-        # Dropped whenever a photo is recorded again (`_recorded`): a full decode stores new
-        # features for the same bytes (a HEIC hashed from its embedded thumbnail first).
+        # Dropped whenever `ingest` records a photo again: a full decode stores new features
+        # for the same bytes (a HEIC hashed from its embedded thumbnail first).
         self._features_read: OrderedDict[int, tuple[str | None, Features]] = OrderedDict()
         # Read and built on a thread of its own, from a connection of its own: at a million
         # photos that takes ~15 s (bench/crops.py), and the daemon is ready long before. The
