@@ -126,7 +126,7 @@ def _acted(outcomes: Sequence[Outcome]) -> str:
     """What the scan's decisions did to files, for its summary line: the groups it lists are
     those left in place, so a scan that quarantined every duplicate it found lists none."""
     moved = [o for o in outcomes if o.decision.acts]
-    done = Counter(str(o.decision.action) for o in moved if o.result == "done")
+    done: Counter[str] = Counter(o.decision.action for o in moved if o.result == "done")
     said = [
         f"{done[a]} {past}"
         for a, past in (("quarantine", "quarantined"), ("delete", "deleted"))
