@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from dedupd import safefs
 from dedupd.actions import ActionError, Actions, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
@@ -1202,14 +1203,15 @@ def excluded_dirs(config: Config) -> list[str]:
     """Folders never scanned or watched, even inside a root: the quarantine, the roots'
     staging folders, and the database's folder when it lies inside a root (a state folder
     kept in the photo tree). A database folder that holds roots is not excluded: its own
-    files are no photos."""
-    database_dir = os.path.realpath(config.database.parent)
+    files are no photos. Their links are resolved as roots' are (`safefs.trusted_path`): a
+    link another user planted in place of the quarantine leads nowhere to exclude."""
+    database_dir = str(safefs.trusted_path(config.database.parent))
     roots = [root_key(r.path) for r in config.roots]
     exclude = []
     if not any(r == database_dir or r.startswith(database_dir + os.sep) for r in roots):
         exclude.append(database_dir)
     if config.quarantine.path is not None:
-        exclude.append(os.path.realpath(config.quarantine.path))
+        exclude.append(str(safefs.trusted_path(config.quarantine.path)))
     # Each root's private staging folder: a file there is mid-action, never a new photo.
     exclude += [os.path.join(r, STAGING_DIR) for r in roots]
     return exclude
@@ -1361,7 +1363,7 @@ def _in_view(
 ) -> list[tuple[FileRecord, str]]:
     """Those of `records` (under `root`) that a walk of `root` can see, with their path
     relative to it: not under an excluded or ignored folder, and of a wanted name."""
-    excluded = [os.path.realpath(p) + os.sep for p in exclude]
+    excluded = [p + os.sep for p in exclude]  # resolved (`excluded_dirs`)
     seen: list[tuple[FileRecord, str]] = []
     for record in records:
         path = str(record.path)

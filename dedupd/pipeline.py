@@ -174,7 +174,7 @@ class Pipeline:
         was queued for the old one is dropped; the start-up or reload reconcile finds it."""
         self.config, self.roots, self.store, self.ingest = config, list(roots), store, ingest
         self.names = NameFilter(config.watch)
-        self.excluded = [os.path.realpath(p) + os.sep for p in excluded_dirs(config)]
+        self.excluded = [p + os.sep for p in excluded_dirs(config)]
         self.settler = Settler(config.watch.settle_seconds, self.clock)
         self.progress.dropped(len(self.backlog))
         self.backlog.clear()

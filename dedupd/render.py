@@ -139,6 +139,12 @@ def _acted(outcomes: Sequence[Outcome]) -> str:
     return "; " + ", ".join(said) if said else ""
 
 
+def _about(root: str, why: str) -> str:
+    """`why` a root is unavailable, led by the root unless `why` already starts with it (it
+    may name a folder above the root instead: the link that was not followed)."""
+    return shown(why) if why.startswith(root + ": ") else f"{shown(root)}: {shown(why)}"
+
+
 def scan_report(report: ScanReport, bits: int) -> str:
     dups = sum(len(g.duplicates) for g in report.groups)
     lines = [
@@ -147,7 +153,7 @@ def scan_report(report: ScanReport, bits: int) -> str:
         f"{report.missing} missing, {len(report.failed)} errors, "
         f"{len(report.groups)} duplicate groups ({dups} duplicates)" + _acted(report.outcomes)
     ]
-    lines += [f"unavailable: {shown(root)}: {shown(why)}" for root, why in report.unavailable]
+    lines += [f"unavailable: {_about(root, why)}" for root, why in report.unavailable]
     lines += [
         f"unreadable: {shown(folder)}: {shown(why)} (not looked at; its photos' records kept)"
         for folder, why in report.unreadable

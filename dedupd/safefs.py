@@ -32,6 +32,7 @@ __all__ = [
     "fsync_dir",
     "lexists",
     "open_dir",
+    "open_dir_at",
     "open_file_at",
     "sha256_fd",
     "staging_dir",
@@ -146,6 +147,12 @@ def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_dir_at(dir_fd: int, name: str) -> int:
+    """A descriptor of the folder `name` in the folder `dir_fd`, never through a symbolic
+    link: OSError (ELOOP, ENOTDIR) when `name` is one, or no folder."""
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 
 @contextlib.contextmanager

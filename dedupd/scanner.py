@@ -6,10 +6,10 @@ says which files are new, changed, renamed, gone, or need only a lazy re-hash.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -125,93 +125,116 @@ def walk(
     """Every wanted regular file under `root` (symlinks not followed), in no fixed order.
     Raises NotFoundError, saying why, when the root is unavailable (`why_unavailable`).
 
-    Directories matching an ignore glob and the `exclude` paths (quarantine, database
-    folder) are skipped. Unreadable directories are skipped, each added to `unreadable`
-    with why (a folder that vanished mid-walk is not); files that vanish mid-walk too.
-    Files whose path is too long to open by name (`path_too_long`) are found and yielded
-    all the same, with their real identity, so that they are recorded, never silently
-    skipped: they are reached through the descriptor of the last folder that can be opened.
+    The walk goes by descriptor, never by path: the root is opened one component at a time
+    (`safefs.open_dir`), and each folder under it from its parent's descriptor with
+    O_NOFOLLOW. A folder swapped for a symbolic link between its listing and its own is
+    never entered (a link to another user's photos would otherwise have their names and
+    sizes listed), and files whose path is too long to open by name (`path_too_long`) are
+    found all the same, with their real identity, so that they are recorded, never silently
+    skipped.
+
+    Folders matching an ignore glob and the `exclude` folders (quarantine, database folder,
+    staging folders), known by their (device, inode) when the walk starts, are skipped.
+    Unreadable folders are skipped, each added to `unreadable` with why (a folder that
+    vanished or was swapped for a link mid-walk is not); files that vanish mid-walk too.
     """
     why = why_unavailable(root)
     if why is not None:
         raise NotFoundError(why)
-    excluded = {os.path.realpath(p) for p in exclude}
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = list(it)
-        except OSError as exc:
-            if folder == root:  # an unreadable root is unavailable, not empty
-                raise NotFoundError(f"{root}: cannot read the root: {exc.strerror}") from exc
-            if unreadable is not None and not isinstance(exc, FileNotFoundError):
-                unreadable.append((folder, exc.strerror or str(exc)))
-            continue  # an unreadable or vanished sub-folder: skipped
-        deep = []
-        for entry in entries:
-            if path_too_long(entry.path):
-                deep.append(entry.name)
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if (
-                        not names.ignored(entry.name)
-                        and os.path.realpath(entry.path) not in excluded
-                    ):
-                        stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and names.wanted(entry.name):
-                    st = entry.stat(follow_symlinks=False)
-                    yield Entry(root, os.path.relpath(entry.path, root), FileStat.of(st))
-            except OSError:
-                continue
-        if deep:
-            yield from _walk_deep(root, folder, deep, names, excluded)
-
-
-def _walk_deep(
-    root: str, folder: str, names_in_folder: list[str], names: NameFilter, excluded: set[str]
-) -> Iterator[Entry]:
-    """The wanted files at and under `folder`'s entries `names_in_folder`, whose paths are
-    too long to use: stat'ed and listed relative to directory descriptors (os.fwalk)."""
+    try:  # the root as `why_unavailable` saw it, or a link planted since: refused
+        root_fd = safefs.open_dir(safefs.trusted_path(root))
+    except (safefs.UnsafePath, OSError) as exc:
+        raise NotFoundError(f"{root}: cannot read the root: {_strerror(exc)}") from exc
     try:
-        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return  # vanished or unreadable meanwhile: skipped, as any unreadable folder
-    try:
-        for name in names_in_folder:
-            try:
-                st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and names.wanted(name):
-                    relpath = os.path.relpath(os.path.join(folder, name), root)
-                    yield Entry(root, relpath, FileStat.of(st))
-                elif stat.S_ISDIR(st.st_mode) and not names.ignored(name):
-                    yield from _fwalk_files(root, folder, name, folder_fd, names, excluded)
-            except OSError:
-                continue  # vanished or unreadable: skipped, as in `walk`
+        yield from _walk_from(root, root_fd, names, _identities(exclude), unreadable)
     finally:
-        os.close(folder_fd)
+        os.close(root_fd)
 
 
-def _fwalk_files(
-    root: str, folder: str, name: str, folder_fd: int, names: NameFilter, excluded: set[str]
+def _strerror(exc: OSError | safefs.UnsafePath) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _identities(folders: Sequence[str]) -> frozenset[tuple[int, int]]:
+    """(st_dev, st_ino) of those of `folders` that are folders now, reached as `walk`
+    reaches a root: a path through another user's link names no folder to exclude (were it
+    followed, a user could hide any folder of a root from every walk)."""
+    found = set()
+    for folder in folders:
+        try:
+            with safefs.directory(safefs.trusted_path(folder)) as fd:
+                st = os.fstat(fd)
+        except (safefs.UnsafePath, OSError):
+            continue  # not there (yet): nothing in a walk can be it
+        found.add((st.st_dev, st.st_ino))
+    return frozenset(found)
+
+
+_GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)  # vanished, or swapped for a link or file
+
+
+def _walk_from(
+    root: str,
+    root_fd: int,
+    names: NameFilter,
+    excluded: frozenset[tuple[int, int]],
+    unreadable: list[tuple[str, str]] | None,
 ) -> Iterator[Entry]:
-    # The walk below never follows a symlink, and roots are resolved: a joined path is real.
-    for dirpath, dirnames, filenames, dir_fd in os.fwalk(name, dir_fd=folder_fd):
-        here = os.path.join(folder, dirpath)
-        dirnames[:] = [
-            d for d in dirnames if not names.ignored(d) and os.path.join(here, d) not in excluded
-        ]
-        for filename in filenames:
-            if not names.wanted(filename):
-                continue
+    # Depth first, holding one descriptor per level: the folders from the root down to the
+    # one being listed, each with its sub-folders still to visit.
+    levels: list[tuple[int, str, list[str]]] = []  # (descriptor, relpath, sub-folders)
+    fd, relpath = root_fd, ""
+    try:
+        while True:
+            folders: list[str] = []
             try:
-                st = os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                relpath = os.path.relpath(os.path.join(here, filename), root)
-                yield Entry(root, relpath, FileStat.of(st))
+                with os.scandir(fd) as it:
+                    entries = list(it)
+            except OSError as exc:
+                if fd == root_fd:  # an unreadable root is unavailable, not empty
+                    raise NotFoundError(f"{root}: cannot read the root: {_strerror(exc)}") from exc
+                if unreadable is not None and exc.errno not in _GONE:
+                    unreadable.append((os.path.join(root, relpath), _strerror(exc)))
+                entries = []
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not names.ignored(entry.name):
+                            folders.append(entry.name)
+                    elif entry.is_file(follow_symlinks=False) and names.wanted(entry.name):
+                        st = entry.stat(follow_symlinks=False)
+                        yield Entry(root, os.path.join(relpath, entry.name), FileStat.of(st))
+                except OSError:
+                    continue  # vanished meanwhile
+            levels.append((fd, relpath, folders))
+            fd = -1
+            while levels and fd < 0:  # the next folder to list: a sub-folder, or climb
+                parent_fd, parent, folders = levels[-1]
+                if not folders:
+                    levels.pop()
+                    if parent_fd != root_fd:
+                        os.close(parent_fd)
+                    continue
+                name = folders.pop()
+                relpath = os.path.join(parent, name)
+                try:
+                    fd = safefs.open_dir_at(parent_fd, name)
+                except OSError as exc:
+                    if unreadable is not None and exc.errno not in _GONE:
+                        unreadable.append((os.path.join(root, relpath), _strerror(exc)))
+                    continue
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) in excluded:
+                    os.close(fd)
+                    fd = -1
+            if fd < 0:
+                return
+    finally:
+        if fd >= 0 and fd != root_fd:
+            os.close(fd)
+        for level_fd, _, _ in levels:
+            if level_fd != root_fd:
+                os.close(level_fd)
 
 
 @dataclass(slots=True)

@@ -985,15 +985,20 @@ def test_a_letterboxed_copy_is_never_kept_over_the_photo(
 
 
 def _unreadable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """`folder` as a folder this process may not list (tests run as root, which may)."""
-    real = os.scandir
+    """`folder` as a folder this process may not open (tests run as root, which may). The
+    walk opens each folder relative to its parent's descriptor, as a user without the
+    permission is refused (EACCES at the open, before any listing)."""
+    real = os.open
 
-    def scandir(path: Any = ".") -> Any:
-        if not isinstance(path, int) and os.fspath(path) == str(folder):
+    def open_(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        where = os.fspath(path)
+        if dir_fd is not None:
+            where = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), where)
+        if where == str(folder) and flags & os.O_DIRECTORY:
             raise PermissionError(13, "Permission denied", str(folder))
-        return real(path)
+        return real(path, flags, mode, dir_fd=dir_fd)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "open", open_)
 
 
 def test_a_folder_that_cannot_be_read_is_reported_and_its_photos_kept(
@@ -1156,7 +1161,8 @@ def test_a_root_that_is_another_users_link_is_not_walked_and_the_scan_says_why(
         assert answer["actions"] == []
     else:
         assert result.stdout.startswith("scanned 0 root(s) in ")
-        assert f"\nunavailable: {alice}: {why}\n" in result.stdout + "\n"
+        # the reason names the root: it is not said twice ("unavailable: ROOT: ROOT: ...")
+        assert f"\nunavailable: {why}\n" in result.stdout + "\n"
     assert _tree(library) == before
     assert not (tmp_path / "quarantine").exists()
     assert _records(tmp_path / "state" / "dedupd.db") == 0
@@ -1206,3 +1212,84 @@ def test_a_root_swapped_for_another_users_link_between_scans_keeps_its_records(
         assert {r.state for r in kept.values()} == {"ok"}
         assert store.files_in(str(library)) == {}
     assert _records(config.database) == 2
+
+
+def test_a_folder_swapped_for_another_users_link_mid_walk_is_not_entered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk listed folders by path: a sub-folder swapped for a link to Bob's photos
+    between the listing of its parent and its own was listed through the link, and the
+    names and sizes of Bob's files entered the scan as the root's. Each folder is now opened
+    from its parent's descriptor without following a link: the swapped one is not entered,
+    and it is no "unreadable" folder either (it is gone from where it was)."""
+    root, bob = tmp_path / "alice", tmp_path / "bob"
+    photos.copy(photos.photo("coffee"), root / "IMG_1.jpg")
+    photos.copy(photos.photo("rocket"), root / "album" / "IMG_2.jpg")
+    photos.copy(photos.photo("hubble"), bob / "private.jpg")
+    unreadable: list[tuple[str, str]] = []
+    found = walk(str(root), NameFilter(Config().watch), (), unreadable)
+    first = next(found)  # the root is listed: "album" is a folder to visit
+    assert first.relpath == "IMG_1.jpg"
+    (root / "album").rename(tmp_path / "album.old")
+    _users_link(root / "album", bob, monkeypatch)
+    assert list(found) == [] and unreadable == []
+
+
+def test_a_root_swapped_for_a_link_after_it_was_looked_at_is_not_walked(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between `why_unavailable`'s look at the root and the walk's first listing, the root
+    can be swapped for a link: the walk opens the root itself without following links, so
+    it refuses such a root instead of listing where the link leads."""
+    from dedupd import scanner
+    from dedupd.errors import NotFoundError
+
+    alice = tmp_path / "alice" / "Photos"
+    alice.parent.mkdir()
+    _users_link(alice, library, monkeypatch)
+    monkeypatch.setattr(scanner, "why_unavailable", lambda root: None)  # looked at before
+    with pytest.raises(NotFoundError, match="cannot read the root"):
+        next(walk(str(alice), NameFilter(Config().watch)))
+
+
+def test_a_quarantine_swapped_for_another_users_link_hides_no_folder_of_a_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folders walks skip (the quarantine, the database's) were resolved through every
+    link: a user who swapped a quarantine inside a root for a link to one of the root's
+    folders hid that folder from every walk (its duplicates never found). Now such a link
+    is not followed, and the folder it leads to is walked; the real quarantine, where it
+    is, is still skipped."""
+    from dedupd.engine import excluded_dirs
+
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "album" / "IMG_1.jpg")
+    photos.copy(photos.photo("coffee"), root / "quarantine" / "IMG_0.jpg")
+    config_file = tmp_path / "dedupd.yaml"
+    config_file.write_text(
+        f"quarantine: {{path: {root / 'quarantine'}}}\nroots: [{{path: {root}}}]\n"
+    )
+    config = load_config(config_file)
+    names = NameFilter(config.watch)
+    assert [e.relpath for e in walk(str(root), names, excluded_dirs(config))] == [
+        "album/IMG_1.jpg"
+    ]
+    (root / "quarantine").rename(tmp_path / "quarantine.old")
+    _users_link(root / "quarantine", root / "album", monkeypatch)
+    assert [e.relpath for e in walk(str(root), names, excluded_dirs(config))] == [
+        "album/IMG_1.jpg"
+    ]
+
+
+def test_the_scan_report_names_an_unavailable_root_once() -> None:
+    from dedupd.render import scan_report
+
+    report = ScanReport([])
+    report.unavailable = [
+        ("/srv/photos", "/srv/photos: root is not a directory or is not mounted"),
+        ("/home/alice/Photos", "/home/alice: a symbolic link owned by uid 1000"),
+    ]
+    assert scan_report(report, 64).splitlines()[1:] == [
+        "unavailable: /srv/photos: root is not a directory or is not mounted",
+        "unavailable: /home/alice/Photos: /home/alice: a symbolic link owned by uid 1000",
+    ]
