@@ -137,6 +137,23 @@ def hash_file(
         return Failure("internal", f"{type(exc).__name__}: {exc}")
 
 
+OOM_SCORE_ADJ = 1000  # the most: the first process the kernel's OOM killer ends
+
+
+def _first_to_go() -> None:
+    """Offer this worker to the kernel's OOM killer before any other process. A decode can
+    still outgrow the memory a pixel bound allows for (a codec's own buffers, a crafted
+    file): the killer then ends the worker, the pool records that one file as `crashed` and
+    starts another. Chosen by size alone, the victim could be the daemon (its indexes
+    outweigh a worker at rest) or another service on a small NAS. Any process may raise its
+    own score; only lowering one takes privileges."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(OOM_SCORE_ADJ))
+    except OSError as exc:  # not Linux, or /proc not mounted: nothing to offer
+        log.debug("oom_score_adj_unset", error=str(exc))
+
+
 def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels: int) -> None:
     """A worker's life: hash each file it is sent and answer file by file, until told to stop
     (None), until the parent is gone (end of file), or on SIGTERM once it has answered for
@@ -148,6 +165,7 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
     # records it; the wake-up pipe ends a wait that the signal would otherwise only resume.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _first_to_go()
     # A decoder's warnings (Pillow's "Corrupt EXIF data" on a photo's odd EXIF, numpy's)
     # went to stderr as bare text, naming no file, between the JSON lines of the log
     # (journald; `dedupd scan --log-level info 2>&1 | jq` stopped at the first). What a

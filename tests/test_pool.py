@@ -3,8 +3,12 @@ killed after the timeout, a dead worker costs one file; the pool goes on either 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +106,80 @@ def test_a_hung_decode_is_killed_recorded_as_timeout_and_the_pool_goes_on(
     pool.submit(_entry(tmp_path, "after.png", 9))
     ((entry, result),) = _drain(pool, 1)
     assert entry.relpath == "after.png" and isinstance(result, HashedImage)
+
+
+def test_workers_are_the_first_processes_the_oom_killer_ends(
+    tmp_path: Path, make_pool
+) -> None:  # type: ignore[no-untyped-def]
+    """A decode that outgrows memory must cost a worker (one file recorded `crashed`), not
+    the daemon, whose indexes outweigh a worker at rest: each worker sets its own
+    oom_score_adj to the most, and leaves the process that owns the pool as it was."""
+    own = Path("/proc/self/oom_score_adj").read_text()
+    pool = make_pool(workers=2)
+    pool.submit(_entry(tmp_path, "a.png"))
+    _drain(pool, 1)  # both workers are up
+    assert [Path(f"/proc/{pid}/oom_score_adj").read_text() for pid in pool.pids()] == [
+        "1000\n",
+        "1000\n",
+    ]
+    assert Path("/proc/self/oom_score_adj").read_text() == own
+
+
+def _memory_cgroup(name: str, limit: int) -> Path | None:
+    """A new memory cgroup `name` under this process's own, limited to `limit` bytes (swap
+    kept out where the kernel allows), or None where none can be made here."""
+    own = dict(
+        (controllers, where)
+        for _, controllers, where in (
+            line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()
+        )
+    )
+    v1 = next((w for c, w in own.items() if "memory" in c.split(",")), None)
+    if v1 is not None:
+        group = Path("/sys/fs/cgroup/memory", v1.lstrip("/"), name)
+        files = {"memory.limit_in_bytes": str(limit), "memory.swappiness": "0"}
+    elif "" in own and Path("/sys/fs/cgroup/cgroup.controllers").exists():  # cgroup v2
+        group = Path("/sys/fs/cgroup", own[""].lstrip("/"), name)
+        files = {"memory.max": str(limit), "memory.swap.max": "0"}
+    else:
+        return None
+    try:
+        group.mkdir(exist_ok=True)
+        for file, value in files.items():
+            with contextlib.suppress(FileNotFoundError):  # no swap accounting: no file
+                (group / file).write_text(value)
+    except OSError:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        return None
+    return group
+
+
+def test_the_oom_killer_ends_the_worker_not_the_process_that_owns_the_pool(
+    tmp_path: Path,
+) -> None:
+    """For real: in a memory cgroup of 400 MB, the pool's owner holds 300 MB (a daemon's
+    indexes) and its worker's decoder grows until the limit. The kernel picked the larger
+    process, the owner (measured before the fix: exit -9, nothing recorded); now it ends the
+    worker, and the file is recorded as `crashed`."""
+    group = _memory_cgroup(f"dedupd-test-{os.getpid()}", 400 << 20)
+    if group is None:
+        pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.oom_child", str(tmp_path)],
+            cwd=Path(__file__).parent.parent,
+            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    answer = json.loads(child.stdout.splitlines()[-1])
+    assert answer["kind"] == "crashed" and "SIGKILL" in answer["message"]
 
 
 def test_a_dead_worker_costs_its_file_only_the_files_queued_behind_it_are_hashed(

@@ -45,6 +45,14 @@ def test_units_use_the_notify_protocol_the_daemon_speaks(name: str) -> None:
     assert s["RuntimeDirectory"] == ["dedupd"]
 
 
+@pytest.mark.parametrize("name", ["dedupd.service", "dedupd-user.service"])
+def test_a_worker_ended_by_the_oom_killer_does_not_stop_the_service(name: str) -> None:
+    """systemd's default OOMPolicy (stop) ends the whole service when the kernel's OOM
+    killer ends any of its processes: a hashing worker's death (the first the killer
+    picks, tests/test_pool.py) took the daemon down, where the pool would replace it."""
+    assert _service(name)["OOMPolicy"] == ["continue"]
+
+
 def test_the_source_trees_units_are_the_installed_templates() -> None:
     """systemd/ in the source tree and the package's templates are one set of files."""
     for scope, name in (("system", "dedupd.service"), ("user", "dedupd-user.service")):

@@ -6,6 +6,8 @@ What a file's name starts with decides what happens to it:
   crash…  the worker process dies at once (a segfault, the OOM killer)
   slow…   takes a moment, then hashes normally
   pid…    answers Failure("pid", <the worker's pid>) so a test can see where it ran
+  greedy… allocates memory until the kernel's OOM killer ends a process (a decoder whose
+          buffers outgrow the machine)
   wait…   blocks until a file named `release` exists in a folder above it, then hashes
           normally (a test holds a backlog in the pool, looks at it, then lets it go)
 anything else is hashed for real.
@@ -34,6 +36,12 @@ def scripted(
         threading.Event().wait()  # forever: only the pool's timeout (a SIGKILL) ends it
     if name.startswith("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
+    if name.startswith("greedy"):
+        held = []
+        while True:  # touched, not only reserved: counted by the memory cgroup
+            held.append(bytearray(16 << 20))
+            for i in range(0, 16 << 20, 4096):
+                held[-1][i] = 1
     if name.startswith("slow"):
         time.sleep(SLOW_SECONDS)  # a slow decode, not a test waiting for something
     if name.startswith("wait"):
