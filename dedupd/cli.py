@@ -602,7 +602,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(render.to_json(answer) if as_json else render.status(answer))
     unavailable = [r for r in answer["roots"] if r["state"] == "unavailable"]
     for root in unavailable:
-        why = root.get("reason")  # as its reconcile said; none before it, or an older daemon's
+        why = root.get("reason")  # an older daemon gives none until its reconcile ran
         said = f": {why}" if why else f" (missing or not mounted): {root['path']}"
         click.echo(f"warning: root unavailable{render.shown(said)}", err=True)
     if unavailable:

@@ -130,8 +130,6 @@ class Daemon:
         self._backlog: dict[str, Any] | None = None
         # Folders of each root the last reconcile could not read (for status).
         self._unreadable: dict[str, list[tuple[str, str]]] = {}
-        # Why each root the last reconcile found unavailable is (for status).
-        self._unavailable: dict[str, str] = {}
         self._pool: HasherPool | None = None
         self._pool_key: tuple[object, ...] = ()
         self._last_ping = self._last_status = -1e18
@@ -208,8 +206,10 @@ class Daemon:
                 "pending": crops.pending,
                 "rebuilding": crops.rebuilding and not crops.loading,
             }
-        states = dict(self.watcher.states)  # one atomic copy: the daemon thread may change it
-        reasons = self._unavailable
+        watcher = self.watcher  # a reload may replace it meanwhile
+        # One atomic copy each, the states first: the daemon thread may change them, and
+        # it sets a root's reason before its state.
+        states, reasons = dict(watcher.states), dict(watcher.reasons)
         config, roots = self.config, list(self.roots)  # a reload may swap them meanwhile
         policies = {root_key(r.path): r.policy for r in config.roots}
         with self.store_reader() as store:
@@ -228,7 +228,7 @@ class Daemon:
                     "path": r,
                     "state": states.get(r, "unknown"),
                     "policy": policies.get(r, "?"),
-                    # why, once a reconcile found it unavailable
+                    # why, from the moment it was found unavailable
                     "reason": reasons.get(r) if states.get(r) == "unavailable" else None,
                 }
                 for r in roots
@@ -360,13 +360,8 @@ class Daemon:
             # not mounted yet) left its entry planned: recover it before walking the roots.
             self._recover()
         report = self.pipeline.reconcile(roots, tick=self._heartbeat)
-        for root, _ in report.unavailable:
-            self.watcher.states[root] = "unavailable"
-        # replaced whole: status reads it elsewhere
-        self._unavailable = {
-            **{r: why for r, why in self._unavailable.items() if r not in roots},
-            **dict(report.unavailable),
-        }
+        for root, why in report.unavailable:
+            self.watcher.unavailable(root, why)
         unreadable = dict(self._unreadable)  # replaced whole: status reads it elsewhere
         for root in report.roots:
             inside = root.rstrip(os.sep) + os.sep
@@ -584,7 +579,12 @@ class Daemon:
         self.pipeline.rescan_due.update(self.watcher.out_of_watches())
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
-            self.watcher.states[root] = "unavailable"
+            # Said now: the reconcile that would say it waits for the backlog (hours).
+            why = why_unavailable(root) or (
+                f"{root}: the watched folder was moved, deleted or replaced, or its watch "
+                "ended; it is looked for again"
+            )
+            self.watcher.unavailable(root, why)
             self.pipeline.rescan_due.add(root)
         if now >= self._next_retry:
             self._next_retry = now + self.retry_interval

@@ -173,6 +173,9 @@ class Watcher:
     clock: Callable[[], float] = time.monotonic
     wake: Callable[[], None] = _nothing
     states: dict[str, WatchState] = field(default_factory=dict)
+    # Why each root marked "unavailable" is (for status); an entry left from an earlier
+    # time means nothing while the root's state is another
+    reasons: dict[str, str] = field(default_factory=dict)
     _observer: BaseObserver | None = None
     _watches: dict[str, ObservedWatch] = field(default_factory=dict)
     _identity: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -197,8 +200,9 @@ class Watcher:
         if old is not None:  # a root that vanished and came back: its emitter is dead
             with contextlib.suppress(KeyError):
                 self._observer.unschedule(old)
-        if why_unavailable(root) is not None:
-            self.states[root] = "unavailable"
+        why = why_unavailable(root)
+        if why is not None:
+            self.unavailable(root, why)
             return "unavailable"
         self._limited.pop(root, None)
         try:
@@ -213,6 +217,11 @@ class Watcher:
             log.error("watch_limit_reached", root=root, error=str(exc), fix=INOTIFY_HINT)
         self.out_of_watches()
         return self.states[root]
+
+    def unavailable(self, root: str, why: str) -> None:
+        """Mark `root` "unavailable" for the reason `why`; `add_root` watches it again."""
+        self.reasons[root] = why  # first: status, on another thread, reads the state first
+        self.states[root] = "unavailable"
 
     def _out_of_watches(self, root: str) -> None:
         """A folder in `root` could not be watched (on watchdog's thread for a folder made

@@ -460,6 +460,40 @@ def test_a_root_that_disappears_is_unavailable_not_deleted_and_comes_back(env: E
     assert env.state(env.root / "IMG_1.jpg") == "ok"
 
 
+def test_status_says_why_a_root_is_unavailable_while_its_reconcile_waits(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root swapped for another user's link while a backlog is hashed: its watch is lost
+    at once, but the reconcile that said why waits for the backlog to drain (hours, for a
+    large library). Meanwhile status gave no reason, and `dedupctl status` said the root was
+    "missing or not mounted". The reason is recorded when the root is found unavailable."""
+    from click.testing import CliRunner
+
+    from dedupd.cli import dedupctl
+    from tests.test_scan import _users_link
+
+    rng = random.Random(3)
+    for i in range(12):  # more than the pool holds (2 workers): a backlog stays queued
+        tiny = env.archive / f"wait-{i:02}.png"
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(tiny)
+        os.utime(tiny, (1_000_000_000, 1_000_000_000))  # settled long ago: a backlog file
+    bob = env.tmp / "bob"
+    bob.mkdir()
+    with running(env, work=workers.scripted) as daemon:
+        wait_for(lambda: daemon.pool.in_flight > 0 and daemon.pipeline.backlog, what="backlog")
+        env.root.rename(env.tmp / "uploads.old")
+        why = _users_link(env.root, bob, monkeypatch)
+        wait_for(lambda: daemon.watcher.states[str(env.root)] == "unavailable", what="lost")
+        answer = ControlClient(daemon.config.socket, timeout=10).get("status")
+        table = CliRunner().invoke(dedupctl, ["--config", str(env.config), "status"])
+        assert daemon.pipeline.backlog, "the root's reconcile ran: nothing tested"
+        (env.archive / "release").touch()
+    (root,) = [r for r in answer["roots"] if r["path"] == str(env.root)]
+    assert (root["state"], root["reason"]) == ("unavailable", why)
+    assert table.exit_code == 1
+    assert f"warning: root unavailable: {why}\n" in table.stderr
+
+
 def test_the_quarantine_and_database_folders_are_never_watched(tmp_path: Path) -> None:
     env = Env(tmp_path)
     env.quarantine = env.root / ".." / "uploads" / "q"
