@@ -196,10 +196,7 @@ class Watcher:
         logged with the fix: for the root's own watch, or a folder's in it
         (`out_of_watches`)."""
         assert self._observer is not None, "start() first"
-        old = self._watches.pop(root, None)
-        if old is not None:  # a root that vanished and came back: its emitter is dead
-            with contextlib.suppress(KeyError):
-                self._observer.unschedule(old)
+        self._unwatch(root)  # a watch it still has is of what was there before
         why = why_unavailable(root)
         if why is not None:
             self.unavailable(root, why)
@@ -219,9 +216,22 @@ class Watcher:
         return self.states[root]
 
     def unavailable(self, root: str, why: str) -> None:
-        """Mark `root` "unavailable" for the reason `why`; `add_root` watches it again."""
+        """Mark `root` "unavailable" for the reason `why`, and drop its watch; `add_root`
+        watches it again.
+
+        inotify watches a folder, not its name: kept, the watch of a root moved aside (or
+        swapped for a link) would go on reporting the changes of the folder where it went
+        under the root's name, each one queueing a reconcile that finds the root unavailable
+        again, and a file deleted there marking the record at the root's path missing."""
+        self._unwatch(root)
         self.reasons[root] = why  # first: status, on another thread, reads the state first
         self.states[root] = "unavailable"
+
+    def _unwatch(self, root: str) -> None:
+        watch = self._watches.pop(root, None)
+        if watch is not None and self._observer is not None:
+            with contextlib.suppress(KeyError):  # gone: the observer ended and dropped all
+                self._observer.unschedule(watch)
 
     def _out_of_watches(self, root: str) -> None:
         """A folder in `root` could not be watched (on watchdog's thread for a folder made

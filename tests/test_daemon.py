@@ -494,6 +494,52 @@ def test_status_says_why_a_root_is_unavailable_while_its_reconcile_waits(
     assert f"warning: root unavailable: {why}\n" in table.stderr
 
 
+def test_a_root_swapped_for_a_link_is_not_watched_until_it_is_a_folder_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify watches the folder, not its name: a root swapped for another user's link kept
+    its watch on the folder moved aside, whose changes were reported under the root's name.
+    Each photo written there (named as one the link leads to: phones name photos alike)
+    queued a reconcile that logged `root_unavailable` again, and hashed nothing; one deleted
+    there was marked missing at the root. A root found unavailable is no longer watched, its
+    records kept as they are; a folder again, it is watched and its photos hashed."""
+    from tests.test_scan import _users_link
+
+    def unavailable_logged() -> int:
+        return sum(e["event"] == "root_unavailable" for e in list(logs))
+
+    old, bob = env.tmp / "uploads.old", env.tmp / "bob"
+    names = ["IMG_0002.jpg", "IMG_0003.jpg", "IMG_0004.jpg"]
+    for name in names:
+        photos.copy(photos.photo("hubble"), bob / name)
+    photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
+    with structlog.testing.capture_logs() as logs, running(env, retry_interval=0.3) as daemon:
+        wait_for(lambda: env.state(env.root / "IMG_0001.jpg") == "ok", what="hashed")
+        env.root.rename(old)
+        _users_link(env.root, bob, monkeypatch)
+        wait_for(lambda: unavailable_logged() == 1, what="the lost root's reconcile")
+        wait_for(lambda: _idle(daemon))
+        rescans = daemon.stats.rescans
+        for name, photo in zip(names, ["astronaut", "chelsea", "rocket"], strict=True):
+            photos.copy(photos.photo(photo), old / name)
+            time.sleep(4 * SETTLE)  # absence check: no reconcile follows the write
+        (old / "IMG_0001.jpg").unlink()
+        time.sleep(4 * SETTLE)  # absence check: its record is not marked missing
+        assert (unavailable_logged(), daemon.stats.rescans) == (1, rescans)
+        assert daemon.watcher.states[str(env.root)] == "unavailable"
+        assert env.state(env.root / "IMG_0001.jpg") == "ok"
+
+        env.root.unlink()
+        old.rename(env.root)  # the folder is back
+        wait_for(lambda: daemon.watcher.states[str(env.root)] == "watching", what="watched")
+        wait_for(lambda: all(env.state(env.root / n) == "ok" for n in names), what="found")
+        assert env.state(env.root / "IMG_0001.jpg") == "missing"
+        photos.copy(photos.photo("coffee"), env.root / "IMG_0005.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_0005.jpg") == "ok", what="seen by the watch")
+    assert unavailable_logged() == 1
+    assert all(env.record(bob / name) is None for name in names)
+
+
 def test_the_quarantine_and_database_folders_are_never_watched(tmp_path: Path) -> None:
     env = Env(tmp_path)
     env.quarantine = env.root / ".." / "uploads" / "q"
