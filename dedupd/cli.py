@@ -909,6 +909,29 @@ def _in_batches(
     return collected
 
 
+def _restore_item(item: str) -> str:
+    """What `quarantine restore` sends for `item`: an action id (digits) or an absolute path.
+    Raises click.UsageError for digits that name a path in the current folder too (either
+    could be meant: restoring the other photo is no small mistake), and for `id:` followed
+    by anything but digits."""
+    if item.startswith("id:"):
+        number = item.removeprefix("id:")
+        if not (number.isascii() and number.isdigit()):
+            raise click.UsageError(
+                f"{render.shown(item)}: an id is a number, as `dedupctl quarantine list` shows it"
+            )
+        return str(int(number))
+    if item.isascii() and item.isdigit():
+        if os.path.lexists(item):
+            raise click.UsageError(
+                f"{item} is a quarantine id and a path here: write id:{item} for the id, "
+                f"./{item} for the path; nothing was restored"
+            )
+        return item
+    # Absolute here: the daemon's working directory is not the user's.
+    return str(Path(item).expanduser().absolute())
+
+
 @quarantine.command("restore")
 @click.argument("items", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -916,12 +939,13 @@ def _in_batches(
 def quarantine_restore(ctx: click.Context, items: tuple[str, ...], as_json: bool) -> None:
     """Put quarantined photos back where they were, by ID or path (original or in quarantine).
 
-    Never overwrites: a file now at the original path makes the restore fail. The photo and
-    its keeper are remembered as distinct, so it is not quarantined again. Exit 1 if any
-    item could not be restored.
+    An ID is the number `quarantine list` shows, or `id:N`. Digits that also name a file or
+    folder in the current folder are refused (exit 2, nothing restored): write `id:N` for the
+    ID, `./N` for the path. Never overwrites: a file now at the original path makes the
+    restore fail. The photo and its keeper are remembered as distinct, so it is not
+    quarantined again. Exit 1 if any item could not be restored.
     """
-    # Paths are made absolute here: the daemon's working directory is not the user's.
-    items = tuple(i if i.isdigit() else str(Path(i).expanduser().absolute()) for i in items)
+    items = tuple(_restore_item(i) for i in items)  # all checked before any is restored
 
     def report(results: list[dict[str, Any]]) -> None:
         if as_json:

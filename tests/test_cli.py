@@ -404,6 +404,50 @@ def test_quarantine_list_and_restore(
     assert (library / "chat" / "rocket-small.jpg").read_bytes() == b"a new file took the name"
 
 
+def test_restore_refuses_digits_that_name_a_path_here_too_and_restores_nothing(
+    runner: CliRunner,
+    acting_config: Path,
+    library: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`quarantine restore 2024`, meant for the folder `2024` here, restored quarantine
+    entry 2024: another photo. Digits that name a path here too are refused (exit 2) and
+    nothing is restored, not even the other items; `id:N` is the id, `./N` the path, and
+    digits that name nothing here are the id, as before."""
+    runner.invoke(dedupd, ["scan", "--config", str(acting_config)])
+    base = ["--config", str(acting_config), "quarantine"]
+    listed = json.loads(runner.invoke(dedupctl, [*base, "list", "--json"]).stdout)["quarantined"]
+    coffee, rocket = (str(e["id"]) for e in listed)
+    (tmp_path / "here" / coffee).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+
+    refused = runner.invoke(dedupctl, [*base, "restore", rocket, coffee])
+    assert refused.exit_code == 2
+    assert refused.stderr.endswith(
+        f"Error: {coffee} is a quarantine id and a path here: write id:{coffee} for the id, "
+        f"./{coffee} for the path; nothing was restored\n"
+    )
+    assert refused.stdout == ""
+    after = json.loads(runner.invoke(dedupctl, [*base, "list", "--json"]).stdout)
+    assert after["quarantined"] == listed
+    assert not (library / "chat" / "coffee-wa.jpg").exists()
+    assert not (library / "chat" / "rocket-small.jpg").exists()
+
+    as_path = runner.invoke(dedupctl, [*base, "restore", f"./{coffee}"])
+    assert as_path.exit_code == 1
+    assert as_path.stderr.endswith(f"error: {tmp_path / 'here' / coffee}: not in quarantine\n")
+    by_id = runner.invoke(dedupctl, [*base, "restore", f"id:{coffee}"])
+    assert (by_id.exit_code, by_id.stdout) == (0, f"restored {library}/chat/coffee-wa.jpg\n")
+    digits = runner.invoke(dedupctl, [*base, "restore", rocket])  # no such path here: the id
+    assert (digits.exit_code, digits.stdout) == (0, f"restored {library}/chat/rocket-small.jpg\n")
+    not_a_number = runner.invoke(dedupctl, [*base, "restore", "id:12a"])
+    assert not_a_number.exit_code == 2
+    assert "id:12a: an id is a number, as `dedupctl quarantine list` shows it" in (
+        not_a_number.stderr
+    )
+
+
 # A name that is not UTF-8 (Latin-1 é), as a Samba share or an old camera card writes it.
 CAFE = b"caf\xe9.jpg"
 
