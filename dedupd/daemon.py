@@ -362,6 +362,11 @@ class Daemon:
         report = self.pipeline.reconcile(roots, tick=self._heartbeat)
         for root, why in report.unavailable:
             self.watcher.unavailable(root, why)
+        for root in report.roots:  # walked: a root found unavailable before is back
+            if self.watcher.states.get(root) == "unavailable":
+                log.info("root_available", root=root)
+                self.watcher.add_root(root)
+                self.pipeline.rescan_due.add(root)  # what changed before its watch began
         unreadable = dict(self._unreadable)  # replaced whole: status reads it elsewhere
         for root in report.roots:
             inside = root.rstrip(os.sep) + os.sep
@@ -588,8 +593,8 @@ class Daemon:
             self.pipeline.rescan_due.add(root)
         if now >= self._next_retry:
             self._next_retry = now + self.retry_interval
-            for root, state in list(self.watcher.states.items()):
-                if state == "unavailable" and why_unavailable(root) is None:
+            for root in list(self.watcher.states):
+                if self.watcher.may_be_back(root):
                     log.info("root_available", root=root)
                     self.watcher.add_root(root)
                     self.pipeline.rescan_due.add(root)

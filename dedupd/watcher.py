@@ -162,6 +162,16 @@ if _INOTIFY:
             self._emitter_kwargs["out_of_watches"] = out_of_watches
 
 
+def _folder(path: str) -> tuple[int, int, int] | None:
+    """(device, inode, ctime) of the folder at `path`, None when there is none: a mount, an
+    entry made or removed, a change of owner or mode each change it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
 @dataclass
 class Watcher:
     """One watchdog observer over all roots; records each root's watch state.
@@ -179,6 +189,9 @@ class Watcher:
     _observer: BaseObserver | None = None
     _watches: dict[str, ObservedWatch] = field(default_factory=dict)
     _identity: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Roots found unavailable although their path looks fine (an empty mount point where
+    # photos are recorded, a root it may not read): the folder there then (`_folder`)
+    _judged: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
     # Roots a folder of which the watch limit left unwatched (set from watchdog's thread too)
     _limited: dict[str, bool] = field(default_factory=dict)
 
@@ -224,8 +237,22 @@ class Watcher:
         under the root's name, each one queueing a reconcile that finds the root unavailable
         again, and a file deleted there marking the record at the root's path missing."""
         self._unwatch(root)
+        if why_unavailable(root) is None:  # a reconcile's judgement of what it found there
+            self._judged[root] = _folder(root)
+        else:
+            self._judged.pop(root, None)
         self.reasons[root] = why  # first: status, on another thread, reads the state first
         self.states[root] = "unavailable"
+
+    def may_be_back(self, root: str) -> bool:
+        """Whether an unavailable `root` is worth watching and walking again: its path leads
+        to a folder now (`why_unavailable`) and, where a reconcile found that folder wanting
+        (an unplugged disk's empty mount point), the folder there changed since (a disk
+        mounted on it, a file added, its permissions): looking again at the same empty
+        folder every few seconds only logged it available and unavailable again, forever."""
+        if self.states.get(root) != "unavailable" or why_unavailable(root) is not None:
+            return False
+        return root not in self._judged or _folder(root) != self._judged[root]
 
     def _unwatch(self, root: str) -> None:
         watch = self._watches.pop(root, None)

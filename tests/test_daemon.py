@@ -540,6 +540,34 @@ def test_a_root_swapped_for_a_link_is_not_watched_until_it_is_a_folder_again(
     assert all(env.record(bob / name) is None for name in names)
 
 
+def test_an_empty_mount_point_is_looked_at_again_only_once_it_changes(env: Env) -> None:
+    """An unplugged disk leaves its empty mount point, where photos are recorded: the root
+    is unavailable. Every retry (10 s) found a folder there, logged the root available,
+    watched and walked it, and found it unavailable again: two log lines every 10 s for as
+    long as the disk stayed out. Now the same empty folder is not looked at again; the disk
+    mounted on it (another folder there) is, at once."""
+
+    def logged(event: str) -> int:
+        return sum(e["event"] == event for e in list(logs))
+
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with structlog.testing.capture_logs() as logs, running(env, retry_interval=0.1) as daemon:
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", what="hashed")
+        env.root.rename(env.tmp / "disk")  # unplugged: the bare mount point is left
+        env.root.mkdir()
+        wait_for(lambda: logged("root_unavailable") == 1, what="the empty root's reconcile")
+        assert "empty, but 1 photos are recorded there" in daemon.watcher.reasons[str(env.root)]
+        time.sleep(20 * 0.1)  # absence check: twenty retries find the same empty folder
+        assert (logged("root_available"), logged("root_unavailable")) == (0, 1)
+        env.root.rmdir()
+        (env.tmp / "disk").rename(env.root)  # plugged in again
+        wait_for(lambda: daemon.watcher.states[str(env.root)] == "watching", what="watched")
+        photos.copy(photos.photo("rocket"), env.root / "IMG_2.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", what="seen by the watch")
+    assert env.state(env.root / "IMG_1.jpg") == "ok"
+    assert logged("root_available") == 1
+
+
 def test_the_quarantine_and_database_folders_are_never_watched(tmp_path: Path) -> None:
     env = Env(tmp_path)
     env.quarantine = env.root / ".." / "uploads" / "q"
