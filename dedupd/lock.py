@@ -1,5 +1,12 @@
 """One writer per database: an exclusive flock(2) on `<database>.lock`, beside the database
-(the file its name leads to, through symlinks).
+(the file its name leads to, through symlinks), and one on the database file itself.
+
+The lock file carries the holder's pid and role; the database's own flock is what makes
+one database one lock whatever it is called: a hard link (`ln dedupd.db snapshot.db`, a
+`cp -al` of the state folder) is another name for the same file, with a lock file of its
+own, and a writer through it beside the daemon corrupted the database (SQLite keeps a WAL
+per name, and one replayed its pages over the other's). flock and SQLite's own locks
+(fcntl) do not interact on Linux.
 
 The daemon holds it for its lifetime; `dedupd scan` and dedupctl's offline changes hold it
 while they write. Whoever finds it taken gets `DatabaseBusy`, naming the holder's pid and
@@ -53,6 +60,7 @@ class DatabaseLock:
         # own path) is one database, so its writers must meet at one lock file.
         self.path = lock_path(Path(os.path.realpath(self.database)))
         self._fd: int | None = None
+        self._file: int | None = None  # the database file's descriptor, flock'ed
 
     def acquire(self) -> None:
         """Take the lock or raise DatabaseBusy at once (never waits); StoreError if the
@@ -67,14 +75,49 @@ class DatabaseLock:
         except BaseException:
             os.close(fd)
             raise
+        try:
+            # Made if missing (SQLite takes an empty file for a new database): a hard link
+            # to it can only be made once it exists, and then it is locked already.
+            self._file = self._lock_database(create=True)
+        except BaseException:
+            os.close(fd)
+            raise
         # After locking, so that what a refused process reads is the live holder's.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {self.role}\n".encode(), 0)
         self._fd = fd
 
+    def _lock_database(self, *, create: bool) -> int | None:
+        """The database file's descriptor, flock'ed; None when there is none (and not
+        `create`). DatabaseBusy when another process holds it under another name: its pid
+        from /proc/locks where the kernel says, its role unknown."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        real = os.path.realpath(self.database)
+        try:
+            fd = os.open(real, flags, 0o644)  # SQLite's own default mode for a new database
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except OSError as exc:
+            raise StoreError(f"{real}: cannot open the database to lock it: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _flock_holder(os.fstat(fd))
+            os.close(fd)
+            raise DatabaseBusy(self.database, pid, None) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def release(self) -> None:
         """Drop the lock. The file stays: unlinking it would let a process that opened it
         meanwhile lock an inode nobody else looks at."""
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
@@ -86,11 +129,13 @@ class DatabaseLock:
         return self._fd is not None
 
     def verify(self) -> None:
-        """Make sure the lock file at the path is still the one held. If it was deleted or
-        replaced (`rm dedupd.db*`), lock the one there now, so that no second writer can
-        take it; DatabaseBusy if one already has (the old lock is kept until release())."""
+        """Make sure the lock file and the database at their paths are still the ones held.
+        If one was deleted or replaced (`rm dedupd.db*`; the daemon writing its database
+        back), lock the one there now, so that no second writer can take it; DatabaseBusy if
+        one already has (the old lock is kept until release())."""
         if self._fd is None:
             raise StoreError(f"{self.path}: the database lock is not held")
+        self._verify_database()
         held = os.fstat(self._fd)
         try:
             st = os.stat(self.path, follow_symlinks=False)
@@ -100,11 +145,37 @@ class DatabaseLock:
             pass
         old, self._fd = self._fd, None
         try:
-            self.acquire()
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid, role = _holder(fd)
+                os.close(fd)
+                raise DatabaseBusy(self.database, pid, role) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {self.role}\n".encode(), 0)
         except BaseException:
             self._fd = old
             raise
+        self._fd = fd
         os.close(old)
+
+    def _verify_database(self) -> None:
+        """The database file's lock: a missing database keeps the old one (the daemon is
+        about to write it back), one at another inode is locked in its place."""
+        try:
+            st = os.stat(os.path.realpath(self.database))
+        except FileNotFoundError:
+            return
+        if self._file is not None:
+            held = os.fstat(self._file)
+            if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                return
+        new = self._lock_database(create=False)
+        if new is not None:
+            if self._file is not None:
+                os.close(self._file)
+            self._file = new
 
     def __enter__(self) -> DatabaseLock:
         self.acquire()
@@ -124,6 +195,21 @@ class DatabaseLock:
         except OSError as exc:
             why = "is a symlink; refusing to follow it" if exc.errno == errno.ELOOP else exc
             raise StoreError(f"{self.path}: cannot open the database lock: {why}") from exc
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The pid holding a flock on the file `st` describes, as /proc/locks lists it (Linux;
+    None elsewhere, or when the lock went meanwhile)."""
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()  # 1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _holder(fd: int) -> tuple[int | None, str | None]:

@@ -1283,6 +1283,57 @@ def test_scan_refuses_while_the_daemon_runs_and_writes_nothing(env: Env, notify_
         proc.communicate(timeout=20)
 
 
+_SCAN = [sys.executable, "-m", "dedupd", "scan"]
+
+
+def test_a_hard_link_to_the_daemons_database_gives_no_second_writer(
+    env: Env, notify_socket
+) -> None:  # type: ignore[no-untyped-def]
+    """`ln dedupd.db snapshot.db` names the daemon's database by another name, with a lock
+    file of its own: `dedupd scan --database snapshot.db` ran beside the daemon (exit 0),
+    wrote the file through a WAL of its own, and the daemon's database was corrupt after
+    (found by a red-team run). Now the scan and a second daemon by that name are refused
+    and nothing is written."""
+    sock, path = notify_socket
+    other = env.tmp / "other"
+    photos.copy(photos.photo("coffee"), other / "a.jpg")
+    photos.copy(photos.photo("coffee"), other / "a (1).jpg")  # an exact duplicate
+    proc = _dedupd("run", "--config", str(env.config), env={"NOTIFY_SOCKET": path})
+    try:
+        _messages_until(sock, "READY=1")
+        snapshot = env.tmp / "snapshot.db"
+        os.link(env.db, snapshot)
+        before, files = _rows(env.db), _tree(other)
+        scan = subprocess.run(
+            [*_SCAN, "--config", str(env.config), "--database", str(snapshot), str(other)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert scan.returncode == 4, scan.stderr
+        assert f"{snapshot} is in use by another process (pid {proc.pid})" in scan.stderr
+        second_config = env.tmp / "second.yaml"
+        second_config.write_text(
+            env.config.read_text().replace(f"database: {env.db}\n", f"database: {snapshot}\n")
+            + f"socket: {env.tmp / 'second.sock'}\n"
+        )
+        second = _dedupd("run", "--config", str(second_config))
+        try:
+            assert second.wait(timeout=30) == 2
+        finally:
+            second.kill()
+            _, stderr = second.communicate()
+        assert f"{snapshot} is in use by another process (pid {proc.pid})" in stderr
+        assert (_rows(env.db), _tree(other)) == (before, files)
+        assert not Path(f"{snapshot}-wal").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        proc.communicate()
+    with Store(env.db) as store:
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 def test_a_second_daemon_on_the_same_database_refuses_and_the_first_goes_on(
     env: Env, notify_socket
 ) -> None:  # type: ignore[no-untyped-def]

@@ -93,3 +93,76 @@ def test_a_database_named_through_a_symlink_shares_the_lock_of_the_file_it_names
     with DatabaseLock(link, "daemon"), pytest.raises(DatabaseBusy):
         DatabaseLock(real, "scan").acquire()
     assert not lock_path(link).exists()
+
+
+_HOLD_AS_DEDUPD = """
+import sys
+from dedupd.lock import DatabaseLock
+lock = DatabaseLock(sys.argv[1], sys.argv[2])
+lock.acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_hard_link_to_the_database_is_the_same_database(tmp_path: Path) -> None:
+    """`ln dedupd.db snapshot.db` (or a `cp -al` of the state folder) names the same file,
+    but gave a lock file of its own: a `dedupd scan --database snapshot.db` beside the daemon
+    wrote the daemon's database through its own WAL, and the database was corrupt. The
+    database file itself is locked too: a writer by any name is refused, naming the pid."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "state" / "dedupd.db"
+    db.parent.mkdir()
+    db.write_bytes(b"")  # the daemon's database
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AS_DEDUPD, str(db), "daemon"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        snapshot = tmp_path / "elsewhere" / "snapshot.db"
+        snapshot.parent.mkdir()
+        os.link(db, snapshot)
+        with pytest.raises(DatabaseBusy) as busy:
+            DatabaseLock(snapshot, "scan").acquire()
+        assert busy.value.pid == holder.pid
+        assert str(busy.value) == f"{snapshot} is in use by another process (pid {holder.pid})"
+        assert not lock_path(snapshot).read_text()  # its lock file given back, empty
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)
+    with DatabaseLock(snapshot, "scan") as lock:  # free once the holder is gone
+        assert lock.held
+
+
+def test_a_database_written_back_at_a_new_inode_is_locked_at_once(tmp_path: Path) -> None:
+    """The daemon writes a deleted database back (a new file): verify() locks it, so that a
+    hard link to the new file gives no second writer; while the database is missing,
+    verify() keeps what it holds and makes no empty database in its place."""
+    db = tmp_path / "dedupd.db"
+    with DatabaseLock(db, "daemon") as lock:
+        db.unlink()
+        lock.verify()
+        assert not db.exists()
+        db.write_bytes(b"")  # written back
+        lock.verify()
+        os.link(db, tmp_path / "snapshot.db")
+        with pytest.raises(DatabaseBusy, match=f"pid {os.getpid()}"):
+            DatabaseLock(tmp_path / "snapshot.db", "scan").acquire()
+
+
+def test_a_lock_taken_before_the_database_exists_makes_it_so_a_link_names_a_locked_file(
+    tmp_path: Path,
+) -> None:
+    """A daemon's first start locks before SQLite makes the database: an empty file is made
+    then (SQLite takes it for a new database), so no link can name an unlocked one."""
+    db = tmp_path / "dedupd.db"
+    with DatabaseLock(db, "daemon"):
+        assert db.exists() and db.stat().st_size == 0
+        os.link(db, tmp_path / "snapshot.db")
+        with pytest.raises(DatabaseBusy):
+            DatabaseLock(tmp_path / "snapshot.db", "scan").acquire()
