@@ -15,6 +15,9 @@ import math
 import os
 import re
 import reprlib
+import select
+import stat
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -737,14 +740,29 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+PIPE_WAIT = 2.0  # seconds a config that is no regular file (a pipe) may take to arrive
+
+
 def _read_limited(path: Path) -> str:
-    """The file's text, refusing one larger than MAX_CONFIG_BYTES (or endless, like a FIFO
-    or /dev/zero) before reading more than that."""
+    """The file's text, refusing one larger than MAX_CONFIG_BYTES (or endless, like
+    /dev/zero) before reading more than that. A config that is no regular file (`--config
+    <(…)`, a FIFO) is read as it comes, for at most PIPE_WAIT seconds: a FIFO nobody writes
+    put in place of the config blocked a reload (SIGHUP) for good, and with it the daemon."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)
+        else:
+            raw = _read_arriving(fd, MAX_CONFIG_BYTES + 1, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    finally:
+        os.close(fd)
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(
             f"refused: larger than {MAX_CONFIG_BYTES >> 20} MiB; a dedupd config is a few KB",
@@ -756,6 +774,32 @@ def _read_limited(path: Path) -> str:
         raise ConfigError(
             f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)
         ) from exc
+
+
+def _read_arriving(fd: int, limit: int, path: Path) -> bytes:
+    """Up to `limit` bytes from a pipe or device, until its end, within PIPE_WAIT seconds.
+    Nothing at all is an error, not an empty config: a FIFO no one has opened for writing
+    reads as ended at once."""
+    chunks: list[bytes] = []
+    size, deadline = 0, time.monotonic() + PIPE_WAIT
+    while size < limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise ConfigError(
+                f"not a regular file, and its text did not arrive within {PIPE_WAIT:g} s",
+                source=str(path),
+            )
+        try:
+            chunk = os.read(fd, min(1 << 16, limit - size))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if not chunks:
+        raise ConfigError("not a regular file, and nothing to read", source=str(path))
+    return b"".join(chunks)
 
 
 def socket_of(path: str | os.PathLike[str]) -> Path | None:

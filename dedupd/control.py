@@ -401,6 +401,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _BadRequest(400, "bad request", f"body is not JSON: {exc}") from exc
+        except RecursionError as exc:  # `[[[[…` a few thousand deep: no request of ours
+            raise _BadRequest(400, "bad request", "body is nested too deeply") from exc
         if not isinstance(body, dict):
             raise _BadRequest(400, "bad request", "body must be a JSON object")
         return body

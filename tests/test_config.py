@@ -728,3 +728,29 @@ def test_bad_keep_rules_are_rejected_naming_the_key(
     assert f"{path}: {key}: " in str(caught.value)
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+def test_a_fifo_in_place_of_the_config_is_refused_within_seconds(tmp_path: Path) -> None:
+    """A FIFO nobody writes, put where the config was: reading it blocked forever (a
+    reload on SIGHUP wedged the daemon, SIGTERM included). It is refused, with why."""
+    fifo = tmp_path / "dedupd.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file, and its text did not arrive"):
+        load_config(fifo)
+
+
+def test_a_config_from_a_pipe_is_read_as_it_comes(tmp_path: Path) -> None:
+    """`dedupd scan --config <(…)`: a pipe whose text arrives is a config like a file, and
+    one that ends with nothing in it is an error, not the empty config's defaults."""
+    for text, roots in ((f"roots: [{{path: {tmp_path}}}]\n", 1), ("", None)):
+        read, write = os.pipe()
+        os.write(write, text.encode())
+        os.close(write)
+        try:
+            if roots is None:
+                with pytest.raises(ConfigError, match="not a regular file, and nothing to read"):
+                    load_config(f"/proc/self/fd/{read}")
+            else:
+                assert len(load_config(f"/proc/self/fd/{read}").roots) == roots
+        finally:
+            os.close(read)

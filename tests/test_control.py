@@ -224,6 +224,11 @@ def test_bad_requests_get_clean_errors_and_the_daemon_goes_on(env: Env, daemon: 
     assert raw(sock, b"POST /v1/status HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")[0] == 405
     status, body = raw(sock, b"POST /v1/distinct HTTP/1.0\r\nContent-Length: 5\r\n\r\n{nope")
     assert status == 400 and "not JSON" in str(body["detail"])
+    deep = b"[" * 20_000  # json.loads raised RecursionError: a 500
+    status, body = raw(
+        sock, b"POST /v1/distinct HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(deep) + deep
+    )
+    assert status == 400 and "nested too deeply" in str(body["detail"])
     big = b"x" * (1 << 20)
     status, body = raw(
         sock, b"POST /v1/rescan HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(big) + big

@@ -1216,6 +1216,21 @@ def test_paths_over_path_max_show_in_the_status_as_errors(env: Env) -> None:
     )
 
 
+def test_a_reload_from_a_fifo_put_in_place_of_the_config_is_rejected(env: Env) -> None:
+    """The config replaced by a FIFO nobody writes, then SIGHUP: the reload blocked opening
+    it, and with it the main loop (no upload decided) and SIGTERM (found by a red-team
+    run). It is rejected within seconds, the running config stays, and uploads go on."""
+    with running(env) as daemon:
+        config = daemon.config
+        env.config.unlink()
+        os.mkfifo(env.config)
+        with pytest.raises(ConfigError, match="not a regular file"):
+            daemon.submit(daemon.reload_now).result(timeout=30)
+        assert daemon.config is config
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", what="the upload")
+
+
 def test_a_reload_with_a_yaml_bomb_is_rejected_and_the_daemon_still_answers(env: Env) -> None:
     """SIGHUP (and `dedupctl reload`) with a billion-laughs config: the reload is refused with
     a short message while the file is read, the running config stays, and the main loop goes
