@@ -1638,14 +1638,17 @@ class Store:
 
     def tombstone(self, sha256: str, path: str) -> ActionRecord | None:
         """The latest action that removed these bytes from this very path, if any did."""
-        rows = list(
-            self.db.query(
-                "SELECT a.* FROM tombstones t JOIN actions a ON a.id = t.action_id"
-                " WHERE t.sha256 = ? AND t.original_path = ? ORDER BY t.id DESC LIMIT 1",
-                (sha256, to_db(path)),
-            )
+        # asked twice for every photo ingested: a plain execute, without the savepoint that
+        # sqlite-utils' query() wraps around each statement (two more statements)
+        cursor = self.db.execute(
+            "SELECT a.* FROM tombstones t JOIN actions a ON a.id = t.action_id"
+            " WHERE t.sha256 = ? AND t.original_path = ? ORDER BY t.id DESC LIMIT 1",
+            (sha256, to_db(path)),
         )
-        return _action_from_db(rows[0]) if rows else None
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return _action_from_db(dict(zip([d[0] for d in cursor.description], row, strict=True)))
 
     def mark_distinct(self, sha_a: str, sha_b: str) -> None:
         """Remember the user's word that these two are different photos."""
