@@ -233,6 +233,7 @@ def test_a_root_swapped_for_another_users_link_while_running_keeps_its_records(
         wait_for(lambda: ctl(env, "status").stderr == f"warning: root unavailable: {why}\n")
         photos.copy(photos.photo("chelsea"), env.root / "IMG_2.jpg")
         wait_for(lambda: env.state(env.root / "IMG_2.jpg") == "ok", what="the upload")
-        assert daemon.stats.hashed == 3
+        # counted just after the record is written, on the daemon's thread
+        wait_for(lambda: daemon.stats.hashed == 3, what="the count")
     assert env.state(env.archive / "rocket.jpg") == "ok"
     assert env.record(env.archive / "hubble.jpg") is None and env.record(bob / "hubble.jpg") is None
