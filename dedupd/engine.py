@@ -1289,15 +1289,24 @@ def reconcile_roots(
             # A folder it could not read is there, and maybe the photos recorded in it: the
             # others, none found, still tell an empty mount point (or another disk there,
             # holding only a lost+found this user may not read).
+            # Nor do the root's records under a folder its walk skips (a quarantine moved
+            # onto a folder of the root, say): no photos of the root, marked missing below
+            # as any record the walk does not find; never a reason to keep them indexed.
+            skipped = _outermost([f for f in exclude if f.startswith(root.rstrip(os.sep) + os.sep)])
             recorded = 0
             if not entries and unread:
+                hidden = tuple(f + os.sep for f in skipped) + unread
                 recorded = sum(
-                    not str(r.path).startswith(unread)
+                    not str(r.path).startswith(hidden)
                     for r in [*store.files_in(root).values(), *(r for r, _ in nested)]
                     if r.state in ("ok", "error")
                 )
             elif not entries:
                 recorded = _present_count(store, root) + _present(nested)
+                if recorded:
+                    recorded -= sum(
+                        store.count_present_under(root, os.path.relpath(f, root)) for f in skipped
+                    )
             if recorded:
                 raise NotFoundError(
                     f"{root}: empty, but {recorded} photos are recorded there; treated as "
@@ -1356,6 +1365,13 @@ def reconcile_roots(
         done.awaiting += plan.awaiting
     done.work.sort(key=lambda e: (e.stat.mtime_ns, e.path))
     return done
+
+
+def _outermost(folders: Sequence[str]) -> list[str]:
+    """Those of `folders` (absolute, normalized) that no other one of them holds."""
+    return [
+        f for f in folders if not any(f.startswith(o + os.sep) for o in folders if o != f)
+    ]
 
 
 def _in_view(

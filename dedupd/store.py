@@ -911,6 +911,27 @@ class Store:
         )
         return dict(rows.fetchall())
 
+    def count_present_under(self, root: str, folder: str) -> int:
+        """How many records of present files (hashed or failed) `root` keeps under its
+        subfolder `folder` (a path relative to it): counted on the (root, relpath) index,
+        never read (text sorts before the BLOBs of non-UTF-8 paths; each has its range)."""
+        prefix = folder.rstrip("/") + "/"
+        low = to_db(prefix)
+        ranges: list[tuple[str | bytes, str | bytes]] = []
+        if isinstance(low, str):
+            ranges.append((low, low[:-1] + "0"))  # "0" follows "/"
+        raw = os.fsencode(prefix)
+        ranges.append((raw, raw[:-1] + b"0"))
+        total = 0
+        for lo, hi in ranges:
+            (n,) = self.db.execute(
+                "SELECT count(*) FROM files WHERE root = ? AND relpath >= ? AND relpath < ?"
+                " AND state IN ('ok', 'error')",
+                (to_db(root), lo, hi),
+            ).fetchone()
+            total += n
+        return int(total)
+
     # -- hashes ------------------------------------------------------------------------------
     @staticmethod
     def _hash_rows_sql(

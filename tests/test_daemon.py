@@ -582,6 +582,32 @@ def test_the_quarantine_and_database_folders_are_never_watched(tmp_path: Path) -
         assert daemon.stats.hashed == 1
 
 
+def test_a_photo_recorded_in_a_folder_that_became_the_quarantine_is_never_a_keeper(
+    env: Env,
+) -> None:
+    """The red team's f3: the root holds only `Duplicates/IMG_0001.jpg` (recorded), then
+    `quarantine.path` is set to that folder. The root looked "empty, but 1 photos are
+    recorded there" (unavailable, the record kept and indexed), and an upload of the same
+    photo was deleted with that file as its keeper: the only copy left was in the quarantine
+    folder, which `quarantine list` said was empty. Now the root is watched, the record is
+    marked missing, and the upload stays."""
+    photos.copy(photos.photo("coffee"), env.root / "Duplicates" / "IMG_0001.jpg")
+    with running(env) as daemon:
+        wait_for(lambda: env.state(env.root / "Duplicates" / "IMG_0001.jpg") == "ok")
+    env.quarantine = env.root / "Duplicates"
+    env.write_config()
+    with running(env, retry_interval=0.1) as daemon:
+        assert daemon.watcher.states[str(env.root)] == "watching", daemon.watcher.reasons
+        assert env.state(env.root / "Duplicates" / "IMG_0001.jpg") == "missing"
+        photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_0001.jpg") == "ok", what="hashed")
+        wait_for(lambda: _idle(daemon))
+    assert (env.root / "IMG_0001.jpg").exists()
+    assert (env.root / "Duplicates" / "IMG_0001.jpg").exists()
+    with Store(env.db) as store:
+        assert store.actions() == []
+
+
 # -- the hasher pool ----------------------------------------------------------------------
 
 

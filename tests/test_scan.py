@@ -1293,3 +1293,32 @@ def test_the_scan_report_names_an_unavailable_root_once() -> None:
         "unavailable: /srv/photos: root is not a directory or is not mounted",
         "unavailable: /home/alice/Photos: /home/alice: a symbolic link owned by uid 1000",
     ]
+
+
+def test_records_under_a_folder_the_walk_skips_neither_keep_a_root_unavailable_nor_indexed(
+    tmp_path: Path,
+) -> None:
+    """A root holding only `Duplicates/IMG_0001.jpg` (recorded), then `quarantine.path` set to
+    that folder: the walk skips it, so the root looks empty. Those records are no photos of
+    the root: the root is not "empty, but 1 photos are recorded there" (unavailable, its
+    records kept and indexed, the red team's f3: the quarantined file became the keeper of
+    an upload's delete); its record is marked missing, as any the walk does not find."""
+    from dedupd.config import QuarantineConfig
+
+    root = (tmp_path / "uploads").resolve()
+    photos.copy(photos.photo("coffee"), root / "Duplicates" / "IMG_0001.jpg")
+    config = _config(tmp_path, root)
+    assert _scan(config).hashed == 1
+    moved = replace(config, quarantine=QuarantineConfig(path=root / "Duplicates"))
+    report = _scan(moved)
+    assert (report.roots, report.unavailable, report.missing) == ([str(root)], [], 1)
+    with Store(config.database) as store:
+        record = store.file_at(root / "Duplicates" / "IMG_0001.jpg")
+        assert record is not None and record.state == "missing"
+    assert (root / "Duplicates" / "IMG_0001.jpg").exists()
+    # An unmounted disk is still told by the photos recorded where the walk looks.
+    photos.copy(photos.photo("rocket"), root / "IMG_0002.jpg")
+    assert _scan(moved).hashed == 1
+    (root / "IMG_0002.jpg").rename(tmp_path / "IMG_0002.jpg")
+    (again,) = _scan(moved).unavailable
+    assert "empty, but 1 photos are recorded there" in again[1]
