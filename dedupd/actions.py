@@ -47,6 +47,7 @@ from dedupd.store import ActionRecord, FileRecord, State, Store
 __all__ = [
     "ActionError",
     "Actions",
+    "KeeperElsewhere",
     "MotionNotIdentical",
     "Recovered",
     "motion_paths",
@@ -70,6 +71,13 @@ class ActionError(DedupdError):
 class MotionNotIdentical(ActionError):
     """A delete of a Live Photo whose motion file has no byte-identical kept motion file:
     nothing was deleted (the caller may quarantine the pair instead)."""
+
+
+class KeeperElsewhere(ActionError):
+    """A delete whose keeper is on another filesystem than the file to delete: another inode
+    there proves nothing (an overlay, union, network or FUSE mount may show this very file
+    under its own device number), so nothing was deleted (the caller may quarantine the file
+    instead)."""
 
 
 class Stranded(ActionError):
@@ -386,7 +394,9 @@ class Actions:
 
     def _check_keeper(self, record: _Version, keeper: _Version, fd: int | None) -> int:
         """The keeper is a regular file (never a symlink) at another inode than the target
-        (`fd`, when staged) and present now. Returns a descriptor of it (caller closes)."""
+        (`fd`, when staged) and present now, outside the quarantine and staging folders.
+        Returns a descriptor of it (caller closes)."""
+        self._refuse_skipped_keeper(keeper.path)
         with safefs.directory(keeper.path.parent) as kdir:
             try:
                 kfd = safefs.open_file_at(kdir, keeper.path.name)
@@ -397,10 +407,39 @@ class Actions:
         k = os.fstat(kfd)
         if fd is not None:
             r = os.fstat(fd)
-            if (k.st_dev, k.st_ino) == (r.st_dev, r.st_ino):
+            try:
+                if (k.st_dev, k.st_ino) == (r.st_dev, r.st_ino):
+                    raise ActionError(
+                        f"{keeper.path} is the same file as {record.path}; nothing done"
+                    )
+                self._same_filesystem(record, keeper, k, r.st_dev)
+            except ActionError:
                 os.close(kfd)
-                raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
+                raise
         return kfd
+
+    def _refuse_skipped_keeper(self, path: PurePath) -> None:
+        """A file in the quarantine folder or in a staging folder is never a keeper: walks
+        skip those folders, `quarantine list` does not name such a file, and a user emptying
+        the quarantine by hand would lose the only copy."""
+        if safefs.STAGING_DIR in path.parent.parts or (
+            self.quarantine_dir is not None and path.is_relative_to(self.quarantine_dir)
+        ):
+            raise ActionError(
+                f"{path} is in the quarantine or a staging folder, which is no keeper's place; "
+                "nothing done"
+            )
+
+    @staticmethod
+    def _same_filesystem(record: _Version, keeper: _Version, k: os.stat_result, dev: int) -> None:
+        """Refuse a delete whose keeper (`k`, by descriptor) is on another filesystem than the
+        file to delete (`dev`): `KeeperElsewhere`."""
+        if k.st_dev != dev:
+            raise KeeperElsewhere(
+                f"{keeper.path} is on another filesystem than {record.path}, which may show "
+                "this very file (an overlay, union or network mount); a delete needs its "
+                "keeper on the same filesystem"
+            )
 
     # -- the operations ------------------------------------------------------------------------
     def quarantine(
@@ -647,6 +686,8 @@ class Actions:
                         )
                     keepers.append(kept)
                 parts = self._parts(stack, record, motion)
+                for p, keeper_version in zip(parts, keepers, strict=True):
+                    self._check_delete_keeper_before(p, keeper_version)
             half = parts[-1].half
             if half is not None:
                 half.staged, half.keeper = str(parts[-1].staged.path), str(keepers[-1].path)
@@ -667,6 +708,22 @@ class Actions:
         self._finish_removal(action_id, record, "deleted")
         return action_id
 
+    def _check_delete_keeper_before(self, part: _Part, keeper: _Version) -> None:
+        """Before anything is journaled: a keeper on another filesystem than the part (as it
+        is in its folder now) refuses the delete (`KeeperElsewhere`), so that the caller can
+        quarantine instead. A keeper that cannot be looked at is left to the check after
+        staging, which journals why the delete failed."""
+        self._refuse_skipped_keeper(keeper.path)
+        st = part.staged.stat_source()
+        try:
+            kfd = self._check_keeper(part.want, keeper, None)
+        except (OSError, DedupdError):
+            return
+        with _fd(kfd):
+            k = os.fstat(kfd)
+        if st is not None:
+            self._same_filesystem(part.want, keeper, k, st.st_dev)
+
     def _delete_staged(
         self, action_id: int, parts: Sequence[_Part], keepers: Sequence[_Version]
     ) -> None:
@@ -683,7 +740,9 @@ class Actions:
         except BaseException as exc:
             self._put_back_all(action_id, parts, None)
             if isinstance(exc, ActionError):
-                raise ActionError(f"{exc}; nothing deleted") from exc
+                # KeeperElsewhere stays so: the caller quarantines the file instead.
+                kind = KeeperElsewhere if isinstance(exc, KeeperElsewhere) else ActionError
+                raise kind(f"{exc}; nothing deleted") from exc
             raise
         self._discard_all(parts)
 
@@ -1218,7 +1277,8 @@ def _recover_delete_pair(halves: Sequence[_Half], root: str) -> tuple[str, str]:
             verified = h.keeper is not None and _sha256_of(h.keeper) == h.sha256
         except (OSError, DedupdError):
             verified = False
-        if verified and not _same_file(h.staged, h.keeper or ""):
+        keeper = h.keeper or ""
+        if verified and _same_device(h.staged, keeper) and not _same_file(h.staged, keeper):
             _unlink_path(h.staged)
         else:
             kept.append(_put_back(PurePath(h.staged), PurePath(h.src), root))
@@ -1319,6 +1379,18 @@ def _same_file(a: str | PurePath, b: str | PurePath) -> bool:
             return False
         sts.append((st.st_dev, st.st_ino))
     return sts[0] == sts[1]
+
+
+def _same_device(a: str | PurePath, b: str | PurePath) -> bool:
+    """Whether `a` and `b` are on one filesystem (a delete's keeper must be: `KeeperElsewhere`)."""
+    devices = set()
+    for path in (PurePath(a), PurePath(b)):
+        with safefs.directory(path.parent) as d:
+            st = safefs.stat_at(d, path.name)
+        if st is None:
+            return False
+        devices.add(st.st_dev)
+    return len(devices) == 1
 
 
 def _unlink_path(path: str | PurePath) -> None:

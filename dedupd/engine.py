@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from dedupd import safefs
-from dedupd.actions import ActionError, Actions, MotionNotIdentical
+from dedupd.actions import ActionError, Actions, KeeperElsewhere, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage, HashedVideo, LocalFeatures
@@ -245,6 +245,19 @@ class Ingest:
         # hashed (known before the record is written: see `ingest`).
         self.confirm: deque[Entry] = deque()
         self._confirming: dict[tuple[str, str], bool] = {}
+        # The folders walks skip (quarantine, database folder, staging): a record under one
+        # (a photo recorded there before the quarantine was moved onto it, say) is no photo
+        # of the library. Never a match, so never a keeper: its file is unknown to
+        # `quarantine list`, and a user emptying that folder by hand would lose the only copy.
+        self._skipped = tuple(folder + os.sep for folder in excluded_dirs(config))
+
+    def _files(self, ids: Iterable[int]) -> dict[int, FileRecord]:
+        """The records of `ids` that may be matched: not those under a folder walks skip."""
+        return {
+            i: r
+            for i, r in self.store.files(ids).items()
+            if not str(r.path).startswith(self._skipped)
+        }
 
     def _not_yet(self, newcomer: FileRecord, ids: Iterable[int]) -> set[int]:
         """Of `ids`, the files `newcomer` is not matched against: see `redecide`,
@@ -565,7 +578,7 @@ class Ingest:
         found.pop(file_id, None)
         for other in self._not_yet(newcomer, found):
             del found[other]  # came later (`redecide`, `_awaiting`), or "moved" by a dry run
-        records = self.store.files(found)
+        records = self._files(found)
         found = {i: v for i, v in found.items() if i in records}  # ids whose record went
         self.store.replace_matches(
             file_id,
@@ -574,7 +587,8 @@ class Ingest:
             within=self.roots,
         )
         crops = self._crops(newcomer, set(found))
-        records |= self.store.files(crops)
+        records |= self._files(crops)
+        crops = {i: c for i, c in crops.items() if i in records}
         with self.lock:
             self.index.add([file_id], [bits])
             self.index.finish_rebuild()  # swap in a finished background rebuild, never waits
@@ -604,6 +618,7 @@ class Ingest:
             distinct=self.store.distinct_from(sha256),
             tombstone=tombstone,
             dry_run=self.config.dry_run,
+            quarantine=self.config.quarantine.path is not None,
         )
         decision = self._respect_restores(newcomer, decision)
         crop = None
@@ -868,7 +883,7 @@ class Ingest:
         found.pop(file_id, None)
         for other in self._not_yet(newcomer, found):
             del found[other]
-        records = self.store.files(found)
+        records = self._files(found)
         found = {i: v for i, v in found.items() if i in records}
         self.store.replace_matches(
             file_id,
@@ -896,6 +911,7 @@ class Ingest:
             distinct=self.store.distinct_from(sha256),
             tombstone=tombstone,
             dry_run=self.config.dry_run,
+            quarantine=self.config.quarantine.path is not None,
         )
         return self._settle(newcomer, sha256, path, self._respect_restores(newcomer, decision))
 
@@ -1104,6 +1120,17 @@ class Ingest:
                             decision.target, decision.keeper, decision.distance,
                             f"{decision.rule}; quarantined, not deleted: its Live Photo motion"
                             " file has no identical copy",
+                        )
+                    except KeeperElsewhere as exc:
+                        # Seen by descriptor: the keeper is on another filesystem, which may
+                        # show this very file. Restorable instead, or left in place.
+                        if self.actions.quarantine_dir is None:
+                            raise
+                        log.info("quarantined_not_deleted", reason=str(exc))
+                        action_id = self.actions.quarantine(
+                            decision.target, decision.keeper, decision.distance,
+                            f"{decision.rule}; quarantined, not deleted: its keeper is on"
+                            " another filesystem",
                         )
                 else:
                     action_id = self.actions.quarantine(

@@ -333,25 +333,32 @@ def decide(
     distinct: Collection[str] = (),
     tombstone: ActionRecord | None = None,
     dry_run: bool = False,
+    quarantine: bool = True,
 ) -> Decision:
     """Decide what happens to `newcomer` given its matches.
 
     `policies` maps a root (as the store names it) to its policy; `distinct` holds the
     sha256 of files the user said differ from the newcomer; `tombstone` is the journal entry
-    of an earlier quarantine or delete of the same bytes, if any.
+    of an earlier quarantine or delete of the same bytes, if any; `quarantine`: whether a
+    quarantine folder is configured.
 
     A near match moves a file only when its candidate's second opinion agrees and neither
     image is low-detail; a crop only when its evidence confirms it (`CropEvidence.refusal`);
-    otherwise the decision is downgraded to `report`, saying why.
+    otherwise the decision is downgraded to `report`, saying why. A delete whose keeper is
+    on another filesystem is downgraded to a quarantine (`report` without a quarantine
+    folder): see `_keeper_elsewhere`.
     """
-    decision = _decide(
-        newcomer,
-        candidates,
-        policies=policies,
-        default=default,
-        distinct=distinct,
-        tombstone=tombstone,
-        dry_run=dry_run,
+    decision = _keeper_elsewhere(
+        _decide(
+            newcomer,
+            candidates,
+            policies=policies,
+            default=default,
+            distinct=distinct,
+            tombstone=tombstone,
+            dry_run=dry_run,
+        ),
+        quarantine,
     )
     if decision.acts and decision.kind == "contains":
         # One clip holds the other: the shorter one may be the cut someone made on purpose.
@@ -376,6 +383,28 @@ def decide(
         return replace(decision, action="report", rule=f"{refusal}; {decision.rule}")
     return replace(
         decision, rule=f"{decision.rule}; {second.hasher} agrees ({second.distance} bits)"
+    )
+
+
+def _keeper_elsewhere(decision: Decision, quarantine: bool) -> Decision:
+    """A delete needs its keeper on the target's filesystem (the same st_dev): only there
+    does another inode prove another file. A filesystem may show a file of another one under
+    its own device number (overlayfs over a root, a mergerfs or unionfs pool of a branch
+    that is a root too, an NFS or SMB mount of a local disk, a FUSE view), and deleting the
+    target would then take its "keeper" with it. Such an exact duplicate is quarantined
+    instead (restorable), or only reported without a quarantine folder. `actions` checks the
+    same again by descriptor just before deleting."""
+    target, keeper = decision.target, decision.keeper
+    if decision.action != "delete" or target is None or keeper is None:
+        return decision
+    if target.dev == keeper.dev:
+        return decision
+    done = "quarantined" if quarantine else "only reported"
+    return replace(
+        decision,
+        action="quarantine" if quarantine else "report",
+        rule=f"{decision.rule}; {done}, not deleted: its keeper is on another filesystem,"
+        " which may show this very file (an overlay, union or network mount)",
     )
 
 

@@ -206,6 +206,66 @@ def test_purge_deletes_only_quarantined_files_older_than_retention(setup) -> Non
     assert [(p.state, p.of_action) for p in purge] == [("done", old)]
 
 
+SHM = Path("/dev/shm")
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another filesystem than tmp_path (tmpfs at /dev/shm), removed after."""
+    if not SHM.is_dir() or os.stat(SHM).st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
+    folder = Path(os.path.realpath(SHM / f"dedupd-keeper-{os.getpid()}-{tmp_path.name}"))
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_delete_whose_keeper_is_on_another_filesystem_is_refused_by_descriptor(
+    tmp_path: Path, elsewhere: Path
+) -> None:
+    """Another inode on another filesystem proves no other file: overlayfs, a mergerfs pool,
+    an NFS loopback mount show a file of one filesystem under their own st_dev. A delete
+    whose keeper is elsewhere is refused before anything is journaled or moved (here a real
+    copy on tmpfs stands for such a view), and both files stay."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("coffee"), root / "IMG_0001.jpg")
+    photos.copy(photos.photo("coffee"), elsewhere / "IMG_0001.jpg")
+    config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
+    with Store(config.database) as store:
+        scan(config.with_roots([root, elsewhere]), store)
+        dup = _rec(store, root.resolve() / "IMG_0001.jpg")
+        keeper = _rec(store, elsewhere / "IMG_0001.jpg")
+        with pytest.raises(ActionError, match="another filesystem") as refused:
+            Actions(store, tmp_path / "q").delete(dup, keeper, "exact duplicate")
+        assert type(refused.value).__name__ == "KeeperElsewhere"  # engine quarantines then
+        assert store.actions() == []
+        assert _rec(store, dup.path).state == "ok"
+    assert _sha(root / "IMG_0001.jpg") == _sha(elsewhere / "IMG_0001.jpg") == dup.sha256
+
+
+def test_a_file_in_the_quarantine_folder_is_never_a_keeper(tmp_path: Path) -> None:
+    """A photo recorded in a folder that later became `quarantine.path` (inside the root) is
+    unknown to `quarantine list`: a user emptying that folder by hand would lose the only
+    copy. Neither a delete nor a quarantine takes it as the keeper; nothing is journaled."""
+    root = (tmp_path / "photos").resolve()
+    photos.copy(photos.photo("coffee"), root / "Duplicates" / "IMG_0001.jpg")
+    photos.copy(photos.photo("coffee"), root / "IMG_0001.jpg")
+    config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
+    with Store(config.database) as store:
+        scan(config.with_roots([root]), store)
+        upload = _rec(store, root / "IMG_0001.jpg")
+        kept = _rec(store, root / "Duplicates" / "IMG_0001.jpg")
+        actions = Actions(store, root / "Duplicates")
+        with pytest.raises(ActionError, match="no keeper's place"):
+            actions.delete(upload, kept, "exact duplicate")
+        with pytest.raises(ActionError, match="no keeper's place"):
+            actions.quarantine(upload, kept, 0, "exact duplicate")
+        assert store.actions() == []
+    assert _sha(root / "IMG_0001.jpg") == _sha(root / "Duplicates" / "IMG_0001.jpg")
+
+
 # -- kill -9 at every step ------------------------------------------------------------------
 
 CHILD = textwrap.dedent(

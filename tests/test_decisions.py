@@ -4,8 +4,12 @@ and what the user decided (distinct, restored) is never acted on or listed again
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -592,3 +596,203 @@ def test_the_daemon_takes_over_a_subfolder_scanned_alone_without_decoding_it(
     assert {root for _, root in records.values()} == {str(env.root)}
     ids = sorted(records[str(env.root / n)][0] for n in ("coffee.jpg", "chat/coffee-wa.jpg"))
     assert tuple(ids) in links
+
+
+# -- a keeper that may be the very file: another filesystem, a skipped folder ----------------
+
+SHM = Path("/dev/shm")
+
+
+def _two_roots_config(
+    tmp_path: Path, a: Path, b: Path, quarantine: Path | None, exact: str = "delete"
+) -> Path:
+    """Roots `a` and `b`, `exact: delete` (or `exact`), the keep rules preferring `b`."""
+    config = tmp_path / "dedupd.yaml"
+    near = "quarantine" if quarantine else "report"
+    keep = f"keep: [{{prefer_folders: [{b}]}}, highest_resolution]"
+    config.write_text(
+        f"database: {tmp_path / 'state' / 'dedupd.db'}\n"
+        "hashing: {workers: 1}\n"
+        f"roots:\n  - {{path: {a}, policy: cam}}\n  - {{path: {b}, policy: cam}}\n"
+        f"policies:\n  cam: {{exact: {exact}, near: {near}, {keep}}}\n"
+        + (f"quarantine: {{path: {quarantine}}}\n" if quarantine else "")
+        + f"socket: {tmp_path / 'state' / 'none.sock'}\n"
+    )
+    return config
+
+
+def _scan_json(config: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(dedupd, ["scan", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """A root on another filesystem than tmp_path (tmpfs at /dev/shm), removed after."""
+    if not SHM.is_dir() or os.stat(SHM).st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
+    folder = Path(os.path.realpath(SHM / f"dedupd-keeper-{os.getpid()}-{tmp_path.name}"))
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("quarantine", [True, False], ids=["quarantine", "no-quarantine"])
+def test_an_exact_copy_whose_keeper_is_on_another_filesystem_is_never_deleted(
+    tmp_path: Path, elsewhere: Path, quarantine: bool
+) -> None:
+    """`exact: delete` with the keeper on another filesystem (a copy on tmpfs stands for an
+    overlay, mergerfs or NFS view, which could be the very file): quarantined (restorable)
+    with a quarantine folder, else only reported; never deleted, nothing lost."""
+    root = (tmp_path / "uploads").resolve()
+    photos.copy(photos.photo("coffee"), root / "IMG_0001.jpg")
+    photos.copy(photos.photo("coffee"), elsewhere / "IMG_0001.jpg")
+    q = (tmp_path / "quarantine").resolve() if quarantine else None
+    report = _scan_json(_two_roots_config(tmp_path, root, elsewhere, q))
+    if quarantine:
+        (act,) = report["actions"]
+        assert act["target"] == str(root / "IMG_0001.jpg")
+        assert act["keeper"] == str(elsewhere / "IMG_0001.jpg")
+        assert (act["action"], act["result"]) == ("quarantine", "done")
+        assert "quarantined, not deleted: its keeper is on another filesystem" in act["rule"]
+    else:  # reported: listed as a duplicate, nothing acted on
+        assert report["actions"] == []
+        (group,) = report["groups"]
+        assert {group["keeper"]["path"], *(d["path"] for d in group["duplicates"])} == {
+            str(root / "IMG_0001.jpg"),
+            str(elsewhere / "IMG_0001.jpg"),
+        }
+    sha = hashlib.sha256(photos.photo("coffee").read_bytes()).hexdigest()
+    kept = [p for p in (root / "IMG_0001.jpg", elsewhere / "IMG_0001.jpg") if p.exists()]
+    if q is not None:
+        kept += list(q.rglob("*.jpg"))
+    assert len(kept) == 2 and all(hashlib.sha256(p.read_bytes()).hexdigest() == sha for p in kept)
+
+
+def test_a_delete_refused_by_descriptor_for_a_keeper_elsewhere_quarantines_instead(
+    tmp_path: Path, elsewhere: Path
+) -> None:
+    """Records can be stale: the policy saw the two on one device, the files are not (a
+    mount since). The action's own look, by descriptor, refuses the delete, and the engine
+    quarantines the file instead, with its keeper."""
+    from dataclasses import replace
+
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+    from dedupd.engine import Ingest
+    from dedupd.policy import Decision
+    from dedupd.scanner import root_key
+
+    root = (tmp_path / "uploads").resolve()
+    photos.copy(photos.photo("coffee"), root / "IMG_0001.jpg")
+    photos.copy(photos.photo("coffee"), elsewhere / "IMG_0001.jpg")
+    q = (tmp_path / "quarantine").resolve()
+    _scan_json(_two_roots_config(tmp_path, root, elsewhere, q, exact="report"))  # recorded
+    config = load_config(_two_roots_config(tmp_path, root, elsewhere, q))
+    with Store(config.database) as store:
+        ingest = Ingest(store, config, [root_key(r.path) for r in config.roots], Actions(store, q))
+        try:
+            target = store.file_at(root / "IMG_0001.jpg")
+            keeper = store.file_at(elsewhere / "IMG_0001.jpg")
+            assert target is not None and keeper is not None
+            stale = replace(keeper, dev=target.dev)  # as if recorded on the target's device
+            decision = Decision("delete", "keep: test", target, stale, 0, "exact")
+            outcome = ingest.apply(decision, str(target.path))
+        finally:
+            ingest.close()
+        assert outcome.result == "done"
+        (entry,) = store.actions("kind = 'quarantine'")
+        assert entry.src == str(root / "IMG_0001.jpg") and entry.state == "done"
+        assert "quarantined, not deleted: its keeper is on another filesystem" in (
+            entry.reason or ""
+        )
+        assert store.actions("kind = 'delete'") == []
+    assert (elsewhere / "IMG_0001.jpg").exists() and len(list(q.rglob("*.jpg"))) == 1
+
+
+@pytest.fixture
+def overlay(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(lower, merged): an overlayfs mounted on `merged` over `lower`; needs root."""
+    base = (tmp_path / "ov").resolve()
+    lower, upper, work, merged = (base / n for n in ("lower", "upper", "work", "merged"))
+    for folder in (lower, upper, work, merged):
+        folder.mkdir(parents=True)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount an overlayfs here: {mounted.stderr.strip() or 'refused'}")
+    try:
+        yield lower, merged
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False)
+
+
+def test_an_overlay_of_a_root_is_never_the_keeper_of_a_delete_in_that_root(
+    tmp_path: Path, overlay: tuple[Path, Path]
+) -> None:
+    """The red team's layout: root A is an overlayfs's lower folder, root B the overlay on
+    it, `exact: delete` preferring B. B's file is A's file seen through the overlay (its own
+    st_dev, so "another inode" held): deleting A's lost both. Now A's is quarantined, and
+    the photo is still there, in quarantine."""
+    lower, merged = overlay
+    photos.copy(photos.photo("coffee"), lower / "IMG_0001.jpg")
+    assert os.stat(merged / "IMG_0001.jpg").st_dev != os.stat(lower / "IMG_0001.jpg").st_dev
+    q = (tmp_path / "quarantine").resolve()
+    report = _scan_json(_two_roots_config(tmp_path, lower, merged, q))
+    acts = [(a["action"], a["target"], a["result"]) for a in report["actions"]]
+    assert acts == [("quarantine", str(lower / "IMG_0001.jpg"), "done")], acts
+    sha = hashlib.sha256(photos.photo("coffee").read_bytes()).hexdigest()
+    kept = [p for p in q.rglob("*.jpg") if hashlib.sha256(p.read_bytes()).hexdigest() == sha]
+    assert len(kept) == 1  # the photo survives, restorable
+
+
+def test_a_photo_recorded_in_a_folder_that_became_the_quarantine_is_never_matched(
+    tmp_path: Path,
+) -> None:
+    """The red team's f3: `Duplicates/IMG_0001.jpg` recorded, then `quarantine.path` set to
+    that folder. Until a walk marks its record missing, it must not be the keeper of an
+    upload of the same photo (it was: the upload was deleted, leaving the only copy in the
+    quarantine folder, unknown to `quarantine list`)."""
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+    from dedupd.engine import Ingest
+    from dedupd.filestat import FileStat
+    from dedupd.imaging import hash_image
+    from dedupd.scanner import Entry
+    from tests.test_heic import HASHERS
+
+    root = (tmp_path / "uploads").resolve()
+    photos.copy(photos.photo("coffee"), root / "Duplicates" / "IMG_0001.jpg")
+    cfg = tmp_path / "dedupd.yaml"
+
+    def write(quarantine: Path) -> None:
+        cfg.write_text(
+            f"database: {tmp_path / 'state' / 'dedupd.db'}\nhashing: {{workers: 1}}\n"
+            f"roots:\n  - {{path: {root}, policy: cam}}\n"
+            "policies:\n  cam: {exact: delete, near: quarantine}\n"
+            f"quarantine: {{path: {quarantine}}}\n"
+        )
+
+    write(tmp_path / "q")
+    _scan_json(cfg)
+    write(root / "Duplicates")
+    config = load_config(cfg)
+    photos.copy(photos.photo("coffee"), root / "IMG_0001.jpg")
+    with Store(config.database) as store:
+        ingest = Ingest(store, config, [str(root)], Actions(store, root / "Duplicates"))
+        try:
+            entry = Entry(str(root), "IMG_0001.jpg", FileStat.of(os.stat(root / "IMG_0001.jpg")))
+            outcome = ingest.ingest(entry, hash_image(entry.path, HASHERS, max_pixels=10**9))
+        finally:
+            ingest.close()
+        assert outcome is None or not outcome.decision.acts, outcome
+        assert store.actions() == []
+    assert (root / "IMG_0001.jpg").exists() and (root / "Duplicates" / "IMG_0001.jpg").exists()
