@@ -17,8 +17,10 @@ descriptors.
 Moves never overwrite: the new name is created with ``link()`` (which fails if the name
 exists), and the old one is unlinked only after. Across filesystems the bytes are copied to a
 temporary name, fsynced and checked against the recorded sha256 before that link. A delete
-happens only for an exact duplicate whose keeper, at another inode, is read again just before
-and still has the same sha256.
+happens only for an exact duplicate whose keeper, at another inode of the same filesystem, is
+read again just before and still has the same sha256; a purge only while the keeper the file
+was quarantined for is still there with its recorded bytes. A file in the quarantine folder or
+a staging folder is never a keeper.
 """
 
 from __future__ import annotations
@@ -1008,14 +1010,56 @@ class Actions:
     def _purge_one(self, q: ActionRecord, half: _Half | None) -> None:
         """Unlink a quarantined file, and its motion file with it: both checked to hold the
         quarantined bytes before either goes (a motion file already gone is no reason to keep
-        the photo)."""
+        the photo), and the keeper checked to be there still (`_keeper_kept`)."""
         assert q.dst is not None
         if half is not None:
             _check_bytes(half.src, half.sha256, q.id)
         within = self._mounted_quarantine(q.dst)
-        _unlink_verified(q.dst, q.sha256, q.id, self._checkpoint, within=within)
+        kept = functools.partial(self._keeper_kept, q)
+        _unlink_verified(q.dst, q.sha256, q.id, self._checkpoint, within=within, keeper=kept)
         if half is not None:
-            _unlink_verified(half.src, half.sha256, q.id, self._checkpoint, within=within)
+            _unlink_verified(
+                half.src, half.sha256, q.id, self._checkpoint, within=within, keeper=kept
+            )
+
+    def _keeper_kept(self, q: ActionRecord, fd: int) -> None:
+        """A file quarantined as the duplicate of a keeper is purged only while that keeper is
+        still there: recorded as present, a regular file at its path (by descriptor, no link
+        followed) outside the quarantine and staging folders, another file than the
+        quarantined one (`fd`), holding its recorded sha256 now. Else the quarantined photo
+        may be the only copy left (the keeper deleted since, or a view of this very file
+        through an overlay or union mount that went with it): kept, and the error says why.
+        A file quarantined by hand without a keeper is purged as asked."""
+        if q.keeper_id is None and q.keeper_path is None:
+            return
+        keep = (
+            f"it may be the only copy, so it is kept (restore it with `dedupctl quarantine "
+            f"restore {q.id}`, or remove it yourself)"
+        )
+        keeper = self.store.file(q.keeper_id) if q.keeper_id is not None else None
+        if keeper is None or keeper.state != "ok" or keeper.sha256 is None:
+            where = keeper.path if keeper is not None else q.keeper_path
+            raise ActionError(f"{q.dst}: its keeper {where} is not recorded as present; {keep}")
+        try:
+            with _fd(self._check_keeper(keeper, keeper, None)) as kfd:
+                k, mine = os.fstat(kfd), os.fstat(fd)
+                this = (k.st_dev, k.st_ino) == (mine.st_dev, mine.st_ino)
+                same = not this and safefs.sha256_fd(kfd) == keeper.sha256
+        except (OSError, DedupdError) as exc:
+            raise ActionError(
+                f"{q.dst}: its keeper {keeper.path} cannot be verified ({exc}); {keep}"
+            ) from exc
+        if this:
+            raise ActionError(f"{q.dst}: its keeper {keeper.path} is this very file; {keep}")
+        if not same:
+            raise ActionError(
+                f"{q.dst}: its keeper {keeper.path} no longer holds its recorded bytes; {keep}"
+            )
+
+    def _kept_for(self, purge: ActionRecord) -> Callable[[int], None] | None:
+        """The keeper check (`_keeper_kept`) of the quarantine a purge entry undoes."""
+        q = self.store.action(purge.of_action) if purge.of_action is not None else None
+        return functools.partial(self._keeper_kept, q) if q is not None else None
 
     def _mounted_quarantine(self, path: str) -> Path | None:
         """The configured quarantine folder when it holds `path` and is known to be mounted
@@ -1093,7 +1137,7 @@ class Actions:
             if self.quarantine_dir is not None:  # it may not be mounted yet
                 _reachable(str(self.quarantine_dir))
             try:
-                _unlink_verified(a.src, a.sha256, a.of_action or a.id)
+                _unlink_verified(a.src, a.sha256, a.of_action or a.id, keeper=self._kept_for(a))
             except ActionError as exc:
                 return "failed", str(exc)
             return "done", "purge finished"
@@ -1193,7 +1237,7 @@ class Actions:
                 _reachable(str(self.quarantine_dir))
             try:
                 for h in halves:
-                    _unlink_verified(h.src, h.sha256, a.of_action or a.id)
+                    _unlink_verified(h.src, h.sha256, a.of_action or a.id, keeper=self._kept_for(a))
             except ActionError as exc:
                 return "failed", str(exc)
             return "done", "purge of the Live Photo's two files finished"
@@ -1465,10 +1509,13 @@ def _unlink_verified(
     checkpoint: Callable[[str], None] = _no_checkpoint,
     *,
     within: Path | None = None,
+    keeper: Callable[[int], None] | None = None,
 ) -> None:
     """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger, nor the
     user's newer bytes). `within`: the quarantine folder holding `path`, known to be mounted;
-    a folder missing on the way there was then removed by the user, the file with it."""
+    a folder missing on the way there was then removed by the user, the file with it.
+    `keeper`: called with the file's descriptor once its bytes are verified, raises
+    ActionError to keep it (its keeper is gone: `Actions._keeper_kept`)."""
     p = PurePath(path)
     try:
         d = safefs.open_dir(p.parent)
@@ -1490,6 +1537,8 @@ def _unlink_verified(
                         f"{path} no longer holds the quarantined bytes; kept (restore it with "
                         f"`dedupctl quarantine restore {action_id}`)"
                     )
+                if keeper is not None:
+                    keeper(fd)
                 checkpoint("verified")
                 here, mine = safefs.stat_at(d, p.name), os.fstat(fd)
                 if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):

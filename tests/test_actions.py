@@ -266,6 +266,38 @@ def test_a_file_in_the_quarantine_folder_is_never_a_keeper(tmp_path: Path) -> No
     assert _sha(root / "IMG_0001.jpg") == _sha(root / "Duplicates" / "IMG_0001.jpg")
 
 
+@pytest.mark.parametrize("keeper_now", ["kept", "deleted", "edited", "unrecorded"])
+def test_purge_deletes_a_quarantined_photo_only_while_its_keeper_is_there(  # type: ignore[no-untyped-def]
+    setup, keeper_now: str
+) -> None:
+    """The quarantined copy may be the only one left: its keeper deleted since, or a view of
+    this very file (an overlay or union mount) that went with it into quarantine. Purge then
+    keeps it, journals why, and purges the others."""
+    _, root, q = setup
+    clock = [1000.0]
+    store = Store(setup[0].path, now=lambda: clock[0])
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    quarantined = actions.quarantine(near, _rec(store, root / "keeper.jpg"), 4, "test")
+    alone = actions.quarantine(_rec(store, root / "dup.jpg"), None, 0, "by hand")
+    if keeper_now == "deleted":
+        (root / "keeper.jpg").unlink()
+    elif keeper_now == "edited":
+        (root / "keeper.jpg").write_bytes(b"other bytes")
+    elif keeper_now == "unrecorded":
+        store.set_state(_rec(store, root / "keeper.jpg").id, "missing")
+    clock[0] = 5000.0
+    purged = actions.purge(older_than=3000)
+    if keeper_now == "kept":
+        assert purged == [quarantined, alone]
+        return
+    assert purged == [alone]  # quarantined by hand, with no keeper: purged as asked
+    assert _copies(near.sha256 or "", q) != []
+    (failed,) = store.actions("kind = 'purge' AND state = 'failed'")
+    assert failed.of_action == quarantined
+    assert "may be the only copy, so it is kept" in (failed.error or "")
+
+
 # -- kill -9 at every step ------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
