@@ -59,7 +59,7 @@ __all__ = ["Daemon", "Notifier", "Stats"]
 log = structlog.get_logger("dedupd.daemon")
 
 UNAVAILABLE_RETRY = 10.0  # seconds between checks whether a missing root came back
-POLLING_RESCAN = 60.0  # rescan interval for roots whose watch could not be added
+POLLING_RESCAN = 60.0  # rescan interval for roots that cannot be watched whole
 DATABASE_CHECK = 5.0  # seconds between checks that the database file is still the one open
 EXIT_FATAL = 1  # run()'s exit code after a stop forced by a lost database (systemd restarts)
 STATUS_INTERVAL = 2.0  # seconds between STATUS= notifications
@@ -581,7 +581,7 @@ class Daemon:
         if now >= self._next_database_check:
             self._next_database_check = now + self.database_check_interval
             self._check_database()
-        self.pipeline.rescan_due.update(self.watcher.out_of_watches())
+        self.pipeline.rescan_due.update(self.watcher.incomplete())
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
             # Said now: the reconcile that would say it waits for the backlog (hours).

@@ -9,6 +9,12 @@ storm of modify events is hashed once, at the end, and a finished upload without
 When the kernel's inotify queue overflows, events were lost: watchdog re-adds its watches but
 tells no handler, so the emitter here turns the overflow into an "overflow" hint per root,
 and the daemon reconciles at once instead of waiting for the periodic rescan.
+
+What is in a root must never end watchdog's threads: an exception there (a folder tree deeper
+than Python's recursion limit, which watchdog walks recursively) ended the one thread that
+reads inotify for every root, and nothing was seen any more while each root still said
+"watching". Such an exception is caught on the thread, where it happens, and the root it
+concerns is "polling" from then on, as with the watch limit.
 """
 
 from __future__ import annotations
@@ -76,6 +82,12 @@ class _Handler(FileSystemEventHandler):
         dest = os.fsdecode(event.dest_path) if event.dest_path else None
         kind, at = event.event_type, self._clock()
         if event.is_directory:
+            if event.is_synthetic:
+                # A folder in one moved in, or moved: watchdog lists the whole tree to report
+                # each. The folder's own hint walks it all (`Pipeline._dir`); a walk for
+                # each folder in it too was quadratic in its depth (a tree 1,000 deep: half
+                # a million folders opened, the daemon's loop stalled for minutes).
+                return None
             if kind in ("created", "moved"):
                 return Hint("dir", dest or src, at=at)
             if kind == "deleted":
@@ -101,28 +113,69 @@ class _Overflow(FileSystemEvent):
     event_type = "overflow"
 
 
-# watchdog picks the native observer; where that is inotify's, ours reports overflows.
+# watchdog picks the native observer; where that is inotify's, ours reports overflows, and
+# what it could not watch or follow.
 _INOTIFY = Observer.__module__ == "watchdog.observers.inotify"
 
+# Why a folder of a root is unwatched, when the watch limit is (logged with the fix)
+_WATCH_LIMIT = "inotify watch limit reached for a folder in it"
 
-def _observer(out_of_watches: Callable[[str], None]) -> BaseObserver:
-    return _InotifyObserver(out_of_watches) if _INOTIFY else Observer()
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _observer(unwatched: Callable[[str, str], None]) -> BaseObserver:
+    return _InotifyObserver(unwatched) if _INOTIFY else Observer()
 
 
 if _INOTIFY:
     from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+    from watchdog.observers.inotify_c import InotifyEvent, WatchDescriptor
+    from watchdog.utils import Seconds
 
     @dataclass
     class _WatchGroup(InotifyWatchGroup):
         """watchdog's watch group (it rebuilds its watches after an overflow), telling its
-        emitter too."""
+        emitter too; and telling what it left unwatched instead of raising.
+
+        Its callbacks run on the thread that reads inotify for every root of the observer:
+        an exception let through there ended that thread, and no root got an event again."""
 
         overflowed: Callable[[], None] = field(default=lambda: None, kw_only=True)
-        out_of_watches: Callable[[], None] = field(default=lambda: None, kw_only=True)
+        # Why a folder of the root is unwatched from now on
+        unwatched: Callable[[str], None] = field(default=lambda why: None, kw_only=True)
+
+        def on_event(self, event: InotifyEvent) -> None:
+            try:
+                super().on_event(event)
+            except Exception as exc:  # the event is lost: the root's rescans find it
+                self.unwatched(_failure(exc))
 
         def on_queue_overflow(self) -> None:
-            super().on_queue_overflow()  # called on watchdog's inotify thread
+            try:
+                super().on_queue_overflow()
+            except Exception as exc:
+                self.unwatched(_failure(exc))
             self.overflowed()
+
+        def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+            try:
+                super().on_watch_deleted(wd)
+            except Exception as exc:
+                self.unwatched(_failure(exc))
+
+        def _add_all_callbacks(self, path: bytes) -> None:
+            # watchdog walks the folders to watch with os.walk, one frame a level before
+            # Python 3.12: a tree deeper than the recursion limit raised RecursionError on
+            # whatever thread added the watch (the daemon's, at start: it died). What was
+            # watched before stays watched; the rest is told.
+            try:
+                super()._add_all_callbacks(path)
+            except OSError:
+                raise  # the root's own watch failed (watchdog drops a sub-folder's): add_root's
+            except Exception as exc:
+                self.unwatched(_failure(exc))
 
         def _add_callback(self, path: bytes) -> None:
             # As InotifyWatchGroup._add_callback, which drops a sub-folder's error silently:
@@ -133,15 +186,15 @@ if _INOTIFY:
                 if path == self.path:
                     raise
                 if exc.errno in (errno.ENOSPC, errno.EMFILE):
-                    self.out_of_watches()
+                    self.unwatched(_WATCH_LIMIT)
                 return
             self._active_callbacks_by_path[path] = wd
             self._active_callbacks_by_watch[wd] = path
 
     class _OverflowEmitter(InotifyEmitter):
-        def __init__(self, *args: Any, out_of_watches: Callable[[str], None], **kw: Any):
+        def __init__(self, *args: Any, unwatched: Callable[[str, str], None], **kw: Any):
             super().__init__(*args, **kw)
-            self._out_of_watches = out_of_watches
+            self._unwatched = unwatched
 
         def on_thread_start(self) -> None:
             # As InotifyEmitter.on_thread_start, with a group that reports overflows.
@@ -152,14 +205,24 @@ if _INOTIFY:
                 event_mask=self.get_event_mask_from_filter(),
                 follow_symlink=self.watch.follow_symlink,
                 overflowed=lambda: self.queue_event(_Overflow(self.watch.path)),
-                out_of_watches=lambda: self._out_of_watches(self.watch.path),
+                unwatched=lambda why: self._unwatched(self.watch.path, why),
             )
 
+        def queue_events(self, timeout: Seconds, *, full_events: bool = False) -> None:
+            # watchdog lists a folder moved in with os.walk to report what it holds: a tree
+            # deeper than the recursion limit raised RecursionError, which ended this thread,
+            # and the root's events with it. The rest of that listing is lost: the root's
+            # rescans find it.
+            try:
+                super().queue_events(timeout, full_events=full_events)
+            except Exception as exc:
+                self._unwatched(self.watch.path, _failure(exc))
+
     class _InotifyObserver(InotifyObserver):
-        def __init__(self, out_of_watches: Callable[[str], None], **kw: Any):
+        def __init__(self, unwatched: Callable[[str, str], None], **kw: Any):
             super().__init__(**kw)
             self._emitter_class = _OverflowEmitter  # watchdog has no parameter for it
-            self._emitter_kwargs["out_of_watches"] = out_of_watches
+            self._emitter_kwargs["unwatched"] = unwatched
 
 
 def _folder(path: str) -> tuple[int, int, int] | None:
@@ -192,11 +255,12 @@ class Watcher:
     # Roots found unavailable although their path looks fine (an empty mount point where
     # photos are recorded, a root it may not read): the folder there then (`_folder`)
     _judged: dict[str, tuple[int, int, int] | None] = field(default_factory=dict)
-    # Roots a folder of which the watch limit left unwatched (set from watchdog's thread too)
-    _limited: dict[str, bool] = field(default_factory=dict)
+    # Roots a folder of which is unwatched since their watch was added, and the first reason
+    # why: the watch limit, or an exception of watchdog's (set from its threads too)
+    _unwatched: dict[str, str] = field(default_factory=dict)
 
     def start(self, roots: Sequence[str]) -> None:
-        self._observer = _observer(self._out_of_watches)
+        self._observer = _observer(self._unwatched_in)
         self._observer.start()
         self._handler = _Handler(self.hints, self.clock, self.wake)
         for root in roots:
@@ -205,16 +269,18 @@ class Watcher:
     def add_root(self, root: str) -> WatchState:
         """Watch `root` recursively; a missing root is "unavailable", as is one whose path
         passes through another user's symbolic link (`why_unavailable`: inotify would follow
-        it), and a watch limit (ENOSPC/EMFILE) leaves it "polling" (periodic rescans only),
-        logged with the fix: for the root's own watch, or a folder's in it
-        (`out_of_watches`)."""
+        it). A root that cannot be watched whole is "polling" (periodic rescans only), logged
+        with why: a watch limit (ENOSPC/EMFILE), logged with the fix, or any other error of
+        watchdog's (`watch_failed`), for the root's own watch; or for a folder's in it, then
+        or later (`incomplete`: a tree deeper than the recursion limit). Never raises for
+        what is in the root."""
         assert self._observer is not None, "start() first"
         self._unwatch(root)  # a watch it still has is of what was there before
         why = why_unavailable(root)
         if why is not None:
             self.unavailable(root, why)
             return "unavailable"
-        self._limited.pop(root, None)
+        self._unwatched.pop(root, None)
         try:
             st = os.stat(root)
             self._identity[root] = (st.st_dev, st.st_ino)
@@ -222,11 +288,23 @@ class Watcher:
             self.states[root] = "watching"
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
-                raise
-            self.states[root] = "polling"
-            log.error("watch_limit_reached", root=root, error=str(exc), fix=INOTIFY_HINT)
-        self.out_of_watches()
+                self._cannot_watch(root, exc)
+            else:
+                self.states[root] = "polling"
+                log.error("watch_limit_reached", root=root, error=str(exc), fix=INOTIFY_HINT)
+        except Exception as exc:  # a failure of watchdog's must not stop the daemon (a start)
+            self._cannot_watch(root, exc)
+        self.incomplete()
         return self.states[root]
+
+    def _cannot_watch(self, root: str, exc: BaseException) -> None:
+        self.states[root] = "polling"
+        log.error(
+            "watch_failed",
+            root=root,
+            error=_failure(exc),
+            detail="this root is only rescanned periodically",
+        )
 
     def unavailable(self, root: str, why: str) -> None:
         """Mark `root` "unavailable" for the reason `why`, and drop its watch; `add_root`
@@ -260,27 +338,36 @@ class Watcher:
             with contextlib.suppress(KeyError):  # gone: the observer ended and dropped all
                 self._observer.unschedule(watch)
 
-    def _out_of_watches(self, root: str) -> None:
-        """A folder in `root` could not be watched (on watchdog's thread for a folder made
-        later): the loop is woken to look (`out_of_watches`)."""
-        self._limited[root] = True
-        self.wake()
+    def _unwatched_in(self, root: str, why: str) -> None:
+        """A folder in `root` could not be watched, or an event of it followed, for the reason
+        `why` (on watchdog's threads, for a folder made later): the loop is woken to look
+        (`incomplete`), once."""
+        if root not in self._unwatched:
+            self._unwatched[root] = why
+            self.wake()
 
-    def out_of_watches(self) -> list[str]:
-        """Roots marked watching where the watch limit left a folder unwatched since (at
-        start, or a folder made later): watchdog drops that error silently, and no event of
-        that folder ever comes. Each is "polling" from now on (periodic rescans), logged with
-        the fix; the caller reconciles them."""
-        limited = [r for r in list(self._limited) if self.states.get(r) == "watching"]
-        for root in limited:
+    def incomplete(self) -> list[str]:
+        """Roots marked watching where a folder is unwatched since (at start, or a folder made
+        or moved in later), or an event was lost: the watch limit (watchdog drops that error
+        silently), or an exception in watchdog's code (a tree deeper than the recursion
+        limit). No event of that folder ever comes. Each is "polling" from now on (periodic
+        rescans), logged with why (and the fix, for the watch limit); the caller reconciles
+        them."""
+        found = [r for r in list(self._unwatched) if self.states.get(r) == "watching"]
+        for root in found:
             self.states[root] = "polling"
-            log.error(
-                "watch_limit_reached",
-                root=root,
-                error="inotify watch limit reached for a folder in it",
-                fix=INOTIFY_HINT,
-            )
-        return limited
+            why = self._unwatched[root]
+            if why == _WATCH_LIMIT:
+                log.error("watch_limit_reached", root=root, error=why, fix=INOTIFY_HINT)
+            else:
+                log.error(
+                    "watch_incomplete",
+                    root=root,
+                    error=why,
+                    detail="a folder in it is not watched (a folder tree too deep?); this "
+                    "root is only rescanned periodically",
+                )
+        return found
 
     def lost_roots(self) -> list[str]:
         """Roots marked watching that are no longer what is watched: the watch ended, or the

@@ -1194,6 +1194,130 @@ def test_folders_the_watch_limit_leaves_unwatched_make_their_root_polling(
     assert limited_roots == [str(env.root), str(env.archive)]
 
 
+# Deeper than the recursion limit (watchdog walks a tree recursively), and shallow enough
+# that the photo at the bottom is still within PATH_MAX: one-letter folder names
+DEEP = sys.getrecursionlimit() + 200
+
+
+def _deep_tree(parent: Path) -> tuple[Path, str]:
+    """A folder `parent`/a holding `DEEP` nested folders, hubble.jpg in the last; returns the
+    folder and the photo's path relative to it. Made one level at a time relative to the
+    parent's descriptor, as make_deep_files does: nothing here walks it by recursion."""
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(DEEP):
+            os.mkdir("a", dir_fd=fd)
+            child = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        out = os.open("hubble.jpg", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
+        with open(out, "wb") as f:
+            f.write(photos.photo("hubble").read_bytes())
+    finally:
+        os.close(fd)
+    return parent / "a", os.path.join(*["a"] * (DEEP - 1), "hubble.jpg")
+
+
+def _remove_deep_tree(top: Path) -> None:
+    # shutil.rmtree recurses too (a RecursionError, and pytest's own clean-up after it); rm
+    # does not
+    subprocess.run(["rm", "-rf", "--", str(top)], check=True)
+
+
+def _root_state(daemon: Daemon, root: Path) -> str:
+    """The root's state as `dedupctl status` shows it."""
+    return str(next(r["state"] for r in daemon.status()["roots"] if r["path"] == str(root)))
+
+
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+def test_a_tree_too_deep_to_watch_moved_into_a_root_leaves_it_polling_and_every_root_served(
+    env: Env,
+) -> None:
+    """Red team: anyone who may write in a root can `mv` a folder tree ~1000 levels deep
+    into it. watchdog watches what was moved in with a recursive walk, whose RecursionError
+    ended the thread reading inotify for every root: status went on saying "watching", and
+    no upload in any root was seen until the hourly rescan. Now that root is "polling",
+    logged with why, the other keeps its watch, and uploads in both are decided, the deep
+    photo too (by the rescans)."""
+    top, photo = _deep_tree(env.tmp / "outside")
+    moved = env.root / "deep"
+    try:
+        with (
+            structlog.testing.capture_logs() as logs,
+            running(env, polling_interval=0.5) as daemon,
+        ):
+            wait_for(lambda: _idle(daemon))
+            os.rename(top, moved)  # one rename into the watched tree
+            wait_for(lambda: _root_state(daemon, env.root) == "polling", timeout=10)
+            photos.copy(photos.photo("rocket"), env.archive / "IMG_2.jpg")
+            photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+            # by the archive's watch: it is never rescanned within the hour
+            wait_for(lambda: env.state(env.archive / "IMG_2.jpg") == "ok", timeout=10)
+            wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=10)
+            wait_for(lambda: env.state(moved / photo) == "ok", timeout=10)
+            assert _root_state(daemon, env.archive) == "watching"
+            assert _root_state(daemon, env.root) == "polling"
+            assert daemon.watcher.alive()
+    finally:
+        _remove_deep_tree(moved if moved.exists() else top)
+    incomplete = [e for e in logs if e["event"] == "watch_incomplete"]
+    assert [e["root"] for e in incomplete] == [str(env.root)]  # once
+    assert incomplete[0]["error"].startswith("RecursionError: ")
+
+
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+def test_a_root_holding_a_tree_too_deep_to_watch_starts_polling_and_serves(env: Env) -> None:
+    """Red team: with such a tree in a root, `dedupd run` died at every start with
+    RecursionError (exit 1; under systemd, a restart loop: never served again). Now it
+    starts, says the root is "polling", and decides uploads in every root."""
+    top, photo = _deep_tree(env.root)
+    try:
+        with (
+            structlog.testing.capture_logs() as logs,
+            running(env, polling_interval=0.5) as daemon,
+        ):
+            assert _root_state(daemon, env.root) == "polling"
+            assert _root_state(daemon, env.archive) == "watching"
+            wait_for(lambda: env.state(top / photo) == "ok", timeout=10)
+            photos.copy(photos.photo("rocket"), env.archive / "IMG_2.jpg")
+            photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+            wait_for(lambda: env.state(env.archive / "IMG_2.jpg") == "ok", timeout=10)
+            wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=10)
+            assert f"polling: {env.root}" in daemon._status()
+    finally:
+        _remove_deep_tree(top)
+    incomplete = [e for e in logs if e["event"] == "watch_incomplete"]
+    assert [e["root"] for e in incomplete] == [str(env.root)]
+    assert incomplete[0]["error"].startswith("RecursionError: ")
+
+
+def test_a_watch_that_fails_otherwise_leaves_its_root_polling_and_the_daemon_serving(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error of watchdog's while a root's watch is added (not only the watch limit's)
+    stopped `dedupd run` at start. Now that root is "polling", logged `watch_failed` with the
+    error, and the other keeps its watch."""
+    from watchdog.observers.api import BaseObserver, ObservedWatch
+
+    real = BaseObserver.schedule
+
+    def failing(self: BaseObserver, handler: Any, path: str, **kw: Any) -> ObservedWatch:
+        if path == str(env.root):
+            raise RuntimeError("watchdog broke")
+        return real(self, handler, path, **kw)
+
+    monkeypatch.setattr(BaseObserver, "schedule", failing)
+    with structlog.testing.capture_logs() as logs, running(env, polling_interval=0.5) as daemon:
+        assert [r["state"] for r in daemon.status()["roots"]] == ["polling", "watching"]
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=10)
+    failed = [e for e in logs if e["event"] == "watch_failed"]
+    assert [(e["root"], e["error"]) for e in failed] == [
+        (str(env.root), "RuntimeError: watchdog broke")
+    ]
+
+
 def test_a_name_that_is_not_utf8_costs_no_other_file(env: Env) -> None:
     """Issue #9: one such name made the daemon drop the rest of its 512-file reconcile batch
     on every pass, and retry the name itself forever when it arrived live. Now every file is
