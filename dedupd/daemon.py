@@ -523,8 +523,8 @@ class Daemon:
             self._reload()
 
     def _healthy(self) -> bool:
-        """WATCHDOG=1 only while the observer thread is alive (the pool replaces its own
-        workers)."""
+        """WATCHDOG=1 only while the observer's threads are alive (the pool replaces its own
+        workers; `_periodic` replaces the observer)."""
         return self.watcher.alive()
 
     def _status(self) -> str:
@@ -581,6 +581,8 @@ class Daemon:
         if now >= self._next_database_check:
             self._next_database_check = now + self.database_check_interval
             self._check_database()
+        # A thread of watchdog's that ended is replaced: events stopped for every root
+        self.pipeline.rescan_due.update(self.watcher.revive())
         self.pipeline.rescan_due.update(self.watcher.incomplete())
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")

@@ -14,7 +14,8 @@ What is in a root must never end watchdog's threads: an exception there (a folde
 than Python's recursion limit, which watchdog walks recursively) ended the one thread that
 reads inotify for every root, and nothing was seen any more while each root still said
 "watching". Such an exception is caught on the thread, where it happens, and the root it
-concerns is "polling" from then on, as with the watch limit.
+concerns is "polling" from then on, as with the watch limit; a thread that ends all the same
+is noticed and the observer replaced (`Watcher.revive`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ log = structlog.get_logger("dedupd.watcher")
 
 HintKind = Literal["touch", "deleted", "moved", "dir", "overflow"]
 WatchState = Literal["watching", "polling", "unavailable"]
+
+REVIVE_INTERVAL = 30.0  # seconds: the observer is replaced (`Watcher.revive`) at most this often
 
 INOTIFY_HINT = (
     "raise the inotify watch limit, e.g. `sysctl -w fs.inotify.max_user_watches=524288` "
@@ -127,6 +130,14 @@ def _failure(exc: BaseException) -> str:
 
 def _observer(unwatched: Callable[[str, str], None]) -> BaseObserver:
     return _InotifyObserver(unwatched) if _INOTIFY else Observer()
+
+
+def _reading(observer: BaseObserver) -> bool:
+    """Whether the observer's threads that bring events are alive: its own (it calls the
+    handler) and, for inotify, the one reading the kernel's events for every root."""
+    if not observer.is_alive():
+        return False
+    return not _INOTIFY or not isinstance(observer, _InotifyObserver) or observer.reading()
 
 
 if _INOTIFY:
@@ -224,6 +235,10 @@ if _INOTIFY:
             self._emitter_class = _OverflowEmitter  # watchdog has no parameter for it
             self._emitter_kwargs["unwatched"] = unwatched
 
+        def reading(self) -> bool:
+            """Whether the thread reading inotify (for every watch) is alive."""
+            return self._inotify_fd.is_alive()
+
 
 def _folder(path: str) -> tuple[int, int, int] | None:
     """(device, inode, ctime) of the folder at `path`, None when there is none: a mount, an
@@ -258,6 +273,8 @@ class Watcher:
     # Roots a folder of which is unwatched since their watch was added, and the first reason
     # why: the watch limit, or an exception of watchdog's (set from its threads too)
     _unwatched: dict[str, str] = field(default_factory=dict)
+    # When the observer may be replaced again (`revive`), on `clock`
+    _next_revive: float = float("-inf")
 
     def start(self, roots: Sequence[str]) -> None:
         self._observer = _observer(self._unwatched_in)
@@ -388,6 +405,40 @@ class Watcher:
                 lost.append(root)
         return lost
 
+    def revive(self) -> list[str]:
+        """When a thread of watchdog's that brings events has ended (an exception none of
+        the catches here saw), no event comes any more, for any root, while each is still
+        marked watching: a new observer then watches again every root not unavailable
+        (`add_root`), which the caller reconciles (their events were lost); they are
+        returned. A thread that ends again within `REVIVE_INTERVAL` leaves those roots
+        "polling" until then: replacing it at every turn of the loop would rebuild every
+        watch and reconcile every root each second. Returns [] while all is well."""
+        if self._observer is None or _reading(self._observer):
+            return []
+        roots = [r for r, state in self.states.items() if state != "unavailable"]
+        now = self.clock()
+        if now < self._next_revive:
+            silent = [r for r in roots if self.states[r] == "watching"]
+            for root in silent:
+                self.states[root] = "polling"
+            if silent:
+                log.error(
+                    "watch_thread_died",
+                    roots=silent,
+                    detail=f"again; rescanned periodically, watched again in "
+                    f"{self._next_revive - now:.0f} s",
+                )
+            return []
+        log.error("watch_thread_died", roots=roots, detail="watching them again; reconciling")
+        self._next_revive = now + REVIVE_INTERVAL
+        self.stop()
+        self._watches.clear()
+        self._observer = _observer(self._unwatched_in)
+        self._observer.start()
+        for root in roots:
+            self.add_root(root)
+        return roots
+
     def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()
@@ -395,7 +446,8 @@ class Watcher:
             self._observer = None
 
     def alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
+        """Whether events can come: the observer's threads that bring them are alive."""
+        return self._observer is not None and _reading(self._observer)
 
 
 @dataclass(slots=True)

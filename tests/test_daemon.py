@@ -1318,6 +1318,24 @@ def test_a_watch_that_fails_otherwise_leaves_its_root_polling_and_the_daemon_ser
     ]
 
 
+@pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
+def test_a_watch_thread_that_ends_is_noticed_and_every_root_watched_again(env: Env) -> None:
+    """A thread of watchdog's that ends all the same (here the one reading inotify for every
+    root, stopped) left every root said "watching" and nothing seen until the hourly
+    rescan. Now it is logged and a new observer watches the roots again: an upload is
+    decided within seconds."""
+    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+        wait_for(lambda: _idle(daemon))
+        daemon.watcher._observer._inotify_fd.stop()  # type: ignore[union-attr]
+        wait_for(lambda: any(e["event"] == "watch_thread_died" for e in list(logs)))
+        photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+        wait_for(lambda: env.state(env.root / "IMG_1.jpg") == "ok", timeout=10)
+        assert daemon.watcher.alive()
+        assert [r["state"] for r in daemon.status()["roots"]] == ["watching", "watching"]
+    died = [e for e in logs if e["event"] == "watch_thread_died"]
+    assert [e["roots"] for e in died] == [[str(env.root), str(env.archive)]]
+
+
 def test_a_name_that_is_not_utf8_costs_no_other_file(env: Env) -> None:
     """Issue #9: one such name made the daemon drop the rest of its 512-file reconcile batch
     on every pass, and retry the name itself forever when it arrived live. Now every file is
