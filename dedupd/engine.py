@@ -1110,27 +1110,28 @@ class Ingest:
                         action_id = self.actions.delete(
                             decision.target, decision.keeper, decision.rule
                         )
-                    except MotionNotIdentical as exc:
-                        # Its motion file differs from the kept one: not a pair of copies.
-                        # The two files go to quarantine together instead, or stay.
-                        if self.actions.quarantine_dir is None:
-                            raise
-                        log.info("live_photo_quarantined_not_deleted", reason=str(exc))
-                        action_id = self.actions.quarantine(
-                            decision.target, decision.keeper, decision.distance,
-                            f"{decision.rule}; quarantined, not deleted: its Live Photo motion"
-                            " file has no identical copy",
-                        )
-                    except KeeperElsewhere as exc:
-                        # Seen by descriptor: the keeper is on another filesystem, which may
+                    except (MotionNotIdentical, KeeperElsewhere) as exc:
+                        # Not provably a copy of a file that stays: its Live Photo motion
+                        # file differs from the kept one (the two go together), or the
+                        # keeper, seen by descriptor, is on another filesystem, which may
                         # show this very file. Restorable instead, or left in place.
                         if self.actions.quarantine_dir is None:
                             raise
-                        log.info("quarantined_not_deleted", reason=str(exc))
+                        live = isinstance(exc, MotionNotIdentical)
+                        log.info(
+                            "live_photo_quarantined_not_deleted"
+                            if live
+                            else "quarantined_not_deleted",
+                            reason=str(exc),
+                        )
+                        why = (
+                            "its Live Photo motion file has no identical copy"
+                            if live
+                            else "its keeper is on another filesystem"
+                        )
                         action_id = self.actions.quarantine(
                             decision.target, decision.keeper, decision.distance,
-                            f"{decision.rule}; quarantined, not deleted: its keeper is on"
-                            " another filesystem",
+                            f"{decision.rule}; quarantined, not deleted: {why}",
                         )
                 else:
                     action_id = self.actions.quarantine(

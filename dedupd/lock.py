@@ -65,6 +65,23 @@ class DatabaseLock:
     def acquire(self) -> None:
         """Take the lock or raise DatabaseBusy at once (never waits); StoreError if the
         lock file cannot be opened (a read-only directory, a symlink planted there)."""
+        fd = self._lock_file()
+        try:
+            # Made if missing (SQLite takes an empty file for a new database): a hard link
+            # to it can only be made once it exists, and then it is locked already.
+            self._file = self._lock_database(create=True)
+            self._sign(fd)
+        except BaseException:
+            if self._file is not None:
+                os.close(self._file)
+                self._file = None
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _lock_file(self) -> int:
+        """The lock file's descriptor, flock'ed; DatabaseBusy naming the holder written in
+        it when another process has it."""
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,17 +92,12 @@ class DatabaseLock:
         except BaseException:
             os.close(fd)
             raise
-        try:
-            # Made if missing (SQLite takes an empty file for a new database): a hard link
-            # to it can only be made once it exists, and then it is locked already.
-            self._file = self._lock_database(create=True)
-        except BaseException:
-            os.close(fd)
-            raise
+        return fd
+
+    def _sign(self, fd: int) -> None:
         # After locking, so that what a refused process reads is the live holder's.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {self.role}\n".encode(), 0)
-        self._fd = fd
 
     def _lock_database(self, *, create: bool) -> int | None:
         """The database file's descriptor, flock'ed; None when there is none (and not
@@ -143,22 +155,14 @@ class DatabaseLock:
                 return
         except FileNotFoundError:
             pass
-        old, self._fd = self._fd, None
+        fd = self._lock_file()  # DatabaseBusy: the old lock is kept until release()
         try:
-            fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid, role = _holder(fd)
-                os.close(fd)
-                raise DatabaseBusy(self.database, pid, role) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {self.role}\n".encode(), 0)
+            self._sign(fd)
         except BaseException:
-            self._fd = old
+            os.close(fd)
             raise
+        os.close(self._fd)
         self._fd = fd
-        os.close(old)
 
     def _verify_database(self) -> None:
         """The database file's lock: a missing database keeps the old one (the daemon is
