@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -72,3 +74,18 @@ def library(tmp_path: Path) -> Path:
     photos.exif_rotated(photos.photo("chelsea"), root / "edit" / "chelsea-rotated.jpg")
     photos.truncated(photos.photo("chelsea"), root / "broken.jpg")
     return root
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another filesystem than tmp_path (tmpfs at /dev/shm), removed after: a
+    keeper or a root there has another st_dev."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
+    folder = Path(os.path.realpath(shm / f"dedupd-keeper-{os.getpid()}-{tmp_path.name}"))
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

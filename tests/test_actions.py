@@ -206,22 +206,6 @@ def test_purge_deletes_only_quarantined_files_older_than_retention(setup) -> Non
     assert [(p.state, p.of_action) for p in purge] == [("done", old)]
 
 
-SHM = Path("/dev/shm")
-
-
-@pytest.fixture
-def elsewhere(tmp_path: Path) -> Iterator[Path]:
-    """A folder on another filesystem than tmp_path (tmpfs at /dev/shm), removed after."""
-    if not SHM.is_dir() or os.stat(SHM).st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
-    folder = Path(os.path.realpath(SHM / f"dedupd-keeper-{os.getpid()}-{tmp_path.name}"))
-    folder.mkdir()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def test_a_delete_whose_keeper_is_on_another_filesystem_is_refused_by_descriptor(
     tmp_path: Path, elsewhere: Path
 ) -> None:

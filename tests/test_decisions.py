@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -600,9 +599,6 @@ def test_the_daemon_takes_over_a_subfolder_scanned_alone_without_decoding_it(
 
 # -- a keeper that may be the very file: another filesystem, a skipped folder ----------------
 
-SHM = Path("/dev/shm")
-
-
 def _two_roots_config(
     tmp_path: Path, a: Path, b: Path, quarantine: Path | None, exact: str = "delete"
 ) -> Path:
@@ -625,19 +621,6 @@ def _scan_json(config: Path) -> dict[str, Any]:
     result = CliRunner().invoke(dedupd, ["scan", "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def elsewhere(tmp_path: Path) -> Iterator[Path]:
-    """A root on another filesystem than tmp_path (tmpfs at /dev/shm), removed after."""
-    if not SHM.is_dir() or os.stat(SHM).st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second filesystem (tmpfs at /dev/shm) on this machine")
-    folder = Path(os.path.realpath(SHM / f"dedupd-keeper-{os.getpid()}-{tmp_path.name}"))
-    folder.mkdir()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("quarantine", [True, False], ids=["quarantine", "no-quarantine"])
