@@ -636,6 +636,10 @@ class Daemon:
             self._fatal("database_lost", f"{path} was deleted and could not be restored: {exc}")
             return
         log.error("database_restored", path=str(path), detail="it was deleted; written back")
+        try:  # the file written back is new: locked now, not at the next check (a link to it
+            self._lock.verify()  # and a scan by that name would be a second writer meanwhile)
+        except DedupdError as exc:
+            self._fatal("database_lock_lost", str(exc))
 
     def _restore_database(self) -> None:
         """Back the open connection up into a temp file beside the database, then link it

@@ -119,6 +119,11 @@ class DatabaseLock:
             pid = _flock_holder(os.fstat(fd))
             os.close(fd)
             raise DatabaseBusy(self.database, pid, None) from None
+        except OSError as exc:  # NFS refuses an exclusive flock on a read-only descriptor
+            os.close(fd)
+            raise StoreError(
+                f"{real}: cannot lock the database ({exc.strerror}); keep it on a local disk"
+            ) from exc
         except BaseException:
             os.close(fd)
             raise

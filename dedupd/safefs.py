@@ -44,6 +44,7 @@ __all__ = [
 STAGING_DIR = ".dedupd-staging"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PASS_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder passed
 
 
 class UnsafePath(DedupdError):
@@ -122,19 +123,24 @@ def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -
     """A descriptor of the folder `path`, opened one component at a time from `/`, none of
     them followed through a symlink. With `create`, missing folders are made (with `mode`,
     less the umask). Raises UnsafePath, FileNotFoundError or another OSError."""
-    fd = os.open("/", _DIR_FLAGS)
+    parts = _components(path)
+    # The folders on the way only as O_PATH descriptors: passing through one needs search
+    # (x) permission, as a path does, not read permission (a home folder at 0711 above a
+    # root). Only the folder itself is opened for reading.
+    fd = os.open("/", _PASS_FLAGS if parts else _DIR_FLAGS)
     try:
         walked = "/"
-        for part in _components(path):
+        for n, part in enumerate(parts):
             walked = os.path.join(walked, part)
+            flags = _DIR_FLAGS if n == len(parts) - 1 else _PASS_FLAGS
             try:
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                next_fd = os.open(part, flags, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, mode, dir_fd=fd)
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                next_fd = os.open(part, flags, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafePath(

@@ -1322,3 +1322,37 @@ def test_records_under_a_folder_the_walk_skips_neither_keep_a_root_unavailable_n
     (root / "IMG_0002.jpg").rename(tmp_path / "IMG_0002.jpg")
     (again,) = _scan(moved).unavailable
     assert "empty, but 1 photos are recorded there" in again[1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to walk as another user")
+def test_a_root_below_a_folder_that_may_only_be_passed_through_is_walked(tmp_path: Path) -> None:
+    """/home/alice at 0711 above the root /home/alice/Photos: dedupd's user may pass through
+    it, not list it. Opening each folder on the way for reading (the walk by descriptor)
+    made such a root unavailable; the folders passed are opened O_PATH."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folders are 0700
+    home = base / "alice"
+    photos.copy(photos.photo("coffee"), home / "Photos" / "IMG_0001.jpg")
+    base.chmod(0o755)
+    home.chmod(0o711)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the walk as another user, told back through the pipe
+        try:
+            os.setgroups([])
+            os.setgid(12345)
+            os.setuid(12345)
+            found = [e.relpath for e in walk(str(home / "Photos"), NameFilter(Config().watch))]
+            os.write(write, json.dumps(found).encode())
+        except BaseException as exc:
+            os.write(write, json.dumps(repr(exc)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    try:
+        with os.fdopen(read) as answer:
+            assert json.load(answer) == ["IMG_0001.jpg"]
+    finally:
+        shutil.rmtree(base)
