@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -103,10 +104,11 @@ class DatabaseLock:
         """The database file's descriptor, flock'ed; None when there is none (and not
         `create`). DatabaseBusy when another process holds it under another name: its pid
         from /proc/locks where the kernel says, its role unknown."""
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        # O_NONBLOCK: opening a FIFO planted there would wait for a writer, forever
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         real = os.path.realpath(self.database)
         try:
-            fd = os.open(real, flags, 0o644)  # SQLite's own default mode for a new database
+            fd = os.open(real, flags | (os.O_CREAT if create else 0), 0o644)  # SQLite's mode
         except FileNotFoundError:
             if create:
                 raise
@@ -114,6 +116,7 @@ class DatabaseLock:
         except OSError as exc:
             raise StoreError(f"{real}: cannot open the database to lock it: {exc}") from exc
         try:
+            _regular(fd, real, "the database")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _flock_holder(os.fstat(fd))
@@ -196,14 +199,29 @@ class DatabaseLock:
     def _open(self) -> int:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(
+            fd = os.open(
                 self.path,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                 _MODE,
             )
         except OSError as exc:
             why = "is a symlink; refusing to follow it" if exc.errno == errno.ELOOP else exc
             raise StoreError(f"{self.path}: cannot open the database lock: {why}") from exc
+        try:
+            _regular(fd, str(self.path), "the database lock")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _regular(fd: int, path: str, what: str) -> None:
+    """StoreError unless `fd` is a regular file: a folder, a FIFO or a device there (a
+    mistyped `database:` naming a folder, say) is never taken for a database or its lock."""
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise StoreError(f"{path}: {what} is {kind}; give the path of a file")
 
 
 def _flock_holder(st: os.stat_result) -> int | None:

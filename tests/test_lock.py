@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,40 @@ def test_a_lock_taken_before_the_database_exists_makes_it_so_a_link_names_a_lock
         os.link(db, tmp_path / "snapshot.db")
         with pytest.raises(DatabaseBusy):
             DatabaseLock(tmp_path / "snapshot.db", "scan").acquire()
+
+
+@pytest.mark.parametrize("planted", ["fifo", "folder"])
+@pytest.mark.parametrize("at", ["database", "lock"])
+def test_a_fifo_or_folder_at_the_database_or_lock_path_is_refused_at_once(
+    tmp_path: Path, planted: str, at: str
+) -> None:
+    """Opening a FIFO for reading waits for a writer: one planted at the database's path
+    hung `dedupd run` (and scan, and offline dedupctl) before its first log line; one at the
+    lock's path failed with a bare OSError. Each is refused now, naming the path, as a
+    folder there is."""
+    db = tmp_path / "dedupd.db"
+    path = db if at == "database" else lock_path(db)
+    if planted == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    pid = os.fork()
+    if pid == 0:  # a child, so that a hang is a failure here, not a hung suite
+        try:
+            DatabaseLock(db, "daemon").acquire()
+        except StoreError as exc:
+            os._exit(0 if str(path) in str(exc) else 3)
+        except BaseException:
+            os._exit(2)
+        os._exit(1)
+    for _ in range(100):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "not refused, or not named"
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail(f"a {planted} at the {at} path hung the lock")
+    assert path.is_fifo() if planted == "fifo" else path.is_dir()
