@@ -255,6 +255,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(size) or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _Refusal(400, f"body is not JSON: {exc}") from exc
+        except RecursionError as exc:  # `[[[[…` a few thousand deep: no request of ours
+            raise _Refusal(400, "body is nested too deeply") from exc
         if not isinstance(body, dict):
             raise _Refusal(400, "body must be a JSON object")
         return body

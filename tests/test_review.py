@@ -161,6 +161,21 @@ def test_another_host_name_and_cross_origin_changes_are_refused(lib: Library) ->
     assert wa not in _quarantined(lib)
 
 
+def test_a_body_nested_too_deeply_is_a_bad_request_and_the_page_goes_on(lib: Library) -> None:
+    """`[[[[…` 20,000 deep made json.loads raise RecursionError: a 500 with a traceback
+    logged. It is the client's error (400), like any body that is not a JSON object."""
+    with reviewing(lib.config) as review:
+        headers = {
+            "Cookie": review.cookie(),
+            "Content-Type": "application/json",
+            "Origin": review.base,
+        }
+        status, _, answer = review.request("POST", "/api/restore", b"[" * 20_000, headers)
+        assert (status, _json(answer)) == (400, {"error": "body is nested too deeply"})
+        status, _, _ = review.request("GET", "/api/quarantine", headers=headers)
+        assert status == 200
+
+
 def test_pictures_are_served_by_listed_ids_only(lib: Library) -> None:
     """No path from the request is ever opened: unknown ids and path-like URLs are 404."""
     with reviewing(lib.config) as review:
