@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ def running(env: Env, notifier: Notifier | None = None, **kw: object) -> Iterato
     assert not errors, errors
 
 
-def _reconciled(logs: list[dict[str, Any]], root: Path) -> int:
+def _reconciled(logs: list[MutableMapping[str, Any]], root: Path) -> int:
     """Reconciles that ended finding `root` unavailable."""
     return sum(e["event"] == "reconciled" and str(root) in e["unavailable"] for e in list(logs))
 
