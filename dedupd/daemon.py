@@ -94,6 +94,9 @@ class Stats(Counts):
     started: float = 0.0
 
 
+_SAID_WHY = ("unavailable", "polling")  # root states status gives a reason for
+
+
 class Daemon:
     """The service. `run()` blocks until `request_stop()` or a SIGTERM/SIGINT flag."""
 
@@ -228,8 +231,8 @@ class Daemon:
                     "path": r,
                     "state": states.get(r, "unknown"),
                     "policy": policies.get(r, "?"),
-                    # why, from the moment it was found unavailable
-                    "reason": reasons.get(r) if states.get(r) == "unavailable" else None,
+                    # why, from the moment it was found unavailable (or polling)
+                    "reason": reasons.get(r) if states.get(r) in _SAID_WHY else None,
                 }
                 for r in roots
             ],
@@ -605,6 +608,7 @@ class Daemon:
             polling = [r for r, state in self.watcher.states.items() if state == "polling"]
             self.pipeline.rescan_due.update(polling)
         if now >= self._next_rescan:
+            self.watcher.watch_again()  # a limit raised since, a tree too deep gone
             self.pipeline.rescan_due.update(self.roots)
         if self.pipeline.rescan_due and not self.pipeline.backlog:
             roots = sorted(self.pipeline.rescan_due)

@@ -244,10 +244,10 @@ def status(s: dict[str, Any]) -> str:
         + (f"{s['stats']['failed']} actions failed, " if s["stats"].get("failed") else "")
         + f"{s['stats']['errors']} errors since start",
     ]
-    lines += [
-        f"root      {shown(r['path'])}  {r['state']}  policy {shown(r['policy'])}"
-        for r in s["roots"]
-    ]
+    for r in s["roots"]:
+        lines.append(f"root      {shown(r['path'])}  {r['state']}  policy {shown(r['policy'])}")
+        if r["state"] == "polling" and r.get("reason"):  # an older daemon gives none
+            lines.append(f"          {shown(r['reason'])}; rescanned periodically")
     lines += [
         f"error     {shown(e['path'])}: {e['kind']}: {shown(e['error'])}"
         for e in s["recent_errors"]

@@ -121,7 +121,7 @@ class _Overflow(FileSystemEvent):
 _INOTIFY = Observer.__module__ == "watchdog.observers.inotify"
 
 # Why a folder of a root is unwatched, when the watch limit is (logged with the fix)
-_WATCH_LIMIT = "inotify watch limit reached for a folder in it"
+_WATCH_LIMIT = "the inotify watch limit is reached for a folder in it"
 
 
 def _failure(exc: BaseException) -> str:
@@ -307,7 +307,7 @@ class Watcher:
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                 self._cannot_watch(root, exc)
             else:
-                self.states[root] = "polling"
+                self._polling(root, f"the inotify watch limit is reached ({exc.strerror})")
                 log.error("watch_limit_reached", root=root, error=str(exc), fix=INOTIFY_HINT)
         except Exception as exc:  # a failure of watchdog's must not stop the daemon (a start)
             self._cannot_watch(root, exc)
@@ -315,13 +315,30 @@ class Watcher:
         return self.states[root]
 
     def _cannot_watch(self, root: str, exc: BaseException) -> None:
-        self.states[root] = "polling"
+        self._polling(root, f"it cannot be watched: {_failure(exc)}")
         log.error(
             "watch_failed",
             root=root,
             error=_failure(exc),
             detail="this root is only rescanned periodically",
         )
+
+    def _polling(self, root: str, why: str) -> None:
+        """Mark `root` "polling" (rescanned periodically, `Daemon.polling_interval`) because
+        `why`, said by status; the full rescan watches it again (`watch_again`)."""
+        self.reasons[root] = why  # first: status, on another thread, reads the state first
+        self.states[root] = "polling"
+
+    def watch_again(self) -> list[str]:
+        """Watch each "polling" root again, from scratch: the watch limit may have been
+        raised (`sysctl`), the tree too deep to watch may be gone. Those still not watched
+        whole are "polling" again, logged again (once per full rescan). Returns the roots
+        now watched whole, which the caller reconciles (their events were lost)."""
+        polling = [r for r, state in self.states.items() if state == "polling"]
+        watched = [r for r in polling if self.add_root(r) == "watching"]
+        for root in watched:
+            log.info("root_watched", root=root, detail="watched whole again")
+        return watched
 
     def unavailable(self, root: str, why: str) -> None:
         """Mark `root` "unavailable" for the reason `why`, and drop its watch; `add_root`
@@ -372,8 +389,9 @@ class Watcher:
         them."""
         found = [r for r in list(self._unwatched) if self.states.get(r) == "watching"]
         for root in found:
-            self.states[root] = "polling"
             why = self._unwatched[root]
+            said = why if why == _WATCH_LIMIT else f"a folder in it is not watched ({why})"
+            self._polling(root, said)
             if why == _WATCH_LIMIT:
                 log.error("watch_limit_reached", root=root, error=why, fix=INOTIFY_HINT)
             else:
@@ -420,7 +438,7 @@ class Watcher:
         if now < self._next_revive:
             silent = [r for r in roots if self.states[r] == "watching"]
             for root in silent:
-                self.states[root] = "polling"
+                self._polling(root, "the watch's thread ended again; watched again soon")
             if silent:
                 log.error(
                     "watch_thread_died",

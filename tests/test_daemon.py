@@ -29,6 +29,7 @@ from PIL import Image
 
 import dedupd.imaging
 import dedupd.watcher
+from dedupd import render
 from dedupd.actions import Actions
 from dedupd.control import ControlClient
 from dedupd.daemon import Daemon, Notifier
@@ -1168,6 +1169,51 @@ def test_a_watch_limit_falls_back_to_rescans_and_shows_in_status(
     limited = [e for e in logs if e["event"] == "watch_limit_reached"]
     assert sorted(e["root"] for e in limited) == sorted([str(env.root), str(env.archive)])
     assert all("fs.inotify.max_user_watches" in e["fix"] for e in limited)  # once per root
+
+
+def test_a_polling_root_says_why_and_is_watched_again_once_the_limit_is_raised(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root out of inotify watches said only "polling", and stayed so until a restart:
+    raising the limit as the log said (`sysctl`) changed nothing. Now status says why, and
+    the full rescan watches it again."""
+    import errno
+
+    from watchdog.observers.api import BaseObserver
+
+    real = BaseObserver.schedule
+    limited = True
+
+    def schedule(self: BaseObserver, *args: Any, **kw: Any) -> Any:
+        if limited:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(BaseObserver, "schedule", schedule)
+    env.config.write_text(
+        env.config.read_text().replace("rescan_interval: 1h", "rescan_interval: 1")
+    )
+    with structlog.testing.capture_logs() as logs, running(env) as daemon:
+        answer = daemon.status()
+        (root,) = [r for r in answer["roots"] if r["path"] == str(env.root)]
+        assert root == {
+            "path": str(env.root),
+            "state": "polling",
+            "policy": "camera",
+            "reason": "the inotify watch limit is reached (No space left on device)",
+        }
+        assert (
+            f"root      {env.root}  polling  policy camera\n"
+            "          the inotify watch limit is reached (No space left on device); "
+            "rescanned periodically\n"
+        ) in render.status(answer)
+        limited = False  # `sysctl fs.inotify.max_user_watches=…`
+        wait_for(lambda: _root_state(daemon, env.root) == "watching", what="watched again")
+        wait_for(lambda: _root_state(daemon, env.archive) == "watching", what="both roots")
+        assert daemon.status()["roots"][0]["reason"] is None
+        assert sorted(e["root"] for e in logs if e["event"] == "root_watched") == sorted(
+            [str(env.root), str(env.archive)]
+        )
 
 
 @pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
