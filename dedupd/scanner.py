@@ -173,6 +173,26 @@ def _identities(folders: Sequence[str]) -> frozenset[tuple[int, int]]:
 _GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)  # vanished, or swapped for a link or file
 
 
+# Descriptors a walk holds at most, however deep the tree: one a level, for the deepest
+# levels only. A tree a few thousand folders deep (anyone who may write in a root can make
+# one) otherwise took every descriptor the process may have (1,024 by default): its deepest
+# folders were reported unreadable, and the daemon's other threads (status, the control
+# socket, SQLite) failed to open anything meanwhile.
+HELD_LEVELS = 64
+
+
+@dataclass(slots=True)
+class _Level:
+    """A folder on the walk's way down: its descriptor (-1 while shed), its name in the
+    folder above, its (device, inode) to know it again, and its sub-folders to visit."""
+
+    fd: int
+    name: str
+    relpath: str
+    identity: tuple[int, int]
+    folders: list[str]
+
+
 def _walk_from(
     root: str,
     root_fd: int,
@@ -180,10 +200,13 @@ def _walk_from(
     excluded: frozenset[tuple[int, int]],
     unreadable: list[tuple[str, str]] | None,
 ) -> Iterator[Entry]:
-    # Depth first, holding one descriptor per level: the folders from the root down to the
-    # one being listed, each with its sub-folders still to visit.
-    levels: list[tuple[int, str, list[str]]] = []  # (descriptor, relpath, sub-folders)
-    fd, relpath = root_fd, ""
+    # Depth first: the folders from the root down to the one being listed, each with its
+    # sub-folders still to visit. Only the deepest HELD_LEVELS (and the root) keep their
+    # descriptors; one shed is opened again from the nearest held above it, by name and
+    # checked by identity, when the walk climbs back to it (`_reopen`).
+    st = os.fstat(root_fd)
+    levels: list[_Level] = []
+    fd, name, relpath, identity = root_fd, "", "", (st.st_dev, st.st_ino)
     try:
         while True:
             folders: list[str] = []
@@ -206,25 +229,32 @@ def _walk_from(
                         yield Entry(root, os.path.join(relpath, entry.name), FileStat.of(st))
                 except OSError:
                     continue  # vanished meanwhile
-            levels.append((fd, relpath, folders))
+            levels.append(_Level(fd, name, relpath, identity, folders))
+            if len(levels) > HELD_LEVELS + 1:  # shed the shallowest held but the root's
+                shed = levels[-HELD_LEVELS - 1]
+                os.close(shed.fd)
+                shed.fd = -1
             fd = -1
             while levels and fd < 0:  # the next folder to list: a sub-folder, or climb
-                parent_fd, parent, folders = levels[-1]
-                if not folders:
+                parent = levels[-1]
+                if not parent.folders:
                     levels.pop()
-                    if parent_fd != root_fd:
-                        os.close(parent_fd)
+                    if parent.fd >= 0 and parent.fd != root_fd:
+                        os.close(parent.fd)
                     continue
-                name = folders.pop()
-                relpath = os.path.join(parent, name)
+                if parent.fd < 0 and not _reopen(levels):
+                    continue  # moved or replaced since: what is left of it is not walked
+                name = parent.folders.pop()
+                relpath = os.path.join(parent.relpath, name)
                 try:
-                    fd = safefs.open_dir_at(parent_fd, name)
+                    fd = safefs.open_dir_at(parent.fd, name)
                 except OSError as exc:
                     if unreadable is not None and exc.errno not in _GONE:
                         unreadable.append((os.path.join(root, relpath), _strerror(exc)))
                     continue
                 st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) in excluded:
+                identity = (st.st_dev, st.st_ino)
+                if identity in excluded:
                     os.close(fd)
                     fd = -1
             if fd < 0:
@@ -232,9 +262,40 @@ def _walk_from(
     finally:
         if fd >= 0 and fd != root_fd:
             os.close(fd)
-        for level_fd, _, _ in levels:
-            if level_fd != root_fd:
-                os.close(level_fd)
+        for level in levels:
+            if level.fd >= 0 and level.fd != root_fd:
+                os.close(level.fd)
+
+
+def _reopen(levels: list[_Level]) -> bool:
+    """Open the deepest level again (its descriptor was shed), and those on the way that
+    are among the deepest HELD_LEVELS, each from the one above by name, and checked to be
+    the folder listed before. A folder on the way moved away or replaced since (by a link,
+    or another folder) ends the walk of all below it: they are dropped (False)."""
+    first = max(i for i, level in enumerate(levels) if level.fd >= 0) + 1
+    keep = len(levels) - HELD_LEVELS  # shallower levels than this one are closed again
+    for i in range(first, len(levels)):
+        above, level = levels[i - 1], levels[i]
+        try:
+            fd = safefs.open_dir_at(above.fd, level.name)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != level.identity:
+                os.close(fd)
+                fd = -1
+        if i - 1 >= first and i - 1 < keep:
+            os.close(above.fd)
+            above.fd = -1
+        if fd < 0:
+            for gone in levels[i:]:
+                if gone.fd >= 0:
+                    os.close(gone.fd)
+            del levels[i:]
+            return False
+        level.fd = fd
+    return True
 
 
 @dataclass(slots=True)

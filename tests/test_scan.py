@@ -1235,6 +1235,74 @@ def test_a_folder_swapped_for_another_users_link_mid_walk_is_not_entered(
     assert list(found) == [] and unreadable == []
 
 
+def _chain(top: Path, depth: int) -> Path:
+    """`depth` nested folders named 1, 2, … under `top`, made from the parent's descriptor
+    (a path that deep is over PATH_MAX); returns the deepest by its (long) path."""
+    top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(1, depth + 1):
+            os.mkdir(str(level), dir_fd=fd)
+            if level % 50 == 0:  # a photo every 50 levels
+                out = os.open("p.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                os.write(out, b"\xff\xd8 not decoded here")
+                os.close(out)
+            child = os.open(str(level), os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    return top.joinpath(*(str(n) for n in range(1, depth + 1)))
+
+
+def test_a_walk_holds_a_bounded_number_of_descriptors_however_deep_the_tree(
+    tmp_path: Path,
+) -> None:
+    """The walk held one descriptor a level: a tree deeper than the process may open files
+    (1,024 by default; anyone who may write in a root can make such a tree) had its deepest
+    folders reported unreadable ("Too many open files"), and everything else the daemon
+    opened meanwhile failed too. It holds at most HELD_LEVELS now, and finds every photo,
+    the ones beside the deepest levels' sibling folders too (walked after climbing back)."""
+    from dedupd.scanner import HELD_LEVELS
+
+    root = tmp_path / "root"
+    _chain(root / "a" / "x", 400)
+    _chain(root / "a" / "y", 100)  # either way, "a" is shed by the time the walk is back
+    baseline = len(os.listdir("/proc/self/fd"))
+    unreadable: list[tuple[str, str]] = []
+    most = 0
+    found = []
+    for entry in walk(str(root), NameFilter(Config().watch), (), unreadable):
+        most = max(most, len(os.listdir("/proc/self/fd")) - baseline)
+        found.append(entry.relpath)
+    assert unreadable == []
+    assert len(found) == 400 // 50 + 100 // 50
+    assert most <= HELD_LEVELS + 2  # the root's, the deepest levels', one being opened
+    assert len(os.listdir("/proc/self/fd")) == baseline
+
+
+def test_a_folder_swapped_while_its_descriptor_was_shed_is_not_entered_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shallow level's descriptor is shed while the walk is deep; climbing back, it is
+    opened again by name. A folder moved away and replaced by another meanwhile is not
+    walked in its place: nothing of the replacement is listed under the old one's name."""
+    from dedupd import scanner
+
+    monkeypatch.setattr(scanner, "HELD_LEVELS", 2)
+    root = tmp_path / "root"
+    for chain in ("x", "y"):
+        _chain(root / "a" / chain, 100)
+    found = walk(str(root), NameFilter(Config().watch))
+    first = next(found)  # deep in one chain: "a" is shed, the other chain still to visit
+    assert first.relpath.startswith(("a/x/", "a/y/")) and first.relpath.count("/") > 5
+    (root / "a").rename(tmp_path / "moved")
+    for chain in ("x", "y"):
+        photos.copy(photos.photo("coffee"), root / "a" / chain / "planted.jpg")
+    rest = [e.relpath for e in found]
+    assert not any(p.endswith("planted.jpg") for p in rest), rest
+
+
 def test_a_root_swapped_for_a_link_after_it_was_looked_at_is_not_walked(
     library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
