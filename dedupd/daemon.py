@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from dedupd import safefs
 from dedupd.actions import Actions
 from dedupd.config import Config, load_config
 from dedupd.control import ControlServer
@@ -92,6 +93,15 @@ class Notifier:
 @dataclass
 class Stats(Counts):
     started: float = 0.0
+
+
+def _holds_anything(root: str) -> bool:
+    """Whether the folder at `root`, reached as a walk reaches it, has any entry."""
+    try:
+        with safefs.directory(safefs.trusted_path(root)) as fd, os.scandir(fd) as it:
+            return next(it, None) is not None
+    except (safefs.UnsafePath, OSError):
+        return False
 
 
 _SAID_WHY = ("unavailable", "polling")  # root states status gives a reason for
@@ -589,13 +599,22 @@ class Daemon:
         self.pipeline.rescan_due.update(self.watcher.incomplete())
         for root in self.watcher.lost_roots():
             log.warning("root_lost", root=root, detail="watch ended; will reconcile and retry")
+            self.pipeline.rescan_due.add(root)
+            # Another folder with something in it (a disk mounted again on its mount point):
+            # watched at once, not once the reconcile (after the backlog: hours) has walked
+            # it; an empty one waits for the reconcile's judgement.
+            if (
+                why_unavailable(root) is None
+                and _holds_anything(root)
+                and self.watcher.add_root(root) != "unavailable"
+            ):
+                continue
             # Said now: the reconcile that would say it waits for the backlog (hours).
             why = why_unavailable(root) or (
                 f"{root}: the watched folder was moved, deleted or replaced, or its watch "
                 "ended; it is looked for again"
             )
             self.watcher.unavailable(root, why)
-            self.pipeline.rescan_due.add(root)
         if now >= self._next_retry:
             self._next_retry = now + self.retry_interval
             for root in list(self.watcher.states):

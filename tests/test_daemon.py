@@ -466,6 +466,34 @@ def test_a_root_that_disappears_is_unavailable_not_deleted_and_comes_back(env: E
     assert env.state(env.root / "IMG_1.jpg") == "ok"
 
 
+def test_a_disk_mounted_again_during_a_backlog_is_watched_at_once(env: Env) -> None:
+    """A root whose folder is replaced by another that holds photos (its disk unmounted and
+    mounted again) was marked unavailable, judged by that folder, and looked at again only
+    by the reconcile, which waits for the backlog to drain (hours for a large library):
+    uploads there meanwhile went unseen. It is watched at once now; an empty folder there
+    (the bare mount point) still waits for the reconcile's judgement."""
+    rng = random.Random(4)
+    for i in range(12):  # more than the pool holds (2 workers): a backlog stays queued
+        tiny = env.archive / f"wait-{i:02}.png"
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(tiny)
+        os.utime(tiny, (1_000_000_000, 1_000_000_000))  # settled long ago: a backlog file
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    with (
+        structlog.testing.capture_logs() as logs,
+        running(env, work=workers.scripted, retry_interval=0.2) as daemon,
+    ):
+        wait_for(lambda: daemon.pool.in_flight > 0 and daemon.pipeline.backlog, what="backlog")
+        env.root.rename(env.tmp / "disk")  # unmounted...
+        shutil.copytree(env.tmp / "disk", env.tmp / "disk-again")
+        (env.tmp / "disk-again").rename(env.root)  # ...and mounted again: another folder
+        wait_for(lambda: any(e["event"] == "root_lost" for e in list(logs)), what="lost")
+        wait_for(lambda: daemon.watcher.states[str(env.root)] == "watching", what="watched")
+        st = os.stat(env.root)
+        assert daemon.watcher._identity[str(env.root)] == (st.st_dev, st.st_ino)
+        assert daemon.pipeline.backlog, "the root's reconcile ran: nothing tested"
+        (env.archive / "release").touch()
+
+
 def test_status_says_why_a_root_is_unavailable_while_its_reconcile_waits(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
