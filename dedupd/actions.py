@@ -371,6 +371,23 @@ class Actions:
                 f"{record.path} is a Live Photo whose motion file {others[0]} was not paired "
                 "with it when it was hashed; neither moves, and it is hashed again"
             )
+        if motion is not None:
+            shared = [
+                s for s in self.store.stills_of(motion.root, motion.relpath) if s.id != record.id
+            ]
+            if shared:
+                # Another still present is paired with it too (a JPEG export beside its
+                # HEIC, or the keeper itself): the motion file stays with that one, and this
+                # still moves alone. Taken along, it left the other without its motion, and
+                # a purge then deleted the only copy of the clip.
+                log.info(
+                    "live_motion_shared",
+                    path=str(record.path),
+                    motion=str(motion.path),
+                    also_of=str(shared[0].path),
+                    detail="the motion file stays with the other still; this one moves alone",
+                )
+                return None
         return motion
 
     def _parts(
@@ -1014,13 +1031,60 @@ class Actions:
         assert q.dst is not None
         if half is not None:
             _check_bytes(half.src, half.sha256, q.id)
+            self._motion_copy_before(q, half)  # before either goes
         within = self._mounted_quarantine(q.dst)
         kept = functools.partial(self._keeper_kept, q)
         _unlink_verified(q.dst, q.sha256, q.id, self._checkpoint, within=within, keeper=kept)
         if half is not None:
+            copied = functools.partial(self._motion_copy_kept, q, half)
             _unlink_verified(
-                half.src, half.sha256, q.id, self._checkpoint, within=within, keeper=kept
+                half.src, half.sha256, q.id, self._checkpoint, within=within, keeper=copied
             )
+
+    def _motion_copy_before(self, q: ActionRecord, half: _Half) -> None:
+        """`_motion_copy_kept` for the motion file at `half.src`, if it is still there."""
+        try:
+            fd = _open_regular(half.src)
+        except FileNotFoundError:
+            return  # already gone: no reason to keep the still
+        except (OSError, DedupdError) as exc:
+            raise ActionError(f"{half.src}: {exc}; kept") from exc
+        with _fd(fd):
+            self._motion_copy_kept(q, half, fd)
+
+    def _motion_copy_kept(self, q: ActionRecord, half: _Half, fd: int) -> None:
+        """A quarantined Live Photo's motion file (open as `fd`) is purged only while a copy
+        with the same bytes is present outside the quarantine: recorded as present, and
+        verified as a keeper is (`_check_keeper`, then its sha256). The still's keeper may
+        have no motion file at all (a JPEG copy of the still): the quarantined clip is then
+        the only one, and so it is when a copy of it was deleted with this file as keeper.
+        The copies looked at: the keeper's own motion file, then any file recorded with
+        those bytes. A pair quarantined by hand, without a keeper, is purged as asked."""
+        if q.keeper_id is None and q.keeper_path is None:
+            return
+        mine = os.fstat(fd)
+        copies: list[_Version] = []
+        keeper = self.store.file(q.keeper_id) if q.keeper_id is not None else None
+        if keeper is not None and keeper.state == "ok":
+            kept = self.store.motion_of(keeper.id)
+            if kept is not None and kept.sha256 == half.sha256:
+                copies.append(kept)
+        copies += self.store.with_sha256(half.sha256)
+        for copy in copies:
+            try:
+                with _fd(self._check_keeper(copy, copy, None)) as kfd:
+                    k = os.fstat(kfd)
+                    if (k.st_dev, k.st_ino) != (mine.st_dev, mine.st_ino) and (
+                        safefs.sha256_fd(kfd) == half.sha256
+                    ):
+                        return
+            except (OSError, DedupdError):
+                continue
+        raise ActionError(
+            f"{half.src}: the motion file of Live Photo {q.dst} has no identical copy outside "
+            f"the quarantine; both files are kept (restore them with `dedupctl quarantine "
+            f"restore {q.id}`, or remove them yourself)"
+        )
 
     def _keeper_kept(self, q: ActionRecord, fd: int) -> None:
         """A file quarantined as the duplicate of a keeper is purged only while that keeper is
@@ -1235,9 +1299,13 @@ class Actions:
         if a.kind == "purge":
             if self.quarantine_dir is not None:
                 _reachable(str(self.quarantine_dir))
+            q = self.store.action(a.of_action) if a.of_action is not None else None
+            copied = functools.partial(self._motion_copy_kept, q, half) if q else None
             try:
-                for h in halves:
-                    _unlink_verified(h.src, h.sha256, a.of_action or a.id, keeper=self._kept_for(a))
+                if q is not None:
+                    self._motion_copy_before(q, half)
+                for h, keeper in zip(halves, [self._kept_for(a), copied], strict=True):
+                    _unlink_verified(h.src, h.sha256, a.of_action or a.id, keeper=keeper)
             except ActionError as exc:
                 return "failed", str(exc)
             return "done", "purge of the Live Photo's two files finished"
@@ -1409,9 +1477,15 @@ def _staged_exists(root: str, name: str) -> bool:
 
 
 def _sha256_of(path: str | PurePath) -> str:
-    p = PurePath(path)
-    with safefs.directory(p.parent) as d, _fd(safefs.open_file_at(d, p.name)) as fd:
+    with _fd(_open_regular(path)) as fd:
         return safefs.sha256_fd(fd)
+
+
+def _open_regular(path: str | PurePath) -> int:
+    """A descriptor of the regular file at `path`, reached without following a link."""
+    p = PurePath(path)
+    with safefs.directory(p.parent) as d:
+        return safefs.open_file_at(d, p.name)
 
 
 def _same_file(a: str | PurePath, b: str | PurePath) -> bool:

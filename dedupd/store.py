@@ -1352,12 +1352,17 @@ class Store:
     def still_of(self, root: str, relpath: str) -> FileRecord | None:
         """The present still whose motion file is root/relpath, or None: a file that must
         never move alone."""
-        found = self._files(
+        found = self.stills_of(root, relpath)
+        return found[0] if found else None
+
+    def stills_of(self, root: str, relpath: str) -> list[FileRecord]:
+        """Every present still paired with the motion file root/relpath: more than one when
+        stills of one stem share it (`IMG_1.HEIC` and its JPEG export `IMG_1.JPG`)."""
+        return self._files(
             "f.root = ? AND f.state = 'ok' AND f.id IN"
-            " (SELECT file_id FROM live_motion WHERE relpath = ?)",
+            " (SELECT file_id FROM live_motion WHERE relpath = ?) ORDER BY f.id",
             (to_db(root), to_db(relpath)),
         )
-        return found[0] if found else None
 
     def from_thumbnail(self, ids: Iterable[int]) -> set[int]:
         """Which of `ids` were hashed from an embedded thumbnail, not a full decode."""

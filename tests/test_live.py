@@ -448,6 +448,73 @@ def test_an_exact_still_with_another_motion_file_is_quarantined_not_deleted(
     assert sorted(p.name for p in q.rglob("IMG_1.*")) == ["IMG_1.JPG", "IMG_1.MOV"]
 
 
+def test_a_motion_file_two_stills_share_stays_with_the_one_that_stays(tmp_path: Path) -> None:
+    """The red team's livesplit: `IMG_1.JPG` (the export a sync client writes) beside
+    `IMG_1.HEIC` + `IMG_1.MOV` pairs with the same MOV by stem. Quarantined as the HEIC's
+    duplicate, the JPEG took the MOV along: the HEIC was no Live Photo any more, and a purge
+    deleted the only copy of the clip. The JPEG goes alone now; the MOV stays with the
+    HEIC, and the purge takes only the JPEG."""
+    root = tmp_path / "photos"
+    write_still(root / "IMG_1.HEIC", photos.photo("coffee"), CID, fmt="HEIF")
+    write_mov(root / "IMG_1.MOV", CID)
+    write_still(root / "IMG_1.JPG", photos.photo("coffee"), CID)
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        scan(config, store)
+        heic = store.file_at(root.resolve() / "IMG_1.HEIC")
+        jpeg = store.file_at(root.resolve() / "IMG_1.JPG")
+        assert heic is not None and jpeg is not None
+        for still in (heic, jpeg):
+            motion = store.motion_of(still.id)
+            assert motion is not None and motion.relpath == "IMG_1.MOV", "both claim it"
+        actions = Actions(store, tmp_path / "q")
+        action_id = actions.quarantine(jpeg, heic, 0, "near")
+        assert sorted(p.name for p in root.iterdir()) == ["IMG_1.HEIC", "IMG_1.MOV"]
+        assert actions.motion_record(action_id) is None
+        assert actions.purge(0, only={action_id}) == [action_id]
+    assert sorted(p.name for p in root.iterdir()) == ["IMG_1.HEIC", "IMG_1.MOV"]
+
+
+def test_purge_keeps_a_quarantined_motion_file_that_has_no_copy_outside_the_quarantine(
+    tmp_path: Path,
+) -> None:
+    """The red team's livepurge: a Live Photo quarantined as the duplicate of a plain still
+    (same still bytes, no motion file of its own) was purged whole, its clip with it: the
+    still's keeper was checked, the clip's copy never was. Now purge deletes the pair only
+    while a file with the clip's bytes is there outside the quarantine (the keeper's motion
+    file, or any file recorded with them); otherwise both are kept, and it says so."""
+    root = tmp_path / "photos"
+    write_still(root / "a" / "IMG_1.JPG", photos.photo("coffee"), None)
+    write_mov(root / "a" / "IMG_1.MOV", None, payload=b"the only take")
+    photos.copy(root / "a" / "IMG_1.JPG", root / "b" / "IMG_1.JPG")  # no motion file
+    config = _config(tmp_path, root)
+    q = tmp_path / "q"
+    with Store(config.database) as store:
+        scan(config, store)
+        pair, plain = (store.file_at(root.resolve() / d / "IMG_1.JPG") for d in ("a", "b"))
+        assert pair is not None and plain is not None
+        actions = Actions(store, q)
+        action_id = actions.quarantine(pair, plain, 0, "exact")
+        assert actions.motion_record(action_id) is not None
+        assert actions.purge(0) == []
+        failed = store.actions("kind = 'purge'")[-1]
+        assert failed.state == "failed" and "no identical copy" in str(failed.error)
+        clip = list(q.rglob("IMG_1.MOV"))
+        assert len(clip) == 1 and b"the only take" in clip[0].read_bytes()
+        assert len(list(q.rglob("IMG_1.JPG"))) == 1
+
+        # A copy of the clip beside the keeper, paired with it once it is hashed again (its
+        # own motion file now): both purged
+        write_mov(root / "b" / "IMG_1.MOV", None, payload=b"the only take")
+        os.utime(root / "b" / "IMG_1.JPG", (1_700_000_000, 1_700_000_000))
+        scan(config, store)
+        kept = store.motion_of(plain.id)
+        assert kept is not None and kept.sha256 == _sha(clip[0])
+        assert actions.purge(0) == [action_id]
+    assert list(q.rglob("IMG_1.*")) == []
+    assert (root / "b" / "IMG_1.MOV").exists() and (root / "b" / "IMG_1.JPG").exists()
+
+
 def test_a_decision_to_move_a_motion_file_alone_is_only_reported(lib: Lib) -> None:
     """When clips are records of their own (video deduplication), a duplicate MOV whose still
     is not a duplicate must not move: the engine reports it."""
