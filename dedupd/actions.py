@@ -76,10 +76,15 @@ class MotionNotIdentical(ActionError):
 
 
 class KeeperElsewhere(ActionError):
-    """A delete whose keeper is on another filesystem than the file to delete: another inode
-    there proves nothing (an overlay, union, network or FUSE mount may show this very file
-    under its own device number), so nothing was deleted (the caller may quarantine the file
-    instead)."""
+    """A delete whose keeper proves nothing, so nothing was deleted (the caller may
+    quarantine the file instead; `why` says why, for its reason): on another filesystem than
+    the file to delete, another inode there proves nothing (an overlay, union, network or
+    FUSE mount may show this very file under its own device number); owned by another user,
+    it is theirs to delete, and the photo with it."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
 
 
 class Stranded(ActionError):
@@ -431,7 +436,7 @@ class Actions:
                     raise ActionError(
                         f"{keeper.path} is the same file as {record.path}; nothing done"
                     )
-                self._same_filesystem(record, keeper, k, r.st_dev)
+                self._same_filesystem(record, keeper, k, r)
             except ActionError:
                 os.close(kfd)
                 raise
@@ -450,14 +455,26 @@ class Actions:
             )
 
     @staticmethod
-    def _same_filesystem(record: _Version, keeper: _Version, k: os.stat_result, dev: int) -> None:
+    def _same_filesystem(
+        record: _Version, keeper: _Version, k: os.stat_result, r: os.stat_result
+    ) -> None:
         """Refuse a delete whose keeper (`k`, by descriptor) is on another filesystem than the
-        file to delete (`dev`): `KeeperElsewhere`."""
-        if k.st_dev != dev:
+        file to delete (`r`), or owned by another user: `KeeperElsewhere`. Another user's
+        copy (a photo Bob sent Alice, kept in his folder) is his to delete: hers deleted
+        against it was lost the day he did."""
+        if k.st_dev != r.st_dev:
             raise KeeperElsewhere(
                 f"{keeper.path} is on another filesystem than {record.path}, which may show "
                 "this very file (an overlay, union or network mount); a delete needs its "
-                "keeper on the same filesystem"
+                "keeper on the same filesystem",
+                "its keeper is on another filesystem",
+            )
+        if k.st_uid != r.st_uid:
+            raise KeeperElsewhere(
+                f"{keeper.path} belongs to another user (uid {k.st_uid}) than {record.path} "
+                f"(uid {r.st_uid}), who may delete it; a delete needs its keeper owned by the "
+                "same user",
+                "its keeper belongs to another user",
             )
 
     # -- the operations ------------------------------------------------------------------------
@@ -741,7 +758,7 @@ class Actions:
         with _fd(kfd):
             k = os.fstat(kfd)
         if st is not None:
-            self._same_filesystem(part.want, keeper, k, st.st_dev)
+            self._same_filesystem(part.want, keeper, k, st)
 
     def _delete_staged(
         self, action_id: int, parts: Sequence[_Part], keepers: Sequence[_Version]
@@ -759,9 +776,9 @@ class Actions:
         except BaseException as exc:
             self._put_back_all(action_id, parts, None)
             if isinstance(exc, ActionError):
-                # KeeperElsewhere stays so: the caller quarantines the file instead.
-                kind = KeeperElsewhere if isinstance(exc, KeeperElsewhere) else ActionError
-                raise kind(f"{exc}; nothing deleted") from exc
+                if isinstance(exc, KeeperElsewhere):  # the caller quarantines it instead
+                    raise KeeperElsewhere(f"{exc}; nothing deleted", exc.why) from exc
+                raise ActionError(f"{exc}; nothing deleted") from exc
             raise
         self._discard_all(parts)
 
@@ -866,7 +883,7 @@ class Actions:
                 fd = stack.enter_context(_fd(safefs.open_file_at(qdir, src.name)))
             with self._refusals(f"{dst}: nothing restored"):
                 sha256 = safefs.sha256_fd(fd)
-                ddir = safefs.open_dir(dst.parent, create=True)
+                ddir = safefs.open_dir(dst.parent, create=True, owned_as_parent=True)
             stack.callback(os.close, ddir)
             moves = [_Move(qdir, fd, src, ddir, dst, sha256)]
             reason = (
@@ -889,7 +906,7 @@ class Actions:
                 else:
                     with self._refusals(f"{mdst}: nothing restored"):
                         msha = safefs.sha256_fd(mfd)
-                        mddir = safefs.open_dir(mdst.parent, create=True)
+                        mddir = safefs.open_dir(mdst.parent, create=True, owned_as_parent=True)
                     stack.callback(os.close, mddir)
                     moves.append(_Move(mqdir, mfd, msrc, mddir, mdst, msha))
                     half = _Half(src=str(msrc), sha256=msha, dst=str(mdst))
@@ -1115,6 +1132,14 @@ class Actions:
             ) from exc
         if this:
             raise ActionError(f"{q.dst}: its keeper {keeper.path} is this very file; {keep}")
+        # Another user's keeper is theirs to delete (as for a delete, `_same_filesystem`).
+        # A file dedupd's own user owns in quarantine may be a copy it made across disks
+        # without the right to keep its owner: that says nothing of whose it was.
+        if k.st_uid != mine.st_uid and mine.st_uid != os.geteuid():
+            raise ActionError(
+                f"{q.dst}: its keeper {keeper.path} belongs to another user (uid {k.st_uid}), "
+                f"who may delete it; {keep}"
+            )
         if not same:
             raise ActionError(
                 f"{q.dst}: its keeper {keeper.path} no longer holds its recorded bytes; {keep}"
@@ -1390,7 +1415,7 @@ def _recover_delete_pair(halves: Sequence[_Half], root: str) -> tuple[str, str]:
         except (OSError, DedupdError):
             verified = False
         keeper = h.keeper or ""
-        if verified and _same_device(h.staged, keeper) and not _same_file(h.staged, keeper):
+        if verified and _keeper_proves(h.staged, keeper) and not _same_file(h.staged, keeper):
             _unlink_path(h.staged)
         else:
             kept.append(_put_back(PurePath(h.staged), PurePath(h.src), root))
@@ -1499,16 +1524,17 @@ def _same_file(a: str | PurePath, b: str | PurePath) -> bool:
     return sts[0] == sts[1]
 
 
-def _same_device(a: str | PurePath, b: str | PurePath) -> bool:
-    """Whether `a` and `b` are on one filesystem (a delete's keeper must be: `KeeperElsewhere`)."""
-    devices = set()
+def _keeper_proves(a: str | PurePath, b: str | PurePath) -> bool:
+    """Whether `a` and `b` are on one filesystem and owned by one user (a delete's keeper
+    must be: `KeeperElsewhere`)."""
+    owners = set()
     for path in (PurePath(a), PurePath(b)):
         with safefs.directory(path.parent) as d:
             st = safefs.stat_at(d, path.name)
         if st is None:
             return False
-        devices.add(st.st_dev)
-    return len(devices) == 1
+        owners.add((st.st_dev, st.st_uid))
+    return len(owners) == 1
 
 
 def _unlink_path(path: str | PurePath) -> None:

@@ -1103,18 +1103,18 @@ class Ingest:
         elif decision.acts and (still := self._still_of(decision.target)) is not None:
             result = f"reported: the motion file of Live Photo {still.path}; never moved alone"
         elif decision.acts and decision.target is not None and self.actions is not None:
+            target = decision.target
             self.store.commit()  # the records this decision rests on, before any file moves
             try:
                 if decision.action == "delete" and decision.keeper is not None:
                     try:
-                        action_id = self.actions.delete(
-                            decision.target, decision.keeper, decision.rule
-                        )
+                        action_id = self.actions.delete(target, decision.keeper, decision.rule)
                     except (MotionNotIdentical, KeeperElsewhere) as exc:
                         # Not provably a copy of a file that stays: its Live Photo motion
                         # file differs from the kept one (the two go together), or the
-                        # keeper, seen by descriptor, is on another filesystem, which may
-                        # show this very file. Restorable instead, or left in place.
+                        # keeper, seen by descriptor, is on another filesystem (which may
+                        # show this very file) or another user's. Restorable instead, or
+                        # left in place.
                         if self.actions.quarantine_dir is None:
                             raise
                         live = isinstance(exc, MotionNotIdentical)
@@ -1125,19 +1125,24 @@ class Ingest:
                             reason=str(exc),
                         )
                         why = (
-                            "its Live Photo motion file has no identical copy"
-                            if live
-                            else "its keeper is on another filesystem"
+                            exc.why
+                            if isinstance(exc, KeeperElsewhere)
+                            else "its Live Photo motion file has no identical copy"
+                        )
+                        # What was done is what is logged and reported: a quarantine
+                        decision = replace(
+                            decision,
+                            action="quarantine",
+                            rule=f"{decision.rule}; quarantined, not deleted: {why}",
                         )
                         action_id = self.actions.quarantine(
-                            decision.target, decision.keeper, decision.distance,
-                            f"{decision.rule}; quarantined, not deleted: {why}",
+                            target, decision.keeper, decision.distance, decision.rule
                         )
                 else:
                     action_id = self.actions.quarantine(
-                        decision.target, decision.keeper, decision.distance, decision.rule
+                        target, decision.keeper, decision.distance, decision.rule
                     )
-                gone = [decision.target.id]
+                gone = [target.id]
                 motion = self.actions.motion_record(action_id)
                 if motion is not None:
                     gone.append(motion.id)  # a Live Photo's motion file, moved with it

@@ -119,10 +119,15 @@ def _resolve(path: str | PurePath) -> tuple[Path, tuple[Path, int] | None]:
     return Path(resolved), None
 
 
-def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -> int:
+def open_dir(
+    path: str | PurePath, *, create: bool = False, mode: int = 0o777, owned_as_parent: bool = False
+) -> int:
     """A descriptor of the folder `path`, opened one component at a time from `/`, none of
     them followed through a symlink. With `create`, missing folders are made (with `mode`,
-    less the umask). Raises UnsafePath, FileNotFoundError or another OSError."""
+    less the umask); with `owned_as_parent` too, each is given to the owner of the folder it
+    is made in, when dedupd runs as root (a restore into a user's folder they removed: made
+    as root's, the user could no longer move or delete their own photo). Raises UnsafePath,
+    FileNotFoundError or another OSError."""
     parts = _components(path)
     # The folders on the way only as O_PATH descriptors: passing through one needs search
     # (x) permission, as a path does, not read permission (a home folder at 0711 above a
@@ -138,8 +143,16 @@ def open_dir(path: str | PurePath, *, create: bool = False, mode: int = 0o777) -
             except FileNotFoundError:
                 if not create:
                     raise
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                else:
+                    if owned_as_parent and os.geteuid() == 0:
+                        above = os.fstat(fd)
+                        os.chown(
+                            part, above.st_uid, above.st_gid, dir_fd=fd, follow_symlinks=False
+                        )
                 next_fd = os.open(part, flags, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):

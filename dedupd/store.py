@@ -1352,16 +1352,20 @@ class Store:
     def still_of(self, root: str, relpath: str) -> FileRecord | None:
         """The present still whose motion file is root/relpath, or None: a file that must
         never move alone."""
-        found = self.stills_of(root, relpath)
+        found = self.stills_of(root, relpath, states=("ok",))
         return found[0] if found else None
 
-    def stills_of(self, root: str, relpath: str) -> list[FileRecord]:
-        """Every present still paired with the motion file root/relpath: more than one when
-        stills of one stem share it (`IMG_1.HEIC` and its JPEG export `IMG_1.JPG`)."""
+    def stills_of(
+        self, root: str, relpath: str, states: Sequence[str] = ("ok", "error")
+    ) -> list[FileRecord]:
+        """Every still present (in one of `states`) paired with the motion file root/relpath:
+        more than one when stills of one stem share it (`IMG_1.HEIC` and its JPEG export
+        `IMG_1.JPG`)."""
+        marks = ", ".join("?" * len(states))
         return self._files(
-            "f.root = ? AND f.state = 'ok' AND f.id IN"
+            f"f.root = ? AND f.state IN ({marks}) AND f.id IN"
             " (SELECT file_id FROM live_motion WHERE relpath = ?) ORDER BY f.id",
-            (to_db(root), to_db(relpath)),
+            (to_db(root), *states, to_db(relpath)),
         )
 
     def from_thumbnail(self, ids: Iterable[int]) -> set[int]:

@@ -556,6 +556,24 @@ def test_a_restore_never_makes_a_root_that_is_not_there(setup) -> None:  # type:
     assert _sha(root / "sub" / "near.jpg") == near.sha256
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: needs root")
+def test_a_folder_a_restore_makes_again_belongs_to_the_owner_of_the_folder_above(
+    setup,  # type: ignore[no-untyped-def]
+) -> None:
+    """The red team's restore_owner: Alice removed the folder a quarantined photo came from;
+    the restore made it again as root's (0755), and she could no longer move or delete her
+    own photo. Folders a restore makes are given to the owner of the folder above."""
+    store, root, q = setup
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    action_id = actions.quarantine(near, None, 4, "test")
+    shutil.rmtree(root / "sub")
+    os.chown(root, 23456, 23457)  # Alice's
+    assert actions.restore(action_id) == root / "sub" / "near.jpg"
+    made = os.stat(root / "sub")
+    assert (made.st_uid, made.st_gid) == (23456, 23457)
+
+
 def test_a_restore_whose_quarantine_name_cannot_be_dropped_is_done(
     setup, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:

@@ -655,6 +655,42 @@ def test_an_exact_copy_whose_keeper_is_on_another_filesystem_is_never_deleted(
     assert len(kept) == 2 and all(hashlib.sha256(p.read_bytes()).hexdigest() == sha for p in kept)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of two users: needs root")
+def test_an_exact_copy_whose_keeper_belongs_to_another_user_is_quarantined_not_deleted(
+    tmp_path: Path,
+) -> None:
+    """The red team's crossuser: roots of Alice and Bob on one filesystem, `exact: delete`.
+    Alice's synced copy of a photo Bob sent her was deleted with Bob's as the keeper; Bob
+    removed his, and the photo was gone. A delete's keeper must belong to the same user:
+    otherwise the copy is quarantined (restorable), and a purge keeps it while the keeper
+    is another user's."""
+    alice, bob = (tmp_path / "alice").resolve(), (tmp_path / "bob").resolve()
+    photos.copy(photos.photo("coffee"), alice / "IMG_2041.jpg")
+    photos.copy(photos.photo("coffee"), bob / "for-alice.jpg")
+    for owner, folder in ((23456, alice), (12345, bob)):
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, owner, owner)
+    q = (tmp_path / "quarantine").resolve()
+    config = _two_roots_config(tmp_path, alice, bob, q)
+    report = _scan_json(config)
+    (act,) = report["actions"]
+    assert act["target"] == str(alice / "IMG_2041.jpg")
+    assert act["keeper"] == str(bob / "for-alice.jpg")
+    assert (act["action"], act["result"]) == ("quarantine", "done")
+    assert "quarantined, not deleted: its keeper belongs to another user" in act["rule"]
+    (quarantined,) = q.rglob("IMG_2041.jpg")
+    assert quarantined.stat().st_uid == 23456  # still Alice's
+
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+
+    with Store(load_config(config).database) as store:
+        assert Actions(store, q).purge(0) == []
+        (refused,) = store.actions("kind = 'purge'")
+        assert refused.state == "failed" and "belongs to another user" in (refused.error or "")
+    assert quarantined.exists() and (bob / "for-alice.jpg").exists()
+
+
 def test_a_delete_refused_by_descriptor_for_a_keeper_elsewhere_quarantines_instead(
     tmp_path: Path, elsewhere: Path
 ) -> None:
