@@ -230,8 +230,11 @@ def _walk_from(
                 except OSError:
                     continue  # vanished meanwhile
             levels.append(_Level(fd, name, relpath, identity, folders))
-            if len(levels) > HELD_LEVELS + 1:  # shed the shallowest held but the root's
-                shed = levels[-HELD_LEVELS - 1]
+            # The level falling out of the deepest HELD_LEVELS is shed (the root never is),
+            # unless it was already: climbing back and down into a sibling moves the window
+            # over levels shed before.
+            shed = levels[-HELD_LEVELS - 1] if len(levels) > HELD_LEVELS + 1 else None
+            if shed is not None and shed.fd >= 0:
                 os.close(shed.fd)
                 shed.fd = -1
             fd = -1
@@ -242,7 +245,7 @@ def _walk_from(
                     if parent.fd >= 0 and parent.fd != root_fd:
                         os.close(parent.fd)
                     continue
-                if parent.fd < 0 and not _reopen(levels):
+                if parent.fd < 0 and not _reopen(root, levels, unreadable):
                     continue  # moved or replaced since: what is left of it is not walked
                 name = parent.folders.pop()
                 relpath = os.path.join(parent.relpath, name)
@@ -267,18 +270,24 @@ def _walk_from(
                 os.close(level.fd)
 
 
-def _reopen(levels: list[_Level]) -> bool:
+def _reopen(
+    root: str, levels: list[_Level], unreadable: list[tuple[str, str]] | None
+) -> bool:
     """Open the deepest level again (its descriptor was shed), and those on the way that
     are among the deepest HELD_LEVELS, each from the one above by name, and checked to be
     the folder listed before. A folder on the way moved away or replaced since (by a link,
-    or another folder) ends the walk of all below it: they are dropped (False)."""
+    or another folder) ends the walk of all below it: they are dropped (False). One that
+    cannot be opened otherwise (its permissions changed, no descriptor left) is dropped as
+    well, and added to `unreadable`, so that the records under it are kept as they are."""
     first = max(i for i, level in enumerate(levels) if level.fd >= 0) + 1
     keep = len(levels) - HELD_LEVELS  # shallower levels than this one are closed again
     for i in range(first, len(levels)):
         above, level = levels[i - 1], levels[i]
         try:
             fd = safefs.open_dir_at(above.fd, level.name)
-        except OSError:
+        except OSError as exc:
+            if unreadable is not None and exc.errno not in _GONE:
+                unreadable.append((os.path.join(root, level.relpath), _strerror(exc)))
             fd = -1
         if fd >= 0:
             st = os.fstat(fd)

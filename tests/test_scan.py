@@ -1281,6 +1281,59 @@ def test_a_walk_holds_a_bounded_number_of_descriptors_however_deep_the_tree(
     assert len(os.listdir("/proc/self/fd")) == baseline
 
 
+def test_a_fork_deeper_than_the_held_levels_is_walked_whole(tmp_path: Path) -> None:
+    """Two sub-folders under a folder 80 levels deep: the walk climbed back out of the
+    first and down into the second, over levels it had shed already, and closed a shed
+    descriptor again (EBADF): every reconcile and scan failed, and the daemon did not start
+    (found by review)."""
+    from dedupd.scanner import HELD_LEVELS
+
+    root = tmp_path / "root"
+    fork = _chain(root / "a", 80)
+    for branch in ("x", "y"):
+        _chain(fork / branch, 50)
+    baseline = len(os.listdir("/proc/self/fd"))
+    unreadable: list[tuple[str, str]] = []
+    most, found = 0, []
+    for entry in walk(str(root), NameFilter(Config().watch), (), unreadable):
+        most = max(most, len(os.listdir("/proc/self/fd")) - baseline)
+        found.append(entry.relpath)
+    assert unreadable == []
+    assert len(found) == 3  # at 50 levels down, and one at the bottom of each branch
+    assert most <= HELD_LEVELS + 2
+    assert len(os.listdir("/proc/self/fd")) == baseline
+
+
+def test_a_shed_folder_that_cannot_be_opened_again_is_unreadable_not_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shed level that cannot be opened again when the walk climbs back (its permissions
+    changed meanwhile, no descriptor left) was dropped silently: the photos under it were
+    marked missing. It is reported unreadable, so that their records are kept."""
+    import errno
+
+    from dedupd import scanner
+
+    monkeypatch.setattr(scanner, "HELD_LEVELS", 2)
+    root = tmp_path / "root"
+    for chain in ("x", "y"):
+        _chain(root / "a" / chain, 100)
+    unreadable: list[tuple[str, str]] = []
+    found = walk(str(root), NameFilter(Config().watch), (), unreadable)
+    first = next(found)  # deep in one chain: "a" is shed, the other chain still to visit
+    assert first.relpath.count("/") > 5
+    real = safefs.open_dir_at
+
+    def refused(dir_fd: int, name: str) -> int:
+        if name == "a":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(dir_fd, name)
+
+    monkeypatch.setattr(safefs, "open_dir_at", refused)
+    list(found)
+    assert unreadable == [(str(root / "a"), "Permission denied")]
+
+
 def test_a_folder_swapped_while_its_descriptor_was_shed_is_not_entered_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
