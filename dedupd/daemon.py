@@ -627,13 +627,13 @@ class Daemon:
             polling = [r for r, state in self.watcher.states.items() if state == "polling"]
             self.pipeline.rescan_due.update(polling)
         if now >= self._next_rescan:
-            self.watcher.watch_again()  # a limit raised since, a tree too deep gone
             self.pipeline.rescan_due.update(self.roots)
         if self.pipeline.rescan_due and not self.pipeline.backlog:
             roots = sorted(self.pipeline.rescan_due)
             self.pipeline.rescan_due.clear()
-            if set(roots) == set(self.roots):
+            if set(roots) == set(self.roots):  # the full rescan, once the backlog is done
                 self._next_rescan = now + self.config.watch.rescan_interval
+                self.watcher.watch_again()  # a limit raised since, a tree too deep gone
             self._queue_reconcile(roots)
 
     def _check_database(self) -> None:

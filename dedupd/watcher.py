@@ -333,7 +333,10 @@ class Watcher:
         """Watch each "polling" root again, from scratch: the watch limit may have been
         raised (`sysctl`), the tree too deep to watch may be gone. Those still not watched
         whole are "polling" again, logged again (once per full rescan). Returns the roots
-        now watched whole, which the caller reconciles (their events were lost)."""
+        now watched whole, which the caller reconciles (their events were lost). Nothing
+        while the observer's threads are dead: `revive` replaces it first."""
+        if not self.alive():
+            return []
         polling = [r for r, state in self.states.items() if state == "polling"]
         watched = [r for r in polling if self.add_root(r) == "watching"]
         for root in watched:

@@ -1244,6 +1244,45 @@ def test_a_polling_root_says_why_and_is_watched_again_once_the_limit_is_raised(
         )
 
 
+def test_a_polling_root_is_not_watched_again_while_the_full_rescan_waits_for_a_backlog(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full rescan waits for the backlog; the retry of a polling root's watch waited for
+    nothing: once a rescan was due, every turn of the loop rebuilt that root's whole watch
+    and logged `watch_limit_reached` again (hundreds of times in seconds; found by review).
+    It is retried when the full rescan starts, once."""
+    import errno
+
+    from watchdog.observers.api import BaseObserver
+
+    real = BaseObserver.schedule
+    tried: list[str] = []
+
+    def schedule(self: BaseObserver, handler: Any, path: str, **kw: Any) -> Any:
+        if path == str(env.root):
+            tried.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, handler, path, **kw)
+
+    monkeypatch.setattr(BaseObserver, "schedule", schedule)
+    env.config.write_text(
+        env.config.read_text().replace("rescan_interval: 1h", "rescan_interval: 1")
+    )
+    rng = random.Random(5)
+    for i in range(12):  # more than the pool holds (2 workers): a backlog stays queued
+        tiny = env.archive / f"wait-{i:02}.png"
+        Image.frombytes("L", (24, 24), rng.randbytes(576)).save(tiny)
+        os.utime(tiny, (1_000_000_000, 1_000_000_000))  # settled long ago: a backlog file
+    with running(env, work=workers.scripted) as daemon:
+        wait_for(lambda: daemon.pool.in_flight > 0 and daemon.pipeline.backlog, what="backlog")
+        before = len(tried)
+        time.sleep(3.0)  # absence check: three rescan intervals while the backlog waits
+        assert daemon.pipeline.backlog, "the backlog ended: nothing tested"
+        assert len(tried) == before
+        (env.archive / "release").touch()
+        wait_for(lambda: len(tried) > before, what="the full rescan's retry")
+
+
 @pytest.mark.skipif(not dedupd.watcher._INOTIFY, reason="inotify only (Linux)")
 def test_folders_the_watch_limit_leaves_unwatched_make_their_root_polling(
     env: Env, monkeypatch: pytest.MonkeyPatch
