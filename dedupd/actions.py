@@ -1072,9 +1072,10 @@ class Actions:
     def _motion_copy_kept(self, q: ActionRecord, half: _Half, fd: int) -> None:
         """A quarantined Live Photo's motion file (open as `fd`) is purged only while a copy
         with the same bytes is present outside the quarantine: recorded as present, and
-        verified as a keeper is (`_check_keeper`, then its sha256). The still's keeper may
-        have no motion file at all (a JPEG copy of the still): the quarantined clip is then
-        the only one, and so it is when a copy of it was deleted with this file as keeper.
+        verified as a keeper is (`_check_keeper`, its owner, then its sha256). The still's
+        keeper may have no motion file at all (a JPEG copy of the still): the quarantined
+        clip is then the only one, and so it is when a copy of it was deleted with this file
+        as keeper.
         The copies looked at: the keeper's own motion file, then any file recorded with
         those bytes. A pair quarantined by hand, without a keeper, is purged as asked."""
         if q.keeper_id is None and q.keeper_path is None:
@@ -1091,8 +1092,10 @@ class Actions:
             try:
                 with _fd(self._check_keeper(copy, copy, None)) as kfd:
                     k = os.fstat(kfd)
-                    if (k.st_dev, k.st_ino) != (mine.st_dev, mine.st_ino) and (
-                        safefs.sha256_fd(kfd) == half.sha256
+                    if (
+                        (k.st_dev, k.st_ino) != (mine.st_dev, mine.st_ino)
+                        and not self._owners_differ(q, mine, k)
+                        and safefs.sha256_fd(kfd) == half.sha256
                     ):
                         return
             except (OSError, DedupdError):
@@ -1132,10 +1135,7 @@ class Actions:
             ) from exc
         if this:
             raise ActionError(f"{q.dst}: its keeper {keeper.path} is this very file; {keep}")
-        # Another user's keeper is theirs to delete (as for a delete, `_same_filesystem`).
-        # A file dedupd's own user owns in quarantine may be a copy it made across disks
-        # without the right to keep its owner: that says nothing of whose it was.
-        if k.st_uid != mine.st_uid and mine.st_uid != os.geteuid():
+        if self._owners_differ(q, mine, k):  # theirs to delete, as for a delete
             raise ActionError(
                 f"{q.dst}: its keeper {keeper.path} belongs to another user (uid {k.st_uid}), "
                 f"who may delete it; {keep}"
@@ -1144,6 +1144,17 @@ class Actions:
             raise ActionError(
                 f"{q.dst}: its keeper {keeper.path} no longer holds its recorded bytes; {keep}"
             )
+
+    def _owners_differ(self, q: ActionRecord, mine: os.stat_result, k: os.stat_result) -> bool:
+        """Whether the keeper `k` belongs to another user than the file `mine` quarantined by
+        `q` (another user's copy is theirs to delete, as for a delete: `_same_filesystem`).
+        A file dedupd copied into the quarantine from another filesystem, not as root, is
+        dedupd's own now: whose it was is not known, and not held against the keeper."""
+        if k.st_uid == mine.st_uid:
+            return False
+        record = self.store.file(q.file_id) if q.file_id is not None else None
+        copied = record is not None and record.dev is not None and record.dev != mine.st_dev
+        return not (copied and mine.st_uid == os.geteuid() != 0)
 
     def _kept_for(self, purge: ActionRecord) -> Callable[[int], None] | None:
         """The keeper check (`_keeper_kept`) of the quarantine a purge entry undoes."""

@@ -399,7 +399,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raw = self.rfile.read(size) if size else b"{}"
         try:
             body = json.loads(raw or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # not UTF-8, not JSON, an integer of 5,000 digits
             raise _BadRequest(400, "bad request", f"body is not JSON: {exc}") from exc
         except RecursionError as exc:  # `[[[[…` a few thousand deep: no request of ours
             raise _BadRequest(400, "bad request", "body is nested too deeply") from exc

@@ -253,7 +253,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _Refusal(413, f"at most {MAX_BODY} bytes")
         try:
             body = json.loads(self.rfile.read(size) or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # not UTF-8, not JSON, an integer of 5,000 digits
             raise _Refusal(400, f"body is not JSON: {exc}") from exc
         except RecursionError as exc:  # `[[[[…` a few thousand deep: no request of ours
             raise _Refusal(400, "body is nested too deeply") from exc

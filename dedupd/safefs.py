@@ -149,10 +149,7 @@ def open_dir(
                     pass
                 else:
                     if owned_as_parent and os.geteuid() == 0:
-                        above = os.fstat(fd)
-                        os.chown(
-                            part, above.st_uid, above.st_gid, dir_fd=fd, follow_symlinks=False
-                        )
+                        _give_to_parents_owner(fd, part)
                 next_fd = os.open(part, flags, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -166,6 +163,25 @@ def open_dir(
     except BaseException:
         os.close(fd)
         raise
+
+
+def _give_to_parents_owner(dir_fd: int, name: str) -> None:
+    """Give the folder `name` just made in `dir_fd` to that folder's owner, by descriptor:
+    whatever the parent's owner may have put in its place meanwhile (a link, a folder of
+    theirs) is not given away. Best effort: a filesystem that refuses root a chown (NFS
+    with root_squash) leaves it root's, and the restore goes on."""
+    try:
+        made = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return  # replaced already: the open after this says what is there
+    try:
+        if os.fstat(made).st_uid == os.geteuid():  # still the one made here
+            above = os.fstat(dir_fd)
+            os.fchown(made, above.st_uid, above.st_gid)
+    except OSError:
+        pass
+    finally:
+        os.close(made)
 
 
 def open_dir_at(dir_fd: int, name: str) -> int:

@@ -574,6 +574,31 @@ def test_a_folder_a_restore_makes_again_belongs_to_the_owner_of_the_folder_above
     assert (made.st_uid, made.st_gid) == (23456, 23457)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: needs root")
+def test_a_restore_goes_on_where_the_filesystem_refuses_root_a_chown(
+    setup,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NFS with root_squash refuses root a chown: the folder stays root's, and the photo is
+    restored all the same (found by review: the restore failed, leaving the folder made)."""
+    import errno
+
+    store, root, q = setup
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    action_id = actions.quarantine(near, None, 4, "test")
+    shutil.rmtree(root / "sub")
+    os.chown(root, 23456, 23457)
+
+    def refused(*args: object, **kw: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)
+    monkeypatch.setattr(os, "chown", refused)
+    assert actions.restore(action_id) == root / "sub" / "near.jpg"
+    assert _sha(root / "sub" / "near.jpg") == near.sha256
+
+
 def test_a_restore_whose_quarantine_name_cannot_be_dropped_is_done(
     setup, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:

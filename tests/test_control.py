@@ -229,6 +229,11 @@ def test_bad_requests_get_clean_errors_and_the_daemon_goes_on(env: Env, daemon: 
         sock, b"POST /v1/distinct HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(deep) + deep
     )
     assert status == 400 and "nested too deeply" in str(body["detail"])
+    digits = b'{"ids": [' + b"1" * 5000 + b"]}"  # over int's digit limit: a ValueError, a 500
+    status, body = raw(
+        sock, b"POST /v1/distinct HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(digits) + digits
+    )
+    assert status == 400 and "not JSON" in str(body["detail"])
     big = b"x" * (1 << 20)
     status, body = raw(
         sock, b"POST /v1/rescan HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(big) + big

@@ -172,6 +172,9 @@ def test_a_body_nested_too_deeply_is_a_bad_request_and_the_page_goes_on(lib: Lib
         }
         status, _, answer = review.request("POST", "/api/restore", b"[" * 20_000, headers)
         assert (status, _json(answer)) == (400, {"error": "body is nested too deeply"})
+        digits = b'{"ids": [' + b"1" * 5000 + b"]}"  # over int's digit limit: a ValueError
+        status, _, answer = review.request("POST", "/api/restore", digits, headers)
+        assert status == 400 and "not JSON" in str(_json(answer)["error"])
         status, _, _ = review.request("GET", "/api/quarantine", headers=headers)
         assert status == 200
 
