@@ -107,6 +107,10 @@ class DatabaseLock:
         # O_NONBLOCK: opening a FIFO planted there would wait for a writer, forever
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         real = os.path.realpath(self.database)
+        # Looked at before it is opened: opening a device may act (a watchdog device arms)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.stat(real, follow_symlinks=False).st_mode):
+                raise StoreError(f"{real}: the database is not a regular file")
         try:
             fd = os.open(real, flags | (os.O_CREAT if create else 0), 0o644)  # SQLite's mode
         except FileNotFoundError:

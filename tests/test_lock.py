@@ -204,3 +204,25 @@ def test_a_fifo_or_folder_at_the_database_or_lock_path_is_refused_at_once(
         os.waitpid(pid, 0)
         pytest.fail(f"a {planted} at the {at} path hung the lock")
     assert path.is_fifo() if planted == "fifo" else path.is_dir()
+
+
+def test_a_device_at_the_database_path_is_refused_without_being_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a device may act (a watchdog device arms, a tape rewinds): one at the
+    database's path is refused from its stat, never opened."""
+    import stat
+
+    db = tmp_path / "dedupd.db"
+    os.mknod(db, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # what /dev/null is
+    opened: list[str] = []
+    real = os.open
+
+    def watched(path: object, *args: object, **kw: object) -> int:
+        opened.append(str(path))
+        return real(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", watched)
+    with pytest.raises(StoreError, match="not a regular file"):
+        DatabaseLock(db, "daemon").acquire()
+    assert str(db) not in opened
