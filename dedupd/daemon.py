@@ -631,9 +631,10 @@ class Daemon:
         if self.pipeline.rescan_due and not self.pipeline.backlog:
             roots = sorted(self.pipeline.rescan_due)
             self.pipeline.rescan_due.clear()
-            if set(roots) == set(self.roots):  # the full rescan, once the backlog is done
+            if set(roots) == set(self.roots):
+                if now >= self._next_rescan:  # the full rescan, once the backlog is done
+                    self.watcher.watch_again()  # a limit raised since, a tree too deep gone
                 self._next_rescan = now + self.config.watch.rescan_interval
-                self.watcher.watch_again()  # a limit raised since, a tree too deep gone
             self._queue_reconcile(roots)
 
     def _check_database(self) -> None:
