@@ -151,6 +151,20 @@ class _Waiting:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+def _chmod_socket(path: Path, mode: int) -> None:
+    """chmod the socket just bound at `path`, through a descriptor of what is there now
+    (O_PATH, no link followed): chmod(path) follows a link, so in a folder others may
+    write, one swapped in after the bind had root chmod whatever it named. ConfigError
+    when no socket is there any more."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: replaced by something else while it was set up")
+        os.chmod(f"/proc/self/fd/{fd}", mode)  # fchmod refuses an O_PATH descriptor
+    finally:
+        os.close(fd)
+
+
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """One thread per connection; started and stopped by the daemon.
 
@@ -176,7 +190,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 " to a path this user may create, at most 107 bytes long",
                 key="socket",
             ) from exc
-        os.chmod(path, 0o660)
+        _chmod_socket(path, 0o660)
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="dedupd-control"
         )

@@ -827,3 +827,28 @@ def test_other_methods_get_405_on_an_endpoint_and_404_elsewhere(
         s.sendall(f"{method} /v1/search HTTP/1.0\r\n\r\n".encode())
         head = s.recv(65536).split(b"\r\n\r\n")[0].decode()
     assert "\r\nAllow: GET, POST" in head
+
+
+def test_the_socket_is_chmodded_through_a_descriptor_never_through_a_link(tmp_path: Path) -> None:
+    """chmod(path) after the bind followed a link: in a folder others may write, a link
+    swapped in after the bind had root chmod whatever it named (red team). The mode is set
+    on what is at the path, no link followed; anything but a socket there is refused."""
+    import socket
+    import stat
+
+    from dedupd.control import _chmod_socket
+    from dedupd.errors import ConfigError
+
+    path = tmp_path / "dedupd.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        _chmod_socket(path, 0o660)
+        assert stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode) == 0o660
+        path.rename(tmp_path / "moved.sock")
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    path.symlink_to(victim)
+    with pytest.raises(ConfigError, match="replaced"):
+        _chmod_socket(path, 0o660)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
