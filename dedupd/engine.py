@@ -913,6 +913,7 @@ class Ingest:
             dry_run=self.config.dry_run,
             quarantine=self.config.quarantine.path is not None,
         )
+        decision = _keeper_holds_the_clip(decision, newcomer.id, found)
         return self._settle(newcomer, sha256, path, self._respect_restores(newcomer, decision))
 
     def _hold_for_full_decode(self, newcomer: FileRecord, decision: Decision) -> str | None:
@@ -1164,6 +1165,42 @@ class Ingest:
             **({"crop": detail} if detail is not None else {}),
         )
         return Outcome(path, decision, result)
+
+
+# A clip moves (into quarantine) only when the clip kept holds this share of its frames at
+# least: "the same video" (SAME_SHARE of each clip's frames) allows a re-cut, and two takes
+# that share their first seconds are the same video by that measure, but the one moved held
+# seconds the other lacks, and a purge then deleted them (found by a red-team run).
+WHOLE_CLIP_SHARE = 0.95
+
+
+def _keeper_holds_the_clip(
+    decision: Decision,
+    newcomer_id: int,
+    found: Mapping[int, tuple[int, MatchKind, Mapping[str, object] | None]],
+) -> Decision:
+    """`decision`, or a report in its place when it would move a clip ("video" match) whose
+    frames the keeper does not hold (nearly) all of: only reported, saying how much."""
+    if not decision.acts or decision.kind != "video":
+        return decision
+    if decision.target is None or decision.keeper is None:
+        return decision
+    if decision.target.id == newcomer_id:  # the newcomer moves: its own frames matched
+        match, matched, frames = found.get(decision.keeper.id), "matched", "frames"
+    else:  # the clip matched moves: its frames the newcomer holds
+        match, matched, frames = found.get(decision.target.id), "other_matched", "other_frames"
+    detail = match[2] if match is not None else None
+    if not detail or not detail.get(frames):
+        return decision
+    share = int(detail[matched]) / int(detail[frames])  # type: ignore[call-overload]
+    if share >= WHOLE_CLIP_SHARE:
+        return decision
+    return replace(
+        decision,
+        action="report",
+        rule=f"not moved: {share:.0%} of its frames are in the clip kept, which lacks the "
+        f"rest; {decision.rule}",
+    )
 
 
 @dataclass(slots=True)

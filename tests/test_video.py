@@ -109,6 +109,46 @@ def test_a_reencoded_copy_is_found_and_quarantined_by_policy(
     assert [p.name for p in (tmp_path / "quarantine").rglob("*.mov")] == ["cut-wa.mov"]
 
 
+def _take(dst: Path, tail: str) -> Path:
+    """10 s: 7 s of a camera move over one photo, then 3 s over `tail`'s."""
+    from PIL import Image
+
+    size, fps = (192, 108), 10
+    with Image.open(photos.photo("astronaut")) as im:
+        shared = im.convert("RGB")
+    with Image.open(photos.photo(tail)) as im:
+        own = im.convert("RGB")
+    out, stream = clips._writer(dst, size, fps, fps, 23, "libx264")
+    for i in range(7 * fps):
+        clips._encode(out, stream, clips._view(shared, i / (7 * fps - 1), size))
+    for i in range(3 * fps):
+        clips._encode(out, stream, clips._view(own, i / (3 * fps - 1), size))
+    clips._finish(out, stream)
+    return dst
+
+
+def test_two_takes_that_share_their_first_seconds_are_reported_never_moved(
+    tmp_path: Path,
+) -> None:
+    """The red team's vidprefix: two 10 s takes sharing their first 7 s are "the same video"
+    (70% of each clip's frames match), and the later one was quarantined; a purge then
+    deleted its last 3 s, which the clip kept lacks. A clip moves only when the clip kept
+    holds (nearly) every frame of it; this pair is only reported, saying why."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i, (name, tail) in enumerate([("take1.mp4", "coffee"), ("take2.mp4", "chelsea")]):
+        _take(root / name, tail)
+        os.utime(root / name, ns=(1_600_000_000_000_000_000 + i * 10**9,) * 2)
+    config = _config(tmp_path, root, act=True)
+    report = _scan(config)
+    assert not report.failed
+    (outcome,) = report.outcomes
+    assert (outcome.decision.kind, outcome.decision.action) == ("video", "report")
+    assert outcome.decision.rule.startswith("not moved: ")
+    assert "of its frames are in the clip kept" in outcome.decision.rule
+    assert sorted(p.name for p in root.iterdir()) == ["take1.mp4", "take2.mp4"]
+
+
 def test_a_better_clip_arriving_later_moves_no_existing_clip_without_act_on_existing(
     clip_dir: Path, tmp_path: Path
 ) -> None:
