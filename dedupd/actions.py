@@ -1075,9 +1075,8 @@ class Actions:
         verified as a keeper is (`_check_keeper`, its owner, then its sha256). The still's
         keeper may have no motion file at all (a JPEG copy of the still): the quarantined
         clip is then the only one, and so it is when a copy of it was deleted with this file
-        as keeper.
-        The copies looked at: the keeper's own motion file, then any file recorded with
-        those bytes. A pair quarantined by hand, without a keeper, is purged as asked."""
+        as keeper. The copies looked at: the keeper's own motion file, then any file recorded
+        with those bytes. A pair quarantined by hand, without a keeper, is purged as asked."""
         if q.keeper_id is None and q.keeper_path is None:
             return
         mine = os.fstat(fd)
