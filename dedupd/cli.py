@@ -3,7 +3,8 @@
 Exit codes: 0 ok · 1 nothing found / not found (like grep); for `dedupctl status`: a root is
 unavailable (missing, not mounted, or through another user's link) · 2 usage or configuration
 error (for `dedupd run` also: the database cannot be opened, or another dedupd holds it) · 3 the
-daemon is not running or does not answer (dedupctl) · 4 busy: another process holds the
+daemon is not running or does not answer, what answers is not dedupd's, or it runs as a user
+dedupctl does not trust (dedupctl) · 4 busy: another process holds the
 database (`dedupd scan`, dedupctl working offline), or the daemon answered that it is busy or
 stopping (dedupctl). `dedupd run` exits 1 when it stopped because its database was lost.
 130: `dedupd scan` was interrupted (Ctrl-C), as a shell reports a command killed by SIGINT.
@@ -481,8 +482,9 @@ def dedupctl(
     load, status, quarantine list, rescan and reload still ask the daemon (and warn); the
     other commands need it.
     Exit codes: 0 ok, 1 nothing found (status: a root is unavailable), 2 usage or config
-    error, 3 daemon not running or not answering, 4 busy (the daemon is busy or stopping, or
-    another process holds the database).
+    error, 3 daemon not running or not answering, or not trusted (it runs as another user
+    than root, you or dedupd, or its answer is not dedupd's), 4 busy (the daemon is busy or
+    stopping, or another process holds the database).
     """
     _lossless_output()
     _configure_logging("warning")

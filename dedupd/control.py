@@ -20,24 +20,29 @@ import os
 import socket
 import socketserver
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import structlog
 
+from dedupd import shapes
 from dedupd.config import parse_duration
 from dedupd.errors import (  # the daemon's errors live there, so the CLI need not import this
     Busy,
     ConfigError,
+    DaemonAnswerInvalid,
     DaemonBusy,
     DaemonNotRunning,
     DaemonPermissionDenied,
     DaemonStopping,
     DaemonUnavailable,
+    DaemonUntrusted,
     DedupdError,
     NotFoundError,
     Refused,
@@ -51,13 +56,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API",
+    "SERVICE_USER",
     "ControlClient",
     "ControlServer",
+    "DaemonAnswerInvalid",
     "DaemonBusy",
     "DaemonNotRunning",
     "DaemonPermissionDenied",
     "DaemonUnavailable",
+    "DaemonUntrusted",
+    "Peer",
     "RequestError",
+    "peer_of",
 ]
 
 log = structlog.get_logger("dedupd.control")
@@ -609,16 +619,80 @@ ROUTES: dict[tuple[str, str], Route] = {
 # -- client -------------------------------------------------------------------------------------
 
 
+# The user the system unit runs the daemon as (units/dedupd.service: User=dedupd), whose
+# group dedupctl's users join to reach /run/dedupd/dedupd.sock.
+SERVICE_USER = "dedupd"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process listening at the other end of a connection, as the kernel knows it."""
+
+    pid: int
+    uid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """Who listens at the other end of the connected Unix socket `sock`: SO_PEERCRED, the
+    credentials the kernel took when that process called listen(). Unlike the owner of the
+    socket's file, which says who made a name, this is the process that answers."""
+    ucred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    pid, uid, _gid = struct.unpack("iII", ucred)
+    return Peer(pid, uid)
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _service_uid() -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def _check_peer(path: Path, peer: Peer) -> None:
+    """Raise DaemonUntrusted unless `peer` runs as root, as this user, or as the system
+    service's user: anyone else who made a socket at the path (in a folder others may
+    write, or named with --socket or `socket:`) could answer whatever they like, and learn
+    what dedupctl asks (the paths to restore, the hashes of a query image)."""
+    me = os.geteuid()
+    if peer.uid in (0, me):
+        return
+    service = _service_uid()  # looked up only now: a name service may be slow
+    if peer.uid == service:
+        return
+    allowed = (
+        f"root, as you (uid {me}) or as the service user {SERVICE_USER} (uid {service})"
+        if service is not None
+        else f"root or as you (uid {me}), and no user {SERVICE_USER} exists here"
+    )
+    raise DaemonUntrusted(
+        f"{path}: the process listening there (pid {peer.pid}) runs as {_user(peer.uid)},"
+        f" not as {allowed}; not asking it: stop it, or pass your daemon's socket with"
+        " --socket"
+    )
+
+
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float):
+    def __init__(self, path: Path, timeout: float, peer: Callable[[socket.socket], Peer]):
         super().__init__("dedupd", timeout=timeout)
-        self.unix_path = path
+        self.unix_path, self._peer = path, peer
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(str(self.unix_path))
+            _check_peer(self.unix_path, self._peer(sock))  # before a byte is sent
         except BaseException:
             sock.close()
             raise
@@ -641,10 +715,23 @@ def _join_advice(path: Path) -> str:
 
 class ControlClient:
     """dedupctl's side: one request per call. Raises a DaemonUnavailable (which one says
-    whether a daemon is there at all), NotFoundError or RequestError."""
+    whether a daemon is there at all), NotFoundError or RequestError.
 
-    def __init__(self, path: Path, timeout: float = COMMAND_TIMEOUT + 5):
+    Everything the socket answers is checked here, before any of dedupctl uses it: who
+    listens (root, this user or the service user; else DaemonUntrusted, and nothing is
+    sent), and that the answer is JSON of its endpoint's shape (`shapes.ANSWERS`; else
+    DaemonAnswerInvalid). `peer` says who listens on a connected socket (default
+    `peer_of`; tests pretend to be someone else with it)."""
+
+    def __init__(
+        self,
+        path: Path,
+        timeout: float = COMMAND_TIMEOUT + 5,
+        *,
+        peer: Callable[[socket.socket], Peer] | None = None,
+    ):
         self.path, self.timeout = path, timeout
+        self._peer = peer
 
     def get(self, endpoint: str, **params: Any) -> dict[str, Any]:
         query = urlencode(
@@ -652,19 +739,23 @@ class ControlClient:
             encoding="utf-8",
             errors="surrogateescape",  # a path that is not UTF-8 is sent as its own bytes
         )
-        return self._request("GET", f"{API}/{endpoint}" + (f"?{query}" if query else ""), None)
+        return self._request("GET", endpoint, query, None)
 
     def post(self, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._request("POST", f"{API}/{endpoint}", body or {})
+        return self._request("POST", endpoint, "", body or {})
 
-    def _request(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        conn = _UnixConnection(self.path, self.timeout)
+    def _request(
+        self, method: str, endpoint: str, query: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        shape = shapes.ANSWERS[endpoint]  # KeyError: a request dedupd has no endpoint for
+        url = f"{API}/{endpoint}"
+        conn = _UnixConnection(self.path, self.timeout, self._peer or peer_of)
         try:
             data = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, url, body=data, headers=headers)
+            conn.request(method, url + (f"?{query}" if query else ""), body=data, headers=headers)
             response = conn.getresponse()
-            answer = json.loads(response.read() or b"{}")
+            raw = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonNotRunning(
                 f"dedupd is not running (nothing answers on {self.path}); start it with "
@@ -678,8 +769,14 @@ class ControlClient:
             raise DaemonPermissionDenied(
                 f"{self.path}: permission denied; {_join_advice(self.path)}"
             ) from exc
-        except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
+        except (ConnectionError, TimeoutError) as exc:  # also a hang-up before any answer
             raise DaemonUnavailable(f"dedupd did not answer on {self.path}: {exc!r}") from exc
+        except http.client.IncompleteRead as exc:
+            raise self._invalid(
+                method, url, f"it was cut short (its body ended after {len(exc.partial)} bytes)"
+            ) from exc
+        except http.client.HTTPException as exc:  # a status line or header that is not HTTP
+            raise self._invalid(method, url, f"it is not HTTP ({type(exc).__name__})") from exc
         except OSError as exc:  # a path no socket can have: too long, through a file
             raise DaemonUnavailable(
                 f"cannot connect to {self.path}: {exc.strerror or exc}; pass the daemon's "
@@ -687,15 +784,39 @@ class ControlClient:
             ) from exc
         finally:
             conn.close()
+        answer = self._checked(method, url, response.status, raw, shape)
         if response.status == 503:
-            state = answer.get("error")
-            state = state if state in ("busy", "stopping") else "busy"
+            state = answer["error"] if answer["error"] in ("busy", "stopping") else "busy"
             raise DaemonBusy(state, answer.get("detail"))
         if response.status >= 400:
-            if response.status == 404 and answer.get("error") == "not found":
+            if response.status == 404 and answer["error"] == "not found":
                 raise NotFoundError(answer.get("detail") or "not found")
-            known = _RELAYED.get(answer.get("error", ""))
+            known = _RELAYED.get(answer["error"])
             if response.status == 400 and known is not None and answer.get("detail"):
                 raise known(answer["detail"])  # as the local backend says it, word for word
-            raise RequestError(response.status, answer.get("error", "error"), answer.get("detail"))
+            raise RequestError(response.status, answer["error"], answer.get("detail"))
+        return answer
+
+    def _checked(
+        self, method: str, url: str, status: int, raw: bytes, shape: shapes.Shape
+    ) -> dict[str, Any]:
+        """The answer `raw` as JSON, when it has `shape` (for 200; the error shape for a
+        4xx or 5xx). Raises DaemonAnswerInvalid."""
+        if status != 200 and not 400 <= status < 600:
+            raise self._invalid(method, url, f"its status is {status}, which dedupd never sends")
+        try:
+            answer = json.loads(raw or b"{}")
+        except ValueError as exc:  # not UTF-8, not JSON, cut short, a 5,000-digit integer
+            raise self._invalid(method, url, f"it is not JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise self._invalid(method, url, "it is JSON nested too deeply") from exc
+        wrong = shapes.problem(shape if status == 200 else shapes.ERROR, answer)
+        if wrong is not None:
+            raise self._invalid(method, url, wrong)
         return answer  # type: ignore[no-any-return]
+
+    def _invalid(self, method: str, url: str, what: str) -> DaemonAnswerInvalid:
+        return DaemonAnswerInvalid(
+            f"the answer on {self.path} to {method} {url} is not dedupd's: {what}; not using"
+            " it (is another program, or a dedupd of another version, listening there?)"
+        )

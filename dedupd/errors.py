@@ -5,11 +5,13 @@ from __future__ import annotations
 __all__ = [
     "Busy",
     "ConfigError",
+    "DaemonAnswerInvalid",
     "DaemonBusy",
     "DaemonNotRunning",
     "DaemonPermissionDenied",
     "DaemonStopping",
     "DaemonUnavailable",
+    "DaemonUntrusted",
     "DedupdError",
     "ImageError",
     "NotFoundError",
@@ -77,6 +79,19 @@ class DaemonNotRunning(DaemonUnavailable):
 
 class DaemonPermissionDenied(DaemonUnavailable):
     """The socket exists but this user may not connect to it."""
+
+
+class DaemonUntrusted(DaemonUnavailable):
+    """The process listening on the socket runs as a user dedupctl does not trust (not root,
+    not the caller, not the service user): nothing was sent to it, and it is never a reason
+    to work on the database instead."""
+
+
+class DaemonAnswerInvalid(DaemonUnavailable):
+    """Something answered on the socket, but not as dedupd answers (not HTTP, not JSON, cut
+    short, a field missing or of another type): the answer is not used, and it is never a
+    reason to work on the database instead. The message names the socket, the request and
+    what was wrong."""
 
 
 class DaemonBusy(DaemonUnavailable):

@@ -353,7 +353,9 @@ class DaemonService:
 
 
 class RemoteService:
-    """The daemon's service over its socket. Raises DaemonUnavailable and its kinds."""
+    """The daemon's service over its socket. Raises DaemonUnavailable and its kinds. Its
+    answers are checked as they arrive (`control.ControlClient`: who listens, and each
+    answer's shape), so those it returns are what `render` and the CLI may index into."""
 
     def __init__(self, client: ControlClient):
         self.client = client
@@ -570,8 +572,10 @@ class _DaemonElseDatabase:
 
     Trying the next socket is safe for any request: "not running" means the connection was
     refused (or the socket is missing), so nothing was sent. Only that case is worked
-    around: a busy or stopping daemon still owns the database, and one this user may not
-    talk to is still there, so those errors go to the caller. The first daemon that answers
+    around: a busy or stopping daemon still owns the database, one this user may not talk
+    to is still there, an answer that is not dedupd's may come from a daemon of another
+    version, and a process of another user at the path may be keeping the daemon from its
+    socket: those errors go to the caller, to be seen. The first daemon that answers
     is the one asked from then on. The daemon is asked again before every fallback: one
     started since (`dedupctl review` runs for hours) holds the database and is the writer."""
 
