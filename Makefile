@@ -70,6 +70,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/review.py
 	$(BIN)/python bench/video.py
+	$(BIN)/python bench/votes.py
 	$(BIN)/python bench/heic.py
 	@echo "bench/small.py needs perception in a venv of its own: see bench/README.md"
 
