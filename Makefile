@@ -68,6 +68,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/imports.py
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/likeness.py
 	$(BIN)/python bench/review.py
 	$(BIN)/python bench/video.py
 	$(BIN)/python bench/votes.py

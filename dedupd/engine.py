@@ -23,7 +23,14 @@ from dedupd import safefs
 from dedupd.actions import ActionError, Actions, KeeperElsewhere, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
 from dedupd.errors import NotFoundError
-from dedupd.filestat import FileStat, HashedImage, HashedVideo, LocalFeatures
+from dedupd.filestat import (
+    Counterpart,
+    FileStat,
+    HashedImage,
+    HashedVideo,
+    Likeness,
+    LocalFeatures,
+)
 from dedupd.hashers import INVERSE, TRANSFORMS, Hasher, Transform, second_opinion
 from dedupd.policy import Candidate, CropEvidence, Decision, SecondOpinion, decide, rank
 from dedupd.pool import Failure, HasherPool, Work, hash_file
@@ -94,6 +101,8 @@ CROP_REBUILD_AT_LEAST = 256
 # Photos whose parsed features the crop stage keeps between newcomers (`Ingest._crop_features`):
 # ~20 KB each (300 keypoints and descriptors, the 64 px patch, the words), 20 MB in all.
 FEATURES_KEPT = 1024
+# Pixel comparisons remembered (`Ingest._likeness`): a few hundred bytes each.
+LIKENESS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +254,14 @@ class Ingest:
         # hashed (known before the record is written: see `ingest`).
         self.confirm: deque[Entry] = deque()
         self._confirming: dict[tuple[str, str], bool] = {}
+        # What comparing two photos' pixels found (`dedupd.likeness`), by (the newcomer's
+        # sha256, the counterpart's path, stat and transform): a near match moves a file only
+        # once its pair was compared (`_compared`). Kept for the latest pairs only: a pair
+        # forgotten is compared again.
+        self._likeness: OrderedDict[tuple[str, str, FileStat, str], Likeness] = OrderedDict()
+        # Files whose own decision waits for their comparison, by place: until it is made,
+        # no other newcomer meets them (nor acts on them, or keeps them) as if they stayed.
+        self._comparing: dict[tuple[str, str], int] = {}
         # The folders walks skip (quarantine, database folder, staging): a record under one
         # (a photo recorded there before the quarantine was moved onto it, say) is no photo
         # of the library. Never a match, so never a keeper: its file is unknown to
@@ -261,7 +278,7 @@ class Ingest:
 
     def _not_yet(self, newcomer: FileRecord, ids: Iterable[int]) -> set[int]:
         """Of `ids`, the files `newcomer` is not matched against: see `redecide`,
-        `_gone_in_preview`, `_awaiting`."""
+        `_gone_in_preview`, `_awaiting`, `_comparing`."""
         place = (newcomer.stat.mtime_ns, str(newcomer.path))
         return {
             i
@@ -269,6 +286,7 @@ class Ingest:
             if i in self._pending
             or i in self._gone_in_preview
             or (i in self._awaiting and self._awaiting[i] > place)
+            or i in self._comparing.values()
         }
 
     def await_decisions(self, awaiting: Iterable[tuple[int, Entry]]) -> None:
@@ -400,6 +418,8 @@ class Ingest:
 
         Returns what was decided when the file has a duplicate (or a tombstone), else None.
         """
+        if entry.full_decode:
+            self._comparing.pop((entry.root, entry.relpath), None)
         if isinstance(result, Failure):
             if entry.full_decode:  # no decision waits for it any more
                 self._confirming.pop((entry.root, entry.relpath), None)
@@ -426,6 +446,12 @@ class Ingest:
             return None
         if isinstance(result, HashedVideo):
             return self._ingest_video(entry, result)
+        for counterpart, measured in result.likeness:
+            key = (result.sha256, counterpart.path, counterpart.stat, counterpart.transform)
+            self._likeness[key] = measured
+            self._likeness.move_to_end(key)
+            if len(self._likeness) > LIKENESS_KEPT:
+                self._likeness.popitem(last=False)
         place = (entry.root, entry.relpath)
         # None for a full decode no hold of this Ingest waits for (one queued before a
         # reload): decided as any upload
@@ -641,7 +667,15 @@ class Ingest:
         file_id = newcomer.id
         decision = self._respect_met(newcomer, decision)
         held = self._hold_for_full_decode(newcomer, decision)
+        comparing = False
+        if held is None:
+            decision, held = self._compared(newcomer, decision)
+            comparing = held is not None
         outcome = self.apply(decision, path, detail, held=held)
+        if comparing:
+            # Its 'deciding' note stays (or the note that made it due): decided again once
+            # compared, or by the next start if this one stops first.
+            return outcome
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -942,11 +976,57 @@ class Ingest:
             " decode"
         )
 
+    def _compared(self, newcomer: FileRecord, decision: Decision) -> tuple[Decision, str | None]:
+        """A near match moves a file only once a worker compared the two photos' pixels
+        (`dedupd.likeness`): the decision as that comparison judges it, or, before it was
+        made, the decision and why it waits (the newcomer is queued to be hashed again in
+        full and compared with the other file, then decided again). A dry run compares too:
+        it previews what a real run does, pair by pair and in the same order."""
+        target, keeper = decision.target, decision.keeper
+        if (
+            not decision.acts
+            or decision.kind != "near"
+            or target is None
+            or keeper is None
+            or newcomer.sha256 is None
+        ):
+            return decision, None
+        other = keeper if target.id == newcomer.id else target
+        transform = decision.transform or "identity"
+        counterpart = Counterpart(str(other.path), other.stat, transform)
+        found = self._likeness.get(
+            (newcomer.sha256, counterpart.path, counterpart.stat, transform)
+        )
+        if found is None:
+            place = (newcomer.root, newcomer.relpath)
+            self._confirming[place] = True
+            self._comparing[place] = newcomer.id
+            self.confirm.append(
+                Entry(
+                    newcomer.root,
+                    newcomer.relpath,
+                    newcomer.stat,
+                    full_decode=True,
+                    compare=(counterpart,),
+                )
+            )
+            return decision, f"held: its pixels are compared with {other.path} first"
+        from dedupd.likeness import refusal
+
+        why = refusal(found, moving_is_newcomer=target.id == newcomer.id)
+        if why is not None:
+            return replace(decision, action="report", rule=f"{why}; {decision.rule}"), None
+        return replace(
+            decision,
+            rule=f"{decision.rule}; pixels agree ({found.worst:.1f}% of a cell at most)",
+        ), None
+
     def dropped(self, entry: Entry) -> None:
         """`entry`'s result was not ingested (a newer version of the file was queued): a
         full decode's confirmation no longer waits for it."""
         if entry.full_decode:
             self._confirming.pop((entry.root, entry.relpath), None)
+            self._comparing.pop((entry.root, entry.relpath), None)
 
     def _confirm(self, record: FileRecord, decide: bool) -> None:
         """Queue `record`'s full decode once while one is pending; `decide`: its own decision
@@ -1643,6 +1723,10 @@ def ingest_all(
                 return
             for entry, result in pool.results(timeout=1.0):
                 outcome, result = ingest_guarded(ingest, entry, result)
+                if entry.full_decode:  # what a held decision came to replaces it
+                    report.outcomes = [
+                        o for o in report.outcomes if not _held_at(o, entry.path)
+                    ]
                 if outcome is not None and outcome.decision.action != "none":
                     report.outcomes.append(outcome)
                 if isinstance(result, Failure):
@@ -1656,6 +1740,10 @@ def ingest_all(
     finally:
         if own:
             pool.close()
+
+
+def _held_at(outcome: Outcome, path: str) -> bool:
+    return outcome.path == path and outcome.result.startswith("held")
 
 
 def _next(ingest: Ingest, todo: Iterator[Entry]) -> Entry | None:

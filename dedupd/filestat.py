@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from dedupd.live import Beside
 
-__all__ = ["FileStat", "HashedImage", "HashedVideo", "LocalFeatures"]
+__all__ = ["Counterpart", "FileStat", "HashedImage", "HashedVideo", "Likeness", "LocalFeatures"]
 
 
 class FileStat(NamedTuple):
@@ -45,6 +45,31 @@ class LocalFeatures(NamedTuple):
     patch: bytes = b""
 
 
+class Counterpart(NamedTuple):
+    """The file a newcomer's pixels are compared with before a near match moves either
+    (`dedupd.likeness`): the version its record names, and the rotation or mirror that takes
+    it to the newcomer (`hashers.TRANSFORMS`)."""
+
+    path: str
+    stat: FileStat
+    transform: str = "identity"
+
+
+class Likeness(NamedTuple):
+    """What comparing two photos' pixels found (`dedupd.likeness.compare`); judged by
+    `likeness.refusal`. `error` says why nothing could be compared (a file gone, changed or
+    unreadable): such a pair never moves."""
+
+    # the largest share (percent) of one cell's pixels that differ, aligned and tone-matched
+    worst: float
+    # the share of the newcomer's frame, and of the counterpart's, that the other one shows
+    cover: tuple[float, float] = (0.0, 0.0)
+    side: int = 0  # the long side, in px, the two were compared at
+    # the newcomer's and the counterpart's long side, in px, as compared (trimmed, drafted)
+    sides: tuple[int, int] = (0, 0)
+    error: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class HashedImage:
     stat: FileStat
@@ -71,6 +96,8 @@ class HashedImage:
     # The share of the frame's area the trim cut off (uniform borders: a letterbox, a
     # screenshot's canvas); 0.0 when it cut nothing.
     framed: float = 0.0
+    # What comparing its pixels with each file asked for (`Entry.compare`) found.
+    likeness: tuple[tuple[Counterpart, Likeness], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -482,5 +482,5 @@ class Pipeline:
                 target = outcome.decision.target
                 path = outcome.path if target is None else str(target.path)
                 self.counts.failures.append((path, action, outcome.result))
-            else:
+            elif not outcome.result.startswith("held"):  # counted once decided
                 self.counts.reported += 1

@@ -25,7 +25,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from multiprocessing.process import BaseProcess
@@ -34,7 +34,7 @@ from typing import Protocol
 import structlog
 
 from dedupd.errors import DedupdError, ImageError
-from dedupd.filestat import FileStat, HashedImage, HashedVideo
+from dedupd.filestat import Counterpart, FileStat, HashedImage, HashedVideo
 from dedupd.hashers import Hasher
 from dedupd.scanner import PATH_MAX, Entry, path_too_long
 
@@ -196,23 +196,42 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
                 os.read(woken, 512)
             continue  # look at `stopping` again
         try:
-            chunk: list[tuple[str, FileStat, bool]] | None = conn.recv()
+            chunk: list[tuple[str, FileStat, bool, tuple[Counterpart, ...]]] | None = conn.recv()
         except EOFError:
             return  # the parent is gone
         if chunk is None:
             return
-        for path, stat, full_decode in chunk:
+        for path, stat, full_decode, compare in chunk:
             try:
                 if full_decode:
                     result = full(path, stat, hashers, max_pixels)
                 else:
                     result = work(path, stat, hashers, max_pixels)
+                if compare and isinstance(result, HashedImage):
+                    result = _compared(result, path, compare, max_pixels)
             except Exception as exc:  # a pluggable `work` that raises still answers
                 result = Failure("internal", f"{type(exc).__name__}: {exc}")
             try:
                 conn.send(result)
             except OSError:  # the parent is gone: nobody to answer
                 return
+
+
+def _compared(
+    result: HashedImage, path: str, compare: tuple[Counterpart, ...], max_pixels: int
+) -> HashedImage:
+    """`result` with what comparing its pixels with each of `compare` found, measured here in
+    the worker like the hashes (a file that changed since it was hashed is not compared)."""
+    from dedupd import likeness
+
+    found = tuple(
+        (
+            c,
+            likeness.compare_files(path, c, max_pixels, expect=result.stat),
+        )
+        for c in compare
+    )
+    return replace(result, likeness=found)
 
 
 def _readable(fds: Sequence[int], timeout: float) -> set[int]:
@@ -439,7 +458,7 @@ class HasherPool:
                 continue
             chunk = [self._todo.popleft() for _ in range(min(size, len(self._todo)))]
             try:
-                w.conn.send([(e.path, e.stat, e.full_decode) for _, e in chunk])
+                w.conn.send([(e.path, e.stat, e.full_decode, e.compare) for _, e in chunk])
             except OSError:  # it died; _collect() notices, and these go to another worker
                 self._todo.extendleft(reversed(chunk))
                 continue

@@ -18,7 +18,7 @@ from typing import Literal
 from dedupd import safefs
 from dedupd.config import WatchConfig
 from dedupd.errors import NotFoundError
-from dedupd.filestat import FileStat
+from dedupd.filestat import Counterpart, FileStat
 from dedupd.store import FileRecord, Store
 
 __all__ = [
@@ -72,6 +72,9 @@ class Entry:
     # photo was decided when it arrived; "decide" when it lacks the index's own hash (the
     # index never held it) or its decision never came (a 'deciding' note).
     rehash: Rehash | None = None
+    # Files whose pixels the worker compares with this one's once hashed (`dedupd.likeness`):
+    # a near match waits for that before it moves either (`Ingest._compared`).
+    compare: tuple[Counterpart, ...] = ()
 
     @property
     def path(self) -> str:

@@ -340,7 +340,11 @@ def test_scan_applies_the_policy_and_prints_each_action(
     result = runner.invoke(dedupd, ["scan", "--config", str(acting_config)])
     assert result.exit_code == 0, result.output
     acted = [
-        re.sub(r"pdq agrees \(\d+ bits\)", "pdq agrees (N bits)", line)
+        re.sub(
+            r"pixels agree \([\d.]+% of a cell at most\)",
+            "pixels agree (N% of a cell at most)",
+            re.sub(r"pdq agrees \(\d+ bits\)", "pdq agrees (N bits)", line),
+        )
         for line in result.output.splitlines()
         if line.startswith(("delete:", "quar"))
     ]
@@ -349,9 +353,11 @@ def test_scan_applies_the_policy_and_prints_each_action(
         f"delete: {library}/astronaut (1).jpg (done; keeper {library}/astronaut.jpg; "
         "keep: highest_resolution, largest_file, original_name, oldest)",
         f"quarantine: {library}/chat/coffee-wa.jpg (done; keeper {library}/coffee.jpg; "
-        "keep: highest_resolution, largest_file, original_name, oldest; pdq agrees (N bits))",
+        "keep: highest_resolution, largest_file, original_name, oldest; pdq agrees (N bits);"
+        " pixels agree (N% of a cell at most))",
         f"quarantine: {library}/chat/rocket-small.jpg (done; keeper {library}/rocket.jpg; "
-        "keep: highest_resolution, largest_file, original_name, oldest; pdq agrees (N bits))",
+        "keep: highest_resolution, largest_file, original_name, oldest; pdq agrees (N bits);"
+        " pixels agree (N% of a cell at most))",
     ]
     # chelsea-rotated arrived later and is the better copy: only reported (act_on_existing).
     assert (library / "edit" / "chelsea-rotated.jpg").exists() and (

@@ -20,10 +20,15 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dedupd.filestat import HashedVideo
 from dedupd.hashers import Hasher
 from dedupd.imaging import FileStat
 from dedupd.pool import Failure, Result, hash_file
+
+if TYPE_CHECKING:
+    from dedupd.engine import Ingest, Outcome
 
 SLOW_SECONDS = 0.5
 
@@ -50,3 +55,20 @@ def scripted(
     if name.startswith("pid"):
         return Failure("pid", str(os.getpid()))
     return hash_file(path, expect, hashers, max_pixels)
+
+
+def work_through(ingest: Ingest, hashers: tuple[Hasher, ...]) -> list[Outcome | None]:
+    """What the pool does for the decisions `ingest` holds, in this process (a test's stand-in
+    for a worker that calls `Ingest.ingest` itself): hash each queued file again in full,
+    compare its pixels with the files it asks for, and ingest it; until nothing is queued."""
+    from dedupd.pool import _compared
+
+    outcomes = []
+    while ingest.confirm:
+        entry = ingest.confirm.popleft()
+        result = hash_file(entry.path, entry.stat, hashers, 10**9, thumbnails=False)
+        if entry.compare and not isinstance(result, Failure):
+            assert not isinstance(result, HashedVideo)
+            result = _compared(result, entry.path, entry.compare, 10**9)
+        outcomes.append(ingest.ingest(entry, result))
+    return outcomes

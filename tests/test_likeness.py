@@ -1,0 +1,187 @@
+"""The pixel comparison a near match passes before it moves a file (`dedupd.likeness`), and
+the decisions that wait for it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from dedupd.actions import Actions
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, Policy, QuarantineConfig
+from dedupd.engine import scan
+from dedupd.filestat import Counterpart, FileStat
+from dedupd.likeness import compare_files, refusal
+from dedupd.store import Store
+from tests import photos
+
+WORDS = [
+    "meeting",
+    "tomorrow",
+    "lunch",
+    "invoice",
+    "total",
+    "amount",
+    "paid",
+    "order",
+    "number",
+    "delivery",
+    "hello",
+    "see",
+    "you",
+    "soon",
+    "ok",
+    "thanks",
+    "great",
+    "where",
+    "when",
+    "why",
+]
+
+
+def chat(dst: Path, seed: int) -> Path:
+    """A chat screenshot: the same nine bubbles over the same blurred photo wallpaper for
+    every seed, different words in them. Two seeds hash 4 bits of 256 apart under pHash and
+    6 under PDQ, over a wallpaper that defeats the low-detail guard (red team, round 3)."""
+    rng = np.random.default_rng(seed)
+    with Image.open(photos.photo("chelsea")) as im:
+        wall = im.convert("RGB").resize((720, 1560)).filter(ImageFilter.GaussianBlur(6))
+    draw = ImageDraw.Draw(wall)
+    draw.rectangle((0, 0, 720, 130), fill=(7, 94, 84))
+    draw.text((110, 50), f"Contact {seed}", fill="white")
+    y = 170
+    for k in range(9):
+        x0, x1 = (30, 470) if k % 2 == 0 else (250, 690)
+        colour = (255, 255, 255) if k % 2 == 0 else (220, 248, 198)
+        draw.rounded_rectangle((x0, y, x1, y + 110), 18, fill=colour)
+        for line in range(3):
+            words = " ".join(rng.choice(WORDS, 5))
+            draw.text((x0 + 20, y + 15 + line * 28), words, fill="black")
+        y += 140
+    draw.rectangle((0, 1460, 720, 1560), fill=(240, 240, 240))
+    wall.save(dst)
+    return dst
+
+
+def _like(newcomer: Path, counterpart: Path, transform: str = "identity") -> object:
+    stat = FileStat.of(os.stat(counterpart))
+    return compare_files(str(newcomer), Counterpart(str(counterpart), stat, transform), 10**9)
+
+
+def test_a_resized_re_encoded_copy_may_move(tmp_path: Path) -> None:
+    original = photos.copy(photos.photo("coffee"), tmp_path / "coffee.jpg")
+    copy = photos.resize(original, tmp_path / "small.jpg", 0.5)
+    found = _like(copy, original)
+    assert refusal(found, moving_is_newcomer=True) is None, found  # type: ignore[arg-type]
+
+
+def test_two_chat_screenshots_of_one_layout_differ(tmp_path: Path) -> None:
+    one, two = chat(tmp_path / "chat1.png", 1), chat(tmp_path / "chat2.png", 2)
+    found = _like(two, one)
+    why = refusal(found, moving_is_newcomer=True)  # type: ignore[arg-type]
+    assert why is not None and why.startswith("pixels differ"), found
+    # and the same screenshot, saved again as a JPEG, is the same picture
+    with Image.open(one) as im:
+        im.convert("RGB").save(tmp_path / "chat1.jpg", quality=80)
+    again = _like(tmp_path / "chat1.jpg", one)
+    assert refusal(again, moving_is_newcomer=True) is None, again  # type: ignore[arg-type]
+
+
+def test_a_rotated_copy_is_compared_turned_as_the_match_says(tmp_path: Path) -> None:
+    original = photos.copy(photos.photo("astronaut"), tmp_path / "a.jpg")
+    turned = photos.transposed(original, tmp_path / "turned.jpg", Image.Transpose.ROTATE_90)
+    ok = _like(turned, original, "rot90")
+    assert refusal(ok, moving_is_newcomer=True) is None, ok  # type: ignore[arg-type]
+    wrong = _like(turned, original, "rot270")
+    assert refusal(wrong, moving_is_newcomer=True) is not None, wrong  # type: ignore[arg-type]
+
+
+def test_a_crop_may_go_when_its_larger_frame_stays_never_the_other_way(tmp_path: Path) -> None:
+    original = photos.copy(photos.photo("chelsea"), tmp_path / "c.jpg")
+    with Image.open(original) as im:
+        w, h = im.size
+        im.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(
+            tmp_path / "crop.jpg", quality=92
+        )
+    found = _like(tmp_path / "crop.jpg", original)
+    assert refusal(found, moving_is_newcomer=True) is None, found  # type: ignore[arg-type]
+    why = refusal(found, moving_is_newcomer=False)  # type: ignore[arg-type]
+    assert why is not None and "the rest would be lost" in why, found
+
+
+def test_a_watermarked_copy_is_an_edit_never_moved(tmp_path: Path) -> None:
+    original = photos.copy(photos.photo("rocket"), tmp_path / "r.jpg")
+    with Image.open(original) as im:
+        marked = im.convert("RGB")
+        ImageDraw.Draw(marked).text((20, 20), "(c) J. Doe 2026", fill="white", font_size=40)
+        marked.save(tmp_path / "marked.jpg", quality=90)
+    found = _like(tmp_path / "marked.jpg", original)
+    why = refusal(found, moving_is_newcomer=True)  # type: ignore[arg-type]
+    assert why is not None and why.startswith("pixels differ"), found
+
+
+def test_a_counterpart_that_changed_since_it_was_hashed_is_not_compared(tmp_path: Path) -> None:
+    original = photos.copy(photos.photo("coffee"), tmp_path / "coffee.jpg")
+    copy = photos.resize(original, tmp_path / "small.jpg", 0.5)
+    stale = FileStat.of(os.stat(original))._replace(mtime_ns=1)
+    found = compare_files(str(copy), Counterpart(str(original), stale), 10**9)
+    why = refusal(found, moving_is_newcomer=True)
+    assert found.error is not None and why is not None and why.startswith("pixels not compared")
+
+
+def _config(tmp_path: Path, root: Path, *, dry_run: bool = False) -> Config:
+    return replace(
+        Config(),
+        database=tmp_path / "d.db",
+        dry_run=dry_run,
+        hashing=HashingConfig(workers=1),
+        quarantine=QuarantineConfig(path=tmp_path / "q"),
+        policies={DEFAULT_POLICY: Policy(exact="quarantine", near="quarantine")},
+    ).with_roots([root])
+
+
+def _aged(path: Path, seconds: int) -> Path:
+    t = os.stat(path).st_mtime - seconds
+    os.utime(path, (t, t))
+    return path
+
+
+def test_two_chat_screenshots_matched_by_both_hashes_stay_in_place(tmp_path: Path) -> None:
+    """Red team, round 3: the second screenshot was quarantined as a near duplicate of the
+    first (`near: quarantine`), and a purge then deleted it for good. Both hashes still match
+    the pair; the pixel comparison refuses the move, and it is only reported."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    _aged(chat(root / "chat1.png", 1), 3600)
+    chat(root / "chat2.jpg", 2)  # the worse copy (JPEG, fewer bytes): the one to move
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        assert [o.decision.action for o in report.outcomes] == ["report"], report.outcomes
+        (outcome,) = report.outcomes
+        assert outcome.decision.kind == "near"
+        assert outcome.decision.rule.startswith("pixels differ"), outcome.decision.rule
+        for name in ("chat1.png", "chat2.jpg"):
+            record = store.file_at(root / name)
+            assert record is not None and record.state == "ok"
+    assert sorted(p.name for p in root.iterdir()) == ["chat1.png", "chat2.jpg"]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_near_copy_moves_once_its_pixels_agree(tmp_path: Path, dry_run: bool) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    _aged(photos.copy(photos.photo("coffee"), root / "coffee.jpg"), 3600)
+    photos.reencode(photos.photo("coffee"), root / "coffee-wa.jpg", quality=50)
+    config = _config(tmp_path, root, dry_run=dry_run)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        (outcome,) = report.outcomes  # the held decision is replaced by what it came to
+        assert outcome.decision.action == "quarantine"
+        assert outcome.result == ("dry run" if dry_run else "done"), outcome
+        assert "pixels agree" in outcome.decision.rule, outcome.decision.rule
+    assert (root / "coffee-wa.jpg").exists() == dry_run
