@@ -103,6 +103,8 @@ CROP_REBUILD_AT_LEAST = 256
 FEATURES_KEPT = 1024
 # Pixel comparisons remembered (`Ingest._likeness`): a few hundred bytes each.
 LIKENESS_KEPT = 4096
+# What a worker hashing a file and comparing it may fail of without the file being at fault.
+_NOT_ITS_OWN = ("timeout", "crashed", "out_of_memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +422,8 @@ class Ingest:
         """
         if entry.full_decode:
             self._comparing.pop((entry.root, entry.relpath), None)
+        if isinstance(result, Failure) and entry.compare and result.kind in _NOT_ITS_OWN:
+            return self._not_compared(entry, result)
         if isinstance(result, Failure):
             if entry.full_decode:  # no decision waits for it any more
                 self._confirming.pop((entry.root, entry.relpath), None)
@@ -976,6 +980,25 @@ class Ingest:
             " decode"
         )
 
+    def _not_compared(self, entry: Entry, failure: Failure) -> Outcome | None:
+        """A held newcomer whose worker timed out or died: it was hashed before, so the
+        comparison (two more decodes, within the same time budget) is the likelier cause.
+        Not recorded as its error (it would never be decided again while unchanged): each
+        pair asked for is judged "not compared", and it is decided again from its record."""
+        self._confirming.pop((entry.root, entry.relpath), None)
+        record = self.store.record(entry.root, entry.relpath)
+        bits = None if record is None else self.store.hash_of(record.id, self.hasher.key)
+        if record is None or record.stat != entry.stat or not record.sha256 or bits is None:
+            return None  # changed or gone: the reconcile hashes it again
+        log.warning(
+            "pixels_not_compared", path=entry.path, error=failure.kind, detail=failure.message
+        )
+        for c in entry.compare:
+            self._likeness[(record.sha256, c.path, c.stat, c.transform)] = Likeness(
+                float("inf"), error=f"the comparison's worker {failure.kind}: {failure.message}"
+            )
+        return self._match_and_decide(record.id, entry.path, bits, record.sha256, None)
+
     def _compared(self, newcomer: FileRecord, decision: Decision) -> tuple[Decision, str | None]:
         """A near match moves a file only once a worker compared the two photos' pixels
         (`dedupd.likeness`): the decision as that comparison judges it, or, before it was
@@ -1001,6 +1024,9 @@ class Ingest:
             place = (newcomer.root, newcomer.relpath)
             self._confirming[place] = True
             self._comparing[place] = newcomer.id
+            # put off on purpose: no attempt that failed (a stop while held, three times,
+            # would otherwise abandon its decision as one that crashes)
+            self.store.deferred(newcomer.id)
             self.confirm.append(
                 Entry(
                     newcomer.root,

@@ -65,7 +65,7 @@ class Likeness(NamedTuple):
     # the share of the newcomer's frame, and of the counterpart's, that the other one shows
     cover: tuple[float, float] = (0.0, 0.0)
     side: int = 0  # the long side, in px, the two were compared at
-    # the newcomer's and the counterpart's long side, in px, as compared (trimmed, drafted)
+    # the newcomer's and the counterpart's long side, in px, in the file (trimmed)
     sides: tuple[int, int] = (0, 0)
     error: str | None = None
 

@@ -8,10 +8,12 @@ month later, one of them would be lost. So before a near match moves a file, a h
 decodes both files again (never the daemon: `pool`), at up to `SIDE` px and at the smaller
 one's own size, turns the kept one as the match says, aligns the two (ORB keypoints and a
 RANSAC similarity, OpenCV, as for crops; frame onto frame when too few keypoints agree), maps
-one's grey tones onto the other's (a brightness, contrast or gamma change is the same picture),
-and counts, in every `CELL` x `CELL` px cell, the pixels that differ by more than `STRONG` grey
-levels: one cell with more than `MAX_CELL_SHARE` percent of them (a word, a digit, a line of a
-letter, a watermark, a face that moved) and the pair is only reported.
+one's grey tones onto the other's by a monotone curve, both ways (a brightness, contrast or
+gamma change is the same picture), fits their colour planes by one gain and shift, and counts,
+in every `CELL` x `CELL` px cell, the pixels that differ by more than `STRONG` grey levels
+either way (or `STRONG_CHROMA` in colour): one cell with more than `MAX_CELL_SHARE` percent of
+them (a word, a digit, a line of a letter, a watermark, a stamp, a colour changed, a face that
+moved) and the pair is only reported.
 
 Calibrated on bench/likeness.py. Every cell is compared, so an edited copy (text or a sticker
 added, a watermark) is a different picture and never moved: what moves is a copy with nothing
@@ -48,16 +50,25 @@ CELL = 32  # px, at the compared size
 # A pixel differs when the two, blurred by _BLUR px and tone-mapped, are more than STRONG grey
 # levels apart; a cell differs when more than MAX_CELL_SHARE percent of its pixels do.
 # Calibrated on bench/likeness.py (673 copies, 332 different pictures; see its results):
-# re-encodes, resizes down to 25%, format changes, EXIF and true turns, brightness and
-# contrast within 20% (highlights clipped) and phone screenshots of a photo measure 0% in
-# every cell; chat screenshots that differ by one digit at full size 2.4% and more, a
-# watermark 2.5% and more. A cell's mean difference (tried first) let 42 of the 332 move.
+# every resize, format change, EXIF or true turn and phone screenshot of a photo, and 83 of
+# 84 re-encodes, measure under 1% in every cell; brightness or contrast edits with clipped
+# highlights up to 20% and more (12 of 168 are refused); chat screenshots that differ by
+# one digit at full size 2.4% and more, a watermark 2.5% and more. A cell's mean difference
+# (tried first) let 42 of the 332 move; this lets 19 (all half- or quarter-size copies).
 STRONG = 32.0
+STRONG_CHROMA = 20.0  # the same, for each chroma plane (Cb, Cr, 0-255)
 MAX_CELL_SHARE = 1.0
+# Grey levels held by fewer than this share of the pixels compared are left out of the tone
+# map (`_tone_mapped`).
+_RARE_LEVEL = 0.002
 # The share of the moving file's frame the kept one must show (its borders, resampled, lose a
 # pixel or two): the rest would be lost with it.
 MIN_COVER = 0.98
 _BLUR = 1.0  # px: what a resampler's phase or a JPEG block edge moves is not content
+# px, for the chroma planes: JPEG and HEIC keep them at half resolution (4:2:0), so a colour
+# edge is 2 px softer in a re-encode than in a PNG
+_CHROMA_BLUR = 3.0
+_CHROMA_GAIN = 2.0  # of `_chroma_fit`, either way
 _KEYPOINTS = 1500
 _RATIO = 0.8  # Lowe's ratio test
 _MIN_INLIERS = 12  # fewer keypoints agreeing: the frames are laid onto each other instead
@@ -82,7 +93,7 @@ def refusal(likeness: Likeness, *, moving_is_newcomer: bool) -> str | None:
             f"pixels differ ({likeness.worst:.1f}% of a {CELL} px cell, more than"
             f" {MAX_CELL_SHARE:g}%): a different or edited picture"
         )
-    if likeness.sides[kept] * 2 < min(likeness.sides[moving], SIDE):
+    if likeness.sides[kept] * 2 < likeness.sides[moving]:
         return (
             f"the photo kept ({likeness.sides[kept]} px) is less than half as sharp as the one"
             f" that would move ({likeness.sides[moving]} px): its detail cannot be checked"
@@ -99,22 +110,25 @@ def compare_files(
     from dedupd.errors import ImageError
 
     try:
-        mine, _ = _grey(path, expect, max_pixels, "identity")
-        theirs, _ = _grey(counterpart.path, counterpart.stat, max_pixels, counterpart.transform)
+        mine, _, my_side = _grey(path, expect, max_pixels, "identity")
+        theirs, _, their_side = _grey(
+            counterpart.path, counterpart.stat, max_pixels, counterpart.transform
+        )
     except ImageError as exc:
         return Likeness(float("inf"), error=f"{exc.kind}: {exc.detail}")
     except MemoryError:
         return Likeness(float("inf"), error="out of memory")
     except Exception as exc:  # a decoder bug: this pair stays where it is
         return Likeness(float("inf"), error=f"internal: {type(exc).__name__}: {exc}")
-    return compare(mine, theirs)
+    return compare(mine, theirs)._replace(sides=(my_side, their_side))
 
 
 def _grey(
     path: str, expect: FileStat | None, max_pixels: int, transform: str
-) -> tuple[Grey, FileStat]:
+) -> tuple[Grey, FileStat, int]:
     """The picture in `path` as hashing sees it (upright, uniform borders trimmed), turned by
-    `transform`, in grey levels at most SIDE px on its long side."""
+    `transform`, at most SIDE px on its long side: rows x columns x (Y, Cb, Cr), luma first;
+    and its stat, and its long side in px before it was reduced to SIDE."""
     import numpy as np
     from PIL import Image
 
@@ -128,37 +142,41 @@ def _grey(
     image: Image.Image = decoded.image
     grey = image if image.mode == "L" else image.convert("L")
     box = imaging.border_box(grey, decoded.width)
+    if image.mode != "RGB":  # palette, RGBA, 16-bit, grey: as hashing converts them
+        image = image.convert("RGB")
     if box is not None:
-        grey = grey.crop(box)
-    if max(grey.size) > SIDE:
-        scale = SIDE / max(grey.size)
-        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
-        grey = grey.resize(size, Image.Resampling.BOX)
+        image = image.crop(box)
+    # the file's own long side (the decode may be drafted, or a thumbnail's scale)
+    side = round(max(image.size) * decoded.width / max(1, decoded.image.width))
+    if max(image.size) > SIDE:
+        scale = SIDE / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BOX)
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}")
-    grey = transform_image(grey, transform)
-    return np.asarray(grey, np.float32), stat
+    image = transform_image(image.convert("YCbCr"), transform)
+    return np.asarray(image, np.float32), stat, side
 
 
 def compare(a: Grey, b: Grey) -> Likeness:
-    """Compare two grey images (`a`: the newcomer, `b`: the counterpart, already turned), at
-    the smaller one's size."""
+    """Compare two pictures (rows x columns x (Y, Cb, Cr); `a`: the newcomer, `b`: the
+    counterpart, already turned), at the smaller one's size."""
     import cv2
     import numpy as np
 
-    sides = (max(a.shape), max(b.shape))
-    if a.size > b.size:
+    sides = (max(a.shape[:2]), max(b.shape[:2]))
+    if a.shape[0] * a.shape[1] > b.shape[0] * b.shape[1]:
         a = _resized(a, b)
-    elif b.size > a.size:
+    elif b.shape[0] * b.shape[1] > a.shape[0] * a.shape[1]:
         b = _resized(b, a)
-    h, w = a.shape
-    matrix = _fit(a, b)
+    h, w = a.shape[:2]
+    matrix = _fit(a[..., 0], b[..., 0])
     if matrix is None:  # frame onto frame
         matrix = np.array([[w / b.shape[1], 0, 0], [0, h / b.shape[0], 0]], np.float64)
     warped = np.asarray(cv2.warpAffine(b, matrix, (w, h), flags=cv2.INTER_LINEAR), np.float32)
-    shown = cv2.warpAffine(np.ones(b.shape, np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST)
+    shown = cv2.warpAffine(np.ones(b.shape[:2], np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST)
     back = cv2.warpAffine(
-        np.ones(a.shape, np.uint8),
+        np.ones(a.shape[:2], np.uint8),
         cv2.invertAffineTransform(matrix),
         (b.shape[1], b.shape[0]),
         flags=cv2.INTER_NEAREST,
@@ -169,13 +187,25 @@ def compare(a: Grey, b: Grey) -> Likeness:
     if inside.sum() < 64:
         return Likeness(float("inf"), cover, max(h, w), sides, "the two frames do not overlap")
 
-    # Tones mapped both ways, the better kept per cell: a brightened copy whose highlights
-    # clipped maps many of the original's tones onto one, which only one direction can undo.
     def blur(x: Grey) -> Grey:
         return np.asarray(cv2.GaussianBlur(x, (0, 0), _BLUR), np.float32)
 
-    one = np.abs(blur(a) - blur(_tone_mapped(warped, a, inside))) > STRONG
-    other = np.abs(blur(_tone_mapped(a, warped, inside)) - blur(warped)) > STRONG
+    def chroma_blur(x: Grey) -> Grey:
+        return np.asarray(cv2.GaussianBlur(x, (0, 0), _CHROMA_BLUR), np.float32)
+
+    # Luma: tones mapped both ways, and a pixel differs if it does either way: a block laid
+    # over a flat area in a tone of its own maps away one way (its tone onto the area's),
+    # never both. (A brightened copy whose highlights clipped, many tones onto one, maps
+    # back within STRONG.) Colour: each chroma plane fitted to the other's by one gain and
+    # one shift (a brightness or contrast change scales it, a colour profile shifts it), so
+    # a hue changed at one brightness still counts.
+    ya, yb = a[..., 0], warped[..., 0]
+    one = np.abs(blur(ya) - blur(_tone_mapped(yb, ya, inside))) > STRONG
+    other = np.abs(blur(_tone_mapped(ya, yb, inside)) - blur(yb)) > STRONG
+    hue = np.zeros(inside.shape, bool)
+    for c in (1, 2):
+        ca, cb = chroma_blur(a[..., c]) - 128, chroma_blur(warped[..., c]) - 128
+        hue |= np.abs(ca - _chroma_fit(cb, ca, inside)) > STRONG_CHROMA
     worst, cells = 0.0, 0
     for top in range(0, max(1, h - CELL // 2), CELL):
         for left in range(0, max(1, w - CELL // 2), CELL):
@@ -184,8 +214,8 @@ def compare(a: Grey, b: Grey) -> Likeness:
             if m.mean() < 0.5:
                 continue
             cells += 1
-            share = min(float(one[cell][m].mean()), float(other[cell][m].mean()))
-            worst = max(worst, 100 * share)
+            luma = max(float(one[cell][m].mean()), float(other[cell][m].mean()))
+            worst = max(worst, 100 * luma, 100 * float(hue[cell][m].mean()))
     if not cells:
         return Likeness(float("inf"), cover, max(h, w), sides, "no cell of the two overlaps")
     return Likeness(worst, cover, max(h, w), sides)
@@ -199,7 +229,7 @@ def _resized(big: Grey, small: Grey) -> Grey:
     if abs(big.shape[1] / big.shape[0] - small.shape[1] / small.shape[0]) < 0.01:
         size = (small.shape[1], small.shape[0])
     else:
-        f = (small.size / big.size) ** 0.5
+        f = (small.shape[0] * small.shape[1] / (big.shape[0] * big.shape[1])) ** 0.5
         size = (max(1, round(big.shape[1] * f)), max(1, round(big.shape[0] * f)))
     return np.asarray(cv2.resize(big, size, interpolation=cv2.INTER_AREA), np.float32)
 
@@ -246,15 +276,44 @@ def _fit(a: Grey, b: Grey) -> npt.NDArray[np.float64] | None:
     return np.asarray(matrix, np.float64)
 
 
+def _chroma_fit(source: Grey, target: Grey, inside: npt.NDArray[np.bool_]) -> Grey:
+    """`source` (a chroma plane, centred on 0) scaled and shifted to fit `target` by least
+    squares over the pixels `inside`, the gain held within _CHROMA_GAIN either way: a global
+    colour change may be fitted, a local one never."""
+    import numpy as np
+
+    x, y = source[inside].astype(np.float64), target[inside].astype(np.float64)
+    var = float(x.var())
+    gain = float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 1e-6 else 1.0
+    gain = min(max(gain, 1 / _CHROMA_GAIN), _CHROMA_GAIN)
+    shift = float(y.mean() - gain * x.mean())
+    return np.asarray(source * gain + shift, np.float32)
+
+
 def _tone_mapped(source: Grey, target: Grey, inside: npt.NDArray[np.bool_]) -> Grey:
     """`source`'s grey levels mapped onto `target`'s: each level to the mean target level of
-    the pixels `inside` at that level (a level no pixel has: between its neighbours')."""
+    the pixels `inside` at that level. A level fewer than _RARE_LEVEL of those pixels have
+    is mapped between its neighbours', as one missing is (beyond them, shifted as the nearest):
+    else a change made in tones of its own (a disc, a line of text) would map onto what the
+    other picture has there, and vanish. The curve is monotone, pooled by pixel count where
+    it would turn back (scipy's isotonic regression): a block in some tone laid over another
+    (a stamp, a redaction) cannot map away, as a level-by-level mean lets it."""
     import numpy as np
+    from scipy.optimize import isotonic_regression
 
     levels = np.clip(np.rint(source), 0, 255).astype(np.intp)
     at = levels[inside]
     counts = np.bincount(at, minlength=256)
     sums = np.bincount(at, weights=target[inside], minlength=256)
-    seen = np.flatnonzero(counts)
-    curve = np.interp(np.arange(256), seen, sums[seen] / counts[seen])
-    return np.asarray(curve[levels], np.float32)
+    seen = np.flatnonzero(counts >= max(1, _RARE_LEVEL * len(at)))
+    if not len(seen):
+        seen = np.flatnonzero(counts)
+    # monotone (pooled where it would turn back, by pixel count): a tone change keeps the
+    # order of tones, a block painted in a tone of its own does not
+    mapped = isotonic_regression(sums[seen] / counts[seen], weights=counts[seen]).x
+    grid = np.arange(256)
+    curve = np.interp(grid, seen, mapped)
+    # beyond the levels kept (rare dark text, rare highlights), shifted as the nearest one
+    curve = np.where(grid < seen[0], grid + (mapped[0] - seen[0]), curve)
+    curve = np.where(grid > seen[-1], grid + (mapped[-1] - seen[-1]), curve)
+    return np.asarray(np.clip(curve, 0, 255)[levels], np.float32)
