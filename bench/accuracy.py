@@ -1557,9 +1557,14 @@ def main() -> None:
     text = json.dumps(result, indent=1, ensure_ascii=False)
     stem = "accuracy-quick" if args.quick else "accuracy"
     stem += "-crops" if args.crops_only else ""
-    out_dir = args.out_dir or (
-        Path(tempfile.gettempdir()) if args.quick else ROOT / "bench" / "results"
-    )
+    write_results(stem, args.out_dir, args.quick, text, md)
+    print(text if args.stdout == "json" else md)
+
+
+def write_results(stem: str, out_dir: Path | None, quick: bool, text: str, md: str) -> None:
+    """`stem`.json and `stem`.md in `out_dir` (default: bench/results, or the system's temp
+    folder for a quick run), each written whole or not at all."""
+    out_dir = out_dir or (Path(tempfile.gettempdir()) if quick else ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     for suffix, content in ((".json", text), (".md", md)):
         out = out_dir / f"{stem}{suffix}"
@@ -1567,7 +1572,6 @@ def main() -> None:
         tmp.write_text(content + "\n")
         tmp.replace(out)
         print(f"wrote {out}", file=sys.stderr)
-    print(text if args.stdout == "json" else md)
 
 
 if __name__ == "__main__":

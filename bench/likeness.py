@@ -1117,16 +1117,7 @@ def main() -> None:
     text = json.dumps(result, indent=1, ensure_ascii=False)
     md = markdown(result)
     stem = "likeness-quick" if args.quick else "likeness"
-    out_dir = args.out_dir or (
-        Path(tempfile.gettempdir()) if args.quick else ROOT / "bench" / "results"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for suffix, content in ((".json", text), (".md", md)):
-        out = out_dir / f"{stem}{suffix}"
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(content + "\n")
-        tmp.replace(out)
-        print(f"wrote {out}", file=sys.stderr)
+    accuracy.write_results(stem, args.out_dir, args.quick, text, md)
     print(text)
 
 

@@ -19,28 +19,7 @@ from dedupd.likeness import compare_files, refusal
 from dedupd.store import Store
 from tests import photos
 
-WORDS = [
-    "meeting",
-    "tomorrow",
-    "lunch",
-    "invoice",
-    "total",
-    "amount",
-    "paid",
-    "order",
-    "number",
-    "delivery",
-    "hello",
-    "see",
-    "you",
-    "soon",
-    "ok",
-    "thanks",
-    "great",
-    "where",
-    "when",
-    "why",
-]
+WORDS = photos._WORDS  # the words of every generated text image
 
 
 def chat(dst: Path, seed: int) -> Path:
