@@ -451,11 +451,7 @@ class Ingest:
         if isinstance(result, HashedVideo):
             return self._ingest_video(entry, result)
         for counterpart, measured in result.likeness:
-            key = (result.sha256, counterpart.path, counterpart.stat, counterpart.transform)
-            self._likeness[key] = measured
-            self._likeness.move_to_end(key)
-            if len(self._likeness) > LIKENESS_KEPT:
-                self._likeness.popitem(last=False)
+            self._remember(result.sha256, counterpart, measured)
         place = (entry.root, entry.relpath)
         # None for a full decode no hold of this Ingest waits for (one queued before a
         # reload): decided as any upload
@@ -993,11 +989,19 @@ class Ingest:
         log.warning(
             "pixels_not_compared", path=entry.path, error=failure.kind, detail=failure.message
         )
+        why = f"the comparison's worker {failure.kind}: {failure.message}"
         for c in entry.compare:
-            self._likeness[(record.sha256, c.path, c.stat, c.transform)] = Likeness(
-                float("inf"), error=f"the comparison's worker {failure.kind}: {failure.message}"
-            )
+            self._remember(record.sha256, c, Likeness(float("inf"), error=why))
         return self._match_and_decide(record.id, entry.path, bits, record.sha256, None)
+
+    def _remember(self, sha256: str, counterpart: Counterpart, found: Likeness) -> None:
+        """What comparing the photo with bytes `sha256` and `counterpart` found, for its
+        decision (`_compared`); the oldest forgotten past LIKENESS_KEPT."""
+        key = (sha256, counterpart.path, counterpart.stat, counterpart.transform)
+        self._likeness[key] = found
+        self._likeness.move_to_end(key)
+        if len(self._likeness) > LIKENESS_KEPT:
+            self._likeness.popitem(last=False)
 
     def _compared(self, newcomer: FileRecord, decision: Decision) -> tuple[Decision, str | None]:
         """A near match moves a file only once a worker compared the two photos' pixels
