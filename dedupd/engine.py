@@ -1759,7 +1759,9 @@ def ingest_all(
                     ]
                 if outcome is not None and outcome.decision.action != "none":
                     report.outcomes.append(outcome)
-                if isinstance(result, Failure):
+                if entry.compare:
+                    pass  # a held decision's comparison: its file was counted when hashed
+                elif isinstance(result, Failure):
                     report.failed.append((entry.path, result))
                 else:
                     report.hashed += 1

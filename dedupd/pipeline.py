@@ -457,7 +457,9 @@ class Pipeline:
 
     def _ingest_one(self, entry: Entry, result: HashedImage | HashedVideo | Failure) -> None:
         outcome, result = ingest_guarded(self.ingest, entry, result)
-        if isinstance(result, Failure):
+        if entry.compare:
+            pass  # a held decision's comparison: its file was counted when it was hashed
+        elif isinstance(result, Failure):
             self.counts.errors += 1  # `file_skipped` (a warning with the error's kind) said so
         else:
             self.counts.hashed += 1
