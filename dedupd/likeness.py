@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
     from PIL import Image
 
-    Grey = npt.NDArray[np.float32]
+    Pixels = npt.NDArray[np.float32]  # one plane (rows x columns), or Y, Cb, Cr planes
 
 __all__ = [
     "CELL",
@@ -110,8 +110,8 @@ def compare_files(
     from dedupd.errors import ImageError
 
     try:
-        mine, _, my_side = _grey(path, expect, max_pixels, "identity")
-        theirs, _, their_side = _grey(
+        mine, my_side = _pixels(path, expect, max_pixels, "identity")
+        theirs, their_side = _pixels(
             counterpart.path, counterpart.stat, max_pixels, counterpart.transform
         )
     except ImageError as exc:
@@ -123,19 +123,19 @@ def compare_files(
     return compare(mine, theirs)._replace(sides=(my_side, their_side))
 
 
-def _grey(
+def _pixels(
     path: str, expect: FileStat | None, max_pixels: int, transform: str
-) -> tuple[Grey, FileStat, int]:
+) -> tuple[Pixels, int]:
     """The picture in `path` as hashing sees it (upright, uniform borders trimmed), turned by
     `transform`, at most SIDE px on its long side: rows x columns x (Y, Cb, Cr), luma first;
-    and its stat, and its long side in px before it was reduced to SIDE."""
+    and its long side in px before it was reduced to SIDE."""
     import numpy as np
     from PIL import Image
 
     from dedupd import imaging
     from dedupd.hashers import TRANSFORMS, transform_image
 
-    data, stat = imaging._read(path, max_pixels)
+    data, stat = imaging._read(path, max_pixels)  # raises if it changed while read
     if expect is not None and stat != expect:
         raise imaging.ChangedWhileReading(path, "the file changed since it was hashed")
     decoded = imaging.open_image(data, path, draft_side=SIDE, max_pixels=max_pixels)
@@ -155,10 +155,10 @@ def _grey(
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}")
     image = transform_image(image.convert("YCbCr"), transform)
-    return np.asarray(image, np.float32), stat, side
+    return np.asarray(image, np.float32), side
 
 
-def compare(a: Grey, b: Grey) -> Likeness:
+def compare(a: Pixels, b: Pixels) -> Likeness:
     """Compare two pictures (rows x columns x (Y, Cb, Cr); `a`: the newcomer, `b`: the
     counterpart, already turned), at the smaller one's size."""
     import cv2
@@ -187,10 +187,10 @@ def compare(a: Grey, b: Grey) -> Likeness:
     if inside.sum() < 64:
         return Likeness(float("inf"), cover, max(h, w), sides, "the two frames do not overlap")
 
-    def blur(x: Grey) -> Grey:
+    def blur(x: Pixels) -> Pixels:
         return np.asarray(cv2.GaussianBlur(x, (0, 0), _BLUR), np.float32)
 
-    def chroma_blur(x: Grey) -> Grey:
+    def chroma_blur(x: Pixels) -> Pixels:
         return np.asarray(cv2.GaussianBlur(x, (0, 0), _CHROMA_BLUR), np.float32)
 
     # Luma: tones mapped both ways, and a pixel differs if it does either way: a block laid
@@ -221,7 +221,7 @@ def compare(a: Grey, b: Grey) -> Likeness:
     return Likeness(worst, cover, max(h, w), sides)
 
 
-def _resized(big: Grey, small: Grey) -> Grey:
+def _resized(big: Pixels, small: Pixels) -> Pixels:
     """`big` reduced to `small`'s area (to its exact size when the shapes agree within 1%)."""
     import cv2
     import numpy as np
@@ -234,7 +234,7 @@ def _resized(big: Grey, small: Grey) -> Grey:
     return np.asarray(cv2.resize(big, size, interpolation=cv2.INTER_AREA), np.float32)
 
 
-def _fit(a: Grey, b: Grey) -> npt.NDArray[np.float64] | None:
+def _fit(a: Pixels, b: Pixels) -> npt.NDArray[np.float64] | None:
     """The similarity mapping `b`'s px onto `a`'s that enough keypoints agree on, if upright
     (a small crop or a resample: the match's turn was applied before), else None."""
     import math
@@ -276,7 +276,7 @@ def _fit(a: Grey, b: Grey) -> npt.NDArray[np.float64] | None:
     return np.asarray(matrix, np.float64)
 
 
-def _chroma_fit(source: Grey, target: Grey, inside: npt.NDArray[np.bool_]) -> Grey:
+def _chroma_fit(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) -> Pixels:
     """`source` (a chroma plane, centred on 0) scaled and shifted to fit `target` by least
     squares over the pixels `inside`, the gain held within _CHROMA_GAIN either way: a global
     colour change may be fitted, a local one never."""
@@ -290,7 +290,7 @@ def _chroma_fit(source: Grey, target: Grey, inside: npt.NDArray[np.bool_]) -> Gr
     return np.asarray(source * gain + shift, np.float32)
 
 
-def _tone_mapped(source: Grey, target: Grey, inside: npt.NDArray[np.bool_]) -> Grey:
+def _tone_mapped(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) -> Pixels:
     """`source`'s grey levels mapped onto `target`'s: each level to the mean target level of
     the pixels `inside` at that level. A level fewer than _RARE_LEVEL of those pixels have
     is mapped between its neighbours', as one missing is (beyond them, shifted as the nearest):
