@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -264,6 +265,14 @@ class Ingest:
         # Files whose own decision waits for their comparison, by place: until it is made,
         # no other newcomer meets them (nor acts on them, or keeps them) as if they stayed.
         self._comparing: dict[tuple[str, str], int] = {}
+        # Newcomers that matched a held file (`_wait`), by the held file's id: hashed and
+        # decided again once its decision is made (`_release`), then against what it came to.
+        # Each is held meanwhile too, under its own place. _arrival: the order in which held
+        # files arrived; one waits only for those that came before it, so that they are
+        # decided in that order and no two ever wait for each other.
+        self._waiting: dict[int, dict[tuple[str, str], Entry]] = {}
+        self._arrival: dict[int, int] = {}
+        self._arrivals = itertools.count()
         # The folders walks skip (quarantine, database folder, staging): a record under one
         # (a photo recorded there before the quarantine was moved onto it, say) is no photo
         # of the library. Never a match, so never a keeper: its file is unknown to
@@ -420,8 +429,7 @@ class Ingest:
 
         Returns what was decided when the file has a duplicate (or a tombstone), else None.
         """
-        if entry.full_decode:
-            self._comparing.pop((entry.root, entry.relpath), None)
+        held = self._release((entry.root, entry.relpath)) if entry.full_decode else None
         if isinstance(result, Failure) and entry.compare and result.kind in _NOT_ITS_OWN:
             return self._not_compared(entry, result)
         if isinstance(result, Failure):
@@ -432,11 +440,21 @@ class Ingest:
                 # and its record must go on saying where it went (review, restore).
                 log.debug("file_gone_by_decision", path=entry.path)
                 return None
+            if (
+                result.kind == VANISHED
+                and entry.full_decode
+                and self.store.record(entry.root, entry.relpath) is None
+            ):
+                # Its record followed a rename (`Store.move`) or went: nothing is missing here.
+                if held is not None:
+                    self._decide_where_it_went(entry, held)
+                return None
             log.warning("file_skipped", path=entry.path, error=result.kind, detail=result.message)
             file_id = self.store.record_error(
                 entry.root, entry.relpath, entry.stat, result.kind, result.message
             )
             self.unindex([file_id])  # and no longer awaited
+            self._decided(file_id)  # nor held
             return None
         gone = self._moved_away(entry, result.sha256)
         if gone is not None:  # recorded as what it is now; nothing to match or decide
@@ -469,7 +487,9 @@ class Ingest:
         deciding = None if fill else self.policy_key
         file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
         self._features_read.pop(file_id, None)  # new features, maybe for the same bytes
-        self._awaiting.pop(file_id, None)
+        if self._awaiting.pop(file_id, None) is not None and not fill:
+            # decided by a run before this one: it came before every file held in this one
+            self._arrival.setdefault(file_id, -1)
         if fill:
             with self.lock:
                 self.index.add([file_id], [result.hashes[self.hasher.key]])
@@ -602,6 +622,14 @@ class Ingest:
                 if turned and m.distance <= radius and m.other.root in self.roots:
                     found.setdefault(m.other.id, (m.distance, "near", m.transform))
         found.pop(file_id, None)
+        mine = self._arrival.get(file_id)  # None: a newcomer now, after every held file
+        waits_for = sorted(
+            i
+            for i in found
+            if i in self._comparing.values() and (mine is None or self._arrival.get(i, -1) < mine)
+        )
+        if waits_for:
+            return self._wait(newcomer, path, waits_for)
         for other in self._not_yet(newcomer, found):
             del found[other]  # came later (`redecide`, `_awaiting`), or "moved" by a dry run
         records = self._files(found)
@@ -623,6 +651,7 @@ class Ingest:
         tombstone = self.store.tombstone(sha256, path)
         if not found and not crops and tombstone is None:
             self.store.clear_undecided(file_id)
+            self._decided(file_id)
             return None
         seconds = self._second_opinions(
             file_id, {i: t for i, (_, k, t) in found.items() if k == "near"}
@@ -676,6 +705,7 @@ class Ingest:
             # Its 'deciding' note stays (or the note that made it due): decided again once
             # compared, or by the next start if this one stops first.
             return outcome
+        self._decided(file_id)
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -1028,6 +1058,7 @@ class Ingest:
             place = (newcomer.root, newcomer.relpath)
             self._confirming[place] = True
             self._comparing[place] = newcomer.id
+            self._arrival.setdefault(newcomer.id, next(self._arrivals))
             # put off on purpose: no attempt that failed (a stop while held, three times,
             # would otherwise abandon its decision as one that crashes)
             self.store.deferred(newcomer.id)
@@ -1051,12 +1082,67 @@ class Ingest:
             rule=f"{decision.rule}; pixels agree ({found.worst:.1f}% of a cell at most)",
         ), None
 
+    def _wait(self, newcomer: FileRecord, path: str, held: Sequence[int]) -> Outcome:
+        """Put off `newcomer`'s decision: it matched `held` (not empty), files that came before
+        it and are held, for their comparison (`_compared`) or waiting themselves. Decided
+        now, it would meet them as they are before their decision, or not at all: an exact
+        copy of one would be left beside it for good. It is hashed and decided again once the
+        first of them is decided (`_release`); until then it is held too, a candidate for no
+        other newcomer, and keeps its 'deciding' note (the next start decides it if this one
+        stops first)."""
+        place = (newcomer.root, newcomer.relpath)
+        self._comparing[place] = newcomer.id
+        self._confirming[place] = True
+        self._arrival.setdefault(newcomer.id, next(self._arrivals))
+        self.store.deferred(newcomer.id)  # put off on purpose, as in `_compared`
+        self._waiting.setdefault(held[0], {})[place] = Entry(
+            newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True
+        )
+        names = ", ".join(sorted(str(r.path) for r in self._files(held).values()))
+        why = f"held: it matches {names}, whose own decision is not made yet; decided after it"
+        return self.apply(Decision("none", why), path, held=why)
+
+    def _release(self, place: tuple[str, str]) -> int | None:
+        """The file at `place` is held no more (its decision is being made, or was given up):
+        the newcomers that wait for it are queued to be hashed and decided again. Returns
+        its id (None if it was not held)."""
+        file_id = self._comparing.pop(place, None)
+        if file_id is not None:
+            self.confirm.extend(self._waiting.pop(file_id, {}).values())
+        return file_id
+
+    def _decided(self, file_id: int) -> None:
+        """`file_id`'s decision is made: it is held under no place any more (a photo moved
+        into another root is decided there at once, while its comparison at the old place
+        may still be in the pool), and what waited for it goes on."""
+        self._arrival.pop(file_id, None)
+        for place in [p for p, i in self._comparing.items() if i == file_id]:
+            self._release(place)
+
+    def _decide_where_it_went(self, entry: Entry, file_id: int) -> None:
+        """Held file `file_id` was gone from `entry`'s path when hashed again, and its record
+        with it: renamed within its root meanwhile (the record followed, `Store.move`). Its
+        decision is made at its new place, compared with what it was to be compared with."""
+        record = self.store.file(file_id)
+        if record is None or record.state != "ok" or record.sha256 is None:
+            return  # deleted, or taken away: nothing to decide
+        place = (record.root, record.relpath)
+        if place in self._confirming or place in self._comparing:
+            return  # queued there already
+        log.info("held_file_moved", path=entry.path, dest=str(record.path))
+        self._confirming[place] = True
+        self._comparing[place] = file_id
+        again = Entry(
+            record.root, record.relpath, record.stat, full_decode=True, compare=entry.compare
+        )
+        self.confirm.append(again)
+
     def dropped(self, entry: Entry) -> None:
         """`entry`'s result was not ingested (a newer version of the file was queued): a
         full decode's confirmation no longer waits for it."""
         if entry.full_decode:
             self._confirming.pop((entry.root, entry.relpath), None)
-            self._comparing.pop((entry.root, entry.relpath), None)
+            self._release((entry.root, entry.relpath))
 
     def _confirm(self, record: FileRecord, decide: bool) -> None:
         """Queue `record`'s full decode once while one is pending; `decide`: its own decision

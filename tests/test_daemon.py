@@ -260,6 +260,41 @@ def test_near_duplicate_is_quarantined_with_a_restorable_record(env: Env) -> Non
     assert (env.root / "chat" / "IMG-WA0001.jpg").exists()
 
 
+def test_a_copy_arriving_while_its_original_is_held_is_decided_after_it(env: Env) -> None:
+    """Two sync apps upload one screenshot at once: N into the camera folder, its exact copy
+    M into a folder whose policy matches only the closest copies (2 bits). N near-matches an older,
+    different screenshot K, so its decision is held for the pixel comparison; M, whose only
+    match is N, arrives meanwhile. M used to be decided at once with N out of sight: "no
+    duplicate", and left beside N for good. M now waits for N's decision, then goes as N's
+    exact copy; N, a different picture from K, stays."""
+    from tests.test_likeness import _aged, chat
+
+    other = (env.tmp / "whatsapp").resolve()  # after "uploads": N is hashed first
+    other.mkdir()
+    env.write_config(camera="{exact: quarantine, near: quarantine}")
+    roots = f"  - {{path: {env.archive}, policy: reference}}\n"
+    strict = "  strict: {exact: quarantine, near: quarantine, threshold: 0.01}\n"
+    config = env.config.read_text()
+    config = config.replace(roots, roots + f"  - {{path: '{other}', policy: strict}}\n")
+    env.config.write_text(config.replace("quarantine: {path", strict + "quarantine: {path"))
+    k = chat(env.root / "chat1.png", 1)
+    with Image.open(k) as im:
+        im.save(k, compress_level=0)  # the larger file: the one a near match keeps
+    _aged(k, 3600)
+    original = chat(env.tmp / "chat2.png", 2)
+    n, m = env.root / "chat2.png", other / "chat2.png"
+    with running(env) as daemon:
+        wait_for(lambda: env.state(k) == "ok")
+        shutil.copy2(original, n)
+        shutil.copy2(original, m)
+        wait_for(lambda: env.state(m) == "quarantined", what="the copy quarantined")
+        wait_for(lambda: _idle(daemon))
+    assert env.state(n) == "ok" and n.exists() and k.exists() and not m.exists()
+    with Store(env.db) as store:
+        (entry,) = store.actions("kind = 'quarantine'")
+        assert entry.keeper_path == str(n) and entry.distance == 0
+
+
 def test_a_quarantined_file_synced_back_is_recognized_by_its_tombstone(env: Env) -> None:
     photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
     with running(env):

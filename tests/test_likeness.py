@@ -11,11 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from dedupd import safefs
 from dedupd.actions import Actions
-from dedupd.config import DEFAULT_POLICY, Config, HashingConfig, Policy, QuarantineConfig
+from dedupd.config import (
+    DEFAULT_POLICY,
+    Config,
+    HashingConfig,
+    Policy,
+    QuarantineConfig,
+    Root,
+)
 from dedupd.engine import scan
 from dedupd.filestat import Counterpart, FileStat
 from dedupd.likeness import compare_files, refusal
+from dedupd.scanner import VANISHED
 from dedupd.store import Store
 from tests import photos
 
@@ -264,3 +273,118 @@ def test_a_sharp_original_never_moves_for_a_small_copy(tmp_path: Path) -> None:
     why = refusal(found, moving_is_newcomer=True)  # type: ignore[arg-type]
     assert why is not None and "less than half as sharp" in why, found
     assert refusal(found, moving_is_newcomer=False) is None  # type: ignore[arg-type]
+
+
+def _two_roots(tmp_path: Path, a: Path, b: Path, b_policy: Policy) -> Config:
+    return replace(
+        Config(),
+        database=tmp_path / "d.db",
+        hashing=HashingConfig(workers=1),
+        quarantine=QuarantineConfig(path=tmp_path / "q"),
+        policies={DEFAULT_POLICY: Policy(exact="quarantine", near="quarantine"), "b": b_policy},
+        roots=(Root(safefs.trusted_path(a)), Root(safefs.trusted_path(b), "b")),
+    )
+
+
+def test_a_near_copy_of_a_held_photo_is_decided_once_the_held_one_is(tmp_path: Path) -> None:
+    """K and N are two different screenshots of one layout (N held for its comparison with K,
+    then only reported); M, N saved again as JPEG, arrives while N is held. M used to be
+    decided at once against what stayed visible (nothing: held files were hidden), "no
+    duplicate", and never again while unchanged: a copy of N kept beside it for good. M now
+    waits for N's decision, then meets N and moves (review, session 13)."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    k = chat(a / "chat1.png", 1)
+    with Image.open(k) as im:
+        im.save(k, compress_level=0)  # the larger file: kept
+    _aged(k, 3600)
+    n = _aged(chat(a / "chat2.png", 2), 1800)
+    with Image.open(n) as im:
+        im.convert("RGB").save(b / "chat2.jpg", quality=90)
+    # B's radius (5 bits) takes in N (2 bits from M), not K (6 bits): M's only match is N.
+    strict = Policy(threshold=0.02, exact="quarantine", near="quarantine")
+    config = _two_roots(tmp_path, a, b, strict)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        by_path = {Path(o.path).name: o for o in report.outcomes}
+        assert by_path["chat2.png"].decision.action == "report"  # N: pixels differ from K
+        moved = by_path["chat2.jpg"]  # what M's held decision came to replaces it
+        assert (moved.decision.action, moved.result) == ("quarantine", "done"), moved
+        assert moved.decision.keeper is not None and moved.decision.keeper.path == n
+        assert not any(o.result.startswith("held") for o in report.outcomes), report.outcomes
+        again = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        assert again.outcomes == []
+    assert not (b / "chat2.jpg").exists()
+    assert k.exists() and n.exists()
+
+
+def test_an_exact_copy_of_a_held_photo_is_decided_once_the_held_one_is(tmp_path: Path) -> None:
+    """An exact copy M of a photo N held for its comparison (a second sync app uploading the
+    same file meanwhile, into a folder whose radius does not reach N's near match K) was
+    decided with N hidden: "no duplicate", two copies left for good. It now waits for N's
+    decision; N stays (its pixels differ from K's), so M goes as N's exact copy. N, decided
+    again, does not wait for M, which came after it."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    _aged(chat(a / "chat1.png", 1), 3600)
+    n = _aged(chat(a / "chat2.jpg", 2), 1800)
+    m = b / "chat2.jpg"
+    m.write_bytes(n.read_bytes())
+    strict = Policy(threshold=0.02, exact="quarantine", near="quarantine")
+    config = _two_roots(tmp_path, a, b, strict)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        by_path = {o.path: o for o in report.outcomes}
+        assert by_path[str(n)].decision.action == "report", by_path
+        copy = by_path[str(m)]
+        assert (copy.decision.kind, copy.decision.action, copy.result) == (
+            "exact",
+            "quarantine",
+            "done",
+        ), copy
+        assert copy.decision.keeper is not None and copy.decision.keeper.path == n
+    assert n.exists() and not m.exists()
+
+
+def test_a_held_photo_renamed_before_its_comparison_is_decided_at_its_new_name(
+    tmp_path: Path,
+) -> None:
+    """The user renames a photo while it is held for its comparison: the comparison finds
+    nothing at the old name. That used to record a `vanished` error there (a file that is not
+    missing) and leave the photo undecided until the next start. Its record followed the
+    rename (`Store.move`, as the daemon's watcher does), so it is decided there."""
+    from dedupd.engine import Ingest
+    from dedupd.imaging import hash_image
+    from dedupd.pool import Failure
+    from dedupd.scanner import Entry
+    from tests.test_heic import HASHERS
+    from tests.workers import work_through
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    _aged(photos.copy(photos.photo("coffee"), root / "coffee.jpg"), 3600)
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        scan(config, store, actions=Actions(store, tmp_path / "q"))  # coffee.jpg recorded
+        ingest = Ingest(store, config, [str(root)], Actions(store, tmp_path / "q"))
+        try:
+            copy = photos.reencode(photos.photo("coffee"), root / "coffee-wa.jpg", quality=50)
+            entry = Entry(str(root), copy.name, FileStat.of(os.stat(copy)))
+            held = ingest.ingest(entry, hash_image(str(copy), HASHERS, max_pixels=10**9))
+            assert held is not None and held.result.startswith("held: its pixels"), held
+            compare = ingest.confirm.popleft()
+            renamed = copy.rename(root / "from whatsapp.jpg")
+            record = store.file_at(copy)
+            assert record is not None
+            store.move(record.id, str(root), renamed.name, FileStat.of(os.stat(renamed)))
+            gone = Failure(VANISHED, "no such file")
+            assert ingest.ingest(compare, gone) is None
+            assert store.file_at(copy) is None, "an error record at the old name"
+            (moved,) = work_through(ingest, HASHERS)  # hashed where it is now, then compared
+            assert moved is not None and moved.path == str(renamed), moved
+            assert (moved.decision.action, moved.result) == ("quarantine", "done"), moved
+        finally:
+            ingest.close()
+    assert not renamed.exists() and (root / "coffee.jpg").exists()
