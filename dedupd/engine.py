@@ -262,16 +262,20 @@ class Ingest:
         # once its pair was compared (`_compared`). Kept for the latest pairs only: a pair
         # forgotten is compared again.
         self._likeness: OrderedDict[tuple[str, str, FileStat, str], Likeness] = OrderedDict()
-        # Files whose own decision waits for their comparison, by place: until it is made,
-        # no other newcomer meets them (nor acts on them, or keeps them) as if they stayed.
-        self._comparing: dict[tuple[str, str], int] = {}
+        # Files whose own decision waits, by place: the file and the entry it waits for (its
+        # comparison, `_compared`; or, for one that waits for another's decision, `_wait`,
+        # its own hashing again once that is made). Until then no other newcomer meets them
+        # (nor acts on them, or keeps them) as if they stayed; only that entry's result
+        # ends the hold (`_unhold`), not an older one's that comes back late.
+        self._comparing: dict[tuple[str, str], tuple[int, Entry]] = {}
         # Newcomers that matched a held file (`_wait`), by the held file's id: hashed and
-        # decided again once its decision is made (`_release`), then against what it came to.
-        # Each is held meanwhile too, under its own place. _arrival: the order in which held
-        # files arrived; one waits only for those that came before it, so that they are
-        # decided in that order and no two ever wait for each other.
+        # decided again once its decision is made (`_decided`), against what it came to.
+        # _arrival: the order in which files whose decision is still to come arrived (a
+        # file awaited from an earlier run first, in that run's order; then this run's);
+        # one waits only for those that came before it, so that they are decided in that
+        # order and no two ever wait for each other.
         self._waiting: dict[int, dict[tuple[str, str], Entry]] = {}
-        self._arrival: dict[int, int] = {}
+        self._arrival: dict[int, tuple[int, ...] | tuple[int, int, str]] = {}
         self._arrivals = itertools.count()
         # The folders walks skip (quarantine, database folder, staging): a record under one
         # (a photo recorded there before the quarantine was moved onto it, say) is no photo
@@ -297,8 +301,12 @@ class Ingest:
             if i in self._pending
             or i in self._gone_in_preview
             or (i in self._awaiting and self._awaiting[i] > place)
-            or i in self._comparing.values()
+            or i in self._held()
         }
+
+    def _held(self) -> set[int]:
+        """The files whose own decision waits (`_comparing`)."""
+        return {file_id for file_id, _ in self._comparing.values()}
 
     def await_decisions(self, awaiting: Iterable[tuple[int, Entry]]) -> None:
         """Files queued to be decided again (`Reconciled.awaiting`: id, entry): no
@@ -429,7 +437,18 @@ class Ingest:
 
         Returns what was decided when the file has a duplicate (or a tombstone), else None.
         """
-        held = self._release((entry.root, entry.relpath)) if entry.full_decode else None
+        held = self._unhold(entry) if entry.full_decode else None
+        try:
+            return self._ingest(entry, result, held)
+        finally:
+            if held is not None and not self._to_come(held):
+                # whatever came of it (decided, failed, gone): what waits for it goes on
+                self._decided(held)
+
+    def _ingest(
+        self, entry: Entry, result: HashedImage | HashedVideo | Failure, held: int | None
+    ) -> Outcome | None:
+        """`ingest`; `held`: the file whose hold `entry` ended (`_unhold`), if any."""
         if isinstance(result, Failure) and entry.compare and result.kind in _NOT_ITS_OWN:
             return self._not_compared(entry, result)
         if isinstance(result, Failure):
@@ -487,9 +506,11 @@ class Ingest:
         deciding = None if fill else self.policy_key
         file_id = self.store.record_hashed(entry.root, entry.relpath, result, deciding)
         self._features_read.pop(file_id, None)  # new features, maybe for the same bytes
-        if self._awaiting.pop(file_id, None) is not None and not fill:
-            # decided by a run before this one: it came before every file held in this one
-            self._arrival.setdefault(file_id, -1)
+        awaited = self._awaiting.pop(file_id, None)
+        if awaited is not None and not fill:
+            # recorded by a run before this one, whose decision it never made: it came
+            # before every file of this run, after those awaited that come before it
+            self._arrival.setdefault(file_id, (0, *awaited))
         if fill:
             with self.lock:
                 self.index.add([file_id], [result.hashes[self.hasher.key]])
@@ -589,7 +610,8 @@ class Ingest:
                         outcomes.append(outcome)
                     tick()
         finally:
-            self._met = {}
+            # kept for the files whose decision is still to come (held)
+            self._met = {i: m for i, m in self._met.items() if i in self._arrival}
             left, self._pending = self._pending, set()
             # an error stopped the loop: the rest go back as they were
             self.index_again(list(left))
@@ -623,13 +645,12 @@ class Ingest:
                     found.setdefault(m.other.id, (m.distance, "near", m.transform))
         found.pop(file_id, None)
         mine = self._arrival.get(file_id)  # None: a newcomer now, after every held file
-        waits_for = sorted(
-            i
-            for i in found
-            if i in self._comparing.values() and (mine is None or self._arrival.get(i, -1) < mine)
-        )
+        held = self._held()
+        waits_for = [
+            i for i in found if i in held and (mine is None or self._arrival.get(i, (-1,)) < mine)
+        ]
         if waits_for:
-            return self._wait(newcomer, path, waits_for)
+            return self._wait(newcomer, path, bits, waits_for)
         for other in self._not_yet(newcomer, found):
             del found[other]  # came later (`redecide`, `_awaiting`), or "moved" by a dry run
         records = self._files(found)
@@ -705,7 +726,10 @@ class Ingest:
             # Its 'deciding' note stays (or the note that made it due): decided again once
             # compared, or by the next start if this one stops first.
             return outcome
-        self._decided(file_id)
+        if held is None:
+            self._decided(file_id)
+        else:  # decided again after the full decodes, in its place in the order of arrival
+            self._arrival.setdefault(file_id, (1, next(self._arrivals)))
         if decision.action == "none" or outcome.result == "done":
             self.store.clear_undecided(file_id)
         else:
@@ -1056,21 +1080,20 @@ class Ingest:
         )
         if found is None:
             place = (newcomer.root, newcomer.relpath)
+            entry = Entry(
+                newcomer.root,
+                newcomer.relpath,
+                newcomer.stat,
+                full_decode=True,
+                compare=(counterpart,),
+            )
             self._confirming[place] = True
-            self._comparing[place] = newcomer.id
-            self._arrival.setdefault(newcomer.id, next(self._arrivals))
+            self._comparing[place] = (newcomer.id, entry)
+            self._arrival.setdefault(newcomer.id, (1, next(self._arrivals)))
             # put off on purpose: no attempt that failed (a stop while held, three times,
             # would otherwise abandon its decision as one that crashes)
             self.store.deferred(newcomer.id)
-            self.confirm.append(
-                Entry(
-                    newcomer.root,
-                    newcomer.relpath,
-                    newcomer.stat,
-                    full_decode=True,
-                    compare=(counterpart,),
-                )
-            )
+            self.confirm.append(entry)
             return decision, f"held: its pixels are compared with {other.path} first"
         from dedupd.likeness import refusal
 
@@ -1082,47 +1105,63 @@ class Ingest:
             rule=f"{decision.rule}; pixels agree ({found.worst:.1f}% of a cell at most)",
         ), None
 
-    def _wait(self, newcomer: FileRecord, path: str, held: Sequence[int]) -> Outcome:
+    def _wait(
+        self, newcomer: FileRecord, path: str, bits: bytes, held: Sequence[int]
+    ) -> Outcome:
         """Put off `newcomer`'s decision: it matched `held` (not empty), files that came before
-        it and are held, for their comparison (`_compared`) or waiting themselves. Decided
-        now, it would meet them as they are before their decision, or not at all: an exact
-        copy of one would be left beside it for good. It is hashed and decided again once the
-        first of them is decided (`_release`); until then it is held too, a candidate for no
-        other newcomer, and keeps its 'deciding' note (the next start decides it if this one
-        stops first)."""
+        it whose own decision waits (for their comparison, or for another's decision).
+        Decided now, it would meet them as they are before their decision, or not at all:
+        an exact copy of one would be left beside it for good. It is hashed and decided
+        again once the one of them that came last is decided (`_decided`), and waits again
+        for any still held then. Until then it is held too: indexed, so that a newcomer that
+        matches it finds it and waits in turn, and with its 'deciding' note (the next start
+        decides it if this one stops first)."""
         place = (newcomer.root, newcomer.relpath)
-        self._comparing[place] = newcomer.id
+        entry = Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
+        self._comparing[place] = (newcomer.id, entry)
         self._confirming[place] = True
-        self._arrival.setdefault(newcomer.id, next(self._arrivals))
+        self._arrival.setdefault(newcomer.id, (1, next(self._arrivals)))
         self.store.deferred(newcomer.id)  # put off on purpose, as in `_compared`
-        self._waiting.setdefault(held[0], {})[place] = Entry(
-            newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True
-        )
+        last = max(held, key=lambda i: self._arrival.get(i, (-1,)))
+        self._waiting.setdefault(last, {})[place] = entry
+        with self.lock:
+            self.index.add([newcomer.id], [bits])
+        self.index_crop_words(newcomer.id)
         names = ", ".join(sorted(str(r.path) for r in self._files(held).values()))
         why = f"held: it matches {names}, whose own decision is not made yet; decided after it"
         return self.apply(Decision("none", why), path, held=why)
 
-    def _release(self, place: tuple[str, str]) -> int | None:
-        """The file at `place` is held no more (its decision is being made, or was given up):
-        the newcomers that wait for it are queued to be hashed and decided again. Returns
-        its id (None if it was not held)."""
-        file_id = self._comparing.pop(place, None)
-        if file_id is not None:
-            self.confirm.extend(self._waiting.pop(file_id, {}).values())
-        return file_id
+    def _unhold(self, entry: Entry) -> int | None:
+        """The file at `entry`'s place, if its hold waited for `entry` (and not for an entry
+        queued since, by a rescan that hashed and held it again): held no more. Its id."""
+        place = (entry.root, entry.relpath)
+        hold = self._comparing.get(place)
+        if hold is None or hold[1] is not entry:
+            return None
+        del self._comparing[place]
+        return hold[0]
+
+    def _to_come(self, file_id: int) -> bool:
+        """Whether `file_id`'s decision is still to come: it is held (`_comparing`), or waits
+        for a full decode (`_confirming`, a thumbnail's hold)."""
+        if file_id in self._held():
+            return True
+        record = self.store.file(file_id)
+        return record is not None and self._confirming.get((record.root, record.relpath)) is True
 
     def _decided(self, file_id: int) -> None:
-        """`file_id`'s decision is made: it is held under no place any more (a photo moved
-        into another root is decided there at once, while its comparison at the old place
-        may still be in the pool), and what waited for it goes on."""
+        """`file_id`'s decision is made (or will not be in this run): it is held no more, and
+        the newcomers that wait for it are queued to be hashed and decided again."""
         self._arrival.pop(file_id, None)
-        for place in [p for p, i in self._comparing.items() if i == file_id]:
-            self._release(place)
+        self._met.pop(file_id, None)
+        for place in [p for p, (i, _) in self._comparing.items() if i == file_id]:
+            del self._comparing[place]
+        self.confirm.extend(self._waiting.pop(file_id, {}).values())
 
     def _decide_where_it_went(self, entry: Entry, file_id: int) -> None:
         """Held file `file_id` was gone from `entry`'s path when hashed again, and its record
-        with it: renamed within its root meanwhile (the record followed, `Store.move`). Its
-        decision is made at its new place, compared with what it was to be compared with."""
+        with it: renamed meanwhile (the record followed, `Store.move`). Its decision is made
+        at its new place, compared with what it was to be compared with."""
         record = self.store.file(file_id)
         if record is None or record.state != "ok" or record.sha256 is None:
             return  # deleted, or taken away: nothing to decide
@@ -1130,11 +1169,11 @@ class Ingest:
         if place in self._confirming or place in self._comparing:
             return  # queued there already
         log.info("held_file_moved", path=entry.path, dest=str(record.path))
-        self._confirming[place] = True
-        self._comparing[place] = file_id
         again = Entry(
             record.root, record.relpath, record.stat, full_decode=True, compare=entry.compare
         )
+        self._confirming[place] = True
+        self._comparing[place] = (file_id, again)
         self.confirm.append(again)
 
     def dropped(self, entry: Entry) -> None:
@@ -1142,7 +1181,9 @@ class Ingest:
         full decode's confirmation no longer waits for it."""
         if entry.full_decode:
             self._confirming.pop((entry.root, entry.relpath), None)
-            self._release((entry.root, entry.relpath))
+            # Held no more, but what waits for it still waits for its decision: the newer
+            # version queued is decided (`_decided`), or the next start decides them all.
+            self._unhold(entry)
 
     def _confirm(self, record: FileRecord, decide: bool) -> None:
         """Queue `record`'s full decode once while one is pending; `decide`: its own decision
@@ -1182,7 +1223,7 @@ class Ingest:
         over is no reason to act on one of the two now (a worse copy that came first would be
         quarantined as if it had followed the better one). Those it never met (the photos of
         two subfolders scanned alone, now under one root) are decided as arrivals are."""
-        met = self._met.pop(newcomer.id, None)
+        met = self._met.get(newcomer.id)  # until its decision is made: `_decided`
         if met is None or not decision.acts or decision.target is None:
             return decision
         other = decision.keeper if decision.target.id == newcomer.id else decision.target
