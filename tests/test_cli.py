@@ -507,6 +507,7 @@ def test_scan_records_and_prints_a_name_that_is_not_utf8(
     ]
 
 
+@pytest.mark.slow
 def test_dedupctl_show_prints_a_name_that_is_not_utf8_byte_for_byte(
     runner: CliRunner, many_photos: Path, tmp_path: Path
 ) -> None:
@@ -687,6 +688,7 @@ def test_console_log_lines_show_the_exception_once(monkeypatch: pytest.MonkeyPat
     assert output.count("RuntimeError: database is locked") == 1
 
 
+@pytest.mark.slow
 def test_the_demo_finds_its_mirrored_edit_and_show_says_so(
     runner: CliRunner, tmp_path: Path
 ) -> None:

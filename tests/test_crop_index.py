@@ -225,6 +225,7 @@ def test_a_background_load_keeps_what_was_added_or_removed_while_it_read() -> No
     removed=st.lists(st.integers(1, 40), max_size=10),
     chunk=st.integers(1, 9),
 )
+@pytest.mark.slow
 def test_property_postings_placed_a_chunk_at_a_time_list_every_photo_of_each_word(
     initial: dict[int, list[int]], added: dict[int, list[int]], removed: list[int], chunk: int
 ) -> None:

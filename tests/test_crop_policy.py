@@ -137,6 +137,7 @@ crop_evidence = st.builds(
     ),
     default=policy_strategy,
 )
+@pytest.mark.slow
 def test_property_a_crop_moves_only_the_crop_on_confirmed_evidence(
     newcomer: FileRecord,
     others: list[FileRecord],

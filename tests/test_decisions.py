@@ -82,6 +82,7 @@ def _acts(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return sorted((a["action"], Path(a["target"]).name, a["result"]) for a in report["actions"])
 
 
+@pytest.mark.slow
 def test_a_dry_run_shows_what_the_next_real_run_does_and_that_run_does_it(lib: Lib) -> None:
     preview = lib.scan("--dry-run")
     assert _acts(preview) == [
@@ -102,6 +103,7 @@ def test_a_dry_run_shows_what_the_next_real_run_does_and_that_run_does_it(lib: L
     assert _acts(lib.scan()) == []  # done is done: nothing is decided twice
 
 
+@pytest.mark.slow
 def test_a_dry_run_previews_a_mirrored_copy_and_the_real_run_quarantines_it(lib: Lib) -> None:
     """Deciding again works from the database, which keeps only the upright hash: the mirror
     match recorded by the dry run must still be found by the real run."""

@@ -87,6 +87,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+@pytest.mark.slow
 def test_two_thousand_fuzzed_photos_are_each_one_typed_record(tmp_path: Path) -> None:
     rng = random.Random(20261130)
     root = tmp_path / "fuzz"

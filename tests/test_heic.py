@@ -135,6 +135,7 @@ def _older(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_move_on_a_thumbnail_hash_waits_for_a_full_decode(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     root.mkdir()
@@ -170,6 +171,7 @@ def test_a_thumbnail_that_lies_moves_nothing(tmp_path: Path) -> None:
         assert store.from_thumbnail([record.id]) == set()
 
 
+@pytest.mark.slow
 def test_a_crop_that_only_a_lying_thumbnail_shows_moves_nothing(tmp_path: Path) -> None:
     """The thumbnail shows a crop of the keeper, the image another picture: the crop found on
     the thumbnail's features waits for the full decode, whose features (stored for the same
@@ -198,6 +200,7 @@ def test_a_crop_that_only_a_lying_thumbnail_shows_moves_nothing(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("thumbnail", [True, False])
+@pytest.mark.slow
 def test_the_store_records_whether_a_hash_came_from_a_thumbnail(
     tmp_path: Path, thumbnail: bool
 ) -> None:
@@ -223,6 +226,7 @@ def test_an_exact_copy_of_a_thumbnail_hashed_heic_is_not_held(tmp_path: Path) ->
     assert heic.exists() and not copy.exists()
 
 
+@pytest.mark.slow
 def test_the_daemon_confirms_a_thumbnail_match_before_it_moves_the_upload(
     tmp_path: Path,
 ) -> None:
@@ -267,6 +271,7 @@ def test_a_report_on_a_thumbnail_match_is_confirmed_by_a_full_decode_too(tmp_pat
         assert record is not None and store.from_thumbnail([record.id]) == set()
 
 
+@pytest.mark.slow
 def test_a_held_upload_is_decided_after_its_full_decode_when_another_hold_involves_it(
     tmp_path: Path,
 ) -> None:

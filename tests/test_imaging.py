@@ -118,7 +118,12 @@ DRAFT_TOLERANCE = {"colorhash": 0.08, "pdq": 0.12}
 
 @pytest.mark.parametrize(
     ("algorithm", "hash_size"),
-    [(a, s) for a in HASHERS for s in {"colorhash": (3, 8), "pdq": (16,)}.get(a, (8, 16))],
+    [
+        # colorhash's ~9 s each (a full decode per photo and size): in the slow suite
+        pytest.param(a, s, marks=[pytest.mark.slow] if a == "colorhash" else [])
+        for a in HASHERS
+        for s in {"colorhash": (3, 8), "pdq": (16,)}.get(a, (8, 16))
+    ],
 )
 def test_draft_decode_stays_within_stated_distance_for_every_hasher(
     algorithm: str, hash_size: int, mid_size_jpegs: list[Path]
@@ -533,6 +538,7 @@ def _white_wall(tmp_path: Path) -> Path:
     return photos._save(im, tmp_path / "wall.jpg", format="JPEG", quality=90)
 
 
+@pytest.mark.slow
 def test_real_photos_are_not_eaten_into(tmp_path: Path) -> None:
     """Dark skies, night scenes (hubble is a night sky), white walls and plain backgrounds
     are photo, not border: the trim leaves at most a line of the small image."""
@@ -807,6 +813,7 @@ def test_a_sequential_jpeg_is_bounded_by_the_pixels_its_draft_decodes(tmp_path: 
         hash_image(str(path), [PHASH], max_pixels=100_000)
 
 
+@pytest.mark.slow
 def test_a_200_mp_phone_jpeg_is_hashed(tmp_path: Path) -> None:
     """16320x12240 = 199,756,800 pixels, beyond Pillow's own bomb limit (178,956,970), which
     refused it at open whatever `max_pixels` said: hashed at the default limit. Saved

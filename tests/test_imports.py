@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import photos
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +67,7 @@ def test_dedupctl_help_and_scan_help_import_no_decoder() -> None:
     assert _loaded(out["modules"], (*DECODING, *DAEMON)) == []
 
 
+@pytest.mark.slow
 def test_an_unchanged_rescan_decodes_nothing_and_imports_no_decoder(tmp_path: Path) -> None:
     """The second `dedupd scan` of a folder whose files did not change reports the same
     groups without importing Pillow, ImageHash or scipy: nothing is decoded, so nothing

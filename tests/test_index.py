@@ -142,6 +142,7 @@ def _indexes(bits: int, leaf_size: int) -> list[tuple[str, HammingIndex]]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(data=st.data())
+@pytest.mark.slow
 def test_backends_agree_with_brute_force_under_random_operations(data: st.DataObject) -> None:
     """hamming, ckdtree (p=1) and ckdtree (p=2) give the reference's radius (also as arrays,
     by id), knn, pairs and len after any sequence of batch adds, replacements, removals
@@ -619,6 +620,7 @@ def _votes_reference(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(data=st.data())
+@pytest.mark.slow
 def test_frame_votes_agree_with_the_per_hit_reference(data: st.DataObject) -> None:
     """`votes` gives exactly the per-hit reference's answer, clips in the same order, on every
     backend: after clips are added, re-added, removed and the index rebuilt (frames in the

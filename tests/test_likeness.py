@@ -225,7 +225,14 @@ def _panel(dst: Path, block: tuple[int, int, int] | None) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("block", [(90, 90, 90), (160, 160, 160), (200, 30, 30)])
+@pytest.mark.parametrize(
+    "block",
+    [
+        (90, 90, 90),
+        pytest.param((160, 160, 160), marks=pytest.mark.slow),  # ~3 s each
+        pytest.param((200, 30, 30), marks=pytest.mark.slow),
+    ],
+)
 def test_a_block_laid_over_a_flat_area_is_seen_in_any_tone(
     tmp_path: Path, block: tuple[int, int, int]
 ) -> None:

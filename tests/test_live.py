@@ -240,6 +240,7 @@ def test_pairing_by_stem_without_identifiers(tmp_path: Path) -> None:
         assert motion is not None and motion.relpath == "IMG_0003.MOV"
 
 
+@pytest.mark.slow
 def test_a_video_too_large_to_be_a_motion_file_is_not_paired_nor_read_for_the_still(
     tmp_path: Path,
 ) -> None:
@@ -585,6 +586,7 @@ def _where(lib: Lib, still_sha: str, motion_sha: str) -> tuple[int, int, int, in
     [(op, False) for op in ("quarantine", "restore", "purge", "delete")]
     + [("quarantine", True), ("restore", True)],
 )
+@pytest.mark.slow
 def test_a_crash_at_any_step_recovers_both_files_to_one_side(
     lib: Lib, op: str, xdev: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

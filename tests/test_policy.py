@@ -703,6 +703,7 @@ def records(draw: st.DrawFn) -> FileRecord:
     stone=st.tuples(st.sampled_from([None, None, None, "quarantine", "delete"]), st.integers(0, 3)),
     dry_run=st.booleans(),
 )
+@pytest.mark.slow
 def test_property_delete_needs_an_exact_keeper_and_reference_files_are_never_targets(
     newcomer: FileRecord,
     others: list[FileRecord],
@@ -1066,6 +1067,7 @@ opinions = st.one_of(
     default=policy_strategy,
     stone=st.tuples(st.sampled_from([None, None, "quarantine", "delete"]), st.integers(0, 3)),
 )
+@pytest.mark.slow
 def test_property_a_near_match_moves_a_file_only_when_the_second_opinion_agrees(
     newcomer: FileRecord,
     others: list[FileRecord],

@@ -119,6 +119,7 @@ def test_the_html_report_escapes_names_and_shows_any_kind_and_videos_by_name(
     assert kinds == ["data:image/jpeg", "data:image/svg+xml"]
 
 
+@pytest.mark.slow
 def test_show_tsne_draws_a_map_of_the_indexed_photos(lib: Library, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     out = tmp_path / "map.png"

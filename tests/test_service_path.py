@@ -139,6 +139,7 @@ def _databases(top: Path) -> list[Path]:
     return sorted(top.rglob("*.db"))
 
 
+@pytest.mark.slow
 def test_user_unit_daemon_is_reached_by_dedupctl_from_a_plain_shell(tmp_path: Path) -> None:
     """Started as `dedupd install-service --user`'s unit starts it (its ExecStart, its
     RuntimeDirectory under XDG_RUNTIME_DIR, the config in ~/.config/dedupd), the daemon

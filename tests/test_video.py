@@ -85,6 +85,7 @@ def _matches(config: Config, name: str) -> list[tuple[str, str, dict[str, object
         )
 
 
+@pytest.mark.slow
 def test_a_reencoded_copy_is_found_and_quarantined_by_policy(
     clip_dir: Path, tmp_path: Path
 ) -> None:
