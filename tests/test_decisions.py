@@ -415,23 +415,15 @@ def test_a_redecision_is_not_hashed_and_decided_twice_by_a_rescan_while_in_fligh
     from dedupd.engine import Ingest
     from dedupd.imaging import hash_image
     from dedupd.pipeline import Counts, Pipeline
-    from dedupd.scanner import Entry, root_key
+    from dedupd.scanner import root_key
     from tests.test_heic import HASHERS
+    from tests.workers import StandInPool
 
     lib = Lib(tmp_path)
     photos.copy(photos.photo("hubble"), lib.root / "X.jpg")
     lib.scan()
     config = load_config(lib.config)
     roots = [root_key(r.path) for r in config.roots]
-
-    class Pool:
-        in_flight, capacity = 0, 4
-
-        def __init__(self) -> None:
-            self.sent: list[Entry] = []
-
-        def submit(self, e: Entry) -> None:
-            self.sent.append(e)
 
     with Store(lib.db) as store:
         x = store.file_at(lib.root / "X.jpg")
@@ -442,7 +434,7 @@ def test_a_redecision_is_not_hashed_and_decided_twice_by_a_rescan_while_in_fligh
         pipeline.configure(config, roots, store, ingest)
         try:
             pipeline.reconcile(roots, tick=lambda: None)
-            pool = Pool()
+            pool = StandInPool()
             pipeline.feed(pool)  # type: ignore[arg-type]
             assert [e.relpath for e in pool.sent] == ["X.jpg"]
             pipeline.reconcile(roots, tick=lambda: None)  # a rescan, X in flight

@@ -23,7 +23,8 @@ from dedupd.scanner import Entry, root_key
 from dedupd.store import Store
 from tests import photos
 from tests.test_heic import HASHERS
-from tests.test_likeness import _aged, chat
+from tests.test_likeness import _aged, chat, held_pair
+from tests.workers import StandInPool
 
 ACTING = Policy(exact="quarantine", near="quarantine")
 
@@ -65,11 +66,7 @@ def test_a_copy_waiting_when_the_scan_stopped_is_decided_after_its_original_next
     a, b = tmp_path / "A", tmp_path / "B"
     a.mkdir()
     b.mkdir()
-    k = chat(a / "chat1.png", 1)
-    with Image.open(k) as im:
-        im.save(k, compress_level=0)  # the larger file: kept
-    _aged(k, 3600)
-    n = _aged(chat(a / "chat2.png", 2), 1800)  # near K, pixels differ: held, then reported
+    _, n = held_pair(a)  # N: near K, pixels differ: held, then reported
     m = b / "chat2.jpg"  # N saved again; B's radius (5 bits) reaches N only
     with Image.open(n) as im:
         im.convert("RGB").save(m, quality=90)
@@ -93,24 +90,6 @@ def test_a_copy_waiting_when_the_scan_stopped_is_decided_after_its_original_next
             "done",
         )
         assert _state(store, m) == "quarantined" and _state(store, n) == "ok"
-
-
-class _Pool:
-    """A stand-in for the hasher pool: the test hashes what was sent, in the order it wants."""
-
-    in_flight, capacity = 0, 4
-
-    def __init__(self) -> None:
-        self.sent: list[Entry] = []
-
-    def submit(self, entry: Entry) -> None:
-        self.sent.append(entry)
-
-    def take(self, root: Path, *, compare: bool = False) -> Entry:
-        for i, e in enumerate(self.sent):
-            if e.root == str(root) and bool(e.compare) == compare:
-                return self.sent.pop(i)
-        raise AssertionError(f"not sent: {[(e.path, bool(e.compare)) for e in self.sent]}")
 
 
 def test_a_rescan_while_a_photo_is_held_never_lets_its_copy_go_before_its_decision(
@@ -143,7 +122,7 @@ def test_a_rescan_while_a_photo_is_held_never_lets_its_copy_go_before_its_decisi
         pipeline = Pipeline(Counts(), lambda: 0.0)
         pipeline.configure(config, roots, store, ingest)
         pipeline._redecide = False  # the start-up reconcile ran long ago
-        pool = _Pool()
+        pool = StandInPool()
 
         def hash_one(e: Entry) -> None:
             pipeline.ingest_results([(e, _hashed(e))])

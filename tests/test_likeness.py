@@ -4,6 +4,8 @@ the decisions that wait for it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from dedupd.config import (
     QuarantineConfig,
     Root,
 )
-from dedupd.engine import scan
+from dedupd.engine import Ingest, scan
 from dedupd.filestat import Counterpart, FileStat
 from dedupd.likeness import compare_files, refusal
 from dedupd.scanner import VANISHED
@@ -138,6 +140,16 @@ def _aged(path: Path, seconds: int) -> Path:
     return path
 
 
+def held_pair(folder: Path) -> tuple[Path, Path]:
+    """K and N in `folder`: two chat screenshots of one layout, K the older and larger file
+    (kept), N 4 bits from K under pHash (its near match is held for the pixel comparison,
+    which then refuses it: N is only reported, and stays)."""
+    k = chat(folder / "chat1.png", 1)
+    with Image.open(k) as im:
+        im.save(k, compress_level=0)  # the larger file: kept
+    return _aged(k, 3600), _aged(chat(folder / "chat2.png", 2), 1800)
+
+
 def test_two_chat_screenshots_matched_by_both_hashes_stay_in_place(tmp_path: Path) -> None:
     """Red team, round 3: the second screenshot was quarantined as a near duplicate of the
     first (`near: quarantine`), and a purge then deleted it for good. Both hashes still match
@@ -177,14 +189,13 @@ def test_a_near_copy_moves_once_its_pixels_agree(tmp_path: Path, dry_run: bool) 
     assert (root / "coffee-wa.jpg").exists() == dry_run
 
 
-def test_a_comparison_that_times_out_is_no_error_of_the_newcomer(tmp_path: Path) -> None:
-    """The worker hashing a held newcomer again and comparing it ran out of time (the
-    counterpart huge, a slow disk): the newcomer was hashed fine before, so it is not
-    recorded as a failed file (never decided again while unchanged); the pair is judged not
-    compared, only reported, and the newcomer stays a candidate. (Review finding.)"""
+@contextmanager
+def held_copy(tmp_path: Path) -> Iterator[tuple[Store, Ingest, Path]]:
+    """A library of one photo (photos/coffee.jpg) and an `Ingest` that has just held the
+    decision on its re-encoded copy (coffee-wa.jpg) for the pixel comparison, queued in
+    `Ingest.confirm`: the store, the ingest and the copy."""
     from dedupd.engine import Ingest
     from dedupd.imaging import hash_image
-    from dedupd.pool import Failure
     from dedupd.scanner import Entry
     from tests.test_heic import HASHERS
 
@@ -200,16 +211,27 @@ def test_a_comparison_that_times_out_is_no_error_of_the_newcomer(tmp_path: Path)
             entry = Entry(str(root), copy.name, FileStat.of(os.stat(copy)))
             held = ingest.ingest(entry, hash_image(str(copy), HASHERS, max_pixels=10**9))
             assert held is not None and held.result.startswith("held: its pixels"), held
-            (again,) = ingest.confirm
-            assert again.compare and again.full_decode
-            late = ingest.ingest(again, Failure("timeout", "decoding took too long"))
-            assert late is not None and late.decision.action == "report", late
-            assert late.decision.rule.startswith("pixels not compared (the comparison's worker")
-            record = store.file_at(copy)
-            assert record is not None and record.state == "ok"
-            assert ingest.index.radius(store.hash_of(record.id, ingest.hasher.key) or b"", 0)
+            yield store, ingest, copy
         finally:
             ingest.close()
+
+
+def test_a_comparison_that_times_out_is_no_error_of_the_newcomer(tmp_path: Path) -> None:
+    """The worker hashing a held newcomer again and comparing it ran out of time (the
+    counterpart huge, a slow disk): the newcomer was hashed fine before, so it is not
+    recorded as a failed file (never decided again while unchanged); the pair is judged not
+    compared, only reported, and the newcomer stays a candidate. (Review finding.)"""
+    from dedupd.pool import Failure
+
+    with held_copy(tmp_path) as (store, ingest, copy):
+        (again,) = ingest.confirm
+        assert again.compare and again.full_decode
+        late = ingest.ingest(again, Failure("timeout", "decoding took too long"))
+        assert late is not None and late.decision.action == "report", late
+        assert late.decision.rule.startswith("pixels not compared (the comparison's worker")
+        record = store.file_at(copy)
+        assert record is not None and record.state == "ok"
+        assert ingest.index.radius(store.hash_of(record.id, ingest.hasher.key) or b"", 0)
     assert copy.exists()
 
 
@@ -302,11 +324,7 @@ def test_a_near_copy_of_a_held_photo_is_decided_once_the_held_one_is(tmp_path: P
     a, b = tmp_path / "A", tmp_path / "B"
     a.mkdir()
     b.mkdir()
-    k = chat(a / "chat1.png", 1)
-    with Image.open(k) as im:
-        im.save(k, compress_level=0)  # the larger file: kept
-    _aged(k, 3600)
-    n = _aged(chat(a / "chat2.png", 2), 1800)
+    k, n = held_pair(a)
     with Image.open(n) as im:
         im.convert("RGB").save(b / "chat2.jpg", quality=90)
     # B's radius (5 bits) takes in N (2 bits from M), not K (6 bits): M's only match is N.
@@ -362,36 +380,20 @@ def test_a_held_photo_renamed_before_its_comparison_is_decided_at_its_new_name(
     nothing at the old name. That used to record a `vanished` error there (a file that is not
     missing) and leave the photo undecided until the next start. Its record followed the
     rename (`Store.move`, as the daemon's watcher does), so it is decided there."""
-    from dedupd.engine import Ingest
-    from dedupd.imaging import hash_image
     from dedupd.pool import Failure
-    from dedupd.scanner import Entry
     from tests.test_heic import HASHERS
     from tests.workers import work_through
 
-    root = tmp_path / "photos"
-    root.mkdir()
-    _aged(photos.copy(photos.photo("coffee"), root / "coffee.jpg"), 3600)
-    config = _config(tmp_path, root)
-    with Store(config.database) as store:
-        scan(config, store, actions=Actions(store, tmp_path / "q"))  # coffee.jpg recorded
-        ingest = Ingest(store, config, [str(root)], Actions(store, tmp_path / "q"))
-        try:
-            copy = photos.reencode(photos.photo("coffee"), root / "coffee-wa.jpg", quality=50)
-            entry = Entry(str(root), copy.name, FileStat.of(os.stat(copy)))
-            held = ingest.ingest(entry, hash_image(str(copy), HASHERS, max_pixels=10**9))
-            assert held is not None and held.result.startswith("held: its pixels"), held
-            compare = ingest.confirm.popleft()
-            renamed = copy.rename(root / "from whatsapp.jpg")
-            record = store.file_at(copy)
-            assert record is not None
-            store.move(record.id, str(root), renamed.name, FileStat.of(os.stat(renamed)))
-            gone = Failure(VANISHED, "no such file")
-            assert ingest.ingest(compare, gone) is None
-            assert store.file_at(copy) is None, "an error record at the old name"
-            (moved,) = work_through(ingest, HASHERS)  # hashed where it is now, then compared
-            assert moved is not None and moved.path == str(renamed), moved
-            assert (moved.decision.action, moved.result) == ("quarantine", "done"), moved
-        finally:
-            ingest.close()
+    with held_copy(tmp_path) as (store, ingest, copy):
+        root = copy.parent
+        compare = ingest.confirm.popleft()
+        renamed = copy.rename(root / "from whatsapp.jpg")
+        record = store.file_at(copy)
+        assert record is not None
+        store.move(record.id, str(root), renamed.name, FileStat.of(os.stat(renamed)))
+        assert ingest.ingest(compare, Failure(VANISHED, "no such file")) is None
+        assert store.file_at(copy) is None, "an error record at the old name"
+        (moved,) = work_through(ingest, HASHERS)  # hashed where it is now, then compared
+        assert moved is not None and moved.path == str(renamed), moved
+        assert (moved.decision.action, moved.result) == ("quarantine", "done"), moved
     assert not renamed.exists() and (root / "coffee.jpg").exists()

@@ -26,6 +26,7 @@ from dedupd.filestat import HashedVideo
 from dedupd.hashers import Hasher
 from dedupd.imaging import FileStat
 from dedupd.pool import Failure, Result, hash_file
+from dedupd.scanner import Entry
 
 if TYPE_CHECKING:
     from dedupd.engine import Ingest, Outcome
@@ -72,3 +73,23 @@ def work_through(ingest: Ingest, hashers: tuple[Hasher, ...]) -> list[Outcome | 
             result = _compared(result, entry.path, entry.compare, 10**9)
         outcomes.append(ingest.ingest(entry, result))
     return outcomes
+
+
+class StandInPool:
+    """A stand-in for `HasherPool` fed by a `Pipeline`: it keeps what it is sent, and the test
+    hashes those files itself, in the order it wants them to come back."""
+
+    in_flight, capacity = 0, 4
+
+    def __init__(self) -> None:
+        self.sent: list[Entry] = []
+
+    def submit(self, entry: Entry) -> None:
+        self.sent.append(entry)
+
+    def take(self, root: Path, *, compare: bool = False) -> Entry:
+        """The first file sent from `root` (a comparison if `compare`), no longer sent."""
+        for i, e in enumerate(self.sent):
+            if e.root == str(root) and bool(e.compare) == compare:
+                return self.sent.pop(i)
+        raise AssertionError(f"not sent: {[(e.path, bool(e.compare)) for e in self.sent]}")
