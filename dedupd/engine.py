@@ -275,7 +275,7 @@ class Ingest:
         # one waits only for those that came before it, so that they are decided in that
         # order and no two ever wait for each other.
         self._waiting: dict[int, dict[tuple[str, str], Entry]] = {}
-        self._arrival: dict[int, tuple[int, ...] | tuple[int, int, str]] = {}
+        self._arrival: dict[int, tuple[int, int, str] | tuple[int, int]] = {}
         self._arrivals = itertools.count()
         # The folders walks skip (quarantine, database folder, staging): a record under one
         # (a photo recorded there before the quarantine was moved onto it, say) is no photo
@@ -295,13 +295,14 @@ class Ingest:
         """Of `ids`, the files `newcomer` is not matched against: see `redecide`,
         `_gone_in_preview`, `_awaiting`, `_comparing`."""
         place = (newcomer.stat.mtime_ns, str(newcomer.path))
+        held = self._held()
         return {
             i
             for i in ids
             if i in self._pending
             or i in self._gone_in_preview
             or (i in self._awaiting and self._awaiting[i] > place)
-            or i in self._held()
+            or i in held
         }
 
     def _held(self) -> set[int]:
