@@ -1118,7 +1118,7 @@ class Ingest:
         matches it finds it and waits in turn, and with its 'deciding' note (the next start
         decides it if this one stops first)."""
         place = (newcomer.root, newcomer.relpath)
-        entry = Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True)
+        entry = Entry(newcomer.root, newcomer.relpath, newcomer.stat, full_decode=True, waited=True)
         self._comparing[place] = (newcomer.id, entry)
         self._confirming[place] = True
         self._arrival.setdefault(newcomer.id, (1, next(self._arrivals)))
@@ -1170,9 +1170,7 @@ class Ingest:
         if place in self._confirming or place in self._comparing:
             return  # queued there already
         log.info("held_file_moved", path=entry.path, dest=str(record.path))
-        again = Entry(
-            record.root, record.relpath, record.stat, full_decode=True, compare=entry.compare
-        )
+        again = replace(entry, root=record.root, relpath=record.relpath, stat=record.stat)
         self._confirming[place] = True
         self._comparing[place] = (file_id, again)
         self.confirm.append(again)
@@ -1887,8 +1885,8 @@ def ingest_all(
                     ]
                 if outcome is not None and outcome.decision.action != "none":
                     report.outcomes.append(outcome)
-                if entry.compare:
-                    pass  # a held decision's comparison: its file was counted when hashed
+                if entry.again:
+                    pass  # a held decision's file hashed again: counted when first hashed
                 elif isinstance(result, Failure):
                     report.failed.append((entry.path, result))
                 else:

@@ -457,8 +457,8 @@ class Pipeline:
 
     def _ingest_one(self, entry: Entry, result: HashedImage | HashedVideo | Failure) -> None:
         outcome, result = ingest_guarded(self.ingest, entry, result)
-        if entry.compare:
-            pass  # a held decision's comparison: its file was counted when it was hashed
+        if entry.again:
+            pass  # a held decision's file hashed again: counted when it was first hashed
         elif isinstance(result, Failure):
             self.counts.errors += 1  # `file_skipped` (a warning with the error's kind) said so
         else:

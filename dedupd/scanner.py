@@ -75,6 +75,15 @@ class Entry:
     # Files whose pixels the worker compares with this one's once hashed (`dedupd.likeness`):
     # a near match waits for that before it moves either (`Ingest._compared`).
     compare: tuple[Counterpart, ...] = ()
+    # Hashed again once the decision it waited for was made (`Ingest._wait`): its file was
+    # counted when it was first hashed.
+    waited: bool = False
+
+    @property
+    def again(self) -> bool:
+        """A held decision's own file hashed again (its comparison, or after a wait): no file
+        newly hashed in a report's or the daemon's counts."""
+        return bool(self.compare) or self.waited
 
     @property
     def path(self) -> str:

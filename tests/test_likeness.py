@@ -332,6 +332,8 @@ def test_a_near_copy_of_a_held_photo_is_decided_once_the_held_one_is(tmp_path: P
     config = _two_roots(tmp_path, a, b, strict)
     with Store(config.database) as store:
         report = scan(config, store, actions=Actions(store, tmp_path / "q"))
+        # M hashed again after its wait is no file hashed: three files, three hashed
+        assert (report.files, report.hashed) == (3, 3)
         by_path = {Path(o.path).name: o for o in report.outcomes}
         assert by_path["chat2.png"].decision.action == "report"  # N: pixels differ from K
         moved = by_path["chat2.jpg"]  # what M's held decision came to replaces it
