@@ -28,6 +28,15 @@ Data, generated at run time (nothing is downloaded):
 - Documents (`document`): `tests.photos.document` (black text on white, JPEG q90).
 - Text screenshots (`text_screenshot`): `tests.photos.text_screenshot`, light and dark, at its
   default 540x1170 (22 px) and at 1080x2340 (40 px).
+- Faint scenes (`faint_night`, `faint_dim`, `faint_fog`): each photo's pixels made into a
+  night shot (x0.25: levels 0-64), a dim room in flat light (16 + x0.4: 16-118) and fog (the
+  photo at 30% contrast over a light grey: 123-200), saved as a quality-92 JPEG, the scene's
+  original. Its *changed* twin has a faint local change added to every channel (grey, soft
+  edges) before the same JPEG: a standing figure 9% of the frame's height (lit at night, a
+  dark silhouette in the dim room and in fog) or a lit window 7% x 5% of the frame, 12 to
+  25 grey levels at its peak (drawn per pair, seeded by photo, scene and kind).
+- Pencil notes (`faint_note`): a letter (as `letterhead`) with one line written in pencil
+  above the salutation, 22 or 15 grey levels under the paper, on the same scan or a new one.
 
 Positives (the check must let the copy move; the copy is the newcomer and moves):
 
@@ -43,6 +52,9 @@ Positives (the check must let the copy move; the copy is the newcomer and moves)
   ``hflip`` → ``mirror``, EXIF orientation → ``identity``: its upright view is the same).
 - chat, letterhead, document, text_screenshot: one picture of each configuration re-encoded
   as JPEG q85 and q70, and resized to 50% and 25% (Lanczos, JPEG q80).
+- faint scenes: each scene's original re-encoded (q95/85/70/50), resized (50%/25%) and saved
+  as PNG, WebP and HEIC, made as the photos' variants are: a check that refuses a night or
+  foggy photo's every copy shows here as copies lost.
 
 Negatives (must never move; the newcomer moves unless said otherwise):
 
@@ -55,6 +67,9 @@ Negatives (must never move; the newcomer moves unless said otherwise):
 - photos: ``burst`` (two crops of 85% of the width offset by 15%: identical pixels where they
   overlap, so only the cover rule can refuse them), ``stereo`` (motorcycle_left vs
   motorcycle_right), ``watermark`` (an edited copy: reported, never moved, by design).
+- faint scenes: the scene's original kept, its changed twin the newcomer (a figure added in
+  the dark, a window lit: a different picture, under STRONG grey levels); faint_note: the
+  letter kept, the one with the pencil note the newcomer.
 - ``crop_larger_moves``: the uncropped original would move and its crop is kept (newcomer =
   crop_2 or crop_10, the counterpart moves; and newcomer = the original, which moves, vs
   counterpart crop_5): the kept file does not show all of the moving one, so MIN_COVER must
@@ -66,15 +81,16 @@ Negatives (must never move; the newcomer moves unless said otherwise):
 
 Reported (JSON and a markdown table): per family the pairs moved and refused (by rule), the
 largest `worst` among positives and the smallest among negatives, the smallest cover of the
-moving file; the margin between positives and the negatives only the pixels can refuse; every
-negative that moved (a *false move*: a different picture sent to quarantine, the number that
-matters most) and every positive refused, with why; a sweep of MAX_CELL_SHARE and
-MIN_COVER (the real `refusal` with the module's thresholds set in turn); compare time
-p50/p95/max. One process (the machine is shared).
+moving file; the chat and the faint negatives per kind of difference; the margin between
+positives and the negatives only the pixels can refuse; every negative that moved (a *false
+move*: a different picture sent to quarantine, the number that matters most) and every
+positive refused, with why; a sweep of MAX_CELL_SHARE and MIN_COVER (the real `refusal` with
+the module's thresholds set in turn); compare time p50/p95/max. One process (the machine is
+shared).
 
-Run from the repository root (the full run, 1,005 pairs, takes about 8 minutes on 2 shared
-cores, ``--quick`` about 1.5 minutes: 4 photos, 2 chat configurations; it needs the
-``bench`` extra's scikit-image for most photos):
+Run from the repository root (the full run, 1,842 pairs, takes about 25 minutes on 2 shared
+cores, ``--quick`` about 3 minutes: 4 photos, the faint scenes of 2, 2 chat configurations;
+it needs the ``bench`` extra's scikit-image for most photos):
 
     .venv/bin/python bench/likeness.py [--quick] [--long-side 1600] [--out-dir bench/results]
 
@@ -149,7 +165,7 @@ TEXT_SCREENSHOTS = [
 ]
 LETTER_PAIRS = [(11, 12), (13, 14)]  # body seeds (each page also its own scan noise)
 DOCUMENT_PAIRS = [(5, 6), (7, 8)]
-TEXT_FAMILIES = ("chat", "letterhead", "document", "text_screenshot")
+TEXT_FAMILIES = ("chat", "letterhead", "faint_note", "document", "text_screenshot")
 # Negative families that only the cover rule can refuse (the pixels they share are the same).
 COVER_NEGATIVES = ("burst", "crop_larger_moves")
 
@@ -298,10 +314,14 @@ def _suffix(kind: str) -> str:
 
 
 def photo_pairs(
-    source: accuracy.Source, long_side: int, tmp: Path, stereo: dict[str, Path]
+    source: accuracy.Source,
+    long_side: int,
+    tmp: Path,
+    stereo: dict[str, Path],
+    faint: bool = True,
 ) -> list[dict[str, Any]]:
-    """The positives and negatives of one photo; its original is kept in `stereo` when it is
-    one of the stereo pair."""
+    """The positives and negatives of one photo (and of its night, dim and foggy scenes when
+    `faint`); its original is kept in `stereo` when it is one of the stereo pair."""
     out: list[dict[str, Any]] = []
     name = source.name
     with Image.open(source.path()) as raw:
@@ -358,9 +378,92 @@ def photo_pairs(
     )
     crop.unlink()
 
+    if faint:
+        out += faint_pairs(name, base, tmp)
+
     if name in accuracy.STEREO:
         stereo[name] = original
     else:
+        original.unlink()
+    return out
+
+
+# --- Faint changes: night, dim and foggy photos ----------------------------------------------
+
+# Scenes made from an original's pixels (0-255 per channel): a night shot (0-64), a dim room
+# in flat light (16-118), fog (the photo at 30% contrast over a light grey, 123-200).
+SCENES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "night": lambda x: x * 0.25,
+    "dim": lambda x: 16 + x * 0.4,
+    "fog": lambda x: 0.7 * 176 + 0.3 * x,
+}
+# (kind, the change's sign per scene): a figure standing in the scene (lit at night, a dark
+# silhouette in the dim room and in fog) and a region brightened (a window lit, a lamp on)
+FAINT_CHANGES = {
+    "figure": {"night": 1, "dim": -1, "fog": -1},
+    "glow": {"night": 1, "dim": 1, "fog": 1},
+}
+FAINT_LEVELS = (12, 25)  # the change's grey levels, at its peak (drawn per pair)
+FAINT_COPIES = ("jpeg_q95", "jpeg_q85", "jpeg_q70", "jpeg_q50", "resize_50", "resize_25")
+FAINT_COPIES += ("png", "webp", "heic")
+
+
+def _faint_mask(size: tuple[int, int], kind: str, rng: random.Random) -> np.ndarray:
+    """Where the change is (0-1, soft-edged), away from the frame's edges: a standing figure
+    9% of the frame's height (head, shoulders, legs), or a lit window 7% x 5% of it."""
+    w, h = size
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    if kind == "figure":
+        fh = round(0.09 * h)
+        fw = max(6, round(fh * 0.36))
+        x, y = rng.randint(w // 8, w * 7 // 8 - fw), rng.randint(h // 4, h * 7 // 8 - fh)
+        head = round(fw * 0.5)
+        draw.ellipse((x + fw // 2 - head // 2, y, x + fw // 2 + head // 2, y + head), fill=255)
+        draw.rounded_rectangle((x, y + head, x + fw, y + round(fh * 0.6)), fw // 4, fill=255)
+        leg = round(fw * 0.4)
+        draw.rectangle((x + 1, y + round(fh * 0.55), x + leg, y + fh), fill=255)
+        draw.rectangle((x + fw - leg, y + round(fh * 0.55), x + fw - 1, y + fh), fill=255)
+        blur = 1.5
+    else:
+        ww, wh = round(0.07 * w), round(0.05 * h)
+        x, y = rng.randint(w // 8, w * 7 // 8 - ww), rng.randint(h // 8, h * 7 // 8 - wh)
+        draw.rectangle((x, y, x + ww, y + wh), fill=255)
+        blur = 3.0
+    soft = mask.filter(ImageFilter.GaussianBlur(blur))
+    return np.asarray(soft, np.float32)[..., None] / 255
+
+
+def faint_pairs(name: str, base: Image.Image, tmp: Path) -> list[dict[str, Any]]:
+    """Each scene of `base` (its original: a camera JPEG) vs the same scene with a faint local
+    change (a negative, and again with the original re-saved at 50%, which would move), and
+    the scene's copies (positives): re-encodes, resizes, PNG, WebP, HEIC."""
+    out: list[dict[str, Any]] = []
+    pixels = np.asarray(base, np.float32)
+    for scene, make in SCENES.items():
+        family = f"faint_{scene}"
+        item = f"{name} {scene}"
+        dark = make(pixels)
+        scene_im = Image.fromarray(dark.clip(0, 255).round().astype(np.uint8))
+        original = accuracy._jpeg(scene_im, tmp / f"{name}-{scene}.jpg", accuracy.ORIGINAL_QUALITY)
+        for kind, signs in FAINT_CHANGES.items():
+            rng = random.Random(f"{name}:{scene}:{kind}")
+            level = signs[scene] * rng.randint(*FAINT_LEVELS)
+            changed = dark + level * _faint_mask(scene_im.size, kind, rng)
+            path = accuracy._jpeg(
+                Image.fromarray(changed.clip(0, 255).round().astype(np.uint8)),
+                tmp / f"{name}-{scene}-{kind}.jpg",
+                accuracy.ORIGINAL_QUALITY,
+            )
+            negative(out, family, f"{kind} {level:+d}", item, path, original)
+            path.unlink()
+        with Image.open(original) as decoded:
+            camera = decoded.convert("RGB")
+        for kind in FAINT_COPIES:
+            make_copy = MAKERS.get(kind, accuracy.VARIANTS[kind][2])
+            copy = make_copy(camera, tmp / f"{name}-{scene}-{kind}{_suffix(kind)}")
+            out.append(judge("positive", family, kind, item, copy, original))
+            copy.unlink()
         original.unlink()
     return out
 
@@ -709,9 +812,22 @@ LETTER_WORDS = [
 ]
 
 
-def letter(dst: Path, seed: int, size: tuple[int, int] = (1240, 1754)) -> Path:
+PENCIL_NOTE = "paid 12/3, ref 4921 - call Anna 555 0142"
+# (grey levels under the paper, the same scan or a new one): the pencil note's pairs
+PENCIL_NOTES = [(22, False), (15, False), (22, True)]
+
+
+def letter(
+    dst: Path,
+    seed: int,
+    size: tuple[int, int] = (1240, 1754),
+    note: int = 0,
+    scan: int | None = None,
+) -> Path:
     """A letter on the firm's letterhead, scanned: the letterhead is the same for every
-    seed, the body and the scan's noise are the seed's."""
+    seed, the body and the scan's noise are the seed's (the noise `scan`'s when given: the
+    same page scanned again). `note`: a line written in pencil above the salutation, that
+    many grey levels darker than the paper."""
     rng = random.Random(seed)
     w, h = size
     im = Image.new("L", size, 0)  # ink coverage, drawn in white on black
@@ -746,13 +862,20 @@ def letter(dst: Path, seed: int, size: tuple[int, int] = (1240, 1754)) -> Path:
         y += 38
     draw.text((150, h - 300), "Yours sincerely,", fill=255, font=body)
     ink = np.asarray(im.filter(ImageFilter.GaussianBlur(0.7)), np.float32) / 255
-    noise = np.random.default_rng(seed).normal(0, 5, (h, w)).astype(np.float32)
+    pencil = Image.new("L", size, 0)
+    if note:
+        ImageDraw.Draw(pencil).text(
+            (160, 300), PENCIL_NOTE, fill=255, font=ImageFont.load_default(size=26)
+        )
+    lead = np.asarray(pencil.filter(ImageFilter.GaussianBlur(0.8)), np.float32) / 255
+    noise = np.random.default_rng(seed if scan is None else scan)
+    noise = noise.normal(0, 5, (h, w)).astype(np.float32)
     shade = (
         np.linspace(-4, 4, w, dtype=np.float32)[None, :]
         + np.linspace(3, -3, h, dtype=np.float32)[:, None]
     )
     grey = 236 + shade + noise
-    grey = grey * (1 - ink) + 25 * ink
+    grey = grey * (1 - ink) + 25 * ink - note * lead
     paper = np.stack([grey + 4, grey + 1, grey - 6], axis=2)  # a warm paper tone
     Image.fromarray(paper.clip(0, 255).astype(np.uint8)).save(dst, format="JPEG", quality=85)
     return dst
@@ -764,6 +887,12 @@ def text_pairs(tmp: Path, quick: bool) -> list[dict[str, Any]]:
     for s1, s2 in LETTER_PAIRS[:1] if quick else LETTER_PAIRS:
         a, b = letter(tmp / "letter_a.jpg", s1), letter(tmp / "letter_b.jpg", s2)
         negative(out, "letterhead", "two letters", f"seeds {s1}/{s2}", b, a, factors)
+        for level, rescanned in PENCIL_NOTES:
+            scan = s1 + 100 if rescanned else None
+            noted = letter(tmp / "letter_note.jpg", s1, note=level, scan=scan)
+            kind = f"pencil note -{level}, {'rescanned' if rescanned else 'same scan'}"
+            negative(out, "faint_note", kind, f"seed {s1}", noted, a, factors)
+            noted.unlink()
         text_positives(out, "letterhead", f"seed {s1}", a)
     for s1, s2 in DOCUMENT_PAIRS[:1] if quick else DOCUMENT_PAIRS:
         a = test_photos.document(tmp / "doc_a.jpg", s1)
@@ -882,6 +1011,7 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "families": rows,
         "chat_kinds": chat_kinds(negatives),
+        "faint_kinds": faint_kinds(negatives),
         "margin": {
             "positive_worst_max": pos_worst,
             "positive_worst_max_of_moved": pos_moved_worst,
@@ -920,10 +1050,22 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def chat_kinds(negatives: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The chat negatives per kind of difference and size of the moving copy."""
+    return _kinds([p for p in negatives if p["family"].split("@")[0] == "chat"], str)
+
+
+def faint_kinds(negatives: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The faint negatives per kind of change (a figure, a glow, a pencil note; the photos'
+    levels pooled) and size of the moving copy."""
+    return _kinds(
+        [p for p in negatives if p["family"].startswith("faint_")],
+        lambda kind: kind if kind.startswith("pencil") else kind.split()[0],
+    )
+
+
+def _kinds(negatives: list[dict[str, Any]], group: Callable[[str], str]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for p in negatives:
-        if p["family"].split("@")[0] == "chat":
-            groups.setdefault((p["kind"], p["family"]), []).append(p)
+        groups.setdefault((group(p["kind"]), p["family"]), []).append(p)
     return [
         {
             "kind": kind,
@@ -989,6 +1131,16 @@ def markdown(result: dict[str, Any]) -> str:
             for r in s["chat_kinds"]
         ),
         "",
+        "Faint negatives by kind of change (moved = false moves):",
+        "",
+        "| kind | family | pairs | moved | worst min | worst max |",
+        "|---|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['kind']} | {r['family']} | {r['pairs']} | {r['moved']} "
+            f"| {_fmt(r['worst_min'])} | {_fmt(r['worst_max'])} |"
+            for r in s["faint_kinds"]
+        ),
+        "",
         "## False moves (negatives allowed to move)",
         "",
     ]
@@ -1043,7 +1195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress("letters, documents, text screenshots", len(new))
         stereo: dict[str, Path] = {}
         for source in photos:
-            new = photo_pairs(source, args.long_side, tmp, stereo)
+            faint = not args.quick or source.name not in accuracy.STEREO
+            new = photo_pairs(source, args.long_side, tmp, stereo, faint)
             pairs += new
             progress(source.name, len(new))
         if len(stereo) == 2:
@@ -1088,6 +1241,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for s, f, d in (QUICK_CHATS if args.quick else CHATS)
             ],
             "cover_negatives": list(COVER_NEGATIVES),
+            "faint_scenes": list(SCENES),
+            "faint_changes": FAINT_CHANGES,
+            "faint_levels": list(FAINT_LEVELS),
+            "faint_copies": list(FAINT_COPIES),
+            "pencil_notes": [
+                f"-{level}, {'rescanned' if rescanned else 'same scan'}"
+                for level, rescanned in PENCIL_NOTES
+            ],
         },
         "summary": summarize(pairs),
         "sweep": sweep(pairs),
@@ -1108,7 +1269,9 @@ def main() -> None:
         help="default bench/results (--quick: the system temp directory)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 4 photos, 2 chat configurations"
+        "--quick",
+        action="store_true",
+        help="smoke run: 4 photos (the faint scenes of 2), 2 chat configurations",
     )
     args = parser.parse_args()
     if args.long_side < 64:
