@@ -39,7 +39,7 @@ run: $(RUN_STAMP)
 	$(BIN)/python scripts/make_demo.py demo/photos
 	$(BIN)/dedupd scan --config config/demo.yaml
 
-## make test: the fast suite (about 9 minutes on 2 cores; tests over ~2.5 s are marked slow).
+## make test: the fast suite (under 10 minutes on 2 cores; tests over ~2.5 s are marked slow).
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
