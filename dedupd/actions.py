@@ -305,9 +305,14 @@ class Actions:
         store: Store,
         quarantine: Path | None,
         *,
+        owners: Sequence[frozenset[int]] = (),
         checkpoint: Callable[[str], None] = _no_checkpoint,
     ):
         self.store = store
+        # The config's `owners`: uids that write one person's photos (Nextcloud as www-data
+        # beside Syncthing as the user). A keeper of another account of the same group counts
+        # as the file's owner's own; see `_one_owner`.
+        self.owners = tuple(owners)
         # Resolved once, following only links root or dedupd's user made: a quarantine folder
         # a user swapped for a link of theirs (to /etc, say) stays a link, and every action
         # refuses it, rather than making folders and copies wherever it points.
@@ -454,14 +459,18 @@ class Actions:
                 "nothing done"
             )
 
-    @staticmethod
+    def _one_owner(self, a: int, b: int) -> bool:
+        """Whether uids `a` and `b` are one person's: the same uid, or two accounts the
+        config's `owners` puts in one group."""
+        return a == b or any(a in group and b in group for group in self.owners)
+
     def _same_filesystem(
-        record: _Version, keeper: _Version, k: os.stat_result, r: os.stat_result
+        self, record: _Version, keeper: _Version, k: os.stat_result, r: os.stat_result
     ) -> None:
         """Refuse a delete whose keeper (`k`, by descriptor) is on another filesystem than the
-        file to delete (`r`), or owned by another user: `KeeperElsewhere`. Another user's
-        copy (a photo Bob sent Alice, kept in his folder) is his to delete: hers deleted
-        against it was lost the day he did."""
+        file to delete (`r`), or owned by another user (unless `owners` groups the two
+        accounts): `KeeperElsewhere`. Another user's copy (a photo Bob sent Alice, kept in his
+        folder) is his to delete: hers deleted against it was lost the day he did."""
         if k.st_dev != r.st_dev:
             raise KeeperElsewhere(
                 f"{keeper.path} is on another filesystem than {record.path}, which may show "
@@ -469,7 +478,7 @@ class Actions:
                 "keeper on the same filesystem",
                 "its keeper is on another filesystem",
             )
-        if k.st_uid != r.st_uid:
+        if not self._one_owner(k.st_uid, r.st_uid):
             raise KeeperElsewhere(
                 f"{keeper.path} belongs to another user (uid {k.st_uid}) than {record.path} "
                 f"(uid {r.st_uid}), who may delete it; a delete needs its keeper owned by the "
@@ -1149,7 +1158,7 @@ class Actions:
         `q` (another user's copy is theirs to delete, as for a delete: `_same_filesystem`).
         A file dedupd copied into the quarantine from another filesystem, not as root, is
         dedupd's own now: whose it was is not known, and not held against the keeper."""
-        if k.st_uid == mine.st_uid:
+        if self._one_owner(k.st_uid, mine.st_uid):
             return False
         record = self.store.file(q.file_id) if q.file_id is not None else None
         copied = record is not None and record.dev is not None and record.dev != mine.st_dev
@@ -1355,7 +1364,7 @@ class Actions:
         if a.kind == "quarantine" and self.quarantine_dir is not None:
             _reachable(str(self.quarantine_dir))
         if a.kind == "delete":
-            return _recover_delete_pair(halves, root)
+            return _recover_delete_pair(halves, root, self._one_owner)
         return _recover_quarantine_pair(halves, root)
 
 
@@ -1400,7 +1409,9 @@ def _recover_quarantine_pair(halves: Sequence[_Half], root: str) -> tuple[str, s
     return "rolled_back", f"crashed before the Live Photo's two files were moved{where}"
 
 
-def _recover_delete_pair(halves: Sequence[_Half], root: str) -> tuple[str, str]:
+def _recover_delete_pair(
+    halves: Sequence[_Half], root: str, one_owner: Callable[[int, int], bool]
+) -> tuple[str, str]:
     here = [_staged_exists(root, PurePath(h.staged or "").name) for h in halves]
     gone = [
         not s and not (safefs.lexists(h.src) and _sha256_of(h.src) == h.sha256)
@@ -1425,7 +1436,11 @@ def _recover_delete_pair(halves: Sequence[_Half], root: str) -> tuple[str, str]:
         except (OSError, DedupdError):
             verified = False
         keeper = h.keeper or ""
-        if verified and _keeper_proves(h.staged, keeper) and not _same_file(h.staged, keeper):
+        if (
+            verified
+            and _keeper_proves(h.staged, keeper, one_owner)
+            and not _same_file(h.staged, keeper)
+        ):
             _unlink_path(h.staged)
         else:
             kept.append(_put_back(PurePath(h.staged), PurePath(h.src), root))
@@ -1534,17 +1549,19 @@ def _same_file(a: str | PurePath, b: str | PurePath) -> bool:
     return sts[0] == sts[1]
 
 
-def _keeper_proves(a: str | PurePath, b: str | PurePath) -> bool:
-    """Whether `a` and `b` are on one filesystem and owned by one user (a delete's keeper
-    must be: `KeeperElsewhere`)."""
-    owners = set()
+def _keeper_proves(
+    a: str | PurePath, b: str | PurePath, one_owner: Callable[[int, int], bool]
+) -> bool:
+    """Whether `a` and `b` are on one filesystem and owned by one user, as `one_owner` counts
+    them (a delete's keeper must be: `KeeperElsewhere`)."""
+    seen = []
     for path in (PurePath(a), PurePath(b)):
         with safefs.directory(path.parent) as d:
             st = safefs.stat_at(d, path.name)
         if st is None:
             return False
-        owners.add((st.st_dev, st.st_uid))
-    return len(owners) == 1
+        seen.append(st)
+    return seen[0].st_dev == seen[1].st_dev and one_owner(seen[0].st_uid, seen[1].st_uid)
 
 
 def _unlink_path(path: str | PurePath) -> None:

@@ -282,7 +282,7 @@ def _scan(
         bits = Hasher(config.hashing.algorithm, config.hashing.hash_size).bits
         # Even a dry run writes hashes: refuse while the daemon (or another scan) writes.
         with DatabaseLock(config.database, "scan"), Store(config.database) as store:
-            actions = Actions(store, config.quarantine.path)
+            actions = Actions(store, config.quarantine.path, owners=config.owners)
             # What a killed daemon or scan left half done is finished or rolled back first.
             for r in actions.recover():
                 click.echo(

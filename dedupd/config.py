@@ -195,6 +195,9 @@ class Config:
         default_factory=lambda: {DEFAULT_POLICY: Policy(), REFERENCE_POLICY: Policy(reference=True)}
     )
     quarantine: QuarantineConfig = QuarantineConfig()
+    # Groups of uids that write one person's photos (`owners`): a delete's or a purge's
+    # keeper may belong to another account of the file's own group.
+    owners: tuple[frozenset[int], ...] = ()
 
     def root_policies(self) -> dict[str, Policy]:
         """Each root's policy, keyed by the root's resolved path as the store names it."""
@@ -617,6 +620,7 @@ def _config(data: object, source: str | None, base: Path) -> Config:
             "roots",
             "policies",
             "quarantine",
+            "owners",
         )
     )
     policies: dict[str, Policy] = {
@@ -675,9 +679,49 @@ def _config(data: object, source: str | None, base: Path) -> Config:
         roots=tuple(roots),
         policies=policies,
         quarantine=quarantine,
+        owners=_owners(top),
     )
     check_layout(config)
     return config
+
+
+def _owners(top: _Reader) -> tuple[frozenset[int], ...]:
+    """`owners`: a list of groups, each a list of two or more accounts (user names, or uids)
+    that write one person's photos. Names are looked up now: a name this machine does not
+    know, or an account in two groups, is an error."""
+    import pwd
+
+    raw = top.data.get("owners")
+    if raw is None:
+        return ()
+    allowed = "a list of groups, each a list of two or more user names or uids"
+    if not isinstance(raw, list):
+        top.fail(f"must be {allowed}, got {_describe(raw)}", "owners")
+    groups: list[frozenset[int]] = []
+    seen: dict[int, int] = {}
+    for i, group in enumerate(raw):
+        key = f"owners[{i}]"
+        if not isinstance(group, list) or len(group) < 2:
+            top.fail(f"must be two or more user names or uids, got {_describe(group)}", key)
+        uids: set[int] = set()
+        for account in group:
+            if isinstance(account, bool) or not isinstance(account, (str, int)):
+                top.fail(f"must be user names or uids, got {_describe(account)}", key)
+            if isinstance(account, int):
+                if account < 0:
+                    top.fail(f"a uid is 0 or more, got {account}", key)
+                uid = account
+            else:
+                try:
+                    uid = pwd.getpwnam(account).pw_uid
+                except KeyError:
+                    top.fail(f"no user named {_clip(account)!r} on this machine", key)
+            if uid in seen and seen[uid] != i:
+                top.fail(f"uid {uid} is in owners[{seen[uid]}] too: merge the two groups", key)
+            seen[uid] = i
+            uids.add(uid)
+        groups.append(frozenset(uids))
+    return tuple(groups)
 
 
 # -- loading ------------------------------------------------------------------------------

@@ -427,7 +427,7 @@ class Daemon:
             self.store = Store(config.database)
             self._database_identity = _identity(config.database)
             self._check_roots(config)
-            self.actions = Actions(self.store, config.quarantine.path)
+            self.actions = Actions(self.store, config.quarantine.path, owners=config.owners)
             self._recover()
             self._configure(config)
         except sqlite3.DatabaseError as exc:  # it opened, but reading it failed (corrupt)
@@ -691,7 +691,9 @@ class Daemon:
                 os.unlink(name)
         self.store = Store(path)
         self._database_identity = _identity(path)
-        self.actions = Actions(self.store, self.config.quarantine.path)
+        self.actions = Actions(
+            self.store, self.config.quarantine.path, owners=self.config.owners
+        )
         self._configure(self.config)  # fresh watches and index, and a reconcile of every root
 
     def _fatal(self, event: str, error: str) -> None:
@@ -717,14 +719,16 @@ class Daemon:
         self.watcher.stop()
         self.ingest.close()
         try:
-            self.actions = Actions(self.store, config.quarantine.path)
+            self.actions = Actions(self.store, config.quarantine.path, owners=config.owners)
             self._configure(config)
         except Interrupted:  # stopping: the new config's work is done by the next start
             raise
         except Exception as exc:  # e.g. the database was locked: go back to the old config
             log.exception("reload_failed", detail="restoring the running config")
             try:
-                self.actions = Actions(self.store, old_config.quarantine.path)
+                self.actions = Actions(
+                    self.store, old_config.quarantine.path, owners=old_config.owners
+                )
                 self._configure(old_config)
             except Exception:
                 log.exception("restore_after_reload_failed", detail="stopping; restart me")

@@ -480,7 +480,8 @@ class LocalService:
             ) from exc
         try:
             with Store(self.config.database) as st:
-                return change(st, Actions(st, self.config.quarantine.path))
+                actions = Actions(st, self.config.quarantine.path, owners=self.config.owners)
+                return change(st, actions)
         finally:
             lock.release()
 

@@ -295,7 +295,29 @@ BAD_CONFIGS = {
         "policies.camera.isometric",
         ["true or false", "'sometimes'"],
     ),
+    "owners-not-a-list": ("owners: alice\n", "owners", ["a list of groups", "'alice'"]),
+    "owners-group-of-one": ("owners: [[root]]\n", "owners[0]", ["two or more", "['root']"]),
+    "owners-unknown-user": (
+        "owners: [[root, no-such-user-here]]\n",
+        "owners[0]",
+        ["no user named 'no-such-user-here'"],
+    ),
+    "owners-negative-uid": ("owners: [[0, -1]]\n", "owners[0]", ["0 or more", "-1"]),
+    "owners-not-an-account": ("owners: [[0, true]]\n", "owners[0]", ["user names or uids"]),
+    "owners-account-in-two-groups": (
+        "owners: [[0, 1000], [2000, root]]\n",
+        "owners[1]",
+        ["uid 0 is in owners[0] too", "merge"],
+    ),
 }
+
+
+def test_owners_groups_user_names_and_uids_by_uid(tmp_path: Path) -> None:
+    """`owners` names accounts by user name or uid; each group is kept as the set of uids
+    (names looked up on this machine: root is uid 0), and no group is the default."""
+    config = load_config(_write(tmp_path, "owners: [[root, 1234], [4321, 4322, 4323]]\n"))
+    assert config.owners == (frozenset({0, 1234}), frozenset({4321, 4322, 4323}))
+    assert load_config(_write(tmp_path, "dry_run: false\n")).owners == ()
 
 
 def test_isometric_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:

@@ -694,6 +694,50 @@ def test_an_exact_copy_whose_keeper_belongs_to_another_user_is_quarantined_not_d
     assert quarantined.exists() and (bob / "for-alice.jpg").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of two users: needs root")
+def test_accounts_the_config_groups_as_one_owner_delete_and_purge_against_each_other(
+    tmp_path: Path,
+) -> None:
+    """Nextcloud as `www-data` beside Syncthing as the user: one person's photos under two
+    accounts. With `owners` grouping them, an exact copy is deleted against the other
+    account's keeper, and a copy quarantined while they were not grouped is purged; an
+    account outside the group is still another user."""
+    nextcloud, syncthing = (tmp_path / "nextcloud").resolve(), (tmp_path / "sync").resolve()
+    photos.copy(photos.photo("coffee"), nextcloud / "IMG_2041.jpg")
+    photos.copy(photos.photo("coffee"), syncthing / "IMG_2041.jpg")
+    photos.copy(photos.photo("rocket"), nextcloud / "IMG_2042.jpg")
+    photos.copy(photos.photo("rocket"), syncthing / "IMG_2042.jpg")
+    for owner, folder in ((33, nextcloud), (23456, syncthing)):
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, owner, owner)
+    q = (tmp_path / "quarantine").resolve()
+    config = _two_roots_config(tmp_path, nextcloud, syncthing, q)
+    # Not grouped: quarantined, as another user's copy, and kept by a purge.
+    (nextcloud / "IMG_2042.jpg").rename(tmp_path / "later.jpg")
+    (act,) = _scan_json(config)["actions"]
+    assert act["action"] == "quarantine" and "belongs to another user" in act["rule"]
+    (quarantined,) = q.rglob("IMG_2041.jpg")
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+
+    with Store(load_config(config).database) as store:
+        assert Actions(store, q).purge(0) == []
+        assert Actions(store, q, owners=[frozenset({33, 99})]).purge(0) == []  # not that one
+    assert quarantined.exists()
+
+    config.write_text(config.read_text() + "owners: [[33, 23456]]\n")
+    with Store(load_config(config).database) as store:
+        assert Actions(store, q, owners=load_config(config).owners).purge(0) != []
+    assert not quarantined.exists() and (syncthing / "IMG_2041.jpg").exists()
+
+    (tmp_path / "later.jpg").rename(nextcloud / "IMG_2042.jpg")  # arrives again: deleted
+    (act,) = _scan_json(config)["actions"]
+    assert (act["action"], act["result"]) == ("delete", "done"), act
+    assert act["target"] == str(nextcloud / "IMG_2042.jpg")
+    assert act["keeper"] == str(syncthing / "IMG_2042.jpg")
+    assert not (nextcloud / "IMG_2042.jpg").exists() and (syncthing / "IMG_2042.jpg").exists()
+
+
 def test_a_delete_refused_by_descriptor_for_a_keeper_elsewhere_quarantines_instead(
     tmp_path: Path, elsewhere: Path
 ) -> None:
