@@ -520,6 +520,7 @@ class Actions:
                 sha256=record.sha256,
                 keeper_id=keeper.id if keeper else None,
                 keeper_path=str(keeper.path) if keeper else None,
+                keeper_sha256=keeper.sha256 if keeper else None,
                 distance=distance,
                 reason=reason,
                 motion=half.to_json() if half else None,
@@ -563,11 +564,22 @@ class Actions:
             raise ActionError(f"{want.path}: changed since it was hashed; left in place")
 
     def _check_keeper_before(self, record: FileRecord, keeper: FileRecord) -> None:
+        """A quarantine's keeper, by descriptor: another file than `record`, and still the
+        version the decision was made on (its recorded stat; its bytes then, by the one
+        identity rule). A keeper edited or replaced since (a sync client renaming another
+        photo onto its name, an editor saving over it, a record left stale while the daemon
+        was down) no longer shows that the photo is kept: nothing moves, and the keeper is
+        decided again once it is hashed."""
         kfd = self._check_keeper(record, keeper, None)
         with _fd(kfd):
             k = os.fstat(kfd)
         if (k.st_dev, k.st_ino) == (record.dev, record.inode):
             raise ActionError(f"{keeper.path} is the same file as {record.path}; nothing done")
+        if keeper.sha256 is None or not _same_version(k, keeper.stat):
+            raise ActionError(
+                f"{keeper.path} changed since it was matched with {record.path}; nothing moved "
+                "(it is decided again once the keeper is hashed)"
+            )
 
     def _quarantine_staged(self, action_id: int, parts: Sequence[_Part], qdir: int) -> None:
         """Stage every part, verify every part, then link every part into quarantine, and
@@ -744,6 +756,7 @@ class Actions:
                 sha256=record.sha256,
                 keeper_id=keeper.id,
                 keeper_path=str(keeper.path),
+                keeper_sha256=keeper.sha256,
                 distance=0,
                 reason=reason,
                 motion=half.to_json() if half else None,
@@ -1136,7 +1149,7 @@ class Actions:
             with _fd(self._check_keeper(keeper, keeper, None)) as kfd:
                 k, mine = os.fstat(kfd), os.fstat(fd)
                 this = (k.st_dev, k.st_ino) == (mine.st_dev, mine.st_ino)
-                same = not this and safefs.sha256_fd(kfd) == keeper.sha256
+                same = not this and safefs.sha256_fd(kfd) in self._kept_bytes(q, keeper)
         except (OSError, DedupdError) as exc:
             raise ActionError(
                 f"{q.dst}: its keeper {keeper.path} cannot be verified ({exc}); {keep}"
@@ -1150,8 +1163,25 @@ class Actions:
             )
         if not same:
             raise ActionError(
-                f"{q.dst}: its keeper {keeper.path} no longer holds its recorded bytes; {keep}"
+                f"{q.dst}: its keeper {keeper.path} no longer holds the bytes it held when "
+                f"this photo was quarantined as its duplicate; {keep}"
             )
+
+    @staticmethod
+    def _kept_bytes(q: ActionRecord, keeper: FileRecord) -> set[str]:
+        """The sha256s a purge accepts in the keeper of quarantine `q`: the bytes the keeper
+        held when `q` was decided (journaled), or the quarantined file's own (a byte-identical
+        copy). Its record's bytes now prove nothing: a keeper replaced by another picture is
+        hashed again, and its record then names the new bytes.
+
+        A quarantine journaled before the keeper's bytes were (schema 16) accepts the record's
+        bytes only while that record has not changed since the quarantine."""
+        accepted = {q.sha256}
+        if q.keeper_sha256 is not None:
+            accepted.add(q.keeper_sha256)
+        elif keeper.sha256 is not None and keeper.updated <= q.created:
+            accepted.add(keeper.sha256)
+        return accepted
 
     def _owners_differ(self, q: ActionRecord, mine: os.stat_result, k: os.stat_result) -> bool:
         """Whether the keeper `k` belongs to another user than the file `mine` quarantined by

@@ -351,13 +351,16 @@ def _live(store: Store, record: FileRecord) -> dict[str, Any]:
 
 
 def _kind(store: Store, e: ActionRecord) -> str | None:
-    """"exact" when the keeper holds the quarantined bytes, else "near" (its distance is
+    """"exact" when the keeper held the quarantined bytes when the file was quarantined (as
+    journaled; for an older entry, when it holds them now), else "near" (its distance is
     between perceptual hashes: 0 for a resized copy, which is not the same file); None
     without a keeper."""
+    if e.keeper_sha256 is not None and e.keeper_sha256 == e.sha256:
+        return "exact"
     keeper = store.file(e.keeper_id) if e.keeper_id is not None else None
     if keeper is None:
         return None if e.keeper_path is None else "near"
-    if keeper.sha256 == e.sha256:
+    if e.keeper_sha256 is None and keeper.sha256 == e.sha256:
         return "exact"
     from dedupd.features import FEATURES_KEY
 

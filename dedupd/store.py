@@ -319,6 +319,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE files ADD COLUMN framed REAL;
     """,
+    # 15 → 16: the keeper's sha256 when a file was quarantined as its duplicate: a purge
+    # needs the keeper to hold those bytes still (or the quarantined file's own), not those
+    # of whatever its record says now (a keeper replaced since by another picture was
+    # re-hashed, and a purge checked the new bytes against the new record). NULL for the
+    # quarantines journaled before (`Actions._keeper_kept` says how they are checked).
+    """
+    ALTER TABLE actions ADD COLUMN keeper_sha256 TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -412,6 +420,9 @@ class ActionRecord:
     # A Live Photo's motion half, acted on with the still in this one entry (JSON; see
     # `actions`), or None for a file alone.
     motion: str | None = None
+    # The keeper's sha256 when the file was quarantined as its duplicate (None: no keeper,
+    # or journaled by a dedupd before schema 16).
+    keeper_sha256: str | None = None
 
 
 def _action_from_db(row: dict[str, Any]) -> ActionRecord:

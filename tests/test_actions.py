@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -280,6 +281,80 @@ def test_purge_deletes_a_quarantined_photo_only_while_its_keeper_is_there(  # ty
     (failed,) = store.actions("kind = 'purge' AND state = 'failed'")
     assert failed.of_action == quarantined
     assert "may be the only copy, so it is kept" in (failed.error or "")
+
+
+@pytest.mark.parametrize("how", ["replaced", "edited in place"])
+def test_a_keeper_changed_since_the_decision_is_no_keeper_for_a_quarantine(  # type: ignore[no-untyped-def]
+    setup, how: str
+) -> None:
+    """The red team's stale keeper: the decision rests on the keeper's record, and the file
+    at the keeper's name is another picture now (a sync client renamed another photo onto
+    it, an editor saved a crop over it, while the daemon was down or before the change
+    settled). Nothing moves: the copy may be the last of its picture."""
+    store, root, q = setup
+    dup, keeper = _rec(store, root / "dup.jpg"), _rec(store, root / "keeper.jpg")
+    if how == "replaced":
+        photos.copy(photos.photo("rocket"), root / "incoming.jpg")
+        (root / "incoming.jpg").rename(root / "keeper.jpg")
+    else:
+        with (root / "keeper.jpg").open("r+b") as f:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\0")  # its size, and mtime, change
+    with pytest.raises(ActionError, match="changed since it was matched"):
+        Actions(store, q).quarantine(dup, keeper, 0, "test")
+    assert (root / "dup.jpg").exists() and _copies(dup.sha256 or "", q) == []
+    assert store.actions() == []
+
+
+@pytest.mark.parametrize("match", ["exact", "near"])
+def test_purge_keeps_a_photo_whose_keeper_holds_another_picture_now_though_rehashed(  # type: ignore[no-untyped-def]
+    setup, match: str
+) -> None:
+    """The red team's purge loss: quarantined against a keeper that was then replaced by
+    another picture, and hashed again (its record names the new bytes). The purge checked
+    the keeper against its record, found them equal, and deleted the last copy of the
+    picture. The keeper must hold the bytes it held when the photo was quarantined (or the
+    quarantined photo's own)."""
+    store, root, q = setup
+    actions = Actions(store, q)
+    copy = _rec(store, root / ("dup.jpg" if match == "exact" else "sub/near.jpg"))
+    quarantined = actions.quarantine(copy, _rec(store, root / "keeper.jpg"), 0, "test")
+    assert store.action(quarantined).keeper_sha256 == _sha(root / "keeper.jpg")  # type: ignore[union-attr]
+    photos.copy(photos.photo("rocket"), root / "incoming.jpg")
+    (root / "incoming.jpg").rename(root / "keeper.jpg")
+    store.record_hashed(str(root), "keeper.jpg", _rehash(root / "keeper.jpg"))
+    assert _rec(store, root / "keeper.jpg").sha256 == _sha(root / "keeper.jpg")
+    assert actions.purge(older_than=0) == []
+    assert len(_copies(copy.sha256 or "", q)) == 1
+    (failed,) = store.actions("kind = 'purge'")
+    assert failed.state == "failed" and "no longer holds the bytes it held" in (failed.error or "")
+    # A keeper that holds the quarantined photo's own bytes is a copy of it: purged.
+    (in_quarantine,) = _copies(copy.sha256 or "", q)
+    (root / "x").write_bytes(in_quarantine.read_bytes())
+    (root / "x").rename(root / "keeper.jpg")
+    assert actions.purge(older_than=0) == [quarantined]
+    assert _copies(copy.sha256 or "", q) == []
+
+
+@pytest.mark.parametrize("keeper_since", ["unchanged", "rehashed"])
+def test_a_quarantine_journaled_before_the_keepers_bytes_were_is_purged_only_on_an_unchanged_record(  # type: ignore[no-untyped-def]
+    setup, keeper_since: str
+) -> None:
+    """An entry of a dedupd before schema 16 has no keeper bytes: the keeper's record is
+    trusted only while it is the one the quarantine was decided on (not updated since)."""
+    _, root, q = setup
+    clock = [time.time() + 10]  # after the scan that recorded the keeper
+    store = Store(setup[0].path, now=lambda: clock[0])
+    actions = Actions(store, q)
+    near = _rec(store, root / "sub" / "near.jpg")
+    quarantined = actions.quarantine(near, _rec(store, root / "keeper.jpg"), 4, "test")
+    store.journal_update(quarantined, keeper_sha256=None)  # as an older dedupd journaled it
+    clock[0] += 1000
+    if keeper_since == "rehashed":  # the same bytes, hashed again: it may have been anything
+        store.record_hashed(str(root), "keeper.jpg", _rehash(root / "keeper.jpg"))
+    purged = actions.purge(older_than=0)
+    assert purged == ([quarantined] if keeper_since == "unchanged" else [])
+    assert bool(_copies(near.sha256 or "", q)) == (keeper_since == "rehashed")
 
 
 # -- kill -9 at every step ------------------------------------------------------------------

@@ -41,6 +41,22 @@ def lib(tmp_path: Path) -> Lib:
     return lib
 
 
+def test_quarantine_list_says_exact_for_a_copy_whose_keeper_was_replaced_since(lib: Lib) -> None:
+    """What the keeper held when the copy was quarantined (journaled) says "exact", not what
+    it holds now: a keeper replaced by another picture made the list say "near, distance 0"
+    (the red team's hint that a purge would be unsafe)."""
+    lib.scan()
+    listed = json.loads(lib.ctl("quarantine", "list", "--json").stdout)["quarantined"]
+    (copy,) = [e for e in listed if Path(e["src"]).name == "coffee (1).jpg"]
+    keeper = Path(copy["keeper"]["path"])
+    photos.copy(photos.photo("hubble"), keeper.with_name("incoming.jpg"))
+    keeper.with_name("incoming.jpg").rename(keeper)
+    lib.scan()  # the keeper is hashed again: its record names the other picture now
+    listed = json.loads(lib.ctl("quarantine", "list", "--json").stdout)["quarantined"]
+    (copy,) = [e for e in listed if Path(e["src"]).name == "coffee (1).jpg"]
+    assert copy["kind"] == "exact"
+
+
 def test_show_says_what_went_to_quarantine(lib: Lib) -> None:
     lib.scan()
     shown = lib.ctl("show")

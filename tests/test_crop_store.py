@@ -94,7 +94,8 @@ def test_a_schema_9_database_gains_the_features_table_and_keeps_its_rows(tmp_pat
         a = store.record_hashed("/r", "a.jpg", _image("a" * 64, None))
     conn = sqlite3.connect(db)
     conn.executescript(
-        "DROP TABLE features; ALTER TABLE files DROP COLUMN framed; PRAGMA user_version = 9;"
+        "DROP TABLE features; ALTER TABLE files DROP COLUMN framed;"
+        " ALTER TABLE actions DROP COLUMN keeper_sha256; PRAGMA user_version = 9;"
     )
     conn.close()
     with Store(db) as store:
@@ -117,6 +118,7 @@ def test_a_schema_11_database_keeps_its_features_with_the_words_first_in_each_ro
     conn = sqlite3.connect(db)
     conn.executescript(
         "DROP TABLE features; ALTER TABLE files DROP COLUMN framed;"
+        " ALTER TABLE actions DROP COLUMN keeper_sha256;"
         "CREATE TABLE features (file_id INTEGER PRIMARY KEY REFERENCES files (id)"
         " ON DELETE CASCADE, kind TEXT NOT NULL, width INTEGER NOT NULL,"
         " height INTEGER NOT NULL, points BLOB NOT NULL, descriptors BLOB NOT NULL,"

@@ -250,7 +250,7 @@ def test_duplicates_reported_before_the_upgrade_are_decided_again_once(lib: Lib)
         " DROP TABLE videos; ALTER TABLE files DROP COLUMN duration;"
         " DROP TABLE live_motion; ALTER TABLE actions DROP COLUMN motion;"
         " ALTER TABLE files DROP COLUMN thumbnail; DROP TABLE features;"
-        " ALTER TABLE files DROP COLUMN framed;"
+        " ALTER TABLE files DROP COLUMN framed; ALTER TABLE actions DROP COLUMN keeper_sha256;"
         " PRAGMA user_version = 3;"
     )
     conn.close()
@@ -738,14 +738,58 @@ def test_accounts_the_config_groups_as_one_owner_delete_and_purge_against_each_o
     assert not (nextcloud / "IMG_2042.jpg").exists() and (syncthing / "IMG_2042.jpg").exists()
 
 
+def test_a_keeper_edited_while_dedupd_was_down_is_no_keeper_when_the_policy_turns_to_act(
+    tmp_path: Path,
+) -> None:
+    """The red team's s7: two exact copies, reported. While dedupd is down the user crops
+    the keeper in place, then turns the policy to `quarantine`. The next scan decided the
+    reported copy again against the keeper's stale record and quarantined it, and a purge
+    deleted the last whole picture. The keeper is checked by descriptor against the version
+    the decision rests on: nothing moves, and no purge can lose the picture."""
+    from PIL import Image
+
+    root = (tmp_path / "photos").resolve()
+    keeper, copy = root / "2024" / "IMG_0001.jpg", root / "backup" / "IMG_0001 (1).jpg"
+    photos.copy(photos.photo("coffee"), keeper)
+    photos.copy(photos.photo("coffee"), copy)
+    sha = hashlib.sha256(copy.read_bytes()).hexdigest()
+    q = (tmp_path / "quarantine").resolve()
+    config = tmp_path / "dedupd.yaml"
+    text = (
+        f"database: {tmp_path / 'state' / 'dedupd.db'}\n"
+        f"socket: {tmp_path / 'state' / 'none.sock'}\n"
+        "hashing: {workers: 1}\n"
+        f"roots: [{{path: {root}, policy: cam}}]\n"
+        "policies: {cam: {exact: report, near: report}}\n"
+        f"quarantine: {{path: {q}}}\n"
+    )
+    config.write_text(text)
+    (group,) = _scan_json(config)["groups"]
+    assert group["keeper"]["path"] == str(keeper)
+    with Image.open(keeper) as im:
+        cropped = im.crop((0, 0, im.width // 2, im.height // 2))
+        cropped.load()
+    with keeper.open("r+b") as f:  # saved over in place: the same inode, other bytes
+        f.truncate(0)
+        cropped.save(f, "JPEG", quality=92)
+    config.write_text(text.replace("report", "quarantine"))
+    report = _scan_json(config)
+    assert [a for a in report["actions"] if a["result"] == "done"] == []
+    assert copy.exists() and not list(q.rglob("*.jpg"))
+    result = CliRunner().invoke(
+        dedupctl, ["--config", str(config), "quarantine", "purge", "--older-than", "0", "--yes"]
+    )
+    assert result.exit_code == 0, result.output
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == sha
+
+
 def test_a_delete_refused_by_descriptor_for_a_keeper_elsewhere_quarantines_instead(
     tmp_path: Path, elsewhere: Path
 ) -> None:
-    """Records can be stale: the policy saw the two on one device, the files are not (a
-    mount since). The action's own look, by descriptor, refuses the delete, and the engine
-    quarantines the file instead, with its keeper."""
-    from dataclasses import replace
-
+    """The policy's view of devices is the records'; the action looks again, by descriptor.
+    A delete decided (here by hand) against a keeper that is on another device refuses, and
+    the engine quarantines the file instead, with its keeper. (A record stale by its device
+    is another version of the keeper: nothing moves at all, as for any changed keeper.)"""
     from dedupd.actions import Actions
     from dedupd.config import load_config
     from dedupd.engine import Ingest
@@ -764,8 +808,7 @@ def test_a_delete_refused_by_descriptor_for_a_keeper_elsewhere_quarantines_inste
             target = store.file_at(root / "IMG_0001.jpg")
             keeper = store.file_at(elsewhere / "IMG_0001.jpg")
             assert target is not None and keeper is not None
-            stale = replace(keeper, dev=target.dev)  # as if recorded on the target's device
-            decision = Decision("delete", "keep: test", target, stale, 0, "exact")
+            decision = Decision("delete", "keep: test", target, keeper, 0, "exact")
             outcome = ingest.apply(decision, str(target.path))
         finally:
             ingest.close()
