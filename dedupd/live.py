@@ -25,10 +25,11 @@ import io
 import os
 import stat
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from dedupd import safefs
 from dedupd.errors import DedupdError
@@ -271,10 +272,26 @@ def _meta_content_id(f: BinaryIO, start: int, stop: int, budget: list[int]) -> s
 
 # -- finding a still's motion file -----------------------------------------------------------
 
-# Per worker process: folder → (its mtime_ns, {movie name: (stat, content identifier)}), so
-# that pairing by identifier reads each movie of a folder once, not once per photo.
-_folders: dict[str, tuple[int, dict[str, tuple[FileStat, str | None]]]] = {}
+Movies = dict[str, tuple[FileStat, str | None]]  # movie name → (stat, content identifier)
+
+
+class _Listed(NamedTuple):
+    mtime_ns: int  # the folder's, when listed
+    at: float  # time.monotonic() of the listing
+    movies: Movies
+
+
+# Per worker process: each folder's last listing, so that pairing by identifier reads each
+# movie of a folder once, not once per photo.
+_folders: dict[str, _Listed] = {}
 _MAX_FOLDERS = 64
+# A folder that changes (uploads arriving) is listed again at most this often, in seconds:
+# listing a camera folder of 20,000 photos took ~55 ms here, once per photo of a burst into
+# it (quadratic: minutes for a phone's first sync). Meanwhile a movie named as the photo is
+# looked for by name (`_named_movie_arrived`). One of another case or name that arrived
+# since is caught before any move: `actions` looks for files by name again and refuses to
+# move a photo beside one the worker did not see (`Beside`).
+RELIST_AFTER = 1.0
 
 
 def open_regular(path: str) -> BinaryIO | None:
@@ -294,16 +311,24 @@ def open_regular(path: str) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
-def _movies_in(folder: str) -> dict[str, tuple[FileStat, str | None]]:
+def _movies_in(folder: str, photo: str) -> Movies:
     """The movies of `folder` with their identifiers: listed again only when the folder
-    changed (its mtime), and a movie read again only when it changed."""
+    changed (its mtime), at most once every RELIST_AFTER seconds unless a movie named as
+    `photo` arrived, and a movie read again only when it changed."""
     try:
         folder_mtime = os.stat(folder, follow_symlinks=False).st_mtime_ns
     except OSError:
         return {}
     cached = _folders.get(folder)
-    if cached is not None and cached[0] == folder_mtime:
-        return cached[1]
+    if cached is not None and (
+        cached.mtime_ns == folder_mtime
+        or (
+            time.monotonic() - cached.at < RELIST_AFTER
+            and not _named_movie_arrived(folder, photo, cached.movies)
+        )
+    ):
+        return cached.movies
+    listed_at = time.monotonic()
     try:
         names = [
             e.name
@@ -313,8 +338,8 @@ def _movies_in(folder: str) -> dict[str, tuple[FileStat, str | None]]:
         ]
     except OSError:
         return {}
-    known = cached[1] if cached is not None else {}
-    movies: dict[str, tuple[FileStat, str | None]] = {}
+    known = cached.movies if cached is not None else {}
+    movies: Movies = {}
     for name in names:
         try:
             st = FileStat.of(os.stat(os.path.join(folder, name), follow_symlinks=False))
@@ -330,8 +355,24 @@ def _movies_in(folder: str) -> dict[str, tuple[FileStat, str | None]]:
             movies[name] = (st, movie_content_id(f))
     if len(_folders) >= _MAX_FOLDERS:
         _folders.clear()
-    _folders[folder] = (folder_mtime, movies)
+    _folders[folder] = _Listed(folder_mtime, listed_at, movies)
     return movies
+
+
+def _named_movie_arrived(folder: str, photo: str, movies: Movies) -> bool:
+    """Whether a movie named as `photo` (its stem with a motion suffix, in lower or upper
+    case: `IMG_1.HEIC` → `IMG_1.MOV`, `IMG_1.mov`) is in `folder` now but not as `movies`
+    has it."""
+    stem = os.path.splitext(photo)[0]
+    for suffix in MOTION_SUFFIXES:
+        for name in {stem + suffix, stem + suffix.upper()}:
+            try:
+                st = os.stat(os.path.join(folder, name), follow_symlinks=False)
+            except OSError:
+                continue
+            if name not in movies or movies[name][0] != FileStat.of(st):
+                return True
+    return False
 
 
 def _sha256_and_stat(path: str) -> tuple[str, FileStat] | None:
@@ -355,7 +396,7 @@ def find_motion(path: str, photo_id: str | None) -> Beside | None:
     Motion's `root` is the still's folder and its `relpath` the movie's name there; the
     store records it under the still's root."""
     folder, photo = os.path.split(path)
-    movies = _movies_in(folder)
+    movies = _movies_in(folder, photo)
     if not movies:
         return None
     by_name = tuple(
