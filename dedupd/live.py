@@ -288,9 +288,11 @@ _MAX_FOLDERS = 64
 # A folder that changes (uploads arriving) is listed again at most this often, in seconds:
 # listing a camera folder of 20,000 photos took ~55 ms here, once per photo of a burst into
 # it (quadratic: minutes for a phone's first sync). Meanwhile a movie named as the photo is
-# looked for by name (`_named_movie_arrived`). One of another case or name that arrived
-# since is caught before any move: `actions` looks for files by name again and refuses to
-# move a photo beside one the worker did not see (`Beside`).
+# looked for by name (`_named_movie_arrived`). One of the same stem in another case that
+# arrived since is caught before any move: `actions` looks for files by name again and
+# refuses to move a photo beside one the worker did not see (`Beside`). One of another name
+# that carries the photo's identifier, arrived in that second, is not paired: the photo may
+# move without it, and the movie stays where it is.
 RELIST_AFTER = 1.0
 
 
