@@ -35,6 +35,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from dedupd import safefs
 from dedupd.filestat import FileStat
 from dedupd.scanner import why_unavailable
 
@@ -478,9 +479,20 @@ class _Settling:
 
 
 def _lstat(path: str) -> FileStat | Literal["gone"] | None:
+    """The stat of the file at `path`, looked up folder by folder without following a link
+    (`safefs.directory`): "gone" when nothing is there, None when it is no regular file or
+    its path passes through a symlinked folder. Such a path names no file of the root (a
+    link `loop/up -> ..` made in a watched folder had watchdog replay the root's photos under
+    it, each then recorded as an error, "is a symbolic link"): it never settles."""
+    parent, name = os.path.split(path)
     try:
-        st = os.lstat(path)
+        with safefs.directory(parent) as fd:
+            st = safefs.stat_at(fd, name)
+    except safefs.UnsafePath:
+        return None
     except OSError:
+        return "gone"
+    if st is None:
         return "gone"
     # symlinks and specials are never photos
     return FileStat.of(st) if stat.S_ISREG(st.st_mode) else None

@@ -152,3 +152,24 @@ def test_writes_become_stamped_touch_hints_and_wake_the_loop_reads_do_not() -> N
         Hint("moved", "/r/.a.tmp", "/r/b.jpg", at=42.0),
     ]
     assert len(wakes) == 4
+
+
+def test_a_file_reached_through_a_symlinked_folder_never_settles(tmp_path: Path) -> None:
+    """The red team's loop: `loop/up -> ..` made in a watched folder, and watchdog replayed
+    the root's photos under it; each was handed on, refused by the worker ("is a symbolic
+    link") and recorded as an error of a file that does not exist. Such a path names no file
+    of the root: it leaves the settler silently. The photo by its own path settles."""
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    root = tmp_path.resolve()
+    (root / "loop").mkdir()
+    os.symlink("..", root / "loop" / "up")
+    _write(root / "IMG_0001.jpg", b"x" * 1000)
+    through = str(root / "loop" / "up" / "IMG_0001.jpg")
+    assert os.path.isfile(through)  # the path does lead to the photo
+    settler.add(through)
+    settler.add(str(root / "IMG_0001.jpg"))
+    clock.t += SETTLE
+    photo = root / "IMG_0001.jpg"
+    assert settler.due() == [(str(photo), FileStat.of(os.stat(photo)))]
+    assert len(settler) == 0
