@@ -1710,6 +1710,7 @@ def test_a_hard_link_to_the_daemons_database_gives_no_second_writer(
         assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_a_second_daemon_on_the_same_database_refuses_and_the_first_goes_on(
     env: Env, notify_socket
 ) -> None:  # type: ignore[no-untyped-def]

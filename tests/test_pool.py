@@ -155,6 +155,7 @@ def _memory_cgroup(name: str, limit: int) -> Path | None:
     return group
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_the_oom_killer_ends_the_worker_not_the_process_that_owns_the_pool(
     tmp_path: Path,
 ) -> None:
@@ -249,6 +250,7 @@ def test_a_closed_pool_refuses_work_and_leaves_no_process(tmp_path: Path, make_p
         pool.submit(_entry(tmp_path, "late.png"))
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_a_stop_signal_to_the_whole_group_costs_no_file(tmp_path: Path, make_pool) -> None:  # type: ignore[no-untyped-def]
     """systemd stops a service with SIGTERM to every process of its cgroup: the workers and
     the fork server too. Files being hashed then must come back hashed, never as `crashed`

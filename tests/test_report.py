@@ -135,6 +135,7 @@ def test_show_tsne_draws_a_map_of_the_indexed_photos(lib: Library, tmp_path: Pat
     assert colours is not None and len(colours) > 1000, "thumbnails were drawn, not a blank"
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_show_tsne_samples_a_large_library_and_says_how_many(lib: Library, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     out = tmp_path / "map.png"

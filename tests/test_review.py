@@ -320,6 +320,7 @@ def test_a_thumbnail_of_a_changed_file_is_served_but_not_cached(tmp_path: Path) 
     assert not list((tmp_path / "cache").rglob("*.jpg"))
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_the_page_asks_the_running_daemon_which_moves_the_file_and_forgets_it(
     tmp_path: Path,
 ) -> None:

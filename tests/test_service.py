@@ -65,6 +65,7 @@ def test_without_a_daemon_reads_fall_back_and_daemon_commands_say_so(
     assert notes == ["local"]
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_a_long_running_dedupctl_asks_a_daemon_started_after_it_fell_back(
     env: Env,  # noqa: F811
 ) -> None:

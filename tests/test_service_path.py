@@ -186,6 +186,7 @@ def test_user_unit_daemon_is_reached_by_dedupctl_from_a_plain_shell(tmp_path: Pa
     assert _databases(tmp_path) == [database]
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_user_unit_daemon_is_reached_from_cron_which_sets_no_xdg_runtime_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

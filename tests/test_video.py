@@ -150,6 +150,7 @@ def test_two_takes_that_share_their_first_seconds_are_reported_never_moved(
     assert sorted(p.name for p in root.iterdir()) == ["take1.mp4", "take2.mp4"]
 
 
+@pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_a_better_clip_arriving_later_moves_no_existing_clip_without_act_on_existing(
     clip_dir: Path, tmp_path: Path
 ) -> None:
