@@ -374,6 +374,14 @@ def decide(
     if decision.kind == "crop":
         evidence = match.crop if match is not None else None
         refusal = "no crop evidence" if evidence is None else evidence.refusal()
+        moving = decision.target
+        if refusal is None and evidence is not None and moving is not None and (
+            evidence.crop_id != moving.id
+        ):
+            # Whatever chose the target (a reference root's match, a tombstone of a pair
+            # whose frame was cut down since), the larger frame never moves for a crop: it
+            # holds what the crop lacks.
+            refusal = "the file that would move is the larger frame, not the crop"
         if refusal is not None:
             return replace(decision, action="report", rule=f"{refusal}; {decision.rule}")
         return decision
@@ -433,7 +441,10 @@ def _decide(
         acts = match is not None and _action_of(policy, match.kind) in ("quarantine", "delete")
         if match is not None and acts:
             keeper = match.record
-            action: Action = tombstone.kind
+            # What was done before, unless the policy now asks for less (a delete turned
+            # into a quarantine since).
+            now = _action_of(policy, match.kind)
+            action: Action = min(tombstone.kind, now, key=_STRENGTH.index)
             if action == "delete" and (match.kind != "exact" or keeper.sha256 != newcomer.sha256):
                 action = "quarantine"  # a delete needs its exact keeper; quarantine instead
             return Decision(

@@ -179,3 +179,36 @@ def test_property_a_crop_moves_only_the_crop_on_confirmed_evidence(
         assert match.crop is not None and match.crop.refusal() is None
         assert d.target is not None and d.target.id == match.crop.crop_id
         assert d.keeper is not None and d.keeper.id != match.crop.crop_id
+
+
+def test_a_frame_whose_crop_is_in_a_reference_root_is_never_moved_as_its_crop() -> None:
+    """The red team's e18: a crop kept in an archive root (`reference`), the whole photo
+    uploaded after it. The reference rule made the crop the keeper and the upload the target,
+    moved as "a crop", and a purge deleted the only whole picture. A crop match moves only
+    the crop: the larger frame is reported."""
+    from tests.test_policy import record
+
+    archived = record("archive/crop.jpg", root="/archive", width=390, height=300)
+    upload = record("original.jpg", width=600, height=400, sha256=SHA_B)
+    d = run(
+        upload,
+        [crop(archived, archived.id)],
+        default=CROPPING,
+        policies={"/archive": Policy(reference=True)},
+    )
+    assert d.action == "report" and d.target is upload and d.keeper is archived
+    assert "the larger frame, not the crop" in d.rule
+
+
+def test_a_tombstone_never_moves_the_larger_frame_of_a_crop_pair() -> None:
+    """The red team's e12: crop C was quarantined against its frame F and purged; F was then
+    cut down in place to F', which lies inside C; C synced back. The tombstone repeated "C
+    goes, F's record keeps" and quarantined C as the crop of its own crop. The crop evidence
+    of now says F' is the crop: C, the larger frame, is only reported."""
+    from tests.test_policy import tombstone
+
+    frame_now, back = small("frame.jpg"), big("crop.jpg", sha256=SHA_B)
+    d = run(back, [crop(frame_now, frame_now.id)], default=CROPPING,
+            tombstone=replace(tombstone("quarantine", frame_now.id), sha256=SHA_B))
+    assert d.action == "report" and d.target is back
+    assert "the larger frame, not the crop" in d.rule

@@ -542,6 +542,18 @@ def test_delete_tombstone_with_exact_keeper_present_deletes() -> None:
     assert d.rule.startswith("tombstone")
 
 
+def test_a_delete_tombstone_does_no_more_than_the_policy_asks_now() -> None:
+    """The red team's e22: `exact: delete` turned into `exact: quarantine`, and a copy synced
+    back to where one was deleted was deleted again. The tombstone repeats what was done
+    only up to what the policy allows now."""
+    n = big("new.jpg", sha256=SHA_A)
+    keeper = small("keeper.jpg", sha256=SHA_A)
+    d = run(n, [exact(keeper)], tombstone=tombstone("delete", keeper.id),
+            default=Policy(exact="quarantine"))
+    assert (d.action, d.target, d.keeper) == ("quarantine", n, keeper)
+    assert d.rule.startswith("tombstone")
+
+
 def test_delete_tombstone_with_keeper_of_other_bytes_only_quarantines() -> None:
     """Tombstone: a keeper present only as a near match (other sha256) is no keeper for a
     delete."""
