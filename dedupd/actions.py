@@ -790,11 +790,14 @@ class Actions:
             for p in parts:
                 p.staged.stage()
                 self._checkpoint("staged")
+            rechecks = []
             for p, keeper in zip(parts, keepers, strict=True):
                 with _fd(p.staged.open()) as fd:
                     self._check_staged(fd, p.want)
-                    self._verify_keeper(p.want, keeper, fd)
+                    rechecks.append(self._verify_keeper(p.want, keeper, fd))
                     self._checkpoint("verified")
+            for again in rechecks:  # the last look before any name is dropped
+                again()
         except BaseException as exc:
             self._put_back_all(action_id, parts, None)
             if isinstance(exc, ActionError):
@@ -818,7 +821,9 @@ class Actions:
                 ) from exc
             self._checkpoint("unlinked")
 
-    def _verify_keeper(self, record: _Version, keeper: _Version, fd: int) -> None:
+    def _verify_keeper(self, record: _Version, keeper: _Version, fd: int) -> Recheck:
+        """The keeper holds `record`'s bytes, read through a descriptor; returns the check to
+        run again just before the delete (`_still_there`)."""
         try:
             kfd = self._check_keeper(record, keeper, fd)
         except safefs.UnsafePath as exc:
@@ -826,12 +831,14 @@ class Actions:
         except OSError as exc:  # e.g. a keeper the service user may not read
             raise ActionError(f"{keeper.path} cannot be read: {exc.strerror or exc}") from exc
         with _fd(kfd):
+            k = os.fstat(kfd)
             try:
                 same = safefs.sha256_fd(kfd) == record.sha256
             except OSError as exc:
                 raise ActionError(f"{keeper.path} cannot be read: {exc.strerror}") from exc
         if not same:
             raise ActionError(f"{keeper.path} no longer has the same bytes")
+        return _still_there(keeper, k)
 
     def _finish_removal(self, action_id: int, record: FileRecord, state: State) -> None:
         """The file is gone from its folder: its tombstones and state, then the journal's
@@ -1091,7 +1098,7 @@ class Actions:
         with _fd(fd):
             self._motion_copy_kept(q, half, fd)
 
-    def _motion_copy_kept(self, q: ActionRecord, half: _Half, fd: int) -> None:
+    def _motion_copy_kept(self, q: ActionRecord, half: _Half, fd: int) -> Recheck | None:
         """A quarantined Live Photo's motion file (open as `fd`) is purged only while a copy
         with the same bytes is present outside the quarantine: recorded as present, and
         verified as a keeper is (`_check_keeper`, its owner, then its sha256). The still's
@@ -1100,7 +1107,7 @@ class Actions:
         as keeper. The copies looked at: the keeper's own motion file, then any file recorded
         with those bytes. A pair quarantined by hand, without a keeper, is purged as asked."""
         if q.keeper_id is None and q.keeper_path is None:
-            return
+            return None
         mine = os.fstat(fd)
         copies: list[_Version] = []
         keeper = self.store.file(q.keeper_id) if q.keeper_id is not None else None
@@ -1118,7 +1125,7 @@ class Actions:
                         and not self._owners_differ(q, mine, k)
                         and safefs.sha256_fd(kfd) == half.sha256
                     ):
-                        return
+                        return _still_there(copy, k)
             except (OSError, DedupdError):
                 continue
         raise ActionError(
@@ -1127,7 +1134,7 @@ class Actions:
             f"restore {q.id}`, or remove them yourself)"
         )
 
-    def _keeper_kept(self, q: ActionRecord, fd: int) -> None:
+    def _keeper_kept(self, q: ActionRecord, fd: int) -> Recheck | None:
         """A file quarantined as the duplicate of a keeper is purged only while that keeper is
         still there: recorded as present, a regular file at its path (by descriptor, no link
         followed) outside the quarantine and staging folders, another file than the
@@ -1136,7 +1143,7 @@ class Actions:
         through an overlay or union mount that went with it): kept, and the error says why.
         A file quarantined by hand without a keeper is purged as asked."""
         if q.keeper_id is None and q.keeper_path is None:
-            return
+            return None
         keep = (
             f"it may be the only copy, so it is kept (restore it with `dedupctl quarantine "
             f"restore {q.id}`, or remove it yourself)"
@@ -1166,6 +1173,15 @@ class Actions:
                 f"{q.dst}: its keeper {keeper.path} no longer holds the bytes it held when "
                 f"this photo was quarantined as its duplicate; {keep}"
             )
+        check = _still_there(keeper, k)
+
+        def again() -> None:
+            try:
+                check()
+            except ActionError as exc:
+                raise ActionError(f"{q.dst}: its keeper: {exc}; {keep}") from exc
+
+        return again
 
     @staticmethod
     def _kept_bytes(q: ActionRecord, keeper: FileRecord) -> set[str]:
@@ -1194,7 +1210,7 @@ class Actions:
         copied = record is not None and record.dev is not None and record.dev != mine.st_dev
         return not (copied and mine.st_uid == os.geteuid() != 0)
 
-    def _kept_for(self, purge: ActionRecord) -> Callable[[int], None] | None:
+    def _kept_for(self, purge: ActionRecord) -> Callable[[int], Recheck | None] | None:
         """The keeper check (`_keeper_kept`) of the quarantine a purge entry undoes."""
         q = self.store.action(purge.of_action) if purge.of_action is not None else None
         return functools.partial(self._keeper_kept, q) if q is not None else None
@@ -1659,6 +1675,30 @@ def _remove_staging_if_empty(root: str) -> None:
         os.rmdir(safefs.STAGING_DIR, dir_fd=d)
 
 
+Recheck = Callable[[], None]
+
+
+def _still_there(keeper: _Version, verified: os.stat_result) -> Recheck:
+    """A check, to run just before a file is removed against `keeper`: its name still names
+    the file whose bytes were verified through a descriptor (`verified`, its fstat taken
+    before they were read), unchanged. Reading a large keeper takes long enough for a sync
+    client to rename another photo onto its name, and then only the other photo was kept
+    (found by a red-team run). Raises ActionError."""
+
+    def again() -> None:
+        try:
+            with safefs.directory(keeper.path.parent) as d:
+                now = safefs.stat_at(d, keeper.path.name)
+        except (OSError, DedupdError) as exc:
+            raise ActionError(f"{keeper.path} cannot be looked at again ({exc})") from exc
+        if now is None or (now.st_dev, now.st_ino) != (verified.st_dev, verified.st_ino):
+            raise ActionError(f"{keeper.path} was replaced while it was verified")
+        if FileStat.of(now) != FileStat.of(verified):
+            raise ActionError(f"{keeper.path} changed while it was verified")
+
+    return again
+
+
 def _unlink_verified(
     path: str,
     sha256: str,
@@ -1666,13 +1706,14 @@ def _unlink_verified(
     checkpoint: Callable[[str], None] = _no_checkpoint,
     *,
     within: Path | None = None,
-    keeper: Callable[[int], None] | None = None,
+    keeper: Callable[[int], Recheck | None] | None = None,
 ) -> None:
     """Unlink `path` only if it still holds `sha256` (a purge must not hit a stranger, nor the
     user's newer bytes). `within`: the quarantine folder holding `path`, known to be mounted;
     a folder missing on the way there was then removed by the user, the file with it.
     `keeper`: called with the file's descriptor once its bytes are verified, raises
-    ActionError to keep it (its keeper is gone: `Actions._keeper_kept`)."""
+    ActionError to keep it (its keeper is gone: `Actions._keeper_kept`); what it returns is
+    run again just before the unlink (`_still_there`)."""
     p = PurePath(path)
     try:
         d = safefs.open_dir(p.parent)
@@ -1694,9 +1735,10 @@ def _unlink_verified(
                         f"{path} no longer holds the quarantined bytes; kept (restore it with "
                         f"`dedupctl quarantine restore {action_id}`)"
                     )
-                if keeper is not None:
-                    keeper(fd)
+                again = keeper(fd) if keeper is not None else None
                 checkpoint("verified")
+                if again is not None:
+                    again()
                 here, mine = safefs.stat_at(d, p.name), os.fstat(fd)
                 if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
                     os.unlink(p.name, dir_fd=d)

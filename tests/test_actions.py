@@ -357,6 +357,35 @@ def test_a_quarantine_journaled_before_the_keepers_bytes_were_is_purged_only_on_
     assert bool(_copies(near.sha256 or "", q)) == (keeper_since == "rehashed")
 
 
+@pytest.mark.parametrize("operation", ["purge", "delete"])
+def test_a_keeper_replaced_while_its_bytes_are_read_saves_the_copy(  # type: ignore[no-untyped-def]
+    setup, operation: str
+) -> None:
+    """The red team's e7: the keeper verified through its descriptor (a 12 MB file takes
+    long enough to read), and meanwhile a sync client renamed another photo onto its name.
+    The copy was deleted against a keeper that no longer had a name: the picture was gone.
+    Its name is looked at again, just before the copy goes."""
+    store, root, q = setup
+    keeper, dup = _rec(store, root / "keeper.jpg"), _rec(store, root / "dup.jpg")
+
+    def swap(step: str) -> None:
+        if step == "verified" and not (root / "incoming.jpg").exists():
+            photos.copy(photos.photo("rocket"), root / "incoming.jpg")
+            (root / "incoming.jpg").rename(root / "keeper.jpg")
+
+    if operation == "purge":
+        quarantined = Actions(store, q).quarantine(dup, keeper, 0, "test")
+        assert Actions(store, q, checkpoint=swap).purge(older_than=0) == []
+        (failed,) = store.actions("kind = 'purge'")
+        assert "was replaced while it was verified" in (failed.error or "")
+        assert len(_copies(dup.sha256 or "", q)) == 1
+        assert store.action(quarantined).state == "done"  # type: ignore[union-attr]
+    else:
+        with pytest.raises(ActionError, match="was replaced while it was verified"):
+            Actions(store, q, checkpoint=swap).delete(dup, keeper, "test")
+        assert (root / "dup.jpg").exists() and _sha(root / "dup.jpg") == dup.sha256
+
+
 # -- kill -9 at every step ------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
