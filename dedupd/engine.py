@@ -1408,6 +1408,11 @@ class Ingest:
 # that share their first seconds are the same video by that measure, but the one moved held
 # seconds the other lacks, and a purge then deleted them (found by a red-team run).
 WHOLE_CLIP_SHARE = 0.95
+# ... and only when it runs no longer than the clip kept, give or take this much (a re-encode
+# may gain or lose a few frames at either end): frames are sampled once a second, and flat or
+# repeated ones are not counted, so 12 s of a still scene or a dark one added to a clip
+# counted as one frame, or none, and the longer clip moved (found by a red-team run).
+CLIP_LONGER_BY = 0.5  # seconds, beyond WHOLE_CLIP_SHARE of the kept clip's length
 
 
 def _keeper_holds_the_clip(
@@ -1429,14 +1434,28 @@ def _keeper_holds_the_clip(
     if not detail or not detail.get(frames):
         return decision
     share = int(detail[matched]) / int(detail[frames])  # type: ignore[call-overload]
-    if share >= WHOLE_CLIP_SHARE:
-        return decision
-    return replace(
-        decision,
-        action="report",
-        rule=f"not moved: {share:.0%} of its frames are in the clip kept, which lacks the "
-        f"rest; {decision.rule}",
-    )
+    if share < WHOLE_CLIP_SHARE:
+        return replace(
+            decision,
+            action="report",
+            rule=f"not moved: {share:.0%} of its frames are in the clip kept, which lacks the "
+            f"rest; {decision.rule}",
+        )
+    moving, kept = decision.target.duration, decision.keeper.duration
+    if moving is None or kept is None:
+        return replace(
+            decision,
+            action="report",
+            rule=f"not moved: the length of a clip is unknown; {decision.rule}",
+        )
+    if moving > kept / WHOLE_CLIP_SHARE + CLIP_LONGER_BY:
+        return replace(
+            decision,
+            action="report",
+            rule=f"not moved: it runs {moving:.1f} s, the clip kept {kept:.1f} s; "
+            f"{decision.rule}",
+        )
+    return decision
 
 
 @dataclass(slots=True)

@@ -150,6 +150,40 @@ def test_two_takes_that_share_their_first_seconds_are_reported_never_moved(
     assert sorted(p.name for p in root.iterdir()) == ["take1.mp4", "take2.mp4"]
 
 
+def test_a_clip_with_a_still_tail_is_longer_than_the_clip_kept_and_is_never_moved(
+    tmp_path: Path,
+) -> None:
+    """The red team's e19: clip L, then its copy N with 6 s of a still scene after it. The
+    tail's frames repeat one another (one is counted), so N's every counted frame but one was
+    in L (95% and more), N moved, and a purge deleted its tail. A clip runs no longer than
+    the clip kept, or it is only reported."""
+    from PIL import Image
+
+    root = tmp_path / "videos"
+    size, fps = (192, 108), 10
+    with Image.open(photos.photo("astronaut")) as im:
+        moving = im.convert("RGB")
+    with Image.open(photos.photo("coffee")) as im:
+        still = im.convert("RGB").resize(size)
+    for name, tail, crf in (("L.mp4", 0, 23), ("N.mp4", 6, 35)):  # N: a chat app's copy
+        out, stream = clips._writer(root / name, size, fps, fps, crf, "libx264")
+        for i in range(20 * fps):
+            clips._encode(out, stream, clips._view(moving, i / (20 * fps - 1), size))
+        for _ in range(tail * fps):
+            clips._encode(out, stream, still)
+        clips._finish(out, stream)
+    os.utime(root / "L.mp4", ns=(1_600_000_000_000_000_000,) * 2)
+    os.utime(root / "N.mp4", ns=(1_600_000_001_000_000_000,) * 2)
+    report = _scan(_config(tmp_path, root, act=True))
+    assert not report.failed
+    (outcome,) = report.outcomes
+    decision = outcome.decision
+    assert decision.target is not None and decision.target.relpath == "N.mp4"
+    assert (decision.kind, decision.action) == ("video", "report")
+    assert "runs 26.0 s, the clip kept 20.0 s" in decision.rule
+    assert sorted(p.name for p in root.iterdir()) == ["L.mp4", "N.mp4"]
+
+
 @pytest.mark.slow  # ~4-8 s: run with the long suites (make test-slow)
 def test_a_better_clip_arriving_later_moves_no_existing_clip_without_act_on_existing(
     clip_dir: Path, tmp_path: Path
