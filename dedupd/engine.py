@@ -23,7 +23,7 @@ import structlog
 from dedupd import safefs
 from dedupd.actions import ActionError, Actions, KeeperElsewhere, MotionNotIdentical
 from dedupd.config import DEFAULT_POLICY, Config, Policy
-from dedupd.errors import NotFoundError
+from dedupd.errors import DedupdError, NotFoundError
 from dedupd.filestat import (
     Counterpart,
     FileStat,
@@ -1339,6 +1339,12 @@ class Ingest:
             result = "reported (read-only)"
         elif decision.acts and (still := self._still_of(decision.target)) is not None:
             result = f"reported: the motion file of Live Photo {still.path}; never moved alone"
+        elif decision.acts and (name := _photo_beside(decision.target)) is not None:
+            # Not paired yet: the movie settled (and was decided) before its still was hashed.
+            result = (
+                f"reported: it may be the motion file of Live Photo {name} beside it (not "
+                "hashed yet); never moved alone"
+            )
         elif decision.acts and decision.target is not None and self.actions is not None:
             target = decision.target
             self.store.commit()  # the records this decision rests on, before any file moves
@@ -1401,6 +1407,37 @@ class Ingest:
             **({"crop": detail} if detail is not None else {}),
         )
         return Outcome(path, decision, result)
+
+
+# What a Live Photo's still is saved as (the formats `imaging.hash_image` pairs).
+_STILL_EXTENSIONS = frozenset(("heic", "heif", "jpg", "jpeg"))
+
+
+def _photo_beside(target: FileRecord | None) -> str | None:
+    """The name of a photo beside `target` whose Live Photo motion file `target` could be by
+    name (`IMG_1.HEIC` beside `IMG_1.MOV`, any case), when `target` is a movie of a motion
+    file's size; None otherwise, or when its folder cannot be listed. A movie that settles
+    before its still is hashed is paired with nothing yet, and a decision on it alone would
+    part the two (found by a red-team run)."""
+    from dedupd.live import MAX_MOTION_BYTES, MOTION_SUFFIXES
+
+    if target is None or target.size > MAX_MOTION_BYTES:
+        return None
+    stem, suffix = os.path.splitext(target.relpath)
+    if suffix.casefold() not in MOTION_SUFFIXES:
+        return None
+    folder = os.path.dirname(target.path)
+    try:
+        with safefs.directory(folder) as fd:
+            names = os.listdir(fd)
+    except (OSError, DedupdError):
+        return None
+    mine = os.path.basename(stem).casefold()
+    for name in sorted(names):
+        base, ext = os.path.splitext(name)
+        if base.casefold() == mine and ext[1:].casefold() in _STILL_EXTENSIONS:
+            return name
+    return None
 
 
 # A clip moves (into quarantine) only when the clip kept holds this share of its frames at

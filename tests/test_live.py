@@ -239,6 +239,41 @@ def test_a_motion_file_named_as_its_photo_is_found_at_once_in_a_folder_listed_ju
     assert len(listed) == 2
 
 
+@pytest.mark.parametrize("still", ["IMG_0009.HEIC", "img_0009.jpg"])
+def test_a_movie_decided_before_the_photo_beside_it_is_hashed_is_never_moved_alone(
+    tmp_path: Path, still: str
+) -> None:
+    """The red team's e24: a Live Photo's MOV settled before its still was hashed, matched a
+    copy of itself and was quarantined alone; restoring the photo left its MOV in quarantine.
+    A movie of a motion file's size beside a photo of its name is only reported until the
+    two are paired (then they move together, or not at all)."""
+    from dedupd.engine import Ingest
+    from dedupd.policy import Decision
+    from dedupd.scanner import root_key
+    from tests import clips
+
+    root = (tmp_path / "photos").resolve()
+    clips.render(photos.photo("rocket"), root / "phone" / "IMG_0009.MOV", seconds=3)
+    photos.copy(root / "phone" / "IMG_0009.MOV", root / "backup" / "IMG_0009.MOV")
+    config = replace(_config(tmp_path, root), quarantine=QuarantineConfig(tmp_path / "q"))
+    store = Store(config.database)
+    scan(config, store)
+    target = store.file_at(root / "phone" / "IMG_0009.MOV")
+    keeper = store.file_at(root / "backup" / "IMG_0009.MOV")
+    assert target is not None and keeper is not None and target.sha256 is not None
+    write_still(root / "phone" / still, photos.photo("coffee"), "C-9")  # arriving: unhashed
+    ingest = Ingest(store, config, [root_key(root)], Actions(store, tmp_path / "q"))
+    try:
+        decision = Decision("quarantine", "keep: test", target, keeper, 0, "exact")
+        outcome = ingest.apply(decision, str(target.path))
+    finally:
+        ingest.close()
+        store.close()
+    assert outcome.result.startswith("reported: it may be the motion file of Live Photo")
+    assert still in outcome.result
+    assert (root / "phone" / "IMG_0009.MOV").exists() and not (tmp_path / "q").exists()
+
+
 def _config(tmp_path: Path, root: Path, **policy: object) -> Config:
     config = replace(Config(), database=tmp_path / "d.db", hashing=HashingConfig(workers=1))
     if policy:
