@@ -10,10 +10,21 @@ one's own size, turns the kept one as the match says, aligns the two (ORB keypoi
 RANSAC similarity, OpenCV, as for crops; frame onto frame when too few keypoints agree), maps
 one's grey tones onto the other's by a monotone curve, both ways (a brightness, contrast or
 gamma change is the same picture), fits their colour planes by one gain and shift, and counts,
-in every `CELL` x `CELL` px cell, the pixels that differ by more than `STRONG` grey levels
-either way (or `STRONG_CHROMA` in colour): one cell with more than `MAX_CELL_SHARE` percent of
-them (a word, a digit, a line of a letter, a watermark, a stamp, a colour changed, a face that
-moved) and the pair is only reported.
+in every `CELL` x `CELL` px cell, the pixels that differ either way (by more than
+`STRONG_CHROMA` in colour): one cell with more than `MAX_CELL_SHARE` percent of them (a word,
+a digit, a line of a letter, a watermark, a stamp, a colour changed, a face that moved) and
+the pair is only reported.
+
+How far two grey pixels must differ follows what a copy's own error is there. A re-encode or
+a resample errs at edges and in texture, by 30 grey levels and more, and hardly at all in a
+flat sky, a foggy field or the paper of a letter; a figure standing in a night photo, a window
+lit in fog or a pencil note on a letter differs by 12 to 25 levels, where the picture was
+flat. So a pixel must differ by `STRONG` levels where the two pictures have texture, and by
+as little as `FAINT` where both are flat (the bound is three times their local deviation); a
+grey level the tone map fits worse all over the picture (a brightened colour clipped in one
+channel) asks more, and one at black or white (clipped) asks `STRONG`. With `STRONG`
+everywhere, 266 of the bench's 270 faint changes moved; with this, 13 (a pencil note on a
+letter saved at a quarter of its size is under the check's resolution).
 
 Calibrated on bench/likeness.py. Every cell is compared, so an edited copy (text or a sticker
 added, a watermark) is a different picture and never moved: what moves is a copy with nothing
@@ -36,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CELL",
+    "FAINT",
     "MAX_CELL_SHARE",
     "MIN_COVER",
     "SIDE",
@@ -47,20 +59,56 @@ __all__ = [
 
 SIDE = 2048  # long side, in px, of the larger image compared; the smaller one's own if less
 CELL = 32  # px, at the compared size
-# A pixel differs when the two, blurred by _BLUR px and tone-mapped, are more than STRONG grey
-# levels apart; a cell differs when more than MAX_CELL_SHARE percent of its pixels do.
-# Calibrated on bench/likeness.py (673 copies, 332 different pictures; see its results):
-# every resize, format change, EXIF or true turn and phone screenshot of a photo, and 83 of
-# 84 re-encodes, measure under 1% in every cell; brightness or contrast edits with clipped
-# highlights up to 20% and more (12 of 168 are refused); chat screenshots that differ by
-# one digit at full size 2.4% and more, a watermark 2.5% and more. A cell's mean difference
-# (tried first) let 42 of the 332 move; this lets 19 (all half- or quarter-size copies).
+# A pixel differs when the two, blurred by _BLUR px and tone-mapped, are more than its bound
+# apart: _TEXTURE times the lesser of the two pictures' standard deviations over _TEXTURE_PX
+# px around it, within FAINT and STRONG grey levels; at least _LEVEL_SPREAD times the median
+# difference of the pixels at its level; STRONG at a clipped level. A cell differs when more
+# than MAX_CELL_SHARE percent of its pixels do.
+# Calibrated on bench/likeness.py (1,240 copies, 602 different pictures; see its results).
+# STRONG alone (32 levels everywhere): every resize, format change, EXIF or true turn and phone
+# screenshot of a photo, and 83 of 84 re-encodes, measure under 1% in every cell; brightness
+# or contrast edits with clipped highlights up to 20% and more (12 of 168 are refused); chat
+# screenshots that differ by one digit at full size 2.4% and more, a watermark 2.5% and more.
+# A cell's mean difference (tried first) let 42 of the 332 move; STRONG alone let 19 (all
+# half- or quarter-size copies), and 266 of the 270 faint changes.
 STRONG = 32.0
 STRONG_CHROMA = 20.0  # the same, for each chroma plane (Cb, Cr, 0-255)
+# Where both pictures are flat, a pixel differs by more than FAINT grey levels. Measured on
+# the bench (its 1,842 pairs' differences recorded once, the rule swept over them): FAINT 8
+# let 6 of the 270 faint changes move and 1,209 of 1,240 copies; 10, 11 and 1,213; 12, 20 and
+# 1,217. The full bench with 10: 13 faint changes move (all 6 pencil notes at 25%, 3 of 6 at
+# 50%, a glow of 17 levels in a dim page and its half-size copy, a figure of 12 levels at half
+# size, a glow in fog at half size), 1,209 copies (1,210 with STRONG alone; 11 more move, 12
+# fewer: 5 brightness or contrast edits of +20% with a colour clipped in one channel, and 6
+# night copies of camera and clock_motion whose frames are laid a few px apart, which 32
+# levels hid; see bench/results/likeness.md).
+FAINT = 10.0
+# Times the lesser of the two pictures' local standard deviations: what a resample or
+# re-encode moves at an edge grows with the edge (2 let 9 faint changes move and 1,210 copies,
+# 4: 21 and 1,217)
+_TEXTURE = 3.0
+# px: wider than a JPEG block, so its ringing counts as texture (9 px: 9 faint changes move,
+# 1,211 copies)
+_TEXTURE_PX = 17
+# grey levels from black or white (0 and 255): brightened, a highlight clips, and many of the
+# original's levels land on one (without: 1,206 copies move)
+_CLIPPED = 2
+# Times the median difference of the pixels at a grey level (and the two next to it): a tone
+# map's misfit at one level (a colour clipped in one channel) is all over the picture, and a
+# change laid on one place is a few of that level's pixels, which leave its median be
+# (without: 1,206 copies move, 3: 1,213 as 6)
+_LEVEL_SPREAD = 6.0
 MAX_CELL_SHARE = 1.0
 # Grey levels held by fewer than this share of the pixels compared are left out of the tone
 # map (`_tone_mapped`).
 _RARE_LEVEL = 0.002
+# Beyond the levels kept, the tone map goes on at the ratio of the two pictures' spans (from
+# their _SPAN_QUANTILE to their 1 - _SPAN_QUANTILE quantile), within _TONE_SLOPE either way: a
+# brightness or contrast change scales the rare levels too (shifted only, the moon's dark
+# limb at -20% contrast was over FAINT in 76% of a cell, the retina's highlights at -20%
+# brightness in 94%).
+_TONE_SLOPE = 2.0
+_SPAN_QUANTILE = 0.01
 # The share of the moving file's frame the kept one must show (its borders, resampled, lose a
 # pixel or two): the rest would be lost with it.
 MIN_COVER = 0.98
@@ -173,7 +221,12 @@ def compare(a: Pixels, b: Pixels) -> Likeness:
     matrix = _fit(a[..., 0], b[..., 0])
     if matrix is None:  # frame onto frame
         matrix = np.array([[w / b.shape[1], 0, 0], [0, h / b.shape[0], 0]], np.float64)
-    warped = np.asarray(cv2.warpAffine(b, matrix, (w, h), flags=cv2.INTER_LINEAR), np.float32)
+    # the frame's edge continued outward: a sub-pixel shift must not blend black into its edge
+    # pixels (what lies really outside the other frame is left out by `inside`)
+    warped = np.asarray(
+        cv2.warpAffine(b, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+        np.float32,
+    )
     shown = cv2.warpAffine(np.ones(b.shape[:2], np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST)
     back = cv2.warpAffine(
         np.ones(a.shape[:2], np.uint8),
@@ -200,8 +253,10 @@ def compare(a: Pixels, b: Pixels) -> Likeness:
     # one shift (a brightness or contrast change scales it, a colour profile shifts it), so
     # a hue changed at one brightness still counts.
     ya, yb = a[..., 0], warped[..., 0]
-    one = np.abs(blur(ya) - blur(_tone_mapped(yb, ya, inside))) > STRONG
-    other = np.abs(blur(_tone_mapped(ya, yb, inside)) - blur(yb)) > STRONG
+    ba, bb = blur(ya), blur(yb)
+    limit = _limit(ba, bb)
+    one = _differs(ba - blur(_tone_mapped(yb, ya, inside)), yb, limit, inside)
+    other = _differs(blur(_tone_mapped(ya, yb, inside)) - bb, ya, limit, inside)
     hue = np.zeros(inside.shape, bool)
     for c in (1, 2):
         ca, cb = chroma_blur(a[..., c]) - 128, chroma_blur(warped[..., c]) - 128
@@ -219,6 +274,51 @@ def compare(a: Pixels, b: Pixels) -> Likeness:
     if not cells:
         return Likeness(float("inf"), cover, max(h, w), sides, "no cell of the two overlaps")
     return Likeness(worst, cover, max(h, w), sides)
+
+
+def _limit(a: Pixels, b: Pixels) -> Pixels:
+    """Per pixel, the grey levels by which the two (blurred) pictures must differ there:
+    _TEXTURE times the lesser of their local standard deviations over _TEXTURE_PX px,
+    within FAINT and STRONG."""
+    import numpy as np
+
+    texture = np.minimum(_local_deviation(a), _local_deviation(b))
+    return np.asarray(np.clip(_TEXTURE * texture, FAINT, STRONG), np.float32)
+
+
+def _local_deviation(x: Pixels) -> Pixels:
+    import cv2
+    import numpy as np
+
+    size = (_TEXTURE_PX, _TEXTURE_PX)
+    mean = cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
+    square = cv2.boxFilter(x * x, -1, size, borderType=cv2.BORDER_REFLECT)
+    return np.asarray(np.sqrt(np.maximum(square - mean * mean, 0)), np.float32)
+
+
+def _differs(
+    residual: Pixels, source: Pixels, limit: Pixels, inside: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Where `residual` (the two blurred pictures' difference, `source` the one tone-mapped)
+    is more than `limit`, and more than _LEVEL_SPREAD times the median residual of the pixels
+    `inside` at `source`'s level (and the two next to it): a tone map fits some levels worse
+    (a colour clipped in one channel, a level many were merged into), all over the picture.
+    Where `source` is within _CLIPPED levels of black or white, more than STRONG."""
+    import numpy as np
+
+    levels = np.clip(np.rint(source), 0, 255).astype(np.intp)
+    size = np.abs(residual)
+    quarters = np.minimum(np.rint(size[inside] * 4), 255).astype(np.intp)
+    counts = np.bincount(levels[inside] * 256 + quarters, minlength=256 * 256).reshape(256, 256)
+    pooled = counts.copy()
+    pooled[1:] += counts[:-1]
+    pooled[:-1] += counts[1:]
+    cumulative = np.cumsum(pooled, axis=1)
+    median = np.argmax(2 * cumulative >= cumulative[:, -1:], axis=1) / 4
+    spread = np.where(cumulative[:, -1] > 0, median, 0.0).astype(np.float32)
+    bound = np.minimum(np.maximum(limit, _LEVEL_SPREAD * spread[levels]), STRONG)
+    bound = np.where((levels <= _CLIPPED) | (levels >= 255 - _CLIPPED), STRONG, bound)
+    return np.asarray(size > bound)
 
 
 def _resized(big: Pixels, small: Pixels) -> Pixels:
@@ -313,7 +413,23 @@ def _tone_mapped(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) 
     mapped = isotonic_regression(sums[seen] / counts[seen], weights=counts[seen]).x
     grid = np.arange(256)
     curve = np.interp(grid, seen, mapped)
-    # beyond the levels kept (rare dark text, rare highlights), shifted as the nearest one
-    curve = np.where(grid < seen[0], grid + (mapped[0] - seen[0]), curve)
-    curve = np.where(grid > seen[-1], grid + (mapped[-1] - seen[-1]), curve)
+    # beyond the levels kept (rare dark text, rare highlights), continued from the nearest
+    # one at the ratio of the two pictures' spans, within _TONE_SLOPE either way
+    slope = _span(target, inside) / max(_span(source, inside), 1.0)
+    slope = min(max(slope, 1 / _TONE_SLOPE), _TONE_SLOPE)
+    curve = np.where(grid < seen[0], mapped[0] + slope * (grid - seen[0]), curve)
+    curve = np.where(grid > seen[-1], mapped[-1] + slope * (grid - seen[-1]), curve)
     return np.asarray(np.clip(curve, 0, 255)[levels], np.float32)
+
+
+def _span(grey: Pixels, inside: npt.NDArray[np.bool_]) -> float:
+    """The grey levels `grey` spans over the pixels `inside`, from its _SPAN_QUANTILE to its
+    1 - _SPAN_QUANTILE quantile."""
+    import numpy as np
+
+    levels = np.clip(np.rint(grey[inside]), 0, 255).astype(np.intp)
+    cumulative = np.cumsum(np.bincount(levels, minlength=256))
+    lo, hi = np.searchsorted(
+        cumulative, (_SPAN_QUANTILE * cumulative[-1], (1 - _SPAN_QUANTILE) * cumulative[-1])
+    )
+    return float(hi - lo)
