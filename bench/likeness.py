@@ -6,8 +6,9 @@ path and a `Counterpart` (path, `FileStat`, the rotation or mirror that takes th
 to the newcomer) go to ``dedupd.likeness.compare_files(..., max_pixels=10**9)``, its
 `Likeness` to ``refusal(likeness, moving_is_newcomer=...)``. A pair *moves* when the refusal
 is None. Recorded per pair: family, kind, `worst` (the largest share, in percent, of one
-cell's pixels more than `likeness.STRONG` grey levels apart, after alignment and tone
-mapping), `cover`, `sides`, `error`, the refusal and the rule that gave it (error, cover,
+cell's pixels that differ after alignment and tone mapping: by more than `likeness.STRONG`
+grey levels where the pictures have texture, down to `likeness.FAINT` where they are flat),
+`cover`, `sides`, `error`, the refusal and the rule that gave it (error, cover,
 pixels, sharpness), and the milliseconds `compare_files` took.
 
 Data, generated at run time (nothing is downloaded):
@@ -1213,6 +1214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "min_cover": likeness.MIN_COVER,
             "cell": likeness.CELL,
             "strong": likeness.STRONG,
+            "faint": likeness.FAINT,
             "side": likeness.SIDE,
             "max_pixels": MAX_PIXELS,
             "call": "likeness.compare_files(newcomer, Counterpart(path, FileStat, transform), "
