@@ -255,8 +255,12 @@ def compare(a: Pixels, b: Pixels) -> Likeness:
     ya, yb = a[..., 0], warped[..., 0]
     ba, bb = blur(ya), blur(yb)
     limit = _limit(ba, bb)
-    one = _differs(ba - blur(_tone_mapped(yb, ya, inside)), yb, limit, inside)
-    other = _differs(blur(_tone_mapped(ya, yb, inside)) - bb, ya, limit, inside)
+    levels_a, levels_b = _levels(ya), _levels(yb)
+    span_a, span_b = _span(levels_a, inside), _span(levels_b, inside)
+    mapped_b = _tone_mapped(levels_b, ya, inside, span_a / max(span_b, 1.0))
+    one = _differs(ba - blur(mapped_b), levels_b, limit, inside)
+    mapped_a = _tone_mapped(levels_a, yb, inside, span_b / max(span_a, 1.0))
+    other = _differs(blur(mapped_a) - bb, levels_a, limit, inside)
     hue = np.zeros(inside.shape, bool)
     for c in (1, 2):
         ca, cb = chroma_blur(a[..., c]) - 128, chroma_blur(warped[..., c]) - 128
@@ -282,42 +286,62 @@ def _limit(a: Pixels, b: Pixels) -> Pixels:
     within FAINT and STRONG."""
     import numpy as np
 
-    texture = np.minimum(_local_deviation(a), _local_deviation(b))
+    texture = np.sqrt(np.minimum(_local_variance(a), _local_variance(b)))
     return np.asarray(np.clip(_TEXTURE * texture, FAINT, STRONG), np.float32)
 
 
-def _local_deviation(x: Pixels) -> Pixels:
+def _local_variance(x: Pixels) -> Pixels:
     import cv2
     import numpy as np
 
     size = (_TEXTURE_PX, _TEXTURE_PX)
     mean = cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
     square = cv2.boxFilter(x * x, -1, size, borderType=cv2.BORDER_REFLECT)
-    return np.asarray(np.sqrt(np.maximum(square - mean * mean, 0)), np.float32)
+    variance = np.asarray(square - mean * mean, np.float32)
+    return np.maximum(variance, 0, out=variance)
+
+
+def _levels(grey: Pixels) -> npt.NDArray[np.intp]:
+    """`grey`'s pixels as whole grey levels, 0-255."""
+    import numpy as np
+
+    return np.clip(np.rint(grey), 0, 255).astype(np.intp)
 
 
 def _differs(
-    residual: Pixels, source: Pixels, limit: Pixels, inside: npt.NDArray[np.bool_]
+    residual: Pixels,
+    levels: npt.NDArray[np.intp],
+    limit: Pixels,
+    inside: npt.NDArray[np.bool_],
 ) -> npt.NDArray[np.bool_]:
-    """Where `residual` (the two blurred pictures' difference, `source` the one tone-mapped)
-    is more than `limit`, and more than _LEVEL_SPREAD times the median residual of the pixels
-    `inside` at `source`'s level (and the two next to it): a tone map fits some levels worse
-    (a colour clipped in one channel, a level many were merged into), all over the picture.
-    Where `source` is within _CLIPPED levels of black or white, more than STRONG."""
+    """Where `residual` (the two blurred pictures' difference; `levels`: those of the one
+    tone-mapped) is more than `limit`, and more than _LEVEL_SPREAD times the median residual of
+    the pixels `inside` at that level (and the two next to it): a tone map fits some levels
+    worse (a colour clipped in one channel, a level many were merged into), all over the
+    picture. At a level within _CLIPPED of black or white, more than STRONG."""
     import numpy as np
 
-    levels = np.clip(np.rint(source), 0, 255).astype(np.intp)
     size = np.abs(residual)
-    quarters = np.minimum(np.rint(size[inside] * 4), 255).astype(np.intp)
-    counts = np.bincount(levels[inside] * 256 + quarters, minlength=256 * 256).reshape(256, 256)
+    quarters = size * 4
+    np.rint(quarters, out=quarters)
+    np.minimum(quarters, 255, out=quarters)
+    # pixels outside counted in one more bin, left off: cheaper than selecting the inside
+    index = levels * 256
+    index += quarters.astype(np.intp)
+    index[~inside] = 256 * 256
+    counts = np.bincount(index.ravel(), minlength=256 * 256 + 1)[: 256 * 256].reshape(256, 256)
     pooled = counts.copy()
     pooled[1:] += counts[:-1]
     pooled[:-1] += counts[1:]
     cumulative = np.cumsum(pooled, axis=1)
     median = np.argmax(2 * cumulative >= cumulative[:, -1:], axis=1) / 4
     spread = np.where(cumulative[:, -1] > 0, median, 0.0).astype(np.float32)
-    bound = np.minimum(np.maximum(limit, _LEVEL_SPREAD * spread[levels]), STRONG)
-    bound = np.where((levels <= _CLIPPED) | (levels >= 255 - _CLIPPED), STRONG, bound)
+    grid = np.arange(256)
+    clipped = (grid <= _CLIPPED) | (grid >= 255 - _CLIPPED)
+    least = np.where(clipped, STRONG, _LEVEL_SPREAD * spread).astype(np.float32)
+    bound = least[levels]
+    np.maximum(bound, limit, out=bound)
+    np.minimum(bound, STRONG, out=bound)
     return np.asarray(size > bound)
 
 
@@ -390,10 +414,14 @@ def _chroma_fit(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) -
     return np.asarray(source * gain + shift, np.float32)
 
 
-def _tone_mapped(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) -> Pixels:
-    """`source`'s grey levels mapped onto `target`'s: each level to the mean target level of
-    the pixels `inside` at that level. A level fewer than _RARE_LEVEL of those pixels have
-    is mapped between its neighbours', as one missing is (beyond them, shifted as the nearest):
+def _tone_mapped(
+    levels: npt.NDArray[np.intp], target: Pixels, inside: npt.NDArray[np.bool_], slope: float
+) -> Pixels:
+    """A picture's grey `levels` mapped onto `target`'s: each level to the mean target level
+    of the pixels `inside` at that level. A level fewer than _RARE_LEVEL of those pixels have
+    is mapped between its neighbours', as one missing is (beyond them, continued from the
+    nearest at `slope`, the ratio of the target's span to the picture's, held within
+    _TONE_SLOPE either way):
     else a change made in tones of its own (a disc, a line of text) would map onto what the
     other picture has there, and vanish. The curve is monotone, pooled by pixel count where
     it would turn back (scipy's isotonic regression): a block in some tone laid over another
@@ -401,7 +429,6 @@ def _tone_mapped(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) 
     import numpy as np
     from scipy.optimize import isotonic_regression
 
-    levels = np.clip(np.rint(source), 0, 255).astype(np.intp)
     at = levels[inside]
     counts = np.bincount(at, minlength=256)
     sums = np.bincount(at, weights=target[inside], minlength=256)
@@ -415,20 +442,18 @@ def _tone_mapped(source: Pixels, target: Pixels, inside: npt.NDArray[np.bool_]) 
     curve = np.interp(grid, seen, mapped)
     # beyond the levels kept (rare dark text, rare highlights), continued from the nearest
     # one at the ratio of the two pictures' spans, within _TONE_SLOPE either way
-    slope = _span(target, inside) / max(_span(source, inside), 1.0)
     slope = min(max(slope, 1 / _TONE_SLOPE), _TONE_SLOPE)
     curve = np.where(grid < seen[0], mapped[0] + slope * (grid - seen[0]), curve)
     curve = np.where(grid > seen[-1], mapped[-1] + slope * (grid - seen[-1]), curve)
     return np.asarray(np.clip(curve, 0, 255)[levels], np.float32)
 
 
-def _span(grey: Pixels, inside: npt.NDArray[np.bool_]) -> float:
-    """The grey levels `grey` spans over the pixels `inside`, from its _SPAN_QUANTILE to its
-    1 - _SPAN_QUANTILE quantile."""
+def _span(levels: npt.NDArray[np.intp], inside: npt.NDArray[np.bool_]) -> float:
+    """The grey levels a picture spans over the pixels `inside`, from its _SPAN_QUANTILE to
+    its 1 - _SPAN_QUANTILE quantile."""
     import numpy as np
 
-    levels = np.clip(np.rint(grey[inside]), 0, 255).astype(np.intp)
-    cumulative = np.cumsum(np.bincount(levels, minlength=256))
+    cumulative = np.cumsum(np.bincount(levels[inside], minlength=256))
     lo, hi = np.searchsorted(
         cumulative, (_SPAN_QUANTILE * cumulative[-1], (1 - _SPAN_QUANTILE) * cumulative[-1])
     )
