@@ -720,7 +720,7 @@ class Ingest:
         held = self._hold_for_full_decode(newcomer, decision)
         comparing = False
         if held is None:
-            decision, held = self._compared(newcomer, decision)
+            decision, held = self._compared(newcomer, decision, detail)
             comparing = held is not None
         outcome = self.apply(decision, path, detail, held=held)
         if comparing:
@@ -1052,22 +1052,28 @@ class Ingest:
     def _remember(self, sha256: str, counterpart: Counterpart, found: Likeness) -> None:
         """What comparing the photo with bytes `sha256` and `counterpart` found, for its
         decision (`_compared`); the oldest forgotten past LIKENESS_KEPT."""
-        key = (sha256, counterpart.path, counterpart.stat, counterpart.transform)
+        key = _likeness_key(sha256, counterpart)
         self._likeness[key] = found
         self._likeness.move_to_end(key)
         if len(self._likeness) > LIKENESS_KEPT:
             self._likeness.popitem(last=False)
 
-    def _compared(self, newcomer: FileRecord, decision: Decision) -> tuple[Decision, str | None]:
-        """A near match moves a file only once a worker compared the two photos' pixels
-        (`dedupd.likeness`): the decision as that comparison judges it, or, before it was
-        made, the decision and why it waits (the newcomer is queued to be hashed again in
+    def _compared(
+        self, newcomer: FileRecord, decision: Decision, detail: Mapping[str, Any] | None = None
+    ) -> tuple[Decision, str | None]:
+        """A near or crop match moves a file only once a worker compared the two photos'
+        pixels (`dedupd.likeness`): the decision as that comparison judges it, or, before it
+        was made, the decision and why it waits (the newcomer is queued to be hashed again in
         full and compared with the other file, then decided again). A dry run compares too:
-        it previews what a real run does, pair by pair and in the same order."""
+        it previews what a real run does, pair by pair and in the same order.
+
+        A crop is compared with the part of the larger frame it shows (`detail`: the crop
+        stage's fit, its "box"): a crop with a sticker, a caption or its colours taken away is
+        another picture, and its move would lose that (found by a red-team run)."""
         target, keeper = decision.target, decision.keeper
         if (
             not decision.acts
-            or decision.kind != "near"
+            or decision.kind not in ("near", "crop")
             or target is None
             or keeper is None
             or newcomer.sha256 is None
@@ -1076,9 +1082,20 @@ class Ingest:
         other = keeper if target.id == newcomer.id else target
         transform = decision.transform or "identity"
         counterpart = Counterpart(str(other.path), other.stat, transform)
-        found = self._likeness.get(
-            (newcomer.sha256, counterpart.path, counterpart.stat, transform)
-        )
+        if decision.kind == "crop":
+            box = detail.get("box") if detail is not None else None
+            if not isinstance(box, (list, tuple)) or len(box) != 4:
+                return replace(
+                    decision,
+                    action="report",
+                    rule=f"no crop fit to compare the pixels by; {decision.rule}",
+                ), None
+            framed = detail is not None and detail.get("original") == other.id
+            part = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+            counterpart = counterpart._replace(
+                box=part, boxed="counterpart" if framed else "newcomer"
+            )
+        found = self._likeness.get(_likeness_key(newcomer.sha256, counterpart))
         if found is None:
             place = (newcomer.root, newcomer.relpath)
             entry = Entry(
@@ -1438,6 +1455,16 @@ def _photo_beside(target: FileRecord | None) -> str | None:
         if base.casefold() == mine and ext[1:].casefold() in _STILL_EXTENSIONS:
             return name
     return None
+
+
+def _likeness_key(sha256: str, counterpart: Counterpart) -> tuple[str, str, FileStat, str]:
+    """What a pixel comparison is remembered by (`Ingest._likeness`): the newcomer's bytes,
+    the counterpart's version and turn, and for a crop which of the two is the larger frame
+    (not the fit's box, which a second look at the crop may find a pixel apart)."""
+    how = counterpart.transform
+    if counterpart.box is not None:
+        how = f"{how}:crop:{counterpart.boxed}"
+    return sha256, counterpart.path, counterpart.stat, how
 
 
 # A clip moves (into quarantine) only when the clip kept holds this share of its frames at

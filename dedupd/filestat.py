@@ -53,6 +53,11 @@ class Counterpart(NamedTuple):
     path: str
     stat: FileStat
     transform: str = "identity"
+    # For a crop: the part of the larger frame the crop shows (left, top, right, bottom, as
+    # fractions of its trimmed frame), and which of the two is that frame ("counterpart" or
+    # "newcomer"): only that part of it is compared with the crop.
+    box: tuple[float, float, float, float] | None = None
+    boxed: str = "counterpart"
 
 
 class Likeness(NamedTuple):

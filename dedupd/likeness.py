@@ -158,9 +158,16 @@ def compare_files(
     from dedupd.errors import ImageError
 
     try:
-        mine, my_side = _pixels(path, expect, max_pixels, "identity")
+        box = counterpart.box
+        mine, my_side = _pixels(
+            path, expect, max_pixels, "identity", box if counterpart.boxed == "newcomer" else None
+        )
         theirs, their_side = _pixels(
-            counterpart.path, counterpart.stat, max_pixels, counterpart.transform
+            counterpart.path,
+            counterpart.stat,
+            max_pixels,
+            counterpart.transform,
+            box if counterpart.boxed == "counterpart" else None,
         )
     except ImageError as exc:
         return Likeness(float("inf"), error=f"{exc.kind}: {exc.detail}")
@@ -172,7 +179,11 @@ def compare_files(
 
 
 def _pixels(
-    path: str, expect: FileStat | None, max_pixels: int, transform: str
+    path: str,
+    expect: FileStat | None,
+    max_pixels: int,
+    transform: str,
+    part: tuple[float, float, float, float] | None = None,
 ) -> tuple[Pixels, int]:
     """The picture in `path` as hashing sees it (upright, uniform borders trimmed), turned by
     `transform`, at most SIDE px on its long side: rows x columns x (Y, Cb, Cr), luma first;
@@ -194,6 +205,8 @@ def _pixels(
         image = image.convert("RGB")
     if box is not None:
         image = image.crop(box)
+    if part is not None:  # a crop's larger frame: the part it shows, a margin around it
+        image = image.crop(_part_box(part, image.size))
     # the file's own long side (the decode may be drafted, or a thumbnail's scale)
     side = round(max(image.size) * decoded.width / max(1, decoded.image.width))
     if max(image.size) > SIDE:
@@ -343,6 +356,31 @@ def _differs(
     np.maximum(bound, limit, out=bound)
     np.minimum(bound, STRONG, out=bound)
     return np.asarray(size > bound)
+
+
+# Of the part of a larger frame a crop shows, each side widened by this share of the part's
+# own: the crop stage's fit errs by a pixel or two of its 512 px images, and all of the crop
+# must lie in what it is compared with (`MIN_COVER`).
+_PART_MARGIN = 0.04
+
+
+def _part_box(
+    part: tuple[float, float, float, float], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """`part` (fractions of a frame: left, top, right, bottom) in px of a frame of `size`,
+    widened by _PART_MARGIN each way and kept within the frame."""
+    left, top, right, bottom = part
+    w, h = size
+    mx, my = (right - left) * _PART_MARGIN, (bottom - top) * _PART_MARGIN
+    box = (
+        max(0, round((left - mx) * w)),
+        max(0, round((top - my) * h)),
+        min(w, round((right + mx) * w)),
+        min(h, round((bottom + my) * h)),
+    )
+    if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        raise ValueError(f"an empty part of the frame: {part}")
+    return box
 
 
 def _resized(big: Pixels, small: Pixels) -> Pixels:

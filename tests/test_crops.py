@@ -113,6 +113,30 @@ def test_crop_quarantine_moves_the_crop_and_keeps_the_larger_frame(lib: Lib) -> 
     )
 
 
+@pytest.mark.parametrize("edit", ["sticker", "greyscale"])
+def test_a_crop_with_an_edit_of_its_own_is_reported_never_moved(lib: Lib, edit: str) -> None:
+    """The red team's e20: a crop with a sticker or a caption on it, or turned black and
+    white, was quarantined as "a crop of" its frame and purged: the edit was lost. A crop is
+    compared, pixel by pixel, with the part of the frame it shows before it moves."""
+    from PIL import ImageDraw, ImageOps
+
+    lib.write_config("{exact: report, near: report, crop: quarantine}")
+    box = (0.1, 0.1, 0.9, 0.9)
+    crop = _cut(lib.root / "coffee.jpg", lib.root / "coffee-crop.jpg", box, 1_800_000_000)
+    with Image.open(crop) as im:
+        edited = im.convert("RGB")
+    if edit == "sticker":
+        ImageDraw.Draw(edited).rectangle((20, 20, 140, 70), fill=(255, 220, 0))
+    else:
+        edited = ImageOps.grayscale(edited).convert("RGB")
+    edited.save(crop, format="JPEG", quality=90)
+    os.utime(crop, (1_800_000_000, 1_800_000_000))
+    report = lib.scan()
+    assert report["actions"] == []
+    assert _groups(report) == [("coffee.jpg", [("coffee-crop.jpg", "crop")])]
+    assert (lib.state("coffee-crop.jpg"), lib.state("coffee.jpg")) == ("ok", "ok")
+
+
 def test_the_original_arriving_after_its_crop_is_linked_and_the_crop_stays(lib: Lib) -> None:
     """The uncropped photo arriving later: the crop already there is a crop of the newcomer.
     Acting on an existing file needs act_on_existing, so it is only reported."""
