@@ -322,6 +322,13 @@ def test_a_daemon_killed_at_random_moments_loses_no_photo_and_decides_every_dupl
     try:
         for number in range(ROUNDS):
             campaign.killed_round(number)
+        # On a loaded machine the window between a record and its decision moves in time,
+        # and a seed's random kills can all miss it (CI, with other jobs on its 2 cores): a
+        # few more killed rounds, until one lands there (the check below still asks for one).
+        for number in range(ROUNDS, 2 * ROUNDS):
+            if any(k.deciding for k in campaign.kills):
+                break
+            campaign.killed_round(number)
         campaign.last_run()
     finally:
         if campaign.running is not None:
