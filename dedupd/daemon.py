@@ -374,6 +374,18 @@ class Daemon:
             self._recover()
         report = self.pipeline.reconcile(roots, tick=self._heartbeat)
         for root, why in report.unavailable:
+            # Back already, with something in it (a disk plugged in again while the walk
+            # found its folder gone): watched and walked again, as after `root_lost`. Judged
+            # by the folder now there, it stayed unavailable until that folder changed (CI:
+            # a root renamed back during the walk was not watched again within 20 s).
+            if (
+                why_unavailable(root) is None
+                and _holds_anything(root)
+                and self.watcher.add_root(root) != "unavailable"
+            ):
+                log.info("root_available", root=root)
+                self.pipeline.rescan_due.add(root)
+                continue
             self.watcher.unavailable(root, why)
         for root in report.roots:  # walked: a root found unavailable before is back
             if self.watcher.states.get(root) == "unavailable":
