@@ -1173,15 +1173,7 @@ class Actions:
                 f"{q.dst}: its keeper {keeper.path} no longer holds the bytes it held when "
                 f"this photo was quarantined as its duplicate; {keep}"
             )
-        check = _still_there(keeper, k)
-
-        def again() -> None:
-            try:
-                check()
-            except ActionError as exc:
-                raise ActionError(f"{q.dst}: its keeper: {exc}; {keep}") from exc
-
-        return again
+        return _still_there(keeper, k, about=f"{q.dst}: its keeper: ", then=f"; {keep}")
 
     @staticmethod
     def _kept_bytes(q: ActionRecord, keeper: FileRecord) -> set[str]:
@@ -1678,23 +1670,27 @@ def _remove_staging_if_empty(root: str) -> None:
 Recheck = Callable[[], None]
 
 
-def _still_there(keeper: _Version, verified: os.stat_result) -> Recheck:
+def _still_there(
+    keeper: _Version, verified: os.stat_result, *, about: str = "", then: str = ""
+) -> Recheck:
     """A check, to run just before a file is removed against `keeper`: its name still names
     the file whose bytes were verified through a descriptor (`verified`, its fstat taken
     before they were read), unchanged. Reading a large keeper takes long enough for a sync
     client to rename another photo onto its name, and then only the other photo was kept
-    (found by a red-team run). Raises ActionError."""
+    (found by a red-team run). Raises ActionError, its message between `about` and `then`."""
 
     def again() -> None:
         try:
             with safefs.directory(keeper.path.parent) as d:
                 now = safefs.stat_at(d, keeper.path.name)
         except (OSError, DedupdError) as exc:
-            raise ActionError(f"{keeper.path} cannot be looked at again ({exc})") from exc
+            raise ActionError(
+                f"{about}{keeper.path} cannot be looked at again ({exc}){then}"
+            ) from exc
         if now is None or (now.st_dev, now.st_ino) != (verified.st_dev, verified.st_ino):
-            raise ActionError(f"{keeper.path} was replaced while it was verified")
+            raise ActionError(f"{about}{keeper.path} was replaced while it was verified{then}")
         if FileStat.of(now) != FileStat.of(verified):
-            raise ActionError(f"{keeper.path} changed while it was verified")
+            raise ActionError(f"{about}{keeper.path} changed while it was verified{then}")
 
     return again
 

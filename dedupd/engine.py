@@ -1084,13 +1084,13 @@ class Ingest:
         counterpart = Counterpart(str(other.path), other.stat, transform)
         if decision.kind == "crop":
             box = detail.get("box") if detail is not None else None
-            if not isinstance(box, (list, tuple)) or len(box) != 4:
+            if detail is None or not isinstance(box, (list, tuple)) or len(box) != 4:
                 return replace(
                     decision,
                     action="report",
                     rule=f"no crop fit to compare the pixels by; {decision.rule}",
                 ), None
-            framed = detail is not None and detail.get("original") == other.id
+            framed = detail.get("original") == other.id
             part = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
             counterpart = counterpart._replace(
                 box=part, boxed="counterpart" if framed else "newcomer"
