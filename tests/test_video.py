@@ -486,3 +486,33 @@ def test_the_daemon_quarantines_a_clip_copy_and_records_a_broken_clip(
         assert daemon.stats.acted == 1
     assert [p.name for p in env.quarantine.rglob("*.mov")] == ["cut-wa.mov"]
     assert env.state(env.root / "cut.mp4") == "ok"
+
+
+@pytest.mark.parametrize(
+    ("moving", "kept", "moves"),
+    [(20.0, 20.0, True), (21.5, 20.0, True), (22.0, 20.0, False), (None, 20.0, False)],
+)
+def test_a_clip_moves_only_when_it_runs_no_longer_than_the_clip_kept(
+    moving: float | None, kept: float, moves: bool
+) -> None:
+    """Every frame of it in the clip kept is not enough: it must not run longer than that
+    clip (by 5% and 0.5 s at most), and a clip whose length is unknown (recorded by an older
+    dedupd) is only reported."""
+    from collections.abc import Mapping
+
+    from dedupd.engine import _keeper_holds_the_clip
+    from dedupd.policy import Decision
+    from dedupd.store import MatchKind
+    from tests.test_policy import record
+
+    target = replace(record("N.mp4"), duration=moving)
+    keeper = replace(record("L.mp4"), duration=kept)
+    decision = Decision("quarantine", "keep: test", target, keeper, 0, "video")
+    kind: MatchKind = "video"
+    found: dict[int, tuple[int, MatchKind, Mapping[str, object] | None]] = {
+        keeper.id: (0, kind, {"matched": 20, "frames": 20})
+    }
+    judged = _keeper_holds_the_clip(decision, target.id, found)
+    assert (judged.action == "quarantine") == moves
+    if not moves:
+        assert judged.rule.startswith("not moved: ")
