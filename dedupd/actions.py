@@ -1141,6 +1141,9 @@ class Actions:
         quarantined one (`fd`), holding its recorded sha256 now. Else the quarantined photo
         may be the only copy left (the keeper deleted since, or a view of this very file
         through an overlay or union mount that went with it): kept, and the error says why.
+        A keeper on another filesystem than the quarantined file, when either is an overlay,
+        FUSE or network filesystem (`safefs.layered_filesystem`), proves nothing by its inode
+        or its bytes (an overlay's cached name still reads the file that left): kept too.
         A file quarantined by hand without a keeper is purged as asked."""
         if q.keeper_id is None and q.keeper_path is None:
             return None
@@ -1163,6 +1166,15 @@ class Actions:
             ) from exc
         if this:
             raise ActionError(f"{q.dst}: its keeper {keeper.path} is this very file; {keep}")
+        layered = k.st_dev != mine.st_dev and (
+            safefs.layered_filesystem(k, keeper.path)
+            or safefs.layered_filesystem(mine, q.dst or keeper.path)
+        )
+        if layered:  # an overlay of the root it left: the keeper went with it (red team 7)
+            raise ActionError(
+                f"{q.dst}: its keeper {keeper.path} is on another filesystem, of type "
+                f"{layered}, which may show this very file; {keep}"
+            )
         if self._owners_differ(q, mine, k):  # theirs to delete, as for a delete
             raise ActionError(
                 f"{q.dst}: its keeper {keeper.path} belongs to another user (uid {k.st_uid}), "

@@ -30,6 +30,7 @@ __all__ = [
     "exists_at",
     "free_name_at",
     "fsync_dir",
+    "layered_filesystem",
     "lexists",
     "open_dir",
     "open_dir_at",
@@ -307,3 +308,43 @@ def staging_dir(root: str | Path, *, create: bool = True) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+# Filesystems whose files may be another filesystem's files seen again (their own st_dev, so
+# an inode compared across the two proves nothing): overlays and unions, FUSE (mergerfs,
+# sshfs, a NAS's own share mounted back), network and VM shares.
+_LAYERED = ("overlay", "aufs", "unionfs", "fuse", "nfs", "cifs", "smb", "9p", "virtiofs", "ceph")
+
+
+def layered_filesystem(st: os.stat_result, path: str | PurePath) -> str | None:
+    """The type of the filesystem holding `st` (the stat of a file at `path`) when it is one
+    that may show another filesystem's files (`_LAYERED`: "overlay", "fuse.mergerfs", "nfs4"),
+    else None. Looked up in /proc/self/mountinfo by the file's device, else by the longest
+    mount point holding `path`; None when there is no such table (not Linux)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    where = os.path.realpath(os.fspath(path))
+    by_device: str | None = None
+    by_path: str | None = None
+    longest = -1
+    for line in lines:
+        mine, _, theirs = line.partition(" - ")
+        fields, tail = mine.split(), theirs.split()
+        if len(fields) < 5 or not tail:
+            continue
+        kind = tail[0]
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if fields[2] == device:
+            by_device = kind
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > longest:
+            by_path, longest = kind, len(point)
+    found = by_device or by_path
+    if found is not None and found.split(".")[0].rstrip("0123456789") in _LAYERED:
+        return found
+    return None
+

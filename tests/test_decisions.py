@@ -861,6 +861,39 @@ def test_an_overlay_of_a_root_is_never_the_keeper_of_a_delete_in_that_root(
     sha = hashlib.sha256(photos.photo("coffee").read_bytes()).hexdigest()
     kept = [p for p in q.rglob("*.jpg") if hashlib.sha256(p.read_bytes()).hexdigest() == sha]
     assert len(kept) == 1  # the photo survives, restorable
+    # And a purge keeps it (red team 7: it purged it). The keeper's name still reads the
+    # photo through the overlay's cache, and its folder lists nothing: the keeper was this
+    # very file, seen through the overlay, and went with it.
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+
+    config = load_config(tmp_path / "dedupd.yaml")
+    with Store(config.database) as store:
+        assert Actions(store, q).purge(0) == []
+        (refused,) = store.actions("kind = 'purge'")
+        assert refused.state == "failed", refused
+        assert "of type overlay, which may show this very file" in (refused.error or "")
+    assert kept[0].exists()
+
+
+def test_a_keeper_on_another_disk_of_a_plain_filesystem_lets_a_purge_go(
+    tmp_path: Path, elsewhere: Path
+) -> None:
+    """The overlay rule is no rule against two disks: a near copy quarantined against a
+    keeper on another (tmpfs, not layered) filesystem is purged as asked."""
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+
+    root = (tmp_path / "uploads").resolve()
+    photos.copy(photos.photo("coffee"), elsewhere / "IMG_0001.jpg")
+    photos.reencode(photos.photo("coffee"), root / "IMG_0001-wa.jpg", quality=60)
+    q = (tmp_path / "quarantine").resolve()
+    config = _two_roots_config(tmp_path, root, elsewhere, q)
+    (act,) = _scan_json(config)["actions"]
+    assert (act["action"], act["target"]) == ("quarantine", str(root / "IMG_0001-wa.jpg"))
+    with Store(load_config(config).database) as store:
+        assert Actions(store, q).purge(0) != []
+    assert not list(q.rglob("*.jpg")) and (elsewhere / "IMG_0001.jpg").exists()
 
 
 def test_a_photo_recorded_in_a_folder_that_became_the_quarantine_is_never_matched(
