@@ -1314,6 +1314,7 @@ class Actions:
         src, dst, tmp = a.src, a.dst, a.tmp
         root = str(staged.parent.parent)
         _reachable(root)  # an unmounted root says nothing about its files: decide later
+        self._mounted(root, a)
         if a.kind == "quarantine" and self.quarantine_dir is not None:
             _reachable(str(self.quarantine_dir))
         staged_here = _staged_exists(root, staged.name)
@@ -1352,6 +1353,25 @@ class Actions:
         if safefs.lexists(src):
             return "rolled_back", "crashed before the move; file left in place"
         return "failed", "neither the source, the staged file nor the destination exists"
+
+    def _mounted(self, root: str, a: ActionRecord) -> None:
+        """Raise _NotNow when `root` is empty while photos other than `a`'s are recorded
+        there: the mount point of a disk not mounted yet (as a walk judges it), whose staging
+        folder may hold `a`'s file. Concluded now, the entry would say the file was deleted,
+        or was nowhere, and the photo would stay in that folder under a random name, known
+        to nothing (found by a red-team run: a crash while staged, a start before the disk)."""
+        with safefs.directory(root) as fd:
+            if os.listdir(fd):
+                return
+        counts = self.store.count_by_state([root])
+        recorded = counts.get("ok", 0) + counts.get("error", 0)
+        mine = self.store.file(a.file_id) if a.file_id is not None else None
+        if mine is not None and mine.root == root and mine.state in ("ok", "error"):
+            recorded -= 1
+        if recorded > 0:
+            raise _NotNow(
+                f"{root} is empty, but {recorded} photos are recorded there; not mounted yet?"
+            )
 
     def _recover_move(self, a: ActionRecord, dst: str) -> tuple[str, str]:
         """A restore (quarantine → original folder), or a quarantine journaled by a version

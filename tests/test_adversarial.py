@@ -718,6 +718,40 @@ def test_recovery_waits_for_a_root_that_is_not_mounted_yet(lib: Lib) -> None:
     assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
 
 
+@pytest.mark.parametrize("operation", ["delete", "quarantine"])
+def test_recovery_waits_for_a_root_whose_mount_point_is_there_but_empty(
+    lib: Lib, operation: str
+) -> None:
+    """The red team's k2: killed after staging, then started with the root's disk not
+    mounted, its mount point an empty folder (which opens fine). Concluded then, the entry
+    said "deleted before the crash" (or "failed: nowhere"), and once the disk was back the
+    photo sat in the staging folder under a random name, known to nothing. An empty root
+    whose other photos are recorded is not mounted: the entry waits, then the photo goes
+    back."""
+    dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
+
+    def run(checkpoint: Callable[[str], None]) -> None:
+        with Store(lib.store.path) as store:
+            actions = Actions(store, lib.quarantine, checkpoint=checkpoint)
+            if operation == "delete":
+                actions.delete(dup, keeper, "x")
+            else:
+                actions.quarantine(dup, keeper, 0, "exact")
+
+    assert _fork_and_kill_at(run, 2)  # killed right after staging
+    disk = lib.root.with_name("photos-disk")
+    os.rename(lib.root, disk)
+    lib.root.mkdir()  # the mount point, empty
+    (pending,) = Actions(lib.store, lib.quarantine).recover()
+    assert pending.outcome == "pending" and "is empty, but 2 photos" in pending.detail
+    assert [a.state for a in lib.store.actions()] == ["planned"]
+    lib.root.rmdir()
+    os.rename(disk, lib.root)  # mounted
+    (recovered,) = Actions(lib.store, lib.quarantine).recover()
+    assert recovered.outcome == "rolled_back", recovered
+    assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
+
+
 def test_an_edit_written_while_copying_across_filesystems_is_put_back(lib: Lib) -> None:
     """An editor that had the photo open writes to it while dedupd copies it to another
     filesystem: the copy no longer holds the user's newest bytes, so it is dropped and the
