@@ -459,6 +459,29 @@ class Actions:
                 "nothing done"
             )
 
+    def _refuse_inside_quarantine(self, path: PurePath) -> None:
+        """A file in the quarantine folder reached by another name (the quarantine bind-mounted
+        into a root, or a container's two volumes of one folder) is never moved or deleted
+        again: the daemon quarantined its own quarantined photo, then that one, 13 folders
+        deep (found by a red-team run). Its folders are compared with the quarantine by
+        device and inode, as walks skip it."""
+        if self.quarantine_dir is None:
+            return
+        try:
+            q = os.stat(self.quarantine_dir)
+        except OSError:
+            return  # none yet: nothing can be in it
+        for folder in path.parents:
+            try:
+                st = os.lstat(folder)
+            except OSError:
+                return  # gone: the action itself finds and says so
+            if (st.st_dev, st.st_ino) == (q.st_dev, q.st_ino):
+                raise ActionError(
+                    f"{path} is in the quarantine folder {self.quarantine_dir}, reached by "
+                    "another name (a bind mount of it inside a root?); nothing done"
+                )
+
     def _one_owner(self, a: int, b: int) -> bool:
         """Whether uids `a` and `b` are one person's: the same uid, or two accounts the
         config's `owners` puts in one group."""
@@ -496,6 +519,7 @@ class Actions:
         if record.sha256 is None:
             raise ActionError(f"{record.path}: not hashed; cannot quarantine")
         target = quarantine_path_for(self.quarantine_dir, record)
+        self._refuse_inside_quarantine(record.path)
         with contextlib.ExitStack() as stack:
             with self._refusals(str(record.path)):
                 parts = self._parts(stack, record, self._motion(record))
@@ -730,6 +754,7 @@ class Actions:
         keeper, just before): else `MotionNotIdentical`, and nothing is deleted."""
         if record.sha256 is None or record.sha256 != keeper.sha256:
             raise ActionError(f"{record.path}: only exact duplicates are deleted")
+        self._refuse_inside_quarantine(record.path)
         with contextlib.ExitStack() as stack:
             with self._refusals(str(record.path)):
                 motion = self._motion(record)

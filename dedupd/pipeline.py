@@ -35,7 +35,15 @@ from dedupd.engine import (
 from dedupd.errors import NotFoundError
 from dedupd.filestat import FileStat, HashedImage, HashedVideo
 from dedupd.pool import Failure, HasherPool
-from dedupd.scanner import Entry, NameFilter, path_too_long, same_version, walk, why_unavailable
+from dedupd.scanner import (
+    Entry,
+    NameFilter,
+    identities,
+    path_too_long,
+    same_version,
+    walk,
+    why_unavailable,
+)
 from dedupd.store import Store
 from dedupd.watcher import Hint, Settler
 
@@ -359,6 +367,9 @@ class Pipeline:
         root = self.root_of(path)
         if root is None:
             return None
+        if self._under_excluded(root, path):
+            log.debug("file_in_excluded_folder", path=path)
+            return None
         relpath = os.path.relpath(path, root)
         record = self.store.record(root, relpath)
         if record is not None and record.state in ("ok", "error") and same_version(record, stat):
@@ -373,6 +384,24 @@ class Pipeline:
                 self._revive(moved.id, root, relpath, stat)
                 return None
         return Entry(root, relpath, stat)
+
+    def _under_excluded(self, root: str, path: str) -> bool:
+        """Whether a folder between `root` and `path` is an excluded one (the quarantine, a
+        staging folder) reached by another name: the quarantine bind-mounted inside a root,
+        which the path filter (`root_of`) cannot see. Walks skip those folders by device and
+        inode; so does this (red team 7: the daemon recorded its own quarantined photos as
+        uploads and quarantined them again, 13 folders deep)."""
+        excluded = identities([e.rstrip(os.sep) for e in self.excluded])
+        folder = os.path.dirname(path)
+        while excluded and len(folder) > len(root):
+            try:
+                st = os.lstat(folder)
+            except OSError:
+                return False  # gone: the file is too
+            if (st.st_dev, st.st_ino) in excluded:
+                return True
+            folder = os.path.dirname(folder)
+        return False
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
         """Follow a move of `file_id` to `relpath` under `root`; one into another root is then

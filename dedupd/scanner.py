@@ -26,6 +26,7 @@ __all__ = [
     "Entry",
     "NameFilter",
     "Plan",
+    "identities",
     "path_too_long",
     "reconcile",
     "same_version",
@@ -158,7 +159,7 @@ def walk(
     except (safefs.UnsafePath, OSError) as exc:
         raise NotFoundError(f"{root}: cannot read the root: {_strerror(exc)}") from exc
     try:
-        yield from _walk_from(root, root_fd, names, _identities(exclude), unreadable)
+        yield from _walk_from(root, root_fd, names, identities(exclude), unreadable)
     finally:
         os.close(root_fd)
 
@@ -167,7 +168,7 @@ def _strerror(exc: OSError | safefs.UnsafePath) -> str:
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
-def _identities(folders: Sequence[str]) -> frozenset[tuple[int, int]]:
+def identities(folders: Sequence[str]) -> frozenset[tuple[int, int]]:
     """(st_dev, st_ino) of those of `folders` that are folders now, reached as `walk`
     reaches a root: a path through another user's link names no folder to exclude (were it
     followed, a user could hide any folder of a root from every walk)."""

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dedupd import render
-from dedupd.actions import Actions
+from dedupd.actions import ActionError, Actions
 from dedupd.cli import _scan_with_progress, dedupctl
 from dedupd.config import load_config
 from dedupd.pipeline import Backlog
@@ -347,3 +348,79 @@ def test_a_stop_while_a_moved_photos_decision_waits_is_a_stop_not_a_failed_file(
         assert after is not None and after.id == before.id
         assert [r.id for r in store.undecided_due("any", roots)] == [before.id]
         ingest.close()
+
+
+@pytest.fixture
+def bound(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(data, root): folder `data` bind-mounted on `root`; needs root."""
+    data, root = (tmp_path / "data").resolve(), (tmp_path / "root").resolve()
+    data.mkdir()
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "--bind", str(data), str(root)], capture_output=True, text=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip() or 'refused'}")
+    try:
+        yield data, root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_the_quarantine_reached_inside_a_root_by_a_bind_mount_is_never_taken_for_uploads(
+    tmp_path: Path, bound: tuple[Path, Path]
+) -> None:
+    """The red team's b2 (a Docker run with `-v /srv/photos:/photos` and
+    `-v /srv/photos/Duplicates:/quarantine` has its shape): the root is a bind mount of
+    `data`, the quarantine `data/q`, so root/q is the quarantine by another name. The
+    watcher took each photo quarantined there for an upload and quarantined it again, 13
+    folders deep. A settled file under a folder that is the quarantine by device and inode
+    is none of the root's, and no action moves or deletes a file in it."""
+    from dedupd.engine import Ingest
+    from dedupd.imaging import hash_image
+    from dedupd.pipeline import Counts, Pipeline
+    from dedupd.scanner import root_key
+    from tests.test_heic import HASHERS
+
+    data, root = bound
+    quarantine = data / "q"
+    config_file = tmp_path / "dedupd.yaml"
+    config_file.write_text(
+        f"database: {tmp_path / 'state' / 'dedupd.db'}\nhashing: {{workers: 1}}\n"
+        f"roots:\n  - {{path: {root}, policy: cam}}\n"
+        "policies:\n  cam: {exact: quarantine, near: quarantine}\n"
+        f"quarantine: {{path: {quarantine}}}\n"
+    )
+    config = load_config(config_file)
+    photos.copy(photos.photo("coffee"), root / "IMG_0001.jpg")
+    aliased = photos.copy(photos.photo("coffee"), quarantine / "root" / "IMG_0001.jpg")
+    seen = root / "q" / "root" / "IMG_0001.jpg"  # the quarantined copy, through the root
+    assert seen.stat().st_ino == aliased.stat().st_ino
+    roots = [root_key(r.path) for r in config.roots]
+    with Store(config.database) as store:
+        ingest = Ingest(store, config, roots)
+        try:
+            clock = Clock()
+            pipeline = Pipeline(Counts(), clock)
+            pipeline.configure(config, roots, store, ingest)
+            pipeline.settler.add(str(seen))
+            clock.t += 60
+            pipeline.take_settled()
+            assert not pipeline.settled  # not an upload of the root
+        finally:
+            ingest.close()
+        # nor does an action touch it, were it recorded (by an older dedupd, say)
+        hashed = hash_image(str(seen), HASHERS, max_pixels=10**9)
+        record_id = store.record_hashed(roots[0], "q/root/IMG_0001.jpg", hashed)
+        keeper_id = store.record_hashed(
+            roots[0],
+            "IMG_0001.jpg",
+            hash_image(str(root / "IMG_0001.jpg"), HASHERS, max_pixels=10**9),
+        )
+        record, keeper = store.file(record_id), store.file(keeper_id)
+        assert record is not None and keeper is not None
+        with pytest.raises(ActionError, match=r"in the quarantine folder .* another name"):
+            Actions(store, quarantine).quarantine(record, keeper, 0, "exact")
+        with pytest.raises(ActionError, match=r"in the quarantine folder .* another name"):
+            Actions(store, quarantine).delete(record, keeper, "exact")
+    assert aliased.exists() and list(quarantine.rglob("*.jpg")) == [aliased]
