@@ -13,6 +13,8 @@ all transcoded from the original file itself (decoded, changed, encoded again):
 - ``logo``: a small opaque badge in a corner
 - ``longer``: a longer cut of the same camera move, holding the original (`contains`)
 - ``snippet``: the original with 2 s taken out of its middle
+- ``subtitles``: a line of burned-in subtitles in the lower third
+- ``voiceover``: the original with a sound track of its own (a tone that comes and goes)
 
 and the distinct clips: every other photo's clips, and ``segment``: another stretch of the
 same camera move over the same photo, right after the original's (the hardest distinct pair).
@@ -20,6 +22,11 @@ same camera move over the same photo, right after the original's (the hardest di
 Everything goes through a real `dedupd scan` with the default settings (2 workers); a pair
 is found when the store holds a match between its two files (of any kind: video, contains,
 exact), and a false pair is any match between files that show different stretches of film.
+Moves: a second scan, a dry run with `near: quarantine`, counts per kind the pairs whose copy
+(or original) would move with the other kept, once their frames and sound were compared
+(`dedupd.cliplikeness`); `wrong_moves` lists the moves that would lose something (an edit,
+a sound track, seconds the kept clip lacks; only the plain copies of MAY_MOVE may go, and a
+voice-over's silent original).
 
 Cost: `video.hash_video` on one core (CPU time of the calling process: the decode runs in it,
 one thread) over 1080p 30 fps H.264 clips of `--cost-seconds` (a camera move over a smooth
@@ -51,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `tests.cl
 import structlog
 from machine import machine_info
 
-from dedupd.config import Config, HashingConfig
+from dedupd.actions import Actions
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig
 from dedupd.engine import scan
 from dedupd.hashers import Hasher
 from dedupd.store import Store
@@ -81,7 +89,11 @@ KINDS = (
     "logo",
     "longer",
     "snippet",
+    "subtitles",
+    "voiceover",
 )
+# The kinds whose copy may move when the original is kept (the rest are edits, or hold more)
+MAY_MOVE = ("reencode", "resize", "trimmed", "snippet")
 
 
 def _photo(name: str) -> Path:
@@ -112,10 +124,13 @@ def make_clips(folder: Path, photos: int, seconds: float) -> dict[str, tuple[str
             "longer": (master, {"keep": [(a - third / 2, b)]}),
             "snippet": (orig, {"keep": [(0, third / 2 - 1), (third / 2 + 1, third)]}),
         }
+        variants["subtitles"] = (orig, {"frame": clips.subtitles})
         for kind, (src, how) in variants.items():
             ext = ".mov" if kind in ("reencode", "resize") else ".mp4"
             made = clips.transcode(src, folder / f"{stem}-{kind}{ext}", **how)
             out[made.name] = (stem, kind)
+        voiced = clips.with_sound(orig, folder / f"{stem}-voiceover.mp4", crf=28)
+        out[voiced.name] = (stem, "voiceover")
         segment = clips.transcode(master, folder / f"{stem}-segment.mp4", keep=[(b, seconds)])
         out[segment.name] = (f"{stem}-segment", "segment")
     return out
@@ -149,6 +164,9 @@ def accuracy(folder: Path, files: dict[str, tuple[str, str]], db: Path) -> dict[
             "as": dict(sorted((k, found.count(k)) for k in set(found) if k is not None)),
             "missed": [p[1] for p, f in zip(pairs, found, strict=True) if f is None],
         }
+    moves, move_seconds = _moves(folder, files, db.with_name("moves.db"))
+    for kind in KINDS:
+        per_kind[kind]["moved"] = moves.get(kind, {})
     false = sorted(sorted(pair) for pair in edges if len({files[n][0] for n in pair}) > 1)
     total = sum(int(str(v["pairs"])) for v in per_kind.values())
     hit = sum(int(str(v["found"])) for v in per_kind.values())
@@ -163,7 +181,64 @@ def accuracy(folder: Path, files: dict[str, tuple[str, str]], db: Path) -> dict[
         "per_kind": per_kind,
         "distinct_pairs": distinct,
         "false_pairs": false,
+        "moves_scan_seconds": round(move_seconds, 1),
+        "wrong_moves": sorted(
+            f"{kind}: {who} of {group}"
+            for kind, m in moves.items()
+            if kind in KINDS
+            for who, groups in m.items()
+            if _wrong(kind, who)
+            for group in groups
+        ),
+        "moves_between_copies": moves.get("between copies", {}),
     }
+
+
+def _wrong(kind: str, moved: str) -> bool:
+    """Whether moving `moved` ("original" or "copy") of a pair of `kind` loses something:
+    a copy that may move moves when the original stays; a voice-over's silent original may
+    move (the copy holds its frames, and sound besides); nothing else may."""
+    if kind in MAY_MOVE:
+        return moved != "copy"
+    return not (kind == "voiceover" and moved == "original")
+
+
+def _moves(
+    folder: Path, files: dict[str, tuple[str, str]], db: Path
+) -> tuple[dict[str, dict[str, list[str]]], float]:
+    """A dry run with `near: quarantine`: per kind, the photos whose pair moved the copy
+    ("copy") or the original ("original") with the other kept, once the frames and sound
+    were compared (`cliplikeness`); and the scan's seconds."""
+    config = replace(
+        Config(),
+        database=db,
+        hashing=HashingConfig(workers=2),
+        dry_run=True,
+        quarantine=replace(Config().quarantine, path=folder.parent / "quarantine"),
+    )
+    policy = replace(config.policies[DEFAULT_POLICY], exact="quarantine", near="quarantine")
+    config = replace(config, policies={**config.policies, DEFAULT_POLICY: policy})
+    config = config.with_roots([folder])
+    started = time.perf_counter()
+    with Store(db) as store:
+        report = scan(config, store, actions=Actions(store, config.quarantine.path))
+    seconds = time.perf_counter() - started
+    out: dict[str, dict[str, list[str]]] = {}
+    for o in report.outcomes:
+        d = o.decision
+        if d.kind != "video" or d.action != "quarantine" or d.target is None or d.keeper is None:
+            continue
+        (group, role), (kept_group, kept_role) = files[d.target.relpath], files[d.keeper.relpath]
+        if group != kept_group:
+            continue  # two stretches of film: counted as false pairs
+        if "original" not in (role, kept_role):
+            between = out.setdefault("between copies", {})
+            between.setdefault(f"{role} moved, {kept_role} kept", []).append(group)
+            continue
+        kind = kept_role if role == "original" else role
+        who = "original" if role == "original" else "copy"
+        out.setdefault(kind, {}).setdefault(who, []).append(group)
+    return out, seconds
 
 
 def cost(folder: Path, seconds: float, rounds: int) -> dict[str, object]:

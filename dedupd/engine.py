@@ -486,10 +486,12 @@ class Ingest:
             self._features_read.pop(file_id, None)
             self.store.set_state(file_id, gone)
             return None
-        if isinstance(result, HashedVideo):
-            return self._ingest_video(entry, result)
         for counterpart, measured in result.likeness:
             self._remember(result.sha256, counterpart, measured)
+        if isinstance(result, HashedVideo):
+            if entry.full_decode:  # hashed again to be compared: decided as it is now
+                self._confirming.pop((entry.root, entry.relpath), None)
+            return self._ingest_video(entry, result)
         place = (entry.root, entry.relpath)
         # None for a full decode no hold of this Ingest waits for (one queued before a
         # reload): decided as any upload
@@ -1038,15 +1040,21 @@ class Ingest:
         pair asked for is judged "not compared", and it is decided again from its record."""
         self._confirming.pop((entry.root, entry.relpath), None)
         record = self.store.record(entry.root, entry.relpath)
-        bits = None if record is None else self.store.hash_of(record.id, self.hasher.key)
-        if record is None or record.stat != entry.stat or not record.sha256 or bits is None:
+        if record is None or record.stat != entry.stat or not record.sha256:
             return None  # changed or gone: the reconcile hashes it again
+        bits = self.store.hash_of(record.id, self.hasher.key)
+        clip = self.store.video_frames(record.id, self.video_key) if bits is None else None
+        if bits is None and clip is None:
+            return None  # hashed with another hasher: the reconcile hashes it again
         log.warning(
             "pixels_not_compared", path=entry.path, error=failure.kind, detail=failure.message
         )
         why = f"the comparison's worker {failure.kind}: {failure.message}"
         for c in entry.compare:
             self._remember(record.sha256, c, Likeness(float("inf"), error=why))
+        if clip is not None:
+            return self._match_and_decide_clip(record.id, entry.path, record.sha256, clip.frames)
+        assert bits is not None
         return self._match_and_decide(record.id, entry.path, bits, record.sha256, None)
 
     def _remember(self, sha256: str, counterpart: Counterpart, found: Likeness) -> None:
@@ -1073,7 +1081,7 @@ class Ingest:
         target, keeper = decision.target, decision.keeper
         if (
             not decision.acts
-            or decision.kind not in ("near", "crop")
+            or decision.kind not in ("near", "crop", "video")
             or target is None
             or keeper is None
             or newcomer.sha256 is None
@@ -1112,16 +1120,20 @@ class Ingest:
             # would otherwise abandon its decision as one that crashes)
             self.store.deferred(newcomer.id)
             self.confirm.append(entry)
-            return decision, f"held: its pixels are compared with {other.path} first"
-        from dedupd.likeness import refusal
+            what = "frames and sound" if decision.kind == "video" else "pixels"
+            return decision, f"held: its {what} are compared with {other.path} first"
+        from dedupd import cliplikeness, likeness
 
-        why = refusal(found, moving_is_newcomer=target.id == newcomer.id)
+        moving_is_newcomer = target.id == newcomer.id
+        if decision.kind == "video":
+            why = cliplikeness.refusal(found, moving_is_newcomer=moving_is_newcomer)
+            agree = "every moment's frame and sound are in the clip kept"
+        else:
+            why = likeness.refusal(found, moving_is_newcomer=moving_is_newcomer)
+            agree = f"pixels agree ({found.worst:.1f}% of a cell at most)"
         if why is not None:
             return replace(decision, action="report", rule=f"{why}; {decision.rule}"), None
-        return replace(
-            decision,
-            rule=f"{decision.rule}; pixels agree ({found.worst:.1f}% of a cell at most)",
-        ), None
+        return replace(decision, rule=f"{decision.rule}; {agree}"), None
 
     def _wait(
         self, newcomer: FileRecord, path: str, bits: bytes, held: Sequence[int]

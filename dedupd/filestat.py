@@ -61,18 +61,23 @@ class Counterpart(NamedTuple):
 
 
 class Likeness(NamedTuple):
-    """What comparing two photos' pixels found (`dedupd.likeness.compare`); judged by
-    `likeness.refusal`. `error` says why nothing could be compared (a file gone, changed or
-    unreadable): such a pair never moves."""
+    """What comparing two photos' pixels found (`dedupd.likeness.compare`), or two clips'
+    frames and sound (`dedupd.cliplikeness.compare_clips`); judged by their `refusal`.
+    `error` says why nothing could be compared (a file gone, changed or unreadable): such a
+    pair never moves."""
 
     # the largest share (percent) of one cell's pixels that differ, aligned and tone-matched
     worst: float
     # the share of the newcomer's frame, and of the counterpart's, that the other one shows
+    # (for two clips: the share of each one's moments)
     cover: tuple[float, float] = (0.0, 0.0)
     side: int = 0  # the long side, in px, the two were compared at
     # the newcomer's and the counterpart's long side, in px, in the file (trimmed)
     sides: tuple[int, int] = (0, 0)
     error: str | None = None
+    # For two clips (`dedupd.cliplikeness`): the first moment of each (newcomer's,
+    # counterpart's) that the other does not show, and why; "" when it shows them all.
+    unshown: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +125,5 @@ class HashedVideo:
     frames: tuple[bytes, ...]  # the kept frames' hashes, in time order
     times: tuple[float, ...]  # each kept frame's time, seconds from the start
     sampled: int  # frames looked at (flat and repeated ones were not kept)
+    # What comparing its frames and sound with each clip asked for (`Entry.compare`) found.
+    likeness: tuple[tuple[Counterpart, Likeness], ...] = ()

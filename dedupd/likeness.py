@@ -219,9 +219,10 @@ def _pixels(
     return np.asarray(image, np.float32), side
 
 
-def compare(a: Pixels, b: Pixels) -> Likeness:
+def compare(a: Pixels, b: Pixels, *, frame_onto_frame: bool = False) -> Likeness:
     """Compare two pictures (rows x columns x (Y, Cb, Cr); `a`: the newcomer, `b`: the
-    counterpart, already turned), at the smaller one's size."""
+    counterpart, already turned), at the smaller one's size. `frame_onto_frame`: lay one
+    frame onto the other as they are (two frames of a clip), without looking for a fit."""
     import cv2
     import numpy as np
 
@@ -231,7 +232,7 @@ def compare(a: Pixels, b: Pixels) -> Likeness:
     elif b.shape[0] * b.shape[1] > a.shape[0] * a.shape[1]:
         b = _resized(b, a)
     h, w = a.shape[:2]
-    matrix = _fit(a[..., 0], b[..., 0])
+    matrix = None if frame_onto_frame else _fit(a[..., 0], b[..., 0])
     if matrix is None:  # frame onto frame
         matrix = np.array([[w / b.shape[1], 0, 0], [0, h / b.shape[0], 0]], np.float64)
     # the frame's edge continued outward: a sub-pixel shift must not blend black into its edge

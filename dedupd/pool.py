@@ -34,7 +34,7 @@ from typing import Protocol
 import structlog
 
 from dedupd.errors import DedupdError, ImageError
-from dedupd.filestat import Counterpart, FileStat, HashedImage, HashedVideo
+from dedupd.filestat import Counterpart, FileStat, HashedImage, HashedVideo, Likeness
 from dedupd.hashers import Hasher
 from dedupd.scanner import PATH_MAX, Entry, path_too_long
 
@@ -209,6 +209,8 @@ def _serve(conn: Connection, work: Work, hashers: tuple[Hasher, ...], max_pixels
                     result = work(path, stat, hashers, max_pixels)
                 if compare and isinstance(result, HashedImage):
                     result = _compared(result, path, compare, max_pixels)
+                elif compare and isinstance(result, HashedVideo):
+                    result = _clips_compared(result, path, compare, full, hashers, max_pixels)
             except Exception as exc:  # a pluggable `work` that raises still answers
                 result = Failure("internal", f"{type(exc).__name__}: {exc}")
             try:
@@ -232,6 +234,33 @@ def _compared(
         for c in compare
     )
     return replace(result, likeness=found)
+
+
+def _clips_compared(
+    result: HashedVideo,
+    path: str,
+    compare: tuple[Counterpart, ...],
+    full: Work,
+    hashers: tuple[Hasher, ...],
+    max_pixels: int,
+) -> HashedVideo:
+    """`result` with what comparing its frames and sound with each of `compare` found
+    (`dedupd.cliplikeness`); each counterpart is hashed again here, as it is now, for the
+    times its frames lie at."""
+    from dedupd import cliplikeness
+
+    found = []
+    for c in compare:
+        other = full(c.path, c.stat, hashers, max_pixels)
+        if isinstance(other, HashedVideo):
+            measured = cliplikeness.compare_clips(
+                path, result, c.path, other, hashers[0], max_pixels
+            )
+        else:
+            why = other.message if isinstance(other, Failure) else "it is not a clip now"
+            measured = Likeness(math.inf, error=f"the other clip could not be read: {why}")
+        found.append((c, measured))
+    return replace(result, likeness=tuple(found))
 
 
 def _readable(fds: Sequence[int], timeout: float) -> set[int]:

@@ -130,6 +130,44 @@ def transcode(
     return dst
 
 
+def with_sound(
+    src: Path,
+    dst: Path,
+    *,
+    beats: float | None = 1.5,
+    pitch: float = 440.0,
+    crf: int = 30,
+    size: tuple[int, int] | None = None,
+) -> Path:
+    """`src` encoded again (at `size`) with a sound track (AAC, mono) as long as it: a tone of
+    `pitch` Hz that sounds and stops `beats` times a second (a voice-over's rhythm, or a
+    tune's), or silence when `beats` is None (a track with nothing on it)."""
+    import numpy as np
+
+    decoded = frames(src)
+    with av.open(str(src)) as c:
+        fps = round(float(c.streams.video[0].average_rate or 10))
+    size = size or decoded[0][1].size
+    out, stream = _writer(dst, size, fps, fps, crf, "libx264")
+    sound = out.add_stream("aac", rate=44100)
+    for _, im in decoded:
+        _encode(out, stream, im.resize(size, Image.Resampling.BILINEAR))
+    rate, chunk = 44100, 1024
+    total = round(len(decoded) / fps * rate)
+    for start in range(0, total, chunk):
+        t = (np.arange(chunk) + start) / rate
+        on = np.sin(2 * math.pi * t * beats) > 0 if beats is not None else np.zeros(chunk, bool)
+        wave = (0.3 * on * np.sin(2 * math.pi * pitch * t)).astype(np.float32).reshape(1, -1)
+        piece = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+        piece.sample_rate = rate
+        for packet in sound.encode(piece):
+            out.mux(packet)
+    for packet in sound.encode():
+        out.mux(packet)
+    _finish(out, stream)
+    return dst
+
+
 def sideways(src: Path, dst: Path) -> Path:
     """`src` as a phone stores a clip filmed turned: every frame turned a quarter clockwise,
     and a display matrix telling players to turn it back (90 degrees counterclockwise)."""
@@ -172,6 +210,17 @@ def letterbox(im: Image.Image) -> Image.Image:
     canvas = Image.new("RGB", (w, w * 3 // 4))
     canvas.paste(im, (0, (canvas.height - h) // 2))
     return canvas
+
+
+def subtitles(im: Image.Image) -> Image.Image:
+    """A line of burned-in subtitles: white text on a dark band in the lower third."""
+    out = im.copy()
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    band = (w // 8, h * 3 // 4, w * 7 // 8, h * 3 // 4 + max(8, h // 10))
+    draw.rectangle(band, fill="#202020")
+    draw.text((band[0] + 4, band[1] + 1), "-- so that is where we went --", fill="white")
+    return out
 
 
 def logo(im: Image.Image) -> Image.Image:

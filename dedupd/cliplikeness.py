@@ -1,0 +1,552 @@
+"""Whether two clips show the same footage and play the same sound: the check a clip match
+passes before it moves a clip, as `likeness` is for photos.
+
+Frame hashes sampled once a second find a clip's copies; they cannot tell a copy from an edit
+of it. Burned-in subtitles, a logo, a face blurred, a colour grade, a voice-over or music laid
+on it: each leaves the frames' 16x16 hashes within the threshold, and the edit, moved to the
+quarantine and purged a month later, would be lost (found by a red-team run: a clip with a
+sound track added moved as a copy of the silent one). So before a clip match moves a clip, a
+hasher worker (never the daemon: `pool`) looks at both clips at up to `MOMENTS` moments each,
+spread over its length, and asks of every moment whether the other clip shows it:
+
+- **the picture**: the frame shown then, upright, letterbox bars trimmed, at most `SIDE` px,
+  against the other clip's frames around the time their hashes align it with (`WINDOW`
+  seconds either way; the one most like it, at 64 px), compared pixel by pixel as photos are
+  (`likeness.compare`: every `likeness.CELL` px cell, colour included);
+- **the sound**: its loudness, every `SOUND_BLOCK` seconds over `SOUND_SPAN` seconds around
+  the moment, against the other's at the aligned time (give or take `SOUND_LAG`): a moment
+  with sound the other lacks (no track, silence, other sound) is not shown. A moment that is
+  silent has nothing to lose.
+
+The result is a `Likeness` whose `cover` is, for each clip, the share of its moments the
+other shows, and `unshown` the first it does not; `refusal` moves a clip only when the clip
+kept shows every one of its moments. Both directions are measured in one go (the decision
+may turn either way by the time the result is back); each clip is decoded at most twice,
+seeking to the frames wanted rather than decoding it all when a clip is long.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from dedupd.errors import ImageError
+from dedupd.filestat import FileStat, HashedVideo, Likeness
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from PIL import Image
+
+    from dedupd.hashers import Hasher
+
+__all__ = [
+    "MAX_CELL_SHARE",
+    "MOMENTS",
+    "SIDE",
+    "compare_clips",
+    "refusal",
+]
+
+MOMENTS = 24  # at most, per clip; one a second for a shorter clip
+# Percent of a cell's pixels that may differ (photos: `likeness.MAX_CELL_SHARE`, 1%). A video
+# codec at a chat app's bitrate smears a moving picture more than a JPEG re-save: on
+# bench/video.py's clips a re-encode at crf 36 (a keyframe every 250 frames) differed in up
+# to 3.5% of a cell, and every edit in 16% (a greyscale copy) to 60% (subtitles) and more.
+MAX_CELL_SHARE = 8.0
+SIDE = 640  # long side, in px, of the frames compared (the smaller clip's own if less)
+# Seconds either side of the time a moment's hashes align it with, where the other clip's
+# frame most like it is looked for: the hashes are sampled a second apart, and a re-encode may
+# shift its frames by one.
+WINDOW = 0.6
+_PICK = 64  # px: the side both frames are reduced to, to pick the one most like a moment
+_PICK_SIDE = 160  # px: the long side a frame is decoded to for that
+_SEEK_AHEAD = 2.0  # s: a wanted frame further ahead than this is sought, not decoded to
+# Sound: loudness (RMS, dB of full scale) of the mono mix at _SOUND_RATE, every SOUND_BLOCK s.
+SOUND_BLOCK = 0.05
+SOUND_SPAN = 0.5  # s either side of a moment
+SOUND_LAG = 0.1  # s: a copy's sound may be shifted this much against its frames
+SILENT = -50.0  # dBFS: quieter throughout a moment's span, it has no sound to lose
+_FLOOR = -60.0  # dBFS: quieter is all one (a codec's noise floor)
+# dB: how far the two loudness curves may part at a moment, once one gain is taken out (the
+# 90th percentile of the blocks): a re-encode keeps the curve within a dB or two, a voice or
+# a tune laid on it parts it by 10 and more.
+SOUND_TOLERANCE = 6.0
+_SOUND_RATE = 8000
+
+
+def refusal(likeness: Likeness, *, moving_is_newcomer: bool) -> str | None:
+    """Why a clip match must not move a clip after the two were compared, or None when it may.
+    `moving_is_newcomer`: which of the two would move."""
+    if likeness.error is not None:
+        return f"clips not compared ({likeness.error}): a clip match moves nothing unchecked"
+    moving, kept = (0, 1) if moving_is_newcomer else (1, 0)
+    if likeness.cover[moving] < 1.0:
+        return (
+            f"the clip kept does not show all of the one that would move"
+            f" ({likeness.unshown[moving]}): a different or edited clip"
+        )
+    if likeness.sides[kept] * 2 < likeness.sides[moving]:
+        return (
+            f"the clip kept ({likeness.sides[kept]} px) is less than half as sharp as the one"
+            f" that would move ({likeness.sides[moving]} px): its detail cannot be checked"
+        )
+    return None
+
+
+def compare_clips(
+    path: str,
+    clip: HashedVideo,
+    other_path: str,
+    other: HashedVideo,
+    hasher: Hasher,
+    max_pixels: int,
+) -> Likeness:
+    """Compare clip `path` (hashed as `clip`) with `other_path` (hashed as `other`), each the
+    version its stat names. Never raises for a file: what went wrong is the likeness's
+    `error`."""
+    try:
+        with _Reader(path, clip.stat) as mine, _Reader(other_path, other.stat) as theirs:
+            return _compare(mine, clip, theirs, other, hasher.radius(hasher.default_threshold))
+    except ImageError as exc:
+        return Likeness(math.inf, error=f"{exc.kind}: {exc.detail}")
+    except MemoryError:
+        return Likeness(math.inf, error="out of memory")
+    except Exception as exc:  # a decoder bug: this pair stays where it is
+        return Likeness(math.inf, error=f"internal: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class _Side:
+    """One clip's part of a comparison: its moments, where each lies in the other clip (the
+    candidate times), its frames at its moments, and the other's frames picked for them."""
+
+    clip: HashedVideo
+    moments: list[float]
+    aligned: list[list[float]]  # per moment: times in the other clip it may be at
+    frames: list[Image.Image | None]
+    smalls: list[npt.NDArray[np.float32] | None]  # the same, to pick by (`_Shown.small`)
+    picked: list[tuple[float, Image.Image] | None]  # (how unlike, frame) of the other's
+    sound: _Loudness | None = None
+
+
+def _compare(
+    mine: _Reader, clip: HashedVideo, theirs: _Reader, other: HashedVideo, radius: int
+) -> Likeness:
+    a = _side(clip, other, radius)
+    b = _side(other, clip, radius)
+    a.sound, b.sound = mine.loudness(), theirs.loudness()
+    # Each clip's own frames at its moments, then the other's frames around where they
+    # align: its own moments' frames and the other's windows in one pass where they can be.
+    _at(theirs, b)
+    _pick(mine, b, with_own=a)
+    _pick(theirs, a)
+    cover, unshown, worst = [], [], 0.0
+    for side, of in ((a, b), (b, a)):
+        shown, first = 0, ""
+        for i, t in enumerate(side.moments):
+            why, measured = _moment(side, of, i)
+            worst = max(worst, measured)
+            if why is None:
+                shown += 1
+            elif not first:
+                first = f"at {t:.1f} s: {why}"
+        cover.append(shown / len(side.moments) if side.moments else 0.0)
+        unshown.append(first)
+    sides = (_long_side(clip), _long_side(other))
+    return Likeness(worst, (cover[0], cover[1]), SIDE, sides, unshown=(unshown[0], unshown[1]))
+
+
+def _long_side(clip: HashedVideo) -> int:
+    return max(clip.width, clip.height)
+
+
+def _side(clip: HashedVideo, other: HashedVideo, radius: int) -> _Side:
+    moments = _moments(clip.duration)
+    matched = _matched(clip, other, radius)
+    return _Side(
+        clip,
+        moments,
+        [_align(matched, t) for t in moments],
+        [None] * len(moments),
+        [None] * len(moments),
+        [None] * len(moments),
+    )
+
+
+def _moments(duration: float) -> list[float]:
+    """The times looked at in a clip of `duration` seconds: one a second, MOMENTS at most,
+    each in the middle of its share of the clip."""
+    n = max(1, min(MOMENTS, math.ceil(duration)))
+    return [round((i + 0.5) * duration / n, 3) for i in range(n)]
+
+
+def _matched(clip: HashedVideo, other: HashedVideo, radius: int) -> list[tuple[float, float]]:
+    """(time in `clip`, time in `other`) of each kept frame of `clip` whose hash is within
+    `radius` bits of one of `other`'s (the nearest), in time order."""
+    import numpy as np
+
+    if not clip.frames or not other.frames:
+        return []
+    mine = np.frombuffer(b"".join(clip.frames), np.uint8).reshape(len(clip.frames), -1)
+    theirs = np.frombuffer(b"".join(other.frames), np.uint8).reshape(len(other.frames), -1)
+    out = []
+    for at, bits in zip(clip.times, mine, strict=True):
+        distances = np.bitwise_count(np.bitwise_xor(theirs, bits)).sum(axis=1)
+        nearest = int(distances.argmin())
+        if int(distances[nearest]) <= radius:
+            out.append((at, other.times[nearest]))
+    return out
+
+
+def _align(matched: Sequence[tuple[float, float]], t: float) -> list[float]:
+    """Where moment `t` of a clip may be in the other (`matched`: its kept frames found there):
+    through its matched frames just before and just after `t`, shifted by as much as `t` is
+    from them (two, so that a moment beside a cut finds the side it is on). Empty when none
+    of its frames is in the other clip."""
+    before = [m for m in matched if m[0] <= t]
+    after = [m for m in matched if m[0] > t]
+    near = ([before[-1]] if before else []) + ([after[0]] if after else [])
+    return sorted({round(there + (t - here), 3) for here, there in near})
+
+
+def _at(reader: _Reader, side: _Side) -> None:
+    """The frame shown at each of `side`'s moments (the first at or after it, within WINDOW)."""
+    spans = [(t, t + WINDOW) for t in side.moments]
+    for at, shown in reader.frames(spans):
+        _own(side, at, shown)
+
+
+def _own(side: _Side, at: float, shown: _Shown) -> None:
+    """Keep `shown` (at `at` s in `side`'s clip) as the frame of the moments it is the first
+    frame at or after."""
+    for i, t in enumerate(side.moments):
+        if side.frames[i] is None and t - 1e-6 <= at <= t + WINDOW:
+            side.frames[i] = shown.image()
+            side.smalls[i] = shown.small()
+
+
+def _pick(reader: _Reader, side: _Side, *, with_own: _Side | None = None) -> None:
+    """One pass over `reader`'s clip: for each moment of `side` (the other clip), the frame
+    around its aligned times most like the moment's frame (into `side.picked`); with
+    `with_own`, this clip's own frames at its moments too (into `with_own.frames`)."""
+    import numpy as np
+
+    spans = [(t - WINDOW, t + WINDOW) for ts in side.aligned for t in ts]
+    if with_own is not None:
+        spans += [(t, t + WINDOW) for t in with_own.moments]
+    for at, shown in reader.frames(spans):
+        if with_own is not None:
+            _own(with_own, at, shown)
+        for i, ts in enumerate(side.aligned):
+            target = side.smalls[i]
+            if target is None or not any(abs(at - t) <= WINDOW for t in ts):
+                continue
+            unlike = float(np.abs(shown.small() - target).mean())
+            best = side.picked[i]
+            if best is None or unlike < best[0]:
+                side.picked[i] = (unlike, shown.image())
+
+
+def _standard(frame: Image.Image) -> npt.NDArray[np.float32]:
+    """`frame` at _PICK x _PICK grey, levels standardised: what picks the frame most like a
+    moment's among a window's (a colour grade or a brightness change still picks the right
+    one)."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(frame.convert("L").resize((_PICK, _PICK), Image.Resampling.BOX), np.float32)
+    standard: npt.NDArray[np.float32] = (grey - grey.mean()) / max(float(grey.std()), 1.0)
+    return standard
+
+
+class _Shown:
+    """A frame as it is shown (upright, letterbox bars trimmed), made from the decoded frame
+    only as far as it is looked at: at `_PICK_SIDE` px to pick the one most like a moment's
+    (most frames of a window are only that), at SIDE px to compare."""
+
+    def __init__(self, make: Callable[[int], Image.Image]):
+        self._make = make
+        self._image: Image.Image | None = None
+        self._small: npt.NDArray[np.float32] | None = None
+
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = self._make(SIDE)
+        return self._image
+
+    def small(self) -> npt.NDArray[np.float32]:
+        """Always made at _PICK_SIDE px (bars trimmed at that size), whatever is made already:
+        frames are picked by what they look like made alike."""
+        if self._small is None:
+            self._small = _standard(self._make(_PICK_SIDE))
+        return self._small
+
+
+def _moment(side: _Side, of: _Side, i: int) -> tuple[str | None, float]:
+    """Whether moment `i` of `side`'s clip is shown by `of`'s: None, or why not; and the
+    largest share of a cell whose pixels differ (0 when none were compared)."""
+    from dedupd import likeness
+
+    t = side.moments[i]
+    if not side.aligned[i]:
+        return "no frame near it is in the other clip", 0.0
+    if all(a < -WINDOW or a > of.clip.duration + WINDOW for a in side.aligned[i]):
+        return "it lies beyond the other clip's ends", 0.0
+    frame, picked = side.frames[i], side.picked[i]
+    if frame is None:
+        return "its frame could not be decoded", 0.0
+    if picked is None:
+        return "no frame of the other clip could be decoded there", 0.0
+    found = likeness.compare(_pixels(frame), _pixels(picked[1]), frame_onto_frame=True)
+    if found.error is not None:
+        return f"the frames do not line up ({found.error})", 0.0
+    if found.worst > MAX_CELL_SHARE:
+        return (
+            f"the frames differ ({found.worst:.1f}% of a {likeness.CELL} px cell)",
+            found.worst,
+        )
+    if found.cover[0] < likeness.MIN_COVER:
+        return f"the other frame shows only {found.cover[0]:.0%} of it", found.worst
+    heard = _heard(side.sound, of.sound, t, side.aligned[i])
+    return heard, found.worst
+
+
+def _pixels(frame: Image.Image) -> npt.NDArray[np.float32]:
+    import numpy as np
+
+    return np.asarray(frame.convert("YCbCr"), np.float32)
+
+
+def _heard(
+    mine: _Loudness | None, theirs: _Loudness | None, t: float, at: list[float]
+) -> str | None:
+    """Why the other clip does not play what this one plays around `t` (aligned at `at`), or
+    None when it does (or when this one is silent there)."""
+    import numpy as np
+
+    own = None if mine is None else mine.around(t, 0)
+    if own is None or float(own.max()) < SILENT:
+        return None  # no sound here to lose
+    if theirs is None:
+        return "it has sound; the other clip has no sound track"
+    lag = round(SOUND_LAG / SOUND_BLOCK)
+    best = math.inf
+    quiet = True
+    for there in at:
+        for shift in range(-lag, lag + 1):
+            other = theirs.around(there, shift)
+            if other is None:
+                continue
+            quiet = quiet and float(other.max()) < SILENT
+            d = np.maximum(own, _FLOOR) - np.maximum(other, _FLOOR)
+            spread = float(np.percentile(np.abs(d - np.median(d)), 90))
+            best = min(best, spread)
+    if quiet:
+        return "it has sound; the other clip is silent there"
+    if best > SOUND_TOLERANCE:
+        return f"its sound differs (by {best:.0f} dB)"
+    return None
+
+
+class _Loudness:
+    """A clip's sound as loudness (dBFS) every SOUND_BLOCK seconds from `start`."""
+
+    def __init__(self, start: float, levels: npt.NDArray[np.float64]):
+        self.start, self.levels = start, levels
+
+    def around(self, t: float, shift: int) -> npt.NDArray[np.float64] | None:
+        """The levels over SOUND_SPAN either side of `t`, `shift` blocks later; None when that
+        span lies wholly outside the sound (blocks outside it count as silent)."""
+        import numpy as np
+
+        half = round(SOUND_SPAN / SOUND_BLOCK)
+        middle = round((t - self.start) / SOUND_BLOCK) + shift
+        lo, hi = middle - half, middle + half
+        if hi <= 0 or lo >= len(self.levels):
+            return None
+        out = np.full(hi - lo, _FLOOR - 20.0)
+        a, b = max(lo, 0), min(hi, len(self.levels))
+        out[a - lo : b - lo] = self.levels[a:b]
+        return out
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+class _Reader:
+    """One clip file, opened once (safely, never through a symlink) and checked to be the
+    version `stat` names; frames read from it in passes, its sound once."""
+
+    def __init__(self, path: str, stat: FileStat):
+        self.path, self.stat = path, stat
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> _Reader:
+        from dedupd.imaging import ChangedWhileReading, open_regular
+
+        self._file = open_regular(self.path)
+        if FileStat.of(os.fstat(self._file.fileno())) != self.stat:
+            self._file.close()
+            raise ChangedWhileReading(self.path, "the file changed since it was hashed")
+        self.is_video = _is_video(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def _rewound(self) -> BinaryIO:
+        from dedupd.video import _unchanged
+
+        assert self._file is not None  # entered
+        _unchanged(self.path, self._file, self.stat)
+        self._file.seek(0)
+        return self._file
+
+    def frames(self, spans: Sequence[tuple[float, float]]) -> Iterator[tuple[float, _Shown]]:
+        """The frames shown within `spans` (seconds), in time order: upright, letterbox bars
+        trimmed, at most SIDE px on the long side."""
+        merged = _merged(spans)
+        if not merged:
+            return iter(())
+        if self.is_video:
+            return self._video_frames(merged)
+        return self._animation_frames(merged)
+
+    def _video_frames(
+        self, spans: list[tuple[float, float]]
+    ) -> Iterator[tuple[float, _Shown]]:
+        import av
+
+        from dedupd.video import _open
+
+        with _open(av, self._rewound(), self.path) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_type = "NONE"  # one core per worker
+            base, start = stream.time_base, stream.start_time or 0
+            if base is None:
+                return
+            i, last = 0, -math.inf
+            while i < len(spans):
+                if spans[i][0] > last + _SEEK_AHEAD:
+                    target = int(spans[i][0] / base) + start
+                    container.seek(max(target, start), stream=stream, backward=True)
+                ahead = False
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    at = max(0.0, float((frame.pts - start) * base))
+                    last = at
+                    while i < len(spans) and at > spans[i][1]:
+                        i += 1
+                    if i == len(spans):
+                        return
+                    if at >= spans[i][0]:
+                        yield at, _Shown(functools.partial(_shown, frame))
+                    elif spans[i][0] > at + _SEEK_AHEAD:
+                        ahead = True
+                        break
+                if not ahead:
+                    return  # the end of the clip
+
+    def _animation_frames(self, spans: list[tuple[float, float]]) -> Iterator[tuple[float, _Shown]]:
+        from PIL import Image as PILImage
+        from PIL import ImageSequence
+
+        with PILImage.open(self._rewound(), formats=("GIF", "WEBP")) as image:
+            at, i = 0.0, 0
+            for frame in ImageSequence.Iterator(image):
+                while i < len(spans) and at > spans[i][1]:
+                    i += 1
+                if i == len(spans):
+                    return
+                if at >= spans[i][0]:
+                    rgb = frame.convert("RGB")  # now: the next frame is drawn over it
+                    rgb = rgb.resize(_size(*rgb.size), PILImage.Resampling.BOX)
+                    yield at, _Shown(functools.partial(_from_rgb, rgb))
+                at += max(float(frame.info.get("duration") or 100), 20.0) / 1000.0
+
+    def loudness(self) -> _Loudness | None:
+        """The clip's sound (its first audio track), or None when it has none."""
+        if not self.is_video:
+            return None
+        import av
+        import numpy as np
+
+        from dedupd.video import _open
+
+        with _open(av, self._rewound(), self.path) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            base, start0 = stream.time_base, stream.start_time or 0
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=_SOUND_RATE)
+            block = round(_SOUND_RATE * SOUND_BLOCK)
+            levels: list[float] = []
+            pending = np.zeros(0, np.float32)
+            start: float | None = None
+            try:
+                for frame in container.decode(stream):
+                    if start is None and frame.pts is not None and base is not None:
+                        start = max(0.0, float((frame.pts - start0) * base))
+                    for out in resampler.resample(frame):
+                        pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
+                        whole = len(pending) // block * block
+                        if whole:
+                            rms = np.sqrt(
+                                np.mean(np.square(pending[:whole].reshape(-1, block)), axis=1)
+                            )
+                            levels.extend(20 * np.log10(np.maximum(rms, 1e-6)))
+                            pending = pending[whole:]
+            except av.FFmpegError:
+                pass  # the sound up to a broken packet is what there is to compare
+            if not levels:
+                return None
+            return _Loudness(start or 0.0, np.asarray(levels, np.float64))
+
+
+def _shown(frame: Any, side: int) -> Image.Image:
+    """A decoded video frame at most `side` px on its long side, as it is shown."""
+    from dedupd.video import _upright, _without_bars
+
+    width, height = _size(frame.width, frame.height, side)
+    small = frame.reformat(width=width, height=height, format="rgb24")
+    return _without_bars(_upright(small.to_image(), frame.rotation))
+
+
+def _from_rgb(image: Image.Image, side: int) -> Image.Image:
+    """An animation's frame (RGB, at most SIDE px) at most `side` px, as it is shown."""
+    from PIL import Image
+
+    from dedupd.video import _without_bars
+
+    if max(image.size) > side:
+        image = image.resize(_size(*image.size, side), Image.Resampling.BOX)
+    return _without_bars(image)
+
+
+def _is_video(path: str) -> bool:
+    from dedupd.video import VIDEO_EXTENSIONS
+
+    return path.rpartition(".")[2].lower() in VIDEO_EXTENSIONS
+
+
+def _size(width: int, height: int, side: int = SIDE) -> tuple[int, int]:
+    """(width, height) scaled so the long side is at most `side`, even numbers."""
+    scale = min(1.0, side / max(1, width, height))
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def _merged(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out

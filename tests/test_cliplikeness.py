@@ -1,0 +1,228 @@
+"""A clip moves only when the clip kept shows every moment of it, picture and sound
+(`dedupd.cliplikeness`): a re-encode, a smaller copy or a cut may go; a copy with subtitles,
+a logo, its colours taken away, or a sound track of its own is an edit and is only reported
+(a voice-over copy moved and was purged in a red-team run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dedupd.actions import Actions
+from dedupd.cliplikeness import compare_clips, refusal
+from dedupd.config import DEFAULT_POLICY, Config, HashingConfig
+from dedupd.engine import Ingest, scan
+from dedupd.filestat import FileStat, HashedVideo, Likeness
+from dedupd.hashers import Hasher
+from dedupd.pool import Failure
+from dedupd.scanner import Entry
+from dedupd.store import Store
+from dedupd.video import hash_animation, hash_video
+from tests import clips, photos
+
+HASHER = Hasher("phash", 16)
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny clips (192x108, 10 fps): a 6 s cut of a camera move over a photo and what copies
+    and edits make of it."""
+    d = tmp_path_factory.mktemp("cliplikeness")
+    long = clips.render(photos.photo("astronaut"), d / "long.mp4", seconds=10)
+    cut = clips.transcode(long, d / "cut.mp4", keep=[(2, 8)], crf=20)
+    clips.transcode(cut, d / "cut-wa.mov", size=(160, 90), crf=34)
+    clips.transcode(cut, d / "cut-logo.mp4", frame=clips.logo, crf=20)
+    clips.transcode(cut, d / "cut-subtitles.mp4", frame=clips.subtitles, crf=20)
+    clips.transcode(cut, d / "cut-grey.mp4", frame=clips.greyscale, crf=20)
+    clips.transcode(
+        cut, d / "cut-subtitles-wa.mov", size=(160, 90), crf=34, frame=clips.subtitles
+    )
+    clips.transcode(cut, d / "cut-trimmed.mp4", keep=[(4, 9)], crf=20)
+    clips.to_gif(cut, d / "cut.gif")
+    voiced = clips.with_sound(cut, d / "cut-voice.mp4")
+    clips.with_sound(voiced, d / "cut-voice-wa.mp4", beats=1.5, crf=34)  # its re-encode
+    clips.with_sound(cut, d / "cut-music.mp4", beats=4.0, pitch=660.0)  # other sound
+    clips.with_sound(cut, d / "cut-silent-track.mp4", beats=None)
+    clips.with_sound(cut, d / "cut-voice-wa.mov", size=(160, 90), crf=34)  # a chat app's
+    return d
+
+
+def _hashed(path: Path) -> HashedVideo:
+    if path.suffix == ".gif":
+        clip = hash_animation(str(path), HASHER, max_pixels=10**8)
+        assert clip is not None
+        return clip
+    return hash_video(str(path), HASHER, max_pixels=10**8)
+
+
+def _compare(made: Path, a: str, b: str) -> Likeness:
+    return compare_clips(
+        str(made / a), _hashed(made / a), str(made / b), _hashed(made / b), HASHER, 10**8
+    )
+
+
+def _moves(found: Likeness, moving: str, *, newcomer: str) -> bool:
+    return refusal(found, moving_is_newcomer=moving == newcomer) is None
+
+
+def test_a_reencoded_smaller_copy_shows_every_moment_both_ways(made: Path) -> None:
+    found = _compare(made, "cut.mp4", "cut-wa.mov")
+    assert found.error is None and found.cover == (1.0, 1.0), found
+    assert found.sides == (192, 160)
+    assert _moves(found, "cut-wa.mov", newcomer="cut.mp4")
+
+
+@pytest.mark.parametrize("edit", ["cut-logo.mp4", "cut-subtitles.mp4", "cut-grey.mp4"])
+def test_an_edited_copy_is_not_shown_by_the_clip_and_never_moves(made: Path, edit: str) -> None:
+    """A logo, burned-in subtitles or the colours taken away leave every frame hash within
+    the threshold (the clips match), and the pixels of every moment tell the edit."""
+    found = _compare(made, "cut.mp4", edit)
+    assert found.cover[1] < 1.0, found
+    why = refusal(found, moving_is_newcomer=False)
+    assert why is not None and "frames differ" in why, why
+    assert not _moves(found, "cut.mp4", newcomer="cut.mp4")  # nor the other way round
+
+
+def test_a_copy_with_a_sound_track_of_its_own_never_moves_but_the_silent_clip_may(
+    made: Path,
+) -> None:
+    """The red team's voice-over: the same frames, and a sound track the clip kept lacks."""
+    found = _compare(made, "cut.mp4", "cut-voice.mp4")
+    assert found.cover == (1.0, 0.0), found
+    why = refusal(found, moving_is_newcomer=False)
+    assert why is not None and "the other clip has no sound track" in why, why
+    assert _moves(found, "cut.mp4", newcomer="cut.mp4")  # nothing of it is lost
+
+
+def test_other_sound_over_the_same_frames_is_not_shown_and_the_same_sound_is(
+    made: Path,
+) -> None:
+    other = _compare(made, "cut-voice.mp4", "cut-music.mp4")
+    assert other.cover[0] < 1.0 and other.cover[1] < 1.0, other
+    assert "sound differs" in other.unshown[0], other.unshown
+    same = _compare(made, "cut-voice.mp4", "cut-voice-wa.mp4")
+    assert same.cover == (1.0, 1.0), same
+
+
+def test_a_silent_sound_track_is_no_sound_to_lose(made: Path) -> None:
+    found = _compare(made, "cut.mp4", "cut-silent-track.mp4")
+    assert found.cover == (1.0, 1.0), found
+
+
+def test_a_trimmed_copy_may_move_and_the_longer_clip_may_not(made: Path) -> None:
+    found = _compare(made, "cut.mp4", "cut-trimmed.mp4")
+    assert found.cover[1] == 1.0 and found.cover[0] < 1.0, found
+    assert _moves(found, "cut-trimmed.mp4", newcomer="cut.mp4")
+    why = refusal(found, moving_is_newcomer=True)
+    assert why is not None and "beyond the other clip's ends" in why, why
+
+
+def test_an_animated_gif_of_a_clip_is_shown_by_it_and_not_the_other_way_round(
+    made: Path,
+) -> None:
+    """The GIF keeps every other frame in 256 colours: the clip shows all of it, and it
+    lacks half of the clip's frames (a camera move: the frame between two differs)."""
+    found = _compare(made, "cut.mp4", "cut.gif")
+    assert found.cover[1] == 1.0 and found.cover[0] < 1.0, found
+
+
+def test_a_clip_changed_since_it_was_hashed_is_not_compared(made: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copyfile(made / "cut-wa.mov", tmp_path / "cut-wa.mov"))
+    hashed = _hashed(copy)
+    with open(copy, "ab") as f:
+        f.write(b"\0" * 16)
+    found = compare_clips(
+        str(made / "cut.mp4"), _hashed(made / "cut.mp4"), str(copy), hashed, HASHER, 10**8
+    )
+    assert found.error is not None and "changed" in found.error, found
+    why = refusal(found, moving_is_newcomer=False)
+    assert why is not None and why.startswith("clips not compared")
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, root: Path) -> Config:
+    config = replace(
+        Config(),
+        database=tmp_path / "state" / "dedupd.db",
+        hashing=HashingConfig(workers=1),
+        quarantine=replace(Config().quarantine, path=tmp_path / "quarantine"),
+    )
+    policy = replace(config.policies[DEFAULT_POLICY], exact="quarantine", near="quarantine")
+    config = replace(config, policies={**config.policies, DEFAULT_POLICY: policy})
+    return config.with_roots([root])
+
+
+def _place(made: Path, root: Path, *names: str) -> None:
+    """Copy clips into `root`, each a second older than the next: the first was there."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        dst = root / name
+        shutil.copyfile(made / name, dst)
+        os.utime(dst, ns=(1_600_000_000_000_000_000 + i * 10**9,) * 2)
+
+
+@pytest.mark.parametrize(
+    ("copy", "moved", "because"),
+    [
+        ("cut-wa.mov", True, "every moment's frame and sound are in the clip kept"),
+        ("cut-voice-wa.mov", False, "it has sound; the other clip has no sound track"),
+        ("cut-subtitles-wa.mov", False, "the frames differ"),
+    ],
+)
+def test_a_scan_moves_a_clip_copy_only_once_its_frames_and_sound_were_compared(
+    made: Path, tmp_path: Path, copy: str, moved: bool, because: str
+) -> None:
+    root = tmp_path / "videos"
+    _place(made, root, "cut.mp4", copy)
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, config.quarantine.path))
+    assert not report.failed
+    (outcome,) = report.outcomes  # the held decision, replaced by what it came to
+    assert outcome.decision.kind == "video"
+    assert outcome.decision.action == ("quarantine" if moved else "report"), outcome
+    assert because in outcome.decision.rule, outcome.decision.rule
+    assert (root / copy).exists() is not moved
+    assert (root / "cut.mp4").exists()
+
+
+@contextmanager
+def _held(made: Path, tmp_path: Path) -> Iterator[tuple[Store, Ingest, Path]]:
+    """A library of cut.mp4 and an `Ingest` that has just held the decision on its chat
+    copy for the comparison (queued in `Ingest.confirm`)."""
+    root = tmp_path / "videos"
+    _place(made, root, "cut.mp4")
+    config = _config(tmp_path, root)
+    with Store(config.database) as store:
+        scan(config, store, actions=Actions(store, config.quarantine.path))
+        ingest = Ingest(store, config, [str(root)], Actions(store, config.quarantine.path))
+        try:
+            copy = Path(shutil.copyfile(made / "cut-wa.mov", root / "cut-wa.mov"))
+            entry = Entry(str(root), copy.name, FileStat.of(os.stat(copy)))
+            held = ingest.ingest(entry, _hashed(copy))
+            assert held is not None and held.result.startswith("held: its frames and sound")
+            yield store, ingest, copy
+        finally:
+            ingest.close()
+
+
+def test_a_clip_comparison_that_times_out_is_only_reported_and_no_error_of_the_clip(
+    made: Path, tmp_path: Path
+) -> None:
+    with _held(made, tmp_path) as (store, ingest, copy):
+        (again,) = ingest.confirm
+        assert again.compare and again.full_decode
+        late = ingest.ingest(again, Failure("timeout", "decoding took too long"))
+        assert late is not None and late.decision.action == "report", late
+        assert late.decision.rule.startswith("clips not compared (the comparison's worker")
+        record = store.file_at(copy)
+        assert record is not None and record.state == "ok"
+    assert copy.exists()
