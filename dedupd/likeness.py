@@ -280,9 +280,9 @@ def compare(a: Pixels, b: Pixels, *, frame_onto_frame: bool = False) -> Likeness
         ca, cb = chroma_blur(a[..., c]) - 128, chroma_blur(warped[..., c]) - 128
         hue |= np.abs(ca - _chroma_fit(cb, ca, inside)) > STRONG_CHROMA
     worst, cells = 0.0, 0
-    for top in range(0, max(1, h - CELL // 2), CELL):
-        for left in range(0, max(1, w - CELL // 2), CELL):
-            cell = (slice(top, top + CELL), slice(left, left + CELL))
+    for top, bottom in _cells(h):
+        for left, right in _cells(w):
+            cell = (slice(top, bottom), slice(left, right))
             m = inside[cell]
             if m.mean() < 0.5:
                 continue
@@ -292,6 +292,14 @@ def compare(a: Pixels, b: Pixels, *, frame_onto_frame: bool = False) -> Likeness
     if not cells:
         return Likeness(float("inf"), cover, max(h, w), sides, "no cell of the two overlaps")
     return Likeness(worst, cover, max(h, w), sides)
+
+
+def _cells(side: int) -> list[tuple[int, int]]:
+    """A side cut into CELL px spans, the last one taking what is left (up to 1.5 CELL): a
+    stamp or a watermark in the last few px at a frame's edge is in a cell too (it was not,
+    when a remainder under CELL/2 was left out: a logo in a small clip's corner)."""
+    starts = list(range(0, max(1, side - CELL // 2), CELL))
+    return list(zip(starts, [*starts[1:], max(side, starts[-1] + 1)], strict=True))
 
 
 def _limit(a: Pixels, b: Pixels) -> Pixels:

@@ -103,6 +103,21 @@ def test_a_crop_may_go_when_its_larger_frame_stays_never_the_other_way(tmp_path:
     assert why is not None and "the rest would be lost" in why, found
 
 
+def test_a_stamp_in_the_last_pixels_of_a_small_photo_is_an_edit_too(tmp_path: Path) -> None:
+    """A photo 300 px tall is cut into 32 px cells; the 12 px under the last whole cell were
+    left out, so a date stamp along the bottom edge moved as a copy (found while the clip
+    check was written: a logo in a small clip's corner). The last cell takes the rest."""
+    with Image.open(photos.photo("coffee")) as im:
+        small = im.convert("RGB").resize((400, 300))
+    small.save(tmp_path / "small.png")
+    stamped = small.copy()
+    ImageDraw.Draw(stamped).rectangle((300, 290, 396, 299), fill="#ffa500")
+    stamped.save(tmp_path / "stamped.png")
+    found = _like(tmp_path / "stamped.png", tmp_path / "small.png")
+    why = refusal(found, moving_is_newcomer=True)  # type: ignore[arg-type]
+    assert why is not None and why.startswith("pixels differ"), found
+
+
 def test_a_watermarked_copy_is_an_edit_never_moved(tmp_path: Path) -> None:
     original = photos.copy(photos.photo("rocket"), tmp_path / "r.jpg")
     with Image.open(original) as im:
