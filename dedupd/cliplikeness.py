@@ -7,7 +7,9 @@ on it: each leaves the frames' 16x16 hashes within the threshold, and the edit, 
 quarantine and purged a month later, would be lost (found by a red-team run: a clip with a
 sound track added moved as a copy of the silent one). So before a clip match moves a clip, a
 hasher worker (never the daemon: `pool`) looks at both clips at up to `MOMENTS` moments each,
-spread over its length, and asks of every moment whether the other clip shows it:
+spread over its length, and at the times of its sampled frames whose hashes found no match in
+the other (up to `UNMATCHED`: the seconds a clip match lets differ), and asks of every moment
+whether the other clip shows it:
 
 - **the picture**: the frame shown then, upright, letterbox bars trimmed, at most `SIDE` px,
   against the other clip's frames around the time their hashes align it with (`WINDOW`
@@ -48,11 +50,13 @@ __all__ = [
     "MAX_CELL_SHARE",
     "MOMENTS",
     "SIDE",
+    "UNMATCHED",
     "compare_clips",
     "refusal",
 ]
 
 MOMENTS = 24  # at most, per clip; one a second for a shorter clip
+UNMATCHED = 48  # moments more, at most: where the clip's frame hashes found no match
 # Percent of a cell's pixels that may differ (photos: `likeness.MAX_CELL_SHARE`, 1%). A video
 # codec at a chat app's bitrate smears a moving picture more than a JPEG re-save: on
 # bench/video.py's clips a re-encode at crf 36 (a keyframe every 250 frames) differed in up
@@ -166,8 +170,17 @@ def _long_side(clip: HashedVideo) -> int:
 
 
 def _side(clip: HashedVideo, other: HashedVideo, radius: int) -> _Side:
-    moments = _moments(clip.duration)
+    """`clip`'s part: its moments are the even ones (`_moments`) and the times of its sampled
+    frames whose hash is in no frame of `other` (UNMATCHED at most, evenly chosen): the 5% of
+    frames a clip match lets differ may be seconds of film the other lacks, and fall between
+    two even moments of a long clip."""
     matched = _matched(clip, other, radius)
+    found = {here for here, _ in matched}
+    unmatched = [t for t in clip.times if t not in found]
+    if len(unmatched) > UNMATCHED:
+        step = len(unmatched) / UNMATCHED
+        unmatched = [unmatched[int(i * step)] for i in range(UNMATCHED)]
+    moments = sorted({*_moments(clip.duration), *unmatched})
     return _Side(
         clip,
         moments,

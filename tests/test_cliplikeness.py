@@ -6,6 +6,7 @@ a logo, its colours taken away, or a sound track of its own is an edit and is on
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,6 +131,35 @@ def test_an_animated_gif_of_a_clip_is_shown_by_it_and_not_the_other_way_round(
     lacks half of the clip's frames (a camera move: the frame between two differs)."""
     found = _compare(made, "cut.mp4", "cut.gif")
     assert found.cover[1] == 1.0 and found.cover[0] < 1.0, found
+
+
+def test_seconds_of_other_film_between_two_even_moments_are_looked_at(tmp_path: Path) -> None:
+    """A minute of film, and a copy with 1.8 s of it replaced by another scene: 2 of its 60
+    sampled frames match nothing, under the 5% a clip match lets differ, and the even
+    moments (24, one every 2.5 s) fall on either side of the seconds replaced. The frames
+    whose hashes matched nothing are moments too: the copy is not shown, nor the original."""
+    from PIL import Image
+
+    size, fps = (192, 108), 10
+    with Image.open(photos.photo("astronaut")) as im:
+        film = im.convert("RGB")
+    with Image.open(photos.photo("coffee")) as im:
+        other = im.convert("RGB")
+    n = 60 * fps
+    for name, replaced in (("film.mp4", False), ("spliced.mp4", True)):
+        out, stream = clips._writer(tmp_path / name, size, fps, fps, 20, "libx264")
+        for i in range(n):
+            t = i / fps
+            source = other if replaced and 11.9 <= t < 13.7 else film
+            clips._encode(out, stream, clips._view(source, i / (n - 1), size))
+        clips._finish(out, stream)
+    a, b = _hashed(tmp_path / "film.mp4"), _hashed(tmp_path / "spliced.mp4")
+    found = compare_clips(
+        str(tmp_path / "film.mp4"), a, str(tmp_path / "spliced.mp4"), b, HASHER, 10**8
+    )
+    for side in (0, 1):  # each lacks the other's seconds there
+        at = re.match(r"at (\d+\.\d) s: the frames differ", found.unshown[side])
+        assert found.cover[side] < 1.0 and at and 11.9 <= float(at[1]) < 13.7, found
 
 
 def test_a_clip_changed_since_it_was_hashed_is_not_compared(made: Path, tmp_path: Path) -> None:
