@@ -6,25 +6,32 @@ of it. Burned-in subtitles, a logo, a face blurred, a colour grade, a voice-over
 on it: each leaves the frames' 16x16 hashes within the threshold, and the edit, moved to the
 quarantine and purged a month later, would be lost (found by a red-team run: a clip with a
 sound track added moved as a copy of the silent one). So before a clip match moves a clip, a
-hasher worker (never the daemon: `pool`) looks at both clips at up to `MOMENTS` moments each,
-spread over its length, and at the times of its sampled frames whose hashes found no match in
-the other (up to `UNMATCHED`: the seconds a clip match lets differ), and asks of every moment
-whether the other clip shows it:
+hasher worker (never the daemon: `pool`) looks at both clips, every second of each:
 
-- **the picture**: the frame shown then, upright, letterbox bars trimmed, at most `SIDE` px,
-  against the other clip's frames around the time their hashes align it with (`WINDOW`
-  seconds either way; the one most like it, at 64 px), compared pixel by pixel as photos are
-  (`likeness.compare`: every `likeness.CELL` px cell, colour included);
-- **the sound**: its loudness, every `SOUND_BLOCK` seconds over `SOUND_SPAN` seconds around
-  the moment, against the other's at the aligned time (give or take `SOUND_LAG`): a moment
-  with sound the other lacks (no track, silence, other sound) is not shown. A moment that is
-  silent has nothing to lose.
+- **the picture**: at each moment (one a second, `MOMENTS` at most, spread over the clip; and
+  each sampled frame whose hash found no match in the other, up to `UNMATCHED`: the seconds
+  a clip match lets differ), the frame shown then, upright, letterbox bars trimmed, at most
+  `SIDE` px, against the other clip's frames around the time their hashes align it with
+  (`WINDOW` seconds either way; the one most like it, at 64 px), compared pixel by pixel as
+  photos are (`likeness.compare`: every `likeness.CELL` px cell, colour included; at most
+  `MAX_CELL_SHARE` percent of a cell may differ);
+- **the sound**: around the middle of each second, on each sound track, its loudness every
+  `SOUND_BLOCK` seconds over `SOUND_SPAN` seconds either way against the other's track of
+  the same number at the aligned time (give or take `SOUND_LAG`): a second with sound the
+  other lacks (no such track, silence, other sound) is not shown; a silent one has nothing
+  to lose;
+- **the tracks**: a clip with more video or subtitle tracks than the other (a second camera,
+  subtitles) is not shown at all: only its first video track is compared.
 
-The result is a `Likeness` whose `cover` is, for each clip, the share of its moments the
-other shows, and `unshown` the first it does not; `refusal` moves a clip only when the clip
-kept shows every one of its moments. Both directions are measured in one go (the decision
-may turn either way by the time the result is back); each clip is decoded at most twice,
-seeking to the frames wanted rather than decoding it all when a clip is long.
+Every moment counted once (a caption or a sentence of 3 s between two of 24 even moments of
+a long clip moved, and so did a second sound track, a second camera, subtitles: red team 8).
+The result is a `Likeness` whose `cover` is, for each clip, the share of what was looked at
+that the other shows, and `unshown` the first it does not; `refusal` moves a clip only when
+the clip kept shows all of it. Both directions are measured in one go (the decision may turn
+either way by the time the result is back); each clip is decoded up to twice (its sound once
+more), seeking to the frames wanted when they lie far apart. That is about a clip's length
+in CPU time for a 1080p clip: a clip whose comparison outlasts `hashing.timeout` is not
+compared, and stays.
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from dedupd.errors import ImageError
 from dedupd.filestat import FileStat, HashedVideo, Likeness
@@ -55,7 +62,9 @@ __all__ = [
     "refusal",
 ]
 
-MOMENTS = 24  # at most, per clip; one a second for a shorter clip
+# Moments compared per clip, at most: one a second up to 10 minutes (an edit of 3 s between
+# two moments of a long clip moved when they were 24: a caption, a sticker; red team 8).
+MOMENTS = 600
 UNMATCHED = 48  # moments more, at most: where the clip's frame hashes found no match
 # Percent of a cell's pixels that may differ (photos: `likeness.MAX_CELL_SHARE`, 1%). A video
 # codec at a chat app's bitrate smears a moving picture more than a JPEG re-save: on
@@ -130,12 +139,14 @@ class _Side:
     candidate times), its frames at its moments, and the other's frames picked for them."""
 
     clip: HashedVideo
+    matched: list[tuple[float, float]]  # (time here, time there) of its frames found there
     moments: list[float]
     aligned: list[list[float]]  # per moment: times in the other clip it may be at
     frames: list[Image.Image | None]
     smalls: list[npt.NDArray[np.float32] | None]  # the same, to pick by (`_Shown.small`)
     picked: list[tuple[float, Image.Image] | None]  # (how unlike, frame) of the other's
-    sound: _Loudness | None = None
+    sound: list[_Loudness | None] = field(default_factory=list)  # per audio track
+    streams: _Streams | None = None
 
 
 def _compare(
@@ -143,6 +154,7 @@ def _compare(
 ) -> Likeness:
     a = _side(clip, other, radius)
     b = _side(other, clip, radius)
+    a.streams, b.streams = mine.streams(), theirs.streams()
     a.sound, b.sound = mine.loudness(), theirs.loudness()
     # Each clip's own frames at its moments, then the other's frames around where they
     # align: its own moments' frames and the other's windows in one pass where they can be.
@@ -151,18 +163,46 @@ def _compare(
     _pick(theirs, a)
     cover, unshown, worst = [], [], 0.0
     for side, of in ((a, b), (b, a)):
-        shown, first = 0, ""
+        missing: list[tuple[float, str]] = []  # (when, why) of what `of` does not show
+        more = _more_streams(side, of)
+        if more is not None:
+            missing.append((0.0, more))
         for i, t in enumerate(side.moments):
             why, measured = _moment(side, of, i)
             worst = max(worst, measured)
-            if why is None:
-                shown += 1
-            elif not first:
-                first = f"at {t:.1f} s: {why}"
-        cover.append(shown / len(side.moments) if side.moments else 0.0)
-        unshown.append(first)
+            if why is not None:
+                missing.append((t, why))
+        seconds = _seconds(side.clip.duration)
+        for t in seconds:
+            why = _heard(side, of, t)
+            if why is not None:
+                missing.append((t, why))
+        looked = len(side.moments) + len(seconds) + 1
+        cover.append(0.0 if more else 1.0 - len(missing) / looked)
+        first = min(missing, default=None)
+        unshown.append("" if first is None else f"at {first[0]:.1f} s: {first[1]}")
     sides = (_long_side(clip), _long_side(other))
     return Likeness(worst, (cover[0], cover[1]), SIDE, sides, unshown=(unshown[0], unshown[1]))
+
+
+def _seconds(duration: float) -> list[float]:
+    """Where a clip's sound is compared: the middle of each of its seconds."""
+    return [i + 0.5 for i in range(max(1, math.ceil(duration)))]
+
+
+def _more_streams(side: _Side, of: _Side) -> str | None:
+    """Why `of`'s clip cannot hold all of `side`'s by its tracks: more video or subtitle
+    tracks (a second camera, subtitles) than it has. Only the first video track is
+    compared (sound tracks are, each with the one of its number: `_heard`)."""
+    if side.streams is None or of.streams is None:
+        return None
+    for kind, mine, theirs in (
+        ("video", side.streams.video, of.streams.video),
+        ("subtitle", side.streams.subtitles, of.streams.subtitles),
+    ):
+        if mine > theirs:
+            return f"it has {mine} {kind} tracks, the other clip {theirs}"
+    return None
 
 
 def _long_side(clip: HashedVideo) -> int:
@@ -183,6 +223,7 @@ def _side(clip: HashedVideo, other: HashedVideo, radius: int) -> _Side:
     moments = sorted({*_moments(clip.duration), *unmatched})
     return _Side(
         clip,
+        matched,
         moments,
         [_align(matched, t) for t in moments],
         [None] * len(moments),
@@ -305,7 +346,6 @@ def _moment(side: _Side, of: _Side, i: int) -> tuple[str | None, float]:
     largest share of a cell whose pixels differ (0 when none were compared)."""
     from dedupd import likeness
 
-    t = side.moments[i]
     if not side.aligned[i]:
         return "no frame near it is in the other clip", 0.0
     if all(a < -WINDOW or a > of.clip.duration + WINDOW for a in side.aligned[i]):
@@ -325,8 +365,7 @@ def _moment(side: _Side, of: _Side, i: int) -> tuple[str | None, float]:
         )
     if found.cover[0] < likeness.MIN_COVER:
         return f"the other frame shows only {found.cover[0]:.0%} of it", found.worst
-    heard = _heard(side.sound, of.sound, t, side.aligned[i])
-    return heard, found.worst
+    return None, found.worst
 
 
 def _pixels(frame: Image.Image) -> npt.NDArray[np.float32]:
@@ -335,35 +374,44 @@ def _pixels(frame: Image.Image) -> npt.NDArray[np.float32]:
     return np.asarray(frame.convert("YCbCr"), np.float32)
 
 
-def _heard(
-    mine: _Loudness | None, theirs: _Loudness | None, t: float, at: list[float]
-) -> str | None:
-    """Why the other clip does not play what this one plays around `t` (aligned at `at`), or
-    None when it does (or when this one is silent there)."""
+def _heard(side: _Side, of: _Side, t: float) -> str | None:
+    """Why `of`'s clip does not play what `side`'s plays around `t` (on each sound track,
+    against the other's track of the same number, at the times `t` aligns with), or None
+    when it does (or when this one is silent there)."""
     import numpy as np
 
-    own = None if mine is None else mine.around(t, 0)
-    if own is None or float(own.max()) < SILENT:
-        return None  # no sound here to lose
-    if theirs is None:
-        return "it has sound; the other clip has no sound track"
-    lag = round(SOUND_LAG / SOUND_BLOCK)
-    best = math.inf
-    quiet = True
-    for there in at:
-        for shift in range(-lag, lag + 1):
-            other = theirs.around(there, shift)
-            if other is None:
-                continue
-            quiet = quiet and float(other.max()) < SILENT
-            d = np.maximum(own, _FLOOR) - np.maximum(other, _FLOOR)
-            spread = float(np.percentile(np.abs(d - np.median(d)), 90))
-            best = min(best, spread)
-    if quiet:
-        return "it has sound; the other clip is silent there"
-    if best > SOUND_TOLERANCE:
-        return f"its sound differs (by {best:.0f} dB)"
+    at = _align(side.matched, t)
+    for track, mine in enumerate(side.sound):
+        own = None if mine is None else mine.around(t, 0)
+        if own is None or float(own.max()) < SILENT:
+            continue  # no sound here to lose
+        theirs = of.sound[track] if track < len(of.sound) else None
+        if theirs is None:
+            number = f" {track + 1}" if track else ""
+            return f"it has sound; the other clip has no sound track{number}"
+        if not at:
+            return "it has sound where no frame of it is in the other clip"
+        lag = round(SOUND_LAG / SOUND_BLOCK)
+        best, quiet = math.inf, True
+        for there in at:
+            for shift in range(-lag, lag + 1):
+                other = theirs.around(there, shift)
+                if other is None:
+                    continue
+                quiet = quiet and float(other.max()) < SILENT
+                d = np.maximum(own, _FLOOR) - np.maximum(other, _FLOOR)
+                best = min(best, float(np.percentile(np.abs(d - np.median(d)), 90)))
+        if quiet:
+            return "it has sound; the other clip is silent there"
+        if best > SOUND_TOLERANCE:
+            return f"its sound differs (by {best:.0f} dB)"
     return None
+
+
+class _Streams(NamedTuple):
+    video: int
+    sound: int
+    subtitles: int
 
 
 class _Loudness:
@@ -484,43 +532,62 @@ class _Reader:
                     yield at, _Shown(functools.partial(_from_rgb, rgb))
                 at += max(float(frame.info.get("duration") or 100), 20.0) / 1000.0
 
-    def loudness(self) -> _Loudness | None:
-        """The clip's sound (its first audio track), or None when it has none."""
+    def streams(self) -> _Streams:
+        """How many video, sound and subtitle tracks the clip has."""
         if not self.is_video:
-            return None
+            return _Streams(1, 0, 0)
         import av
-        import numpy as np
 
         from dedupd.video import _open
 
         with _open(av, self._rewound(), self.path) as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            base, start0 = stream.time_base, stream.start_time or 0
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=_SOUND_RATE)
-            block = round(_SOUND_RATE * SOUND_BLOCK)
-            levels: list[float] = []
-            pending = np.zeros(0, np.float32)
-            start: float | None = None
-            try:
-                for frame in container.decode(stream):
-                    if start is None and frame.pts is not None and base is not None:
-                        start = max(0.0, float((frame.pts - start0) * base))
-                    for out in resampler.resample(frame):
-                        pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
-                        whole = len(pending) // block * block
-                        if whole:
-                            rms = np.sqrt(
-                                np.mean(np.square(pending[:whole].reshape(-1, block)), axis=1)
-                            )
-                            levels.extend(20 * np.log10(np.maximum(rms, 1e-6)))
-                            pending = pending[whole:]
-            except av.FFmpegError:
-                pass  # the sound up to a broken packet is what there is to compare
-            if not levels:
-                return None
-            return _Loudness(start or 0.0, np.asarray(levels, np.float64))
+            s = container.streams
+            return _Streams(len(s.video), len(s.audio), len(s.subtitles))
+
+    def loudness(self) -> list[_Loudness | None]:
+        """The clip's sound, track by track (None for a track with nothing decodable)."""
+        if not self.is_video:
+            return []
+        import av
+
+        from dedupd.video import _open
+
+        with _open(av, self._rewound(), self.path) as container:
+            tracks = len(container.streams.audio)
+        out = []
+        for track in range(tracks):
+            with _open(av, self._rewound(), self.path) as container:
+                out.append(self._track(av, container.streams.audio[track], container))
+        return out
+
+    @staticmethod
+    def _track(av: Any, stream: Any, container: Any) -> _Loudness | None:
+        """One sound track's loudness, or None when nothing of it decodes."""
+        import numpy as np
+
+        base, first = stream.time_base, stream.start_time or 0
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=_SOUND_RATE)
+        block = round(_SOUND_RATE * SOUND_BLOCK)
+        levels: list[float] = []
+        pending = np.zeros(0, np.float32)
+        start: float | None = None
+        try:
+            for frame in container.decode(stream):
+                if start is None and frame.pts is not None and base is not None:
+                    start = max(0.0, float((frame.pts - first) * base))
+                for out in resampler.resample(frame):
+                    pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
+                    whole = len(pending) // block * block
+                    if whole:
+                        squares = np.square(pending[:whole].reshape(-1, block))
+                        rms = np.sqrt(np.mean(squares, axis=1))
+                        levels.extend(20 * np.log10(np.maximum(rms, 1e-6)))
+                        pending = pending[whole:]
+        except av.FFmpegError:
+            pass  # the sound up to a broken packet is what there is to compare
+        if not levels:
+            return None
+        return _Loudness(start or 0.0, np.asarray(levels, np.float64))
 
 
 def _shown(frame: Any, side: int) -> Image.Image:

@@ -138,10 +138,14 @@ def with_sound(
     pitch: float = 440.0,
     crf: int = 30,
     size: tuple[int, int] | None = None,
+    burst: tuple[float, float] | None = None,
+    tracks: int = 1,
 ) -> Path:
     """`src` encoded again (at `size`) with a sound track (AAC, mono) as long as it: a tone of
     `pitch` Hz that sounds and stops `beats` times a second (a voice-over's rhythm, or a
-    tune's), or silence when `beats` is None (a track with nothing on it)."""
+    tune's), or silence when `beats` is None (a track with nothing on it); with `burst`
+    (start, end in seconds), a loud 880 Hz tone laid over it then (a sentence spoken); with
+    `tracks` 2, a second track of a steady 330 Hz tone (a commentary)."""
     import numpy as np
 
     decoded = frames(src)
@@ -149,20 +153,52 @@ def with_sound(
         fps = round(float(c.streams.video[0].average_rate or 10))
     size = size or decoded[0][1].size
     out, stream = _writer(dst, size, fps, fps, crf, "libx264")
-    sound = out.add_stream("aac", rate=44100)
+    sounds = [out.add_stream("aac", rate=44100) for _ in range(tracks)]
     for _, im in decoded:
         _encode(out, stream, im.resize(size, Image.Resampling.BILINEAR))
     rate, chunk = 44100, 1024
     total = round(len(decoded) / fps * rate)
-    for start in range(0, total, chunk):
-        t = (np.arange(chunk) + start) / rate
-        on = np.sin(2 * math.pi * t * beats) > 0 if beats is not None else np.zeros(chunk, bool)
-        wave = (0.3 * on * np.sin(2 * math.pi * pitch * t)).astype(np.float32).reshape(1, -1)
-        piece = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
-        piece.sample_rate = rate
-        for packet in sound.encode(piece):
+    for number, sound in enumerate(sounds):
+        for start in range(0, total, chunk):
+            t = (np.arange(chunk) + start) / rate
+            wave: np.ndarray
+            if number:
+                wave = 0.2 * np.sin(2 * math.pi * 330 * t)
+            else:
+                on = np.sin(2 * math.pi * t * beats) > 0 if beats else np.zeros(chunk, bool)
+                wave = 0.3 * on * np.sin(2 * math.pi * pitch * t)
+                if burst is not None:
+                    wave = wave + 0.6 * ((t >= burst[0]) & (t < burst[1])) * np.sin(
+                        2 * math.pi * 880 * t
+                    )
+            piece = av.AudioFrame.from_ndarray(
+                wave.astype(np.float32).reshape(1, -1), format="fltp", layout="mono"
+            )
+            piece.sample_rate = rate
+            for packet in sound.encode(piece):
+                out.mux(packet)
+        for packet in sound.encode():
             out.mux(packet)
-    for packet in sound.encode():
+    _finish(out, stream)
+    return dst
+
+
+def second_camera(src: Path, photo: Path, dst: Path) -> Path:
+    """`src` encoded again with a second video track: a camera move over `photo` (another
+    angle of the scene, as some cameras and editors store it)."""
+    decoded = frames(src)
+    size = decoded[0][1].size
+    with Image.open(photo) as opened:
+        other = opened.convert("RGB")
+    out, stream = _writer(dst, size, 10, 10, 23, "libx264")
+    angle = out.add_stream("libx264", rate=10)
+    assert isinstance(angle, av.video.stream.VideoStream)
+    angle.width, angle.height = size
+    angle.pix_fmt = "yuv420p"
+    for i, (_, im) in enumerate(decoded):
+        _encode(out, stream, im)
+        _encode(out, angle, _view(other, i / max(1, len(decoded) - 1), size))
+    for packet in angle.encode():
         out.mux(packet)
     _finish(out, stream)
     return dst
