@@ -1191,10 +1191,7 @@ class Actions:
             ) from exc
         if this:
             raise ActionError(f"{q.dst}: its keeper {keeper.path} is this very file; {keep}")
-        layered = k.st_dev != mine.st_dev and (
-            safefs.layered_filesystem(k, keeper.path)
-            or safefs.layered_filesystem(mine, q.dst or keeper.path)
-        )
+        layered = self._layered_apart(k, keeper.path, q, mine)
         if layered:  # an overlay of the root it left: the keeper went with it (red team 7)
             raise ActionError(
                 f"{q.dst}: its keeper {keeper.path} is on another filesystem, of type "
@@ -1211,6 +1208,30 @@ class Actions:
                 f"this photo was quarantined as its duplicate; {keep}"
             )
         return _still_there(keeper, k, about=f"{q.dst}: its keeper: ", then=f"; {keep}")
+
+    @staticmethod
+    def _layered_apart(
+        k: os.stat_result, where: PurePath, q: ActionRecord, mine: os.stat_result
+    ) -> str | None:
+        """The type of the overlay, union, FUSE or network filesystem (`safefs.
+        layered_filesystem`) that keeper `k` (at `where`) or the photo of quarantine `q` is
+        on, when the keeper is on another filesystem than that photo: in the quarantine
+        (`mine`), or in the folder it left (the quarantine may be on the overlay too: red
+        team 8). Such a keeper may be a view of the photo itself, which went with it."""
+        left = PurePath(q.src).parent
+        try:
+            origin: os.stat_result | None = os.stat(left)
+        except OSError:
+            origin = None  # the folder is gone: the quarantined file says what it can
+        for theirs, at in ((mine, PurePath(q.dst or q.src)), (origin, left)):
+            if theirs is None or theirs.st_dev == k.st_dev:
+                continue
+            layered = safefs.layered_filesystem(k, where) or safefs.layered_filesystem(
+                theirs, at
+            )
+            if layered:
+                return layered
+        return None
 
     @staticmethod
     def _kept_bytes(q: ActionRecord, keeper: FileRecord) -> set[str]:

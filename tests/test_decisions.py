@@ -876,6 +876,33 @@ def test_an_overlay_of_a_root_is_never_the_keeper_of_a_delete_in_that_root(
     assert kept[0].exists()
 
 
+def test_a_purge_keeps_a_photo_whose_keeper_is_its_overlay_view_with_the_quarantine_there_too(
+    tmp_path: Path, overlay: tuple[Path, Path]
+) -> None:
+    """Red team 8: round 7's layout with the quarantine folder on the overlay as well (roots
+    lower/photos and merged/photos, quarantine merged/q): the quarantined copy and its
+    keeper, the overlay's view of the photo it was, share the overlay's device, and the
+    purge deleted the only copy. The folder the photo left is on another filesystem than its
+    keeper, an overlay: kept."""
+    from dedupd.actions import Actions
+    from dedupd.config import load_config
+
+    lower, merged = overlay
+    photos.copy(photos.photo("coffee"), lower / "photos" / "IMG_0001.jpg")
+    q = merged / "q"
+    config = _two_roots_config(
+        tmp_path, lower / "photos", merged / "photos", q, exact="quarantine"
+    )
+    acts = [(a["action"], a["target"], a["result"]) for a in _scan_json(config)["actions"]]
+    assert acts == [("quarantine", str(lower / "photos" / "IMG_0001.jpg"), "done")], acts
+    (kept,) = q.rglob("*.jpg")
+    with Store(load_config(config).database) as store:
+        assert Actions(store, q).purge(0) == []
+        (refused,) = store.actions("kind = 'purge'")
+        assert "of type overlay, which may show this very file" in (refused.error or "")
+    assert kept.exists()
+
+
 def test_a_keeper_on_another_disk_of_a_plain_filesystem_lets_a_purge_go(
     tmp_path: Path, elsewhere: Path
 ) -> None:
