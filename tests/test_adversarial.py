@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -718,16 +719,18 @@ def test_recovery_waits_for_a_root_that_is_not_mounted_yet(lib: Lib) -> None:
     assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
 
 
+@pytest.mark.parametrize("placeholder", [False, True], ids=["empty", "placeholder"])
 @pytest.mark.parametrize("operation", ["delete", "quarantine"])
 def test_recovery_waits_for_a_root_whose_mount_point_is_there_but_empty(
-    lib: Lib, operation: str
+    lib: Lib, operation: str, placeholder: bool
 ) -> None:
     """The red team's k2: killed after staging, then started with the root's disk not
     mounted, its mount point an empty folder (which opens fine). Concluded then, the entry
     said "deleted before the crash" (or "failed: nowhere"), and once the disk was back the
     photo sat in the staging folder under a random name, known to nothing. An empty root
     whose other photos are recorded is not mounted: the entry waits, then the photo goes
-    back."""
+    back. Red team 8: a file in the mount point (a `NOT_MOUNTED` placeholder) made it look
+    mounted: none of the photos recorded there is, and that is what counts."""
     dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
 
     def run(checkpoint: Callable[[str], None]) -> None:
@@ -741,11 +744,14 @@ def test_recovery_waits_for_a_root_whose_mount_point_is_there_but_empty(
     assert _fork_and_kill_at(run, 2)  # killed right after staging
     disk = lib.root.with_name("photos-disk")
     os.rename(lib.root, disk)
-    lib.root.mkdir()  # the mount point, empty
+    lib.root.mkdir()  # the mount point
+    if placeholder:
+        (lib.root / "NOT_MOUNTED").write_text("the photo disk is not mounted\n")
     (pending,) = Actions(lib.store, lib.quarantine).recover()
-    assert pending.outcome == "pending" and "is empty, but 2 photos" in pending.detail
+    assert pending.outcome == "pending", pending
+    assert "none of the 2 photos recorded there" in pending.detail, pending
     assert [a.state for a in lib.store.actions()] == ["planned"]
-    lib.root.rmdir()
+    shutil.rmtree(lib.root)
     os.rename(disk, lib.root)  # mounted
     (recovered,) = Actions(lib.store, lib.quarantine).recover()
     assert recovered.outcome == "rolled_back", recovered
