@@ -28,10 +28,10 @@ a long clip moved, and so did a second sound track, a second camera, subtitles: 
 The result is a `Likeness` whose `cover` is, for each clip, the share of what was looked at
 that the other shows, and `unshown` the first it does not; `refusal` moves a clip only when
 the clip kept shows all of it. Both directions are measured in one go (the decision may turn
-either way by the time the result is back); each clip is decoded up to twice (its sound once
-more), seeking to the frames wanted when they lie far apart. That is about a clip's length
-in CPU time for a 1080p clip: a clip whose comparison outlasts `hashing.timeout` is not
-compared, and stays.
+either way by the time the result is back), `BATCH` moments at a time so that memory stays
+bounded: each clip is decoded about twice (its sound once more), seeking to the frames
+wanted when they lie far apart. That is about a clip's length in CPU time for a 1080p clip:
+a clip whose comparison outlasts `hashing.timeout` is not compared, and stays.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ __all__ = [
 # two moments of a long clip moved when they were 24: a caption, a sticker; red team 8).
 MOMENTS = 600
 UNMATCHED = 48  # moments more, at most: where the clip's frame hashes found no match
+BATCH = 48  # moments whose frames are held at once (each ~0.7 MB at SIDE px, and its pick)
 # Percent of a cell's pixels that may differ (photos: `likeness.MAX_CELL_SHARE`, 1%). A video
 # codec at a chat app's bitrate smears a moving picture more than a JPEG re-save: on
 # bench/video.py's clips a re-encode at crf 36 (a keyframe every 250 frames) differed in up
@@ -156,22 +157,24 @@ def _compare(
     b = _side(other, clip, radius)
     a.streams, b.streams = mine.streams(), theirs.streams()
     a.sound, b.sound = mine.loudness(), theirs.loudness()
-    # Each clip's own frames at its moments, then the other's frames around where they
-    # align: its own moments' frames and the other's windows in one pass where they can be.
-    _at(theirs, b)
-    _pick(mine, b, with_own=a)
-    _pick(theirs, a)
     cover, unshown, worst = [], [], 0.0
-    for side, of in ((a, b), (b, a)):
+    for side, of, own, others in ((a, b, mine, theirs), (b, a, theirs, mine)):
         missing: list[tuple[float, str]] = []  # (when, why) of what `of` does not show
         more = _more_streams(side, of)
         if more is not None:
             missing.append((0.0, more))
-        for i, t in enumerate(side.moments):
-            why, measured = _moment(side, of, i)
-            worst = max(worst, measured)
-            if why is not None:
-                missing.append((t, why))
+        # BATCH moments at a time: this clip's frames at them, then the other's around where
+        # they align, compared, and let go (600 frames of 640 px held at once: 800 MB)
+        for start in range(0, len(side.moments), BATCH):
+            batch = range(start, min(start + BATCH, len(side.moments)))
+            _at(own, side, batch)
+            _pick(others, side, batch)
+            for i in batch:
+                why, measured = _moment(side, of, i)
+                worst = max(worst, measured)
+                if why is not None:
+                    missing.append((side.moments[i], why))
+                side.frames[i] = side.smalls[i] = side.picked[i] = None
         seconds = _seconds(side.clip.duration)
         for t in seconds:
             why = _heard(side, of, t)
@@ -268,37 +271,28 @@ def _align(matched: Sequence[tuple[float, float]], t: float) -> list[float]:
     return sorted({round(there + (t - here), 3) for here, there in near})
 
 
-def _at(reader: _Reader, side: _Side) -> None:
-    """The frame shown at each of `side`'s moments (the first at or after it, within WINDOW)."""
-    spans = [(t, t + WINDOW) for t in side.moments]
+def _at(reader: _Reader, side: _Side, batch: range) -> None:
+    """The frame shown at each of `side`'s moments in `batch` (the first at or after it,
+    within WINDOW)."""
+    spans = [(side.moments[i], side.moments[i] + WINDOW) for i in batch]
     for at, shown in reader.frames(spans):
-        _own(side, at, shown)
+        for i in batch:
+            t = side.moments[i]
+            if side.frames[i] is None and t - 1e-6 <= at <= t + WINDOW:
+                side.frames[i] = shown.image()
+                side.smalls[i] = shown.small()
 
 
-def _own(side: _Side, at: float, shown: _Shown) -> None:
-    """Keep `shown` (at `at` s in `side`'s clip) as the frame of the moments it is the first
-    frame at or after."""
-    for i, t in enumerate(side.moments):
-        if side.frames[i] is None and t - 1e-6 <= at <= t + WINDOW:
-            side.frames[i] = shown.image()
-            side.smalls[i] = shown.small()
-
-
-def _pick(reader: _Reader, side: _Side, *, with_own: _Side | None = None) -> None:
-    """One pass over `reader`'s clip: for each moment of `side` (the other clip), the frame
-    around its aligned times most like the moment's frame (into `side.picked`); with
-    `with_own`, this clip's own frames at its moments too (into `with_own.frames`)."""
+def _pick(reader: _Reader, side: _Side, batch: range) -> None:
+    """One pass over `reader`'s clip (the other one): for each of `side`'s moments in
+    `batch`, the frame around its aligned times most like the moment's frame."""
     import numpy as np
 
-    spans = [(t - WINDOW, t + WINDOW) for ts in side.aligned for t in ts]
-    if with_own is not None:
-        spans += [(t, t + WINDOW) for t in with_own.moments]
+    spans = [(t - WINDOW, t + WINDOW) for i in batch for t in side.aligned[i]]
     for at, shown in reader.frames(spans):
-        if with_own is not None:
-            _own(with_own, at, shown)
-        for i, ts in enumerate(side.aligned):
+        for i in batch:
             target = side.smalls[i]
-            if target is None or not any(abs(at - t) <= WINDOW for t in ts):
+            if target is None or not any(abs(at - t) <= WINDOW for t in side.aligned[i]):
                 continue
             unlike = float(np.abs(shown.small() - target).mean())
             best = side.picked[i]
