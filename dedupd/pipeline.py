@@ -184,6 +184,8 @@ class Pipeline:
         self.names = NameFilter(config.watch)
         self.excluded = [p + os.sep for p in excluded_dirs(config)]
         self.settler = Settler(config.watch.settle_seconds, self.clock)
+        # settling paths last closed after a write: hashed again even when unchanged (`_entry`)
+        self.rewritten: set[str] = set()
         self.progress.dropped(len(self.backlog))
         self.backlog.clear()
         self.settled.clear()
@@ -271,11 +273,14 @@ class Pipeline:
             self.handle(hint)
 
     def handle(self, hint: Hint) -> None:
-        if hint.kind == "touch":
+        if hint.kind in ("touch", "written"):
             if self.root_of(hint.path):
                 self.settler.add(hint.path, hint.at)
+                if hint.kind == "written":
+                    self.rewritten.add(hint.path)
         elif hint.kind == "deleted":
             self.settler.discard(hint.path)
+            self.rewritten.discard(hint.path)
             self._forget(hint.path)
         elif hint.kind == "moved":
             self._moved(hint.path, hint.dest or "", hint.at)
@@ -361,6 +366,8 @@ class Pipeline:
                 continue
             if entry is not None:
                 self.settled.append(entry)
+        # what the settler let go of unsettled (vanished, or reached through a link)
+        self.rewritten = {p for p in self.rewritten if p in self.settler}
 
     def _entry(self, path: str, stat: FileStat) -> Entry | None:
         """A candidate for hashing, or None when it is not ours or did not change."""
@@ -372,7 +379,16 @@ class Pipeline:
             return None
         relpath = os.path.relpath(path, root)
         record = self.store.record(root, relpath)
+        written = path in self.rewritten
+        self.rewritten.discard(path)
         if record is not None and record.state in ("ok", "error") and same_version(record, stat):
+            if written and record.state == "ok":
+                # Closed after a write with its size and mtime as recorded: an in-place edit
+                # that kept both (`exiftool -P`). Its record's bytes may be gone; a keeper
+                # whose record were trusted would stand for bytes it no longer holds (red
+                # team 7: a copy of the old version was quarantined as "exact" against it).
+                log.info("file_rewritten", path=path)
+                return Entry(root, relpath, stat, rehash="rewritten")
             log.debug("file_unchanged", path=path)
             return None  # invariant 4: unchanged → never decoded again
         if record is None or record.state not in ("ok", "error"):
@@ -454,6 +470,8 @@ class Pipeline:
         for (the record lacks a hash or features) is handled once the record is no longer a
         present file of this version: gone, moved on, or changed since (queued anew then)."""
         record = self.store.record(entry.root, entry.relpath)
+        if entry.rehash == "rewritten":  # handled once gone or changed (queued anew then)
+            return record is None or record.state != "ok" or not same_version(record, entry.stat)
         if entry.rehash is not None:  # or no longer lacking anything: hashed since it was queued
             if record is None or record.state != "ok" or not same_version(record, entry.stat):
                 return True

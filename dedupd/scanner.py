@@ -52,7 +52,7 @@ def path_too_long(path: str) -> bool:
     return len(path) * 4 >= PATH_MAX and len(os.fsencode(path)) >= PATH_MAX
 
 
-Rehash = Literal["fill", "decide"]
+Rehash = Literal["fill", "decide", "rewritten"]
 
 VANISHED = "vanished"  # the error kind of a file gone from its path before it was read
 
@@ -71,7 +71,9 @@ class Entry:
     # is no reason to skip it: "fill" when the record lacks only what the configuration adds
     # (a second hash, crop features): stored and indexed, never decided again, since the
     # photo was decided when it arrived; "decide" when it lacks the index's own hash (the
-    # index never held it) or its decision never came (a 'deciding' note).
+    # index never held it) or its decision never came (a 'deciding' note); "rewritten" when
+    # it was written to and closed with its size and mtime as recorded (an in-place edit that
+    # keeps both): hashed and decided as a new version.
     rehash: Rehash | None = None
     # Files whose pixels the worker compares with this one's once hashed (`dedupd.likeness`):
     # a near match waits for that before it moves either (`Ingest._compared`).

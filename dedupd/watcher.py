@@ -43,7 +43,9 @@ __all__ = ["Hint", "Settler", "Watcher"]
 
 log = structlog.get_logger("dedupd.watcher")
 
-HintKind = Literal["touch", "deleted", "moved", "dir", "overflow"]
+# "written": a file closed after writing; the pipeline hashes it again even when its size and
+# mtime are those recorded (an in-place edit that keeps both, as `exiftool -P` does).
+HintKind = Literal["touch", "written", "deleted", "moved", "dir", "overflow"]
 WatchState = Literal["watching", "polling", "unavailable"]
 
 REVIVE_INTERVAL = 30.0  # seconds: the observer is replaced (`Watcher.revive`) at most this often
@@ -96,6 +98,8 @@ class _Handler(FileSystemEventHandler):
                 return Hint("dir", dest or src, at=at)
             if kind == "deleted":
                 return Hint("dir", src, at=at)
+        elif kind == "closed":
+            return Hint("written", src, at=at)
         elif kind in _WRITES:
             return Hint("touch", src, at=at)
         elif kind == "moved":

@@ -4,6 +4,7 @@ scan's progress bar with counts and a rate."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -424,3 +425,55 @@ def test_the_quarantine_reached_inside_a_root_by_a_bind_mount_is_never_taken_for
         with pytest.raises(ActionError, match=r"in the quarantine folder .* another name"):
             Actions(store, quarantine).delete(record, keeper, "exact")
     assert aliased.exists() and list(quarantine.rglob("*.jpg")) == [aliased]
+
+
+def test_a_photo_rewritten_in_place_with_its_size_and_mtime_is_hashed_again(
+    tmp_path: Path,
+) -> None:
+    """The red team's c1: 16 bytes of a recorded photo changed in place and its mtime put
+    back (an in-place metadata edit, `exiftool -P`): its stat is the one recorded, so it was
+    "unchanged" and its record kept the old sha256, and a copy of the old version arriving
+    later was quarantined as an exact duplicate of it. A file closed after a write is hashed
+    again whatever its stat; one only touched (created, modified events) is not."""
+    from dedupd.engine import Ingest, scan
+    from dedupd.imaging import hash_image
+    from dedupd.pipeline import Counts, Pipeline
+    from dedupd.scanner import root_key
+    from dedupd.watcher import Hint
+    from tests.test_heic import HASHERS
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photo = photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
+    config = load_config(env.config)
+    roots = [root_key(r.path) for r in config.roots]
+    with Store(env.db) as store:
+        scan(config, store)
+        before = store.file_at(photo)
+        assert before is not None and before.sha256 is not None
+        st = os.stat(photo)
+        with open(photo, "r+b") as f:
+            f.seek(st.st_size // 2)
+            f.write(bytes(16))
+        os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+        ingest = Ingest(store, config, roots)
+        try:
+            clock = Clock()
+            pipeline = Pipeline(Counts(), clock)
+            pipeline.configure(config, roots, store, ingest)
+            pipeline.handle(Hint("touch", str(photo)))
+            clock.t += 60
+            pipeline.take_settled()
+            assert not pipeline.settled  # only touched: unchanged, never decoded again
+            pipeline.handle(Hint("written", str(photo)))
+            clock.t += 60
+            pipeline.take_settled()
+            (entry,) = pipeline.settled
+            assert entry.rehash == "rewritten" and not pipeline._handled(entry)
+            ingest.ingest(entry, hash_image(str(photo), HASHERS, max_pixels=10**9))
+        finally:
+            ingest.close()
+        after = store.file_at(photo)
+        assert after is not None and after.id == before.id
+        assert after.sha256 != before.sha256
+        assert after.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest()

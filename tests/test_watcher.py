@@ -131,7 +131,8 @@ def test_vanished_and_non_regular_paths_leave_silently(tmp_path: Path) -> None:
 def test_writes_become_stamped_touch_hints_and_wake_the_loop_reads_do_not() -> None:
     """The handler maps each write event (created, modified, closed after writing, moved in)
     to a hint stamped with its arrival time, and wakes the daemon; opening or reading a file
-    is not a write."""
+    is not a write. Closed after writing is a hint of its own ("written"): the file is hashed
+    again even when its size and mtime are as recorded."""
     hints: queue.Queue[Hint] = queue.Queue()
     wakes: list[int] = []
     handler = _Handler(hints, lambda: 42.0, lambda: wakes.append(1))
@@ -148,7 +149,7 @@ def test_writes_become_stamped_touch_hints_and_wake_the_loop_reads_do_not() -> N
     assert got == [
         Hint("touch", "/r/a.jpg", at=42.0),
         Hint("touch", "/r/a.jpg", at=42.0),
-        Hint("touch", "/r/a.jpg", at=42.0),
+        Hint("written", "/r/a.jpg", at=42.0),
         Hint("moved", "/r/.a.tmp", "/r/b.jpg", at=42.0),
     ]
     assert len(wakes) == 4
