@@ -382,11 +382,13 @@ class Pipeline:
         written = path in self.rewritten
         self.rewritten.discard(path)
         if record is not None and record.state in ("ok", "error") and same_version(record, stat):
-            if written and record.state == "ok":
-                # Closed after a write with its size and mtime as recorded: an in-place edit
-                # that kept both (`exiftool -P`). Its record's bytes may be gone; a keeper
-                # whose record were trusted would stand for bytes it no longer holds (red
-                # team 7: a copy of the old version was quarantined as "exact" against it).
+            if written and record.state == "ok" and _changed_since(path, record.updated):
+                # Closed after a write, with its size and mtime as recorded but its inode
+                # changed since the record was written (ctime): an in-place edit that kept
+                # both (`exiftool -P`). A keeper whose record were trusted would stand for
+                # bytes it no longer holds (red team 7: a copy of the old version was
+                # quarantined as "exact" against it). Opened for writing and closed
+                # untouched, a file is unchanged.
                 log.info("file_rewritten", path=path)
                 return Entry(root, relpath, stat, rehash="rewritten")
             log.debug("file_unchanged", path=path)
@@ -533,3 +535,13 @@ class Pipeline:
                 self.counts.failures.append((path, action, outcome.result))
             elif not outcome.result.startswith("held"):  # counted once decided
                 self.counts.reported += 1
+
+
+def _changed_since(path: str, when: float) -> bool:
+    """Whether the file at `path` (no link followed) changed after `when` (seconds since the
+    epoch) by its ctime, which every write and every `utime` sets to now."""
+    try:
+        return os.lstat(path).st_ctime > when
+    except OSError:
+        return False  # gone: its deletion is on its way
+

@@ -433,8 +433,10 @@ def test_a_photo_rewritten_in_place_with_its_size_and_mtime_is_hashed_again(
     """The red team's c1: 16 bytes of a recorded photo changed in place and its mtime put
     back (an in-place metadata edit, `exiftool -P`): its stat is the one recorded, so it was
     "unchanged" and its record kept the old sha256, and a copy of the old version arriving
-    later was quarantined as an exact duplicate of it. A file closed after a write is hashed
-    again whatever its stat; one only touched (created, modified events) is not."""
+    later was quarantined as an exact duplicate of it. A file closed after a write whose
+    inode changed since its record was written (ctime) is hashed again whatever its size and
+    mtime; one only touched (created, modified events), or opened to write and closed
+    untouched, is not."""
     from dedupd.engine import Ingest, scan
     from dedupd.imaging import hash_image
     from dedupd.pipeline import Counts, Pipeline
@@ -451,16 +453,21 @@ def test_a_photo_rewritten_in_place_with_its_size_and_mtime_is_hashed_again(
         scan(config, store)
         before = store.file_at(photo)
         assert before is not None and before.sha256 is not None
-        st = os.stat(photo)
-        with open(photo, "r+b") as f:
-            f.seek(st.st_size // 2)
-            f.write(bytes(16))
-        os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
         ingest = Ingest(store, config, roots)
         try:
             clock = Clock()
             pipeline = Pipeline(Counts(), clock)
             pipeline.configure(config, roots, store, ingest)
+            open(photo, "ab").close()  # closed after opening to write, and not written to
+            pipeline.handle(Hint("written", str(photo)))
+            clock.t += 60
+            pipeline.take_settled()
+            assert not pipeline.settled  # its inode did not change (ctime): unchanged
+            st = os.stat(photo)
+            with open(photo, "r+b") as f:
+                f.seek(st.st_size // 2)
+                f.write(bytes(16))
+            os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
             pipeline.handle(Hint("touch", str(photo)))
             clock.t += 60
             pipeline.take_settled()
