@@ -1219,10 +1219,12 @@ class Actions:
         (`mine`), or in the folder it left (the quarantine may be on the overlay too: red
         team 8). Such a keeper may be a view of the photo itself, which went with it."""
         left = PurePath(q.src).parent
-        try:
-            origin: os.stat_result | None = os.stat(left)
-        except OSError:
-            origin = None  # the folder is gone: the quarantined file says what it can
+        origin: os.stat_result | None = None
+        while origin is None and left != left.parent:
+            try:
+                origin = os.stat(left)
+            except OSError:  # removed since (emptied by the quarantine): the folder above
+                left = left.parent  # is on the same filesystem (red team 9)
         for theirs, at in ((mine, PurePath(q.dst or q.src)), (origin, left)):
             if theirs is None or theirs.st_dev == k.st_dev:
                 continue
@@ -1401,18 +1403,24 @@ class Actions:
         return "failed", "neither the source, the staged file nor the destination exists"
 
     def _mounted(self, root: str, a: ActionRecord) -> None:
-        """Raise _NotNow when none of the photos recorded in `root` (but `a`'s own) is there:
+        """Raise _NotNow when none of the photos recorded in `root` (but `a`'s own) is there,
+        the same file (device and inode) as recorded:
         the mount point of a disk not mounted yet, whose staging folder may hold `a`'s file.
         Concluded now, the entry would say the file was deleted, or was nowhere, and the
         photo would stay in that folder under a random name, known to nothing (red team 7:
         an empty mount point; red team 8: one with a placeholder file in it). A root with no
         other photo recorded says nothing either way."""
-        recorded = [
-            r for r in self.store.files_in(root).values() if r.id != a.file_id
-        ][:_MOUNT_PROBES]
-        for r in recorded:
-            if safefs.lexists(r.path):
+        recorded = [r for r in self.store.files_in(root).values() if r.id != a.file_id]
+        for r in recorded[:_MOUNT_PROBES]:
+            try:
+                st = os.lstat(r.path)
+            except OSError:
+                continue
+            # the recorded file itself, not another of its name (a sync client fetching it
+            # again onto the bare mount point: red team 9)
+            if (st.st_dev, st.st_ino) == (r.stat.dev, r.stat.inode):
                 return
+        recorded = recorded[:_MOUNT_PROBES]
         if recorded:
             raise _NotNow(
                 f"{root}: none of the {len(recorded)} photos recorded there (looked at) is "

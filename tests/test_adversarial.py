@@ -719,18 +719,19 @@ def test_recovery_waits_for_a_root_that_is_not_mounted_yet(lib: Lib) -> None:
     assert _sha(lib.root / "sub" / "dup.jpg") == dup.sha256
 
 
-@pytest.mark.parametrize("placeholder", [False, True], ids=["empty", "placeholder"])
+@pytest.mark.parametrize("placeholder", ["", "NOT_MOUNTED", "keeper.jpg"])
 @pytest.mark.parametrize("operation", ["delete", "quarantine"])
 def test_recovery_waits_for_a_root_whose_mount_point_is_there_but_empty(
-    lib: Lib, operation: str, placeholder: bool
+    lib: Lib, operation: str, placeholder: str
 ) -> None:
     """The red team's k2: killed after staging, then started with the root's disk not
     mounted, its mount point an empty folder (which opens fine). Concluded then, the entry
     said "deleted before the crash" (or "failed: nowhere"), and once the disk was back the
     photo sat in the staging folder under a random name, known to nothing. An empty root
     whose other photos are recorded is not mounted: the entry waits, then the photo goes
-    back. Red team 8: a file in the mount point (a `NOT_MOUNTED` placeholder) made it look
-    mounted: none of the photos recorded there is, and that is what counts."""
+    back. Red teams 8 and 9: a file in the mount point (a `NOT_MOUNTED` placeholder, or a
+    recorded photo's name fetched again by a sync client) made it look mounted: none of the
+    photos recorded there is, the same file as recorded, and that is what counts."""
     dup, keeper = lib.rec(lib.root / "sub" / "dup.jpg"), lib.rec(lib.root / "keeper.jpg")
 
     def run(checkpoint: Callable[[str], None]) -> None:
@@ -745,8 +746,8 @@ def test_recovery_waits_for_a_root_whose_mount_point_is_there_but_empty(
     disk = lib.root.with_name("photos-disk")
     os.rename(lib.root, disk)
     lib.root.mkdir()  # the mount point
-    if placeholder:
-        (lib.root / "NOT_MOUNTED").write_text("the photo disk is not mounted\n")
+    if placeholder:  # a note, or a photo's name fetched again by a sync client (red team 9)
+        shutil.copyfile(disk / "keeper.jpg", lib.root / placeholder)
     (pending,) = Actions(lib.store, lib.quarantine).recover()
     assert pending.outcome == "pending", pending
     assert "none of the 2 photos recorded there" in pending.detail, pending

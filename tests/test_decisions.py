@@ -876,8 +876,9 @@ def test_an_overlay_of_a_root_is_never_the_keeper_of_a_delete_in_that_root(
     assert kept[0].exists()
 
 
+@pytest.mark.parametrize("removed", [False, True], ids=["folder-kept", "folder-removed"])
 def test_a_purge_keeps_a_photo_whose_keeper_is_its_overlay_view_with_the_quarantine_there_too(
-    tmp_path: Path, overlay: tuple[Path, Path]
+    tmp_path: Path, overlay: tuple[Path, Path], removed: bool
 ) -> None:
     """Red team 8: round 7's layout with the quarantine folder on the overlay as well (roots
     lower/photos and merged/photos, quarantine merged/q): the quarantined copy and its
@@ -896,6 +897,8 @@ def test_a_purge_keeps_a_photo_whose_keeper_is_its_overlay_view_with_the_quarant
     acts = [(a["action"], a["target"], a["result"]) for a in _scan_json(config)["actions"]]
     assert acts == [("quarantine", str(lower / "photos" / "IMG_0001.jpg"), "done")], acts
     (kept,) = q.rglob("*.jpg")
+    if removed:  # red team 9: the folder emptied by the quarantine removed; the one above it
+        (lower / "photos").rmdir()  # is on the same filesystem
     with Store(load_config(config).database) as store:
         assert Actions(store, q).purge(0) == []
         (refused,) = store.actions("kind = 'purge'")
