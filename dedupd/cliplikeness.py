@@ -194,14 +194,17 @@ def _seconds(duration: float) -> list[float]:
 
 
 def _more_streams(side: _Side, of: _Side) -> str | None:
-    """Why `of`'s clip cannot hold all of `side`'s by its tracks: more video or subtitle
-    tracks (a second camera, subtitles) than it has. Only the first video track is
-    compared (sound tracks are, each with the one of its number: `_heard`)."""
+    """Why `of`'s clip cannot hold all of `side`'s by its tracks: more video, subtitle or
+    other tracks (a second camera, subtitles, a file attached to an MKV, a GPS track) than
+    it has. Only the first video track is compared (sound tracks are, each with the one of
+    its number: `_heard`); a phone's own file, with its data tracks, then moves only
+    against a copy that has them too."""
     if side.streams is None or of.streams is None:
         return None
     for kind, mine, theirs in (
         ("video", side.streams.video, of.streams.video),
         ("subtitle", side.streams.subtitles, of.streams.subtitles),
+        ("attachment or data", side.streams.other, of.streams.other),
     ):
         if mine > theirs:
             return f"it has {mine} {kind} tracks, the other clip {theirs}"
@@ -406,6 +409,7 @@ class _Streams(NamedTuple):
     video: int
     sound: int
     subtitles: int
+    other: int  # attachments (a file inside an MKV), data tracks (GPS, timecode)
 
 
 class _Loudness:
@@ -529,14 +533,16 @@ class _Reader:
     def streams(self) -> _Streams:
         """How many video, sound and subtitle tracks the clip has."""
         if not self.is_video:
-            return _Streams(1, 0, 0)
+            return _Streams(1, 0, 0, 0)
         import av
 
         from dedupd.video import _open
 
         with _open(av, self._rewound(), self.path) as container:
             s = container.streams
-            return _Streams(len(s.video), len(s.audio), len(s.subtitles))
+            return _Streams(
+                len(s.video), len(s.audio), len(s.subtitles), len(s.attachments) + len(s.data)
+            )
 
     def loudness(self) -> list[_Loudness | None]:
         """The clip's sound, track by track (None for a track with nothing decodable)."""

@@ -209,6 +209,25 @@ def test_a_copy_with_a_track_the_clip_lacks_is_not_shown(made: Path, tmp_path: P
     assert found.cover[1] == 0.0 and found.cover[0] == 1.0, found
 
 
+def test_a_copy_carrying_an_attached_file_is_not_shown(made: Path, tmp_path: Path) -> None:
+    """Red team 9: an MKV re-encode carrying a letter as an attachment moved as a copy of the
+    clip, and a purge deleted the only copy of the letter."""
+    import av
+
+    decoded = clips.frames(made / "cut.mp4")
+    out = av.open(str(tmp_path / "letter.mkv"), "w")
+    stream = out.add_stream("libx264", rate=10)
+    stream.width, stream.height = decoded[0][1].size
+    stream.pix_fmt = "yuv420p"
+    out.add_attachment("letter.txt", "text/plain", b"Dear grandma, ...")
+    for _, im in decoded:
+        clips._encode(out, stream, im)
+    clips._finish(out, stream)
+    found = _compare_paths(made / "cut.mp4", tmp_path / "letter.mkv")
+    assert "it has 1 attachment or data tracks, the other clip 0" in found.unshown[1], found
+    assert found.cover[1] == 0.0 and found.cover[0] == 1.0, found
+
+
 def _compare_paths(a: Path, b: Path) -> Likeness:
     return compare_clips(str(a), _hashed(a), str(b), _hashed(b), HASHER, 10**8)
 
