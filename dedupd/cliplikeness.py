@@ -15,11 +15,11 @@ hasher worker (never the daemon: `pool`) looks at both clips, every second of ea
   (`WINDOW` seconds either way; the one most like it, at 64 px), compared pixel by pixel as
   photos are (`likeness.compare`: every `likeness.CELL` px cell, colour included; at most
   `MAX_CELL_SHARE` percent of a cell may differ);
-- **the sound**: around the middle of each second, on each sound track, its loudness every
-  `SOUND_BLOCK` seconds over `SOUND_SPAN` seconds either way against the other's track of
-  the same number at the aligned time (give or take `SOUND_LAG`): a second with sound the
-  other lacks (no such track, silence, other sound) is not shown; a silent one has nothing
-  to lose;
+- **the sound**: around the middle of each second, on each sound track, its level in `BANDS`
+  frequency bands every `SOUND_BLOCK` seconds over `SOUND_SPAN` seconds either way against
+  the other's track of the same number at the aligned time (give or take `SOUND_LAG` and
+  one gain): a second with sound the other lacks (no such track, silence, other sound) is
+  not shown; a silent one has nothing to lose;
 - **the tracks**: a clip with more video or subtitle tracks than the other (a second camera,
   subtitles) is not shown at all: only its first video track is compared.
 
@@ -86,11 +86,22 @@ SOUND_SPAN = 0.5  # s either side of a moment
 SOUND_LAG = 0.1  # s: a copy's sound may be shifted this much against its frames
 SILENT = -50.0  # dBFS: quieter throughout a moment's span, it has no sound to lose
 _FLOOR = -60.0  # dBFS: quieter is all one (a codec's noise floor)
-# dB: how far the two loudness curves may part at a moment, once one gain is taken out (the
-# 90th percentile of the blocks): a re-encode keeps the curve within a dB or two, a voice or
-# a tune laid on it parts it by 10 and more.
-SOUND_TOLERANCE = 6.0
+# dB: how far the two spans' band levels may part around a second, once one gain is taken
+# out (`_apart`).
+SOUND_TOLERANCE = 10.0
+# dB under the loudest band level of the two spans: all one below that (a codec drops what
+# is quiet). Calibrated on sound made for it (tests/clips.py's tones, the red team's chords,
+# music, noise and voice), kept at AAC 128 kbit/s against its copy at 32: the copies parted
+# by 6.3 dB at most (the 97th percentile); other music, the same an octave up, a voice 10 to
+# 14 dB under music or at the level of steady noise, a tone laid on one band, by 15 dB and
+# more. The 90th percentile missed the tone on one band (0.8 dB); 40 dB kept more codec
+# noise (the copies up to 10.3 dB apart).
+_BAND_RANGE = 30.0
+_SOUND_PERCENTILE = 97
 _SOUND_RATE = 8000
+BANDS = 16  # frequency bands whose levels are compared
+_LOW_HZ = 100.0
+_FFT = 512
 
 
 def refusal(likeness: Likeness, *, moving_is_newcomer: bool) -> str | None:
@@ -375,12 +386,11 @@ def _heard(side: _Side, of: _Side, t: float) -> str | None:
     """Why `of`'s clip does not play what `side`'s plays around `t` (on each sound track,
     against the other's track of the same number, at the times `t` aligns with), or None
     when it does (or when this one is silent there)."""
-    import numpy as np
 
     at = _align(side.matched, t)
     for track, mine in enumerate(side.sound):
         own = None if mine is None else mine.around(t, 0)
-        if own is None or float(own.max()) < SILENT:
+        if own is None or float(own[:, 0].max()) < SILENT:
             continue  # no sound here to lose
         theirs = of.sound[track] if track < len(of.sound) else None
         if theirs is None:
@@ -395,14 +405,25 @@ def _heard(side: _Side, of: _Side, t: float) -> str | None:
                 other = theirs.around(there, shift)
                 if other is None:
                     continue
-                quiet = quiet and float(other.max()) < SILENT
-                d = np.maximum(own, _FLOOR) - np.maximum(other, _FLOOR)
-                best = min(best, float(np.percentile(np.abs(d - np.median(d)), 90)))
+                quiet = quiet and float(other[:, 0].max()) < SILENT
+                best = min(best, _apart(own, other))
         if quiet:
             return "it has sound; the other clip is silent there"
         if best > SOUND_TOLERANCE:
             return f"its sound differs (by {best:.0f} dB)"
     return None
+
+
+def _apart(own: npt.NDArray[np.float64], other: npt.NDArray[np.float64]) -> float:
+    """How far two spans of sound part (dB): the _SOUND_PERCENTILE percentile of their band
+    levels' differences (every block, every band) once one gain is taken out, each level no
+    lower than _BAND_RANGE under the loudest of the two."""
+    import numpy as np
+
+    a, b = own[:, 1:], other[:, 1:]
+    floor = max(float(a.max()), float(b.max())) - _BAND_RANGE
+    d = np.maximum(a, floor) - np.maximum(b, floor)
+    return float(np.percentile(np.abs(d - np.median(d)), _SOUND_PERCENTILE))
 
 
 class _Streams(NamedTuple):
@@ -413,13 +434,14 @@ class _Streams(NamedTuple):
 
 
 class _Loudness:
-    """A clip's sound as loudness (dBFS) every SOUND_BLOCK seconds from `start`."""
+    """A clip's sound every SOUND_BLOCK seconds from `start`: per block, its loudness (dBFS,
+    column 0) and the level of each of `BANDS` frequency bands (dB, columns 1 and on)."""
 
     def __init__(self, start: float, levels: npt.NDArray[np.float64]):
         self.start, self.levels = start, levels
 
     def around(self, t: float, shift: int) -> npt.NDArray[np.float64] | None:
-        """The levels over SOUND_SPAN either side of `t`, `shift` blocks later; None when that
+        """The blocks over SOUND_SPAN either side of `t`, `shift` blocks later; None when that
         span lies wholly outside the sound (blocks outside it count as silent)."""
         import numpy as np
 
@@ -428,10 +450,36 @@ class _Loudness:
         lo, hi = middle - half, middle + half
         if hi <= 0 or lo >= len(self.levels):
             return None
-        out = np.full(hi - lo, _FLOOR - 20.0)
+        out = np.full((hi - lo, self.levels.shape[1]), _FLOOR - 20.0)
         a, b = max(lo, 0), min(hi, len(self.levels))
         out[a - lo : b - lo] = self.levels[a:b]
         return out
+
+
+def _blocks(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Blocks of mono samples at _SOUND_RATE (rows of SOUND_BLOCK s) → their loudness (dBFS)
+    and band levels (dB, `BANDS` bands spaced evenly in pitch between _LOW_HZ and
+    _SOUND_RATE/2): what `_heard` compares. Loudness alone let other music at the same
+    level, or a voice over steady noise, pass for the same sound (red team 9)."""
+    import numpy as np
+
+    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=1))
+    loud = 20 * np.log10(np.maximum(rms, 1e-6))
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.shape[1]), n=_FFT, axis=1)) ** 2
+    edges = _band_edges()
+    bands = np.add.reduceat(spectrum, edges[:-1], axis=1)[:, : len(edges) - 1]
+    level = 10 * np.log10(np.maximum(bands / samples.shape[1], 1e-12))
+    out: npt.NDArray[np.float64] = np.column_stack([loud, level])
+    return out
+
+
+@functools.cache
+def _band_edges() -> npt.NDArray[np.intp]:
+    import numpy as np
+
+    hz = np.geomspace(_LOW_HZ, _SOUND_RATE / 2, BANDS + 1)
+    edges: npt.NDArray[np.intp] = np.unique(np.round(hz / (_SOUND_RATE / _FFT)).astype(np.intp))
+    return edges
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -568,7 +616,7 @@ class _Reader:
         base, first = stream.time_base, stream.start_time or 0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=_SOUND_RATE)
         block = round(_SOUND_RATE * SOUND_BLOCK)
-        levels: list[float] = []
+        levels: list[npt.NDArray[np.float64]] = []
         pending = np.zeros(0, np.float32)
         start: float | None = None
         try:
@@ -579,15 +627,13 @@ class _Reader:
                     pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
                     whole = len(pending) // block * block
                     if whole:
-                        squares = np.square(pending[:whole].reshape(-1, block))
-                        rms = np.sqrt(np.mean(squares, axis=1))
-                        levels.extend(20 * np.log10(np.maximum(rms, 1e-6)))
+                        levels.append(_blocks(pending[:whole].reshape(-1, block)))
                         pending = pending[whole:]
         except av.FFmpegError:
             pass  # the sound up to a broken packet is what there is to compare
         if not levels:
             return None
-        return _Loudness(start or 0.0, np.asarray(levels, np.float64))
+        return _Loudness(start or 0.0, np.concatenate(levels))
 
 
 def _shown(frame: Any, side: int) -> Image.Image:

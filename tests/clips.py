@@ -183,6 +183,29 @@ def with_sound(
     return dst
 
 
+def chat_copy(src: Path, dst: Path, *, bitrate: int = 32_000, crf: int = 34) -> Path:
+    """`src`, its picture and its first sound track, decoded and encoded again as a chat app
+    sends a clip: a lower quality, the sound as AAC at `bitrate` bit/s."""
+    decoded = frames(src)
+    with av.open(str(src)) as c:
+        fps = round(float(c.streams.video[0].average_rate or 10))
+        sound = [f for f in c.decode(audio=0)]
+        rate = c.streams.audio[0].rate
+    out, stream = _writer(dst, decoded[0][1].size, fps, fps, crf, "libx264")
+    track = out.add_stream("aac", rate=rate)
+    track.bit_rate = bitrate
+    for _, im in decoded:
+        _encode(out, stream, im)
+    for piece in sound:
+        piece.pts = None
+        for packet in track.encode(piece):
+            out.mux(packet)
+    for packet in track.encode():
+        out.mux(packet)
+    _finish(out, stream)
+    return dst
+
+
 def second_camera(src: Path, photo: Path, dst: Path) -> Path:
     """`src` encoded again with a second video track: a camera move over `photo` (another
     angle of the scene, as some cameras and editors store it)."""

@@ -111,6 +111,41 @@ def test_other_sound_over_the_same_frames_is_not_shown_and_the_same_sound_is(
     assert same.cover == (1.0, 1.0), same
 
 
+def test_a_chat_apps_copy_of_a_clip_with_sound_shows_all_of_it(made: Path, tmp_path: Path) -> None:
+    """Picture and sound decoded and encoded again (the sound at 32 kbit/s): the same clip,
+    both ways (the sound's bands part by a few dB, other sound by 15 and more)."""
+    copy = clips.chat_copy(made / "cut-voice.mp4", tmp_path / "chat.mp4")
+    found = _compare_paths(made / "cut-voice.mp4", copy)
+    assert found.cover == (1.0, 1.0), found
+
+
+def test_sound_is_told_by_its_bands_not_its_loudness_alone() -> None:
+    """Red team 9: other music at the same level, or a voice laid over steady noise at its
+    level, kept the loudness curve and moved. Band levels tell them; the same sound 3 dB
+    quieter (one gain) is the same."""
+    import numpy as np
+
+    from dedupd import cliplikeness
+
+    rng = np.random.default_rng(7)
+    rate, block = 8000, 400
+    t = np.arange(rate) / rate
+
+    def levels(x: np.ndarray) -> np.ndarray:
+        return cliplikeness._blocks(x.astype(np.float32).reshape(-1, block))
+
+    noise = np.convolve(rng.standard_normal(rate), np.ones(8) / 8, mode="same") * 0.1
+    syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, 1)
+    voice = syllables * sum(np.sin(2 * np.pi * k * 150 * t) / k for k in range(1, 8))
+    voice *= np.sqrt(np.mean(noise**2) / np.mean(voice**2))  # at the level of the noise
+    chords = np.sin(2 * np.pi * 262 * t) + np.sin(2 * np.pi * 330 * t)
+    other = np.sin(2 * np.pi * 196 * t) + np.sin(2 * np.pi * 587 * t)
+    same = cliplikeness._apart(levels(noise), levels(noise * 10 ** (-3 / 20)))
+    assert same < cliplikeness.SOUND_TOLERANCE
+    for a, b in ((noise, noise + voice), (chords * 0.1, other * 0.1)):
+        assert cliplikeness._apart(levels(a), levels(b)) > cliplikeness.SOUND_TOLERANCE
+
+
 def test_a_silent_sound_track_is_no_sound_to_lose(made: Path) -> None:
     found = _compare(made, "cut.mp4", "cut-silent-track.mp4")
     assert found.cover == (1.0, 1.0), found
