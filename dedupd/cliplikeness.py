@@ -186,7 +186,10 @@ def _compare(
                 if why is not None:
                     missing.append((side.moments[i], why))
                 side.frames[i] = side.smalls[i] = side.picked[i] = None
-        seconds = _seconds(side.clip.duration)
+        # over its sound too, where it runs longer than its picture (review: 50 s of sound
+        # after 10 s of picture were never compared)
+        heard = [track.end for track in side.sound if track is not None]
+        seconds = _seconds(max([side.clip.duration, *heard]))
         for t in seconds:
             why = _heard(side, of, t)
             if why is not None:
@@ -389,12 +392,15 @@ def _heard(side: _Side, of: _Side, t: float) -> str | None:
 
     at = _align(side.matched, t)
     for track, mine in enumerate(side.sound):
+        number = f" {track + 1}" if track else ""
         own = None if mine is None else mine.around(t, 0)
+        if own is None and (mine is None or mine.broken):
+            # what could not be decoded is not known to be silent
+            return f"its sound track{number} could not be decoded there"
         if own is None or float(own[:, 0].max()) < SILENT:
             continue  # no sound here to lose
         theirs = of.sound[track] if track < len(of.sound) else None
         if theirs is None:
-            number = f" {track + 1}" if track else ""
             return f"it has sound; the other clip has no sound track{number}"
         if not at:
             return "it has sound where no frame of it is in the other clip"
@@ -437,8 +443,13 @@ class _Loudness:
     """A clip's sound every SOUND_BLOCK seconds from `start`: per block, its loudness (dBFS,
     column 0) and the level of each of `BANDS` frequency bands (dB, columns 1 and on)."""
 
-    def __init__(self, start: float, levels: npt.NDArray[np.float64]):
+    def __init__(self, start: float, levels: npt.NDArray[np.float64], *, broken: bool = False):
         self.start, self.levels = start, levels
+        self.broken = broken  # decoding stopped at a bad packet: what follows is unknown
+
+    @property
+    def end(self) -> float:
+        return self.start + len(self.levels) * SOUND_BLOCK
 
     def around(self, t: float, shift: int) -> npt.NDArray[np.float64] | None:
         """The blocks over SOUND_SPAN either side of `t`, `shift` blocks later; None when that
@@ -538,11 +549,14 @@ class _Reader:
             base, start = stream.time_base, stream.start_time or 0
             if base is None:
                 return
-            i, last = 0, -math.inf
+            # each span is sought at most once: a keyframe more than _SEEK_AHEAD before it
+            # is decoded from, never sought again (that looped for good: review)
+            i, last, sought = 0, -math.inf, -1
             while i < len(spans):
-                if spans[i][0] > last + _SEEK_AHEAD:
+                if spans[i][0] > last + _SEEK_AHEAD and sought != i:
                     target = int(spans[i][0] / base) + start
                     container.seek(max(target, start), stream=stream, backward=True)
+                    sought = i
                 ahead = False
                 for frame in container.decode(stream):
                     if frame.pts is None:
@@ -555,7 +569,7 @@ class _Reader:
                         return
                     if at >= spans[i][0]:
                         yield at, _Shown(functools.partial(_shown, frame))
-                    elif spans[i][0] > at + _SEEK_AHEAD:
+                    elif spans[i][0] > at + _SEEK_AHEAD and sought != i:
                         ahead = True
                         break
                 if not ahead:
@@ -619,6 +633,7 @@ class _Reader:
         levels: list[npt.NDArray[np.float64]] = []
         pending = np.zeros(0, np.float32)
         start: float | None = None
+        broken = False
         try:
             for frame in container.decode(stream):
                 if start is None and frame.pts is not None and base is not None:
@@ -630,10 +645,10 @@ class _Reader:
                         levels.append(_blocks(pending[:whole].reshape(-1, block)))
                         pending = pending[whole:]
         except av.FFmpegError:
-            pass  # the sound up to a broken packet is what there is to compare
+            broken = True  # the sound up to a broken packet is what there is to compare
         if not levels:
             return None
-        return _Loudness(start or 0.0, np.concatenate(levels))
+        return _Loudness(start or 0.0, np.concatenate(levels), broken=broken)
 
 
 def _shown(frame: Any, side: int) -> Image.Image:

@@ -500,6 +500,13 @@ class Ingest:
         # are now a full decode's), or a photo decided before that lacked what the config
         # now adds (deciding it again would take it for a newcomer among the photos that
         # arrived after it), unless its bytes are not those its record was decided on.
+        if entry.rehash == "rewritten":
+            before = self.store.record(entry.root, entry.relpath)
+            if before is not None and before.sha256 == result.sha256:
+                # written to and closed, its bytes the same: nothing new to decide (decided
+                # again, it would meet as a newcomer the copies that came after it)
+                self.store.record_hashed(entry.root, entry.relpath, result)
+                return None
         fill = again is False
         if entry.rehash == "fill":
             before = self.store.record(entry.root, entry.relpath)

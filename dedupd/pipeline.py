@@ -316,8 +316,9 @@ class Pipeline:
             log.info("file_deleted", path=path)
 
     def _moved(self, src: str, dest: str, at: float | None = None) -> None:
-        """A rename inside the roots is followed without re-hashing; a temp file renamed
-        into place (Syncthing, rsync, browsers) is a new upload."""
+        """A rename inside the roots is followed without re-hashing (unless it was written
+        in place just before: `_entry`); a temp file renamed into place (Syncthing, rsync,
+        browsers) is a new upload."""
         self.settler.discard(src)
         record = self.store.file_at(src)
         root = self.root_of(dest)
@@ -328,7 +329,11 @@ class Pipeline:
             except OSError:
                 stat = None
             if stat is not None and same_version(record, stat):
-                self._revive(record.id, root, os.path.relpath(dest, root), stat)
+                relpath = os.path.relpath(dest, root)
+                self._revive(record.id, root, relpath, stat)
+                if src in self.rewritten:  # written in place, then renamed before it settled
+                    self.rewritten.discard(src)
+                    self.settled.append(Entry(root, relpath, stat, rehash="rewritten"))
                 return
         if record is not None:
             self._forget(src)

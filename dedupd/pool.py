@@ -251,7 +251,10 @@ def _clips_compared(
 
     found = []
     for c in compare:
-        other = full(c.path, c.stat, hashers, max_pixels)
+        try:
+            other = full(c.path, c.stat, hashers, max_pixels)
+        except Exception as exc:  # the counterpart's failure is no failure of this clip
+            other = Failure("internal", f"{type(exc).__name__}: {exc}")
         if isinstance(other, HashedVideo):
             measured = cliplikeness.compare_clips(
                 path, result, c.path, other, hashers[0], max_pixels

@@ -319,8 +319,9 @@ _LAYERED = ("overlay", "aufs", "unionfs", "fuse", "nfs", "cifs", "smb", "9p", "v
 def layered_filesystem(st: os.stat_result, path: str | PurePath) -> str | None:
     """The type of the filesystem holding `st` (the stat of a file at `path`) when it is one
     that may show another filesystem's files (`_LAYERED`: "overlay", "fuse.mergerfs", "nfs4"),
-    else None. Looked up in /proc/self/mountinfo by the file's device, else by the longest
-    mount point holding `path`; None when there is no such table (not Linux)."""
+    else None. Looked up in /proc/self/mountinfo by the last, longest mount point holding
+    `path` and by the file's device: layered when either is; None when there is no such
+    table (not Linux)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -341,10 +342,12 @@ def layered_filesystem(st: os.stat_result, path: str | PurePath) -> str | None:
         if fields[2] == device:
             by_device = kind
         inside = where == point or where.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > longest:
-            by_path, longest = kind, len(point)
-    found = by_device or by_path
-    if found is not None and found.split(".")[0].rstrip("0123456789") in _LAYERED:
-        return found
+        if inside and len(point) >= longest:  # a later mount on the same point hides the
+            by_path, longest = kind, len(point)  # earlier: the table lists them in order
+    # Either says layered: an overlay whose layers are on other filesystems gives a file its
+    # layer's device (review), and a mount hidden under another one may hold the device.
+    for found in (by_path, by_device):
+        if found is not None and found.split(".")[0].rstrip("0123456789") in _LAYERED:
+            return found
     return None
 

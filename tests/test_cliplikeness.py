@@ -361,3 +361,62 @@ def test_a_clip_comparison_that_times_out_is_only_reported_and_no_error_of_the_c
         record = store.file_at(copy)
         assert record is not None and record.state == "ok"
     assert copy.exists()
+
+
+def test_frames_far_into_a_clip_with_keyframes_far_apart_are_reached(tmp_path: Path) -> None:
+    """Review: a keyframe more than 2 s before a span sought made the reader seek to it again
+    and again, for good (a clip over 48 s with a keyframe every 10 s never compared, its
+    worker held for the whole timeout). Each span is sought once, then decoded to."""
+    import signal
+
+    from dedupd.cliplikeness import _Reader
+
+    clip = clips.render(photos.photo("astronaut"), tmp_path / "gop.mp4", seconds=60, gop=100)
+
+    def stuck(*_: object) -> None:
+        raise TimeoutError("the reader did not come back")
+
+    before = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(20)
+    try:
+        with _Reader(str(clip), FileStat.of(os.stat(clip))) as reader:
+            got = [round(at, 1) for at, _ in reader.frames([(5.0, 5.3), (48.5, 48.8)])]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert got == [5.0, 5.1, 5.2, 5.3, 48.5, 48.6, 48.7, 48.8]
+
+
+def test_sound_that_runs_on_after_the_picture_is_compared_too(tmp_path: Path) -> None:
+    """Review: a clip's seconds were its picture's; 20 s of sound after 6 s of picture were
+    never compared, and the copy lacking them moved. The sound's own length counts."""
+    import av
+    import numpy as np
+
+    film = clips.render(photos.photo("coffee"), tmp_path / "film.mp4", seconds=6)
+    decoded = clips.frames(film)
+
+    def write(dst: Path, seconds: int) -> Path:
+        out, stream = clips._writer(dst, decoded[0][1].size, 10, 10, 23, "libx264")
+        track = out.add_stream("aac", rate=44100)
+        t = np.arange(seconds * 44100) / 44100
+        wave = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * t) > 0)).astype(np.float32)
+        for _, im in decoded:
+            clips._encode(out, stream, im)
+        for start in range(0, len(wave), 1024):
+            piece = np.zeros(1024, np.float32)
+            chunk = wave[start : start + 1024]
+            piece[: len(chunk)] = chunk
+            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="fltp", layout="mono")
+            frame.sample_rate = 44100
+            for packet in track.encode(frame):
+                out.mux(packet)
+        for packet in track.encode():
+            out.mux(packet)
+        clips._finish(out, stream)
+        return dst
+
+    long, short = write(tmp_path / "long.mp4", 26), write(tmp_path / "short.mp4", 6)
+    found = _compare_paths(long, short)
+    assert found.cover[0] < 1.0 and "the other clip is silent there" in found.unshown[0], found
+    assert refusal(found, moving_is_newcomer=True) is not None

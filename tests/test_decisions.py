@@ -968,3 +968,36 @@ def test_a_photo_recorded_in_a_folder_that_became_the_quarantine_is_never_matche
         assert outcome is None or not outcome.decision.acts, outcome
         assert store.actions() == []
     assert (root / "IMG_0001.jpg").exists() and (root / "Duplicates" / "IMG_0001.jpg").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [((0, 99), "overlay"), ((8, 17), "overlay"), ((8, 1), None)],
+    ids=["unknown-device", "layer-device", "elsewhere"],
+)
+def test_the_mount_table_says_layered_when_the_path_or_the_device_does(
+    monkeypatch: pytest.MonkeyPatch, device: tuple[int, int], expected: str | None
+) -> None:
+    """Review: an overlay mounted over an ext4 mount at the same point was hidden by the
+    ext4 line (the first of two equal mount points won; the later one is in use), and a
+    file of an overlay whose layers are on other filesystems has its layer's device, whose
+    ext4 line hid the overlay the path lies in. Either lookup saying layered is enough."""
+    import builtins
+    import io
+
+    from dedupd import safefs
+
+    table = (
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "40 22 8:17 / /data rw - ext4 /dev/sdb1 rw\n"
+        "41 40 0:50 / /data rw - overlay overlay rw,lowerdir=/lower,upperdir=/u,workdir=/w\n"
+    )
+    real = builtins.open
+
+    def fake(path: Any, *args: Any, **kwargs: Any) -> Any:
+        return io.StringIO(table) if path == "/proc/self/mountinfo" else real(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake)
+    st = os.stat_result((0o100644, 1, os.makedev(*device), 1, 0, 0, 0, 0, 0, 0))
+    where = "/data/photos/a.jpg" if expected else "/home/a.jpg"
+    assert safefs.layered_filesystem(st, where) == expected

@@ -484,3 +484,45 @@ def test_a_photo_rewritten_in_place_with_its_size_and_mtime_is_hashed_again(
         assert after is not None and after.id == before.id
         assert after.sha256 != before.sha256
         assert after.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest()
+
+
+def test_a_rewrite_renamed_before_it_settled_is_hashed_again_and_same_bytes_decide_nothing(
+    tmp_path: Path,
+) -> None:
+    """Review: the "written" mark stayed on the old name when an in-place edit was renamed
+    before it settled (`mv` after `exiftool -P`): the record followed the rename unhashed.
+    And a photo written back with the same bytes was decided again, as a newcomer among the
+    copies that came after it: only its record is refreshed."""
+    from dedupd.engine import Ingest, scan
+    from dedupd.imaging import hash_image
+    from dedupd.pipeline import Counts, Pipeline
+    from dedupd.scanner import root_key
+    from dedupd.watcher import Hint
+    from tests.test_heic import HASHERS
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photo = photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
+    config = load_config(env.config)
+    roots = [root_key(r.path) for r in config.roots]
+    with Store(env.db) as store:
+        scan(config, store)
+        ingest = Ingest(store, config, roots)
+        try:
+            pipeline = Pipeline(Counts(), Clock())
+            pipeline.configure(config, roots, store, ingest)
+            st = os.stat(photo)
+            with open(photo, "r+b") as f:  # the same bytes written back
+                f.write(photo.read_bytes()[:16])
+            os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+            pipeline.handle(Hint("written", str(photo)))
+            renamed = env.root / "IMG_0001-edited.jpg"
+            os.rename(photo, renamed)
+            pipeline.handle(Hint("moved", str(photo), str(renamed)))
+            (entry,) = pipeline.settled
+            assert (entry.relpath, entry.rehash) == (renamed.name, "rewritten")
+            result = hash_image(str(renamed), HASHERS, max_pixels=10**9)
+            assert ingest.ingest(entry, result) is None
+            assert store.undecided_due(ingest.policy_key, roots) == []  # nothing to decide
+        finally:
+            ingest.close()
