@@ -188,7 +188,8 @@ def _compare(
                 side.frames[i] = side.smalls[i] = side.picked[i] = None
         # over its sound too, where it runs longer than its picture (review: 50 s of sound
         # after 10 s of picture were never compared)
-        heard = [track.end for track in side.sound if track is not None]
+        # (less SOUND_SPAN: an encoder pads the sound's end with a few ms of its own)
+        heard = [track.end - SOUND_SPAN for track in side.sound if track is not None]
         seconds = _seconds(max([side.clip.duration, *heard]))
         for t in seconds:
             why = _heard(side, of, t)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 from PIL import Image, ImageDraw, ImageOps
@@ -159,6 +160,7 @@ def with_sound(
     rate, chunk = 44100, 1024
     total = round(len(decoded) / fps * rate)
     for number, sound in enumerate(sounds):
+        pieces: list[av.AudioFrame] = []
         for start in range(0, total, chunk):
             t = (np.arange(chunk) + start) / rate
             wave: np.ndarray
@@ -175,12 +177,20 @@ def with_sound(
                 wave.astype(np.float32).reshape(1, -1), format="fltp", layout="mono"
             )
             piece.sample_rate = rate
-            for packet in sound.encode(piece):
-                out.mux(packet)
-        for packet in sound.encode():
-            out.mux(packet)
+            pieces.append(piece)
+        _sound(out, sound, pieces)
     _finish(out, stream)
     return dst
+
+
+def _sound(out: av.container.OutputContainer, track: Any, pieces: list[av.AudioFrame]) -> None:
+    """Encode `pieces` (audio frames, in order) into `track` and flush it."""
+    for piece in pieces:
+        piece.pts = None
+        for packet in track.encode(piece):
+            out.mux(packet)
+    for packet in track.encode():
+        out.mux(packet)
 
 
 def chat_copy(src: Path, dst: Path, *, bitrate: int = 32_000, crf: int = 34) -> Path:
@@ -196,12 +206,7 @@ def chat_copy(src: Path, dst: Path, *, bitrate: int = 32_000, crf: int = 34) -> 
     track.bit_rate = bitrate
     for _, im in decoded:
         _encode(out, stream, im)
-    for piece in sound:
-        piece.pts = None
-        for packet in track.encode(piece):
-            out.mux(packet)
-    for packet in track.encode():
-        out.mux(packet)
+    _sound(out, track, sound)
     _finish(out, stream)
     return dst
 

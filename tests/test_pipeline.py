@@ -4,6 +4,7 @@ scan's progress bar with counts and a rate."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -427,6 +428,31 @@ def test_the_quarantine_reached_inside_a_root_by_a_bind_mount_is_never_taken_for
     assert aliased.exists() and list(quarantine.rglob("*.jpg")) == [aliased]
 
 
+@contextlib.contextmanager
+def _one_photo(tmp_path: Path) -> Iterator[tuple[Path, Store, Any, Any, Clock]]:
+    """A root holding one recorded photo (coffee.jpg as IMG_0001.jpg), and a pipeline over
+    it: (the photo, the store, the ingest, the pipeline, its clock)."""
+    from dedupd.engine import Ingest, scan
+    from dedupd.pipeline import Counts, Pipeline
+    from dedupd.scanner import root_key
+
+    env = Env(tmp_path)
+    env.write_config("{exact: quarantine, near: quarantine}")
+    photo = photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
+    config = load_config(env.config)
+    roots = [root_key(r.path) for r in config.roots]
+    with Store(env.db) as store:
+        scan(config, store)
+        ingest = Ingest(store, config, roots)
+        try:
+            clock = Clock()
+            pipeline = Pipeline(Counts(), clock)
+            pipeline.configure(config, roots, store, ingest)
+            yield photo, store, ingest, pipeline, clock
+        finally:
+            ingest.close()
+
+
 def test_a_photo_rewritten_in_place_with_its_size_and_mtime_is_hashed_again(
     tmp_path: Path,
 ) -> None:
@@ -437,49 +463,33 @@ def test_a_photo_rewritten_in_place_with_its_size_and_mtime_is_hashed_again(
     inode changed since its record was written (ctime) is hashed again whatever its size and
     mtime; one only touched (created, modified events), or opened to write and closed
     untouched, is not."""
-    from dedupd.engine import Ingest, scan
     from dedupd.imaging import hash_image
-    from dedupd.pipeline import Counts, Pipeline
-    from dedupd.scanner import root_key
     from dedupd.watcher import Hint
     from tests.test_heic import HASHERS
 
-    env = Env(tmp_path)
-    env.write_config("{exact: quarantine, near: quarantine}")
-    photo = photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
-    config = load_config(env.config)
-    roots = [root_key(r.path) for r in config.roots]
-    with Store(env.db) as store:
-        scan(config, store)
+    with _one_photo(tmp_path) as (photo, store, ingest, pipeline, clock):
         before = store.file_at(photo)
         assert before is not None and before.sha256 is not None
-        ingest = Ingest(store, config, roots)
-        try:
-            clock = Clock()
-            pipeline = Pipeline(Counts(), clock)
-            pipeline.configure(config, roots, store, ingest)
-            open(photo, "ab").close()  # closed after opening to write, and not written to
-            pipeline.handle(Hint("written", str(photo)))
-            clock.t += 60
-            pipeline.take_settled()
-            assert not pipeline.settled  # its inode did not change (ctime): unchanged
-            st = os.stat(photo)
-            with open(photo, "r+b") as f:
-                f.seek(st.st_size // 2)
-                f.write(bytes(16))
-            os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
-            pipeline.handle(Hint("touch", str(photo)))
-            clock.t += 60
-            pipeline.take_settled()
-            assert not pipeline.settled  # only touched: unchanged, never decoded again
-            pipeline.handle(Hint("written", str(photo)))
-            clock.t += 60
-            pipeline.take_settled()
-            (entry,) = pipeline.settled
-            assert entry.rehash == "rewritten" and not pipeline._handled(entry)
-            ingest.ingest(entry, hash_image(str(photo), HASHERS, max_pixels=10**9))
-        finally:
-            ingest.close()
+        open(photo, "ab").close()  # closed after opening to write, and not written to
+        pipeline.handle(Hint("written", str(photo)))
+        clock.t += 60
+        pipeline.take_settled()
+        assert not pipeline.settled  # its inode did not change (ctime): unchanged
+        st = os.stat(photo)
+        with open(photo, "r+b") as f:
+            f.seek(st.st_size // 2)
+            f.write(bytes(16))
+        os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+        pipeline.handle(Hint("touch", str(photo)))
+        clock.t += 60
+        pipeline.take_settled()
+        assert not pipeline.settled  # only touched: unchanged, never decoded again
+        pipeline.handle(Hint("written", str(photo)))
+        clock.t += 60
+        pipeline.take_settled()
+        (entry,) = pipeline.settled
+        assert entry.rehash == "rewritten" and not pipeline._handled(entry)
+        ingest.ingest(entry, hash_image(str(photo), HASHERS, max_pixels=10**9))
         after = store.file_at(photo)
         assert after is not None and after.id == before.id
         assert after.sha256 != before.sha256
@@ -493,36 +503,21 @@ def test_a_rewrite_renamed_before_it_settled_is_hashed_again_and_same_bytes_deci
     before it settled (`mv` after `exiftool -P`): the record followed the rename unhashed.
     And a photo written back with the same bytes was decided again, as a newcomer among the
     copies that came after it: only its record is refreshed."""
-    from dedupd.engine import Ingest, scan
     from dedupd.imaging import hash_image
-    from dedupd.pipeline import Counts, Pipeline
-    from dedupd.scanner import root_key
     from dedupd.watcher import Hint
     from tests.test_heic import HASHERS
 
-    env = Env(tmp_path)
-    env.write_config("{exact: quarantine, near: quarantine}")
-    photo = photos.copy(photos.photo("coffee"), env.root / "IMG_0001.jpg")
-    config = load_config(env.config)
-    roots = [root_key(r.path) for r in config.roots]
-    with Store(env.db) as store:
-        scan(config, store)
-        ingest = Ingest(store, config, roots)
-        try:
-            pipeline = Pipeline(Counts(), Clock())
-            pipeline.configure(config, roots, store, ingest)
-            st = os.stat(photo)
-            with open(photo, "r+b") as f:  # the same bytes written back
-                f.write(photo.read_bytes()[:16])
-            os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
-            pipeline.handle(Hint("written", str(photo)))
-            renamed = env.root / "IMG_0001-edited.jpg"
-            os.rename(photo, renamed)
-            pipeline.handle(Hint("moved", str(photo), str(renamed)))
-            (entry,) = pipeline.settled
-            assert (entry.relpath, entry.rehash) == (renamed.name, "rewritten")
-            result = hash_image(str(renamed), HASHERS, max_pixels=10**9)
-            assert ingest.ingest(entry, result) is None
-            assert store.undecided_due(ingest.policy_key, roots) == []  # nothing to decide
-        finally:
-            ingest.close()
+    with _one_photo(tmp_path) as (photo, store, ingest, pipeline, _):
+        st = os.stat(photo)
+        with open(photo, "r+b") as f:  # the same bytes written back
+            f.write(photo.read_bytes()[:16])
+        os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+        pipeline.handle(Hint("written", str(photo)))
+        renamed = photo.with_name("IMG_0001-edited.jpg")
+        os.rename(photo, renamed)
+        pipeline.handle(Hint("moved", str(photo), str(renamed)))
+        (entry,) = pipeline.settled
+        assert (entry.relpath, entry.rehash) == (renamed.name, "rewritten")
+        result = hash_image(str(renamed), HASHERS, max_pixels=10**9)
+        assert ingest.ingest(entry, result) is None
+        assert store.undecided_due(ingest.policy_key, ingest.roots) == []  # nothing to decide
