@@ -359,9 +359,12 @@ class Pipeline:
     # -- settled files ----------------------------------------------------------------------
     def take_settled(self) -> None:
         """Files that stopped changing become candidates (or are found to be moves)."""
-        for path, stat in self.settler.due():
+        due = self.settler.due()
+        # the excluded folders' identities, once for all that settled (each is a few opens)
+        excluded = identities([e.rstrip(os.sep) for e in self.excluded]) if due else frozenset()
+        for path, stat in due:
             try:
-                entry = self._entry(path, stat)
+                entry = self._entry(path, stat, excluded)
             except Interrupted:  # stopping while a moved photo's decision waited: its
                 raise  # 'moved' note stays, and the next start decides it
             except Exception:  # e.g. the database is locked: try this file again later
@@ -374,12 +377,15 @@ class Pipeline:
         # what the settler let go of unsettled (vanished, or reached through a link)
         self.rewritten = {p for p in self.rewritten if p in self.settler}
 
-    def _entry(self, path: str, stat: FileStat) -> Entry | None:
-        """A candidate for hashing, or None when it is not ours or did not change."""
+    def _entry(
+        self, path: str, stat: FileStat, excluded: frozenset[tuple[int, int]]
+    ) -> Entry | None:
+        """A candidate for hashing, or None when it is not ours or did not change.
+        `excluded`: the identities of the excluded folders (`scanner.identities`)."""
         root = self.root_of(path)
         if root is None:
             return None
-        if self._under_excluded(root, path):
+        if _under_excluded(root, path, excluded):
             log.debug("file_in_excluded_folder", path=path)
             return None
         relpath = os.path.relpath(path, root)
@@ -407,24 +413,6 @@ class Pipeline:
                 self._revive(moved.id, root, relpath, stat)
                 return None
         return Entry(root, relpath, stat)
-
-    def _under_excluded(self, root: str, path: str) -> bool:
-        """Whether a folder between `root` and `path` is an excluded one (the quarantine, a
-        staging folder) reached by another name: the quarantine bind-mounted inside a root,
-        which the path filter (`root_of`) cannot see. Walks skip those folders by device and
-        inode; so does this (red team 7: the daemon recorded its own quarantined photos as
-        uploads and quarantined them again, 13 folders deep)."""
-        excluded = identities([e.rstrip(os.sep) for e in self.excluded])
-        folder = os.path.dirname(path)
-        while excluded and len(folder) > len(root):
-            try:
-                st = os.lstat(folder)
-            except OSError:
-                return False  # gone: the file is too
-            if (st.st_dev, st.st_ino) in excluded:
-                return True
-            folder = os.path.dirname(folder)
-        return False
 
     def _revive(self, file_id: int, root: str, relpath: str, stat: FileStat) -> None:
         """Follow a move of `file_id` to `relpath` under `root`; one into another root is then
@@ -550,3 +538,21 @@ def _changed_since(path: str, when: float) -> bool:
     except OSError:
         return False  # gone: its deletion is on its way
 
+
+def _under_excluded(root: str, path: str, excluded: frozenset[tuple[int, int]]) -> bool:
+    """Whether a folder between `root` and `path` is an excluded one (the quarantine, a
+    staging folder; `excluded`: their device and inode) reached by another name: the
+    quarantine bind-mounted inside a root, which the path filter (`Pipeline.root_of`) cannot
+    see. Walks skip those folders by device and inode; so does this (red team 7: the daemon
+    recorded its own quarantined photos as uploads and quarantined them again, 13 folders
+    deep)."""
+    folder = os.path.dirname(path)
+    while excluded and len(folder) > len(root):
+        try:
+            st = os.lstat(folder)
+        except OSError:
+            return False  # gone: the file is too
+        if (st.st_dev, st.st_ino) in excluded:
+            return True
+        folder = os.path.dirname(folder)
+    return False
