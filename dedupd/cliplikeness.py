@@ -79,6 +79,9 @@ SIDE = 640  # long side, in px, of the frames compared (the smaller clip's own i
 WINDOW = 0.6
 _PICK = 64  # px: the side both frames are reduced to, to pick the one most like a moment
 _PICK_SIDE = 160  # px: the long side a frame is decoded to for that
+_HALF = 0.5  # s either side of a moment: the frames of its second, looked at by `_between`
+_BETWEEN = 0.2  # s either side of where such a frame aligns: the other's frames it may be
+_UNLIKE = 0.3  # mean difference of standardised levels at _PICK px: like no frame of the other
 _SEEK_AHEAD = 2.0  # s: a wanted frame further ahead than this is sought, not decoded to
 # Sound: loudness (RMS, dB of full scale) of the mono mix at _SOUND_RATE, every SOUND_BLOCK s.
 SOUND_BLOCK = 0.05
@@ -178,8 +181,12 @@ def _compare(
         # they align, compared, and let go (600 frames of 640 px held at once: 800 MB)
         for start in range(0, len(side.moments), BATCH):
             batch = range(start, min(start + BATCH, len(side.moments)))
-            _at(own, side, batch)
-            _pick(others, side, batch)
+            here = _at(own, side, batch)
+            there = _pick(others, side, batch)
+            unlike = _between(side, here, there)
+            if unlike is not None:
+                missing.append(unlike)
+            del here, there
             for i in batch:
                 why, measured = _moment(side, of, i)
                 worst = max(worst, measured)
@@ -289,25 +296,34 @@ def _align(matched: Sequence[tuple[float, float]], t: float) -> list[float]:
     return sorted({round(there + (t - here), 3) for here, there in near})
 
 
-def _at(reader: _Reader, side: _Side, batch: range) -> None:
+def _at(reader: _Reader, side: _Side, batch: range) -> list[tuple[float, int, Any]]:
     """The frame shown at each of `side`'s moments in `batch` (the first at or after it,
-    within WINDOW)."""
-    spans = [(side.moments[i], side.moments[i] + WINDOW) for i in batch]
+    within WINDOW); and every frame of the moments' seconds (within _HALF of each), as
+    (time, moment, `_Shown.small`), to be looked at coarsely (`_between`)."""
+    spans = [(side.moments[i] - _HALF, side.moments[i] + WINDOW) for i in batch]
+    seen = []
     for at, shown in reader.frames(spans):
         for i in batch:
             t = side.moments[i]
             if side.frames[i] is None and t - 1e-6 <= at <= t + WINDOW:
                 side.frames[i] = shown.image()
                 side.smalls[i] = shown.small()
+            if t - _HALF <= at < t + _HALF:
+                seen.append((at, i, shown.small()))
+    return seen
 
 
-def _pick(reader: _Reader, side: _Side, batch: range) -> None:
+def _pick(reader: _Reader, side: _Side, batch: range) -> list[tuple[float, Any]]:
     """One pass over `reader`'s clip (the other one): for each of `side`'s moments in
-    `batch`, the frame around its aligned times most like the moment's frame."""
+    `batch`, the frame around its aligned times most like the moment's frame; and every
+    frame of the other clip around those times, as (time, `_Shown.small`), in time order."""
     import numpy as np
 
-    spans = [(t - WINDOW, t + WINDOW) for i in batch for t in side.aligned[i]]
+    reach = max(WINDOW, _HALF + _BETWEEN)
+    spans = [(t - reach, t + reach) for i in batch for t in side.aligned[i]]
+    theirs = []
     for at, shown in reader.frames(spans):
+        theirs.append((at, shown.small()))
         for i in batch:
             target = side.smalls[i]
             if target is None or not any(abs(at - t) <= WINDOW for t in side.aligned[i]):
@@ -316,6 +332,33 @@ def _pick(reader: _Reader, side: _Side, batch: range) -> None:
             best = side.picked[i]
             if best is None or unlike < best[0]:
                 side.picked[i] = (unlike, shown.image())
+    return theirs
+
+
+def _between(
+    side: _Side, seen: list[tuple[float, int, Any]], theirs: list[tuple[float, Any]]
+) -> tuple[float, str] | None:
+    """The first frame of `seen` (this clip's frames between its moments) that none of the
+    other clip's frames within _BETWEEN s of where it aligns looks like (at _PICK px: a
+    mean difference of standardised levels over _UNLIKE), and why; None when each has one.
+    A title card flashed for 0.3 s between two moments moved (red team 9); a small edit
+    that short still passes at this size."""
+    import bisect
+
+    import numpy as np
+
+    times = [at for at, _ in theirs]
+    for u, i, small in seen:
+        best = math.inf
+        for there in side.aligned[i]:
+            want = there + (u - side.moments[i])
+            lo = bisect.bisect_left(times, want - _BETWEEN)
+            hi = bisect.bisect_right(times, want + _BETWEEN)
+            for _, other in theirs[lo:hi]:
+                best = min(best, float(np.abs(small - other).mean()))
+        if best > _UNLIKE:
+            return u, "its frame there is like none of the other clip's"
+    return None
 
 
 def _standard(frame: Image.Image) -> npt.NDArray[np.float32]:
