@@ -89,22 +89,24 @@ SOUND_SPAN = 0.5  # s either side of a moment
 SOUND_LAG = 0.1  # s: a copy's sound may be shifted this much against its frames
 SILENT = -50.0  # dBFS: quieter throughout a moment's span, it has no sound to lose
 _FLOOR = -60.0  # dBFS: quieter is all one (a codec's noise floor)
-# dB: how far the two spans' band levels may part around a second, once one gain is taken
-# out (`_apart`).
-SOUND_TOLERANCE = 10.0
-# dB under the loudest band level of the two spans: all one below that (a codec drops what
-# is quiet). Calibrated on sound made for it (tests/clips.py's tones, the red team's chords,
-# music, noise and voice), kept at AAC 128 kbit/s against its copy at 32: the copies parted
-# by 6.3 dB at most (the 97th percentile); other music, the same an octave up, a voice 10 to
-# 14 dB under music or at the level of steady noise, a tone laid on one band, by 15 dB and
-# more. The 90th percentile missed the tone on one band (0.8 dB); 40 dB kept more codec
-# noise (the copies up to 10.3 dB apart).
+# Two spans of sound (a second around a moment, every block of each channel's bands) part
+# when more than SOUND_CELLS of their band levels differ by more than SOUND_PART dB, once one
+# gain is taken out and every level is raised to _BAND_RANGE dB under the loudest of the two
+# (a codec drops what is quiet). Calibrated on sound made for it (tests/clips.py's tones,
+# the red team's chords, music, noise, voice and birdsong), kept at AAC 128 kbit/s against
+# its copy at 32: the copies had 2 such levels at most in any second (of 800); other music,
+# the same an octave up, a voice 10 to 14 dB under music or at the level of steady noise, a
+# tone laid on one band, chirps at 5-7 kHz, 20 and more. A percentile of the differences
+# (the 97th, 10 dB) missed the chirps: they take a few levels at a time.
+SOUND_PART = 15.0
+SOUND_CELLS = 8
 _BAND_RANGE = 30.0
-_SOUND_PERCENTILE = 97
-_SOUND_RATE = 8000
-BANDS = 16  # frequency bands whose levels are compared
+# Hz: what is above half of it is not compared (8 kHz let a birdsong at 5-7 kHz laid on a
+# clip pass: red team 10)
+_SOUND_RATE = 16000
+BANDS = 20  # frequency bands whose levels are compared, per channel
 _LOW_HZ = 100.0
-_FFT = 512
+_FFT = 1024
 
 
 def refusal(likeness: Likeness, *, moving_is_newcomer: bool) -> str | None:
@@ -174,7 +176,7 @@ def _compare(
     cover, unshown, worst = [], [], 0.0
     for side, of, own, others in ((a, b, mine, theirs), (b, a, theirs, mine)):
         missing: list[tuple[float, str]] = []  # (when, why) of what `of` does not show
-        more = _more_streams(side, of)
+        more = _more_streams(side)
         if more is not None:
             missing.append((0.0, more))
         # BATCH moments at a time: this clip's frames at them, then the other's around where
@@ -215,21 +217,22 @@ def _seconds(duration: float) -> list[float]:
     return [i + 0.5 for i in range(max(1, math.ceil(duration)))]
 
 
-def _more_streams(side: _Side, of: _Side) -> str | None:
-    """Why `of`'s clip cannot hold all of `side`'s by its tracks: more video, subtitle or
-    other tracks (a second camera, subtitles, a file attached to an MKV, a GPS track) than
-    it has. Only the first video track is compared (sound tracks are, each with the one of
-    its number: `_heard`); a phone's own file, with its data tracks, then moves only
-    against a copy that has them too."""
-    if side.streams is None or of.streams is None:
+def _more_streams(side: _Side) -> str | None:
+    """Why `of`'s clip cannot be known to hold all of `side`'s by its tracks: only the first
+    video track is compared, and the sound tracks (each with the one of its number: `_heard`),
+    so a second video track (another camera), a subtitle track, an attachment (a letter in
+    an MKV) or a data track (GPS) is what nothing compares, and such a clip never moves by a
+    clip match (red team 10: a second camera and an attachment went, the other clip having
+    as many tracks of its own). A phone's own file, with its data tracks, is only reported."""
+    if side.streams is None:
         return None
-    for kind, mine, theirs in (
-        ("video", side.streams.video, of.streams.video),
-        ("subtitle", side.streams.subtitles, of.streams.subtitles),
-        ("attachment or data", side.streams.other, of.streams.other),
+    for kind, count, allowed in (
+        ("video", side.streams.video, 1),
+        ("subtitle", side.streams.subtitles, 0),
+        ("attachment or data", side.streams.other, 0),
     ):
-        if mine > theirs:
-            return f"it has {mine} {kind} tracks, the other clip {theirs}"
+        if count > allowed:
+            return f"it has {count} {kind} tracks, which are not compared"
     return None
 
 
@@ -459,21 +462,22 @@ def _heard(side: _Side, of: _Side, t: float) -> str | None:
                 best = min(best, _apart(own, other))
         if quiet:
             return "it has sound; the other clip is silent there"
-        if best > SOUND_TOLERANCE:
-            return f"its sound differs (by {best:.0f} dB)"
+        if best > SOUND_CELLS:
+            part = f"{best:.0f} of its band levels by more than {SOUND_PART:g} dB"
+            return f"its sound differs ({part})"
     return None
 
 
 def _apart(own: npt.NDArray[np.float64], other: npt.NDArray[np.float64]) -> float:
-    """How far two spans of sound part (dB): the _SOUND_PERCENTILE percentile of their band
-    levels' differences (every block, every band) once one gain is taken out, each level no
+    """How far two spans of sound part: how many of their band levels (every block, band and
+    channel) differ by more than SOUND_PART dB once one gain is taken out, each level no
     lower than _BAND_RANGE under the loudest of the two."""
     import numpy as np
 
     a, b = own[:, 1:], other[:, 1:]
     floor = max(float(a.max()), float(b.max())) - _BAND_RANGE
     d = np.maximum(a, floor) - np.maximum(b, floor)
-    return float(np.percentile(np.abs(d - np.median(d)), _SOUND_PERCENTILE))
+    return float((np.abs(d - np.median(d)) > SOUND_PART).sum())
 
 
 class _Streams(NamedTuple):
@@ -512,19 +516,21 @@ class _Loudness:
 
 
 def _blocks(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Blocks of mono samples at _SOUND_RATE (rows of SOUND_BLOCK s) → their loudness (dBFS)
-    and band levels (dB, `BANDS` bands spaced evenly in pitch between _LOW_HZ and
-    _SOUND_RATE/2): what `_heard` compares. Loudness alone let other music at the same
-    level, or a voice over steady noise, pass for the same sound (red team 9)."""
+    """Blocks of samples at _SOUND_RATE (channels x blocks x SOUND_BLOCK s) → per block, the
+    loudest channel's loudness (dBFS) and each channel's band levels (dB, `BANDS` bands
+    spaced evenly in pitch between _LOW_HZ and _SOUND_RATE/2): what `_heard` compares.
+    Loudness alone let other music at the same level, or a voice over steady noise, pass for
+    the same sound (red team 9)."""
     import numpy as np
 
-    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=1))
-    loud = 20 * np.log10(np.maximum(rms, 1e-6))
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.shape[1]), n=_FFT, axis=1)) ** 2
+    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=2))
+    loud = 20 * np.log10(np.maximum(rms.max(axis=0), 1e-6))
+    window = np.hanning(samples.shape[2])
+    spectrum = np.abs(np.fft.rfft(samples * window, n=_FFT, axis=2)) ** 2
     edges = _band_edges()
-    bands = np.add.reduceat(spectrum, edges[:-1], axis=1)[:, : len(edges) - 1]
-    level = 10 * np.log10(np.maximum(bands / samples.shape[1], 1e-12))
-    out: npt.NDArray[np.float64] = np.column_stack([loud, level])
+    bands = np.add.reduceat(spectrum, edges[:-1], axis=2)[:, :, : len(edges) - 1]
+    level = 10 * np.log10(np.maximum(bands / samples.shape[2], 1e-12))
+    out: npt.NDArray[np.float64] = np.column_stack([loud, *level])
     return out
 
 
@@ -589,7 +595,7 @@ class _Reader:
 
         with _open(av, self._rewound(), self.path) as container:
             stream = container.streams.video[0]
-            stream.codec_context.thread_type = "NONE"  # one core per worker
+            stream.codec_context.thread_type = "AUTO"  # rare, and held to hashing.timeout
             base, start = stream.time_base, stream.start_time or 0
             if base is None:
                 return
@@ -672,10 +678,12 @@ class _Reader:
         import numpy as np
 
         base, first = stream.time_base, stream.start_time or 0
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=_SOUND_RATE)
+        # both channels (a voice laid on the side channel, L - R, cancels in a mono mix: red
+        # team 10), a mono track as both
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=_SOUND_RATE)
         block = round(_SOUND_RATE * SOUND_BLOCK)
         levels: list[npt.NDArray[np.float64]] = []
-        pending = np.zeros(0, np.float32)
+        pending = np.zeros((2, 0), np.float32)
         start: float | None = None
         broken = False
         try:
@@ -683,11 +691,11 @@ class _Reader:
                 if start is None and frame.pts is not None and base is not None:
                     start = max(0.0, float((frame.pts - first) * base))
                 for out in resampler.resample(frame):
-                    pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
-                    whole = len(pending) // block * block
+                    pending = np.concatenate([pending, out.to_ndarray().reshape(2, -1)], axis=1)
+                    whole = pending.shape[1] // block * block
                     if whole:
-                        levels.append(_blocks(pending[:whole].reshape(-1, block)))
-                        pending = pending[whole:]
+                        levels.append(_blocks(pending[:, :whole].reshape(2, -1, block)))
+                        pending = pending[:, whole:]
         except av.FFmpegError:
             broken = True  # the sound up to a broken packet is what there is to compare
         if not levels:
@@ -695,11 +703,31 @@ class _Reader:
         return _Loudness(start or 0.0, np.concatenate(levels), broken=broken)
 
 
+# Pixel formats whose first plane is 8-bit luma: a frame's grey picture is read from it as it
+# is, reduced by OpenCV, instead of being converted whole to RGB (swscale took 2.7 ms a 1080p
+# frame for the 160 px picture that picks frames, most of a comparison's time).
+_LUMA_FIRST = frozenset(
+    ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21")
+)
+
+
 def _shown(frame: Any, side: int) -> Image.Image:
-    """A decoded video frame at most `side` px on its long side, as it is shown."""
+    """A decoded video frame at most `side` px on its long side, as it is shown: in colour,
+    or grey when only picked by (`_PICK_SIDE`)."""
+    from PIL import Image
+
     from dedupd.video import _upright, _without_bars
 
     width, height = _size(frame.width, frame.height, side)
+    if side == _PICK_SIDE and frame.format.name in _LUMA_FIRST:
+        import cv2
+        import numpy as np
+
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        luma = np.ascontiguousarray(rows[: frame.height, : frame.width])
+        grey = cv2.resize(luma, (width, height), interpolation=cv2.INTER_AREA)
+        return _without_bars(_upright(Image.fromarray(grey), frame.rotation))
     small = frame.reformat(width=width, height=height, format="rgb24")
     return _without_bars(_upright(small.to_image(), frame.rotation))
 
