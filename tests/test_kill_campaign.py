@@ -220,7 +220,11 @@ class Campaign:
                 )
             }
             for path in _files(self.env.root):
-                record, st = store.file_at(path), path.stat()
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # moved by a decision since it was listed: busy
+                    return False  # (CI: a held match decided while this looked)
+                record = store.file_at(path)
                 if record is None or record.id in deciding:
                     return False
                 on_disk = (st.st_ino, st.st_size, st.st_mtime_ns)
