@@ -216,7 +216,10 @@ class Pipeline:
         )
 
     def queued(self) -> int:
-        return len(self.backlog) + len(self.settled)
+        """Files waiting for the pool: the backlog, settled uploads, and those a held decision
+        waits to have hashed again and compared (`Ingest.confirm`; left out, status said the
+        queue was empty while such decisions were still to come)."""
+        return len(self.backlog) + len(self.settled) + len(self.ingest.confirm)
 
     # -- reconcile ----------------------------------------------------------------------------
     def reconcile(self, roots: Sequence[str], tick: Callable[[], object]) -> ScanReport:
