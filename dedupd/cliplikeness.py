@@ -482,7 +482,6 @@ def _apart(own: npt.NDArray[np.float64], other: npt.NDArray[np.float64]) -> floa
 
 class _Streams(NamedTuple):
     video: int
-    sound: int
     subtitles: int
     other: int  # attachments (a file inside an MKV), data tracks (GPS, timecode)
 
@@ -643,9 +642,9 @@ class _Reader:
                 at += max(float(frame.info.get("duration") or 100), 20.0) / 1000.0
 
     def streams(self) -> _Streams:
-        """How many video, sound and subtitle tracks the clip has."""
+        """How many video, subtitle, and attachment or data tracks the clip has."""
         if not self.is_video:
-            return _Streams(1, 0, 0, 0)
+            return _Streams(1, 0, 0)
         import av
 
         from dedupd.video import _open
@@ -653,7 +652,7 @@ class _Reader:
         with _open(av, self._rewound(), self.path) as container:
             s = container.streams
             return _Streams(
-                len(s.video), len(s.audio), len(s.subtitles), len(s.attachments) + len(s.data)
+                len(s.video), len(s.subtitles), len(s.attachments) + len(s.data)
             )
 
     def loudness(self) -> list[_Loudness | None]:

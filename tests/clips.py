@@ -109,11 +109,13 @@ def transcode(
     gop: int | None = None,
     keep: Sequence[tuple[float, float]] | None = None,
     frame: Frame | None = None,
+    during: tuple[float, float] | None = None,
     fps: int | None = None,
     codec: str = "libx264",
 ) -> Path:
     """`src` decoded and encoded again: at `size`, quality `crf`, only the time spans `keep`
-    (seconds, [start, end)), each frame passed through `frame` (greyscale, a logo...)."""
+    (seconds, [start, end)), each frame passed through `frame` (greyscale, a logo...), or
+    only those shown `during` ([start, end) seconds: a caption shown for a while)."""
     decoded = frames(src)
     with av.open(str(src)) as c:
         rate = c.streams.video[0].average_rate
@@ -124,7 +126,7 @@ def transcode(
     for at, im in decoded:
         if keep is not None and not any(a <= at < b for a, b in keep):
             continue
-        if frame is not None:
+        if frame is not None and (during is None or during[0] <= at < during[1]):
             im = frame(im)
         _encode(out, stream, im.resize(size, Image.Resampling.BILINEAR))
     _finish(out, stream)

@@ -219,12 +219,7 @@ def test_an_edit_of_a_few_seconds_anywhere_in_a_long_copy_is_found(tmp_path: Pat
     10 minutes), and sound over every second."""
     film = clips.render(photos.photo("astronaut"), tmp_path / "film.mp4", seconds=60, crf=20)
     voiced = clips.with_sound(film, tmp_path / "voiced.mp4", crf=20)
-    decoded = clips.frames(film)
-    size = decoded[0][1].size
-    out, stream = clips._writer(tmp_path / "caption.mp4", size, 10, 10, 30, "libx264")
-    for at, im in decoded:
-        clips._encode(out, stream, clips.subtitles(im) if 6.9 <= at < 8.1 else im)
-    clips._finish(out, stream)
+    clips.transcode(film, tmp_path / "caption.mp4", frame=clips.subtitles, during=(6.9, 8.1))
     spoken = clips.with_sound(film, tmp_path / "spoken.mp4", crf=30, burst=(6.9, 8.1))
     for copy, source, why in (
         (tmp_path / "caption.mp4", film, "the frames differ"),
@@ -291,12 +286,11 @@ def test_a_picture_flashed_between_two_compared_frames_is_seen(tmp_path: Path) -
     with Image.open(photos.photo("coffee")) as opened:
         card = opened.convert("RGB")
     film = clips.render(photos.photo("astronaut"), tmp_path / "film.mp4", seconds=20, crf=20)
-    decoded = clips.frames(film)
-    size = decoded[0][1].size
-    out, stream = clips._writer(tmp_path / "flash.mp4", size, 10, 10, 30, "libx264")
-    for at, im in decoded:
-        clips._encode(out, stream, card.resize(size) if 5.6 <= at < 5.9 else im)
-    clips._finish(out, stream)
+
+    def flashed(im: Image.Image) -> Image.Image:
+        return card.resize(im.size)
+
+    clips.transcode(film, tmp_path / "flash.mp4", frame=flashed, during=(5.6, 5.9))
     found = _compare_paths(film, tmp_path / "flash.mp4")
     first = re.match(r"at (\d+\.\d) s: its frame there is like none", found.unshown[1])
     assert first and 5.6 <= float(first[1]) < 5.9, found
