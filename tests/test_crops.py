@@ -374,7 +374,7 @@ def test_a_photo_rewritten_in_place_is_compared_by_its_new_features(tmp_path: Pa
     place (the same record, another picture) is compared through its new features, never the
     old ones an earlier newcomer met."""
     from dedupd.features import FEATURES_KEY
-    from tests.test_daemon import Env, running, wait_for
+    from tests.test_daemon import Env, _idle, running, wait_for
 
     env = Env(tmp_path)
     env.write_config("{exact: report, near: report, crop: report}")
@@ -386,7 +386,7 @@ def test_a_photo_rewritten_in_place_is_compared_by_its_new_features(tmp_path: Pa
     def arrive(name: str, box: tuple[float, float, float, float]) -> list[Path]:
         os.rename(_cut(old, env.tmp / name, box, 1_800_000_000), env.root / name)
         wait_for(
-            lambda: env.state(env.root / name) == "ok" and daemon.pipeline.idle(daemon.pool),
+            lambda: env.state(env.root / name) == "ok" and _idle(daemon),
             what=f"{name} to be decided",
         )
         record = env.record(env.root / name)

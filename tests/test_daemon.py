@@ -33,7 +33,7 @@ from dedupd import render
 from dedupd.actions import Actions
 from dedupd.control import ControlClient
 from dedupd.daemon import Daemon, Notifier
-from dedupd.errors import ConfigError
+from dedupd.errors import ConfigError, DaemonStopping
 from dedupd.features import FEATURES_KEY
 from dedupd.store import DECIDING_ATTEMPTS, ActionRecord, FileRecord, Store
 from tests import photos, workers
@@ -122,7 +122,18 @@ def _reconciled(logs: list[MutableMapping[str, Any]], root: Path) -> int:
 
 
 def _idle(daemon: Daemon) -> bool:
-    return daemon.pipeline.idle(daemon.pool) and daemon.watcher.hints.empty()
+    """Whether the daemon has nothing left to do, asked on its own thread, between two steps
+    of its loop. Read from this thread, the queues can each look empty in turn while work
+    passes from one to the next: a held decision made releases the upload waiting for it
+    into the confirm queue after the pool's count was read, and the pool has it before that
+    queue is, so a test let go with a decision still to come (seen under load)."""
+    try:
+        answer = daemon.submit(
+            lambda: {"idle": daemon.pipeline.idle(daemon.pool) and daemon.watcher.hints.empty()}
+        ).result(timeout=5)
+    except (DaemonStopping, TimeoutError):
+        return False
+    return bool(answer["idle"])
 
 
 def test_rename_into_place_is_hashed_once_and_the_temp_name_never(env: Env) -> None:

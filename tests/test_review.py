@@ -31,7 +31,7 @@ from tests.reviewing import (
     start_review,
     stop_review,
 )
-from tests.test_daemon import Env, running, wait_for
+from tests.test_daemon import Env, _idle, running, wait_for
 
 
 @pytest.fixture
@@ -332,7 +332,7 @@ def test_the_page_asks_the_running_daemon_which_moves_the_file_and_forgets_it(
     photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
     wa = photos.reencode(photos.photo("coffee"), env.root / "chat" / "wa.jpg")
     with running(env) as daemon:
-        wait_for(lambda: daemon.stats.hashed == 2 and daemon.pipeline.idle(daemon.pool))
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon))
         assert len(daemon.ingest.index) == 2
         assert len(daemon.ingest.crops) == 2
         review = start_review(env.config)
