@@ -349,10 +349,18 @@ class Actions:
             raise ActionError(f"{what}: {exc}; nothing done") from exc
 
     @staticmethod
-    def _check_staged(fd: int, want: _Version) -> None:
-        """The staged file is the version that was hashed: same inode, size, mtime, bytes."""
+    def _check_staged(fd: int, want: _Version, staged: PurePath) -> None:
+        """The staged file is the version that was hashed (same inode, size, mtime, bytes),
+        and no other program has it open for writing: an upload written in place that paused
+        for longer than the settle time may be a photo of the library byte for byte until
+        its last bytes come (`safefs.open_for_writing`)."""
         if not _same_version(os.fstat(fd), want.stat):
             raise ActionError(f"{want.path} changed since it was hashed; put back")
+        if safefs.open_for_writing(fd, (str(staged), str(want.path))):
+            raise ActionError(
+                f"{want.path} is open for writing in another program (an upload still under "
+                "way?); put back"
+            )
         if safefs.sha256_fd(fd) != want.sha256:
             raise ActionError(f"{want.path} changed since it was hashed; put back")
 
@@ -618,7 +626,7 @@ class Actions:
                 opened = []
                 for p in parts:
                     fd = fds.enter_context(_fd(p.staged.open()))
-                    self._check_staged(fd, p.want)
+                    self._check_staged(fd, p.want, p.staged.path)
                     opened.append((p, fd, os.fstat(fd)))
                     self._checkpoint("verified")
                 for p, fd, verified in opened:
@@ -818,7 +826,7 @@ class Actions:
             rechecks = []
             for p, keeper in zip(parts, keepers, strict=True):
                 with _fd(p.staged.open()) as fd:
-                    self._check_staged(fd, p.want)
+                    self._check_staged(fd, p.want, p.staged.path)
                     rechecks.append(self._verify_keeper(p.want, keeper, fd))
                     self._checkpoint("verified")
             for again in rechecks:  # the last look before any name is dropped

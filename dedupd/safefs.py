@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePath
 
 from dedupd.errors import DedupdError
@@ -35,6 +36,7 @@ __all__ = [
     "open_dir",
     "open_dir_at",
     "open_file_at",
+    "open_for_writing",
     "sha256_fd",
     "staging_dir",
     "stat_at",
@@ -239,6 +241,59 @@ def open_file_at(dir_fd: int, name: str) -> int:
         os.close(fd)
         raise UnsafePath(f"{name} is not a regular file")
     return fd
+
+
+def open_for_writing(fd: int, paths: Iterable[str] = ()) -> bool | None:
+    """Whether another process holds the file of `fd` (opened read-only) open for writing:
+    an upload written in place (scp, Samba, `rsync --inplace`) that paused for longer than
+    the settle time, its last bytes still to come. A red-team run had such a file, then
+    byte for byte a photo of the library, deleted as its exact duplicate, and the rest of the
+    upload was written into a file without a name.
+
+    Told by a read lease (``fcntl(F_SETLEASE, F_RDLCK)``), which the kernel refuses while
+    anyone has the file open for writing, and given up at once. Leases need the file's
+    owner or CAP_LEASE (the system unit grants it) and a filesystem that has them; without,
+    the descriptors of the processes /proc shows are looked at (those of dedupd's own user),
+    by the names in `paths`. None: it cannot be told."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOSYS):
+            raise
+        return _writers_in_proc(set(paths))
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _writers_in_proc(paths: set[str]) -> bool | None:
+    """Whether a process /proc lets dedupd see has one of `paths` open for writing (its
+    descriptor's link names the file as it is named now); None when /proc cannot be read."""
+    if not paths:
+        return None
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # another user's process, or gone
+            continue
+        for n in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{n}") not in paths:
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{n}", encoding="ascii") as info:
+                    flags = next(
+                        int(line.split()[1], 8) for line in info if line.startswith("flags:")
+                    )
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                return True
+    return False
 
 
 def sha256_fd(fd: int) -> str:

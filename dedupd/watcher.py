@@ -482,6 +482,24 @@ class _Settling:
     stat: FileStat | None  # as of the last look; None: not there, or not a regular file
 
 
+def _open_for_writing(path: str) -> bool:
+    """Whether another program holds the regular file at `path` open for writing
+    (`safefs.open_for_writing`); False when that cannot be told or the file not opened (the
+    settle time stands then, and actions look again)."""
+    parent, name = os.path.split(path)
+    try:
+        with safefs.directory(parent) as folder:
+            fd = safefs.open_file_at(folder, name)
+    except (OSError, safefs.UnsafePath):  # gone, unreadable, a link: the hashing says so
+        return False
+    try:
+        return bool(safefs.open_for_writing(fd, (path,)))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _lstat(path: str) -> FileStat | Literal["gone"] | None:
     """The stat of the file at `path`, looked up folder by folder without following a link
     (`safefs.directory`): "gone" when nothing is there, None when it is no regular file or
@@ -508,12 +526,19 @@ class Settler:
     A path is due `settle_seconds` after its last event if its stat is the same as when that
     event was handled: the clock starts at the last write seen, not when someone looked. A
     stat that changed without an event (a missed or late event, a file replaced by another
-    inode) restarts the clock from when the change was noticed.
+    inode) restarts the clock from when the change was noticed, and so does a file another
+    program still has open for writing (`writing`: an upload written in place that paused).
     """
 
-    def __init__(self, settle_seconds: float, now: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        settle_seconds: float,
+        now: Callable[[], float] = time.monotonic,
+        writing: Callable[[str], bool] | None = None,
+    ):
         self.settle_seconds = settle_seconds
         self._now = now
+        self._writing = _open_for_writing if writing is None else writing
         self._pending: dict[str, _Settling] = {}
 
     def __len__(self) -> int:
@@ -554,7 +579,7 @@ class Settler:
             current = _lstat(path)
             if current == "gone" or (current is None and p.stat is None):
                 del self._pending[path]
-            elif current != p.stat or current is None:
+            elif current != p.stat or current is None or self._writing(path):
                 self._pending[path] = _Settling(now, current)
             else:
                 del self._pending[path]

@@ -26,7 +26,7 @@ from dedupd.actions import ActionError, Actions
 from dedupd.config import Config, HashingConfig
 from dedupd.engine import scan
 from dedupd.store import FileRecord, Store
-from tests import photos
+from tests import photos, writers
 
 
 @pytest.fixture
@@ -138,6 +138,27 @@ def test_exact_duplicate_is_deleted_only_after_its_keeper_is_verified(setup) -> 
     assert not (root / "dup.jpg").exists()
     assert (root / "keeper.jpg").exists()
     assert _rec(store, root / "dup.jpg").state == "deleted"
+
+
+@pytest.mark.parametrize("action", ["delete", "quarantine"])
+def test_a_file_another_program_has_open_for_writing_is_put_back(setup, action: str) -> None:  # type: ignore[no-untyped-def]
+    """Red team 12: an upload written in place (scp, Samba) paused for longer than the settle
+    time, and was then byte for byte a photo of the library: deleted as its exact duplicate,
+    the rest of the upload was written into a file without a name."""
+    store, root, q = setup
+    dup, keeper = _rec(store, root / "dup.jpg"), _rec(store, root / "keeper.jpg")
+    with writers.held_open_for_writing(root / "dup.jpg"):
+        with pytest.raises(ActionError, match="open for writing in another program"):
+            if action == "delete":
+                Actions(store, q).delete(dup, keeper, "exact duplicate")
+            else:
+                Actions(store, q).quarantine(dup, keeper, 0, "exact duplicate")
+        assert os.stat(root / "dup.jpg").st_ino == dup.inode  # put back: the writer's file
+    assert _rec(store, root / "dup.jpg").state == "ok"
+    assert [a.state for a in store.actions()] in ([], ["failed"])
+    assert not q.exists() or not [p for p in q.rglob("*") if p.suffix == ".jpg"]
+    Actions(store, q).delete(dup, keeper, "exact duplicate")  # closed: it may go now
+    assert not (root / "dup.jpg").exists()
 
 
 def test_near_duplicate_is_never_deleted(setup) -> None:  # type: ignore[no-untyped-def]

@@ -136,6 +136,28 @@ def _idle(daemon: Daemon) -> bool:
     return bool(answer["idle"])
 
 
+def test_an_upload_written_in_place_that_pauses_is_left_alone_until_its_writer_closes_it(
+    env: Env,
+) -> None:
+    """Red team 12: a motion photo written in place (scp, Samba) paused past the settle time
+    after its still's bytes, the very bytes of a photo already there: it was deleted as an
+    exact duplicate, and the rest of the upload went to a file without a name."""
+    env.write_config(camera="{exact: delete, near: report}")
+    photos.copy(photos.photo("coffee"), env.root / "IMG_1.jpg")
+    still = photos.photo("coffee").read_bytes()
+    with running(env) as daemon:
+        wait_for(lambda: daemon.stats.hashed == 1 and _idle(daemon), what="IMG_1")
+        with open(env.root / "MVIMG_1.jpg", "wb") as upload:
+            upload.write(still)
+            upload.flush()
+            time.sleep(6 * SETTLE)  # the link stalls
+            assert (env.root / "MVIMG_1.jpg").exists()
+            assert daemon.stats.hashed == 1  # not even hashed while open
+            upload.write(b"\0" * 100_000)  # the embedded video
+        wait_for(lambda: daemon.stats.hashed == 2 and _idle(daemon), what="the upload")
+    assert (env.root / "MVIMG_1.jpg").read_bytes() == still + b"\0" * 100_000
+
+
 def test_rename_into_place_is_hashed_once_and_the_temp_name_never(env: Env) -> None:
     with running(env) as daemon:
         tmp = env.root / ".syncthing.IMG_0001.jpg.tmp"

@@ -3,10 +3,13 @@ seen, once, and never while it is still being written."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import queue
 from pathlib import Path
 
+import pytest
 from watchdog.events import (
     FileClosedEvent,
     FileClosedNoWriteEvent,
@@ -16,8 +19,10 @@ from watchdog.events import (
     FileOpenedEvent,
 )
 
+from dedupd import safefs
 from dedupd.imaging import FileStat
 from dedupd.watcher import Hint, Settler, _Handler
+from tests import writers
 
 SETTLE = 2.0  # and steps of SETTLE / 8: exact in binary floating point
 
@@ -53,6 +58,55 @@ def test_a_file_still_being_written_is_never_due(tmp_path: Path) -> None:
     clock.t += 10 * SETTLE
     assert settler.due() == []
     assert len(settler) == 0
+
+
+def test_a_file_another_program_holds_open_for_writing_is_not_due_until_closed(
+    tmp_path: Path,
+) -> None:
+    """Red team 12: an upload written in place that paused for longer than the settle time
+    (its writer still holding it open) was hashed, found to be a photo of the library byte
+    for byte, and deleted; the rest of the upload went to a file without a name. Open for
+    writing, a file is never due; closed, it is due settle_seconds after that was seen."""
+    clock = Clock()
+    settler = Settler(SETTLE, clock)
+    path = tmp_path / "MVIMG_0001.jpg"
+    _write(path, b"the still's bytes")
+    settler.add(str(path))
+    with writers.held_open_for_writing(path):
+        for _ in range(3):
+            clock.t += SETTLE
+            assert settler.due() == []
+    assert settler.due() == []  # closed now, but noticed open a moment ago
+    clock.t += SETTLE
+    assert settler.due() == [(str(path), FileStat.of(os.stat(path)))]
+
+
+def test_open_for_writing_is_told_from_proc_where_a_lease_is_not_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases need the file's owner or CAP_LEASE, and a filesystem that has them: without,
+    the descriptors /proc lists tell, by the file's name."""
+    path = tmp_path / "upload.jpg"
+    _write(path, b"half a photo")
+    real = fcntl.fcntl
+
+    def no_leases(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETLEASE:
+            raise OSError(errno.EACCES, "no lease for you")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", no_leases)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert safefs.open_for_writing(fd, (str(path),)) is False
+        with writers.held_open_for_writing(path):
+            assert safefs.open_for_writing(fd, (str(path),)) is True
+            assert safefs.open_for_writing(fd, (str(tmp_path / "other.jpg"),)) is False
+            assert safefs.open_for_writing(fd) is None  # no name to look for: cannot tell
+        with open(path, "rb"):  # a reader is no writer
+            assert safefs.open_for_writing(fd, (str(path),)) is False
+    finally:
+        os.close(fd)
 
 
 def test_the_clock_starts_at_the_event_not_when_the_settler_looks(tmp_path: Path) -> None:
