@@ -197,6 +197,17 @@ def _quarantine(
             raise Refused(f"{record.path} is {record.state}, not in its folder; nothing done")
     if target.id == kept.id:
         raise Refused(f"{target.path} cannot be its own keeper; nothing done")
+    # What the engine never does, a request may not either: a page loaded before the pair
+    # was marked distinct (or one of them restored) still offers the button (red team 12).
+    policy = config.root_policies().get(str(target.root))
+    if policy is None or policy.reference:
+        where = "a reference root, never acted on" if policy else "no watched folder"
+        raise Refused(f"{target.path} is in {where}; nothing done")
+    if kept.sha256 in store.distinct_from(target.sha256 or ""):
+        raise Refused(
+            f"{target.path} and {kept.path} are marked as different pictures (`dedupctl "
+            "distinct`, or a restore); nothing done"
+        )
     hasher = Hasher(config.hashing.algorithm, config.hashing.hash_size)
     distance: int | None = 0 if target.sha256 == kept.sha256 else None
     for m in store.matches_of(target.id, hasher.key):

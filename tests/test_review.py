@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from dedupd.cli import dedupd
 from dedupd.config import load_config
 from dedupd.errors import NotFoundError, Refused
 from dedupd.service import LocalService
@@ -294,6 +296,43 @@ def test_local_quarantine_moves_a_reported_duplicate_journaled_and_refuses_other
         action = store.action(answer["id"])
         assert action is not None and (action.kind, action.state) == ("quarantine", "done")
     assert service.restore([str(answer["id"])])["results"][0]["restored"] == copy
+
+
+def test_quarantine_by_hand_refuses_a_pair_marked_distinct(lib: Library) -> None:
+    """Red team 12: a page loaded before `dedupctl distinct` (or a restore, which marks the
+    pair too) still quarantined the copy, and its purge deleted a photo the user had called
+    another picture."""
+    service = LocalService(load_config(lib.config))
+    keeper, copy = str(lib.shared / "chelsea-rotated.jpg"), str(lib.shared / "chelsea.jpg")
+    service.distinct(copy, keeper)
+    with pytest.raises(Refused, match="marked as different pictures"):
+        service.quarantine(copy, keeper)
+    assert os.path.isfile(copy)
+
+
+def test_quarantine_by_hand_never_acts_in_a_reference_root(tmp_path: Path) -> None:
+    """Red team 12: a reference root's photo, named as the copy of its exact duplicate in a
+    camera folder, was quarantined; reference roots are never acted on."""
+    camera, archive = tmp_path / "camera", tmp_path / "archive"
+    photos.copy(photos.photo("coffee"), archive / "A.jpg")
+    photos.copy(photos.photo("coffee"), camera / "A-copy.jpg")
+    config = tmp_path / "dedupd.yaml"
+    config.write_text(
+        f"database: {tmp_path / 'dedupd.db'}\n"
+        f"socket: {tmp_path / 'no-daemon.sock'}\n"
+        f"roots:\n  - {{path: {camera}, policy: look}}\n"
+        f"  - {{path: {archive}, policy: reference}}\n"
+        "policies:\n  look: {exact: report, near: report}\n"
+        f"quarantine: {{path: {tmp_path / 'quarantine'}}}\n"
+    )
+    scanned = CliRunner().invoke(dedupd, ["scan", "--config", str(config), "--workers", "1"])
+    assert scanned.exit_code == 0, scanned.output
+    service = LocalService(load_config(config))
+    with pytest.raises(Refused, match="reference root"):
+        service.quarantine(str(archive / "A.jpg"), str(camera / "A-copy.jpg"))
+    assert (archive / "A.jpg").is_file()
+    answer = service.quarantine(str(camera / "A-copy.jpg"), str(archive / "A.jpg"))
+    assert not (camera / "A-copy.jpg").exists() and os.path.isfile(answer["dst"])
 
 
 # -- thumbnails ------------------------------------------------------------------------------
