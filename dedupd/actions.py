@@ -171,9 +171,7 @@ def motion_paths(a: ActionRecord) -> tuple[str, str | None] | None:
     return (half.src, half.dst) if half is not None else None
 
 
-# An empty file dedupd keeps in its quarantine folder: a quarantine folder that is missing or
-# empty without it, after dedupd has quarantined into it, is a disk not mounted.
-QUARANTINE_MARKER = ".dedupd-quarantine"
+QUARANTINE_MARKER = safefs.QUARANTINE_MARKER
 
 
 def _marker_state(folder: Path) -> Literal["marked", "unmarked", "empty", "missing"]:
@@ -472,22 +470,27 @@ class Actions:
         into a root, or a container's two volumes of one folder) is never moved or deleted
         again: the daemon quarantined its own quarantined photo, then that one, 13 folders
         deep (found by a red-team run). Its folders are compared with the quarantine by
-        device and inode, as walks skip it."""
-        if self.quarantine_dir is None:
-            return
-        try:
-            q = os.stat(self.quarantine_dir)
-        except OSError:
-            return  # none yet: nothing can be in it
+        device and inode, as walks skip it. Nor is a file in a folder holding the
+        quarantine's marker: an earlier configuration's quarantine (walks skip it too)."""
+        q: tuple[int, int] | None = None
+        if self.quarantine_dir is not None:
+            with contextlib.suppress(OSError):  # none yet: nothing can be in it
+                st = os.stat(self.quarantine_dir)
+                q = (st.st_dev, st.st_ino)
         for folder in path.parents:
             try:
                 st = os.lstat(folder)
             except OSError:
                 return  # gone: the action itself finds and says so
-            if (st.st_dev, st.st_ino) == (q.st_dev, q.st_ino):
+            if (st.st_dev, st.st_ino) == q:
                 raise ActionError(
                     f"{path} is in the quarantine folder {self.quarantine_dir}, reached by "
                     "another name (a bind mount of it inside a root?); nothing done"
+                )
+            if os.path.lexists(folder / QUARANTINE_MARKER):
+                raise ActionError(
+                    f"{path} is in {folder}, a quarantine folder (it holds "
+                    f"{QUARANTINE_MARKER}); nothing done"
                 )
 
     def _one_owner(self, a: int, b: int) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from dedupd import safefs
 from dedupd.config import Config
 from dedupd.engine import (
     Ingest,
@@ -548,14 +549,17 @@ def _under_excluded(root: str, path: str, excluded: frozenset[tuple[int, int]]) 
     quarantine bind-mounted inside a root, which the path filter (`Pipeline.root_of`) cannot
     see. Walks skip those folders by device and inode; so does this (red team 7: the daemon
     recorded its own quarantined photos as uploads and quarantined them again, 13 folders
-    deep)."""
+    deep). Or a folder holding the quarantine's marker: an earlier configuration's
+    quarantine, as walks skip it too."""
     folder = os.path.dirname(path)
-    while excluded and len(folder) > len(root):
+    while len(folder) > len(root):
         try:
             st = os.lstat(folder)
         except OSError:
             return False  # gone: the file is too
         if (st.st_dev, st.st_ino) in excluded:
+            return True
+        if os.path.lexists(os.path.join(folder, safefs.QUARANTINE_MARKER)):
             return True
         folder = os.path.dirname(folder)
     return False

@@ -25,6 +25,7 @@ from pathlib import Path, PurePath
 from dedupd.errors import DedupdError
 
 __all__ = [
+    "QUARANTINE_MARKER",
     "STAGING_DIR",
     "UnsafePath",
     "directory",
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 STAGING_DIR = ".dedupd-staging"
+# An empty file dedupd keeps in its quarantine folder: a quarantine folder that is missing or
+# empty without it, after dedupd has quarantined into it, is a disk not mounted; and a folder
+# that holds it is a quarantine (this configuration's or an earlier one's), never walked.
+QUARANTINE_MARKER = ".dedupd-quarantine"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PASS_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder passed

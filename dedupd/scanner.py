@@ -149,7 +149,8 @@ def walk(
     skipped.
 
     Folders matching an ignore glob and the `exclude` folders (quarantine, database folder,
-    staging folders), known by their (device, inode) when the walk starts, are skipped.
+    staging folders), known by their (device, inode) when the walk starts, are skipped, and
+    so is any folder that holds the quarantine's marker file (an earlier quarantine).
     Unreadable folders are skipped, each added to `unreadable` with why (a folder that
     vanished or was swapped for a link mid-walk is not); files that vanish mid-walk too.
     """
@@ -233,6 +234,11 @@ def _walk_from(
                     raise NotFoundError(f"{root}: cannot read the root: {_strerror(exc)}") from exc
                 if unreadable is not None and exc.errno not in _GONE:
                     unreadable.append((os.path.join(root, relpath), _strerror(exc)))
+                entries = []
+            if fd != root_fd and any(e.name == safefs.QUARANTINE_MARKER for e in entries):
+                # A quarantine folder inside a root, one an earlier configuration named (its
+                # path was changed since): its photos are quarantined, not the library's (red
+                # team 12: each was quarantined again, its first entry left unrestorable).
                 entries = []
             for entry in entries:
                 try:

@@ -23,7 +23,7 @@ import structlog.testing
 from click.testing import CliRunner
 from PIL import Image
 
-from dedupd import render
+from dedupd import render, safefs
 from dedupd.actions import ActionError, Actions
 from dedupd.cli import _scan_with_progress, dedupctl
 from dedupd.config import load_config
@@ -521,3 +521,19 @@ def test_a_rewrite_renamed_before_it_settled_is_hashed_again_and_same_bytes_deci
         result = hash_image(str(renamed), HASHERS, max_pixels=10**9)
         assert ingest.ingest(entry, result) is None
         assert store.undecided_due(ingest.policy_key, ingest.roots) == []  # nothing to decide
+
+
+def test_an_upload_seen_in_an_earlier_quarantine_inside_a_root_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """A folder holding the quarantine's marker (one an earlier configuration named) is
+    passed over by the watch's hints as by walks (red team 12)."""
+    from dedupd.pipeline import _under_excluded
+
+    root = tmp_path / "photos"
+    (root / "Quarantine" / "photos" / "chat").mkdir(parents=True)
+    (root / "Quarantine" / safefs.QUARANTINE_MARKER).touch()
+    (root / "chat").mkdir()
+    inside = root / "Quarantine" / "photos" / "chat" / "wa.jpg"
+    assert _under_excluded(str(root), str(inside), frozenset())
+    assert not _under_excluded(str(root), str(root / "chat" / "wa.jpg"), frozenset())

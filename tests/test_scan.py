@@ -296,6 +296,42 @@ def test_database_and_quarantine_folders_inside_a_root_are_not_walked(tmp_path: 
     assert (report.files, report.groups) == (1, [])
 
 
+def test_a_quarantine_an_earlier_configuration_kept_inside_a_root_is_not_walked(
+    tmp_path: Path,
+) -> None:
+    """Red team 12: with quarantine.path moved out of a root by a reload, the old folder's
+    photos were walked as the library's, quarantined again into the new one, and the first
+    entry could no longer be restored. A folder holding the quarantine's marker is never
+    walked, whatever the configuration names."""
+    root = tmp_path / "photos"
+    photos.copy(photos.photo("rocket"), root / "R.jpg")
+    photos.reencode(photos.photo("rocket"), root / "R-wa.jpg")
+    cfg_file = tmp_path / "dedupd.yaml"
+
+    def configure(quarantine: str) -> Config:
+        cfg_file.write_text(
+            f"database: {tmp_path / 'dedupd.db'}\n"
+            f"quarantine: {{path: {quarantine}}}\n"
+            "hashing: {workers: 1}\n"
+            f"roots: [{{path: {root}, policy: camera}}]\n"
+            "policies: {camera: {exact: quarantine, near: quarantine}}\n"
+        )
+        return load_config(cfg_file)
+
+    config = configure(str(root / "Quarantine"))
+    with Store(config.database) as store:
+        scan(config, store, actions=Actions(store, config.quarantine.path))
+    assert not (root / "R-wa.jpg").exists()
+    config = configure(str(tmp_path / "elsewhere"))
+    with Store(config.database) as store:
+        report = scan(config, store, actions=Actions(store, config.quarantine.path))
+        assert report.files == 1 and report.outcomes == [], report
+        [entry] = store.quarantined()
+        assert not (tmp_path / "elsewhere").exists()
+        restored = Actions(store, config.quarantine.path).restore(entry.id)
+    assert restored == root / "R-wa.jpg" and restored.is_file()
+
+
 def test_process_pool_gives_the_same_result_as_in_process(library: Path, tmp_path: Path) -> None:
     serial = _scan(_config(tmp_path / "one", library))
     pooled = _scan(_config(tmp_path / "two", library, workers=2))
