@@ -64,6 +64,10 @@ _link = os.link
 _write = os.write
 
 _CROSS_DEVICE = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
+# A hard link refused on one filesystem: none there (exFAT), `fs.protected_hardlinks` and a
+# file of another user (the system unit's), too many links. A rename that never replaces
+# (`safefs.rename_noreplace`) does instead.
+_NO_LINK = (errno.EPERM, errno.ENOTSUP, errno.EMLINK)
 
 
 class ActionError(DedupdError):
@@ -163,6 +167,9 @@ class _Part:
     want: _Version
     dst: Path | None = None
     half: _Half | None = None
+    # renamed from the staging folder into the quarantine (no staged name left), where a
+    # hard link was refused (`_NO_LINK`)
+    moved: bool = False
 
 
 def motion_paths(a: ActionRecord) -> tuple[str, str | None] | None:
@@ -266,17 +273,22 @@ class _Staged:
 
     def put_back(self) -> str:
         """Link the staged file back into its folder (never over another file; into the
-        root when the folder was removed meanwhile), then drop the staged name. Returns the
-        path it is back at. If even that fails, raises `Stranded`: the journal entry stays
-        planned and recovery puts the file back later."""
+        root when the folder was removed meanwhile), then drop the staged name; or rename it
+        back, where links are refused. Returns the path it is back at. If even that fails,
+        raises `Stranded`: the journal entry stays planned and recovery puts the file back
+        later."""
         try:
             try:
-                where = _link_back(self.staging, self.name, self.src_dir, self.src)
+                where, moved = _link_back(self.staging, self.name, self.src_dir, self.src)
             except (FileNotFoundError, NotADirectoryError):  # its folder went away
                 with safefs.directory(self.root) as root_fd:
                     src = PurePath(self.root) / self.src.name
-                    where = _link_back(self.staging, self.name, root_fd, src)
-            self.discard()
+                    where, moved = _link_back(self.staging, self.name, root_fd, src)
+            if moved:
+                self.is_staged = False
+                safefs.fsync_dir(self.staging)
+            else:
+                self.discard()
         except (OSError, DedupdError) as exc:
             raise Stranded(
                 f"{self.src}: could not be put back ({exc}); it is kept in {self.path} and "
@@ -646,8 +658,11 @@ class Actions:
                     except OSError as exc:
                         if exc.errno not in _CROSS_DEVICE:
                             raise
-                        self._copy_in(action_id, fd, qdir, p.dst, p.want.sha256 or "", p.half)
-                        copied = True
+                        copied = not (exc.errno in _NO_LINK and _renamed_in(p, qdir))
+                        if copied:
+                            self._copy_in(
+                                action_id, fd, qdir, p.dst, p.want.sha256 or "", p.half
+                            )
                     here = safefs.stat_at(qdir, p.dst.name)
                     if copied and _version(os.fstat(fd)) != _version(verified):
                         # An editor that had the photo open wrote to it while it was copied:
@@ -676,9 +691,24 @@ class Actions:
         """Undo a removal that did not finish: drop the names made in quarantine (while they
         are still ours; one that cannot be dropped is left, never a reason to keep a part
         staged) and put every staged part back. A part that cannot be put back
-        leaves the entry planned for recovery (`Stranded`), after the others went back."""
+        leaves the entry planned for recovery (`Stranded`), after the others went back. A
+        part renamed into the quarantine is renamed back to its staged name first; if that
+        fails, it stays there and the entry planned: recovery finds it in quarantine."""
+        stranded: Stranded | None = None
         for p, here in linked:
-            if qdir is not None and p.dst is not None:
+            if qdir is not None and p.dst is not None and p.moved:
+                try:
+                    now = safefs.stat_at(qdir, p.dst.name)
+                    if now is None or (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino):
+                        raise OSError(errno.ESTALE, "no longer the file moved there")
+                    safefs.rename_noreplace(qdir, p.dst.name, p.staged.staging, p.staged.name)
+                    p.moved, p.staged.is_staged = False, True
+                except OSError as exc:
+                    stranded = stranded or Stranded(
+                        f"{p.staged.src}: could not be taken back from {p.dst} ({exc}); "
+                        "the next recovery finishes the action"
+                    )
+            elif qdir is not None and p.dst is not None:
                 try:
                     _unlink_if_ours(qdir, p.dst.name, here)
                 except OSError as exc:  # a failing quarantine disk: the extra copy stays
@@ -688,7 +718,6 @@ class Actions:
                         path=str(p.dst),
                         error=str(exc),
                     )
-        stranded: Stranded | None = None
         for p in parts:
             if not p.staged.is_staged:
                 continue
@@ -748,7 +777,14 @@ class Actions:
                 self._checkpoint("copied")
                 if safefs.sha256_fd(out) != sha256:
                     raise ActionError(f"{dst}: the copy does not match; source left in place")
-                os.link(f"/proc/self/fd/{out}", dst.name, dst_dir_fd=dir_fd)
+                try:
+                    os.link(f"/proc/self/fd/{out}", dst.name, dst_dir_fd=dir_fd)
+                except OSError as exc:
+                    # no hard links here (exFAT): the temporary name is renamed into place,
+                    # never over a file (red team 11: every restore into an SD card failed)
+                    if tmp is None or exc.errno not in _NO_LINK:
+                        raise
+                    safefs.rename_noreplace(dir_fd, tmp, dir_fd, dst.name)
                 placed, mine = safefs.stat_at(dir_fd, dst.name), os.fstat(out)
                 if placed is None or (placed.st_dev, placed.st_ino) != (mine.st_dev, mine.st_ino):
                     raise ActionError(f"{dst}: not the verified copy after linking; left alone")
@@ -849,7 +885,8 @@ class Actions:
         staged name would stay behind with the record saying the file is in place."""
         for p in parts:
             try:
-                p.staged.discard()
+                if not p.moved:  # renamed into the quarantine: no staged name is left
+                    p.staged.discard()
             except OSError as exc:
                 raise Stranded(
                     f"{p.staged.src}: its staged name {p.staged.path} could not be removed "
@@ -1014,6 +1051,7 @@ class Actions:
         drops the names made so far: every file stays in quarantine, and the restore can be
         asked again (a still left at its name would refuse it)."""
         placed: list[tuple[_Move, os.stat_result]] = []
+        renamed: list[_Move] = []  # where links are refused: renamed back, not linked
         try:
             for m in moves:
                 try:
@@ -1025,14 +1063,22 @@ class Actions:
                 except OSError as exc:
                     if exc.errno not in _CROSS_DEVICE:
                         raise
-                    motion = half if m is not moves[0] else None
-                    new = self._copy_in(action_id, m.fd, m.ddir, m.dst, m.sha256, motion)
+                    if exc.errno in _NO_LINK and _renamed_back(m):
+                        renamed.append(m)
+                        new = os.fstat(m.fd)
+                    else:
+                        motion = half if m is not moves[0] else None
+                        new = self._copy_in(action_id, m.fd, m.ddir, m.dst, m.sha256, motion)
                 placed.append((m, new))
                 self._checkpoint("linked")
                 safefs.fsync_dir(m.ddir)
         except BaseException:
             for m, new in placed:
-                _unplace(m, new)
+                if m in renamed:  # into quarantine again, or it stays restored: never lost
+                    with contextlib.suppress(OSError):
+                        safefs.rename_noreplace(m.ddir, m.dst.name, m.qdir, m.src.name)
+                else:
+                    _unplace(m, new)
             raise
         for m in moves:
             try:
@@ -1408,6 +1454,7 @@ class Actions:
             where = _put_back(staged, PurePath(src), root)
             return "rolled_back", f"crashed before the move; put back at {where}"
         if dst is not None and safefs.lexists(dst):
+            _remove_staging_if_empty(root)  # renamed into the quarantine (no hard links)
             return "done", "the move had completed"
         if safefs.lexists(src):
             return "rolled_back", "crashed before the move; file left in place"
@@ -1610,6 +1657,18 @@ def _recover_restore_pair(halves: Sequence[_Half]) -> tuple[str, str]:
     return "rolled_back", "crashed before the Live Photo's two files were back; both in quarantine"
 
 
+def _renamed_back(m: _Move) -> bool:
+    """Rename a restored file from the quarantine to its folder (never over a file) where a
+    hard link was refused; False when that cannot be done either (the caller copies)."""
+    try:
+        safefs.rename_noreplace(m.qdir, m.src.name, m.ddir, m.dst.name)
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    return True
+
+
 def _unplace(m: _Move, placed: os.stat_result) -> None:
     """Drop the name a failed restore made, only while it is the file placed there, unchanged,
     and quarantine still holds the file: it stays there, whole. Else the name is left."""
@@ -1722,44 +1781,75 @@ def _put_back(staged: PurePath, src: PurePath, root: str) -> str:
             folder = safefs.open_dir(root)
             src = PurePath(root) / src.name
         with _fd(folder):
-            where = _link_back(sdir, staged.name, folder, src)
-        os.unlink(staged.name, dir_fd=sdir)
+            where, moved = _link_back(sdir, staged.name, folder, src)
+        if not moved:
+            os.unlink(staged.name, dir_fd=sdir)
         safefs.fsync_dir(sdir)
     _remove_staging_if_empty(root)
     return where
 
 
-def _link_back(sdir: int, staged: str, folder: int, src: PurePath) -> str:
+def _link_back(sdir: int, staged: str, folder: int, src: PurePath) -> tuple[str, bool]:
     """Link the staged file into `folder` under src's name, or the first free `name (n)`;
-    nothing when a crash already linked it back (the name holds the staged inode)."""
+    nothing when a crash already linked it back (the name holds the staged inode). Returns
+    where it is now, and whether it was renamed there (the staged name is gone then)."""
     st = os.stat(staged, dir_fd=sdir, follow_symlinks=False)
     here = safefs.stat_at(folder, src.name)
     if here is not None and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
-        return str(src)
-    name = _link_free(sdir, staged, folder, src.name)
+        return str(src), False
+    name, moved = _link_free(sdir, staged, folder, src.name)
     safefs.fsync_dir(folder)
-    return str(src.parent / name)
+    return str(src.parent / name), moved
 
 
 _NAME_MAX = 255
 
 
-def _link_free(src_dir: int, src_name: str, dir_fd: int, name: str) -> str:
+def _link_free(src_dir: int, src_name: str, dir_fd: int, name: str) -> tuple[str, bool]:
     """Link `src_name` as `name`, or `stem (1).ext`, `stem (2).ext`, …: the first that is
     free when the link is made (a name taken meanwhile is skipped, never replaced), with the
-    stem shortened where the suffix would make the name too long."""
+    stem shortened where the suffix would make the name too long. Where the link is refused
+    (`_NO_LINK`), renamed there instead, never over a file either (red team 11: on exFAT,
+    and with the system unit on another user's photo, a file taken out of its folder could
+    not be linked back and stayed in the staging folder, known to nothing). Returns the name
+    and whether it was renamed."""
     stem, suffix = os.path.splitext(name)
+    link = True
     for n in range(100_000):
         extra = os.fsencode(suffix if n == 0 else f" ({n}){suffix}")
         raw = os.fsencode(stem)[: _NAME_MAX - len(extra)]
         candidate = os.fsdecode(raw + extra)
         try:
-            os.link(src_name, candidate, src_dir_fd=src_dir, dst_dir_fd=dir_fd,
-                    follow_symlinks=False)
-            return candidate
+            if link:
+                try:
+                    os.link(src_name, candidate, src_dir_fd=src_dir, dst_dir_fd=dir_fd,
+                            follow_symlinks=False)
+                    return candidate, False
+                except OSError as exc:  # a name taken goes on to the next one, below
+                    if exc.errno not in _NO_LINK:
+                        raise
+                    link = False
+            safefs.rename_noreplace(src_dir, src_name, dir_fd, candidate)
+            return candidate, True
         except FileExistsError:
             continue
     raise ActionError(f"{name}: no free name to put it back under")
+
+
+def _renamed_in(p: _Part, qdir: int) -> bool:
+    """Rename part `p` from the staging folder to its name in the quarantine (never over a
+    file), where a hard link was refused; False when that cannot be done either (another
+    filesystem: the caller copies then)."""
+    assert p.dst is not None
+    try:
+        safefs.rename_noreplace(p.staged.staging, p.staged.name, qdir, p.dst.name)
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    p.moved, p.staged.is_staged = True, False
+    safefs.fsync_dir(p.staged.staging)
+    return True
 
 
 def _remove_staging_if_empty(root: str) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "open_dir_at",
     "open_file_at",
     "open_for_writing",
+    "rename_noreplace",
     "sha256_fd",
     "staging_dir",
     "stat_at",
@@ -299,6 +300,56 @@ def _writers_in_proc(paths: set[str]) -> bool | None:
             if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
                 return True
     return False
+
+
+_RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def rename_noreplace(src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> None:
+    """Rename `src_name` to `dst_name` (both relative to their folders' descriptors), never
+    over a file already there: FileExistsError then (``renameat2`` with RENAME_NOREPLACE).
+    Where hard links are refused (a filesystem without them, as exFAT; or
+    ``fs.protected_hardlinks`` and a file another user owns, as with the system unit), this
+    is how a file goes back to its folder, or into the quarantine.
+
+    Where the filesystem does not take the flag (exfat-fuse: EINVAL), `dst_name` is first
+    made as an empty file of dedupd's own (O_EXCL: never one already there), which the
+    rename then replaces; only a file put over that placeholder in the instant between the
+    two could be replaced."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        renameat2.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ]
+        done = renameat2(
+            src_dir, os.fsencode(src_name), dst_dir, os.fsencode(dst_name), _RENAME_NOREPLACE
+        )
+        if done == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), dst_name)
+    placeholder = os.open(
+        dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+        dir_fd=dst_dir,
+    )
+    mine = os.fstat(placeholder)
+    os.close(placeholder)
+    try:
+        os.rename(src_name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            here = os.stat(dst_name, dir_fd=dst_dir, follow_symlinks=False)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(dst_name, dir_fd=dst_dir)
+        raise
 
 
 def sha256_fd(fd: int) -> str:

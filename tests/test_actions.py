@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import dedupd.actions
+from dedupd import safefs
 from dedupd.actions import ActionError, Actions
 from dedupd.config import Config, HashingConfig
 from dedupd.engine import scan
@@ -129,6 +130,78 @@ def test_cross_filesystem_quarantine_copies_verifies_then_unlinks(setup, monkeyp
     assert not (root / "dup.jpg").exists()
     assert _sha(Path(entry.dst)) == record.sha256
     assert os.stat(entry.dst).st_mtime_ns == record.mtime_ns  # copystat kept the times
+
+
+def _links_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every hard link refused with EPERM, as on exFAT, or under `fs.protected_hardlinks`
+    for a photo another user owns (the system unit's case)."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(dedupd.actions, "_link", refused)
+    monkeypatch.setattr(os, "link", refused)
+
+
+def test_where_links_are_refused_a_quarantine_renames_the_file_itself(  # type: ignore[no-untyped-def]
+    setup, monkeypatch
+) -> None:
+    """Red team 11: on exFAT (no hard links) the quarantine could neither link the staged
+    file into the quarantine nor back into its folder; the photo stayed in the staging
+    folder, known to nothing. It is renamed into the quarantine instead, and back out."""
+    store, root, q = setup
+    _links_refused(monkeypatch)
+    record = _rec(store, root / "dup.jpg")
+    action_id = Actions(store, q).quarantine(record, None, 0, "test")
+    entry = store.action(action_id)
+    assert entry is not None and entry.state == "done" and entry.dst is not None
+    assert os.stat(entry.dst).st_ino == record.inode  # the file itself, not a copy
+    assert not (root / "dup.jpg").exists() and not (root / ".dedupd-staging").exists()
+    restored = Actions(store, q).restore(action_id)  # and renamed back (red team 11: refused)
+    assert restored == root / "dup.jpg" and os.stat(restored).st_ino == record.inode
+    assert not Path(entry.dst).exists()
+
+
+def test_where_links_are_refused_a_file_that_cannot_be_quarantined_goes_back(  # type: ignore[no-untyped-def]
+    setup, monkeypatch
+) -> None:
+    """Red team 11: with the system unit, a photo of another user (no hard link allowed)
+    whose quarantine on another, full disk failed could not be linked back either, and
+    stayed in `.dedupd-staging` for good (3 of 3 runs). It is renamed back."""
+    store, root, q = setup
+    _links_refused(monkeypatch)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dedupd.actions, "_write", full)
+    # the quarantine on another disk: no rename there either, a copy (which fills it)
+    monkeypatch.setattr(dedupd.actions, "_renamed_in", lambda p, qdir: False, raising=False)
+    record = _rec(store, root / "sub" / "near.jpg")
+    with pytest.raises(ActionError, match="No space left"):
+        Actions(store, q).quarantine(record, None, 3, "test")
+    monkeypatch.undo()
+    assert os.stat(root / "sub" / "near.jpg").st_ino == record.inode
+    assert not (root / ".dedupd-staging").exists()
+    assert [a.state for a in store.actions()] == ["failed"]
+
+
+def test_a_file_put_back_where_links_are_refused_never_replaces_one_there(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The rename that stands in for a link never replaces a file that took the name
+    meanwhile: the staged file goes back under the next free name."""
+    from dedupd.actions import _link_free
+
+    _links_refused(monkeypatch)
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "token.jpg").write_bytes(b"staged photo")
+    (tmp_path / "IMG_1.jpg").write_bytes(b"a new upload took the name")
+    with safefs.directory(tmp_path / "staging") as sdir, safefs.directory(tmp_path) as folder:
+        assert _link_free(sdir, "token.jpg", folder, "IMG_1.jpg") == ("IMG_1 (1).jpg", True)
+    assert (tmp_path / "IMG_1.jpg").read_bytes() == b"a new upload took the name"
+    assert (tmp_path / "IMG_1 (1).jpg").read_bytes() == b"staged photo"
+    assert not (tmp_path / "staging" / "token.jpg").exists()
 
 
 def test_exact_duplicate_is_deleted_only_after_its_keeper_is_verified(setup) -> None:  # type: ignore[no-untyped-def]
@@ -427,6 +500,10 @@ CHILD = textwrap.dedent(
         def no_hard_links(*args, **kwargs):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         dedupd.actions._link = no_hard_links
+    elif xdev == "2":  # no hard links at all (exFAT; another user's file, protected_hardlinks)
+        def refused(*args, **kwargs):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        dedupd.actions._link = os.link = refused
     store = Store(db)
     actions = Actions(store, Path(qdir), checkpoint=checkpoint)
     if op == "quarantine":
@@ -450,8 +527,10 @@ def kill_9_during(
     *,
     xdev: bool = False,
     action_id: int = 0,
+    no_links: bool = False,
 ) -> None:
-    """Run one action in a child process that SIGKILLs itself right after `step`."""
+    """Run one action in a child process that SIGKILLs itself right after `step`
+    (`no_links`: where every hard link is refused)."""
     child = subprocess.run(
         [
             sys.executable,
@@ -460,7 +539,7 @@ def kill_9_during(
             str(db),
             op,
             step,
-            "1" if xdev else "0",
+            "2" if no_links else "1" if xdev else "0",
             str(quarantine),
             str(target),
             str(keeper),
@@ -535,6 +614,46 @@ def test_kill_9_at_any_step_is_recovered_with_every_photo_exactly_once(  # type:
         assert _rec(store, dup).state == expected_state
     if op != "restore" and recovered[0].outcome == "done":  # a copy synced back is known
         assert store.tombstone(sha, str(dup)) is not None
+
+
+@pytest.mark.parametrize(
+    ("op", "step"),
+    [
+        ("quarantine", "staged"),
+        ("quarantine", "verified"),
+        ("quarantine", "linked"),
+        ("quarantine", "unlinked"),
+        ("delete", "staged"),
+        ("delete", "verified"),
+        ("restore", "linked"),
+        ("restore", "unlinked"),
+    ],
+)
+def test_kill_9_where_links_are_refused_is_recovered_with_every_photo_exactly_once(  # type: ignore[no-untyped-def]
+    setup, monkeypatch, op: str, step: str
+) -> None:
+    """Where no hard link can be made (exFAT; another user's photo under
+    `fs.protected_hardlinks`), files are renamed instead, and a kill at any step is
+    recovered by renames too: nothing is left in the staging folder (red team 11)."""
+    store, root, q = setup
+    dup, keeper = root / "dup.jpg", root / "keeper.jpg"
+    sha = _sha(keeper)
+    action_id = 0
+    if op == "restore":
+        action_id = Actions(store, q).quarantine(_rec(store, dup), _rec(store, keeper), 0, "t")
+        keeper.rename(root / "elsewhere.jpg")  # so only the dup carries `sha` here
+        keeper = root / "elsewhere.jpg"
+    kill_9_during(store.path, op, step, q, dup, root / "keeper.jpg", action_id=action_id,
+                  no_links=True)
+    _links_refused(monkeypatch)
+    recovered = Actions(store, q).recover()
+    assert len(recovered) == 1 and recovered[0].outcome in ("done", "rolled_back"), recovered
+    assert not (root / ".dedupd-staging").exists()
+    if op == "delete":
+        assert keeper.exists() and dup.exists() == (recovered[0].outcome == "rolled_back")
+    else:
+        assert dup.exists() + len(_copies(sha, q)) == 1
+        assert keeper.exists()
 
 
 def test_an_edit_saved_at_the_original_name_while_down_is_never_touched(setup) -> None:  # type: ignore[no-untyped-def]

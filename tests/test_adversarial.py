@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -766,20 +766,31 @@ def test_an_edit_written_while_copying_across_filesystems_is_put_back(lib: Lib) 
     if not str(lib.quarantine).startswith(str(SHM)):
         pytest.skip("the same-filesystem layout links the file: an edit reaches quarantine")
     near, keeper = lib.rec(lib.root / "sub" / "near.jpg"), lib.rec(lib.root / "keeper.jpg")
-    editor = open(near.path, "r+b")  # opened before dedupd acts  # noqa: SIM115
+    with (  # open for writing before dedupd acts: never acted on
+        open(near.path, "r+b"),
+        pytest.raises(ActionError, match="open for writing in another program"),
+    ):
+        Actions(lib.store, lib.quarantine).quarantine(near, keeper, 4, "near")
+    editors: list[BinaryIO] = []
+
+    def open_editor() -> None:  # opened once the staged file was checked
+        [staged] = (lib.root / ".dedupd-staging").iterdir()
+        editors.append(open(staged, "r+b"))  # noqa: SIM115
 
     def save() -> None:
-        editor.seek(0, os.SEEK_END)
-        editor.write(b"the user's edit")
-        editor.flush()
+        editors[0].seek(0, os.SEEK_END)
+        editors[0].write(b"the user's edit")
+        editors[0].flush()
+
+    def at(step: str) -> None:
+        {"verified": open_editor, "copied": save}.get(step, lambda: None)()
 
     try:
         with pytest.raises(ActionError, match="changed while it was copied"):
-            Actions(lib.store, lib.quarantine, checkpoint=_at("copied", save)).quarantine(
-                near, keeper, 4, "near"
-            )
+            Actions(lib.store, lib.quarantine, checkpoint=at).quarantine(near, keeper, 4, "near")
     finally:
-        editor.close()
+        for editor in editors:
+            editor.close()
     assert (lib.root / "sub" / "near.jpg").read_bytes().endswith(b"the user's edit")
     assert not _in_quarantine(lib)
 
