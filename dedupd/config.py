@@ -200,8 +200,11 @@ class Config:
     owners: tuple[frozenset[int], ...] = ()
 
     def root_policies(self) -> dict[str, Policy]:
-        """Each root's policy, keyed by the root's resolved path as the store names it."""
-        return {str(safefs.trusted_path(r.path)): self.policies[r.policy] for r in self.roots}
+        """Each root's policy, keyed by the root's path as the store names it: resolved once,
+        when the configuration was read (`_paths`, `with_roots`). Not again: a root swapped
+        for a link to another root since would take that root's policy (red team 11: a
+        reference root's photo was quarantined by hand as another root's)."""
+        return {str(r.path): self.policies[r.policy] for r in self.roots}
 
     def with_roots(self, paths: Sequence[Path]) -> Config:
         """The same config watching `paths` (command-line DIRs) under the default policy."""

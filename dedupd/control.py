@@ -201,6 +201,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 key="socket",
             ) from exc
         _chmod_socket(path, 0o660)
+        st = os.lstat(path)
+        self._bound = (st.st_dev, st.st_ino)  # the socket file this server made
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="dedupd-control"
         )
@@ -240,8 +242,13 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.server_close()
         if self._thread.ident is not None:  # join() raises for a thread never started
             self._thread.join(timeout=10)
+        # Only while it is the file this server made: a daemon that lost its database lock
+        # to another one (its state folder removed) must not take away that one's socket,
+        # which another daemon made anew at the same path (red team 11).
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._bound:
+                os.unlink(self.path)
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -852,3 +852,21 @@ def test_the_socket_is_chmodded_through_a_descriptor_never_through_a_link(tmp_pa
     with pytest.raises(ConfigError, match="replaced"):
         _chmod_socket(path, 0o660)
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_a_server_stopping_leaves_another_servers_socket_at_its_path(tmp_path: Path) -> None:
+    """Red team 11: a daemon that lost its database lock (its state folder removed, another
+    daemon started on a new one) removed, as it stopped, the socket the other had made at
+    the same path; the other ran on, unreachable. A server removes only its own file."""
+    from dedupd.control import ControlServer
+
+    path = tmp_path / "dedupd.sock"
+    first = ControlServer(path, None)  # type: ignore[arg-type]  # no request reaches it
+    path.unlink()  # the state folder removed (the socket file with it)
+    second = ControlServer(path, None)  # type: ignore[arg-type]
+    try:
+        first.stop()
+        assert path.is_socket()
+    finally:
+        second.stop()
+    assert not path.exists()

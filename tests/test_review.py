@@ -320,8 +320,8 @@ def test_quarantine_by_hand_never_acts_in_a_reference_root(tmp_path: Path) -> No
     config.write_text(
         f"database: {tmp_path / 'dedupd.db'}\n"
         f"socket: {tmp_path / 'no-daemon.sock'}\n"
-        f"roots:\n  - {{path: {camera}, policy: look}}\n"
-        f"  - {{path: {archive}, policy: reference}}\n"
+        f"roots:\n  - {{path: {archive}, policy: reference}}\n"
+        f"  - {{path: {camera}, policy: look}}\n"
         "policies:\n  look: {exact: report, near: report}\n"
         f"quarantine: {{path: {tmp_path / 'quarantine'}}}\n"
     )
@@ -331,6 +331,15 @@ def test_quarantine_by_hand_never_acts_in_a_reference_root(tmp_path: Path) -> No
     with pytest.raises(Refused, match="reference root"):
         service.quarantine(str(archive / "A.jpg"), str(camera / "A-copy.jpg"))
     assert (archive / "A.jpg").is_file()
+    # Red team 11: the camera folder swapped for a link to the archive (a link root owns is
+    # followed) made the archive's path map to the camera's policy, looked up again.
+    camera.rename(tmp_path / "camera-old")
+    camera.symlink_to(archive)
+    with pytest.raises(Refused, match="reference root"):
+        service.quarantine(str(archive / "A.jpg"), str(camera / "A-copy.jpg"))
+    assert (archive / "A.jpg").is_file()
+    camera.unlink()
+    (tmp_path / "camera-old").rename(camera)
     answer = service.quarantine(str(camera / "A-copy.jpg"), str(archive / "A.jpg"))
     assert not (camera / "A-copy.jpg").exists() and os.path.isfile(answer["dst"])
 
