@@ -469,8 +469,12 @@ class Actions:
         """A file in the quarantine folder or in a staging folder is never a keeper: walks
         skip those folders, `quarantine list` does not name such a file, and a user emptying
         the quarantine by hand would lose the only copy."""
-        if safefs.STAGING_DIR in path.parent.parts or (
-            self.quarantine_dir is not None and path.is_relative_to(self.quarantine_dir)
+        if (
+            safefs.STAGING_DIR in path.parent.parts
+            or (self.quarantine_dir is not None and path.is_relative_to(self.quarantine_dir))
+            # an earlier configuration's quarantine (its marker): its records, made before
+            # walks skipped it, stay `ok` until a walk finds them gone (review)
+            or any(os.path.lexists(folder / QUARANTINE_MARKER) for folder in path.parents)
         ):
             raise ActionError(
                 f"{path} is in the quarantine or a staging folder, which is no keeper's place; "
@@ -663,6 +667,10 @@ class Actions:
                             self._copy_in(
                                 action_id, fd, qdir, p.dst, p.want.sha256 or "", p.half
                             )
+                        else:  # undone if anything below fails (review: stranded)
+                            linked.append((p, os.fstat(fd)))
+                            self._checkpoint("linked")
+                            continue
                     here = safefs.stat_at(qdir, p.dst.name)
                     if copied and _version(os.fstat(fd)) != _version(verified):
                         # An editor that had the photo open wrote to it while it was copied:
@@ -885,7 +893,9 @@ class Actions:
         staged name would stay behind with the record saying the file is in place."""
         for p in parts:
             try:
-                if not p.moved:  # renamed into the quarantine: no staged name is left
+                if p.moved:  # renamed into the quarantine: no staged name is left
+                    safefs.fsync_dir(p.staged.staging)
+                else:
                     p.staged.discard()
             except OSError as exc:
                 raise Stranded(
@@ -1063,7 +1073,10 @@ class Actions:
                 except OSError as exc:
                     if exc.errno not in _CROSS_DEVICE:
                         raise
-                    if exc.errno in _NO_LINK and _renamed_back(m):
+                    # A single file only: a Live Photo's still renamed back with its motion
+                    # file still to come would leave the two on two sides after a kill
+                    # (review); a pair is copied back, both names kept until both are back.
+                    if exc.errno in _NO_LINK and len(moves) == 1 and _renamed_back(m):
                         renamed.append(m)
                         new = os.fstat(m.fd)
                     else:
@@ -1076,7 +1089,11 @@ class Actions:
             for m, new in placed:
                 if m in renamed:  # into quarantine again, or it stays restored: never lost
                     with contextlib.suppress(OSError):
-                        safefs.rename_noreplace(m.ddir, m.dst.name, m.qdir, m.src.name)
+                        here = safefs.stat_at(m.ddir, m.dst.name)
+                        if here is not None and (here.st_dev, here.st_ino, _version(here)) == (
+                            new.st_dev, new.st_ino, _version(new)
+                        ):  # the very file, unchanged (not an edit or a new upload there)
+                            safefs.rename_noreplace(m.ddir, m.dst.name, m.qdir, m.src.name)
                 else:
                     _unplace(m, new)
             raise
@@ -1848,7 +1865,6 @@ def _renamed_in(p: _Part, qdir: int) -> bool:
     except OSError:
         return False
     p.moved, p.staged.is_staged = True, False
-    safefs.fsync_dir(p.staged.staging)
     return True
 
 

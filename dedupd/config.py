@@ -200,11 +200,18 @@ class Config:
     owners: tuple[frozenset[int], ...] = ()
 
     def root_policies(self) -> dict[str, Policy]:
-        """Each root's policy, keyed by the root's path as the store names it: resolved once,
-        when the configuration was read (`_paths`, `with_roots`). Not again: a root swapped
-        for a link to another root since would take that root's policy (red team 11: a
-        reference root's photo was quarantined by hand as another root's)."""
-        return {str(r.path): self.policies[r.policy] for r in self.roots}
+        """Each root's policy, keyed by the root's resolved path as the store names it."""
+        return {str(safefs.trusted_path(r.path)): self.policies[r.policy] for r in self.roots}
+
+    def policies_of(self, root: str) -> list[Policy]:
+        """The policies of the roots the store may name `root`: as configured, or resolved
+        now. Two when a root's folder was swapped for a link to another root since it was
+        read (red team 11: the reference root's photos then took the other's policy)."""
+        return [
+            self.policies[r.policy]
+            for r in self.roots
+            if root in (str(r.path), str(safefs.trusted_path(r.path)))
+        ]
 
     def with_roots(self, paths: Sequence[Path]) -> Config:
         """The same config watching `paths` (command-line DIRs) under the default policy."""

@@ -224,7 +224,7 @@ class Daemon:
         # it sets a root's reason before its state.
         states, reasons = dict(watcher.states), dict(watcher.reasons)
         config, roots = self.config, list(self.roots)  # a reload may swap them meanwhile
-        policies = {str(r.path): r.policy for r in config.roots}  # resolved when read
+        policies = {root_key(r.path): r.policy for r in config.roots}
         with self.store_reader() as store:
             recent = store.recent_errors(10)
         return {

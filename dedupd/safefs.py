@@ -18,6 +18,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import signal
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePath
@@ -257,35 +258,47 @@ def open_for_writing(fd: int, paths: Iterable[str] = ()) -> bool | None:
     upload was written into a file without a name.
 
     Told by a read lease (``fcntl(F_SETLEASE, F_RDLCK)``), which the kernel refuses while
-    anyone has the file open for writing, and given up at once. Leases need the file's
-    owner or CAP_LEASE (the system unit grants it) and a filesystem that has them; without,
-    the descriptors of the processes /proc shows are looked at (those of dedupd's own user),
-    by the names in `paths`. None: it cannot be told."""
+    anyone has the file open for writing, and given up at once. A writer opening the file in
+    that instant breaks the lease with a signal: SIGURG (F_SETSIG), which is ignored, not
+    the default SIGIO, which would end the daemon. Leases need the file's owner or CAP_LEASE
+    (the system unit grants it): without, None (it cannot be told). On a filesystem without
+    leases, the descriptors of the processes /proc shows are looked at, by the names in
+    `paths`; None when some cannot be."""
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
             return True
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOSYS):
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return None  # another user's file, no CAP_LEASE: their processes are hidden too
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
         return _writers_in_proc(set(paths))
-    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
+    try:
+        return False
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 
 
 def _writers_in_proc(paths: set[str]) -> bool | None:
-    """Whether a process /proc lets dedupd see has one of `paths` open for writing (its
-    descriptor's link names the file as it is named now); None when /proc cannot be read."""
+    """Whether a process has one of `paths` open for writing (its descriptor's link names the
+    file as it is named now); None when /proc cannot be read, or the descriptors of some
+    process (another user's) cannot, and none of those seen writes."""
     if not paths:
         return None
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return None
+    hidden = False
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:  # another user's process, or gone
+        except PermissionError:  # another user's process: it may be the writer
+            hidden = True
+            continue
+        except OSError:  # gone
             continue
         for n in fds:
             try:
@@ -299,7 +312,7 @@ def _writers_in_proc(paths: set[str]) -> bool | None:
                 continue
             if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
                 return True
-    return False
+    return None if hidden else False
 
 
 _RENAME_NOREPLACE = 1  # linux/fs.h

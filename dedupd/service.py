@@ -199,9 +199,9 @@ def _quarantine(
         raise Refused(f"{target.path} cannot be its own keeper; nothing done")
     # What the engine never does, a request may not either: a page loaded before the pair
     # was marked distinct (or one of them restored) still offers the button (red team 12).
-    policy = config.root_policies().get(str(target.root))
-    if policy is None or policy.reference:
-        where = "a reference root, never acted on" if policy else "no watched folder"
+    policies = config.policies_of(str(target.root))
+    if not policies or any(p.reference for p in policies):
+        where = "a reference root, never acted on" if policies else "no watched folder"
         raise Refused(f"{target.path} is in {where}; nothing done")
     if kept.sha256 in store.distinct_from(target.sha256 or ""):
         raise Refused(

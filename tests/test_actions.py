@@ -26,6 +26,7 @@ from dedupd import safefs
 from dedupd.actions import ActionError, Actions
 from dedupd.config import Config, HashingConfig
 from dedupd.engine import scan
+from dedupd.filestat import FileStat
 from dedupd.store import FileRecord, Store
 from tests import photos, writers
 
@@ -936,3 +937,22 @@ def test_a_quarantine_folder_of_files_from_before_its_marker_is_marked(setup) ->
     Actions(store, q).quarantine(_rec(store, root / "sub" / "near.jpg"), keeper, 4, "t")
     assert (q / QUARANTINE_MARKER).is_file()
     assert _rec(store, root / "sub" / "near.jpg").state == "quarantined"
+
+
+def test_a_file_in_an_earlier_quarantine_is_never_a_keeper(setup) -> None:  # type: ignore[no-untyped-def]
+    """A folder holding the quarantine's marker is an earlier configuration's quarantine: a
+    record made there before walks skipped it stays `ok` until a walk finds it gone, and
+    must not be the keeper a delete rests on (review)."""
+    from dedupd.actions import QUARANTINE_MARKER
+
+    store, root, q = setup
+    (root / "old-quarantine").mkdir()
+    (root / "old-quarantine" / QUARANTINE_MARKER).touch()
+    keeper = _rec(store, root / "keeper.jpg")
+    (root / "keeper.jpg").rename(root / "old-quarantine" / "keeper.jpg")  # recorded there
+    moved = root / "old-quarantine" / "keeper.jpg"
+    store.move(keeper.id, str(root), "old-quarantine/keeper.jpg", FileStat.of(os.stat(moved)))
+    dup, keeper = _rec(store, root / "dup.jpg"), _rec(store, moved)
+    with pytest.raises(ActionError, match="no keeper's place"):
+        Actions(store, q).delete(dup, keeper, "exact duplicate")
+    assert (root / "dup.jpg").exists()

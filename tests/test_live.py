@@ -4,6 +4,7 @@ and a crash at any step is recovered with both files on one side."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -939,3 +940,77 @@ def test_a_still_moved_without_its_motion_file_never_takes_that_file_along(lib: 
     assert (lib.root / "dup" / "IMG_0001.MOV").exists()
     stale = lib.store.file(still.id)
     assert stale is not None and stale.stat.mtime_ns == -1  # hashed again by the next scan
+
+
+def _refused(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.EPERM, "Operation not permitted")
+
+
+@pytest.mark.parametrize("op", ["quarantine", "restore", "delete"])
+def test_a_live_photo_killed_at_any_step_where_links_are_refused_ends_on_one_side(
+    lib: Lib, op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the kill test above, where every hard link is refused (exFAT; another user's
+    photo under `fs.protected_hardlinks`): files are renamed instead, and a Live Photo still
+    ends with both its files on one side. A restore renamed the still back, then a kill left
+    the motion file in quarantine, its purge to come (review); a pair is never renamed back,
+    and a restore that cannot copy it either fails with both files in quarantine."""
+    still = lib.root / "dup" / "IMG_0001.JPG"
+    shas = (_sha(still), _sha(lib.root / "dup" / "IMG_0001.MOV"))
+    keeper = lib.rec(lib.root / "keeper" / "IMG_0001.JPG")
+    kill_at, bad = 1, []
+    while True:
+        quarantined = 0
+        if op == "restore":
+            actions = Actions(lib.store, lib.quarantine)
+            quarantined = actions.quarantine(lib.rec(still), None, 0, "t")
+        record = lib.rec(still)
+
+        def run(
+            checkpoint: Callable[[str], None],
+            record: FileRecord = record,
+            quarantined: int = quarantined,
+        ) -> None:
+            dedupd.actions._link = _refused
+            os.link = _refused
+            with Store(lib.config.database) as s:
+                actions = Actions(s, lib.quarantine, checkpoint=checkpoint)
+                if op == "quarantine":
+                    actions.quarantine(record, None, 0, "t")
+                elif op == "restore":
+                    with contextlib.suppress(ActionError):  # no link for the copy either
+                        actions.restore(quarantined)
+                else:
+                    actions.delete(record, keeper, "t")
+
+        killed = _fork_and_kill_at(run, kill_at)
+        with monkeypatch.context() as m:
+            m.setattr(dedupd.actions, "_link", _refused)
+            m.setattr(os, "link", _refused)
+            recovered = Actions(lib.store, lib.quarantine).recover()
+        where = _where(lib, *shas)
+        d_still, d_motion, q_still, q_motion = where
+        if op == "delete":
+            ok = (d_still + q_still, d_motion + q_motion) in ((1, 1), (0, 0))
+        else:
+            ok = (d_still, d_motion) in ((1, 1), (0, 0))
+        if op != "delete":
+            ok = ok and (q_still, q_motion) == (1 - d_still, 1 - d_motion)
+        staging = list(lib.root.rglob(".dedupd-staging/*"))
+        if not ok or staging:
+            bad.append((kill_at, where, staging, recovered))
+            break
+        if not killed:
+            break
+        if op == "restore" and d_still == 0 and q_still == 1:
+            (q,) = lib.store.quarantined()
+            Actions(lib.store, lib.quarantine).restore(q.id)
+        if op == "delete" and d_still == 0 and q_still == 0:
+            photos.copy(lib.root / "keeper" / "IMG_0001.JPG", still)
+            photos.copy(lib.root / "keeper" / "IMG_0001.MOV", still.with_suffix(".MOV"))
+        if op == "quarantine" and d_still == 0:
+            (q,) = lib.store.quarantined()
+            Actions(lib.store, lib.quarantine).restore(q.id)
+        scan(lib.config, lib.store)
+        kill_at += 1
+    assert not bad, bad

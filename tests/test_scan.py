@@ -1513,3 +1513,30 @@ def test_a_root_below_a_folder_that_may_only_be_passed_through_is_walked(tmp_pat
             assert json.load(answer) == ["IMG_0001.jpg"]
     finally:
         shutil.rmtree(base)
+
+
+def test_a_reference_root_named_through_a_link_keeps_its_policy(tmp_path: Path) -> None:
+    """Review: with root policies keyed by the roots' paths as written, a reference root
+    named through a link (`~/Archive -> /mnt/disk/archive`) took the default policy, and a
+    photo arriving there was quarantined. Roots are keyed as the store names them."""
+    camera, disk = tmp_path / "camera", tmp_path / "disk" / "archive"
+    disk.mkdir(parents=True)
+    photos.copy(photos.photo("coffee"), camera / "IMG_1.jpg")
+    (tmp_path / "archive").symlink_to(disk)
+    cfg_file = tmp_path / "dedupd.yaml"
+    cfg_file.write_text(
+        f"database: {tmp_path / 'dedupd.db'}\n"
+        f"roots:\n  - {{path: {camera}, policy: cam}}\n"
+        f"  - {{path: {tmp_path / 'archive'}, policy: reference}}\n"
+        "policies:\n  cam: {exact: report, near: report}\n"
+        "  default: {exact: quarantine, near: report}\n"
+        f"quarantine: {{path: {tmp_path / 'quarantine'}}}\n"
+        "hashing: {workers: 1}\n"
+    )
+    result = CliRunner().invoke(dedupd, ["scan", "--config", str(cfg_file)])
+    assert result.exit_code == 0, result.output
+    photos.copy(photos.photo("coffee"), disk / "IMG_1 (1).jpg")  # arrives after it
+    result = CliRunner().invoke(dedupd, ["scan", "--config", str(cfg_file)])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(disk)) == ["IMG_1 (1).jpg"]
+    assert load_config(cfg_file).policies_of(str(disk))[0].reference

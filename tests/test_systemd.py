@@ -93,6 +93,15 @@ def test_system_unit_is_hardened() -> None:
     assert s["ReadWritePaths"], "the roots and quarantine must be writable"
 
 
+def test_system_unit_grants_cap_lease_and_nothing_else() -> None:
+    """A read lease on another user's photo needs CAP_LEASE (`safefs.open_for_writing`). An
+    empty assignment later in the unit resets the list (review: the first version granted
+    it, then took it back ten lines down)."""
+    s = _service("dedupd.service")
+    assert s["CapabilityBoundingSet"] == ["CAP_LEASE"]
+    assert s["AmbientCapabilities"] == ["CAP_LEASE"]
+
+
 def _verify(unit: Path, *, user: bool, tmp_path: Path) -> list[str]:
     """systemd-analyze verify's complaints about `unit`. A --user verify needs no running
     user manager, only a private $XDG_RUNTIME_DIR to start its own in."""

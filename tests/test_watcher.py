@@ -81,23 +81,28 @@ def test_a_file_another_program_holds_open_for_writing_is_not_due_until_closed(
     assert settler.due() == [(str(path), FileStat.of(os.stat(path)))]
 
 
-def test_open_for_writing_is_told_from_proc_where_a_lease_is_not_allowed(
+def test_open_for_writing_is_told_from_proc_on_a_filesystem_without_leases(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Leases need the file's owner or CAP_LEASE, and a filesystem that has them: without,
-    the descriptors /proc lists tell, by the file's name."""
+    """A filesystem without leases: the descriptors /proc lists tell, by the file's name.
+    A lease refused for want of CAP_LEASE (another user's file) tells nothing: that user's
+    processes are hidden too (review: it answered "no writer")."""
     path = tmp_path / "upload.jpg"
     _write(path, b"half a photo")
     real = fcntl.fcntl
+    refusal = [errno.EACCES]
 
     def no_leases(fd: int, cmd: int, arg: int = 0) -> int:
         if cmd == fcntl.F_SETLEASE:
-            raise OSError(errno.EACCES, "no lease for you")
+            raise OSError(refusal[0], "no lease for you")
         return real(fd, cmd, arg)
 
     monkeypatch.setattr(fcntl, "fcntl", no_leases)
     fd = os.open(path, os.O_RDONLY)
     try:
+        with writers.held_open_for_writing(path):
+            assert safefs.open_for_writing(fd, (str(path),)) is None
+        refusal[0] = errno.EINVAL  # no leases on this filesystem
         assert safefs.open_for_writing(fd, (str(path),)) is False
         with writers.held_open_for_writing(path):
             assert safefs.open_for_writing(fd, (str(path),)) is True
@@ -228,3 +233,44 @@ def test_a_file_reached_through_a_symlinked_folder_never_settles(tmp_path: Path)
     photo = root / "IMG_0001.jpg"
     assert settler.due() == [(str(photo), FileStat.of(os.stat(photo)))]
     assert len(settler) == 0
+
+
+_LEASE_BROKEN = """
+import fcntl, os, subprocess, sys, time
+from dedupd import safefs
+
+path = sys.argv[1]
+real = fcntl.fcntl
+
+def hook(fd, cmd, arg=0):
+    if cmd == fcntl.F_SETLEASE and arg == fcntl.F_UNLCK:
+        # a writer opens the file while the lease is held: the kernel signals the holder
+        # and holds the writer's open until the lease is given up
+        code = "import sys; open(sys.argv[1], 'ab').close()"
+        writer = subprocess.Popen([sys.executable, "-c", code, path])
+        time.sleep(0.5)
+        result = real(fd, cmd, arg)
+        writer.wait(timeout=30)
+        return result
+    return real(fd, cmd, arg)
+
+fcntl.fcntl = hook
+fd = os.open(path, os.O_RDONLY)
+print(safefs.open_for_writing(fd, (path,)))
+"""
+
+
+def test_a_writer_breaking_the_lease_does_not_end_the_daemon(tmp_path: Path) -> None:
+    """Review: a writer opening the file in the instant the read lease is held breaks it,
+    and the kernel signals the holder: SIGIO by default, whose default action ended the
+    process. The signal is SIGURG (F_SETSIG), ignored."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "upload.jpg"
+    _write(path, b"half a photo")
+    child = subprocess.run(
+        [sys.executable, "-c", _LEASE_BROKEN, str(path)], capture_output=True, text=True,
+        timeout=60,
+    )
+    assert (child.returncode, child.stdout) == (0, "False\n"), child
