@@ -8,8 +8,9 @@ to the newcomer) go to ``dedupd.likeness.compare_files(..., max_pixels=10**9)``,
 is None. Recorded per pair: family, kind, `worst` (the largest share, in percent, of one
 cell's pixels that differ after alignment and tone mapping: by more than `likeness.STRONG`
 grey levels where the pictures have texture, down to `likeness.FAINT` where they are flat),
-`cover`, `sides`, `error`, the refusal and the rule that gave it (error, cover,
-pixels, sharpness), and the milliseconds `compare_files` took.
+`cover`, `sides`, `error`, `colours` (how the colours differ as a whole, "" if they do not),
+the refusal and the rule that gave it (error, cover, pixels, colours, sharpness), and the
+milliseconds `compare_files` took.
 
 Data, generated at run time (nothing is downloaded):
 
@@ -47,7 +48,8 @@ Positives (the check must let the copy move; the copy is the newcomer and moves)
   EXIF orientation, PNG/WebP/HEIC (made with x265's ultrafast preset: its default takes
   ~15 s a photo here), centred crops removing 2/5/10%, brightness and contrast ±10/20%, phone
   screenshots (the photo in a black or white 9:19.5 canvas, with and without a status bar),
-  and rotations 90/180/270 and a mirror. The
+  and rotations 90/180/270 and a mirror; and the saturation ±20% (`ImageEnhance.Color`), as
+  the brightness and contrast are changed. The
   counterpart is the original with the transform that takes it to the variant
   (``rotate_90`` → ``rot90``, ``rotate_180`` → ``rot180``, ``rotate_270`` → ``rot270``,
   ``hflip`` → ``mirror``, EXIF orientation → ``identity``: its upright view is the same).
@@ -65,6 +67,9 @@ Negatives (must never move; the newcomer moves unless said otherwise):
   (``one_digit``); per configuration.
 - letterhead: two letters on one letterhead (different bodies, different scans); document:
   `tests.photos.document` with two seeds; text_screenshot: two seeds, light and dark.
+- photos: ``colour``, versions in other colours: of a photo in colour its greyscale, sepia and
+  70% desaturated versions, of a grey one (scikit-image's camera, moon...) a sepia and a warm
+  tint (red x1.12, blue x0.85); the copy with the colours changed is the newcomer.
 - photos: ``burst`` (two crops of 85% of the width offset by 15%: identical pixels where they
   overlap, so only the cover rule can refuse them), ``stereo`` (motorcycle_left vs
   motorcycle_right), ``watermark`` (an edited copy: reported, never moved, by design).
@@ -122,7 +127,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `dedupd` 
 
 import accuracy
 from machine import machine_info
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from dedupd import likeness
 from dedupd.filestat import Counterpart, FileStat, Likeness
@@ -188,6 +193,8 @@ def _rule(lk: Likeness, why: str | None, moving_is_newcomer: bool) -> str | None
         return "cover"
     if lk.worst > likeness.MAX_CELL_SHARE:
         return "pixels"
+    if lk.colours:
+        return "colours"
     return "sharpness"
 
 
@@ -219,6 +226,7 @@ def judge(
         "side": lk.side,
         "sides": list(lk.sides),
         "error": lk.error,
+        "colours": lk.colours,
         "refusal": why,
         "refused_by": _rule(lk, why, moving_is_newcomer),
         "passed": why is None,
@@ -306,6 +314,43 @@ def _heic_fast(im: Image.Image, dst: Path) -> Path:
 MAKERS: dict[str, Callable[[Image.Image, Path], Path]] = {"heic": _heic_fast}
 
 
+def _saturated(factor: float) -> Callable[[Image.Image, Path], Path]:
+    return lambda im, dst: accuracy._jpeg(ImageEnhance.Color(im).enhance(factor), dst)
+
+
+def _sepia(im: Image.Image, dst: Path) -> Path:
+    return accuracy._jpeg(ImageOps.colorize(ImageOps.grayscale(im), "#2b1a0c", "#f0dcb4"), dst)
+
+
+def _tinted(im: Image.Image, dst: Path) -> Path:
+    """A warm filter: red x1.12, blue x0.85."""
+    rgb = np.asarray(im, np.float32) * np.array([1.12, 1.0, 0.85], np.float32)
+    return accuracy._jpeg(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), dst)
+
+
+def _coloured(im: Image.Image) -> bool:
+    """Whether a photo has colours to lose (chroma RMS about grey of 4 levels or more: the
+    grey photos of scikit-image have none)."""
+    chroma = np.asarray(im.convert("YCbCr"), np.float32)[..., 1:] - 128
+    return float(np.sqrt((chroma * chroma).sum(2).mean())) >= 4.0
+
+
+# Positives beyond accuracy.py's tone edits: the saturation changed as brightness is (±20%).
+SATURATION: dict[str, Callable[[Image.Image, Path], Path]] = {
+    "saturation_+20": _saturated(1.2),
+    "saturation_-20": _saturated(0.8),
+}
+# Negatives: versions of a photo in other colours (an edit, never moved: `likeness._colours`).
+# Of a photo in colour: black and white, sepia, 70% of its colour taken away.
+COLOUR_EDITS: dict[str, Callable[[Image.Image, Path], Path]] = {
+    "greyscale": lambda im, dst: accuracy._jpeg(ImageOps.grayscale(im), dst),
+    "sepia": _sepia,
+    "saturation_-70": _saturated(0.3),
+}
+# Of a grey photo (its black-and-white version is the same picture): toned sepia or warm.
+TONINGS: dict[str, Callable[[Image.Image, Path], Path]] = {"sepia": _sepia, "tinted": _tinted}
+
+
 def _suffix(kind: str) -> str:
     if kind.startswith("heic"):
         return ".heic"
@@ -343,9 +388,20 @@ def photo_pairs(
         )
         path.unlink()
 
+    for kind, make in SATURATION.items():
+        path = make(base, tmp / f"{name}-{kind}.jpg")
+        out.append(judge("positive", "tone", kind, name, path, original))
+        path.unlink()
+
     marked = variant("watermark")
     negative(out, "watermark", "watermark", name, marked, original)
     marked.unlink()
+
+    edits = COLOUR_EDITS if _coloured(base) else TONINGS
+    for kind, make in edits.items():
+        edited = make(base, tmp / f"{name}-{kind}.jpg")
+        negative(out, "colour", kind, name, edited, original)
+        edited.unlink()
 
     w, h = base.size
     span = round(0.85 * w)

@@ -44,6 +44,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -191,6 +192,8 @@ def accuracy(folder: Path, files: dict[str, tuple[str, str]], db: Path) -> dict[
             for group in groups
         ),
         "moves_between_copies": moves.get("between copies", {}),
+        # the copies that may move and did not, with their last decision
+        "copies_that_stayed": moves.get("stayed", {}),
     }
 
 
@@ -224,8 +227,13 @@ def _moves(
         report = scan(config, store, actions=Actions(store, config.quarantine.path))
     seconds = time.perf_counter() - started
     out: dict[str, dict[str, list[str]]] = {}
+    last: dict[str, str] = {}  # a copy that may move: what its last decision said
     for o in report.outcomes:
         d = o.decision
+        name = os.path.relpath(o.path, folder)
+        if files.get(name, ("", ""))[1] in MAY_MOVE:
+            against = d.keeper.relpath if d.keeper is not None else "-"
+            last[name] = f"{d.action} ({o.result}), kept {against}: {d.rule}"[:300]
         if d.kind != "video" or d.action != "quarantine" or d.target is None or d.keeper is None:
             continue
         (group, role), (kept_group, kept_role) = files[d.target.relpath], files[d.keeper.relpath]
@@ -238,6 +246,11 @@ def _moves(
         kind = kept_role if role == "original" else role
         who = "original" if role == "original" else "copy"
         out.setdefault(kind, {}).setdefault(who, []).append(group)
+    stayed = out.setdefault("stayed", {})
+    for name, why in sorted(last.items()):
+        group, role = files[name]
+        if group not in out.get(role, {}).get("copy", []):  # not moved with the original kept
+            stayed.setdefault(role, []).append(f"{group}: {why}")
     return out, seconds
 
 

@@ -421,6 +421,8 @@ def _moment(side: _Side, of: _Side, i: int) -> tuple[str | None, float]:
             f"the frames differ ({found.worst:.1f}% of a {likeness.CELL} px cell)",
             found.worst,
         )
+    if found.colours:
+        return f"the frames' colours differ ({found.colours})", found.worst
     if found.cover[0] < likeness.MIN_COVER:
         return f"the other frame shows only {found.cover[0]:.0%} of it", found.worst
     return None, found.worst

@@ -78,6 +78,9 @@ class Likeness(NamedTuple):
     # For two clips (`dedupd.cliplikeness`): the first moment of each (newcomer's,
     # counterpart's) that the other does not show, and why; "" when it shows them all.
     unshown: tuple[str, str] = ("", "")
+    # How the two pictures' colours differ as a whole (a black-and-white or toned version, a
+    # colour filter: `likeness._colours`), "" when they do not
+    colours: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,11 @@ letter saved at a quarter of its size is under the check's resolution).
 
 Calibrated on bench/likeness.py. Every cell is compared, so an edited copy (text or a sticker
 added, a watermark) is a different picture and never moved: what moves is a copy with nothing
-of its own. What moves must also be wholly shown by what is kept (`MIN_COVER`): a crop may go
-when its larger frame stays, never the other way round.
+of its own. Nor are its colours its own: the two pictures' colours as a whole must agree
+(`_colours`), so a black-and-white, sepia or tinted version is an edit even where every cell
+is within its bound (muted colours, a grey photo toned). What moves must also be wholly
+shown by what is kept (`MIN_COVER`): a crop may go when its larger frame stays, never the
+other way round.
 """
 
 from __future__ import annotations
@@ -116,7 +119,19 @@ _BLUR = 1.0  # px: what a resampler's phase or a JPEG block edge moves is not co
 # px, for the chroma planes: JPEG and HEIC keep them at half resolution (4:2:0), so a colour
 # edge is 2 px softer in a re-encode than in a PNG
 _CHROMA_BLUR = 3.0
-_CHROMA_GAIN = 2.0  # of `_chroma_fit`, either way
+_CHROMA_GAIN = 2.0  # of `_chroma_fit`, either way; and of the saturation (`_colours`)
+# Colours as a whole (`_colours`). Cells compare each colour after one gain and shift are
+# fitted, so a black-and-white, sepia or tinted version of a picture whose colours lie within
+# STRONG_CHROMA of grey passed as the picture (chelsea's muted fur, a grey photo toned sepia).
+# A copy keeps its colours: on 7 of bench/likeness.py's photos, re-encodes, resizes, formats
+# and brightness, contrast or saturation edits of 20% scaled the colours about grey by 0.8
+# to 1.25 and left a cast of 1.3 chroma levels at most; greyscale scaled them by 0, a 70%
+# desaturation by 0.3, sepia and colour filters left casts of 4.5 to 20 levels (and some
+# filters on colourful photos one of 1 to 3: they pass, as a brightness edit does). The
+# bench's `colour` family (greyscale, sepia, 70% desaturated) is refused in full, its
+# saturation changes of ±20% all move.
+_COLOURED = 4.0  # chroma levels about grey (RMS): less, and a picture has no saturation to judge
+_CAST = 4.0  # chroma levels: the mean shift of colour left once the saturation is fitted
 _KEYPOINTS = 1500
 _RATIO = 0.8  # Lowe's ratio test
 _MIN_INLIERS = 12  # fewer keypoints agreeing: the frames are laid onto each other instead
@@ -140,6 +155,11 @@ def refusal(likeness: Likeness, *, moving_is_newcomer: bool) -> str | None:
         return (
             f"pixels differ ({likeness.worst:.1f}% of a {CELL} px cell, more than"
             f" {MAX_CELL_SHARE:g}%): a different or edited picture"
+        )
+    if likeness.colours:
+        return (
+            f"colours differ as a whole ({likeness.colours}): a black-and-white, toned or"
+            " filtered version, an edit"
         )
     if likeness.sides[kept] * 2 < likeness.sides[moving]:
         return (
@@ -276,9 +296,12 @@ def compare(a: Pixels, b: Pixels, *, frame_onto_frame: bool = False) -> Likeness
     mapped_a = _tone_mapped(levels_a, yb, inside, span_b / max(span_a, 1.0))
     other = _differs(blur(mapped_a) - bb, levels_a, limit, inside)
     hue = np.zeros(inside.shape, bool)
+    chroma = []
     for c in (1, 2):
         ca, cb = chroma_blur(a[..., c]) - 128, chroma_blur(warped[..., c]) - 128
         hue |= np.abs(ca - _chroma_fit(cb, ca, inside)) > STRONG_CHROMA
+        chroma.append((ca[inside], cb[inside]))
+    colours = _colours(np.stack([x for x, _ in chroma], 1), np.stack([y for _, y in chroma], 1))
     worst, cells = 0.0, 0
     for top, bottom in _cells(h):
         for left, right in _cells(w):
@@ -291,7 +314,40 @@ def compare(a: Pixels, b: Pixels, *, frame_onto_frame: bool = False) -> Likeness
             worst = max(worst, 100 * luma, 100 * float(hue[cell][m].mean()))
     if not cells:
         return Likeness(float("inf"), cover, max(h, w), sides, "no cell of the two overlaps")
-    return Likeness(worst, cover, max(h, w), sides)
+    return Likeness(worst, cover, max(h, w), sides, colours=colours)
+
+
+def _colours(a: Pixels, b: Pixels) -> str:
+    """How the colours of two pictures differ as a whole (`a`, `b`: their chroma, Cb and Cr,
+    centred on grey, of the pixels compared; one row a pixel), or "" when one may be a copy of
+    the other: their saturation (RMS about grey) within _CHROMA_GAIN either way, unless neither
+    has _COLOURED levels of it, and no cast over _CAST levels left when either one's colours
+    are scaled about grey onto the other's (least squares, the gain within _CHROMA_GAIN)."""
+    import math
+
+    import numpy as np
+
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    power = (float((x * x).sum(1).mean()), float((y * y).sum(1).mean()))
+    rms = (math.sqrt(power[0]), math.sqrt(power[1]))
+    if max(rms) >= _COLOURED:
+        if min(rms) < 1e-3:
+            return "colour against none"
+        ratio = rms[0] / rms[1]
+        if not 1 / _CHROMA_GAIN <= ratio <= _CHROMA_GAIN:
+            return f"saturation x{ratio:.2f}"
+    cross = float((x * y).sum(1).mean())
+    cast = 0.0
+    for one, other, size in ((x, y, power[1]), (y, x, power[0])):
+        # within _CHROMA_GAIN, never below: a negative gain would "fit" colours turned to
+        # their opposite (a rocket's blue sky toned sepia brown measured no cast at all)
+        gain = cross / size if size > 1e-6 else 0.0
+        if size > 1e-6:
+            gain = min(max(gain, 1 / _CHROMA_GAIN), _CHROMA_GAIN)
+        cast = max(cast, math.hypot(*(one - gain * other).mean(0)))
+    if cast > _CAST:
+        return f"a cast of {cast:.1f} chroma levels"
+    return ""
 
 
 def _cells(side: int) -> list[tuple[int, int]]:

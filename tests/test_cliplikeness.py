@@ -297,6 +297,24 @@ def test_a_picture_flashed_between_two_compared_frames_is_seen(tmp_path: Path) -
     assert found.cover[0] < 1.0, found  # nor are the film's frames there in the copy
 
 
+@pytest.mark.parametrize("edit", ["greyscale", "sepia"])
+def test_a_black_and_white_or_sepia_copy_of_a_clip_in_muted_colours_never_moves(
+    tmp_path: Path, edit: str
+) -> None:
+    """bench/video.py: the greyscale and sepia copies of a clip over chelsea's muted fur
+    moved (every frame within a cell's bound, colour fitted by one gain and shift). The
+    frames' colours as a whole tell them (`likeness._colours`); its re-encode still moves."""
+    film = clips.render(photos.photo("chelsea"), tmp_path / "film.mp4", seconds=4, crf=20)
+    copy = clips.transcode(film, tmp_path / "copy.mp4", crf=30)
+    found = _compare_paths(film, copy)
+    assert refusal(found, moving_is_newcomer=False) is None, found
+    version = clips.transcode(film, tmp_path / f"{edit}.mp4", frame=getattr(clips, edit), crf=20)
+    found = _compare_paths(film, version)
+    assert "the frames' colours differ" in found.unshown[1], found
+    assert refusal(found, moving_is_newcomer=False) is not None
+    assert refusal(found, moving_is_newcomer=True) is not None
+
+
 def test_a_clip_changed_since_it_was_hashed_is_not_compared(made: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copyfile(made / "cut-wa.mov", tmp_path / "cut-wa.mov"))
     hashed = _hashed(copy)
