@@ -1076,7 +1076,9 @@ class Actions:
                     # A single file only: a Live Photo's still renamed back with its motion
                     # file still to come would leave the two on two sides after a kill
                     # (review); a pair is copied back, both names kept until both are back.
-                    if exc.errno in _NO_LINK and len(moves) == 1 and _renamed_back(m):
+                    if exc.errno in _NO_LINK and len(moves) == 1 and _renamed(
+                        m.qdir, m.src.name, m.ddir, m.dst.name
+                    ):
                         renamed.append(m)
                         new = os.fstat(m.fd)
                     else:
@@ -1674,18 +1676,6 @@ def _recover_restore_pair(halves: Sequence[_Half]) -> tuple[str, str]:
     return "rolled_back", "crashed before the Live Photo's two files were back; both in quarantine"
 
 
-def _renamed_back(m: _Move) -> bool:
-    """Rename a restored file from the quarantine to its folder (never over a file) where a
-    hard link was refused; False when that cannot be done either (the caller copies)."""
-    try:
-        safefs.rename_noreplace(m.qdir, m.src.name, m.ddir, m.dst.name)
-    except FileExistsError:
-        raise
-    except OSError:
-        return False
-    return True
-
-
 def _unplace(m: _Move, placed: os.stat_result) -> None:
     """Drop the name a failed restore made, only while it is the file placed there, unchanged,
     and quarantine still holds the file: it stays there, whole. Else the name is left."""
@@ -1853,16 +1843,23 @@ def _link_free(src_dir: int, src_name: str, dir_fd: int, name: str) -> tuple[str
     raise ActionError(f"{name}: no free name to put it back under")
 
 
-def _renamed_in(p: _Part, qdir: int) -> bool:
-    """Rename part `p` from the staging folder to its name in the quarantine (never over a
-    file), where a hard link was refused; False when that cannot be done either (another
-    filesystem: the caller copies then)."""
-    assert p.dst is not None
+def _renamed(src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> bool:
+    """Rename a file where a hard link was refused, never over another one (a name taken
+    raises FileExistsError); False when that cannot be done either (another filesystem:
+    the caller copies then)."""
     try:
-        safefs.rename_noreplace(p.staged.staging, p.staged.name, qdir, p.dst.name)
+        safefs.rename_noreplace(src_dir, src_name, dst_dir, dst_name)
     except FileExistsError:
         raise
     except OSError:
+        return False
+    return True
+
+
+def _renamed_in(p: _Part, qdir: int) -> bool:
+    """Rename part `p` from the staging folder to its name in the quarantine (`_renamed`)."""
+    assert p.dst is not None
+    if not _renamed(p.staged.staging, p.staged.name, qdir, p.dst.name):
         return False
     p.moved, p.staged.is_staged = True, False
     return True

@@ -527,18 +527,12 @@ class Settler:
     event was handled: the clock starts at the last write seen, not when someone looked. A
     stat that changed without an event (a missed or late event, a file replaced by another
     inode) restarts the clock from when the change was noticed, and so does a file another
-    program still has open for writing (`writing`: an upload written in place that paused).
+    program still has open for writing (an upload written in place that paused).
     """
 
-    def __init__(
-        self,
-        settle_seconds: float,
-        now: Callable[[], float] = time.monotonic,
-        writing: Callable[[str], bool] | None = None,
-    ):
+    def __init__(self, settle_seconds: float, now: Callable[[], float] = time.monotonic):
         self.settle_seconds = settle_seconds
         self._now = now
-        self._writing = _open_for_writing if writing is None else writing
         self._pending: dict[str, _Settling] = {}
 
     def __len__(self) -> int:
@@ -579,7 +573,7 @@ class Settler:
             current = _lstat(path)
             if current == "gone" or (current is None and p.stat is None):
                 del self._pending[path]
-            elif current != p.stat or current is None or self._writing(path):
+            elif current != p.stat or current is None or _open_for_writing(path):
                 self._pending[path] = _Settling(now, current)
             else:
                 del self._pending[path]
